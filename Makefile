@@ -1,0 +1,124 @@
+# aigw — build, test, run, install, bench, fuzz.
+#   make            build/aigw, build/aigw-mockllm
+#   make test       deps, build, unit + integration tests, the same under ASan+UBSan, fuzz smoke
+#   make run        the demo: aigw in front of two local aigw-mockllm
+#   make fuzz       run every fuzz target for FUZZ_SECONDS each
+#   make bench      perf/bench.sh (aigw vs nginx vs HAProxy vs direct)
+
+VERSION := 0.1.0
+CC      ?= cc
+BUILD   ?= build
+SAN     ?=
+PREFIX  ?= /usr/local
+DESTDIR ?=
+FUZZ_SECONDS ?= 20
+
+CFLAGS_COMMON := -std=gnu11 -O2 -g -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter \
+	-D_GNU_SOURCE -DAIGW_VERSION='"$(VERSION)"' -Isrc -pthread -fno-strict-aliasing
+ifeq ($(SAN),1)
+  # ASan brings its own allocator, so mimalloc stays out of the sanitizer build.
+  CFLAGS_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+  ALLOC_LIB  :=
+else
+  CFLAGS_SAN :=
+  ALLOC_LIB  := -lmimalloc
+  CFLAGS_COMMON += -DAIGW_MIMALLOC
+endif
+CFLAGS  := $(CFLAGS_COMMON) $(CFLAGS_SAN) $(EXTRA_CFLAGS)
+LDFLAGS := $(CFLAGS_SAN) -pthread
+LIBS    := -luring -linih $(ALLOC_LIB)
+
+LIB_SRC  := $(wildcard src/proto/*.c src/policy/*.c src/tls/*.c) $(filter-out src/core/main.c,$(wildcard src/core/*.c))
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+MOCK_SRC := $(wildcard perf/mockllm/*.c)
+MOCK_OBJ := $(MOCK_SRC:%.c=$(BUILD)/obj/%.o)
+UNIT_SRC := $(wildcard tests/unit/*.c)
+UNIT_OBJ := $(UNIT_SRC:%.c=$(BUILD)/obj/%.o)
+INTEG_SRC := $(wildcard tests/integration/*.c)
+INTEG_OBJ := $(INTEG_SRC:%.c=$(BUILD)/obj/%.o)
+PERF_TOOLS := $(patsubst perf/tools/%.c,$(BUILD)/%,$(wildcard perf/tools/*.c))
+FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
+DEPS     := $(LIB_OBJ:.o=.d) $(MOCK_OBJ:.o=.d) $(UNIT_OBJ:.o=.d) $(INTEG_OBJ:.o=.d) $(BUILD)/obj/src/core/main.d
+
+.PHONY: all deps test unit integration asan fuzz fuzz-smoke run bench install clean
+all: $(BUILD)/aigw $(BUILD)/aigw-mockllm $(PERF_TOOLS)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/libaigw.a: $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/aigw: $(BUILD)/obj/src/core/main.o $(BUILD)/libaigw.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BUILD)/aigw-mockllm: $(MOCK_OBJ) $(BUILD)/libaigw.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) -lm
+
+$(BUILD)/%: perf/tools/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS)
+
+$(BUILD)/test-unit: $(UNIT_OBJ) $(BUILD)/libaigw.a
+	$(CC) $(LDFLAGS) -o $@ $^ -lcriterion $(LIBS) -lm
+
+$(BUILD)/test-integration: $(INTEG_OBJ) $(BUILD)/libaigw.a
+	$(CC) $(LDFLAGS) -o $@ $^ -lcriterion $(LIBS) -lm
+
+deps:
+	@sh scripts/deps.sh
+
+unit: $(BUILD)/test-unit
+	$(BUILD)/test-unit --jobs 2
+
+# Integration tests start build/aigw and build/aigw-mockllm (or the sanitizer builds) on loopback.
+integration: all $(BUILD)/test-integration
+	AIGW_BIN=$(abspath $(BUILD)/aigw) MOCKLLM_BIN=$(abspath $(BUILD)/aigw-mockllm) \
+	  $(BUILD)/test-integration --jobs 2
+
+asan:
+	$(MAKE) SAN=1 BUILD=build/asan unit integration
+
+test: deps
+	$(MAKE) all unit integration
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 $(MAKE) asan
+	$(MAKE) fuzz-smoke
+
+# libFuzzer targets link the pure parsers only (src/proto, src/policy).
+FUZZ_CFLAGS := -std=gnu11 -g -O1 -D_GNU_SOURCE -Isrc -fsanitize=fuzzer,address,undefined
+FUZZ_LIB_SRC := $(wildcard src/proto/*.c src/policy/*.c)
+build/fuzz/%: tests/fuzz/%.c $(FUZZ_LIB_SRC)
+	@mkdir -p build/fuzz
+	clang $(FUZZ_CFLAGS) -o $@ $^
+
+fuzz: $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
+	@for f in $^; do n=$$(basename $$f); mkdir -p build/fuzz/corpus-$$n; \
+	  echo "fuzz: $$n for $(FUZZ_SECONDS)s"; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=0 build/fuzz/corpus-$$n tests/fuzz/seeds/$$n 2>build/fuzz/$$n.log \
+	    || { tail -40 build/fuzz/$$n.log; exit 1; }; done
+
+fuzz-smoke:
+	@if command -v clang >/dev/null 2>&1; then $(MAKE) fuzz FUZZ_SECONDS=10; else echo "fuzz: clang not found, skipped"; fi
+
+run: deps all
+	@sh scripts/run-demo.sh
+
+bench: deps all
+	sh perf/bench.sh
+
+install: all
+	install -D -m 0755 $(BUILD)/aigw $(DESTDIR)$(PREFIX)/bin/aigw
+	install -D -m 0755 $(BUILD)/aigw-mockllm $(DESTDIR)$(PREFIX)/bin/aigw-mockllm
+	install -D -m 0644 systemd/aigw.service $(DESTDIR)/lib/systemd/system/aigw.service
+	install -D -m 0644 systemd/aigw.sysusers $(DESTDIR)/usr/lib/sysusers.d/aigw.conf
+	install -D -m 0644 systemd/aigw.tmpfiles $(DESTDIR)/usr/lib/tmpfiles.d/aigw.conf
+	install -D -m 0644 docs/aigw.8 $(DESTDIR)$(PREFIX)/share/man/man8/aigw.8
+	install -D -m 0644 docs/aigw-mockllm.1 $(DESTDIR)$(PREFIX)/share/man/man1/aigw-mockllm.1
+	[ -e $(DESTDIR)/etc/aigw.conf ] || install -D -m 0644 examples/aigw.conf $(DESTDIR)/etc/aigw.conf
+
+clean:
+	rm -rf build
+
+-include $(DEPS)

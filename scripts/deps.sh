@@ -1,0 +1,19 @@
+#!/bin/sh
+# Installs aigw's build, test and benchmark dependencies from Debian packages.
+# Idempotent and quiet when everything is already there.
+set -eu
+PKGS="build-essential pkg-config liburing-dev libwolfssl-dev libmimalloc-dev \
+libcriterion-dev libinih-dev libxxhash-dev wrk nginx-light haproxy curl \
+clang libclang-rt-14-dev procps"
+missing=""
+for p in $PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+echo "deps: installing$missing"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+# policy-rc.d keeps Debian from starting the nginx/haproxy system services we only use as benchmark peers
+$SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null

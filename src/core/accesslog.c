@@ -1,0 +1,630 @@
+#include "core/accesslog.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "core/metrics.h"
+
+#define RING_MIN (64u * 1024)
+#define RING_DEFAULT (1u * 1024 * 1024)
+#define WRITER_TICK_NS (20 * 1000 * 1000L)
+
+/* ---- formatting ---- */
+
+/* Output budget (escaped bytes) per string field; together with the fixed part
+ * they stay well under ALOG_LINE_MAX. */
+#define MAX_CLIENT 96
+#define MAX_METHOD 32
+#define MAX_TARGET 2048
+#define MAX_NAME 128        /* route, pool, backend */
+#define MAX_REQUEST_ID 200
+#define MAX_ERROR 256
+
+struct jbuf {
+    char *p;
+    size_t cap;
+    size_t len;
+    bool overflow;
+};
+
+static void jb_put(struct jbuf *b, const char *s, size_t n)
+{
+    if (b->overflow || b->cap - b->len < n) {
+        b->overflow = true;
+        return;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
+
+#define JB_LIT(b, lit) jb_put((b), (lit), sizeof(lit) - 1)
+
+static void jb_u64(struct jbuf *b, uint64_t v)
+{
+    char tmp[20];
+    size_t i = sizeof tmp;
+    do {
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    jb_put(b, tmp + i, sizeof tmp - i);
+}
+
+static void jb_int(struct jbuf *b, int v)
+{
+    if (v < 0) {
+        JB_LIT(b, "-");
+        jb_u64(b, (uint64_t)0 - (uint64_t)(int64_t)v);
+    } else {
+        jb_u64(b, (uint64_t)v);
+    }
+}
+
+/* Microseconds as milliseconds with three decimals: 1234 -> "1.234". */
+static void jb_ms(struct jbuf *b, uint64_t us)
+{
+    jb_u64(b, us / 1000);
+    char frac[4] = { '.', (char)('0' + us % 1000 / 100), (char)('0' + us % 100 / 10),
+                     (char)('0' + us % 10) };
+    jb_put(b, frac, sizeof frac);
+}
+
+/* Length of the well-formed UTF-8 sequence at s[0..n) (2 to 4), or 0 if it is not
+ * one (overlong forms, surrogates and code points past U+10FFFF are not). */
+static size_t utf8_seq_len(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0];
+    size_t len;
+    unsigned char lo = 0x80, hi = 0xBF;     /* allowed range of the second byte */
+    if (c >= 0xC2 && c <= 0xDF) {
+        len = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        len = 3;
+        if (c == 0xE0)
+            lo = 0xA0;
+        else if (c == 0xED)
+            hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        len = 4;
+        if (c == 0xF0)
+            lo = 0x90;
+        else if (c == 0xF4)
+            hi = 0x8F;
+    } else {
+        return 0;
+    }
+    if (n < len || s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t i = 2; i < len; i++)
+        if (s[i] < 0x80 || s[i] > 0xBF)
+            return 0;
+    return len;
+}
+
+/* A JSON string of s[0..n), escaped, with at most max_out bytes of escaped content;
+ * longer ones are cut at a character boundary and end in "...". */
+static void jb_str(struct jbuf *b, const char *s, size_t n, size_t max_out)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *u = (const unsigned char *)s;
+    size_t used = 0;
+    JB_LIT(b, "\"");
+    size_t i = 0;
+    while (i < n) {
+        unsigned char c = u[i];
+        char esc[6];
+        const char *piece;
+        size_t piece_len, consumed;
+        if (c == '"' || c == '\\') {
+            esc[0] = '\\';
+            esc[1] = (char)c;
+            piece = esc;
+            piece_len = 2;
+            consumed = 1;
+        } else if (c < 0x20 || c == 0x7f) {
+            memcpy(esc, "\\u00", 4);
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            piece = esc;
+            piece_len = 6;
+            consumed = 1;
+        } else if (c < 0x80) {
+            /* a run of plain ASCII in one copy */
+            size_t j = i + 1;
+            while (j < n && u[j] >= 0x20 && u[j] < 0x7f && u[j] != '"' && u[j] != '\\')
+                j++;
+            piece = s + i;
+            piece_len = j - i;
+            if (used + piece_len > max_out)
+                piece_len = max_out - used;     /* ASCII may be cut anywhere */
+            consumed = piece_len;
+            if (piece_len == 0)
+                goto truncated;
+        } else if ((consumed = utf8_seq_len(u + i, n - i)) != 0) {
+            piece = s + i;
+            piece_len = consumed;
+        } else {
+            piece = "\\ufffd";
+            piece_len = 6;
+            consumed = 1;
+        }
+        if (used + piece_len > max_out)
+            goto truncated;
+        jb_put(b, piece, piece_len);
+        used += piece_len;
+        i += consumed;
+    }
+    JB_LIT(b, "\"");
+    return;
+truncated:
+    JB_LIT(b, "...\"");
+}
+
+static void jb_cstr(struct jbuf *b, const char *s, size_t max_out)
+{
+    if (!s)
+        s = "";
+    jb_str(b, s, strlen(s), max_out);
+}
+
+/* "2026-11-21T22:17:03" for the current second, formatted once per second per thread. */
+static __thread uint64_t cached_sec = UINT64_MAX;
+static __thread char cached_date[20];
+
+static void jb_time(struct jbuf *b, uint64_t time_us)
+{
+    uint64_t sec = time_us / 1000000;
+    if (sec != cached_sec) {
+        time_t t = (time_t)sec;
+        struct tm tm;
+        char tmp[64];
+        if (gmtime_r(&t, &tm) && tm.tm_year + 1900 <= 9999 &&
+            snprintf(tmp, sizeof tmp, "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900,
+                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec) == 19)
+            memcpy(cached_date, tmp, 19);
+        else
+            memcpy(cached_date, "9999-12-31T23:59:59", 19);
+        cached_sec = sec;
+    }
+    uint64_t us = time_us % 1000000;
+    char frac[9] = { '.' };
+    for (int i = 6; i >= 1; i--) {
+        frac[i] = (char)('0' + us % 10);
+        us /= 10;
+    }
+    frac[7] = 'Z';
+    frac[8] = '"';
+    JB_LIT(b, "\"");
+    jb_put(b, cached_date, 19);
+    jb_put(b, frac, 9);
+}
+
+size_t alog_format(char *out, size_t cap, const struct alog_entry *e)
+{
+    struct jbuf b = { out, cap, 0, false };
+    JB_LIT(&b, "{\"time\":");
+    jb_time(&b, e->time_us);
+    JB_LIT(&b, ",\"client\":");
+    jb_str(&b, e->client.p, e->client.len, MAX_CLIENT);
+    JB_LIT(&b, ",\"method\":");
+    jb_str(&b, e->method.p, e->method.len, MAX_METHOD);
+    JB_LIT(&b, ",\"target\":");
+    jb_str(&b, e->target.p, e->target.len, MAX_TARGET);
+    JB_LIT(&b, ",\"status\":");
+    jb_int(&b, e->status);
+    JB_LIT(&b, ",\"route\":");
+    jb_cstr(&b, e->route, MAX_NAME);
+    JB_LIT(&b, ",\"pool\":");
+    jb_cstr(&b, e->pool, MAX_NAME);
+    JB_LIT(&b, ",\"backend\":");
+    jb_cstr(&b, e->backend, MAX_NAME);
+    JB_LIT(&b, ",\"request_id\":");
+    jb_str(&b, e->request_id.p, e->request_id.len, MAX_REQUEST_ID);
+    JB_LIT(&b, ",\"bytes_in\":");
+    jb_u64(&b, e->bytes_in);
+    JB_LIT(&b, ",\"bytes_out\":");
+    jb_u64(&b, e->bytes_out);
+    JB_LIT(&b, ",\"duration_ms\":");
+    jb_ms(&b, e->duration_us);
+    JB_LIT(&b, ",\"upstream_first_byte_ms\":");
+    if (e->first_byte_us >= 0)
+        jb_ms(&b, (uint64_t)e->first_byte_us);
+    else
+        JB_LIT(&b, "null");
+    JB_LIT(&b, ",\"upstream_reused\":");
+    if (e->upstream_reused)
+        JB_LIT(&b, "true");
+    else
+        JB_LIT(&b, "false");
+    JB_LIT(&b, ",\"error\":");
+    if (e->error)
+        jb_cstr(&b, e->error, MAX_ERROR);
+    else
+        JB_LIT(&b, "null");
+    JB_LIT(&b, "}\n");
+    return b.overflow ? 0 : b.len;
+}
+
+/* ---- per-shard rings ---- */
+
+/* Single producer (the shard), single consumer (the writer). head and tail count
+ * bytes since the start and never wrap in practice (2^64); the shard publishes
+ * whole lines only, so the writer always writes whole lines. */
+struct alog_ring {
+    _Alignas(64) _Atomic uint64_t head;     /* written by the shard */
+    uint64_t tail_seen;                     /* the shard's last look at tail */
+    char *buf;
+    size_t mask;
+    _Alignas(64) _Atomic uint64_t tail;     /* written by the writer */
+};
+
+static struct alog_ring *rings;
+static unsigned nrings;
+static _Atomic int current_mode = ACCESS_OFF;  /* what the shards check */
+
+/* Control plane <-> writer. */
+static pthread_mutex_t ctl_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t ctl_cv;
+static bool writer_running;
+static bool stop_requested;
+static bool pending_valid;          /* a destination from alog_configure, not yet taken */
+static struct destination {
+    enum access_log_mode mode;
+    int fd;                         /* -1 when off */
+    char path[PATH_MAX];            /* for ACCESS_FILE: reopened by alog_reopen */
+} pending;
+static _Atomic bool reopen_requested;
+static pthread_t writer_thread;
+
+/* The writer's own state. */
+static struct destination dest = { ACCESS_OFF, -1, "" };
+static bool write_failing;
+
+static void close_destination(struct destination *d)
+{
+    if (d->mode == ACCESS_FILE && d->fd >= 0)
+        close(d->fd);
+    d->fd = -1;
+}
+
+static int open_destination(struct destination *d, enum access_log_mode mode, const char *path)
+{
+    d->mode = mode;
+    d->fd = -1;
+    d->path[0] = '\0';
+    if (mode == ACCESS_STDOUT) {
+        d->fd = STDOUT_FILENO;
+    } else if (mode == ACCESS_FILE) {
+        if (!path || !*path || strlen(path) >= sizeof d->path) {
+            errno = EINVAL;
+            log_error("access log: bad file path");
+            return -1;
+        }
+        int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+        if (fd < 0) {
+            int err = errno;
+            log_error("access log: cannot open %s: %s", path, strerror(err));
+            errno = err;
+            return -1;
+        }
+        d->fd = fd;
+        strcpy(d->path, path);
+    }
+    return 0;
+}
+
+static const char *destination_name(const struct destination *d)
+{
+    return d->mode == ACCESS_FILE ? d->path : "stdout";
+}
+
+/* Writes iov[0..cnt) until done or an error; returns the bytes written and sets
+ * *err (0 when all was written). */
+static size_t write_all(int fd, struct iovec *iov, int cnt, int *err)
+{
+    size_t total = 0;
+    *err = 0;
+    while (cnt > 0) {
+        ssize_t n = writev(fd, iov, cnt);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            *err = errno;
+            break;
+        }
+        total += (size_t)n;
+        while (cnt > 0 && (size_t)n >= iov->iov_len) {
+            n -= (ssize_t)iov->iov_len;
+            iov++;
+            cnt--;
+        }
+        if (cnt > 0) {
+            iov->iov_base = (char *)iov->iov_base + n;
+            iov->iov_len -= (size_t)n;
+        }
+    }
+    return total;
+}
+
+/* Writes out what ring r holds. On a write error the unwritten bytes stay in the
+ * ring for the next tick (the shard counts drops meanwhile); returns false then. */
+static bool drain_ring(struct alog_ring *r)
+{
+    uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
+    uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+    if (head == tail)
+        return true;
+    if (dest.fd < 0) {
+        atomic_store_explicit(&r->tail, head, memory_order_release);
+        return true;
+    }
+    size_t len = (size_t)(head - tail);
+    size_t off = (size_t)tail & r->mask;
+    size_t first = r->mask + 1 - off;
+    if (first > len)
+        first = len;
+    struct iovec iov[2] = { { r->buf + off, first }, { r->buf, len - first } };
+    int err;
+    size_t done = write_all(dest.fd, iov, len > first ? 2 : 1, &err);
+    atomic_store_explicit(&r->tail, tail + done, memory_order_release);
+    if (err) {
+        if (!write_failing && err != EAGAIN)
+            log_warn("access log: write to %s failed: %s (retrying; lines that do not fit "
+                     "are dropped and counted)", destination_name(&dest), strerror(err));
+        write_failing = true;
+        return false;
+    }
+    if (write_failing) {
+        log_info("access log: writing to %s again", destination_name(&dest));
+        write_failing = false;
+    }
+    return true;
+}
+
+static void drain_all(void)
+{
+    for (unsigned i = 0; i < nrings; i++)
+        if (!drain_ring(&rings[i]))
+            break;
+}
+
+static void switch_destination(struct destination *next)
+{
+    close_destination(&dest);
+    dest = *next;
+    write_failing = false;
+    atomic_store_explicit(&current_mode, dest.mode, memory_order_relaxed);
+}
+
+static void reopen_destination(void)
+{
+    if (dest.mode != ACCESS_FILE)
+        return;
+    struct destination next;
+    if (open_destination(&next, ACCESS_FILE, dest.path) < 0)
+        return;     /* logged; keep writing to the old file */
+    switch_destination(&next);
+}
+
+static void *writer_main(void *arg)
+{
+    pthread_mutex_lock(&ctl_mu);
+    for (;;) {
+        bool stopping = stop_requested;
+        bool have_next = pending_valid;
+        struct destination next = pending;
+        pending_valid = false;
+        pthread_mutex_unlock(&ctl_mu);
+
+        drain_all();    /* lines written so far go to the destination they were meant for */
+        if (have_next)
+            switch_destination(&next);
+        if (atomic_exchange_explicit(&reopen_requested, false, memory_order_acq_rel))
+            reopen_destination();
+        if (have_next)
+            drain_all();
+
+        pthread_mutex_lock(&ctl_mu);
+        if (stopping)
+            break;
+        if (!stop_requested && !pending_valid &&
+            !atomic_load_explicit(&reopen_requested, memory_order_relaxed)) {
+            struct timespec until;
+            clock_gettime(CLOCK_MONOTONIC, &until);
+            until.tv_nsec += WRITER_TICK_NS;
+            if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&ctl_cv, &ctl_mu, &until);
+        }
+    }
+    pthread_mutex_unlock(&ctl_mu);
+    return NULL;
+}
+
+static size_t ring_size_for(size_t requested)
+{
+    if (requested == 0)
+        return RING_DEFAULT;
+    size_t size = RING_MIN;
+    while (size < requested && size < ((size_t)1 << 40))
+        size <<= 1;
+    return size;
+}
+
+static void free_rings(void)
+{
+    for (unsigned i = 0; rings && i < nrings; i++)
+        free(rings[i].buf);
+    free(rings);
+    rings = NULL;
+    nrings = 0;
+}
+
+int alog_init(unsigned nshards, size_t ring_bytes, enum access_log_mode mode, const char *path)
+{
+    pthread_mutex_lock(&ctl_mu);
+    bool running = writer_running;
+    pthread_mutex_unlock(&ctl_mu);
+    if (running) {
+        errno = EALREADY;
+        return -1;
+    }
+    if (nshards == 0) {
+        errno = EINVAL;
+        log_error("access log: no shards");
+        return -1;
+    }
+    size_t size = ring_size_for(ring_bytes);
+    rings = aligned_alloc(_Alignof(struct alog_ring), nshards * sizeof *rings);
+    if (!rings)
+        goto nomem;
+    memset(rings, 0, nshards * sizeof *rings);
+    nrings = nshards;
+    for (unsigned i = 0; i < nshards; i++) {
+        rings[i].buf = malloc(size);
+        if (!rings[i].buf)
+            goto nomem;
+        rings[i].mask = size - 1;
+    }
+
+    struct destination first;
+    if (open_destination(&first, mode, path) < 0) {
+        int err = errno;
+        free_rings();
+        errno = err;
+        return -1;
+    }
+    dest = first;
+    write_failing = false;
+    atomic_store_explicit(&reopen_requested, false, memory_order_relaxed);
+
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&ctl_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    stop_requested = false;
+    pending_valid = false;
+    int rc = pthread_create(&writer_thread, NULL, writer_main, NULL);
+    if (rc != 0) {
+        close_destination(&dest);
+        pthread_cond_destroy(&ctl_cv);
+        free_rings();
+        log_error("access log: cannot start the writer thread: %s", strerror(rc));
+        errno = rc;
+        return -1;
+    }
+    atomic_store_explicit(&current_mode, mode, memory_order_relaxed);
+    pthread_mutex_lock(&ctl_mu);
+    writer_running = true;
+    pthread_mutex_unlock(&ctl_mu);
+    return 0;
+
+nomem:
+    free_rings();
+    log_error("access log: out of memory for %u rings of %zu bytes", nshards, size);
+    errno = ENOMEM;
+    return -1;
+}
+
+void alog_write(unsigned shard, const struct alog_entry *e)
+{
+    if (atomic_load_explicit(&current_mode, memory_order_relaxed) == ACCESS_OFF)
+        return;
+    if (!rings || shard >= nrings)
+        return;
+    struct alog_ring *r = &rings[shard];
+    char line[ALOG_LINE_MAX];
+    size_t n = alog_format(line, sizeof line, e);
+    uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
+    size_t size = r->mask + 1;
+    if (n > size - (size_t)(head - r->tail_seen)) {
+        r->tail_seen = atomic_load_explicit(&r->tail, memory_order_acquire);
+        if (n > size - (size_t)(head - r->tail_seen))
+            n = 0;
+    }
+    if (n == 0) {
+        struct shard_metrics *m = metrics_shard(shard);
+        if (m)
+            mc_add(&m->access_log_dropped, 1);
+        return;
+    }
+    size_t off = (size_t)head & r->mask;
+    size_t first = size - off < n ? size - off : n;
+    memcpy(r->buf + off, line, first);
+    memcpy(r->buf, line + first, n - first);
+    atomic_store_explicit(&r->head, head + n, memory_order_release);
+}
+
+int alog_configure(enum access_log_mode mode, const char *path)
+{
+    struct destination next;
+    pthread_mutex_lock(&ctl_mu);
+    bool running = writer_running;
+    pthread_mutex_unlock(&ctl_mu);
+    if (!running) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (open_destination(&next, mode, path) < 0)
+        return -1;
+    pthread_mutex_lock(&ctl_mu);
+    if (!writer_running) {      /* shut down meanwhile */
+        pthread_mutex_unlock(&ctl_mu);
+        close_destination(&next);
+        errno = EINVAL;
+        return -1;
+    }
+    if (pending_valid)
+        close_destination(&pending);
+    pending = next;
+    pending_valid = true;
+    pthread_cond_signal(&ctl_cv);
+    pthread_mutex_unlock(&ctl_mu);
+    return 0;
+}
+
+void alog_reopen(void)
+{
+    atomic_store_explicit(&reopen_requested, true, memory_order_release);
+    pthread_mutex_lock(&ctl_mu);
+    if (writer_running)
+        pthread_cond_signal(&ctl_cv);
+    pthread_mutex_unlock(&ctl_mu);
+}
+
+void alog_shutdown(void)
+{
+    pthread_mutex_lock(&ctl_mu);
+    if (!writer_running) {
+        pthread_mutex_unlock(&ctl_mu);
+        return;
+    }
+    stop_requested = true;
+    pthread_cond_signal(&ctl_cv);
+    pthread_mutex_unlock(&ctl_mu);
+    pthread_join(writer_thread, NULL);
+
+    pthread_mutex_lock(&ctl_mu);
+    writer_running = false;
+    if (pending_valid)
+        close_destination(&pending);
+    pending_valid = false;
+    pthread_mutex_unlock(&ctl_mu);
+    atomic_store_explicit(&current_mode, ACCESS_OFF, memory_order_relaxed);
+    close_destination(&dest);
+    dest.mode = ACCESS_OFF;
+    pthread_cond_destroy(&ctl_cv);
+    free_rings();
+}

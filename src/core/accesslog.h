@@ -1,0 +1,58 @@
+/* Access log: one JSON object per line. Shards format lines into their own
+ * single-producer ring buffer (no syscall, no lock, no malloc); a writer thread
+ * drains the rings and writes them to stdout or a file. A full ring drops the line
+ * and counts it (aigw_access_log_dropped_total) rather than block a shard. */
+#ifndef AIGW_CORE_ACCESSLOG_H
+#define AIGW_CORE_ACCESSLOG_H
+
+#include <stdint.h>
+#include "core/config.h"
+#include "proto/http1.h"
+
+struct alog_entry {
+    uint64_t time_us;           /* CLOCK_REALTIME at request start */
+    struct slice client;        /* "1.2.3.4:5678" */
+    struct slice method, target;
+    struct slice request_id;
+    const char *route;          /* "" when none matched */
+    const char *pool;           /* "" when none */
+    const char *backend;        /* "" when none */
+    int status;
+    uint64_t bytes_in;          /* request bytes from the client (head + body) */
+    uint64_t bytes_out;         /* response bytes to the client (head + body) */
+    uint64_t duration_us;       /* request start to last byte sent */
+    int64_t first_byte_us;      /* upstream first byte after request start; -1 if none */
+    bool upstream_reused;
+    const char *error;          /* NULL, or what went wrong ("connect refused", "first_byte timeout", ...) */
+};
+
+/* Longest line alog_format produces: string fields longer than their share are cut
+ * and end in "..." (the target keeps its first 2 KiB), so a line is never dropped
+ * for being too long. */
+#define ALOG_LINE_MAX 4096
+
+/* Starts the writer thread for nshards rings (ring_bytes each, rounded up to a
+ * power of two, at least 64 KiB; 0 means 1 MiB). path is used for ACCESS_FILE.
+ * Returns 0, or -1 with errno (and a log_error) when the file cannot be opened or
+ * memory or the thread cannot be had. Call before the shards start. */
+int alog_init(unsigned nshards, size_t ring_bytes, enum access_log_mode mode, const char *path);
+/* Called by shard `shard` only. Never blocks: formats the line and copies it into
+ * the shard's ring, or counts it in aigw_access_log_dropped_total when full. */
+void alog_write(unsigned shard, const struct alog_entry *e);
+/* Switches destination (reload). A file is opened here, so an error is returned
+ * (-1, errno, log_error) and the old destination stays. Lines already buffered go
+ * to the old destination. Control plane. */
+int alog_configure(enum access_log_mode mode, const char *path);
+/* Makes the writer reopen the file by its path (SIGUSR1, logrotate). Call from a
+ * normal thread, not from inside a signal handler. */
+void alog_reopen(void);
+/* Writes out everything buffered so far, stops the writer and frees the rings.
+ * Call after the shards have stopped. */
+void alog_shutdown(void);
+
+/* Writes e as one JSON line (with '\n') into out; returns length, 0 if it does not
+ * fit (never with cap >= ALOG_LINE_MAX). Strings are JSON-escaped: control chars
+ * as \u00XX, invalid UTF-8 bytes as \ufffd. Pure; exposed for tests. */
+size_t alog_format(char *out, size_t cap, const struct alog_entry *e);
+
+#endif

@@ -1,0 +1,1072 @@
+/* Configuration loader: inih does the INI tokenising; everything else is here.
+ *
+ * Debian's inih has no line numbers in the handler and a 200-byte line buffer, so
+ * lines come through our own reader: it counts them (the handler reports errors
+ * at ctx->lineno, which is the line inih is processing), rejects over-long lines
+ * instead of letting inih split them into pieces, and sees section headers
+ * itself, because inih never calls the handler for a section without keys
+ * (an empty "[pool x]" or an unknown "[tls]" must still be reported). */
+#include "core/config.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <ini.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Longest accepted line, newline excluded. */
+#define CFG_LINE_MAX 1024
+/* Bounds that keep absurd files from costing absurd time (checks are quadratic). */
+#define CFG_MAX_POOLS 1024
+#define CFG_MAX_ROUTES 1024
+#define CFG_MAX_BACKENDS 1024          /* per pool */
+#define CFG_DURATION_MAX_MS (366ULL * 24 * 3600 * 1000)
+
+enum section_kind {
+    SEC_NONE, SEC_SERVER, SEC_ADMIN, SEC_TIMEOUTS, SEC_LOG, SEC_POOL, SEC_ROUTE, SEC_COUNT
+};
+
+struct pending_route {
+    char pool[CFG_NAME_MAX];   /* as written, resolved once the whole file is read */
+    int pool_line;
+};
+
+struct load_ctx {
+    struct config *c;
+    const char *name;           /* file name for messages */
+
+    /* line source: a FILE, or an in-memory text */
+    FILE *file;
+    const char *text;
+    size_t text_pos, text_len;
+    int lineno;
+
+    bool failed;
+    int err_line;
+    char *err;
+    size_t errlen;
+
+    enum section_kind sec;
+    int sec_line;
+    char sec_text[96];          /* "pool gpu-a", for messages */
+    uint32_t seen_keys;         /* bit per key of the current section's table */
+    bool section_seen[SEC_COUNT];
+
+    unsigned pool_cap, route_cap, backend_cap;
+    struct pending_route *pending;  /* parallel to c->routes */
+    bool listen_configured;
+    bool admin_configured;
+};
+
+/* ---- errors ---------------------------------------------------------------- */
+
+static void vfail_at(struct load_ctx *x, int line, const char *fmt, va_list ap)
+{
+    if (x->failed)
+        return;
+    x->failed = true;
+    x->err_line = line;
+    if (!x->err || x->errlen == 0)
+        return;
+    int n = line > 0 ? snprintf(x->err, x->errlen, "%s:%d: ", x->name, line)
+                     : snprintf(x->err, x->errlen, "%s: ", x->name);
+    if (n >= 0 && (size_t)n < x->errlen)
+        vsnprintf(x->err + n, x->errlen - (size_t)n, fmt, ap);
+    /* values are echoed back; keep terminal control bytes out of the message */
+    for (char *p = x->err; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = '?';
+}
+
+__attribute__((format(printf, 3, 4)))
+static int fail_at(struct load_ctx *x, int line, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vfail_at(x, line, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* The common case: an error on the line being parsed. */
+__attribute__((format(printf, 2, 3)))
+static int fail(struct load_ctx *x, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vfail_at(x, x->lineno, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static int bad_value(struct load_ctx *x, const char *key, const char *value, const char *expected)
+{
+    return fail(x, "invalid value for %s: '%s' (expected %s)", key, value, expected);
+}
+
+/* ---- value parsers ------------------------------------------------------------ */
+
+/* Decimal digits only: no sign, no spaces, no base prefixes. *end gets the first
+ * non-digit. Fails on no digits or overflow. */
+static int parse_digits(const char *s, uint64_t *out, const char **end)
+{
+    uint64_t v = 0;
+    const char *p = s;
+    while (*p >= '0' && *p <= '9') {
+        unsigned d = (unsigned)(*p - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return -1;
+        v = v * 10 + d;
+        p++;
+    }
+    if (p == s)
+        return -1;
+    *out = v;
+    *end = p;
+    return 0;
+}
+
+static int parse_uint_range(const char *s, uint64_t min, uint64_t max, uint64_t *out)
+{
+    uint64_t v;
+    const char *end;
+    if (parse_digits(s, &v, &end) < 0 || *end || v < min || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int config_parse_duration_ms(const char *s, uint64_t *out)
+{
+    uint64_t v, mult;
+    const char *unit;
+    if (!s || parse_digits(s, &v, &unit) < 0)
+        return -1;
+    if (strcmp(unit, "ms") == 0)
+        mult = 1;
+    else if (*unit == '\0' || strcmp(unit, "s") == 0)
+        mult = 1000;
+    else if (strcmp(unit, "m") == 0)
+        mult = 60 * 1000;
+    else if (strcmp(unit, "h") == 0)
+        mult = 3600 * 1000;
+    else
+        return -1;
+    if (v > CFG_DURATION_MAX_MS / mult)
+        return -1;
+    *out = v * mult;
+    return 0;
+}
+
+int config_parse_size(const char *s, uint64_t *out)
+{
+    uint64_t v;
+    const char *unit;
+    unsigned shift;
+    if (!s || parse_digits(s, &v, &unit) < 0)
+        return -1;
+    switch (*unit) {
+    case '\0': shift = 0; break;
+    case 'k': case 'K': shift = 10; break;
+    case 'm': case 'M': shift = 20; break;
+    case 'g': case 'G': shift = 30; break;
+    default: return -1;
+    }
+    if (*unit && unit[1])
+        return -1;
+    if (v > (UINT64_MAX >> shift))
+        return -1;
+    *out = v << shift;
+    return 0;
+}
+
+/* RFC 1123 host name characters; checked before getaddrinfo so garbage never
+ * becomes a DNS query. */
+static bool valid_hostname(const char *h, size_t len)
+{
+    if (len == 0 || len > 253 || h[0] == '-' || h[0] == '.')
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)h[i];
+        if (!isalnum(ch) && ch != '-' && ch != '.' && ch != '_')
+            return false;
+    }
+    /* an all-digit last label is a mistyped address ("256.1.1.1"), not a name */
+    size_t end = h[len - 1] == '.' ? len - 1 : len, i = end;
+    while (i > 0 && h[i - 1] != '.')
+        i--;
+    for (size_t k = i; k < end; k++)
+        if (!isdigit((unsigned char)h[k]))
+            return true;
+    return false;
+}
+
+static int format_addr(struct cfg_addr *a)
+{
+    char host[NI_MAXHOST];
+    if (getnameinfo((struct sockaddr *)&a->sa, a->salen, host, sizeof host, NULL, 0,
+                    NI_NUMERICHOST) != 0)
+        return -1;
+    unsigned port = a->sa.ss_family == AF_INET6
+                        ? ntohs(((struct sockaddr_in6 *)&a->sa)->sin6_port)
+                        : ntohs(((struct sockaddr_in *)&a->sa)->sin_port);
+    int n = a->sa.ss_family == AF_INET6
+                ? snprintf(a->text, sizeof a->text, "[%s]:%u", host, port)
+                : snprintf(a->text, sizeof a->text, "%s:%u", host, port);
+    return n > 0 && (size_t)n < sizeof a->text ? 0 : -1;
+}
+
+/* why (may be NULL) gets a short reason for messages. */
+static int parse_addr(const char *s, struct cfg_addr *out, char *why, size_t whylen)
+{
+    char host[256];
+    const char *colon;
+    size_t hostlen;
+    bool bracketed = false;
+
+    if (why && whylen)
+        why[0] = '\0';
+    if (!s || !*s)
+        return -1;
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (!close || close[1] != ':')
+            return -1;
+        bracketed = true;
+        hostlen = (size_t)(close - s - 1);
+        memcpy(host, s + 1, hostlen < sizeof host ? hostlen : 0);
+        colon = close + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (!colon)
+            return -1;
+        hostlen = (size_t)(colon - s);
+        if (memchr(s, ':', hostlen))        /* bare IPv6 needs brackets */
+            return -1;
+        memcpy(host, s, hostlen < sizeof host ? hostlen : 0);
+    }
+    if (hostlen == 0 || hostlen >= sizeof host)
+        return -1;
+    host[hostlen] = '\0';
+
+    uint64_t port;
+    if (parse_uint_range(colon + 1, 1, 65535, &port) < 0)
+        return -1;
+
+    struct cfg_addr a;
+    memset(&a, 0, sizeof a);
+    if (!bracketed && strcmp(host, "*") == 0) {
+        struct sockaddr_in *sin = (struct sockaddr_in *)&a.sa;
+        sin->sin_family = AF_INET;
+        sin->sin_addr.s_addr = htonl(INADDR_ANY);
+        sin->sin_port = htons((uint16_t)port);
+        a.salen = sizeof *sin;
+    } else {
+        struct addrinfo hints, *res = NULL;
+        memset(&hints, 0, sizeof hints);
+        hints.ai_socktype = SOCK_STREAM;
+        if (bracketed) {
+            hints.ai_family = AF_INET6;
+            hints.ai_flags = AI_NUMERICHOST;
+        } else {
+            struct in_addr v4;
+            if (inet_pton(AF_INET, host, &v4) == 1) {
+                hints.ai_family = AF_INET;
+                hints.ai_flags = AI_NUMERICHOST;
+            } else {
+                /* inet_aton's legacy forms ("10.1", "0x7f.1") are typos far more
+                 * often than intent, and getaddrinfo would quietly accept them */
+                if (!valid_hostname(host, hostlen) || inet_aton(host, &v4) != 0)
+                    return -1;
+                hints.ai_family = AF_UNSPEC;
+            }
+        }
+        int rc = getaddrinfo(host, NULL, &hints, &res);
+        if (rc != 0 || !res) {
+            if (why && whylen && !(hints.ai_flags & AI_NUMERICHOST))
+                snprintf(why, whylen, "cannot resolve '%s': %s", host,
+                         rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
+            if (res)
+                freeaddrinfo(res);
+            return -1;
+        }
+        if (res->ai_addrlen > sizeof a.sa) {
+            freeaddrinfo(res);
+            return -1;
+        }
+        memcpy(&a.sa, res->ai_addr, res->ai_addrlen);
+        a.salen = res->ai_addrlen;
+        freeaddrinfo(res);
+        if (a.sa.ss_family == AF_INET)
+            ((struct sockaddr_in *)&a.sa)->sin_port = htons((uint16_t)port);
+        else if (a.sa.ss_family == AF_INET6)
+            ((struct sockaddr_in6 *)&a.sa)->sin6_port = htons((uint16_t)port);
+        else
+            return -1;
+    }
+    if (format_addr(&a) < 0)
+        return -1;
+    *out = a;
+    return 0;
+}
+
+int config_parse_addr(const char *s, struct cfg_addr *out)
+{
+    return parse_addr(s, out, NULL, 0);
+}
+
+static bool addr_equal(const struct cfg_addr *a, const struct cfg_addr *b)
+{
+    /* text is normalised from the numeric address, port and scope */
+    return strcmp(a->text, b->text) == 0;
+}
+
+static int set_addr(struct load_ctx *x, const char *key, const char *value, struct cfg_addr *out)
+{
+    char why[512];
+    if (parse_addr(value, out, why, sizeof why) < 0) {
+        if (why[0])
+            return fail(x, "invalid value for %s: '%s' (%s)", key, value, why);
+        return bad_value(x, key, value, "HOST:PORT, [IPv6]:PORT or *:PORT with port 1-65535");
+    }
+    out->line = x->lineno;
+    return 0;
+}
+
+/* Pool and route names end up in metric labels and logs: keep them plain. */
+static bool valid_name(const char *s, size_t len)
+{
+    if (len == 0 || len >= CFG_NAME_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (!isalnum(ch) && ch != '-' && ch != '_' && ch != '.')
+            return false;
+    }
+    return true;
+}
+
+/* ---- [server] ---------------------------------------------------------------- */
+
+static int check_listener_unique(struct load_ctx *x, const struct cfg_addr *a, bool is_admin)
+{
+    struct config *c = x->c;
+    if (x->listen_configured) {
+        for (unsigned i = 0; i < c->server.nlisten; i++)
+            if (addr_equal(&c->server.listen[i], a))
+                return fail(x, "duplicate listener %s (already on line %d)", a->text,
+                            c->server.listen[i].line);
+    }
+    if (!is_admin && x->admin_configured && c->admin.enabled && addr_equal(&c->admin.listen, a))
+        return fail(x, "duplicate listener %s (already on line %d)", a->text,
+                    c->admin.listen.line);
+    return 0;
+}
+
+static int server_listen(struct load_ctx *x, const char *key, const char *value)
+{
+    struct config *c = x->c;
+    struct cfg_addr a;
+    if (set_addr(x, key, value, &a) < 0 || check_listener_unique(x, &a, false) < 0)
+        return -1;
+    if (!x->listen_configured) {
+        x->listen_configured = true;
+        c->server.nlisten = 0;          /* drop the default */
+    }
+    if (c->server.nlisten == CFG_MAX_LISTEN)
+        return fail(x, "too many listen addresses in [server] (at most %d)", CFG_MAX_LISTEN);
+    c->server.listen[c->server.nlisten++] = a;
+    return 0;
+}
+
+static int server_shards(struct load_ctx *x, const char *key, const char *value)
+{
+    uint64_t v;
+    if (strcmp(value, "auto") == 0)
+        v = 0;
+    else if (parse_uint_range(value, 1, 256, &v) < 0)
+        return bad_value(x, key, value, "auto or a number 1-256");
+    x->c->server.shards = (unsigned)v;
+    return 0;
+}
+
+static int server_max_connections(struct load_ctx *x, const char *key, const char *value)
+{
+    uint64_t v;
+    if (parse_uint_range(value, 1, 10000000, &v) < 0)
+        return bad_value(x, key, value, "a number 1-10000000");
+    x->c->server.max_connections = (unsigned)v;
+    return 0;
+}
+
+static int server_max_body(struct load_ctx *x, const char *key, const char *value)
+{
+    uint64_t v;
+    if (config_parse_size(value, &v) < 0 || v > SIZE_MAX)
+        return bad_value(x, key, value, "a size such as 512k, 1m or 2g");
+    x->c->server.max_body = (size_t)v;
+    return 0;
+}
+
+static int server_max_header(struct load_ctx *x, const char *key, const char *value)
+{
+    uint64_t v;
+    if (config_parse_size(value, &v) < 0 || v < 1024 || v > 65536)
+        return bad_value(x, key, value, "a size from 1k to 64k");
+    x->c->server.max_header = (size_t)v;
+    return 0;
+}
+
+static int server_drain_timeout(struct load_ctx *x, const char *key, const char *value)
+{
+    if (config_parse_duration_ms(value, &x->c->server.drain_timeout_ms) < 0)
+        return bad_value(x, key, value, "a duration such as 500ms, 30s, 5m or 1h");
+    return 0;
+}
+
+/* ---- [admin] ----------------------------------------------------------------- */
+
+static int admin_listen(struct load_ctx *x, const char *key, const char *value)
+{
+    struct config *c = x->c;
+    x->admin_configured = true;
+    if (value[0] == '\0' || strcmp(value, "off") == 0) {
+        c->admin.enabled = false;
+        return 0;
+    }
+    struct cfg_addr a;
+    if (set_addr(x, key, value, &a) < 0 || check_listener_unique(x, &a, true) < 0)
+        return -1;
+    c->admin.enabled = true;
+    c->admin.listen = a;
+    return 0;
+}
+
+/* ---- [timeouts] -------------------------------------------------------------- */
+
+static int set_timeout(struct load_ctx *x, const char *key, const char *value, uint64_t *out)
+{
+    uint64_t v;
+    if (config_parse_duration_ms(value, &v) < 0 || v == 0)
+        return bad_value(x, key, value, "a duration above zero such as 500ms, 30s, 5m or 1h");
+    *out = v;
+    return 0;
+}
+
+static int timeout_connect(struct load_ctx *x, const char *k, const char *v)
+{ return set_timeout(x, k, v, &x->c->timeouts.connect_ms); }
+static int timeout_first_byte(struct load_ctx *x, const char *k, const char *v)
+{ return set_timeout(x, k, v, &x->c->timeouts.first_byte_ms); }
+static int timeout_idle(struct load_ctx *x, const char *k, const char *v)
+{ return set_timeout(x, k, v, &x->c->timeouts.idle_ms); }
+static int timeout_client_header(struct load_ctx *x, const char *k, const char *v)
+{ return set_timeout(x, k, v, &x->c->timeouts.client_header_ms); }
+static int timeout_keepalive(struct load_ctx *x, const char *k, const char *v)
+{ return set_timeout(x, k, v, &x->c->timeouts.keepalive_ms); }
+
+/* ---- [log] ------------------------------------------------------------------- */
+
+static int key_log_access(struct load_ctx *x, const char *key, const char *value)
+{
+    struct config *c = x->c;
+    if (strcmp(value, "stdout") == 0) {
+        c->log.access = ACCESS_STDOUT;
+    } else if (strcmp(value, "off") == 0) {
+        c->log.access = ACCESS_OFF;
+    } else if (value[0] == '/' && strlen(value) < sizeof c->log.access_path) {
+        c->log.access = ACCESS_FILE;
+        strcpy(c->log.access_path, value);
+        return 0;
+    } else {
+        return bad_value(x, key, value, "stdout, off or an absolute path");
+    }
+    c->log.access_path[0] = '\0';
+    return 0;
+}
+
+static int key_log_level(struct load_ctx *x, const char *key, const char *value)
+{
+    static const char *const names[] = { [LOG_ERROR] = "error", [LOG_WARN] = "warn",
+                                         [LOG_INFO] = "info", [LOG_DEBUG] = "debug" };
+    for (unsigned i = 0; i < sizeof names / sizeof names[0]; i++) {
+        if (strcmp(value, names[i]) == 0) {
+            x->c->log.level = (enum log_level)i;
+            return 0;
+        }
+    }
+    return bad_value(x, key, value, "error, warn, info or debug");
+}
+
+/* ---- [pool NAME] ------------------------------------------------------------- */
+
+static struct cfg_pool *cur_pool(struct load_ctx *x) { return &x->c->pools[x->c->npools - 1]; }
+
+static int pool_backend(struct load_ctx *x, const char *key, const char *value)
+{
+    static const char expected[] = "HOST:PORT [weight=N] with weight 1-1000";
+    struct cfg_pool *p = cur_pool(x);
+    char buf[CFG_LINE_MAX + 1];
+    snprintf(buf, sizeof buf, "%s", value);
+
+    char *save = NULL;
+    char *addr = strtok_r(buf, " \t", &save);
+    if (!addr)
+        return bad_value(x, key, value, expected);
+
+    struct cfg_backend b = { .weight = 1 };
+    if (set_addr(x, key, addr, &b.addr) < 0)
+        return -1;
+    bool weight_seen = false;
+    for (char *opt; (opt = strtok_r(NULL, " \t", &save)) != NULL;) {
+        uint64_t w;
+        if (weight_seen || strncmp(opt, "weight=", 7) != 0 ||
+            parse_uint_range(opt + 7, 1, 1000, &w) < 0)
+            return bad_value(x, key, value, expected);
+        b.weight = (unsigned)w;
+        weight_seen = true;
+    }
+    for (unsigned i = 0; i < p->nbackends; i++)
+        if (addr_equal(&p->backends[i].addr, &b.addr))
+            return fail(x, "duplicate backend %s in pool '%s' (already on line %d)",
+                        b.addr.text, p->name, p->backends[i].addr.line);
+    if (p->nbackends == CFG_MAX_BACKENDS)
+        return fail(x, "too many backends in pool '%s' (at most %d)", p->name, CFG_MAX_BACKENDS);
+    if (p->nbackends == x->backend_cap) {
+        unsigned cap = x->backend_cap ? x->backend_cap * 2 : 4;
+        struct cfg_backend *nb = realloc(p->backends, cap * sizeof *nb);
+        if (!nb)
+            return fail(x, "out of memory");
+        p->backends = nb;
+        x->backend_cap = cap;
+    }
+    p->backends[p->nbackends++] = b;
+    return 0;
+}
+
+static int pool_balance(struct load_ctx *x, const char *key, const char *value)
+{
+    struct cfg_pool *p = cur_pool(x);
+    if (strcmp(value, "round_robin") == 0)
+        p->balance = BALANCE_ROUND_ROBIN;
+    else if (strcmp(value, "least_outstanding") == 0)
+        p->balance = BALANCE_LEAST_OUTSTANDING;
+    else if (strcmp(value, "capacity") == 0 || strcmp(value, "prefix") == 0)
+        return fail(x, "balance '%s' is not supported yet", value);
+    else
+        return bad_value(x, key, value, "round_robin or least_outstanding");
+    return 0;
+}
+
+static int pool_max_outstanding(struct load_ctx *x, const char *key, const char *value)
+{
+    uint64_t v;
+    if (parse_uint_range(value, 1, 1000000, &v) < 0)
+        return bad_value(x, key, value, "a number 1-1000000");
+    cur_pool(x)->max_outstanding = (unsigned)v;
+    return 0;
+}
+
+static int pool_upstream_auth(struct load_ctx *x, const char *key, const char *value)
+{
+    struct cfg_pool *p = cur_pool(x);
+    size_t len = strlen(value);
+    if (len >= sizeof p->upstream_auth)
+        return fail(x, "invalid value for %s: too long (at most %zu characters)", key,
+                    sizeof p->upstream_auth - 1);
+    /* it becomes a header value: no spaces or control bytes that could split it */
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)value[i];
+        if (ch <= 0x20 || ch == 0x7f)
+            return fail(x, "invalid value for %s: must not contain spaces or control characters",
+                        key);
+    }
+    memcpy(p->upstream_auth, value, len + 1);
+    return 0;
+}
+
+/* ---- [route NAME] ------------------------------------------------------------ */
+
+static struct cfg_route *cur_route(struct load_ctx *x) { return &x->c->routes[x->c->nroutes - 1]; }
+
+static int route_path(struct load_ctx *x, const char *key, const char *value)
+{
+    static const char expected[] =
+        "an absolute path such as /v1/chat/completions, or a prefix ending in * such as /v1/*";
+    struct cfg_route *r = cur_route(x);
+    size_t len = strlen(value);
+    if (len == 0 || value[0] != '/' || len >= sizeof r->path)
+        return bad_value(x, key, value, expected);
+    bool prefix = value[len - 1] == '*';
+    size_t plen = prefix ? len - 1 : len;
+    for (size_t i = 0; i < plen; i++) {
+        unsigned char ch = (unsigned char)value[i];
+        /* a request path never holds these: such a route could never match */
+        if (ch <= 0x20 || ch >= 0x7f || ch == '*' || ch == '?' || ch == '#')
+            return bad_value(x, key, value, expected);
+    }
+    for (unsigned i = 0; i + 1 < x->c->nroutes; i++) {
+        const struct cfg_route *o = &x->c->routes[i];
+        if (o->prefix == prefix && o->path_len == plen && memcmp(o->path, value, plen) == 0)
+            return fail(x, "route '%s': path %s is already used by route '%s' (line %d)",
+                        r->name, value, o->name, o->line);
+    }
+    memcpy(r->path, value, plen);
+    r->path[plen] = '\0';
+    r->path_len = plen;
+    r->prefix = prefix;
+    return 0;
+}
+
+static int route_pool(struct load_ctx *x, const char *key, const char *value)
+{
+    struct cfg_route *r = cur_route(x);
+    struct pending_route *pr = &x->pending[x->c->nroutes - 1];
+    size_t len = strlen(value);
+    if (len == 0)
+        return bad_value(x, key, value, "the name of a [pool NAME] section");
+    if (len >= sizeof pr->pool)
+        return fail(x, "route '%s': unknown pool '%s'", r->name, value);
+    memcpy(pr->pool, value, len + 1);
+    pr->pool_line = x->lineno;
+    return 0;
+}
+
+static int route_kind(struct load_ctx *x, const char *key, const char *value)
+{
+    struct cfg_route *r = cur_route(x);
+    if (strcmp(value, "ai") == 0)
+        r->kind = ROUTE_AI;
+    else if (strcmp(value, "raw") == 0)
+        r->kind = ROUTE_RAW;
+    else
+        return bad_value(x, key, value, "ai or raw");
+    return 0;
+}
+
+/* ---- sections ---------------------------------------------------------------- */
+
+struct key_def {
+    const char *name;
+    int (*set)(struct load_ctx *x, const char *key, const char *value);
+    bool repeatable;
+};
+
+static const struct key_def server_keys[] = {
+    { "listen", server_listen, true },
+    { "shards", server_shards, false },
+    { "max_connections", server_max_connections, false },
+    { "max_body", server_max_body, false },
+    { "max_header", server_max_header, false },
+    { "drain_timeout", server_drain_timeout, false },
+    { NULL, NULL, false },
+};
+static const struct key_def admin_keys[] = {
+    { "listen", admin_listen, false },
+    { NULL, NULL, false },
+};
+static const struct key_def timeout_keys[] = {
+    { "connect", timeout_connect, false },
+    { "first_byte", timeout_first_byte, false },
+    { "idle", timeout_idle, false },
+    { "client_header", timeout_client_header, false },
+    { "keepalive", timeout_keepalive, false },
+    { NULL, NULL, false },
+};
+static const struct key_def log_keys[] = {
+    { "access", key_log_access, false },
+    { "level", key_log_level, false },
+    { NULL, NULL, false },
+};
+static const struct key_def pool_keys[] = {
+    { "backend", pool_backend, true },
+    { "balance", pool_balance, false },
+    { "max_outstanding", pool_max_outstanding, false },
+    { "upstream_auth", pool_upstream_auth, false },
+    { NULL, NULL, false },
+};
+static const struct key_def route_keys[] = {
+    { "path", route_path, false },
+    { "pool", route_pool, false },
+    { "kind", route_kind, false },
+    { NULL, NULL, false },
+};
+
+static const struct key_def *const section_keys[SEC_COUNT] = {
+    [SEC_SERVER] = server_keys, [SEC_ADMIN] = admin_keys, [SEC_TIMEOUTS] = timeout_keys,
+    [SEC_LOG] = log_keys, [SEC_POOL] = pool_keys, [SEC_ROUTE] = route_keys,
+};
+
+/* Checks that need the whole section: run when the next section starts or at EOF. */
+static int close_section(struct load_ctx *x)
+{
+    if (x->sec == SEC_POOL) {
+        const struct cfg_pool *p = cur_pool(x);
+        if (p->nbackends == 0)
+            return fail_at(x, x->sec_line, "pool '%s' has no backend", p->name);
+    } else if (x->sec == SEC_ROUTE) {
+        const struct cfg_route *r = cur_route(x);
+        if (r->path_len == 0)
+            return fail_at(x, x->sec_line, "route '%s' has no path", r->name);
+        if (x->pending[x->c->nroutes - 1].pool[0] == '\0')
+            return fail_at(x, x->sec_line, "route '%s' has no pool", r->name);
+    }
+    x->sec = SEC_NONE;
+    return 0;
+}
+
+static int open_pool(struct load_ctx *x, const char *name, size_t len)
+{
+    struct config *c = x->c;
+    for (unsigned i = 0; i < c->npools; i++)
+        if (strlen(c->pools[i].name) == len && memcmp(c->pools[i].name, name, len) == 0)
+            return fail(x, "duplicate pool '%s' (already on line %d)", c->pools[i].name,
+                        c->pools[i].line);
+    if (c->npools == CFG_MAX_POOLS)
+        return fail(x, "too many pools (at most %d)", CFG_MAX_POOLS);
+    if (c->npools == x->pool_cap) {
+        unsigned cap = x->pool_cap ? x->pool_cap * 2 : 4;
+        struct cfg_pool *np = realloc(c->pools, cap * sizeof *np);
+        if (!np)
+            return fail(x, "out of memory");
+        c->pools = np;
+        x->pool_cap = cap;
+    }
+    struct cfg_pool *p = &c->pools[c->npools++];
+    memset(p, 0, sizeof *p);
+    memcpy(p->name, name, len);
+    p->balance = BALANCE_LEAST_OUTSTANDING;
+    p->max_outstanding = 64;
+    p->line = x->lineno;
+    x->backend_cap = 0;
+    return 0;
+}
+
+static int open_route(struct load_ctx *x, const char *name, size_t len)
+{
+    struct config *c = x->c;
+    for (unsigned i = 0; i < c->nroutes; i++)
+        if (strlen(c->routes[i].name) == len && memcmp(c->routes[i].name, name, len) == 0)
+            return fail(x, "duplicate route '%s' (already on line %d)", c->routes[i].name,
+                        c->routes[i].line);
+    if (c->nroutes == CFG_MAX_ROUTES)
+        return fail(x, "too many routes (at most %d)", CFG_MAX_ROUTES);
+    if (c->nroutes == x->route_cap) {
+        unsigned cap = x->route_cap ? x->route_cap * 2 : 4;
+        struct cfg_route *nr = realloc(c->routes, cap * sizeof *nr);
+        if (!nr)
+            return fail(x, "out of memory");
+        c->routes = nr;
+        struct pending_route *np = realloc(x->pending, cap * sizeof *np);
+        if (!np)
+            return fail(x, "out of memory");
+        x->pending = np;
+        x->route_cap = cap;
+    }
+    struct cfg_route *r = &c->routes[c->nroutes];
+    memset(r, 0, sizeof *r);
+    memset(&x->pending[c->nroutes], 0, sizeof x->pending[0]);
+    c->nroutes++;
+    memcpy(r->name, name, len);
+    r->kind = ROUTE_AI;
+    r->line = x->lineno;
+    return 0;
+}
+
+/* inner: the text between '[' and ']'. */
+static int open_section(struct load_ctx *x, const char *inner, size_t len)
+{
+    static const char *const singletons[SEC_COUNT] = {
+        [SEC_SERVER] = "server", [SEC_ADMIN] = "admin", [SEC_TIMEOUTS] = "timeouts",
+        [SEC_LOG] = "log",
+    };
+    if (close_section(x) < 0)
+        return -1;
+    while (len && isspace((unsigned char)*inner))
+        inner++, len--;
+    while (len && isspace((unsigned char)inner[len - 1]))
+        len--;
+    snprintf(x->sec_text, sizeof x->sec_text, "%.*s", (int)len, inner);
+
+    size_t kind_len = 0;
+    while (kind_len < len && !isspace((unsigned char)inner[kind_len]))
+        kind_len++;
+    const char *name = inner + kind_len;
+    size_t name_len = len - kind_len;
+    while (name_len && isspace((unsigned char)*name))
+        name++, name_len--;
+
+    enum section_kind kind = SEC_NONE;
+    for (int k = 0; k < SEC_COUNT; k++)
+        if (singletons[k] && strlen(singletons[k]) == kind_len &&
+            memcmp(singletons[k], inner, kind_len) == 0 && name_len == 0)
+            kind = (enum section_kind)k;
+    if (name_len && kind_len == 4 && memcmp(inner, "pool", 4) == 0)
+        kind = SEC_POOL;
+    if (name_len && kind_len == 5 && memcmp(inner, "route", 5) == 0)
+        kind = SEC_ROUTE;
+    if (kind == SEC_NONE)
+        return fail(x, "unknown section [%.*s]", (int)len, inner);
+
+    if (kind == SEC_POOL || kind == SEC_ROUTE) {
+        if (!valid_name(name, name_len))
+            return fail(x, "invalid %s name '%.*s' (expected 1-%d letters, digits, '-', '_' or '.')",
+                        kind == SEC_POOL ? "pool" : "route", (int)name_len, name,
+                        CFG_NAME_MAX - 1);
+        if ((kind == SEC_POOL ? open_pool : open_route)(x, name, name_len) < 0)
+            return -1;
+    } else {
+        if (x->section_seen[kind])
+            return fail(x, "duplicate section [%s]", singletons[kind]);
+        x->section_seen[kind] = true;
+    }
+    x->sec = kind;
+    x->sec_line = x->lineno;
+    x->seen_keys = 0;
+    return 0;
+}
+
+/* Mirrors inih's own reading of a line (BOM, whitespace, comments, inline
+ * comments inside "[...]") so both agree on which lines are section headers. */
+static int scan_line_for_section(struct load_ctx *x, const char *line)
+{
+    const char *s = line;
+    if (x->lineno == 1 && (unsigned char)s[0] == 0xEF && (unsigned char)s[1] == 0xBB &&
+        (unsigned char)s[2] == 0xBF)
+        s += 3;
+    while (*s && isspace((unsigned char)*s))
+        s++;
+    if (*s != '[')
+        return 0;
+    const char *p = s + 1;
+    bool was_space = false;
+    while (*p && *p != ']' && !(was_space && *p == ';')) {
+        was_space = isspace((unsigned char)*p);
+        p++;
+    }
+    if (*p != ']')
+        return 0;               /* inih reports it as a syntax error */
+    return open_section(x, s + 1, (size_t)(p - s - 1));
+}
+
+static int source_getc(struct load_ctx *x)
+{
+    if (x->file)
+        return getc(x->file);
+    return x->text_pos < x->text_len ? (unsigned char)x->text[x->text_pos++] : EOF;
+}
+
+/* fgets-shaped reader handed to ini_parse_stream. Returning NULL ends the parse,
+ * which is also how an error found here or in the handler stops it. */
+static char *read_line(char *str, int num, void *stream)
+{
+    struct load_ctx *x = stream;
+    if (x->failed || num < 3)
+        return NULL;
+    size_t limit = (size_t)num - 2;     /* room for '\n' and '\0' */
+    if (limit > CFG_LINE_MAX)
+        limit = CFG_LINE_MAX;
+
+    size_t n = 0;
+    int ch = EOF;
+    for (;;) {
+        ch = source_getc(x);
+        if (ch == EOF || ch == '\n')
+            break;
+        if (ch == '\0') {
+            fail_at(x, x->lineno + 1, "NUL byte in line");
+            return NULL;
+        }
+        if (n == limit) {
+            fail_at(x, x->lineno + 1, "line too long (at most %zu characters)", limit);
+            return NULL;
+        }
+        str[n++] = (char)ch;
+    }
+    if (ch == EOF && n == 0) {
+        if (x->file && ferror(x->file))
+            fail_at(x, 0, "read error: %s", strerror(errno));
+        return NULL;
+    }
+    if (ch == '\n')
+        str[n++] = '\n';
+    str[n] = '\0';
+    x->lineno++;
+    if (scan_line_for_section(x, str) < 0)
+        return NULL;
+    return str;
+}
+
+static int handle_key(void *user, const char *section, const char *key, const char *value)
+{
+    struct load_ctx *x = user;
+    (void)section;              /* inih truncates it at 50 bytes; we track our own */
+    if (x->failed)
+        return 0;
+    /* "listen 127.0.0.1:80": inih took ':' as the separator */
+    if (strpbrk(key, " \t")) {
+        fail(x, "syntax error");
+        return 0;
+    }
+    if (x->sec == SEC_NONE) {
+        fail(x, "key '%s' is outside any section", key);
+        return 0;
+    }
+    const struct key_def *keys = section_keys[x->sec];
+    for (unsigned i = 0; keys[i].name; i++) {
+        if (strcmp(keys[i].name, key) != 0)
+            continue;
+        if (!keys[i].repeatable && (x->seen_keys & (1u << i))) {
+            fail(x, "duplicate key '%s' in [%s]", key, x->sec_text);
+            return 0;
+        }
+        x->seen_keys |= 1u << i;
+        return keys[i].set(x, key, value) == 0;
+    }
+    fail(x, "unknown key '%s' in [%s]", key, x->sec_text);
+    return 0;
+}
+
+/* ---- whole-file checks and entry points --------------------------------------- */
+
+static int finish(struct load_ctx *x)
+{
+    struct config *c = x->c;
+    if (close_section(x) < 0)
+        return -1;
+
+    /* a default listener can collide with a configured one only here */
+    if (c->admin.enabled) {
+        for (unsigned i = 0; i < c->server.nlisten; i++) {
+            const struct cfg_addr *l = &c->server.listen[i];
+            if (addr_equal(l, &c->admin.listen))
+                return fail_at(x, l->line > c->admin.listen.line ? l->line : c->admin.listen.line,
+                               "duplicate listener %s ([server] listen and [admin] listen)",
+                               l->text);
+        }
+    }
+
+    for (unsigned i = 0; i < c->nroutes; i++) {
+        struct cfg_route *r = &c->routes[i];
+        const struct pending_route *pr = &x->pending[i];
+        unsigned p = 0;
+        while (p < c->npools && strcmp(c->pools[p].name, pr->pool) != 0)
+            p++;
+        if (p == c->npools)
+            return fail_at(x, pr->pool_line, "route '%s': unknown pool '%s'", r->name, pr->pool);
+        r->pool = p;
+    }
+    c->nbackends = 0;
+    for (unsigned i = 0; i < c->npools; i++)
+        c->nbackends += c->pools[i].nbackends;
+    return 0;
+}
+
+static struct config *config_new(const char *name)
+{
+    struct config *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    snprintf(c->path, sizeof c->path, "%s", name);
+    if (config_parse_addr("0.0.0.0:8080", &c->server.listen[0]) < 0 ||
+        config_parse_addr("127.0.0.1:9090", &c->admin.listen) < 0) {
+        free(c);
+        return NULL;
+    }
+    c->server.nlisten = 1;
+    c->server.shards = 0;
+    c->server.max_connections = 100000;
+    c->server.max_body = 1 << 20;
+    c->server.max_header = 16 << 10;
+    c->server.drain_timeout_ms = 30000;
+    c->admin.enabled = true;
+    c->timeouts.connect_ms = 2000;
+    c->timeouts.first_byte_ms = 60000;
+    c->timeouts.idle_ms = 30000;
+    c->timeouts.client_header_ms = 10000;
+    c->timeouts.keepalive_ms = 75000;
+    c->log.access = ACCESS_STDOUT;
+    c->log.level = LOG_INFO;
+    return c;
+}
+
+static pthread_once_t inih_setup_once = PTHREAD_ONCE_INIT;
+
+/* Debian builds inih with runtime options. Continuation lines would turn an
+ * indented "key = value" into part of the previous value, so they are off; the
+ * line buffer is sized for CFG_LINE_MAX; inih stops at its first syntax error. */
+static void inih_setup(void)
+{
+    ini_allow_multiline = false;
+    ini_stop_on_first_error = true;
+    ini_allow_no_value = false;
+    ini_use_stack = true;
+    ini_max_line = CFG_LINE_MAX + 3;
+}
+
+static int load(struct load_ctx *x, struct config **out)
+{
+    pthread_once(&inih_setup_once, inih_setup);
+    x->c = config_new(x->name);
+    if (!x->c) {
+        fail_at(x, 0, "out of memory");
+        return -1;
+    }
+    int rc = ini_parse_stream(read_line, x, handle_key, x);
+    if (rc > 0 && (!x->failed || rc < x->err_line)) {
+        x->failed = false;      /* inih's error comes first in the file */
+        fail_at(x, rc, "syntax error");
+    } else if (rc < 0 && !x->failed) {
+        fail_at(x, 0, "out of memory");
+    }
+    if (!x->failed)
+        finish(x);
+    free(x->pending);
+    x->pending = NULL;
+    if (x->failed) {
+        config_free(x->c);
+        return -1;
+    }
+    *out = x->c;
+    return 0;
+}
+
+int config_load(const char *path, struct config **out, char *err, size_t errlen)
+{
+    struct load_ctx x = { .name = path, .err = err, .errlen = errlen };
+    if (err && errlen)
+        err[0] = '\0';
+    x.file = fopen(path, "re");
+    if (!x.file) {
+        fail_at(&x, 0, "cannot open: %s", strerror(errno));
+        return -1;
+    }
+    int rc = load(&x, out);
+    fclose(x.file);
+    return rc;
+}
+
+int config_load_string(const char *name, const char *text, struct config **out,
+                       char *err, size_t errlen)
+{
+    struct load_ctx x = { .name = name, .err = err, .errlen = errlen,
+                          .text = text, .text_len = strlen(text) };
+    if (err && errlen)
+        err[0] = '\0';
+    return load(&x, out);
+}
+
+void config_free(struct config *c)
+{
+    if (!c)
+        return;
+    for (unsigned i = 0; i < c->npools; i++)
+        free(c->pools[i].backends);
+    free(c->pools);
+    free(c->routes);
+    free(c);
+}

@@ -1,0 +1,103 @@
+/* /etc/aigw.conf: INI (inih) parsed into an immutable configuration object.
+ * Every error is "FILE:LINE: message". A loaded config is never modified; a reload
+ * builds a new one (a new generation) and the old one lives until unused. */
+#ifndef AIGW_CORE_CONFIG_H
+#define AIGW_CORE_CONFIG_H
+
+#include <limits.h>
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#define CFG_MAX_LISTEN 16
+#define CFG_NAME_MAX 64
+
+struct cfg_addr {
+    struct sockaddr_storage sa;
+    socklen_t salen;
+    char text[80];              /* as normalised for logs/metrics: "127.0.0.1:8000", "[::1]:8000" */
+    int line;                   /* where it was configured */
+};
+
+enum balance_kind { BALANCE_ROUND_ROBIN, BALANCE_LEAST_OUTSTANDING };
+
+struct cfg_backend {
+    struct cfg_addr addr;
+    unsigned weight;            /* >= 1, default 1 */
+};
+
+struct cfg_pool {
+    char name[CFG_NAME_MAX];
+    struct cfg_backend *backends;
+    unsigned nbackends;
+    enum balance_kind balance;  /* default least_outstanding */
+    unsigned max_outstanding;   /* per backend, across shards; default 64 */
+    char upstream_auth[512];    /* empty: none */
+    int line;
+};
+
+enum route_kind { ROUTE_AI, ROUTE_RAW };
+
+struct cfg_route {
+    char name[CFG_NAME_MAX];
+    char path[256];             /* without the trailing '*' for prefixes */
+    size_t path_len;
+    bool prefix;                /* configured with a trailing '*' ("/x/" then '*'): matches any path starting with path */
+    unsigned pool;              /* index into config.pools */
+    enum route_kind kind;       /* default ai */
+    int line;
+};
+
+enum access_log_mode { ACCESS_OFF, ACCESS_STDOUT, ACCESS_FILE };
+enum log_level { LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG };
+
+struct config {
+    char path[PATH_MAX];
+    struct {
+        struct cfg_addr listen[CFG_MAX_LISTEN];
+        unsigned nlisten;       /* default: one, 0.0.0.0:8080 */
+        unsigned shards;        /* 0 = auto (one per online CPU) */
+        unsigned max_connections; /* default 100000 */
+        size_t max_body;        /* default 1m */
+        size_t max_header;      /* default 16k; at most 64k */
+        uint64_t drain_timeout_ms; /* default 30s */
+    } server;
+    struct {
+        bool enabled;           /* default: 127.0.0.1:9090 */
+        struct cfg_addr listen;
+    } admin;
+    struct cfg_timeouts {
+        uint64_t connect_ms;    /* 2s */
+        uint64_t first_byte_ms; /* 60s */
+        uint64_t idle_ms;       /* 30s */
+        uint64_t client_header_ms; /* 10s */
+        uint64_t keepalive_ms;  /* 75s */
+    } timeouts;
+    struct {
+        enum access_log_mode access; /* default stdout */
+        char access_path[PATH_MAX];
+        enum log_level level;   /* default info */
+    } log;
+    struct cfg_pool *pools;
+    unsigned npools;
+    struct cfg_route *routes;   /* in file order */
+    unsigned nroutes;
+    unsigned nbackends;         /* sum over pools */
+};
+
+/* Loads and validates path. On success returns 0 and *out. On failure returns -1
+ * and writes "FILE:LINE: message" (or "FILE: message" when no line applies) to err. */
+int config_load(const char *path, struct config **out, char *err, size_t errlen);
+/* Same over an in-memory text; name is used in error messages (for tests). */
+int config_load_string(const char *name, const char *text, struct config **out,
+                       char *err, size_t errlen);
+void config_free(struct config *c);
+
+/* Value parsers shared with other modules; each returns 0 or -1 (bad value). */
+int config_parse_duration_ms(const char *s, uint64_t *out);  /* "250ms" "2s" "1m" "1h"; bare number = seconds */
+int config_parse_size(const char *s, uint64_t *out);         /* "512" "16k" "1m" "2g" (binary multiples) */
+int config_parse_addr(const char *s, struct cfg_addr *out);  /* "host:port", "[v6]:port"; host may be a name */
+
+#endif

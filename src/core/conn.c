@@ -1,0 +1,1005 @@
+/* Client connections: receiving and parsing requests, choosing the route and the
+ * backend, forwarding the request head and body upstream, receiving the response
+ * head, answering errors, keep-alive and pipelining, timeouts, and teardown.
+ * The response body relay itself is in relay.c; upstream connections in upstream.c. */
+#include "core/proxy.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/accesslog.h"
+#include "core/log.h"
+
+static void process_input(struct conn *c);
+static void request_finish(struct conn *c);
+static void send_out(struct conn *c);
+static void pump_request_body(struct conn *c);
+
+/* ---- small helpers ---- */
+
+static inline const struct config *conn_cfg(const struct conn *c)
+{
+    return (c->sg ? c->sg : c->sh->sg)->g->cfg;
+}
+
+static void arm_timer(struct conn *c, uint8_t phase, uint64_t ms)
+{
+    c->tphase = phase;
+    timer_arm(&c->sh->timers, &c->timer, c->sh->now_ms + ms);
+}
+
+void conn_set_timer(struct conn *c, enum timer_phase phase, uint64_t ms)
+{
+    arm_timer(c, (uint8_t)phase, ms);
+}
+
+const struct cfg_timeouts *conn_timeouts(const struct conn *c)
+{
+    return &conn_cfg(c)->timeouts;
+}
+
+static void arm_recv(struct conn *c)
+{
+    struct io_uring_sqe *sqe = shard_sqe(c->sh);
+    io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = RECV_BUF_GROUP;
+    io_uring_sqe_set_data64(sqe, ud_make(c, OP_CLIENT_RECV));
+    c->recv_armed = true;
+    c->ops++;
+}
+
+/* Stops reading from a client whose queued input is full; resumed by resume_recv. */
+static void pause_recv(struct conn *c)
+{
+    if (c->recv_paused)
+        return;
+    c->recv_paused = true;
+    if (c->recv_armed) {
+        struct io_uring_sqe *sqe = shard_sqe(c->sh);
+        io_uring_prep_cancel64(sqe, ud_make(c, OP_CLIENT_RECV), 0);
+        io_uring_sqe_set_data64(sqe, 0);
+    }
+}
+
+static void resume_recv(struct conn *c)
+{
+    if (!c->recv_paused)
+        return;
+    c->recv_paused = false;
+    if (!c->recv_armed && c->state != CS_CLOSING)
+        arm_recv(c);
+}
+
+/* Sends out[off..len) to the client. Exactly one client send is in flight at a time. */
+static void client_send(struct conn *c, const char *p, size_t n)
+{
+    struct io_uring_sqe *sqe = shard_sqe(c->sh);
+    io_uring_prep_send(sqe, c->fd, p, n, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, ud_make(c, OP_CLIENT_SEND));
+    c->send_inflight = true;
+    c->ops++;
+}
+
+static void next_request_id(struct conn *c)
+{
+    /* xorshift128+: ids only need to be unique, not secret */
+    uint64_t *s = c->sh->rng, v[2];
+    for (int k = 0; k < 2; k++) {
+        uint64_t s1 = s[0];
+        const uint64_t s0 = s[1];
+        s[0] = s0;
+        s1 ^= s1 << 23;
+        s[1] = s1 ^ s0 ^ (s1 >> 17) ^ (s0 >> 26);
+        v[k] = s[1] + s0;
+    }
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 0; i < 32; i++)
+        c->request_id[i] = hex[(v[i / 16] >> ((i % 16) * 4)) & 15];
+    c->request_id_len = 32;
+}
+
+static bool request_id_acceptable(struct slice v)
+{
+    if (v.len == 0 || v.len > sizeof(((struct conn *)0)->request_id))
+        return false;
+    for (size_t i = 0; i < v.len; i++) {
+        unsigned char ch = (unsigned char)v.p[i];
+        if (ch <= 0x20 || ch >= 0x7f || ch == '"' || ch == '\\')
+            return false;
+    }
+    return true;
+}
+
+static struct slice request_id_header(struct conn *c, char *buf, size_t cap)
+{
+    static const char name[] = "x-request-id: ";
+    size_t n = sizeof name - 1;
+    if (n + c->request_id_len + 2 > cap)
+        return (struct slice){ buf, 0 };
+    memcpy(buf, name, n);
+    memcpy(buf + n, c->request_id, c->request_id_len);
+    n += c->request_id_len;
+    buf[n++] = '\r';
+    buf[n++] = '\n';
+    return (struct slice){ buf, n };
+}
+
+/* ---- lifecycle ---- */
+
+static void conn_free(struct conn *c)
+{
+    c->state = CS_FREE;
+    c->next = c->sh->free_conns;
+    c->sh->free_conns = c;
+}
+
+void conn_maybe_free(struct conn *c)
+{
+    if (c->state == CS_CLOSING && c->ops == 0)
+        conn_free(c);
+}
+
+void conn_accepted(struct shard *sh, int fd)
+{
+    struct conn *c = sh->free_conns;
+    if (c) {
+        sh->free_conns = c->next;
+    } else {
+        c = aligned_alloc(16, sizeof *c);
+        if (!c) {
+            close(fd);
+            return;
+        }
+    }
+    memset(c, 0, offsetof(struct conn, req_chunked));
+    c->sh = sh;
+    c->fd = fd;
+    c->state = CS_IDLE;
+    c->route = -1;
+    c->backend = -1;
+    c->timer.kind = TIMER_CONN;
+    c->timer.prev = c->timer.next = NULL;
+
+    /* The peer address, once per connection: multishot accept cannot return one
+     * reliably, and it is needed for X-Forwarded-For and the access log. */
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    c->client_len = 0;
+    if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0) {
+        const void *a = ss.ss_family == AF_INET6 ? (const void *)&((struct sockaddr_in6 *)&ss)->sin6_addr
+                                                  : (const void *)&((struct sockaddr_in *)&ss)->sin_addr;
+        if (inet_ntop(ss.ss_family, a, c->client, sizeof c->client))
+            c->client_len = (uint8_t)strlen(c->client);
+    }
+
+    c->next = sh->live.next;
+    c->prev = &sh->live;
+    sh->live.next->prev = c;
+    sh->live.next = c;
+    sh->nconns++;
+    mg_add(&sh->m->connections[SIDE_CLIENT], 1);
+    arm_recv(c);
+    /* a new connection gets client_header to send its first request */
+    arm_timer(c, T_HEADER, conn_cfg(c)->timeouts.client_header_ms);
+}
+
+/* Abandons the current request (if any): upstream closed, accounting done. */
+static void request_abort(struct conn *c, int status)
+{
+    if (!c->sg)
+        return;
+    if (!c->status)
+        c->status = (uint16_t)status;
+    c->keep_alive = false;
+    if (c->up) {
+        struct upconn *u = c->up;
+        c->up = NULL;
+        u->owner = NULL;
+        upconn_close(u);
+    }
+    request_finish(c);
+}
+
+void conn_close(struct conn *c)
+{
+    if (c->state == CS_CLOSING || c->state == CS_FREE)
+        return;
+    c->state = CS_CLOSING;
+    /* a client gone mid-request: 499 in logs and metrics, as nginx counts it */
+    request_abort(c, 499);
+    struct shard *sh = c->sh;
+    timer_disarm(&sh->timers, &c->timer);
+    c->prev->next = c->next;
+    c->next->prev = c->prev;
+    sh->nconns--;
+    mg_add(&sh->m->connections[SIDE_CLIENT], -1);
+    xbuf_put(sh, c->in);
+    c->in = NULL;
+    struct io_uring_sqe *sqe = shard_sqe(sh);
+    io_uring_prep_cancel_fd(sqe, c->fd, IORING_ASYNC_CANCEL_ALL);
+    io_uring_sqe_set_data64(sqe, 0);
+    sqe = shard_sqe(sh);
+    io_uring_prep_close(sqe, c->fd);
+    io_uring_sqe_set_data64(sqe, 0);
+    c->fd = -1;
+}
+
+void conn_shard_draining(struct conn *c)
+{
+    if (c->state == CS_IDLE) {
+        conn_close(c);
+        conn_maybe_free(c);
+    } else {
+        c->keep_alive = false;
+    }
+}
+
+/* ---- local responses ---- */
+
+/* Answers the current request with an OpenAI-shaped error. Closes afterwards unless
+ * keep-alive is safe (the request had no body left unread on the connection). */
+static void send_error(struct conn *c, int status, const char *type, const char *code,
+                       const char *msg)
+{
+    struct shard *sh = c->sh;
+    if (c->resp_started) {
+        /* too late for a status: the client sees the stream end early */
+        c->error = msg;
+        conn_close(c);
+        return;
+    }
+    if (c->up) {
+        struct upconn *u = c->up;
+        c->up = NULL;
+        u->owner = NULL;
+        upconn_close(u);
+    }
+    bool body_pending = !(c->req_body == BODY_NONE ||
+                          (c->req_body == BODY_LENGTH && c->req_body_left == 0 && c->in_body == 0) ||
+                          (c->req_body == BODY_CHUNKED && c->req_chunked.done && c->in_body == 0));
+    if (body_pending || sh->draining)
+        c->keep_alive = false;
+    c->status = (uint16_t)status;
+    if (!c->error)
+        c->error = msg;
+    if (!c->out)
+        c->out = xbuf_get(sh);
+    if (!c->out) {
+        conn_close(c);
+        return;
+    }
+    char extra[128];
+    struct slice ex = request_id_header(c, extra, sizeof extra - 32);
+    if (status == 503 || status == 429) {
+        memcpy(extra + ex.len, "retry-after: 1\r\n", 16);
+        ex.len += 16;
+    }
+    c->out->off = 0;
+    c->out->len = (uint32_t)http_write_error(c->out->data, sh->xbuf_size, status, type, code, msg,
+                                             c->keep_alive, ex);
+    c->state = CS_LOCAL;
+    c->resp_started = true;
+    c->last_activity_ms = sh->now_ms;
+    arm_timer(c, T_IDLE, conn_cfg(c)->timeouts.idle_ms);
+    conn_send_out(c);
+}
+
+/* For errors found while parsing, before a request is set up. */
+static void reject_head(struct conn *c, int status, const char *msg)
+{
+    struct shard *sh = c->sh;
+    c->sg = sh->sg;
+    c->sg->inflight++;
+    c->start_us = sh->now_us;
+    c->req_body = BODY_NONE;
+    c->keep_alive = false;
+    c->method[0] = 0;
+    c->target_len = 0;
+    next_request_id(c);
+    send_error(c, status, "invalid_request_error", NULL, msg);
+}
+
+/* ---- request setup ---- */
+
+static bool req_body_complete(const struct conn *c)
+{
+    return c->req_body == BODY_NONE ||
+           (c->req_body == BODY_LENGTH && c->req_body_left == 0) ||
+           (c->req_body == BODY_CHUNKED && c->req_chunked.done);
+}
+
+/* Classifies bytes that follow what was already classified as request body.
+ * Returns how many of them are body, or -1 on bad chunked framing. */
+static ssize_t classify_body(struct conn *c, const char *p, size_t n, const char **why)
+{
+    if (n == 0 || req_body_complete(c))
+        return 0;
+    size_t k;
+    if (c->req_body == BODY_LENGTH) {
+        k = n < c->req_body_left ? n : (size_t)c->req_body_left;
+        c->req_body_left -= k;
+    } else {
+        ssize_t r = chunked_scan(&c->req_chunked, p, n, NULL, NULL, why);
+        if (r < 0)
+            return -1;
+        k = (size_t)r;
+    }
+    c->req_body_total += k;
+    return (ssize_t)k;
+}
+
+static void copy_slice(char *dst, size_t cap, struct slice s, uint16_t *len_out)
+{
+    size_t n = s.len < cap ? s.len : cap;
+    memcpy(dst, s.p, n);
+    *len_out = (uint16_t)n;
+}
+
+/* A complete head was parsed from src[0..n). Sets the request up and returns how
+ * many bytes of src it consumed (head plus the body bytes copied out); the rest
+ * of src becomes the front of c->in, its first c->in_body bytes classified body. */
+static size_t start_request(struct conn *c, const char *src, size_t n, const struct http_request *req)
+{
+    struct shard *sh = c->sh;
+    struct shard_gen *sg = sh->sg;
+    const struct config *cfg = sg->g->cfg;
+
+    c->sg = sg;
+    sg->inflight++;
+    c->start_us = sh->now_us;
+    c->state = CS_UPSTREAM;
+    c->route = -1;
+    c->backend = -1;
+    c->status = 0;
+    c->error = NULL;
+    c->resp_started = c->resp_done = c->retried = c->upstream_reused = false;
+    c->first_byte_us = 0;
+    c->bytes_in = req->head_len;
+    c->bytes_out = 0;
+    c->req_method = req->method_id;
+    c->req_body = req->body;
+    c->req_body_left = req->content_length;
+    c->req_body_total = 0;
+    c->in_body = 0;
+    chunked_init(&c->req_chunked);
+    c->keep_alive = req->keep_alive && !sh->draining;
+    c->expect_continue = req->expect_continue;
+    uint16_t mlen;
+    copy_slice(c->method, sizeof c->method - 1, req->method, &mlen);
+    c->method[mlen] = 0;
+    copy_slice(c->target, sizeof c->target, req->target, &c->target_len);
+    if (req->idx[HK_X_REQUEST_ID] >= 0 && request_id_acceptable(req->headers[req->idx[HK_X_REQUEST_ID]].value)) {
+        struct slice v = req->headers[req->idx[HK_X_REQUEST_ID]].value;
+        memcpy(c->request_id, v.p, v.len);
+        c->request_id_len = (uint8_t)v.len;
+    } else {
+        next_request_id(c);
+    }
+
+    size_t head = req->head_len;
+    const char *why = NULL;
+    ssize_t body_avail = classify_body(c, src + head, n - head, &why);
+    if (body_avail < 0) {
+        send_error(c, 400, "invalid_request_error", NULL, why);
+        return n;
+    }
+
+    if (req->body == BODY_LENGTH && req->content_length > cfg->server.max_body) {
+        send_error(c, 413, "invalid_request_error", NULL, "request body too large");
+        return head + (size_t)body_avail;
+    }
+    c->route = route_lookup(sg->g->routes, req->path.p, req->path.len);
+    if (c->route < 0) {
+        send_error(c, 404, "invalid_request_error", "not_found", "no route for this path");
+        return head + (size_t)body_avail;
+    }
+    const struct cfg_route *route = &cfg->routes[c->route];
+    const struct cfg_pool *pool = &cfg->pools[route->pool];
+    unsigned first = sg->g->pool_first_backend[route->pool];
+    uint32_t outstanding[pool->nbackends ? pool->nbackends : 1];
+    for (unsigned i = 0; i < pool->nbackends; i++)
+        outstanding[i] = gen_outstanding(sg->g, first + i);
+    int pick = balance_pick(pool->balance, &sg->balance[route->pool], pool->backends,
+                            pool->nbackends, outstanding, NULL, pool->max_outstanding);
+    if (pick < 0) {
+        send_error(c, 503, "server_error", "no_capacity", "all backends are at capacity");
+        return head + (size_t)body_avail;
+    }
+    c->backend = (int)(first + (unsigned)pick);
+    struct backend_load *cell = &sg->g->load[(size_t)c->backend * sg->g->nshards + sh->id];
+    atomic_store_explicit(&cell->outstanding,
+                          atomic_load_explicit(&cell->outstanding, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+
+    c->out = xbuf_get(sh);
+    if (!c->out) {
+        send_error(c, 503, "server_error", "no_capacity", "out of memory");
+        return n;
+    }
+    struct http_forward fwd = {
+        .client_addr = { c->client, c->client_len },
+        .proto = { "http", 4 },
+        .request_id = { c->request_id, c->request_id_len },
+        .upstream_auth = { pool->upstream_auth, strlen(pool->upstream_auth) },
+        .strip_client_auth = false,
+    };
+    size_t hlen = http_write_upstream_head(c->out->data, sh->xbuf_size, req, &fwd);
+    if (hlen == 0) {
+        send_error(c, 431, "invalid_request_error", NULL, "request head too large to forward");
+        return head + (size_t)body_avail;
+    }
+    size_t room = sh->xbuf_size - hlen;
+    size_t copy = (size_t)body_avail < room ? (size_t)body_avail : room;
+    memcpy(c->out->data + hlen, src + head, copy);
+    c->out->len = (uint32_t)(hlen + copy);
+    c->out->off = 0;
+    c->in_body = (uint32_t)((size_t)body_avail - copy);
+    c->bytes_in += copy;
+    c->body_in_first_send = req_body_complete(c) && c->in_body == 0;
+
+    if (c->expect_continue && !req_body_complete(c) && body_avail == 0) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        client_send(c, cont, sizeof cont - 1);
+        c->sending_continue = true;
+    }
+    upstream_acquire(c);
+    return head + copy;
+}
+
+/* ---- input ---- */
+
+static bool in_reserve(struct conn *c)
+{
+    if (!c->in) {
+        c->in = xbuf_get(c->sh);
+        if (!c->in)
+            return false;
+    }
+    return true;
+}
+
+/* Appends received bytes to c->in; returns false if they did not all fit. */
+static bool in_append(struct conn *c, const char *p, size_t n)
+{
+    if (!in_reserve(c))
+        return false;
+    struct xbuf *b = c->in;
+    uint32_t cap = c->sh->xbuf_size;
+    if (b->len + n > b->cap && b->off > 0 && !c->in_pinned) {
+        memmove(b->data, b->data + b->off, b->len - b->off);
+        b->len -= b->off;
+        b->off = 0;
+    }
+    if (b->len + n > b->cap) {
+        /* Completions already queued when we paused reading can overshoot the queue;
+         * the kernel has handed us those bytes, so keep them in a larger block. */
+        size_t want = (size_t)b->len + n;
+        if (c->in_pinned || want > (size_t)cap * 8)
+            return false;
+        struct xbuf *big = malloc(sizeof *big + want);
+        if (!big)
+            return false;
+        memcpy(big, b, sizeof *b + b->len);
+        big->cap = (uint32_t)want;
+        c->sh->xbufs_out++;
+        xbuf_put(c->sh, b);
+        c->in = b = big;
+    }
+    memcpy(b->data + b->len, p, n);
+    b->len += (uint32_t)n;
+    return true;
+}
+
+static void in_consume(struct conn *c, size_t n)
+{
+    c->in->off += (uint32_t)n;
+    if (c->in->off == c->in->len && !c->in_pinned) {
+        xbuf_put(c->sh, c->in);
+        c->in = NULL;
+    }
+}
+
+static void parse_error(struct conn *c, int res, const char *why)
+{
+    if (res == HTTP_TOO_LARGE)
+        reject_head(c, 431, why ? why : "request head too large");
+    else
+        reject_head(c, 400, why ? why : "malformed request");
+}
+
+/* Handles bytes received while no request is active (CS_IDLE / CS_HEAD). */
+static void on_head_bytes(struct conn *c, const char *p, size_t n)
+{
+    struct shard *sh = c->sh;
+    size_t max_head = conn_cfg(c)->server.max_header;
+    const char *why = NULL;
+    if (!c->in) {
+        /* fast path: parse in place in the provided buffer */
+        int r = http_parse_request(p, n, max_head, &sh->scratch_req, &why);
+        if (r == HTTP_OK) {
+            size_t used = start_request(c, p, n, &sh->scratch_req);
+            if (used < n && c->state != CS_CLOSING && !in_append(c, p + used, n - used)) {
+                /* cannot happen with xbuf_size >= RECV_BUF_SIZE, but never lose bytes silently */
+                c->keep_alive = false;
+            }
+            return;
+        }
+        if (r != HTTP_INCOMPLETE) {
+            parse_error(c, r, why);
+            return;
+        }
+    }
+    if (!in_append(c, p, n)) {
+        reject_head(c, 431, "request head too large");
+        return;
+    }
+    if (c->state == CS_IDLE) {
+        c->state = CS_HEAD;
+        arm_timer(c, T_HEADER, conn_cfg(c)->timeouts.client_header_ms);
+    }
+    process_input(c);
+}
+
+/* Parses what is queued in c->in while the connection is between requests. */
+static void process_input(struct conn *c)
+{
+    struct shard *sh = c->sh;
+    while (c->in && (c->state == CS_IDLE || c->state == CS_HEAD)) {
+        const char *p = c->in->data + c->in->off;
+        size_t n = c->in->len - c->in->off;
+        const char *why = NULL;
+        int r = http_parse_request(p, n, conn_cfg(c)->server.max_header, &sh->scratch_req, &why);
+        if (r == HTTP_INCOMPLETE) {
+            if (c->state == CS_IDLE) {
+                c->state = CS_HEAD;
+                arm_timer(c, T_HEADER, conn_cfg(c)->timeouts.client_header_ms);
+            }
+            return;
+        }
+        if (r != HTTP_OK) {
+            parse_error(c, r, why);
+            return;
+        }
+        /* start_request reads the head from c->in, so nothing may move it meanwhile */
+        c->in_pinned = true;
+        size_t used = start_request(c, p, n, &sh->scratch_req);
+        c->in_pinned = false;
+        if (c->state == CS_CLOSING)
+            return;
+        in_consume(c, used);
+        return;     /* one request at a time: the next is parsed when this one ends */
+    }
+}
+
+/* Bytes that arrive while a request is in flight: its body, or pipelined requests. */
+static void on_busy_bytes(struct conn *c, const char *p, size_t n)
+{
+    bool body_open = c->state == CS_UPSTREAM && !req_body_complete(c);
+    if (!in_append(c, p, n)) {
+        c->error = "client sent more than aigw queues while busy";
+        send_error(c, 400, "invalid_request_error", NULL, "too much data sent ahead of the response");
+        return;
+    }
+    if (body_open) {
+        /* everything queued before these bytes was classified already */
+        const char *why = NULL;
+        ssize_t k = classify_body(c, c->in->data + c->in->len - n, n, &why);
+        if (k < 0) {
+            send_error(c, 400, "invalid_request_error", NULL, why);
+            return;
+        }
+        c->in_body += (uint32_t)k;
+        if (c->req_body_total > conn_cfg(c)->server.max_body) {
+            send_error(c, 413, "invalid_request_error", NULL, "request body too large");
+            return;
+        }
+        pump_request_body(c);
+    }
+    if (c->in && c->in->len - c->in->off >= c->sh->xbuf_size / 2)
+        pause_recv(c);
+}
+
+static void on_recv(struct conn *c, struct io_uring_cqe *cqe)
+{
+    struct shard *sh = c->sh;
+    int res = cqe->res;
+    if (!(cqe->flags & IORING_CQE_F_MORE))
+        c->recv_armed = false;
+    if (res > 0) {
+        unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+        char *p = shard_recv_buf(sh, bid);
+        if (c->state == CS_IDLE || c->state == CS_HEAD)
+            on_head_bytes(c, p, (size_t)res);
+        else if (c->state != CS_CLOSING)
+            on_busy_bytes(c, p, (size_t)res);
+        shard_release_recv_buf(sh, bid);
+    } else if (res == -ENOBUFS) {
+        /* the shard's buffer ring ran dry; nothing lost, re-armed below */
+    } else if (res == -ECANCELED && c->recv_paused) {
+        return;
+    } else if (c->state != CS_CLOSING) {
+        /* EOF or error: the client is gone. Mid-request the upstream is closed at
+         * once so the backend stops generating. */
+        c->error = res == 0 ? "client closed" : "client reset";
+        conn_close(c);
+        return;
+    }
+    if (!c->recv_armed && !c->recv_paused && c->state != CS_CLOSING)
+        arm_recv(c);
+}
+
+/* ---- talking to the upstream ---- */
+
+static void up_send(struct conn *c, const char *p, size_t n)
+{
+    struct upconn *u = c->up;
+    struct io_uring_sqe *sqe = shard_sqe(c->sh);
+    io_uring_prep_send(sqe, u->fd, p, n, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, ud_make(u, OP_UP_SEND));
+    u->ops++;
+    c->up_sending = true;
+}
+
+static void up_recv_head(struct conn *c)
+{
+    struct upconn *u = c->up;
+    if (!c->rbuf) {
+        c->rbuf = xbuf_get(c->sh);
+        if (!c->rbuf) {
+            send_error(c, 502, "server_error", "upstream_error", "out of memory");
+            return;
+        }
+    }
+    struct io_uring_sqe *sqe = shard_sqe(c->sh);
+    io_uring_prep_recv(sqe, u->fd, c->rbuf->data + c->rbuf->len, c->sh->xbuf_size - c->rbuf->len, 0);
+    io_uring_sqe_set_data64(sqe, ud_make(u, OP_UP_RECV));
+    u->ops++;
+}
+
+/* Connected (or a pooled connection taken): send the head and what body we have. */
+void conn_upstream_ready(struct conn *c)
+{
+    arm_timer(c, T_IDLE, conn_cfg(c)->timeouts.idle_ms);
+    c->last_activity_ms = c->sh->now_ms;
+    up_send(c, c->out->data + c->out->off, c->out->len - c->out->off);
+}
+
+static void request_sent(struct conn *c)
+{
+    if (!c->body_in_first_send) {
+        xbuf_put(c->sh, c->out);
+        c->out = NULL;
+    }
+    arm_timer(c, T_FIRST_BYTE, conn_cfg(c)->timeouts.first_byte_ms);
+    up_recv_head(c);
+}
+
+static void pump_request_body(struct conn *c)
+{
+    if (c->up_sending || !c->up || c->up->state != UP_BUSY || c->out)
+        return;
+    if (c->in_body > 0) {
+        c->in_pinned = true;
+        up_send(c, c->in->data + c->in->off, c->in_body);
+    } else if (req_body_complete(c)) {
+        request_sent(c);
+    }
+}
+
+static void retry_or_fail(struct conn *c, int err, const char *why)
+{
+    /* A pooled connection the backend had already closed: the request never reached
+     * it, so it is safe to send again on a fresh connection once. */
+    if (c->upstream_reused && c->body_in_first_send && !c->retried && c->out && !c->resp_started) {
+        c->retried = true;
+        struct upconn *u = c->up;
+        c->up = NULL;
+        u->owner = NULL;
+        upconn_close(u);
+        c->out->off = 0;
+        xbuf_put(c->sh, c->rbuf);
+        c->rbuf = NULL;
+        upstream_acquire_new(c);
+        return;
+    }
+    conn_upstream_failed(c, err, why);
+}
+
+void conn_upstream_failed(struct conn *c, int err, const char *why)
+{
+    if (err == ETIMEDOUT && c->tphase == T_FIRST_BYTE)
+        send_error(c, 504, "server_error", "upstream_timeout", why);
+    else
+        send_error(c, 502, "server_error", "upstream_error", why);
+}
+
+static void on_up_sent(struct conn *c, int res)
+{
+    c->up_sending = false;
+    if (res <= 0) {
+        c->in_pinned = false;
+        retry_or_fail(c, -res, res == 0 ? "upstream closed" : "upstream send failed");
+        return;
+    }
+    c->last_activity_ms = c->sh->now_ms;
+    if (c->out) {
+        c->out->off += (uint32_t)res;
+        if (c->out->off < c->out->len) {
+            up_send(c, c->out->data + c->out->off, c->out->len - c->out->off);
+            return;
+        }
+        if (!c->body_in_first_send) {
+            xbuf_put(c->sh, c->out);
+            c->out = NULL;
+        } else {
+            request_sent(c);
+            return;
+        }
+    } else {
+        c->in_pinned = false;
+        c->in_body -= (uint32_t)res;
+        c->bytes_in += (uint64_t)res;
+        c->in->off += (uint32_t)res;
+        if (c->in->off == c->in->len) {
+            xbuf_put(c->sh, c->in);
+            c->in = NULL;
+        }
+        resume_recv(c);
+    }
+    pump_request_body(c);
+}
+
+/* Response head bytes arrived in rbuf. */
+static void on_up_head(struct conn *c, int res)
+{
+    struct shard *sh = c->sh;
+    if (res <= 0) {
+        retry_or_fail(c, res == 0 ? ECONNRESET : -res,
+                      res == 0 ? "upstream closed before answering" : "upstream reset before answering");
+        return;
+    }
+    if (!c->first_byte_us)
+        c->first_byte_us = sh->now_us;
+    if (c->out) {
+        /* the request can no longer be retried: the backend answered */
+        xbuf_put(sh, c->out);
+        c->out = NULL;
+    }
+    c->rbuf->len += (uint32_t)res;
+    struct http_response *resp = &sh->scratch_resp;
+    for (;;) {
+        const char *why = NULL;
+        const char *p = c->rbuf->data + c->rbuf->off;
+        size_t n = c->rbuf->len - c->rbuf->off;
+        int r = http_parse_response(p, n, conn_cfg(c)->server.max_header, c->req_method, resp, &why);
+        if (r == HTTP_INCOMPLETE) {
+            if (c->rbuf->len == sh->xbuf_size) {
+                send_error(c, 502, "server_error", "upstream_error", "upstream response head too large");
+                return;
+            }
+            up_recv_head(c);
+            return;
+        }
+        if (r != HTTP_OK) {
+            send_error(c, 502, "server_error", "upstream_error", why ? why : "malformed upstream response");
+            return;
+        }
+        if (resp->status >= 200)
+            break;
+        if (resp->status == 101) {
+            send_error(c, 502, "server_error", "upstream_error", "upstream switched protocols");
+            return;
+        }
+        /* interim 1xx: skip it; the client already got our own 100 Continue */
+        c->rbuf->off += (uint32_t)resp->head_len;
+        if (c->rbuf->off == c->rbuf->len) {
+            c->rbuf->off = c->rbuf->len = 0;
+            up_recv_head(c);
+            return;
+        }
+    }
+    relay_response_head(c, resp);
+}
+
+void conn_on_upstream_cqe(struct conn *c, enum op op, int res)
+{
+    if (op == OP_UP_SEND)
+        on_up_sent(c, res);
+    else if (c->state == CS_UPSTREAM)
+        on_up_head(c, res);
+    else if (c->state == CS_RELAY)
+        relay_on_upstream_recv(c, res);
+    conn_maybe_free(c);
+}
+
+/* ---- sending to the client ---- */
+
+void conn_send_out(struct conn *c)
+{
+    if (c->send_inflight) {
+        c->send_deferred = true;    /* behind our 100 Continue */
+        return;
+    }
+    client_send(c, c->out->data + c->out->off, c->out->len - c->out->off);
+}
+
+static void send_out(struct conn *c)
+{
+    conn_send_out(c);
+}
+
+void conn_send_rbuf(struct conn *c)
+{
+    client_send(c, c->rbuf->data + c->rbuf->off, c->rbuf->len - c->rbuf->off);
+}
+
+void conn_response_done(struct conn *c)
+{
+    request_finish(c);
+}
+
+static void on_sent(struct conn *c, int res)
+{
+    c->send_inflight = false;
+    if (res < 0) {
+        c->error = "client send failed";
+        conn_close(c);
+        return;
+    }
+    c->last_activity_ms = c->sh->now_ms;
+    if (c->sending_continue) {
+        c->sending_continue = false;
+        if (c->send_deferred) {
+            c->send_deferred = false;
+            conn_send_out(c);
+        }
+        return;
+    }
+    c->bytes_out += (uint64_t)res;
+    if (c->state == CS_LOCAL) {
+        c->out->off += (uint32_t)res;
+        if (c->out->off < c->out->len) {
+            send_out(c);
+            return;
+        }
+        request_finish(c);
+        return;
+    }
+    if (c->state == CS_RELAY)
+        relay_client_sent(c, res);
+}
+
+/* ---- end of a request ---- */
+
+static void request_finish(struct conn *c)
+{
+    struct shard *sh = c->sh;
+    struct shard_gen *sg = c->sg;
+    if (!sg)
+        return;
+    const struct config *cfg = sg->g->cfg;
+    uint64_t dur = sh->now_us - c->start_us;
+    int route_slot = c->route >= 0 ? sg->g->route_metric_slot[c->route] : 0;
+    metrics_observe_request(sh->m, route_slot, c->status, dur);
+    if (cfg->log.access != ACCESS_OFF) {
+        struct alog_entry e = {
+            .time_us = c->start_us + sh->realtime_offset_us,
+            .client = { c->client, c->client_len },
+            .method = { c->method, strlen(c->method) },
+            .target = { c->target, c->target_len },
+            .request_id = { c->request_id, c->request_id_len },
+            .route = c->route >= 0 ? cfg->routes[c->route].name : "",
+            .pool = c->backend >= 0 ? sg->g->backend_pool[c->backend] : "",
+            .backend = c->backend >= 0 ? sg->g->backend_cfg[c->backend]->addr.text : "",
+            .status = c->status,
+            .bytes_in = c->bytes_in,
+            .bytes_out = c->bytes_out,
+            .duration_us = dur,
+            .first_byte_us = c->first_byte_us ? (int64_t)(c->first_byte_us - c->start_us) : -1,
+            .upstream_reused = c->upstream_reused,
+            .error = c->error,
+        };
+        alog_write(sh->id, &e);
+    }
+    if (c->backend >= 0) {
+        struct backend_load *cell = &sg->g->load[(size_t)c->backend * sg->g->nshards + sh->id];
+        atomic_store_explicit(&cell->outstanding,
+                              atomic_load_explicit(&cell->outstanding, memory_order_relaxed) - 1,
+                              memory_order_relaxed);
+    }
+    if (c->up) {
+        struct upconn *u = c->up;
+        c->up = NULL;
+        u->owner = NULL;
+        upstream_release(u, c->resp_done && c->resp_keep_alive);
+    }
+    pipe_put(sh, c->pipe, c->pipe_bytes == 0 && !c->splicing);
+    c->pipe = NULL;
+    c->pipe_bytes = 0;
+    xbuf_put(sh, c->out);
+    c->out = NULL;
+    xbuf_put(sh, c->rbuf);
+    c->rbuf = NULL;
+    c->sg = NULL;
+    c->route = c->backend = -1;
+    c->error = NULL;
+    shard_gen_request_done(sh, sg);
+    if (c->state == CS_CLOSING)
+        return;
+
+    if (!c->keep_alive || sh->draining || c->in_body > 0) {
+        conn_close(c);
+        return;
+    }
+    c->state = CS_IDLE;
+    arm_timer(c, T_KEEPALIVE, cfg->timeouts.keepalive_ms);
+    resume_recv(c);
+    process_input(c);
+}
+
+/* ---- timers ---- */
+
+void conn_timer_fired(struct conn *c)
+{
+    struct shard *sh = c->sh;
+    const struct config *cfg = conn_cfg(c);
+    switch (c->tphase) {
+    case T_KEEPALIVE:
+        conn_close(c);
+        break;
+    case T_HEADER:
+        if (c->state == CS_HEAD)
+            reject_head(c, 408, "request head not received in time");
+        else
+            conn_close(c);
+        break;
+    case T_CONNECT:
+        conn_upstream_failed(c, ETIMEDOUT, "upstream connect timeout");
+        break;
+    case T_FIRST_BYTE:
+        conn_upstream_failed(c, ETIMEDOUT, "upstream did not answer within first_byte");
+        break;
+    case T_IDLE:
+        if (sh->now_ms < c->last_activity_ms + cfg->timeouts.idle_ms) {
+            timer_arm(&sh->timers, &c->timer, c->last_activity_ms + cfg->timeouts.idle_ms);
+            break;
+        }
+        c->error = "idle timeout";
+        if (c->state == CS_UPSTREAM && !c->resp_started)
+            send_error(c, 504, "server_error", "upstream_timeout", "upstream idle timeout");
+        else
+            conn_close(c);
+        break;
+    }
+    conn_maybe_free(c);
+}
+
+/* ---- completions ---- */
+
+void conn_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe)
+{
+    if (!(cqe->flags & IORING_CQE_F_MORE))
+        c->ops--;
+    if (c->state == CS_CLOSING) {
+        if (op == OP_CLIENT_RECV && cqe->res > 0 && (cqe->flags & IORING_CQE_F_BUFFER))
+            shard_release_recv_buf(c->sh, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+        conn_maybe_free(c);
+        return;
+    }
+    switch (op) {
+    case OP_CLIENT_RECV:
+        on_recv(c, cqe);
+        break;
+    case OP_CLIENT_SEND:
+        on_sent(c, cqe->res);
+        break;
+    default:
+        relay_on_cqe(c, op, cqe);
+        break;
+    }
+    conn_maybe_free(c);
+}

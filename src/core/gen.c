@@ -1,0 +1,99 @@
+/* Configuration generations: a loaded config plus everything compiled from it
+ * (route table, metric slots, the flat backend list and its shared load cells).
+ * Immutable once published; shards adopt the newest at their next loop turn and
+ * keep older ones alive only while their requests still run. */
+#include "core/proxy.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "core/log.h"
+
+static _Atomic uint64_t next_gen_id = 1;
+
+static void gen_free(struct gen *g)
+{
+    route_table_free(g->routes);
+    config_free(g->cfg);
+    free(g->route_metric_slot);
+    free(g->backend_metric_slot);
+    free(g->pool_first_backend);
+    free(g->backend_cfg);
+    free(g->backend_pool);
+    free(g->load);
+    free(g);
+}
+
+struct gen *gen_create(struct config *cfg, unsigned nshards, char *err, size_t errlen)
+{
+    struct gen *g = calloc(1, sizeof *g);
+    if (!g)
+        goto oom;
+    g->cfg = cfg;
+    g->nshards = nshards;
+    unsigned nb = cfg->nbackends;
+    g->route_metric_slot = calloc(cfg->nroutes + 1, sizeof(int));
+    g->backend_metric_slot = calloc(nb + 1, sizeof(int));
+    g->pool_first_backend = calloc(cfg->npools + 1, sizeof(unsigned));
+    g->backend_cfg = calloc(nb + 1, sizeof *g->backend_cfg);
+    g->backend_pool = calloc(nb + 1, sizeof *g->backend_pool);
+    g->load = aligned_alloc(64, sizeof(struct backend_load) * ((size_t)nb * nshards + 1));
+    if (!g->route_metric_slot || !g->backend_metric_slot || !g->pool_first_backend ||
+        !g->backend_cfg || !g->backend_pool || !g->load)
+        goto oom;
+    for (size_t i = 0; i < (size_t)nb * nshards; i++)
+        atomic_init(&g->load[i].outstanding, 0);
+    if (route_table_build(cfg, &g->routes) != 0)
+        goto oom;
+
+    for (unsigned r = 0; r < cfg->nroutes; r++) {
+        g->route_metric_slot[r] = metrics_route_slot(cfg->routes[r].name);
+        if (g->route_metric_slot[r] < 0) {
+            snprintf(err, errlen, "%s: too many distinct route names for metrics (max %d)",
+                     cfg->path, METRICS_MAX_ROUTES - 1);
+            goto fail;
+        }
+    }
+    unsigned b = 0;
+    for (unsigned p = 0; p < cfg->npools; p++) {
+        g->pool_first_backend[p] = b;
+        for (unsigned i = 0; i < cfg->pools[p].nbackends; i++, b++) {
+            g->backend_cfg[b] = &cfg->pools[p].backends[i];
+            g->backend_pool[b] = cfg->pools[p].name;
+            g->backend_metric_slot[b] = metrics_backend_slot(cfg->pools[p].name,
+                                                             cfg->pools[p].backends[i].addr.text);
+            if (g->backend_metric_slot[b] < 0) {
+                snprintf(err, errlen, "%s: too many distinct backends for metrics (max %d)",
+                         cfg->path, METRICS_MAX_BACKENDS);
+                goto fail;
+            }
+        }
+    }
+    metrics_set_live_backends(g->backend_metric_slot, nb);
+    g->id = atomic_fetch_add(&next_gen_id, 1);
+    atomic_init(&g->refs, (int)nshards + 1);
+    atomic_init(&g->newer, NULL);
+    return g;
+oom:
+    snprintf(err, errlen, "%s: out of memory", cfg->path);
+fail:
+    if (g) {
+        g->cfg = NULL;      /* the caller still owns cfg on failure */
+        route_table_free(g->routes);
+        g->routes = NULL;
+        free(g->route_metric_slot);
+        free(g->backend_metric_slot);
+        free(g->pool_first_backend);
+        free(g->backend_cfg);
+        free(g->backend_pool);
+        free(g->load);
+        free(g);
+    }
+    return NULL;
+}
+
+void gen_unref(struct gen *g)
+{
+    if (atomic_fetch_sub(&g->refs, 1) == 1)
+        gen_free(g);
+}

@@ -1,0 +1,241 @@
+/* aigw: command line, start-up, and the control thread. The main thread owns
+ * signals (every other thread blocks them): SIGHUP reloads, SIGUSR1 reopens the
+ * access log, SIGTERM/SIGINT drain and exit. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/accesslog.h"
+#include "core/admin.h"
+#include "core/log.h"
+#include "core/proxy.h"
+#include "core/sdnotify.h"
+#include "core/uring_probe.h"
+
+#ifdef AIGW_MIMALLOC
+#include <mimalloc.h>
+#endif
+
+#define DEFAULT_CONFIG "/etc/aigw.conf"
+
+static void usage(FILE *to)
+{
+    fprintf(to,
+            "usage: aigw [-c FILE]        run (default FILE: " DEFAULT_CONFIG ")\n"
+            "       aigw -t [-c FILE]     check the configuration\n"
+            "       aigw -v               version and build options\n");
+}
+
+static void print_version(void)
+{
+    printf("aigw %s\n", AIGW_VERSION);
+#ifdef AIGW_MIMALLOC
+    printf("allocator: mimalloc %d.%d.%d\n", mi_version() / 100, (mi_version() / 10) % 10,
+           mi_version() % 10);
+#else
+    printf("allocator: libc (sanitizer build)\n");
+#endif
+    printf("tls: not built yet (wolfSSL planned)\n");
+    uring_probe_print(stdout);
+}
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static bool is_ready(void)
+{
+    return atomic_load(&rt.ready) && !atomic_load(&rt.draining);
+}
+
+static bool same_addr(const struct cfg_addr *a, const struct cfg_addr *b)
+{
+    return a->salen == b->salen && memcmp(&a->sa, &b->sa, a->salen) == 0;
+}
+
+/* What a reload cannot change without a restart: sockets and threads. */
+static void warn_restart_only(const struct config *old, const struct config *neu)
+{
+    bool listen_same = old->server.nlisten == neu->server.nlisten;
+    for (unsigned i = 0; listen_same && i < old->server.nlisten; i++)
+        listen_same = same_addr(&old->server.listen[i], &neu->server.listen[i]);
+    if (!listen_same)
+        log_warn("reload: [server] listen changed; restart aigw to apply it (old listeners kept)");
+    if (old->server.shards != neu->server.shards)
+        log_warn("reload: [server] shards changed; restart aigw to apply it");
+    if (old->admin.enabled != neu->admin.enabled ||
+        (old->admin.enabled && !same_addr(&old->admin.listen, &neu->admin.listen)))
+        log_warn("reload: [admin] listen changed; restart aigw to apply it");
+    if (neu->server.max_header + 4096 > old->server.max_header + 4096 &&
+        neu->server.max_header > 12288)
+        log_warn("reload: a larger max_header than at start takes effect after a restart");
+}
+
+static void reload(const char *path)
+{
+    sd_notifyf("RELOADING=1\nSTATUS=reloading %s", path);
+    char err[1024];
+    struct config *cfg = NULL;
+    if (config_load(path, &cfg, err, sizeof err) != 0) {
+        log_error("reload refused, keeping the running configuration: %s", err);
+        sd_notifyf("READY=1\nSTATUS=reload refused: %s", err);
+        return;
+    }
+    struct gen *old = atomic_load(&rt.current);
+    warn_restart_only(old->cfg, cfg);
+    /* the header size is fixed by the buffers allocated at start */
+    if (cfg->server.max_header > old->cfg->server.max_header)
+        cfg->server.max_header = old->cfg->server.max_header;
+    struct gen *g = gen_create(cfg, rt.nshards, err, sizeof err);
+    if (!g) {
+        log_error("reload refused, keeping the running configuration: %s", err);
+        config_free(cfg);
+        sd_notifyf("READY=1\nSTATUS=reload refused: %s", err);
+        return;
+    }
+    if (alog_configure(cfg->log.access, cfg->log.access_path) != 0)
+        log_warn("reload: access log destination unchanged");
+    log_set_level(cfg->log.level);
+    atomic_store(&old->newer, g);
+    atomic_store_explicit(&rt.current, g, memory_order_release);
+    gen_unref(old);     /* main's reference */
+    log_info("configuration reloaded from %s (generation %llu)", path, (unsigned long long)g->id);
+    sd_notifyf("READY=1\nSTATUS=serving (generation %llu)", (unsigned long long)g->id);
+}
+
+static unsigned online_cpus(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1)
+        n = 1;
+    if (n > MAX_SHARDS)
+        n = MAX_SHARDS;
+    return (unsigned)n;
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = DEFAULT_CONFIG;
+    bool check_only = false;
+    int opt;
+    while ((opt = getopt(argc, argv, "c:tvh")) != -1) {
+        switch (opt) {
+        case 'c':
+            path = optarg;
+            break;
+        case 't':
+            check_only = true;
+            break;
+        case 'v':
+            print_version();
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "aigw: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+
+    char err[1024];
+    struct config *cfg = NULL;
+    if (config_load(path, &cfg, err, sizeof err) != 0) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    if (check_only) {
+        printf("configuration OK\n");
+        config_free(cfg);
+        return 0;
+    }
+    log_set_level(cfg->log.level);
+    if (cfg->nroutes == 0)
+        log_warn("no [route] configured: every request will get 404");
+    log_warn("no [keys] section: authentication is off");
+
+    /* every thread started from here inherits this mask; only main takes signals */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGHUP);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    rt.nshards = cfg->server.shards ? cfg->server.shards : online_cpus();
+    if (metrics_init(rt.nshards) != 0) {
+        log_error("cannot allocate metrics");
+        return 1;
+    }
+    struct gen *g = gen_create(cfg, rt.nshards, err, sizeof err);
+    if (!g) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    atomic_store(&rt.current, g);
+    if (alog_init(rt.nshards, 0, cfg->log.access, cfg->log.access_path) != 0) {
+        log_error("cannot open the access log");
+        return 1;
+    }
+    if (listeners_open(cfg, rt.nshards) != 0)
+        return 1;
+    if (cfg->admin.enabled && admin_start(&cfg->admin.listen, is_ready) != 0)
+        return 1;
+    if (shard_start_all() != 0) {
+        log_error("cannot start shards");
+        return 1;
+    }
+    uint64_t deadline = now_ms() + 10000;
+    while (atomic_load(&rt.shards_running) < rt.nshards && now_ms() < deadline) {
+        struct timespec nap = { 0, 2000000 };
+        nanosleep(&nap, NULL);
+    }
+    atomic_store(&rt.ready, true);
+    for (unsigned i = 0; i < cfg->server.nlisten; i++)
+        log_info("listening on %s with %u shard(s)", cfg->server.listen[i].text, rt.nshards);
+    sd_notifyf("READY=1\nSTATUS=serving on %s with %u shard(s)", cfg->server.listen[0].text, rt.nshards);
+
+    for (;;) {
+        int sig = sigwaitinfo(&sigs, NULL);
+        if (sig < 0) {
+            if (errno == EINTR)
+                continue;
+            log_error("sigwaitinfo: %s", strerror(errno));
+            break;
+        }
+        if (sig == SIGHUP) {
+            reload(path);
+        } else if (sig == SIGUSR1) {
+            alog_reopen();
+        } else {
+            break;
+        }
+    }
+
+    struct config *cur = atomic_load(&rt.current)->cfg;
+    uint64_t drain_ms = cur->server.drain_timeout_ms;
+    log_info("stopping: draining in-flight requests for up to %llu ms", (unsigned long long)drain_ms);
+    sd_notifyf("STOPPING=1\nSTATUS=draining");
+    atomic_store(&rt.draining, true);
+    bool all_stopped = shard_join_all(now_ms() + drain_ms);
+    admin_stop();
+    if (all_stopped)
+        alog_shutdown();    /* frees the rings: only once no shard can write */
+    log_info("stopped");
+    /* shards still busy past drain_timeout are cut off by the exit */
+    _exit(0);
+}

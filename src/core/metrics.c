@@ -1,0 +1,425 @@
+#include "core/metrics.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Columns of requests[][]: the common codes first, then one "other" column per class. */
+static const int status_codes[] = {
+    200, 201, 204, 206,
+    301, 302, 304,
+    400, 401, 403, 404, 405, 408, 413, 415, 429, 431,
+    500, 501, 502, 503, 504,
+};
+#define NCOMMON (sizeof status_codes / sizeof status_codes[0])
+#define OTHER_1XX NCOMMON   /* then 2xx, 3xx, 4xx, 5xx */
+_Static_assert(NCOMMON + 5 == METRICS_NSTATUS, "status columns");
+
+static const char *const status_labels[METRICS_NSTATUS] = {
+    "200", "201", "204", "206",
+    "301", "302", "304",
+    "400", "401", "403", "404", "405", "408", "413", "415", "429", "431",
+    "500", "501", "502", "503", "504",
+    "1xx", "2xx", "3xx", "4xx", "5xx",
+};
+
+/* Upper bounds (inclusive, as Prometheus "le") of the duration buckets, in µs;
+ * the last bucket is +Inf. */
+static const uint64_t bucket_bound_us[METRICS_NBUCKETS - 1] = {
+    5000, 10000, 25000, 50000, 100000, 250000, 500000,
+    1000000, 2500000, 5000000, 10000000, 30000000, 60000000,
+};
+static const char *const bucket_le[METRICS_NBUCKETS] = {
+    "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5",
+    "1", "2.5", "5", "10", "30", "60", "+Inf",
+};
+
+static struct shard_metrics *shards;
+static unsigned nshards;
+
+/* Slot registries (control plane). Names live for the process lifetime so that a
+ * slot keeps its meaning, and its counters stay monotonic, across reloads. */
+static pthread_mutex_t registry_mu = PTHREAD_MUTEX_INITIALIZER;
+static char *route_names[METRICS_MAX_ROUTES];
+static unsigned nroutes;
+static char *backend_pools[METRICS_MAX_BACKENDS];
+static char *backend_names[METRICS_MAX_BACKENDS];
+static bool backend_live[METRICS_MAX_BACKENDS];
+static unsigned nbackends;
+
+/* Slot 0 is "" (no route matched). Called with registry_mu held. */
+static bool reserve_no_route_slot(void)
+{
+    if (nroutes > 0)
+        return true;
+    route_names[0] = strdup("");
+    if (!route_names[0])
+        return false;
+    nroutes = 1;
+    return true;
+}
+
+int metrics_init(unsigned n)
+{
+    if (n == 0 || n > METRICS_MAX_SHARDS) {
+        errno = EINVAL;
+        return -1;
+    }
+    pthread_mutex_lock(&registry_mu);
+    if (shards) {
+        pthread_mutex_unlock(&registry_mu);
+        errno = EALREADY;
+        return -1;
+    }
+    size_t bytes = (size_t)n * sizeof(struct shard_metrics); /* a multiple of 64 */
+    struct shard_metrics *s = aligned_alloc(_Alignof(struct shard_metrics), bytes);
+    if (!s || !reserve_no_route_slot()) {
+        free(s);
+        pthread_mutex_unlock(&registry_mu);
+        errno = ENOMEM;
+        return -1;
+    }
+    memset(s, 0, bytes);
+    shards = s;
+    nshards = n;
+    pthread_mutex_unlock(&registry_mu);
+    return 0;
+}
+
+struct shard_metrics *metrics_shard(unsigned shard)
+{
+    return shards && shard < nshards ? &shards[shard] : NULL;
+}
+
+unsigned metrics_nshards(void) { return nshards; }
+
+int metrics_route_slot(const char *route)
+{
+    if (!route)
+        route = "";
+    pthread_mutex_lock(&registry_mu);
+    int slot = -1;
+    reserve_no_route_slot();
+    for (unsigned i = 0; i < nroutes; i++)
+        if (strcmp(route_names[i], route) == 0) {
+            slot = (int)i;
+            break;
+        }
+    if (slot < 0 && nroutes > 0 && nroutes < METRICS_MAX_ROUTES) {
+        char *name = strdup(route);
+        if (name) {
+            route_names[nroutes] = name;
+            slot = (int)nroutes++;
+        }
+    }
+    pthread_mutex_unlock(&registry_mu);
+    return slot;
+}
+
+int metrics_backend_slot(const char *pool, const char *backend)
+{
+    if (!pool)
+        pool = "";
+    if (!backend)
+        backend = "";
+    pthread_mutex_lock(&registry_mu);
+    int slot = -1;
+    for (unsigned i = 0; i < nbackends; i++)
+        if (strcmp(backend_pools[i], pool) == 0 && strcmp(backend_names[i], backend) == 0) {
+            slot = (int)i;
+            break;
+        }
+    if (slot < 0 && nbackends < METRICS_MAX_BACKENDS) {
+        char *p = strdup(pool), *b = strdup(backend);
+        if (p && b) {
+            backend_pools[nbackends] = p;
+            backend_names[nbackends] = b;
+            slot = (int)nbackends++;
+        } else {
+            free(p);
+            free(b);
+        }
+    }
+    pthread_mutex_unlock(&registry_mu);
+    return slot;
+}
+
+void metrics_set_live_backends(const int *slots, unsigned n)
+{
+    pthread_mutex_lock(&registry_mu);
+    memset(backend_live, 0, sizeof backend_live);
+    for (unsigned i = 0; i < n; i++)
+        if (slots[i] >= 0 && (unsigned)slots[i] < nbackends)
+            backend_live[slots[i]] = true;
+    pthread_mutex_unlock(&registry_mu);
+}
+
+unsigned metrics_status_slot(int status)
+{
+    switch (status) {
+    case 200: return 0;
+    case 201: return 1;
+    case 204: return 2;
+    case 206: return 3;
+    case 301: return 4;
+    case 302: return 5;
+    case 304: return 6;
+    case 400: return 7;
+    case 401: return 8;
+    case 403: return 9;
+    case 404: return 10;
+    case 405: return 11;
+    case 408: return 12;
+    case 413: return 13;
+    case 415: return 14;
+    case 429: return 15;
+    case 431: return 16;
+    case 500: return 17;
+    case 501: return 18;
+    case 502: return 19;
+    case 503: return 20;
+    case 504: return 21;
+    }
+    if (status >= 100 && status <= 599)
+        return OTHER_1XX + (unsigned)(status / 100 - 1);
+    return OTHER_1XX + 4;
+}
+
+const char *metrics_status_label(unsigned slot)
+{
+    return slot < METRICS_NSTATUS ? status_labels[slot] : "5xx";
+}
+
+void metrics_observe_request(struct shard_metrics *m, int route_slot, int status,
+                             uint64_t duration_us)
+{
+    if (route_slot < 0 || route_slot >= METRICS_MAX_ROUTES)
+        route_slot = 0;
+    mc_add(&m->requests[route_slot][metrics_status_slot(status)], 1);
+    unsigned b = 0;
+    while (b < METRICS_NBUCKETS - 1 && duration_us > bucket_bound_us[b])
+        b++;
+    mc_add(&m->duration_bucket[b], 1);
+    mc_add(&m->duration_sum_us, duration_us);
+    mc_add(&m->duration_count, 1);
+}
+
+/* ---- rendering ---- */
+
+/* Appends like snprintf: counts everything, stores what fits. */
+struct out {
+    char *p;
+    size_t cap;
+    size_t len;
+};
+
+static void put(struct out *o, const char *s, size_t n)
+{
+    if (o->len < o->cap) {
+        size_t room = o->cap - o->len;
+        memcpy(o->p + o->len, s, n < room ? n : room);
+    }
+    o->len += n;
+}
+
+static void puts_(struct out *o, const char *s) { put(o, s, strlen(s)); }
+
+static void put_u64(struct out *o, uint64_t v)
+{
+    char tmp[24];
+    int n = snprintf(tmp, sizeof tmp, "%" PRIu64, v);
+    put(o, tmp, (size_t)n);
+}
+
+static void put_i64(struct out *o, int64_t v)
+{
+    char tmp[24];
+    int n = snprintf(tmp, sizeof tmp, "%" PRId64, v);
+    put(o, tmp, (size_t)n);
+}
+
+/* A label value: backslash, double quote and newline escaped (exposition format 0.0.4). */
+static void put_label(struct out *o, const char *s)
+{
+    const char *run = s;
+    for (; *s; s++) {
+        const char *esc = *s == '\\' ? "\\\\" : *s == '"' ? "\\\"" : *s == '\n' ? "\\n" : NULL;
+        if (!esc)
+            continue;
+        put(o, run, (size_t)(s - run));
+        put(o, esc, 2);
+        run = s + 1;
+    }
+    put(o, run, (size_t)(s - run));
+}
+
+static void put_family(struct out *o, const char *name, const char *type, const char *help)
+{
+    puts_(o, "# HELP ");
+    puts_(o, name);
+    puts_(o, " ");
+    puts_(o, help);
+    puts_(o, "\n# TYPE ");
+    puts_(o, name);
+    puts_(o, " ");
+    puts_(o, type);
+    puts_(o, "\n");
+}
+
+static uint64_t load(const mcounter *c) { return atomic_load_explicit(c, memory_order_relaxed); }
+
+#define SUM_SHARDS(field) ({                                     \
+    uint64_t sum_ = 0;                                           \
+    for (unsigned s_ = 0; s_ < nshards; s_++)                    \
+        sum_ += load(&shards[s_].field);                         \
+    sum_; })
+
+static void render_requests(struct out *o)
+{
+    put_family(o, "aigw_requests_total", "counter",
+               "Requests answered, by route and HTTP status.");
+    for (unsigned r = 0; r < nroutes; r++)
+        for (unsigned st = 0; st < METRICS_NSTATUS; st++) {
+            uint64_t v = SUM_SHARDS(requests[r][st]);
+            if (v == 0)
+                continue;
+            puts_(o, "aigw_requests_total{route=\"");
+            put_label(o, route_names[r]);
+            puts_(o, "\",status=\"");
+            puts_(o, status_labels[st]);
+            puts_(o, "\"} ");
+            put_u64(o, v);
+            puts_(o, "\n");
+        }
+}
+
+static void render_duration(struct out *o)
+{
+    put_family(o, "aigw_request_duration_seconds", "histogram",
+               "Time from request start to the last response byte sent.");
+    uint64_t cumulative = 0;
+    for (unsigned b = 0; b < METRICS_NBUCKETS; b++) {
+        cumulative += SUM_SHARDS(duration_bucket[b]);
+        puts_(o, "aigw_request_duration_seconds_bucket{le=\"");
+        puts_(o, bucket_le[b]);
+        puts_(o, "\"} ");
+        put_u64(o, cumulative);
+        puts_(o, "\n");
+    }
+    uint64_t sum_us = SUM_SHARDS(duration_sum_us);
+    char tmp[48];
+    int n = snprintf(tmp, sizeof tmp, "%" PRIu64 ".%06" PRIu64, sum_us / 1000000, sum_us % 1000000);
+    puts_(o, "aigw_request_duration_seconds_sum ");
+    put(o, tmp, (size_t)n);
+    /* The +Inf bucket rather than duration_count: the shards update the two
+     * separately, and a scrape in between must still see _count == +Inf bucket. */
+    puts_(o, "\naigw_request_duration_seconds_count ");
+    put_u64(o, cumulative);
+    puts_(o, "\n");
+}
+
+static void render_upstream_conns(struct out *o)
+{
+    static const char *const kinds[2] = { [UPCONN_NEW] = "new", [UPCONN_REUSED] = "reused" };
+    put_family(o, "aigw_upstream_connections_total", "counter",
+               "Upstream connections used for requests: newly opened or reused from the pool.");
+    for (unsigned b = 0; b < nbackends; b++) {
+        if (!backend_live[b])
+            continue;
+        for (unsigned k = 0; k < 2; k++) {
+            puts_(o, "aigw_upstream_connections_total{pool=\"");
+            put_label(o, backend_pools[b]);
+            puts_(o, "\",backend=\"");
+            put_label(o, backend_names[b]);
+            puts_(o, "\",kind=\"");
+            puts_(o, kinds[k]);
+            puts_(o, "\"} ");
+            put_u64(o, SUM_SHARDS(upstream_conns[b][k]));
+            puts_(o, "\n");
+        }
+    }
+}
+
+static void render_relay(struct out *o)
+{
+    put_family(o, "aigw_relay_bytes_total", "counter",
+               "Response body bytes relayed to clients, by relay mode.");
+    puts_(o, "aigw_relay_bytes_total{mode=\"splice\"} ");
+    put_u64(o, SUM_SHARDS(relay_bytes[RELAY_SPLICE]));
+    puts_(o, "\naigw_relay_bytes_total{mode=\"copy\"} ");
+    put_u64(o, SUM_SHARDS(relay_bytes[RELAY_COPY]));
+    puts_(o, "\n");
+}
+
+static void render_connections(struct out *o)
+{
+    put_family(o, "aigw_connections", "gauge", "Open connections, by side.");
+    static const char *const sides[2] = { [SIDE_CLIENT] = "client", [SIDE_UPSTREAM] = "upstream" };
+    for (unsigned side = 0; side < 2; side++) {
+        /* A connection may open on one shard's count and close on another's in
+         * between two loads; the sum is what matters. */
+        int64_t sum = 0;
+        for (unsigned s = 0; s < nshards; s++)
+            sum += atomic_load_explicit(&shards[s].connections[side], memory_order_relaxed);
+        puts_(o, "aigw_connections{side=\"");
+        puts_(o, sides[side]);
+        puts_(o, "\"} ");
+        put_i64(o, sum);
+        puts_(o, "\n");
+    }
+}
+
+static void render_access_log(struct out *o)
+{
+    put_family(o, "aigw_access_log_dropped_total", "counter",
+               "Access log lines dropped because a shard's log buffer was full.");
+    puts_(o, "aigw_access_log_dropped_total ");
+    put_u64(o, SUM_SHARDS(access_log_dropped));
+    puts_(o, "\n");
+}
+
+size_t metrics_render(char *buf, size_t cap)
+{
+    struct out o = { buf, cap, 0 };
+    pthread_mutex_lock(&registry_mu);
+    render_requests(&o);
+    render_duration(&o);
+    render_upstream_conns(&o);
+    render_relay(&o);
+    render_connections(&o);
+    render_access_log(&o);
+    pthread_mutex_unlock(&registry_mu);
+    if (o.len < cap)
+        buf[o.len] = '\0';
+    else if (cap > 0)
+        buf[cap - 1] = '\0';
+    return o.len;
+}
+
+int metrics_render_alloc(char **out, size_t *len)
+{
+    size_t cap = 16384;
+    /* New series can appear between two passes (a first request on a route), so
+     * grow with headroom and retry a few times. */
+    for (int attempt = 0; attempt < 8; attempt++) {
+        char *buf = malloc(cap);
+        if (!buf) {
+            errno = ENOMEM;
+            return -1;
+        }
+        size_t n = metrics_render(buf, cap);
+        if (n < cap) {
+            *out = buf;
+            *len = n;
+            return 0;
+        }
+        free(buf);
+        cap = n + n / 4 + 4096;
+    }
+    errno = ENOMEM;
+    return -1;
+}

@@ -1,0 +1,81 @@
+/* Metrics registry: per-shard counters, each written only by its shard (relaxed
+ * atomic load+store, no lock prefix), summed across shards when /metrics is scraped.
+ * Label sets that come from the configuration (route names, pool/backend pairs) get
+ * a stable slot at config load time, so counters stay monotonic across reloads. */
+#ifndef AIGW_CORE_METRICS_H
+#define AIGW_CORE_METRICS_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define METRICS_MAX_SHARDS 256
+#define METRICS_MAX_ROUTES 128      /* route slots; slot 0 is "" (no route matched) */
+#define METRICS_MAX_BACKENDS 512
+#define METRICS_NSTATUS 27          /* 22 common codes + one "other" column per class; see metrics_status_slot() */
+#define METRICS_NBUCKETS 14         /* duration histogram buckets, +Inf included */
+
+enum relay_mode { RELAY_SPLICE = 0, RELAY_COPY = 1 };
+enum conn_side { SIDE_CLIENT = 0, SIDE_UPSTREAM = 1 };
+enum upstream_conn_kind { UPCONN_NEW = 0, UPCONN_REUSED = 1 };
+
+typedef _Atomic uint64_t mcounter;
+typedef _Atomic int64_t mgauge;
+
+struct shard_metrics {
+    mcounter requests[METRICS_MAX_ROUTES][METRICS_NSTATUS];
+    mcounter duration_bucket[METRICS_NBUCKETS];   /* cumulative at render time, not here */
+    mcounter duration_sum_us;
+    mcounter duration_count;
+    mcounter upstream_conns[METRICS_MAX_BACKENDS][2];
+    mcounter relay_bytes[2];
+    mgauge connections[2];
+    mcounter access_log_dropped;
+} __attribute__((aligned(64)));
+
+/* Single-writer increment: plain load+store, no locked instruction. */
+static inline void mc_add(mcounter *c, uint64_t n)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+static inline void mg_add(mgauge *g, int64_t n)
+{
+    atomic_store_explicit(g, atomic_load_explicit(g, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
+/* Creates the registry for nshards (1..METRICS_MAX_SHARDS) shards, all zero. Call
+ * once at start: -1 with errno EINVAL (bad count), EALREADY (second call) or ENOMEM. */
+int metrics_init(unsigned nshards);
+/* The counters of shard `shard`; NULL before metrics_init or when out of range. */
+struct shard_metrics *metrics_shard(unsigned shard);
+
+/* Slot for a route name (stable for the process lifetime; -1 when full).
+ * Control plane only (takes a mutex). */
+int metrics_route_slot(const char *route);
+/* Slot for a pool/backend pair ("gpu-a", "10.0.0.11:8000"); -1 when full. */
+int metrics_backend_slot(const char *pool, const char *backend);
+/* Marks which backend slots the current configuration uses (others are not rendered). */
+void metrics_set_live_backends(const int *slots, unsigned n);
+
+/* Maps an HTTP status to its column in requests[][] (unknown codes share a column per
+ * class, rendered as status="4xx" etc.; codes outside 100..599 count as "5xx"). */
+unsigned metrics_status_slot(int status);
+/* The status label of a column: "200", ..., "1xx" ... "5xx". */
+const char *metrics_status_label(unsigned slot);
+/* Records one finished request. A route_slot outside the registry (e.g. -1 from a full
+ * registry) is counted as "no route" (slot 0). */
+void metrics_observe_request(struct shard_metrics *m, int route_slot, int status, uint64_t duration_us);
+
+/* Renders Prometheus text exposition format 0.0.4 into buf, snprintf-style: returns
+ * the length of the whole output (without the NUL); it fitted, NUL-terminated, only
+ * if that is < cap, else the caller grows buf past the returned size and retries.
+ * Control plane (takes the registry mutex). Works with zero shards (all zeros). */
+size_t metrics_render(char *buf, size_t cap);
+/* metrics_render into a malloc'd buffer (*out, NUL-terminated, *len bytes).
+ * Returns 0, or -1 with errno ENOMEM. The caller frees *out. */
+int metrics_render_alloc(char **out, size_t *len);
+unsigned metrics_nshards(void);
+
+#endif

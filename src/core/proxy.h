@@ -1,0 +1,298 @@
+/* The proxy's object model, private to src/core: shards, client connections,
+ * upstream connections, configuration generations. One shard = one thread = one
+ * io_uring; every object here belongs to exactly one shard and is touched only by
+ * it, except the few fields marked "shared". */
+#ifndef AIGW_CORE_PROXY_H
+#define AIGW_CORE_PROXY_H
+
+#include <liburing.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/config.h"
+#include "core/metrics.h"
+#include "core/timer.h"
+#include "policy/balance.h"
+#include "policy/route.h"
+#include "proto/http1.h"
+
+#define MAX_SHARDS METRICS_MAX_SHARDS
+#define RECV_BUF_SIZE 8192          /* provided-buffer size for client receives */
+#define RECV_BUF_COUNT 512          /* per shard; power of two */
+#define RECV_BUF_GROUP 1
+#define PIPE_CHUNK (64 * 1024)      /* bytes spliced per step (default pipe capacity) */
+
+/* ---- io_uring user_data: object pointer | operation tag (objects are 16-aligned) ---- */
+enum op {
+    OP_NONE = 0,        /* CQEs nobody waits for (close, cancel) */
+    OP_ACCEPT,
+    OP_CLIENT_RECV,     /* multishot, provided buffers */
+    OP_CLIENT_SEND,
+    OP_UP_CONNECT,
+    OP_UP_SEND,
+    OP_UP_RECV,
+    OP_UP_IDLE_POLL,    /* watches a pooled idle upstream connection for close */
+    OP_SPLICE_IN,       /* upstream socket -> pipe */
+    OP_SPLICE_OUT,      /* pipe -> client socket */
+    OP_POLL_IN,         /* splice_in said EAGAIN: wait for upstream readable */
+    OP_POLL_OUT,        /* splice_out said EAGAIN: wait for client writable */
+    OP_CANCEL_RECV,
+};
+#define OP_MASK 15ull
+static inline uint64_t ud_make(const void *obj, enum op op) { return (uint64_t)(uintptr_t)obj | op; }
+static inline enum op ud_op(uint64_t ud) { return (enum op)(ud & OP_MASK); }
+static inline void *ud_ptr(uint64_t ud) { return (void *)(uintptr_t)(ud & ~OP_MASK); }
+
+/* ---- buffers ---- */
+
+/* A fixed-size buffer from the shard's pool (request heads, response heads, copy relay). */
+struct xbuf {
+    struct xbuf *next_free;
+    uint32_t cap;               /* the shard's xbuf_size, or more for a rare oversized queue */
+    uint32_t len;               /* bytes used from data[0] */
+    uint32_t off;               /* bytes already consumed from the front */
+    char data[];
+};
+
+struct pipe_pair {
+    struct pipe_pair *next_free;
+    int rd, wr;
+};
+
+/* ---- configuration generations ---- */
+
+/* Per-backend load shared by all shards: each shard writes only its own cell. */
+struct backend_load {
+    _Atomic uint32_t outstanding;
+    char pad[60];
+};
+
+struct gen {
+    uint64_t id;
+    struct config *cfg;
+    struct route_table *routes;
+    int *route_metric_slot;         /* per route */
+    int *backend_metric_slot;       /* per global backend index */
+    unsigned *pool_first_backend;   /* pool -> index of its first backend in the global list */
+    const struct cfg_backend **backend_cfg; /* global index -> cfg */
+    const char **backend_pool;      /* global index -> pool name */
+    struct backend_load *load;      /* [backend * nshards + shard] (shared) */
+    unsigned nshards;
+    _Atomic int refs;               /* shared: one per shard that may still use it, one for main */
+    struct gen *_Atomic newer;      /* shared: the next generation, set when replaced */
+};
+
+/* A shard's view of one generation: its own balancer state and upstream idle pools. */
+struct shard_gen {
+    struct gen *g;
+    struct shard_gen *older;        /* still draining requests */
+    unsigned inflight;              /* requests started on this generation */
+    struct balance_state *balance;  /* per pool */
+    struct upconn **idle;           /* per backend: LIFO of idle keep-alive connections */
+};
+
+/* ---- connections ---- */
+
+enum timer_kind { TIMER_CONN = 0, TIMER_UPCONN = 1 };
+
+enum conn_state {
+    CS_IDLE,            /* keep-alive, waiting for a request (no buffer held) */
+    CS_HEAD,            /* part of a request head received */
+    CS_UPSTREAM,        /* request accepted: connecting / sending / waiting for the response head */
+    CS_RELAY,           /* response head sent, relaying the body */
+    CS_LOCAL,           /* sending a response aigw made itself */
+    CS_CLOSING,         /* fd closed, waiting for in-flight operations to complete */
+    CS_FREE,
+};
+
+/* What the connection's one timer currently measures. */
+enum timer_phase { T_HEADER, T_KEEPALIVE, T_CONNECT, T_FIRST_BYTE, T_IDLE };
+
+struct upconn;
+
+struct conn {
+    struct shard *sh;
+    int fd;
+    uint8_t state;
+    uint8_t ops;                    /* SQEs in flight that name this conn */
+    bool recv_armed;                /* multishot recv in flight */
+    bool recv_paused;               /* input queue full: recv cancelled until drained */
+    bool send_inflight;
+    bool keep_alive;                /* current request allows keep-alive */
+    bool expect_continue;
+    bool sending_continue;          /* our "100 Continue" is the send in flight */
+    bool send_deferred;             /* out is ready but waits for that send */
+    bool in_pinned;                 /* in->data is being read (send in flight): do not move it */
+    bool up_sending;                /* a send to the upstream is in flight */
+    bool splicing;                  /* a splice or its poll is in flight: the pipe is busy */
+    bool copy_only;                 /* no pipe could be had: relay by copying */
+    uint8_t tphase;                 /* enum timer_phase */
+    struct timer_node timer;
+    struct conn *next;              /* free list / shard's list of live connections */
+    struct conn *prev;
+    struct xbuf *in;                /* unparsed input: partial head, request body, pipelined requests */
+    uint32_t in_body;               /* bytes at in->off that are request body to forward */
+
+    /* ---- the current request (valid outside CS_IDLE/CS_HEAD) ---- */
+    struct shard_gen *sg;
+    int route;                      /* index in sg->g->cfg->routes, -1 none */
+    int backend;                    /* global backend index, -1 none */
+    struct upconn *up;
+    struct xbuf *out;               /* head (+body) being sent: upstream request or client response */
+    struct xbuf *rbuf;              /* upstream response bytes */
+    struct pipe_pair *pipe;
+    uint32_t pipe_bytes;            /* spliced in, not yet out */
+    uint8_t req_method;
+    uint8_t req_body;               /* enum http_body of the request */
+    uint8_t resp_body;              /* enum http_body of the response */
+    bool resp_keep_alive;
+    bool resp_started;              /* a response byte went to the client */
+    bool resp_done;                 /* the upstream response is complete */
+    bool body_in_first_send;        /* whole request fits in out: a stale pooled connection can be retried */
+    bool retried;
+    bool upstream_reused;
+    uint16_t status;
+    uint64_t req_body_left;         /* BODY_LENGTH: body bytes not yet received */
+    uint64_t req_body_total;        /* body bytes received so far (max_body) */
+    uint64_t resp_body_left;        /* BODY_LENGTH: bytes still to relay */
+    struct chunked req_chunked, resp_chunked;
+    uint64_t start_us, first_byte_us, last_activity_ms;
+    uint64_t bytes_in, bytes_out;
+    const char *error;
+    char request_id[40];
+    uint8_t request_id_len;
+    uint8_t client_len;
+    char client[48];                /* "ip:port" */
+    char method[16];
+    uint16_t target_len;
+    char target[200];               /* for the access log; truncated */
+} __attribute__((aligned(16)));
+
+enum upconn_state { UP_CONNECTING, UP_BUSY, UP_IDLE, UP_CLOSING, UP_FREE };
+
+struct upconn {
+    struct shard *sh;
+    int fd;
+    uint8_t state;
+    uint8_t ops;
+    bool idle_poll_armed;
+    struct conn *owner;             /* while busy */
+    struct shard_gen *sg;
+    unsigned backend;               /* global backend index in sg->g */
+    struct upconn *next;            /* free list / idle list */
+    struct timer_node timer;
+} __attribute__((aligned(16)));
+
+struct listener {
+    struct shard *sh;
+    int fd;
+    bool accepting;
+    const struct cfg_addr *addr;
+} __attribute__((aligned(16)));
+
+struct shard {
+    unsigned id;
+    pthread_t thread;
+    struct io_uring ring;
+    struct shard_metrics *m;
+    struct timer_wheel timers;
+    uint64_t now_ms, now_us;
+
+    struct io_uring_buf_ring *br;   /* provided buffers for client recv */
+    char *br_mem;
+    unsigned br_mask;
+
+    struct listener listeners[CFG_MAX_LISTEN];
+    unsigned nlisteners;
+
+    struct shard_gen *sg;           /* current generation */
+    struct http_request scratch_req;    /* parsed head being handled (one at a time) */
+    struct http_response scratch_resp;
+
+    struct conn *free_conns;
+    struct conn live;               /* list head of live client connections */
+    unsigned nconns, max_conns;
+    struct upconn *free_upconns;
+    unsigned nupconns;
+    struct xbuf *free_xbufs;
+    uint32_t xbuf_size;
+    unsigned xbufs_out;
+    struct pipe_pair *free_pipes;
+    unsigned npipes;
+
+    uint64_t rng[2];                /* request ids */
+    uint64_t realtime_offset_us;    /* CLOCK_REALTIME - CLOCK_MONOTONIC, for log timestamps */
+    bool draining;
+    bool stopped;
+};
+
+/* Process-wide, written by main (control plane), read by shards. */
+struct runtime {
+    unsigned nshards;
+    struct shard *shards;
+    struct gen *_Atomic current;
+    _Atomic bool draining;
+    _Atomic unsigned shards_running;
+    _Atomic bool ready;
+};
+extern struct runtime rt;
+
+/* shard.c */
+struct io_uring_sqe *shard_sqe(struct shard *sh);
+void shard_release_recv_buf(struct shard *sh, unsigned bid);
+char *shard_recv_buf(struct shard *sh, unsigned bid);
+struct xbuf *xbuf_get(struct shard *sh);
+void xbuf_put(struct shard *sh, struct xbuf *b);
+struct pipe_pair *pipe_get(struct shard *sh);
+void pipe_put(struct shard *sh, struct pipe_pair *p, bool clean);
+void shard_gen_request_done(struct shard *sh, struct shard_gen *sg);
+int shard_start_all(void);
+bool shard_join_all(uint64_t deadline_ms);
+int listeners_open(const struct config *cfg, unsigned nshards);
+
+/* gen.c */
+struct gen *gen_create(struct config *cfg, unsigned nshards, char *err, size_t errlen);
+void gen_unref(struct gen *g);
+static inline uint32_t gen_outstanding(const struct gen *g, unsigned backend)
+{
+    uint32_t sum = 0;
+    for (unsigned s = 0; s < g->nshards; s++)
+        sum += atomic_load_explicit(&g->load[backend * g->nshards + s].outstanding, memory_order_relaxed);
+    return sum;
+}
+
+/* conn.c */
+void conn_accepted(struct shard *sh, int fd);
+void conn_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe);
+void conn_on_upstream_cqe(struct conn *c, enum op op, int res);
+void conn_timer_fired(struct conn *c);
+void conn_shard_draining(struct conn *c);
+void conn_close(struct conn *c);
+void conn_maybe_free(struct conn *c);
+void conn_upstream_ready(struct conn *c);
+void conn_upstream_failed(struct conn *c, int err, const char *why);
+void conn_set_timer(struct conn *c, enum timer_phase phase, uint64_t ms);
+const struct cfg_timeouts *conn_timeouts(const struct conn *c);
+void conn_send_out(struct conn *c);
+void conn_send_rbuf(struct conn *c);
+void conn_response_done(struct conn *c);
+
+/* upstream.c */
+void upstream_acquire(struct conn *c);
+void upstream_acquire_new(struct conn *c);
+void upstream_release(struct upconn *u, bool reusable);
+void upconn_on_cqe(struct upconn *u, enum op op, struct io_uring_cqe *cqe);
+void upconn_timer_fired(struct upconn *u);
+void upconn_close(struct upconn *u);
+void upstream_close_idle(struct shard *sh, struct shard_gen *sg);
+
+/* relay.c */
+void relay_response_head(struct conn *c, const struct http_response *resp);
+void relay_on_upstream_recv(struct conn *c, int res);
+void relay_client_sent(struct conn *c, int n);
+void relay_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe);
+
+#endif

@@ -1,0 +1,311 @@
+/* Response relay: the rewritten response head goes to the client together with the
+ * body bytes that came with it; the rest of the body follows as it arrives.
+ *   - Content-Length and close-delimited bodies on a plaintext client: spliced
+ *     upstream socket -> pipe -> client socket (no copy through user space), with a
+ *     pipe from the shard's pool held only while the body is in flight.
+ *   - Chunked bodies (and any TLS client, later): copied through a buffer, because
+ *     the chunk framing must be followed to know where the response ends.
+ * Splice on sockets is not pollable in io_uring: a splice that finds nothing to
+ * move returns -EAGAIN, and we arm a poll and retry instead of spinning. */
+#include "core/proxy.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <string.h>
+
+#include "core/log.h"
+
+static void relay_next(struct conn *c);
+
+static void relay_abort(struct conn *c, const char *why)
+{
+    c->error = why;
+    c->resp_keep_alive = false;
+    conn_close(c);
+}
+
+/* Takes n received body bytes at p: returns how many belong to the response (the
+ * rest is junk after its end and disqualifies the connection from reuse), or -1. */
+static ssize_t classify_response_body(struct conn *c, const char *p, size_t n)
+{
+    size_t k = 0;
+    switch (c->resp_body) {
+    case BODY_NONE:
+        c->resp_done = true;
+        break;
+    case BODY_LENGTH:
+        k = n < c->resp_body_left ? n : (size_t)c->resp_body_left;
+        c->resp_body_left -= k;
+        if (c->resp_body_left == 0)
+            c->resp_done = true;
+        break;
+    case BODY_CHUNKED: {
+        const char *why = NULL;
+        ssize_t r = chunked_scan(&c->resp_chunked, p, n, NULL, NULL, &why);
+        if (r < 0) {
+            c->error = why;
+            return -1;
+        }
+        k = (size_t)r;
+        if (c->resp_chunked.done)
+            c->resp_done = true;
+        break;
+    }
+    case BODY_UNTIL_CLOSE:
+        k = n;
+        break;
+    }
+    if (k < n)
+        c->resp_keep_alive = false;
+    if (k)
+        mc_add(&c->sh->m->relay_bytes[RELAY_COPY], k);
+    return (ssize_t)k;
+}
+
+void relay_response_head(struct conn *c, const struct http_response *resp)
+{
+    struct shard *sh = c->sh;
+    c->status = (uint16_t)resp->status;
+    c->resp_body = resp->body;
+    c->resp_keep_alive = resp->keep_alive;
+    c->resp_body_left = resp->content_length;
+    c->resp_done = false;
+    chunked_init(&c->resp_chunked);
+    /* a close-delimited body can only be passed on close-delimited */
+    bool keep = c->keep_alive && !sh->draining && resp->body != BODY_UNTIL_CLOSE;
+    c->keep_alive = keep;
+
+    size_t body_at = c->rbuf->off + resp->head_len;
+    const char *p = c->rbuf->data + body_at;
+    size_t avail = c->rbuf->len - body_at;
+    ssize_t k = classify_response_body(c, p, avail);
+    if (k < 0) {
+        conn_upstream_failed(c, EPROTO, "malformed chunked response from upstream");
+        return;
+    }
+    struct xbuf *out = xbuf_get(sh);
+    if (!out) {
+        conn_upstream_failed(c, ENOMEM, "out of memory");
+        return;
+    }
+    char extra[64];
+    size_t elen = 0;
+    memcpy(extra, "x-request-id: ", 14);
+    elen = 14;
+    memcpy(extra + elen, c->request_id, c->request_id_len);
+    elen += c->request_id_len;
+    extra[elen++] = '\r';
+    extra[elen++] = '\n';
+    size_t hlen = http_write_client_head(out->data, sh->xbuf_size, resp, keep, (struct slice){ extra, elen });
+    if (hlen == 0) {
+        xbuf_put(sh, out);
+        conn_upstream_failed(c, EPROTO, "upstream response head too large");
+        return;
+    }
+    size_t room = sh->xbuf_size - hlen;
+    size_t copy = (size_t)k < room ? (size_t)k : room;
+    memcpy(out->data + hlen, p, copy);
+    out->len = (uint32_t)(hlen + copy);
+    out->off = 0;
+    /* what did not fit waits in rbuf and is sent next */
+    c->rbuf->off = (uint32_t)(body_at + copy);
+    c->rbuf->len = (uint32_t)(body_at + (size_t)k);
+    c->out = out;
+    c->state = CS_RELAY;
+    c->resp_started = true;
+    c->last_activity_ms = sh->now_ms;
+    conn_set_timer(c, T_IDLE, conn_timeouts(c)->idle_ms);
+    conn_send_out(c);
+}
+
+/* ---- copy ---- */
+
+static void copy_recv(struct conn *c)
+{
+    c->rbuf->off = c->rbuf->len = 0;
+    struct io_uring_sqe *sqe = shard_sqe(c->sh);
+    io_uring_prep_recv(sqe, c->up->fd, c->rbuf->data, c->sh->xbuf_size, 0);
+    io_uring_sqe_set_data64(sqe, ud_make(c->up, OP_UP_RECV));
+    c->up->ops++;
+}
+
+void relay_on_upstream_recv(struct conn *c, int res)
+{
+    if (res < 0) {
+        relay_abort(c, "upstream reset mid-response");
+        return;
+    }
+    c->last_activity_ms = c->sh->now_ms;
+    if (res == 0) {
+        if (c->resp_body != BODY_UNTIL_CLOSE) {
+            relay_abort(c, "upstream closed mid-response");
+            return;
+        }
+        c->resp_done = true;
+        c->resp_keep_alive = false;
+        relay_next(c);
+        return;
+    }
+    ssize_t k = classify_response_body(c, c->rbuf->data, (size_t)res);
+    if (k < 0) {
+        relay_abort(c, "malformed chunked response from upstream");
+        return;
+    }
+    c->rbuf->off = 0;
+    c->rbuf->len = (uint32_t)k;
+    relay_next(c);
+}
+
+/* ---- splice ---- */
+
+static void splice_in(struct conn *c)
+{
+    size_t len = PIPE_CHUNK;
+    if (c->resp_body == BODY_LENGTH && c->resp_body_left < len)
+        len = (size_t)c->resp_body_left;
+    struct io_uring_sqe *sqe = shard_sqe(c->sh);
+    io_uring_prep_splice(sqe, c->up->fd, -1, c->pipe->wr, -1, (unsigned)len,
+                         SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+    io_uring_sqe_set_data64(sqe, ud_make(c, OP_SPLICE_IN));
+    c->ops++;
+    c->splicing = true;
+}
+
+static void splice_out(struct conn *c)
+{
+    struct io_uring_sqe *sqe = shard_sqe(c->sh);
+    io_uring_prep_splice(sqe, c->pipe->rd, -1, c->fd, -1, c->pipe_bytes,
+                         SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+    io_uring_sqe_set_data64(sqe, ud_make(c, OP_SPLICE_OUT));
+    c->ops++;
+    c->splicing = true;
+}
+
+static void poll_fd(struct conn *c, int fd, unsigned events, enum op op)
+{
+    struct io_uring_sqe *sqe = shard_sqe(c->sh);
+    io_uring_prep_poll_add(sqe, fd, events);
+    io_uring_sqe_set_data64(sqe, ud_make(c, op));
+    c->ops++;
+    c->splicing = true;
+}
+
+void relay_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe)
+{
+    int res = cqe->res;
+    c->splicing = false;
+    if (c->state != CS_RELAY || !c->up) {
+        /* the request ended under us (client gone): a pipe with bytes in flight is discarded */
+        return;
+    }
+    c->last_activity_ms = c->sh->now_ms;
+    switch (op) {
+    case OP_SPLICE_IN:
+        if (res > 0) {
+            c->pipe_bytes += (uint32_t)res;
+            if (c->resp_body == BODY_LENGTH) {
+                c->resp_body_left -= (uint64_t)res;
+                if (c->resp_body_left == 0)
+                    c->resp_done = true;
+            }
+            splice_out(c);
+        } else if (res == 0) {
+            if (c->resp_body != BODY_UNTIL_CLOSE) {
+                relay_abort(c, "upstream closed mid-response");
+                return;
+            }
+            c->resp_done = true;
+            c->resp_keep_alive = false;
+            relay_next(c);
+        } else if (res == -EAGAIN) {
+            poll_fd(c, c->up->fd, POLLIN | POLLRDHUP, OP_POLL_IN);
+        } else {
+            relay_abort(c, "upstream reset mid-response");
+        }
+        return;
+    case OP_POLL_IN:
+        if (res < 0) {
+            relay_abort(c, "upstream poll failed");
+            return;
+        }
+        splice_in(c);
+        return;
+    case OP_SPLICE_OUT:
+        if (res > 0) {
+            c->pipe_bytes -= (uint32_t)res;
+            c->bytes_out += (uint64_t)res;
+            mc_add(&c->sh->m->relay_bytes[RELAY_SPLICE], (uint64_t)res);
+            if (c->pipe_bytes > 0)
+                splice_out(c);
+            else
+                relay_next(c);
+        } else if (res == -EAGAIN) {
+            poll_fd(c, c->fd, POLLOUT, OP_POLL_OUT);
+        } else {
+            relay_abort(c, "client went away mid-response");
+        }
+        return;
+    case OP_POLL_OUT:
+        if (res < 0) {
+            relay_abort(c, "client poll failed");
+            return;
+        }
+        splice_out(c);
+        return;
+    default:
+        return;
+    }
+}
+
+/* ---- sequencing ---- */
+
+static void relay_next(struct conn *c)
+{
+    struct shard *sh = c->sh;
+    if (c->rbuf && c->rbuf->off < c->rbuf->len) {
+        conn_send_rbuf(c);
+        return;
+    }
+    if (c->resp_done) {
+        conn_response_done(c);
+        return;
+    }
+    bool spliceable = (c->resp_body == BODY_LENGTH || c->resp_body == BODY_UNTIL_CLOSE) && !c->copy_only;
+    if (spliceable && !c->pipe) {
+        c->pipe = pipe_get(sh);
+        if (!c->pipe)
+            c->copy_only = true;    /* out of pipes: copying still works */
+    }
+    if (spliceable && c->pipe) {
+        xbuf_put(sh, c->rbuf);      /* long bodies hold a pipe, not a buffer */
+        c->rbuf = NULL;
+        splice_in(c);
+        return;
+    }
+    if (!c->rbuf) {
+        c->rbuf = xbuf_get(sh);
+        if (!c->rbuf) {
+            relay_abort(c, "out of memory");
+            return;
+        }
+    }
+    copy_recv(c);
+}
+
+/* The client took n bytes of what we sent from out (the head) or rbuf (body). */
+void relay_client_sent(struct conn *c, int n)
+{
+    if (c->out) {
+        c->out->off += (uint32_t)n;
+        if (c->out->off < c->out->len) {
+            conn_send_out(c);
+            return;
+        }
+        xbuf_put(c->sh, c->out);
+        c->out = NULL;
+    } else if (c->rbuf) {
+        c->rbuf->off += (uint32_t)n;
+    }
+    relay_next(c);
+}

@@ -1,0 +1,544 @@
+/* A shard: one pinned thread, one io_uring, its own listeners (SO_REUSEPORT),
+ * provided-buffer ring, buffer and pipe pools, timer wheel and connections.
+ * The loop submits and waits once per turn, dispatches completions by the tag in
+ * user_data, then advances the timer wheel. */
+#include "core/proxy.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/tcp.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/log.h"
+
+struct runtime rt;
+
+/* Listener sockets are opened by main before the shards start, so that a busy
+ * port fails the start with a clear message instead of a half-started process. */
+static int listener_fds[MAX_SHARDS][CFG_MAX_LISTEN];
+static unsigned listener_count;
+
+static int open_listener(const struct cfg_addr *a)
+{
+    int fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    /* accepted sockets inherit TCP_NODELAY: SSE events must not wait for Nagle */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (a->sa.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (bind(fd, (const struct sockaddr *)&a->sa, a->salen) < 0 || listen(fd, 4096) < 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+int listeners_open(const struct config *cfg, unsigned nshards)
+{
+    for (unsigned s = 0; s < nshards; s++) {
+        for (unsigned i = 0; i < cfg->server.nlisten; i++) {
+            int fd = open_listener(&cfg->server.listen[i]);
+            if (fd < 0) {
+                log_error("cannot listen on %s: %s", cfg->server.listen[i].text, strerror(errno));
+                return -1;
+            }
+            listener_fds[s][i] = fd;
+        }
+    }
+    listener_count = cfg->server.nlisten;
+    return 0;
+}
+
+/* ---- time ---- */
+
+static void shard_clock(struct shard *sh)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    sh->now_us = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+    sh->now_ms = sh->now_us / 1000u;
+}
+
+/* ---- submission ---- */
+
+struct io_uring_sqe *shard_sqe(struct shard *sh)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&sh->ring);
+    while (!sqe) {
+        /* SQ full: flush what we have; the kernel copies SQEs at submit */
+        io_uring_submit(&sh->ring);
+        sqe = io_uring_get_sqe(&sh->ring);
+    }
+    return sqe;
+}
+
+/* ---- provided buffers ---- */
+
+char *shard_recv_buf(struct shard *sh, unsigned bid)
+{
+    return sh->br_mem + (size_t)bid * RECV_BUF_SIZE;
+}
+
+void shard_release_recv_buf(struct shard *sh, unsigned bid)
+{
+    io_uring_buf_ring_add(sh->br, shard_recv_buf(sh, bid), RECV_BUF_SIZE, (unsigned short)bid,
+                          sh->br_mask, 0);
+    io_uring_buf_ring_advance(sh->br, 1);
+}
+
+static int setup_buf_ring(struct shard *sh)
+{
+    size_t ring_bytes = RECV_BUF_COUNT * sizeof(struct io_uring_buf);
+    void *ring_mem;
+    if (posix_memalign(&ring_mem, 4096, ring_bytes))
+        return -ENOMEM;
+    sh->br = ring_mem;
+    io_uring_buf_ring_init(sh->br);
+    struct io_uring_buf_reg reg = {
+        .ring_addr = (uintptr_t)sh->br,
+        .ring_entries = RECV_BUF_COUNT,
+        .bgid = RECV_BUF_GROUP,
+    };
+    int ret = io_uring_register_buf_ring(&sh->ring, &reg, 0);
+    if (ret)
+        return ret;
+    sh->br_mem = aligned_alloc(4096, (size_t)RECV_BUF_COUNT * RECV_BUF_SIZE);
+    if (!sh->br_mem)
+        return -ENOMEM;
+    sh->br_mask = io_uring_buf_ring_mask(RECV_BUF_COUNT);
+    for (unsigned i = 0; i < RECV_BUF_COUNT; i++)
+        io_uring_buf_ring_add(sh->br, shard_recv_buf(sh, i), RECV_BUF_SIZE, (unsigned short)i,
+                              sh->br_mask, (int)i);
+    io_uring_buf_ring_advance(sh->br, RECV_BUF_COUNT);
+    return 0;
+}
+
+/* ---- fixed-size buffers and pipes, per shard, recycled ---- */
+
+struct xbuf *xbuf_get(struct shard *sh)
+{
+    struct xbuf *b = sh->free_xbufs;
+    if (b) {
+        sh->free_xbufs = b->next_free;
+    } else {
+        b = malloc(sizeof *b + sh->xbuf_size);   /* grows the pool; steady state reuses */
+        if (!b)
+            return NULL;
+    }
+    b->len = b->off = 0;
+    b->cap = sh->xbuf_size;
+    b->next_free = NULL;
+    sh->xbufs_out++;
+    return b;
+}
+
+void xbuf_put(struct shard *sh, struct xbuf *b)
+{
+    if (!b)
+        return;
+    sh->xbufs_out--;
+    if (b->cap != sh->xbuf_size) {
+        free(b);
+        return;
+    }
+    b->next_free = sh->free_xbufs;
+    sh->free_xbufs = b;
+}
+
+struct pipe_pair *pipe_get(struct shard *sh)
+{
+    struct pipe_pair *p = sh->free_pipes;
+    if (p) {
+        sh->free_pipes = p->next_free;
+        return p;
+    }
+    int fds[2];
+    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0)
+        return NULL;    /* pipe-user-pages limits: the caller copies instead */
+    p = malloc(sizeof *p);
+    if (!p) {
+        close(fds[0]);
+        close(fds[1]);
+        return NULL;
+    }
+    p->rd = fds[0];
+    p->wr = fds[1];
+    p->next_free = NULL;
+    sh->npipes++;
+    return p;
+}
+
+void pipe_put(struct shard *sh, struct pipe_pair *p, bool clean)
+{
+    if (!p)
+        return;
+    if (!clean) {
+        /* bytes left in it belong to an aborted response: never reuse */
+        close(p->rd);
+        close(p->wr);
+        free(p);
+        sh->npipes--;
+        return;
+    }
+    p->next_free = sh->free_pipes;
+    sh->free_pipes = p;
+}
+
+/* ---- generations ---- */
+
+static struct shard_gen *shard_gen_new(struct gen *g)
+{
+    struct shard_gen *sg = calloc(1, sizeof *sg);
+    if (!sg)
+        return NULL;
+    sg->g = g;
+    sg->balance = calloc(g->cfg->npools ? g->cfg->npools : 1, sizeof *sg->balance);
+    sg->idle = calloc(g->cfg->nbackends ? g->cfg->nbackends : 1, sizeof *sg->idle);
+    if (!sg->balance || !sg->idle)
+        goto fail;
+    for (unsigned p = 0; p < g->cfg->npools; p++)
+        if (balance_state_init(&sg->balance[p], g->cfg->pools[p].nbackends))
+            goto fail;
+    return sg;
+fail:
+    free(sg->balance);
+    free(sg->idle);
+    free(sg);
+    return NULL;
+}
+
+static void shard_gen_free(struct shard *sh, struct shard_gen *sg)
+{
+    upstream_close_idle(sh, sg);
+    for (unsigned p = 0; p < sg->g->cfg->npools; p++)
+        balance_state_free(&sg->balance[p]);
+    free(sg->balance);
+    free(sg->idle);
+    gen_unref(sg->g);
+    free(sg);
+}
+
+/* Frees older generations that no request uses any more. */
+static void shard_gen_collect(struct shard *sh)
+{
+    struct shard_gen **pp = &sh->sg->older;
+    while (*pp) {
+        struct shard_gen *sg = *pp;
+        if (sg->inflight == 0) {
+            *pp = sg->older;
+            shard_gen_free(sh, sg);
+        } else {
+            pp = &sg->older;
+        }
+    }
+}
+
+void shard_gen_request_done(struct shard *sh, struct shard_gen *sg)
+{
+    sg->inflight--;
+    if (sg != sh->sg && sg->inflight == 0)
+        shard_gen_collect(sh);
+}
+
+/* Switches to the newest generation main has published. Generations this shard
+ * skipped over are released on the way (their refs counted this shard in). */
+static void shard_gen_adopt(struct shard *sh)
+{
+    struct gen *cur = atomic_load_explicit(&rt.current, memory_order_acquire);
+    if (cur == sh->sg->g)
+        return;
+    struct shard_gen *sg = shard_gen_new(cur);
+    if (!sg) {
+        log_error("shard %u: out of memory adopting configuration generation %llu", sh->id,
+                  (unsigned long long)cur->id);
+        return;
+    }
+    for (struct gen *g = atomic_load(&sh->sg->g->newer); g && g != cur; ) {
+        struct gen *next = atomic_load(&g->newer);
+        gen_unref(g);
+        g = next;
+    }
+    sg->older = sh->sg;
+    sh->sg = sg;
+    /* idle upstream connections of the old generation are not reused */
+    upstream_close_idle(sh, sg->older);
+    shard_gen_collect(sh);
+    log_debug("shard %u: configuration generation %llu", sh->id, (unsigned long long)cur->id);
+}
+
+/* ---- accept ---- */
+
+static void arm_accept(struct shard *sh, struct listener *l)
+{
+    struct io_uring_sqe *sqe = shard_sqe(sh);
+    io_uring_prep_multishot_accept(sqe, l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    io_uring_sqe_set_data64(sqe, ud_make(l, OP_ACCEPT));
+    l->accepting = true;
+}
+
+static void on_accept(struct shard *sh, struct listener *l, struct io_uring_cqe *cqe)
+{
+    if (!(cqe->flags & IORING_CQE_F_MORE))
+        l->accepting = false;
+    if (cqe->res >= 0) {
+        if (sh->draining) {
+            close(cqe->res);
+        } else if (sh->nconns >= sh->max_conns) {
+            /* over max_connections: refuse at once rather than queue */
+            struct io_uring_sqe *sqe = shard_sqe(sh);
+            io_uring_prep_close(sqe, cqe->res);
+            io_uring_sqe_set_data64(sqe, 0);
+        } else {
+            conn_accepted(sh, cqe->res);
+        }
+    } else if (cqe->res != -ECANCELED && cqe->res != -EBADF && cqe->res != -EINVAL) {
+        log_warn("shard %u: accept on %s: %s", sh->id, l->addr->text, strerror(-cqe->res));
+    }
+    if (!l->accepting && !sh->draining && l->fd >= 0)
+        arm_accept(sh, l);
+}
+
+static void stop_listening(struct shard *sh)
+{
+    for (unsigned i = 0; i < sh->nlisteners; i++) {
+        struct listener *l = &sh->listeners[i];
+        if (l->fd < 0)
+            continue;
+        struct io_uring_sqe *sqe = shard_sqe(sh);
+        io_uring_prep_cancel_fd(sqe, l->fd, IORING_ASYNC_CANCEL_ALL);
+        io_uring_sqe_set_data64(sqe, 0);
+        /* closing now (not via the ring) makes new connects fail at once */
+        io_uring_submit(&sh->ring);
+        close(l->fd);
+        l->fd = -1;
+    }
+}
+
+/* ---- dispatch ---- */
+
+static void dispatch(struct shard *sh, struct io_uring_cqe *cqe)
+{
+    uint64_t ud = cqe->user_data;
+    enum op op = ud_op(ud);
+    void *obj = ud_ptr(ud);
+    switch (op) {
+    case OP_NONE:
+    case OP_CANCEL_RECV:
+        return;
+    case OP_ACCEPT:
+        on_accept(sh, obj, cqe);
+        return;
+    case OP_CLIENT_RECV:
+    case OP_CLIENT_SEND:
+    case OP_SPLICE_IN:
+    case OP_SPLICE_OUT:
+    case OP_POLL_IN:
+    case OP_POLL_OUT:
+        conn_on_cqe(obj, op, cqe);
+        return;
+    case OP_UP_CONNECT:
+    case OP_UP_SEND:
+    case OP_UP_RECV:
+    case OP_UP_IDLE_POLL:
+        upconn_on_cqe(obj, op, cqe);
+        return;
+    }
+}
+
+static void on_timer(struct timer_node *t)
+{
+    char *p = (char *)t;
+    if (t->kind == TIMER_UPCONN)
+        upconn_timer_fired((struct upconn *)(p - offsetof(struct upconn, timer)));
+    else
+        conn_timer_fired((struct conn *)(p - offsetof(struct conn, timer)));
+}
+
+static void shard_begin_drain(struct shard *sh)
+{
+    sh->draining = true;
+    stop_listening(sh);
+    /* idle keep-alive clients go now; the others finish their request first */
+    struct conn *c = sh->live.next;
+    while (c != &sh->live) {
+        struct conn *next = c->next;
+        conn_shard_draining(c);
+        c = next;
+    }
+    upstream_close_idle(sh, sh->sg);
+    for (struct shard_gen *sg = sh->sg->older; sg; sg = sg->older)
+        upstream_close_idle(sh, sg);
+}
+
+static int ring_init(struct shard *sh)
+{
+    struct io_uring_params p;
+    memset(&p, 0, sizeof p);
+    p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQSIZE;
+    p.cq_entries = 16384;
+    int ret = io_uring_queue_init_params(2048, &sh->ring, &p);
+    if (ret == -EINVAL) {
+        memset(&p, 0, sizeof p);
+        p.flags = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_CQSIZE;
+        p.cq_entries = 16384;
+        ret = io_uring_queue_init_params(2048, &sh->ring, &p);
+    }
+    if (ret == -EINVAL) {
+        memset(&p, 0, sizeof p);
+        ret = io_uring_queue_init_params(2048, &sh->ring, &p);
+    }
+    return ret;
+}
+
+static void *shard_main(void *arg)
+{
+    struct shard *sh = arg;
+    char name[16];
+    snprintf(name, sizeof name, "aigw-shard%u", sh->id);
+    pthread_setname_np(pthread_self(), name);
+
+    int ret = ring_init(sh);
+    if (ret < 0) {
+        log_error("shard %u: io_uring setup failed: %s", sh->id, strerror(-ret));
+        exit(1);
+    }
+    ret = setup_buf_ring(sh);
+    if (ret < 0) {
+        log_error("shard %u: provided buffer ring: %s", sh->id, strerror(-ret));
+        exit(1);
+    }
+    shard_clock(sh);
+    struct timespec real;
+    clock_gettime(CLOCK_REALTIME, &real);
+    sh->realtime_offset_us = (uint64_t)real.tv_sec * 1000000u + (uint64_t)real.tv_nsec / 1000u - sh->now_us;
+    timer_wheel_init(&sh->timers, sh->now_ms);
+    for (unsigned i = 0; i < sh->nlisteners; i++)
+        arm_accept(sh, &sh->listeners[i]);
+    atomic_fetch_add(&rt.shards_running, 1);
+
+    for (;;) {
+        if (!sh->draining && atomic_load_explicit(&rt.draining, memory_order_relaxed))
+            shard_begin_drain(sh);
+        if (sh->draining && sh->nconns == 0 && sh->nupconns == 0)
+            break;
+        if (atomic_load_explicit(&rt.current, memory_order_relaxed) != sh->sg->g)
+            shard_gen_adopt(sh);
+
+        uint64_t wait_ms = timer_wheel_wait_ms(&sh->timers, sh->now_ms);
+        if (wait_ms > 50)
+            wait_ms = 50;   /* bounds how late a shard sees a reload or a drain */
+        struct __kernel_timespec ts = { .tv_sec = 0, .tv_nsec = (long long)wait_ms * 1000000 };
+        struct io_uring_cqe *cqe;
+        ret = io_uring_submit_and_wait_timeout(&sh->ring, &cqe, 1, &ts, NULL);
+        if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EBUSY)
+            log_warn("shard %u: io_uring_enter: %s", sh->id, strerror(-ret));
+        shard_clock(sh);
+        unsigned head, seen = 0;
+        io_uring_for_each_cqe(&sh->ring, head, cqe) {
+            dispatch(sh, cqe);
+            seen++;
+        }
+        io_uring_cq_advance(&sh->ring, seen);
+        timer_wheel_advance(&sh->timers, sh->now_ms, on_timer);
+    }
+    io_uring_submit(&sh->ring);
+    atomic_fetch_sub(&rt.shards_running, 1);
+    return NULL;
+}
+
+static void pin_to_cpu(pthread_attr_t *attr, unsigned id)
+{
+    cpu_set_t online;
+    if (sched_getaffinity(0, sizeof online, &online) != 0)
+        return;
+    unsigned n = (unsigned)CPU_COUNT(&online), k = id % (n ? n : 1);
+    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
+        if (!CPU_ISSET(cpu, &online))
+            continue;
+        if (k-- == 0) {
+            cpu_set_t one;
+            CPU_ZERO(&one);
+            CPU_SET(cpu, &one);
+            pthread_attr_setaffinity_np(attr, sizeof one, &one);
+            return;
+        }
+    }
+}
+
+int shard_start_all(void)
+{
+    struct gen *g = atomic_load(&rt.current);
+    const struct config *cfg = g->cfg;
+    rt.shards = calloc(rt.nshards, sizeof *rt.shards);
+    if (!rt.shards)
+        return -1;
+    uint32_t xsize = (uint32_t)cfg->server.max_header + 4096;
+    if (xsize < 16384)
+        xsize = 16384;
+    for (unsigned s = 0; s < rt.nshards; s++) {
+        struct shard *sh = &rt.shards[s];
+        sh->id = s;
+        sh->m = metrics_shard(s);
+        sh->xbuf_size = xsize;
+        sh->live.next = sh->live.prev = &sh->live;
+        sh->max_conns = cfg->server.max_connections / rt.nshards;
+        if (sh->max_conns == 0)
+            sh->max_conns = 1;
+        sh->sg = shard_gen_new(g);
+        if (!sh->sg)
+            return -1;
+        if (getrandom(sh->rng, sizeof sh->rng, 0) != sizeof sh->rng)
+            sh->rng[0] = (uint64_t)time(NULL) ^ s, sh->rng[1] = 0x9e3779b97f4a7c15ull;
+        sh->rng[0] |= 1;
+        sh->nlisteners = listener_count;
+        for (unsigned i = 0; i < listener_count; i++) {
+            sh->listeners[i].sh = sh;
+            sh->listeners[i].fd = listener_fds[s][i];
+            sh->listeners[i].addr = &cfg->server.listen[i];
+        }
+    }
+    for (unsigned s = 0; s < rt.nshards; s++) {
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pin_to_cpu(&attr, s);
+        if (pthread_create(&rt.shards[s].thread, &attr, shard_main, &rt.shards[s]) != 0) {
+            pthread_attr_destroy(&attr);
+            return -1;
+        }
+        pthread_attr_destroy(&attr);
+    }
+    return 0;
+}
+
+bool shard_join_all(uint64_t deadline_ms)
+{
+    for (;;) {
+        if (atomic_load(&rt.shards_running) == 0)
+            break;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        uint64_t now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+        if (now >= deadline_ms) {
+            log_warn("drain timeout: %u shard(s) still had requests in flight",
+                     atomic_load(&rt.shards_running));
+            return false;
+        }
+        struct timespec nap = { 0, 20 * 1000000 };
+        nanosleep(&nap, NULL);
+    }
+    for (unsigned s = 0; s < rt.nshards; s++)
+        pthread_join(rt.shards[s].thread, NULL);
+    return true;
+}

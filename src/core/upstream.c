@@ -1,0 +1,198 @@
+/* Upstream connections: a keep-alive pool per shard per backend (LIFO, so the
+ * warmest connection is reused first), non-blocking connects through io_uring,
+ * and a poll on every idle pooled connection so a backend that closes it is
+ * noticed at once rather than on the next request. */
+#include "core/proxy.h"
+
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/log.h"
+
+static void idle_remove(struct upconn *u)
+{
+    struct upconn **pp = &u->sg->idle[u->backend];
+    while (*pp && *pp != u)
+        pp = &(*pp)->next;
+    if (*pp)
+        *pp = u->next;
+    u->next = NULL;
+}
+
+static void upconn_maybe_free(struct upconn *u)
+{
+    if (u->state != UP_CLOSING || u->ops != 0)
+        return;
+    u->state = UP_FREE;
+    u->next = u->sh->free_upconns;
+    u->sh->free_upconns = u;
+}
+
+void upconn_close(struct upconn *u)
+{
+    if (u->state == UP_CLOSING || u->state == UP_FREE)
+        return;
+    struct shard *sh = u->sh;
+    if (u->state == UP_IDLE)
+        idle_remove(u);
+    timer_disarm(&sh->timers, &u->timer);
+    u->state = UP_CLOSING;
+    u->owner = NULL;
+    struct io_uring_sqe *sqe = shard_sqe(sh);
+    io_uring_prep_cancel_fd(sqe, u->fd, IORING_ASYNC_CANCEL_ALL);
+    io_uring_sqe_set_data64(sqe, 0);
+    sqe = shard_sqe(sh);
+    io_uring_prep_close(sqe, u->fd);
+    io_uring_sqe_set_data64(sqe, 0);
+    u->fd = -1;
+    sh->nupconns--;
+    mg_add(&sh->m->connections[SIDE_UPSTREAM], -1);
+    upconn_maybe_free(u);
+}
+
+static void count_upstream_conn(struct conn *c, enum upstream_conn_kind kind)
+{
+    int slot = c->sg->g->backend_metric_slot[c->backend];
+    if (slot >= 0)
+        mc_add(&c->sh->m->upstream_conns[slot][kind], 1);
+}
+
+void upstream_acquire_new(struct conn *c)
+{
+    struct shard *sh = c->sh;
+    const struct cfg_addr *addr = &c->sg->g->backend_cfg[c->backend]->addr;
+    /* Creating a socket is a plain syscall: it happens once per upstream connection,
+     * not per request, since connections are pooled. */
+    int fd = socket(addr->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        conn_upstream_failed(c, errno, "cannot create upstream socket");
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    struct upconn *u = sh->free_upconns;
+    if (u) {
+        sh->free_upconns = u->next;
+    } else {
+        u = aligned_alloc(16, sizeof *u);
+        if (!u) {
+            close(fd);
+            conn_upstream_failed(c, ENOMEM, "out of memory");
+            return;
+        }
+    }
+    memset(u, 0, sizeof *u);
+    u->sh = sh;
+    u->fd = fd;
+    u->state = UP_CONNECTING;
+    u->owner = c;
+    u->sg = c->sg;
+    u->backend = (unsigned)c->backend;
+    u->timer.kind = TIMER_UPCONN;
+    c->up = u;
+    c->upstream_reused = false;
+    sh->nupconns++;
+    mg_add(&sh->m->connections[SIDE_UPSTREAM], 1);
+    count_upstream_conn(c, UPCONN_NEW);
+
+    struct io_uring_sqe *sqe = shard_sqe(sh);
+    io_uring_prep_connect(sqe, fd, (const struct sockaddr *)&addr->sa, addr->salen);
+    io_uring_sqe_set_data64(sqe, ud_make(u, OP_UP_CONNECT));
+    u->ops++;
+    conn_set_timer(c, T_CONNECT, c->sg->g->cfg->timeouts.connect_ms);
+}
+
+void upstream_acquire(struct conn *c)
+{
+    struct upconn **head = &c->sg->idle[c->backend];
+    struct upconn *u = *head;
+    if (!u) {
+        upstream_acquire_new(c);
+        return;
+    }
+    *head = u->next;
+    u->next = NULL;
+    timer_disarm(&c->sh->timers, &u->timer);
+    u->state = UP_BUSY;
+    u->owner = c;
+    c->up = u;
+    c->upstream_reused = true;
+    count_upstream_conn(c, UPCONN_REUSED);
+    conn_upstream_ready(c);
+}
+
+void upstream_release(struct upconn *u, bool reusable)
+{
+    struct shard *sh = u->sh;
+    u->owner = NULL;
+    if (!reusable || sh->draining || u->sg != sh->sg || u->state != UP_BUSY) {
+        upconn_close(u);
+        return;
+    }
+    u->state = UP_IDLE;
+    u->next = u->sg->idle[u->backend];
+    u->sg->idle[u->backend] = u;
+    timer_arm(&sh->timers, &u->timer, sh->now_ms + u->sg->g->cfg->timeouts.keepalive_ms);
+    if (!u->idle_poll_armed) {
+        /* readable while idle means the backend closed it (or sent junk): drop it */
+        struct io_uring_sqe *sqe = shard_sqe(sh);
+        io_uring_prep_poll_add(sqe, u->fd, POLLIN | POLLRDHUP);
+        io_uring_sqe_set_data64(sqe, ud_make(u, OP_UP_IDLE_POLL));
+        u->ops++;
+        u->idle_poll_armed = true;
+    }
+}
+
+void upstream_close_idle(struct shard *sh, struct shard_gen *sg)
+{
+    (void)sh;
+    for (unsigned b = 0; b < sg->g->cfg->nbackends; b++)
+        while (sg->idle[b])
+            upconn_close(sg->idle[b]);
+}
+
+void upconn_timer_fired(struct upconn *u)
+{
+    if (u->state == UP_IDLE)
+        upconn_close(u);
+}
+
+void upconn_on_cqe(struct upconn *u, enum op op, struct io_uring_cqe *cqe)
+{
+    if (!(cqe->flags & IORING_CQE_F_MORE))
+        u->ops--;
+    int res = cqe->res;
+    struct conn *c = u->owner;
+    switch (op) {
+    case OP_UP_IDLE_POLL:
+        u->idle_poll_armed = false;
+        if (u->state == UP_IDLE)
+            upconn_close(u);
+        break;
+    case OP_UP_CONNECT:
+        if (u->state != UP_CONNECTING || !c)
+            break;
+        if (res < 0) {
+            const char *why = res == -ECONNREFUSED ? "upstream refused the connection"
+                                                   : "upstream connect failed";
+            conn_upstream_failed(c, -res, why);
+            conn_maybe_free(c);
+            break;
+        }
+        u->state = UP_BUSY;
+        conn_upstream_ready(c);
+        break;
+    case OP_UP_SEND:
+    case OP_UP_RECV:
+        if (u->state == UP_BUSY && c)
+            conn_on_upstream_cqe(c, op, res);
+        break;
+    default:
+        break;
+    }
+    upconn_maybe_free(u);
+}

@@ -1,0 +1,392 @@
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/accesslog.h"
+#include "core/metrics.h"
+
+#define SL(s) ((struct slice){ (s), sizeof(s) - 1 })
+
+static struct alog_entry typical_entry(void)
+{
+    return (struct alog_entry){
+        .time_us = 1795299423123456ull,     /* 2026-11-21T22:17:03.123456Z */
+        .client = SL("10.1.2.3:51234"),
+        .method = SL("POST"),
+        .target = SL("/v1/chat/completions"),
+        .request_id = SL("abc-123"),
+        .route = "chat",
+        .pool = "gpu-a",
+        .backend = "10.0.0.11:8000",
+        .status = 200,
+        .bytes_in = 512,
+        .bytes_out = 2048,
+        .duration_us = 1234,
+        .first_byte_us = 567,
+        .upstream_reused = true,
+        .error = NULL,
+    };
+}
+
+static const char typical_line[] =
+    "{\"time\":\"2026-11-21T22:17:03.123456Z\",\"client\":\"10.1.2.3:51234\",\"method\":\"POST\","
+    "\"target\":\"/v1/chat/completions\",\"status\":200,\"route\":\"chat\",\"pool\":\"gpu-a\","
+    "\"backend\":\"10.0.0.11:8000\",\"request_id\":\"abc-123\",\"bytes_in\":512,\"bytes_out\":2048,"
+    "\"duration_ms\":1.234,\"upstream_first_byte_ms\":0.567,\"upstream_reused\":true,\"error\":null}\n";
+
+static char *format_entry(const struct alog_entry *e)
+{
+    static char buf[ALOG_LINE_MAX];
+    size_t n = alog_format(buf, sizeof buf, e);
+    cr_assert_gt(n, 0);
+    cr_assert_eq(buf[n - 1], '\n');
+    buf[n] = '\0';      /* never fills the whole buffer in these tests */
+    return buf;
+}
+
+Test(accesslog, formats_a_typical_entry)
+{
+    struct alog_entry e = typical_entry();
+    cr_assert_str_eq(format_entry(&e), typical_line);
+}
+
+Test(accesslog, formats_an_error_without_route_or_upstream)
+{
+    struct alog_entry e = typical_entry();
+    e.time_us = 0;
+    e.route = "";
+    e.pool = "";
+    e.backend = NULL;
+    e.request_id = (struct slice){ NULL, 0 };
+    e.status = 404;
+    e.duration_us = 12345678;
+    e.first_byte_us = -1;
+    e.upstream_reused = false;
+    e.error = "no route";
+    cr_assert_str_eq(format_entry(&e),
+        "{\"time\":\"1970-01-01T00:00:00.000000Z\",\"client\":\"10.1.2.3:51234\",\"method\":\"POST\","
+        "\"target\":\"/v1/chat/completions\",\"status\":404,\"route\":\"\",\"pool\":\"\","
+        "\"backend\":\"\",\"request_id\":\"\",\"bytes_in\":512,\"bytes_out\":2048,"
+        "\"duration_ms\":12345.678,\"upstream_first_byte_ms\":null,\"upstream_reused\":false,"
+        "\"error\":\"no route\"}\n");
+}
+
+Test(accesslog, escapes_hostile_strings)
+{
+    struct alog_entry e = typical_entry();
+    e.target = SL("/a\"b\\c\nd\te\x01" "f\x7fg"
+                  "\xc3\xa9"            /* é */
+                  "\xe2\x82\xac"        /* € */
+                  "\xf0\x9f\x98\x80"    /* U+1F600 */
+                  "\xff"                /* never valid */
+                  "\xc0\xaf"            /* overlong '/' */
+                  "\xed\xa0\x80"        /* surrogate U+D800 */
+                  "\xe2\x82");          /* cut short */
+    e.method = SL("G\"ET\r");
+    e.request_id = SL("id\0x");
+    e.error = "bad \"thing\"\\";
+    const char *line = format_entry(&e);
+    cr_assert_not_null(strstr(line,
+        "\"target\":\"/a\\\"b\\\\c\\u000ad\\u0009e\\u0001f\\u007fg\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80"
+        "\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd\","), "%s", line);
+    cr_assert_not_null(strstr(line, "\"method\":\"G\\\"ET\\u000d\","), "%s", line);
+    cr_assert_not_null(strstr(line, "\"request_id\":\"id\\u0000x\","), "%s", line);
+    cr_assert_not_null(strstr(line, "\"error\":\"bad \\\"thing\\\"\\\\\"}\n"), "%s", line);
+    /* one line: the only newline is the terminator */
+    cr_assert_eq(strchr(line, '\n'), line + strlen(line) - 1);
+}
+
+Test(accesslog, cuts_long_fields_at_a_character_boundary)
+{
+    static char target[10000];
+    memset(target, 'a', sizeof target);
+    struct alog_entry e = typical_entry();
+    e.target = (struct slice){ target, sizeof target };
+    const char *line = format_entry(&e);
+    char want[2048 + 32];
+    memcpy(want, "\"target\":\"", 10);
+    memset(want + 10, 'a', 2048);
+    strcpy(want + 10 + 2048, "...\",\"status\":200,");
+    cr_assert_not_null(strstr(line, want));
+
+    /* escapes are not split: 341 whole "\u0001" (2046 bytes), then the marker */
+    static char ctl[1000];
+    memset(ctl, 1, sizeof ctl);
+    e.target = (struct slice){ ctl, sizeof ctl };
+    line = format_entry(&e);
+    const char *start = strstr(line, "\"target\":\"") + 10;
+    const char *end = strstr(start, "...\",\"status\"");
+    cr_assert_not_null(end);
+    cr_assert_eq(end - start, 341 * 6);
+    for (const char *p = start; p < end; p += 6)
+        cr_assert_eq(memcmp(p, "\\u0001", 6), 0);
+
+    /* and a multi-byte character is not split either */
+    static char euros[3 * 1000];
+    for (size_t i = 0; i < sizeof euros; i += 3)
+        memcpy(euros + i, "\xe2\x82\xac", 3);
+    e.target = (struct slice){ euros, sizeof euros };
+    line = format_entry(&e);
+    start = strstr(line, "\"target\":\"") + 10;
+    end = strstr(start, "...\",\"status\"");
+    cr_assert_not_null(end);
+    cr_assert_eq(end - start, 682 * 3);
+}
+
+Test(accesslog, worst_case_entry_fits_a_line)
+{
+    static char junk[20000];
+    memset(junk, '\x01', sizeof junk - 1);
+    struct alog_entry e = {
+        .time_us = UINT64_MAX,
+        .client = { junk, sizeof junk - 1 },
+        .method = { junk, sizeof junk - 1 },
+        .target = { junk, sizeof junk - 1 },
+        .request_id = { junk, sizeof junk - 1 },
+        .route = junk, .pool = junk, .backend = junk, .error = junk,
+        .status = INT_MIN,
+        .bytes_in = UINT64_MAX, .bytes_out = UINT64_MAX,
+        .duration_us = UINT64_MAX, .first_byte_us = INT64_MAX,
+        .upstream_reused = true,
+    };
+    char buf[ALOG_LINE_MAX];
+    size_t n = alog_format(buf, sizeof buf, &e);
+    cr_assert_gt(n, 0);
+    cr_assert_eq(buf[n - 1], '\n');
+    cr_assert_not_null(memmem(buf, n, "\"status\":-2147483648,", 21));
+    cr_assert_not_null(memmem(buf, n, "\"bytes_in\":18446744073709551615,", 32));
+}
+
+Test(accesslog, too_small_buffer_gives_zero)
+{
+    struct alog_entry e = typical_entry();
+    char buf[64];
+    cr_assert_eq(alog_format(buf, sizeof buf, &e), 0);
+    char exact[sizeof typical_line - 1];
+    cr_assert_eq(alog_format(exact, sizeof exact, &e), sizeof typical_line - 1);
+    cr_assert_eq(memcmp(exact, typical_line, sizeof exact), 0);
+}
+
+/* ---- writer thread ---- */
+
+static char tmp_dir[64];
+
+static void make_tmp_dir(void)
+{
+    strcpy(tmp_dir, "/tmp/aigw-alog-XXXXXX");
+    cr_assert_not_null(mkdtemp(tmp_dir));
+}
+
+static void remove_tmp_dir(void)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp_dir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap + 1);
+    size_t got;
+    while ((got = fread(buf + n, 1, cap - n, f)) > 0) {
+        n += got;
+        if (n == cap)
+            buf = realloc(buf, (cap *= 2) + 1);
+    }
+    fclose(f);
+    buf[n] = '\0';
+    if (len)
+        *len = n;
+    return buf;
+}
+
+static off_t file_size(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? st.st_size : -1;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = { ms / 1000, ms % 1000 * 1000000L };
+    nanosleep(&ts, NULL);
+}
+
+/* Waits up to 2 s for the file to reach min_size bytes. */
+static bool wait_file_size(const char *path, off_t min_size)
+{
+    for (int i = 0; i < 400; i++) {
+        if (file_size(path) >= min_size)
+            return true;
+        sleep_ms(5);
+    }
+    return false;
+}
+
+static size_t count_lines(const char *text)
+{
+    size_t n = 0;
+    for (; *text; text++)
+        n += *text == '\n';
+    return n;
+}
+
+struct producer_args {
+    unsigned shard;
+    unsigned lines;
+};
+
+static void *producer_main(void *arg)
+{
+    const struct producer_args *a = arg;
+    struct alog_entry e = typical_entry();
+    for (unsigned i = 0; i < a->lines; i++)
+        alog_write(a->shard, &e);
+    return NULL;
+}
+
+Test(accesslog, writes_lines_from_shard_threads_to_a_file)
+{
+    make_tmp_dir();
+    char path[128];
+    snprintf(path, sizeof path, "%s/access.log", tmp_dir);
+    mode_t mask = umask(022);
+    umask(mask);
+    cr_assert_eq(metrics_init(2), 0);
+    cr_assert_eq(alog_init(2, 0, ACCESS_FILE, path), 0);
+    struct stat st;
+    cr_assert_eq(stat(path, &st), 0);
+    cr_assert_eq(st.st_mode & 0777, 0640 & ~mask);
+
+    pthread_t t[2];
+    struct producer_args args[2] = { { 0, 100 }, { 1, 100 } };
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(pthread_create(&t[i], NULL, producer_main, &args[i]), 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    alog_shutdown();
+
+    size_t len;
+    char *text = slurp(path, &len);
+    cr_assert_not_null(text);
+    cr_assert_eq(len, 200 * (sizeof typical_line - 1));
+    for (size_t off = 0; off < len; off += sizeof typical_line - 1)
+        cr_assert_eq(memcmp(text + off, typical_line, sizeof typical_line - 1), 0);
+    cr_assert_eq(atomic_load(&metrics_shard(0)->access_log_dropped), 0);
+    free(text);
+    remove_tmp_dir();
+}
+
+Test(accesslog, full_ring_drops_and_counts)
+{
+    make_tmp_dir();
+    char path[128];
+    snprintf(path, sizeof path, "%s/access.log", tmp_dir);
+    cr_assert_eq(metrics_init(1), 0);
+    cr_assert_eq(alog_init(1, 1, ACCESS_FILE, path), 0);    /* smallest ring: 64 KiB */
+
+    static char target[2000];
+    memset(target, 'x', sizeof target);
+    struct alog_entry e = typical_entry();
+    e.target = (struct slice){ target, sizeof target };
+    /* ~2.3 MB in a burst, far faster than a 20 ms writer tick drains 64 KiB */
+    enum { N = 1000 };
+    for (int i = 0; i < N; i++)
+        alog_write(0, &e);
+    alog_shutdown();
+
+    char *text = slurp(path, NULL);
+    size_t written = count_lines(text);
+    uint64_t dropped = atomic_load(&metrics_shard(0)->access_log_dropped);
+    cr_assert_gt(dropped, 0);
+    cr_assert_eq(written + dropped, N, "written %zu dropped %lu", written, (unsigned long)dropped);
+    free(text);
+    remove_tmp_dir();
+}
+
+Test(accesslog, reopen_follows_a_rotated_file)
+{
+    make_tmp_dir();
+    char path[128], rotated[128];
+    snprintf(path, sizeof path, "%s/access.log", tmp_dir);
+    snprintf(rotated, sizeof rotated, "%s/access.log.1", tmp_dir);
+    cr_assert_eq(metrics_init(1), 0);
+    cr_assert_eq(alog_init(1, 0, ACCESS_FILE, path), 0);
+
+    struct alog_entry e = typical_entry();
+    alog_write(0, &e);
+    cr_assert(wait_file_size(path, sizeof typical_line - 1));
+    cr_assert_eq(rename(path, rotated), 0);
+    alog_reopen();
+    cr_assert(wait_file_size(path, 0), "reopen did not create the file");
+    e.status = 201;
+    alog_write(0, &e);
+    alog_shutdown();
+
+    char *old_text = slurp(rotated, NULL), *new_text = slurp(path, NULL);
+    cr_assert_str_eq(old_text, typical_line);
+    cr_assert_eq(count_lines(new_text), 1);
+    cr_assert_not_null(strstr(new_text, "\"status\":201,"));
+    free(old_text);
+    free(new_text);
+    remove_tmp_dir();
+}
+
+Test(accesslog, off_writes_nothing_and_configure_switches_on)
+{
+    make_tmp_dir();
+    char path[128], bad[160];
+    snprintf(path, sizeof path, "%s/access.log", tmp_dir);
+    snprintf(bad, sizeof bad, "%s/missing-dir/access.log", tmp_dir);
+    cr_assert_eq(metrics_init(1), 0);
+    cr_assert_eq(alog_init(1, 0, ACCESS_OFF, NULL), 0);
+    struct alog_entry e = typical_entry();
+    alog_write(0, &e);
+
+    cr_assert_eq(alog_configure(ACCESS_FILE, bad), -1);
+    cr_assert_eq(errno, ENOENT);
+    cr_assert_eq(alog_configure(ACCESS_FILE, path), 0);
+    /* the writer switches within a tick; until then lines are still off */
+    bool seen = false;
+    for (int i = 0; i < 400 && !seen; i++) {
+        alog_write(0, &e);
+        sleep_ms(5);
+        seen = file_size(path) > 0;
+    }
+    cr_assert(seen);
+    cr_assert_eq(alog_configure(ACCESS_OFF, NULL), 0);
+    sleep_ms(60);
+    off_t before = file_size(path);
+    alog_write(0, &e);
+    alog_shutdown();
+    cr_assert_eq(file_size(path), before);
+
+    char *text = slurp(path, NULL);
+    size_t lines = count_lines(text);
+    cr_assert_gt(lines, 0);
+    cr_assert_eq(strlen(text), lines * (sizeof typical_line - 1));
+    free(text);
+    remove_tmp_dir();
+}
+
+Test(accesslog, init_fails_cleanly_on_bad_path)
+{
+    cr_assert_eq(alog_init(1, 0, ACCESS_FILE, "/nonexistent-dir/x/access.log"), -1);
+    cr_assert_eq(errno, ENOENT);
+    struct alog_entry e = typical_entry();
+    alog_write(0, &e);      /* not started: ignored */
+    alog_shutdown();        /* not started: no-op */
+    cr_assert_eq(alog_init(1, 0, ACCESS_OFF, NULL), 0);
+    alog_shutdown();
+}

@@ -1,0 +1,681 @@
+#include <criterion/criterion.h>
+
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/config.h"
+
+static char cfgt_err[1024];
+
+static struct config *cfgt_load_ok(const char *text)
+{
+    struct config *c = NULL;
+    int rc = config_load_string("test.conf", text, &c, cfgt_err, sizeof cfgt_err);
+    cr_assert_eq(rc, 0, "expected the config to load, got: %s\n--- config ---\n%s", cfgt_err, text);
+    cr_assert_not_null(c);
+    return c;
+}
+
+static void cfgt_expect_error(const char *text, const char *expected)
+{
+    struct config *c = (struct config *)0x1;
+    int rc = config_load_string("test.conf", text, &c, cfgt_err, sizeof cfgt_err);
+    cr_expect_eq(rc, -1, "expected an error for:\n%s", text);
+    cr_expect_eq(c, (struct config *)0x1, "out must stay untouched on error");
+    cr_expect_str_eq(cfgt_err, expected, "--- config ---\n%s", text);
+}
+
+/* ---- the SPEC's example, restricted to what this version supports -------------- */
+
+Test(config, spec_example_parses)
+{
+    static const char text[] =
+        "[server]\n"
+        "listen = 0.0.0.0:8080            ; repeatable\n"
+        "listen = [::1]:8081\n"
+        "shards = 4\n"
+        "max_connections = 5000\n"
+        "max_body = 2m\n"
+        "max_header = 32k\n"
+        "drain_timeout = 45s\n"
+        "\n"
+        "[admin]\n"
+        "listen = 127.0.0.1:9191          ; /metrics /healthz /readyz\n"
+        "\n"
+        "[timeouts]\n"
+        "connect = 250ms\n"
+        "first_byte = 2m\n"
+        "idle = 1h\n"
+        "client_header = 7\n"
+        "keepalive = 90s\n"
+        "\n"
+        "# a hash comment\n"
+        "[log]\n"
+        "access = /var/log/aigw/access.log\n"
+        "level = debug\n"
+        "\n"
+        "[route chat]\n"
+        "path = /v1/chat/completions\n"
+        "pool = gpu-a                     ; defined below\n"
+        "\n"
+        "[pool gpu-a]\n"
+        "backend = 10.0.0.11:8000\n"
+        "backend = 10.0.0.12:8000 weight=2\n"
+        "balance = round_robin\n"
+        "max_outstanding = 128\n"
+        "upstream_auth = sk-upstream-secret\n"
+        "\n"
+        "[pool gpu-b]\n"
+        "backend = [fe80::1]:9000 weight=1000\n"
+        "\n"
+        "[route everything]\n"
+        "path = /v1/*\n"
+        "pool = gpu-b\n"
+        "kind = raw\n";
+    struct config *c = cfgt_load_ok(text);
+
+    cr_assert_str_eq(c->path, "test.conf");
+    cr_assert_eq(c->server.nlisten, 2);
+    cr_expect_str_eq(c->server.listen[0].text, "0.0.0.0:8080");
+    cr_expect_eq(c->server.listen[0].line, 2);
+    cr_expect_eq(c->server.listen[0].sa.ss_family, AF_INET);
+    cr_expect_eq(ntohs(((struct sockaddr_in *)&c->server.listen[0].sa)->sin_port), 8080);
+    cr_expect_str_eq(c->server.listen[1].text, "[::1]:8081");
+    cr_expect_eq(c->server.listen[1].sa.ss_family, AF_INET6);
+    cr_expect_eq(c->server.listen[1].salen, sizeof(struct sockaddr_in6));
+    cr_expect_eq(c->server.shards, 4);
+    cr_expect_eq(c->server.max_connections, 5000);
+    cr_expect_eq(c->server.max_body, 2u << 20);
+    cr_expect_eq(c->server.max_header, 32u << 10);
+    cr_expect_eq(c->server.drain_timeout_ms, 45000);
+
+    cr_expect(c->admin.enabled);
+    cr_expect_str_eq(c->admin.listen.text, "127.0.0.1:9191");
+    cr_expect_eq(c->admin.listen.line, 11);
+
+    cr_expect_eq(c->timeouts.connect_ms, 250);
+    cr_expect_eq(c->timeouts.first_byte_ms, 120000);
+    cr_expect_eq(c->timeouts.idle_ms, 3600000);
+    cr_expect_eq(c->timeouts.client_header_ms, 7000);
+    cr_expect_eq(c->timeouts.keepalive_ms, 90000);
+
+    cr_expect_eq(c->log.access, ACCESS_FILE);
+    cr_expect_str_eq(c->log.access_path, "/var/log/aigw/access.log");
+    cr_expect_eq(c->log.level, LOG_DEBUG);
+
+    cr_assert_eq(c->npools, 2);
+    const struct cfg_pool *a = &c->pools[0], *b = &c->pools[1];
+    cr_expect_str_eq(a->name, "gpu-a");
+    cr_expect_eq(a->line, 29);
+    cr_assert_eq(a->nbackends, 2);
+    cr_expect_str_eq(a->backends[0].addr.text, "10.0.0.11:8000");
+    cr_expect_eq(a->backends[0].weight, 1);
+    cr_expect_eq(a->backends[0].addr.line, 30);
+    cr_expect_str_eq(a->backends[1].addr.text, "10.0.0.12:8000");
+    cr_expect_eq(a->backends[1].weight, 2);
+    cr_expect_eq(a->balance, BALANCE_ROUND_ROBIN);
+    cr_expect_eq(a->max_outstanding, 128);
+    cr_expect_str_eq(a->upstream_auth, "sk-upstream-secret");
+    cr_expect_str_eq(b->name, "gpu-b");
+    cr_assert_eq(b->nbackends, 1);
+    cr_expect_str_eq(b->backends[0].addr.text, "[fe80::1]:9000");
+    cr_expect_eq(b->backends[0].weight, 1000);
+    cr_expect_eq(b->balance, BALANCE_LEAST_OUTSTANDING);
+    cr_expect_eq(b->max_outstanding, 64);
+    cr_expect_str_eq(b->upstream_auth, "");
+    cr_expect_eq(c->nbackends, 3);
+
+    cr_assert_eq(c->nroutes, 2);
+    const struct cfg_route *chat = &c->routes[0], *all = &c->routes[1];
+    cr_expect_str_eq(chat->name, "chat");
+    cr_expect_str_eq(chat->path, "/v1/chat/completions");
+    cr_expect_eq(chat->path_len, strlen("/v1/chat/completions"));
+    cr_expect_not(chat->prefix);
+    cr_expect_eq(chat->pool, 0, "a route may name a pool defined later in the file");
+    cr_expect_eq(chat->kind, ROUTE_AI);
+    cr_expect_eq(chat->line, 25);
+    cr_expect_str_eq(all->name, "everything");
+    cr_expect_str_eq(all->path, "/v1/");
+    cr_expect_eq(all->path_len, 4);
+    cr_expect(all->prefix);
+    cr_expect_eq(all->pool, 1);
+    cr_expect_eq(all->kind, ROUTE_RAW);
+    config_free(c);
+}
+
+Test(config, defaults)
+{
+    struct config *c = cfgt_load_ok("");
+    cr_assert_eq(c->server.nlisten, 1);
+    cr_expect_str_eq(c->server.listen[0].text, "0.0.0.0:8080");
+    cr_expect_eq(c->server.shards, 0);
+    cr_expect_eq(c->server.max_connections, 100000);
+    cr_expect_eq(c->server.max_body, 1u << 20);
+    cr_expect_eq(c->server.max_header, 16u << 10);
+    cr_expect_eq(c->server.drain_timeout_ms, 30000);
+    cr_expect(c->admin.enabled);
+    cr_expect_str_eq(c->admin.listen.text, "127.0.0.1:9090");
+    cr_expect_eq(c->timeouts.connect_ms, 2000);
+    cr_expect_eq(c->timeouts.first_byte_ms, 60000);
+    cr_expect_eq(c->timeouts.idle_ms, 30000);
+    cr_expect_eq(c->timeouts.client_header_ms, 10000);
+    cr_expect_eq(c->timeouts.keepalive_ms, 75000);
+    cr_expect_eq(c->log.access, ACCESS_STDOUT);
+    cr_expect_eq(c->log.level, LOG_INFO);
+    cr_expect_eq(c->npools, 0);
+    cr_expect_eq(c->nroutes, 0);
+    cr_expect_eq(c->nbackends, 0);
+    config_free(c);
+
+    c = cfgt_load_ok("[pool p]\nbackend = 127.0.0.1:1\n[route r]\npath = /x\npool = p\n");
+    cr_expect_eq(c->pools[0].balance, BALANCE_LEAST_OUTSTANDING);
+    cr_expect_eq(c->pools[0].max_outstanding, 64);
+    cr_expect_eq(c->pools[0].backends[0].weight, 1);
+    cr_expect_eq(c->routes[0].kind, ROUTE_AI);
+    config_free(c);
+}
+
+Test(config, syntax_variants_accepted)
+{
+    /* indented keys (no continuation lines), CRLF, a BOM, ':' as separator,
+     * comments of both kinds, blank lines, spaces inside the brackets */
+    struct config *c = cfgt_load_ok("\xEF\xBB\xBF[server]\r\n"
+                                    "    listen = 127.0.0.1:8000\r\n"
+                                    "    shards: auto\r\n"
+                                    "\t; comment\r\n"
+                                    "  # comment\r\n"
+                                    "\r\n"
+                                    "[ pool   p1 ]   \r\n"
+                                    "  backend = 127.0.0.1:8001   weight=3   ; trailing comment\r\n");
+    cr_expect_eq(c->server.nlisten, 1);
+    cr_expect_str_eq(c->server.listen[0].text, "127.0.0.1:8000");
+    cr_expect_eq(c->server.shards, 0);
+    cr_assert_eq(c->npools, 1);
+    cr_expect_str_eq(c->pools[0].name, "p1");
+    cr_expect_eq(c->pools[0].backends[0].weight, 3);
+    config_free(c);
+}
+
+Test(config, admin_off_and_log_off)
+{
+    struct config *c = cfgt_load_ok("[admin]\nlisten = off\n[log]\naccess = off\nlevel = warn\n");
+    cr_expect_not(c->admin.enabled);
+    cr_expect_eq(c->log.access, ACCESS_OFF);
+    cr_expect_eq(c->log.level, LOG_WARN);
+    config_free(c);
+
+    c = cfgt_load_ok("[admin]\nlisten =\n[log]\naccess = stdout\nlevel = error\n");
+    cr_expect_not(c->admin.enabled);
+    cr_expect_eq(c->log.access, ACCESS_STDOUT);
+    cr_expect_eq(c->log.level, LOG_ERROR);
+    config_free(c);
+
+    /* with admin off, its default address is free for a data-plane listener */
+    c = cfgt_load_ok("[admin]\nlisten = off\n[server]\nlisten = 127.0.0.1:9090\n");
+    cr_expect_str_eq(c->server.listen[0].text, "127.0.0.1:9090");
+    config_free(c);
+}
+
+Test(config, limits_accepted)
+{
+    struct config *c = cfgt_load_ok("[server]\nshards = 256\nmax_header = 1k\nmax_body = 0\n"
+                                    "drain_timeout = 0\nmax_connections = 1\n"
+                                    "[pool p]\nbackend = 127.0.0.1:65535 weight=1000\n"
+                                    "max_outstanding = 1000000\n");
+    cr_expect_eq(c->server.shards, 256);
+    cr_expect_eq(c->server.max_header, 1024);
+    cr_expect_eq(c->server.max_body, 0);
+    cr_expect_eq(c->server.drain_timeout_ms, 0);
+    cr_expect_eq(c->server.max_connections, 1);
+    cr_expect_eq(c->pools[0].max_outstanding, 1000000);
+    config_free(c);
+
+    c = cfgt_load_ok("[server]\nmax_header = 64k\nshards = 1\n");
+    cr_expect_eq(c->server.max_header, 65536);
+    cr_expect_eq(c->server.shards, 1);
+    config_free(c);
+
+    char text[64 + 17 * 32];
+    int n = snprintf(text, sizeof text, "[server]\n");
+    for (int i = 0; i < CFG_MAX_LISTEN; i++)
+        n += snprintf(text + n, sizeof text - (size_t)n, "listen = 127.0.0.1:%d\n", 8000 + i);
+    c = cfgt_load_ok(text);
+    cr_expect_eq(c->server.nlisten, CFG_MAX_LISTEN);
+    config_free(c);
+}
+
+/* ---- errors ---------------------------------------------------------------------- */
+
+Test(config_errors, unknown_sections)
+{
+    cfgt_expect_error("[server]\nshards = 2\n\n[tls]\nlisten = 0.0.0.0:8443\n",
+                      "test.conf:4: unknown section [tls]");
+    cfgt_expect_error("[keys]\n", "test.conf:1: unknown section [keys]");
+    cfgt_expect_error("; x\n[foo]\n", "test.conf:2: unknown section [foo]");
+    cfgt_expect_error("[pool]\nbackend = 127.0.0.1:1\n", "test.conf:1: unknown section [pool]");
+    cfgt_expect_error("[route]\n", "test.conf:1: unknown section [route]");
+    cfgt_expect_error("[server extra]\n", "test.conf:1: unknown section [server extra]");
+    cfgt_expect_error("[Server]\n", "test.conf:1: unknown section [Server]");
+    cfgt_expect_error("[]\n", "test.conf:1: unknown section []");
+    cfgt_expect_error("[pool a b]\n",
+                      "test.conf:1: invalid pool name 'a b' (expected 1-63 letters, digits, '-', '_' or '.')");
+    cfgt_expect_error("[route a/b]\n",
+                      "test.conf:1: invalid route name 'a/b' (expected 1-63 letters, digits, '-', '_' or '.')");
+    cfgt_expect_error("[server]\n[admin]\n[server]\n", "test.conf:3: duplicate section [server]");
+}
+
+Test(config_errors, unknown_keys)
+{
+    cfgt_expect_error("[server]\nlisten = 127.0.0.1:1\nworkers = 4\n",
+                      "test.conf:3: unknown key 'workers' in [server]");
+    cfgt_expect_error("[pool gpu-a]\nbackend = 127.0.0.1:1\nmetrics = /metrics\n",
+                      "test.conf:3: unknown key 'metrics' in [pool gpu-a]");
+    cfgt_expect_error("[route r]\nmodels = llama*\n", "test.conf:2: unknown key 'models' in [route r]");
+    cfgt_expect_error("[timeouts]\nConnect = 1s\n", "test.conf:2: unknown key 'Connect' in [timeouts]");
+    cfgt_expect_error("\nlisten = 127.0.0.1:1\n", "test.conf:2: key 'listen' is outside any section");
+    cfgt_expect_error("[log]\nlevel = info\nlevel = debug\n",
+                      "test.conf:3: duplicate key 'level' in [log]");
+}
+
+Test(config_errors, bad_server_values)
+{
+    cfgt_expect_error("[server]\nshards = 0\n",
+                      "test.conf:2: invalid value for shards: '0' (expected auto or a number 1-256)");
+    cfgt_expect_error("[server]\nshards = 257\n",
+                      "test.conf:2: invalid value for shards: '257' (expected auto or a number 1-256)");
+    cfgt_expect_error("[server]\nshards =\n",
+                      "test.conf:2: invalid value for shards: '' (expected auto or a number 1-256)");
+    cfgt_expect_error("[server]\nmax_connections = 0\n",
+                      "test.conf:2: invalid value for max_connections: '0' (expected a number 1-10000000)");
+    cfgt_expect_error("[server]\nmax_body = 1x\n",
+                      "test.conf:2: invalid value for max_body: '1x' (expected a size such as 512k, 1m or 2g)");
+    cfgt_expect_error("[server]\nmax_header = 512\n",
+                      "test.conf:2: invalid value for max_header: '512' (expected a size from 1k to 64k)");
+    cfgt_expect_error("[server]\nmax_header = 65537\n",
+                      "test.conf:2: invalid value for max_header: '65537' (expected a size from 1k to 64k)");
+    cfgt_expect_error("[server]\ndrain_timeout = -1s\n",
+                      "test.conf:2: invalid value for drain_timeout: '-1s' (expected a duration such as 500ms, 30s, 5m or 1h)");
+    cfgt_expect_error("[server]\nlisten =\n",
+                      "test.conf:2: invalid value for listen: '' (expected HOST:PORT, [IPv6]:PORT or *:PORT with port 1-65535)");
+    cfgt_expect_error("[server]\nlisten = 127.0.0.1:0\n",
+                      "test.conf:2: invalid value for listen: '127.0.0.1:0' (expected HOST:PORT, [IPv6]:PORT or *:PORT with port 1-65535)");
+    cfgt_expect_error("[admin]\nlisten = nowhere\n",
+                      "test.conf:2: invalid value for listen: 'nowhere' (expected HOST:PORT, [IPv6]:PORT or *:PORT with port 1-65535)");
+}
+
+Test(config_errors, bad_timeouts_and_log)
+{
+    static const char *const keys[] = { "connect", "first_byte", "idle", "client_header", "keepalive" };
+    static const char *const values[] = { "0", "0ms", "1.5s", "10 s", "1sec", "-5", "", "99999999999999999999999h" };
+    char text[256], want[512];
+    for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
+        for (size_t v = 0; v < sizeof values / sizeof values[0]; v++) {
+            snprintf(text, sizeof text, "[timeouts]\n\n%s = %s\n", keys[k], values[v]);
+            snprintf(want, sizeof want,
+                     "test.conf:3: invalid value for %s: '%s' (expected a duration above zero such as 500ms, 30s, 5m or 1h)",
+                     keys[k], values[v]);
+            cfgt_expect_error(text, want);
+        }
+    }
+    cfgt_expect_error("[log]\naccess = logs/access.log\n",
+                      "test.conf:2: invalid value for access: 'logs/access.log' (expected stdout, off or an absolute path)");
+    cfgt_expect_error("[log]\naccess =\n",
+                      "test.conf:2: invalid value for access: '' (expected stdout, off or an absolute path)");
+    cfgt_expect_error("[log]\nlevel = verbose\n",
+                      "test.conf:2: invalid value for level: 'verbose' (expected error, warn, info or debug)");
+}
+
+Test(config_errors, bad_pool_values)
+{
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nbalance = capacity\n",
+                      "test.conf:3: balance 'capacity' is not supported yet");
+    cfgt_expect_error("[pool p]\nbalance = prefix\nbackend = 127.0.0.1:1\n",
+                      "test.conf:2: balance 'prefix' is not supported yet");
+    cfgt_expect_error("[pool p]\nbalance = random\n",
+                      "test.conf:2: invalid value for balance: 'random' (expected round_robin or least_outstanding)");
+    cfgt_expect_error("[pool p]\nmax_outstanding = 0\n",
+                      "test.conf:2: invalid value for max_outstanding: '0' (expected a number 1-1000000)");
+    cfgt_expect_error("[pool p]\nmax_outstanding = 1000001\n",
+                      "test.conf:2: invalid value for max_outstanding: '1000001' (expected a number 1-1000000)");
+    cfgt_expect_error("[pool p]\nbackend =\n",
+                      "test.conf:2: invalid value for backend: '' (expected HOST:PORT [weight=N] with weight 1-1000)");
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1 weight=0\n",
+                      "test.conf:2: invalid value for backend: '127.0.0.1:1 weight=0' (expected HOST:PORT [weight=N] with weight 1-1000)");
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1 weight=1001\n",
+                      "test.conf:2: invalid value for backend: '127.0.0.1:1 weight=1001' (expected HOST:PORT [weight=N] with weight 1-1000)");
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1 weight=2 weight=3\n",
+                      "test.conf:2: invalid value for backend: '127.0.0.1:1 weight=2 weight=3' (expected HOST:PORT [weight=N] with weight 1-1000)");
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1 backup\n",
+                      "test.conf:2: invalid value for backend: '127.0.0.1:1 backup' (expected HOST:PORT [weight=N] with weight 1-1000)");
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1\n",
+                      "test.conf:2: invalid value for backend: '127.0.0.1' (expected HOST:PORT, [IPv6]:PORT or *:PORT with port 1-65535)");
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nbackend = 127.0.0.1:1 weight=2\n",
+                      "test.conf:3: duplicate backend 127.0.0.1:1 in pool 'p' (already on line 2)");
+    cfgt_expect_error("[pool p]\nupstream_auth = two words\n",
+                      "test.conf:2: invalid value for upstream_auth: must not contain spaces or control characters");
+}
+
+Test(config_errors, pool_without_backend)
+{
+    cfgt_expect_error("[server]\n\n[pool empty]\nbalance = round_robin\n",
+                      "test.conf:3: pool 'empty' has no backend");
+    cfgt_expect_error("[pool empty]\n", "test.conf:1: pool 'empty' has no backend");
+    cfgt_expect_error("[pool empty]\n; nothing\n[log]\nlevel = info\n",
+                      "test.conf:1: pool 'empty' has no backend");
+}
+
+Test(config_errors, duplicate_names_and_paths)
+{
+    cfgt_expect_error("[pool a]\nbackend = 127.0.0.1:1\n[pool a]\nbackend = 127.0.0.1:2\n",
+                      "test.conf:3: duplicate pool 'a' (already on line 1)");
+    cfgt_expect_error("[pool a]\nbackend = 127.0.0.1:1\n"
+                      "[route r]\npath = /a\npool = a\n"
+                      "[route r]\npath = /b\npool = a\n",
+                      "test.conf:6: duplicate route 'r' (already on line 3)");
+    cfgt_expect_error("[pool a]\nbackend = 127.0.0.1:1\n"
+                      "[route one]\npath = /v1/*\npool = a\n"
+                      "[route two]\npool = a\npath = /v1/*\n",
+                      "test.conf:8: route 'two': path /v1/* is already used by route 'one' (line 3)");
+    /* an exact path and a prefix with the same text are different routes */
+    struct config *c = cfgt_load_ok("[pool a]\nbackend = 127.0.0.1:1\n"
+                                    "[route one]\npath = /v1/\npool = a\n"
+                                    "[route two]\npath = /v1/*\npool = a\n");
+    config_free(c);
+}
+
+Test(config_errors, routes)
+{
+    cfgt_expect_error("[route chat]\npath = /v1/chat/completions\n\npool = gpu-z\n"
+                      "[pool gpu-a]\nbackend = 127.0.0.1:1\n",
+                      "test.conf:4: route 'chat': unknown pool 'gpu-z'");
+    cfgt_expect_error("[route chat]\npool = a\n[pool a]\nbackend = 127.0.0.1:1\n",
+                      "test.conf:1: route 'chat' has no path");
+    cfgt_expect_error("[pool a]\nbackend = 127.0.0.1:1\n[route chat]\npath = /x\n",
+                      "test.conf:3: route 'chat' has no pool");
+    cfgt_expect_error("[route r]\npath = v1/chat\n",
+                      "test.conf:2: invalid value for path: 'v1/chat' (expected an absolute path such as /v1/chat/completions, or a prefix ending in * such as /v1/*)");
+    cfgt_expect_error("[route r]\npath = /v1/*/x\n",
+                      "test.conf:2: invalid value for path: '/v1/*/x' (expected an absolute path such as /v1/chat/completions, or a prefix ending in * such as /v1/*)");
+    cfgt_expect_error("[route r]\npath = /v1/**\n",
+                      "test.conf:2: invalid value for path: '/v1/**' (expected an absolute path such as /v1/chat/completions, or a prefix ending in * such as /v1/*)");
+    cfgt_expect_error("[route r]\npath = /a b\n",
+                      "test.conf:2: invalid value for path: '/a b' (expected an absolute path such as /v1/chat/completions, or a prefix ending in * such as /v1/*)");
+    cfgt_expect_error("[route r]\npath = /models?x=1\n",
+                      "test.conf:2: invalid value for path: '/models?x=1' (expected an absolute path such as /v1/chat/completions, or a prefix ending in * such as /v1/*)");
+    cfgt_expect_error("[route r]\npath =\n",
+                      "test.conf:2: invalid value for path: '' (expected an absolute path such as /v1/chat/completions, or a prefix ending in * such as /v1/*)");
+    cfgt_expect_error("[route r]\npool =\n",
+                      "test.conf:2: invalid value for pool: '' (expected the name of a [pool NAME] section)");
+    cfgt_expect_error("[route r]\nkind = grpc\n",
+                      "test.conf:2: invalid value for kind: 'grpc' (expected ai or raw)");
+}
+
+Test(config_errors, duplicate_listeners)
+{
+    cfgt_expect_error("[server]\nlisten = 127.0.0.1:8080\nlisten = *:80\nlisten = 127.0.0.1:8080\n",
+                      "test.conf:4: duplicate listener 127.0.0.1:8080 (already on line 2)");
+    cfgt_expect_error("[server]\nlisten = *:8080\nlisten = 0.0.0.0:8080\n",
+                      "test.conf:3: duplicate listener 0.0.0.0:8080 (already on line 2)");
+    cfgt_expect_error("[server]\nlisten = [::1]:80\nlisten = [0:0::1]:80\n",
+                      "test.conf:3: duplicate listener [::1]:80 (already on line 2)");
+    cfgt_expect_error("[server]\nlisten = 127.0.0.1:7000\n[admin]\nlisten = 127.0.0.1:7000\n",
+                      "test.conf:4: duplicate listener 127.0.0.1:7000 (already on line 2)");
+    cfgt_expect_error("[admin]\nlisten = 127.0.0.1:7000\n[server]\nlisten = 127.0.0.1:7000\n",
+                      "test.conf:4: duplicate listener 127.0.0.1:7000 (already on line 2)");
+    /* against the defaults: server 0.0.0.0:8080, admin 127.0.0.1:9090 */
+    cfgt_expect_error("[admin]\n\nlisten = 0.0.0.0:8080\n",
+                      "test.conf:3: duplicate listener 0.0.0.0:8080 ([server] listen and [admin] listen)");
+    cfgt_expect_error("[server]\nlisten = 127.0.0.1:9090\n",
+                      "test.conf:2: duplicate listener 127.0.0.1:9090 ([server] listen and [admin] listen)");
+
+    char text[64 + 17 * 32];
+    int n = snprintf(text, sizeof text, "[server]\n");
+    for (int i = 0; i <= CFG_MAX_LISTEN; i++)
+        n += snprintf(text + n, sizeof text - (size_t)n, "listen = 127.0.0.1:%d\n", 8000 + i);
+    cfgt_expect_error(text, "test.conf:18: too many listen addresses in [server] (at most 16)");
+}
+
+Test(config_errors, syntax)
+{
+    cfgt_expect_error("[server]\nshards = 2\nshards auto\n", "test.conf:3: syntax error");
+    /* inih also splits at ':', so a forgotten '=' before an address is caught here */
+    cfgt_expect_error("[server]\nlisten 127.0.0.1:1\n", "test.conf:2: syntax error");
+    cfgt_expect_error("[server\nshards = 2\n", "test.conf:1: syntax error");
+    cfgt_expect_error("[server ; comment]\n", "test.conf:1: syntax error");
+    /* the first error in the file wins, whichever kind it is */
+    cfgt_expect_error("[server]\nbogus\nshards = 0\n", "test.conf:2: syntax error");
+    cfgt_expect_error("[server]\nshards = 0\nbogus\n",
+                      "test.conf:2: invalid value for shards: '0' (expected auto or a number 1-256)");
+    cfgt_expect_error("[server]\nshards = 0\n[tls]\n",
+                      "test.conf:2: invalid value for shards: '0' (expected auto or a number 1-256)");
+}
+
+Test(config_errors, long_lines)
+{
+    /* 1024 characters is the limit, newline excluded */
+    char *text = malloc(4096);
+    cr_assert_not_null(text);
+    int n = sprintf(text, "[pool p]\nbackend = 127.0.0.1:1\n;");
+    memset(text + n, 'x', 1023);
+    n += 1023;
+    strcpy(text + n, "\nmax_outstanding = 5\n");
+    struct config *c = cfgt_load_ok(text);
+    cr_expect_eq(c->pools[0].max_outstanding, 5);
+    config_free(c);
+
+    n = sprintf(text, "[pool p]\nbackend = 127.0.0.1:1\n;");
+    memset(text + n, 'x', 1024);
+    n += 1024;
+    strcpy(text + n, "\nmax_outstanding = 5\n");
+    cfgt_expect_error(text, "test.conf:3: line too long (at most 1024 characters)");
+
+    /* also without a newline at the end of the file */
+    n = sprintf(text, "[log]\nlevel = ");
+    memset(text + n, 'y', 1100);
+    text[n + 1100] = '\0';
+    cfgt_expect_error(text, "test.conf:2: line too long (at most 1024 characters)");
+
+    /* a value longer than inih's default 200-byte buffer is read whole */
+    n = sprintf(text, "[pool p]\nbackend = 127.0.0.1:1\nupstream_auth = ");
+    memset(text + n, 'k', 511);
+    strcpy(text + n + 511, "\n");
+    c = cfgt_load_ok(text);
+    cr_expect_eq(strlen(c->pools[0].upstream_auth), 511);
+    config_free(c);
+    text[n + 511] = 'k';
+    strcpy(text + n + 512, "\n");
+    cfgt_expect_error(text, "test.conf:3: invalid value for upstream_auth: too long (at most 511 characters)");
+    free(text);
+}
+
+Test(config_errors, control_bytes_not_echoed)
+{
+    cfgt_expect_error("[log]\nlevel = \x1b[31mred\n",
+                      "test.conf:2: invalid value for level: '?[31mred' (expected error, warn, info or debug)");
+}
+
+Test(config_errors, small_error_buffer_and_null)
+{
+    struct config *c = NULL;
+    char small[12];
+    cr_expect_eq(config_load_string("test.conf", "[tls]\n", &c, small, sizeof small), -1);
+    cr_expect_str_eq(small, "test.conf:1");
+    cr_expect_eq(config_load_string("test.conf", "[tls]\n", &c, NULL, 0), -1);
+    cr_expect_null(c);
+}
+
+/* ---- real files ---------------------------------------------------------------- */
+
+static void cfgt_write_file(char *path, size_t pathlen, const char *data, size_t len)
+{
+    snprintf(path, pathlen, "/tmp/aigw-test-config-XXXXXX");
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(write(fd, data, len), (ssize_t)len);
+    close(fd);
+}
+
+Test(config_file, load_from_file)
+{
+    char path[64], want[256];
+    static const char good[] = "[server]\nlisten = 127.0.0.1:18080\n[pool p]\nbackend = localhost:18001\n";
+    cfgt_write_file(path, sizeof path, good, sizeof good - 1);
+    struct config *c = NULL;
+    cr_assert_eq(config_load(path, &c, cfgt_err, sizeof cfgt_err), 0, "%s", cfgt_err);
+    cr_expect_str_eq(c->path, path);
+    cr_expect_str_eq(c->server.listen[0].text, "127.0.0.1:18080");
+    const char *b = c->pools[0].backends[0].addr.text;
+    cr_expect(strcmp(b, "127.0.0.1:18001") == 0 || strcmp(b, "[::1]:18001") == 0, "localhost -> %s", b);
+    config_free(c);
+    unlink(path);
+
+    static const char bad[] = "[server]\n\n[timeouts]\nidle = forever\n";
+    cfgt_write_file(path, sizeof path, bad, sizeof bad - 1);
+    c = NULL;
+    cr_expect_eq(config_load(path, &c, cfgt_err, sizeof cfgt_err), -1);
+    snprintf(want, sizeof want,
+             "%s:4: invalid value for idle: 'forever' (expected a duration above zero such as 500ms, 30s, 5m or 1h)", path);
+    cr_expect_str_eq(cfgt_err, want);
+    cr_expect_null(c);
+    unlink(path);
+
+    static const char nul[] = "[server]\nshards = 2\0junk\n";
+    cfgt_write_file(path, sizeof path, nul, sizeof nul - 1);
+    cr_expect_eq(config_load(path, &c, cfgt_err, sizeof cfgt_err), -1);
+    snprintf(want, sizeof want, "%s:2: NUL byte in line", path);
+    cr_expect_str_eq(cfgt_err, want);
+    unlink(path);
+}
+
+Test(config_file, missing_and_unreadable)
+{
+    struct config *c = NULL;
+    cr_expect_eq(config_load("/nonexistent/aigw.conf", &c, cfgt_err, sizeof cfgt_err), -1);
+    cr_expect_str_eq(cfgt_err, "/nonexistent/aigw.conf: cannot open: No such file or directory");
+    cr_expect_null(c);
+
+    cr_expect_eq(config_load("/tmp", &c, cfgt_err, sizeof cfgt_err), -1);
+    cr_expect_str_eq(cfgt_err, "/tmp: read error: Is a directory");
+    cr_expect_null(c);
+}
+
+Test(config_file, shipped_example_loads)
+{
+    /* tests are built from the repository root, so __FILE__ leads back to it */
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s", __FILE__);
+    char *cut = strstr(path, "tests/unit/test_config.c");
+    cr_assert_not_null(cut);
+    strcpy(cut, "examples/aigw.conf");
+    struct config *c = NULL;
+    cr_assert_eq(config_load(path, &c, cfgt_err, sizeof cfgt_err), 0, "%s", cfgt_err);
+    cr_expect_str_eq(c->server.listen[0].text, "127.0.0.1:8080");
+    cr_expect_str_eq(c->admin.listen.text, "127.0.0.1:9090");
+    cr_assert_eq(c->npools, 1);
+    cr_expect_eq(c->pools[0].nbackends, 2);
+    cr_expect_eq(c->pools[0].balance, BALANCE_LEAST_OUTSTANDING);
+    cr_expect_eq(c->nroutes, 3);
+    cr_expect_eq(c->log.access, ACCESS_STDOUT);
+    config_free(c);
+}
+
+/* ---- value parsers --------------------------------------------------------------- */
+
+Test(config_parse, durations)
+{
+    static const struct { const char *in; uint64_t ms; } good[] = {
+        { "250ms", 250 }, { "0ms", 0 }, { "2s", 2000 }, { "1m", 60000 }, { "1h", 3600000 },
+        { "10", 10000 }, { "0", 0 }, { "007s", 7000 }, { "8784h", 8784ULL * 3600000 },
+        { "31622400000ms", 31622400000ULL },
+    };
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        uint64_t v = 12345;
+        cr_expect_eq(config_parse_duration_ms(good[i].in, &v), 0, "%s", good[i].in);
+        cr_expect_eq(v, good[i].ms, "%s -> %llu", good[i].in, (unsigned long long)v);
+    }
+    static const char *const bad[] = {
+        "", "ms", "s", "-1", "+1", " 1s", "1s ", "1.5s", "1sec", "1S", "1H", "1d", "1 s", "0x10",
+        "8785h", "31622400001ms", "18446744073709551615", "18446744073709551616",
+        "99999999999999999999999999ms",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        uint64_t v = 12345;
+        cr_expect_eq(config_parse_duration_ms(bad[i], &v), -1, "'%s' should be rejected", bad[i]);
+        cr_expect_eq(v, 12345, "'%s' must not write", bad[i]);
+    }
+    cr_expect_eq(config_parse_duration_ms(NULL, &(uint64_t){ 0 }), -1);
+}
+
+Test(config_parse, sizes)
+{
+    static const struct { const char *in; uint64_t bytes; } good[] = {
+        { "512", 512 }, { "0", 0 }, { "16k", 16384 }, { "16K", 16384 }, { "1m", 1048576 },
+        { "2g", 2147483648ULL }, { "2G", 2147483648ULL },
+        { "18446744073709551615", UINT64_MAX }, { "17179869183g", 17179869183ULL << 30 },
+    };
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        uint64_t v = 12345;
+        cr_expect_eq(config_parse_size(good[i].in, &v), 0, "%s", good[i].in);
+        cr_expect_eq(v, good[i].bytes, "%s", good[i].in);
+    }
+    static const char *const bad[] = {
+        "", "k", "-1", "+1", "1kb", "1 k", " 1k", "1k ", "1.5m", "1t", "0x10",
+        "18446744073709551616", "17179869184g", "18014398509481984k",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        uint64_t v = 12345;
+        cr_expect_eq(config_parse_size(bad[i], &v), -1, "'%s' should be rejected", bad[i]);
+        cr_expect_eq(v, 12345);
+    }
+}
+
+static unsigned cfgt_port(const struct cfg_addr *a)
+{
+    return a->sa.ss_family == AF_INET6 ? ntohs(((const struct sockaddr_in6 *)&a->sa)->sin6_port)
+                                       : ntohs(((const struct sockaddr_in *)&a->sa)->sin_port);
+}
+
+Test(config_parse, addresses)
+{
+    struct cfg_addr a;
+    cr_assert_eq(config_parse_addr("127.0.0.1:8000", &a), 0);
+    cr_expect_str_eq(a.text, "127.0.0.1:8000");
+    cr_expect_eq(a.sa.ss_family, AF_INET);
+    cr_expect_eq(a.salen, sizeof(struct sockaddr_in));
+    cr_expect_eq(cfgt_port(&a), 8000);
+    cr_expect_eq(((struct sockaddr_in *)&a.sa)->sin_addr.s_addr, htonl(INADDR_LOOPBACK));
+
+    cr_assert_eq(config_parse_addr("[::1]:8000", &a), 0);
+    cr_expect_str_eq(a.text, "[::1]:8000");
+    cr_expect_eq(a.sa.ss_family, AF_INET6);
+    cr_expect_eq(cfgt_port(&a), 8000);
+
+    cr_assert_eq(config_parse_addr("[0:0:0:0:0:0:0:1]:1", &a), 0);
+    cr_expect_str_eq(a.text, "[::1]:1", "IPv6 text is normalised");
+
+    cr_assert_eq(config_parse_addr("*:80", &a), 0);
+    cr_expect_str_eq(a.text, "0.0.0.0:80");
+    cr_expect_eq(a.sa.ss_family, AF_INET);
+
+    cr_assert_eq(config_parse_addr("[::]:65535", &a), 0);
+    cr_expect_str_eq(a.text, "[::]:65535");
+
+    cr_assert_eq(config_parse_addr("localhost:8001", &a), 0);
+    cr_expect(strcmp(a.text, "127.0.0.1:8001") == 0 || strcmp(a.text, "[::1]:8001") == 0, "%s", a.text);
+    cr_expect_eq(cfgt_port(&a), 8001);
+
+    static const char *const bad[] = {
+        "", ":80", "127.0.0.1", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:+80",
+        "127.0.0.1:80x", "127.0.0.1: 80", "::1:80", "[::1]", "[::1]80", "[::1]x:80", "[]:80",
+        "[127.0.0.1]:80", "[*]:80", "1.2.3:80", "127.1:80", "0x7f.1:80", "2130706433:80",
+        "bad!host:80", "-lead:80", "a b:80", "256.1.1.1:80",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        memset(&a, 0x5a, sizeof a);
+        cr_expect_eq(config_parse_addr(bad[i], &a), -1, "'%s' should be rejected", bad[i]);
+        cr_expect_eq(a.text[0], 0x5a, "'%s' must not write", bad[i]);
+    }
+}
