@@ -368,6 +368,8 @@ static size_t start_request(struct conn *c, const char *src, size_t n, const str
     chunked_init(&c->req_chunked);
     c->keep_alive = req->keep_alive && !sh->draining;
     c->expect_continue = req->expect_continue;
+    c->client_http10 = req->minor == 0;
+    c->dechunk = false;
     uint16_t mlen;
     copy_slice(c->method, sizeof c->method - 1, req->method, &mlen);
     c->method[mlen] = 0;

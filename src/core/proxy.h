@@ -129,6 +129,8 @@ struct conn {
     bool up_sending;                /* a send to the upstream is in flight */
     bool splicing;                  /* a splice or its poll is in flight: the pipe is busy */
     bool copy_only;                 /* no pipe could be had: relay by copying */
+    bool client_http10;             /* the request was HTTP/1.0 */
+    bool dechunk;                   /* strip chunk framing for an HTTP/1.0 client */
     uint8_t tphase;                 /* enum timer_phase */
     struct timer_node timer;
     struct conn *next;              /* free list / shard's list of live connections */

@@ -25,9 +25,24 @@ static void relay_abort(struct conn *c, const char *why)
     conn_close(c);
 }
 
-/* Takes n received body bytes at p: returns how many belong to the response (the
- * rest is junk after its end and disqualifies the connection from reuse), or -1. */
-static ssize_t classify_response_body(struct conn *c, const char *p, size_t n)
+struct dechunk {
+    char *dst;
+    size_t len;
+};
+
+/* Chunk data moved down over the framing, in place (dst never passes src). */
+static void dechunk_data(void *ctx, const char *p, size_t n)
+{
+    struct dechunk *d = ctx;
+    memmove(d->dst + d->len, p, n);
+    d->len += n;
+}
+
+/* Takes n received body bytes at p: returns how many bytes at p are to be sent on
+ * (what belongs to the response; for an HTTP/1.0 client a chunked body is
+ * de-chunked in place), or -1. Bytes after the response's end disqualify the
+ * upstream connection from reuse. */
+static ssize_t classify_response_body(struct conn *c, char *p, size_t n)
 {
     size_t k = 0;
     switch (c->resp_body) {
@@ -42,14 +57,22 @@ static ssize_t classify_response_body(struct conn *c, const char *p, size_t n)
         break;
     case BODY_CHUNKED: {
         const char *why = NULL;
-        ssize_t r = chunked_scan(&c->resp_chunked, p, n, NULL, NULL, &why);
+        struct dechunk d = { p, 0 };
+        ssize_t r = chunked_scan(&c->resp_chunked, p, n, c->dechunk ? dechunk_data : NULL, &d, &why);
         if (r < 0) {
             c->error = why;
             return -1;
         }
-        k = (size_t)r;
         if (c->resp_chunked.done)
             c->resp_done = true;
+        if (c->dechunk) {
+            if ((size_t)r < n)
+                c->resp_keep_alive = false;
+            if (d.len)
+                mc_add(&c->sh->m->relay_bytes[RELAY_COPY], d.len);
+            return (ssize_t)d.len;
+        }
+        k = (size_t)r;
         break;
     }
     case BODY_UNTIL_CLOSE:
@@ -74,10 +97,14 @@ void relay_response_head(struct conn *c, const struct http_response *resp)
     chunked_init(&c->resp_chunked);
     /* a close-delimited body can only be passed on close-delimited */
     bool keep = c->keep_alive && !sh->draining && resp->body != BODY_UNTIL_CLOSE;
+    /* HTTP/1.0 clients know no chunked coding: de-chunk and close-delimit */
+    c->dechunk = c->client_http10 && resp->body == BODY_CHUNKED;
+    if (c->dechunk)
+        keep = false;
     c->keep_alive = keep;
 
     size_t body_at = c->rbuf->off + resp->head_len;
-    const char *p = c->rbuf->data + body_at;
+    char *p = c->rbuf->data + body_at;
     size_t avail = c->rbuf->len - body_at;
     ssize_t k = classify_response_body(c, p, avail);
     if (k < 0) {
@@ -97,7 +124,12 @@ void relay_response_head(struct conn *c, const struct http_response *resp)
     elen += c->request_id_len;
     extra[elen++] = '\r';
     extra[elen++] = '\n';
-    size_t hlen = http_write_client_head(out->data, sh->xbuf_size, resp, keep, (struct slice){ extra, elen });
+    struct http_response *framing = &sh->scratch_resp;   /* == resp */
+    uint8_t body_kind = framing->body;
+    if (c->dechunk)
+        framing->body = BODY_UNTIL_CLOSE;
+    size_t hlen = http_write_client_head(out->data, sh->xbuf_size, framing, keep, (struct slice){ extra, elen });
+    framing->body = body_kind;
     if (hlen == 0) {
         xbuf_put(sh, out);
         conn_upstream_failed(c, EPROTO, "upstream response head too large");

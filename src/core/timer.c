@@ -12,7 +12,8 @@ void timer_wheel_init(struct timer_wheel *w, uint64_t now_ms)
 
 static void link_node(struct timer_wheel *w, struct timer_node *t)
 {
-    uint64_t tick = t->deadline_ms / TIMER_TICK_MS;
+    /* rounded up: a timer may fire up to a tick late, never early */
+    uint64_t tick = (t->deadline_ms + TIMER_TICK_MS - 1) / TIMER_TICK_MS;
     /* a deadline already past goes into the next slot to be processed */
     if (tick <= w->now_tick)
         tick = w->now_tick + 1;
@@ -69,7 +70,7 @@ void timer_wheel_advance(struct timer_wheel *w, uint64_t now_ms, void (*fire)(st
         while (pending.next != &pending) {
             struct timer_node *t = pending.next;
             unlink_node(t);
-            if (t->deadline_ms / TIMER_TICK_MS <= w->now_tick) {
+            if (t->deadline_ms <= w->now_tick * TIMER_TICK_MS) {
                 w->armed--;
                 fire(t);
             } else {

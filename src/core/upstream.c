@@ -23,6 +23,16 @@ static void idle_remove(struct upconn *u)
     u->next = NULL;
 }
 
+/* Readable while idle means the backend closed it (or sent junk): drop it then. */
+static void arm_idle_poll(struct upconn *u)
+{
+    struct io_uring_sqe *sqe = shard_sqe(u->sh);
+    io_uring_prep_poll_add(sqe, u->fd, POLLIN | POLLRDHUP);
+    io_uring_sqe_set_data64(sqe, ud_make(u, OP_UP_IDLE_POLL));
+    u->ops++;
+    u->idle_poll_armed = true;
+}
+
 static void upconn_maybe_free(struct upconn *u)
 {
     if (u->state != UP_CLOSING || u->ops != 0)
@@ -117,6 +127,13 @@ void upstream_acquire(struct conn *c)
     *head = u->next;
     u->next = NULL;
     timer_disarm(&c->sh->timers, &u->timer);
+    if (u->idle_poll_armed) {
+        /* otherwise the response itself would fire it, and a completion seen after the
+         * connection is idle again would look like the backend closing it */
+        struct io_uring_sqe *sqe = shard_sqe(c->sh);
+        io_uring_prep_poll_remove(sqe, ud_make(u, OP_UP_IDLE_POLL));
+        io_uring_sqe_set_data64(sqe, 0);
+    }
     u->state = UP_BUSY;
     u->owner = c;
     c->up = u;
@@ -137,14 +154,8 @@ void upstream_release(struct upconn *u, bool reusable)
     u->next = u->sg->idle[u->backend];
     u->sg->idle[u->backend] = u;
     timer_arm(&sh->timers, &u->timer, sh->now_ms + u->sg->g->cfg->timeouts.keepalive_ms);
-    if (!u->idle_poll_armed) {
-        /* readable while idle means the backend closed it (or sent junk): drop it */
-        struct io_uring_sqe *sqe = shard_sqe(sh);
-        io_uring_prep_poll_add(sqe, u->fd, POLLIN | POLLRDHUP);
-        io_uring_sqe_set_data64(sqe, ud_make(u, OP_UP_IDLE_POLL));
-        u->ops++;
-        u->idle_poll_armed = true;
-    }
+    if (!u->idle_poll_armed)
+        arm_idle_poll(u);
 }
 
 void upstream_close_idle(struct shard *sh, struct shard_gen *sg)
@@ -170,7 +181,11 @@ void upconn_on_cqe(struct upconn *u, enum op op, struct io_uring_cqe *cqe)
     switch (op) {
     case OP_UP_IDLE_POLL:
         u->idle_poll_armed = false;
-        if (u->state == UP_IDLE)
+        if (u->state != UP_IDLE)
+            break;  /* taken meanwhile: a real close shows up as a failed request and a retry */
+        if (res == -ECANCELED)
+            arm_idle_poll(u);   /* the cancel from its last reuse; it is idle again */
+        else
             upconn_close(u);
         break;
     case OP_UP_CONNECT:
