@@ -4,6 +4,7 @@
 #   make run        the demo: aigw in front of two local aigw-mockllm
 #   make fuzz       run every fuzz target for FUZZ_SECONDS each
 #   make bench      perf/bench.sh (aigw vs nginx vs HAProxy vs direct)
+#   make idle-rss   memory per idle keep-alive connection
 
 VERSION := 0.1.0
 CC      ?= cc
@@ -40,7 +41,7 @@ PERF_TOOLS := $(patsubst perf/tools/%.c,$(BUILD)/%,$(wildcard perf/tools/*.c))
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 DEPS     := $(LIB_OBJ:.o=.d) $(MOCK_OBJ:.o=.d) $(UNIT_OBJ:.o=.d) $(INTEG_OBJ:.o=.d) $(BUILD)/obj/src/core/main.d
 
-.PHONY: all deps test unit integration asan fuzz fuzz-smoke run bench install clean
+.PHONY: all deps test unit integration asan fuzz fuzz-smoke run bench idle-rss install clean
 all: $(BUILD)/aigw $(BUILD)/aigw-mockllm $(PERF_TOOLS)
 
 $(BUILD)/obj/%.o: %.c
@@ -106,7 +107,10 @@ run: deps all
 	@sh scripts/run-demo.sh
 
 bench: deps all
-	sh perf/bench.sh
+	bash perf/bench.sh
+
+idle-rss: deps all
+	bash perf/idle-rss.sh
 
 install: all
 	install -D -m 0755 $(BUILD)/aigw $(DESTDIR)$(PREFIX)/bin/aigw

@@ -1,0 +1,262 @@
+# shellcheck shell=bash
+# Shared by perf/bench.sh and perf/idle-rss.sh (bash, sourced from the repository root):
+# start one aigw-mockllm backend and aigw, nginx or HAProxy in front of it, each from a
+# config written to a temp dir; measure their CPU time and RSS; stop exactly what was
+# started, on any exit.
+#
+# Callers set, before sourcing: PORT_BASE. Knobs: BUILD AIGW MOCKLLM NGINX HAPROXY,
+# PIN=auto|0|1, PROXY_CPU, LOAD_CPU, KEEP=1 (keep the temp dir), SHARDS (aigw).
+
+BUILD=${BUILD:-build}
+AIGW=${AIGW:-$BUILD/aigw}
+MOCKLLM=${MOCKLLM:-$BUILD/aigw-mockllm}
+NGINX=${NGINX:-/usr/sbin/nginx}
+HAPROXY=${HAPROXY:-/usr/sbin/haproxy}
+PIN=${PIN:-auto}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+KEEP=${KEEP:-0}
+SHARDS=${SHARDS:-1}
+MODEL=${MODEL:-mock-llama-3.1-8b}
+export MODEL
+
+PORT_BACKEND=$PORT_BASE
+PORT_AIGW=$((PORT_BASE + 1))
+PORT_AIGW_ADMIN=$((PORT_BASE + 2))
+PORT_NGINX=$((PORT_BASE + 3))
+PORT_HAPROXY=$((PORT_BASE + 4))
+ALL_PORTS="$PORT_BACKEND $PORT_AIGW $PORT_AIGW_ADMIN $PORT_NGINX $PORT_HAPROXY"
+declare -A PORT=([direct]=$PORT_BACKEND [aigw]=$PORT_AIGW [nginx]=$PORT_NGINX [haproxy]=$PORT_HAPROXY)
+declare -A BIN=([direct]=$MOCKLLM [aigw]=$AIGW [nginx]=$NGINX [haproxy]=$HAPROXY)
+declare -A PID=()      # target -> pid of the process started for it
+STARTED=()             # every pid started, in order
+PROG=$(basename "$0" .sh)
+
+die() { echo "$PROG: $*" >&2; exit 1; }
+note() { echo "$PROG: $*" >&2; }
+
+# Pinning on a 2-CPU box: the server under test gets PROXY_CPU to itself; the load
+# side (backend and load generator) shares LOAD_CPU. Prefixes, not functions, so "$!"
+# is the program's own pid (taskset execs it), not a subshell's.
+if [ "$PIN" = auto ]; then
+    if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then PIN=1; else PIN=0; fi
+fi
+PIN_PROXY=() PIN_LOAD=()
+if [ "$PIN" = 1 ]; then PIN_PROXY=(taskset -c "$PROXY_CPU"); PIN_LOAD=(taskset -c "$LOAD_CPU"); fi
+
+# Descriptors for tens of thousands of connections on both sides of a proxy; children
+# inherit the limit. Raising the hard limit needs root; otherwise take what there is.
+ulimit -Hn 65536 2>/dev/null || true
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/aigw-$PROG.XXXXXX")
+
+stop_all() {
+    local pids=() p c i alive
+    [ ${#STARTED[@]} -gt 0 ] || return 0
+    for p in "${STARTED[@]}"; do
+        pids+=("$p")
+        # nginx workers: should the master die first, they must go too.
+        for c in $(ps -o pid= --ppid "$p" 2>/dev/null); do pids+=("$c"); done
+    done
+    kill -TERM "${STARTED[@]}" 2>/dev/null || true
+    for i in $(seq 50); do
+        alive=()
+        for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive+=("$p"); done
+        [ ${#alive[@]} -eq 0 ] && break
+        if [ "$i" -eq 50 ]; then kill -KILL "${alive[@]}" 2>/dev/null || true; fi
+        sleep 0.1
+    done
+    wait 2>/dev/null || true
+    STARTED=()
+}
+lib_cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    stop_all
+    if [ -n "$(ls -A "$WORK")" ] && { [ "$KEEP" = 1 ] || [ $rc -ne 0 ]; }; then
+        note "logs and configs kept in $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit $rc
+}
+trap lib_cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+check_ports_free() {
+    local p
+    for p in $ALL_PORTS; do
+        if port_open "$p"; then die "port $p on 127.0.0.1 is in use; set PORT_BASE to a free range"; fi
+    done
+}
+wait_port() { # wait_port PORT PID NAME: bounded (10 s)
+    local i
+    for i in $(seq 100); do
+        port_open "$1" && return 0
+        if ! kill -0 "$2" 2>/dev/null; then
+            note "$3 exited during start-up; the end of $WORK/$3.log:"
+            tail -n 20 "$WORK/$3.log" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    note "$3 did not accept on 127.0.0.1:$1 within 10 s"
+    return 1
+}
+
+# The pid and its children (nginx's workers) — what a target's cost is charged to.
+# shellcheck disable=SC2046 # one pid per word, on purpose
+family() { echo "$1" $(ps -o pid= --ppid "$1" 2>/dev/null); }
+
+# CPU time in clock ticks, user + system, all threads, of a process and its children.
+cpu_ticks() {
+    local total=0 p f fields
+    for p in $(family "$1"); do
+        f=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+        f=${f##*) }                                # drop "pid (comm) ": comm may hold spaces
+        read -r -a fields <<<"$f"
+        total=$((total + fields[11] + fields[12])) # utime, stime: fields 14 and 15
+    done
+    echo "$total"
+}
+
+# Resident set size in KiB of a process and its children.
+rss_kib() {
+    local total=0 p v
+    for p in $(family "$1"); do
+        v=$(awk '/^VmRSS:/ { print $2 }' "/proc/$p/status" 2>/dev/null) || continue
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
+start_backend() {
+    [ -x "$MOCKLLM" ] || die "$MOCKLLM not found; run 'make' first"
+    "${PIN_LOAD[@]}" "$MOCKLLM" --listen "127.0.0.1:$PORT_BACKEND" --model "$MODEL" \
+        --tps 0 --ttft-ms 0 >"$WORK/backend.log" 2>&1 &
+    PID[direct]=$!; STARTED+=($!)
+    wait_port "$PORT_BACKEND" "${PID[direct]}" backend
+}
+
+# Keep-alive and header timeouts are long so idle connections stay for perf/idle-rss.sh;
+# they change nothing for busy ones.
+start_aigw() {
+    cat >"$WORK/aigw.conf" <<EOF
+[server]
+listen = 127.0.0.1:$PORT_AIGW
+shards = $SHARDS
+max_connections = 100000
+
+[admin]
+listen = 127.0.0.1:$PORT_AIGW_ADMIN
+
+[timeouts]
+keepalive = 300s
+client_header = 300s
+
+[log]
+access = off
+
+[pool bench]
+backend = 127.0.0.1:$PORT_BACKEND
+max_outstanding = 4096
+
+[route all]
+path = /v1/*
+pool = bench
+kind = raw
+EOF
+    "${PIN_PROXY[@]}" "$AIGW" -c "$WORK/aigw.conf" >"$WORK/aigw.log" 2>&1 &
+    PID[aigw]=$!; STARTED+=($!)
+    wait_port "$PORT_AIGW" "${PID[aigw]}" aigw
+}
+
+start_nginx() {
+    local d=$WORK/nginx user_line=""
+    mkdir -p "$d/tmp"
+    # As root, nginx would switch its worker to "nobody" (and Debian has no such group):
+    # keep it on the invoking user, like the other targets.
+    [ "$(id -u)" -eq 0 ] && user_line="user root root;"
+    cat >"$d/nginx.conf" <<EOF
+$user_line
+worker_processes 1;
+worker_rlimit_nofile $(ulimit -n);
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 30000; }
+http {
+    access_log off;
+    client_body_temp_path $d/tmp/body;
+    proxy_temp_path $d/tmp/proxy;
+    fastcgi_temp_path $d/tmp/fastcgi;
+    uwsgi_temp_path $d/tmp/uwsgi;
+    scgi_temp_path $d/tmp/scgi;
+    keepalive_timeout 300s;
+    keepalive_requests 1000000;
+    upstream backend {
+        server 127.0.0.1:$PORT_BACKEND;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$PORT_NGINX;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+    "${PIN_PROXY[@]}" "$NGINX" -e "$d/error.log" -p "$d" -c "$d/nginx.conf" -g 'daemon off;' \
+        >"$WORK/nginx.log" 2>&1 &
+    PID[nginx]=$!; STARTED+=($!)
+    wait_port "$PORT_NGINX" "${PID[nginx]}" nginx
+}
+
+start_haproxy() {
+    # HAProxy reserves two descriptors per connection and, by default, refuses to start
+    # when the limit is lower. Idle clients (perf/idle-rss.sh) need one each, so where the
+    # hard limit is low, let it start anyway with as many as the descriptors allow.
+    local maxconn=$(($(ulimit -n) - 100)) limits=""
+    [ "$maxconn" -gt 30000 ] && maxconn=30000
+    [ $((2 * maxconn + 100)) -gt "$(ulimit -n)" ] && limits="no strict-limits"
+    cat >"$WORK/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn $maxconn
+    $limits
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 300s
+    timeout server 60s
+    timeout http-keep-alive 300s
+    timeout http-request 300s
+
+frontend bench
+    bind 127.0.0.1:$PORT_HAPROXY
+    default_backend backend
+
+backend backend
+    server mockllm 127.0.0.1:$PORT_BACKEND
+EOF
+    "${PIN_PROXY[@]}" "$HAPROXY" -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
+    PID[haproxy]=$!; STARTED+=($!)
+    wait_port "$PORT_HAPROXY" "${PID[haproxy]}" haproxy
+}
+
+# start_target NAME: start the proxy NAME (the backend must be up); 1 if unavailable.
+start_target() {
+    local t=$1
+    [ -n "${PORT[$t]:-}" ] || die "unknown target '$t' (direct, aigw, nginx, haproxy)"
+    [ "$t" = direct ] && return 0
+    [ -x "${BIN[$t]}" ] || { note "$t: ${BIN[$t]} not found"; return 1; }
+    "start_$t" || { note "$t: did not start"; return 1; }
+}

@@ -1,0 +1,127 @@
+#!/bin/sh
+# The demo behind `make run`: two aigw-mockllm on 127.0.0.1:8001 and :8002, and aigw
+# on 127.0.0.1:8080 (admin 127.0.0.1:9090) in front of them with examples/aigw.conf.
+# Stays in the foreground with aigw's output; Ctrl-C or SIGTERM stops all three.
+set -u
+
+cd "$(dirname "$0")/.." || exit 1
+BUILD=${BUILD:-build}
+AIGW=$BUILD/aigw
+MOCKLLM=$BUILD/aigw-mockllm
+CONF=examples/aigw.conf
+MODEL=mock-llama-3.1-8b
+BACKEND_PORTS="8001 8002"
+LISTEN_PORT=8080
+ADMIN_PORT=9090
+LOGDIR=$BUILD/demo
+
+for f in "$AIGW" "$MOCKLLM"; do
+    [ -x "$f" ] || { echo "run-demo: $f not found; build it first with 'make'" >&2; exit 1; }
+done
+[ -r "$CONF" ] || { echo "run-demo: $CONF not found" >&2; exit 1; }
+command -v curl >/dev/null 2>&1 || { echo "run-demo: curl is needed (make deps installs it)" >&2; exit 1; }
+
+# Whether something listens on a local TCP port, without sending it a request (a probe
+# request would show up in aigw's access log and metrics). Without ss, curl's telnet://
+# connects and sends nothing: exit 7 is "refused", 28 is "connected, timed out".
+port_in_use() {
+    if command -v ss >/dev/null 2>&1; then
+        [ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]
+    else
+        curl -s -o /dev/null --max-time 1 "telnet://127.0.0.1:$1" </dev/null
+        [ $? -ne 7 ]
+    fi
+}
+
+busy=""
+for p in $BACKEND_PORTS $LISTEN_PORT $ADMIN_PORT; do
+    port_in_use "$p" && busy="$busy $p"
+done
+if [ -n "$busy" ]; then
+    echo "run-demo: port(s)$busy on 127.0.0.1 already in use; stop whatever listens there (ss -ltnp) and retry" >&2
+    exit 1
+fi
+
+pids=""
+stopping=0
+stop_all() {
+    [ "$stopping" -eq 1 ] && return
+    stopping=1
+    [ -n "$pids" ] || return
+    # shellcheck disable=SC2086
+    kill -TERM $pids 2>/dev/null
+    # aigw drains in-flight streams on SIGTERM; give everything 5 s, then insist.
+    i=0
+    while [ $i -lt 50 ]; do
+        alive=""
+        for p in $pids; do kill -0 "$p" 2>/dev/null && alive="$alive $p"; done
+        [ -z "$alive" ] && return
+        sleep 0.1
+        i=$((i + 1))
+    done
+    # shellcheck disable=SC2086
+    kill -KILL $alive 2>/dev/null
+}
+trap 'stop_all; exit 0' INT TERM
+trap 'stop_all' EXIT
+
+mkdir -p "$LOGDIR"
+for p in $BACKEND_PORTS; do
+    "$MOCKLLM" --listen "127.0.0.1:$p" --model "$MODEL" --tps 30 --ttft-ms 200 \
+        >"$LOGDIR/mockllm-$p.log" 2>&1 &
+    pids="$pids $!"
+done
+
+# Bounded wait (10 s) for a port to accept; fails early if the process died.
+wait_port() {
+    port=$1 pid=$2 name=$3 i=0
+    while [ $i -lt 100 ]; do
+        port_in_use "$port" && return 0
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "run-demo: $name exited during start-up" >&2
+            return 1
+        fi
+        sleep 0.1
+        i=$((i + 1))
+    done
+    echo "run-demo: $name did not accept on 127.0.0.1:$port within 10 s" >&2
+    return 1
+}
+
+# shellcheck disable=SC2086
+set -- $pids
+for p in $BACKEND_PORTS; do
+    wait_port "$p" "$1" "aigw-mockllm on :$p" || { tail -n 20 "$LOGDIR/mockllm-$p.log" >&2; exit 1; }
+    shift
+done
+
+"$AIGW" -c "$CONF" &
+aigw_pid=$!
+pids="$pids $aigw_pid"
+wait_port "$LISTEN_PORT" "$aigw_pid" "aigw" || exit 1
+
+cat <<MSG
+
+  aigw is running on http://127.0.0.1:$LISTEN_PORT in front of two aigw-mockllm
+  (127.0.0.1:8001, 127.0.0.1:8002; logs in $LOGDIR/). Try, from another terminal:
+
+    curl -s http://127.0.0.1:$LISTEN_PORT/v1/chat/completions -H 'Content-Type: application/json' \\
+      -d '{"model":"$MODEL","messages":[{"role":"user","content":"Hello"}],"max_tokens":16}'
+
+    curl -N http://127.0.0.1:$LISTEN_PORT/v1/chat/completions -H 'Content-Type: application/json' \\
+      -d '{"model":"$MODEL","messages":[{"role":"user","content":"Hello"}],"max_tokens":32,"stream":true}'
+
+    curl -s http://127.0.0.1:$LISTEN_PORT/v1/models
+
+  Metrics: http://127.0.0.1:$ADMIN_PORT/metrics
+  Ctrl-C stops the demo. aigw's output follows.
+
+MSG
+
+wait "$aigw_pid"
+rc=$?
+if [ "$stopping" -eq 0 ]; then
+    echo "run-demo: aigw exited with status $rc" >&2
+    stop_all
+    exit "$rc"
+fi
