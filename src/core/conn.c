@@ -427,6 +427,8 @@ static size_t start_request(struct conn *c, const char *src, size_t n, const str
         .proto = { "http", 4 },
         .request_id = { c->request_id, c->request_id_len },
         .upstream_auth = { pool->upstream_auth, strlen(pool->upstream_auth) },
+        .default_host = { sg->g->backend_cfg[c->backend]->addr.text,
+                          strlen(sg->g->backend_cfg[c->backend]->addr.text) },
         .strip_client_auth = false,
     };
     size_t hlen = http_write_upstream_head(c->out->data, sh->xbuf_size, req, &fwd);

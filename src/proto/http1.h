@@ -143,6 +143,7 @@ struct http_forward {
     struct slice proto;         /* X-Forwarded-Proto value: "http" / "https" */
     struct slice request_id;    /* X-Request-Id value (client's or generated) */
     struct slice upstream_auth; /* non-empty: "Authorization: Bearer <this>" replaces the client's */
+    struct slice default_host;  /* Host to send when the client sent none (HTTP/1.0) */
     bool strip_client_auth;     /* drop Authorization and x-api-key from the client */
 };
 
@@ -155,7 +156,7 @@ size_t http_write_upstream_head(char *out, size_t cap, const struct http_request
                                 const struct http_forward *fwd);
 
 /* Writes the client response head: "HTTP/1.1 <status> <reason>", every non-hop
- * header of resp, the framing header for resp->body (BODY_UNTIL_CLOSE: none),
+ * header of resp except X-Request-Id (the caller puts its own in extra), the framing header for resp->body (BODY_UNTIL_CLOSE: none),
  * "Connection: keep-alive" or "Connection: close" per client_keep_alive, then
  * extra (already CRLF-terminated header lines, may be empty), then the blank line.
  * Returns bytes written, or 0 if it did not fit. */
