@@ -139,8 +139,11 @@ static void conn_free(struct conn *c)
 
 void conn_maybe_free(struct conn *c)
 {
-    if (c->state == CS_CLOSING && c->ops == 0)
-        conn_free(c);
+    if (c->state != CS_CLOSING || c->ops != 0)
+        return;
+    xbuf_put(c->sh, c->in_retired);
+    c->in_retired = NULL;
+    conn_free(c);
 }
 
 void conn_accepted(struct shard *sh, int fd)
@@ -155,7 +158,7 @@ void conn_accepted(struct shard *sh, int fd)
             return;
         }
     }
-    memset(c, 0, offsetof(struct conn, req_chunked));
+    memset(c, 0, sizeof *c);
     c->sh = sh;
     c->fd = fd;
     c->state = CS_IDLE;
@@ -219,6 +222,7 @@ void conn_close(struct conn *c)
     mg_add(&sh->m->connections[SIDE_CLIENT], -1);
     xbuf_put(sh, c->in);
     c->in = NULL;
+    /* a send may still read the retired queue: it is freed with the connection */
     struct io_uring_sqe *sqe = shard_sqe(sh);
     io_uring_prep_cancel_fd(sqe, c->fd, IORING_ASYNC_CANCEL_ALL);
     io_uring_sqe_set_data64(sqe, 0);
@@ -295,6 +299,12 @@ static void reject_head(struct conn *c, int status, const char *msg)
     c->sg = sh->sg;
     c->sg->inflight++;
     c->start_us = sh->now_us;
+    c->route = c->backend = -1;
+    c->error = NULL;
+    c->status = 0;
+    c->first_byte_us = 0;
+    c->bytes_in = c->bytes_out = 0;
+    c->upstream_reused = false;
     c->req_body = BODY_NONE;
     c->keep_alive = false;
     c->method[0] = 0;
@@ -481,8 +491,11 @@ static bool in_append(struct conn *c, const char *p, size_t n)
     if (b->len + n > b->cap) {
         /* Completions already queued when we paused reading can overshoot the queue;
          * the kernel has handed us those bytes, so keep them in a larger block. */
-        size_t want = (size_t)b->len + n;
-        if (c->in_pinned || want > (size_t)cap * 8)
+        size_t want = (size_t)b->cap * 2;
+        if (want < (size_t)b->len + n)
+            want = (size_t)b->len + n;
+        /* one completion batch can bring at most the whole provided-buffer ring */
+        if (want > (size_t)cap + (size_t)RECV_BUF_COUNT * RECV_BUF_SIZE)
             return false;
         struct xbuf *big = malloc(sizeof *big + want);
         if (!big)
@@ -490,7 +503,10 @@ static bool in_append(struct conn *c, const char *p, size_t n)
         memcpy(big, b, sizeof *b + b->len);
         big->cap = (uint32_t)want;
         c->sh->xbufs_out++;
-        xbuf_put(c->sh, b);
+        if (c->in_pinned && !c->in_retired)
+            c->in_retired = b;      /* a send still reads it: freed when that send completes */
+        else
+            xbuf_put(c->sh, b);
         c->in = b = big;
     }
     memcpy(b->data + b->len, p, n);
@@ -582,26 +598,28 @@ static void process_input(struct conn *c)
 /* Bytes that arrive while a request is in flight: its body, or pipelined requests. */
 static void on_busy_bytes(struct conn *c, const char *p, size_t n)
 {
-    bool body_open = c->state == CS_UPSTREAM && !req_body_complete(c);
-    if (!in_append(c, p, n)) {
-        c->error = "client sent more than aigw queues while busy";
-        send_error(c, 400, "invalid_request_error", NULL, "too much data sent ahead of the response");
-        return;
-    }
-    if (body_open) {
-        /* everything queued before these bytes was classified already */
+    if (c->state == CS_UPSTREAM && !req_body_complete(c)) {
+        /* classified before queueing, so max_body is enforced on what arrives */
         const char *why = NULL;
-        ssize_t k = classify_body(c, c->in->data + c->in->len - n, n, &why);
+        ssize_t k = classify_body(c, p, n, &why);
         if (k < 0) {
             send_error(c, 400, "invalid_request_error", NULL, why);
             return;
         }
-        c->in_body += (uint32_t)k;
         if (c->req_body_total > conn_cfg(c)->server.max_body) {
             send_error(c, 413, "invalid_request_error", NULL, "request body too large");
             return;
         }
+        if (!in_append(c, p, n)) {
+            send_error(c, 503, "server_error", NULL, "out of memory queueing the request body");
+            return;
+        }
+        c->in_body += (uint32_t)k;
         pump_request_body(c);
+    } else if (!in_append(c, p, n)) {
+        c->error = "client sent more than aigw queues while busy";
+        send_error(c, 400, "invalid_request_error", NULL, "too much data sent ahead of the response");
+        return;
     }
     if (c->in && c->in->len - c->in->off >= c->sh->xbuf_size / 2)
         pause_recv(c);
@@ -726,6 +744,8 @@ static void on_up_sent(struct conn *c, int res)
     c->up_sending = false;
     if (res <= 0) {
         c->in_pinned = false;
+        xbuf_put(c->sh, c->in_retired);
+        c->in_retired = NULL;
         retry_or_fail(c, -res, res == 0 ? "upstream closed" : "upstream send failed");
         return;
     }
@@ -745,6 +765,8 @@ static void on_up_sent(struct conn *c, int res)
         }
     } else {
         c->in_pinned = false;
+        xbuf_put(c->sh, c->in_retired);
+        c->in_retired = NULL;
         c->in_body -= (uint32_t)res;
         c->bytes_in += (uint64_t)res;
         c->in->off += (uint32_t)res;

@@ -136,6 +136,7 @@ struct conn {
     struct conn *next;              /* free list / shard's list of live connections */
     struct conn *prev;
     struct xbuf *in;                /* unparsed input: partial head, request body, pipelined requests */
+    struct xbuf *in_retired;        /* the queue before it grew, while a send still reads it */
     uint32_t in_body;               /* bytes at in->off that are request body to forward */
 
     /* ---- the current request (valid outside CS_IDLE/CS_HEAD) ---- */

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -316,10 +317,13 @@ static void stop_listening(struct shard *sh)
         struct listener *l = &sh->listeners[i];
         if (l->fd < 0)
             continue;
+        /* The armed multishot accept holds the socket until its completion is
+         * reaped, so close() alone would leave it listening; shutdown() stops the
+         * listen at once, and new connects are refused. */
+        shutdown(l->fd, SHUT_RDWR);
         struct io_uring_sqe *sqe = shard_sqe(sh);
         io_uring_prep_cancel_fd(sqe, l->fd, IORING_ASYNC_CANCEL_ALL);
         io_uring_sqe_set_data64(sqe, 0);
-        /* closing now (not via the ring) makes new connects fail at once */
         io_uring_submit(&sh->ring);
         close(l->fd);
         l->fd = -1;
