@@ -641,8 +641,8 @@ static void on_recv(struct conn *c, struct io_uring_cqe *cqe)
         shard_release_recv_buf(sh, bid);
     } else if (res == -ENOBUFS) {
         /* the shard's buffer ring ran dry; nothing lost, re-armed below */
-    } else if (res == -ECANCELED && c->recv_paused) {
-        return;
+    } else if (res == -ECANCELED) {
+        /* our own pause; if reading resumed meanwhile, it is re-armed below */
     } else if (c->state != CS_CLOSING) {
         /* EOF or error: the client is gone. Mid-request the upstream is closed at
          * once so the backend stops generating. */

@@ -1,0 +1,1136 @@
+/* Integration test harness; see harness.h. */
+#include "harness.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+/* A failed assertion longjmps out of a test, leaving its client buffers behind,
+ * and libcriterion keeps a few bytes to the end: neither is a product leak.
+ * The daemons under test are separate processes and stay fully checked. */
+const char *__lsan_default_suppressions(void);
+const char *__lsan_default_suppressions(void)
+{
+    return "leak:tests/integration/\nleak:libcriterion\n";
+}
+#endif
+
+/* ---- per-test state (criterion runs each test in its own process) ---- */
+
+#define MAX_PROCS 32
+static pid_t procs[MAX_PROCS];
+static char proc_tags[MAX_PROCS][32];
+static char test_dir[256];
+static bool atexit_registered;
+
+static void kill_all_now(void)
+{
+    for (int i = 0; i < MAX_PROCS; i++) {
+        if (procs[i] > 0) {
+            kill(procs[i], SIGCONT);   /* a stopped process still dies of SIGKILL; harmless */
+            kill(procs[i], SIGKILL);
+            waitpid(procs[i], NULL, 0);
+            procs[i] = 0;
+        }
+    }
+}
+
+static void forget_pid(pid_t pid)
+{
+    for (int i = 0; i < MAX_PROCS; i++)
+        if (procs[i] == pid) procs[i] = 0;
+}
+
+static void remember_pid(pid_t pid, const char *tag)
+{
+    for (int i = 0; i < MAX_PROCS; i++) {
+        if (procs[i] == 0) {
+            procs[i] = pid;
+            snprintf(proc_tags[i], sizeof proc_tags[i], "%s", tag);
+            return;
+        }
+    }
+    /* Registry full: the test is wrong; kill the process rather than leak it. */
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    fprintf(stderr, "harness: more than %d processes in one test\n", MAX_PROCS);
+    abort();
+}
+
+static void remove_tree(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    char path[512];
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        unlink(path);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
+void h_setup(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    if (!atexit_registered) {
+        atexit(kill_all_now);
+        atexit_registered = true;
+    }
+    snprintf(test_dir, sizeof test_dir, "/tmp/aigw-itest-XXXXXX");
+    if (!mkdtemp(test_dir)) {
+        perror("mkdtemp");
+        abort();
+    }
+}
+
+void h_teardown(void)
+{
+    for (int i = 0; i < MAX_PROCS; i++) {
+        if (procs[i] > 0) {
+            kill(procs[i], SIGCONT);
+            h_stop(procs[i], 3000);
+        }
+    }
+    kill_all_now();
+    /* Keep the logs of a run when asked to, for debugging. */
+    if (test_dir[0] && !getenv("AIGW_ITEST_KEEP")) remove_tree(test_dir);
+}
+
+/* Sanitizer reports in any log of the test; returns the first file's name or NULL. */
+static const char *sanitizer_report(void)
+{
+    static char found[512];
+    DIR *d = opendir(test_dir);
+    if (!d) return NULL;
+    struct dirent *e;
+    const char *hit = NULL;
+    while (!hit && (e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        if (n < 4 || strcmp(e->d_name + n - 4, ".err") != 0) continue;
+        snprintf(found, sizeof found, "%s/%s", test_dir, e->d_name);
+        char *text = h_read_file(found);
+        if (text && (strstr(text, "ERROR: AddressSanitizer") || strstr(text, "ERROR: LeakSanitizer") ||
+                     strstr(text, "runtime error:")))
+            hit = found;
+        free(text);
+    }
+    closedir(d);
+    return hit;
+}
+
+void h_finish(void)
+{
+    /* aigw first, so it drains against live backends. */
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < MAX_PROCS; i++) {
+            bool is_aigw = !strncmp(proc_tags[i], "aigw", 4);
+            if (procs[i] <= 0 || is_aigw != (pass == 0)) continue;
+            char tag[32];
+            memcpy(tag, proc_tags[i], sizeof tag);
+            kill(procs[i], SIGCONT);
+            int st = h_stop(procs[i], 10000 * h_slow());
+            if (is_aigw)
+                cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                          "%s did not exit 0 on SIGTERM (wait status 0x%x); stderr:\n%s", tag, st,
+                          h_tail(tag));
+        }
+    }
+    const char *report = sanitizer_report();
+    if (report) {
+        char *text = h_read_file(report);
+        const char *at = strstr(text, "ERROR: ");
+        if (!at) at = strstr(text, "runtime error:");
+        cr_assert_fail("sanitizer report in %s:\n%.3000s", report, at ? at : text);
+    }
+}
+
+const char *h_dir(void)
+{
+    return test_dir;
+}
+
+int h_slow(void)
+{
+    static int slow;
+    if (!slow) {
+        const char *bin = getenv("AIGW_BIN");
+        slow = (getenv("AIGW_ITEST_SLOW") || (bin && strstr(bin, "/asan/"))) ? 3 : 1;
+    }
+    return slow;
+}
+
+int64_t h_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void h_sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+    }
+}
+
+/* ---- ports ---- */
+
+static bool port_is_free(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return false;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    /* No SO_REUSEADDR: fails also while TIME_WAIT sockets hold the port. */
+    bool ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    close(fd);
+    return ok;
+}
+
+int h_free_port(void)
+{
+    /* The range just below the ephemeral ports: no outgoing connection takes
+     * them between this check and the server's bind. */
+    int lo = 32768, hi = 60999;
+    FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+    if (f) {
+        if (fscanf(f, "%d %d", &lo, &hi) != 2) lo = 32768;
+        fclose(f);
+    }
+    int base = lo > 12000 ? lo - 12000 : 1024, span = lo > 12000 ? 12000 : lo - 1024;
+    if (span <= 0) {
+        base = 20000;
+        span = 10000;
+    }
+
+    int fd = open("/tmp/aigw-itest-ports", O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+    unsigned counter = (unsigned)getpid() * 7919u;
+    if (fd >= 0) {
+        flock(fd, LOCK_EX);
+        char b[32] = {0};
+        if (pread(fd, b, sizeof b - 1, 0) > 0) counter = (unsigned)strtoul(b, NULL, 10);
+    }
+    int port = -1;
+    for (int tries = 0; tries < 500; tries++) {
+        int p = base + (int)(counter++ % (unsigned)span);
+        if (port_is_free(p)) {
+            port = p;
+            break;
+        }
+    }
+    if (fd >= 0) {
+        char b[32];
+        int n = snprintf(b, sizeof b, "%u\n", counter);
+        if (ftruncate(fd, 0) == 0 && pwrite(fd, b, (size_t)n, 0) != n) {
+        }
+        flock(fd, LOCK_UN);
+        close(fd);
+    }
+    if (port < 0) {
+        fprintf(stderr, "harness: no free port\n");
+        abort();
+    }
+    return port;
+}
+
+/* ---- processes ---- */
+
+pid_t h_spawn(const char *tag, const char *const argv[])
+{
+    char out[512], err[512];
+    snprintf(out, sizeof out, "%s/%s.out", test_dir, tag);
+    snprintf(err, sizeof err, "%s/%s.err", test_dir, tag);
+    int ofd = open(out, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    int efd = open(err, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (ofd < 0 || efd < 0) {
+        perror("harness: open log");
+        abort();
+    }
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        perror("fork");
+        abort();
+    }
+    if (pid == 0) {
+        /* Die with the test process, whatever way it ends. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent) _exit(127);
+        dup2(ofd, 1);
+        dup2(efd, 2);
+        int nullfd = open("/dev/null", O_RDONLY);
+        if (nullfd >= 0) dup2(nullfd, 0);
+        /* The test process ignores SIGPIPE; the daemon must cope on its own. */
+        signal(SIGPIPE, SIG_DFL);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        execv(argv[0], (char *const *)argv);
+        dprintf(2, "harness: exec %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    close(ofd);
+    close(efd);
+    remember_pid(pid, tag);
+    return pid;
+}
+
+int h_wait_exit(pid_t pid, int timeout_ms)
+{
+    int64_t deadline = h_now_ms() + timeout_ms;
+    for (;;) {
+        int st;
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid) {
+            forget_pid(pid);
+            return st;
+        }
+        if (r < 0 && errno != EINTR) {
+            forget_pid(pid);
+            return -1;
+        }
+        if (h_now_ms() >= deadline) return -1;
+        h_sleep_ms(5);
+    }
+}
+
+int h_stop(pid_t pid, int timeout_ms)
+{
+    if (pid <= 0) return -1;
+    kill(pid, SIGTERM);
+    int st = h_wait_exit(pid, timeout_ms);
+    if (st != -1) return st;
+    kill(pid, SIGKILL);
+    return h_wait_exit(pid, 5000);
+}
+
+bool h_alive(pid_t pid)
+{
+    int st;
+    pid_t r = waitpid(pid, &st, WNOHANG);
+    if (r == pid) {
+        forget_pid(pid);
+        return false;
+    }
+    return r == 0;
+}
+
+int h_run(const char *tag, const char *const argv[], int timeout_ms)
+{
+    pid_t pid = h_spawn(tag, argv);
+    int st = h_wait_exit(pid, timeout_ms);
+    if (st == -1) {
+        kill(pid, SIGKILL);
+        h_wait_exit(pid, 5000);
+    }
+    return st;
+}
+
+char *h_read_file(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return NULL;
+    size_t cap = 4096, len = 0;
+    char *b = malloc(cap);
+    for (;;) {
+        if (len + 1 >= cap) b = realloc(b, cap *= 2);
+        ssize_t n = read(fd, b + len, cap - len - 1);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        len += (size_t)n;
+    }
+    close(fd);
+    b[len] = 0;
+    return b;
+}
+
+static const char *tail_of(const char *tag, const char *ext)
+{
+    static char bufs[4][2200];
+    static int next;
+    char *out = bufs[next++ % 4];
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s.%s", test_dir, tag, ext);
+    char *all = h_read_file(path);
+    if (!all) {
+        snprintf(out, sizeof bufs[0], "(no %s)", path);
+        return out;
+    }
+    size_t n = strlen(all);
+    const char *start = n > 2000 ? all + n - 2000 : all;
+    snprintf(out, sizeof bufs[0], "%s", start);
+    free(all);
+    return out;
+}
+
+const char *h_tail(const char *tag)
+{
+    return tail_of(tag, "err");
+}
+
+const char *h_tail_out(const char *tag)
+{
+    return tail_of(tag, "out");
+}
+
+void h_write_file(const char *path, const char *fmt, ...)
+{
+    /* Written aside and renamed: a reload never reads a half-written file. */
+    char tmp[600];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) {
+        perror(tmp);
+        abort();
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(f, fmt, ap);
+    va_end(ap);
+    if (fclose(f) != 0 || rename(tmp, path) != 0) {
+        perror(path);
+        abort();
+    }
+}
+
+int h_count_fds(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
+    DIR *d = opendir(path);
+    if (!d) return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.') n++;
+    closedir(d);
+    return n;
+}
+
+/* ---- raw HTTP client ---- */
+
+int h_connect(struct h_conn *c, int port)
+{
+    memset(c, 0, sizeof *c);
+    c->fd = -1;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    struct timeval tv = {2, 0};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);  /* bounds connect() and send() */
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    c->fd = fd;
+    c->cap = 16384;
+    c->buf = malloc(c->cap);
+    return 0;
+}
+
+void h_close(struct h_conn *c)
+{
+    if (c->fd >= 0) close(c->fd);
+    c->fd = -1;
+    free(c->buf);
+    c->buf = NULL;
+    c->len = c->cap = 0;
+}
+
+int h_send(struct h_conn *c, const void *p, size_t n)
+{
+    const char *s = p;
+    int64_t deadline = h_now_ms() + 5000;
+    while (n > 0) {
+        ssize_t w = send(c->fd, s, n, MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            if ((errno == EAGAIN || errno == EWOULDBLOCK) && h_now_ms() < deadline) continue;
+            return -errno;
+        }
+        s += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+int h_sendf(struct h_conn *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *s = NULL;
+    int n = vasprintf(&s, fmt, ap);
+    va_end(ap);
+    if (n < 0) return -ENOMEM;
+    int r = h_send(c, s, (size_t)n);
+    free(s);
+    return r;
+}
+
+/* Reads more bytes into c->buf. >0 bytes read, 0 on EOF/reset, H_ETIMEOUT. */
+static int conn_fill(struct h_conn *c, int64_t deadline)
+{
+    if (c->eof) return 0;
+    for (;;) {
+        int64_t left = deadline - h_now_ms();
+        if (left <= 0) return H_ETIMEOUT;
+        struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
+        int pr = poll(&pfd, 1, (int)left);
+        if (pr < 0 && errno == EINTR) continue;
+        if (pr == 0) return H_ETIMEOUT;
+        if (c->cap - c->len < 8192) c->buf = realloc(c->buf, c->cap *= 2);
+        ssize_t n = recv(c->fd, c->buf + c->len, c->cap - c->len, MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EINTR || errno == EAGAIN) continue;
+            c->eof = true;   /* ECONNRESET and friends: the peer is gone */
+            return 0;
+        }
+        if (n == 0) {
+            c->eof = true;
+            return 0;
+        }
+        c->len += (size_t)n;
+        c->last_rx_ms = h_now_ms();
+        return (int)n;
+    }
+}
+
+static void conn_consume(struct h_conn *c, size_t n)
+{
+    memmove(c->buf, c->buf + n, c->len - n);
+    c->len -= n;
+}
+
+static const char *find_head_end(const char *b, size_t len)
+{
+    return memmem(b, len, "\r\n\r\n", 4);
+}
+
+static bool token_in_list(const char *list, const char *tok)
+{
+    size_t tl = strlen(tok);
+    for (const char *p = list; *p;) {
+        while (*p == ' ' || *p == '\t' || *p == ',') p++;
+        const char *e = p;
+        while (*e && *e != ',') e++;
+        const char *t = e;
+        while (t > p && (t[-1] == ' ' || t[-1] == '\t')) t--;
+        if ((size_t)(t - p) == tl && !strncasecmp(p, tok, tl)) return true;
+        p = e;
+    }
+    return false;
+}
+
+enum { BODY_NONE, BODY_LEN, BODY_CHUNKED, BODY_CLOSE };
+enum { CH_SIZE, CH_DATA, CH_DATA_CRLF, CH_TRAILER, CH_DONE };
+
+int h_recv_head(struct h_conn *c, struct h_resp *r, int timeout_ms)
+{
+    memset(r, 0, sizeof *r);
+    int64_t deadline = h_now_ms() + timeout_ms;
+    const char *end;
+    while (!(end = find_head_end(c->buf, c->len))) {
+        if (c->len > 256 * 1024) return H_EPROTO;
+        int n = conn_fill(c, deadline);
+        if (n == 0) return H_ECLOSED;
+        if (n < 0) return n;
+    }
+    size_t hl = (size_t)(end - c->buf) + 4;
+    r->head = strndup(c->buf, hl);
+    r->head_copy = strndup(c->buf, hl);
+    conn_consume(c, hl);
+
+    if (strncmp(r->head, "HTTP/1.", 7) != 0 || !isdigit((unsigned char)r->head[9]))
+        return H_EPROTO;
+    r->status = atoi(r->head + 9);
+    bool http10 = r->head[7] == '0';
+
+    char *line = strstr(r->head_copy, "\r\n") + 2;
+    while (*line && strncmp(line, "\r\n", 2) != 0 && r->nheaders < H_MAX_HEADERS) {
+        char *eol = strstr(line, "\r\n");
+        *eol = 0;
+        char *colon = strchr(line, ':');
+        if (colon) {
+            *colon = 0;
+            char *v = colon + 1;
+            while (*v == ' ' || *v == '\t') v++;
+            char *ve = v + strlen(v);
+            while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t')) *--ve = 0;
+            r->name[r->nheaders] = line;
+            r->value[r->nheaders] = v;
+            r->nheaders++;
+        }
+        line = eol + 2;
+    }
+    const char *connection = h_header(r, "connection");
+    r->keep_alive = connection ? !token_in_list(connection, "close") : !http10;
+    if (connection && http10 && token_in_list(connection, "keep-alive")) r->keep_alive = true;
+    const char *te = h_header(r, "transfer-encoding");
+    if (r->status < 200 || r->status == 204 || r->status == 304) {
+        /* no body */
+    } else if (te && token_in_list(te, "chunked")) {
+        r->chunked = true;
+    } else if (!h_header(r, "content-length")) {
+        r->until_close = true;
+        r->keep_alive = false;
+    }
+    return H_OK;
+}
+
+const char *h_header(const struct h_resp *r, const char *name)
+{
+    for (int i = 0; i < r->nheaders; i++)
+        if (!strcasecmp(r->name[i], name)) return r->value[i];
+    return NULL;
+}
+
+void h_resp_free(struct h_resp *r)
+{
+    free(r->head);
+    free(r->head_copy);
+    free(r->body);
+    memset(r, 0, sizeof *r);
+}
+
+/* ---- body decoding, shared by h_recv and the SSE reader ---- */
+
+struct body_state {
+    int mode;
+    int cstate;
+    uint64_t remaining;
+    bool done;
+};
+
+static void body_state_init(struct body_state *b, const struct h_resp *r)
+{
+    memset(b, 0, sizeof *b);
+    if (r->status < 200 || r->status == 204 || r->status == 304) {
+        b->mode = BODY_NONE;
+        b->done = true;
+    } else if (r->chunked) {
+        b->mode = BODY_CHUNKED;
+        b->cstate = CH_SIZE;
+    } else if (r->until_close) {
+        b->mode = BODY_CLOSE;
+    } else {
+        b->mode = BODY_LEN;
+        b->remaining = strtoull(h_header(r, "content-length"), NULL, 10);
+        b->done = b->remaining == 0;
+    }
+}
+
+static void append(char **dst, size_t *len, size_t *cap, const char *p, size_t n)
+{
+    if (*len + n + 1 > *cap) {
+        size_t nc = *cap ? *cap : 4096;
+        while (nc < *len + n + 1) nc *= 2;
+        *dst = realloc(*dst, nc);
+        *cap = nc;
+    }
+    memcpy(*dst + *len, p, n);
+    *len += n;
+    (*dst)[*len] = 0;
+}
+
+/* Decodes what c->buf holds into dst. Returns 1 if progress was made (or the
+ * body is done), 0 if more bytes are needed, H_EPROTO on bad framing. */
+static int body_decode(struct h_conn *c, struct body_state *b, char **dst, size_t *len, size_t *cap)
+{
+    bool progress = false;
+    while (!b->done) {
+        if (b->mode == BODY_LEN || b->mode == BODY_CLOSE) {
+            size_t n = c->len;
+            if (b->mode == BODY_LEN && n > b->remaining) n = (size_t)b->remaining;
+            if (n == 0) break;
+            append(dst, len, cap, c->buf, n);
+            conn_consume(c, n);
+            if (b->mode == BODY_LEN) {
+                b->remaining -= n;
+                b->done = b->remaining == 0;
+            }
+            progress = true;
+            continue;
+        }
+        /* chunked */
+        if (b->cstate == CH_DATA) {
+            size_t n = c->len < b->remaining ? c->len : (size_t)b->remaining;
+            if (n == 0) break;
+            append(dst, len, cap, c->buf, n);
+            conn_consume(c, n);
+            b->remaining -= n;
+            if (b->remaining == 0) b->cstate = CH_DATA_CRLF;
+            progress = true;
+            continue;
+        }
+        if (b->cstate == CH_DATA_CRLF) {
+            if (c->len < 2) break;
+            if (c->buf[0] != '\r' || c->buf[1] != '\n') return H_EPROTO;
+            conn_consume(c, 2);
+            b->cstate = CH_SIZE;
+            continue;
+        }
+        char *eol = memmem(c->buf, c->len, "\r\n", 2);
+        if (!eol) {
+            if (c->len > 4096) return H_EPROTO;
+            break;
+        }
+        size_t ll = (size_t)(eol - c->buf);
+        if (b->cstate == CH_SIZE) {
+            char *endp;
+            char tmp[64];
+            if (ll == 0 || ll >= sizeof tmp) return H_EPROTO;
+            memcpy(tmp, c->buf, ll);
+            tmp[ll] = 0;
+            errno = 0;
+            uint64_t sz = strtoull(tmp, &endp, 16);
+            if (endp == tmp || errno || (*endp && *endp != ';' && *endp != ' ')) return H_EPROTO;
+            conn_consume(c, ll + 2);
+            if (sz == 0) {
+                b->cstate = CH_TRAILER;
+            } else {
+                b->cstate = CH_DATA;
+                b->remaining = sz;
+            }
+        } else { /* CH_TRAILER: lines until an empty one */
+            conn_consume(c, ll + 2);
+            if (ll == 0) {
+                b->cstate = CH_DONE;
+                b->done = true;
+                progress = true;
+            }
+        }
+    }
+    return progress || b->done;
+}
+
+int h_recv(struct h_conn *c, struct h_resp *r, int timeout_ms)
+{
+    int64_t deadline = h_now_ms() + timeout_ms;
+    int rc = h_recv_head(c, r, timeout_ms);
+    if (rc != H_OK) return rc;
+    struct body_state b;
+    body_state_init(&b, r);
+    size_t cap = 0;
+    r->body = NULL;
+    append(&r->body, &r->body_len, &cap, "", 0);
+    for (;;) {
+        int d = body_decode(c, &b, &r->body, &r->body_len, &cap);
+        if (d < 0) return d;
+        if (b.done) return H_OK;
+        if (d > 0) continue;
+        if (c->eof) return b.mode == BODY_CLOSE ? H_OK : H_ECLOSED;
+        int n = conn_fill(c, deadline);
+        if (n < 0) return n;
+    }
+}
+
+int h_request(struct h_conn *c, const char *method, const char *path, const char *extra_headers,
+              const char *body, struct h_resp *r, int timeout_ms)
+{
+    char cl[64] = "";
+    if (body) snprintf(cl, sizeof cl, "Content-Length: %zu\r\n", strlen(body));
+    int rc = h_sendf(c, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s%s%s\r\n%s", method, path,
+                     body ? "Content-Type: application/json\r\n" : "", cl,
+                     extra_headers ? extra_headers : "", body ? body : "");
+    if (rc < 0) {
+        memset(r, 0, sizeof *r);
+        return H_ECLOSED;
+    }
+    return h_recv(c, r, timeout_ms);
+}
+
+static int one_shot(int port, const char *method, const char *path, const char *body,
+                    struct h_resp *r, int timeout_ms)
+{
+    struct h_conn c;
+    memset(r, 0, sizeof *r);
+    if (h_connect(&c, port) < 0) return H_ECLOSED;
+    int rc = h_request(&c, method, path, "Connection: close\r\n", body, r, timeout_ms);
+    h_close(&c);
+    return rc;
+}
+
+int h_get(int port, const char *path, struct h_resp *r, int timeout_ms)
+{
+    return one_shot(port, "GET", path, NULL, r, timeout_ms);
+}
+
+int h_post(int port, const char *path, const char *body, struct h_resp *r, int timeout_ms)
+{
+    return one_shot(port, "POST", path, body, r, timeout_ms);
+}
+
+bool h_wait_closed(struct h_conn *c, int timeout_ms, size_t *got_bytes)
+{
+    int64_t deadline = h_now_ms() + timeout_ms;
+    size_t got = 0;
+    bool closed = false;
+    for (;;) {
+        got += c->len;
+        c->len = 0;
+        int n = conn_fill(c, deadline);
+        if (n == 0) {
+            got += c->len;
+            c->len = 0;
+            closed = true;
+            break;
+        }
+        if (n < 0) break;
+    }
+    if (got_bytes) *got_bytes = got;
+    return closed;
+}
+
+const char *h_chat_body(char *out, size_t cap, int max_tokens, bool stream)
+{
+    snprintf(out, cap,
+             "{\"model\":\"mock-llama-3.1-8b\",\"messages\":[{\"role\":\"user\",\"content\":"
+             "\"Say something.\"}],\"max_tokens\":%d,\"stream\":%s}",
+             max_tokens, stream ? "true" : "false");
+    return out;
+}
+
+/* ---- SSE ---- */
+
+void h_sse_init(struct h_sse *s, struct h_conn *c, const struct h_resp *head)
+{
+    memset(s, 0, sizeof *s);
+    s->c = c;
+    struct body_state b;
+    body_state_init(&b, head);
+    s->mode = b.mode;
+    s->cstate = b.cstate;
+    s->remaining = b.remaining;
+    s->done = b.done;
+}
+
+int h_sse_next(struct h_sse *s, int timeout_ms)
+{
+    int64_t deadline = h_now_ms() + timeout_ms;
+    for (;;) {
+        char *sep = s->data ? memmem(s->data, s->len, "\n\n", 2) : NULL;
+        if (sep) {
+            size_t n = (size_t)(sep - s->data);
+            size_t k = n < sizeof s->event - 1 ? n : sizeof s->event - 1;
+            memcpy(s->event, s->data, k);
+            s->event[k] = 0;
+            if (k && s->event[k - 1] == '\r') s->event[k - 1] = 0;
+            memmove(s->data, sep + 2, s->len - n - 2);
+            s->len -= n + 2;
+            s->event_ms = s->c->last_rx_ms;
+            return 1;
+        }
+        if (s->done) return 0;
+        struct body_state b = {s->mode, s->cstate, s->remaining, s->done};
+        int d = body_decode(s->c, &b, &s->data, &s->len, &s->cap);
+        s->cstate = b.cstate;
+        s->remaining = b.remaining;
+        s->done = b.done;
+        if (d < 0) return d;
+        if (d > 0) continue;
+        if (s->c->eof) {
+            if (s->mode != BODY_CLOSE) return H_ECLOSED;
+            s->done = true;
+            continue;
+        }
+        int n = conn_fill(s->c, deadline);
+        if (n < 0) return n;
+    }
+}
+
+void h_sse_free(struct h_sse *s)
+{
+    free(s->data);
+    s->data = NULL;
+}
+
+/* ---- metrics ---- */
+
+struct label {
+    char name[64];
+    char value[256];
+};
+
+/* Parses `name{a="x",b="y"}` (labels optional) from *p. Returns label count or -1. */
+static int parse_series(const char **p, char *name, size_t name_cap, struct label *labels, int max)
+{
+    const char *s = *p;
+    size_t n = 0;
+    while (*s && (isalnum((unsigned char)*s) || *s == '_' || *s == ':')) {
+        if (n + 1 < name_cap) name[n++] = *s;
+        s++;
+    }
+    name[n] = 0;
+    if (n == 0) return -1;
+    int nl = 0;
+    if (*s == '{') {
+        s++;
+        while (*s && *s != '}') {
+            while (*s == ',' || *s == ' ') s++;
+            if (*s == '}') break;
+            struct label dummy, *l = nl < max ? &labels[nl] : &dummy;
+            size_t k = 0;
+            while (*s && *s != '=' && *s != '}') {
+                if (k + 1 < sizeof l->name) l->name[k++] = *s;
+                s++;
+            }
+            l->name[k] = 0;
+            if (*s != '=' || s[1] != '"') return -1;
+            s += 2;
+            k = 0;
+            while (*s && *s != '"') {
+                if (*s == '\\' && s[1]) s++;
+                if (k + 1 < sizeof l->value) l->value[k++] = *s;
+                s++;
+            }
+            l->value[k] = 0;
+            if (*s != '"') return -1;
+            s++;
+            nl++;
+        }
+        if (*s != '}') return -1;
+        s++;
+    }
+    *p = s;
+    return nl < max ? nl : max;
+}
+
+static double metric_scrape(int port, const char *query, bool missing_is_zero)
+{
+    char qname[256];
+    struct label ql[16];
+    const char *qp = query;
+    int nq = parse_series(&qp, qname, sizeof qname, ql, 16);
+    if (nq < 0) return NAN;
+
+    struct h_resp r;
+    int rc = h_get(port, "/metrics", &r, 5000 * h_slow());
+    if (rc != H_OK || r.status != 200) {
+        h_resp_free(&r);
+        return NAN;
+    }
+    double sum = 0;
+    bool found = false;
+    for (char *line = r.body; line && *line;) {
+        char *eol = strchr(line, '\n');
+        if (eol) *eol = 0;
+        if (*line != '#') {
+            char name[256];
+            struct label l[16];
+            const char *lp = line;
+            int nl = parse_series(&lp, name, sizeof name, l, 16);
+            if (nl >= 0 && !strcmp(name, qname)) {
+                bool match = true;
+                for (int i = 0; i < nq && match; i++) {
+                    bool has = false;
+                    for (int j = 0; j < nl; j++)
+                        if (!strcmp(ql[i].name, l[j].name) && !strcmp(ql[i].value, l[j].value))
+                            has = true;
+                    match = has;
+                }
+                if (match) {
+                    sum += strtod(lp, NULL);
+                    found = true;
+                }
+            }
+        }
+        line = eol ? eol + 1 : NULL;
+    }
+    h_resp_free(&r);
+    if (!found) return missing_is_zero ? 0.0 : NAN;
+    return sum;
+}
+
+double h_metric(int port, const char *query)
+{
+    return metric_scrape(port, query, false);
+}
+
+double h_metric0(int port, const char *query)
+{
+    return metric_scrape(port, query, true);
+}
+
+/* ---- the binaries ---- */
+
+static const char *bin_path(const char *env, const char *fallback)
+{
+    const char *p = getenv(env);
+    return p && *p ? p : fallback;
+}
+
+static bool port_accepts(int port)
+{
+    struct h_conn c;
+    if (h_connect(&c, port) < 0) return false;
+    h_close(&c);
+    return true;
+}
+
+static bool http_200(int port, const char *path)
+{
+    struct h_resp r;
+    int rc = h_get(port, path, &r, 1000 * h_slow());
+    bool ok = rc == H_OK && r.status == 200;
+    h_resp_free(&r);
+    return ok;
+}
+
+/* Polls every 20 ms until ready or the process died or 10 s (x slow) passed. */
+static bool wait_ready(pid_t pid, int port, int health_port, const char *health_path)
+{
+    int64_t deadline = h_now_ms() + 10000 * h_slow();
+    while (h_now_ms() < deadline) {
+        if (!h_alive(pid)) return false;
+        if (port_accepts(port) && http_200(health_port, health_path)) return true;
+        h_sleep_ms(20);
+    }
+    return false;
+}
+
+int h_mock_start(struct h_mock *m, const char *tag, const char *args)
+{
+    memset(m, 0, sizeof *m);
+    snprintf(m->tag, sizeof m->tag, "%s", tag);
+    /* A second try on a fresh port covers a port taken between check and bind. */
+    for (int attempt = 0; attempt < 2; attempt++) {
+        m->port = h_free_port();
+        char listen[64];
+        snprintf(listen, sizeof listen, "127.0.0.1:%d", m->port);
+        char argbuf[512];
+        snprintf(argbuf, sizeof argbuf, "%s", args ? args : "");
+        const char *argv[40];
+        int n = 0;
+        argv[n++] = bin_path("MOCKLLM_BIN", "build/aigw-mockllm");
+        argv[n++] = "--listen";
+        argv[n++] = listen;
+        for (char *save, *t = strtok_r(argbuf, " ", &save); t && n < 38; t = strtok_r(NULL, " ", &save))
+            argv[n++] = t;
+        argv[n] = NULL;
+        m->pid = h_spawn(m->tag, argv);
+        if (wait_ready(m->pid, m->port, m->port, "/health")) return 0;
+        h_stop(m->pid, 2000);
+        m->pid = 0;
+    }
+    return -1;
+}
+
+static void gw_write(struct h_gw *g)
+{
+    h_write_file(g->conf,
+                 "# written by the aigw integration tests\n"
+                 "[server]\n"
+                 "listen = 127.0.0.1:%d\n"
+                 "shards = 2\n"
+                 "max_body = 1m\n"
+                 "max_header = 16k\n"
+                 "drain_timeout = 5s\n"
+                 "%s"
+                 "\n[admin]\n"
+                 "listen = 127.0.0.1:%d\n"
+                 "\n[timeouts]\n"
+                 "%s"
+                 "\n[log]\n"
+                 "access = %s/access.log\n"
+                 "level = info\n"
+                 "\n%s",
+                 g->port, g->server_extra, g->admin_port,
+                 g->timeouts[0] ? g->timeouts : H_DEFAULT_TIMEOUTS, h_dir(), g->body);
+}
+
+void h_gw_config(struct h_gw *g, const char *timeouts, const char *fmt, ...)
+{
+    if (!g->tag[0]) snprintf(g->tag, sizeof g->tag, "aigw");
+    if (!g->port) g->port = h_free_port();
+    if (!g->admin_port) g->admin_port = h_free_port();
+    if (!g->conf[0]) snprintf(g->conf, sizeof g->conf, "%s/%s.conf", h_dir(), g->tag);
+    snprintf(g->timeouts, sizeof g->timeouts, "%s", timeouts ? timeouts : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g->body, sizeof g->body, fmt, ap);
+    va_end(ap);
+    gw_write(g);
+}
+
+int h_gw_start(struct h_gw *g)
+{
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (attempt > 0) {   /* fresh ports, in case one was taken meanwhile */
+            g->port = h_free_port();
+            g->admin_port = h_free_port();
+            gw_write(g);
+        }
+        const char *argv[] = {bin_path("AIGW_BIN", "build/aigw"), "-c", g->conf, NULL};
+        g->pid = h_spawn(g->tag, argv);
+        if (wait_ready(g->pid, g->port, g->admin_port, "/readyz")) return 0;
+        h_stop(g->pid, 2000);
+        g->pid = 0;
+    }
+    return -1;
+}
+
+/* ---- JSON probes for assertions (not a parser: good enough for known shapes) ---- */
+
+static const char *json_value_of(const char *json, const char *key, const char *from)
+{
+    char pat[128];
+    snprintf(pat, sizeof pat, "\"%s\"", key);
+    const char *p = strstr(from ? from : json, pat);
+    if (!p) return NULL;
+    p += strlen(pat);
+    while (isspace((unsigned char)*p)) p++;
+    if (*p != ':') return json_value_of(json, key, p);
+    p++;
+    while (isspace((unsigned char)*p)) p++;
+    return p;
+}
+
+bool h_json_str_is(const char *json, const char *key, const char *value)
+{
+    if (!json) return false;
+    size_t vl = strlen(value);
+    for (const char *from = json;;) {
+        const char *v = json_value_of(json, key, from);
+        if (!v) return false;
+        if (*v == '"' && !strncmp(v + 1, value, vl) && v[1 + vl] == '"') return true;
+        from = v;
+    }
+}
+
+long long h_json_int(const char *json, const char *key)
+{
+    if (!json) return -1;
+    for (const char *from = json;;) {
+        const char *v = json_value_of(json, key, from);
+        if (!v) return -1;
+        if (isdigit((unsigned char)*v)) return strtoll(v, NULL, 10);
+        from = v;
+    }
+}

@@ -1,0 +1,223 @@
+/* Integration test harness: starts the real aigw and aigw-mockllm binaries on
+ * loopback and talks raw HTTP/1.1 to them.
+ *
+ * Every wait here is bounded. Spawned processes are registered: h_teardown()
+ * (the criterion .fini hook) stops them, an atexit handler kills any left, and
+ * PR_SET_PDEATHSIG kills them if the test process dies without either.
+ *
+ * Binaries come from the environment: AIGW_BIN and MOCKLLM_BIN (absolute paths). */
+#ifndef AIGW_ITEST_HARNESS_H
+#define AIGW_ITEST_HARNESS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <criterion/criterion.h>
+
+/* ---- per-test setup ---- */
+
+/* criterion .init / .fini hooks: a fresh temp dir; stop everything spawned. */
+void h_setup(void);
+void h_teardown(void);
+const char *h_dir(void);                 /* the test's temp dir */
+/* Call at the end of a test body that ran the binaries: stops every process
+ * still running (aigw first) and fails the test if an aigw did not exit 0 on
+ * SIGTERM (LeakSanitizer makes it exit non-zero) or any process's stderr holds
+ * a sanitizer report. (criterion ignores assertion failures in .fini hooks.) */
+void h_finish(void);
+/* 1 normally; 3 when the binaries are sanitizer builds (AIGW_BIN under /asan/)
+ * or AIGW_ITEST_SLOW is set. Multiplies deadlines that depend on CPU speed. */
+int h_slow(void);
+
+int64_t h_now_ms(void);                  /* CLOCK_MONOTONIC */
+void h_sleep_ms(int ms);
+
+/* ---- ports ---- */
+
+/* A loopback port nobody listens on, below the ephemeral range (so outgoing
+ * connections never take it), distinct across concurrently running test
+ * processes (a shared counter under flock). */
+int h_free_port(void);
+
+/* ---- processes ---- */
+
+/* Starts argv[0] with stdout/stderr appended to <dir>/<tag>.out and .err. */
+pid_t h_spawn(const char *tag, const char *const argv[]);
+/* Waits up to timeout_ms for pid to exit. Returns the wait status, -1 on timeout. */
+int h_wait_exit(pid_t pid, int timeout_ms);
+/* SIGTERM, wait up to timeout_ms, then SIGKILL. Returns the wait status
+ * (WIFSIGNALED with SIGKILL if it had to be killed). */
+int h_stop(pid_t pid, int timeout_ms);
+bool h_alive(pid_t pid);
+/* Runs argv to completion (killed after timeout_ms). Returns the wait status,
+ * -1 if it had to be killed; stderr goes to <dir>/<tag>.err. */
+int h_run(const char *tag, const char *const argv[], int timeout_ms);
+
+/* Last ~2 KiB of <dir>/<tag>.err (or .out), for assertion messages. Returns a
+ * static buffer (one of a few rotating ones). */
+const char *h_tail(const char *tag);
+const char *h_tail_out(const char *tag);
+/* Whole file, malloc'd and NUL-terminated; NULL if unreadable. */
+char *h_read_file(const char *path);
+/* Writes (truncates) path from a format string; aborts the test on failure. */
+void h_write_file(const char *path, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Open descriptors of pid (entries of /proc/PID/fd), -1 on error. */
+int h_count_fds(pid_t pid);
+
+/* ---- raw HTTP client ---- */
+
+enum {
+    H_OK = 0,
+    H_ETIMEOUT = -1,   /* deadline passed */
+    H_ECLOSED = -2,    /* peer closed (EOF or reset) before the message was complete */
+    H_EPROTO = -3,     /* unparseable response */
+};
+
+struct h_conn {
+    int fd;
+    char *buf;             /* bytes received and not yet consumed */
+    size_t len, cap;
+    bool eof;              /* peer closed (EOF or RST) */
+    int64_t last_rx_ms;    /* when bytes last arrived */
+};
+
+#define H_MAX_HEADERS 64
+struct h_resp {
+    int status;
+    char *head;                    /* raw head, NUL-terminated; header slices point into head_copy */
+    char *head_copy;
+    int nheaders;
+    const char *name[H_MAX_HEADERS], *value[H_MAX_HEADERS];
+    char *body;                    /* de-chunked, NUL-terminated */
+    size_t body_len;
+    bool chunked, until_close, keep_alive;
+};
+
+/* Connects to 127.0.0.1:port (blocking, bounded by 2 s). 0 or -errno. */
+int h_connect(struct h_conn *c, int port);
+void h_close(struct h_conn *c);
+/* Sends everything (MSG_NOSIGNAL). 0 or -errno (EPIPE/ECONNRESET if the peer closed). */
+int h_send(struct h_conn *c, const void *p, size_t n);
+int h_sendf(struct h_conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Reads one complete response: head and de-chunked body. A 1xx interim
+ * response counts as one (no body); the caller reads again for the final one.
+ * h_recv_head stops after the head (for streams; then use h_sse_*).
+ * Returns H_OK or H_E*. */
+int h_recv(struct h_conn *c, struct h_resp *r, int timeout_ms);
+int h_recv_head(struct h_conn *c, struct h_resp *r, int timeout_ms);
+void h_resp_free(struct h_resp *r);
+/* Header value by case-insensitive name, NULL if absent. */
+const char *h_header(const struct h_resp *r, const char *name);
+
+/* Sends a request with Host, Content-Length (if body) and extra header lines
+ * (each "Name: value\r\n", may be NULL), then reads the response. */
+int h_request(struct h_conn *c, const char *method, const char *path, const char *extra_headers,
+              const char *body, struct h_resp *r, int timeout_ms);
+/* One request on a fresh connection ("Connection: close"). */
+int h_get(int port, const char *path, struct h_resp *r, int timeout_ms);
+int h_post(int port, const char *path, const char *body, struct h_resp *r, int timeout_ms);
+
+/* True if the peer closes the connection (EOF or reset, with no more bytes
+ * arriving, or after discarding what arrives) within timeout_ms.
+ * *got_bytes (optional) counts bytes received meanwhile. */
+bool h_wait_closed(struct h_conn *c, int timeout_ms, size_t *got_bytes);
+
+/* A chat completion request body. */
+const char *h_chat_body(char *out, size_t cap, int max_tokens, bool stream);
+
+/* ---- SSE over a response body (chunked, Content-Length or until close) ---- */
+
+struct h_sse {
+    struct h_conn *c;
+    int mode;              /* internal: body framing */
+    int cstate;
+    uint64_t remaining;
+    bool done;             /* body ended with its proper terminator */
+    char *data;            /* de-chunked bytes not yet split into events */
+    size_t len, cap;
+    char event[16384];     /* the last event's text, without the blank line */
+    int64_t event_ms;      /* when the bytes completing it arrived */
+};
+
+/* After h_recv_head() returned the stream's head. */
+void h_sse_init(struct h_sse *s, struct h_conn *c, const struct h_resp *head);
+/* Next event: 1 (s->event, s->event_ms set), 0 when the body ended properly,
+ * H_ECLOSED if the connection ended before that, H_ETIMEOUT. */
+int h_sse_next(struct h_sse *s, int timeout_ms);
+void h_sse_free(struct h_sse *s);
+
+/* ---- metrics ---- */
+
+/* Scrapes http://127.0.0.1:port/metrics and returns the sum of the samples of
+ * every series named like `query`'s name whose labels include all of `query`'s
+ * labels, e.g. `aigw_requests_total{route="chat",status="200"}` (label order free).
+ * NaN if no series matched or the scrape failed. */
+double h_metric(int port, const char *query);
+/* Same, 0 when no series matched (a counter not yet exported). NaN if the scrape failed. */
+double h_metric0(int port, const char *query);
+
+/* ---- the two binaries ---- */
+
+struct h_mock {
+    int port;
+    pid_t pid;
+    char tag[32];
+};
+
+/* Starts aigw-mockllm on a free port with extra args (space separated, may be
+ * NULL); waits for GET /health 200. Returns 0, or -1 (see h_tail(m->tag)). */
+int h_mock_start(struct h_mock *m, const char *tag, const char *args);
+
+struct h_gw {
+    int port, admin_port;
+    pid_t pid;
+    char tag[32];
+    char conf[512];
+    char server_extra[512];   /* extra lines for [server] */
+    char timeouts[512];       /* [timeouts] body; empty: the defaults below */
+    char body[4096];          /* pools and routes */
+};
+
+/* Defaults: connect 1s, first_byte 2s, idle 2s, client_header 1s, keepalive 2s. */
+#define H_DEFAULT_TIMEOUTS \
+    "connect = 1s\nfirst_byte = 2s\nidle = 2s\nclient_header = 1s\nkeepalive = 2s\n"
+
+/* Prepares gw (ports, paths) and writes its config: [server] (listen, shards = 2,
+ * max_body = 1m, max_header = 16k, drain_timeout = 5s, server_extra), [admin],
+ * [timeouts] (timeouts or the defaults), [log] (access log in the temp dir), then
+ * body printf-formatted. Call again to rewrite (for SIGHUP); ports stay. */
+void h_gw_config(struct h_gw *g, const char *timeouts, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Starts aigw -c g->conf; waits until the listen port accepts and the admin
+ * /readyz answers 200. 0, or -1 (see h_tail(g->tag)). */
+int h_gw_start(struct h_gw *g);
+
+/* ---- small helpers for assertions ---- */
+
+/* True if the JSON text has "key": "value" somewhere (whitespace tolerant). */
+bool h_json_str_is(const char *json, const char *key, const char *value);
+/* The first integer value of "key" in the JSON text, -1 if none. */
+long long h_json_int(const char *json, const char *key);
+
+#define H_MOCK(m, tag, args)                                                              \
+    cr_assert_eq(h_mock_start((m), (tag), (args)), 0, "aigw-mockllm %s did not become ready:\n%s", \
+                 (tag), h_tail(tag))
+#define H_CONNECT_GW(c, g)                                                                    \
+    cr_assert_eq(h_connect((c), (g)->port), 0, "cannot connect to aigw; its stderr:\n%s", \
+                 h_tail((g)->tag))
+#define H_GW(g) \
+    cr_assert_eq(h_gw_start(g), 0, "aigw did not become ready:\n%s", h_tail((g)->tag))
+
+/* The usual pool and routes, in front of one backend port (%d):
+ * chat completions through an ai route, everything else under /v1/ raw. */
+#define H_STD_ROUTES                                                   \
+    "[pool local]\nbackend = 127.0.0.1:%d\nbalance = least_outstanding\n" \
+    "max_outstanding = 64\n\n"                                          \
+    "[route chat]\npath = /v1/chat/completions\npool = local\nkind = ai\n\n" \
+    "[route all]\npath = /v1/*\npool = local\nkind = raw\n"
+
+#endif

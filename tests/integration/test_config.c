@@ -1,0 +1,183 @@
+/* Configuration errors are reported as FILE:LINE: message and exit 1, both by
+ * `aigw -t` and by a plain start; a good file passes `aigw -t`. */
+#include "harness.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+
+static const char *aigw_bin(void)
+{
+    const char *p = getenv("AIGW_BIN");
+    return p && *p ? p : "build/aigw";
+}
+
+/* A valid configuration; each test replaces or inserts single lines, so the
+ * line numbers of the comments below stay true. */
+static void write_conf(const char *path, int listen_port, const char *server_extra,
+                       const char *timeouts_extra, const char *pool_line, const char *tail)
+{
+    int p = listen_port ? listen_port : h_free_port(), a = h_free_port(), b = h_free_port();
+    h_write_file(path,
+                 "[server]\n"                        /* 1 */
+                 "listen = 127.0.0.1:%d\n"           /* 2 */
+                 "shards = 2\n"                      /* 3 */
+                 "%s"                                /* 4: server_extra (one line) */
+                 "\n"                                /* 5 */
+                 "[admin]\n"                         /* 6 */
+                 "listen = 127.0.0.1:%d\n"           /* 7 */
+                 "\n"                                /* 8 */
+                 "[timeouts]\n"                      /* 9 */
+                 "connect = 1s\n"                    /* 10 */
+                 "%s"                                /* 11: timeouts_extra (one line) */
+                 "\n"                                /* 12 */
+                 "[log]\n"                           /* 13 */
+                 "access = off\n"                    /* 14 */
+                 "level = info\n"                    /* 15 */
+                 "\n"                                /* 16 */
+                 "[pool local]\n"                    /* 17 */
+                 "backend = 127.0.0.1:%d\n"          /* 18 */
+                 "balance = round_robin\n"           /* 19 */
+                 "\n"                                /* 20 */
+                 "[route chat]\n"                    /* 21 */
+                 "path = /v1/chat/completions\n"     /* 22 */
+                 "%s"                                /* 23: pool line */
+                 "%s",                               /* 24-: tail */
+                 p, server_extra ? server_extra : "# nothing\n", a,
+                 timeouts_extra ? timeouts_extra : "# nothing\n", b,
+                 pool_line ? pool_line : "pool = local\n", tail ? tail : "");
+}
+
+/* True if stderr names path:line: (or path:alt_line: when alt_line is not 0). */
+static bool names_line(const char *err, const char *path, int line, int alt_line)
+{
+    char want[600];
+    snprintf(want, sizeof want, "%s:%d:", path, line);
+    if (err && strstr(err, want)) return true;
+    snprintf(want, sizeof want, "%s:%d:", path, alt_line);
+    return alt_line && err && strstr(err, want);
+}
+
+/* Runs aigw on the file (with -t if check_only): it must exit 1 and
+ * name FILE:LINE: on stderr. */
+static void expect_refused(const char *tag, bool check_only, const char *path, int line, int alt_line,
+                           const char *what)
+{
+    const char *argv_check[] = {aigw_bin(), "-t", "-c", path, NULL};
+    const char *argv_run[] = {aigw_bin(), "-c", path, NULL};
+    int st = h_run(tag, check_only ? argv_check : argv_run, 5000 * h_slow());
+    char errpath[600];
+    snprintf(errpath, sizeof errpath, "%s/%s.err", h_dir(), tag);
+    char *err = h_read_file(errpath);
+    const char *how = check_only ? "aigw -t -c" : "aigw -c";
+    cr_assert(st != -1, "%s: %s with a bad file was still running after 5 s; stderr:\n%s", what, how,
+              err ? err : "");
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "%s: %s should exit 1, wait status 0x%x; stderr:\n%s",
+              what, how, st, err ? err : "");
+    cr_assert(names_line(err, path, line, alt_line), "%s: %s stderr should contain \"%s:%d:\"; it was:\n%s",
+              what, how, path, line, err ? err : "(none)");
+    free(err);
+}
+
+/* Both the check and a plain start (which must not start half-configured) refuse the file. */
+static void expect_config_error(const char *path, int line, int alt_line, const char *what)
+{
+    expect_refused("check", true, path, line, alt_line, what);
+    expect_refused("run", false, path, line, alt_line, what);
+}
+
+static char conf_path[512];
+static void setup(void)
+{
+    h_setup();
+    snprintf(conf_path, sizeof conf_path, "%s/aigw.conf", h_dir());
+}
+
+TestSuite(config, .init = setup, .fini = h_teardown, .timeout = 60);
+
+Test(config, check_ok_prints_configuration_ok)
+{
+    write_conf(conf_path, 0, NULL, NULL, NULL, NULL);
+    const char *argv[] = {aigw_bin(), "-t", "-c", conf_path, NULL};
+    int st = h_run("check", argv, 5000 * h_slow());
+    cr_assert(st != -1, "aigw -t did not exit within 5 s");
+    char *conf = h_read_file(conf_path);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+              "aigw -t on a valid file should exit 0 (status 0x%x); stderr:\n%s\nfile:\n%s", st,
+              h_tail("check"), conf);
+    char out[4500];
+    snprintf(out, sizeof out, "%s%s", h_tail_out("check"), h_tail("check"));
+    cr_assert(strstr(out, "configuration OK"), "aigw -t should print \"configuration OK\"; got:\n%s",
+              out);
+    free(conf);
+    h_finish();
+}
+
+Test(config, unknown_key_names_its_line)
+{
+    write_conf(conf_path, 0, NULL, "speed_of_light = 3s\n", NULL, NULL);
+    expect_config_error(conf_path, 11, 0, "unknown key in [timeouts]");
+    h_finish();
+}
+
+Test(config, unknown_section_names_its_line)
+{
+    /* tail: 24 blank, 25 the section, 26 its key. The section's line is right;
+     * the line of its first key is accepted (inih reports keys, not sections). */
+    write_conf(conf_path, 0, NULL, NULL, NULL, "\n[wormhole]\nsize = 3\n");
+    expect_config_error(conf_path, 25, 26, "unknown section [wormhole]");
+    h_finish();
+}
+
+Test(config, bad_duration_names_its_line)
+{
+    write_conf(conf_path, 0, NULL, "first_byte = 10 parsecs\n", NULL, NULL);
+    expect_config_error(conf_path, 11, 0, "bad duration");
+    h_finish();
+}
+
+Test(config, bad_size_names_its_line)
+{
+    write_conf(conf_path, 0, "max_body = lots\n", NULL, NULL, NULL);
+    expect_config_error(conf_path, 4, 0, "bad size");
+    h_finish();
+}
+
+Test(config, route_with_missing_pool_names_its_line)
+{
+    write_conf(conf_path, 0, NULL, NULL, "pool = nowhere\n", NULL);
+    expect_config_error(conf_path, 23, 0, "route naming a missing pool");
+    h_finish();
+}
+
+Test(config, duplicate_listener_names_its_line)
+{
+    /* Line 4 listens again on line 2's address. */
+    int port = h_free_port();
+    char again[64];
+    snprintf(again, sizeof again, "listen = 127.0.0.1:%d\n", port);
+    write_conf(conf_path, port, again, NULL, NULL, NULL);
+    expect_config_error(conf_path, 4, 0, "duplicate listener");
+    h_finish();
+}
+
+Test(config, admin_on_the_server_address_names_its_line)
+{
+    int p = h_free_port(), b = h_free_port();
+    h_write_file(conf_path,
+                 "[server]\n"                       /* 1 */
+                 "listen = 127.0.0.1:%d\n"          /* 2 */
+                 "\n"                               /* 3 */
+                 "[admin]\n"                        /* 4 */
+                 "listen = 127.0.0.1:%d\n"          /* 5 */
+                 "\n"                               /* 6 */
+                 "[pool local]\n"                   /* 7 */
+                 "backend = 127.0.0.1:%d\n"         /* 8 */
+                 "\n"                               /* 9 */
+                 "[route all]\n"                    /* 10 */
+                 "path = /v1/*\n"                   /* 11 */
+                 "pool = local\n",                  /* 12 */
+                 p, p, b);
+    expect_config_error(conf_path, 5, 0, "admin listener on the server's address");
+    h_finish();
+}
