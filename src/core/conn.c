@@ -75,13 +75,31 @@ static void resume_recv(struct conn *c)
 }
 
 /* Sends out[off..len) to the client. Exactly one client send is in flight at a time. */
-static void client_send(struct conn *c, const char *p, size_t n)
+static void client_send(struct conn *c, struct xbuf *owner, const char *p, size_t n)
 {
     struct io_uring_sqe *sqe = shard_sqe(c->sh);
     io_uring_prep_send(sqe, c->fd, p, n, MSG_NOSIGNAL);
     io_uring_sqe_set_data64(sqe, ud_make(c, OP_CLIENT_SEND));
     c->send_inflight = true;
+    c->send_buf = owner;
     c->ops++;
+}
+
+/* Lets go of a buffer. One that an SQE in flight still reads or fills is handed to
+ * that operation and freed when it completes: never reused under the kernel. */
+void conn_drop_buf(struct conn *c, struct xbuf *b)
+{
+    if (!b)
+        return;
+    if (c->send_buf == b) {
+        c->send_buf_orphan = true;
+        return;
+    }
+    if (c->up && c->up->io_buf == b) {
+        c->up->io_buf_orphan = true;
+        return;
+    }
+    xbuf_put(c->sh, b);
 }
 
 static void next_request_id(struct conn *c)
@@ -141,8 +159,15 @@ void conn_maybe_free(struct conn *c)
 {
     if (c->state != CS_CLOSING || c->ops != 0)
         return;
-    xbuf_put(c->sh, c->in_retired);
-    c->in_retired = NULL;
+    /* no splice can use these any more */
+    pipe_put(c->sh, c->pipe_orphan, false);
+    c->pipe_orphan = NULL;
+    if (c->up_fd_orphan >= 0) {
+        struct io_uring_sqe *sqe = shard_sqe(c->sh);
+        io_uring_prep_close(sqe, c->up_fd_orphan);
+        io_uring_sqe_set_data64(sqe, 0);
+        c->up_fd_orphan = -1;
+    }
     conn_free(c);
 }
 
@@ -161,6 +186,7 @@ void conn_accepted(struct shard *sh, int fd)
     memset(c, 0, sizeof *c);
     c->sh = sh;
     c->fd = fd;
+    c->up_fd_orphan = -1;
     c->state = CS_IDLE;
     c->route = -1;
     c->backend = -1;
@@ -198,12 +224,6 @@ static void request_abort(struct conn *c, int status)
     if (!c->status)
         c->status = (uint16_t)status;
     c->keep_alive = false;
-    if (c->up) {
-        struct upconn *u = c->up;
-        c->up = NULL;
-        u->owner = NULL;
-        upconn_close(u);
-    }
     request_finish(c);
 }
 
@@ -212,6 +232,8 @@ void conn_close(struct conn *c)
     if (c->state == CS_CLOSING || c->state == CS_FREE)
         return;
     c->state = CS_CLOSING;
+    conn_drop_buf(c, c->in);    /* while c->up is attached: a send may read it */
+    c->in = NULL;
     /* a client gone mid-request: 499 in logs and metrics, as nginx counts it */
     request_abort(c, 499);
     struct shard *sh = c->sh;
@@ -220,9 +242,6 @@ void conn_close(struct conn *c)
     c->next->prev = c->prev;
     sh->nconns--;
     mg_add(&sh->m->connections[SIDE_CLIENT], -1);
-    xbuf_put(sh, c->in);
-    c->in = NULL;
-    /* a send may still read the retired queue: it is freed with the connection */
     struct io_uring_sqe *sqe = shard_sqe(sh);
     io_uring_prep_cancel_fd(sqe, c->fd, IORING_ASYNC_CANCEL_ALL);
     io_uring_sqe_set_data64(sqe, 0);
@@ -257,6 +276,10 @@ static void send_error(struct conn *c, int status, const char *type, const char 
         return;
     }
     if (c->up) {
+        conn_drop_buf(c, c->out);   /* the upstream send may still read it */
+        c->out = NULL;
+        conn_drop_buf(c, c->rbuf);
+        c->rbuf = NULL;
         struct upconn *u = c->up;
         c->up = NULL;
         u->owner = NULL;
@@ -457,7 +480,7 @@ static size_t start_request(struct conn *c, const char *src, size_t n, const str
 
     if (c->expect_continue && !req_body_complete(c) && body_avail == 0) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-        client_send(c, cont, sizeof cont - 1);
+        client_send(c, NULL, cont, sizeof cont - 1);
         c->sending_continue = true;
     }
     upstream_acquire(c);
@@ -503,10 +526,7 @@ static bool in_append(struct conn *c, const char *p, size_t n)
         memcpy(big, b, sizeof *b + b->len);
         big->cap = (uint32_t)want;
         c->sh->xbufs_out++;
-        if (c->in_pinned && !c->in_retired)
-            c->in_retired = b;      /* a send still reads it: freed when that send completes */
-        else
-            xbuf_put(c->sh, b);
+        conn_drop_buf(c, b);    /* a send may still read the old block */
         c->in = b = big;
     }
     memcpy(b->data + b->len, p, n);
@@ -518,7 +538,7 @@ static void in_consume(struct conn *c, size_t n)
 {
     c->in->off += (uint32_t)n;
     if (c->in->off == c->in->len && !c->in_pinned) {
-        xbuf_put(c->sh, c->in);
+        conn_drop_buf(c, c->in);
         c->in = NULL;
     }
 }
@@ -656,13 +676,14 @@ static void on_recv(struct conn *c, struct io_uring_cqe *cqe)
 
 /* ---- talking to the upstream ---- */
 
-static void up_send(struct conn *c, const char *p, size_t n)
+static void up_send(struct conn *c, struct xbuf *owner, const char *p, size_t n)
 {
     struct upconn *u = c->up;
     struct io_uring_sqe *sqe = shard_sqe(c->sh);
     io_uring_prep_send(sqe, u->fd, p, n, MSG_NOSIGNAL);
     io_uring_sqe_set_data64(sqe, ud_make(u, OP_UP_SEND));
     u->ops++;
+    u->io_buf = owner;
     c->up_sending = true;
 }
 
@@ -680,6 +701,7 @@ static void up_recv_head(struct conn *c)
     io_uring_prep_recv(sqe, u->fd, c->rbuf->data + c->rbuf->len, c->sh->xbuf_size - c->rbuf->len, 0);
     io_uring_sqe_set_data64(sqe, ud_make(u, OP_UP_RECV));
     u->ops++;
+    u->io_buf = c->rbuf;
 }
 
 /* Connected (or a pooled connection taken): send the head and what body we have. */
@@ -687,13 +709,13 @@ void conn_upstream_ready(struct conn *c)
 {
     arm_timer(c, T_IDLE, conn_cfg(c)->timeouts.idle_ms);
     c->last_activity_ms = c->sh->now_ms;
-    up_send(c, c->out->data + c->out->off, c->out->len - c->out->off);
+    up_send(c, c->out, c->out->data + c->out->off, c->out->len - c->out->off);
 }
 
 static void request_sent(struct conn *c)
 {
     if (!c->body_in_first_send) {
-        xbuf_put(c->sh, c->out);
+        conn_drop_buf(c, c->out);
         c->out = NULL;
     }
     arm_timer(c, T_FIRST_BYTE, conn_cfg(c)->timeouts.first_byte_ms);
@@ -706,7 +728,7 @@ static void pump_request_body(struct conn *c)
         return;
     if (c->in_body > 0) {
         c->in_pinned = true;
-        up_send(c, c->in->data + c->in->off, c->in_body);
+        up_send(c, c->in, c->in->data + c->in->off, c->in_body);
     } else if (req_body_complete(c)) {
         request_sent(c);
     }
@@ -718,13 +740,13 @@ static void retry_or_fail(struct conn *c, int err, const char *why)
      * it, so it is safe to send again on a fresh connection once. */
     if (c->upstream_reused && c->body_in_first_send && !c->retried && c->out && !c->resp_started) {
         c->retried = true;
+        conn_drop_buf(c, c->rbuf);
+        c->rbuf = NULL;
         struct upconn *u = c->up;
         c->up = NULL;
         u->owner = NULL;
         upconn_close(u);
         c->out->off = 0;
-        xbuf_put(c->sh, c->rbuf);
-        c->rbuf = NULL;
         upstream_acquire_new(c);
         return;
     }
@@ -744,8 +766,6 @@ static void on_up_sent(struct conn *c, int res)
     c->up_sending = false;
     if (res <= 0) {
         c->in_pinned = false;
-        xbuf_put(c->sh, c->in_retired);
-        c->in_retired = NULL;
         retry_or_fail(c, -res, res == 0 ? "upstream closed" : "upstream send failed");
         return;
     }
@@ -753,11 +773,11 @@ static void on_up_sent(struct conn *c, int res)
     if (c->out) {
         c->out->off += (uint32_t)res;
         if (c->out->off < c->out->len) {
-            up_send(c, c->out->data + c->out->off, c->out->len - c->out->off);
+            up_send(c, c->out, c->out->data + c->out->off, c->out->len - c->out->off);
             return;
         }
         if (!c->body_in_first_send) {
-            xbuf_put(c->sh, c->out);
+            conn_drop_buf(c, c->out);
             c->out = NULL;
         } else {
             request_sent(c);
@@ -765,13 +785,11 @@ static void on_up_sent(struct conn *c, int res)
         }
     } else {
         c->in_pinned = false;
-        xbuf_put(c->sh, c->in_retired);
-        c->in_retired = NULL;
         c->in_body -= (uint32_t)res;
         c->bytes_in += (uint64_t)res;
         c->in->off += (uint32_t)res;
         if (c->in->off == c->in->len) {
-            xbuf_put(c->sh, c->in);
+            conn_drop_buf(c, c->in);
             c->in = NULL;
         }
         resume_recv(c);
@@ -792,7 +810,7 @@ static void on_up_head(struct conn *c, int res)
         c->first_byte_us = sh->now_us;
     if (c->out) {
         /* the request can no longer be retried: the backend answered */
-        xbuf_put(sh, c->out);
+        conn_drop_buf(c, c->out);
         c->out = NULL;
     }
     c->rbuf->len += (uint32_t)res;
@@ -850,7 +868,7 @@ void conn_send_out(struct conn *c)
         c->send_deferred = true;    /* behind our 100 Continue */
         return;
     }
-    client_send(c, c->out->data + c->out->off, c->out->len - c->out->off);
+    client_send(c, c->out, c->out->data + c->out->off, c->out->len - c->out->off);
 }
 
 static void send_out(struct conn *c)
@@ -860,7 +878,7 @@ static void send_out(struct conn *c)
 
 void conn_send_rbuf(struct conn *c)
 {
-    client_send(c, c->rbuf->data + c->rbuf->off, c->rbuf->len - c->rbuf->off);
+    client_send(c, c->rbuf, c->rbuf->data + c->rbuf->off, c->rbuf->len - c->rbuf->off);
 }
 
 void conn_response_done(struct conn *c)
@@ -937,19 +955,28 @@ static void request_finish(struct conn *c)
                               atomic_load_explicit(&cell->outstanding, memory_order_relaxed) - 1,
                               memory_order_relaxed);
     }
+    /* buffers first, while c->up is attached: an op in flight may still use them */
+    conn_drop_buf(c, c->out);
+    c->out = NULL;
+    conn_drop_buf(c, c->rbuf);
+    c->rbuf = NULL;
+    if (c->splicing) {
+        /* a splice in io-wq resolves its input fd when it runs: the pipe and the
+         * upstream socket stay open until its completion (conn_maybe_free) */
+        c->pipe_orphan = c->pipe;
+        if (c->up)
+            c->up_fd_orphan = upconn_detach_fd(c->up);
+    } else {
+        pipe_put(sh, c->pipe, c->pipe_bytes == 0);
+    }
+    c->pipe = NULL;
+    c->pipe_bytes = 0;
     if (c->up) {
         struct upconn *u = c->up;
         c->up = NULL;
         u->owner = NULL;
-        upstream_release(u, c->resp_done && c->resp_keep_alive);
+        upstream_release(u, c->resp_done && c->resp_keep_alive && !c->splicing);
     }
-    pipe_put(sh, c->pipe, c->pipe_bytes == 0 && !c->splicing);
-    c->pipe = NULL;
-    c->pipe_bytes = 0;
-    xbuf_put(sh, c->out);
-    c->out = NULL;
-    xbuf_put(sh, c->rbuf);
-    c->rbuf = NULL;
     c->sg = NULL;
     c->route = c->backend = -1;
     c->error = NULL;
@@ -962,7 +989,8 @@ static void request_finish(struct conn *c)
         return;
     }
     c->state = CS_IDLE;
-    arm_timer(c, T_KEEPALIVE, cfg->timeouts.keepalive_ms);
+    /* the request's generation may be gone now: the next wait is the current one's */
+    arm_timer(c, T_KEEPALIVE, sh->sg->g->cfg->timeouts.keepalive_ms);
     resume_recv(c);
     process_input(c);
 }
@@ -1010,6 +1038,12 @@ void conn_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe)
 {
     if (!(cqe->flags & IORING_CQE_F_MORE))
         c->ops--;
+    if (op == OP_CLIENT_SEND) {
+        if (c->send_buf_orphan)
+            xbuf_put(c->sh, c->send_buf);
+        c->send_buf = NULL;
+        c->send_buf_orphan = false;
+    }
     if (c->state == CS_CLOSING) {
         if (op == OP_CLIENT_RECV && cqe->res > 0 && (cqe->flags & IORING_CQE_F_BUFFER))
             shard_release_recv_buf(c->sh, cqe->flags >> IORING_CQE_BUFFER_SHIFT);

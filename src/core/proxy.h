@@ -136,7 +136,10 @@ struct conn {
     struct conn *next;              /* free list / shard's list of live connections */
     struct conn *prev;
     struct xbuf *in;                /* unparsed input: partial head, request body, pipelined requests */
-    struct xbuf *in_retired;        /* the queue before it grew, while a send still reads it */
+    struct xbuf *send_buf;          /* the buffer the client send in flight reads (NULL: none or static) */
+    bool send_buf_orphan;           /* released meanwhile: freed when that send completes */
+    struct pipe_pair *pipe_orphan;  /* a pipe a splice may still use: closed when the conn is freed */
+    int up_fd_orphan;               /* an upstream fd a splice may still read: closed when the conn is freed */
     uint32_t in_body;               /* bytes at in->off that are request body to forward */
 
     /* ---- the current request (valid outside CS_IDLE/CS_HEAD) ---- */
@@ -185,6 +188,9 @@ struct upconn {
     struct conn *owner;             /* while busy */
     struct shard_gen *sg;
     unsigned backend;               /* global backend index in sg->g */
+    struct xbuf *io_buf;            /* the buffer the send/recv in flight uses */
+    bool io_buf_orphan;             /* its conn let go of it: freed when that op completes */
+    bool splice_pending;            /* a splice reads this fd: the close waits for it */
     struct upconn *next;            /* free list / idle list */
     struct timer_node timer;
 } __attribute__((aligned(16)));
@@ -282,6 +288,7 @@ const struct cfg_timeouts *conn_timeouts(const struct conn *c);
 void conn_send_out(struct conn *c);
 void conn_send_rbuf(struct conn *c);
 void conn_response_done(struct conn *c);
+void conn_drop_buf(struct conn *c, struct xbuf *b);
 
 /* upstream.c */
 void upstream_acquire(struct conn *c);
@@ -291,6 +298,7 @@ void upconn_on_cqe(struct upconn *u, enum op op, struct io_uring_cqe *cqe);
 void upconn_timer_fired(struct upconn *u);
 void upconn_close(struct upconn *u);
 void upstream_close_idle(struct shard *sh, struct shard_gen *sg);
+int upconn_detach_fd(struct upconn *u);
 
 /* relay.c */
 void relay_response_head(struct conn *c, const struct http_response *resp);

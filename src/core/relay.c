@@ -160,6 +160,7 @@ static void copy_recv(struct conn *c)
     io_uring_prep_recv(sqe, c->up->fd, c->rbuf->data, c->sh->xbuf_size, 0);
     io_uring_sqe_set_data64(sqe, ud_make(c->up, OP_UP_RECV));
     c->up->ops++;
+    c->up->io_buf = c->rbuf;
 }
 
 void relay_on_upstream_recv(struct conn *c, int res)
@@ -202,6 +203,7 @@ static void splice_in(struct conn *c)
     io_uring_sqe_set_data64(sqe, ud_make(c, OP_SPLICE_IN));
     c->ops++;
     c->splicing = true;
+    c->up->splice_pending = true;
 }
 
 static void splice_out(struct conn *c)
@@ -227,6 +229,8 @@ void relay_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe)
 {
     int res = cqe->res;
     c->splicing = false;
+    if (c->up)
+        c->up->splice_pending = false;
     if (c->state != CS_RELAY || !c->up) {
         /* the request ended under us (client gone): a pipe with bytes in flight is discarded */
         return;
@@ -310,7 +314,7 @@ static void relay_next(struct conn *c)
             c->copy_only = true;    /* out of pipes: copying still works */
     }
     if (spliceable && c->pipe) {
-        xbuf_put(sh, c->rbuf);      /* long bodies hold a pipe, not a buffer */
+        conn_drop_buf(c, c->rbuf);  /* long bodies hold a pipe, not a buffer */
         c->rbuf = NULL;
         splice_in(c);
         return;
@@ -334,7 +338,7 @@ void relay_client_sent(struct conn *c, int n)
             conn_send_out(c);
             return;
         }
-        xbuf_put(c->sh, c->out);
+        conn_drop_buf(c, c->out);
         c->out = NULL;
     } else if (c->rbuf) {
         c->rbuf->off += (uint32_t)n;

@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +43,16 @@ static void upconn_maybe_free(struct upconn *u)
     u->sh->free_upconns = u;
 }
 
+/* Gives up the fd without closing it: a splice still reads it, and its conn closes
+ * it once the splice has completed. Shut down now, so the backend sees the end. */
+int upconn_detach_fd(struct upconn *u)
+{
+    int fd = u->fd;
+    shutdown(fd, SHUT_RDWR);
+    u->fd = -1;
+    return fd;
+}
+
 void upconn_close(struct upconn *u)
 {
     if (u->state == UP_CLOSING || u->state == UP_FREE)
@@ -52,13 +63,15 @@ void upconn_close(struct upconn *u)
     timer_disarm(&sh->timers, &u->timer);
     u->state = UP_CLOSING;
     u->owner = NULL;
-    struct io_uring_sqe *sqe = shard_sqe(sh);
-    io_uring_prep_cancel_fd(sqe, u->fd, IORING_ASYNC_CANCEL_ALL);
-    io_uring_sqe_set_data64(sqe, 0);
-    sqe = shard_sqe(sh);
-    io_uring_prep_close(sqe, u->fd);
-    io_uring_sqe_set_data64(sqe, 0);
-    u->fd = -1;
+    if (u->fd >= 0) {
+        struct io_uring_sqe *sqe = shard_sqe(sh);
+        io_uring_prep_cancel_fd(sqe, u->fd, IORING_ASYNC_CANCEL_ALL);
+        io_uring_sqe_set_data64(sqe, 0);
+        sqe = shard_sqe(sh);
+        io_uring_prep_close(sqe, u->fd);
+        io_uring_sqe_set_data64(sqe, 0);
+        u->fd = -1;
+    }
     sh->nupconns--;
     mg_add(&sh->m->connections[SIDE_UPSTREAM], -1);
     upconn_maybe_free(u);
@@ -176,6 +189,12 @@ void upconn_on_cqe(struct upconn *u, enum op op, struct io_uring_cqe *cqe)
 {
     if (!(cqe->flags & IORING_CQE_F_MORE))
         u->ops--;
+    if (op == OP_UP_SEND || op == OP_UP_RECV) {
+        if (u->io_buf_orphan)
+            xbuf_put(u->sh, u->io_buf);
+        u->io_buf = NULL;
+        u->io_buf_orphan = false;
+    }
     int res = cqe->res;
     struct conn *c = u->owner;
     switch (op) {
