@@ -754,6 +754,22 @@ void chunked_init(struct chunked *c)
     c->state = CK_SIZE_START;
 }
 
+uint64_t chunked_data_left(const struct chunked *c)
+{
+    return c->state == CK_DATA && !c->done ? c->remaining : 0;
+}
+
+void chunked_skip_data(struct chunked *c, uint64_t n)
+{
+    if (c->state != CK_DATA || n > c->remaining) {
+        c->state = CK_ERROR;    /* a caller bug must not pass for valid framing */
+        return;
+    }
+    c->remaining -= n;
+    if (c->remaining == 0)
+        c->state = CK_DATA_CR;
+}
+
 ssize_t chunked_scan(struct chunked *c, const char *buf, size_t len,
                      void (*on_data)(void *ctx, const char *p, size_t n), void *ctx,
                      const char **why)

@@ -135,6 +135,12 @@ ssize_t chunked_scan(struct chunked *c, const char *buf, size_t len,
                      void (*on_data)(void *ctx, const char *p, size_t n), void *ctx,
                      const char **why);
 
+/* Data bytes of the current chunk not yet scanned (0 unless inside chunk data).
+ * A caller may move up to that many bytes without showing them to chunked_scan
+ * (a relay splicing them), then reports it with chunked_skip_data. */
+uint64_t chunked_data_left(const struct chunked *c);
+void chunked_skip_data(struct chunked *c, uint64_t n);
+
 /* ---- serialisers ---- */
 
 /* What a proxy adds to a forwarded request head. */

@@ -1230,3 +1230,35 @@ Test(http1_ser, dechunked_body_drops_the_chunked_coding)
     cr_assert_null(strstr(out, "chunked"), "%s", out);
     cr_assert_not_null(strstr(out, "Connection: close\r\n"));
 }
+
+/* ---- chunk data moved unseen (the relay splices it) ---- */
+
+Test(http1_chunked, data_left_and_skip_follow_the_framing)
+{
+    struct chunked c;
+    chunked_init(&c);
+    const char *why = NULL;
+    static const char start[] = "a\r\n0123";
+    cr_assert_eq(chunked_scan(&c, start, sizeof start - 1, NULL, NULL, &why), (ssize_t)(sizeof start - 1));
+    cr_assert_eq(chunked_data_left(&c), 6, "10-byte chunk, 4 seen");
+    chunked_skip_data(&c, 6);
+    cr_assert_eq(chunked_data_left(&c), 0);
+    static const char rest[] = "\r\n0\r\n\r\n";
+    cr_assert_eq(chunked_scan(&c, rest, sizeof rest - 1, NULL, NULL, &why), (ssize_t)(sizeof rest - 1));
+    cr_assert(c.done);
+}
+
+Test(http1_chunked, skipping_outside_data_is_an_error)
+{
+    struct chunked c;
+    chunked_init(&c);
+    const char *why = NULL;
+    cr_assert_eq(chunked_data_left(&c), 0, "no chunk size read yet");
+    chunked_skip_data(&c, 1);
+    cr_assert_eq(chunked_scan(&c, "5\r\n", 3, NULL, NULL, &why), -1, "a bad skip must poison the scanner");
+
+    chunked_init(&c);
+    cr_assert_eq(chunked_scan(&c, "3\r\nab", 5, NULL, NULL, &why), 5);
+    chunked_skip_data(&c, 2);   /* more than the 1 byte left */
+    cr_assert_eq(chunked_scan(&c, "\r\n0\r\n\r\n", 7, NULL, NULL, &why), -1);
+}

@@ -1,0 +1,167 @@
+/* The response relay against a hand-written backend: chunked bodies with a large
+ * chunk (its data spliced, its framing scanned), kept-alive on both sides, and
+ * de-chunked for an HTTP/1.0 client. */
+#include "harness.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+TestSuite(relay, .init = h_setup, .fini = h_teardown, .timeout = 60);
+
+#define T_RESP (5000 * h_slow())
+#define BIG_CHUNK (1024 * 1024)
+
+struct chunk_backend {
+    int listen_fd;
+    int port;
+    atomic_int requests;
+    atomic_int connections;
+    pthread_t thread;
+};
+
+static char pattern_at(size_t i)
+{
+    return (char)('a' + (i * 7 + i / 251) % 26);
+}
+
+static bool write_all(int fd, const char *p, size_t n)
+{
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w <= 0)
+            return false;
+        p += w;
+        n -= (size_t)w;
+    }
+    return true;
+}
+
+/* Answers every request on every connection with the same chunked body:
+ * "hello, " + 1 MiB of pattern + "!" */
+static void serve_connection(struct chunk_backend *b, int fd)
+{
+    char req[8192];
+    size_t have = 0;
+    static char big[BIG_CHUNK];
+    for (size_t i = 0; i < BIG_CHUNK; i++)
+        big[i] = pattern_at(i);
+    for (;;) {
+        char *end;
+        while (!(end = memmem(req, have, "\r\n\r\n", 4))) {
+            if (have == sizeof req)
+                return;
+            ssize_t n = read(fd, req + have, sizeof req - have);
+            if (n <= 0)
+                return;
+            have += (size_t)n;
+        }
+        size_t used = (size_t)(end + 4 - req);
+        memmove(req, req + used, have - used);
+        have -= used;
+        atomic_fetch_add(&b->requests, 1);
+        static const char head[] = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                                   "Transfer-Encoding: chunked\r\n\r\n7\r\nhello, \r\n";
+        char size_line[32];
+        int sl = snprintf(size_line, sizeof size_line, "%x\r\n", BIG_CHUNK);
+        static const char tail[] = "\r\n1\r\n!\r\n0\r\n\r\n";
+        if (!write_all(fd, head, sizeof head - 1) || !write_all(fd, size_line, (size_t)sl) ||
+            !write_all(fd, big, BIG_CHUNK) || !write_all(fd, tail, sizeof tail - 1))
+            return;
+    }
+}
+
+static void *backend_main(void *arg)
+{
+    struct chunk_backend *b = arg;
+    for (;;) {
+        int fd = accept(b->listen_fd, NULL, NULL);
+        if (fd < 0)
+            return NULL;
+        atomic_fetch_add(&b->connections, 1);
+        serve_connection(b, fd);
+        close(fd);
+    }
+}
+
+static void backend_start(struct chunk_backend *b)
+{
+    memset(b, 0, sizeof *b);
+    b->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(b->listen_fd, 0);
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t sl = sizeof sa;
+    cr_assert_eq(bind(b->listen_fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    cr_assert_eq(listen(b->listen_fd, 16), 0);
+    cr_assert_eq(getsockname(b->listen_fd, (struct sockaddr *)&sa, &sl), 0);
+    b->port = ntohs(sa.sin_port);
+    cr_assert_eq(pthread_create(&b->thread, NULL, backend_main, b), 0);
+}
+
+static void assert_body(const struct h_resp *r)
+{
+    cr_assert_eq(r->body_len, 7 + BIG_CHUNK + 1, "body length %zu", r->body_len);
+    cr_assert(memcmp(r->body, "hello, ", 7) == 0);
+    for (size_t i = 0; i < BIG_CHUNK; i++)
+        if (r->body[7 + i] != pattern_at(i))
+            cr_assert_fail("body differs at byte %zu of the big chunk", i);
+    cr_assert_eq(r->body[7 + BIG_CHUNK], '!');
+}
+
+Test(relay, large_chunks_are_spliced_and_framing_is_followed)
+{
+    struct chunk_backend b;
+    backend_start(&b);
+    struct h_gw g = {0};
+    h_gw_config(&g, NULL, H_STD_ROUTES, b.port);
+    H_GW(&g);
+    double spliced0 = h_metric0(g.admin_port, "aigw_relay_bytes_total{mode=\"splice\"}");
+
+    struct h_conn c;
+    H_CONNECT_GW(&c, &g);
+    for (int i = 0; i < 2; i++) {
+        struct h_resp r;
+        int rc = h_request(&c, "GET", "/v1/big", NULL, NULL, &r, T_RESP);
+        cr_assert_eq(rc, H_OK, "request %d: no complete response (%d); aigw stderr:\n%s", i, rc, h_tail(g.tag));
+        cr_assert_eq(r.status, 200);
+        cr_assert(r.chunked, "an HTTP/1.1 client gets the chunked body as chunked");
+        cr_assert(r.keep_alive, "the response end was found, so the connection stays open");
+        assert_body(&r);
+        h_resp_free(&r);
+    }
+    h_close(&c);
+    double spliced = h_metric0(g.admin_port, "aigw_relay_bytes_total{mode=\"splice\"}") - spliced0;
+    cr_assert_geq(spliced, 2.0 * (BIG_CHUNK - 256 * 1024),
+                  "the big chunks' data should go by splice; spliced %.0f bytes", spliced);
+    cr_assert_eq(atomic_load(&b.connections), 1, "the upstream connection should have been reused");
+    h_finish();
+}
+
+Test(relay, http10_client_gets_the_chunked_body_dechunked)
+{
+    struct chunk_backend b;
+    backend_start(&b);
+    struct h_gw g = {0};
+    h_gw_config(&g, NULL, H_STD_ROUTES, b.port);
+    H_GW(&g);
+
+    struct h_conn c;
+    H_CONNECT_GW(&c, &g);
+    cr_assert_eq(h_sendf(&c, "GET /v1/big HTTP/1.0\r\n\r\n"), 0);
+    struct h_resp r;
+    int rc = h_recv(&c, &r, T_RESP);
+    cr_assert_eq(rc, H_OK, "no complete response (%d); aigw stderr:\n%s", rc, h_tail(g.tag));
+    cr_assert_eq(r.status, 200);
+    cr_assert(!r.chunked, "HTTP/1.0 has no chunked coding:\n%s", r.head);
+    cr_assert(r.until_close, "the body ends when aigw closes:\n%s", r.head);
+    assert_body(&r);
+    h_resp_free(&r);
+    h_close(&c);
+    h_finish();
+}
