@@ -261,6 +261,18 @@ void conn_shard_draining(struct conn *c)
     }
 }
 
+/* Closes the request's upstream connection (not reusable: its state is unknown),
+ * after handing it the response buffer if its recv may still fill it. */
+static void abandon_upstream(struct conn *c)
+{
+    conn_drop_buf(c, c->rbuf);
+    c->rbuf = NULL;
+    struct upconn *u = c->up;
+    c->up = NULL;
+    u->owner = NULL;
+    upconn_close(u);
+}
+
 /* ---- local responses ---- */
 
 /* Answers the current request with an OpenAI-shaped error. Closes afterwards unless
@@ -278,12 +290,7 @@ static void send_error(struct conn *c, int status, const char *type, const char 
     if (c->up) {
         conn_drop_buf(c, c->out);   /* the upstream send may still read it */
         c->out = NULL;
-        conn_drop_buf(c, c->rbuf);
-        c->rbuf = NULL;
-        struct upconn *u = c->up;
-        c->up = NULL;
-        u->owner = NULL;
-        upconn_close(u);
+        abandon_upstream(c);
     }
     bool body_pending = !(c->req_body == BODY_NONE ||
                           (c->req_body == BODY_LENGTH && c->req_body_left == 0 && c->in_body == 0) ||
@@ -740,12 +747,7 @@ static void retry_or_fail(struct conn *c, int err, const char *why)
      * it, so it is safe to send again on a fresh connection once. */
     if (c->upstream_reused && c->body_in_first_send && !c->retried && c->out && !c->resp_started) {
         c->retried = true;
-        conn_drop_buf(c, c->rbuf);
-        c->rbuf = NULL;
-        struct upconn *u = c->up;
-        c->up = NULL;
-        u->owner = NULL;
-        upconn_close(u);
+        abandon_upstream(c);
         c->out->off = 0;
         upstream_acquire_new(c);
         return;

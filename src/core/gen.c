@@ -79,15 +79,7 @@ oom:
 fail:
     if (g) {
         g->cfg = NULL;      /* the caller still owns cfg on failure */
-        route_table_free(g->routes);
-        g->routes = NULL;
-        free(g->route_metric_slot);
-        free(g->backend_metric_slot);
-        free(g->pool_first_backend);
-        free(g->backend_cfg);
-        free(g->backend_pool);
-        free(g->load);
-        free(g);
+        gen_free(g);
     }
     return NULL;
 }
