@@ -706,6 +706,9 @@ static void up_recv_head(struct conn *c)
     }
     struct io_uring_sqe *sqe = shard_sqe(c->sh);
     io_uring_prep_recv(sqe, u->fd, c->rbuf->data + c->rbuf->len, c->sh->xbuf_size - c->rbuf->len, 0);
+    /* the request has only just gone out: wait for readiness instead of a
+     * recvmsg that would almost always find nothing yet */
+    sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
     io_uring_sqe_set_data64(sqe, ud_make(u, OP_UP_RECV));
     u->ops++;
     u->io_buf = c->rbuf;

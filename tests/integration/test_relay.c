@@ -19,6 +19,7 @@ TestSuite(relay, .init = h_setup, .fini = h_teardown, .timeout = 60);
 #define BIG_CHUNK (1024 * 1024)
 
 struct chunk_backend {
+    bool close_delimited;   /* answer without framing and close instead */
     int listen_fd;
     int port;
     atomic_int requests;
@@ -66,6 +67,12 @@ static void serve_connection(struct chunk_backend *b, int fd)
         memmove(req, req + used, have - used);
         have -= used;
         atomic_fetch_add(&b->requests, 1);
+        if (b->close_delimited) {
+            static const char plain[] = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhello, ";
+            if (write_all(fd, plain, sizeof plain - 1) && write_all(fd, big, BIG_CHUNK))
+                write_all(fd, "!", 1);
+            return;     /* the close ends the body */
+        }
         static const char head[] = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
                                    "Transfer-Encoding: chunked\r\n\r\n7\r\nhello, \r\n";
         char size_line[32];
@@ -90,9 +97,10 @@ static void *backend_main(void *arg)
     }
 }
 
-static void backend_start(struct chunk_backend *b)
+static void backend_start(struct chunk_backend *b, bool close_delimited)
 {
     memset(b, 0, sizeof *b);
+    b->close_delimited = close_delimited;
     b->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     cr_assert_geq(b->listen_fd, 0);
     struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
@@ -117,7 +125,7 @@ static void assert_body(const struct h_resp *r)
 Test(relay, large_chunks_are_spliced_and_framing_is_followed)
 {
     struct chunk_backend b;
-    backend_start(&b);
+    backend_start(&b, false);
     struct h_gw g = {0};
     h_gw_config(&g, NULL, H_STD_ROUTES, b.port);
     H_GW(&g);
@@ -146,7 +154,7 @@ Test(relay, large_chunks_are_spliced_and_framing_is_followed)
 Test(relay, http10_client_gets_the_chunked_body_dechunked)
 {
     struct chunk_backend b;
-    backend_start(&b);
+    backend_start(&b, false);
     struct h_gw g = {0};
     h_gw_config(&g, NULL, H_STD_ROUTES, b.port);
     H_GW(&g);
@@ -163,5 +171,31 @@ Test(relay, http10_client_gets_the_chunked_body_dechunked)
     assert_body(&r);
     h_resp_free(&r);
     h_close(&c);
+    h_finish();
+}
+
+Test(relay, close_delimited_response_is_spliced_and_ends_the_connection)
+{
+    struct chunk_backend b;
+    backend_start(&b, true);
+    struct h_gw g = {0};
+    h_gw_config(&g, NULL, H_STD_ROUTES, b.port);
+    H_GW(&g);
+    double spliced0 = h_metric0(g.admin_port, "aigw_relay_bytes_total{mode=\"splice\"}");
+
+    struct h_conn c;
+    H_CONNECT_GW(&c, &g);
+    struct h_resp r;
+    int rc = h_request(&c, "GET", "/v1/big", NULL, NULL, &r, T_RESP);
+    cr_assert_eq(rc, H_OK, "no complete response (%d); aigw stderr:\n%s", rc, h_tail(g.tag));
+    cr_assert_eq(r.status, 200);
+    cr_assert(r.until_close && !r.keep_alive, "a close-delimited body can only be passed on close-delimited:\n%s",
+              r.head);
+    assert_body(&r);
+    h_resp_free(&r);
+    cr_assert(h_wait_closed(&c, 2000 * h_slow(), NULL), "aigw kept the client connection open");
+    h_close(&c);
+    double spliced = h_metric0(g.admin_port, "aigw_relay_bytes_total{mode=\"splice\"}") - spliced0;
+    cr_assert_geq(spliced, BIG_CHUNK - 256 * 1024, "spliced only %.0f bytes", spliced);
     h_finish();
 }
