@@ -191,6 +191,7 @@ struct upconn {
     struct xbuf *io_buf;            /* the buffer the send/recv in flight uses */
     bool io_buf_orphan;             /* its conn let go of it: freed when that op completes */
     bool splice_pending;            /* a splice reads this fd: the close waits for it */
+    bool idle_watched;              /* idle long enough to have its close watched */
     struct upconn *next;            /* free list / idle list */
     struct timer_node timer;
 } __attribute__((aligned(16)));

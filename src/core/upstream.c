@@ -1,7 +1,13 @@
 /* Upstream connections: a keep-alive pool per shard per backend (LIFO, so the
  * warmest connection is reused first), non-blocking connects through io_uring,
- * and a poll on every idle pooled connection so a backend that closes it is
- * noticed at once rather than on the next request. */
+ * and a poll on pooled connections that stay idle, so a backend that closes them
+ * is noticed rather than found out by the next request.
+ *
+ * Under load a pooled connection is reused within microseconds; adding and
+ * removing a poll every time would cost two SQEs per request. So the poll is
+ * armed only once a connection has been idle for IDLE_WATCH_MS; a connection the
+ * backend closed within that window fails before any response byte and the
+ * request is resent on a new connection (conn.c, retry_or_fail). */
 #include "core/proxy.h"
 
 #include <errno.h>
@@ -13,6 +19,8 @@
 #include <unistd.h>
 
 #include "core/log.h"
+
+#define IDLE_WATCH_MS 1000
 
 static void idle_remove(struct upconn *u)
 {
@@ -164,11 +172,11 @@ void upstream_release(struct upconn *u, bool reusable)
         return;
     }
     u->state = UP_IDLE;
+    u->idle_watched = false;
     u->next = u->sg->idle[u->backend];
     u->sg->idle[u->backend] = u;
-    timer_arm(&sh->timers, &u->timer, sh->now_ms + u->sg->g->cfg->timeouts.keepalive_ms);
-    if (!u->idle_poll_armed)
-        arm_idle_poll(u);
+    uint64_t keepalive = u->sg->g->cfg->timeouts.keepalive_ms;
+    timer_arm(&sh->timers, &u->timer, sh->now_ms + (keepalive < IDLE_WATCH_MS ? keepalive : IDLE_WATCH_MS));
 }
 
 void upstream_close_idle(struct shard *sh, struct shard_gen *sg)
@@ -181,8 +189,17 @@ void upstream_close_idle(struct shard *sh, struct shard_gen *sg)
 
 void upconn_timer_fired(struct upconn *u)
 {
-    if (u->state == UP_IDLE)
-        upconn_close(u);
+    if (u->state != UP_IDLE)
+        return;
+    uint64_t keepalive = u->sg->g->cfg->timeouts.keepalive_ms;
+    if (u->idle_watched || keepalive <= IDLE_WATCH_MS) {
+        upconn_close(u);    /* idle for keepalive */
+        return;
+    }
+    u->idle_watched = true;
+    if (!u->idle_poll_armed)
+        arm_idle_poll(u);
+    timer_arm(&u->sh->timers, &u->timer, u->sh->now_ms + keepalive - IDLE_WATCH_MS);
 }
 
 void upconn_on_cqe(struct upconn *u, enum op op, struct io_uring_cqe *cqe)

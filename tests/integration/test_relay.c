@@ -1,6 +1,7 @@
-/* The response relay against a hand-written backend: chunked bodies with a large
- * chunk (its data spliced, its framing scanned), kept-alive on both sides, and
- * de-chunked for an HTTP/1.0 client. */
+/* The response relay and the upstream pool against a hand-written backend:
+ * chunked bodies with a large chunk (its data spliced, its framing scanned),
+ * kept-alive on both sides, de-chunked for an HTTP/1.0 client; close-delimited
+ * bodies; and a backend that closes pooled connections behind aigw's back. */
 #include "harness.h"
 
 #include <arpa/inet.h>
@@ -18,8 +19,14 @@ TestSuite(relay, .init = h_setup, .fini = h_teardown, .timeout = 60);
 #define T_RESP (5000 * h_slow())
 #define BIG_CHUNK (1024 * 1024)
 
+enum backend_mode {
+    MODE_CHUNKED,           /* keep-alive, chunked body with a 1 MiB chunk */
+    MODE_CLOSE_DELIMITED,   /* no framing: the close ends the body */
+    MODE_KEEPALIVE_THEN_CLOSE, /* says keep-alive, answers "ok", then closes after 50 ms */
+};
+
 struct chunk_backend {
-    bool close_delimited;   /* answer without framing and close instead */
+    enum backend_mode mode;
     int listen_fd;
     int port;
     atomic_int requests;
@@ -67,7 +74,13 @@ static void serve_connection(struct chunk_backend *b, int fd)
         memmove(req, req + used, have - used);
         have -= used;
         atomic_fetch_add(&b->requests, 1);
-        if (b->close_delimited) {
+        if (b->mode == MODE_KEEPALIVE_THEN_CLOSE) {
+            static const char ok[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+            write_all(fd, ok, sizeof ok - 1);
+            usleep(50 * 1000);  /* long enough for aigw to pool it */
+            return;
+        }
+        if (b->mode == MODE_CLOSE_DELIMITED) {
             static const char plain[] = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhello, ";
             if (write_all(fd, plain, sizeof plain - 1) && write_all(fd, big, BIG_CHUNK))
                 write_all(fd, "!", 1);
@@ -97,10 +110,10 @@ static void *backend_main(void *arg)
     }
 }
 
-static void backend_start(struct chunk_backend *b, bool close_delimited)
+static void backend_start(struct chunk_backend *b, enum backend_mode mode)
 {
     memset(b, 0, sizeof *b);
-    b->close_delimited = close_delimited;
+    b->mode = mode;
     b->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     cr_assert_geq(b->listen_fd, 0);
     struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
@@ -125,7 +138,7 @@ static void assert_body(const struct h_resp *r)
 Test(relay, large_chunks_are_spliced_and_framing_is_followed)
 {
     struct chunk_backend b;
-    backend_start(&b, false);
+    backend_start(&b, MODE_CHUNKED);
     struct h_gw g = {0};
     h_gw_config(&g, NULL, H_STD_ROUTES, b.port);
     H_GW(&g);
@@ -154,7 +167,7 @@ Test(relay, large_chunks_are_spliced_and_framing_is_followed)
 Test(relay, http10_client_gets_the_chunked_body_dechunked)
 {
     struct chunk_backend b;
-    backend_start(&b, false);
+    backend_start(&b, MODE_CHUNKED);
     struct h_gw g = {0};
     h_gw_config(&g, NULL, H_STD_ROUTES, b.port);
     H_GW(&g);
@@ -177,7 +190,7 @@ Test(relay, http10_client_gets_the_chunked_body_dechunked)
 Test(relay, close_delimited_response_is_spliced_and_ends_the_connection)
 {
     struct chunk_backend b;
-    backend_start(&b, true);
+    backend_start(&b, MODE_CLOSE_DELIMITED);
     struct h_gw g = {0};
     h_gw_config(&g, NULL, H_STD_ROUTES, b.port);
     H_GW(&g);
@@ -197,5 +210,54 @@ Test(relay, close_delimited_response_is_spliced_and_ends_the_connection)
     h_close(&c);
     double spliced = h_metric0(g.admin_port, "aigw_relay_bytes_total{mode=\"splice\"}") - spliced0;
     cr_assert_geq(spliced, BIG_CHUNK - 256 * 1024, "spliced only %.0f bytes", spliced);
+    h_finish();
+}
+
+/* Two requests on one client connection, wait_ms apart, to a backend that closes
+ * every upstream connection 50 ms after answering on it. */
+static void two_requests_to_a_closing_backend(struct h_gw *g, struct chunk_backend *b, int wait_ms)
+{
+    backend_start(b, MODE_KEEPALIVE_THEN_CLOSE);
+    h_gw_config(g, NULL, H_STD_ROUTES, b->port);
+    H_GW(g);
+    struct h_conn c;
+    H_CONNECT_GW(&c, g);
+    for (int i = 0; i < 2; i++) {
+        if (i)
+            h_sleep_ms(wait_ms);
+        struct h_resp r;
+        int rc = h_request(&c, "GET", "/v1/models", NULL, NULL, &r, T_RESP);
+        cr_assert_eq(rc, H_OK, "request %d: no response (%d); aigw stderr:\n%s", i, rc, h_tail(g->tag));
+        cr_assert_eq(r.status, 200, "request %d: status %d %s", i, r.status, r.body);
+        cr_assert_str_eq(r.body, "ok");
+        h_resp_free(&r);
+    }
+    h_close(&c);
+}
+
+Test(relay, pooled_connection_closed_by_the_backend_is_retried_on_a_new_one)
+{
+    struct chunk_backend b;
+    struct h_gw g = {0};
+    /* 300 ms: the backend has closed it, aigw has not looked yet */
+    two_requests_to_a_closing_backend(&g, &b, 300);
+    cr_assert_eq(h_metric0(g.admin_port, "aigw_upstream_connections_total{pool=\"local\",kind=\"reused\"}"), 1,
+                 "the second request should have tried the pooled connection first");
+    cr_assert_eq(atomic_load(&b.requests), 2, "the dead pooled connection never reached the backend");
+    cr_assert_eq(atomic_load(&b.connections), 2);
+    h_finish();
+}
+
+Test(relay, idle_pooled_connection_closed_by_the_backend_is_dropped)
+{
+    struct chunk_backend b;
+    struct h_gw g = {0};
+    /* 1.6 s: past the idle watch, aigw notices the close and drops it */
+    two_requests_to_a_closing_backend(&g, &b, 1600);
+    cr_assert_eq(h_metric0(g.admin_port, "aigw_upstream_connections_total{pool=\"local\",kind=\"reused\"}"), 0,
+                 "a connection the backend closed while idle must not be reused");
+    h_sleep_ms(1600);   /* the second connection, closed too, is noticed by now */
+    cr_assert_eq(h_metric0(g.admin_port, "aigw_connections{side=\"upstream\"}"), 0,
+                 "a pooled connection the backend closed is still held");
     h_finish();
 }
