@@ -94,6 +94,11 @@ build/fuzz/%: tests/fuzz/%.c $(FUZZ_LIB_SRC)
 	@mkdir -p build/fuzz
 	clang $(FUZZ_CFLAGS) -o $@ $^
 
+# The config loader lives in src/core and reads INI through inih.
+build/fuzz/fuzz_config: tests/fuzz/fuzz_config.c src/core/config.c src/core/log.c $(FUZZ_LIB_SRC)
+	@mkdir -p build/fuzz
+	clang $(FUZZ_CFLAGS) -o $@ $^ -linih
+
 fuzz: $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 	@for f in $^; do n=$$(basename $$f); mkdir -p build/fuzz/corpus-$$n; \
 	  echo "fuzz: $$n for $(FUZZ_SECONDS)s"; \
