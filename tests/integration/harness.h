@@ -212,6 +212,15 @@ long long h_json_int(const char *json, const char *key);
 #define H_GW(g) \
     cr_assert_eq(h_gw_start(g), 0, "aigw did not become ready:\n%s", h_tail((g)->tag))
 
+/* The common start: one aigw-mockllm ("mock", mock_args) and aigw in front of it
+ * with H_STD_ROUTES and the given [timeouts] body (NULL: the defaults). */
+#define H_MOCK_AND_GW(m, g, mock_args, timeouts)                 \
+    do {                                                         \
+        H_MOCK((m), "mock", (mock_args));                        \
+        h_gw_config((g), (timeouts), H_STD_ROUTES, (m)->port);   \
+        H_GW(g);                                                 \
+    } while (0)
+
 /* The usual pool and routes, in front of one backend port (%d):
  * chat completions through an ai route, everything else under /v1/ raw. */
 #define H_STD_ROUTES                                                   \

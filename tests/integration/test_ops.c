@@ -35,9 +35,7 @@ Test(ops, access_log_line_names_the_request)
 {
     struct h_mock m;
     struct h_gw g = {0};
-    H_MOCK(&m, "mock", "--tps 0 --ttft-ms 0");
-    h_gw_config(&g, NULL, H_STD_ROUTES, m.port);
-    H_GW(&g);
+    H_MOCK_AND_GW(&m, &g, "--tps 0 --ttft-ms 0", NULL);
 
     struct h_conn c;
     H_CONNECT_GW(&c, &g);
@@ -71,9 +69,7 @@ Test(ops, sigusr1_reopens_the_access_log_after_rotation)
 {
     struct h_mock m;
     struct h_gw g = {0};
-    H_MOCK(&m, "mock", "--tps 0 --ttft-ms 0");
-    h_gw_config(&g, NULL, H_STD_ROUTES, m.port);
-    H_GW(&g);
+    H_MOCK_AND_GW(&m, &g, "--tps 0 --ttft-ms 0", NULL);
 
     char path[600], rotated[620];
     snprintf(path, sizeof path, "%s/access.log", h_dir());

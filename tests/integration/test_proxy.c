@@ -19,9 +19,7 @@ Test(proxy, round_trip_get_and_post)
 {
     struct h_mock m;
     struct h_gw g = {0};
-    H_MOCK(&m, "mock", "--tps 0 --ttft-ms 0");
-    h_gw_config(&g, NULL, H_STD_ROUTES, m.port);
-    H_GW(&g);
+    H_MOCK_AND_GW(&m, &g, "--tps 0 --ttft-ms 0", NULL);
 
     struct h_resp r;
     int rc = h_get(g.port, "/v1/models", &r, T_RESP);
@@ -81,9 +79,7 @@ Test(proxy, no_route_is_404_json)
 {
     struct h_mock m;
     struct h_gw g = {0};
-    H_MOCK(&m, "mock", "--tps 0 --ttft-ms 0");
-    h_gw_config(&g, NULL, H_STD_ROUTES, m.port);
-    H_GW(&g);
+    H_MOCK_AND_GW(&m, &g, "--tps 0 --ttft-ms 0", NULL);
 
     struct h_resp r;
     cr_assert_eq(h_get(g.port, "/not/a/route", &r, T_RESP), H_OK, "aigw stderr:\n%s", h_tail(g.tag));
@@ -98,9 +94,7 @@ Test(proxy, keepalive_reused_on_both_sides)
 {
     struct h_mock m;
     struct h_gw g = {0};
-    H_MOCK(&m, "mock", "--tps 0 --ttft-ms 0");
-    h_gw_config(&g, NULL, H_STD_ROUTES, m.port);
-    H_GW(&g);
+    H_MOCK_AND_GW(&m, &g, "--tps 0 --ttft-ms 0", NULL);
 
     const char *reused_q = "aigw_upstream_connections_total{pool=\"local\",kind=\"reused\"}";
     const char *new_q = "aigw_upstream_connections_total{pool=\"local\",kind=\"new\"}";
@@ -153,9 +147,7 @@ Test(proxy, pipelined_requests_answered_in_order)
 {
     struct h_mock m;
     struct h_gw g = {0};
-    H_MOCK(&m, "mock", "--tps 0 --ttft-ms 0");
-    h_gw_config(&g, NULL, H_STD_ROUTES, m.port);
-    H_GW(&g);
+    H_MOCK_AND_GW(&m, &g, "--tps 0 --ttft-ms 0", NULL);
 
     char body[512];
     h_chat_body(body, sizeof body, 3, false);
@@ -369,9 +361,7 @@ Test(proxy, large_response_spliced_intact)
 {
     struct h_mock m;
     struct h_gw g = {0};
-    H_MOCK(&m, "mock", "--tps 0 --ttft-ms 0 --max-tokens 20000");
-    h_gw_config(&g, NULL, H_STD_ROUTES, m.port);
-    H_GW(&g);
+    H_MOCK_AND_GW(&m, &g, "--tps 0 --ttft-ms 0 --max-tokens 20000", NULL);
 
     const char *q = "aigw_relay_bytes_total{mode=\"splice\"}";
     double before = h_metric0(g.admin_port, q);

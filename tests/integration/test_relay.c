@@ -125,6 +125,14 @@ static void backend_start(struct chunk_backend *b, enum backend_mode mode)
     cr_assert_eq(pthread_create(&b->thread, NULL, backend_main, b), 0);
 }
 
+/* The raw backend in the given mode, and aigw in front of it. */
+static void start_behind(struct chunk_backend *b, enum backend_mode mode, struct h_gw *g)
+{
+    backend_start(b, mode);
+    h_gw_config(g, NULL, H_STD_ROUTES, b->port);
+    H_GW(g);
+}
+
 static void assert_body(const struct h_resp *r)
 {
     cr_assert_eq(r->body_len, 7 + BIG_CHUNK + 1, "body length %zu", r->body_len);
@@ -138,10 +146,8 @@ static void assert_body(const struct h_resp *r)
 Test(relay, large_chunks_are_spliced_and_framing_is_followed)
 {
     struct chunk_backend b;
-    backend_start(&b, MODE_CHUNKED);
     struct h_gw g = {0};
-    h_gw_config(&g, NULL, H_STD_ROUTES, b.port);
-    H_GW(&g);
+    start_behind(&b, MODE_CHUNKED, &g);
     double spliced0 = h_metric0(g.admin_port, "aigw_relay_bytes_total{mode=\"splice\"}");
 
     struct h_conn c;
@@ -167,10 +173,8 @@ Test(relay, large_chunks_are_spliced_and_framing_is_followed)
 Test(relay, http10_client_gets_the_chunked_body_dechunked)
 {
     struct chunk_backend b;
-    backend_start(&b, MODE_CHUNKED);
     struct h_gw g = {0};
-    h_gw_config(&g, NULL, H_STD_ROUTES, b.port);
-    H_GW(&g);
+    start_behind(&b, MODE_CHUNKED, &g);
 
     struct h_conn c;
     H_CONNECT_GW(&c, &g);
@@ -190,10 +194,8 @@ Test(relay, http10_client_gets_the_chunked_body_dechunked)
 Test(relay, close_delimited_response_is_spliced_and_ends_the_connection)
 {
     struct chunk_backend b;
-    backend_start(&b, MODE_CLOSE_DELIMITED);
     struct h_gw g = {0};
-    h_gw_config(&g, NULL, H_STD_ROUTES, b.port);
-    H_GW(&g);
+    start_behind(&b, MODE_CLOSE_DELIMITED, &g);
     double spliced0 = h_metric0(g.admin_port, "aigw_relay_bytes_total{mode=\"splice\"}");
 
     struct h_conn c;
@@ -217,9 +219,7 @@ Test(relay, close_delimited_response_is_spliced_and_ends_the_connection)
  * every upstream connection 50 ms after answering on it. */
 static void two_requests_to_a_closing_backend(struct h_gw *g, struct chunk_backend *b, int wait_ms)
 {
-    backend_start(b, MODE_KEEPALIVE_THEN_CLOSE);
-    h_gw_config(g, NULL, H_STD_ROUTES, b->port);
-    H_GW(g);
+    start_behind(b, MODE_KEEPALIVE_THEN_CLOSE, g);
     struct h_conn c;
     H_CONNECT_GW(&c, g);
     for (int i = 0; i < 2; i++) {

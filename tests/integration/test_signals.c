@@ -169,9 +169,7 @@ Test(signals, sigterm_drains_a_running_stream)
 {
     struct h_mock m;
     struct h_gw g = {0};
-    H_MOCK(&m, "mock", "--tps 10 --ttft-ms 0");
-    h_gw_config(&g, NULL, H_STD_ROUTES, m.port);
-    H_GW(&g);
+    H_MOCK_AND_GW(&m, &g, "--tps 10 --ttft-ms 0", NULL);
 
     /* 20 tokens at 10/s: a 2-second stream. */
     char body[512];

@@ -32,9 +32,7 @@ Test(stream, events_arrive_one_by_one)
 {
     struct h_mock m;
     struct h_gw g = {0};
-    H_MOCK(&m, "mock", "--tps 20 --ttft-ms 0");
-    h_gw_config(&g, NULL, H_STD_ROUTES, m.port);
-    H_GW(&g);
+    H_MOCK_AND_GW(&m, &g, "--tps 20 --ttft-ms 0", NULL);
 
     struct h_conn c;
     struct h_resp head;
@@ -84,9 +82,7 @@ Test(stream, client_disconnect_aborts_generation)
 {
     struct h_mock m;
     struct h_gw g = {0};
-    H_MOCK(&m, "mock", "--tps 20 --ttft-ms 0");
-    h_gw_config(&g, NULL, H_STD_ROUTES, m.port);
-    H_GW(&g);
+    H_MOCK_AND_GW(&m, &g, "--tps 20 --ttft-ms 0", NULL);
 
     double aborted0 = h_metric0(m.port, "mockllm_aborted_total");
     cr_assert(aborted0 == aborted0, "mockllm /metrics unreadable");

@@ -41,9 +41,7 @@ Test(timeouts, client_header_cuts_an_incomplete_head)
 {
     struct h_mock m;
     struct h_gw g = {0};
-    H_MOCK(&m, "mock", "--tps 0 --ttft-ms 0");
-    h_gw_config(&g, SHORT_TIMEOUTS, H_STD_ROUTES, m.port);
-    H_GW(&g);
+    H_MOCK_AND_GW(&m, &g, "--tps 0 --ttft-ms 0", SHORT_TIMEOUTS);
 
     struct h_conn c;
     H_CONNECT_GW(&c, &g);
@@ -58,9 +56,7 @@ Test(timeouts, client_header_is_for_the_whole_head_not_per_read)
 {
     struct h_mock m;
     struct h_gw g = {0};
-    H_MOCK(&m, "mock", "--tps 0 --ttft-ms 0");
-    h_gw_config(&g, SHORT_TIMEOUTS, H_STD_ROUTES, m.port);
-    H_GW(&g);
+    H_MOCK_AND_GW(&m, &g, "--tps 0 --ttft-ms 0", SHORT_TIMEOUTS);
 
     /* A slowloris client: one header byte every 150 ms, never finishing. */
     struct h_conn c;
@@ -92,9 +88,7 @@ Test(timeouts, keepalive_closes_an_idle_connection)
 {
     struct h_mock m;
     struct h_gw g = {0};
-    H_MOCK(&m, "mock", "--tps 0 --ttft-ms 0");
-    h_gw_config(&g, SHORT_TIMEOUTS, H_STD_ROUTES, m.port);
-    H_GW(&g);
+    H_MOCK_AND_GW(&m, &g, "--tps 0 --ttft-ms 0", SHORT_TIMEOUTS);
 
     struct h_conn c;
     struct h_resp r;
