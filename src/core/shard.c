@@ -289,6 +289,25 @@ static void arm_accept(struct shard *sh, struct listener *l)
     l->accepting = true;
 }
 
+/* Over max_connections: answer 503 and close, without allocating anything. The
+ * close is hard-linked, so it runs whether or not the send got through. */
+#define BUSY_BODY "{\"error\":{\"message\":\"too many connections\",\"type\":\"server_error\",\"code\":\"no_capacity\"}}"
+_Static_assert(sizeof BUSY_BODY - 1 == 87, "the Content-Length below must match BUSY_BODY");
+
+static void refuse_connection(struct shard *sh, int fd)
+{
+    static const char busy[] =
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        "Content-Length: 87\r\nRetry-After: 1\r\nConnection: close\r\n\r\n" BUSY_BODY;
+    struct io_uring_sqe *sqe = shard_sqe(sh);
+    io_uring_prep_send(sqe, fd, busy, sizeof busy - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    io_uring_sqe_set_data64(sqe, 0);
+    sqe->flags |= IOSQE_IO_HARDLINK;
+    sqe = shard_sqe(sh);
+    io_uring_prep_close(sqe, fd);
+    io_uring_sqe_set_data64(sqe, 0);
+}
+
 static void on_accept(struct shard *sh, struct listener *l, struct io_uring_cqe *cqe)
 {
     if (!(cqe->flags & IORING_CQE_F_MORE))
@@ -297,10 +316,7 @@ static void on_accept(struct shard *sh, struct listener *l, struct io_uring_cqe 
         if (sh->draining) {
             close(cqe->res);
         } else if (sh->nconns >= sh->max_conns) {
-            /* over max_connections: refuse at once rather than queue */
-            struct io_uring_sqe *sqe = shard_sqe(sh);
-            io_uring_prep_close(sqe, cqe->res);
-            io_uring_sqe_set_data64(sqe, 0);
+            refuse_connection(sh, cqe->res);
         } else {
             conn_accepted(sh, cqe->res);
         }
