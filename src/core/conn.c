@@ -430,6 +430,12 @@ static size_t start_request(struct conn *c, const char *src, size_t n, const str
         return n;
     }
 
+    if (req->minor == 1 && req->idx[HK_HOST] < 0) {
+        /* RFC 9112 3.2: an HTTP/1.1 request without Host gets 400 */
+        c->keep_alive = false;
+        send_error(c, 400, "invalid_request_error", NULL, "missing Host header");
+        return n;
+    }
     if (req->body == BODY_LENGTH && req->content_length > cfg->server.max_body) {
         send_error(c, 413, "invalid_request_error", NULL, "request body too large");
         return head + (size_t)body_avail;

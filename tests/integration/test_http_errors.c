@@ -197,3 +197,29 @@ Test(http_errors, expect_100_continue)
     h_close(&c);
     h_finish();
 }
+
+Test(http_errors, http11_without_host_is_400_http10_without_host_is_proxied)
+{
+    struct h_mock m;
+    struct h_gw g = {0};
+    H_MOCK_AND_GW(&m, &g, "--tps 0 --ttft-ms 0", NULL);
+    struct h_conn c;
+    H_CONNECT_GW(&c, &g);
+    cr_assert_eq(h_sendf(&c, "GET /v1/models HTTP/1.1\r\n\r\n"), 0);
+    struct h_resp r;
+    cr_assert_eq(h_recv(&c, &r, T_RESP), H_OK, "aigw stderr:\n%s", h_tail(g.tag));
+    cr_assert_eq(r.status, 400, "HTTP/1.1 without Host: status %d", r.status);
+    cr_assert(strstr(r.body, "Host"), "the error should name the missing header: %s", r.body);
+    h_resp_free(&r);
+    cr_assert(h_wait_closed(&c, 2000 * h_slow(), NULL), "connection left open after a 400");
+    h_close(&c);
+
+    /* HTTP/1.0 may omit Host; aigw supplies one for the HTTP/1.1 backend */
+    H_CONNECT_GW(&c, &g);
+    cr_assert_eq(h_sendf(&c, "GET /v1/models HTTP/1.0\r\n\r\n"), 0);
+    cr_assert_eq(h_recv(&c, &r, T_RESP), H_OK);
+    cr_assert_eq(r.status, 200, "HTTP/1.0 without Host: status %d %s", r.status, r.body);
+    h_resp_free(&r);
+    h_close(&c);
+    h_finish();
+}
