@@ -27,7 +27,7 @@ else
 endif
 CFLAGS  := $(CFLAGS_COMMON) $(CFLAGS_SAN) $(EXTRA_CFLAGS)
 LDFLAGS := $(CFLAGS_SAN) -pthread
-LIBS    := -luring -linih $(ALLOC_LIB)
+LIBS    := -luring -linih -lwolfssl $(ALLOC_LIB)
 
 LIB_SRC  := $(wildcard src/proto/*.c src/policy/*.c src/tls/*.c) $(filter-out src/core/main.c,$(wildcard src/core/*.c))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
@@ -92,12 +92,12 @@ FUZZ_CFLAGS := -std=gnu11 -g -O1 -D_GNU_SOURCE -Isrc -fsanitize=fuzzer,address,u
 FUZZ_LIB_SRC := $(wildcard src/proto/*.c src/policy/*.c)
 build/fuzz/%: tests/fuzz/%.c $(FUZZ_LIB_SRC)
 	@mkdir -p build/fuzz
-	clang $(FUZZ_CFLAGS) -o $@ $^
+	clang $(FUZZ_CFLAGS) -o $@ $^ -lwolfssl
 
 # The config loader lives in src/core and reads INI through inih.
 build/fuzz/fuzz_config: tests/fuzz/fuzz_config.c src/core/config.c src/core/log.c $(FUZZ_LIB_SRC)
 	@mkdir -p build/fuzz
-	clang $(FUZZ_CFLAGS) -o $@ $^ -linih
+	clang $(FUZZ_CFLAGS) -o $@ $^ -linih -lwolfssl
 
 fuzz: $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 	@for f in $^; do n=$$(basename $$f); mkdir -p build/fuzz/corpus-$$n; \
