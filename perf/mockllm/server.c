@@ -560,7 +560,9 @@ static void put_stream_head(struct conn *c, struct seq *s)
     s->chunked = c->minor >= 1;
     if (!s->chunked)
         c->keep_alive = false;
-    put_head(c, 200, "text/event-stream; charset=utf-8", false, 0, s->chunked, NULL);
+    /* as SSE servers such as sse-starlette do: tells nginx not to buffer the stream */
+    put_head(c, 200, "text/event-stream; charset=utf-8", false, 0, s->chunked,
+             "x-accel-buffering: no\r\ncache-control: no-cache\r\n");
 }
 
 static void handle_model_request(struct conn *c, const char *body, size_t len)
