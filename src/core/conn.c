@@ -1034,7 +1034,10 @@ void conn_timer_fired(struct conn *c)
             break;
         }
         c->error = "idle timeout";
-        if (c->state == CS_UPSTREAM && !c->resp_started)
+        if (c->state == CS_UPSTREAM && !c->resp_started && !req_body_complete(c) && c->in_body == 0)
+            /* we wait for the client's body, not for the backend */
+            send_error(c, 408, "invalid_request_error", NULL, "request body not received in time");
+        else if (c->state == CS_UPSTREAM && !c->resp_started)
             send_error(c, 504, "server_error", "upstream_timeout", "upstream idle timeout");
         else
             conn_close(c);

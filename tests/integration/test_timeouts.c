@@ -173,3 +173,24 @@ Test(timeouts, connect_timeout_to_an_unresponsive_backend)
     h_resp_free(&r);
     h_finish();
 }
+
+Test(timeouts, stalled_request_body_is_408_not_blamed_on_the_backend)
+{
+    struct h_mock m;
+    struct h_gw g = {0};
+    H_MOCK_AND_GW(&m, &g, "--tps 0 --ttft-ms 0", SHORT_TIMEOUTS);
+    struct h_conn c;
+    H_CONNECT_GW(&c, &g);
+    int64_t t0 = h_now_ms();
+    /* promises 100 bytes, sends 10, then nothing */
+    cr_assert_eq(h_sendf(&c, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                             "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\":"), 0);
+    struct h_resp r;
+    cr_assert_eq(h_recv(&c, &r, 5000 * h_slow()), H_OK, "aigw stderr:\n%s", h_tail(g.tag));
+    int64_t took = h_now_ms() - t0;
+    cr_assert_eq(r.status, 408, "a client that stops sending its body: status %d %s", r.status, r.body);
+    cr_assert(took >= 1800, "408 after only %lld ms (idle = 2s)", (long long)took);
+    h_resp_free(&r);
+    h_close(&c);
+    h_finish();
+}
