@@ -1,0 +1,524 @@
+/* Token buckets and a daily quota shared by all shards without a lock.
+ *
+ * Each bucket's global state is one int64 in GCRA form: the virtual time at
+ * which the bucket is empty, counted in units of one token's refill interval
+ * since origin_ns. Time "now" in those units is floor(elapsed * rate / minute),
+ * so the bucket's level is a difference of two integers, refilling is implicit,
+ * and one CAS both refills and takes. Fractions of a token never drift: the
+ * unit count is recomputed from the absolute elapsed time on every use.
+ *
+ * Shards lease tokens from the global pool into their rl_local and admit from
+ * the lease with no shared access. A lease is the tokens a request needs plus a
+ * top-up of min(batch, available / (2 * shards)), so leases shrink as the pool
+ * drains and the last tokens are taken one request at a time. All atomics are
+ * relaxed: each is a self-contained counter and publishes no other memory. */
+#include "policy/ratelimit.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#define NS_PER_MINUTE   60000000000ULL
+#define NS_PER_SECOND   1000000000ULL
+#define SECONDS_PER_DAY 86400
+#define DAY_SHIFT       42
+#define USED_MASK       ((UINT64_C(1) << DAY_SHIFT) - 1)
+#define DAY_MAX         ((INT64_C(1) << (64 - DAY_SHIFT)) - 1)
+/* Costs and debts saturate here, far beyond any real count, so sums of them
+ * cannot overflow an int64. */
+#define COST_MAX        (INT64_C(1) << 60)
+
+_Static_assert(RL_MAX_DAILY < USED_MASK / 2, "quota must leave room for debt in the used field");
+
+static uint64_t clamp_u64(uint64_t v, uint64_t hi)
+{
+    return v > hi ? hi : v;
+}
+
+static int64_t min_i64(int64_t a, int64_t b)
+{
+    return a < b ? a : b;
+}
+
+static int64_t max_i64(int64_t a, int64_t b)
+{
+    return a > b ? a : b;
+}
+
+/* The rule that bounds the error: shards * batch <= capacity / 16. Below
+ * shards * 16 tokens there is no lease at all and the bucket is exact. */
+static int64_t lease_batch(int64_t capacity, uint32_t shards)
+{
+    return capacity / ((int64_t)shards * 16);
+}
+
+static void rate_init(struct rl_rate *r, uint64_t per_minute, uint64_t burst_ms, uint32_t shards)
+{
+    r->per_minute = clamp_u64(per_minute, RL_MAX_PER_MINUTE);
+    if (r->per_minute == 0) {
+        r->capacity = 0;
+        r->batch = 0;
+        return;
+    }
+    /* <= 1e10 * 86400000 / 60000 = 1.44e13: no overflow in 128 bits, fits in 64 */
+    unsigned __int128 cap = (unsigned __int128)r->per_minute * burst_ms / 60000;
+    r->capacity = cap < 1 ? 1 : (int64_t)cap;
+    r->batch = lease_batch(r->capacity, shards);
+}
+
+void rl_global_init(struct rl_global *g, const struct rl_limits *lim, unsigned shards,
+                    uint64_t now_ns)
+{
+    memset(g, 0, sizeof *g);
+    g->shards = shards < 1 ? 1 : shards > RL_MAX_SHARDS ? RL_MAX_SHARDS : shards;
+    uint64_t burst_ms = lim->burst_ms ? clamp_u64(lim->burst_ms, RL_MAX_BURST_MS) : 60000;
+    rate_init(&g->req, lim->rpm, burst_ms, g->shards);
+    rate_init(&g->tok, lim->tpm, burst_ms, g->shards);
+    g->daily = (int64_t)clamp_u64(lim->daily_tokens, RL_MAX_DAILY);
+    g->daily_batch = lease_batch(g->daily, g->shards);
+    g->origin_ns = now_ns;
+    /* at origin the unit clock reads 0: empty at -capacity means full */
+    atomic_init(&g->req_empty_at, -g->req.capacity);
+    atomic_init(&g->tok_empty_at, -g->tok.capacity);
+    atomic_init(&g->daily_state, 0);
+}
+
+void rl_local_init(struct rl_local *l)
+{
+    memset(l, 0, sizeof *l);
+}
+
+/* ---- token buckets ---------------------------------------------------- */
+
+static uint64_t elapsed_ns(const struct rl_global *g, uint64_t now_ns)
+{
+    return now_ns > g->origin_ns ? now_ns - g->origin_ns : 0;
+}
+
+/* Tokens refilled since origin: the bucket's unit clock. <= 2^64 * 1e10 / 6e10. */
+static int64_t rate_now(const struct rl_global *g, const struct rl_rate *r, uint64_t now_ns)
+{
+    return (int64_t)((unsigned __int128)elapsed_ns(g, now_ns) * r->per_minute / NS_PER_MINUTE);
+}
+
+/* The level of the global pool at unit time now (negative: debt). */
+static int64_t pool_level(const struct rl_rate *r, int64_t empty_at, int64_t now)
+{
+    return now - max_i64(empty_at, now - r->capacity);
+}
+
+/* Nanoseconds from now_ns until the pool has refilled `deficit` more tokens. */
+static uint64_t rate_wait_ns(const struct rl_global *g, const struct rl_rate *r, int64_t deficit,
+                             uint64_t now_ns)
+{
+    if (deficit <= 0)
+        return 0;
+    uint64_t dt = elapsed_ns(g, now_ns);
+    unsigned __int128 target = (unsigned __int128)(uint64_t)(rate_now(g, r, now_ns) + deficit);
+    /* first instant at which floor(t * rate / minute) reaches target */
+    unsigned __int128 at = (target * NS_PER_MINUTE + r->per_minute - 1) / r->per_minute;
+    unsigned __int128 wait = at > dt ? at - dt : 0;
+    return wait > UINT64_MAX ? UINT64_MAX : (uint64_t)wait;
+}
+
+/* Takes `need` tokens plus a top-up lease when at least `need` are there.
+ * On failure *level_out is what the pool holds. Lock-free: a CAS fails only
+ * because another shard's succeeded. */
+static bool pool_take(const struct rl_global *g, const struct rl_rate *r, _Atomic int64_t *empty_at,
+                      int64_t now, int64_t need, int64_t *taken, int64_t *level_out)
+{
+    int64_t old = atomic_load_explicit(empty_at, memory_order_relaxed);
+    for (;;) {
+        int64_t base = max_i64(old, now - r->capacity);
+        int64_t level = now - base;
+        if (level < need) {
+            *level_out = level;
+            return false;
+        }
+        int64_t topup = min_i64(r->batch, (level - need) / (2 * (int64_t)g->shards));
+        if (atomic_compare_exchange_weak_explicit(empty_at, &old, base + need + topup,
+                                                  memory_order_relaxed, memory_order_relaxed)) {
+            *taken = need + topup;
+            return true;
+        }
+    }
+}
+
+/* Returns n tokens to the pool; a full pool stays full. */
+static void pool_put(const struct rl_rate *r, _Atomic int64_t *empty_at, int64_t now, int64_t n)
+{
+    int64_t old = atomic_load_explicit(empty_at, memory_order_relaxed);
+    for (;;) {
+        int64_t full = now - r->capacity;
+        int64_t next = max_i64(max_i64(old, full) - n, full);
+        if (next == old ||
+            atomic_compare_exchange_weak_explicit(empty_at, &old, next,
+                                                  memory_order_relaxed, memory_order_relaxed))
+            return;
+    }
+}
+
+/* Takes n tokens whether or not they are there (settling a larger real usage). */
+static void pool_charge(const struct rl_rate *r, _Atomic int64_t *empty_at, int64_t now, int64_t n)
+{
+    int64_t old = atomic_load_explicit(empty_at, memory_order_relaxed);
+    for (;;) {
+        int64_t next = min_i64(max_i64(old, now - r->capacity) + n, now + COST_MAX);
+        if (atomic_compare_exchange_weak_explicit(empty_at, &old, next,
+                                                  memory_order_relaxed, memory_order_relaxed))
+            return;
+    }
+}
+
+/* Admits cost from the shard's lease, leasing from the pool when it runs dry.
+ * On refusal the lease goes back to the pool (other shards may use it) and
+ * *deficit says how many tokens are missing. */
+static bool lease_take(const struct rl_global *g, const struct rl_rate *r, _Atomic int64_t *empty_at,
+                       int64_t *lease, int64_t cost, uint64_t now_ns, int64_t *deficit)
+{
+    if (*lease >= cost) {
+        *lease -= cost;
+        return true;
+    }
+    int64_t now = rate_now(g, r, now_ns);
+    int64_t need = cost - *lease, taken, level;
+    if (pool_take(g, r, empty_at, now, need, &taken, &level)) {
+        *lease += taken - cost;
+        return true;
+    }
+    *deficit = need - level;
+    if (*lease > 0) {
+        pool_put(r, empty_at, now, *lease);
+        *lease = 0;
+    }
+    return false;
+}
+
+/* Gives n tokens back: into the lease, and what would make it exceed a batch
+ * back to the pool, so the error bound holds. */
+static void lease_give(const struct rl_global *g, const struct rl_rate *r, _Atomic int64_t *empty_at,
+                       int64_t *lease, int64_t n, uint64_t now_ns)
+{
+    *lease += n;
+    if (*lease > r->batch) {
+        pool_put(r, empty_at, rate_now(g, r, now_ns), *lease - r->batch);
+        *lease = r->batch;
+    }
+}
+
+static void lease_charge(const struct rl_global *g, const struct rl_rate *r, _Atomic int64_t *empty_at,
+                         int64_t *lease, int64_t n, uint64_t now_ns)
+{
+    if (*lease >= n) {
+        *lease -= n;
+        return;
+    }
+    n -= *lease;
+    *lease = 0;
+    pool_charge(r, empty_at, rate_now(g, r, now_ns), n);
+}
+
+/* ---- daily quota -------------------------------------------------------- */
+
+static int64_t utc_day(int64_t unix_s)
+{
+    return unix_s <= 0 ? 0 : min_i64(unix_s / SECONDS_PER_DAY, DAY_MAX);
+}
+
+static uint32_t seconds_to_utc_midnight(int64_t unix_s)
+{
+    int64_t into_day = unix_s <= 0 ? 0 : unix_s % SECONDS_PER_DAY;
+    return (uint32_t)(SECONDS_PER_DAY - into_day);
+}
+
+static uint64_t quota_pack(int64_t day, uint64_t used)
+{
+    return (uint64_t)day << DAY_SHIFT | (used > USED_MASK ? USED_MASK : used);
+}
+
+/* Changes the pool's usage of `day` by delta; nothing when the pool has moved on
+ * to a later day (that day's quota is gone). */
+static void quota_adjust(struct rl_global *g, int64_t day, int64_t delta)
+{
+    uint64_t old = atomic_load_explicit(&g->daily_state, memory_order_relaxed);
+    for (;;) {
+        if ((int64_t)(old >> DAY_SHIFT) != day)
+            return;
+        int64_t used = (int64_t)(old & USED_MASK);
+        int64_t next = delta < 0 ? used - min_i64(-delta, used) : min_i64(used + delta, (int64_t)USED_MASK);
+        if (atomic_compare_exchange_weak_explicit(&g->daily_state, &old, quota_pack(day, (uint64_t)next),
+                                                  memory_order_relaxed, memory_order_relaxed))
+            return;
+    }
+}
+
+/* Takes `cost` for the shard, using its lease when that is of the pool's
+ * current day, and leaving it a top-up. The day never goes back: a shard whose
+ * clock still reads yesterday takes from today's pool. */
+static bool quota_take(struct rl_global *g, struct rl_local *l, int64_t today, int64_t cost)
+{
+    uint64_t old = atomic_load_explicit(&g->daily_state, memory_order_relaxed);
+    for (;;) {
+        int64_t day = max_i64((int64_t)(old >> DAY_SHIFT), today);
+        uint64_t used = day == (int64_t)(old >> DAY_SHIFT) ? old & USED_MASK : 0;
+        int64_t have = l->daily_day == day ? l->daily : 0;
+        int64_t need = cost - have;
+        int64_t level = g->daily - (int64_t)used;
+        if (level < need) {
+            /* A lease, when there is one, is of the pool's current day (days
+             * only move forward), so it can go back as it is. */
+            if (have > 0)
+                quota_adjust(g, day, -have);
+            l->daily = 0;
+            return false;
+        }
+        int64_t topup = min_i64(g->daily_batch, (level - need) / (2 * (int64_t)g->shards));
+        if (atomic_compare_exchange_weak_explicit(&g->daily_state, &old,
+                                                  quota_pack(day, used + (uint64_t)(need + topup)),
+                                                  memory_order_relaxed, memory_order_relaxed)) {
+            l->daily = topup;
+            l->daily_day = day;
+            return true;
+        }
+    }
+}
+
+/* ---- admission and settlement ----------------------------------------- */
+
+static bool deny(struct rl_verdict *out, enum rl_limit which, bool too_large, uint32_t retry_s)
+{
+    out->limit = which;
+    out->too_large = too_large;
+    out->retry_after_s = retry_s;
+    return false;
+}
+
+static uint32_t retry_seconds(const struct rl_global *g, const struct rl_rate *r, int64_t deficit,
+                              uint64_t now_ns)
+{
+    uint64_t wait = rate_wait_ns(g, r, deficit, now_ns);
+    uint64_t s = wait / NS_PER_SECOND + (wait % NS_PER_SECOND != 0);
+    return s < 1 ? 1 : s > UINT32_MAX ? UINT32_MAX : (uint32_t)s;
+}
+
+bool rl_admit(struct rl_global *g, struct rl_local *l, uint64_t cost_tokens,
+              uint64_t now_ns, int64_t now_unix_s, struct rl_verdict *out)
+{
+    memset(out, 0, sizeof *out);
+    int64_t cost = (int64_t)clamp_u64(cost_tokens, COST_MAX);
+    bool tokens = g->tok.per_minute && cost > 0;
+    bool daily = g->daily && cost > 0;
+    if (tokens && cost > g->tok.capacity)
+        return deny(out, RL_TOKENS, true, 0);
+    if (daily && cost > g->daily)
+        return deny(out, RL_QUOTA, true, 0);
+
+    int64_t deficit = 0;
+    if (g->req.per_minute && !lease_take(g, &g->req, &g->req_empty_at, &l->req, 1, now_ns, &deficit))
+        return deny(out, RL_REQUESTS, false, retry_seconds(g, &g->req, deficit, now_ns));
+    if (tokens && !lease_take(g, &g->tok, &g->tok_empty_at, &l->tok, cost, now_ns, &deficit)) {
+        if (g->req.per_minute)
+            lease_give(g, &g->req, &g->req_empty_at, &l->req, 1, now_ns);
+        return deny(out, RL_TOKENS, false, retry_seconds(g, &g->tok, deficit, now_ns));
+    }
+    int64_t today = utc_day(now_unix_s);
+    if (daily) {
+        if (l->daily_day < today) {
+            l->daily = 0;   /* a lease of an earlier day: that quota is gone */
+            l->daily_day = today;
+        }
+        if (l->daily >= cost) {
+            l->daily -= cost;
+        } else if (!quota_take(g, l, today, cost)) {
+            if (g->req.per_minute)
+                lease_give(g, &g->req, &g->req_empty_at, &l->req, 1, now_ns);
+            if (tokens)
+                lease_give(g, &g->tok, &g->tok_empty_at, &l->tok, cost, now_ns);
+            return deny(out, RL_QUOTA, false, seconds_to_utc_midnight(now_unix_s));
+        }
+        today = l->daily_day;
+    }
+    out->ticket.tokens = (uint64_t)cost;
+    out->ticket.day = today;
+    return true;
+}
+
+void rl_settle(struct rl_global *g, struct rl_local *l, const struct rl_ticket *t,
+               uint64_t actual_tokens, uint64_t now_ns, int64_t now_unix_s)
+{
+    int64_t reserved = (int64_t)clamp_u64(t->tokens, COST_MAX);
+    int64_t actual = (int64_t)clamp_u64(actual_tokens, COST_MAX);
+    if (actual == reserved)
+        return;
+    if (g->tok.per_minute) {
+        if (actual < reserved)
+            lease_give(g, &g->tok, &g->tok_empty_at, &l->tok, reserved - actual, now_ns);
+        else
+            lease_charge(g, &g->tok, &g->tok_empty_at, &l->tok, actual - reserved, now_ns);
+    }
+    if (g->daily) {
+        int64_t delta = actual - reserved;
+        if (l->daily_day == t->day) {
+            if (delta < 0) {
+                l->daily -= delta;
+                if (l->daily > g->daily_batch) {
+                    delta = -(l->daily - g->daily_batch);
+                    l->daily = g->daily_batch;
+                } else {
+                    delta = 0;
+                }
+            } else {
+                int64_t from_lease = min_i64(l->daily, delta);
+                l->daily -= from_lease;
+                delta -= from_lease;
+            }
+        }
+        if (delta != 0)
+            quota_adjust(g, t->day, delta);
+    }
+}
+
+void rl_local_release(struct rl_global *g, struct rl_local *l, uint64_t now_ns,
+                      int64_t now_unix_s)
+{
+    if (g->req.per_minute && l->req > 0)
+        pool_put(&g->req, &g->req_empty_at, rate_now(g, &g->req, now_ns), l->req);
+    if (g->tok.per_minute && l->tok > 0)
+        pool_put(&g->tok, &g->tok_empty_at, rate_now(g, &g->tok, now_ns), l->tok);
+    if (g->daily && l->daily > 0)
+        quota_adjust(g, l->daily_day, -l->daily);
+    l->req = l->tok = l->daily = 0;
+}
+
+void rl_global_inherit(struct rl_global *g, const struct rl_global *old, uint64_t now_ns,
+                       int64_t now_unix_s)
+{
+    if (g->req.per_minute && old->req.per_minute) {
+        int64_t level = pool_level(&old->req, atomic_load_explicit(&old->req_empty_at, memory_order_relaxed),
+                                   rate_now(old, &old->req, now_ns));
+        atomic_store_explicit(&g->req_empty_at,
+                              rate_now(g, &g->req, now_ns) - min_i64(level, g->req.capacity),
+                              memory_order_relaxed);
+    }
+    if (g->tok.per_minute && old->tok.per_minute) {
+        int64_t level = pool_level(&old->tok, atomic_load_explicit(&old->tok_empty_at, memory_order_relaxed),
+                                   rate_now(old, &old->tok, now_ns));
+        atomic_store_explicit(&g->tok_empty_at,
+                              rate_now(g, &g->tok, now_ns) - min_i64(level, g->tok.capacity),
+                              memory_order_relaxed);
+    }
+    if (g->daily && old->daily) {
+        uint64_t s = atomic_load_explicit(&old->daily_state, memory_order_relaxed);
+        if ((int64_t)(s >> DAY_SHIFT) >= utc_day(now_unix_s))
+            atomic_store_explicit(&g->daily_state, s, memory_order_relaxed);
+    }
+}
+
+/* ---- headers ------------------------------------------------------------ */
+
+static void rate_status(const struct rl_global *g, const struct rl_rate *r, const _Atomic int64_t *empty_at,
+                        int64_t lease, uint64_t now_ns,
+                        uint64_t *limit, uint64_t *remaining, uint64_t *reset_ms)
+{
+    *limit = r->per_minute;
+    *remaining = *reset_ms = 0;
+    if (!r->per_minute)
+        return;
+    int64_t now = rate_now(g, r, now_ns);
+    int64_t level = pool_level(r, atomic_load_explicit((_Atomic int64_t *)empty_at, memory_order_relaxed), now)
+                    + lease;
+    *remaining = level <= 0 ? 0 : (uint64_t)min_i64(level, r->capacity);
+    uint64_t wait = rate_wait_ns(g, r, r->capacity - level, now_ns);
+    *reset_ms = wait / 1000000 + (wait % 1000000 != 0);
+}
+
+void rl_status(const struct rl_global *g, const struct rl_local *l, uint64_t now_ns,
+               int64_t now_unix_s, struct rl_status *out)
+{
+    memset(out, 0, sizeof *out);
+    rate_status(g, &g->req, &g->req_empty_at, l->req, now_ns,
+                &out->limit_requests, &out->remaining_requests, &out->reset_requests_ms);
+    rate_status(g, &g->tok, &g->tok_empty_at, l->tok, now_ns,
+                &out->limit_tokens, &out->remaining_tokens, &out->reset_tokens_ms);
+    if (g->daily) {
+        int64_t today = utc_day(now_unix_s);
+        uint64_t s = atomic_load_explicit((_Atomic uint64_t *)&g->daily_state, memory_order_relaxed);
+        int64_t day = max_i64((int64_t)(s >> DAY_SHIFT), today);
+        int64_t used = day == (int64_t)(s >> DAY_SHIFT) ? (int64_t)(s & USED_MASK) : 0;
+        int64_t left = g->daily - used + (l->daily_day == day ? l->daily : 0);
+        out->limit_daily = (uint64_t)g->daily;
+        out->remaining_daily = left <= 0 ? 0 : (uint64_t)min_i64(left, g->daily);
+        out->reset_daily_s = seconds_to_utc_midnight(now_unix_s);
+    }
+}
+
+const char *rl_limit_name(enum rl_limit which)
+{
+    switch (which) {
+    case RL_REQUESTS: return "requests";
+    case RL_TOKENS:   return "tokens";
+    case RL_QUOTA:    return "quota";
+    default:          return "";
+    }
+}
+
+size_t rl_format_duration(char *buf, size_t cap, uint64_t ms)
+{
+    char tmp[64];
+    int n;
+    if (ms < 1000) {
+        n = snprintf(tmp, sizeof tmp, "%" PRIu64 "%s", ms, ms ? "ms" : "s");
+    } else {
+        uint64_t h = ms / 3600000, m = ms / 60000 % 60, s = ms / 1000 % 60, frac = ms % 1000;
+        n = 0;
+        if (h)
+            n += snprintf(tmp + n, sizeof tmp - (size_t)n, "%" PRIu64 "h", h);
+        if (h || m)
+            n += snprintf(tmp + n, sizeof tmp - (size_t)n, "%" PRIu64 "m", m);
+        n += snprintf(tmp + n, sizeof tmp - (size_t)n, "%" PRIu64, s);
+        if (frac) {
+            char digits[4];
+            snprintf(digits, sizeof digits, "%03" PRIu64, frac);
+            size_t k = 3;
+            while (digits[k - 1] == '0')
+                k--;
+            n += snprintf(tmp + n, sizeof tmp - (size_t)n, ".%.*s", (int)k, digits);
+        }
+        n += snprintf(tmp + n, sizeof tmp - (size_t)n, "s");
+    }
+    if (cap > (size_t)n)
+        memcpy(buf, tmp, (size_t)n + 1);
+    return (size_t)n;
+}
+
+static bool header_dim(char *buf, size_t cap, size_t *off, const char *dim,
+                       uint64_t limit, uint64_t remaining, uint64_t reset_ms)
+{
+    if (!limit)
+        return true;
+    char reset[64];
+    rl_format_duration(reset, sizeof reset, reset_ms);
+    int n = snprintf(buf + *off, cap - *off,
+                     "x-ratelimit-limit-%s: %" PRIu64 "\r\n"
+                     "x-ratelimit-remaining-%s: %" PRIu64 "\r\n"
+                     "x-ratelimit-reset-%s: %s\r\n",
+                     dim, limit, dim, remaining, dim, reset);
+    if (n < 0 || (size_t)n >= cap - *off)
+        return false;
+    *off += (size_t)n;
+    return true;
+}
+
+size_t rl_headers_write(char *buf, size_t cap, const struct rl_status *s)
+{
+    size_t off = 0;
+    if (cap == 0)
+        return 0;
+    buf[0] = '\0';
+    if (!header_dim(buf, cap, &off, "requests", s->limit_requests, s->remaining_requests,
+                    s->reset_requests_ms) ||
+        !header_dim(buf, cap, &off, "tokens", s->limit_tokens, s->remaining_tokens,
+                    s->reset_tokens_ms))
+        return 0;
+    return off;
+}

@@ -1,0 +1,158 @@
+/* Per-key rate limits: requests per minute, tokens per minute (token buckets with
+ * a burst size) and a daily token quota that resets at 00:00 UTC.
+ *
+ * Shape: one struct rl_global per key, shared by all shards (atomics only, no
+ * lock), and one struct rl_local per key per shard (plain fields, touched only
+ * by that shard's thread). A shard admits from its local lease and goes to the
+ * global pool, with a CAS, only when the lease cannot cover a request. Pure: the
+ * caller passes the time (now_ns from a monotonic clock, now_unix_s for the
+ * quota's UTC day); nothing here reads a clock, allocates or does I/O.
+ *
+ * Accuracy (see "Rate limits" in docs/ARCHITECTURE.md): a lease is at most
+ * `batch` = capacity / (shards * 16) tokens (0 for small limits: no lease, every
+ * admission is a CAS on the global pool and the limit is exact). Over any time
+ * window, a bucket admits at most capacity + refill + shards * batch; tokens
+ * left in other shards' leases can make it admit less by up to shards * batch.
+ * The daily quota never admits more than daily_tokens (plus settlement debt). */
+#ifndef AIGW_POLICY_RATELIMIT_H
+#define AIGW_POLICY_RATELIMIT_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Rates above this (per minute) are clamped to it: effectively unlimited, and it
+ * keeps the bucket arithmetic inside 64 bits for any clock value. */
+#define RL_MAX_PER_MINUTE 10000000000ULL
+#define RL_MAX_DAILY      (1ULL << 40)
+#define RL_MAX_BURST_MS   86400000ULL
+#define RL_MAX_SHARDS     1024
+/* rl_headers_write never needs more than this. */
+#define RL_HEADERS_MAX    400
+
+/* A tier's limits. 0 means unlimited for that dimension; burst_ms 0 means 60 s
+ * (a bucket holds one minute's allowance). */
+struct rl_limits {
+    uint64_t rpm;           /* requests_per_minute */
+    uint64_t tpm;           /* tokens_per_minute */
+    uint64_t burst_ms;      /* bucket size, as time of refill */
+    uint64_t daily_tokens;  /* quota per UTC day */
+};
+
+enum rl_limit { RL_NONE = 0, RL_REQUESTS, RL_TOKENS, RL_QUOTA };
+
+/* One token bucket's parameters; read-only after rl_global_init. */
+struct rl_rate {
+    uint64_t per_minute;    /* 0: unlimited */
+    int64_t capacity;       /* bucket size in tokens, >= 1 */
+    int64_t batch;          /* largest lease a shard keeps, >= 0 */
+};
+
+/* Shared by all shards. Must be 64-byte aligned (aligned_alloc/posix_memalign or
+ * an array of them): the parameters sit on a read-only cache line and the three
+ * atomics on their own line, so admissions that stay local never miss on it. */
+struct rl_global {
+    struct rl_rate req, tok;
+    int64_t daily;          /* 0: no quota */
+    int64_t daily_batch;
+    uint64_t origin_ns;     /* now_ns at init: bucket time is measured from it */
+    uint32_t shards;
+
+    /* Bucket state as GCRA "empty time": the virtual time, in units of one
+     * token's refill interval since origin_ns, at which the bucket was (or will
+     * be) empty. Level at time u = min(capacity, u - empty_at). */
+    _Alignas(64) _Atomic int64_t req_empty_at;
+    _Atomic int64_t tok_empty_at;
+    /* Quota: UTC day number << 42 | tokens used that day. */
+    _Atomic uint64_t daily_state;
+};
+
+/* One shard's leases for one key. Zero it (rl_local_init) before use. Only that
+ * shard's thread touches it. */
+struct rl_local {
+    int64_t req, tok;       /* leased and not yet admitted */
+    int64_t daily;
+    int64_t daily_day;      /* the UTC day the daily lease belongs to */
+};
+
+/* What an admission reserved; the caller keeps it with the request and passes
+ * it to rl_settle when the real usage is known. */
+struct rl_ticket {
+    uint64_t tokens;
+    int64_t day;            /* UTC day the quota was charged on */
+};
+
+struct rl_verdict {
+    enum rl_limit limit;        /* RL_NONE: admitted; else the limit that fired */
+    bool too_large;             /* the cost exceeds the bucket or the quota itself:
+                                 * no wait will ever admit it (retry_after_s is 0) */
+    uint32_t retry_after_s;     /* when denied: seconds until enough refills (>= 1),
+                                 * for RL_QUOTA seconds until 00:00 UTC */
+    struct rl_ticket ticket;    /* when admitted: for rl_settle */
+};
+
+/* For the x-ratelimit-* headers. A limit of 0 means unlimited: omit its headers.
+ * remaining is approximate: the global pool plus this shard's lease (tokens in
+ * other shards' leases are not seen). reset is the time until the bucket would
+ * be full again if nothing more were taken. */
+struct rl_status {
+    uint64_t limit_requests, remaining_requests, reset_requests_ms;
+    uint64_t limit_tokens, remaining_tokens, reset_tokens_ms;
+    uint64_t limit_daily, remaining_daily, reset_daily_s;
+};
+
+/* shards: how many shards share g (each with its own rl_local). Out-of-range
+ * values are clamped to the RL_MAX_* above. Buckets start full. */
+void rl_global_init(struct rl_global *g, const struct rl_limits *lim, unsigned shards,
+                    uint64_t now_ns);
+void rl_local_init(struct rl_local *l);
+
+/* Carries the state of a key's previous global (the same key under an older
+ * configuration) into a freshly initialised g: bucket levels (clamped to the
+ * new sizes) and the quota used today. Tokens in the old globals' leases are
+ * not carried (they are lost, which only errs on the strict side); whatever
+ * shards still take from old after this call is not seen by g. */
+void rl_global_inherit(struct rl_global *g, const struct rl_global *old, uint64_t now_ns,
+                       int64_t now_unix_s);
+
+/* Admits a request that reserves cost_tokens: one from the requests bucket,
+ * cost_tokens from the tokens bucket and from the daily quota. All or nothing:
+ * when any limit refuses, whatever was taken for the others is given back and
+ * out says which limit fired (checked in the order requests, tokens, quota) and
+ * when to retry. Returns true when admitted. */
+bool rl_admit(struct rl_global *g, struct rl_local *l, uint64_t cost_tokens,
+              uint64_t now_ns, int64_t now_unix_s, struct rl_verdict *out);
+
+/* Settles an admitted request against its real token count: reserved - actual
+ * goes back to the tokens bucket and the quota, or, when actual > reserved, the
+ * difference is taken without a check, which can put them into debt (level
+ * below zero: later requests wait until the refill pays it off; for the quota,
+ * until the next UTC day). Quota changes for a ticket from an earlier UTC day
+ * are dropped: that day's quota is gone. */
+void rl_settle(struct rl_global *g, struct rl_local *l, const struct rl_ticket *t,
+               uint64_t actual_tokens, uint64_t now_ns, int64_t now_unix_s);
+
+/* Gives this shard's leases back to the global pool (shard shutting down, or the
+ * key's configuration going away), so other shards can use them. */
+void rl_local_release(struct rl_global *g, struct rl_local *l, uint64_t now_ns,
+                      int64_t now_unix_s);
+
+void rl_status(const struct rl_global *g, const struct rl_local *l, uint64_t now_ns,
+               int64_t now_unix_s, struct rl_status *out);
+
+/* "requests" | "tokens" | "quota" ("" for RL_NONE): the error `code` and the
+ * metric label. */
+const char *rl_limit_name(enum rl_limit which);
+
+/* A duration as OpenAI's x-ratelimit-reset-* show it (Go's time.Duration
+ * format, millisecond resolution): "0s", "20ms", "1s", "1.5s", "6m0s", "1h2m3s".
+ * Returns the length; writes a NUL-terminated string when cap > length. */
+size_t rl_format_duration(char *buf, size_t cap, uint64_t ms);
+
+/* Writes the x-ratelimit-{limit,remaining,reset}-{requests,tokens} header lines
+ * ("Name: value\r\n") for the limited dimensions. Returns the bytes written, or
+ * 0 when cap is too small (RL_HEADERS_MAX is always enough). */
+size_t rl_headers_write(char *buf, size_t cap, const struct rl_status *s);
+
+#endif

@@ -1,0 +1,497 @@
+#include <criterion/criterion.h>
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "policy/ratelimit.h"
+
+#define RLT_SEC 1000000000ULL
+#define RLT_T0 (5000 * RLT_SEC)         /* an arbitrary monotonic reading */
+#define RLT_MIDNIGHT INT64_C(1718064000) /* 2024-06-11 00:00:00 UTC */
+#define RLT_NOON (RLT_MIDNIGHT + 12 * 3600)
+
+static struct rl_global *rlt_global(uint64_t rpm, uint64_t tpm, uint64_t burst_ms, uint64_t daily,
+                                    unsigned shards)
+{
+    struct rl_global *g = aligned_alloc(64, sizeof *g);
+    cr_assert_not_null(g);
+    struct rl_limits lim = { .rpm = rpm, .tpm = tpm, .burst_ms = burst_ms, .daily_tokens = daily };
+    rl_global_init(g, &lim, shards, RLT_T0);
+    return g;
+}
+
+/* Admits cost-sized requests until one is refused; returns how many passed. */
+static unsigned rlt_drain(struct rl_global *g, struct rl_local *l, uint64_t cost, uint64_t now_ns,
+                          int64_t unix_s, struct rl_verdict *last)
+{
+    unsigned n = 0;
+    while (n < 1000000 && rl_admit(g, l, cost, now_ns, unix_s, last))
+        n++;
+    return n;
+}
+
+Test(ratelimit, requests_burst_refill_and_retry_after)
+{
+    struct rl_global *g = rlt_global(60, 0, 60000, 0, 1);
+    struct rl_local l;
+    rl_local_init(&l);
+    struct rl_verdict v;
+
+    cr_expect_eq(rlt_drain(g, &l, 0, RLT_T0, RLT_NOON, &v), 60, "a full bucket holds a minute's allowance");
+    cr_expect_eq(v.limit, RL_REQUESTS);
+    cr_expect_not(v.too_large);
+    cr_expect_eq(v.retry_after_s, 1);
+    cr_expect_str_eq(rl_limit_name(v.limit), "requests");
+
+    /* half a second later nothing has refilled; retry-after rounds up */
+    cr_expect_not(rl_admit(g, &l, 0, RLT_T0 + RLT_SEC / 2, RLT_NOON, &v));
+    cr_expect_eq(v.retry_after_s, 1);
+    /* one per second */
+    cr_expect_eq(rlt_drain(g, &l, 0, RLT_T0 + RLT_SEC, RLT_NOON, &v), 1);
+    cr_expect_eq(rlt_drain(g, &l, 0, RLT_T0 + 31 * RLT_SEC, RLT_NOON, &v), 30);
+    /* a long idle time refills no more than the bucket */
+    cr_expect_eq(rlt_drain(g, &l, 0, RLT_T0 + 3600 * RLT_SEC, RLT_NOON, &v), 60);
+    free(g);
+
+    g = rlt_global(1, 0, 0, 0, 1);
+    rl_local_init(&l);
+    cr_expect_eq(rlt_drain(g, &l, 0, RLT_T0, RLT_NOON, &v), 1);
+    cr_expect_eq(v.retry_after_s, 60);
+    cr_expect_not(rl_admit(g, &l, 0, RLT_T0 + 59 * RLT_SEC + RLT_SEC / 2, RLT_NOON, &v));
+    cr_expect_eq(v.retry_after_s, 1);
+    cr_expect(rl_admit(g, &l, 0, RLT_T0 + 60 * RLT_SEC, RLT_NOON, &v));
+    free(g);
+}
+
+Test(ratelimit, burst_is_bucket_size_as_refill_time)
+{
+    struct rl_verdict v;
+    struct rl_local l;
+
+    /* 600 tokens/min with a 10 s burst: a bucket of 100, refilling 10/s */
+    struct rl_global *g = rlt_global(0, 600, 10000, 0, 1);
+    rl_local_init(&l);
+    cr_expect_eq(rlt_drain(g, &l, 10, RLT_T0, RLT_NOON, &v), 10);
+    cr_expect_eq(v.limit, RL_TOKENS);
+    cr_expect_eq(v.retry_after_s, 1);
+    cr_expect_eq(rlt_drain(g, &l, 10, RLT_T0 + 5 * RLT_SEC, RLT_NOON, &v), 5);
+    /* asking for more than the bucket can ever hold */
+    cr_expect_not(rl_admit(g, &l, 101, RLT_T0 + 3600 * RLT_SEC, RLT_NOON, &v));
+    cr_expect_eq(v.limit, RL_TOKENS);
+    cr_expect(v.too_large);
+    cr_expect(rl_admit(g, &l, 100, RLT_T0 + 3600 * RLT_SEC, RLT_NOON, &v));
+    free(g);
+
+    /* 60 rpm with a 2-minute burst holds 120 */
+    g = rlt_global(60, 0, 120000, 0, 1);
+    rl_local_init(&l);
+    cr_expect_eq(rlt_drain(g, &l, 0, RLT_T0, RLT_NOON, &v), 120);
+    free(g);
+}
+
+Test(ratelimit, tokens_retry_after_counts_the_deficit)
+{
+    struct rl_global *g = rlt_global(0, 1000, 60000, 0, 1);
+    struct rl_local l;
+    rl_local_init(&l);
+    struct rl_verdict v;
+    cr_expect(rl_admit(g, &l, 400, RLT_T0, RLT_NOON, &v));
+    cr_expect(rl_admit(g, &l, 400, RLT_T0, RLT_NOON, &v));
+    cr_expect_not(rl_admit(g, &l, 400, RLT_T0, RLT_NOON, &v));
+    cr_expect_eq(v.limit, RL_TOKENS);
+    cr_expect_eq(v.retry_after_s, 12, "200 tokens missing at 1000/min: 12 s, got %u", v.retry_after_s);
+    cr_expect_not(rl_admit(g, &l, 400, RLT_T0 + 11 * RLT_SEC, RLT_NOON, &v));
+    cr_expect_eq(v.retry_after_s, 1);
+    cr_expect(rl_admit(g, &l, 400, RLT_T0 + 12 * RLT_SEC, RLT_NOON, &v));
+    cr_expect_not(rl_admit(g, &l, 1, RLT_T0 + 12 * RLT_SEC, RLT_NOON, &v));
+    free(g);
+}
+
+Test(ratelimit, daily_quota_resets_at_utc_midnight)
+{
+    struct rl_global *g = rlt_global(0, 0, 0, 1000, 1);
+    struct rl_local l;
+    rl_local_init(&l);
+    struct rl_verdict v;
+    int64_t before = RLT_MIDNIGHT - 10;
+
+    cr_expect(rl_admit(g, &l, 600, RLT_T0, before, &v));
+    cr_expect(rl_admit(g, &l, 400, RLT_T0, before, &v));
+    cr_expect_not(rl_admit(g, &l, 1, RLT_T0, before, &v));
+    cr_expect_eq(v.limit, RL_QUOTA);
+    cr_expect_eq(v.retry_after_s, 10, "seconds until 00:00 UTC: %u", v.retry_after_s);
+    cr_expect_str_eq(rl_limit_name(v.limit), "quota");
+    cr_expect_not(rl_admit(g, &l, 1, RLT_T0 + 9 * RLT_SEC, RLT_MIDNIGHT - 1, &v));
+    cr_expect_eq(v.retry_after_s, 1);
+
+    /* the monotonic clock says nothing about the day: only now_unix_s does */
+    cr_expect(rl_admit(g, &l, 1000, RLT_T0 + 10 * RLT_SEC, RLT_MIDNIGHT, &v));
+    cr_expect_not(rl_admit(g, &l, 1, RLT_T0 + 11 * RLT_SEC, RLT_MIDNIGHT + 1, &v));
+    cr_expect_eq(v.retry_after_s, 86399);
+
+    /* more than a whole day's quota can never pass */
+    cr_expect_not(rl_admit(g, &l, 1001, RLT_T0, RLT_MIDNIGHT + 86400, &v));
+    cr_expect(v.too_large);
+    free(g);
+}
+
+Test(ratelimit, settle_across_midnight_does_not_touch_the_new_day)
+{
+    struct rl_global *g = rlt_global(0, 0, 0, 1000, 1);
+    struct rl_local l;
+    rl_local_init(&l);
+    struct rl_verdict v;
+    cr_expect(rl_admit(g, &l, 500, RLT_T0, RLT_MIDNIGHT - 5, &v));
+    struct rl_ticket t = v.ticket;
+    cr_expect(rl_admit(g, &l, 1, RLT_T0, RLT_MIDNIGHT + 5, &v), "a new day");
+    rl_settle(g, &l, &t, 0, RLT_T0, RLT_MIDNIGHT + 6);
+    cr_expect_eq(rlt_drain(g, &l, 1, RLT_T0, RLT_MIDNIGHT + 7, &v), 999,
+                 "yesterday's refund does not raise today's quota");
+    free(g);
+}
+
+Test(ratelimit, settlement_returns_unused_reservation)
+{
+    struct rl_global *g = rlt_global(0, 2000, 60000, 10000, 1);
+    struct rl_local l;
+    rl_local_init(&l);
+    struct rl_verdict v;
+    struct rl_status st;
+
+    cr_assert(rl_admit(g, &l, 1000, RLT_T0, RLT_NOON, &v));
+    cr_expect_eq(v.ticket.tokens, 1000);
+    rl_status(g, &l, RLT_T0, RLT_NOON, &st);
+    cr_expect_eq(st.remaining_tokens, 1000);
+    cr_expect_eq(st.remaining_daily, 9000);
+
+    rl_settle(g, &l, &v.ticket, 50, RLT_T0, RLT_NOON);   /* used 50: 950 come back */
+    rl_status(g, &l, RLT_T0, RLT_NOON, &st);
+    cr_expect_eq(st.remaining_tokens, 1950);
+    cr_expect_eq(st.remaining_daily, 9950);
+    /* and the next admissions see them */
+    cr_expect(rl_admit(g, &l, 1950, RLT_T0, RLT_NOON, &v));
+    cr_expect_not(rl_admit(g, &l, 1, RLT_T0, RLT_NOON, &v));
+    cr_expect_eq(v.limit, RL_TOKENS);
+    free(g);
+}
+
+Test(ratelimit, settlement_over_reservation_goes_into_debt)
+{
+    struct rl_global *g = rlt_global(0, 1000, 60000, 3000, 1);
+    struct rl_local l;
+    rl_local_init(&l);
+    struct rl_verdict v;
+    struct rl_status st;
+
+    cr_assert(rl_admit(g, &l, 1000, RLT_T0, RLT_NOON, &v));
+    rl_settle(g, &l, &v.ticket, 1500, RLT_T0, RLT_NOON);  /* the backend went over */
+    rl_status(g, &l, RLT_T0, RLT_NOON, &st);
+    cr_expect_eq(st.remaining_tokens, 0);
+    cr_expect_eq(st.remaining_daily, 1500);
+    cr_expect_not(rl_admit(g, &l, 1, RLT_T0, RLT_NOON, &v));
+    cr_expect_eq(v.retry_after_s, 31, "501 tokens at 1000/min: 30.06 s, got %u", v.retry_after_s);
+    cr_expect_not(rl_admit(g, &l, 1, RLT_T0 + 30 * RLT_SEC, RLT_NOON, &v), "500 of debt is paid at 30 s");
+    cr_expect(rl_admit(g, &l, 1, RLT_T0 + 31 * RLT_SEC, RLT_NOON, &v));
+    free(g);
+}
+
+static bool rlt_status_eq(const struct rl_status *a, const struct rl_status *b)
+{
+    return memcmp(a, b, sizeof *a) == 0;
+}
+
+Test(ratelimit, denial_takes_nothing)
+{
+    struct rl_verdict v;
+    struct rl_local l;
+    struct rl_status before, after;
+
+    /* tokens refuse after requests said yes: the request is given back */
+    struct rl_global *g = rlt_global(10, 1000, 60000, 100000, 1);
+    rl_local_init(&l);
+    cr_assert(rl_admit(g, &l, 900, RLT_T0, RLT_NOON, &v));
+    rl_status(g, &l, RLT_T0, RLT_NOON, &before);
+    cr_expect_eq(before.remaining_requests, 9);
+    cr_expect_eq(before.remaining_tokens, 100);
+    cr_expect_not(rl_admit(g, &l, 200, RLT_T0, RLT_NOON, &v));
+    cr_expect_eq(v.limit, RL_TOKENS);
+    rl_status(g, &l, RLT_T0, RLT_NOON, &after);
+    cr_expect(rlt_status_eq(&before, &after), "requests %lu -> %lu, daily %lu -> %lu",
+              (unsigned long)before.remaining_requests, (unsigned long)after.remaining_requests,
+              (unsigned long)before.remaining_daily, (unsigned long)after.remaining_daily);
+    cr_expect_eq(rlt_drain(g, &l, 100, RLT_T0, RLT_NOON, &v), 1);
+    free(g);
+
+    /* the quota refuses after both buckets said yes: both are given back */
+    g = rlt_global(10, 100000, 60000, 1000, 1);
+    rl_local_init(&l);
+    cr_assert(rl_admit(g, &l, 900, RLT_T0, RLT_NOON, &v));
+    rl_status(g, &l, RLT_T0, RLT_NOON, &before);
+    cr_expect_not(rl_admit(g, &l, 200, RLT_T0, RLT_NOON, &v));
+    cr_expect_eq(v.limit, RL_QUOTA);
+    rl_status(g, &l, RLT_T0, RLT_NOON, &after);
+    cr_expect(rlt_status_eq(&before, &after), "requests %lu -> %lu, tokens %lu -> %lu",
+              (unsigned long)before.remaining_requests, (unsigned long)after.remaining_requests,
+              (unsigned long)before.remaining_tokens, (unsigned long)after.remaining_tokens);
+    cr_expect_eq(rlt_drain(g, &l, 1, RLT_T0, RLT_NOON, &v), 9, "9 requests left, 100 quota tokens");
+    free(g);
+}
+
+Test(ratelimit, unlimited_dimensions_are_skipped)
+{
+    struct rl_global *g = rlt_global(0, 0, 0, 0, 4);
+    struct rl_local l;
+    rl_local_init(&l);
+    struct rl_verdict v;
+    for (int i = 0; i < 10000; i++)
+        cr_assert(rl_admit(g, &l, UINT64_MAX, RLT_T0, RLT_NOON, &v));
+    struct rl_status st;
+    rl_status(g, &l, RLT_T0, RLT_NOON, &st);
+    cr_expect_eq(st.limit_requests, 0);
+    cr_expect_eq(st.limit_tokens, 0);
+    cr_expect_eq(st.limit_daily, 0);
+    char buf[RL_HEADERS_MAX];
+    cr_expect_eq(rl_headers_write(buf, sizeof buf, &st), 0);
+    free(g);
+}
+
+Test(ratelimit, reset_duration_format)
+{
+    static const struct { uint64_t ms; const char *s; } cases[] = {
+        { 0, "0s" }, { 1, "1ms" }, { 20, "20ms" }, { 999, "999ms" }, { 1000, "1s" },
+        { 1500, "1.5s" }, { 1020, "1.02s" }, { 1001, "1.001s" }, { 59999, "59.999s" },
+        { 60000, "1m0s" }, { 360000, "6m0s" }, { 361500, "6m1.5s" }, { 3600000, "1h0m0s" },
+        { 3723004, "1h2m3.004s" }, { 86400000, "24h0m0s" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char buf[32];
+        size_t n = rl_format_duration(buf, sizeof buf, cases[i].ms);
+        cr_expect_str_eq(buf, cases[i].s, "%lu ms", (unsigned long)cases[i].ms);
+        cr_expect_eq(n, strlen(cases[i].s));
+    }
+    char small[4] = "xyz";
+    cr_expect_eq(rl_format_duration(small, sizeof small, 360000), 4);
+    cr_expect_str_eq(small, "xyz", "too small a buffer is left alone");
+}
+
+Test(ratelimit, status_headers)
+{
+    struct rl_global *g = rlt_global(60, 1000, 60000, 0, 1);
+    struct rl_local l;
+    rl_local_init(&l);
+    struct rl_verdict v;
+    cr_assert(rl_admit(g, &l, 100, RLT_T0, RLT_NOON, &v));
+    struct rl_status st;
+    rl_status(g, &l, RLT_T0, RLT_NOON, &st);
+    char buf[RL_HEADERS_MAX];
+    size_t n = rl_headers_write(buf, sizeof buf, &st);
+    const char *want =
+        "x-ratelimit-limit-requests: 60\r\n"
+        "x-ratelimit-remaining-requests: 59\r\n"
+        "x-ratelimit-reset-requests: 1s\r\n"
+        "x-ratelimit-limit-tokens: 1000\r\n"
+        "x-ratelimit-remaining-tokens: 900\r\n"
+        "x-ratelimit-reset-tokens: 6s\r\n";
+    cr_expect_str_eq(buf, want);
+    cr_expect_eq(n, strlen(want));
+    /* half a second on, the reset counts down */
+    rl_status(g, &l, RLT_T0 + RLT_SEC / 2, RLT_NOON, &st);
+    cr_expect_eq(st.reset_requests_ms, 500);
+    cr_expect_eq(st.reset_tokens_ms, 5500);
+    cr_expect_eq(rl_headers_write(buf, 50, &st), 0, "too small a buffer");
+    free(g);
+}
+
+Test(ratelimit, leases_outliving_a_refill_stay_within_bound)
+{
+    /* A lease outlives a refill of the pool: that is the documented error. */
+    struct rl_global *g = rlt_global(0, 6400, 60000, 0, 1);
+    struct rl_local l;
+    rl_local_init(&l);
+    struct rl_verdict v;
+    cr_expect_eq(g->tok.batch, 400, "batch = capacity / (shards * 16)");
+    cr_assert(rl_admit(g, &l, 1, RLT_T0, RLT_NOON, &v));
+    unsigned n = rlt_drain(g, &l, 1, RLT_T0 + 3600 * RLT_SEC, RLT_NOON, &v);
+    cr_expect_geq(n, 6400);
+    cr_expect_leq(n, 6400 + 400);
+    free(g);
+
+    /* four shards each take a lease, sit idle while the pool refills, then
+     * drain: at most one bucket plus shards * batch */
+    g = rlt_global(0, 64000, 60000, 0, 4);
+    int64_t bound = 4 * g->tok.batch;
+    cr_expect_eq(bound, 4000);
+    struct rl_local shard[4];
+    for (int i = 0; i < 4; i++) {
+        rl_local_init(&shard[i]);
+        cr_assert(rl_admit(g, &shard[i], 1, RLT_T0, RLT_NOON, &v));
+    }
+    unsigned total = 0;
+    for (int i = 0; i < 4; i++)
+        total += rlt_drain(g, &shard[i], 1, RLT_T0 + 3600 * RLT_SEC, RLT_NOON, &v);
+    cr_expect_geq(total, 64000);
+    cr_expect_leq(total, 64000 + bound, "admitted %u", total);
+
+    /* a shard that gives its leases back leaves nothing stranded */
+    rl_local_release(g, &shard[0], RLT_T0 + 7200 * RLT_SEC, RLT_NOON);
+    cr_expect_eq(shard[0].tok, 0);
+    free(g);
+
+    /* below shards * 16 there is no lease at all: exact */
+    g = rlt_global(31, 0, 60000, 0, 2);
+    cr_expect_eq(g->req.batch, 0);
+    struct rl_local a, b;
+    rl_local_init(&a);
+    rl_local_init(&b);
+    cr_assert(rl_admit(g, &a, 0, RLT_T0, RLT_NOON, &v));
+    cr_assert(rl_admit(g, &b, 0, RLT_T0, RLT_NOON, &v));
+    total = rlt_drain(g, &a, 0, RLT_T0 + 3600 * RLT_SEC, RLT_NOON, &v) +
+            rlt_drain(g, &b, 0, RLT_T0 + 3600 * RLT_SEC, RLT_NOON, &v);
+    cr_expect_eq(total, 31);
+    free(g);
+}
+
+Test(ratelimit, reload_inherits_levels_and_quota)
+{
+    struct rl_global *old = rlt_global(60, 1000, 60000, 5000, 2);
+    struct rl_local l;
+    rl_local_init(&l);
+    struct rl_verdict v;
+    cr_assert(rl_admit(old, &l, 700, RLT_T0, RLT_NOON, &v));
+    rl_local_release(old, &l, RLT_T0, RLT_NOON);
+
+    /* the tier changes: a smaller token bucket, a larger request bucket */
+    struct rl_global *g = aligned_alloc(64, sizeof *g);
+    cr_assert_not_null(g);
+    struct rl_limits lim = { .rpm = 120, .tpm = 200, .burst_ms = 60000, .daily_tokens = 6000 };
+    rl_global_init(g, &lim, 2, RLT_T0 + RLT_SEC);
+    rl_global_inherit(g, old, RLT_T0 + RLT_SEC, RLT_NOON);
+    struct rl_status st;
+    rl_local_init(&l);
+    rl_status(g, &l, RLT_T0 + RLT_SEC, RLT_NOON, &st);
+    cr_expect_eq(st.remaining_requests, 60, "59 left plus 1 refilled in a second");
+    cr_expect_eq(st.remaining_tokens, 200, "clamped to the new bucket");
+    cr_expect_eq(st.remaining_daily, 5300, "700 of the quota were used today");
+    free(old);
+    free(g);
+}
+
+/* ---- concurrency -------------------------------------------------------- */
+
+struct rlt_worker {
+    pthread_t thread;
+    struct rl_global *g;
+    struct rl_local l;          /* this "shard's" own */
+    _Atomic uint64_t *clock;    /* NULL: the clock is frozen at RLT_T0 */
+    uint64_t clock_step;
+    uint64_t cost_max;          /* costs cycle 1..cost_max (0: always 0) */
+    uint64_t deadline;          /* real time, CLOCK_MONOTONIC ns */
+    uint32_t seed;
+    uint64_t admitted, tokens, denied;
+};
+
+static uint64_t rlt_real_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * RLT_SEC + (uint64_t)ts.tv_nsec;
+}
+
+static void *rlt_hammer(void *arg)
+{
+    struct rlt_worker *w = arg;
+    uint32_t x = w->seed | 1;
+    for (uint64_t i = 0; i < 20000000; i++) {
+        if ((i & 255) == 0 && rlt_real_ns() > w->deadline)
+            break;
+        uint64_t now = w->clock ? atomic_fetch_add(w->clock, w->clock_step) + w->clock_step : RLT_T0;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        uint64_t cost = w->cost_max ? 1 + x % w->cost_max : 0;
+        struct rl_verdict v;
+        if (rl_admit(w->g, &w->l, cost, now, RLT_NOON, &v)) {
+            w->admitted++;
+            w->tokens += cost;
+        } else {
+            w->denied++;
+        }
+    }
+    return NULL;
+}
+
+#define RLT_THREADS 4
+
+static void rlt_run(struct rl_global *g, _Atomic uint64_t *clock, uint64_t step, uint64_t cost_max,
+                    uint64_t run_ms, uint64_t *admitted, uint64_t *tokens)
+{
+    struct rlt_worker w[RLT_THREADS];
+    uint64_t deadline = rlt_real_ns() + run_ms * 1000000;
+    for (int i = 0; i < RLT_THREADS; i++) {
+        w[i] = (struct rlt_worker){ .g = g, .clock = clock, .clock_step = step, .cost_max = cost_max,
+                                    .deadline = deadline, .seed = 2654435761u * (uint32_t)(i + 1) };
+        rl_local_init(&w[i].l);
+        cr_assert_eq(pthread_create(&w[i].thread, NULL, rlt_hammer, &w[i]), 0);
+    }
+    *admitted = *tokens = 0;
+    for (int i = 0; i < RLT_THREADS; i++) {
+        pthread_join(w[i].thread, NULL);
+        cr_expect_gt(w[i].denied, 0, "every shard ran into the limit");
+        *admitted += w[i].admitted;
+        *tokens += w[i].tokens;
+    }
+}
+
+Test(ratelimit, concurrent_shards_stay_within_bound_requests)
+{
+    struct rl_global *g = rlt_global(100, 0, 60000, 0, RLT_THREADS);
+    int64_t bound = RLT_THREADS * g->req.batch;
+    uint64_t admitted, tokens;
+    rlt_run(g, NULL, 0, 0, 1000, &admitted, &tokens);
+    cr_expect_leq(admitted, 100 + bound, "admitted %lu, bound %ld", (unsigned long)admitted, (long)bound);
+    cr_expect_geq(admitted, 100 - bound, "admitted %lu, bound %ld", (unsigned long)admitted, (long)bound);
+    free(g);
+}
+
+Test(ratelimit, concurrent_shards_stay_within_bound_tokens_and_quota)
+{
+    /* frozen clock: tokens bucket of 200000 (batch 3125), quota of 150000 */
+    struct rl_global *g = rlt_global(0, 200000, 60000, 150000, RLT_THREADS);
+    uint64_t admitted, tokens;
+    rlt_run(g, NULL, 0, 300, 300, &admitted, &tokens);
+    int64_t bound = RLT_THREADS * g->daily_batch;
+    cr_expect_leq(tokens, 150000, "a quota never admits more than itself: %lu", (unsigned long)tokens);
+    cr_expect_geq(tokens, 150000 - bound, "admitted %lu, bound %ld", (unsigned long)tokens, (long)bound);
+    free(g);
+
+    g = rlt_global(0, 200000, 60000, 0, RLT_THREADS);
+    rlt_run(g, NULL, 0, 300, 300, &admitted, &tokens);
+    bound = RLT_THREADS * g->tok.batch;
+    cr_expect_leq(tokens, 200000 + bound, "admitted %lu, bound %ld", (unsigned long)tokens, (long)bound);
+    cr_expect_geq(tokens, 200000 - bound, "admitted %lu, bound %ld", (unsigned long)tokens, (long)bound);
+    free(g);
+}
+
+Test(ratelimit, concurrent_shards_with_refill_stay_within_bound)
+{
+    /* 6M tokens/min = 100 per ms, a bucket of 6M, leases up to 93750; each
+     * attempt moves the shared clock by 1 ms (100 tokens of refill) and asks
+     * for 200 on average, so the shards outrun the refill and the pool runs dry. */
+    struct rl_global *g = rlt_global(0, 6000000, 60000, 0, RLT_THREADS);
+    _Atomic uint64_t clock = RLT_T0;
+    uint64_t admitted, tokens;
+    rlt_run(g, &clock, 1000000, 400, 500, &admitted, &tokens);
+    uint64_t elapsed = atomic_load(&clock) - RLT_T0;
+    uint64_t refilled = elapsed / 1000000 * 100;   /* exact: 1 ms is 100 tokens */
+    int64_t bound = RLT_THREADS * g->tok.batch;
+    uint64_t ideal = 6000000 + refilled;
+    cr_expect_leq(tokens, ideal + bound, "admitted %lu, ideal %lu, bound %ld", (unsigned long)tokens,
+                  (unsigned long)ideal, (long)bound);
+    /* below: the bound, plus what a final attempt per shard could not use */
+    cr_expect_geq(tokens + bound + RLT_THREADS * 400, ideal, "admitted %lu, ideal %lu, bound %ld",
+                  (unsigned long)tokens, (unsigned long)ideal, (long)bound);
+    cr_expect_gt(refilled, 6000000, "the run outlasted the burst: %lu refilled", (unsigned long)refilled);
+    free(g);
+}
