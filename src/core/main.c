@@ -15,6 +15,9 @@
 #include "core/proxy.h"
 #include "core/sdnotify.h"
 #include "core/uring_probe.h"
+#include "policy/keys.h"
+
+#include <sys/random.h>
 
 #ifdef AIGW_MIMALLOC
 #include <mimalloc.h>
@@ -27,7 +30,36 @@ static void usage(FILE *to)
     fprintf(to,
             "usage: aigw [-c FILE]        run (default FILE: " DEFAULT_CONFIG ")\n"
             "       aigw -t [-c FILE]     check the configuration\n"
-            "       aigw -v               version and build options\n");
+            "       aigw -v               version and build options\n"
+            "       aigw keygen NAME [TIER]   a new API key, and its line for the keys file\n");
+}
+
+/* Prints a new key once (only its hash goes to disk) and the keys-file line. */
+static int keygen(int argc, char **argv)
+{
+    if (argc < 3 || argc > 4) {
+        fprintf(stderr, "usage: aigw keygen NAME [TIER]\n");
+        return 2;
+    }
+    uint8_t random[32];
+    if (getrandom(random, sizeof random, 0) != (ssize_t)sizeof random) {
+        fprintf(stderr, "aigw keygen: getrandom: %s\n", strerror(errno));
+        return 1;
+    }
+    char key[KEY_LEN + 1], line[512];
+    if (key_generate(random, key, sizeof key) < 0 ||
+        key_file_line(argv[2], argc == 4 ? argv[3] : NULL, key, line, sizeof line) < 0) {
+        fprintf(stderr, "aigw keygen: invalid NAME or TIER (letters, digits, '.', '_', '-'; "
+                        "NAME up to %d, TIER up to %d characters)\n", KEY_NAME_MAX, KEY_TIER_MAX);
+        return 2;
+    }
+    explicit_bzero(random, sizeof random);
+    printf("key:  %s\n"
+           "Give the key to its user now: it is not stored anywhere and cannot be shown again.\n"
+           "Add this line to the [keys] file (it holds only the key's SHA-256):\n%s",
+           key, line);
+    explicit_bzero(key, sizeof key);
+    return 0;
 }
 
 static void print_version(void)
@@ -122,6 +154,8 @@ static unsigned online_cpus(void)
 
 int main(int argc, char **argv)
 {
+    if (argc >= 2 && strcmp(argv[1], "keygen") == 0)
+        return keygen(argc, argv);
     const char *path = DEFAULT_CONFIG;
     bool check_only = false;
     int opt;
