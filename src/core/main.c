@@ -22,6 +22,8 @@
 #ifdef AIGW_MIMALLOC
 #include <mimalloc.h>
 #endif
+#include <wolfssl/options.h>
+#include <wolfssl/version.h>
 
 #define DEFAULT_CONFIG "/etc/aigw.conf"
 
@@ -71,7 +73,7 @@ static void print_version(void)
 #else
     printf("allocator: libc (sanitizer build)\n");
 #endif
-    printf("tls: not built yet (wolfSSL planned)\n");
+    printf("tls: not yet (wolfSSL %s is linked, used for API key hashes)\n", LIBWOLFSSL_VERSION_STRING);
     uring_probe_print(stdout);
 }
 
