@@ -5,7 +5,7 @@
 #
 # Knobs (environment):
 #   DURATION=10s CONNECTIONS=64 ROUNDS=3 WARMUP=1s   each measured wrk run
-#   TARGETS="direct aigw nginx haproxy"  SCENARIOS="get post stream"
+#   TARGETS="direct aigw aigw-ai nginx haproxy"  SCENARIOS="get post post2k stream"
 #   PIN=auto|0|1 PROXY_CPU=0 LOAD_CPU=1  PORT_BASE=17000  KEEP=1 (keep the temp dir)
 #   BUILD=build AIGW MOCKLLM NGINX HAPROXY WRK (binaries)
 [ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
@@ -18,8 +18,8 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-1s}
 CONNECTIONS=${CONNECTIONS:-64}
 ROUNDS=${ROUNDS:-3}
-TARGETS=${TARGETS:-direct aigw nginx haproxy}
-SCENARIOS=${SCENARIOS:-get post stream}
+TARGETS=${TARGETS:-direct aigw aigw-ai nginx haproxy}
+SCENARIOS=${SCENARIOS:-get post post2k stream}
 PORT_BASE=${PORT_BASE:-17000}
 SHARDS=1   # read by perf/lib.sh: the comparison is one core against one core
 export SHARDS
@@ -32,11 +32,13 @@ CLK_TCK=$(getconf CLK_TCK)
 command -v "$WRK" >/dev/null || die "wrk not found (make deps installs it)"
 command -v curl >/dev/null || die "curl not found (make deps installs it)"
 
-declare -A SCRIPT=([get]=perf/get-models.lua [post]=perf/post-chat.lua [stream]=perf/stream-chat.lua)
+declare -A SCRIPT=([get]=perf/get-models.lua [post]=perf/post-chat.lua [post2k]=perf/post-chat-2k.lua
+                   [stream]=perf/stream-chat.lua)
 declare -A LABEL=([get]="GET /v1/models" [post]="POST /v1/chat/completions"
+                  [post2k]="POST /v1/chat/completions, 2 KiB body"
                   [stream]="POST /v1/chat/completions, SSE stream of 64 tokens")
-for s in $SCENARIOS; do [ -n "${SCRIPT[$s]:-}" ] || die "unknown scenario '$s' (get, post, stream)"; done
-for t in $TARGETS; do [ -n "${PORT[$t]:-}" ] || die "unknown target '$t' (direct, aigw, nginx, haproxy)"; done
+for s in $SCENARIOS; do [ -n "${SCRIPT[$s]:-}" ] || die "unknown scenario '$s' (get, post, post2k, stream)"; done
+for t in $TARGETS; do [ -n "${PORT[$t]:-}" ] || die "unknown target '$t' (direct, aigw, aigw-ai, nginx, haproxy)"; done
 
 # A first request each way must answer 200, or the figures would measure errors.
 check_target() {

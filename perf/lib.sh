@@ -25,9 +25,13 @@ PORT_AIGW=$((PORT_BASE + 1))
 PORT_AIGW_ADMIN=$((PORT_BASE + 2))
 PORT_NGINX=$((PORT_BASE + 3))
 PORT_HAPROXY=$((PORT_BASE + 4))
-ALL_PORTS="$PORT_BACKEND $PORT_AIGW $PORT_AIGW_ADMIN $PORT_NGINX $PORT_HAPROXY"
-declare -A PORT=([direct]=$PORT_BACKEND [aigw]=$PORT_AIGW [nginx]=$PORT_NGINX [haproxy]=$PORT_HAPROXY)
-declare -A BIN=([direct]=$MOCKLLM [aigw]=$AIGW [nginx]=$NGINX [haproxy]=$HAPROXY)
+PORT_AIGW_AI=$((PORT_BASE + 5))
+PORT_AIGW_AI_ADMIN=$((PORT_BASE + 6))
+ALL_PORTS="$PORT_BACKEND $PORT_AIGW $PORT_AIGW_ADMIN $PORT_NGINX $PORT_HAPROXY $PORT_AIGW_AI $PORT_AIGW_AI_ADMIN"
+# aigw: every route raw (proxied as is); aigw-ai: chat completions on a kind = ai
+# route (the body read, checked as an OpenAI request and routed by its model)
+declare -A PORT=([direct]=$PORT_BACKEND [aigw]=$PORT_AIGW [aigw-ai]=$PORT_AIGW_AI [nginx]=$PORT_NGINX [haproxy]=$PORT_HAPROXY)
+declare -A BIN=([direct]=$MOCKLLM [aigw]=$AIGW [aigw-ai]=$AIGW [nginx]=$NGINX [haproxy]=$HAPROXY)
 declare -A PID=()      # target -> pid of the process started for it
 STARTED=()             # every pid started, in order
 PROG=$(basename "$0" .sh)
@@ -143,15 +147,17 @@ start_backend() {
 
 # Keep-alive and header timeouts are long so idle connections stay for perf/idle-rss.sh;
 # they change nothing for busy ones.
-start_aigw() {
-    cat >"$WORK/aigw.conf" <<EOF
+# run_aigw TARGET PORT ADMIN_PORT CHAT_ROUTE_KIND
+run_aigw() {
+    local t=$1 conf=$WORK/$1.conf
+    cat >"$conf" <<EOF
 [server]
-listen = 127.0.0.1:$PORT_AIGW
+listen = 127.0.0.1:$2
 shards = $SHARDS
 max_connections = 100000
 
 [admin]
-listen = 127.0.0.1:$PORT_AIGW_ADMIN
+listen = 127.0.0.1:$3
 
 [timeouts]
 keepalive = 300s
@@ -164,15 +170,23 @@ access = off
 backend = 127.0.0.1:$PORT_BACKEND
 max_outstanding = 4096
 
+[route chat]
+path = /v1/chat/completions
+pool = bench
+kind = $4
+
 [route all]
 path = /v1/*
 pool = bench
 kind = raw
 EOF
-    "${PIN_PROXY[@]}" "$AIGW" -c "$WORK/aigw.conf" >"$WORK/aigw.log" 2>&1 &
-    PID[aigw]=$!; STARTED+=($!)
-    wait_port "$PORT_AIGW" "${PID[aigw]}" aigw
+    "${PIN_PROXY[@]}" "$AIGW" -c "$conf" >"$WORK/$t.log" 2>&1 &
+    PID[$t]=$!; STARTED+=($!)
+    wait_port "$2" "${PID[$t]}" "$t"
 }
+
+start_aigw() { run_aigw aigw "$PORT_AIGW" "$PORT_AIGW_ADMIN" raw; }
+start_aigw_ai() { run_aigw aigw-ai "$PORT_AIGW_AI" "$PORT_AIGW_AI_ADMIN" ai; }
 
 start_nginx() {
     local d=$WORK/nginx user_line=""
@@ -255,8 +269,8 @@ EOF
 # start_target NAME: start the proxy NAME (the backend must be up); 1 if unavailable.
 start_target() {
     local t=$1
-    [ -n "${PORT[$t]:-}" ] || die "unknown target '$t' (direct, aigw, nginx, haproxy)"
+    [ -n "${PORT[$t]:-}" ] || die "unknown target '$t' (direct, aigw, aigw-ai, nginx, haproxy)"
     [ "$t" = direct ] && return 0
     [ -x "${BIN[$t]}" ] || { note "$t: ${BIN[$t]} not found"; return 1; }
-    "start_$t" || { note "$t: did not start"; return 1; }
+    "start_${t//-/_}" || { note "$t: did not start"; return 1; }
 }

@@ -25,6 +25,7 @@
 #include "engine.h"
 #include "prefix.h"
 #include "proto/http1.h"
+#include "proto/openai.h"
 #include "reqjson.h"
 
 #define IN_INITIAL   (16 * 1024)
@@ -582,6 +583,15 @@ static void handle_model_request(struct conn *c, const char *body, size_t len)
         return;
     }
     unsigned model = 0;
+    char decoded[257];
+    if (r.model && memchr(r.model, '\\', r.model_len)) {
+        /* a model name written with JSON escapes is the name it decodes to */
+        size_t n = openai_unescape((struct slice){ r.model, r.model_len }, decoded, sizeof decoded);
+        if (n) {
+            r.model = decoded;
+            r.model_len = n;
+        }
+    }
     if (r.model) {
         for (model = 0; model < S.cfg->nmodels; model++)
             if (S.model_len[model] == r.model_len &&

@@ -7,6 +7,7 @@
  * itself, because inih never calls the handler for a section without keys
  * (an empty "[pool x]" or an unknown "[tls]" must still be reported). */
 #include "core/config.h"
+#include "policy/glob.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -611,8 +612,11 @@ static int route_path(struct load_ctx *x, const char *key, const char *value)
     }
     for (unsigned i = 0; i + 1 < x->c->nroutes; i++) {
         const struct cfg_route *o = &x->c->routes[i];
-        if (o->prefix == prefix && o->path_len == plen && memcmp(o->path, value, plen) == 0)
-            return fail(x, "route '%s': path %s is already used by route '%s' (line %d)",
+        /* routes may share a path for different models; after one that takes
+         * every model, another could never be reached */
+        if (o->prefix == prefix && o->path_len == plen && memcmp(o->path, value, plen) == 0 &&
+            !o->models)
+            return fail(x, "route '%s': path %s is already taken, for every model, by route '%s' (line %d)",
                         r->name, value, o->name, o->line);
     }
     memcpy(r->path, value, plen);
@@ -633,6 +637,18 @@ static int route_pool(struct load_ctx *x, const char *key, const char *value)
         return fail(x, "route '%s': unknown pool '%s'", r->name, value);
     memcpy(pr->pool, value, len + 1);
     pr->pool_line = x->lineno;
+    return 0;
+}
+
+static int route_models(struct load_ctx *x, const char *key, const char *value)
+{
+    struct cfg_route *r = cur_route(x);
+    const char *why = NULL;
+    if (strlen(value) >= sizeof r->models_text)
+        return bad_value(x, key, value, "a comma-separated list of model globs");
+    if (glob_list_compile(value, &r->models, &why) != 0)
+        return fail(x, "invalid value for models: %s", why ? why : "bad glob list");
+    snprintf(r->models_text, sizeof r->models_text, "%s", value);
     return 0;
 }
 
@@ -693,6 +709,7 @@ static const struct key_def route_keys[] = {
     { "path", route_path, false },
     { "pool", route_pool, false },
     { "kind", route_kind, false },
+    { "models", route_models, false },
     { NULL, NULL, false },
 };
 
@@ -1067,6 +1084,8 @@ void config_free(struct config *c)
     for (unsigned i = 0; i < c->npools; i++)
         free(c->pools[i].backends);
     free(c->pools);
+    for (unsigned i = 0; i < c->nroutes; i++)
+        glob_list_free(c->routes[i].models);
     free(c->routes);
     free(c);
 }

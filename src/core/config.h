@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+struct glob_list;
+
 #define CFG_MAX_LISTEN 16
 #define CFG_NAME_MAX 64
 
@@ -47,6 +49,8 @@ struct cfg_route {
     bool prefix;                /* configured with a trailing '*' ("/x/" then '*'): matches any path starting with path */
     unsigned pool;              /* index into config.pools */
     enum route_kind kind;       /* default ai */
+    struct glob_list *models;   /* model globs this route takes; NULL: any model */
+    char models_text[512];
     int line;
 };
 

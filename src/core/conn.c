@@ -6,12 +6,14 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "core/accesslog.h"
 #include "core/log.h"
+#include "proto/openai.h"
 
 static void process_input(struct conn *c);
 static void request_finish(struct conn *c);
@@ -379,6 +381,233 @@ static void copy_slice(char *dst, size_t cap, struct slice s, uint16_t *len_out)
     *len_out = (uint16_t)n;
 }
 
+/* Picks the backend for c->route's pool and counts the request against it.
+ * False (and the 503 sent) when every backend is at max_outstanding. */
+static bool choose_backend(struct conn *c)
+{
+    struct shard *sh = c->sh;
+    struct shard_gen *sg = c->sg;
+    const struct config *cfg = sg->g->cfg;
+    const struct cfg_route *route = &cfg->routes[c->route];
+    const struct cfg_pool *pool = &cfg->pools[route->pool];
+    unsigned first = sg->g->pool_first_backend[route->pool];
+    uint32_t outstanding[pool->nbackends ? pool->nbackends : 1];
+    for (unsigned i = 0; i < pool->nbackends; i++)
+        outstanding[i] = gen_outstanding(sg->g, first + i);
+    int pick = balance_pick(pool->balance, &sg->balance[route->pool], pool->backends,
+                            pool->nbackends, outstanding, NULL, pool->max_outstanding);
+    if (pick < 0) {
+        send_error(c, 503, "server_error", "no_capacity", "all backends are at capacity");
+        return false;
+    }
+    c->backend = (int)(first + (unsigned)pick);
+    struct backend_load *cell = &sg->g->load[(size_t)c->backend * sg->g->nshards + sh->id];
+    atomic_store_explicit(&cell->outstanding,
+                          atomic_load_explicit(&cell->outstanding, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+    return true;
+}
+
+/* What the forwarded head gains, for the chosen route and backend. */
+static struct http_forward forward_info(const struct conn *c)
+{
+    const struct gen *g = c->sg->g;
+    const struct cfg_pool *pool = &g->cfg->pools[g->cfg->routes[c->route].pool];
+    const char *host = g->backend_cfg[c->backend]->addr.text;
+    return (struct http_forward){
+        .client_addr = { c->client, c->client_len },
+        .proto = { "http", 4 },
+        .request_id = { c->request_id, c->request_id_len },
+        .upstream_auth = { pool->upstream_auth, strlen(pool->upstream_auth) },
+        .default_host = { host, strlen(host) },
+        .strip_client_auth = false,
+    };
+}
+
+/* ---- AI routes: the body is read whole, checked, and routed by its model ---- */
+
+struct body_sink {
+    struct conn *c;
+    bool overflow;
+};
+
+/* Appends decoded body bytes to c->body, growing it up to the head + max_body. */
+static bool body_append(struct conn *c, const char *p, size_t n)
+{
+    struct xbuf *b = c->body;
+    size_t limit = (size_t)c->body_head_len + conn_cfg(c)->server.max_body;
+    if ((size_t)b->len + n > limit)
+        return false;
+    if ((size_t)b->len + n > b->cap) {
+        size_t want = (size_t)b->cap * 2;
+        if (want < (size_t)b->len + n)
+            want = (size_t)b->len + n;
+        if (want > limit)
+            want = limit;
+        struct xbuf *big = xbuf_get_cap(c->sh, (uint32_t)want);
+        if (!big)
+            return false;
+        memcpy(big->data, b->data, b->len);
+        big->len = b->len;
+        xbuf_put(c->sh, b);     /* no operation ever reads the body buffer */
+        c->body = b = big;
+    }
+    memcpy(b->data + b->len, p, n);
+    b->len += (uint32_t)n;
+    return true;
+}
+
+static void body_sink_data(void *ctx, const char *p, size_t n)
+{
+    struct body_sink *s = ctx;
+    if (!s->overflow && !body_append(s->c, p, n))
+        s->overflow = true;
+}
+
+/* Takes the request body's bytes from p[0..n) into c->body (de-chunked).
+ * Returns how many of them belonged to the body, or -1 with the error sent. */
+static ssize_t collect_body(struct conn *c, const char *p, size_t n)
+{
+    if (n == 0 || req_body_complete(c))
+        return 0;
+    size_t k;
+    bool overflow = false;
+    if (c->req_body == BODY_LENGTH) {
+        k = n < c->req_body_left ? n : (size_t)c->req_body_left;
+        overflow = !body_append(c, p, k);
+        c->req_body_left -= k;
+    } else {
+        const char *why = NULL;
+        struct body_sink sink = { c, false };
+        ssize_t r = chunked_scan(&c->req_chunked, p, n, body_sink_data, &sink, &why);
+        if (r < 0) {
+            c->keep_alive = false;
+            send_error(c, 400, "invalid_request_error", NULL, why);
+            return -1;
+        }
+        k = (size_t)r;
+        overflow = sink.overflow;
+    }
+    if (overflow) {
+        c->keep_alive = false;
+        send_error(c, 413, "invalid_request_error", NULL, "request body too large");
+        return -1;
+    }
+    c->req_body_total += k;
+    c->bytes_in += k;
+    return (ssize_t)k;
+}
+
+/* The whole body is in: check it, choose the route by its model, forward it. */
+static void ai_request_ready(struct conn *c)
+{
+    struct shard *sh = c->sh;
+    const struct config *cfg = c->sg->g->cfg;
+    struct http_request *req = &sh->scratch_req;
+    const char *why = NULL;
+    /* the head was parsed once already; it is kept raw in front of the body */
+    if (http_parse_request(c->body->data, c->body_head_len, cfg->server.max_header, req, &why) != HTTP_OK) {
+        send_error(c, 400, "invalid_request_error", NULL, "malformed request");
+        return;
+    }
+    const char *body = c->body->data + c->body_head_len;
+    size_t blen = c->body->len - c->body_head_len;
+    struct openai_request ai;
+    if (openai_parse_request(body, blen, &ai, &why) != OPENAI_OK) {
+        c->error = "invalid JSON body";     /* why lives in ai: not for the log */
+        send_error(c, 400, "invalid_request_error", NULL, why);
+        return;
+    }
+    char model[257];
+    size_t mlen = ai.model.len < sizeof model ? ai.model.len : sizeof model - 1;
+    if (ai.model_escaped)
+        mlen = openai_unescape(ai.model, model, sizeof model);
+    else
+        memcpy(model, ai.model.p, mlen);
+    model[mlen] = 0;
+    int route = route_lookup_model(c->sg->g->routes, req->path.p, req->path.len, model, mlen);
+    if (route < 0) {
+        char msg[400];
+        snprintf(msg, sizeof msg, "The model `%s` does not exist or is not served here", model);
+        c->error = "model not found";
+        send_error(c, 404, "invalid_request_error", "model_not_found", msg);
+        return;
+    }
+    c->route = route;
+    if (!choose_backend(c))
+        return;
+    struct xbuf *out = xbuf_get_cap(sh, (uint32_t)(sh->xbuf_size + blen));
+    if (!out) {
+        send_error(c, 503, "server_error", "no_capacity", "out of memory");
+        return;
+    }
+    /* the body goes on de-chunked, with its length */
+    req->body = BODY_LENGTH;
+    req->content_length = blen;
+    struct http_forward fwd = forward_info(c);
+    size_t hlen = http_write_upstream_head(out->data, out->cap - blen, req, &fwd);
+    if (hlen == 0) {
+        xbuf_put(sh, out);
+        send_error(c, 431, "invalid_request_error", NULL, "request head too large to forward");
+        return;
+    }
+    memcpy(out->data + hlen, body, blen);
+    out->len = (uint32_t)(hlen + blen);
+    out->off = 0;
+    c->out = out;
+    xbuf_put(sh, c->body);
+    c->body = NULL;
+    c->req_body = BODY_LENGTH;
+    c->req_body_left = 0;
+    c->in_body = 0;
+    c->body_in_first_send = true;
+    c->state = CS_UPSTREAM;
+    upstream_acquire(c);
+}
+
+/* An AI route with a body: keep the raw head, then collect the body. */
+static size_t start_ai_request(struct conn *c, const char *src, size_t n, const struct http_request *req)
+{
+    struct shard *sh = c->sh;
+    const struct config *cfg = c->sg->g->cfg;
+    size_t head = req->head_len;
+    int ct = req->idx[HK_CONTENT_TYPE];
+    if (ct < 0 || !openai_content_type_is_json(req->headers[ct].value)) {
+        c->keep_alive = false;      /* the body stays unread */
+        send_error(c, 415, "invalid_request_error", NULL, "Content-Type must be application/json");
+        return n;
+    }
+    if (req->body == BODY_LENGTH && req->content_length > cfg->server.max_body) {
+        c->keep_alive = false;
+        send_error(c, 413, "invalid_request_error", NULL, "request body too large");
+        return n;
+    }
+    size_t want = head + (req->body == BODY_LENGTH ? (size_t)req->content_length : 0);
+    c->body = xbuf_get_cap(sh, (uint32_t)(want > sh->xbuf_size ? want : sh->xbuf_size));
+    if (!c->body) {
+        c->keep_alive = false;
+        send_error(c, 503, "server_error", "no_capacity", "out of memory");
+        return n;
+    }
+    memcpy(c->body->data, src, head);
+    c->body->len = (uint32_t)head;
+    c->body_head_len = (uint32_t)head;
+    c->state = CS_BODY;
+    c->last_activity_ms = sh->now_ms;
+    arm_timer(c, T_IDLE, cfg->timeouts.idle_ms);
+    ssize_t used = collect_body(c, src + head, n - head);
+    if (used < 0)
+        return n;
+    if (req_body_complete(c)) {
+        ai_request_ready(c);
+    } else if (c->expect_continue && used == 0) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        client_send(c, NULL, cont, sizeof cont - 1);
+        c->sending_continue = true;
+    }
+    return head + (size_t)used;
+}
+
 /* A complete head was parsed from src[0..n). Sets the request up and returns how
  * many bytes of src it consumed (head plus the body bytes copied out); the rest
  * of src becomes the front of c->in, its first c->in_body bytes classified body. */
@@ -422,6 +651,21 @@ static size_t start_request(struct conn *c, const char *src, size_t n, const str
         next_request_id(c);
     }
 
+    if (req->minor == 1 && req->idx[HK_HOST] < 0) {
+        /* RFC 9112 3.2: an HTTP/1.1 request without Host gets 400 */
+        c->keep_alive = false;
+        send_error(c, 400, "invalid_request_error", NULL, "missing Host header");
+        return n;
+    }
+    /* the first route for the path decides whether the body is read as an
+     * OpenAI request (and the route then chosen by its model) */
+    int path_route = route_lookup(sg->g->routes, req->path.p, req->path.len);
+    if (path_route >= 0 && cfg->routes[path_route].kind == ROUTE_AI &&
+        !(req->body == BODY_NONE || (req->body == BODY_LENGTH && req->content_length == 0))) {
+        c->route = path_route;
+        return start_ai_request(c, src, n, req);
+    }
+
     size_t head = req->head_len;
     const char *why = NULL;
     ssize_t body_avail = classify_body(c, src + head, n - head, &why);
@@ -429,54 +673,24 @@ static size_t start_request(struct conn *c, const char *src, size_t n, const str
         send_error(c, 400, "invalid_request_error", NULL, why);
         return n;
     }
-
-    if (req->minor == 1 && req->idx[HK_HOST] < 0) {
-        /* RFC 9112 3.2: an HTTP/1.1 request without Host gets 400 */
-        c->keep_alive = false;
-        send_error(c, 400, "invalid_request_error", NULL, "missing Host header");
-        return n;
-    }
     if (req->body == BODY_LENGTH && req->content_length > cfg->server.max_body) {
         send_error(c, 413, "invalid_request_error", NULL, "request body too large");
         return head + (size_t)body_avail;
     }
-    c->route = route_lookup(sg->g->routes, req->path.p, req->path.len);
+    c->route = path_route;
     if (c->route < 0) {
         send_error(c, 404, "invalid_request_error", "not_found", "no route for this path");
         return head + (size_t)body_avail;
     }
-    const struct cfg_route *route = &cfg->routes[c->route];
-    const struct cfg_pool *pool = &cfg->pools[route->pool];
-    unsigned first = sg->g->pool_first_backend[route->pool];
-    uint32_t outstanding[pool->nbackends ? pool->nbackends : 1];
-    for (unsigned i = 0; i < pool->nbackends; i++)
-        outstanding[i] = gen_outstanding(sg->g, first + i);
-    int pick = balance_pick(pool->balance, &sg->balance[route->pool], pool->backends,
-                            pool->nbackends, outstanding, NULL, pool->max_outstanding);
-    if (pick < 0) {
-        send_error(c, 503, "server_error", "no_capacity", "all backends are at capacity");
+    if (!choose_backend(c))
         return head + (size_t)body_avail;
-    }
-    c->backend = (int)(first + (unsigned)pick);
-    struct backend_load *cell = &sg->g->load[(size_t)c->backend * sg->g->nshards + sh->id];
-    atomic_store_explicit(&cell->outstanding,
-                          atomic_load_explicit(&cell->outstanding, memory_order_relaxed) + 1,
-                          memory_order_relaxed);
 
     c->out = xbuf_get(sh);
     if (!c->out) {
         send_error(c, 503, "server_error", "no_capacity", "out of memory");
         return n;
     }
-    struct http_forward fwd = {
-        .client_addr = { c->client, c->client_len },
-        .proto = { "http", 4 },
-        .request_id = { c->request_id, c->request_id_len },
-        .upstream_auth = { pool->upstream_auth, strlen(pool->upstream_auth) },
-        .default_host = { sg->g->backend_cfg[c->backend]->addr.text,
-                          strlen(sg->g->backend_cfg[c->backend]->addr.text) },
-        .strip_client_auth = false,
-    };
+    struct http_forward fwd = forward_info(c);
     size_t hlen = http_write_upstream_head(c->out->data, sh->xbuf_size, req, &fwd);
     if (hlen == 0) {
         send_error(c, 431, "invalid_request_error", NULL, "request head too large to forward");
@@ -533,12 +747,12 @@ static bool in_append(struct conn *c, const char *p, size_t n)
         /* one completion batch can bring at most the whole provided-buffer ring */
         if (want > (size_t)cap + (size_t)RECV_BUF_COUNT * RECV_BUF_SIZE)
             return false;
-        struct xbuf *big = malloc(sizeof *big + want);
+        struct xbuf *big = xbuf_get_cap(c->sh, (uint32_t)want);
         if (!big)
             return false;
-        memcpy(big, b, sizeof *b + b->len);
-        big->cap = (uint32_t)want;
-        c->sh->xbufs_out++;
+        memcpy(big->data, b->data, b->len);
+        big->len = b->len;
+        big->off = b->off;
         conn_drop_buf(c, b);    /* a send may still read the old block */
         c->in = b = big;
     }
@@ -631,6 +845,19 @@ static void process_input(struct conn *c)
 /* Bytes that arrive while a request is in flight: its body, or pipelined requests. */
 static void on_busy_bytes(struct conn *c, const char *p, size_t n)
 {
+    if (c->state == CS_BODY) {
+        ssize_t k = collect_body(c, p, n);
+        if (k < 0)
+            return;
+        c->last_activity_ms = c->sh->now_ms;
+        if ((size_t)k < n && !in_append(c, p + k, n - (size_t)k)) {
+            send_error(c, 400, "invalid_request_error", NULL, "too much data sent ahead of the response");
+            return;
+        }
+        if (req_body_complete(c))
+            ai_request_ready(c);
+        return;
+    }
     if (c->state == CS_UPSTREAM && !req_body_complete(c)) {
         /* classified before queueing, so max_body is enforced on what arrives */
         const char *why = NULL;
@@ -967,6 +1194,8 @@ static void request_finish(struct conn *c)
                               memory_order_relaxed);
     }
     /* buffers first, while c->up is attached: an op in flight may still use them */
+    xbuf_put(sh, c->body);      /* never used by an operation */
+    c->body = NULL;
     conn_drop_buf(c, c->out);
     c->out = NULL;
     conn_drop_buf(c, c->rbuf);
@@ -1034,7 +1263,8 @@ void conn_timer_fired(struct conn *c)
             break;
         }
         c->error = "idle timeout";
-        if (c->state == CS_UPSTREAM && !c->resp_started && !req_body_complete(c) && c->in_body == 0)
+        if (c->state == CS_BODY ||
+            (c->state == CS_UPSTREAM && !c->resp_started && !req_body_complete(c) && c->in_body == 0))
             /* we wait for the client's body, not for the backend */
             send_error(c, 408, "invalid_request_error", NULL, "request body not received in time");
         else if (c->state == CS_UPSTREAM && !c->resp_started)

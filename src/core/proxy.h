@@ -101,6 +101,7 @@ enum timer_kind { TIMER_CONN = 0, TIMER_UPCONN = 1 };
 enum conn_state {
     CS_IDLE,            /* keep-alive, waiting for a request (no buffer held) */
     CS_HEAD,            /* part of a request head received */
+    CS_BODY,            /* an AI route's request body being read whole */
     CS_UPSTREAM,        /* request accepted: connecting / sending / waiting for the response head */
     CS_RELAY,           /* response head sent, relaying the body */
     CS_LOCAL,           /* sending a response aigw made itself */
@@ -148,6 +149,8 @@ struct conn {
     int backend;                    /* global backend index, -1 none */
     struct upconn *up;
     struct xbuf *out;               /* head (+body) being sent: upstream request or client response */
+    struct xbuf *body;              /* AI routes: the raw head, then the de-chunked body */
+    uint32_t body_head_len;
     struct xbuf *rbuf;              /* upstream response bytes */
     struct pipe_pair *pipe;
     uint32_t pipe_bytes;            /* spliced in, not yet out */
@@ -255,6 +258,7 @@ struct io_uring_sqe *shard_sqe(struct shard *sh);
 void shard_release_recv_buf(struct shard *sh, unsigned bid);
 char *shard_recv_buf(struct shard *sh, unsigned bid);
 struct xbuf *xbuf_get(struct shard *sh);
+struct xbuf *xbuf_get_cap(struct shard *sh, uint32_t cap);
 void xbuf_put(struct shard *sh, struct xbuf *b);
 struct pipe_pair *pipe_get(struct shard *sh);
 void pipe_put(struct shard *sh, struct pipe_pair *p, bool clean);

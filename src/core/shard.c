@@ -145,6 +145,22 @@ struct xbuf *xbuf_get(struct shard *sh)
     return b;
 }
 
+/* A buffer of at least cap bytes: the pool's size when that is enough (the common
+ * case), else one allocated for this request and freed by xbuf_put. */
+struct xbuf *xbuf_get_cap(struct shard *sh, uint32_t cap)
+{
+    if (cap <= sh->xbuf_size)
+        return xbuf_get(sh);
+    struct xbuf *b = malloc(sizeof *b + cap);
+    if (!b)
+        return NULL;
+    b->len = b->off = 0;
+    b->cap = cap;
+    b->next_free = NULL;
+    sh->xbufs_out++;
+    return b;
+}
+
 void xbuf_put(struct shard *sh, struct xbuf *b)
 {
     if (!b)

@@ -1,5 +1,7 @@
 #include "policy/route.h"
 
+#include "policy/glob.h"
+
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +28,9 @@ struct route_table {
     struct prefix_entry *prefixes; /* longest first */
     uint32_t nprefixes;
     char *paths;                /* every path, each NUL-terminated */
+    int32_t *next_same_path;    /* per route: the next exact route with its path, -1 none */
+    const struct glob_list **models; /* per route, borrowed from the config */
+    uint32_t nroutes;
 };
 
 static int prefix_longest_first(const void *a, const void *b)
@@ -58,15 +63,20 @@ int route_table_build(const struct config *c, struct route_table **out)
     t->slots = calloc(nslots, sizeof *t->slots);
     t->prefixes = calloc(nprefix ? nprefix : 1, sizeof *t->prefixes);
     t->paths = malloc(bytes ? bytes : 1);
-    if (!t->slots || !t->prefixes || !t->paths) {
+    t->next_same_path = malloc((c->nroutes ? c->nroutes : 1) * sizeof *t->next_same_path);
+    t->models = calloc(c->nroutes ? c->nroutes : 1, sizeof *t->models);
+    if (!t->slots || !t->prefixes || !t->paths || !t->next_same_path || !t->models) {
         route_table_free(t);
         return -1;
     }
     t->mask = (uint32_t)(nslots - 1);
 
+    t->nroutes = c->nroutes;
     char *p = t->paths;
     for (unsigned i = 0; i < c->nroutes; i++) {
         const struct cfg_route *r = &c->routes[i];
+        t->next_same_path[i] = -1;
+        t->models[i] = r->models;
         memcpy(p, r->path, r->path_len);
         p[r->path_len] = '\0';
         if (r->prefix) {
@@ -77,9 +87,13 @@ int route_table_build(const struct config *c, struct route_table **out)
             uint32_t s = (uint32_t)h & t->mask;
             bool duplicate = false;
             while (t->slots[s].path) {
-                /* the loader rejects duplicates; if one slips through, the first wins */
+                /* routes sharing a path (for other models) chain in file order */
                 if (t->slots[s].hash == h && t->slots[s].len == r->path_len &&
                     memcmp(t->slots[s].path, p, r->path_len) == 0) {
+                    int32_t last = t->slots[s].route;
+                    while (t->next_same_path[last] >= 0)
+                        last = t->next_same_path[last];
+                    t->next_same_path[last] = (int32_t)i;
                     duplicate = true;
                     break;
                 }
@@ -103,7 +117,45 @@ void route_table_free(struct route_table *t)
     free(t->slots);
     free(t->prefixes);
     free(t->paths);
+    free(t->next_same_path);
+    free(t->models);
     free(t);
+}
+
+static bool takes_model(const struct route_table *t, int32_t route, const char *model, size_t mlen)
+{
+    return !t->models[route] || glob_list_match(t->models[route], model, mlen);
+}
+
+int route_lookup_model(const struct route_table *t, const char *path, size_t len,
+                       const char *model, size_t model_len)
+{
+    const char *query = len ? memchr(path, '?', len) : NULL;
+    if (query)
+        len = (size_t)(query - path);
+    bool any_path = false;
+    uint64_t h = XXH3_64bits(path, len);
+    for (uint32_t s = (uint32_t)h & t->mask;; s = (s + 1) & t->mask) {
+        const struct exact_slot *e = &t->slots[s];
+        if (!e->path)
+            break;
+        if (e->hash == h && e->len == len && memcmp(e->path, path, len) == 0) {
+            any_path = true;
+            for (int32_t r = e->route; r >= 0; r = t->next_same_path[r])
+                if (takes_model(t, r, model, model_len))
+                    return r;
+            break;
+        }
+    }
+    for (uint32_t i = 0; i < t->nprefixes; i++) {
+        const struct prefix_entry *e = &t->prefixes[i];
+        if (e->len <= len && memcmp(e->path, path, e->len) == 0) {
+            any_path = true;
+            if (takes_model(t, e->route, model, model_len))
+                return e->route;
+        }
+    }
+    return any_path ? ROUTE_NO_MODEL : ROUTE_NO_PATH;
 }
 
 int route_lookup(const struct route_table *t, const char *path, size_t len)

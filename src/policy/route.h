@@ -11,13 +11,23 @@
 
 struct route_table;
 
-/* Builds the table for c->routes. The table keeps its own copy of the paths, so
- * it does not depend on c staying alive. Returns 0, or -1 when out of memory. */
+/* Builds the table for c->routes. The table keeps its own copy of the paths but
+ * borrows each route's model globs, so it must not outlive c. Returns 0, or -1
+ * when out of memory. */
 int route_table_build(const struct config *c, struct route_table **out);
 void route_table_free(struct route_table *t);
 
 /* path: the request target's path. Anything from the first '?' on (a query) is
  * ignored. Returns the index into c->routes, or -1 when no route matches. */
 int route_lookup(const struct route_table *t, const char *path, size_t len);
+
+#define ROUTE_NO_PATH (-1)      /* no route for the path */
+#define ROUTE_NO_MODEL (-2)     /* routes for the path, none takes the model */
+
+/* Among the routes for path (exact ones in file order, then prefixes longest
+ * first, file order within a length), the first whose models globs take model.
+ * Returns the route index, ROUTE_NO_PATH or ROUTE_NO_MODEL. */
+int route_lookup_model(const struct route_table *t, const char *path, size_t len,
+                       const char *model, size_t model_len);
 
 #endif

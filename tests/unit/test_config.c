@@ -273,7 +273,7 @@ Test(config_errors, unknown_keys)
                       "test.conf:3: unknown key 'workers' in [server]");
     cfgt_expect_error("[pool gpu-a]\nbackend = 127.0.0.1:1\nmetrics = /metrics\n",
                       "test.conf:3: unknown key 'metrics' in [pool gpu-a]");
-    cfgt_expect_error("[route r]\nmodels = llama*\n", "test.conf:2: unknown key 'models' in [route r]");
+    cfgt_expect_error("[route r]\nsplit = a:90 b:10\n", "test.conf:2: unknown key 'split' in [route r]");
     cfgt_expect_error("[timeouts]\nConnect = 1s\n", "test.conf:2: unknown key 'Connect' in [timeouts]");
     cfgt_expect_error("\nlisten = 127.0.0.1:1\n", "test.conf:2: key 'listen' is outside any section");
     cfgt_expect_error("[log]\nlevel = info\nlevel = debug\n",
@@ -378,7 +378,7 @@ Test(config_errors, duplicate_names_and_paths)
     cfgt_expect_error("[pool a]\nbackend = 127.0.0.1:1\n"
                       "[route one]\npath = /v1/*\npool = a\n"
                       "[route two]\npool = a\npath = /v1/*\n",
-                      "test.conf:8: route 'two': path /v1/* is already used by route 'one' (line 3)");
+                      "test.conf:8: route 'two': path /v1/* is already taken, for every model, by route 'one' (line 3)");
     /* an exact path and a prefix with the same text are different routes */
     struct config *c = cfgt_load_ok("[pool a]\nbackend = 127.0.0.1:1\n"
                                     "[route one]\npath = /v1/\npool = a\n"
@@ -678,4 +678,27 @@ Test(config_parse, addresses)
         cr_expect_eq(config_parse_addr(bad[i], &a), -1, "'%s' should be rejected", bad[i]);
         cr_expect_eq(a.text[0], 0x5a, "'%s' must not write", bad[i]);
     }
+}
+
+Test(config_routes, routes_share_a_path_for_different_models)
+{
+    struct config *c = NULL;
+    char err[512];
+    const char *text = "[pool a]\nbackend = 127.0.0.1:1\n[pool b]\nbackend = 127.0.0.1:2\n"
+                       "[route llama]\npath = /v1/chat/completions\npool = a\nmodels = llama-3.1-*, llama3*\n"
+                       "[route qwen]\npath = /v1/chat/completions\npool = b\nmodels = qwen*\n"
+                       "[route rest]\npath = /v1/*\npool = a\n";
+    cr_assert_eq(config_load_string("test.conf", text, &c, err, sizeof err), 0, "%s", err);
+    cr_assert_str_eq(c->routes[0].models_text, "llama-3.1-*, llama3*");
+    cr_assert_not_null(c->routes[0].models);
+    cr_assert_null(c->routes[2].models, "no models key: any model");
+    config_free(c);
+}
+
+Test(config_routes, bad_model_globs_name_their_line)
+{
+    struct config *c = NULL;
+    char err[512];
+    cr_assert_eq(config_load_string("test.conf", "[route r]\npath = /x\nmodels = a,,b\n", &c, err, sizeof err), -1);
+    cr_assert(strncmp(err, "test.conf:3: invalid value for models:", 38) == 0, "%s", err);
 }

@@ -112,3 +112,28 @@ Test(route, many_routes_all_found)
     route_table_free(t);
     config_free(c);
 }
+
+Test(route_model, first_route_for_the_path_that_takes_the_model)
+{
+    struct config *c = NULL;
+    char err[512];
+    const char *text = "[pool a]\nbackend = 127.0.0.1:1\n"
+                       "[route llama]\npath = /v1/chat/completions\npool = a\nmodels = llama*\n"
+                       "[route qwen]\npath = /v1/chat/completions\npool = a\nmodels = qwen*\n"
+                       "[route anychat]\npath = /v1/chat/*\npool = a\n"
+                       "[route only_emb]\npath = /v1/embeddings\npool = a\nmodels = bge-*\n";
+    cr_assert_eq(config_load_string("test.conf", text, &c, err, sizeof err), 0, "%s", err);
+    struct route_table *t = NULL;
+    cr_assert_eq(route_table_build(c, &t), 0);
+#define LM(path, model) route_lookup_model(t, path, strlen(path), model, strlen(model))
+    cr_assert_eq(LM("/v1/chat/completions", "llama-3.1-8b"), 0);
+    cr_assert_eq(LM("/v1/chat/completions", "qwen2-7b"), 1);
+    cr_assert_eq(LM("/v1/chat/completions?x=1", "qwen2-7b"), 1);
+    cr_assert_eq(LM("/v1/chat/completions", "mistral"), 2, "falls through to the prefix route");
+    cr_assert_eq(LM("/v1/embeddings", "bge-m3"), 3);
+    cr_assert_eq(LM("/v1/embeddings", "e5"), ROUTE_NO_MODEL);
+    cr_assert_eq(LM("/v2/anything", "llama"), ROUTE_NO_PATH);
+#undef LM
+    route_table_free(t);
+    config_free(c);
+}
