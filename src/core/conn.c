@@ -426,6 +426,8 @@ static struct http_forward forward_info(const struct conn *c)
 
 /* ---- AI routes: the body is read whole, checked, and routed by its model ---- */
 
+#define FORWARD_HEAD_EXTRA 1024
+
 struct body_sink {
     struct conn *c;
     bool overflow;
@@ -536,7 +538,11 @@ static void ai_request_ready(struct conn *c)
     c->route = route;
     if (!choose_backend(c))
         return;
-    struct xbuf *out = xbuf_get_cap(sh, (uint32_t)(sh->xbuf_size + blen));
+    /* the forwarded head is the client's plus what a proxy adds (forwarding
+     * headers, framing, upstream credentials): within FORWARD_HEAD_EXTRA */
+    const struct cfg_pool *pool = &cfg->pools[cfg->routes[c->route].pool];
+    size_t head_room = c->body_head_len + FORWARD_HEAD_EXTRA + strlen(pool->upstream_auth);
+    struct xbuf *out = xbuf_get_cap(sh, (uint32_t)(head_room + blen));
     if (!out) {
         send_error(c, 503, "server_error", "no_capacity", "out of memory");
         return;
