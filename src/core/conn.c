@@ -1,7 +1,9 @@
 /* Client connections: receiving and parsing requests, choosing the route and the
- * backend, forwarding the request head and body upstream, receiving the response
- * head, answering errors, keep-alive and pipelining, timeouts, and teardown.
- * The response body relay itself is in relay.c; upstream connections in upstream.c. */
+ * backend, forwarding the request head and body upstream (streamed on raw routes;
+ * on AI routes read whole, checked as an OpenAI request and routed by model),
+ * receiving the response head, answering errors, keep-alive and pipelining,
+ * timeouts, and teardown. The response body relay itself is in relay.c; upstream
+ * connections in upstream.c. */
 #include "core/proxy.h"
 
 #include <arpa/inet.h>
@@ -17,7 +19,6 @@
 
 static void process_input(struct conn *c);
 static void request_finish(struct conn *c);
-static void send_out(struct conn *c);
 static void pump_request_body(struct conn *c);
 
 /* ---- small helpers ---- */
@@ -1115,11 +1116,6 @@ void conn_send_out(struct conn *c)
     client_send(c, c->out, c->out->data + c->out->off, c->out->len - c->out->off);
 }
 
-static void send_out(struct conn *c)
-{
-    conn_send_out(c);
-}
-
 void conn_send_rbuf(struct conn *c)
 {
     client_send(c, c->rbuf, c->rbuf->data + c->rbuf->off, c->rbuf->len - c->rbuf->off);
@@ -1151,7 +1147,7 @@ static void on_sent(struct conn *c, int res)
     if (c->state == CS_LOCAL) {
         c->out->off += (uint32_t)res;
         if (c->out->off < c->out->len) {
-            send_out(c);
+            conn_send_out(c);
             return;
         }
         request_finish(c);
