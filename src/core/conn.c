@@ -245,12 +245,7 @@ void conn_close(struct conn *c)
     c->next->prev = c->prev;
     sh->nconns--;
     mg_add(&sh->m->connections[SIDE_CLIENT], -1);
-    struct io_uring_sqe *sqe = shard_sqe(sh);
-    io_uring_prep_cancel_fd(sqe, c->fd, IORING_ASYNC_CANCEL_ALL);
-    io_uring_sqe_set_data64(sqe, 0);
-    sqe = shard_sqe(sh);
-    io_uring_prep_close(sqe, c->fd);
-    io_uring_sqe_set_data64(sqe, 0);
+    shard_cancel_and_close(sh, c->fd);
     c->fd = -1;
 }
 

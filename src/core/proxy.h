@@ -255,6 +255,7 @@ extern struct runtime rt;
 
 /* shard.c */
 struct io_uring_sqe *shard_sqe(struct shard *sh);
+void shard_cancel_and_close(struct shard *sh, int fd);
 void shard_release_recv_buf(struct shard *sh, unsigned bid);
 char *shard_recv_buf(struct shard *sh, unsigned bid);
 struct xbuf *xbuf_get(struct shard *sh);

@@ -85,6 +85,18 @@ struct io_uring_sqe *shard_sqe(struct shard *sh)
     return sqe;
 }
 
+/* Cancels every operation on fd and closes it, both through the ring. The
+ * cancelled operations still complete (-ECANCELED) to whoever queued them. */
+void shard_cancel_and_close(struct shard *sh, int fd)
+{
+    struct io_uring_sqe *sqe = shard_sqe(sh);
+    io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
+    io_uring_sqe_set_data64(sqe, 0);
+    sqe = shard_sqe(sh);
+    io_uring_prep_close(sqe, fd);
+    io_uring_sqe_set_data64(sqe, 0);
+}
+
 /* ---- provided buffers ---- */
 
 char *shard_recv_buf(struct shard *sh, unsigned bid)

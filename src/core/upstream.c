@@ -72,12 +72,7 @@ void upconn_close(struct upconn *u)
     u->state = UP_CLOSING;
     u->owner = NULL;
     if (u->fd >= 0) {
-        struct io_uring_sqe *sqe = shard_sqe(sh);
-        io_uring_prep_cancel_fd(sqe, u->fd, IORING_ASYNC_CANCEL_ALL);
-        io_uring_sqe_set_data64(sqe, 0);
-        sqe = shard_sqe(sh);
-        io_uring_prep_close(sqe, u->fd);
-        io_uring_sqe_set_data64(sqe, 0);
+        shard_cancel_and_close(sh, u->fd);
         u->fd = -1;
     }
     sh->nupconns--;
