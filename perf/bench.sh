@@ -5,7 +5,7 @@
 #
 # Knobs (environment):
 #   DURATION=10s CONNECTIONS=64 ROUNDS=3 WARMUP=1s   each measured wrk run
-#   TARGETS="direct aigw aigw-ai nginx haproxy"  SCENARIOS="get post post2k stream"
+#   TARGETS="direct aigw aigw-ai aigw-keys nginx haproxy"  SCENARIOS="get post post2k stream"
 #   PIN=auto|0|1 PROXY_CPU=0 LOAD_CPU=1  PORT_BASE=17000  KEEP=1 (keep the temp dir)
 #   BUILD=build AIGW MOCKLLM NGINX HAPROXY WRK (binaries)
 [ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
@@ -18,7 +18,7 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-1s}
 CONNECTIONS=${CONNECTIONS:-64}
 ROUNDS=${ROUNDS:-3}
-TARGETS=${TARGETS:-direct aigw aigw-ai nginx haproxy}
+TARGETS=${TARGETS:-direct aigw aigw-ai aigw-keys nginx haproxy}
 SCENARIOS=${SCENARIOS:-get post post2k stream}
 PORT_BASE=${PORT_BASE:-17000}
 SHARDS=1   # read by perf/lib.sh: the comparison is one core against one core
@@ -38,16 +38,18 @@ declare -A LABEL=([get]="GET /v1/models" [post]="POST /v1/chat/completions"
                   [post2k]="POST /v1/chat/completions, 2 KiB body"
                   [stream]="POST /v1/chat/completions, SSE stream of 64 tokens")
 for s in $SCENARIOS; do [ -n "${SCRIPT[$s]:-}" ] || die "unknown scenario '$s' (get, post, post2k, stream)"; done
-for t in $TARGETS; do [ -n "${PORT[$t]:-}" ] || die "unknown target '$t' (direct, aigw, aigw-ai, nginx, haproxy)"; done
+for t in $TARGETS; do [ -n "${PORT[$t]:-}" ] || die "unknown target '$t' (direct, aigw, aigw-ai, aigw-keys, nginx, haproxy)"; done
 
 # A first request each way must answer 200, or the figures would measure errors.
 check_target() {
     local t=$1 s code
     for s in $SCENARIOS; do
         if [ "$s" = get ]; then
-            code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:${PORT[$t]}/v1/models" || true)
+            code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "Authorization: Bearer $BENCH_KEY" \
+                "http://127.0.0.1:${PORT[$t]}/v1/models" || true)
         else
             code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H 'Content-Type: application/json' \
+                -H "Authorization: Bearer $BENCH_KEY" \
                 -d "{\"model\":\"$MODEL\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":16}" \
                 "http://127.0.0.1:${PORT[$t]}/v1/chat/completions" || true)
         fi

@@ -27,11 +27,21 @@ PORT_NGINX=$((PORT_BASE + 3))
 PORT_HAPROXY=$((PORT_BASE + 4))
 PORT_AIGW_AI=$((PORT_BASE + 5))
 PORT_AIGW_AI_ADMIN=$((PORT_BASE + 6))
+PORT_AIGW_KEYS=$((PORT_BASE + 7))
+PORT_AIGW_KEYS_ADMIN=$((PORT_BASE + 8))
 ALL_PORTS="$PORT_BACKEND $PORT_AIGW $PORT_AIGW_ADMIN $PORT_NGINX $PORT_HAPROXY $PORT_AIGW_AI $PORT_AIGW_AI_ADMIN"
+ALL_PORTS="$ALL_PORTS $PORT_AIGW_KEYS $PORT_AIGW_KEYS_ADMIN"
 # aigw: every route raw (proxied as is); aigw-ai: chat completions on a kind = ai
-# route (the body read, checked as an OpenAI request and routed by its model)
-declare -A PORT=([direct]=$PORT_BACKEND [aigw]=$PORT_AIGW [aigw-ai]=$PORT_AIGW_AI [nginx]=$PORT_NGINX [haproxy]=$PORT_HAPROXY)
-declare -A BIN=([direct]=$MOCKLLM [aigw]=$AIGW [aigw-ai]=$AIGW [nginx]=$NGINX [haproxy]=$HAPROXY)
+# route (the body read, checked as an OpenAI request and routed by its model);
+# aigw-keys: aigw-ai plus API keys and a tier's rate limits (high enough never
+# to fire): the whole AI request path
+declare -A PORT=([direct]=$PORT_BACKEND [aigw]=$PORT_AIGW [aigw-ai]=$PORT_AIGW_AI [aigw-keys]=$PORT_AIGW_KEYS
+                 [nginx]=$PORT_NGINX [haproxy]=$PORT_HAPROXY)
+declare -A BIN=([direct]=$MOCKLLM [aigw]=$AIGW [aigw-ai]=$AIGW [aigw-keys]=$AIGW [nginx]=$NGINX [haproxy]=$HAPROXY)
+# Every request of every target carries this key (wrk scripts, checks); only
+# aigw-keys checks it, the others pass it on as any header.
+BENCH_KEY=${BENCH_KEY:-sk-aigw-bench0000000000000000000000000000000000000}
+export BENCH_KEY
 declare -A PID=()      # target -> pid of the process started for it
 STARTED=()             # every pid started, in order
 PROG=$(basename "$0" .sh)
@@ -147,10 +157,12 @@ start_backend() {
 
 # Keep-alive and header timeouts are long so idle connections stay for perf/idle-rss.sh;
 # they change nothing for busy ones.
-# run_aigw TARGET PORT ADMIN_PORT CHAT_ROUTE_KIND
+# run_aigw TARGET PORT ADMIN_PORT CHAT_ROUTE_KIND [EXTRA_CONFIG]
 run_aigw() {
     local t=$1 conf=$WORK/$1.conf
     cat >"$conf" <<EOF
+${5:-}
+
 [server]
 listen = 127.0.0.1:$2
 shards = $SHARDS
@@ -175,6 +187,11 @@ path = /v1/chat/completions
 pool = bench
 kind = $4
 
+[route models]
+path = /v1/models
+pool = bench
+kind = raw
+
 [route all]
 path = /v1/*
 pool = bench
@@ -187,6 +204,21 @@ EOF
 
 start_aigw() { run_aigw aigw "$PORT_AIGW" "$PORT_AIGW_ADMIN" raw; }
 start_aigw_ai() { run_aigw aigw-ai "$PORT_AIGW_AI" "$PORT_AIGW_AI_ADMIN" ai; }
+start_aigw_keys() {
+    local hash
+    hash=$(printf '%s' "$BENCH_KEY" | sha256sum | cut -d' ' -f1)
+    echo "bench sha256:$hash tier=bench models=$MODEL" >"$WORK/keys"
+    run_aigw aigw-keys "$PORT_AIGW_KEYS" "$PORT_AIGW_KEYS_ADMIN" ai "[keys]
+auth = required
+file = $WORK/keys
+
+[tier bench]
+requests_per_minute = 1000000000
+tokens_per_minute = 10000000000
+max_tokens = 4096
+daily_tokens = 1000000000000
+"
+}
 
 start_nginx() {
     local d=$WORK/nginx user_line=""
@@ -269,7 +301,7 @@ EOF
 # start_target NAME: start the proxy NAME (the backend must be up); 1 if unavailable.
 start_target() {
     local t=$1
-    [ -n "${PORT[$t]:-}" ] || die "unknown target '$t' (direct, aigw, aigw-ai, nginx, haproxy)"
+    [ -n "${PORT[$t]:-}" ] || die "unknown target '$t' (direct, aigw, aigw-ai, aigw-keys, nginx, haproxy)"
     [ "$t" = direct ] && return 0
     [ -x "${BIN[$t]}" ] || { note "$t: ${BIN[$t]} not found"; return 1; }
     "start_${t//-/_}" || { note "$t: did not start"; return 1; }

@@ -11,6 +11,8 @@ end
 wrk.method = "POST"
 wrk.path   = "/v1/chat/completions"
 wrk.headers["Content-Type"] = "application/json"
+-- the API key aigw-keys checks (perf/lib.sh); the other targets pass it on
+wrk.headers["Authorization"] = "Bearer " .. (os.getenv("BENCH_KEY") or "none")
 wrk.body = '{"model":"' .. model .. '","messages":[' ..
            '{"role":"system","content":"You are a terse assistant. Answer in one line."},' ..
            table.concat(turns, ",") .. '],"max_tokens":16,"temperature":0.2,"stream":false}'

@@ -7,6 +7,8 @@ wrk.method = "POST"
 wrk.path   = "/v1/chat/completions"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Accept"] = "text/event-stream"
+-- the API key aigw-keys checks (perf/lib.sh); the other targets pass it on
+wrk.headers["Authorization"] = "Bearer " .. (os.getenv("BENCH_KEY") or "none")
 wrk.body = '{"model":"' .. model .. '","messages":[{"role":"user","content":' ..
            '"Tell me a story."}],"max_tokens":' .. max_tokens .. ',"stream":true}'
 

@@ -250,6 +250,35 @@ size_t alog_format(char *out, size_t cap, const struct alog_entry *e)
         jb_cstr(&b, e->error, MAX_ERROR);
     else
         JB_LIT(&b, "null");
+    if (e->key) {
+        JB_LIT(&b, ",\"key\":");
+        jb_cstr(&b, e->key, MAX_NAME);
+    }
+    if (e->ai) {
+        JB_LIT(&b, ",\"model\":");
+        if (e->model.len)
+            jb_str(&b, e->model.p, e->model.len, MAX_NAME);
+        else
+            JB_LIT(&b, "null");
+        JB_LIT(&b, ",\"stream\":");
+        if (e->stream)
+            JB_LIT(&b, "true");
+        else
+            JB_LIT(&b, "false");
+        JB_LIT(&b, ",\"tokens_in\":");
+        jb_u64(&b, e->tokens_in);
+        JB_LIT(&b, ",\"tokens_out\":");
+        jb_u64(&b, e->tokens_out);
+        JB_LIT(&b, ",\"limit\":");
+        if (e->limit)
+            jb_cstr(&b, e->limit, MAX_NAME);
+        else
+            JB_LIT(&b, "null");
+        if (e->priority) {
+            JB_LIT(&b, ",\"priority\":");
+            jb_cstr(&b, e->priority, MAX_NAME);
+        }
+    }
     JB_LIT(&b, "}\n");
     return b.overflow ? 0 : b.len;
 }

@@ -24,6 +24,15 @@ struct alog_entry {
     int64_t first_byte_us;      /* upstream first byte after request start; -1 if none */
     bool upstream_reused;
     const char *error;          /* NULL, or what went wrong ("connect refused", "first_byte timeout", ...) */
+    /* who called: written whenever a key was presented and known */
+    const char *key;            /* the key's NAME (never the key), NULL: none */
+    /* AI requests (ai set): the fields below are written only for them */
+    bool ai;
+    struct slice model;         /* empty: not read (the request was refused before) */
+    bool stream;
+    uint64_t tokens_in, tokens_out; /* prompt and completion tokens counted */
+    const char *limit;          /* the limit that refused it ("requests" ...), NULL: none */
+    const char *priority;       /* the key's tier priority */
 };
 
 /* Longest line alog_format produces: string fields longer than their share are cut

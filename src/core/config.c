@@ -8,6 +8,7 @@
  * (an empty "[pool x]" or an unknown "[tls]" must still be reported). */
 #include "core/config.h"
 #include "policy/glob.h"
+#include "policy/keys.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -26,15 +27,21 @@
 #define CFG_MAX_POOLS 1024
 #define CFG_MAX_ROUTES 1024
 #define CFG_MAX_BACKENDS 1024          /* per pool */
+#define CFG_MAX_TIERS 1024
 #define CFG_DURATION_MAX_MS (366ULL * 24 * 3600 * 1000)
 
 enum section_kind {
-    SEC_NONE, SEC_SERVER, SEC_ADMIN, SEC_TIMEOUTS, SEC_LOG, SEC_POOL, SEC_ROUTE, SEC_COUNT
+    SEC_NONE, SEC_SERVER, SEC_ADMIN, SEC_TIMEOUTS, SEC_LOG, SEC_POOL, SEC_ROUTE, SEC_KEYS,
+    SEC_TIER, SEC_COUNT
 };
 
+/* Pool names as written, resolved once the whole file is read (pools may come
+ * after the routes that use them). */
 struct pending_route {
-    char pool[CFG_NAME_MAX];   /* as written, resolved once the whole file is read */
+    char pool[CFG_NAME_MAX];
     int pool_line;
+    char split[CFG_MAX_SPLIT][CFG_NAME_MAX];    /* parallel to cfg_route.split */
+    int split_line;
 };
 
 struct load_ctx {
@@ -58,7 +65,7 @@ struct load_ctx {
     uint32_t seen_keys;         /* bit per key of the current section's table */
     bool section_seen[SEC_COUNT];
 
-    unsigned pool_cap, route_cap, backend_cap;
+    unsigned pool_cap, route_cap, backend_cap, tier_cap;
     struct pending_route *pending;  /* parallel to c->routes */
     bool listen_configured;
     bool admin_configured;
@@ -66,7 +73,8 @@ struct load_ctx {
 
 /* ---- errors ---------------------------------------------------------------- */
 
-static void vfail_at(struct load_ctx *x, int line, const char *fmt, va_list ap)
+/* file: the file the message is about (the config, or the keys file). */
+static void vfail_in(struct load_ctx *x, const char *file, int line, const char *fmt, va_list ap)
 {
     if (x->failed)
         return;
@@ -74,14 +82,29 @@ static void vfail_at(struct load_ctx *x, int line, const char *fmt, va_list ap)
     x->err_line = line;
     if (!x->err || x->errlen == 0)
         return;
-    int n = line > 0 ? snprintf(x->err, x->errlen, "%s:%d: ", x->name, line)
-                     : snprintf(x->err, x->errlen, "%s: ", x->name);
+    int n = line > 0 ? snprintf(x->err, x->errlen, "%s:%d: ", file, line)
+                     : snprintf(x->err, x->errlen, "%s: ", file);
     if (n >= 0 && (size_t)n < x->errlen)
         vsnprintf(x->err + n, x->errlen - (size_t)n, fmt, ap);
     /* values are echoed back; keep terminal control bytes out of the message */
     for (char *p = x->err; *p; p++)
         if ((unsigned char)*p < 0x20 || *p == 0x7f)
             *p = '?';
+}
+
+static void vfail_at(struct load_ctx *x, int line, const char *fmt, va_list ap)
+{
+    vfail_in(x, x->name, line, fmt, ap);
+}
+
+__attribute__((format(printf, 4, 5)))
+static int fail_in(struct load_ctx *x, const char *file, int line, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vfail_in(x, file, line, fmt, ap);
+    va_end(ap);
+    return -1;
 }
 
 __attribute__((format(printf, 3, 4)))
@@ -633,10 +656,51 @@ static int route_pool(struct load_ctx *x, const char *key, const char *value)
     size_t len = strlen(value);
     if (len == 0)
         return bad_value(x, key, value, "the name of a [pool NAME] section");
+    if (r->nsplit)
+        return fail(x, "route '%s': pool and split are exclusive", r->name);
     if (len >= sizeof pr->pool)
         return fail(x, "route '%s': unknown pool '%s'", r->name, value);
     memcpy(pr->pool, value, len + 1);
     pr->pool_line = x->lineno;
+    return 0;
+}
+
+/* "gpu-a:90 gpu-canary:10"; the pools are resolved in finish(). */
+static int route_split(struct load_ctx *x, const char *key, const char *value)
+{
+    static const char expected[] = "POOL:WEIGHT pairs separated by spaces, weight 1-1000000";
+    struct cfg_route *r = cur_route(x);
+    struct pending_route *pr = &x->pending[x->c->nroutes - 1];
+    if (pr->pool[0])
+        return fail(x, "route '%s': pool and split are exclusive", r->name);
+    char buf[CFG_LINE_MAX + 1];
+    snprintf(buf, sizeof buf, "%s", value);
+
+    unsigned n = 0;
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, " \t", &save); tok; tok = strtok_r(NULL, " \t", &save)) {
+        char *colon = strchr(tok, ':');
+        uint64_t w;
+        if (!colon || colon == tok || parse_uint_range(colon + 1, 1, 1000000, &w) < 0)
+            return bad_value(x, key, value, expected);
+        *colon = '\0';
+        size_t len = (size_t)(colon - tok);
+        if (n == CFG_MAX_SPLIT)
+            return fail(x, "route '%s': too many pools in split (at most %d)", r->name,
+                        CFG_MAX_SPLIT);
+        if (len >= sizeof pr->split[0])
+            return fail(x, "route '%s': unknown pool '%s'", r->name, tok);
+        for (unsigned i = 0; i < n; i++)
+            if (strcmp(pr->split[i], tok) == 0)
+                return fail(x, "route '%s': pool '%s' appears twice in split", r->name, tok);
+        memcpy(pr->split[n], tok, len + 1);
+        r->split[n].weight = (unsigned)w;
+        n++;
+    }
+    if (n == 0)
+        return bad_value(x, key, value, expected);
+    r->nsplit = n;
+    pr->split_line = x->lineno;
     return 0;
 }
 
@@ -661,6 +725,99 @@ static int route_kind(struct load_ctx *x, const char *key, const char *value)
         r->kind = ROUTE_RAW;
     else
         return bad_value(x, key, value, "ai or raw");
+    return 0;
+}
+
+/* ---- [keys] ------------------------------------------------------------------ */
+
+static int keys_auth(struct load_ctx *x, const char *key, const char *value)
+{
+    if (strcmp(value, "required") == 0)
+        x->c->keys.required = true;
+    else if (strcmp(value, "off") == 0)
+        x->c->keys.required = false;
+    else
+        return bad_value(x, key, value, "required or off");
+    return 0;
+}
+
+/* A relative path is taken from the directory of the configuration file (the
+ * current directory when its name has none). The file is read in finish(). */
+static int keys_file(struct load_ctx *x, const char *key, const char *value)
+{
+    struct config *c = x->c;
+    size_t len = strlen(value), dirlen = 0;
+    if (len == 0)
+        return bad_value(x, key, value, "the path of the keys file");
+    if (value[0] != '/') {
+        const char *slash = strrchr(x->name, '/');
+        if (slash)
+            dirlen = (size_t)(slash - x->name) + 1;
+    }
+    if (dirlen + len >= sizeof c->keys.file)
+        return fail(x, "invalid value for %s: path too long", key);
+    memcpy(c->keys.file, x->name, dirlen);
+    memcpy(c->keys.file + dirlen, value, len + 1);
+    return 0;
+}
+
+/* ---- [tier NAME] ------------------------------------------------------------- */
+
+#define TIER_RATE_MAX 10000000000ULL
+#define TIER_MAX_TOKENS_MAX 10000000ULL
+#define TIER_DAILY_MAX (1ULL << 40)
+#define TIER_BURST_MAX_MS (24ULL * 3600 * 1000)
+
+static struct cfg_tier *cur_tier(struct load_ctx *x) { return &x->c->tiers[x->c->ntiers - 1]; }
+
+static int tier_requests_per_minute(struct load_ctx *x, const char *key, const char *value)
+{
+    if (parse_uint_range(value, 0, TIER_RATE_MAX, &cur_tier(x)->requests_per_minute) < 0)
+        return bad_value(x, key, value, "a number 0-10000000000, 0 for unlimited");
+    return 0;
+}
+
+static int tier_tokens_per_minute(struct load_ctx *x, const char *key, const char *value)
+{
+    if (parse_uint_range(value, 0, TIER_RATE_MAX, &cur_tier(x)->tokens_per_minute) < 0)
+        return bad_value(x, key, value, "a number 0-10000000000, 0 for unlimited");
+    return 0;
+}
+
+static int tier_burst(struct load_ctx *x, const char *key, const char *value)
+{
+    uint64_t v;
+    if (config_parse_duration_ms(value, &v) < 0 || v == 0 || v > TIER_BURST_MAX_MS)
+        return bad_value(x, key, value, "a duration above zero up to 24h such as 10s, 60s or 5m");
+    cur_tier(x)->burst_ms = v;
+    return 0;
+}
+
+static int tier_max_tokens(struct load_ctx *x, const char *key, const char *value)
+{
+    if (parse_uint_range(value, 0, TIER_MAX_TOKENS_MAX, &cur_tier(x)->max_tokens) < 0)
+        return bad_value(x, key, value, "a number 0-10000000, 0 for no cap");
+    return 0;
+}
+
+static int tier_daily_tokens(struct load_ctx *x, const char *key, const char *value)
+{
+    if (parse_uint_range(value, 0, TIER_DAILY_MAX, &cur_tier(x)->daily_tokens) < 0)
+        return bad_value(x, key, value, "a number 0-1099511627776, 0 for no quota");
+    return 0;
+}
+
+static int tier_priority(struct load_ctx *x, const char *key, const char *value)
+{
+    struct cfg_tier *t = cur_tier(x);
+    if (strcmp(value, "high") == 0)
+        t->priority = PRIORITY_HIGH;
+    else if (strcmp(value, "normal") == 0)
+        t->priority = PRIORITY_NORMAL;
+    else if (strcmp(value, "low") == 0)
+        t->priority = PRIORITY_LOW;
+    else
+        return bad_value(x, key, value, "high, normal or low");
     return 0;
 }
 
@@ -708,14 +865,30 @@ static const struct key_def pool_keys[] = {
 static const struct key_def route_keys[] = {
     { "path", route_path, false },
     { "pool", route_pool, false },
+    { "split", route_split, false },
     { "kind", route_kind, false },
     { "models", route_models, false },
+    { NULL, NULL, false },
+};
+static const struct key_def keys_keys[] = {
+    { "auth", keys_auth, false },
+    { "file", keys_file, false },
+    { NULL, NULL, false },
+};
+static const struct key_def tier_keys[] = {
+    { "requests_per_minute", tier_requests_per_minute, false },
+    { "tokens_per_minute", tier_tokens_per_minute, false },
+    { "burst", tier_burst, false },
+    { "max_tokens", tier_max_tokens, false },
+    { "daily_tokens", tier_daily_tokens, false },
+    { "priority", tier_priority, false },
     { NULL, NULL, false },
 };
 
 static const struct key_def *const section_keys[SEC_COUNT] = {
     [SEC_SERVER] = server_keys, [SEC_ADMIN] = admin_keys, [SEC_TIMEOUTS] = timeout_keys,
     [SEC_LOG] = log_keys, [SEC_POOL] = pool_keys, [SEC_ROUTE] = route_keys,
+    [SEC_KEYS] = keys_keys, [SEC_TIER] = tier_keys,
 };
 
 /* Checks that need the whole section: run when the next section starts or at EOF. */
@@ -729,8 +902,11 @@ static int close_section(struct load_ctx *x)
         const struct cfg_route *r = cur_route(x);
         if (r->path_len == 0)
             return fail_at(x, x->sec_line, "route '%s' has no path", r->name);
-        if (x->pending[x->c->nroutes - 1].pool[0] == '\0')
-            return fail_at(x, x->sec_line, "route '%s' has no pool", r->name);
+        if (x->pending[x->c->nroutes - 1].pool[0] == '\0' && r->nsplit == 0)
+            return fail_at(x, x->sec_line, "route '%s' has no pool or split", r->name);
+    } else if (x->sec == SEC_KEYS) {
+        if (x->c->keys.required && x->c->keys.file[0] == '\0')
+            return fail_at(x, x->sec_line, "auth = required needs a keys file");
     }
     x->sec = SEC_NONE;
     return 0;
@@ -794,12 +970,38 @@ static int open_route(struct load_ctx *x, const char *name, size_t len)
     return 0;
 }
 
+static int open_tier(struct load_ctx *x, const char *name, size_t len)
+{
+    struct config *c = x->c;
+    for (unsigned i = 0; i < c->ntiers; i++)
+        if (strlen(c->tiers[i].name) == len && memcmp(c->tiers[i].name, name, len) == 0)
+            return fail(x, "duplicate tier '%s' (already on line %d)", c->tiers[i].name,
+                        c->tiers[i].line);
+    if (c->ntiers == CFG_MAX_TIERS)
+        return fail(x, "too many tiers (at most %d)", CFG_MAX_TIERS);
+    if (c->ntiers == x->tier_cap) {
+        unsigned cap = x->tier_cap ? x->tier_cap * 2 : 4;
+        struct cfg_tier *nt = realloc(c->tiers, cap * sizeof *nt);
+        if (!nt)
+            return fail(x, "out of memory");
+        c->tiers = nt;
+        x->tier_cap = cap;
+    }
+    struct cfg_tier *t = &c->tiers[c->ntiers++];
+    memset(t, 0, sizeof *t);
+    memcpy(t->name, name, len);
+    t->burst_ms = 60000;
+    t->priority = PRIORITY_NORMAL;
+    t->line = x->lineno;
+    return 0;
+}
+
 /* inner: the text between '[' and ']'. */
 static int open_section(struct load_ctx *x, const char *inner, size_t len)
 {
     static const char *const singletons[SEC_COUNT] = {
         [SEC_SERVER] = "server", [SEC_ADMIN] = "admin", [SEC_TIMEOUTS] = "timeouts",
-        [SEC_LOG] = "log",
+        [SEC_LOG] = "log", [SEC_KEYS] = "keys",
     };
     if (close_section(x) < 0)
         return -1;
@@ -826,20 +1028,29 @@ static int open_section(struct load_ctx *x, const char *inner, size_t len)
         kind = SEC_POOL;
     if (name_len && kind_len == 5 && memcmp(inner, "route", 5) == 0)
         kind = SEC_ROUTE;
+    if (name_len && kind_len == 4 && memcmp(inner, "tier", 4) == 0)
+        kind = SEC_TIER;
     if (kind == SEC_NONE)
         return fail(x, "unknown section [%.*s]", (int)len, inner);
 
-    if (kind == SEC_POOL || kind == SEC_ROUTE) {
+    if (kind == SEC_POOL || kind == SEC_ROUTE || kind == SEC_TIER) {
+        const char *what = kind == SEC_POOL ? "pool" : kind == SEC_ROUTE ? "route" : "tier";
         if (!valid_name(name, name_len))
             return fail(x, "invalid %s name '%.*s' (expected 1-%d letters, digits, '-', '_' or '.')",
-                        kind == SEC_POOL ? "pool" : "route", (int)name_len, name,
-                        CFG_NAME_MAX - 1);
-        if ((kind == SEC_POOL ? open_pool : open_route)(x, name, name_len) < 0)
+                        what, (int)name_len, name, CFG_NAME_MAX - 1);
+        int rc = kind == SEC_POOL    ? open_pool(x, name, name_len)
+                 : kind == SEC_ROUTE ? open_route(x, name, name_len)
+                                     : open_tier(x, name, name_len);
+        if (rc < 0)
             return -1;
     } else {
         if (x->section_seen[kind])
             return fail(x, "duplicate section [%s]", singletons[kind]);
         x->section_seen[kind] = true;
+        if (kind == SEC_KEYS) {
+            x->c->keys.configured = true;
+            x->c->keys.required = true;
+        }
     }
     x->sec = kind;
     x->sec_line = x->lineno;
@@ -950,6 +1161,52 @@ static int handle_key(void *user, const char *section, const char *key, const ch
 
 /* ---- whole-file checks and entry points --------------------------------------- */
 
+static unsigned find_pool(const struct config *c, const char *name)
+{
+    unsigned p = 0;
+    while (p < c->npools && strcmp(c->pools[p].name, name) != 0)
+        p++;
+    return p;
+}
+
+/* Reads the keys file and gives each key its tier. The keyring's own errors
+ * already read "KEYSFILE:LINE: message" and are passed on as they are. */
+static int load_keys(struct load_ctx *x)
+{
+    struct config *c = x->c;
+    if (c->keys.file[0] == '\0')
+        return 0;
+    if (keyring_load(c->keys.file, &c->keys.ring, x->err, x->errlen) < 0) {
+        x->failed = true;
+        x->err_line = 0;
+        return -1;
+    }
+    unsigned n = keyring_count(c->keys.ring);
+    c->keys.key_tier = calloc(n ? n : 1, sizeof *c->keys.key_tier);
+    if (!c->keys.key_tier)
+        return fail_at(x, 0, "out of memory");
+    unsigned last = 0;          /* keys tend to share a few tiers: try the last one first */
+    for (unsigned i = 0; i < n; i++) {
+        const struct key_entry *e = keyring_entry(c->keys.ring, i);
+        unsigned t = last;
+        if (t >= c->ntiers || strcmp(c->tiers[t].name, e->tier) != 0) {
+            t = 0;
+            while (t < c->ntiers && strcmp(c->tiers[t].name, e->tier) != 0)
+                t++;
+        }
+        if (t < c->ntiers) {
+            c->keys.key_tier[i] = t;
+            last = t;
+        } else if (strcmp(e->tier, "default") == 0) {
+            c->keys.key_tier[i] = CFG_NO_TIER;
+        } else {
+            return fail_in(x, c->keys.file, e->line, "unknown tier '%s' (no [tier %s] in %s)",
+                           e->tier, e->tier, x->name);
+        }
+    }
+    return 0;
+}
+
 static int finish(struct load_ctx *x)
 {
     struct config *c = x->c;
@@ -970,9 +1227,18 @@ static int finish(struct load_ctx *x)
     for (unsigned i = 0; i < c->nroutes; i++) {
         struct cfg_route *r = &c->routes[i];
         const struct pending_route *pr = &x->pending[i];
-        unsigned p = 0;
-        while (p < c->npools && strcmp(c->pools[p].name, pr->pool) != 0)
-            p++;
+        if (r->nsplit) {
+            for (unsigned j = 0; j < r->nsplit; j++) {
+                unsigned p = find_pool(c, pr->split[j]);
+                if (p == c->npools)
+                    return fail_at(x, pr->split_line, "route '%s': unknown pool '%s'", r->name,
+                                   pr->split[j]);
+                r->split[j].pool = p;
+            }
+            r->pool = r->split[0].pool;
+            continue;
+        }
+        unsigned p = find_pool(c, pr->pool);
         if (p == c->npools)
             return fail_at(x, pr->pool_line, "route '%s': unknown pool '%s'", r->name, pr->pool);
         r->pool = p;
@@ -980,7 +1246,7 @@ static int finish(struct load_ctx *x)
     c->nbackends = 0;
     for (unsigned i = 0; i < c->npools; i++)
         c->nbackends += c->pools[i].nbackends;
-    return 0;
+    return load_keys(x);
 }
 
 static struct config *config_new(const char *name)
@@ -1087,5 +1353,8 @@ void config_free(struct config *c)
     for (unsigned i = 0; i < c->nroutes; i++)
         glob_list_free(c->routes[i].models);
     free(c->routes);
+    free(c->tiers);
+    keyring_free(c->keys.ring);
+    free(c->keys.key_tier);
     free(c);
 }

@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 
 struct glob_list;
+struct keyring;
 
 #define CFG_MAX_LISTEN 16
 #define CFG_NAME_MAX 64
@@ -42,17 +43,44 @@ struct cfg_pool {
 
 enum route_kind { ROUTE_AI, ROUTE_RAW };
 
+/* `split = gpu-a:90 gpu-canary:10`: the route spreads its requests over pools by
+ * weight instead of sending them all to `pool`. */
+#define CFG_MAX_SPLIT 8
+struct cfg_split {
+    unsigned pool;              /* index into config.pools */
+    unsigned weight;            /* >= 1 */
+};
+
 struct cfg_route {
     char name[CFG_NAME_MAX];
     char path[256];             /* without the trailing '*' for prefixes */
     size_t path_len;
     bool prefix;                /* configured with a trailing '*' ("/x/" then '*'): matches any path starting with path */
-    unsigned pool;              /* index into config.pools */
+    unsigned pool;              /* index into config.pools; with split: split[0].pool */
+    struct cfg_split split[CFG_MAX_SPLIT];
+    unsigned nsplit;            /* 0: every request goes to pool */
     enum route_kind kind;       /* default ai */
     struct glob_list *models;   /* model globs this route takes; NULL: any model */
     char models_text[512];
     int line;
 };
+
+/* Who waits and who is shed first when backends are saturated. */
+enum priority { PRIORITY_HIGH, PRIORITY_NORMAL, PRIORITY_LOW };
+
+/* [tier NAME]: the limits every key of the tier gets, each key its own buckets. */
+struct cfg_tier {
+    char name[CFG_NAME_MAX];
+    uint64_t requests_per_minute;   /* 0 (default): unlimited */
+    uint64_t tokens_per_minute;     /* 0 (default): unlimited */
+    uint64_t burst_ms;              /* bucket size as time of refill; default 60s */
+    uint64_t max_tokens;            /* largest max_tokens a request may ask; 0 (default): no cap */
+    uint64_t daily_tokens;          /* quota per UTC day; 0 (default): none */
+    enum priority priority;         /* default normal */
+    int line;
+};
+/* A key whose tier is "default" when no [tier default] exists: no limits. */
+#define CFG_NO_TIER UINT32_MAX
 
 enum access_log_mode { ACCESS_OFF, ACCESS_STDOUT, ACCESS_FILE };
 enum log_level { LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG };
@@ -89,6 +117,15 @@ struct config {
     struct cfg_route *routes;   /* in file order */
     unsigned nroutes;
     unsigned nbackends;         /* sum over pools */
+    struct {
+        bool configured;        /* a [keys] section exists */
+        bool required;          /* auth = required (the default with [keys]) */
+        char file[PATH_MAX];    /* empty: no keys file (then auth must be off) */
+        struct keyring *ring;   /* loaded with the config; NULL without a file */
+        uint32_t *key_tier;     /* per keyring entry: index into tiers, or CFG_NO_TIER */
+    } keys;
+    struct cfg_tier *tiers;     /* in file order */
+    unsigned ntiers;
 };
 
 /* Loads and validates path. On success returns 0 and *out. On failure returns -1

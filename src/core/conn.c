@@ -14,7 +14,9 @@
 #include <unistd.h>
 
 #include "core/accesslog.h"
+#include "core/admission.h"
 #include "core/log.h"
+#include "policy/keys.h"
 #include "proto/openai.h"
 
 static void process_input(struct conn *c);
@@ -163,8 +165,13 @@ void conn_maybe_free(struct conn *c)
     if (c->state != CS_CLOSING || c->ops != 0)
         return;
     /* no splice can use these any more */
-    pipe_put(c->sh, c->pipe_orphan, false);
-    c->pipe_orphan = NULL;
+    xbuf_put(c->sh, c->ibuf);   /* an inspection read may have used it until now */
+    c->ibuf = NULL;
+    while (c->pipe_orphan) {
+        struct pipe_pair *p = c->pipe_orphan;
+        c->pipe_orphan = p->next_free;
+        pipe_put(c->sh, p, false);
+    }
     if (c->up_fd_orphan >= 0) {
         struct io_uring_sqe *sqe = shard_sqe(c->sh);
         io_uring_prep_close(sqe, c->up_fd_orphan);
@@ -273,17 +280,31 @@ static void abandon_upstream(struct conn *c)
 
 /* ---- local responses ---- */
 
-/* Answers the current request with an OpenAI-shaped error. Closes afterwards unless
- * keep-alive is safe (the request had no body left unread on the connection). */
-static void send_error(struct conn *c, int status, const char *type, const char *code,
-                       const char *msg)
+/* The header lines every answer aigw makes carries: x-request-id, the caller's
+ * x-ratelimit-* on AI requests, and Retry-After where waiting helps. */
+#define LOCAL_EXTRA_MAX (64 + RL_HEADERS_MAX + 32)
+static struct slice local_extra(struct conn *c, int status, char *buf)
+{
+    struct slice ex = request_id_header(c, buf, 64);
+    if (c->ai)
+        ex.len += admission_headers(c, buf + ex.len, RL_HEADERS_MAX);
+    if (status == 503 || status == 429)
+        ex.len += (size_t)snprintf(buf + ex.len, 32, "retry-after: %u\r\n",
+                                   c->retry_after_s ? c->retry_after_s : 1);
+    return ex;
+}
+
+/* Prepares to answer the current request from aigw itself: gives up the
+ * upstream side and decides keep-alive. False when it is too late for a status
+ * (the connection is then closed). */
+static bool local_answer_begin(struct conn *c, int status, const char *msg)
 {
     struct shard *sh = c->sh;
     if (c->resp_started) {
         /* too late for a status: the client sees the stream end early */
         c->error = msg;
         conn_close(c);
-        return;
+        return false;
     }
     if (c->up) {
         conn_drop_buf(c, c->out);   /* the upstream send may still read it */
@@ -298,26 +319,82 @@ static void send_error(struct conn *c, int status, const char *type, const char 
     c->status = (uint16_t)status;
     if (!c->error)
         c->error = msg;
+    return true;
+}
+
+/* c->out holds the whole answer: send it. */
+static void local_answer_send(struct conn *c)
+{
+    struct shard *sh = c->sh;
+    c->state = CS_LOCAL;
+    c->resp_started = true;
+    c->last_activity_ms = sh->now_ms;
+    arm_timer(c, T_IDLE, conn_cfg(c)->timeouts.idle_ms);
+    conn_send_out(c);
+}
+
+/* Answers the current request with an OpenAI-shaped error. Closes afterwards unless
+ * keep-alive is safe (the request had no body left unread on the connection). */
+static void send_error(struct conn *c, int status, const char *type, const char *code,
+                       const char *msg)
+{
+    struct shard *sh = c->sh;
+    if (!local_answer_begin(c, status, msg))
+        return;
     if (!c->out)
         c->out = xbuf_get(sh);
     if (!c->out) {
         conn_close(c);
         return;
     }
-    char extra[128];
-    struct slice ex = request_id_header(c, extra, sizeof extra - 32);
-    if (status == 503 || status == 429) {
-        memcpy(extra + ex.len, "retry-after: 1\r\n", 16);
-        ex.len += 16;
-    }
+    char extra[LOCAL_EXTRA_MAX];
+    struct slice ex = local_extra(c, status, extra);
     c->out->off = 0;
-    c->out->len = (uint32_t)http_write_error(c->out->data, sh->xbuf_size, status, type, code, msg,
+    c->out->len = (uint32_t)http_write_error(c->out->data, c->out->cap, status, type, code, msg,
                                              c->keep_alive, ex);
-    c->state = CS_LOCAL;
-    c->resp_started = true;
-    c->last_activity_ms = sh->now_ms;
-    arm_timer(c, T_IDLE, conn_cfg(c)->timeouts.idle_ms);
-    conn_send_out(c);
+    local_answer_send(c);
+}
+
+/* GET /v1/models: the models the caller may use, in OpenAI's list shape. */
+static void send_models(struct conn *c, struct slice path)
+{
+    struct shard *sh = c->sh;
+    ssize_t blen = admission_models_body(c, path, NULL, 0);
+    if (blen < 0) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "The model `%.*s` does not exist or you do not have access to it",
+                 (int)(path.len > 200 ? 200 : path.len - 11), path.p + 11);
+        send_error(c, 404, "invalid_request_error", "model_not_found", msg);
+        return;
+    }
+    if (!local_answer_begin(c, 200, NULL))
+        return;
+    char extra[LOCAL_EXTRA_MAX];
+    struct slice ex = local_extra(c, 200, extra);
+    c->out = xbuf_get_cap(sh, (uint32_t)((size_t)blen + 256 + ex.len));
+    if (!c->out) {
+        conn_close(c);
+        return;
+    }
+    size_t hlen = http_write_json_head(c->out->data, c->out->cap, 200, (size_t)blen, c->keep_alive, ex);
+    admission_models_body(c, path, c->out->data + hlen, c->out->cap - hlen);
+    c->out->off = 0;
+    c->out->len = (uint32_t)(hlen + (size_t)blen);
+    if (c->req_method == METHOD_HEAD)
+        c->out->len = (uint32_t)hlen;
+    local_answer_send(c);
+}
+
+/* What admission.c knows of the request starts empty. */
+static void reset_admission(struct conn *c)
+{
+    c->key = -1;
+    c->ai = c->stream = c->admitted = c->tee_failed = false;
+    c->limit = RL_NONE;
+    c->meter = 0;
+    c->retry_after_s = 0;
+    c->model_len = 0;
+    c->prompt_estimate = c->tokens_in = c->tokens_out = 0;
 }
 
 /* For errors found while parsing, before a request is set up. */
@@ -327,7 +404,8 @@ static void reject_head(struct conn *c, int status, const char *msg)
     c->sg = sh->sg;
     c->sg->inflight++;
     c->start_us = sh->now_us;
-    c->route = c->backend = -1;
+    c->route = c->backend = c->pool = -1;
+    reset_admission(c);
     c->error = NULL;
     c->status = 0;
     c->first_byte_us = 0;
@@ -377,20 +455,24 @@ static void copy_slice(char *dst, size_t cap, struct slice s, uint16_t *len_out)
     *len_out = (uint16_t)n;
 }
 
-/* Picks the backend for c->route's pool and counts the request against it.
- * False (and the 503 sent) when every backend is at max_outstanding. */
+/* Picks the pool (the route's, or by its split) and the backend in it, and counts
+ * the request against that backend. False (and the 503 sent) when every backend
+ * is at max_outstanding. */
 static bool choose_backend(struct conn *c)
 {
     struct shard *sh = c->sh;
     struct shard_gen *sg = c->sg;
     const struct config *cfg = sg->g->cfg;
     const struct cfg_route *route = &cfg->routes[c->route];
-    const struct cfg_pool *pool = &cfg->pools[route->pool];
-    unsigned first = sg->g->pool_first_backend[route->pool];
+    c->pool = (int)(route->nsplit ? route->split[split_pick(sg->split[c->route], route->split,
+                                                            route->nsplit)].pool
+                                  : route->pool);
+    const struct cfg_pool *pool = &cfg->pools[c->pool];
+    unsigned first = sg->g->pool_first_backend[c->pool];
     uint32_t outstanding[pool->nbackends ? pool->nbackends : 1];
     for (unsigned i = 0; i < pool->nbackends; i++)
         outstanding[i] = gen_outstanding(sg->g, first + i);
-    int pick = balance_pick(pool->balance, &sg->balance[route->pool], pool->backends,
+    int pick = balance_pick(pool->balance, &sg->balance[c->pool], pool->backends,
                             pool->nbackends, outstanding, NULL, pool->max_outstanding);
     if (pick < 0) {
         send_error(c, 503, "server_error", "no_capacity", "all backends are at capacity");
@@ -404,11 +486,12 @@ static bool choose_backend(struct conn *c)
     return true;
 }
 
-/* What the forwarded head gains, for the chosen route and backend. */
+/* What the forwarded head gains, for the chosen pool and backend. The caller's
+ * key is for aigw only: it never goes upstream when aigw checks keys. */
 static struct http_forward forward_info(const struct conn *c)
 {
     const struct gen *g = c->sg->g;
-    const struct cfg_pool *pool = &g->cfg->pools[g->cfg->routes[c->route].pool];
+    const struct cfg_pool *pool = &g->cfg->pools[c->pool];
     const char *host = g->backend_cfg[c->backend]->addr.text;
     return (struct http_forward){
         .client_addr = { c->client, c->client_len },
@@ -416,7 +499,7 @@ static struct http_forward forward_info(const struct conn *c)
         .request_id = { c->request_id, c->request_id_len },
         .upstream_auth = { pool->upstream_auth, strlen(pool->upstream_auth) },
         .default_host = { host, strlen(host) },
-        .strip_client_auth = false,
+        .strip_client_auth = g->cfg->keys.configured,
     };
 }
 
@@ -516,27 +599,63 @@ static void ai_request_ready(struct conn *c)
         send_error(c, 400, "invalid_request_error", NULL, why);
         return;
     }
-    char model[257];
+    c->ai = true;
+    c->stream = ai.stream;
+    c->prompt_estimate = ai.prompt_tokens_estimate;
+    char model[OPENAI_MAX_MODEL_LEN + 1];
     size_t mlen = ai.model.len < sizeof model ? ai.model.len : sizeof model - 1;
     if (ai.model_escaped)
         mlen = openai_unescape(ai.model, model, sizeof model);
     else
         memcpy(model, ai.model.p, mlen);
     model[mlen] = 0;
+    c->model_len = (uint8_t)(mlen < sizeof c->model ? mlen : sizeof c->model);
+    memcpy(c->model, model, c->model_len);
+    char msg[400];
     int route = route_lookup_model(c->sg->g->routes, req->path.p, req->path.len, model, mlen);
     if (route < 0) {
-        char msg[400];
         snprintf(msg, sizeof msg, "The model `%s` does not exist or is not served here", model);
         c->error = "model not found";
         send_error(c, 404, "invalid_request_error", "model_not_found", msg);
         return;
     }
     c->route = route;
+    if (!admission_model_allowed(c, model, mlen)) {
+        snprintf(msg, sizeof msg, "This API key may not use the model `%s`", model);
+        c->error = "model not allowed";
+        send_error(c, 403, "permission_error", "model_not_allowed", msg);
+        return;
+    }
+    uint64_t cap = admission_max_tokens_exceeded(c, &ai);
+    if (cap) {
+        snprintf(msg, sizeof msg, "max_tokens is %llu, more than the %llu this API key may ask for",
+                 (unsigned long long)ai.max_tokens, (unsigned long long)cap);
+        c->error = "max_tokens over the tier's cap";
+        send_error(c, 400, "invalid_request_error", "max_tokens_too_large", msg);
+        return;
+    }
+    struct rl_verdict verdict;
+    if (!admission_admit(c, &ai, &verdict)) {
+        const char *which = rl_limit_name(verdict.limit);
+        if (verdict.too_large)
+            snprintf(msg, sizeof msg, "Request too large: it needs %llu tokens, more than this "
+                     "API key's %s limit can ever allow; ask for fewer max_tokens",
+                     (unsigned long long)(ai.prompt_tokens_estimate +
+                                          (ai.has_max_tokens ? ai.max_tokens : 0)),
+                     which);
+        else
+            snprintf(msg, sizeof msg, "Rate limit reached for %s of this API key; retry in %u s",
+                     which, verdict.retry_after_s);
+        c->retry_after_s = verdict.retry_after_s ? verdict.retry_after_s : 1;
+        c->error = "rate limited";
+        send_error(c, 429, "rate_limit_exceeded", which, msg);
+        return;
+    }
     if (!choose_backend(c))
         return;
     /* the forwarded head is the client's plus what a proxy adds (forwarding
      * headers, framing, upstream credentials): within FORWARD_HEAD_EXTRA */
-    const struct cfg_pool *pool = &cfg->pools[cfg->routes[c->route].pool];
+    const struct cfg_pool *pool = &cfg->pools[c->pool];
     size_t head_room = c->body_head_len + FORWARD_HEAD_EXTRA + strlen(pool->upstream_auth);
     struct xbuf *out = xbuf_get_cap(sh, (uint32_t)(head_room + blen));
     if (!out) {
@@ -625,6 +744,8 @@ static size_t start_request(struct conn *c, const char *src, size_t n, const str
     c->state = CS_UPSTREAM;
     c->route = -1;
     c->backend = -1;
+    c->pool = -1;
+    reset_admission(c);
     c->status = 0;
     c->error = NULL;
     c->resp_started = c->resp_done = c->retried = c->upstream_reused = false;
@@ -659,9 +780,29 @@ static size_t start_request(struct conn *c, const char *src, size_t n, const str
         send_error(c, 400, "invalid_request_error", NULL, "missing Host header");
         return n;
     }
+    /* answers that leave a body unread close the connection; without one, what
+     * follows the head is the next pipelined request */
+    bool no_body = req->body == BODY_NONE || (req->body == BODY_LENGTH && req->content_length == 0);
+    size_t consumed = no_body ? req->head_len : n;
+    enum auth_result auth = admission_authenticate(c, req);
+    if (auth != AUTH_OK) {
+        send_error(c, 401, "authentication_error", "invalid_api_key",
+                   auth == AUTH_MISSING
+                       ? "Missing API key: send it as `Authorization: Bearer KEY` or `x-api-key: KEY`"
+                       : "Incorrect API key provided");
+        return consumed;
+    }
     /* the first route for the path decides whether the body is read as an
      * OpenAI request (and the route then chosen by its model) */
     int path_route = route_lookup(sg->g->routes, req->path.p, req->path.len);
+    /* GET /v1/models is aigw's own, unless a route claims that exact path */
+    if ((req->method_id == METHOD_GET || req->method_id == METHOD_HEAD) &&
+        admission_is_models_path(req->path) &&
+        !(path_route >= 0 && !cfg->routes[path_route].prefix &&
+          cfg->routes[path_route].path_len == req->path.len)) {
+        send_models(c, req->path);
+        return consumed;
+    }
     if (path_route >= 0 && cfg->routes[path_route].kind == ROUTE_AI &&
         !(req->body == BODY_NONE || (req->body == BODY_LENGTH && req->content_length == 0))) {
         c->route = path_route;
@@ -1162,6 +1303,7 @@ static void request_finish(struct conn *c)
         return;
     const struct config *cfg = sg->g->cfg;
     uint64_t dur = sh->now_us - c->start_us;
+    admission_settle(c);
     int route_slot = c->route >= 0 ? sg->g->route_metric_slot[c->route] : 0;
     metrics_observe_request(sh->m, route_slot, c->status, dur);
     if (cfg->log.access != ACCESS_OFF) {
@@ -1181,7 +1323,21 @@ static void request_finish(struct conn *c)
             .first_byte_us = c->first_byte_us ? (int64_t)(c->first_byte_us - c->start_us) : -1,
             .upstream_reused = c->upstream_reused,
             .error = c->error,
+            .ai = c->ai,
+            .model = { c->model, c->model_len },
+            .stream = c->stream,
+            .tokens_in = c->tokens_in,
+            .tokens_out = c->tokens_out,
+            .limit = c->limit ? rl_limit_name((enum rl_limit)c->limit) : NULL,
         };
+        if (c->key >= 0) {
+            e.key = keyring_entry(cfg->keys.ring, (unsigned)c->key)->name;
+            uint32_t t = cfg->keys.key_tier ? cfg->keys.key_tier[c->key] : CFG_NO_TIER;
+            static const char *const prio[] = { [PRIORITY_HIGH] = "high",
+                                                 [PRIORITY_NORMAL] = "normal",
+                                                 [PRIORITY_LOW] = "low" };
+            e.priority = prio[t == CFG_NO_TIER ? PRIORITY_NORMAL : cfg->tiers[t].priority];
+        }
         alog_write(sh->id, &e);
     }
     if (c->backend >= 0) {
@@ -1197,25 +1353,33 @@ static void request_finish(struct conn *c)
     c->out = NULL;
     conn_drop_buf(c, c->rbuf);
     c->rbuf = NULL;
-    if (c->splicing) {
-        /* a splice in io-wq resolves its input fd when it runs: the pipe and the
+    if (c->splice_ops) {
+        /* a splice in io-wq resolves its input fd when it runs: the pipes and the
          * upstream socket stay open until its completion (conn_maybe_free) */
         c->pipe_orphan = c->pipe;
+        if (c->ipipe) {
+            c->ipipe->next_free = c->pipe_orphan;
+            c->pipe_orphan = c->ipipe;
+        }
         if (c->up)
             c->up_fd_orphan = upconn_detach_fd(c->up);
+        c->keep_alive = false;      /* (only a closing connection gets here) */
     } else {
         pipe_put(sh, c->pipe, c->pipe_bytes == 0);
+        pipe_put(sh, c->ipipe, c->ipipe_bytes == 0);
+        xbuf_put(sh, c->ibuf);
+        c->ibuf = NULL;
     }
-    c->pipe = NULL;
-    c->pipe_bytes = 0;
+    c->pipe = c->ipipe = NULL;
+    c->pipe_bytes = c->ipipe_bytes = 0;
     if (c->up) {
         struct upconn *u = c->up;
         c->up = NULL;
         u->owner = NULL;
-        upstream_release(u, c->resp_done && c->resp_keep_alive && !c->splicing);
+        upstream_release(u, c->resp_done && c->resp_keep_alive && !c->splice_ops);
     }
     c->sg = NULL;
-    c->route = c->backend = -1;
+    c->route = c->backend = c->pool = -1;
     c->error = NULL;
     shard_gen_request_done(sh, sg);
     if (c->state == CS_CLOSING)

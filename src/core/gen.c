@@ -4,6 +4,8 @@
  * keep older ones alive only while their requests still run. */
 #include "core/proxy.h"
 
+#include "core/admission.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -21,10 +23,12 @@ static void gen_free(struct gen *g)
     free(g->backend_cfg);
     free(g->backend_pool);
     free(g->load);
+    admission_gen_free(g);
     free(g);
 }
 
-struct gen *gen_create(struct config *cfg, unsigned nshards, char *err, size_t errlen)
+struct gen *gen_create(struct config *cfg, const struct gen *prev, unsigned nshards, char *err,
+                       size_t errlen)
 {
     struct gen *g = calloc(1, sizeof *g);
     if (!g)
@@ -69,6 +73,8 @@ struct gen *gen_create(struct config *cfg, unsigned nshards, char *err, size_t e
             }
         }
     }
+    if (admission_gen_init(g, prev, err, errlen) != 0)
+        goto fail;
     metrics_set_live_backends(g->backend_metric_slot, nb);
     g->id = atomic_fetch_add(&next_gen_id, 1);
     atomic_init(&g->refs, (int)nshards + 1);

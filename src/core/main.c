@@ -127,7 +127,7 @@ static void reload(const char *path)
     /* the header size is fixed by the buffers allocated at start */
     if (cfg->server.max_header > old->cfg->server.max_header)
         cfg->server.max_header = old->cfg->server.max_header;
-    struct gen *g = gen_create(cfg, rt.nshards, err, sizeof err);
+    struct gen *g = gen_create(cfg, old, rt.nshards, err, sizeof err);
     if (!g) {
         log_error("reload refused, keeping the running configuration: %s", err);
         config_free(cfg);
@@ -200,7 +200,6 @@ int main(int argc, char **argv)
     log_set_level(cfg->log.level);
     if (cfg->nroutes == 0)
         log_warn("no [route] configured: every request will get 404");
-    log_warn("no [keys] section: authentication is off");
 
     /* every thread started from here inherits this mask; only main takes signals */
     sigset_t sigs;
@@ -217,11 +216,14 @@ int main(int argc, char **argv)
         log_error("cannot allocate metrics");
         return 1;
     }
-    struct gen *g = gen_create(cfg, rt.nshards, err, sizeof err);
+    struct gen *g = gen_create(cfg, NULL, rt.nshards, err, sizeof err);
     if (!g) {
         fprintf(stderr, "%s\n", err);
         return 1;
     }
+    if (!cfg->keys.configured)
+        log_warn("%s has no [keys] section: authentication is off, every client may call every route",
+                 cfg->path);
     atomic_store(&rt.current, g);
     if (alog_init(rt.nshards, 0, cfg->log.access, cfg->log.access_path) != 0) {
         log_error("cannot open the access log");

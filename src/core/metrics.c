@@ -50,6 +50,8 @@ static char *backend_pools[METRICS_MAX_BACKENDS];
 static char *backend_names[METRICS_MAX_BACKENDS];
 static bool backend_live[METRICS_MAX_BACKENDS];
 static unsigned nbackends;
+static char *key_names[METRICS_MAX_KEYS];
+static unsigned nkeys = 1;          /* slot 0 is "" */
 
 /* Slot 0 is "" (no route matched). Called with registry_mu held. */
 static bool reserve_no_route_slot(void)
@@ -114,6 +116,26 @@ int metrics_route_slot(const char *route)
         if (name) {
             route_names[nroutes] = name;
             slot = (int)nroutes++;
+        }
+    }
+    pthread_mutex_unlock(&registry_mu);
+    return slot;
+}
+
+int metrics_key_slot(const char *name)
+{
+    pthread_mutex_lock(&registry_mu);
+    int slot = 0;
+    for (unsigned i = 1; i < nkeys; i++)
+        if (strcmp(key_names[i], name) == 0) {
+            slot = (int)i;
+            break;
+        }
+    if (slot == 0 && nkeys < METRICS_MAX_KEYS) {
+        char *copy = strdup(name);
+        if (copy) {
+            key_names[nkeys] = copy;
+            slot = (int)nkeys++;
         }
     }
     pthread_mutex_unlock(&registry_mu);
@@ -373,6 +395,51 @@ static void render_connections(struct out *o)
     }
 }
 
+static void put_key_label(struct out *o, const char *metric, unsigned k)
+{
+    puts_(o, metric);
+    puts_(o, "{key=\"");
+    if (k > 0)
+        put_label(o, key_names[k]);
+}
+
+/* Series appear once a key has used tokens or been limited: a keys file of
+ * thousands of names does not mean thousands of zero lines. */
+static void render_keys(struct out *o)
+{
+    static const char *const directions[2] = { [TOKENS_PROMPT] = "prompt",
+                                               [TOKENS_COMPLETION] = "completion" };
+    static const char *const limits[METRICS_NLIMITS] = { "requests", "tokens", "quota" };
+    put_family(o, "aigw_tokens_total", "counter",
+               "Tokens used through AI routes, by API key NAME and direction.");
+    for (unsigned k = 0; k < nkeys; k++)
+        for (unsigned d = 0; d < 2; d++) {
+            uint64_t v = SUM_SHARDS(tokens[k][d]);
+            if (v == 0)
+                continue;
+            put_key_label(o, "aigw_tokens_total", k);
+            puts_(o, "\",direction=\"");
+            puts_(o, directions[d]);
+            puts_(o, "\"} ");
+            put_u64(o, v);
+            puts_(o, "\n");
+        }
+    put_family(o, "aigw_ratelimited_total", "counter",
+               "Requests refused with 429, by API key NAME and the limit that fired.");
+    for (unsigned k = 0; k < nkeys; k++)
+        for (unsigned l = 0; l < METRICS_NLIMITS; l++) {
+            uint64_t v = SUM_SHARDS(ratelimited[k][l]);
+            if (v == 0)
+                continue;
+            put_key_label(o, "aigw_ratelimited_total", k);
+            puts_(o, "\",limit=\"");
+            puts_(o, limits[l]);
+            puts_(o, "\"} ");
+            put_u64(o, v);
+            puts_(o, "\n");
+        }
+}
+
 static void render_access_log(struct out *o)
 {
     put_family(o, "aigw_access_log_dropped_total", "counter",
@@ -391,6 +458,7 @@ size_t metrics_render(char *buf, size_t cap)
     render_upstream_conns(&o);
     render_relay(&o);
     render_connections(&o);
+    render_keys(&o);
     render_access_log(&o);
     pthread_mutex_unlock(&registry_mu);
     if (o.len < cap)

@@ -14,10 +14,14 @@
 #define METRICS_MAX_BACKENDS 512
 #define METRICS_NSTATUS 27          /* 22 common codes + one "other" column per class; see metrics_status_slot() */
 #define METRICS_NBUCKETS 14         /* duration histogram buckets, +Inf included */
+#define METRICS_MAX_KEYS 4096       /* API key slots; slot 0 is "" (no key, or past the last slot) */
 
 enum relay_mode { RELAY_SPLICE = 0, RELAY_COPY = 1 };
 enum conn_side { SIDE_CLIENT = 0, SIDE_UPSTREAM = 1 };
 enum upstream_conn_kind { UPCONN_NEW = 0, UPCONN_REUSED = 1 };
+enum token_direction { TOKENS_PROMPT = 0, TOKENS_COMPLETION = 1 };
+/* aigw_ratelimited_total's limit label: ratelimit.h's enum rl_limit minus one */
+#define METRICS_NLIMITS 3
 
 typedef _Atomic uint64_t mcounter;
 typedef _Atomic int64_t mgauge;
@@ -31,6 +35,8 @@ struct shard_metrics {
     mcounter relay_bytes[2];
     mgauge connections[2];
     mcounter access_log_dropped;
+    mcounter tokens[METRICS_MAX_KEYS][2];           /* enum token_direction */
+    mcounter ratelimited[METRICS_MAX_KEYS][METRICS_NLIMITS];
 } __attribute__((aligned(64)));
 
 /* Single-writer increment: plain load+store, no locked instruction. */
@@ -56,6 +62,9 @@ struct shard_metrics *metrics_shard(unsigned shard);
 int metrics_route_slot(const char *route);
 /* Slot for a pool/backend pair ("gpu-a", "10.0.0.11:8000"); -1 when full. */
 int metrics_backend_slot(const char *pool, const char *backend);
+/* Slot for an API key's NAME (stable for the process lifetime); 0 when the
+ * registry is full (those keys are then counted under key=""). */
+int metrics_key_slot(const char *name);
 /* Marks which backend slots the current configuration uses (others are not rendered). */
 void metrics_set_live_backends(const int *slots, unsigned n);
 

@@ -16,8 +16,10 @@
 #include "core/metrics.h"
 #include "core/timer.h"
 #include "policy/balance.h"
+#include "policy/ratelimit.h"
 #include "policy/route.h"
 #include "proto/http1.h"
+#include "proto/sse.h"
 
 #define MAX_SHARDS METRICS_MAX_SHARDS
 #define RECV_BUF_SIZE 8192          /* provided-buffer size for client receives */
@@ -40,6 +42,8 @@ enum op {
     OP_POLL_IN,         /* splice_in said EAGAIN: wait for upstream readable */
     OP_POLL_OUT,        /* splice_out said EAGAIN: wait for client writable */
     OP_CANCEL_RECV,
+    OP_TEE,             /* pipe -> inspection pipe: spliced bytes metered for usage */
+    OP_INSPECT_READ,    /* inspection pipe -> buffer */
 };
 #define OP_MASK 15ull
 static inline uint64_t ud_make(const void *obj, enum op op) { return (uint64_t)(uintptr_t)obj | op; }
@@ -83,6 +87,11 @@ struct gen {
     unsigned nshards;
     _Atomic int refs;               /* shared: one per shard that may still use it, one for main */
     struct gen *_Atomic newer;      /* shared: the next generation, set when replaced */
+    /* per API key (admission.c): keyring entry order */
+    struct rl_global *rl_global;    /* shared, lock-free */
+    struct rl_local *rl_local;      /* [shard * rl_stride + key]: each shard its own lines */
+    unsigned rl_stride;
+    int *key_metric_slot;
 };
 
 /* A shard's view of one generation: its own balancer state and upstream idle pools. */
@@ -91,6 +100,7 @@ struct shard_gen {
     struct shard_gen *older;        /* still draining requests */
     unsigned inflight;              /* requests started on this generation */
     struct balance_state *balance;  /* per pool */
+    int64_t (*split)[CFG_MAX_SPLIT]; /* per route: its split's round robin state */
     struct upconn **idle;           /* per backend: LIFO of idle keep-alive connections */
 };
 
@@ -128,7 +138,7 @@ struct conn {
     bool send_deferred;             /* out is ready but waits for that send */
     bool in_pinned;                 /* in->data is being read (send in flight): do not move it */
     bool up_sending;                /* a send to the upstream is in flight */
-    bool splicing;                  /* a splice or its poll is in flight: the pipe is busy */
+    uint8_t splice_ops;             /* splices, tees, inspection reads or their polls in flight: the pipes are busy */
     bool copy_only;                 /* no pipe could be had: relay by copying */
     bool client_http10;             /* the request was HTTP/1.0 */
     bool dechunk;                   /* strip chunk framing for an HTTP/1.0 client */
@@ -147,6 +157,7 @@ struct conn {
     struct shard_gen *sg;
     int route;                      /* index in sg->g->cfg->routes, -1 none */
     int backend;                    /* global backend index, -1 none */
+    int pool;                       /* the route's pool (or the one its split chose), -1 none */
     struct upconn *up;
     struct xbuf *out;               /* head (+body) being sent: upstream request or client response */
     struct xbuf *body;              /* AI routes: the raw head, then the de-chunked body */
@@ -154,6 +165,10 @@ struct conn {
     struct xbuf *rbuf;              /* upstream response bytes */
     struct pipe_pair *pipe;
     uint32_t pipe_bytes;            /* spliced in, not yet out */
+    struct pipe_pair *ipipe;        /* inspection pipe: a tee of the spliced bytes, read for usage */
+    uint32_t ipipe_bytes;           /* teed, not yet read */
+    struct xbuf *ibuf;              /* what the inspection pipe is read into */
+    bool tee_failed;                /* a tee fell short: usage can no longer be read */
     uint8_t req_method;
     uint8_t req_body;               /* enum http_body of the request */
     uint8_t resp_body;              /* enum http_body of the response */
@@ -178,6 +193,24 @@ struct conn {
     char method[16];
     uint16_t target_len;
     char target[200];               /* for the access log; truncated */
+
+    /* ---- the caller and its AI request (admission.c) ---- */
+    int32_t key;                    /* keyring entry in sg's config, -1: anonymous */
+    bool ai;                        /* the body was read as an OpenAI request */
+    bool stream;
+    bool admitted;                  /* holds a reservation to settle */
+    uint8_t limit;                  /* enum rl_limit that refused the request */
+    uint32_t retry_after_s;         /* a 429's Retry-After */
+    uint8_t meter;                  /* enum meter_kind (admission.c) */
+    uint8_t model_len;
+    char model[96];                 /* for the access log; truncated */
+    uint64_t prompt_estimate;
+    uint64_t tokens_in, tokens_out; /* counted when the request settled */
+    struct rl_ticket ticket;
+    union {
+        struct sse_scan sse;
+        struct sse_json json;
+    } usage;
 } __attribute__((aligned(16)));
 
 enum upconn_state { UP_CONNECTING, UP_BUSY, UP_IDLE, UP_CLOSING, UP_FREE };
@@ -269,7 +302,9 @@ bool shard_join_all(uint64_t deadline_ms);
 int listeners_open(const struct config *cfg, unsigned nshards);
 
 /* gen.c */
-struct gen *gen_create(struct config *cfg, unsigned nshards, char *err, size_t errlen);
+/* prev: the generation it replaces (NULL at start): keys inherit their limits' state */
+struct gen *gen_create(struct config *cfg, const struct gen *prev, unsigned nshards, char *err,
+                       size_t errlen);
 void gen_unref(struct gen *g);
 static inline uint32_t gen_outstanding(const struct gen *g, unsigned backend)
 {

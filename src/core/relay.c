@@ -17,6 +17,7 @@
 #include <poll.h>
 #include <string.h>
 
+#include "core/admission.h"
 #include "core/log.h"
 
 static void relay_next(struct conn *c);
@@ -28,23 +29,28 @@ static void relay_abort(struct conn *c, const char *why)
     conn_close(c);
 }
 
-struct dechunk {
-    char *dst;
+struct body_view {
+    struct conn *c;
+    char *dst;      /* de-chunking: where the data goes (in place) */
     size_t len;
 };
 
-/* Chunk data moved down over the framing, in place (dst never passes src). */
-static void dechunk_data(void *ctx, const char *p, size_t n)
+/* Chunk data: metered for usage, and for an HTTP/1.0 client moved down over the
+ * framing, in place (dst never passes src). */
+static void on_chunk_data(void *ctx, const char *p, size_t n)
 {
-    struct dechunk *d = ctx;
-    memmove(d->dst + d->len, p, n);
-    d->len += n;
+    struct body_view *d = ctx;
+    admission_meter(d->c, p, n);
+    if (d->c->dechunk) {
+        memmove(d->dst + d->len, p, n);
+        d->len += n;
+    }
 }
 
 /* Takes n received body bytes at p: returns how many bytes at p are to be sent on
  * (what belongs to the response; for an HTTP/1.0 client a chunked body is
  * de-chunked in place), or -1. Bytes after the response's end disqualify the
- * upstream connection from reuse. */
+ * upstream connection from reuse. Body bytes are metered for usage on the way. */
 static ssize_t classify_response_body(struct conn *c, char *p, size_t n)
 {
     size_t k = 0;
@@ -57,11 +63,13 @@ static ssize_t classify_response_body(struct conn *c, char *p, size_t n)
         c->resp_body_left -= k;
         if (c->resp_body_left == 0)
             c->resp_done = true;
+        admission_meter(c, p, k);
         break;
     case BODY_CHUNKED: {
         const char *why = NULL;
-        struct dechunk d = { p, 0 };
-        ssize_t r = chunked_scan(&c->resp_chunked, p, n, c->dechunk ? dechunk_data : NULL, &d, &why);
+        struct body_view d = { c, p, 0 };
+        bool see_data = c->dechunk || c->meter;
+        ssize_t r = chunked_scan(&c->resp_chunked, p, n, see_data ? on_chunk_data : NULL, &d, &why);
         if (r < 0) {
             c->error = why;
             return -1;
@@ -80,6 +88,7 @@ static ssize_t classify_response_body(struct conn *c, char *p, size_t n)
     }
     case BODY_UNTIL_CLOSE:
         k = n;
+        admission_meter(c, p, k);
         break;
     }
     if (k < n)
@@ -98,6 +107,7 @@ void relay_response_head(struct conn *c, const struct http_response *resp)
     c->resp_body_left = resp->content_length;
     c->resp_done = false;
     chunked_init(&c->resp_chunked);
+    admission_meter_start(c, resp->status);
     /* a close-delimited body can only be passed on close-delimited */
     bool keep = c->keep_alive && !sh->draining && resp->body != BODY_UNTIL_CLOSE;
     /* HTTP/1.0 clients know no chunked coding: de-chunk and close-delimit */
@@ -119,7 +129,7 @@ void relay_response_head(struct conn *c, const struct http_response *resp)
         conn_upstream_failed(c, ENOMEM, "out of memory");
         return;
     }
-    char extra[64];
+    char extra[64 + RL_HEADERS_MAX];
     size_t elen = 0;
     memcpy(extra, "x-request-id: ", 14);
     elen = 14;
@@ -127,6 +137,8 @@ void relay_response_head(struct conn *c, const struct http_response *resp)
     elen += c->request_id_len;
     extra[elen++] = '\r';
     extra[elen++] = '\n';
+    if (c->ai)
+        elen += admission_headers(c, extra + elen, RL_HEADERS_MAX);
     struct http_response *framing = &sh->scratch_resp;   /* == resp */
     uint8_t body_kind = framing->body;
     if (c->dechunk)
@@ -210,7 +222,7 @@ static void splice_in(struct conn *c)
                          SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
     io_uring_sqe_set_data64(sqe, ud_make(c, OP_SPLICE_IN));
     c->ops++;
-    c->splicing = true;
+    c->splice_ops++;
     c->up->splice_pending = true;
 }
 
@@ -221,7 +233,45 @@ static void splice_out(struct conn *c)
                          SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
     io_uring_sqe_set_data64(sqe, ud_make(c, OP_SPLICE_OUT));
     c->ops++;
-    c->splicing = true;
+    c->splice_ops++;
+}
+
+/* Usage metering on the splice path: the bytes just spliced in are duplicated
+ * into the inspection pipe (tee: page references, no copy) before the splice out
+ * moves them on; the link keeps that order within one submission. */
+static void tee_then_splice_out(struct conn *c)
+{
+    struct io_uring_sqe *sqe = shard_sqe(c->sh);
+    io_uring_prep_tee(sqe, c->pipe->rd, c->ipipe->wr, c->pipe_bytes, SPLICE_F_NONBLOCK);
+    io_uring_sqe_set_data64(sqe, ud_make(c, OP_TEE));
+    sqe->flags |= IOSQE_IO_LINK;
+    c->ops++;
+    c->splice_ops++;
+    splice_out(c);
+}
+
+/* Reads what the tee put in the inspection pipe (pipes read without blocking,
+ * so this completes inline) and meters it. */
+static void inspect_read(struct conn *c)
+{
+    uint32_t len = c->ipipe_bytes < c->ibuf->cap ? c->ipipe_bytes : c->ibuf->cap;
+    struct io_uring_sqe *sqe = shard_sqe(c->sh);
+    io_uring_prep_read(sqe, c->ipipe->rd, c->ibuf->data, len, 0);
+    io_uring_sqe_set_data64(sqe, ud_make(c, OP_INSPECT_READ));
+    c->ops++;
+    c->splice_ops++;
+}
+
+/* The inspection lost bytes: usage can no longer be read from this response
+ * (admission settles it conservatively); the relay goes on unmetered. */
+static void inspect_give_up(struct conn *c)
+{
+    c->tee_failed = true;
+    if (c->ipipe_bytes) {
+        pipe_put(c->sh, c->ipipe, false);
+        c->ipipe = NULL;
+        c->ipipe_bytes = 0;
+    }
 }
 
 static void poll_fd(struct conn *c, int fd, unsigned events, enum op op)
@@ -230,14 +280,19 @@ static void poll_fd(struct conn *c, int fd, unsigned events, enum op op)
     io_uring_prep_poll_add(sqe, fd, events);
     io_uring_sqe_set_data64(sqe, ud_make(c, op));
     c->ops++;
-    c->splicing = true;
+    c->splice_ops++;
+}
+
+static bool metering_spliced(const struct conn *c)
+{
+    return c->meter && c->ipipe && !c->tee_failed;
 }
 
 void relay_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe)
 {
     int res = cqe->res;
-    c->splicing = false;
-    if (c->up)
+    c->splice_ops--;
+    if (c->up && op == OP_SPLICE_IN)
         c->up->splice_pending = false;
     if (c->state != CS_RELAY || !c->up) {
         /* the request ended under us (client gone): a pipe with bytes in flight is discarded */
@@ -255,7 +310,10 @@ void relay_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe)
             } else if (c->resp_body == BODY_CHUNKED) {
                 chunked_skip_data(&c->resp_chunked, (uint64_t)res);
             }
-            splice_out(c);
+            if (metering_spliced(c))
+                tee_then_splice_out(c);
+            else
+                splice_out(c);
         } else if (res == 0) {
             if (c->resp_body != BODY_UNTIL_CLOSE) {
                 relay_abort(c, "upstream closed mid-response");
@@ -277,6 +335,24 @@ void relay_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe)
         }
         splice_in(c);
         return;
+    case OP_TEE:
+        /* an empty inspection pipe as large as the relay pipe takes it all; a
+         * short tee also cancelled the linked splice out (retried below) */
+        if (res > 0)
+            c->ipipe_bytes += (uint32_t)res;
+        if (res < 0 || (uint32_t)res < c->pipe_bytes)
+            inspect_give_up(c);
+        return;
+    case OP_INSPECT_READ:
+        if (res <= 0) {
+            inspect_give_up(c);
+        } else {
+            admission_meter(c, c->ibuf->data, (size_t)res);
+            c->ipipe_bytes -= (uint32_t)res;
+        }
+        if (!c->splice_ops)
+            relay_next(c);
+        return;
     case OP_SPLICE_OUT:
         if (res > 0) {
             c->pipe_bytes -= (uint32_t)res;
@@ -286,7 +362,7 @@ void relay_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe)
                 splice_out(c);
             else
                 relay_next(c);
-        } else if (res == -EAGAIN) {
+        } else if (res == -EAGAIN || res == -ECANCELED) {
             poll_fd(c, c->fd, POLLOUT, OP_POLL_OUT);
         } else {
             relay_abort(c, "client went away mid-response");
@@ -313,6 +389,10 @@ static void relay_next(struct conn *c)
         conn_send_rbuf(c);
         return;
     }
+    if (c->ipipe_bytes) {
+        inspect_read(c);
+        return;
+    }
     if (c->resp_done) {
         conn_response_done(c);
         return;
@@ -325,6 +405,16 @@ static void relay_next(struct conn *c)
         c->pipe = pipe_get(sh);
         if (!c->pipe)
             c->copy_only = true;    /* out of pipes: copying still works */
+    }
+    /* metered bodies splice only with a place to inspect them */
+    if (spliceable && c->pipe && c->meter && !c->tee_failed && !c->ipipe) {
+        c->ipipe = pipe_get(sh);
+        c->ibuf = c->ipipe ? xbuf_get(sh) : NULL;
+        if (!c->ibuf) {
+            pipe_put(sh, c->ipipe, true);
+            c->ipipe = NULL;
+            spliceable = false;     /* copying meters as it goes */
+        }
     }
     if (spliceable && c->pipe) {
         conn_drop_buf(c, c->rbuf);  /* long bodies hold a pipe, not a buffer */

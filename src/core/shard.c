@@ -191,6 +191,7 @@ struct pipe_pair *pipe_get(struct shard *sh)
     struct pipe_pair *p = sh->free_pipes;
     if (p) {
         sh->free_pipes = p->next_free;
+        p->next_free = NULL;
         return p;
     }
     int fds[2];
@@ -235,7 +236,8 @@ static struct shard_gen *shard_gen_new(struct gen *g)
     sg->g = g;
     sg->balance = calloc(g->cfg->npools ? g->cfg->npools : 1, sizeof *sg->balance);
     sg->idle = calloc(g->cfg->nbackends ? g->cfg->nbackends : 1, sizeof *sg->idle);
-    if (!sg->balance || !sg->idle)
+    sg->split = calloc(g->cfg->nroutes ? g->cfg->nroutes : 1, sizeof *sg->split);
+    if (!sg->balance || !sg->idle || !sg->split)
         goto fail;
     for (unsigned p = 0; p < g->cfg->npools; p++)
         if (balance_state_init(&sg->balance[p], g->cfg->pools[p].nbackends))
@@ -244,6 +246,7 @@ static struct shard_gen *shard_gen_new(struct gen *g)
 fail:
     free(sg->balance);
     free(sg->idle);
+    free(sg->split);
     free(sg);
     return NULL;
 }
@@ -255,6 +258,7 @@ static void shard_gen_free(struct shard *sh, struct shard_gen *sg)
         balance_state_free(&sg->balance[p]);
     free(sg->balance);
     free(sg->idle);
+    free(sg->split);
     gen_unref(sg->g);
     free(sg);
 }
@@ -394,6 +398,8 @@ static void dispatch(struct shard *sh, struct io_uring_cqe *cqe)
     case OP_SPLICE_OUT:
     case OP_POLL_IN:
     case OP_POLL_OUT:
+    case OP_TEE:
+    case OP_INSPECT_READ:
         conn_on_cqe(obj, op, cqe);
         return;
     case OP_UP_CONNECT:
@@ -471,6 +477,11 @@ static void *shard_main(void *arg)
     struct timespec real;
     clock_gettime(CLOCK_REALTIME, &real);
     sh->realtime_offset_us = (uint64_t)real.tv_sec * 1000000u + (uint64_t)real.tv_nsec / 1000u - sh->now_us;
+    /* Test hook: shifts the wall clock the shards see (daily quotas, log times),
+     * so a test can put the UTC day's end a few seconds ahead. */
+    const char *shift = getenv("AIGW_TEST_CLOCK_SHIFT_S");
+    if (shift)
+        sh->realtime_offset_us += (uint64_t)(strtoll(shift, NULL, 10) * 1000000);
     timer_wheel_init(&sh->timers, sh->now_ms);
     for (unsigned i = 0; i < sh->nlisteners; i++)
         arm_accept(sh, &sh->listeners[i]);

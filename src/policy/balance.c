@@ -93,3 +93,17 @@ int balance_pick(enum balance_kind kind, struct balance_state *s,
     }
     return -1;
 }
+
+unsigned split_pick(int64_t *current, const struct cfg_split *split, unsigned n)
+{
+    int64_t total = 0;
+    unsigned best = 0;
+    for (unsigned i = 0; i < n; i++) {
+        current[i] += split[i].weight;
+        total += split[i].weight;
+        if (current[i] > current[best])
+            best = i;
+    }
+    current[best] -= total;
+    return best;
+}

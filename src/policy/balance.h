@@ -34,4 +34,9 @@ int balance_pick(enum balance_kind kind, struct balance_state *s,
                  const struct cfg_backend *backends, unsigned n,
                  const uint32_t *outstanding, const bool *up, unsigned max_outstanding);
 
+/* A route's `split`: picks one of split[0..n) by weight, with the same smooth
+ * weighted round robin (over any sum(weights) picks each gets exactly its weight).
+ * current[0..n) is the caller's state, zeroed at first. */
+unsigned split_pick(int64_t *current, const struct cfg_split *split, unsigned n);
+
 #endif

@@ -333,6 +333,7 @@ static int parse_line(struct loader *ld, const char *line, size_t len, unsigned 
 
     memcpy(e->name, name.p, name.len);
     e->name[name.len] = '\0';
+    e->line = (int)lineno;
     unsigned idx = ld->k->n++;
     ld->lines[idx] = lineno;
     hash_insert(ld->k->slots, ld->k->mask, hash_tag(e->hash), idx + 1);

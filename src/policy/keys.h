@@ -55,6 +55,7 @@ struct key_entry {
     uint8_t hash[32];
     char tier[KEY_TIER_MAX + 1];
     struct glob_list *models;   /* NULL: any model */
+    int line;                   /* 1-based line of the key in its file, for messages */
 };
 
 struct keyring;   /* immutable after load; safe to read from any thread */

@@ -1246,6 +1246,20 @@ static size_t json_escape(char *dst, const char *s)
     return n;
 }
 
+size_t http_write_json_head(char *out, size_t cap, int status, size_t body_len, bool keep_alive,
+                            struct slice extra)
+{
+    struct out o = { out, out + cap, false };
+    put_status_line(&o, status, (struct slice){ NULL, 0 });
+    PUT_LIT(&o, "Content-Type: application/json\r\nContent-Length: ");
+    put_u64(&o, body_len);
+    PUT_LIT(&o, "\r\n");
+    put_connection(&o, keep_alive);
+    put_slice(&o, extra);
+    PUT_LIT(&o, "\r\n");
+    return o.full ? 0 : (size_t)(o.p - out);
+}
+
 size_t http_write_error(char *out, size_t cap, int status, const char *type,
                         const char *code, const char *message, bool keep_alive,
                         struct slice extra)
@@ -1259,19 +1273,11 @@ size_t http_write_error(char *out, size_t cap, int status, const char *type,
     size_t code_len = code ? json_escape(NULL, code) + 2 : 4;
     size_t body_len = sizeof b0 - 1 + msg_len + sizeof b1 - 1 + type_len + sizeof b2 - 1 +
                       code_len + sizeof b3 - 1;
-    struct out o = { out, out + cap, false };
-
-    put_status_line(&o, status, (struct slice){ NULL, 0 });
-    PUT_LIT(&o, "Content-Type: application/json\r\nContent-Length: ");
-    put_u64(&o, body_len);
-    PUT_LIT(&o, "\r\n");
-    put_connection(&o, keep_alive);
-    put_slice(&o, extra);
-    PUT_LIT(&o, "\r\n");
-    if (o.full || body_len > (size_t)(o.end - o.p))
+    size_t hlen = http_write_json_head(out, cap, status, body_len, keep_alive, extra);
+    if (hlen == 0 || body_len > cap - hlen)
         return 0;
 
-    char *q = o.p;
+    char *q = out + hlen;
     memcpy(q, b0, sizeof b0 - 1);
     q += sizeof b0 - 1;
     q += json_escape(q, message);

@@ -176,6 +176,11 @@ size_t http_write_error(char *out, size_t cap, int status, const char *type,
                         const char *code, const char *message, bool keep_alive,
                         struct slice extra);
 
+/* The head of a complete response with a JSON body of body_len bytes (the caller
+ * writes the body after it). extra as above. Returns bytes written or 0. */
+size_t http_write_json_head(char *out, size_t cap, int status, size_t body_len, bool keep_alive,
+                            struct slice extra);
+
 /* Reason phrase for a status code ("OK", "Bad Gateway", ...; "Unknown" otherwise). */
 const char *http_reason(int status);
 

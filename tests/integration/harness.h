@@ -222,11 +222,14 @@ long long h_json_int(const char *json, const char *key);
     } while (0)
 
 /* The usual pool and routes, in front of one backend port (%d):
- * chat completions through an ai route, everything else under /v1/ raw. */
+ * chat completions through an ai route, everything else under /v1/ raw (and
+ * GET /v1/models, which aigw answers itself without a route of that exact
+ * path, proxied to the backend as a plain GET). */
 #define H_STD_ROUTES                                                   \
     "[pool local]\nbackend = 127.0.0.1:%d\nbalance = least_outstanding\n" \
     "max_outstanding = 64\n\n"                                          \
     "[route chat]\npath = /v1/chat/completions\npool = local\nkind = ai\n\n" \
+    "[route models]\npath = /v1/models\npool = local\nkind = raw\n\n"   \
     "[route all]\npath = /v1/*\npool = local\nkind = raw\n"
 
 #endif

@@ -58,7 +58,7 @@ Test(ops, access_log_line_names_the_request)
     while (line > log && line[-1] != '\n')
         line--;
     cr_assert(strstr(line, "\"method\":\"GET\",\"target\":\"/v1/models?probe=1\",\"status\":200,"
-                           "\"route\":\"all\",\"pool\":\"local\""),
+                           "\"route\":\"models\",\"pool\":\"local\""),
               "unexpected access log line:\n%s", line);
     cr_assert(strstr(log, "\"status\":404,\"route\":\"\""), "404 not logged:\n%s", log);
     free(log);

