@@ -1,9 +1,9 @@
-/* Client connections: receiving and parsing requests, choosing the route and the
- * backend, forwarding the request head and body upstream (streamed on raw routes;
- * on AI routes read whole, checked as an OpenAI request and routed by model),
- * receiving the response head, answering errors, keep-alive and pipelining,
- * timeouts, and teardown. The response body relay itself is in relay.c; upstream
- * connections in upstream.c. */
+/* Client connections: receiving and parsing requests, authenticating the caller,
+ * choosing the route and the backend, forwarding the request head and body
+ * upstream (streamed on raw routes), receiving the response head, answering
+ * errors and GET /v1/models, keep-alive and pipelining, timeouts, and teardown.
+ * AI routes' bodies are read and checked in ai_request.c; the response body relay
+ * is in relay.c; upstream connections in upstream.c. */
 #include "core/proxy.h"
 
 #include <arpa/inet.h>
@@ -25,10 +25,6 @@ static void pump_request_body(struct conn *c);
 
 /* ---- small helpers ---- */
 
-static inline const struct config *conn_cfg(const struct conn *c)
-{
-    return (c->sg ? c->sg : c->sh->sg)->g->cfg;
-}
 
 static void arm_timer(struct conn *c, uint8_t phase, uint64_t ms)
 {
@@ -43,7 +39,7 @@ void conn_set_timer(struct conn *c, enum timer_phase phase, uint64_t ms)
 
 const struct cfg_timeouts *conn_timeouts(const struct conn *c)
 {
-    return &conn_cfg(c)->timeouts;
+    return &conn_config(c)->timeouts;
 }
 
 static void arm_recv(struct conn *c)
@@ -92,6 +88,14 @@ static void client_send(struct conn *c, struct xbuf *owner, const char *p, size_
 
 /* Lets go of a buffer. One that an SQE in flight still reads or fills is handed to
  * that operation and freed when it completes: never reused under the kernel. */
+/* Our own "100 Continue": the client waits for it before sending the body. */
+void conn_send_continue(struct conn *c)
+{
+    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    client_send(c, NULL, cont, sizeof cont - 1);
+    c->sending_continue = true;
+}
+
 void conn_drop_buf(struct conn *c, struct xbuf *b)
 {
     if (!b)
@@ -223,7 +227,7 @@ void conn_accepted(struct shard *sh, int fd)
     mg_add(&sh->m->connections[SIDE_CLIENT], 1);
     arm_recv(c);
     /* a new connection gets client_header to send its first request */
-    arm_timer(c, T_HEADER, conn_cfg(c)->timeouts.client_header_ms);
+    arm_timer(c, T_HEADER, conn_config(c)->timeouts.client_header_ms);
 }
 
 /* Abandons the current request (if any): upstream closed, accounting done. */
@@ -329,14 +333,14 @@ static void local_answer_send(struct conn *c)
     c->state = CS_LOCAL;
     c->resp_started = true;
     c->last_activity_ms = sh->now_ms;
-    arm_timer(c, T_IDLE, conn_cfg(c)->timeouts.idle_ms);
+    arm_timer(c, T_IDLE, conn_config(c)->timeouts.idle_ms);
     conn_send_out(c);
 }
 
 /* Answers the current request with an OpenAI-shaped error. Closes afterwards unless
  * keep-alive is safe (the request had no body left unread on the connection). */
-static void send_error(struct conn *c, int status, const char *type, const char *code,
-                       const char *msg)
+void conn_send_error(struct conn *c, int status, const char *type, const char *code,
+                     const char *msg)
 {
     struct shard *sh = c->sh;
     if (!local_answer_begin(c, status, msg))
@@ -364,7 +368,7 @@ static void send_models(struct conn *c, struct slice path)
         char msg[300];
         snprintf(msg, sizeof msg, "The model `%.*s` does not exist or you do not have access to it",
                  (int)(path.len > 200 ? 200 : path.len - 11), path.p + 11);
-        send_error(c, 404, "invalid_request_error", "model_not_found", msg);
+        conn_send_error(c, 404, "invalid_request_error", "model_not_found", msg);
         return;
     }
     if (!local_answer_begin(c, 200, NULL))
@@ -416,12 +420,12 @@ static void reject_head(struct conn *c, int status, const char *msg)
     c->method[0] = 0;
     c->target_len = 0;
     next_request_id(c);
-    send_error(c, status, "invalid_request_error", NULL, msg);
+    conn_send_error(c, status, "invalid_request_error", NULL, msg);
 }
 
 /* ---- request setup ---- */
 
-static bool req_body_complete(const struct conn *c)
+bool conn_request_body_complete(const struct conn *c)
 {
     return c->req_body == BODY_NONE ||
            (c->req_body == BODY_LENGTH && c->req_body_left == 0) ||
@@ -432,7 +436,7 @@ static bool req_body_complete(const struct conn *c)
  * Returns how many of them are body, or -1 on bad chunked framing. */
 static ssize_t classify_body(struct conn *c, const char *p, size_t n, const char **why)
 {
-    if (n == 0 || req_body_complete(c))
+    if (n == 0 || conn_request_body_complete(c))
         return 0;
     size_t k;
     if (c->req_body == BODY_LENGTH) {
@@ -458,7 +462,7 @@ static void copy_slice(char *dst, size_t cap, struct slice s, uint16_t *len_out)
 /* Picks the pool (the route's, or by its split) and the backend in it, and counts
  * the request against that backend. False (and the 503 sent) when every backend
  * is at max_outstanding. */
-static bool choose_backend(struct conn *c)
+bool conn_choose_backend(struct conn *c)
 {
     struct shard *sh = c->sh;
     struct shard_gen *sg = c->sg;
@@ -475,7 +479,7 @@ static bool choose_backend(struct conn *c)
     int pick = balance_pick(pool->balance, &sg->balance[c->pool], pool->backends,
                             pool->nbackends, outstanding, NULL, pool->max_outstanding);
     if (pick < 0) {
-        send_error(c, 503, "server_error", "no_capacity", "all backends are at capacity");
+        conn_send_error(c, 503, "server_error", "no_capacity", "all backends are at capacity");
         return false;
     }
     c->backend = (int)(first + (unsigned)pick);
@@ -488,7 +492,7 @@ static bool choose_backend(struct conn *c)
 
 /* What the forwarded head gains, for the chosen pool and backend. The caller's
  * key is for aigw only: it never goes upstream when aigw checks keys. */
-static struct http_forward forward_info(const struct conn *c)
+struct http_forward conn_forward_info(const struct conn *c)
 {
     const struct gen *g = c->sg->g;
     const struct cfg_pool *pool = &g->cfg->pools[c->pool];
@@ -501,232 +505,6 @@ static struct http_forward forward_info(const struct conn *c)
         .default_host = { host, strlen(host) },
         .strip_client_auth = g->cfg->keys.configured,
     };
-}
-
-/* ---- AI routes: the body is read whole, checked, and routed by its model ---- */
-
-#define FORWARD_HEAD_EXTRA 1024
-
-struct body_sink {
-    struct conn *c;
-    bool overflow;
-};
-
-/* Appends decoded body bytes to c->body, growing it up to the head + max_body. */
-static bool body_append(struct conn *c, const char *p, size_t n)
-{
-    struct xbuf *b = c->body;
-    size_t limit = (size_t)c->body_head_len + conn_cfg(c)->server.max_body;
-    if ((size_t)b->len + n > limit)
-        return false;
-    if ((size_t)b->len + n > b->cap) {
-        size_t want = (size_t)b->cap * 2;
-        if (want < (size_t)b->len + n)
-            want = (size_t)b->len + n;
-        if (want > limit)
-            want = limit;
-        struct xbuf *big = xbuf_get_cap(c->sh, (uint32_t)want);
-        if (!big)
-            return false;
-        memcpy(big->data, b->data, b->len);
-        big->len = b->len;
-        xbuf_put(c->sh, b);     /* no operation ever reads the body buffer */
-        c->body = b = big;
-    }
-    memcpy(b->data + b->len, p, n);
-    b->len += (uint32_t)n;
-    return true;
-}
-
-static void body_sink_data(void *ctx, const char *p, size_t n)
-{
-    struct body_sink *s = ctx;
-    if (!s->overflow && !body_append(s->c, p, n))
-        s->overflow = true;
-}
-
-/* Takes the request body's bytes from p[0..n) into c->body (de-chunked).
- * Returns how many of them belonged to the body, or -1 with the error sent. */
-static ssize_t collect_body(struct conn *c, const char *p, size_t n)
-{
-    if (n == 0 || req_body_complete(c))
-        return 0;
-    size_t k;
-    bool overflow = false;
-    if (c->req_body == BODY_LENGTH) {
-        k = n < c->req_body_left ? n : (size_t)c->req_body_left;
-        overflow = !body_append(c, p, k);
-        c->req_body_left -= k;
-    } else {
-        const char *why = NULL;
-        struct body_sink sink = { c, false };
-        ssize_t r = chunked_scan(&c->req_chunked, p, n, body_sink_data, &sink, &why);
-        if (r < 0) {
-            c->keep_alive = false;
-            send_error(c, 400, "invalid_request_error", NULL, why);
-            return -1;
-        }
-        k = (size_t)r;
-        overflow = sink.overflow;
-    }
-    if (overflow) {
-        c->keep_alive = false;
-        send_error(c, 413, "invalid_request_error", NULL, "request body too large");
-        return -1;
-    }
-    c->req_body_total += k;
-    c->bytes_in += k;
-    return (ssize_t)k;
-}
-
-/* The whole body is in: check it, choose the route by its model, forward it. */
-static void ai_request_ready(struct conn *c)
-{
-    struct shard *sh = c->sh;
-    const struct config *cfg = c->sg->g->cfg;
-    struct http_request *req = &sh->scratch_req;
-    const char *why = NULL;
-    /* the head was parsed once already; it is kept raw in front of the body */
-    if (http_parse_request(c->body->data, c->body_head_len, cfg->server.max_header, req, &why) != HTTP_OK) {
-        send_error(c, 400, "invalid_request_error", NULL, "malformed request");
-        return;
-    }
-    const char *body = c->body->data + c->body_head_len;
-    size_t blen = c->body->len - c->body_head_len;
-    struct openai_request ai;
-    if (openai_parse_request(body, blen, &ai, &why) != OPENAI_OK) {
-        c->error = "invalid JSON body";     /* why lives in ai: not for the log */
-        send_error(c, 400, "invalid_request_error", NULL, why);
-        return;
-    }
-    c->ai = true;
-    c->stream = ai.stream;
-    c->prompt_estimate = ai.prompt_tokens_estimate;
-    char model[OPENAI_MAX_MODEL_LEN + 1];
-    size_t mlen = ai.model.len < sizeof model ? ai.model.len : sizeof model - 1;
-    if (ai.model_escaped)
-        mlen = openai_unescape(ai.model, model, sizeof model);
-    else
-        memcpy(model, ai.model.p, mlen);
-    model[mlen] = 0;
-    c->model_len = (uint8_t)(mlen < sizeof c->model ? mlen : sizeof c->model);
-    memcpy(c->model, model, c->model_len);
-    char msg[400];
-    int route = route_lookup_model(c->sg->g->routes, req->path.p, req->path.len, model, mlen);
-    if (route < 0) {
-        snprintf(msg, sizeof msg, "The model `%s` does not exist or is not served here", model);
-        c->error = "model not found";
-        send_error(c, 404, "invalid_request_error", "model_not_found", msg);
-        return;
-    }
-    c->route = route;
-    if (!admission_model_allowed(c, model, mlen)) {
-        snprintf(msg, sizeof msg, "This API key may not use the model `%s`", model);
-        c->error = "model not allowed";
-        send_error(c, 403, "permission_error", "model_not_allowed", msg);
-        return;
-    }
-    uint64_t cap = admission_max_tokens_exceeded(c, &ai);
-    if (cap) {
-        snprintf(msg, sizeof msg, "max_tokens is %llu, more than the %llu this API key may ask for",
-                 (unsigned long long)ai.max_tokens, (unsigned long long)cap);
-        c->error = "max_tokens over the tier's cap";
-        send_error(c, 400, "invalid_request_error", "max_tokens_too_large", msg);
-        return;
-    }
-    struct rl_verdict verdict;
-    if (!admission_admit(c, &ai, &verdict)) {
-        const char *which = rl_limit_name(verdict.limit);
-        if (verdict.too_large)
-            snprintf(msg, sizeof msg, "Request too large: it needs %llu tokens, more than this "
-                     "API key's %s limit can ever allow; ask for fewer max_tokens",
-                     (unsigned long long)(ai.prompt_tokens_estimate +
-                                          (ai.has_max_tokens ? ai.max_tokens : 0)),
-                     which);
-        else
-            snprintf(msg, sizeof msg, "Rate limit reached for %s of this API key; retry in %u s",
-                     which, verdict.retry_after_s);
-        c->retry_after_s = verdict.retry_after_s ? verdict.retry_after_s : 1;
-        c->error = "rate limited";
-        send_error(c, 429, "rate_limit_exceeded", which, msg);
-        return;
-    }
-    if (!choose_backend(c))
-        return;
-    /* the forwarded head is the client's plus what a proxy adds (forwarding
-     * headers, framing, upstream credentials): within FORWARD_HEAD_EXTRA */
-    const struct cfg_pool *pool = &cfg->pools[c->pool];
-    size_t head_room = c->body_head_len + FORWARD_HEAD_EXTRA + strlen(pool->upstream_auth);
-    struct xbuf *out = xbuf_get_cap(sh, (uint32_t)(head_room + blen));
-    if (!out) {
-        send_error(c, 503, "server_error", "no_capacity", "out of memory");
-        return;
-    }
-    /* the body goes on de-chunked, with its length */
-    req->body = BODY_LENGTH;
-    req->content_length = blen;
-    struct http_forward fwd = forward_info(c);
-    size_t hlen = http_write_upstream_head(out->data, out->cap - blen, req, &fwd);
-    if (hlen == 0) {
-        xbuf_put(sh, out);
-        send_error(c, 431, "invalid_request_error", NULL, "request head too large to forward");
-        return;
-    }
-    memcpy(out->data + hlen, body, blen);
-    out->len = (uint32_t)(hlen + blen);
-    out->off = 0;
-    c->out = out;
-    xbuf_put(sh, c->body);
-    c->body = NULL;
-    c->req_body = BODY_LENGTH;
-    c->req_body_left = 0;
-    c->in_body = 0;
-    c->body_in_first_send = true;
-    c->state = CS_UPSTREAM;
-    upstream_acquire(c);
-}
-
-/* An AI route with a body: keep the raw head, then collect the body. */
-static size_t start_ai_request(struct conn *c, const char *src, size_t n, const struct http_request *req)
-{
-    struct shard *sh = c->sh;
-    const struct config *cfg = c->sg->g->cfg;
-    size_t head = req->head_len;
-    int ct = req->idx[HK_CONTENT_TYPE];
-    if (ct < 0 || !openai_content_type_is_json(req->headers[ct].value)) {
-        c->keep_alive = false;      /* the body stays unread */
-        send_error(c, 415, "invalid_request_error", NULL, "Content-Type must be application/json");
-        return n;
-    }
-    if (req->body == BODY_LENGTH && req->content_length > cfg->server.max_body) {
-        c->keep_alive = false;
-        send_error(c, 413, "invalid_request_error", NULL, "request body too large");
-        return n;
-    }
-    size_t want = head + (req->body == BODY_LENGTH ? (size_t)req->content_length : 0);
-    c->body = xbuf_get_cap(sh, (uint32_t)(want > sh->xbuf_size ? want : sh->xbuf_size));
-    if (!c->body) {
-        c->keep_alive = false;
-        send_error(c, 503, "server_error", "no_capacity", "out of memory");
-        return n;
-    }
-    memcpy(c->body->data, src, head);
-    c->body->len = (uint32_t)head;
-    c->body_head_len = (uint32_t)head;
-    c->state = CS_BODY;
-    c->last_activity_ms = sh->now_ms;
-    arm_timer(c, T_IDLE, cfg->timeouts.idle_ms);
-    ssize_t used = collect_body(c, src + head, n - head);
-    if (used < 0)
-        return n;
-    if (req_body_complete(c)) {
-        ai_request_ready(c);
-    } else if (c->expect_continue && used == 0) {
-        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-        client_send(c, NULL, cont, sizeof cont - 1);
-        c->sending_continue = true;
-    }
-    return head + (size_t)used;
 }
 
 /* A complete head was parsed from src[0..n). Sets the request up and returns how
@@ -777,7 +555,7 @@ static size_t start_request(struct conn *c, const char *src, size_t n, const str
     if (req->minor == 1 && req->idx[HK_HOST] < 0) {
         /* RFC 9112 3.2: an HTTP/1.1 request without Host gets 400 */
         c->keep_alive = false;
-        send_error(c, 400, "invalid_request_error", NULL, "missing Host header");
+        conn_send_error(c, 400, "invalid_request_error", NULL, "missing Host header");
         return n;
     }
     /* answers that leave a body unread close the connection; without one, what
@@ -786,7 +564,7 @@ static size_t start_request(struct conn *c, const char *src, size_t n, const str
     size_t consumed = no_body ? req->head_len : n;
     enum auth_result auth = admission_authenticate(c, req);
     if (auth != AUTH_OK) {
-        send_error(c, 401, "authentication_error", "invalid_api_key",
+        conn_send_error(c, 401, "authentication_error", "invalid_api_key",
                    auth == AUTH_MISSING
                        ? "Missing API key: send it as `Authorization: Bearer KEY` or `x-api-key: KEY`"
                        : "Incorrect API key provided");
@@ -806,37 +584,37 @@ static size_t start_request(struct conn *c, const char *src, size_t n, const str
     if (path_route >= 0 && cfg->routes[path_route].kind == ROUTE_AI &&
         !(req->body == BODY_NONE || (req->body == BODY_LENGTH && req->content_length == 0))) {
         c->route = path_route;
-        return start_ai_request(c, src, n, req);
+        return ai_request_start(c, src, n, req);
     }
 
     size_t head = req->head_len;
     const char *why = NULL;
     ssize_t body_avail = classify_body(c, src + head, n - head, &why);
     if (body_avail < 0) {
-        send_error(c, 400, "invalid_request_error", NULL, why);
+        conn_send_error(c, 400, "invalid_request_error", NULL, why);
         return n;
     }
     if (req->body == BODY_LENGTH && req->content_length > cfg->server.max_body) {
-        send_error(c, 413, "invalid_request_error", NULL, "request body too large");
+        conn_send_error(c, 413, "invalid_request_error", NULL, "request body too large");
         return head + (size_t)body_avail;
     }
     c->route = path_route;
     if (c->route < 0) {
-        send_error(c, 404, "invalid_request_error", "not_found", "no route for this path");
+        conn_send_error(c, 404, "invalid_request_error", "not_found", "no route for this path");
         return head + (size_t)body_avail;
     }
-    if (!choose_backend(c))
+    if (!conn_choose_backend(c))
         return head + (size_t)body_avail;
 
     c->out = xbuf_get(sh);
     if (!c->out) {
-        send_error(c, 503, "server_error", "no_capacity", "out of memory");
+        conn_send_error(c, 503, "server_error", "no_capacity", "out of memory");
         return n;
     }
-    struct http_forward fwd = forward_info(c);
+    struct http_forward fwd = conn_forward_info(c);
     size_t hlen = http_write_upstream_head(c->out->data, sh->xbuf_size, req, &fwd);
     if (hlen == 0) {
-        send_error(c, 431, "invalid_request_error", NULL, "request head too large to forward");
+        conn_send_error(c, 431, "invalid_request_error", NULL, "request head too large to forward");
         return head + (size_t)body_avail;
     }
     size_t room = sh->xbuf_size - hlen;
@@ -846,12 +624,10 @@ static size_t start_request(struct conn *c, const char *src, size_t n, const str
     c->out->off = 0;
     c->in_body = (uint32_t)((size_t)body_avail - copy);
     c->bytes_in += copy;
-    c->body_in_first_send = req_body_complete(c) && c->in_body == 0;
+    c->body_in_first_send = conn_request_body_complete(c) && c->in_body == 0;
 
-    if (c->expect_continue && !req_body_complete(c) && body_avail == 0) {
-        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-        client_send(c, NULL, cont, sizeof cont - 1);
-        c->sending_continue = true;
+    if (c->expect_continue && !conn_request_body_complete(c) && body_avail == 0) {
+        conn_send_continue(c);
     }
     upstream_acquire(c);
     return head + copy;
@@ -925,7 +701,7 @@ static void parse_error(struct conn *c, int res, const char *why)
 static void on_head_bytes(struct conn *c, const char *p, size_t n)
 {
     struct shard *sh = c->sh;
-    size_t max_head = conn_cfg(c)->server.max_header;
+    size_t max_head = conn_config(c)->server.max_header;
     const char *why = NULL;
     if (!c->in) {
         /* fast path: parse in place in the provided buffer */
@@ -949,7 +725,7 @@ static void on_head_bytes(struct conn *c, const char *p, size_t n)
     }
     if (c->state == CS_IDLE) {
         c->state = CS_HEAD;
-        arm_timer(c, T_HEADER, conn_cfg(c)->timeouts.client_header_ms);
+        arm_timer(c, T_HEADER, conn_config(c)->timeouts.client_header_ms);
     }
     process_input(c);
 }
@@ -962,11 +738,11 @@ static void process_input(struct conn *c)
         const char *p = c->in->data + c->in->off;
         size_t n = c->in->len - c->in->off;
         const char *why = NULL;
-        int r = http_parse_request(p, n, conn_cfg(c)->server.max_header, &sh->scratch_req, &why);
+        int r = http_parse_request(p, n, conn_config(c)->server.max_header, &sh->scratch_req, &why);
         if (r == HTTP_INCOMPLETE) {
             if (c->state == CS_IDLE) {
                 c->state = CS_HEAD;
-                arm_timer(c, T_HEADER, conn_cfg(c)->timeouts.client_header_ms);
+                arm_timer(c, T_HEADER, conn_config(c)->timeouts.client_header_ms);
             }
             return;
         }
@@ -989,39 +765,39 @@ static void process_input(struct conn *c)
 static void on_busy_bytes(struct conn *c, const char *p, size_t n)
 {
     if (c->state == CS_BODY) {
-        ssize_t k = collect_body(c, p, n);
+        ssize_t k = ai_request_collect(c, p, n);
         if (k < 0)
             return;
         c->last_activity_ms = c->sh->now_ms;
         if ((size_t)k < n && !in_append(c, p + k, n - (size_t)k)) {
-            send_error(c, 400, "invalid_request_error", NULL, "too much data sent ahead of the response");
+            conn_send_error(c, 400, "invalid_request_error", NULL, "too much data sent ahead of the response");
             return;
         }
-        if (req_body_complete(c))
+        if (conn_request_body_complete(c))
             ai_request_ready(c);
         return;
     }
-    if (c->state == CS_UPSTREAM && !req_body_complete(c)) {
+    if (c->state == CS_UPSTREAM && !conn_request_body_complete(c)) {
         /* classified before queueing, so max_body is enforced on what arrives */
         const char *why = NULL;
         ssize_t k = classify_body(c, p, n, &why);
         if (k < 0) {
-            send_error(c, 400, "invalid_request_error", NULL, why);
+            conn_send_error(c, 400, "invalid_request_error", NULL, why);
             return;
         }
-        if (c->req_body_total > conn_cfg(c)->server.max_body) {
-            send_error(c, 413, "invalid_request_error", NULL, "request body too large");
+        if (c->req_body_total > conn_config(c)->server.max_body) {
+            conn_send_error(c, 413, "invalid_request_error", NULL, "request body too large");
             return;
         }
         if (!in_append(c, p, n)) {
-            send_error(c, 503, "server_error", NULL, "out of memory queueing the request body");
+            conn_send_error(c, 503, "server_error", NULL, "out of memory queueing the request body");
             return;
         }
         c->in_body += (uint32_t)k;
         pump_request_body(c);
     } else if (!in_append(c, p, n)) {
         c->error = "client sent more than aigw queues while busy";
-        send_error(c, 400, "invalid_request_error", NULL, "too much data sent ahead of the response");
+        conn_send_error(c, 400, "invalid_request_error", NULL, "too much data sent ahead of the response");
         return;
     }
     if (c->in && c->in->len - c->in->off >= c->sh->xbuf_size / 2)
@@ -1076,7 +852,7 @@ static void up_recv_head(struct conn *c)
     if (!c->rbuf) {
         c->rbuf = xbuf_get(c->sh);
         if (!c->rbuf) {
-            send_error(c, 502, "server_error", "upstream_error", "out of memory");
+            conn_send_error(c, 502, "server_error", "upstream_error", "out of memory");
             return;
         }
     }
@@ -1093,7 +869,7 @@ static void up_recv_head(struct conn *c)
 /* Connected (or a pooled connection taken): send the head and what body we have. */
 void conn_upstream_ready(struct conn *c)
 {
-    arm_timer(c, T_IDLE, conn_cfg(c)->timeouts.idle_ms);
+    arm_timer(c, T_IDLE, conn_config(c)->timeouts.idle_ms);
     c->last_activity_ms = c->sh->now_ms;
     up_send(c, c->out, c->out->data + c->out->off, c->out->len - c->out->off);
 }
@@ -1104,7 +880,7 @@ static void request_sent(struct conn *c)
         conn_drop_buf(c, c->out);
         c->out = NULL;
     }
-    arm_timer(c, T_FIRST_BYTE, conn_cfg(c)->timeouts.first_byte_ms);
+    arm_timer(c, T_FIRST_BYTE, conn_config(c)->timeouts.first_byte_ms);
     up_recv_head(c);
 }
 
@@ -1115,7 +891,7 @@ static void pump_request_body(struct conn *c)
     if (c->in_body > 0) {
         c->in_pinned = true;
         up_send(c, c->in, c->in->data + c->in->off, c->in_body);
-    } else if (req_body_complete(c)) {
+    } else if (conn_request_body_complete(c)) {
         request_sent(c);
     }
 }
@@ -1137,9 +913,9 @@ static void retry_or_fail(struct conn *c, int err, const char *why)
 void conn_upstream_failed(struct conn *c, int err, const char *why)
 {
     if (err == ETIMEDOUT && c->tphase == T_FIRST_BYTE)
-        send_error(c, 504, "server_error", "upstream_timeout", why);
+        conn_send_error(c, 504, "server_error", "upstream_timeout", why);
     else
-        send_error(c, 502, "server_error", "upstream_error", why);
+        conn_send_error(c, 502, "server_error", "upstream_error", why);
 }
 
 static void on_up_sent(struct conn *c, int res)
@@ -1200,23 +976,23 @@ static void on_up_head(struct conn *c, int res)
         const char *why = NULL;
         const char *p = c->rbuf->data + c->rbuf->off;
         size_t n = c->rbuf->len - c->rbuf->off;
-        int r = http_parse_response(p, n, conn_cfg(c)->server.max_header, c->req_method, resp, &why);
+        int r = http_parse_response(p, n, conn_config(c)->server.max_header, c->req_method, resp, &why);
         if (r == HTTP_INCOMPLETE) {
             if (c->rbuf->len == sh->xbuf_size) {
-                send_error(c, 502, "server_error", "upstream_error", "upstream response head too large");
+                conn_send_error(c, 502, "server_error", "upstream_error", "upstream response head too large");
                 return;
             }
             up_recv_head(c);
             return;
         }
         if (r != HTTP_OK) {
-            send_error(c, 502, "server_error", "upstream_error", why ? why : "malformed upstream response");
+            conn_send_error(c, 502, "server_error", "upstream_error", why ? why : "malformed upstream response");
             return;
         }
         if (resp->status >= 200)
             break;
         if (resp->status == 101) {
-            send_error(c, 502, "server_error", "upstream_error", "upstream switched protocols");
+            conn_send_error(c, 502, "server_error", "upstream_error", "upstream switched protocols");
             return;
         }
         /* interim 1xx: skip it; the client already got our own 100 Continue */
@@ -1401,7 +1177,7 @@ static void request_finish(struct conn *c)
 void conn_timer_fired(struct conn *c)
 {
     struct shard *sh = c->sh;
-    const struct config *cfg = conn_cfg(c);
+    const struct config *cfg = conn_config(c);
     switch (c->tphase) {
     case T_KEEPALIVE:
         conn_close(c);
@@ -1425,11 +1201,11 @@ void conn_timer_fired(struct conn *c)
         }
         c->error = "idle timeout";
         if (c->state == CS_BODY ||
-            (c->state == CS_UPSTREAM && !c->resp_started && !req_body_complete(c) && c->in_body == 0))
+            (c->state == CS_UPSTREAM && !c->resp_started && !conn_request_body_complete(c) && c->in_body == 0))
             /* we wait for the client's body, not for the backend */
-            send_error(c, 408, "invalid_request_error", NULL, "request body not received in time");
+            conn_send_error(c, 408, "invalid_request_error", NULL, "request body not received in time");
         else if (c->state == CS_UPSTREAM && !c->resp_started)
-            send_error(c, 504, "server_error", "upstream_timeout", "upstream idle timeout");
+            conn_send_error(c, 504, "server_error", "upstream_timeout", "upstream idle timeout");
         else
             conn_close(c);
         break;

@@ -315,6 +315,10 @@ static inline uint32_t gen_outstanding(const struct gen *g, unsigned backend)
 }
 
 /* conn.c */
+static inline const struct config *conn_config(const struct conn *c)
+{
+    return (c->sg ? c->sg : c->sh->sg)->g->cfg;
+}
 void conn_accepted(struct shard *sh, int fd);
 void conn_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe);
 void conn_on_upstream_cqe(struct conn *c, enum op op, int res);
@@ -330,6 +334,17 @@ void conn_send_out(struct conn *c);
 void conn_send_rbuf(struct conn *c);
 void conn_response_done(struct conn *c);
 void conn_drop_buf(struct conn *c, struct xbuf *b);
+void conn_send_continue(struct conn *c);
+void conn_send_error(struct conn *c, int status, const char *type, const char *code,
+                     const char *msg);
+bool conn_request_body_complete(const struct conn *c);
+bool conn_choose_backend(struct conn *c);
+struct http_forward conn_forward_info(const struct conn *c);
+
+/* ai_request.c */
+size_t ai_request_start(struct conn *c, const char *src, size_t n, const struct http_request *req);
+ssize_t ai_request_collect(struct conn *c, const char *p, size_t n);
+void ai_request_ready(struct conn *c);
 
 /* upstream.c */
 void upstream_acquire(struct conn *c);

@@ -1,0 +1,234 @@
+/* AI routes (kind = ai): the request body is read whole (de-chunked, up to
+ * max_body), checked as an OpenAI request, the route chosen by its model, the
+ * caller admitted against its key's permissions and limits (admission.c), and
+ * head plus body forwarded in one send, with Content-Length. */
+#include "core/proxy.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "core/admission.h"
+#include "proto/openai.h"
+
+#define FORWARD_HEAD_EXTRA 1024
+
+struct body_sink {
+    struct conn *c;
+    bool overflow;
+};
+
+/* Appends decoded body bytes to c->body, growing it up to the head + max_body. */
+static bool body_append(struct conn *c, const char *p, size_t n)
+{
+    struct xbuf *b = c->body;
+    size_t limit = (size_t)c->body_head_len + conn_config(c)->server.max_body;
+    if ((size_t)b->len + n > limit)
+        return false;
+    if ((size_t)b->len + n > b->cap) {
+        size_t want = (size_t)b->cap * 2;
+        if (want < (size_t)b->len + n)
+            want = (size_t)b->len + n;
+        if (want > limit)
+            want = limit;
+        struct xbuf *big = xbuf_get_cap(c->sh, (uint32_t)want);
+        if (!big)
+            return false;
+        memcpy(big->data, b->data, b->len);
+        big->len = b->len;
+        xbuf_put(c->sh, b);     /* no operation ever reads the body buffer */
+        c->body = b = big;
+    }
+    memcpy(b->data + b->len, p, n);
+    b->len += (uint32_t)n;
+    return true;
+}
+
+static void body_sink_data(void *ctx, const char *p, size_t n)
+{
+    struct body_sink *s = ctx;
+    if (!s->overflow && !body_append(s->c, p, n))
+        s->overflow = true;
+}
+
+/* Takes the request body's bytes from p[0..n) into c->body (de-chunked).
+ * Returns how many of them belonged to the body, or -1 with the error sent. */
+ssize_t ai_request_collect(struct conn *c, const char *p, size_t n)
+{
+    if (n == 0 || conn_request_body_complete(c))
+        return 0;
+    size_t k;
+    bool overflow = false;
+    if (c->req_body == BODY_LENGTH) {
+        k = n < c->req_body_left ? n : (size_t)c->req_body_left;
+        overflow = !body_append(c, p, k);
+        c->req_body_left -= k;
+    } else {
+        const char *why = NULL;
+        struct body_sink sink = { c, false };
+        ssize_t r = chunked_scan(&c->req_chunked, p, n, body_sink_data, &sink, &why);
+        if (r < 0) {
+            c->keep_alive = false;
+            conn_send_error(c, 400, "invalid_request_error", NULL, why);
+            return -1;
+        }
+        k = (size_t)r;
+        overflow = sink.overflow;
+    }
+    if (overflow) {
+        c->keep_alive = false;
+        conn_send_error(c, 413, "invalid_request_error", NULL, "request body too large");
+        return -1;
+    }
+    c->req_body_total += k;
+    c->bytes_in += k;
+    return (ssize_t)k;
+}
+
+/* The whole body is in: check it, choose the route by its model, forward it. */
+void ai_request_ready(struct conn *c)
+{
+    struct shard *sh = c->sh;
+    const struct config *cfg = c->sg->g->cfg;
+    struct http_request *req = &sh->scratch_req;
+    const char *why = NULL;
+    /* the head was parsed once already; it is kept raw in front of the body */
+    if (http_parse_request(c->body->data, c->body_head_len, cfg->server.max_header, req, &why) != HTTP_OK) {
+        conn_send_error(c, 400, "invalid_request_error", NULL, "malformed request");
+        return;
+    }
+    const char *body = c->body->data + c->body_head_len;
+    size_t blen = c->body->len - c->body_head_len;
+    struct openai_request ai;
+    if (openai_parse_request(body, blen, &ai, &why) != OPENAI_OK) {
+        c->error = "invalid JSON body";     /* why lives in ai: not for the log */
+        conn_send_error(c, 400, "invalid_request_error", NULL, why);
+        return;
+    }
+    c->ai = true;
+    c->stream = ai.stream;
+    c->prompt_estimate = ai.prompt_tokens_estimate;
+    char model[OPENAI_MAX_MODEL_LEN + 1];
+    size_t mlen = ai.model.len < sizeof model ? ai.model.len : sizeof model - 1;
+    if (ai.model_escaped)
+        mlen = openai_unescape(ai.model, model, sizeof model);
+    else
+        memcpy(model, ai.model.p, mlen);
+    model[mlen] = 0;
+    c->model_len = (uint8_t)(mlen < sizeof c->model ? mlen : sizeof c->model);
+    memcpy(c->model, model, c->model_len);
+    char msg[400];
+    int route = route_lookup_model(c->sg->g->routes, req->path.p, req->path.len, model, mlen);
+    if (route < 0) {
+        snprintf(msg, sizeof msg, "The model `%s` does not exist or is not served here", model);
+        c->error = "model not found";
+        conn_send_error(c, 404, "invalid_request_error", "model_not_found", msg);
+        return;
+    }
+    c->route = route;
+    if (!admission_model_allowed(c, model, mlen)) {
+        snprintf(msg, sizeof msg, "This API key may not use the model `%s`", model);
+        c->error = "model not allowed";
+        conn_send_error(c, 403, "permission_error", "model_not_allowed", msg);
+        return;
+    }
+    uint64_t cap = admission_max_tokens_exceeded(c, &ai);
+    if (cap) {
+        snprintf(msg, sizeof msg, "max_tokens is %llu, more than the %llu this API key may ask for",
+                 (unsigned long long)ai.max_tokens, (unsigned long long)cap);
+        c->error = "max_tokens over the tier's cap";
+        conn_send_error(c, 400, "invalid_request_error", "max_tokens_too_large", msg);
+        return;
+    }
+    struct rl_verdict verdict;
+    if (!admission_admit(c, &ai, &verdict)) {
+        const char *which = rl_limit_name(verdict.limit);
+        if (verdict.too_large)
+            snprintf(msg, sizeof msg, "Request too large: it needs %llu tokens, more than this "
+                     "API key's %s limit can ever allow; ask for fewer max_tokens",
+                     (unsigned long long)(ai.prompt_tokens_estimate +
+                                          (ai.has_max_tokens ? ai.max_tokens : 0)),
+                     which);
+        else
+            snprintf(msg, sizeof msg, "Rate limit reached for %s of this API key; retry in %u s",
+                     which, verdict.retry_after_s);
+        c->retry_after_s = verdict.retry_after_s ? verdict.retry_after_s : 1;
+        c->error = "rate limited";
+        conn_send_error(c, 429, "rate_limit_exceeded", which, msg);
+        return;
+    }
+    if (!conn_choose_backend(c))
+        return;
+    /* the forwarded head is the client's plus what a proxy adds (forwarding
+     * headers, framing, upstream credentials): within FORWARD_HEAD_EXTRA */
+    const struct cfg_pool *pool = &cfg->pools[c->pool];
+    size_t head_room = c->body_head_len + FORWARD_HEAD_EXTRA + strlen(pool->upstream_auth);
+    struct xbuf *out = xbuf_get_cap(sh, (uint32_t)(head_room + blen));
+    if (!out) {
+        conn_send_error(c, 503, "server_error", "no_capacity", "out of memory");
+        return;
+    }
+    /* the body goes on de-chunked, with its length */
+    req->body = BODY_LENGTH;
+    req->content_length = blen;
+    struct http_forward fwd = conn_forward_info(c);
+    size_t hlen = http_write_upstream_head(out->data, out->cap - blen, req, &fwd);
+    if (hlen == 0) {
+        xbuf_put(sh, out);
+        conn_send_error(c, 431, "invalid_request_error", NULL, "request head too large to forward");
+        return;
+    }
+    memcpy(out->data + hlen, body, blen);
+    out->len = (uint32_t)(hlen + blen);
+    out->off = 0;
+    c->out = out;
+    xbuf_put(sh, c->body);
+    c->body = NULL;
+    c->req_body = BODY_LENGTH;
+    c->req_body_left = 0;
+    c->in_body = 0;
+    c->body_in_first_send = true;
+    c->state = CS_UPSTREAM;
+    upstream_acquire(c);
+}
+
+/* An AI route with a body: keep the raw head, then collect the body. */
+size_t ai_request_start(struct conn *c, const char *src, size_t n, const struct http_request *req)
+{
+    struct shard *sh = c->sh;
+    const struct config *cfg = c->sg->g->cfg;
+    size_t head = req->head_len;
+    int ct = req->idx[HK_CONTENT_TYPE];
+    if (ct < 0 || !openai_content_type_is_json(req->headers[ct].value)) {
+        c->keep_alive = false;      /* the body stays unread */
+        conn_send_error(c, 415, "invalid_request_error", NULL, "Content-Type must be application/json");
+        return n;
+    }
+    if (req->body == BODY_LENGTH && req->content_length > cfg->server.max_body) {
+        c->keep_alive = false;
+        conn_send_error(c, 413, "invalid_request_error", NULL, "request body too large");
+        return n;
+    }
+    size_t want = head + (req->body == BODY_LENGTH ? (size_t)req->content_length : 0);
+    c->body = xbuf_get_cap(sh, (uint32_t)(want > sh->xbuf_size ? want : sh->xbuf_size));
+    if (!c->body) {
+        c->keep_alive = false;
+        conn_send_error(c, 503, "server_error", "no_capacity", "out of memory");
+        return n;
+    }
+    memcpy(c->body->data, src, head);
+    c->body->len = (uint32_t)head;
+    c->body_head_len = (uint32_t)head;
+    c->state = CS_BODY;
+    c->last_activity_ms = sh->now_ms;
+    conn_set_timer(c, T_IDLE, cfg->timeouts.idle_ms);
+    ssize_t used = ai_request_collect(c, src + head, n - head);
+    if (used < 0)
+        return n;
+    if (conn_request_body_complete(c)) {
+        ai_request_ready(c);
+    } else if (c->expect_continue && used == 0) {
+        conn_send_continue(c);
+    }
+    return head + (size_t)used;
+}
+
