@@ -167,17 +167,22 @@ static struct rl_local *caller_local(const struct conn *c)
     return &g->rl_local[(size_t)c->sh->id * g->rl_stride + (unsigned)c->key];
 }
 
+uint64_t admission_reservation(const struct conn *c, const struct openai_request *ai)
+{
+    const struct cfg_tier *t = caller_tier(c);
+    uint64_t completion = ai->has_max_tokens  ? ai->max_tokens
+                          : t && t->max_tokens ? t->max_tokens
+                                               : ADMISSION_DEFAULT_COMPLETION;
+    return ai->prompt_tokens_estimate + completion;
+}
+
 bool admission_admit(struct conn *c, const struct openai_request *ai, struct rl_verdict *out)
 {
     memset(out, 0, sizeof *out);
     c->admitted = false;
-    const struct cfg_tier *t = caller_tier(c);
-    if (!t)
+    if (!caller_tier(c))
         return true;
-    uint64_t completion = ai->has_max_tokens ? ai->max_tokens
-                          : t->max_tokens    ? t->max_tokens
-                                             : ADMISSION_DEFAULT_COMPLETION;
-    uint64_t cost = ai->prompt_tokens_estimate + completion;
+    uint64_t cost = admission_reservation(c, ai);
     struct gen *g = c->sg->g;
     struct shard *sh = c->sh;
     if (!rl_admit(&g->rl_global[c->key], caller_local(c), cost, now_ns(sh), unix_now(sh), out)) {

@@ -49,6 +49,10 @@ bool admission_model_allowed(const struct conn *c, const char *model, size_t len
 /* The tier's cap on max_tokens that the request exceeds, or 0 when it does not. */
 uint64_t admission_max_tokens_exceeded(const struct conn *c, const struct openai_request *ai);
 
+/* The tokens a request reserves: its prompt estimate plus its max_tokens, or
+ * the tier's max_tokens when it asks none, or ADMISSION_DEFAULT_COMPLETION. */
+uint64_t admission_reservation(const struct conn *c, const struct openai_request *ai);
+
 /* Reserves the request's tokens (prompt estimate + max_tokens, see
  * ADMISSION_DEFAULT_COMPLETION) and one request against the caller's limits.
  * Returns true when admitted (or when the caller has no limits); false with

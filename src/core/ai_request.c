@@ -143,15 +143,18 @@ void ai_request_ready(struct conn *c)
     if (!admission_admit(c, &ai, &verdict)) {
         const char *which = rl_limit_name(verdict.limit);
         if (verdict.too_large)
-            snprintf(msg, sizeof msg, "Request too large: it needs %llu tokens, more than this "
-                     "API key's %s limit can ever allow; ask for fewer max_tokens",
-                     (unsigned long long)(ai.prompt_tokens_estimate +
-                                          (ai.has_max_tokens ? ai.max_tokens : 0)),
+            /* no Retry-After: waiting never admits it */
+            snprintf(msg, sizeof msg, "Request too large: it reserves %llu tokens (prompt estimate "
+                     "%llu + max_tokens %llu), more than this API key's %s limit can ever allow; "
+                     "ask for fewer max_tokens",
+                     (unsigned long long)admission_reservation(c, &ai),
+                     (unsigned long long)ai.prompt_tokens_estimate,
+                     (unsigned long long)(admission_reservation(c, &ai) - ai.prompt_tokens_estimate),
                      which);
         else
             snprintf(msg, sizeof msg, "Rate limit reached for %s of this API key; retry in %u s",
                      which, verdict.retry_after_s);
-        c->retry_after_s = verdict.retry_after_s ? verdict.retry_after_s : 1;
+        c->retry_after_s = verdict.too_large ? 0 : verdict.retry_after_s ? verdict.retry_after_s : 1;
         c->error = "rate limited";
         conn_send_error(c, 429, "rate_limit_exceeded", which, msg);
         return;
@@ -197,6 +200,7 @@ size_t ai_request_start(struct conn *c, const char *src, size_t n, const struct 
     struct shard *sh = c->sh;
     const struct config *cfg = c->sg->g->cfg;
     size_t head = req->head_len;
+    c->ai = true;   /* from here every answer carries the caller's x-ratelimit-* */
     int ct = req->idx[HK_CONTENT_TYPE];
     if (ct < 0 || !openai_content_type_is_json(req->headers[ct].value)) {
         c->keep_alive = false;      /* the body stays unread */

@@ -292,7 +292,7 @@ static struct slice local_extra(struct conn *c, int status, char *buf)
     struct slice ex = request_id_header(c, buf, 64);
     if (c->ai)
         ex.len += admission_headers(c, buf + ex.len, RL_HEADERS_MAX);
-    if (status == 503 || status == 429)
+    if (status == 503 || (status == 429 && c->retry_after_s))
         ex.len += (size_t)snprintf(buf + ex.len, 32, "retry-after: %u\r\n",
                                    c->retry_after_s ? c->retry_after_s : 1);
     return ex;

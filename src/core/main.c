@@ -212,6 +212,8 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     rt.nshards = cfg->server.shards ? cfg->server.shards : online_cpus();
+    /* key names since start get metric slots: room for the file to double */
+    metrics_reserve_keys(2 * keyring_count(cfg->keys.ring) + 1024);
     if (metrics_init(rt.nshards) != 0) {
         log_error("cannot allocate metrics");
         return 1;

@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/log.h"
+
 /* Columns of requests[][]: the common codes first, then one "other" column per class. */
 static const int status_codes[] = {
     200, 201, 204, 206,
@@ -50,8 +52,10 @@ static char *backend_pools[METRICS_MAX_BACKENDS];
 static char *backend_names[METRICS_MAX_BACKENDS];
 static bool backend_live[METRICS_MAX_BACKENDS];
 static unsigned nbackends;
-static char *key_names[METRICS_MAX_KEYS];
-static unsigned nkeys = 1;          /* slot 0 is "" */
+static char **key_names;            /* [key_capacity]; slot 0 is "" */
+static unsigned nkeys = 1;
+static unsigned key_capacity = METRICS_MIN_KEYS;
+static bool key_overflow_logged;
 
 /* Slot 0 is "" (no route matched). Called with registry_mu held. */
 static bool reserve_no_route_slot(void)
@@ -86,6 +90,25 @@ int metrics_init(unsigned n)
         return -1;
     }
     memset(s, 0, bytes);
+    /* one block for every shard's key counters, each shard's on its own lines */
+    size_t per_shard = (sizeof(mcounter) * (2 + METRICS_NLIMITS) * key_capacity + 63) / 64 * 64;
+    char *keys = aligned_alloc(64, per_shard * n);
+    key_names = calloc(key_capacity, sizeof *key_names);
+    if (!keys || !key_names) {
+        free(s);
+        free(keys);
+        free(key_names);
+        key_names = NULL;
+        pthread_mutex_unlock(&registry_mu);
+        errno = ENOMEM;
+        return -1;
+    }
+    memset(keys, 0, per_shard * n);
+    for (unsigned i = 0; i < n; i++) {
+        char *blk = keys + per_shard * i;
+        s[i].tokens = (mcounter (*)[2])blk;
+        s[i].ratelimited = (mcounter (*)[METRICS_NLIMITS])(blk + sizeof(mcounter) * 2 * key_capacity);
+    }
     shards = s;
     nshards = n;
     pthread_mutex_unlock(&registry_mu);
@@ -122,23 +145,37 @@ int metrics_route_slot(const char *route)
     return slot;
 }
 
+void metrics_reserve_keys(unsigned n)
+{
+    pthread_mutex_lock(&registry_mu);
+    if (!shards && n > key_capacity)
+        key_capacity = n;
+    pthread_mutex_unlock(&registry_mu);
+}
+
 int metrics_key_slot(const char *name)
 {
     pthread_mutex_lock(&registry_mu);
     int slot = 0;
-    for (unsigned i = 1; i < nkeys; i++)
+    for (unsigned i = 1; key_names && i < nkeys; i++)
         if (strcmp(key_names[i], name) == 0) {
             slot = (int)i;
             break;
         }
-    if (slot == 0 && nkeys < METRICS_MAX_KEYS) {
+    if (slot == 0 && key_names && nkeys < key_capacity) {
         char *copy = strdup(name);
         if (copy) {
             key_names[nkeys] = copy;
             slot = (int)nkeys++;
         }
     }
+    bool log_it = slot == 0 && key_names && !key_overflow_logged;
+    if (log_it)
+        key_overflow_logged = true;
     pthread_mutex_unlock(&registry_mu);
+    if (log_it)
+        log_warn("metrics: more than %u distinct key names since start: key '%s' and later ones "
+                 "are counted under key=\"\" (a restart makes room)", key_capacity - 1, name);
     return slot;
 }
 
@@ -412,7 +449,7 @@ static void render_keys(struct out *o)
     static const char *const limits[METRICS_NLIMITS] = { "requests", "tokens", "quota" };
     put_family(o, "aigw_tokens_total", "counter",
                "Tokens used through AI routes, by API key NAME and direction.");
-    for (unsigned k = 0; k < nkeys; k++)
+    for (unsigned k = 0; shards && k < nkeys; k++)
         for (unsigned d = 0; d < 2; d++) {
             uint64_t v = SUM_SHARDS(tokens[k][d]);
             if (v == 0)
@@ -426,7 +463,7 @@ static void render_keys(struct out *o)
         }
     put_family(o, "aigw_ratelimited_total", "counter",
                "Requests refused with 429, by API key NAME and the limit that fired.");
-    for (unsigned k = 0; k < nkeys; k++)
+    for (unsigned k = 0; shards && k < nkeys; k++)
         for (unsigned l = 0; l < METRICS_NLIMITS; l++) {
             uint64_t v = SUM_SHARDS(ratelimited[k][l]);
             if (v == 0)

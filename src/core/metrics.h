@@ -14,7 +14,7 @@
 #define METRICS_MAX_BACKENDS 512
 #define METRICS_NSTATUS 27          /* 22 common codes + one "other" column per class; see metrics_status_slot() */
 #define METRICS_NBUCKETS 14         /* duration histogram buckets, +Inf included */
-#define METRICS_MAX_KEYS 4096       /* API key slots; slot 0 is "" (no key, or past the last slot) */
+#define METRICS_MIN_KEYS 4096       /* API key slots at least; slot 0 is "" (no key, or past the last slot) */
 
 enum relay_mode { RELAY_SPLICE = 0, RELAY_COPY = 1 };
 enum conn_side { SIDE_CLIENT = 0, SIDE_UPSTREAM = 1 };
@@ -35,8 +35,9 @@ struct shard_metrics {
     mcounter relay_bytes[2];
     mgauge connections[2];
     mcounter access_log_dropped;
-    mcounter tokens[METRICS_MAX_KEYS][2];           /* enum token_direction */
-    mcounter ratelimited[METRICS_MAX_KEYS][METRICS_NLIMITS];
+    /* per API key slot, sized at metrics_init (see metrics_reserve_keys) */
+    mcounter (*tokens)[2];                          /* enum token_direction */
+    mcounter (*ratelimited)[METRICS_NLIMITS];
 } __attribute__((aligned(64)));
 
 /* Single-writer increment: plain load+store, no locked instruction. */
@@ -62,8 +63,13 @@ struct shard_metrics *metrics_shard(unsigned shard);
 int metrics_route_slot(const char *route);
 /* Slot for a pool/backend pair ("gpu-a", "10.0.0.11:8000"); -1 when full. */
 int metrics_backend_slot(const char *pool, const char *backend);
+/* Before metrics_init: make room for at least n distinct key names over the
+ * process lifetime (default METRICS_MIN_KEYS; main asks for a multiple of the
+ * starting keys file, so reloads can add keys). */
+void metrics_reserve_keys(unsigned n);
 /* Slot for an API key's NAME (stable for the process lifetime); 0 when the
- * registry is full (those keys are then counted under key=""). */
+ * registry is full (those keys are then counted under key="", and the first
+ * such key is logged). */
 int metrics_key_slot(const char *name);
 /* Marks which backend slots the current configuration uses (others are not rendered). */
 void metrics_set_live_backends(const int *slots, unsigned n);

@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <string.h>
+#include <strings.h>
 
 #include "core/admission.h"
 #include "core/log.h"
@@ -98,6 +99,18 @@ static ssize_t classify_response_body(struct conn *c, char *p, size_t n)
     return (ssize_t)k;
 }
 
+/* aigw's x-ratelimit-* describe the caller's limits here; a backend's own (an
+ * upstream gateway's) would contradict them. */
+static void drop_backend_ratelimit_headers(struct http_response *resp)
+{
+    static const char prefix[] = "x-ratelimit-";
+    for (unsigned i = 0; i < resp->nheaders; i++) {
+        struct slice n = resp->headers[i].name;
+        if (n.len > sizeof prefix - 1 && strncasecmp(n.p, prefix, sizeof prefix - 1) == 0)
+            resp->headers[i].hop = true;
+    }
+}
+
 void relay_response_head(struct conn *c, const struct http_response *resp)
 {
     struct shard *sh = c->sh;
@@ -137,8 +150,12 @@ void relay_response_head(struct conn *c, const struct http_response *resp)
     elen += c->request_id_len;
     extra[elen++] = '\r';
     extra[elen++] = '\n';
-    if (c->ai)
-        elen += admission_headers(c, extra + elen, RL_HEADERS_MAX);
+    if (c->ai) {
+        size_t rl = admission_headers(c, extra + elen, RL_HEADERS_MAX);
+        elen += rl;
+        if (rl)
+            drop_backend_ratelimit_headers(&sh->scratch_resp);
+    }
     struct http_response *framing = &sh->scratch_resp;   /* == resp */
     uint8_t body_kind = framing->body;
     if (c->dechunk)

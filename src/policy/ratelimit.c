@@ -420,7 +420,9 @@ static void rate_status(const struct rl_global *g, const struct rl_rate *r, cons
                         int64_t lease, uint64_t now_ns,
                         uint64_t *limit, uint64_t *remaining, uint64_t *reset_ms)
 {
-    *limit = r->per_minute;
+    /* the bucket's size: what may be spent at once, so remaining never exceeds
+     * it (the per-minute figure itself with the default 60 s burst) */
+    *limit = r->per_minute ? (uint64_t)r->capacity : 0;
     *remaining = *reset_ms = 0;
     if (!r->per_minute)
         return;

@@ -92,7 +92,8 @@ struct rl_verdict {
     struct rl_ticket ticket;    /* when admitted: for rl_settle */
 };
 
-/* For the x-ratelimit-* headers. A limit of 0 means unlimited: omit its headers.
+/* For the x-ratelimit-* headers. A limit is the bucket's size (the per-minute
+ * rate with the default 60 s burst); 0 means unlimited: omit its headers.
  * remaining is approximate: the global pool plus this shard's lease (tokens in
  * other shards' leases are not seen). reset is the time until the bucket would
  * be full again if nothing more were taken. */
