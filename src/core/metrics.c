@@ -432,49 +432,47 @@ static void render_connections(struct out *o)
     }
 }
 
-static void put_key_label(struct out *o, const char *metric, unsigned k)
+static uint64_t key_tokens(unsigned k, unsigned col) { return SUM_SHARDS(tokens[k][col]); }
+static uint64_t key_ratelimited(unsigned k, unsigned col) { return SUM_SHARDS(ratelimited[k][col]); }
+
+/* One per-key family: name{key="NAME",label="columns[c]"} for each non-zero
+ * cell. Series appear once a key has used tokens or been limited: a keys file of
+ * thousands of names does not mean thousands of zero lines. */
+static void render_key_family(struct out *o, const char *name, const char *help, const char *label,
+                              const char *const *columns, unsigned ncolumns,
+                              uint64_t (*value)(unsigned key, unsigned column))
 {
-    puts_(o, metric);
-    puts_(o, "{key=\"");
-    if (k > 0)
-        put_label(o, key_names[k]);
+    put_family(o, name, "counter", help);
+    for (unsigned k = 0; shards && k < nkeys; k++)
+        for (unsigned col = 0; col < ncolumns; col++) {
+            uint64_t v = value(k, col);
+            if (v == 0)
+                continue;
+            puts_(o, name);
+            puts_(o, "{key=\"");
+            if (k > 0)
+                put_label(o, key_names[k]);
+            puts_(o, "\",");
+            puts_(o, label);
+            puts_(o, "=\"");
+            puts_(o, columns[col]);
+            puts_(o, "\"} ");
+            put_u64(o, v);
+            puts_(o, "\n");
+        }
 }
 
-/* Series appear once a key has used tokens or been limited: a keys file of
- * thousands of names does not mean thousands of zero lines. */
 static void render_keys(struct out *o)
 {
     static const char *const directions[2] = { [TOKENS_PROMPT] = "prompt",
                                                [TOKENS_COMPLETION] = "completion" };
     static const char *const limits[METRICS_NLIMITS] = { "requests", "tokens", "quota" };
-    put_family(o, "aigw_tokens_total", "counter",
-               "Tokens used through AI routes, by API key NAME and direction.");
-    for (unsigned k = 0; shards && k < nkeys; k++)
-        for (unsigned d = 0; d < 2; d++) {
-            uint64_t v = SUM_SHARDS(tokens[k][d]);
-            if (v == 0)
-                continue;
-            put_key_label(o, "aigw_tokens_total", k);
-            puts_(o, "\",direction=\"");
-            puts_(o, directions[d]);
-            puts_(o, "\"} ");
-            put_u64(o, v);
-            puts_(o, "\n");
-        }
-    put_family(o, "aigw_ratelimited_total", "counter",
-               "Requests refused with 429, by API key NAME and the limit that fired.");
-    for (unsigned k = 0; shards && k < nkeys; k++)
-        for (unsigned l = 0; l < METRICS_NLIMITS; l++) {
-            uint64_t v = SUM_SHARDS(ratelimited[k][l]);
-            if (v == 0)
-                continue;
-            put_key_label(o, "aigw_ratelimited_total", k);
-            puts_(o, "\",limit=\"");
-            puts_(o, limits[l]);
-            puts_(o, "\"} ");
-            put_u64(o, v);
-            puts_(o, "\n");
-        }
+    render_key_family(o, "aigw_tokens_total",
+                      "Tokens used through AI routes, by API key NAME and direction.", "direction",
+                      directions, 2, key_tokens);
+    render_key_family(o, "aigw_ratelimited_total",
+                      "Requests refused with 429, by API key NAME and the limit that fired.", "limit",
+                      limits, METRICS_NLIMITS, key_ratelimited);
 }
 
 static void render_access_log(struct out *o)

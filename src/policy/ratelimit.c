@@ -464,33 +464,62 @@ const char *rl_limit_name(enum rl_limit which)
     }
 }
 
+/* Appends the decimal digits of v at p; returns the end. Every AI answer
+ * formats these: cheaper than snprintf's format machinery. */
+static char *put_dec(char *p, uint64_t v)
+{
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n)
+        *p++ = tmp[--n];
+    return p;
+}
+
+static char *put_str(char *p, const char *s)
+{
+    size_t n = strlen(s);
+    memcpy(p, s, n);
+    return p + n;
+}
+
 size_t rl_format_duration(char *buf, size_t cap, uint64_t ms)
 {
-    char tmp[64];
-    int n;
+    char tmp[64], *p = tmp;
     if (ms < 1000) {
-        n = snprintf(tmp, sizeof tmp, "%" PRIu64 "%s", ms, ms ? "ms" : "s");
+        p = put_str(put_dec(p, ms), ms ? "ms" : "s");
     } else {
         uint64_t h = ms / 3600000, m = ms / 60000 % 60, s = ms / 1000 % 60, frac = ms % 1000;
-        n = 0;
-        if (h)
-            n += snprintf(tmp + n, sizeof tmp - (size_t)n, "%" PRIu64 "h", h);
-        if (h || m)
-            n += snprintf(tmp + n, sizeof tmp - (size_t)n, "%" PRIu64 "m", m);
-        n += snprintf(tmp + n, sizeof tmp - (size_t)n, "%" PRIu64, s);
+        if (h) {
+            p = put_dec(p, h);
+            *p++ = 'h';
+        }
+        if (h || m) {
+            p = put_dec(p, m);
+            *p++ = 'm';
+        }
+        p = put_dec(p, s);
         if (frac) {
-            char digits[4];
-            snprintf(digits, sizeof digits, "%03" PRIu64, frac);
+            char digits[3] = { (char)('0' + frac / 100), (char)('0' + frac / 10 % 10),
+                               (char)('0' + frac % 10) };
             size_t k = 3;
             while (digits[k - 1] == '0')
                 k--;
-            n += snprintf(tmp + n, sizeof tmp - (size_t)n, ".%.*s", (int)k, digits);
+            *p++ = '.';
+            memcpy(p, digits, k);
+            p += k;
         }
-        n += snprintf(tmp + n, sizeof tmp - (size_t)n, "s");
+        *p++ = 's';
     }
-    if (cap > (size_t)n)
-        memcpy(buf, tmp, (size_t)n + 1);
-    return (size_t)n;
+    size_t n = (size_t)(p - tmp);
+    if (cap > n) {
+        memcpy(buf, tmp, n);
+        buf[n] = '\0';
+    }
+    return n;
 }
 
 static bool header_dim(char *buf, size_t cap, size_t *off, const char *dim,
@@ -498,16 +527,22 @@ static bool header_dim(char *buf, size_t cap, size_t *off, const char *dim,
 {
     if (!limit)
         return true;
-    char reset[64];
-    rl_format_duration(reset, sizeof reset, reset_ms);
-    int n = snprintf(buf + *off, cap - *off,
-                     "x-ratelimit-limit-%s: %" PRIu64 "\r\n"
-                     "x-ratelimit-remaining-%s: %" PRIu64 "\r\n"
-                     "x-ratelimit-reset-%s: %s\r\n",
-                     dim, limit, dim, remaining, dim, reset);
-    if (n < 0 || (size_t)n >= cap - *off)
+    /* three lines of at most 30 + 8 + 20 + 2 bytes each */
+    char line[200], *p = line;
+    p = put_str(put_str(p, "x-ratelimit-limit-"), dim);
+    p = put_dec(put_str(p, ": "), limit);
+    p = put_str(p, "\r\nx-ratelimit-remaining-");
+    p = put_dec(put_str(put_str(p, dim), ": "), remaining);
+    p = put_str(p, "\r\nx-ratelimit-reset-");
+    p = put_str(put_str(p, dim), ": ");
+    p += rl_format_duration(p, 64, reset_ms);
+    p = put_str(p, "\r\n");
+    size_t n = (size_t)(p - line);
+    if (n >= cap - *off)
         return false;
-    *off += (size_t)n;
+    memcpy(buf + *off, line, n);
+    *off += n;
+    buf[*off] = '\0';
     return true;
 }
 

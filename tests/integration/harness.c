@@ -20,6 +20,10 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
+
+#include <wolfssl/options.h>
+#include <wolfssl/wolfcrypt/sha256.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1133,4 +1137,85 @@ long long h_json_int(const char *json, const char *key)
         if (isdigit((unsigned char)*v)) return strtoll(v, NULL, 10);
         from = v;
     }
+}
+
+/* ---- API keys ---- */
+
+void h_sha256_hex(const char *s, char out[65])
+{
+    wc_Sha256 ctx;
+    byte h[32];
+    cr_assert_eq(wc_InitSha256(&ctx), 0);
+    cr_assert_eq(wc_Sha256Update(&ctx, (const byte *)s, (word32)strlen(s)), 0);
+    cr_assert_eq(wc_Sha256Final(&ctx, h), 0);
+    wc_Sha256Free(&ctx);
+    for (int i = 0; i < 32; i++)
+        snprintf(out + 2 * i, 3, "%02x", h[i]);
+}
+
+const char *h_key_line(const char *name, const char *key, const char *tier, const char *models)
+{
+    static char bufs[8][512];
+    static int next;
+    char *out = bufs[next++ % 8];
+    char hex[65];
+    h_sha256_hex(key, hex);
+    snprintf(out, sizeof bufs[0], "%s sha256:%s tier=%s%s%s\n", name, hex, tier, models ? " models=" : "",
+             models ? models : "");
+    return out;
+}
+
+const char *h_keys_path(void)
+{
+    static char p[600];
+    snprintf(p, sizeof p, "%s/keys", h_dir());
+    return p;
+}
+
+const char *h_bearer(const char *key)
+{
+    static char bufs[4][256];
+    static int next;
+    char *out = bufs[next++ % 4];
+    snprintf(out, sizeof bufs[0], "Authorization: Bearer %s\r\n", key);
+    return out;
+}
+
+int h_listen_loopback(int *port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof sa;
+    cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    cr_assert_eq(listen(fd, 64), 0);
+    cr_assert_eq(getsockname(fd, (struct sockaddr *)&sa, &sl), 0);
+    *port = ntohs(sa.sin_port);
+    return fd;
+}
+
+char *h_wait_for_text(const char *path, const char *needle, int timeout_ms)
+{
+    int64_t end = h_now_ms() + timeout_ms;
+    for (;;) {
+        char *text = h_read_file(path);
+        if (text && strstr(text, needle))
+            return text;
+        free(text);
+        if (h_now_ms() > end)
+            return NULL;
+        h_sleep_ms(20);
+    }
+}
+
+bool h_write_all(int fd, const char *p, size_t n)
+{
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w <= 0)
+            return false;
+        p += w;
+        n -= (size_t)w;
+    }
+    return true;
 }

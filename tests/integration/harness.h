@@ -196,6 +196,29 @@ void h_gw_config(struct h_gw *g, const char *timeouts, const char *fmt, ...)
  * /readyz answers 200. 0, or -1 (see h_tail(g->tag)). */
 int h_gw_start(struct h_gw *g);
 
+/* ---- API keys ---- */
+
+/* The hex SHA-256 of the string s (what a keys file holds). */
+void h_sha256_hex(const char *s, char out[65]);
+/* A keys file line "NAME sha256:HEX tier=TIER [models=...]\n" for key (any
+ * visible ASCII string), in a static buffer that 8 calls in a row may share. */
+const char *h_key_line(const char *name, const char *key, const char *tier, const char *models);
+/* h_dir()/keys: where tests put the keys file. */
+const char *h_keys_path(void);
+/* "Authorization: Bearer KEY\r\n", in a static buffer that 4 calls may share. */
+const char *h_bearer(const char *key);
+
+/* A listening TCP socket on 127.0.0.1 and a free port (a scripted backend's);
+ * the test fails if it cannot be had. */
+int h_listen_loopback(int *port);
+
+/* The file's text once it contains needle (malloc'd), or NULL after timeout_ms
+ * (an access log line being written by aigw's writer thread). */
+char *h_wait_for_text(const char *path, const char *needle, int timeout_ms);
+
+/* Writes all n bytes to fd (a scripted backend's answer); false on error. */
+bool h_write_all(int fd, const char *p, size_t n);
+
 /* ---- small helpers for assertions ---- */
 
 /* True if the JSON text has "key": "value" somewhere (whitespace tolerant). */

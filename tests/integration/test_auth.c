@@ -16,8 +16,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <wolfssl/options.h>
-#include <wolfssl/wolfcrypt/sha256.h>
 
 TestSuite(auth, .init = h_setup, .fini = h_teardown, .timeout = 60);
 TestSuite(models, .init = h_setup, .fini = h_teardown, .timeout = 60);
@@ -33,38 +31,6 @@ TestSuite(models, .init = h_setup, .fini = h_teardown, .timeout = 60);
 
 /* ---- keys files ---- */
 
-static void sha256_hex(const char *s, char out[65])
-{
-    wc_Sha256 ctx;
-    byte h[32];
-    cr_assert_eq(wc_InitSha256(&ctx), 0);
-    cr_assert_eq(wc_Sha256Update(&ctx, (const byte *)s, (word32)strlen(s)), 0);
-    cr_assert_eq(wc_Sha256Final(&ctx, h), 0);
-    wc_Sha256Free(&ctx);
-    for (int i = 0; i < 32; i++)
-        snprintf(out + 2 * i, 3, "%02x", h[i]);
-}
-
-/* "NAME sha256:HEX tier=TIER [models=...]\n" in a static rotating buffer. */
-static const char *key_line(const char *name, const char *key, const char *tier, const char *models)
-{
-    static char bufs[8][512];
-    static int next;
-    char *out = bufs[next++ % 8];
-    char hex[65];
-    sha256_hex(key, hex);
-    snprintf(out, sizeof bufs[0], "%s sha256:%s tier=%s%s%s\n", name, hex, tier, models ? " models=" : "",
-             models ? models : "");
-    return out;
-}
-
-static const char *keys_path(void)
-{
-    static char p[600];
-    snprintf(p, sizeof p, "%s/keys", h_dir());
-    return p;
-}
-
 /* ---- a scripted backend that records what reaches it ---- */
 
 #define REC_MAX 64
@@ -76,18 +42,6 @@ struct rec_backend {
     int nreq;
     char *req[REC_MAX];   /* each request as received: head and body */
 };
-
-static bool write_all(int fd, const char *p, size_t n)
-{
-    while (n) {
-        ssize_t w = write(fd, p, n);
-        if (w <= 0)
-            return false;
-        p += w;
-        n -= (size_t)w;
-    }
-    return true;
-}
 
 /* Reads one request (head and Content-Length body) into a malloc'd string. */
 static char *read_request(int fd)
@@ -155,8 +109,8 @@ static void *rec_main(void *arg)
                               "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
                               "Connection: close\r\n\r\n",
                               sizeof body - 1);
-            if (write_all(fd, head, (size_t)hl))
-                write_all(fd, body, sizeof body - 1);
+            if (h_write_all(fd, head, (size_t)hl))
+                h_write_all(fd, body, sizeof body - 1);
             shutdown(fd, SHUT_WR);
             char sink[256];
             while (read(fd, sink, sizeof sink) > 0) {
@@ -170,14 +124,7 @@ static void rec_start(struct rec_backend *b)
 {
     memset(b, 0, sizeof *b);
     pthread_mutex_init(&b->mu, NULL);
-    b->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    cr_assert_geq(b->listen_fd, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t sl = sizeof sa;
-    cr_assert_eq(bind(b->listen_fd, (struct sockaddr *)&sa, sizeof sa), 0);
-    cr_assert_eq(listen(b->listen_fd, 64), 0);
-    cr_assert_eq(getsockname(b->listen_fd, (struct sockaddr *)&sa, &sl), 0);
-    b->port = ntohs(sa.sin_port);
+    b->listen_fd = h_listen_loopback(&b->port);
     cr_assert_eq(pthread_create(&b->thread, NULL, rec_main, b), 0);
 }
 
@@ -213,15 +160,6 @@ static int once(int port, const char *method, const char *path, const char *head
     int rc = h_request(&c, method, path, hdr, body, r, T_RESP);
     h_close(&c);
     return rc;
-}
-
-static const char *bearer(const char *key)
-{
-    static char bufs[4][256];
-    static int next;
-    char *out = bufs[next++ % 4];
-    snprintf(out, sizeof bufs[0], "Authorization: Bearer %s\r\n", key);
-    return out;
 }
 
 static const char *xapikey(const char *key)
@@ -271,20 +209,6 @@ static void expect_401(int port, const char *method, const char *path, const cha
     h_resp_free(&r);
 }
 
-static char *wait_for_text(const char *path, const char *needle, int timeout_ms)
-{
-    int64_t end = h_now_ms() + timeout_ms;
-    for (;;) {
-        char *text = h_read_file(path);
-        if (text && strstr(text, needle))
-            return text;
-        free(text);
-        if (h_now_ms() > end)
-            return NULL;
-        h_sleep_ms(20);
-    }
-}
-
 /* The whole line of text holding needle (malloc'd), or NULL. */
 static char *line_with(const char *text, const char *needle)
 {
@@ -306,9 +230,9 @@ Test(auth, missing_or_unknown_key_is_401_on_every_route_and_both_headers_work)
     struct h_mock m;
     struct h_gw g = {0};
     H_MOCK(&m, "mock", "--tps 0 --ttft-ms 0");
-    h_write_file(keys_path(), "# itest keys\n%s%s", key_line("alice", KEY_ALICE, "default", NULL),
-                 key_line("bob", KEY_BOB, "default", NULL));
-    h_gw_config(&g, NULL, H_STD_ROUTES "\n[keys]\nauth = required\nfile = %s\n", m.port, keys_path());
+    h_write_file(h_keys_path(), "# itest keys\n%s%s", h_key_line("alice", KEY_ALICE, "default", NULL),
+                 h_key_line("bob", KEY_BOB, "default", NULL));
+    h_gw_config(&g, NULL, H_STD_ROUTES "\n[keys]\nauth = required\nfile = %s\n", m.port, h_keys_path());
     H_GW(&g);
 
     const char *body = chat_body("mock-llama-3.1-8b", 2);
@@ -318,21 +242,21 @@ Test(auth, missing_or_unknown_key_is_401_on_every_route_and_both_headers_work)
     expect_401(g.port, "GET", "/v1/models", NULL, NULL, "models without a key");
     expect_401(g.port, "GET", "/nowhere", NULL, NULL, "unrouted path without a key");
     /* unknown keys, and keys not presented the way aigw reads them */
-    expect_401(g.port, "POST", "/v1/chat/completions", bearer(KEY_NOBODY), body, "unknown Bearer key");
+    expect_401(g.port, "POST", "/v1/chat/completions", h_bearer(KEY_NOBODY), body, "unknown Bearer key");
     expect_401(g.port, "POST", "/v1/chat/completions", xapikey(KEY_NOBODY), body, "unknown x-api-key");
-    expect_401(g.port, "GET", "/v1/files", bearer(KEY_NOBODY), NULL, "unknown key on a raw route");
+    expect_401(g.port, "GET", "/v1/files", h_bearer(KEY_NOBODY), NULL, "unknown key on a raw route");
     expect_401(g.port, "POST", "/v1/chat/completions", "Authorization: Basic YWxpY2U6eA==\r\n", body,
                "Basic auth");
     expect_401(g.port, "POST", "/v1/chat/completions", "Authorization: Bearer \r\n", body, "empty Bearer");
     char almost[64];
     snprintf(almost, sizeof almost, "%s", KEY_ALICE);
     almost[strlen(almost) - 1] ^= 1;
-    expect_401(g.port, "POST", "/v1/chat/completions", bearer(almost), body, "a key one bit off");
+    expect_401(g.port, "POST", "/v1/chat/completions", h_bearer(almost), body, "a key one bit off");
     cr_assert_eq(h_metric0(m.port, "mockllm_requests_total"), 0, "a request without a valid key reached the backend");
 
     /* a known key, either way, on AI and raw routes */
     struct h_resp r;
-    int rc = once(g.port, "POST", "/v1/chat/completions", bearer(KEY_ALICE), body, &r);
+    int rc = once(g.port, "POST", "/v1/chat/completions", h_bearer(KEY_ALICE), body, &r);
     EXPECT(rc, r, 200, "chat with a Bearer key");
     cr_assert(strstr(r.body, "chat.completion"), "%s", r.body);
     h_resp_free(&r);
@@ -354,7 +278,7 @@ Test(auth, missing_or_unknown_key_is_401_on_every_route_and_both_headers_work)
     rc = h_request(&c, "GET", "/v1/models", NULL, NULL, &r, T_RESP);
     EXPECT(rc, r, 401, "kept-alive GET without a key");
     h_resp_free(&r);
-    rc = h_request(&c, "POST", "/v1/chat/completions", bearer(KEY_ALICE), body, &r, T_RESP);
+    rc = h_request(&c, "POST", "/v1/chat/completions", h_bearer(KEY_ALICE), body, &r, T_RESP);
     EXPECT(rc, r, 200, "the same connection, now with a key");
     h_resp_free(&r);
     h_close(&c);
@@ -365,7 +289,7 @@ Test(auth, the_key_never_goes_upstream_and_upstream_auth_replaces_it)
 {
     struct rec_backend b;
     rec_start(&b);
-    h_write_file(keys_path(), "%s", key_line("alice", KEY_ALICE, "default", NULL));
+    h_write_file(h_keys_path(), "%s", h_key_line("alice", KEY_ALICE, "default", NULL));
     struct h_gw g = {0};
     /* chat goes to a pool with its own upstream credentials, the rest to one without */
     h_gw_config(&g, NULL,
@@ -374,7 +298,7 @@ Test(auth, the_key_never_goes_upstream_and_upstream_auth_replaces_it)
                 "[route chat]\npath = /v1/chat/completions\npool = withauth\nkind = ai\n\n"
                 "[route all]\npath = /v1/*\npool = plain\nkind = raw\n\n"
                 "[keys]\nauth = required\nfile = %s\n",
-                b.port, b.port, keys_path());
+                b.port, b.port, h_keys_path());
     H_GW(&g);
 
     const char *body = chat_body("any-model", 2);
@@ -382,9 +306,9 @@ Test(auth, the_key_never_goes_upstream_and_upstream_auth_replaces_it)
         const char *method, *path, *headers, *body;
         bool upstream_auth;
     } cases[] = {
-        {"POST", "/v1/chat/completions", bearer(KEY_ALICE), body, true},
+        {"POST", "/v1/chat/completions", h_bearer(KEY_ALICE), body, true},
         {"POST", "/v1/chat/completions", xapikey(KEY_ALICE), body, true},
-        {"GET", "/v1/files", bearer(KEY_ALICE), NULL, false},
+        {"GET", "/v1/files", h_bearer(KEY_ALICE), NULL, false},
         {"POST", "/v1/raw-echo", xapikey(KEY_ALICE), body, false},
     };
     for (unsigned i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -424,8 +348,8 @@ Test(auth, model_not_allowed_is_403_and_max_tokens_over_the_tier_cap_is_400)
     struct h_mock llama, qwen;
     H_MOCK(&llama, "llama", "--tps 0 --ttft-ms 0 --model llama-3.1-8b");
     H_MOCK(&qwen, "qwen", "--tps 0 --ttft-ms 0 --model qwen2-7b");
-    h_write_file(keys_path(), "%s%s", key_line("alice", KEY_ALICE, "capped", "llama-*"),
-                 key_line("bob", KEY_BOB, "default", NULL));
+    h_write_file(h_keys_path(), "%s%s", h_key_line("alice", KEY_ALICE, "capped", "llama-*"),
+                 h_key_line("bob", KEY_BOB, "default", NULL));
     struct h_gw g = {0};
     h_gw_config(&g, NULL,
                 "[pool llama]\nbackend = 127.0.0.1:%d\n\n[pool qwen]\nbackend = 127.0.0.1:%d\n\n"
@@ -433,44 +357,44 @@ Test(auth, model_not_allowed_is_403_and_max_tokens_over_the_tier_cap_is_400)
                 "[route qwen]\npath = /v1/chat/completions\npool = qwen\nmodels = qwen2-*\n\n"
                 "[keys]\nauth = required\nfile = %s\n\n"
                 "[tier capped]\nmax_tokens = 100\n",
-                llama.port, qwen.port, keys_path());
+                llama.port, qwen.port, h_keys_path());
     H_GW(&g);
 
     struct h_resp r;
-    int rc = once(g.port, "POST", "/v1/chat/completions", bearer(KEY_ALICE), chat_body("qwen2-7b", 5), &r);
+    int rc = once(g.port, "POST", "/v1/chat/completions", h_bearer(KEY_ALICE), chat_body("qwen2-7b", 5), &r);
     EXPECT(rc, r, 403, "alice (llama-* only) asking for qwen2-7b");
     expect_error(&r, "403", "permission_error", "model_not_allowed");
     cr_assert(strstr(r.body, "qwen2-7b"), "the message should name the model: %s", r.body);
     h_resp_free(&r);
     /* no route for the model: 404 comes first, even for a key that may not use it */
-    rc = once(g.port, "POST", "/v1/chat/completions", bearer(KEY_ALICE), chat_body("mistral-7b", 5), &r);
+    rc = once(g.port, "POST", "/v1/chat/completions", h_bearer(KEY_ALICE), chat_body("mistral-7b", 5), &r);
     EXPECT(rc, r, 404, "a model no route takes");
     expect_error(&r, "404", "invalid_request_error", "model_not_found");
     h_resp_free(&r);
-    rc = once(g.port, "POST", "/v1/chat/completions", bearer(KEY_ALICE), chat_body("llama-3.1-8b", 5), &r);
+    rc = once(g.port, "POST", "/v1/chat/completions", h_bearer(KEY_ALICE), chat_body("llama-3.1-8b", 5), &r);
     EXPECT(rc, r, 200, "alice asking for llama-3.1-8b");
     h_resp_free(&r);
-    rc = once(g.port, "POST", "/v1/chat/completions", bearer(KEY_BOB), chat_body("qwen2-7b", 5), &r);
+    rc = once(g.port, "POST", "/v1/chat/completions", h_bearer(KEY_BOB), chat_body("qwen2-7b", 5), &r);
     EXPECT(rc, r, 200, "bob (any model) asking for qwen2-7b");
     h_resp_free(&r);
 
     /* the tier's max_tokens: equal passes, more is 400 */
-    rc = once(g.port, "POST", "/v1/chat/completions", bearer(KEY_ALICE), chat_body("llama-3.1-8b", 100), &r);
+    rc = once(g.port, "POST", "/v1/chat/completions", h_bearer(KEY_ALICE), chat_body("llama-3.1-8b", 100), &r);
     EXPECT(rc, r, 200, "max_tokens at the cap");
     h_resp_free(&r);
-    rc = once(g.port, "POST", "/v1/chat/completions", bearer(KEY_ALICE), chat_body("llama-3.1-8b", 101), &r);
+    rc = once(g.port, "POST", "/v1/chat/completions", h_bearer(KEY_ALICE), chat_body("llama-3.1-8b", 101), &r);
     EXPECT(rc, r, 400, "max_tokens over the cap");
     expect_error(&r, "400", "invalid_request_error", NULL);
     cr_assert(strstr(r.body, "max_tokens"), "%s", r.body);
     h_resp_free(&r);
-    rc = once(g.port, "POST", "/v1/chat/completions", bearer(KEY_ALICE),
+    rc = once(g.port, "POST", "/v1/chat/completions", h_bearer(KEY_ALICE),
               "{\"model\":\"llama-3.1-8b\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
               "\"max_completion_tokens\":500}",
               &r);
     EXPECT(rc, r, 400, "max_completion_tokens over the cap");
     h_resp_free(&r);
     /* bob's tier has no cap */
-    rc = once(g.port, "POST", "/v1/chat/completions", bearer(KEY_BOB), chat_body("llama-3.1-8b", 500), &r);
+    rc = once(g.port, "POST", "/v1/chat/completions", h_bearer(KEY_BOB), chat_body("llama-3.1-8b", 500), &r);
     EXPECT(rc, r, 200, "no cap on the default tier");
     h_resp_free(&r);
 
@@ -484,24 +408,24 @@ Test(auth, access_log_names_the_key_and_never_holds_it)
     struct h_mock m;
     struct h_gw g = {0};
     H_MOCK(&m, "mock", "--tps 0 --ttft-ms 0");
-    h_write_file(keys_path(), "%s%s", key_line("alice", KEY_ALICE, "gold", NULL),
-                 key_line("carol", KEY_CAROL, "tiny", "mock-*"));
+    h_write_file(h_keys_path(), "%s%s", h_key_line("alice", KEY_ALICE, "gold", NULL),
+                 h_key_line("carol", KEY_CAROL, "tiny", "mock-*"));
     h_gw_config(&g, NULL,
                 H_STD_ROUTES "\n[keys]\nauth = required\nfile = %s\n\n"
                 "[tier gold]\npriority = high\n\n"
                 "[tier tiny]\nrequests_per_minute = 2\npriority = low\n",
-                m.port, keys_path());
+                m.port, h_keys_path());
     H_GW(&g);
 
     char hdr[512];
     struct h_resp r;
     /* 14 content bytes: the mock's usage says 4 prompt tokens and max_tokens completion tokens */
-    snprintf(hdr, sizeof hdr, "%sX-Request-Id: log-ok\r\n", bearer(KEY_ALICE));
+    snprintf(hdr, sizeof hdr, "%sX-Request-Id: log-ok\r\n", h_bearer(KEY_ALICE));
     int rc = once(g.port, "POST", "/v1/chat/completions", hdr, chat_body("mock-llama-3.1-8b", 7), &r);
     EXPECT(rc, r, 200, "alice");
     cr_assert_eq(h_json_int(r.body, "prompt_tokens"), 4, "%s", r.body);
     h_resp_free(&r);
-    snprintf(hdr, sizeof hdr, "%sX-Request-Id: log-401\r\n", bearer(KEY_NOBODY));
+    snprintf(hdr, sizeof hdr, "%sX-Request-Id: log-401\r\n", h_bearer(KEY_NOBODY));
     rc = once(g.port, "POST", "/v1/chat/completions", hdr, chat_body("mock-llama-3.1-8b", 7), &r);
     EXPECT(rc, r, 401, "unknown key");
     h_resp_free(&r);
@@ -511,7 +435,7 @@ Test(auth, access_log_names_the_key_and_never_holds_it)
         EXPECT(rc, r, i < 2 ? 200 : 429, "carol, 2 requests per minute");
         h_resp_free(&r);
     }
-    snprintf(hdr, sizeof hdr, "%sX-Request-Id: log-raw\r\n", bearer(KEY_ALICE));
+    snprintf(hdr, sizeof hdr, "%sX-Request-Id: log-raw\r\n", h_bearer(KEY_ALICE));
     rc = once(g.port, "GET", "/v1/files", hdr, NULL, &r);
     cr_assert_eq(rc, H_OK);
     h_resp_free(&r);
@@ -524,7 +448,7 @@ Test(auth, access_log_names_the_key_and_never_holds_it)
         char needle[64];
         snprintf(needle, sizeof needle, "\"request_id\":\"%s\"", ids[i]);
         free(log);
-        log = wait_for_text(path, needle, 3000 * h_slow());
+        log = h_wait_for_text(path, needle, 3000 * h_slow());
         cr_assert_not_null(log, "no access log line for %s:\n%s", ids[i], h_read_file(path));
     }
 
@@ -583,26 +507,26 @@ Test(auth, keys_reload_on_sighup)
     struct h_mock m;
     struct h_gw g = {0};
     H_MOCK(&m, "mock", "--tps 0 --ttft-ms 0");
-    h_write_file(keys_path(), "%s%s", key_line("alice", KEY_ALICE, "default", NULL),
-                 key_line("bob", KEY_BOB, "default", NULL));
-    h_gw_config(&g, NULL, H_STD_ROUTES "\n[keys]\nauth = required\nfile = %s\n", m.port, keys_path());
+    h_write_file(h_keys_path(), "%s%s", h_key_line("alice", KEY_ALICE, "default", NULL),
+                 h_key_line("bob", KEY_BOB, "default", NULL));
+    h_gw_config(&g, NULL, H_STD_ROUTES "\n[keys]\nauth = required\nfile = %s\n", m.port, h_keys_path());
     H_GW(&g);
 
     const char *body = chat_body("mock-llama-3.1-8b", 1);
     struct h_resp r;
-    int rc = once(g.port, "POST", "/v1/chat/completions", bearer(KEY_ALICE), body, &r);
+    int rc = once(g.port, "POST", "/v1/chat/completions", h_bearer(KEY_ALICE), body, &r);
     EXPECT(rc, r, 200, "alice before the reload");
     h_resp_free(&r);
-    expect_401(g.port, "POST", "/v1/chat/completions", bearer(KEY_DAVE), body, "dave before he is added");
+    expect_401(g.port, "POST", "/v1/chat/completions", h_bearer(KEY_DAVE), body, "dave before he is added");
 
     /* alice leaves, dave arrives; only the keys file changes */
-    h_write_file(keys_path(), "%s%s", key_line("bob", KEY_BOB, "default", NULL),
-                 key_line("dave", KEY_DAVE, "default", NULL));
+    h_write_file(h_keys_path(), "%s%s", h_key_line("bob", KEY_BOB, "default", NULL),
+                 h_key_line("dave", KEY_DAVE, "default", NULL));
     cr_assert_eq(kill(g.pid, SIGHUP), 0);
     int64_t deadline = h_now_ms() + 5000 * h_slow();
     int status = 0;
     while (h_now_ms() < deadline) {
-        rc = once(g.port, "POST", "/v1/chat/completions", bearer(KEY_DAVE), body, &r);
+        rc = once(g.port, "POST", "/v1/chat/completions", h_bearer(KEY_DAVE), body, &r);
         status = rc == H_OK ? r.status : rc;
         h_resp_free(&r);
         if (status == 200)
@@ -613,19 +537,19 @@ Test(auth, keys_reload_on_sighup)
                  h_tail(g.tag));
     h_sleep_ms(200);   /* every shard has adopted the new keys by now (they look every 50 ms) */
     for (int i = 0; i < 4; i++) {   /* fresh connections: both shards */
-        expect_401(g.port, "POST", "/v1/chat/completions", bearer(KEY_ALICE), body, "removed key");
+        expect_401(g.port, "POST", "/v1/chat/completions", h_bearer(KEY_ALICE), body, "removed key");
         rc = once(g.port, "POST", "/v1/chat/completions", xapikey(KEY_BOB), body, &r);
         EXPECT(rc, r, 200, "bob, kept across the reload");
         h_resp_free(&r);
     }
 
     /* a keys file with an error is refused and the running keys stay */
-    h_write_file(keys_path(), "%sbroken-line-without-hash\n", key_line("alice", KEY_ALICE, "default", NULL));
+    h_write_file(h_keys_path(), "%sbroken-line-without-hash\n", h_key_line("alice", KEY_ALICE, "default", NULL));
     cr_assert_eq(kill(g.pid, SIGHUP), 0);
     h_sleep_ms(500);
     cr_assert(h_alive(g.pid), "aigw died on a bad keys file:\n%s", h_tail(g.tag));
-    expect_401(g.port, "POST", "/v1/chat/completions", bearer(KEY_ALICE), body, "alice, from a refused file");
-    rc = once(g.port, "POST", "/v1/chat/completions", bearer(KEY_DAVE), body, &r);
+    expect_401(g.port, "POST", "/v1/chat/completions", h_bearer(KEY_ALICE), body, "alice, from a refused file");
+    rc = once(g.port, "POST", "/v1/chat/completions", h_bearer(KEY_DAVE), body, &r);
     EXPECT(rc, r, 200, "dave, still in the running keys");
     h_resp_free(&r);
     h_finish();
@@ -635,20 +559,20 @@ Test(auth, auth_off_lets_anyone_in_and_known_keys_keep_their_limits)
 {
     struct rec_backend b;
     rec_start(&b);
-    h_write_file(keys_path(), "%s", key_line("alice", KEY_ALICE, "two", NULL));
+    h_write_file(h_keys_path(), "%s", h_key_line("alice", KEY_ALICE, "two", NULL));
     struct h_gw g = {0};
     h_gw_config(&g, NULL,
                 "[pool p]\nbackend = 127.0.0.1:%d\n\n[route chat]\npath = /v1/chat/completions\npool = p\n\n"
                 "[keys]\nauth = off\nfile = %s\n\n"
                 "[tier two]\nrequests_per_minute = 2\n",
-                b.port, keys_path());
+                b.port, h_keys_path());
     H_GW(&g);
 
     const char *body = chat_body("m", 1);
     struct h_resp r;
     /* without a key, and with one not in the file: anonymous, no limits */
     for (int i = 0; i < 6; i++) {
-        int rc = once(g.port, "POST", "/v1/chat/completions", i % 2 ? bearer(KEY_NOBODY) : NULL, body, &r);
+        int rc = once(g.port, "POST", "/v1/chat/completions", i % 2 ? h_bearer(KEY_NOBODY) : NULL, body, &r);
         EXPECT(rc, r, 200, i % 2 ? "unknown key, auth off" : "no key, auth off");
         cr_assert_null(h_header(&r, "x-ratelimit-limit-requests"), "anonymous has no limits:\n%s", r.head);
         h_resp_free(&r);
@@ -660,7 +584,7 @@ Test(auth, auth_off_lets_anyone_in_and_known_keys_keep_their_limits)
     }
     /* a known key is that key's, limits and all */
     for (int i = 0; i < 3; i++) {
-        int rc = once(g.port, "POST", "/v1/chat/completions", bearer(KEY_ALICE), body, &r);
+        int rc = once(g.port, "POST", "/v1/chat/completions", h_bearer(KEY_ALICE), body, &r);
         EXPECT(rc, r, i < 2 ? 200 : 429, "alice, 2 requests per minute, auth off");
         h_resp_free(&r);
     }
@@ -689,7 +613,7 @@ static bool lists(const char *body, const char *id)
 
 static void get_models(int port, const char *key, const char *path, int status, struct h_resp *r)
 {
-    int rc = once(port, "GET", path, key ? bearer(key) : NULL, NULL, r);
+    int rc = once(port, "GET", path, key ? h_bearer(key) : NULL, NULL, r);
     char what[256];
     snprintf(what, sizeof what, "GET %s with %s", path, key ? key : "no key");
     EXPECT(rc, *r, status, what);
@@ -699,11 +623,11 @@ Test(models, list_shows_what_each_key_may_use)
 {
     struct rec_backend b;
     rec_start(&b);
-    h_write_file(keys_path(), "%s%s%s",
-                 key_line("alice", KEY_ALICE, "default", "llama-*"),
-                 key_line("bob", KEY_BOB, "default", NULL),
+    h_write_file(h_keys_path(), "%s%s%s",
+                 h_key_line("alice", KEY_ALICE, "default", "llama-*"),
+                 h_key_line("bob", KEY_BOB, "default", NULL),
                  /* qwen2-72b: named only by the key, taken by the glob qwen*; gpt-4o: no route */
-                 key_line("carol", KEY_CAROL, "default", "qwen2-72b,qwen2-7b,gpt-4o"));
+                 h_key_line("carol", KEY_CAROL, "default", "qwen2-72b,qwen2-7b,gpt-4o"));
     struct h_gw g = {0};
     /* no route of the exact path /v1/models: aigw answers it (the prefix route does not count) */
     h_gw_config(&g, NULL,
@@ -712,7 +636,7 @@ Test(models, list_shows_what_each_key_may_use)
                 "[route qwen]\npath = /v1/chat/completions\npool = p\nmodels = qwen2-7b, qwen*\n\n"
                 "[route rest]\npath = /v1/*\npool = p\nkind = raw\n\n"
                 "[keys]\nauth = required\nfile = %s\n",
-                b.port, keys_path());
+                b.port, h_keys_path());
     H_GW(&g);
 
     struct h_resp r;
@@ -764,14 +688,14 @@ Test(models, a_route_of_the_exact_path_takes_v1_models_upstream)
 {
     struct rec_backend b;
     rec_start(&b);
-    h_write_file(keys_path(), "%s", key_line("alice", KEY_ALICE, "default", "llama-*"));
+    h_write_file(h_keys_path(), "%s", h_key_line("alice", KEY_ALICE, "default", "llama-*"));
     struct h_gw g = {0};
     h_gw_config(&g, NULL,
                 "[pool p]\nbackend = 127.0.0.1:%d\n\n"
                 "[route llama]\npath = /v1/chat/completions\npool = p\nmodels = llama-3.1-8b\n\n"
                 "[route models]\npath = /v1/models\npool = p\nkind = raw\n\n"
                 "[keys]\nauth = required\nfile = %s\n",
-                b.port, keys_path());
+                b.port, h_keys_path());
     H_GW(&g);
 
     struct h_resp r;
@@ -798,13 +722,13 @@ Test(models, split_spreads_a_route_by_weight)
     struct h_mock a, bm;
     H_MOCK(&a, "mock-a", "--tps 0 --ttft-ms 0");
     H_MOCK(&bm, "mock-b", "--tps 0 --ttft-ms 0");
-    h_write_file(keys_path(), "%s", key_line("alice", KEY_ALICE, "default", NULL));
+    h_write_file(h_keys_path(), "%s", h_key_line("alice", KEY_ALICE, "default", NULL));
     struct h_gw g = {0};
     h_gw_config(&g, NULL,
                 "[pool a]\nbackend = 127.0.0.1:%d\n\n[pool b]\nbackend = 127.0.0.1:%d\n\n"
                 "[route chat]\npath = /v1/chat/completions\nsplit = a:3 b:1\n\n"
                 "[keys]\nauth = required\nfile = %s\n",
-                a.port, bm.port, keys_path());
+                a.port, bm.port, h_keys_path());
     H_GW(&g);
 
     /* fresh connections: the requests land on both shards, each with its own
@@ -812,7 +736,7 @@ Test(models, split_spreads_a_route_by_weight)
     const char *body = chat_body("mock-llama-3.1-8b", 1);
     for (int i = 0; i < 40; i++) {
         struct h_resp r;
-        int rc = once(g.port, "POST", "/v1/chat/completions", bearer(KEY_ALICE), body, &r);
+        int rc = once(g.port, "POST", "/v1/chat/completions", h_bearer(KEY_ALICE), body, &r);
         EXPECT(rc, r, 200, "split request");
         h_resp_free(&r);
     }

@@ -17,20 +17,6 @@ TestSuite(ops, .init = h_setup, .fini = h_teardown, .timeout = 60);
 
 #define T_RESP (5000 * h_slow())
 
-static char *wait_for_text(const char *path, const char *needle, int timeout_ms)
-{
-    int64_t end = h_now_ms() + timeout_ms;
-    for (;;) {
-        char *text = h_read_file(path);
-        if (text && strstr(text, needle))
-            return text;
-        free(text);
-        if (h_now_ms() > end)
-            return NULL;
-        h_sleep_ms(20);
-    }
-}
-
 Test(ops, access_log_line_names_the_request)
 {
     struct h_mock m;
@@ -51,7 +37,7 @@ Test(ops, access_log_line_names_the_request)
 
     char path[600];
     snprintf(path, sizeof path, "%s/access.log", h_dir());
-    char *log = wait_for_text(path, "\"target\":\"/nowhere\"", 3000 * h_slow());
+    char *log = h_wait_for_text(path, "\"target\":\"/nowhere\"", 3000 * h_slow());
     cr_assert_not_null(log, "access log has no line for /nowhere:\n%s", h_read_file(path));
     char *line = strstr(log, "\"request_id\":\"log-probe-1\"");
     cr_assert_not_null(line, "access log line lacks the client's request id:\n%s", log);
@@ -77,7 +63,7 @@ Test(ops, sigusr1_reopens_the_access_log_after_rotation)
     struct h_resp r;
     cr_assert_eq(h_get(g.port, "/v1/models?before=rotation", &r, T_RESP), H_OK);
     h_resp_free(&r);
-    char *log = wait_for_text(path, "before=rotation", 3000 * h_slow());
+    char *log = h_wait_for_text(path, "before=rotation", 3000 * h_slow());
     cr_assert_not_null(log, "first line never written");
     free(log);
 
@@ -88,7 +74,7 @@ Test(ops, sigusr1_reopens_the_access_log_after_rotation)
     cr_assert_eq(h_get(g.port, "/v1/models?after=rotation", &r, T_RESP), H_OK);
     h_resp_free(&r);
 
-    log = wait_for_text(path, "after=rotation", 3000 * h_slow());
+    log = h_wait_for_text(path, "after=rotation", 3000 * h_slow());
     cr_assert_not_null(log, "no new access.log with the line after SIGUSR1");
     cr_assert_null(strstr(log, "before=rotation"), "new file holds old lines:\n%s", log);
     free(log);

@@ -19,8 +19,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <wolfssl/options.h>
-#include <wolfssl/wolfcrypt/sha256.h>
 
 TestSuite(ratelimit, .init = h_setup, .fini = h_teardown, .timeout = 60);
 
@@ -31,46 +29,6 @@ TestSuite(ratelimit, .init = h_setup, .fini = h_teardown, .timeout = 60);
 #define KEY_NEW "sk-itest-rl-newbie-3Jd7Lp"
 
 /* ---- keys files ---- */
-
-static void sha256_hex(const char *s, char out[65])
-{
-    wc_Sha256 ctx;
-    byte h[32];
-    cr_assert_eq(wc_InitSha256(&ctx), 0);
-    cr_assert_eq(wc_Sha256Update(&ctx, (const byte *)s, (word32)strlen(s)), 0);
-    cr_assert_eq(wc_Sha256Final(&ctx, h), 0);
-    wc_Sha256Free(&ctx);
-    for (int i = 0; i < 32; i++)
-        snprintf(out + 2 * i, 3, "%02x", h[i]);
-}
-
-static const char *key_line(const char *name, const char *key, const char *tier, const char *models)
-{
-    static char bufs[8][512];
-    static int next;
-    char *out = bufs[next++ % 8];
-    char hex[65];
-    sha256_hex(key, hex);
-    snprintf(out, sizeof bufs[0], "%s sha256:%s tier=%s%s%s\n", name, hex, tier, models ? " models=" : "",
-             models ? models : "");
-    return out;
-}
-
-static const char *keys_path(void)
-{
-    static char p[600];
-    snprintf(p, sizeof p, "%s/keys", h_dir());
-    return p;
-}
-
-static const char *bearer(const char *key)
-{
-    static char bufs[4][256];
-    static int next;
-    char *out = bufs[next++ % 4];
-    snprintf(out, sizeof bufs[0], "Authorization: Bearer %s\r\n", key);
-    return out;
-}
 
 /* ---- a scripted backend ---- */
 
@@ -101,18 +59,6 @@ struct script_backend {
     atomic_bool own_ratelimit_headers;  /* SB_JSON: the backend sends x-ratelimit-* of its own */
     atomic_int requests;
 };
-
-static bool write_all(int fd, const char *p, size_t n)
-{
-    while (n) {
-        ssize_t w = write(fd, p, n);
-        if (w <= 0)
-            return false;
-        p += w;
-        n -= (size_t)w;
-    }
-    return true;
-}
 
 /* Reads one request (head and Content-Length body). */
 static bool read_request(int fd)
@@ -177,14 +123,14 @@ static void serve_sse(struct script_backend *b, int fd)
     char *body = sse_body(&sp, &len);
     static const char head[] = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
                                "Connection: close\r\n\r\n";
-    if (write_all(fd, head, sizeof head - 1)) {
+    if (h_write_all(fd, head, sizeof head - 1)) {
         h_sleep_ms(150 * h_slow());
         if (!sp.paced) {
-            write_all(fd, body, len);
+            h_write_all(fd, body, len);
         } else {
             for (char *p = body, *e; p < body + len; p = e + 2) {
                 e = memmem(p, (size_t)(body + len - p), "\n\n", 2);
-                if (!write_all(fd, p, (size_t)(e + 2 - p)))
+                if (!h_write_all(fd, p, (size_t)(e + 2 - p)))
                     break;
                 h_sleep_ms(sp.gap_ms ? sp.gap_ms : 3);
             }
@@ -224,17 +170,17 @@ static void serve_json(struct script_backend *b, int fd)
                                     ? "X-RateLimit-Limit-Tokens: 999999\r\nx-ratelimit-remaining-tokens: 999998\r\n"
                                     : "");
     if (!pad) {
-        if (write_all(fd, head, (size_t)hl))
-            write_all(fd, body, (size_t)bl);
-    } else if (write_all(fd, head, (size_t)hl)) {
+        if (h_write_all(fd, head, (size_t)hl))
+            h_write_all(fd, body, (size_t)bl);
+    } else if (h_write_all(fd, head, (size_t)hl)) {
         h_sleep_ms(150 * h_slow());
         if (chunked) {
             char size[32];
             int sl = snprintf(size, sizeof size, "%x\r\n", bl);
-            if (write_all(fd, size, (size_t)sl) && write_all(fd, body, (size_t)bl))
-                write_all(fd, "\r\n0\r\n\r\n", 7);
+            if (h_write_all(fd, size, (size_t)sl) && h_write_all(fd, body, (size_t)bl))
+                h_write_all(fd, "\r\n0\r\n\r\n", 7);
         } else {
-            write_all(fd, body, (size_t)bl);
+            h_write_all(fd, body, (size_t)bl);
         }
     }
     free(body);
@@ -269,14 +215,7 @@ static void script_start(struct script_backend *b, enum sb_mode mode)
     atomic_store(&b->mode, mode);
     atomic_store(&b->usage_prompt, 10);
     atomic_store(&b->usage_completion, 40);
-    b->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    cr_assert_geq(b->listen_fd, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t sl = sizeof sa;
-    cr_assert_eq(bind(b->listen_fd, (struct sockaddr *)&sa, sizeof sa), 0);
-    cr_assert_eq(listen(b->listen_fd, 64), 0);
-    cr_assert_eq(getsockname(b->listen_fd, (struct sockaddr *)&sa, &sl), 0);
-    b->port = ntohs(sa.sin_port);
+    b->listen_fd = h_listen_loopback(&b->port);
     cr_assert_eq(pthread_create(&b->thread, NULL, script_main, b), 0);
 }
 
@@ -448,16 +387,16 @@ Test(ratelimit, requests_per_minute_is_exact_across_shards)
     struct h_mock m;
     struct h_gw g = {0};
     H_MOCK(&m, "mock", "--tps 0 --ttft-ms 0");
-    h_write_file(keys_path(), "%s", key_line("loader", KEY_A, "small", NULL));
+    h_write_file(h_keys_path(), "%s", h_key_line("loader", KEY_A, "small", NULL));
     /* capacity 30, one more every 2 s; 30 < shards * 16 means no leases: exact */
     h_gw_config(&g, NULL,
                 H_STD_ROUTES "\n[keys]\nauth = required\nfile = %s\n\n"
                 "[tier small]\nrequests_per_minute = 30\nburst = 60s\n",
-                m.port, keys_path());
+                m.port, h_keys_path());
     H_GW(&g);
 
     char body[512];
-    struct load l = {.port = g.port, .auth = bearer(KEY_A), .body = h_chat_body(body, sizeof body, 1, false),
+    struct load l = {.port = g.port, .auth = h_bearer(KEY_A), .body = h_chat_body(body, sizeof body, 1, false),
                      .code = "requests", .limit_header = "x-ratelimit-limit-requests", .limit_value = 30,
                      .remaining_header = "x-ratelimit-remaining-requests", .needed = 1, .max_retry_after = 2};
     int64_t window = run_load(&l, 3000);
@@ -484,18 +423,18 @@ Test(ratelimit, tokens_per_minute_stays_within_the_lease_bound)
     struct h_mock m;
     struct h_gw g = {0};
     H_MOCK(&m, "mock", "--tps 0 --ttft-ms 0");
-    h_write_file(keys_path(), "%s", key_line("loader", KEY_A, "tok", NULL));
+    h_write_file(h_keys_path(), "%s", h_key_line("loader", KEY_A, "tok", NULL));
     /* capacity 6000, 100 per second; batch = 6000 / (2 shards * 16) = 187 */
     h_gw_config(&g, NULL,
                 H_STD_ROUTES "\n[keys]\nauth = required\nfile = %s\n\n"
                 "[tier tok]\ntokens_per_minute = 6000\nburst = 60s\n",
-                m.port, keys_path());
+                m.port, h_keys_path());
     H_GW(&g);
     const long long capacity = 6000, batch = 6000 / 32, shards = 2;
 
     /* reserves 4 + 4 (prompt estimate) + 92 = 100; the mock's usage says 4 + 92 */
     char body[512];
-    struct load l = {.port = g.port, .auth = bearer(KEY_A), .body = h_chat_body(body, sizeof body, 92, false),
+    struct load l = {.port = g.port, .auth = h_bearer(KEY_A), .body = h_chat_body(body, sizeof body, 92, false),
                      .code = "tokens", .limit_header = "x-ratelimit-limit-tokens", .limit_value = capacity,
                      .remaining_header = "x-ratelimit-remaining-tokens", .needed = 100, .max_retry_after = 2};
     int64_t window = run_load(&l, 3000);
@@ -540,14 +479,14 @@ Test(ratelimit, settlement_gives_back_what_a_request_did_not_use)
     atomic_store(&b.usage_prompt, 7);
     atomic_store(&b.usage_completion, 43);   /* 50 used */
     atomic_store(&b.own_ratelimit_headers, true);
-    h_write_file(keys_path(), "%s", key_line("settler", KEY_A, "slow", NULL));
+    h_write_file(h_keys_path(), "%s", h_key_line("settler", KEY_A, "slow", NULL));
     /* capacity 86400 refilling 1 token per second: the levels below barely move by themselves */
     struct h_gw g = {0};
     h_gw_config(&g, NULL,
                 "[pool p]\nbackend = 127.0.0.1:%d\n\n[route chat]\npath = /v1/chat/completions\npool = p\n\n"
                 "[keys]\nauth = required\nfile = %s\n\n"
                 "[tier slow]\ntokens_per_minute = 60\nburst = 24h\n",
-                b.port, keys_path());
+                b.port, h_keys_path());
     H_GW(&g);
 
     struct h_conn c;   /* one connection: one shard, whose lease the headers include */
@@ -556,7 +495,7 @@ Test(ratelimit, settlement_gives_back_what_a_request_did_not_use)
     struct h_resp r;
     /* reserves 8 (prompt estimate of "Say something.") + 1000 */
     int64_t t0 = h_now_ms();
-    int rc = h_request(&c, "POST", "/v1/chat/completions", bearer(KEY_A), h_chat_body(body, sizeof body, 1000, false),
+    int rc = h_request(&c, "POST", "/v1/chat/completions", h_bearer(KEY_A), h_chat_body(body, sizeof body, 1000, false),
                        &r, T_RESP);
     EXPECT(rc, r, 200, "the 1000-token request");
     /* the backend's own x-ratelimit-* would contradict aigw's: dropped */
@@ -569,7 +508,7 @@ Test(ratelimit, settlement_gives_back_what_a_request_did_not_use)
     h_resp_free(&r);
 
     /* the next request reserves 8 + 10: its answer shows the first settled at 50 */
-    rc = h_request(&c, "POST", "/v1/chat/completions", bearer(KEY_A), h_chat_body(body, sizeof body, 10, false), &r,
+    rc = h_request(&c, "POST", "/v1/chat/completions", h_bearer(KEY_A), h_chat_body(body, sizeof body, 10, false), &r,
                    T_RESP);
     int64_t t2 = h_now_ms();
     EXPECT(rc, r, 200, "the next request");
@@ -592,8 +531,8 @@ Test(ratelimit, reservation_is_prompt_estimate_plus_max_tokens_and_every_ai_answ
 {
     struct script_backend b;
     script_start(&b, SB_JSON);   /* usage 10 + 40 */
-    h_write_file(keys_path(), "%s%s", key_line("alice", KEY_A, "capped", "scripted-*"),
-                 key_line("bob", KEY_B, "plain", NULL));
+    h_write_file(h_keys_path(), "%s%s", h_key_line("alice", KEY_A, "capped", "scripted-*"),
+                 h_key_line("bob", KEY_B, "plain", NULL));
     struct h_gw g = {0};
     h_gw_config(&g, NULL,
                 "[pool p]\nbackend = 127.0.0.1:%d\n\n"
@@ -602,7 +541,7 @@ Test(ratelimit, reservation_is_prompt_estimate_plus_max_tokens_and_every_ai_answ
                 "[keys]\nauth = required\nfile = %s\n\n"
                 "[tier capped]\nrequests_per_minute = 60\ntokens_per_minute = 60\nburst = 24h\nmax_tokens = 500\n\n"
                 "[tier plain]\ntokens_per_minute = 60\nburst = 24h\n",
-                b.port, keys_path());
+                b.port, h_keys_path());
     H_GW(&g);
     const long long cap = 86400;   /* 60 per minute, burst 24h */
 
@@ -616,7 +555,7 @@ Test(ratelimit, reservation_is_prompt_estimate_plus_max_tokens_and_every_ai_answ
     int64_t t0 = h_now_ms();
 
     snprintf(body, sizeof body, "{\"model\":\"scripted-1\",%s,\"max_tokens\":100}", msgs);
-    int rc = h_request(&c, "POST", "/v1/chat/completions", bearer(KEY_A), body, &r, T_RESP);
+    int rc = h_request(&c, "POST", "/v1/chat/completions", h_bearer(KEY_A), body, &r, T_RESP);
     EXPECT(rc, r, 200, "max_tokens 100");
     /* the limit is the bucket's size: a day's allowance with burst = 24h */
     cr_assert_eq(header_num(&r, "x-ratelimit-limit-requests"), cap, "%s", r.head);
@@ -633,7 +572,7 @@ Test(ratelimit, reservation_is_prompt_estimate_plus_max_tokens_and_every_ai_answ
 
     /* no max_tokens: the tier's max_tokens (500) is reserved; the first settled at 50 */
     snprintf(body, sizeof body, "{\"model\":\"scripted-1\",%s}", msgs);
-    rc = h_request(&c, "POST", "/v1/chat/completions", bearer(KEY_A), body, &r, T_RESP);
+    rc = h_request(&c, "POST", "/v1/chat/completions", h_bearer(KEY_A), body, &r, T_RESP);
     EXPECT(rc, r, 200, "no max_tokens");
     long long drift = (h_now_ms() - t0) / 1000 + 1;
     rem = remaining_tokens(&r);
@@ -645,7 +584,7 @@ Test(ratelimit, reservation_is_prompt_estimate_plus_max_tokens_and_every_ai_answ
 
     /* aigw's own 4xx answers on AI requests carry the headers too, and take nothing */
     snprintf(body, sizeof body, "{\"model\":\"other-1\",%s,\"max_tokens\":5}", msgs);
-    rc = h_request(&c, "POST", "/v1/chat/completions", bearer(KEY_A), body, &r, T_RESP);
+    rc = h_request(&c, "POST", "/v1/chat/completions", h_bearer(KEY_A), body, &r, T_RESP);
     EXPECT(rc, r, 403, "a model alice may not use");
     cr_assert_eq(header_num(&r, "x-ratelimit-limit-tokens"), cap, "403 without rate-limit headers:\n%s",
                  r.head);
@@ -659,7 +598,7 @@ Test(ratelimit, reservation_is_prompt_estimate_plus_max_tokens_and_every_ai_answ
     h_resp_free(&r);
 
     snprintf(body, sizeof body, "{\"model\":\"scripted-1\",%s,\"max_tokens\":501}", msgs);
-    rc = h_request(&c, "POST", "/v1/chat/completions", bearer(KEY_A), body, &r, T_RESP);
+    rc = h_request(&c, "POST", "/v1/chat/completions", h_bearer(KEY_A), body, &r, T_RESP);
     EXPECT(rc, r, 400, "max_tokens over the tier's 500");
     cr_assert(h_json_str_is(r.body, "type", "invalid_request_error"), "%s", r.body);
     cr_assert_eq(header_num(&r, "x-ratelimit-limit-tokens"), cap, "400 without rate-limit headers:\n%s",
@@ -670,7 +609,7 @@ Test(ratelimit, reservation_is_prompt_estimate_plus_max_tokens_and_every_ai_answ
     h_resp_free(&r);
 
     snprintf(body, sizeof body, "{\"model\":\"nothing-routes-this\",%s,\"max_tokens\":5}", msgs);
-    rc = h_request(&c, "POST", "/v1/chat/completions", bearer(KEY_A), body, &r, T_RESP);
+    rc = h_request(&c, "POST", "/v1/chat/completions", h_bearer(KEY_A), body, &r, T_RESP);
     EXPECT(rc, r, 404, "a model no route takes");
     cr_assert_eq(header_num(&r, "x-ratelimit-limit-tokens"), cap, "404 without rate-limit headers:\n%s",
                  r.head);
@@ -680,7 +619,7 @@ Test(ratelimit, reservation_is_prompt_estimate_plus_max_tokens_and_every_ai_answ
     /* no max_tokens anywhere: 1024 is reserved */
     H_CONNECT_GW(&c, &g);
     snprintf(body, sizeof body, "{\"model\":\"scripted-1\",%s}", msgs);
-    rc = h_request(&c, "POST", "/v1/chat/completions", bearer(KEY_B), body, &r, T_RESP);
+    rc = h_request(&c, "POST", "/v1/chat/completions", h_bearer(KEY_B), body, &r, T_RESP);
     EXPECT(rc, r, 200, "bob, no max_tokens, no tier cap");
     rem = remaining_tokens(&r);
     cr_assert(rem >= cap - 12 - 1024 && rem <= cap - 12 - 1024 + 1, "reserved 12 + 1024: remaining %lld", rem);
@@ -696,11 +635,11 @@ Test(ratelimit, a_refused_request_takes_nothing)
     struct h_mock m;
     struct h_gw g = {0};
     H_MOCK(&m, "mock", "--tps 0 --ttft-ms 0");
-    h_write_file(keys_path(), "%s", key_line("refused", KEY_A, "both", NULL));
+    h_write_file(h_keys_path(), "%s", h_key_line("refused", KEY_A, "both", NULL));
     h_gw_config(&g, NULL,
                 H_STD_ROUTES "\n[keys]\nauth = required\nfile = %s\n\n"
                 "[tier both]\nrequests_per_minute = 5\ntokens_per_minute = 60\nburst = 60s\n",
-                m.port, keys_path());
+                m.port, h_keys_path());
     H_GW(&g);
 
     struct h_conn c;
@@ -709,7 +648,7 @@ Test(ratelimit, a_refused_request_takes_nothing)
     struct h_resp r;
     /* reserves 8 + 40 of 60 tokens; the mock's usage says 4 + 40 */
     int64_t t0 = h_now_ms();
-    int rc = h_request(&c, "POST", "/v1/chat/completions", bearer(KEY_A), h_chat_body(body, sizeof body, 40, false),
+    int rc = h_request(&c, "POST", "/v1/chat/completions", h_bearer(KEY_A), h_chat_body(body, sizeof body, 40, false),
                        &r, T_RESP);
     EXPECT(rc, r, 200, "the first request");
     long long rq = header_num(&r, "x-ratelimit-remaining-requests");
@@ -719,7 +658,7 @@ Test(ratelimit, a_refused_request_takes_nothing)
     h_resp_free(&r);
 
     /* 16 tokens left, 48 wanted: refused by tokens, and the request it took goes back */
-    rc = h_request(&c, "POST", "/v1/chat/completions", bearer(KEY_A), h_chat_body(body, sizeof body, 40, false), &r,
+    rc = h_request(&c, "POST", "/v1/chat/completions", h_bearer(KEY_A), h_chat_body(body, sizeof body, 40, false), &r,
                    T_RESP);
     EXPECT(rc, r, 429, "the second request");
     cr_assert(h_json_str_is(r.body, "code", "tokens"), "%s", r.body);
@@ -734,7 +673,7 @@ Test(ratelimit, a_refused_request_takes_nothing)
     h_resp_free(&r);
 
     /* 8 + 200 can never fit in 60 */
-    rc = h_request(&c, "POST", "/v1/chat/completions", bearer(KEY_A), h_chat_body(body, sizeof body, 200, false), &r,
+    rc = h_request(&c, "POST", "/v1/chat/completions", h_bearer(KEY_A), h_chat_body(body, sizeof body, 200, false), &r,
                    T_RESP);
     EXPECT(rc, r, 429, "a request larger than the bucket");
     cr_assert(h_json_str_is(r.body, "code", "tokens"), "%s", r.body);
@@ -745,7 +684,7 @@ Test(ratelimit, a_refused_request_takes_nothing)
     h_resp_free(&r);
 
     /* a small one still fits */
-    rc = h_request(&c, "POST", "/v1/chat/completions", bearer(KEY_A), h_chat_body(body, sizeof body, 2, false), &r,
+    rc = h_request(&c, "POST", "/v1/chat/completions", h_bearer(KEY_A), h_chat_body(body, sizeof body, 2, false), &r,
                    T_RESP);
     EXPECT(rc, r, 200, "a request that fits");
     rq = header_num(&r, "x-ratelimit-remaining-requests");
@@ -765,25 +704,25 @@ Test(ratelimit, a_request_too_large_for_the_bucket_is_told_its_real_size)
     struct h_mock m;
     struct h_gw g = {0};
     H_MOCK(&m, "mock", "--tps 0 --ttft-ms 0");
-    h_write_file(keys_path(), "%s%s", key_line("nocap", KEY_A, "tight", NULL), key_line("cap", KEY_B, "tightcap", NULL));
+    h_write_file(h_keys_path(), "%s%s", h_key_line("nocap", KEY_A, "tight", NULL), h_key_line("cap", KEY_B, "tightcap", NULL));
     h_gw_config(&g, NULL,
                 H_STD_ROUTES "\n[keys]\nauth = required\nfile = %s\n\n"
                 "[tier tight]\ntokens_per_minute = 60\n\n"
                 "[tier tightcap]\ntokens_per_minute = 60\nmax_tokens = 500\n",
-                m.port, keys_path());
+                m.port, h_keys_path());
     H_GW(&g);
 
     /* no max_tokens: 8 (prompt estimate) + 1024, resp. + 500, in a 60-token bucket */
     static const char body[] =
         "{\"model\":\"mock-llama-3.1-8b\",\"messages\":[{\"role\":\"user\",\"content\":\"Say something.\"}]}";
     struct h_resp r;
-    int rc = once(g.port, bearer(KEY_A), body, &r);
+    int rc = once(g.port, h_bearer(KEY_A), body, &r);
     EXPECT(rc, r, 429, "8 + 1024 tokens against a 60-token bucket");
     cr_assert(h_json_str_is(r.body, "code", "tokens"), "%s", r.body);
     cr_assert(strstr(r.body, "1032"), "the message should say the request reserves 8 + 1024 = 1032 tokens: %s",
               r.body);
     h_resp_free(&r);
-    rc = once(g.port, bearer(KEY_B), body, &r);
+    rc = once(g.port, h_bearer(KEY_B), body, &r);
     EXPECT(rc, r, 429, "8 + 500 tokens against a 60-token bucket");
     cr_assert(strstr(r.body, "508"), "the message should say the request reserves 8 + 500 = 508 tokens: %s", r.body);
     h_resp_free(&r);
@@ -795,14 +734,14 @@ Test(ratelimit, a_request_too_large_for_the_bucket_is_told_its_real_size)
  * aigw's own errors included, once the caller's key is known. */
 Test(ratelimit, errors_on_an_ai_route_carry_the_headers)
 {
-    h_write_file(keys_path(), "%s", key_line("alice", KEY_A, "lim", NULL));
+    h_write_file(h_keys_path(), "%s", h_key_line("alice", KEY_A, "lim", NULL));
     struct h_gw g = {0};
     int dead = h_free_port();   /* nobody listens: 502 */
     h_gw_config(&g, NULL,
                 "[pool p]\nbackend = 127.0.0.1:%d\n\n[route chat]\npath = /v1/chat/completions\npool = p\n\n"
                 "[keys]\nauth = required\nfile = %s\n\n"
                 "[tier lim]\nrequests_per_minute = 600\ntokens_per_minute = 60000\n",
-                dead, keys_path());
+                dead, h_keys_path());
     H_GW(&g);
 
     struct {
@@ -822,7 +761,7 @@ Test(ratelimit, errors_on_an_ai_route_carry_the_headers)
         cr_assert_eq(h_sendf(&c,
                              "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n%sContent-Type: %s\r\n"
                              "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
-                             bearer(KEY_A), cases[i].ctype, strlen(cases[i].body), cases[i].body),
+                             h_bearer(KEY_A), cases[i].ctype, strlen(cases[i].body), cases[i].body),
                      0);
         struct h_resp r;
         int rc = h_recv(&c, &r, T_RESP);
@@ -858,7 +797,7 @@ static void stream_through(struct h_gw *g, struct script_backend *b, struct sse_
     struct h_conn c;
     H_CONNECT_GW(&c, g);
     struct h_resp r;
-    int rc = h_request(&c, "POST", "/v1/chat/completions", bearer(KEY_A), body, &r, T_RESP);
+    int rc = h_request(&c, "POST", "/v1/chat/completions", h_bearer(KEY_A), body, &r, T_RESP);
     EXPECT(rc, r, 200, "the stream");
     const char *ct = h_header(&r, "content-type");
     cr_assert(ct && strstr(ct, "text/event-stream"), "content-type %s", ct ? ct : "(none)");
@@ -882,12 +821,12 @@ static void stream_through(struct h_gw *g, struct script_backend *b, struct sse_
 static void start_streaming(struct script_backend *b, struct h_gw *g)
 {
     script_start(b, SB_SSE);
-    h_write_file(keys_path(), "%s", key_line("streamer", KEY_A, "roomy", NULL));
+    h_write_file(h_keys_path(), "%s", h_key_line("streamer", KEY_A, "roomy", NULL));
     h_gw_config(g, NULL,
                 "[pool p]\nbackend = 127.0.0.1:%d\n\n[route chat]\npath = /v1/chat/completions\npool = p\n\n"
                 "[keys]\nauth = required\nfile = %s\n\n"
                 "[tier roomy]\ntokens_per_minute = 60\nburst = 24h\n",
-                b->port, keys_path());
+                b->port, h_keys_path());
     H_GW(g);
 }
 
@@ -912,7 +851,7 @@ Test(ratelimit, stream_usage_is_counted_while_the_stream_is_spliced)
     atomic_store(&b.mode, SB_JSON);
     char body[512];
     struct h_resp r;
-    int rc = h_request(&c, "POST", "/v1/chat/completions", bearer(KEY_A), h_chat_body(body, sizeof body, 5, false), &r,
+    int rc = h_request(&c, "POST", "/v1/chat/completions", h_bearer(KEY_A), h_chat_body(body, sizeof body, 5, false), &r,
                        T_RESP);
     EXPECT(rc, r, 200, "a request after the stream");
     /* the stream's connection closed, so this one may be on the other shard,
@@ -989,7 +928,7 @@ Test(ratelimit, clients_leaving_metered_spliced_streams)
         cr_assert_eq(h_sendf(&c,
                              "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n%sContent-Type: application/json\r\n"
                              "Content-Length: %zu\r\n\r\n%s",
-                             bearer(KEY_A), strlen(body), body),
+                             h_bearer(KEY_A), strlen(body), body),
                      0);
         struct h_resp head;
         int rc = h_recv_head(&c, &head, T_RESP);
@@ -1030,13 +969,13 @@ Test(ratelimit, usage_at_the_end_of_a_large_answer_is_counted)
     atomic_store(&b.usage_prompt, 11);
     atomic_store(&b.usage_completion, 22);
     atomic_store(&b.json_pad, 300 * 1000);
-    h_write_file(keys_path(), "%s", key_line("big", KEY_A, "roomy", NULL));
+    h_write_file(h_keys_path(), "%s", h_key_line("big", KEY_A, "roomy", NULL));
     struct h_gw g = {0};
     h_gw_config(&g, NULL,
                 "[pool p]\nbackend = 127.0.0.1:%d\n\n[route chat]\npath = /v1/chat/completions\npool = p\n\n"
                 "[keys]\nauth = required\nfile = %s\n\n"
                 "[tier roomy]\ntokens_per_minute = 60\nburst = 24h\n",
-                b.port, keys_path());
+                b.port, h_keys_path());
     H_GW(&g);
 
     char body[512];
@@ -1045,7 +984,7 @@ Test(ratelimit, usage_at_the_end_of_a_large_answer_is_counted)
         atomic_store(&b.json_chunked, chunked);
         double splice0 = h_metric0(g.admin_port, "aigw_relay_bytes_total{mode=\"splice\"}");
         struct h_resp r;
-        int rc = once(g.port, bearer(KEY_A), body, &r);
+        int rc = once(g.port, h_bearer(KEY_A), body, &r);
         EXPECT(rc, r, 200, chunked ? "a large chunked answer" : "a large answer");
         cr_assert_gt(r.body_len, 300 * 1000);
         cr_assert_eq(h_json_int(r.body, "completion_tokens"), 22, "the answer arrived whole");
@@ -1069,11 +1008,11 @@ Test(ratelimit, chunked_stream_usage_is_counted)
     struct h_mock m;
     struct h_gw g = {0};
     H_MOCK(&m, "mock", "--tps 0 --ttft-ms 0");
-    h_write_file(keys_path(), "%s", key_line("chunky", KEY_A, "roomy", NULL));
+    h_write_file(h_keys_path(), "%s", h_key_line("chunky", KEY_A, "roomy", NULL));
     h_gw_config(&g, NULL,
                 H_STD_ROUTES "\n[keys]\nauth = required\nfile = %s\n\n"
                 "[tier roomy]\ntokens_per_minute = 60\nburst = 24h\n",
-                m.port, keys_path());
+                m.port, h_keys_path());
     H_GW(&g);
 
     for (int with_usage = 1; with_usage >= 0; with_usage--) {
@@ -1083,7 +1022,7 @@ Test(ratelimit, chunked_stream_usage_is_counted)
                  "\"max_tokens\":12,\"stream\":true%s}",
                  with_usage ? ",\"stream_options\":{\"include_usage\":true}" : "");
         struct h_resp r;
-        int rc = once(g.port, bearer(KEY_A), body, &r);
+        int rc = once(g.port, h_bearer(KEY_A), body, &r);
         EXPECT(rc, r, 200, "a mockllm stream");
         cr_assert(strstr(r.body, "[DONE]"), "%s", r.body);
         if (with_usage)
@@ -1110,12 +1049,12 @@ Test(ratelimit, daily_quota_resets_at_utc_midnight)
 {
     struct h_mock m;
     H_MOCK(&m, "mock", "--tps 0 --ttft-ms 0");
-    h_write_file(keys_path(), "%s", key_line("daily", KEY_A, "quota", NULL));
+    h_write_file(h_keys_path(), "%s", h_key_line("daily", KEY_A, "quota", NULL));
     struct h_gw g = {0};
     h_gw_config(&g, NULL,
                 H_STD_ROUTES "\n[keys]\nauth = required\nfile = %s\n\n"
                 "[tier quota]\ndaily_tokens = 200\n",
-                m.port, keys_path());
+                m.port, h_keys_path());
     /* aigw's wall clock shifted so its next 00:00 UTC comes lead_ms after now */
     const int64_t lead_ms = 4000 * h_slow();
     int64_t now = realtime_ms();
@@ -1136,7 +1075,7 @@ Test(ratelimit, daily_quota_resets_at_utc_midnight)
     int ok = 0, rc = 0;
     long long used = 0;
     for (int i = 0; i < 10; i++) {
-        rc = once(g.port, bearer(KEY_A), body, &r);
+        rc = once(g.port, h_bearer(KEY_A), body, &r);
         cr_assert_eq(rc, H_OK, "request %d: %d; aigw stderr:\n%s", i, rc, h_tail(g.tag));
         if (r.status != 200)
             break;
@@ -1162,7 +1101,7 @@ Test(ratelimit, daily_quota_resets_at_utc_midnight)
     int64_t wait = midnight - 700 - realtime_ms();
     if (wait > 0)
         h_sleep_ms((int)wait);
-    rc = once(g.port, bearer(KEY_A), body, &r);
+    rc = once(g.port, h_bearer(KEY_A), body, &r);
     cr_assert_eq(rc, H_OK);
     int64_t asked = realtime_ms();
     if (asked < midnight - 100) {
@@ -1177,7 +1116,7 @@ Test(ratelimit, daily_quota_resets_at_utc_midnight)
     int64_t deadline = midnight + 2000 * h_slow();
     int64_t admitted_at = 0;
     while (realtime_ms() < deadline) {
-        rc = once(g.port, bearer(KEY_A), body, &r);
+        rc = once(g.port, h_bearer(KEY_A), body, &r);
         cr_assert_eq(rc, H_OK);
         status = r.status;
         h_resp_free(&r);
@@ -1206,12 +1145,12 @@ Test(ratelimit, every_key_of_a_large_keys_file_is_metered_by_name)
         char name[32], key[64];
         snprintf(name, sizeof name, "k%04d", i);
         snprintf(key, sizeof key, "sk-itest-many-%04d", i);
-        len += (size_t)snprintf(file + len, cap - len, "%s", key_line(name, key, "default", NULL));
+        len += (size_t)snprintf(file + len, cap - len, "%s", h_key_line(name, key, "default", NULL));
     }
-    h_write_file(keys_path(), "%s", file);
+    h_write_file(h_keys_path(), "%s", file);
     free(file);
     struct h_gw g = {0};
-    h_gw_config(&g, NULL, H_STD_ROUTES "\n[keys]\nauth = required\nfile = %s\n", m.port, keys_path());
+    h_gw_config(&g, NULL, H_STD_ROUTES "\n[keys]\nauth = required\nfile = %s\n", m.port, h_keys_path());
     H_GW(&g);
 
     char body[512];
@@ -1248,19 +1187,19 @@ Test(ratelimit, a_reload_keeps_what_a_key_has_spent)
 {
     struct h_mock m;
     H_MOCK(&m, "mock", "--tps 0 --ttft-ms 0");
-    h_write_file(keys_path(), "%s", key_line("spender", KEY_A, "three", NULL));
+    h_write_file(h_keys_path(), "%s", h_key_line("spender", KEY_A, "three", NULL));
     struct h_gw g = {0};
     h_gw_config(&g, NULL,
                 H_STD_ROUTES "\n[keys]\nauth = required\nfile = %s\n\n"
                 "[tier three]\nrequests_per_minute = 3\n",
-                m.port, keys_path());
+                m.port, h_keys_path());
     H_GW(&g);
 
     char body[512];
     h_chat_body(body, sizeof body, 1, false);
     struct h_resp r;
     for (int i = 0; i < 4; i++) {
-        int rc = once(g.port, bearer(KEY_A), body, &r);
+        int rc = once(g.port, h_bearer(KEY_A), body, &r);
         EXPECT(rc, r, i < 3 ? 200 : 429, "3 requests per minute");
         if (i < 3)
             cr_assert_eq(header_num(&r, "x-ratelimit-remaining-requests"), 2 - i, "%s", r.head);
@@ -1268,13 +1207,13 @@ Test(ratelimit, a_reload_keeps_what_a_key_has_spent)
     }
 
     /* a new key and a reload: the spender's bucket stays empty */
-    h_write_file(keys_path(), "%s%s", key_line("spender", KEY_A, "three", NULL),
-                 key_line("newbie", KEY_NEW, "default", NULL));
+    h_write_file(h_keys_path(), "%s%s", h_key_line("spender", KEY_A, "three", NULL),
+                 h_key_line("newbie", KEY_NEW, "default", NULL));
     cr_assert_eq(kill(g.pid, SIGHUP), 0);
     int64_t deadline = h_now_ms() + 5000 * h_slow();
     int status = 0;
     while (h_now_ms() < deadline) {
-        int rc = once(g.port, bearer(KEY_NEW), body, &r);
+        int rc = once(g.port, h_bearer(KEY_NEW), body, &r);
         status = rc == H_OK ? r.status : rc;
         h_resp_free(&r);
         if (status == 200)
@@ -1284,7 +1223,7 @@ Test(ratelimit, a_reload_keeps_what_a_key_has_spent)
     cr_assert_eq(status, 200, "the reload never took effect (last %d):\n%s", status, h_tail(g.tag));
     h_sleep_ms(200);
     for (int i = 0; i < 4; i++) {
-        int rc = once(g.port, bearer(KEY_A), body, &r);
+        int rc = once(g.port, h_bearer(KEY_A), body, &r);
         EXPECT(rc, r, 429, "the spender after the reload");
         cr_assert(h_json_str_is(r.body, "code", "requests"), "%s", r.body);
         h_resp_free(&r);

@@ -39,18 +39,6 @@ static char pattern_at(size_t i)
     return (char)('a' + (i * 7 + i / 251) % 26);
 }
 
-static bool write_all(int fd, const char *p, size_t n)
-{
-    while (n) {
-        ssize_t w = write(fd, p, n);
-        if (w <= 0)
-            return false;
-        p += w;
-        n -= (size_t)w;
-    }
-    return true;
-}
-
 /* Answers every request on every connection with the same chunked body:
  * "hello, " + 1 MiB of pattern + "!" */
 static void serve_connection(struct chunk_backend *b, int fd)
@@ -76,14 +64,14 @@ static void serve_connection(struct chunk_backend *b, int fd)
         atomic_fetch_add(&b->requests, 1);
         if (b->mode == MODE_KEEPALIVE_THEN_CLOSE) {
             static const char ok[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-            write_all(fd, ok, sizeof ok - 1);
+            h_write_all(fd, ok, sizeof ok - 1);
             usleep(50 * 1000);  /* long enough for aigw to pool it */
             return;
         }
         if (b->mode == MODE_CLOSE_DELIMITED) {
             static const char plain[] = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhello, ";
-            if (write_all(fd, plain, sizeof plain - 1) && write_all(fd, big, BIG_CHUNK))
-                write_all(fd, "!", 1);
+            if (h_write_all(fd, plain, sizeof plain - 1) && h_write_all(fd, big, BIG_CHUNK))
+                h_write_all(fd, "!", 1);
             return;     /* the close ends the body */
         }
         static const char head[] = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
@@ -91,8 +79,8 @@ static void serve_connection(struct chunk_backend *b, int fd)
         char size_line[32];
         int sl = snprintf(size_line, sizeof size_line, "%x\r\n", BIG_CHUNK);
         static const char tail[] = "\r\n1\r\n!\r\n0\r\n\r\n";
-        if (!write_all(fd, head, sizeof head - 1) || !write_all(fd, size_line, (size_t)sl) ||
-            !write_all(fd, big, BIG_CHUNK) || !write_all(fd, tail, sizeof tail - 1))
+        if (!h_write_all(fd, head, sizeof head - 1) || !h_write_all(fd, size_line, (size_t)sl) ||
+            !h_write_all(fd, big, BIG_CHUNK) || !h_write_all(fd, tail, sizeof tail - 1))
             return;
     }
 }
@@ -114,14 +102,7 @@ static void backend_start(struct chunk_backend *b, enum backend_mode mode)
 {
     memset(b, 0, sizeof *b);
     b->mode = mode;
-    b->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    cr_assert_geq(b->listen_fd, 0);
-    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    socklen_t sl = sizeof sa;
-    cr_assert_eq(bind(b->listen_fd, (struct sockaddr *)&sa, sizeof sa), 0);
-    cr_assert_eq(listen(b->listen_fd, 16), 0);
-    cr_assert_eq(getsockname(b->listen_fd, (struct sockaddr *)&sa, &sl), 0);
-    b->port = ntohs(sa.sin_port);
+    b->listen_fd = h_listen_loopback(&b->port);
     cr_assert_eq(pthread_create(&b->thread, NULL, backend_main, b), 0);
 }
 
