@@ -1,6 +1,7 @@
 #!/bin/sh
 # The demo behind `make run`: two aigw-mockllm on 127.0.0.1:8001 and :8002, and aigw
-# on 127.0.0.1:8080 (admin 127.0.0.1:9090) in front of them with examples/aigw.conf.
+# on 127.0.0.1:8080 (admin 127.0.0.1:9090) in front of them with examples/aigw.conf,
+# plus API keys: a fresh key from `aigw keygen`, in a "demo" tier with small limits.
 # Stays in the foreground with aigw's output; Ctrl-C or SIGTERM stops all three.
 set -u
 
@@ -95,7 +96,29 @@ for p in $BACKEND_PORTS; do
     shift
 done
 
-"$AIGW" -c "$CONF" &
+# The example configuration, with keys on: a new key (only its hash is written).
+keygen=$("$AIGW" keygen demo demo) || { echo "run-demo: aigw keygen failed" >&2; exit 1; }
+KEY=$(printf '%s\n' "$keygen" | sed -n 's/^key: *//p')
+printf '%s\n' "$keygen" | grep '^demo sha256:' >"$LOGDIR/keys"
+DEMO_CONF=$LOGDIR/aigw.conf
+{
+    cat "$CONF"
+    cat <<KEYS
+
+# added by scripts/run-demo.sh
+[keys]
+auth = required
+file = keys
+
+[tier demo]
+requests_per_minute = 120
+tokens_per_minute = 20000
+max_tokens = 512
+daily_tokens = 1000000
+KEYS
+} >"$DEMO_CONF"
+
+"$AIGW" -c "$DEMO_CONF" &
 aigw_pid=$!
 pids="$pids $aigw_pid"
 wait_port "$LISTEN_PORT" "$aigw_pid" "aigw" || exit 1
@@ -103,15 +126,24 @@ wait_port "$LISTEN_PORT" "$aigw_pid" "aigw" || exit 1
 cat <<MSG
 
   aigw is running on http://127.0.0.1:$LISTEN_PORT in front of two aigw-mockllm
-  (127.0.0.1:8001, 127.0.0.1:8002; logs in $LOGDIR/). Try, from another terminal:
+  (127.0.0.1:8001, 127.0.0.1:8002; logs in $LOGDIR/), with examples/aigw.conf
+  plus API keys ($DEMO_CONF). Your key, tier "demo" (120 requests and 20000
+  tokens a minute): $KEY
+  Try, from another terminal:
 
-    curl -s http://127.0.0.1:$LISTEN_PORT/v1/chat/completions -H 'Content-Type: application/json' \\
+    KEY=$KEY
+
+    curl -s http://127.0.0.1:$LISTEN_PORT/v1/chat/completions -H "Authorization: Bearer \$KEY" \\
+      -H 'Content-Type: application/json' \\
       -d '{"model":"$MODEL","messages":[{"role":"user","content":"Hello"}],"max_tokens":16}'
 
-    curl -N http://127.0.0.1:$LISTEN_PORT/v1/chat/completions -H 'Content-Type: application/json' \\
+    curl -N http://127.0.0.1:$LISTEN_PORT/v1/chat/completions -H "Authorization: Bearer \$KEY" \\
+      -H 'Content-Type: application/json' \\
       -d '{"model":"$MODEL","messages":[{"role":"user","content":"Hello"}],"max_tokens":32,"stream":true}'
 
-    curl -s http://127.0.0.1:$LISTEN_PORT/v1/models
+    curl -s http://127.0.0.1:$LISTEN_PORT/v1/models -H "Authorization: Bearer \$KEY"
+
+  Without the key: 401. Add -i to see the x-ratelimit-* headers.
 
   Metrics: http://127.0.0.1:$ADMIN_PORT/metrics
   Ctrl-C stops the demo. aigw's output follows.
