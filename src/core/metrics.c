@@ -155,6 +155,8 @@ void metrics_reserve_keys(unsigned n)
 
 int metrics_key_slot(const char *name)
 {
+    if (!name || !name[0])
+        return 0;   /* "" is slot 0's own label */
     pthread_mutex_lock(&registry_mu);
     int slot = 0;
     for (unsigned i = 1; key_names && i < nkeys; i++)

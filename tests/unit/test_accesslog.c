@@ -174,6 +174,245 @@ Test(accesslog, too_small_buffer_gives_zero)
     cr_assert_eq(memcmp(exact, typical_line, sizeof exact), 0);
 }
 
+/* ---- key and AI fields ---- */
+
+/* typical_line without its closing "}\n", to append the optional fields to */
+#define TYPICAL_PREFIX_LEN (sizeof typical_line - 1 - 2)
+
+static void assert_typical_then(const char *line, const char *tail)
+{
+    cr_assert_eq(strncmp(line, typical_line, TYPICAL_PREFIX_LEN), 0, "%s", line);
+    cr_assert_str_eq(line + TYPICAL_PREFIX_LEN, tail, "%s", line);
+}
+
+static struct alog_entry ai_entry(void)
+{
+    struct alog_entry e = typical_entry();
+    e.key = "team-a.prod";
+    e.ai = true;
+    e.model = SL("gpt-4o-mini");
+    e.stream = true;
+    e.tokens_in = 1234;
+    e.tokens_out = 56;
+    e.limit = NULL;
+    e.priority = "high";
+    return e;
+}
+
+Test(accesslog, ai_entry_has_every_ai_field)
+{
+    struct alog_entry e = ai_entry();
+    assert_typical_then(format_entry(&e),
+        ",\"key\":\"team-a.prod\",\"model\":\"gpt-4o-mini\",\"stream\":true,\"tokens_in\":1234,"
+        "\"tokens_out\":56,\"limit\":null,\"priority\":\"high\"}\n");
+}
+
+Test(accesslog, ai_entry_refused_before_the_model_was_read)
+{
+    struct alog_entry e = ai_entry();
+    e.status = 429;
+    e.model = (struct slice){ NULL, 0 };
+    e.stream = false;
+    e.tokens_in = 0;
+    e.tokens_out = 0;
+    e.limit = "requests";
+    e.priority = NULL;
+    const char *line = format_entry(&e);
+    cr_assert_not_null(strstr(line, "\"status\":429,"), "%s", line);
+    const char *tail = strstr(line, ",\"key\":");
+    cr_assert_not_null(tail, "%s", line);
+    cr_assert_str_eq(tail, ",\"key\":\"team-a.prod\",\"model\":null,\"stream\":false,\"tokens_in\":0,"
+                           "\"tokens_out\":0,\"limit\":\"requests\"}\n");
+
+    /* an empty slice with a non-NULL pointer is "not read" too */
+    e.model = (struct slice){ "gpt-4o", 0 };
+    e.limit = "quota";
+    tail = strstr(format_entry(&e), ",\"model\":");
+    cr_assert_str_eq(tail, ",\"model\":null,\"stream\":false,\"tokens_in\":0,\"tokens_out\":0,"
+                           "\"limit\":\"quota\"}\n");
+}
+
+Test(accesslog, ai_entry_without_key)
+{
+    struct alog_entry e = ai_entry();
+    e.key = NULL;
+    e.priority = NULL;
+    e.stream = false;
+    e.tokens_in = UINT64_MAX;
+    e.tokens_out = 0;
+    e.limit = "tokens";
+    assert_typical_then(format_entry(&e),
+        ",\"model\":\"gpt-4o-mini\",\"stream\":false,\"tokens_in\":18446744073709551615,"
+        "\"tokens_out\":0,\"limit\":\"tokens\"}\n");
+}
+
+Test(accesslog, key_without_ai)
+{
+    struct alog_entry e = typical_entry();
+    e.key = "ops_bot-1";
+    assert_typical_then(format_entry(&e), ",\"key\":\"ops_bot-1\"}\n");
+
+    /* an empty NAME is still written: the pointer decides */
+    e.key = "";
+    assert_typical_then(format_entry(&e), ",\"key\":\"\"}\n");
+}
+
+Test(accesslog, non_ai_entry_has_no_ai_fields)
+{
+    /* every AI field set, but ai is false: none of them is written */
+    struct alog_entry e = ai_entry();
+    e.ai = false;
+    e.key = NULL;
+    e.limit = "requests";
+    cr_assert_str_eq(format_entry(&e), typical_line);
+
+    static const char *const ai_only[] = { "\"model\"", "\"stream\"", "\"tokens_in\"",
+                                           "\"tokens_out\"", "\"limit\"", "\"priority\"" };
+    e.key = "k";
+    const char *line = format_entry(&e);
+    for (size_t i = 0; i < sizeof ai_only / sizeof ai_only[0]; i++)
+        cr_assert_null(strstr(line, ai_only[i]), "%s in %s", ai_only[i], line);
+    assert_typical_then(line, ",\"key\":\"k\"}\n");
+}
+
+Test(accesslog, odd_model_names_are_escaped)
+{
+    struct alog_entry e = ai_entry();
+    e.priority = NULL;
+    e.model = SL("a\"b\\c\nd\x01" "e\x7f" "\xc3\xa9" "\xff" "\xed\xa0\x80" "f\0g" "\xe2\x82");
+    const char *line = format_entry(&e);
+    cr_assert_not_null(strstr(line,
+        ",\"model\":\"a\\\"b\\\\c\\u000ad\\u0001e\\u007f\xc3\xa9\\ufffd\\ufffd\\ufffd\\ufffd"
+        "f\\u0000g\\ufffd\\ufffd\",\"stream\":"), "%s", line);
+    cr_assert_eq(strchr(line, '\n'), line + strlen(line) - 1);
+
+    /* key, limit and priority go through the same escaping */
+    e.key = "k\"1";
+    e.limit = "re\\q";
+    e.priority = "p\n";
+    line = format_entry(&e);
+    cr_assert_not_null(strstr(line, ",\"key\":\"k\\\"1\","), "%s", line);
+    cr_assert_not_null(strstr(line, ",\"limit\":\"re\\\\q\","), "%s", line);
+    cr_assert_not_null(strstr(line, ",\"priority\":\"p\\u000a\"}\n"), "%s", line);
+}
+
+Test(accesslog, long_model_and_key_are_cut)
+{
+    static char model[1000];
+    memset(model, 'm', sizeof model);
+    struct alog_entry e = ai_entry();
+    e.model = (struct slice){ model, sizeof model };
+    char key[300];
+    memset(key, 'k', sizeof key - 1);
+    key[sizeof key - 1] = '\0';
+    e.key = key;
+    const char *line = format_entry(&e);
+
+    char want[200];
+    memcpy(want, ",\"model\":\"", 10);
+    memset(want + 10, 'm', 128);
+    strcpy(want + 10 + 128, "...\",\"stream\":true,");
+    cr_assert_not_null(strstr(line, want), "%s", line);
+    memcpy(want, ",\"key\":\"", 8);
+    memset(want + 8, 'k', 128);
+    strcpy(want + 8 + 128, "...\",\"model\":");
+    cr_assert_not_null(strstr(line, want), "%s", line);
+
+    /* a model exactly at the limit is not cut */
+    e.model = (struct slice){ model, 128 };
+    line = format_entry(&e);
+    memcpy(want, ",\"model\":\"", 10);
+    memset(want + 10, 'm', 128);
+    strcpy(want + 10 + 128, "\",\"stream\":true,");
+    cr_assert_not_null(strstr(line, want), "%s", line);
+}
+
+/* Every string field at its longest output for a given filler byte sequence. */
+static size_t format_worst(char *buf, size_t cap, const char *unit, size_t unit_len)
+{
+    static char junk[20000];
+    size_t n = 0;
+    while (n + unit_len < sizeof junk) {
+        memcpy(junk + n, unit, unit_len);
+        n += unit_len;
+    }
+    junk[n] = '\0';
+    struct slice all = { junk, n };
+    struct alog_entry e = {
+        .time_us = UINT64_MAX,
+        .client = all, .method = all, .target = all, .request_id = all,
+        .route = junk, .pool = junk, .backend = junk, .error = junk,
+        .status = INT_MIN,
+        .bytes_in = UINT64_MAX, .bytes_out = UINT64_MAX,
+        .duration_us = UINT64_MAX, .first_byte_us = INT64_MAX,
+        .upstream_reused = true,
+        .key = junk,
+        .ai = true,
+        .model = all,
+        .stream = true,
+        .tokens_in = UINT64_MAX, .tokens_out = UINT64_MAX,
+        .limit = junk,
+        .priority = junk,
+    };
+    return alog_format(buf, cap, &e);
+}
+
+Test(accesslog, worst_case_ai_entry_fits_a_line)
+{
+    static const struct { const char *unit; size_t len; } fillers[] = {
+        { "a", 1 },                 /* fills every budget exactly */
+        { "\x01", 1 },              /* 6-byte escapes */
+        { "\"", 1 },                /* 2-byte escapes */
+        { "\xff", 1 },              /* invalid UTF-8: \ufffd */
+        { "\xe2\x82\xac", 3 },      /* 3-byte characters */
+        { "\xf0\x9f\x98\x80", 4 },  /* 4-byte characters */
+        { "ab\x01", 3 },
+    };
+    size_t longest = 0;
+    for (size_t i = 0; i < sizeof fillers / sizeof fillers[0]; i++) {
+        char buf[ALOG_LINE_MAX];
+        size_t n = format_worst(buf, sizeof buf, fillers[i].unit, fillers[i].len);
+        cr_assert_gt(n, 0, "filler %zu does not fit", i);
+        cr_assert_lt(n, ALOG_LINE_MAX);
+        cr_assert_eq(buf[n - 1], '\n');
+        cr_assert_eq(memchr(buf, '\n', n), buf + n - 1, "one line");
+        static const char tokens[] = "\"tokens_in\":18446744073709551615,"
+                                     "\"tokens_out\":18446744073709551615,";
+        cr_assert_not_null(memmem(buf, n, tokens, sizeof tokens - 1), "filler %zu", i);
+        cr_assert_not_null(memmem(buf, n, ",\"priority\":\"", 13), "filler %zu", i);
+        cr_assert_eq(memcmp(buf + n - 6, "...\"}\n", 6), 0, "filler %zu: priority is cut", i);
+        if (n > longest)
+            longest = n;
+    }
+    /* the all-ASCII filler reaches every budget exactly: 14 strings cut, the numbers at
+     * their longest; what a line can be at most */
+    char buf[ALOG_LINE_MAX];
+    size_t ascii = format_worst(buf, sizeof buf, "a", 1);
+    cr_assert_eq(ascii, longest);
+    /* the line is exactly one byte shorter than that without room: 0 */
+    cr_assert_eq(format_worst(buf, ascii - 1, "a", 1), 0);
+    cr_assert_eq(format_worst(buf, ascii, "a", 1), ascii);
+}
+
+Test(accesslog, ai_entry_too_small_buffer_gives_zero_and_stays_inside)
+{
+    struct alog_entry e = ai_entry();
+    e.limit = "tokens";
+    char full[ALOG_LINE_MAX];
+    size_t need = alog_format(full, sizeof full, &e);
+    cr_assert_gt(need, 0);
+    for (size_t cap = 0; cap < need; cap++) {
+        char out[ALOG_LINE_MAX];
+        memset(out, 'Z', sizeof out);
+        cr_assert_eq(alog_format(out, cap, &e), 0, "cap %zu", cap);
+        for (size_t i = cap; i < sizeof out; i++)
+            cr_assert_eq(out[i], 'Z', "wrote past cap %zu", cap);
+    }
+    char exact[ALOG_LINE_MAX];
+    cr_assert_eq(alog_format(exact, need, &e), need);
+    cr_assert_eq(memcmp(exact, full, need), 0);
+}
+
 /* ---- writer thread ---- */
 
 static char tmp_dir[64];

@@ -1161,6 +1161,197 @@ Test(http1_write, error_response_does_not_overflow)
                                   (struct slice){ NULL, 0 }), need);
 }
 
+/* ---- http_write_json_head, and http_write_error built on it ---- */
+
+static const struct slice h1_none = { NULL, 0 };
+
+static struct slice h1_sl(const char *s)
+{
+    return (struct slice){ s, strlen(s) };
+}
+
+static void h1_expect_json_head(int status, size_t body_len, bool keep_alive, const char *extra,
+                                const char *want)
+{
+    char out[512];
+    memset(out, 'Z', sizeof out);
+    size_t n = http_write_json_head(out, sizeof out, status, body_len, keep_alive,
+                                    extra ? h1_sl(extra) : h1_none);
+    cr_assert_eq(n, strlen(want), "got %zu bytes: %.*s", n, (int)n, out);
+    cr_assert_eq(memcmp(out, want, n), 0, "got: %.*s", (int)n, out);
+    cr_assert_eq(out[n], 'Z', "wrote past the head");
+}
+
+Test(http1_write, json_head_exact_bytes)
+{
+    h1_expect_json_head(200, 42, true, NULL,
+        "HTTP/1.1 200 OK\r\n"
+        "Content-Type: application/json\r\n"
+        "Content-Length: 42\r\n"
+        "Connection: keep-alive\r\n"
+        "\r\n");
+    h1_expect_json_head(200, 0, false, "",
+        "HTTP/1.1 200 OK\r\n"
+        "Content-Type: application/json\r\n"
+        "Content-Length: 0\r\n"
+        "Connection: close\r\n"
+        "\r\n");
+    h1_expect_json_head(429, 1234567, true, "Retry-After: 3\r\nx-ratelimit-limit-requests: 60\r\n",
+        "HTTP/1.1 429 Too Many Requests\r\n"
+        "Content-Type: application/json\r\n"
+        "Content-Length: 1234567\r\n"
+        "Connection: keep-alive\r\n"
+        "Retry-After: 3\r\n"
+        "x-ratelimit-limit-requests: 60\r\n"
+        "\r\n");
+    h1_expect_json_head(299, SIZE_MAX, false, "X-Request-Id: r1\r\n",
+        "HTTP/1.1 299 Unknown\r\n"
+        "Content-Type: application/json\r\n"
+        "Content-Length: 18446744073709551615\r\n"
+        "Connection: close\r\n"
+        "X-Request-Id: r1\r\n"
+        "\r\n");
+}
+
+Test(http1_write, json_head_parses_back)
+{
+    static const char body[] = "{\"object\":\"list\",\"data\":[]}";
+    char out[512];
+    const char *extra = "Retry-After: 7\r\n";
+    for (int ka = 0; ka <= 1; ka++) {
+        size_t n = http_write_json_head(out, sizeof out, 200, sizeof body - 1, ka, h1_sl(extra));
+        cr_assert_gt(n, 0);
+        cr_assert_lt(n + sizeof body - 1, sizeof out);
+        memcpy(out + n, body, sizeof body - 1);
+        cr_assert_eq(http_parse_response(out, n + sizeof body - 1, sizeof out, METHOD_GET, &h1_resp,
+                                         &h1_why), HTTP_OK, "%.*s", (int)n, out);
+        cr_assert_eq(h1_resp.status, 200);
+        cr_assert_eq(h1_resp.head_len, n);
+        cr_assert_eq(h1_resp.body, BODY_LENGTH);
+        cr_assert_eq(h1_resp.content_length, sizeof body - 1);
+        cr_assert_eq(h1_resp.keep_alive, (bool)ka);
+        cr_assert_eq(h1_count(h1_resp.headers, h1_resp.nheaders, "content-type"), 1);
+        cr_assert_eq(h1_count(h1_resp.headers, h1_resp.nheaders, "content-length"), 1);
+        cr_assert_eq(h1_count(h1_resp.headers, h1_resp.nheaders, "connection"), 1);
+        cr_assert(h1_slice_is(h1_find(h1_resp.headers, h1_resp.nheaders, "content-type")->value,
+                              "application/json"));
+        cr_assert(h1_slice_is(h1_find(h1_resp.headers, h1_resp.nheaders, "connection")->value,
+                              ka ? "keep-alive" : "close"));
+        cr_assert(h1_slice_is(h1_find(h1_resp.headers, h1_resp.nheaders, "retry-after")->value, "7"));
+    }
+}
+
+Test(http1_write, json_head_does_not_overflow)
+{
+    static const char *const extras[] = { NULL, "Retry-After: 1\r\n",
+                                          "A: 1\r\nB: 2\r\nC: 3\r\n" };
+    for (size_t x = 0; x < sizeof extras / sizeof extras[0]; x++)
+        for (int ka = 0; ka <= 1; ka++) {
+            struct slice extra = extras[x] ? h1_sl(extras[x]) : h1_none;
+            char full[512];
+            size_t need = http_write_json_head(full, sizeof full, 503, 987654321, ka, extra);
+            cr_assert_gt(need, 0);
+            for (size_t cap = 0; cap < need; cap++) {
+                char out[512];
+                memset(out, 'Z', sizeof out);
+                cr_assert_eq(http_write_json_head(out, cap, 503, 987654321, ka, extra), 0,
+                             "extra %zu keep_alive %d cap %zu", x, ka, cap);
+                for (size_t i = cap; i < sizeof out; i++)
+                    cr_assert_eq(out[i], 'Z', "wrote past cap %zu", cap);
+            }
+            char exact[512];
+            memset(exact, 'Z', sizeof exact);
+            cr_assert_eq(http_write_json_head(exact, need, 503, 987654321, ka, extra), need);
+            cr_assert_eq(memcmp(exact, full, need), 0);
+            cr_assert_eq(exact[need], 'Z');
+        }
+}
+
+Test(http1_write, error_response_exact_bytes)
+{
+    char out[1024];
+    const char *want =
+        "HTTP/1.1 429 Too Many Requests\r\n"
+        "Content-Type: application/json\r\n"
+        "Content-Length: 102\r\n"
+        "Connection: keep-alive\r\n"
+        "Retry-After: 20\r\n"
+        "\r\n"
+        "{\"error\":{\"message\":\"Rate limit reached for requests\",\"type\":\"rate_limit_exceeded\","
+        "\"code\":\"requests\"}}";
+    size_t n = http_write_error(out, sizeof out, 429, "rate_limit_exceeded", "requests",
+                                "Rate limit reached for requests", true, h1_sl("Retry-After: 20\r\n"));
+    cr_assert_eq(n, strlen(want), "%.*s", (int)n, out);
+    cr_assert_eq(memcmp(out, want, n), 0, "%.*s", (int)n, out);
+
+    want =
+        "HTTP/1.1 404 Not Found\r\n"
+        "Content-Type: application/json\r\n"
+        "Content-Length: 86\r\n"
+        "Connection: close\r\n"
+        "\r\n"
+        "{\"error\":{\"message\":\"no route for \\\"/x\\\"\",\"type\":\"invalid_request_error\","
+        "\"code\":null}}";
+    n = http_write_error(out, sizeof out, 404, "invalid_request_error", NULL, "no route for \"/x\"",
+                         false, h1_none);
+    cr_assert_eq(n, strlen(want), "%.*s", (int)n, out);
+    cr_assert_eq(memcmp(out, want, n), 0, "%.*s", (int)n, out);
+}
+
+Test(http1_write, error_response_is_json_head_plus_body)
+{
+    static const struct {
+        int status;
+        const char *type, *code, *message, *extra;
+        bool keep_alive;
+    } cases[] = {
+        { 400, "invalid_request_error", "bad_json", "bad \"body\"\n\x01\xff caf\xc3\xa9", NULL, true },
+        { 401, "invalid_request_error", "invalid_api_key", "", "WWW-Authenticate: Bearer\r\n", false },
+        { 503, "server_error", NULL, "all backends busy", "Retry-After: 1\r\nX-Request-Id: q\r\n", true },
+        { 299, "", "", "x", "", false },
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        struct slice extra = cases[c].extra ? h1_sl(cases[c].extra) : h1_none;
+        char out[1024];
+        size_t n = http_write_error(out, sizeof out, cases[c].status, cases[c].type, cases[c].code,
+                                    cases[c].message, cases[c].keep_alive, extra);
+        cr_assert_gt(n, 0);
+        cr_assert_eq(http_parse_response(out, n, sizeof out, METHOD_POST, &h1_resp, &h1_why), HTTP_OK,
+                     "case %zu: %.*s", c, (int)n, out);
+        size_t body_len = n - h1_resp.head_len;
+        cr_assert_eq(h1_resp.content_length, body_len, "case %zu", c);
+        char head[512];
+        size_t hn = http_write_json_head(head, sizeof head, cases[c].status, body_len,
+                                         cases[c].keep_alive, extra);
+        cr_assert_eq(hn, h1_resp.head_len, "case %zu", c);
+        cr_assert_eq(memcmp(out, head, hn), 0, "case %zu: the error's head is the JSON head", c);
+        cr_assert_eq(memcmp(out + hn, "{\"error\":{\"message\":\"", 21), 0);
+        cr_assert_eq(memcmp(out + n - 2, "}}", 2), 0);
+    }
+}
+
+Test(http1_write, error_response_with_extra_does_not_overflow)
+{
+    struct slice extra = h1_sl("Retry-After: 20\r\n");
+    char full[512];
+    size_t need = http_write_error(full, sizeof full, 429, "rate_limit_exceeded", "tokens",
+                                   "slow \"down\"", true, extra);
+    cr_assert_gt(need, 0);
+    for (size_t cap = 0; cap < need; cap++) {
+        char out[512];
+        memset(out, 'Z', sizeof out);
+        cr_assert_eq(http_write_error(out, cap, 429, "rate_limit_exceeded", "tokens", "slow \"down\"",
+                                      true, extra), 0, "cap %zu", cap);
+        /* the head may be written before the body is found not to fit, but never past cap */
+        for (size_t i = cap; i < sizeof out; i++)
+            cr_assert_eq(out[i], 'Z', "wrote past cap %zu", cap);
+    }
+    char exact[512];
+    cr_assert_eq(http_write_error(exact, need, 429, "rate_limit_exceeded", "tokens", "slow \"down\"",
+                                  true, extra), need);
+    cr_assert_eq(memcmp(exact, full, need), 0);
+}
+
 Test(http1_misc, reason_phrases)
 {
     cr_assert_str_eq(http_reason(200), "OK");

@@ -1,10 +1,12 @@
 #include <criterion/criterion.h>
+#include <criterion/redirect.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/metrics.h"
+#include "policy/ratelimit.h"
 
 /* Criterion runs every test in its own process, so each starts with an empty registry. */
 
@@ -266,6 +268,8 @@ Test(metrics, every_family_has_help_and_type)
         { "aigw_upstream_connections_total", "counter" },
         { "aigw_relay_bytes_total", "counter" },
         { "aigw_connections", "gauge" },
+        { "aigw_tokens_total", "counter" },
+        { "aigw_ratelimited_total", "counter" },
         { "aigw_access_log_dropped_total", "counter" },
     };
     for (size_t i = 0; i < sizeof families / sizeof families[0]; i++) {
@@ -276,5 +280,280 @@ Test(metrics, every_family_has_help_and_type)
         bool at_start = strncmp(text, line + 1, strlen(line + 1)) == 0;
         cr_assert(at_start || strstr(text, line), "no HELP for %s", families[i][0]);
     }
+    free(text);
+}
+
+/* ---- per API key counters: aigw_tokens_total, aigw_ratelimited_total ---- */
+
+/* Lines of text that start with prefix. */
+static unsigned count_lines_with_prefix(const char *text, const char *prefix)
+{
+    unsigned n = 0;
+    size_t len = strlen(prefix);
+    for (const char *p = text; *p; ) {
+        if (strncmp(p, prefix, len) == 0)
+            n++;
+        const char *nl = strchr(p, '\n');
+        if (!nl)
+            break;
+        p = nl + 1;
+    }
+    return n;
+}
+
+/* Registers key names "k1" ... until the registry answers 0; returns how many got a slot. */
+static unsigned fill_key_registry(unsigned limit)
+{
+    char name[32];
+    unsigned got = 0;
+    for (unsigned i = 1; i <= limit; i++) {
+        snprintf(name, sizeof name, "k%u", i);
+        int slot = metrics_key_slot(name);
+        if (slot == 0)
+            break;
+        cr_assert_eq(slot, (int)i, "%s got slot %d", name, slot);
+        got++;
+    }
+    return got;
+}
+
+Test(metrics, key_slots_are_stable_and_distinct)
+{
+    cr_assert_eq(metrics_init(1), 0);
+    int alice = metrics_key_slot("alice");
+    int bob = metrics_key_slot("bob");
+    int carol = metrics_key_slot("carol");
+    cr_assert_gt(alice, 0, "slot 0 is reserved for key=\"\"");
+    cr_assert_gt(bob, 0);
+    cr_assert_gt(carol, 0);
+    cr_assert_neq(alice, bob);
+    cr_assert_neq(alice, carol);
+    cr_assert_neq(bob, carol);
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(metrics_key_slot("alice"), alice);
+        cr_assert_eq(metrics_key_slot("bob"), bob);
+        cr_assert_eq(metrics_key_slot("carol"), carol);
+    }
+    /* names are compared whole, case-sensitively */
+    int alice2 = metrics_key_slot("alice2");
+    int upper = metrics_key_slot("Alice");
+    int prefix = metrics_key_slot("alic");
+    cr_assert_gt(alice2, 0);
+    cr_assert_gt(upper, 0);
+    cr_assert_gt(prefix, 0);
+    cr_assert_neq(alice2, alice);
+    cr_assert_neq(upper, alice);
+    cr_assert_neq(prefix, alice);
+    /* the registry keeps its own copy of the name */
+    char buf[16];
+    strcpy(buf, "dave");
+    int dave = metrics_key_slot(buf);
+    strcpy(buf, "erin");
+    cr_assert_neq(metrics_key_slot(buf), dave);
+    cr_assert_eq(metrics_key_slot("dave"), dave);
+}
+
+Test(metrics, key_slot_before_init_is_zero)
+{
+    /* no registry yet: everything counts under key="" */
+    cr_assert_eq(metrics_key_slot("alice"), 0);
+    cr_assert_eq(metrics_init(1), 0);
+    cr_assert_gt(metrics_key_slot("alice"), 0);
+}
+
+Test(metrics, key_registry_full_gives_slot_zero, .init = cr_redirect_stderr)
+{
+    cr_assert_eq(metrics_init(1), 0);
+    /* default capacity: METRICS_MIN_KEYS slots, slot 0 included */
+    cr_assert_eq(fill_key_registry(METRICS_MIN_KEYS + 10), METRICS_MIN_KEYS - 1);
+    cr_assert_eq(metrics_key_slot("one-too-many"), 0);
+    cr_assert_eq(metrics_key_slot("two-too-many"), 0);
+    cr_assert_eq(metrics_key_slot("one-too-many"), 0, "a refused name does not get a slot later");
+    /* names already known keep their slots */
+    cr_assert_eq(metrics_key_slot("k1"), 1);
+    cr_assert_eq(metrics_key_slot("k77"), 77);
+    char last[32];
+    snprintf(last, sizeof last, "k%u", METRICS_MIN_KEYS - 1);
+    cr_assert_eq(metrics_key_slot(last), METRICS_MIN_KEYS - 1);
+
+    /* the last slot's counters exist and render */
+    struct shard_metrics *m = metrics_shard(0);
+    mc_add(&m->tokens[METRICS_MIN_KEYS - 1][TOKENS_COMPLETION], 9);
+    mc_add(&m->ratelimited[METRICS_MIN_KEYS - 1][METRICS_NLIMITS - 1], 2);
+    char *text = metrics_text();
+    char line[128];
+    snprintf(line, sizeof line, "aigw_tokens_total{key=\"%s\",direction=\"completion\"} 9", last);
+    assert_line(text, line);
+    snprintf(line, sizeof line, "aigw_ratelimited_total{key=\"%s\",limit=\"quota\"} 2", last);
+    assert_line(text, line);
+    free(text);
+
+    /* the first name refused is logged, once */
+    fflush(stderr);
+    char want[256];
+    snprintf(want, sizeof want,
+             "aigw[warn]: metrics: more than %u distinct key names since start: key 'k%u' and later "
+             "ones are counted under key=\"\" (a restart makes room)\n",
+             METRICS_MIN_KEYS - 1, METRICS_MIN_KEYS);
+    cr_assert_stderr_eq_str(want);
+}
+
+Test(metrics, reserve_keys_grows_the_registry_before_init)
+{
+    metrics_reserve_keys(10);       /* smaller than the default: no effect */
+    metrics_reserve_keys(5000);
+    metrics_reserve_keys(4500);     /* a smaller later call does not shrink it */
+    cr_assert_eq(metrics_init(2), 0);
+    cr_assert_eq(fill_key_registry(6000), 4999);
+    cr_assert_eq(metrics_key_slot("overflow"), 0);
+
+    /* every shard has counters for every slot, and they do not overlap */
+    struct shard_metrics *s0 = metrics_shard(0), *s1 = metrics_shard(1);
+    cr_assert_eq((uintptr_t)s0->tokens % 64, 0);
+    cr_assert_eq((uintptr_t)s1->tokens % 64, 0);
+    const char *s0_end = (const char *)&s0->ratelimited[5000][0];
+    cr_assert_leq((const char *)&s0->tokens[5000][0], (const char *)&s0->ratelimited[0][0]);
+    cr_assert(s0_end <= (const char *)s1->tokens || (const char *)&s1->ratelimited[5000][0] <=
+              (const char *)s0->tokens, "shard key counters overlap");
+    for (unsigned k = 0; k < 5000; k++) {
+        mc_add(&s0->tokens[k][TOKENS_PROMPT], 1);
+        mc_add(&s1->tokens[k][TOKENS_COMPLETION], 2);
+        mc_add(&s0->ratelimited[k][0], 3);
+        mc_add(&s1->ratelimited[k][2], 4);
+    }
+    char *text = metrics_text();
+    cr_assert_eq(count_lines_with_prefix(text, "aigw_tokens_total{"), 2 * 5000);
+    cr_assert_eq(count_lines_with_prefix(text, "aigw_ratelimited_total{"), 2 * 5000);
+    assert_line(text, "aigw_tokens_total{key=\"\",direction=\"prompt\"} 1");
+    assert_line(text, "aigw_tokens_total{key=\"k4999\",direction=\"prompt\"} 1");
+    assert_line(text, "aigw_tokens_total{key=\"k4999\",direction=\"completion\"} 2");
+    assert_line(text, "aigw_ratelimited_total{key=\"k4999\",limit=\"requests\"} 3");
+    assert_line(text, "aigw_ratelimited_total{key=\"k4999\",limit=\"quota\"} 4");
+    free(text);
+}
+
+Test(metrics, reserve_keys_after_init_changes_nothing)
+{
+    cr_assert_eq(metrics_init(1), 0);
+    metrics_reserve_keys(100000);
+    cr_assert_eq(fill_key_registry(METRICS_MIN_KEYS + 10), METRICS_MIN_KEYS - 1);
+    cr_assert_eq(metrics_key_slot("past-the-end"), 0);
+}
+
+Test(metrics, key_series_appear_once_non_zero)
+{
+    cr_assert_eq(metrics_init(2), 0);
+    int alice = metrics_key_slot("alice");
+    int bob = metrics_key_slot("bob");
+    (void)bob;
+
+    char *text = metrics_text();
+    /* the families are there even with nothing counted, the series are not */
+    assert_line(text, "# HELP aigw_tokens_total Tokens used through AI routes, by API key NAME and direction.");
+    assert_line(text, "# TYPE aigw_tokens_total counter");
+    assert_line(text, "# HELP aigw_ratelimited_total Requests refused with 429, by API key NAME and the limit that fired.");
+    assert_line(text, "# TYPE aigw_ratelimited_total counter");
+    cr_assert_eq(count_lines_with_prefix(text, "aigw_tokens_total{"), 0, "%s", text);
+    cr_assert_eq(count_lines_with_prefix(text, "aigw_ratelimited_total{"), 0, "%s", text);
+    free(text);
+
+    mc_add(&metrics_shard(1)->tokens[alice][TOKENS_PROMPT], 5);
+    mc_add(&metrics_shard(0)->ratelimited[alice][RL_TOKENS - 1], 1);
+    text = metrics_text();
+    assert_line(text, "aigw_tokens_total{key=\"alice\",direction=\"prompt\"} 5");
+    assert_line(text, "aigw_ratelimited_total{key=\"alice\",limit=\"tokens\"} 1");
+    cr_assert_eq(count_lines_with_prefix(text, "aigw_tokens_total{"), 1, "%s", text);
+    cr_assert_eq(count_lines_with_prefix(text, "aigw_ratelimited_total{"), 1, "%s", text);
+    cr_assert_null(strstr(text, "direction=\"completion\""));
+    cr_assert_null(strstr(text, "key=\"bob\""));
+    free(text);
+}
+
+Test(metrics, key_counters_are_summed_across_shards)
+{
+    cr_assert_eq(metrics_init(3), 0);
+    int alice = metrics_key_slot("alice");
+    int bob = metrics_key_slot("bob");
+    struct shard_metrics *s[3] = { metrics_shard(0), metrics_shard(1), metrics_shard(2) };
+    for (int i = 0; i < 3; i++) {
+        mc_add(&s[i]->tokens[alice][TOKENS_PROMPT], 100u * (i + 1));   /* 600 */
+        mc_add(&s[i]->tokens[alice][TOKENS_COMPLETION], 10u * (i + 1)); /* 60 */
+        mc_add(&s[i]->ratelimited[bob][RL_REQUESTS - 1], 1);            /* 3 */
+    }
+    mc_add(&s[2]->tokens[bob][TOKENS_COMPLETION], 7);
+    mc_add(&s[0]->ratelimited[alice][RL_QUOTA - 1], 2);
+    mc_add(&s[1]->ratelimited[alice][RL_QUOTA - 1], 2);
+    mc_add(&s[1]->tokens[0][TOKENS_PROMPT], 11);        /* no key, or no slot left */
+    mc_add(&s[2]->ratelimited[0][RL_REQUESTS - 1], 1);
+    /* large values are not truncated */
+    mc_add(&s[0]->tokens[bob][TOKENS_PROMPT], UINT64_MAX / 2);
+    mc_add(&s[2]->tokens[bob][TOKENS_PROMPT], UINT64_MAX / 2);
+
+    char *text = metrics_text();
+    assert_line(text, "aigw_tokens_total{key=\"alice\",direction=\"prompt\"} 600");
+    assert_line(text, "aigw_tokens_total{key=\"alice\",direction=\"completion\"} 60");
+    assert_line(text, "aigw_tokens_total{key=\"bob\",direction=\"completion\"} 7");
+    assert_line(text, "aigw_tokens_total{key=\"bob\",direction=\"prompt\"} 18446744073709551614");
+    assert_line(text, "aigw_tokens_total{key=\"\",direction=\"prompt\"} 11");
+    assert_line(text, "aigw_ratelimited_total{key=\"bob\",limit=\"requests\"} 3");
+    assert_line(text, "aigw_ratelimited_total{key=\"alice\",limit=\"quota\"} 4");
+    assert_line(text, "aigw_ratelimited_total{key=\"\",limit=\"requests\"} 1");
+    cr_assert_eq(count_lines_with_prefix(text, "aigw_tokens_total{"), 5, "%s", text);
+    cr_assert_eq(count_lines_with_prefix(text, "aigw_ratelimited_total{"), 3, "%s", text);
+
+    /* order: by slot, then prompt before completion / requests, tokens, quota;
+     * key="" (slot 0) first */
+    const char *empty = strstr(text, "aigw_tokens_total{key=\"\",");
+    const char *ap = strstr(text, "aigw_tokens_total{key=\"alice\",direction=\"prompt\"}");
+    const char *ac = strstr(text, "aigw_tokens_total{key=\"alice\",direction=\"completion\"}");
+    const char *bp = strstr(text, "aigw_tokens_total{key=\"bob\",direction=\"prompt\"}");
+    cr_assert(empty < ap && ap < ac && ac < bp, "%s", text);
+    /* each family's series follow its own HELP/TYPE */
+    const char *tok_type = strstr(text, "# TYPE aigw_tokens_total counter\n");
+    const char *rl_type = strstr(text, "# TYPE aigw_ratelimited_total counter\n");
+    cr_assert(tok_type && rl_type && tok_type < empty && bp < rl_type);
+    cr_assert_lt(rl_type, strstr(text, "aigw_ratelimited_total{key="));
+    free(text);
+}
+
+Test(metrics, limit_labels_match_rl_limit_names)
+{
+    cr_assert_eq(metrics_init(1), 0);
+    int k = metrics_key_slot("k");
+    for (unsigned l = 0; l < METRICS_NLIMITS; l++)
+        mc_add(&metrics_shard(0)->ratelimited[k][l], l + 1);
+    char *text = metrics_text();
+    for (unsigned l = 0; l < METRICS_NLIMITS; l++) {
+        char line[128];
+        snprintf(line, sizeof line, "aigw_ratelimited_total{key=\"k\",limit=\"%s\"} %u",
+                 rl_limit_name((enum rl_limit)(l + 1)), l + 1);
+        assert_line(text, line);
+    }
+    free(text);
+}
+
+Test(metrics, key_label_values_are_escaped)
+{
+    cr_assert_eq(metrics_init(1), 0);
+    int k = metrics_key_slot("we\"ird\\key\nx");
+    int plain = metrics_key_slot("we");
+    cr_assert_gt(k, 0);
+    cr_assert_neq(k, plain);
+    mc_add(&metrics_shard(0)->tokens[k][TOKENS_PROMPT], 1);
+    mc_add(&metrics_shard(0)->ratelimited[k][RL_REQUESTS - 1], 2);
+    char *text = metrics_text();
+    assert_line(text, "aigw_tokens_total{key=\"we\\\"ird\\\\key\\nx\",direction=\"prompt\"} 1");
+    assert_line(text, "aigw_ratelimited_total{key=\"we\\\"ird\\\\key\\nx\",limit=\"requests\"} 2");
+    free(text);
+}
+
+Test(metrics, key_families_have_help_and_type_with_no_keys)
+{
+    cr_assert_eq(metrics_init(1), 0);
+    char *text = metrics_text();
+    assert_line(text, "# TYPE aigw_tokens_total counter");
+    assert_line(text, "# TYPE aigw_ratelimited_total counter");
+    cr_assert_not_null(strstr(text, "\n# HELP aigw_tokens_total "));
+    cr_assert_not_null(strstr(text, "\n# HELP aigw_ratelimited_total "));
     free(text);
 }
