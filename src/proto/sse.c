@@ -324,6 +324,41 @@ static void event_data(struct sse_scan *s, const char *p, size_t n)
     js_feed(&s->json, p, n);
 }
 
+static size_t common_start(const char *a, const char *b, size_t n)
+{
+    size_t i = 0;
+    while (i + 8 <= n && memcmp(a + i, b + i, 8) == 0)
+        i += 8;
+    while (i < n && a[i] == b[i])
+        i++;
+    return i;
+}
+
+/* The whole first data line of an event, p[0, n), in one piece: read with the
+ * memo of the previous event's start (see struct sse_scan). */
+static void event_first_line(struct sse_scan *s, const char *p, size_t n)
+{
+    size_t head = n < sizeof s->data_head ? n : sizeof s->data_head;
+    memcpy(s->data_head, p, head);
+    s->data_head_len = (uint8_t)head;
+    s->data_len = n;
+    size_t same = common_start(p, s->memo, n < s->memo_len ? n : s->memo_len);
+    if (s->snap_pos && same >= s->snap_pos) {
+        s->json = s->snap;
+        js_feed(&s->json, p + s->snap_pos, n - s->snap_pos);
+    } else if (same >= SSE_MEMO_MIN) {
+        js_feed(&s->json, p, same);
+        s->snap = s->json;
+        s->snap_pos = (uint16_t)same;
+        js_feed(&s->json, p + same, n - same);
+    } else {
+        s->snap_pos = 0;
+        js_feed(&s->json, p, n);
+    }
+    s->memo_len = (uint16_t)(n < SSE_MEMO ? n : SSE_MEMO);
+    memcpy(s->memo, p, s->memo_len);
+}
+
 /* A data line starts: lines of one event are joined with LF, as the spec says. */
 static void data_line(struct sse_scan *s)
 {
@@ -426,17 +461,28 @@ void sse_feed(struct sse_scan *s, const char *p, size_t n)
             }
             /* fall through */
         case SL_DATA: {
-            const char *q = p;
-            while (q < end && *q != '\r' && *q != '\n')
-                q++;
-            event_data(s, p, (size_t)(q - p));
+            const char *q = memchr(p, '\n', (size_t)(end - p));
+            if (!q)
+                q = end;
+            const char *cr = memchr(p, '\r', (size_t)(q - p));
+            if (cr)
+                q = cr;
+            /* a first data line seen whole can use the memo */
+            if (s->data_len == 0 && q < end)
+                event_first_line(s, p, (size_t)(q - p));
+            else
+                event_data(s, p, (size_t)(q - p));
             p = q;
             break;
         }
-        default: /* SL_SKIP */
-            while (p < end && *p != '\r' && *p != '\n')
-                p++;
+        default: { /* SL_SKIP */
+            const char *q = memchr(p, '\n', (size_t)(end - p));
+            if (!q)
+                q = end;
+            const char *cr = memchr(p, '\r', (size_t)(q - p));
+            p = cr ? cr : q;
             break;
+        }
         }
     }
 }

@@ -49,6 +49,9 @@ struct sse_json {
     uint64_t prompt, completion;
 };
 
+#define SSE_MEMO 256        /* bytes of the previous event's start remembered */
+#define SSE_MEMO_MIN 16     /* shorter common starts are not worth a snapshot */
+
 struct sse_scan {
     /* results, valid at any time */
     bool done;                  /* "data: [DONE]" seen */
@@ -67,6 +70,16 @@ struct sse_scan {
     char data_head[8];          /* the first bytes of the event's data, to spot "[DONE]" */
     uint64_t data_len;
     struct sse_json json;
+
+    /* Servers repeat the same start in every event ({"id":...,"object":...,
+     * "created":...,"model":...,"choices":[{"index":0,"delta":{"content":"): the
+     * tokenizer's state after the start the last two events shared is kept, and
+     * an event that starts with those bytes resumes from it instead of reading
+     * them again. The state machine is deterministic, so results are identical. */
+    uint16_t memo_len;          /* bytes in memo: the last event's first data bytes */
+    uint16_t snap_pos;          /* 0: no snapshot; else snap is the state after memo[0, snap_pos) */
+    char memo[SSE_MEMO];
+    struct sse_json snap;
 };
 
 void sse_init(struct sse_scan *s);

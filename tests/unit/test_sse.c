@@ -275,8 +275,9 @@ Test(sse, huge_tool_call_event_is_scanned_not_buffered)
     cr_expect_eq(whole.completion, 4000);
     cr_expect_eq(whole.content_events, 1);
 
-    /* the struct is all the state there is: small, whatever the event size */
-    cr_expect_leq(sizeof(struct sse_scan), 256);
+    /* the struct is all the state there is (with the memo of an event's start):
+     * bounded, whatever the event size */
+    cr_expect_leq(sizeof(struct sse_scan), 640);
 
     struct sse_scan s;
     sse_init(&s);
@@ -395,4 +396,38 @@ Test(sse, usage_from_json_absent_or_garbage)
     const char *huge = "{\"usage\":{\"prompt_tokens\":99999999999999999999999,\"completion_tokens\":1}}";
     cr_assert_eq(sse_usage_from_json(huge, strlen(huge), &prompt, &completion), 0);
     cr_expect_eq(prompt, UINT64_MAX);
+}
+
+/* The memo of the previous event's start resumes the tokenizer mid-event; the
+ * events below share starts that end inside a number, a key, a string with
+ * content pending, an escape, and right before a usage object. Read whole
+ * (memo), byte by byte (no memo) and split everywhere, the counts must agree. */
+Test(sse, memo_of_a_shared_event_start_changes_nothing)
+{
+    static const char stream[] =
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1718000001,\"choices\":[{\"index\":0,"
+        "\"delta\":{\"content\":\"\"}}]}\n\n"
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1718000001,\"choices\":[{\"index\":0,"
+        "\"delta\":{\"content\":\"a\"}}]}\n\n"
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1718000002,\"choices\":[{\"index\":0,"
+        "\"delta\":{\"content\":\"\"}}]}\n\n"
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1718000002,\"choices\":[{\"index\":0,"
+        "\"delta\":{\"content\":\"\\\"q\"}}]}\n\n"
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1718000002,\"choices\":[{\"index\":0,"
+        "\"delta\":{\"contents\":\"not content\"}}]}\n\n"
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1718000002,\"choices\":[{\"index\":0,"
+        "\"delta\":{}},{\"index\":1,\"delta\":{\"content\":\"second choice\"}}]}\n\n"
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1718000002,\"choices\":[],"
+        "\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":3}}\n\n"
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1718000002,\"choices\":[],"
+        "\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":4}}\n\n"
+        "data: [DONE]\n\n";
+    struct sset_result r = sset_scan_all_ways(stream);
+    cr_expect(r.done);
+    cr_expect(r.has_usage);
+    cr_expect_eq(r.prompt, 12);
+    cr_expect_eq(r.completion, 4);
+    /* "a" and "\"q" in choices[0]: the empty ones, "contents" and choices[1] are not content */
+    cr_expect_eq(r.content_events, 2);
+    cr_expect_eq(r.events, 9);
 }
