@@ -206,57 +206,85 @@ size_t admission_headers(const struct conn *c, char *buf, size_t cap)
 
 /* ---- usage ---- */
 
+static struct usage_meter *meter_get(struct shard *sh)
+{
+    struct usage_meter *m = sh->free_meters;
+    if (m) {
+        sh->free_meters = m->next_free;
+        return m;
+    }
+    return malloc(sizeof *m);   /* the free list grows to the shard's peak of metered responses */
+}
+
+static void meter_put(struct shard *sh, struct usage_meter *m)
+{
+    if (!m)
+        return;
+    m->next_free = sh->free_meters;
+    sh->free_meters = m;
+}
+
 void admission_meter_start(struct conn *c, int status)
 {
     c->meter = METER_NONE;
     if (!c->ai || status < 200 || status > 299)
         return;
+    if (!c->usage)
+        c->usage = meter_get(c->sh);
+    if (!c->usage) {
+        c->tee_failed = true;   /* unmetered: settled at its reservation */
+        return;
+    }
     if (c->stream) {
         c->meter = METER_SSE;
-        sse_init(&c->usage.sse);
+        sse_init(&c->usage->sse);
     } else {
         c->meter = METER_JSON;
-        sse_json_init(&c->usage.json);
+        sse_json_init(&c->usage->json);
     }
 }
 
 void admission_meter(struct conn *c, const char *p, size_t n)
 {
     if (c->meter == METER_SSE)
-        sse_feed(&c->usage.sse, p, n);
+        sse_feed(&c->usage->sse, p, n);
     else if (c->meter == METER_JSON)
-        sse_json_feed(&c->usage.json, p, n);
+        sse_json_feed(&c->usage->json, p, n);
 }
 
 /* What the request used: the response's usage when it had one. A stream
- * without a usage chunk generated about one token per content event; a
- * non-streamed answer without usage (or whose bytes could not all be read) is
- * charged what was reserved; no successful response, nothing generated. */
+ * without a usage chunk generated about one token per content event; a 2xx
+ * answer without usage (or whose bytes could not all be read) is charged what
+ * was reserved; no successful response, nothing generated. */
 static void usage_of(struct conn *c, uint64_t *prompt, uint64_t *completion)
 {
     *prompt = c->prompt_estimate;
     *completion = 0;
     bool complete = !c->tee_failed;
+    uint64_t reserved_completion = c->ticket.tokens > *prompt ? c->ticket.tokens - *prompt : 0;
     if (c->meter == METER_SSE) {
-        sse_finish(&c->usage.sse);
-        if (c->usage.sse.has_usage && complete) {
-            *prompt = c->usage.sse.prompt_tokens;
-            *completion = c->usage.sse.completion_tokens;
-        } else if (c->usage.sse.has_usage || !complete) {
-            *completion = c->ticket.tokens > *prompt ? c->ticket.tokens - *prompt : 0;
+        struct sse_scan *s = &c->usage->sse;
+        sse_finish(s);
+        if (s->has_usage && complete) {
+            *prompt = s->prompt_tokens;
+            *completion = s->completion_tokens;
+        } else if (s->has_usage || !complete) {
+            *completion = reserved_completion;
         } else {
-            *completion = c->usage.sse.content_events;
+            *completion = s->content_events;
         }
     } else if (c->meter == METER_JSON) {
         uint64_t p, q;
-        if (complete && c->resp_done && sse_json_usage(&c->usage.json, &p, &q) == 0) {
+        if (complete && c->resp_done && sse_json_usage(&c->usage->json, &p, &q) == 0) {
             *prompt = p;
             *completion = q;
         } else if (c->admitted) {
-            *completion = c->ticket.tokens > *prompt ? c->ticket.tokens - *prompt : 0;
+            *completion = reserved_completion;
         }
     } else if (!c->resp_started || c->status < 200 || c->status > 299) {
         *prompt = 0;    /* refused, failed or answered by aigw: nothing was generated */
+    } else if (c->admitted) {
+        *completion = reserved_completion;     /* a 2xx that could not be metered */
     }
 }
 
@@ -269,6 +297,8 @@ void admission_settle(struct conn *c)
     c->tokens_in = prompt;
     c->tokens_out = completion;
     c->meter = METER_NONE;
+    meter_put(c->sh, c->usage);
+    c->usage = NULL;
     struct gen *g = c->sg->g;
     struct shard *sh = c->sh;
     int slot = c->key >= 0 && g->key_metric_slot ? g->key_metric_slot[c->key] : 0;

@@ -123,6 +123,7 @@ enum conn_state {
 enum timer_phase { T_HEADER, T_KEEPALIVE, T_CONNECT, T_FIRST_BYTE, T_IDLE };
 
 struct upconn;
+struct usage_meter;
 
 struct conn {
     struct shard *sh;
@@ -207,11 +208,18 @@ struct conn {
     uint64_t prompt_estimate;
     uint64_t tokens_in, tokens_out; /* counted when the request settled */
     struct rl_ticket ticket;
+    struct usage_meter *usage;      /* while a 2xx AI response is metered */
+} __attribute__((aligned(16)));
+
+/* The usage scanner's state for one response: taken from the shard's free list
+ * only while a response is metered, so idle connections do not carry it. */
+struct usage_meter {
+    struct usage_meter *next_free;
     union {
         struct sse_scan sse;
         struct sse_json json;
-    } usage;
-} __attribute__((aligned(16)));
+    };
+};
 
 enum upconn_state { UP_CONNECTING, UP_BUSY, UP_IDLE, UP_CLOSING, UP_FREE };
 
@@ -268,6 +276,7 @@ struct shard {
     unsigned xbufs_out;
     struct pipe_pair *free_pipes;
     unsigned npipes;
+    struct usage_meter *free_meters;
 
     uint64_t rng[2];                /* request ids */
     uint64_t realtime_offset_us;    /* CLOCK_REALTIME - CLOCK_MONOTONIC, for log timestamps */
