@@ -366,8 +366,9 @@ static void send_models(struct conn *c, struct slice path)
     ssize_t blen = admission_models_body(c, path, NULL, 0);
     if (blen < 0) {
         char msg[300];
+        size_t id_len = path.len - sizeof "/v1/models/" + 1;   /* a model path has an id */
         snprintf(msg, sizeof msg, "The model `%.*s` does not exist or you do not have access to it",
-                 (int)(path.len > 200 ? 200 : path.len - 11), path.p + 11);
+                 (int)(id_len > 200 ? 200 : id_len), path.p + path.len - id_len);
         conn_send_error(c, 404, "invalid_request_error", "model_not_found", msg);
         return;
     }
@@ -381,6 +382,10 @@ static void send_models(struct conn *c, struct slice path)
         return;
     }
     size_t hlen = http_write_json_head(c->out->data, c->out->cap, 200, (size_t)blen, c->keep_alive, ex);
+    if (hlen == 0) {
+        conn_close(c);
+        return;
+    }
     admission_models_body(c, path, c->out->data + hlen, c->out->cap - hlen);
     c->out->off = 0;
     c->out->len = (uint32_t)(hlen + (size_t)blen);
