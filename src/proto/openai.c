@@ -143,6 +143,33 @@ struct jstr {
     bool escaped;
 };
 
+/* The prompt's start, hashed for prefix-affine routing: FNV-1a over the raw
+ * (still escaped) bytes of the prompt strings in document order, each followed
+ * by a 0x1f separator, up to OPENAI_PREFIX_BYTES. */
+struct prefix_hash {
+    uint64_t h;
+    size_t left;
+    bool any;
+};
+
+static void prefix_add(struct prefix_hash *ph, const char *p, size_t n)
+{
+    if (!ph->left)
+        return;
+    ph->any = true;
+    if (n > ph->left)
+        n = ph->left;
+    uint64_t h = ph->h;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (uint8_t)p[i]) * 0x100000001b3ULL;
+    ph->left -= n;
+    if (ph->left) {
+        h = (h ^ 0x1f) * 0x100000001b3ULL;
+        ph->left--;
+    }
+    ph->h = h;
+}
+
 /* A scanned number. value is exact only when integer && !big. */
 struct jnum {
     bool negative, integer, big;
@@ -643,6 +670,8 @@ int openai_parse_request(const char *body, size_t len, struct openai_request *ou
     bool message_has_content = false;
     bool part_has_type = false, part_has_text = false, part_is_text = false;
     uint64_t part_text_bytes = 0;
+    struct slice part_text = { NULL, 0 };
+    struct prefix_hash prefix = { 0xcbf29ce484222325ULL, OPENAI_PREFIX_BYTES, false };
     bool options_have_include_usage = false;
 
     bool has_max_tokens = false, has_max_completion_tokens = false;
@@ -660,6 +689,7 @@ int openai_parse_request(const char *body, size_t len, struct openai_request *ou
     out->prompt_bytes = 0;
     out->prompt_token_ids = 0;
     out->prompt_tokens_estimate = 0;
+    out->prefix_hash = 0;
     out->error_offset = 0;
     out->error[0] = 0;
 
@@ -816,9 +846,11 @@ value:
             case V_PROMPT:
             case V_PROMPT_ITEM:
                 out->prompt_bytes += s.decoded;
+                prefix_add(&prefix, s.p, s.len);
                 break;
             case V_PART_TEXT:
                 part_text_bytes = s.decoded;
+                part_text = (struct slice){ s.p, s.len };
                 break;
             case V_PART_TYPE:
                 part_is_text = str_is(&s, "text", 4);
@@ -903,6 +935,7 @@ value:
             } else if (frame == F_PART) {
                 part_has_type = part_has_text = part_is_text = false;
                 part_text_bytes = 0;
+                part_text = (struct slice){ NULL, 0 };
             } else if (frame == F_STREAM_OPTIONS) {
                 options_have_include_usage = false;
             }
@@ -940,8 +973,10 @@ after_value:
 
 close:
     frame = stack[--depth];
-    if (frame == F_PART && part_is_text)
+    if (frame == F_PART && part_is_text) {
         out->prompt_bytes += part_text_bytes;
+        prefix_add(&prefix, part_text.p, part_text.len);
+    }
     if (depth > 0)
         goto after_value;
 
@@ -983,6 +1018,8 @@ close:
                                   out->prompt_token_ids;
     if (out->prompt_tokens_estimate == 0)
         out->prompt_tokens_estimate = 1;
+    if (prefix.any)
+        out->prefix_hash = prefix.h ? prefix.h : 1;
     return OPENAI_OK;
 
 eof:

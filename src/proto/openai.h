@@ -17,6 +17,7 @@
 #define OPENAI_MAX_TOP_KEYS 128     /* distinct top-level keys (there are ~40 real ones) */
 #define OPENAI_MAX_TOKENS_LIMIT (UINT64_C(1) << 53)   /* largest max_tokens accepted */
 #define OPENAI_MAX_MODEL_LEN 256    /* decoded bytes; model names go into logs and labels */
+#define OPENAI_PREFIX_BYTES 256     /* prompt bytes prefix_hash covers (about four KV-cache blocks) */
 
 enum openai_status {
     OPENAI_OK = 0,
@@ -35,6 +36,7 @@ struct openai_request {
     uint64_t prompt_bytes;          /* decoded UTF-8 bytes of prompt text, see below */
     uint64_t prompt_token_ids;      /* integers in "prompt"/"input" given as token ids */
     uint64_t prompt_tokens_estimate;/* see below; >= 1 */
+    uint64_t prefix_hash;           /* the prompt's start, for prefix-affine routing; 0: no prompt text */
     size_t error_offset;            /* OPENAI_BAD: byte of body where the problem was found */
     char error[120];                /* OPENAI_BAD: the message *why points to */
 };
@@ -79,7 +81,13 @@ struct openai_request {
  * prompt_tokens_estimate = ceil(prompt_bytes / 4) + 4 * message_count
  *                          + prompt_token_ids, at least 1
  * (about 4 bytes per token for English text, plus per-message framing, after
- * OpenAI's cookbook). It is an admission estimate; the real count comes from usage. */
+ * OpenAI's cookbook). It is an admission estimate; the real count comes from usage.
+ *
+ * prefix_hash: FNV-1a of the first OPENAI_PREFIX_BYTES of the same prompt strings
+ * (raw JSON bytes, escapes as sent, in document order, each followed by a 0x1f
+ * separator). Requests whose prompts start alike (a shared system prompt, a
+ * conversation's earlier turns) hash alike, so a prefix balancer can send them
+ * where the engine's prefix cache holds that start. */
 int openai_parse_request(const char *body, size_t len, struct openai_request *out,
                          const char **why);
 

@@ -649,3 +649,45 @@ Test(openai, perf_2k_chat_body)
     fprintf(stderr, "openai: %d-byte chat body, %u short messages: %.0f ns/parse (%.2f GB/s)\n",
             m, oa_req.message_count, ns, m / ns);
 }
+
+/* prefix_hash: prompts that start alike hash alike, whatever follows past the
+ * covered bytes; a different start, an image part or no prompt does not. */
+Test(openai, prefix_hash_follows_the_prompt_start)
+{
+    char sys[400];
+    memset(sys, 'S', 300);
+    sys[300] = 0;
+    char a[1024], b[1024];
+    snprintf(a, sizeof a, "{\"model\":\"m\",\"messages\":[{\"role\":\"system\",\"content\":\"%s\"},"
+             "{\"role\":\"user\",\"content\":\"first question\"}]}", sys);
+    snprintf(b, sizeof b, "{\"model\":\"m\",\"messages\":[{\"role\":\"system\",\"content\":\"%s\"},"
+             "{\"role\":\"user\",\"content\":\"another one\"}],\"stream\":true}", sys);
+    cr_assert_eq(oa_parse(a), OPENAI_OK);
+    uint64_t ha = oa_req.prefix_hash;
+    cr_assert_neq(ha, 0);
+    cr_assert_eq(oa_parse(b), OPENAI_OK);
+    cr_expect_eq(oa_req.prefix_hash, ha, "a shared 300-byte system prompt is the whole covered start");
+
+    /* short prompts: the covered start includes the user's text */
+    cr_assert_eq(oa_parse("{\"model\":\"m\",\"messages\":[{\"role\":\"system\",\"content\":\"Be brief.\"},"
+                          "{\"role\":\"user\",\"content\":\"hi\"}]}"), OPENAI_OK);
+    uint64_t h1 = oa_req.prefix_hash;
+    cr_assert_eq(oa_parse("{\"model\":\"m\",\"messages\":[{\"role\":\"system\",\"content\":\"Be brief.\"},"
+                          "{\"role\":\"user\",\"content\":\"ho\"}]}"), OPENAI_OK);
+    cr_expect_neq(oa_req.prefix_hash, h1);
+    /* string boundaries count: "ab","c" is not "a","bc" */
+    cr_assert_eq(oa_parse("{\"model\":\"m\",\"prompt\":[\"ab\",\"c\"]}"), OPENAI_OK);
+    uint64_t h2 = oa_req.prefix_hash;
+    cr_assert_eq(oa_parse("{\"model\":\"m\",\"prompt\":[\"a\",\"bc\"]}"), OPENAI_OK);
+    cr_expect_neq(oa_req.prefix_hash, h2);
+    /* a text part counts like content; an image part does not */
+    cr_assert_eq(oa_parse("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}"), OPENAI_OK);
+    uint64_t h3 = oa_req.prefix_hash;
+    cr_assert_eq(oa_parse("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":["
+                          "{\"type\":\"image_url\",\"image_url\":{\"url\":\"x\"}},{\"type\":\"text\",\"text\":\"hi\"}]}]}"),
+                 OPENAI_OK);
+    cr_expect_eq(oa_req.prefix_hash, h3);
+    /* no prompt text at all */
+    cr_assert_eq(oa_parse("{\"model\":\"m\",\"messages\":[]}"), OPENAI_OK);
+    cr_expect_eq(oa_req.prefix_hash, 0);
+}
