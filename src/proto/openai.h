@@ -83,7 +83,7 @@ struct openai_request {
  * (about 4 bytes per token for English text, plus per-message framing, after
  * OpenAI's cookbook). It is an admission estimate; the real count comes from usage.
  *
- * prefix_hash: FNV-1a of the first OPENAI_PREFIX_BYTES of the same prompt strings
+ * prefix_hash: a 64-bit hash of the first OPENAI_PREFIX_BYTES of the same prompt strings
  * (raw JSON bytes, escapes as sent, in document order, each followed by a 0x1f
  * separator). Requests whose prompts start alike (a shared system prompt, a
  * conversation's earlier turns) hash alike, so a prefix balancer can send them
