@@ -42,15 +42,55 @@ static void tier_limits(const struct cfg_tier *t, struct rl_limits *lim)
     lim->daily_tokens = t->daily_tokens;
 }
 
-/* The previous generation's key of the same NAME, or -1. */
-static int find_key(const struct gen *g, const char *name)
+/* The previous generation's keys by NAME: an open-addressing table built once
+ * per reload (control plane), so a reload of 100k keys stays linear. */
+struct name_index {
+    const struct keyring *ring;
+    int32_t *slot;          /* key index, -1 empty */
+    size_t mask;
+};
+
+static uint64_t name_hash(const char *s)
 {
-    if (!g || !g->cfg->keys.ring)
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (; *s; s++)
+        h = (h ^ (uint8_t)*s) * 0x100000001b3ULL;
+    return h;
+}
+
+static bool name_index_build(struct name_index *ix, const struct gen *g)
+{
+    ix->ring = g ? g->cfg->keys.ring : NULL;
+    ix->slot = NULL;
+    ix->mask = 0;
+    unsigned n = keyring_count(ix->ring);
+    if (!n || !g->rl_global)
+        return true;
+    size_t size = 16;
+    while (size < (size_t)n * 2)
+        size *= 2;
+    ix->slot = malloc(size * sizeof *ix->slot);
+    if (!ix->slot)
+        return false;
+    ix->mask = size - 1;
+    for (size_t i = 0; i < size; i++)
+        ix->slot[i] = -1;
+    for (unsigned k = 0; k < n; k++) {
+        size_t i = name_hash(keyring_entry(ix->ring, k)->name) & ix->mask;
+        while (ix->slot[i] >= 0)
+            i = (i + 1) & ix->mask;
+        ix->slot[i] = (int32_t)k;
+    }
+    return true;
+}
+
+static int name_index_find(const struct name_index *ix, const char *name)
+{
+    if (!ix->slot)
         return -1;
-    unsigned n = keyring_count(g->cfg->keys.ring);
-    for (unsigned i = 0; i < n; i++)
-        if (strcmp(keyring_entry(g->cfg->keys.ring, i)->name, name) == 0)
-            return (int)i;
+    for (size_t i = name_hash(name) & ix->mask; ix->slot[i] >= 0; i = (i + 1) & ix->mask)
+        if (strcmp(keyring_entry(ix->ring, (unsigned)ix->slot[i])->name, name) == 0)
+            return ix->slot[i];
     return -1;
 }
 
@@ -74,18 +114,22 @@ int admission_gen_init(struct gen *g, const struct gen *prev, char *err, size_t 
         rl_local_init(&g->rl_local[i]);
     uint64_t now_ns = monotonic_ns();
     int64_t now_unix = (int64_t)time(NULL);
-    /* A name lookup over the old generation per key: quadratic, but only at a
-     * reload, and 10k keys take a fraction of a second. */
+    struct name_index before;
+    if (!name_index_build(&before, prev)) {
+        snprintf(err, errlen, "%s: out of memory for %u keys", cfg->path, n);
+        return -1;
+    }
     for (unsigned k = 0; k < n; k++) {
         const struct key_entry *e = keyring_entry(cfg->keys.ring, k);
         struct rl_limits lim;
         tier_limits(key_tier(cfg, k), &lim);
         rl_global_init(&g->rl_global[k], &lim, g->nshards, now_ns);
-        int old = find_key(prev, e->name);
-        if (old >= 0 && prev->rl_global)
+        int old = name_index_find(&before, e->name);
+        if (old >= 0)
             rl_global_inherit(&g->rl_global[k], &prev->rl_global[old], now_ns, now_unix);
         g->key_metric_slot[k] = metrics_key_slot(e->name);
     }
+    free(before.slot);
     return 0;
 }
 

@@ -53,6 +53,8 @@ static char *backend_names[METRICS_MAX_BACKENDS];
 static bool backend_live[METRICS_MAX_BACKENDS];
 static unsigned nbackends;
 static char **key_names;            /* [key_capacity]; slot 0 is "" */
+static uint32_t *key_index;         /* open addressing over names: slot, 0 empty; 2 x capacity */
+static size_t key_index_mask;
 static unsigned nkeys = 1;
 static unsigned key_capacity = METRICS_MIN_KEYS;
 static bool key_overflow_logged;
@@ -94,11 +96,18 @@ int metrics_init(unsigned n)
     size_t per_shard = (sizeof(mcounter) * (2 + METRICS_NLIMITS) * key_capacity + 63) / 64 * 64;
     char *keys = aligned_alloc(64, per_shard * n);
     key_names = calloc(key_capacity, sizeof *key_names);
-    if (!keys || !key_names) {
+    size_t index_size = 16;
+    while (index_size < (size_t)key_capacity * 2)
+        index_size *= 2;
+    key_index = calloc(index_size, sizeof *key_index);
+    key_index_mask = index_size - 1;
+    if (!keys || !key_names || !key_index) {
         free(s);
         free(keys);
         free(key_names);
+        free(key_index);
         key_names = NULL;
+        key_index = NULL;
         pthread_mutex_unlock(&registry_mu);
         errno = ENOMEM;
         return -1;
@@ -159,15 +168,23 @@ int metrics_key_slot(const char *name)
         return 0;   /* "" is slot 0's own label */
     pthread_mutex_lock(&registry_mu);
     int slot = 0;
-    for (unsigned i = 1; key_names && i < nkeys; i++)
-        if (strcmp(key_names[i], name) == 0) {
-            slot = (int)i;
-            break;
-        }
-    if (slot == 0 && key_names && nkeys < key_capacity) {
+    size_t at = 0;
+    if (key_index) {
+        uint64_t h = 0xcbf29ce484222325ULL;
+        for (const char *q = name; *q; q++)
+            h = (h ^ (uint8_t)*q) * 0x100000001b3ULL;
+        /* reloads look up every key of the file: a hash, not a scan */
+        for (at = h & key_index_mask; key_index[at]; at = (at + 1) & key_index_mask)
+            if (strcmp(key_names[key_index[at]], name) == 0) {
+                slot = (int)key_index[at];
+                break;
+            }
+    }
+    if (slot == 0 && key_index && nkeys < key_capacity) {
         char *copy = strdup(name);
         if (copy) {
             key_names[nkeys] = copy;
+            key_index[at] = nkeys;
             slot = (int)nkeys++;
         }
     }
