@@ -24,7 +24,7 @@ struct cfg_addr {
     int line;                   /* where it was configured */
 };
 
-enum balance_kind { BALANCE_ROUND_ROBIN, BALANCE_LEAST_OUTSTANDING };
+enum balance_kind { BALANCE_ROUND_ROBIN, BALANCE_LEAST_OUTSTANDING, BALANCE_CAPACITY, BALANCE_PREFIX };
 
 struct cfg_backend {
     struct cfg_addr addr;

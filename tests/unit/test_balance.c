@@ -380,3 +380,643 @@ Test(split, each_route_state_is_independent)
     for (int i = 0; i < 3; i++)
         cr_assert_eq(seq_b[i], seq_a[i], "state b follows its own sequence");
 }
+
+/* ---- balance_pick_load: capacity, prefix, and the old kinds from views ---- */
+
+/* n backends, up, weight 1, no limit, engine idle and known */
+static void bv_idle(struct backend_view *v, unsigned n)
+{
+    memset(v, 0, n * sizeof *v);
+    for (unsigned i = 0; i < n; i++) {
+        v[i].up = true;
+        v[i].weight = 1;
+        v[i].waiting = 0;
+        v[i].running = 0;
+        v[i].kv_usage = 0.0f;
+    }
+}
+
+static void bv_unknown(struct backend_view *b)
+{
+    b->waiting = BALANCE_UNKNOWN;
+    b->running = BALANCE_UNKNOWN;
+    b->kv_usage = -1.0f;
+}
+
+static void bst_init(struct balance_state *s, unsigned n, uint64_t seed)
+{
+    cr_assert_eq(balance_state_init(s, n), 0);
+    balance_state_seed(s, seed);
+}
+
+/* a small deterministic generator for the tests' own choices */
+static uint64_t tst_rng = 88172645463325252ull;
+static unsigned tst_below(unsigned m)
+{
+    tst_rng ^= tst_rng << 13;
+    tst_rng ^= tst_rng >> 7;
+    tst_rng ^= tst_rng << 17;
+    return (unsigned)(tst_rng % m);
+}
+
+Test(balance_load, old_kinds_pick_exactly_as_balance_pick)
+{
+    static const unsigned weights[] = { 3, 1, 2, 1, 5, 1 };
+    enum { N = 6 };
+    struct cfg_backend b[N];
+    balt_backends(b, weights, N);
+    for (int kind = BALANCE_ROUND_ROBIN; kind <= BALANCE_LEAST_OUTSTANDING; kind++) {
+        struct balance_state sa, sb;
+        bst_init(&sa, N, 1);
+        bst_init(&sb, N, 2);
+        uint32_t outstanding[N] = { 0 };
+        bool up[N];
+        struct backend_view v[N];
+        bv_idle(v, N);
+        for (int step = 0; step < 5000; step++) {
+            unsigned max = step % 500 < 250 ? 8 : 0;
+            for (unsigned i = 0; i < N; i++) {
+                up[i] = tst_below(10) != 0;
+                outstanding[i] = tst_below(10);
+                v[i] = (struct backend_view){ .outstanding = outstanding[i], .max_outstanding = max,
+                                              .weight = weights[i], .up = up[i],
+                                              .waiting = (int32_t)tst_below(30) - 5,
+                                              .running = (int32_t)tst_below(30) - 5,
+                                              .kv_usage = (float)tst_below(100) / 100.0f };
+            }
+            int ka = balance_pick((enum balance_kind)kind, &sa, b, N, outstanding, up, max);
+            int kb = balance_pick_load((enum balance_kind)kind, &sb, v, N, 12345);
+            cr_assert_eq(ka, kb, "kind %d step %d: balance_pick %d, balance_pick_load %d",
+                         kind, step, ka, kb);
+        }
+        balance_state_free(&sa);
+        balance_state_free(&sb);
+    }
+}
+
+Test(balance_load, new_kinds_through_balance_pick_are_least_outstanding)
+{
+    static const unsigned weights[] = { 1, 1, 1, 1 };
+    struct cfg_backend b[4];
+    balt_backends(b, weights, 4);
+    struct balance_state sl, sc;
+    bst_init(&sl, 4, 1);
+    bst_init(&sc, 4, 1);
+    uint32_t outstanding[4] = { 3, 3, 9, 3 };
+    for (int kind = BALANCE_CAPACITY; kind <= BALANCE_PREFIX; kind++)
+        for (int i = 0; i < 50; i++)
+            cr_assert_eq(balance_pick((enum balance_kind)kind, &sc, b, 4, outstanding, NULL, 64),
+                         balance_pick(BALANCE_LEAST_OUTSTANDING, &sl, b, 4, outstanding, NULL, 64));
+    balance_state_free(&sl);
+    balance_state_free(&sc);
+}
+
+Test(balance_load, saturated_gets_nothing_while_another_has_room)
+{
+    enum { N = 3 };
+    struct backend_view v[N];
+    struct balance_state s;
+    bst_init(&s, N, 7);
+    for (int why = 0; why < 2; why++) {
+        bv_idle(v, N);
+        /* backend 1 is the least loaded by aigw's count, but saturated */
+        v[0].outstanding = 20; v[0].running = 20; v[0].kv_usage = 0.6f;
+        v[1].outstanding = 1;  v[1].running = 1;
+        v[2].outstanding = 30; v[2].running = 16; v[2].waiting = 14; v[2].kv_usage = 0.85f;
+        if (why == 0)
+            v[1].kv_usage = 0.93f;              /* KV cache nearly full */
+        else
+            v[1].waiting = 17;                  /* a long queue */
+        unsigned count[N] = { 0 };
+        for (int i = 0; i < 1000; i++) {
+            int k = balance_pick_load(BALANCE_CAPACITY, &s, v, N, 0);
+            cr_assert(k >= 0 && k < N);
+            count[k]++;
+        }
+        cr_expect_eq(count[1], 0, "why %d: the saturated backend got %u picks", why, count[1]);
+        cr_expect_gt(count[0], count[2], "why %d: 0 has more room than 2", why);
+
+        /* every one saturated: the best score among them, and 1 has by far the least */
+        v[0].kv_usage = 0.95f;
+        v[2].waiting = 40;
+        memset(count, 0, sizeof count);
+        for (int i = 0; i < 1000; i++)
+            count[balance_pick_load(BALANCE_CAPACITY, &s, v, N, 0)]++;
+        cr_expect_gt(count[1], 600, "why %d: all saturated: 1 got %u", why, count[1]);
+        cr_expect_eq(count[0] + count[1] + count[2], 1000);
+    }
+    /* the thresholds are the state's */
+    bv_idle(v, 2);
+    v[0].kv_usage = 0.85f;
+    v[1].kv_usage = 0.5f;
+    v[1].outstanding = 10;
+    cr_expect_eq(balance_pick_load(BALANCE_CAPACITY, &s, v, 2, 0), 0, "0.85 is not saturated");
+    s.tune.kv_saturated = 0.8f;
+    cr_expect_eq(balance_pick_load(BALANCE_CAPACITY, &s, v, 2, 0), 1, "0.85 > 0.8: saturated");
+    balance_state_free(&s);
+}
+
+Test(balance_load, max_outstanding_and_down_are_never_picked)
+{
+    enum { N = 4 };
+    struct backend_view v[N];
+    struct balance_state s;
+    bst_init(&s, N, 3);
+    bv_idle(v, N);
+    v[0].outstanding = 8; v[0].max_outstanding = 8;      /* full: the only known-idle engine */
+    v[1].outstanding = 0; v[1].up = false;               /* down: the least loaded */
+    v[2].outstanding = 30; v[2].waiting = 5; v[2].kv_usage = 0.8f;
+    v[3].outstanding = 31; v[3].waiting = 5; v[3].kv_usage = 0.8f; v[3].max_outstanding = 40;
+    for (int kind = BALANCE_ROUND_ROBIN; kind <= BALANCE_PREFIX; kind++) {
+        unsigned count[N] = { 0 };
+        for (uint64_t i = 0; i < 2000; i++) {
+            int k = balance_pick_load((enum balance_kind)kind, &s, v, N, i * 0x9e3779b97f4a7c15ull);
+            cr_assert(k >= 0 && k < N);
+            count[k]++;
+        }
+        cr_expect_eq(count[0], 0, "kind %d: at max_outstanding", kind);
+        cr_expect_eq(count[1], 0, "kind %d: down", kind);
+        cr_expect_gt(count[2], 0, "kind %d", kind);
+    }
+    /* nothing left: -1 from every kind */
+    v[2].up = false;
+    v[3].outstanding = 40;
+    for (int kind = BALANCE_ROUND_ROBIN; kind <= BALANCE_PREFIX; kind++) {
+        cr_expect_eq(balance_pick_load((enum balance_kind)kind, &s, v, N, 0), -1, "kind %d", kind);
+        cr_expect_eq(balance_pick_load((enum balance_kind)kind, &s, v, N, 42), -1, "kind %d", kind);
+        cr_expect_eq(balance_pick_load((enum balance_kind)kind, &s, v, 0, 42), -1, "kind %d", kind);
+    }
+    /* max_outstanding 0: no limit */
+    v[3].max_outstanding = 0;
+    cr_expect_eq(balance_pick_load(BALANCE_CAPACITY, &s, v, N, 0), 3);
+    cr_expect_eq(balance_pick_load(BALANCE_PREFIX, &s, v, N, 42), 3);
+    balance_state_free(&s);
+
+    struct balance_state empty;
+    bst_init(&empty, 0, 1);
+    bv_idle(v, N);
+    cr_expect_eq(balance_pick_load(BALANCE_CAPACITY, &empty, v, N, 0), -1,
+                 "a state made for 0 backends picks none");
+    balance_state_free(&empty);
+}
+
+/* The rule: an unknown waiting or kv_usage is taken as the worst known value of that
+ * field among the candidates (0 if none is known); on an equal score the backend
+ * with fewer unknown fields wins. So unknown load is never better than the worst
+ * known load, and never wins a tie against a known one. */
+Test(balance_load, unknown_metrics_are_not_idle)
+{
+    struct backend_view v[3];
+    struct balance_state s;
+    bst_init(&s, 3, 11);
+
+    /* same outstanding; 0's metrics are stale, 1 is known idle */
+    bv_idle(v, 2);
+    v[0].outstanding = v[1].outstanding = 3;
+    v[1].running = 3;
+    bv_unknown(&v[0]);
+    for (int i = 0; i < 100; i++)
+        cr_assert_eq(balance_pick_load(BALANCE_CAPACITY, &s, v, 2, 0), 1);
+    /* only kv unknown is enough to lose the tie */
+    bv_idle(v, 2);
+    v[0].kv_usage = __builtin_nanf("");
+    for (int i = 0; i < 100; i++)
+        cr_assert_eq(balance_pick_load(BALANCE_CAPACITY, &s, v, 2, 0), 1);
+
+    /* the unknown one is assumed as loaded as the worst known one (queue 6,
+     * 10 running, KV 0.8): it loses to a known idle one, and ties with (so loses
+     * to) the busy one itself. Pairs, as power of two choices compares them. */
+    bv_idle(v, 3);
+    bv_unknown(&v[0]);
+    v[1].waiting = 6; v[1].running = 10; v[1].kv_usage = 0.8f; v[1].outstanding = 4;
+    v[2].outstanding = 4; v[2].running = 4;
+    v[0].outstanding = 4;
+    unsigned count[3] = { 0 };
+    v[1].max_outstanding = 4;           /* full: not a candidate, its metrics still count */
+    for (int i = 0; i < 100; i++)
+        count[balance_pick_load(BALANCE_CAPACITY, &s, v, 3, 0)]++;
+    cr_expect_eq(count[2], 100, "known idle always wins: %u %u %u", count[0], count[1], count[2]);
+    v[1].max_outstanding = 0;
+    v[2].up = false;
+    memset(count, 0, sizeof count);
+    for (int i = 0; i < 100; i++)
+        count[balance_pick_load(BALANCE_CAPACITY, &s, v, 3, 0)]++;
+    cr_expect_eq(count[1], 100, "an equal score goes to the known one: %u %u", count[0], count[1]);
+
+    /* a stale backend is saturated when the worst known one is */
+    bv_idle(v, 3);
+    bv_unknown(&v[0]);
+    v[1].kv_usage = 0.95f;
+    v[2].kv_usage = 0.5f; v[2].outstanding = 20; v[2].running = 20;
+    memset(count, 0, sizeof count);
+    for (int i = 0; i < 300; i++)
+        count[balance_pick_load(BALANCE_CAPACITY, &s, v, 3, 0)]++;
+    cr_expect_eq(count[2], 300, "0 (stale) and 1 count as saturated: %u %u %u",
+                 count[0], count[1], count[2]);
+
+    /* nobody knows anything (a pool without metrics): weighted least outstanding */
+    bv_idle(v, 3);
+    for (int i = 0; i < 3; i++)
+        bv_unknown(&v[i]);
+    v[0].outstanding = 5; v[1].outstanding = 2; v[2].outstanding = 4;
+    for (int i = 0; i < 100; i++)
+        cr_assert_neq(balance_pick_load(BALANCE_CAPACITY, &s, v, 3, 0), 0);
+    balance_state_free(&s);
+}
+
+Test(balance_load, kv_above_the_knee_costs_more)
+{
+    struct backend_view v[2];
+    struct balance_state s;
+    bst_init(&s, 2, 5);
+    bv_idle(v, 2);
+    /* 0: 4 in flight, KV 0.85 (score 5 × (1 + 4 × 0.5) = 15); 1: 10 in flight, KV 0.5 (11) */
+    v[0].outstanding = 4; v[0].running = 4; v[0].kv_usage = 0.85f;
+    v[1].outstanding = 10; v[1].running = 10; v[1].kv_usage = 0.5f;
+    cr_expect_eq(balance_pick_load(BALANCE_CAPACITY, &s, v, 2, 0), 1);
+    v[0].kv_usage = 0.7f;           /* at the knee: no penalty, 5 < 11 */
+    cr_expect_eq(balance_pick_load(BALANCE_CAPACITY, &s, v, 2, 0), 0);
+    /* waiting costs more: 0 has 4 in flight but all queued (4 + 2×4 + 1 = 13), 1
+     * has 7 running (8) */
+    bv_idle(v, 2);
+    v[0].outstanding = 4; v[0].waiting = 4;
+    v[1].outstanding = 7; v[1].running = 7;
+    cr_expect_eq(balance_pick_load(BALANCE_CAPACITY, &s, v, 2, 0), 1);
+    /* another client's load shows in running + waiting even when aigw sends nothing */
+    bv_idle(v, 2);
+    v[0].outstanding = 0; v[0].running = 12;
+    v[1].outstanding = 5; v[1].running = 5;
+    cr_expect_eq(balance_pick_load(BALANCE_CAPACITY, &s, v, 2, 0), 1);
+    balance_state_free(&s);
+}
+
+Test(balance_load, equal_load_with_two_is_deterministic_and_alternates)
+{
+    struct backend_view v[2];
+    struct balance_state a, b;
+    bst_init(&a, 2, 1);
+    bst_init(&b, 2, 999);
+    bv_idle(v, 2);
+    for (int i = 0; i < 20; i++) {
+        int ka = balance_pick_load(BALANCE_CAPACITY, &a, v, 2, 0);
+        cr_assert_eq(ka, i % 2, "equal load: ties rotate");
+        cr_assert_eq(balance_pick_load(BALANCE_CAPACITY, &b, v, 2, 0), ka,
+                     "n <= 2: no randomness, the seed does not matter");
+    }
+    balance_state_free(&a);
+    balance_state_free(&b);
+}
+
+Test(balance_load, seeded_sequences_repeat)
+{
+    enum { N = 8 };
+    struct backend_view v[N];
+    bv_idle(v, N);
+    struct balance_state a, b, c;
+    bst_init(&a, N, 42);
+    bst_init(&b, N, 42);
+    bst_init(&c, N, 43);
+    unsigned same_c = 0;
+    for (int i = 0; i < 1000; i++) {
+        int ka = balance_pick_load(BALANCE_CAPACITY, &a, v, N, 0);
+        cr_assert_eq(balance_pick_load(BALANCE_CAPACITY, &b, v, N, 0), ka);
+        same_c += balance_pick_load(BALANCE_CAPACITY, &c, v, N, 0) == ka;
+        v[ka].outstanding++;
+        if (i % 3 == 0)
+            v[tst_below(N)].outstanding /= 2;
+    }
+    cr_expect_lt(same_c, 900, "another seed draws other pairs (%u of 1000 equal)", same_c);
+    balance_state_free(&a);
+    balance_state_free(&b);
+    balance_state_free(&c);
+}
+
+Test(balance_load, weights_are_respected_without_metrics)
+{
+    static const unsigned weights[] = { 1, 2, 4, 1 };
+    enum { N = 4 };
+    struct backend_view v[N];
+    bv_idle(v, N);
+    for (unsigned i = 0; i < N; i++) {
+        v[i].weight = weights[i];
+        bv_unknown(&v[i]);
+    }
+    struct balance_state s;
+    bst_init(&s, N, 17);
+    /* requests that never finish: the picks follow the weights */
+    for (int i = 0; i < 8000; i++) {
+        int k = balance_pick_load(BALANCE_CAPACITY, &s, v, N, 0);
+        cr_assert(k >= 0);
+        v[k].outstanding++;
+    }
+    for (unsigned i = 0; i < N; i++)
+        cr_expect(v[i].outstanding >= weights[i] * 1000 * 95 / 100 &&
+                  v[i].outstanding <= weights[i] * 1000 * 105 / 100,
+                  "weight %u: %u of 8000", weights[i], v[i].outstanding);
+    /* idle fleet: the heavier backend first */
+    bv_idle(v, 2);
+    v[1].weight = 3;
+    cr_expect_eq(balance_pick_load(BALANCE_CAPACITY, &s, v, 2, 0), 1);
+    balance_state_free(&s);
+}
+
+/* A scripted fleet of three engines with unequal capacity (at most 4, 8 and 16
+ * sequences at once, each request 10 ticks of generation, the rest wait FIFO, KV
+ * use 0.8 × running/max), load at 80% of the fleet's capacity, metrics scraped
+ * every 5 ticks (so up to half a request old) while outstanding is live. */
+struct sim_gpu {
+    unsigned cap, running, waiting;
+    unsigned rem[16];
+    int32_t m_waiting, m_running;
+    float m_kv;
+};
+
+struct sim_result {
+    unsigned picks[3];
+    unsigned max_waiting, final_waiting;
+    double mean_waiting;        /* requests waiting in all engines, averaged over ticks */
+};
+
+static struct sim_result sim_run(enum balance_kind kind, bool weight_by_capacity)
+{
+    enum { N = 3, T = 10, TICKS = 20000 };
+    struct sim_gpu g[N] = { { .cap = 4 }, { .cap = 8 }, { .cap = 16 } };
+    struct backend_view v[N];
+    struct balance_state s;
+    struct sim_result res;
+    memset(&res, 0, sizeof res);
+    bst_init(&s, N, 2024);
+    static const unsigned arrivals[4] = { 2, 2, 2, 3 };   /* 2.25/tick: 80% of 2.8 */
+    double waiting_sum = 0;
+    for (unsigned t = 0; t < TICKS; t++) {
+        for (unsigned i = 0; i < N; i++) {
+            for (unsigned r = 0; r < g[i].running;) {
+                if (--g[i].rem[r] > 0) {
+                    r++;
+                } else if (g[i].waiting) {
+                    g[i].waiting--;
+                    g[i].rem[r++] = T;
+                } else {
+                    g[i].rem[r] = g[i].rem[--g[i].running];
+                }
+            }
+            if (t % 5 == 0) {
+                g[i].m_waiting = (int32_t)g[i].waiting;
+                g[i].m_running = (int32_t)g[i].running;
+                g[i].m_kv = 0.8f * (float)g[i].running / (float)g[i].cap;
+            }
+        }
+        for (unsigned a = 0; a < arrivals[t % 4]; a++) {
+            for (unsigned i = 0; i < N; i++)
+                v[i] = (struct backend_view){ .outstanding = g[i].running + g[i].waiting,
+                                              .weight = weight_by_capacity ? g[i].cap : 1,
+                                              .up = true, .waiting = g[i].m_waiting,
+                                              .running = g[i].m_running, .kv_usage = g[i].m_kv };
+            int k = balance_pick_load(kind, &s, v, N, 0);
+            cr_assert(k >= 0);
+            res.picks[k]++;
+            if (g[k].running < g[k].cap)
+                g[k].rem[g[k].running++] = T;
+            else
+                g[k].waiting++;
+        }
+        for (unsigned i = 0; i < N; i++) {
+            waiting_sum += g[i].waiting;
+            if (g[i].waiting > res.max_waiting)
+                res.max_waiting = g[i].waiting;
+        }
+    }
+    res.final_waiting = g[0].waiting + g[1].waiting + g[2].waiting;
+    res.mean_waiting = waiting_sum / TICKS;
+    balance_state_free(&s);
+    return res;
+}
+
+Test(balance_load, power_of_two_spreads_by_capacity)
+{
+    static const unsigned cap[3] = { 4, 8, 16 };
+    /* weights say the capacity: the picks follow it and queues stay near empty */
+    struct sim_result r = sim_run(BALANCE_CAPACITY, true);
+    unsigned total = r.picks[0] + r.picks[1] + r.picks[2];
+    for (int i = 0; i < 3; i++) {
+        double share = (double)r.picks[i] / total, want = cap[i] / 28.0;
+        cr_expect(share > want * 0.85 && share < want * 1.15, "weighted: engine %d (max %u "
+                  "running): %.3f of picks, capacity share %.3f", i, cap[i], share, want);
+    }
+    cr_expect_lt(r.mean_waiting, 1.0, "weighted: %.2f waiting on average", r.mean_waiting);
+    cr_expect_leq(r.max_waiting, 8, "weighted: longest queue %u", r.max_waiting);
+
+    /* equal weights: only the engines' metrics tell the capacities apart. The small
+     * engine is kept at what it can serve (at most 0.4/tick of 2.25: 17.8%), not a
+     * third, and the queues stay short */
+    r = sim_run(BALANCE_CAPACITY, false);
+    total = r.picks[0] + r.picks[1] + r.picks[2];
+    cr_expect_leq((double)r.picks[0] / total, 0.4 / 2.25 * 1.02, "engine 0: %u of %u",
+                  r.picks[0], total);
+    cr_expect_gt(r.picks[2], r.picks[1]);
+    cr_expect_gt(r.picks[1], r.picks[0]);
+    cr_expect_lt(r.mean_waiting, 4.0, "unweighted: %.2f waiting on average", r.mean_waiting);
+    cr_expect_leq(r.max_waiting, 12, "unweighted: longest queue %u", r.max_waiting);
+    cr_expect_leq(r.final_waiting, 12);
+
+    /* least outstanding sees only aigw's own counts: several times the queueing */
+    struct sim_result lo = sim_run(BALANCE_LEAST_OUTSTANDING, false);
+    cr_expect_gt(lo.mean_waiting, 2 * r.mean_waiting, "least_outstanding %.2f, capacity %.2f",
+                 lo.mean_waiting, r.mean_waiting);
+    /* and round robin drowns the small engine */
+    struct sim_result rr = sim_run(BALANCE_ROUND_ROBIN, false);
+    cr_expect_gt(rr.final_waiting, 1000, "round robin: %u waiting at the end", rr.final_waiting);
+}
+
+/* ---- prefix ---- */
+
+static void bv_ids(struct backend_view *v, unsigned n, uint64_t first)
+{
+    for (unsigned i = 0; i < n; i++)
+        v[i].id = 0x1000 + first + i;
+}
+
+Test(balance_load, prefix_affinity_while_balanced)
+{
+    enum { N = 5 };
+    struct backend_view v[N];
+    bv_idle(v, N);
+    bv_ids(v, N, 0);
+    for (unsigned i = 0; i < N; i++)
+        v[i].outstanding = v[i].running = 6;
+    struct balance_state s;
+    bst_init(&s, N, 9);
+    unsigned hit[N] = { 0 };
+    for (uint64_t key = 1; key <= 200; key++) {
+        uint64_t h = key * 0xd6e8feb86659fd93ull;
+        int first = balance_pick_load(BALANCE_PREFIX, &s, v, N, h);
+        cr_assert(first >= 0);
+        hit[first]++;
+        for (int i = 0; i < 20; i++)
+            cr_assert_eq(balance_pick_load(BALANCE_PREFIX, &s, v, N, h), first,
+                         "key %llu: the same hash, the same backend", (unsigned long long)key);
+    }
+    for (unsigned i = 0; i < N; i++)
+        cr_expect_gt(hit[i], 20, "keys spread over the backends: %u has %u of 200", i, hit[i]);
+    /* a prefix hash of 0 (no prompt) is the capacity choice */
+    struct balance_state a, b;
+    bst_init(&a, N, 77);
+    bst_init(&b, N, 77);
+    v[2].outstanding = 1;
+    v[4].waiting = 3;
+    for (int i = 0; i < 100; i++)
+        cr_assert_eq(balance_pick_load(BALANCE_PREFIX, &a, v, N, 0),
+                     balance_pick_load(BALANCE_CAPACITY, &b, v, N, 0));
+    balance_state_free(&a);
+    balance_state_free(&b);
+    balance_state_free(&s);
+}
+
+Test(balance_load, prefix_bounded_load_spills)
+{
+    enum { N = 4 };
+    struct backend_view v[N];
+    bv_idle(v, N);
+    bv_ids(v, N, 0);
+    for (unsigned i = 0; i < N; i++)
+        bv_unknown(&v[i]);
+    struct balance_state s;
+    bst_init(&s, N, 4);
+    const uint64_t h = 0x0123456789abcdefull;
+    int pref = balance_pick_load(BALANCE_PREFIX, &s, v, N, h);
+    cr_assert(pref >= 0);
+    /* one hot prefix, requests that never finish: the preferred backend takes them
+     * until it passes 1.25 × the mean + 1, then the others do */
+    unsigned spills = 0;
+    for (int i = 0; i < 400; i++) {
+        uint32_t total = 0;
+        for (unsigned k = 0; k < N; k++)
+            total += v[k].outstanding;
+        double bound = 1.25 * total / N + 1;
+        int k = balance_pick_load(BALANCE_PREFIX, &s, v, N, h);
+        cr_assert(k >= 0);
+        if (v[pref].outstanding > bound)
+            cr_assert_neq(k, pref, "pick %d: preferred at %u over the bound %.2f", i,
+                          v[pref].outstanding, bound);
+        else
+            cr_assert_eq(k, pref, "pick %d: preferred at %u within %.2f", i,
+                         v[pref].outstanding, bound);
+        spills += k != pref;
+        v[k].outstanding++;
+    }
+    double mean = 400.0 / N;
+    cr_expect(v[pref].outstanding <= 1.25 * mean + 2 && v[pref].outstanding >= 1.25 * mean - 2,
+              "preferred holds about 1.25 × the mean: %u", v[pref].outstanding);
+    cr_expect_gt(spills, 200);
+    /* load falls back: affinity returns */
+    for (unsigned k = 0; k < N; k++)
+        v[k].outstanding = 10;
+    cr_expect_eq(balance_pick_load(BALANCE_PREFIX, &s, v, N, h), pref);
+    /* a saturated preferred backend spills too */
+    v[pref].kv_usage = 0.95f;
+    for (int i = 0; i < 50; i++)
+        cr_expect_neq(balance_pick_load(BALANCE_PREFIX, &s, v, N, h), pref);
+    /* ... unless it is the only unsaturated one... */
+    for (unsigned k = 0; k < N; k++)
+        v[k].kv_usage = k == (unsigned)pref ? 0.5f : 0.95f;
+    v[pref].outstanding = 100;
+    cr_expect_eq(balance_pick_load(BALANCE_PREFIX, &s, v, N, h), pref,
+                 "over the bound but the others are saturated");
+    balance_state_free(&s);
+}
+
+Test(balance_load, prefix_consistent_hashing_moves_one_nth)
+{
+    enum { N = 5, KEYS = 20000 };
+    struct backend_view v[N + 1], w[N];
+    bv_idle(v, N + 1);
+    bv_ids(v, N + 1, 0);
+    struct balance_state s;
+    bst_init(&s, N + 1, 1);
+    static int before[KEYS];
+    unsigned count[N] = { 0 };
+    for (unsigned k = 0; k < KEYS; k++) {
+        before[k] = balance_pick_load(BALANCE_PREFIX, &s, v, N, (k + 1) * 0x9e3779b97f4a7c15ull);
+        cr_assert(before[k] >= 0 && before[k] < N);
+        count[before[k]]++;
+    }
+    for (unsigned i = 0; i < N; i++)
+        cr_expect(count[i] > KEYS / N * 0.9 && count[i] < KEYS / N * 1.1, "%u: %u keys", i, count[i]);
+
+    /* remove backend 2 from the array (the others shift down, their ids stay) */
+    unsigned moved = 0;
+    for (unsigned i = 0, j = 0; i < N; i++)
+        if (i != 2)
+            w[j++] = v[i];
+    for (unsigned k = 0; k < KEYS; k++) {
+        int now = balance_pick_load(BALANCE_PREFIX, &s, w, N - 1, (k + 1) * 0x9e3779b97f4a7c15ull);
+        int was = before[k] < 2 ? before[k] : before[k] == 2 ? -1 : before[k] - 1;
+        if (was < 0)
+            moved++;
+        else
+            cr_assert_eq(now, was, "key %u moved though its backend stayed", k);
+    }
+    cr_expect(moved > KEYS / N * 0.9 && moved < KEYS / N * 1.1, "%u of %u keys moved", moved, KEYS);
+
+    /* the same backend down instead of removed: the same keys move, to the same places */
+    v[2].up = false;
+    for (unsigned k = 0; k < KEYS; k++) {
+        int now = balance_pick_load(BALANCE_PREFIX, &s, v, N, (k + 1) * 0x9e3779b97f4a7c15ull);
+        int gone = balance_pick_load(BALANCE_PREFIX, &s, w, N - 1, (k + 1) * 0x9e3779b97f4a7c15ull);
+        cr_assert_eq(now, gone < 2 ? gone : gone + 1);
+        if (before[k] != 2)
+            cr_assert_eq(now, before[k]);
+    }
+    v[2].up = true;
+
+    /* a sixth backend added: only the keys it takes move, about 1/6 */
+    moved = 0;
+    for (unsigned k = 0; k < KEYS; k++) {
+        int now = balance_pick_load(BALANCE_PREFIX, &s, v, N + 1, (k + 1) * 0x9e3779b97f4a7c15ull);
+        if (now != before[k]) {
+            cr_assert_eq(now, N, "key %u moved between old backends", k);
+            moved++;
+        }
+    }
+    cr_expect(moved > KEYS / (N + 1) * 0.9 && moved < KEYS / (N + 1) * 1.1, "%u keys moved", moved);
+    balance_state_free(&s);
+}
+
+Test(balance_load, prefix_respects_weights)
+{
+    static const unsigned weights[] = { 1, 2, 3, 4 };
+    enum { N = 4, KEYS = 40000 };
+    struct backend_view v[N];
+    bv_idle(v, N);
+    bv_ids(v, N, 0);
+    for (unsigned i = 0; i < N; i++)
+        v[i].weight = weights[i];
+    struct balance_state s;
+    bst_init(&s, N, 1);
+    unsigned count[N] = { 0 };
+    for (unsigned k = 0; k < KEYS; k++)
+        count[balance_pick_load(BALANCE_PREFIX, &s, v, N, (k + 1) * 0xd1b54a32d192ed03ull)]++;
+    for (unsigned i = 0; i < N; i++) {
+        double want = KEYS * weights[i] / 10.0;
+        cr_expect(count[i] > want * 0.93 && count[i] < want * 1.07, "weight %u: %u keys, want %.0f",
+                  weights[i], count[i], want);
+    }
+    balance_state_free(&s);
+}
+
+Test(balance_load, backend_id_is_stable_and_never_zero)
+{
+    struct cfg_backend a, b, c;
+    memset(&a, 0, sizeof a);
+    memset(&b, 0, sizeof b);
+    memset(&c, 0, sizeof c);
+    strcpy(a.addr.text, "10.0.0.1:8000");
+    strcpy(b.addr.text, "10.0.0.1:8000");
+    strcpy(c.addr.text, "10.0.0.2:8000");
+    b.weight = 7;
+    cr_expect_eq(balance_backend_id(&a), balance_backend_id(&b), "the address is the identity");
+    cr_expect_neq(balance_backend_id(&a), balance_backend_id(&c));
+    cr_expect_neq(balance_backend_id(&a), 0);
+    memset(&a, 0, sizeof a);
+    cr_expect_neq(balance_backend_id(&a), 0);
+}
