@@ -117,6 +117,10 @@ bench: deps all
 idle-rss: deps all
 	bash perf/idle-rss.sh
 
+.PHONY: fleet
+fleet: deps all
+	bash perf/fleet.sh
+
 install: all
 	install -D -m 0755 $(BUILD)/aigw $(DESTDIR)$(PREFIX)/bin/aigw
 	install -D -m 0755 $(BUILD)/aigw-mockllm $(DESTDIR)$(PREFIX)/bin/aigw-mockllm

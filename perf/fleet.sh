@@ -1,0 +1,230 @@
+#!/usr/bin/env bash
+# Fleet benchmark (issue 4): three aigw-mockllm backends of unequal capacity behind
+# one aigw pool, an open-loop load of streaming chat completions at LOAD x the
+# fleet's capacity, once per balancer; prints completed/failed/shed and TTFT and
+# total-time percentiles side by side. See perf/README.md, "fleet.sh".
+#
+# Knobs (environment):
+#   DURATION=30 (s of arrivals per run)  LOAD=0.8  RATE (req/s; default LOAD x capacity)
+#   BALANCERS="round_robin least_outstanding capacity prefix"  (an entry may be
+#     BALANCER:plain or BALANCER:prefixes to choose the workload; prefix defaults
+#     to prefixes, the others to plain)
+#   BACKENDS="4 8 16" (--max-running of each)  TPS=50  TTFT_MS=50  MAX_TOKENS=100
+#   PREFILL_TPS=10000  PREFIX_CACHE=12288 (tokens)  KV_PER_SEQ=0 (kv-capacity = max-running x this; 0: unlimited)
+#   PROMPT_BYTES=64  SHARED_PREFIXES=16  PREFIX_BYTES=8192  SUFFIX_BYTES=64
+#   ARRIVAL=poisson|fixed  SEED=1  TIMEOUT=60 (s, per request; also the drain)  MAX_OUTSTANDING=1000
+#   SHARDS=1  PIN=auto|0|1 PROXY_CPU=0 LOAD_CPU=1  PORT_BASE=17200  KEEP=1  BUILD AIGW MOCKLLM FLEETLOAD
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-30}
+LOAD=${LOAD:-0.8}
+RATE=${RATE:-}
+BALANCERS=${BALANCERS:-round_robin least_outstanding capacity prefix}
+BACKENDS=${BACKENDS:-4 8 16}
+TPS=${TPS:-50}
+TTFT_MS=${TTFT_MS:-50}
+MAX_TOKENS=${MAX_TOKENS:-100}
+PREFILL_TPS=${PREFILL_TPS:-10000}
+PREFIX_CACHE=${PREFIX_CACHE:-12288}
+KV_PER_SEQ=${KV_PER_SEQ:-0}
+PROMPT_BYTES=${PROMPT_BYTES:-64}
+SHARED_PREFIXES=${SHARED_PREFIXES:-16}
+PREFIX_BYTES=${PREFIX_BYTES:-8192}
+SUFFIX_BYTES=${SUFFIX_BYTES:-64}
+ARRIVAL=${ARRIVAL:-poisson}
+SEED=${SEED:-1}
+TIMEOUT=${TIMEOUT:-60}
+MAX_OUTSTANDING=${MAX_OUTSTANDING:-1000}
+PORT_BASE=${PORT_BASE:-17200}
+SHARDS=${SHARDS:-1}
+export SHARDS
+# shellcheck source=perf/lib.sh
+. perf/lib.sh
+FLEETLOAD=${FLEETLOAD:-$BUILD/fleetload}
+
+isnum() { [[ $1 =~ ^[0-9]+([.][0-9]+)?$ ]]; }
+for v in DURATION LOAD TPS TTFT_MS MAX_TOKENS PREFILL_TPS PREFIX_CACHE KV_PER_SEQ PROMPT_BYTES \
+         SHARED_PREFIXES PREFIX_BYTES SUFFIX_BYTES SEED TIMEOUT MAX_OUTSTANDING; do
+    isnum "${!v}" || die "$v must be a number, not '${!v}'"
+done
+[ -z "$RATE" ] || isnum "$RATE" || die "RATE must be a number, not '$RATE'"
+awk -v t="$TPS" -v m="$MAX_TOKENS" -v d="$DURATION" 'BEGIN { exit !(t > 0 && m >= 1 && d > 0) }' ||
+    die "TPS, MAX_TOKENS and DURATION must be above zero"
+for f in "$AIGW" "$MOCKLLM" "$FLEETLOAD"; do [ -x "$f" ] || die "$f not found; run 'make' first"; done
+command -v curl >/dev/null || die "curl not found (make deps installs it)"
+
+read -r -a MR <<<"$BACKENDS"
+[ ${#MR[@]} -ge 1 ] || die "BACKENDS is empty"
+for m in "${MR[@]}"; do [[ $m =~ ^[1-9][0-9]*$ ]] || die "BACKENDS: '$m' is not a positive integer"; done
+NB=${#MR[@]}
+PORT_AIGW_FLEET=$((PORT_BASE + NB))
+PORT_AIGW_FLEET_ADMIN=$((PORT_BASE + NB + 1))
+FLEET_PORTS=$(seq "$PORT_BASE" "$PORT_AIGW_FLEET_ADMIN")
+for p in $FLEET_PORTS; do
+    if port_open "$p"; then die "port $p on 127.0.0.1 is in use; set PORT_BASE to a free range"; fi
+done
+
+# Capacity: a request holds one of a backend's max-running slots for TTFT plus
+# (MAX_TOKENS - 1) / TPS (the first token comes at TTFT; the prefill of a short
+# prompt is negligible), so the fleet
+# completes sum(max-running) / that many requests per second at most.
+SUM_MR=0
+for m in "${MR[@]}"; do SUM_MR=$((SUM_MR + m)); done
+read -r SERVICE_S CAPACITY < <(awk -v n="$SUM_MR" -v t="$TPS" -v m="$MAX_TOKENS" -v f="$TTFT_MS" \
+    'BEGIN { s = f / 1000 + (m - 1) / t; printf "%.3f %.2f\n", s, n / s }')
+[ -n "$RATE" ] || RATE=$(awk -v c="$CAPACITY" -v l="$LOAD" 'BEGIN { printf "%.2f", c * l }')
+awk -v r="$RATE" 'BEGIN { exit !(r > 0) }' || die "the rate is 0; raise LOAD or set RATE"
+
+start_backends() {
+    local i kv args
+    for i in $(seq 0 $((NB - 1))); do
+        kv=$((MR[i] * KV_PER_SEQ))
+        args=(--listen "127.0.0.1:$((PORT_BASE + i))" --model "$MODEL" --max-running "${MR[i]}"
+              --tps "$TPS" --ttft-ms "$TTFT_MS" --max-tokens "$MAX_TOKENS")
+        [ "$PREFILL_TPS" = 0 ] || args+=(--prefill-tps "$PREFILL_TPS")
+        [ "$PREFIX_CACHE" = 0 ] || args+=(--prefix-cache "$PREFIX_CACHE")
+        [ "$kv" = 0 ] || args+=(--kv-capacity "$kv")
+        "${PIN_LOAD[@]}" "$MOCKLLM" "${args[@]}" >"$WORK/backend$i.log" 2>&1 &
+        STARTED+=($!)
+        wait_port $((PORT_BASE + i)) $! "backend$i" || return 1
+    done
+}
+
+write_config() { # write_config BALANCER FILE
+    {
+        cat <<EOF
+[server]
+listen = 127.0.0.1:$PORT_AIGW_FLEET
+shards = $SHARDS
+max_connections = 100000
+
+[admin]
+listen = 127.0.0.1:$PORT_AIGW_FLEET_ADMIN
+
+# Queued streams wait silently on the small backends; they must not be cut
+# before the load generator's own timeout.
+[timeouts]
+first_byte = ${TIMEOUT}s
+idle = ${TIMEOUT}s
+
+[log]
+access = off
+
+[pool fleet]
+balance = $1
+max_outstanding = $MAX_OUTSTANDING
+EOF
+        for i in $(seq 0 $((NB - 1))); do echo "backend = 127.0.0.1:$((PORT_BASE + i))"; done
+        cat <<EOF
+
+[route chat]
+path = /v1/chat/completions
+pool = fleet
+kind = ai
+EOF
+    } >"$2"
+}
+
+metric() { # metric PORT NAME: the sum of NAME's samples on a backend's /metrics
+    { curl -s --max-time 2 "http://127.0.0.1:$1/metrics" 2>/dev/null || true; } |
+        awk -v n="$2" '$1 == n || index($1, n "{") == 1 { s += $NF } END { printf "%d", s }'
+}
+
+RESULTS=$WORK/results
+: >"$RESULTS"
+NOTES=()
+echo "fleet: $NB backends, max-running ${MR[*]} at $TPS tok/s each, TTFT $TTFT_MS ms;" \
+    "$MAX_TOKENS tokens a request: ${SERVICE_S} s each, fleet capacity $CAPACITY req/s"
+echo "fleet: open loop ($ARRIVAL) at $RATE req/s for $DURATION s per balancer, timeout $TIMEOUT s;" \
+    "aigw shards=$SHARDS, max_outstanding=$MAX_OUTSTANDING; pinning: $([ "$PIN" = 1 ] &&
+    echo "aigw on CPU $PROXY_CPU, backends and load on CPU $LOAD_CPU" || echo off)"
+
+for entry in $BALANCERS; do
+    bal=${entry%%:*}
+    wl=plain
+    if [ "$bal" = prefix ]; then wl=prefixes; fi
+    if [[ $entry == *:* ]]; then wl=${entry#*:}; fi
+    [ "$wl" = plain ] || [ "$wl" = prefixes ] || die "workload '$wl' in '$entry' is plain or prefixes"
+    name=$bal
+    if [ "$wl" = prefixes ] && [ "$bal" != prefix ]; then name=$bal/prefixes; fi
+    tag=$bal-$wl                     # for file names
+    conf=$WORK/aigw-$tag.conf
+    write_config "$bal" "$conf"
+    if ! "$AIGW" -t -c "$conf" >"$WORK/check-$bal.log" 2>&1; then
+        if grep -q "not supported\|round_robin or least_outstanding" "$WORK/check-$bal.log"; then
+            echo "$name: not available in this build"
+            NOTES+=("$name: not available in this build ($(head -n 1 "$WORK/check-$bal.log" | sed "s/^[^ ]*: //"))")
+            continue
+        fi
+        note "$name: the configuration check failed:"
+        cat "$WORK/check-$bal.log" >&2
+        exit 1
+    fi
+    # Fresh backends every run: no queue, prefix cache or counter carried over.
+    start_backends || die "a backend did not start"
+    "${PIN_PROXY[@]}" "$AIGW" -c "$conf" >"$WORK/aigw-$bal-$wl.log" 2>&1 &
+    STARTED+=($!)
+    wait_port "$PORT_AIGW_FLEET" $! "aigw-$bal-$wl" || die "aigw did not start"
+
+    load=(--port "$PORT_AIGW_FLEET" --rate "$RATE" --duration "$DURATION" --arrival "$ARRIVAL"
+          --max-tokens "$MAX_TOKENS" --model "$MODEL" --timeout "$TIMEOUT" --seed "$SEED" --label "$name")
+    if [ "$wl" = prefixes ]; then
+        load+=(--shared-prefixes "$SHARED_PREFIXES" --prefix-bytes "$PREFIX_BYTES" --suffix-bytes "$SUFFIX_BYTES")
+    else
+        load+=(--prompt-bytes "$PROMPT_BYTES")
+    fi
+    "${PIN_LOAD[@]}" "$FLEETLOAD" "${load[@]}" >"$WORK/load-$tag.out" 2>"$WORK/load-$tag.err" &
+    lpid=$!; STARTED+=("$lpid")
+    # While it runs: once a second, the longest waiting queue seen on each backend.
+    declare -A maxwait=()
+    for i in $(seq 0 $((NB - 1))); do maxwait[$i]=0; done
+    for _ in $(seq $((${DURATION%.*} + ${TIMEOUT%.*} + 15))); do
+        kill -0 "$lpid" 2>/dev/null || break
+        for i in $(seq 0 $((NB - 1))); do
+            w=$(metric $((PORT_BASE + i)) vllm:num_requests_waiting)
+            if [ "${w:-0}" -gt "${maxwait[$i]}" ]; then maxwait[$i]=$w; fi
+        done
+        sleep 1
+    done
+    rc=0
+    wait "$lpid" || rc=$?
+    [ "$rc" = 0 ] || { note "$name: fleetload exited with $rc:"; cat "$WORK/load-$tag.err" >&2; exit 1; }
+    line=$(grep '^FLEET_RESULT' "$WORK/load-$tag.out") || die "$name: no result line from fleetload"
+    sed 's/^fleetload /  /' "$WORK/load-$tag.err"
+    per=""
+    for i in $(seq 0 $((NB - 1))); do
+        p=$((PORT_BASE + i))
+        done_n=$(metric "$p" vllm:request_success_total)
+        q=$(metric "$p" vllm:prefix_cache_queries); h=$(metric "$p" vllm:prefix_cache_hits)
+        hit=$(awk -v q="$q" -v h="$h" -v w="$wl" 'BEGIN { if (q > 0 && w == "prefixes") printf ", prefix-cache hits %.0f%%", 100 * h / q }')
+        per="$per  [mr=${MR[i]}: $done_n done, max waiting ${maxwait[$i]}$hit]"
+    done
+    echo "  per backend:$per"
+    echo "$name $wl $line" >>"$RESULTS"
+    stop_all
+done
+
+# ---- the table ----------------------------------------------------------------------
+echo
+echo "fleet: $RATE req/s offered (LOAD=$LOAD of $CAPACITY req/s) for $DURATION s, max-running ${MR[*]}," \
+    "$MAX_TOKENS tokens at $TPS tok/s"
+printf '  %-26s %-8s %5s %9s %6s %5s %9s %9s %9s %9s %9s\n' balancer workload sent completed failed \
+    shed "TTFT p50" "TTFT p99" "tot p50" "tot p99" "rr/p99"
+awk '{
+    name[NR] = $1; wl[NR] = $2
+    for (i = 4; i <= NF; i++) { split($i, kv, "="); v[NR, kv[1]] = kv[2] }
+    if ($1 == "round_robin" || $1 == "round_robin/prefixes") rr[$2] = v[NR, "ttft_p99_ms"]
+} END {
+    for (r = 1; r <= NR; r++) {
+        ratio = "-"
+        if ((wl[r] in rr) && v[r, "ttft_p99_ms"] > 0 && v[r, "completed"] > 0)
+            ratio = sprintf("%.2fx", rr[wl[r]] / v[r, "ttft_p99_ms"])
+        printf "  %-26s %-8s %5d %9d %6d %5d %9.0f %9.0f %9.0f %9.0f %9s\n", name[r], wl[r],
+            v[r, "sent"], v[r, "completed"], v[r, "failed"], v[r, "shed"], v[r, "ttft_p50_ms"],
+            v[r, "ttft_p99_ms"], v[r, "total_p50_ms"], v[r, "total_p99_ms"], ratio
+    }
+}' "$RESULTS"
+echo "  times in ms, over completed requests; rr/p99 = round_robin's TTFT p99 / this row's (same workload)"
+for n in "${NOTES[@]}"; do echo "  $n"; done
