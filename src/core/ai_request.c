@@ -107,6 +107,7 @@ void ai_request_ready(struct conn *c)
     c->ai = true;
     c->stream = ai.stream;
     c->prompt_estimate = ai.prompt_tokens_estimate;
+    c->prefix_hash = ai.prefix_hash;
     char model[OPENAI_MAX_MODEL_LEN + 1];
     size_t mlen = ai.model.len < sizeof model ? ai.model.len : sizeof model - 1;
     if (ai.model_escaped)

@@ -579,10 +579,12 @@ static int pool_balance(struct load_ctx *x, const char *key, const char *value)
         p->balance = BALANCE_ROUND_ROBIN;
     else if (strcmp(value, "least_outstanding") == 0)
         p->balance = BALANCE_LEAST_OUTSTANDING;
-    else if (strcmp(value, "capacity") == 0 || strcmp(value, "prefix") == 0)
-        return fail(x, "balance '%s' is not supported yet", value);
+    else if (strcmp(value, "capacity") == 0)
+        p->balance = BALANCE_CAPACITY;
+    else if (strcmp(value, "prefix") == 0)
+        p->balance = BALANCE_PREFIX;
     else
-        return bad_value(x, key, value, "round_robin or least_outstanding");
+        return bad_value(x, key, value, "capacity, prefix, least_outstanding or round_robin");
     return 0;
 }
 
@@ -592,6 +594,33 @@ static int pool_max_outstanding(struct load_ctx *x, const char *key, const char 
     if (parse_uint_range(value, 1, 1000000, &v) < 0)
         return bad_value(x, key, value, "a number 1-1000000");
     cur_pool(x)->max_outstanding = (unsigned)v;
+    return 0;
+}
+
+static int pool_metrics(struct load_ctx *x, const char *key, const char *value)
+{
+    struct cfg_pool *p = cur_pool(x);
+    size_t len = strlen(value);
+    if (len >= sizeof p->metrics_path)
+        return fail(x, "invalid value for %s: too long (at most %zu characters)", key,
+                    sizeof p->metrics_path - 1);
+    /* it goes on a request line: a path, no spaces or control bytes */
+    if (len && value[0] != '/')
+        return bad_value(x, key, value, "a path starting with '/', or empty for none");
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)value[i] <= 0x20 || value[i] == 0x7f)
+            return bad_value(x, key, value, "a path without spaces or control characters");
+    memcpy(p->metrics_path, value, len + 1);
+    p->metrics_set = true;
+    return 0;
+}
+
+static int pool_metrics_interval(struct load_ctx *x, const char *key, const char *value)
+{
+    uint64_t ms;
+    if (config_parse_duration_ms(value, &ms) < 0 || ms < 10 || ms > 60000)
+        return bad_value(x, key, value, "a duration from 10ms to 60s");
+    cur_pool(x)->metrics_interval_ms = ms;
     return 0;
 }
 
@@ -860,6 +889,8 @@ static const struct key_def pool_keys[] = {
     { "balance", pool_balance, false },
     { "max_outstanding", pool_max_outstanding, false },
     { "upstream_auth", pool_upstream_auth, false },
+    { "metrics", pool_metrics, false },
+    { "metrics_interval", pool_metrics_interval, false },
     { NULL, NULL, false },
 };
 static const struct key_def route_keys[] = {
@@ -895,9 +926,12 @@ static const struct key_def *const section_keys[SEC_COUNT] = {
 static int close_section(struct load_ctx *x)
 {
     if (x->sec == SEC_POOL) {
-        const struct cfg_pool *p = cur_pool(x);
+        struct cfg_pool *p = cur_pool(x);
         if (p->nbackends == 0)
             return fail_at(x, x->sec_line, "pool '%s' has no backend", p->name);
+        /* the load-aware balancers read the engines' metrics unless told otherwise */
+        if (!p->metrics_set && (p->balance == BALANCE_CAPACITY || p->balance == BALANCE_PREFIX))
+            memcpy(p->metrics_path, "/metrics", sizeof "/metrics");
     } else if (x->sec == SEC_ROUTE) {
         const struct cfg_route *r = cur_route(x);
         if (r->path_len == 0)
@@ -934,6 +968,7 @@ static int open_pool(struct load_ctx *x, const char *name, size_t len)
     memcpy(p->name, name, len);
     p->balance = BALANCE_LEAST_OUTSTANDING;
     p->max_outstanding = 64;
+    p->metrics_interval_ms = 250;
     p->line = x->lineno;
     x->backend_cap = 0;
     return 0;

@@ -38,6 +38,10 @@ struct cfg_pool {
     enum balance_kind balance;  /* default least_outstanding */
     unsigned max_outstanding;   /* per backend, across shards; default 64 */
     char upstream_auth[512];    /* empty: none */
+    char metrics_path[128];     /* scraped for the engines' load; empty: none. Default
+                                 * /metrics for capacity and prefix pools, else none */
+    bool metrics_set;           /* metrics = given in the file */
+    uint64_t metrics_interval_ms; /* default 250ms */
     int line;
 };
 

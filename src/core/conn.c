@@ -404,6 +404,7 @@ static void reset_admission(struct conn *c)
     c->retry_after_s = 0;
     c->model_len = 0;
     c->prompt_estimate = c->tokens_in = c->tokens_out = 0;
+    c->prefix_hash = 0;
 }
 
 /* For errors found while parsing, before a request is set up. */
@@ -481,8 +482,32 @@ bool conn_choose_backend(struct conn *c)
     uint32_t outstanding[pool->nbackends ? pool->nbackends : 1];
     for (unsigned i = 0; i < pool->nbackends; i++)
         outstanding[i] = gen_outstanding(sg->g, first + i);
-    int pick = balance_pick(pool->balance, &sg->balance[c->pool], pool->backends,
-                            pool->nbackends, outstanding, NULL, pool->max_outstanding);
+    int pick;
+    if (pool->balance == BALANCE_CAPACITY || pool->balance == BALANCE_PREFIX) {
+        /* the engines' own load, as the watcher last read it */
+        struct backend_view view[pool->nbackends ? pool->nbackends : 1];
+        for (unsigned i = 0; i < pool->nbackends; i++) {
+            unsigned b = first + i;
+            const struct backend_signal *s = &sg->g->signal[b];
+            bool fresh = backend_signal_fresh(sg->g, b, sh->now_ms);
+            int32_t kv = fresh ? atomic_load_explicit(&s->kv_permille, memory_order_relaxed) : -1;
+            view[i] = (struct backend_view){
+                .outstanding = outstanding[i],
+                .max_outstanding = pool->max_outstanding,
+                .weight = pool->backends[i].weight,
+                .up = true,
+                .waiting = fresh ? atomic_load_explicit(&s->waiting, memory_order_relaxed) : BALANCE_UNKNOWN,
+                .running = fresh ? atomic_load_explicit(&s->running, memory_order_relaxed) : BALANCE_UNKNOWN,
+                .kv_usage = kv >= 0 ? (float)kv / 1000.0f : -1.0f,
+                .id = sg->g->backend_id[b],
+            };
+        }
+        pick = balance_pick_load(pool->balance, &sg->balance[c->pool], view, pool->nbackends,
+                                 c->prefix_hash);
+    } else {
+        pick = balance_pick(pool->balance, &sg->balance[c->pool], pool->backends, pool->nbackends,
+                            outstanding, NULL, pool->max_outstanding);
+    }
     if (pick < 0) {
         conn_send_error(c, 503, "server_error", "no_capacity", "all backends are at capacity");
         return false;

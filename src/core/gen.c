@@ -23,6 +23,9 @@ static void gen_free(struct gen *g)
     free(g->backend_cfg);
     free(g->backend_pool);
     free(g->load);
+    free(g->signal);
+    free(g->backend_id);
+    free(g->backend_interval_ms);
     admission_gen_free(g);
     free(g);
 }
@@ -42,9 +45,19 @@ struct gen *gen_create(struct config *cfg, const struct gen *prev, unsigned nsha
     g->backend_cfg = calloc(nb + 1, sizeof *g->backend_cfg);
     g->backend_pool = calloc(nb + 1, sizeof *g->backend_pool);
     g->load = aligned_alloc(64, sizeof(struct backend_load) * ((size_t)nb * nshards + 1));
+    g->signal = aligned_alloc(64, sizeof(struct backend_signal) * (nb + 1));
+    g->backend_id = calloc(nb + 1, sizeof *g->backend_id);
+    g->backend_interval_ms = calloc(nb + 1, sizeof *g->backend_interval_ms);
     if (!g->route_metric_slot || !g->backend_metric_slot || !g->pool_first_backend ||
-        !g->backend_cfg || !g->backend_pool || !g->load)
+        !g->backend_cfg || !g->backend_pool || !g->load || !g->signal || !g->backend_id ||
+        !g->backend_interval_ms)
         goto oom;
+    for (unsigned b = 0; b < nb; b++) {
+        atomic_init(&g->signal[b].waiting, -1);
+        atomic_init(&g->signal[b].running, -1);
+        atomic_init(&g->signal[b].kv_permille, -1);
+        atomic_init(&g->signal[b].scraped_ms, 0);
+    }
     for (size_t i = 0; i < (size_t)nb * nshards; i++)
         atomic_init(&g->load[i].outstanding, 0);
     if (route_table_build(cfg, &g->routes) != 0)
@@ -64,6 +77,8 @@ struct gen *gen_create(struct config *cfg, const struct gen *prev, unsigned nsha
         for (unsigned i = 0; i < cfg->pools[p].nbackends; i++, b++) {
             g->backend_cfg[b] = &cfg->pools[p].backends[i];
             g->backend_pool[b] = cfg->pools[p].name;
+            g->backend_id[b] = balance_backend_id(&cfg->pools[p].backends[i]);
+            g->backend_interval_ms[b] = cfg->pools[p].metrics_interval_ms;
             g->backend_metric_slot[b] = metrics_backend_slot(cfg->pools[p].name,
                                                              cfg->pools[p].backends[i].addr.text);
             if (g->backend_metric_slot[b] < 0) {
@@ -77,7 +92,7 @@ struct gen *gen_create(struct config *cfg, const struct gen *prev, unsigned nsha
         goto fail;
     metrics_set_live_backends(g->backend_metric_slot, nb);
     g->id = atomic_fetch_add(&next_gen_id, 1);
-    atomic_init(&g->refs, (int)nshards + 1);
+    atomic_init(&g->refs, (int)nshards + 2);   /* the shards, main, the watcher */
     atomic_init(&g->newer, NULL);
     return g;
 oom:

@@ -12,6 +12,7 @@
 #include "core/accesslog.h"
 #include "core/admin.h"
 #include "core/log.h"
+#include "core/watch.h"
 #include "core/proxy.h"
 #include "core/sdnotify.h"
 #include "core/uring_probe.h"
@@ -235,6 +236,8 @@ int main(int argc, char **argv)
         return 1;
     if (cfg->admin.enabled && admin_start(&cfg->admin.listen, is_ready) != 0)
         return 1;
+    if (watch_start() != 0)
+        return 1;
     if (shard_start_all() != 0) {
         log_error("cannot start shards");
         return 1;
@@ -272,6 +275,7 @@ int main(int argc, char **argv)
     sd_notifyf("STOPPING=1\nSTATUS=draining");
     atomic_store(&rt.draining, true);
     bool all_stopped = shard_join_all(now_ms() + drain_ms);
+    watch_stop();
     admin_stop();
     if (all_stopped)
         alog_shutdown();    /* frees the rings: only once no shard can write */

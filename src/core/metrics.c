@@ -51,6 +51,10 @@ static unsigned nroutes;
 static char *backend_pools[METRICS_MAX_BACKENDS];
 static char *backend_names[METRICS_MAX_BACKENDS];
 static bool backend_live[METRICS_MAX_BACKENDS];
+/* written by the watcher thread only */
+static _Atomic uint32_t backend_outstanding[METRICS_MAX_BACKENDS];
+static _Atomic int32_t backend_waiting[METRICS_MAX_BACKENDS];
+static _Atomic int32_t backend_kv[METRICS_MAX_BACKENDS];
 static unsigned nbackends;
 static char **key_names;            /* [key_capacity]; slot 0 is "" */
 static uint32_t *key_index;         /* open addressing over names: slot, 0 empty; 2 x capacity */
@@ -422,6 +426,60 @@ static void render_upstream_conns(struct out *o)
     }
 }
 
+void metrics_set_backend_load(int slot, uint32_t outstanding, int32_t waiting, int32_t kv_permille)
+{
+    if (slot < 0 || slot >= METRICS_MAX_BACKENDS)
+        return;
+    atomic_store_explicit(&backend_outstanding[slot], outstanding, memory_order_relaxed);
+    atomic_store_explicit(&backend_waiting[slot], waiting + 1, memory_order_relaxed);  /* 0: unknown */
+    atomic_store_explicit(&backend_kv[slot], kv_permille + 1, memory_order_relaxed);
+}
+
+static void put_backend_labels(struct out *o, const char *metric, unsigned b)
+{
+    puts_(o, metric);
+    puts_(o, "{pool=\"");
+    put_label(o, backend_pools[b]);
+    puts_(o, "\",backend=\"");
+    put_label(o, backend_names[b]);
+    puts_(o, "\"} ");
+}
+
+/* Gauges from the watcher; the engine's figures only while its metrics are fresh. */
+static void render_backend_load(struct out *o)
+{
+    put_family(o, "aigw_backend_outstanding", "gauge",
+               "Requests aigw has in flight to the backend, over all shards.");
+    for (unsigned b = 0; b < nbackends; b++)
+        if (backend_live[b]) {
+            put_backend_labels(o, "aigw_backend_outstanding", b);
+            put_u64(o, atomic_load_explicit(&backend_outstanding[b], memory_order_relaxed));
+            puts_(o, "\n");
+        }
+    put_family(o, "aigw_backend_queue_depth", "gauge",
+               "Requests waiting in the backend engine's own queue, from its metrics.");
+    for (unsigned b = 0; b < nbackends; b++) {
+        int32_t w = atomic_load_explicit(&backend_waiting[b], memory_order_relaxed);
+        if (backend_live[b] && w > 0) {
+            put_backend_labels(o, "aigw_backend_queue_depth", b);
+            put_u64(o, (uint64_t)(w - 1));
+            puts_(o, "\n");
+        }
+    }
+    put_family(o, "aigw_backend_kv_cache_usage_ratio", "gauge",
+               "The backend engine's KV-cache use (0-1), from its metrics.");
+    for (unsigned b = 0; b < nbackends; b++) {
+        int32_t kv = atomic_load_explicit(&backend_kv[b], memory_order_relaxed);
+        if (backend_live[b] && kv > 0) {
+            char v[16];
+            snprintf(v, sizeof v, "%.3f", (kv - 1) / 1000.0);
+            put_backend_labels(o, "aigw_backend_kv_cache_usage_ratio", b);
+            puts_(o, v);
+            puts_(o, "\n");
+        }
+    }
+}
+
 static void render_relay(struct out *o)
 {
     put_family(o, "aigw_relay_bytes_total", "counter",
@@ -510,6 +568,7 @@ size_t metrics_render(char *buf, size_t cap)
     render_requests(&o);
     render_duration(&o);
     render_upstream_conns(&o);
+    render_backend_load(&o);
     render_relay(&o);
     render_connections(&o);
     render_keys(&o);

@@ -71,6 +71,9 @@ void metrics_reserve_keys(unsigned n);
  * registry is full (those keys are then counted under key="", and the first
  * such key is logged). */
 int metrics_key_slot(const char *name);
+/* The watcher's view of a backend (one writer): aigw's requests in flight to it,
+ * the engine's queue and its KV-cache use x 1000 (-1: unknown, not rendered). */
+void metrics_set_backend_load(int slot, uint32_t outstanding, int32_t waiting, int32_t kv_permille);
 /* Marks which backend slots the current configuration uses (others are not rendered). */
 void metrics_set_live_backends(const int *slots, unsigned n);
 

@@ -74,6 +74,17 @@ struct backend_load {
     char pad[60];
 };
 
+/* What the watcher last read of a backend's engine (watch.c writes, shards read).
+ * The fields are independent relaxed values: a shard may see one scrape's queue
+ * with the next one's KV use, which is as good for routing. */
+struct backend_signal {
+    _Atomic int32_t waiting;        /* -1: unknown */
+    _Atomic int32_t running;        /* -1: unknown */
+    _Atomic int32_t kv_permille;    /* KV-cache use x 1000; -1: unknown */
+    _Atomic uint64_t scraped_ms;    /* CLOCK_MONOTONIC of the last good scrape; 0: never */
+    char pad[40];
+};
+
 struct gen {
     uint64_t id;
     struct config *cfg;
@@ -84,8 +95,12 @@ struct gen {
     const struct cfg_backend **backend_cfg; /* global index -> cfg */
     const char **backend_pool;      /* global index -> pool name */
     struct backend_load *load;      /* [backend * nshards + shard] (shared) */
+    struct backend_signal *signal;  /* per global backend (shared; written by the watcher) */
+    uint64_t *backend_id;           /* per global backend: balance_backend_id() */
+    uint64_t *backend_interval_ms;  /* per global backend: its pool's metrics_interval */
     unsigned nshards;
-    _Atomic int refs;               /* shared: one per shard that may still use it, one for main */
+    _Atomic int refs;               /* shared: one per shard that may still use it, one for main,
+                                     * one for the watcher */
     struct gen *_Atomic newer;      /* shared: the next generation, set when replaced */
     /* per API key (admission.c): keyring entry order */
     struct rl_global *rl_global;    /* shared, lock-free */
@@ -206,6 +221,7 @@ struct conn {
     uint8_t model_len;
     char model[96];                 /* for the access log; truncated */
     uint64_t prompt_estimate;
+    uint64_t prefix_hash;           /* the prompt's start, for prefix routing; 0: none */
     uint64_t tokens_in, tokens_out; /* counted when the request settled */
     struct rl_ticket ticket;
     struct usage_meter *usage;      /* while a 2xx AI response is metered */
@@ -315,6 +331,16 @@ int listeners_open(const struct config *cfg, unsigned nshards);
 struct gen *gen_create(struct config *cfg, const struct gen *prev, unsigned nshards, char *err,
                        size_t errlen);
 void gen_unref(struct gen *g);
+/* Scraped load counts only while fresh: a backend whose metrics stopped coming
+ * (stalled, overloaded, unreachable) is unknown, never idle. */
+static inline bool backend_signal_fresh(const struct gen *g, unsigned backend, uint64_t now_ms)
+{
+    uint64_t at = atomic_load_explicit(&g->signal[backend].scraped_ms, memory_order_acquire);
+    uint64_t interval = g->backend_interval_ms[backend];
+    uint64_t max_age = 3 * interval > interval + 1000 ? 3 * interval : interval + 1000;
+    return at && now_ms >= at && now_ms - at <= max_age;
+}
+
 static inline uint32_t gen_outstanding(const struct gen *g, unsigned backend)
 {
     uint32_t sum = 0;

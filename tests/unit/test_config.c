@@ -281,8 +281,8 @@ Test(config_errors, unknown_keys)
 {
     cfgt_expect_error("[server]\nlisten = 127.0.0.1:1\nworkers = 4\n",
                       "test.conf:3: unknown key 'workers' in [server]");
-    cfgt_expect_error("[pool gpu-a]\nbackend = 127.0.0.1:1\nmetrics = /metrics\n",
-                      "test.conf:3: unknown key 'metrics' in [pool gpu-a]");
+    cfgt_expect_error("[pool gpu-a]\nbackend = 127.0.0.1:1\nhealth = /health\n",
+                      "test.conf:3: unknown key 'health' in [pool gpu-a]");
     cfgt_expect_error("[route r]\nweights = a:90 b:10\n", "test.conf:2: unknown key 'weights' in [route r]");
     cfgt_expect_error("[tier t]\nrpm = 60\n", "test.conf:2: unknown key 'rpm' in [tier t]");
     cfgt_expect_error("[keys]\nauth = off\ntoken = x\n", "test.conf:3: unknown key 'token' in [keys]");
@@ -342,12 +342,18 @@ Test(config_errors, bad_timeouts_and_log)
 
 Test(config_errors, bad_pool_values)
 {
-    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nbalance = capacity\n",
-                      "test.conf:3: balance 'capacity' is not supported yet");
-    cfgt_expect_error("[pool p]\nbalance = prefix\nbackend = 127.0.0.1:1\n",
-                      "test.conf:2: balance 'prefix' is not supported yet");
     cfgt_expect_error("[pool p]\nbalance = random\n",
-                      "test.conf:2: invalid value for balance: 'random' (expected round_robin or least_outstanding)");
+                      "test.conf:2: invalid value for balance: 'random' (expected capacity, prefix, "
+                      "least_outstanding or round_robin)");
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nmetrics = metrics\n",
+                      "test.conf:3: invalid value for metrics: 'metrics' (expected a path starting with '/', "
+                      "or empty for none)");
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nmetrics = /a b\n",
+                      "test.conf:3: invalid value for metrics: '/a b' (expected a path without spaces or "
+                      "control characters)");
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nmetrics_interval = 5ms\n",
+                      "test.conf:3: invalid value for metrics_interval: '5ms' (expected a duration from 10ms "
+                      "to 60s)");
     cfgt_expect_error("[pool p]\nmax_outstanding = 0\n",
                       "test.conf:2: invalid value for max_outstanding: '0' (expected a number 1-1000000)");
     cfgt_expect_error("[pool p]\nmax_outstanding = 1000001\n",
@@ -1130,4 +1136,29 @@ Test(config_split, errors)
     }
     snprintf(text, sizeof text, "%s[route r]\npath = /x\nsplit = a:1\nsplit = b:1\n", pools);
     cfgt_expect_error(text, "test.conf:8: duplicate key 'split' in [route r]");
+}
+
+/* capacity and prefix pools read the engines' /metrics unless told otherwise */
+Test(config_file, load_aware_balancers_scrape_metrics_by_default)
+{
+    struct config *c = NULL;
+    char err[512] = "";
+    int rc = config_load_string("t.conf",
+                                "[pool a]\nbackend = 127.0.0.1:1\nbalance = capacity\n\n"
+                                "[pool b]\nbackend = 127.0.0.1:2\nbalance = prefix\nmetrics =\n"
+                                "metrics_interval = 100ms\n\n"
+                                "[pool c]\nbackend = 127.0.0.1:3\n\n"
+                                "[pool d]\nbackend = 127.0.0.1:4\nmetrics = /stats\n",
+                                &c, err, sizeof err);
+    cr_assert_eq(rc, 0, "%s", err);
+    cr_expect_eq(c->pools[0].balance, BALANCE_CAPACITY);
+    cr_expect_str_eq(c->pools[0].metrics_path, "/metrics");
+    cr_expect_eq(c->pools[0].metrics_interval_ms, 250);
+    cr_expect_eq(c->pools[1].balance, BALANCE_PREFIX);
+    cr_expect_str_eq(c->pools[1].metrics_path, "", "an explicit empty metrics = means none");
+    cr_expect_eq(c->pools[1].metrics_interval_ms, 100);
+    cr_expect_eq(c->pools[2].balance, BALANCE_LEAST_OUTSTANDING);
+    cr_expect_str_eq(c->pools[2].metrics_path, "");
+    cr_expect_str_eq(c->pools[3].metrics_path, "/stats");
+    config_free(c);
 }

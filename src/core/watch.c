@@ -1,0 +1,373 @@
+/* The backend watcher: one thread for the process (not one per shard) fetches
+ * each load-aware pool's `metrics` path from every backend every
+ * `metrics_interval`, reads the engine's queue and KV use from it
+ * (src/proto/promtext.c), and publishes them in the generation's per-backend
+ * cells, which shards read with relaxed loads when they choose a backend. Only
+ * this thread writes the cells. It also publishes the per-backend gauges of
+ * /metrics. Control plane: plain non-blocking sockets under poll(2), never on a
+ * shard's ring.
+ *
+ * Like a shard, it holds a reference on the generation it works from and moves
+ * to the newest one by following `newer`, releasing what it leaves. */
+#include "core/watch.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "core/proxy.h"
+#include "proto/http1.h"
+#include "proto/promtext.h"
+
+#define WATCH_MAX_BODY (1 << 20)    /* a /metrics body larger than this is not read */
+#define WATCH_TIMEOUT_MS 1000       /* one scrape, connect to last byte */
+#define WATCH_TICK_MS 50            /* gauges refresh at least this often */
+
+enum probe_phase { PROBE_IDLE, PROBE_CONNECTING, PROBE_SENDING, PROBE_READING };
+
+/* One backend's scrape: at most one in flight. */
+struct target {
+    unsigned backend;           /* global index in the generation */
+    const struct cfg_pool *pool;
+    int fd;
+    uint8_t phase;
+    bool failing;               /* the last scrape failed (logged once per run of failures) */
+    uint64_t next_ms, deadline_ms;
+    char req[256];
+    size_t req_len, sent;
+    char *buf;                  /* the response */
+    size_t len, cap;
+};
+
+static pthread_t watch_thread;
+static int stop_fd = -1;
+static bool running;
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void probe_close(struct target *t)
+{
+    if (t->fd >= 0)
+        close(t->fd);
+    t->fd = -1;
+    t->phase = PROBE_IDLE;
+    t->len = 0;
+}
+
+static void probe_failed(struct gen *g, struct target *t, const char *why)
+{
+    if (!t->failing)
+        log_warn("pool %s backend %s: metrics %s: %s", t->pool->name,
+                 g->backend_cfg[t->backend]->addr.text, t->pool->metrics_path, why);
+    t->failing = true;
+    probe_close(t);
+}
+
+static void probe_start(struct gen *g, struct target *t, uint64_t now)
+{
+    const struct cfg_addr *a = &g->backend_cfg[t->backend]->addr;
+    t->next_ms = now + t->pool->metrics_interval_ms;
+    t->deadline_ms = now + WATCH_TIMEOUT_MS;
+    t->fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (t->fd < 0) {
+        probe_failed(g, t, strerror(errno));
+        return;
+    }
+    int n = snprintf(t->req, sizeof t->req,
+                     "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: aigw\r\nAccept: text/plain\r\n"
+                     "Connection: close\r\n\r\n",
+                     t->pool->metrics_path, a->text);
+    t->req_len = n > 0 && (size_t)n < sizeof t->req ? (size_t)n : 0;
+    t->sent = 0;
+    t->len = 0;
+    if (connect(t->fd, (const struct sockaddr *)&a->sa, a->salen) < 0 && errno != EINPROGRESS) {
+        probe_failed(g, t, strerror(errno));
+        return;
+    }
+    t->phase = PROBE_CONNECTING;
+}
+
+struct dechunked {
+    char *p;
+    size_t len;
+};
+
+static void dechunk_into(void *ctx, const char *p, size_t n)
+{
+    struct dechunked *d = ctx;
+    memmove(d->p + d->len, p, n);   /* in place: the output never passes the input */
+    d->len += n;
+}
+
+/* The whole response is in t->buf: read the engine's load from it. */
+static void probe_done(struct gen *g, struct target *t, uint64_t now)
+{
+    struct http_response resp;
+    const char *why = NULL;
+    if (http_parse_response(t->buf, t->len, 65536, 1 /* GET */, &resp, &why) != HTTP_OK) {
+        probe_failed(g, t, why ? why : "malformed response");
+        return;
+    }
+    if (resp.status != 200) {
+        char msg[48];
+        snprintf(msg, sizeof msg, "status %d", resp.status);
+        probe_failed(g, t, msg);
+        return;
+    }
+    char *body = t->buf + resp.head_len;
+    size_t blen = t->len - resp.head_len;
+    if (resp.body == BODY_LENGTH) {
+        if (blen < resp.content_length) {
+            probe_failed(g, t, "response cut short");
+            return;
+        }
+        blen = (size_t)resp.content_length;
+    } else if (resp.body == BODY_CHUNKED) {
+        struct chunked ch;
+        chunked_init(&ch);
+        struct dechunked d = { body, 0 };
+        if (chunked_scan(&ch, body, blen, dechunk_into, &d, &why) < 0 || !ch.done) {
+            probe_failed(g, t, why ? why : "chunked body cut short");
+            return;
+        }
+        blen = d.len;
+    }
+    struct engine_load load;
+    struct prom_error perr;
+    if (engine_load_parse(body, blen, &load, &perr) != 0) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "line %zu: %s", perr.line, perr.msg ? perr.msg : "unreadable");
+        probe_failed(g, t, msg);
+        return;
+    }
+    struct backend_signal *s = &g->signal[t->backend];
+    atomic_store_explicit(&s->waiting,
+                          load.has_waiting ? (int32_t)(load.waiting > 1e9 ? 1e9 : load.waiting) : -1,
+                          memory_order_relaxed);
+    atomic_store_explicit(&s->running,
+                          load.has_running ? (int32_t)(load.running > 1e9 ? 1e9 : load.running) : -1,
+                          memory_order_relaxed);
+    atomic_store_explicit(&s->kv_permille, load.has_kv_usage ? (int32_t)(load.kv_usage * 1000 + 0.5) : -1,
+                          memory_order_relaxed);
+    atomic_store_explicit(&s->scraped_ms, now, memory_order_release);
+    if (t->failing)
+        log_info("pool %s backend %s: metrics readable again", t->pool->name,
+                 g->backend_cfg[t->backend]->addr.text);
+    t->failing = false;
+    probe_close(t);
+}
+
+/* Moves a probe on after poll said its socket is ready. */
+static void probe_step(struct gen *g, struct target *t, short revents, uint64_t now)
+{
+    if (t->phase == PROBE_CONNECTING) {
+        int err = 0;
+        socklen_t l = sizeof err;
+        if (getsockopt(t->fd, SOL_SOCKET, SO_ERROR, &err, &l) < 0 || err) {
+            probe_failed(g, t, strerror(err ? err : errno));
+            return;
+        }
+        t->phase = PROBE_SENDING;
+    }
+    if (t->phase == PROBE_SENDING) {
+        ssize_t n = send(t->fd, t->req + t->sent, t->req_len - t->sent, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno != EAGAIN && errno != EINTR)
+                probe_failed(g, t, strerror(errno));
+            return;
+        }
+        t->sent += (size_t)n;
+        if (t->sent == t->req_len)
+            t->phase = PROBE_READING;
+        return;
+    }
+    if (t->phase == PROBE_READING && (revents & (POLLIN | POLLHUP | POLLERR))) {
+        if (t->cap - t->len < 4096) {
+            size_t want = t->cap ? t->cap * 2 : 16384;
+            if (want > WATCH_MAX_BODY + 65536) {
+                probe_failed(g, t, "response too large");
+                return;
+            }
+            char *nb = realloc(t->buf, want);
+            if (!nb) {
+                probe_failed(g, t, "out of memory");
+                return;
+            }
+            t->buf = nb;
+            t->cap = want;
+        }
+        ssize_t n = recv(t->fd, t->buf + t->len, t->cap - t->len, 0);
+        if (n < 0) {
+            if (errno != EAGAIN && errno != EINTR)
+                probe_failed(g, t, strerror(errno));
+            return;
+        }
+        if (n == 0) {
+            probe_done(g, t, now);   /* Connection: close: the response ends here */
+            return;
+        }
+        t->len += (size_t)n;
+    }
+}
+
+/* The targets of a generation: every backend of a pool with a metrics path. */
+static struct target *targets_build(struct gen *g, unsigned *count)
+{
+    const struct config *cfg = g->cfg;
+    struct target *t = calloc(cfg->nbackends ? cfg->nbackends : 1, sizeof *t);
+    unsigned n = 0;
+    if (!t) {
+        *count = 0;
+        return NULL;
+    }
+    uint64_t now = mono_ms();
+    for (unsigned p = 0; p < cfg->npools; p++) {
+        if (!cfg->pools[p].metrics_path[0])
+            continue;
+        for (unsigned i = 0; i < cfg->pools[p].nbackends; i++) {
+            struct target *x = &t[n++];
+            x->backend = g->pool_first_backend[p] + i;
+            x->pool = &cfg->pools[p];
+            x->fd = -1;
+            x->next_ms = now;
+        }
+    }
+    *count = n;
+    return t;
+}
+
+static void targets_free(struct target *t, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++) {
+        probe_close(&t[i]);
+        free(t[i].buf);
+    }
+    free(t);
+}
+
+/* The per-backend gauges of /metrics, from this generation's view. */
+static void publish_gauges(struct gen *g)
+{
+    for (unsigned b = 0; b < g->cfg->nbackends; b++) {
+        const struct backend_signal *s = &g->signal[b];
+        bool fresh = backend_signal_fresh(g, b, mono_ms());
+        metrics_set_backend_load(g->backend_metric_slot[b], gen_outstanding(g, b),
+                                 fresh ? atomic_load_explicit(&s->waiting, memory_order_relaxed) : -1,
+                                 fresh ? atomic_load_explicit(&s->kv_permille, memory_order_relaxed) : -1);
+    }
+}
+
+static void *watch_main(void *arg)
+{
+    (void)arg;
+    struct gen *g = atomic_load_explicit(&rt.current, memory_order_acquire);
+    unsigned n = 0;
+    struct target *t = targets_build(g, &n);
+    struct pollfd *pfd = NULL;
+    unsigned pfd_cap = 0;
+    for (;;) {
+        struct gen *cur = atomic_load_explicit(&rt.current, memory_order_acquire);
+        if (cur != g) {
+            targets_free(t, n);
+            for (struct gen *x = g; x != cur;) {
+                struct gen *next = atomic_load(&x->newer);
+                gen_unref(x);
+                x = next;
+            }
+            g = cur;
+            t = targets_build(g, &n);
+        }
+        uint64_t now = mono_ms();
+        uint64_t wake = now + WATCH_TICK_MS;
+        for (unsigned i = 0; i < n; i++) {
+            if (t[i].phase == PROBE_IDLE && now >= t[i].next_ms)
+                probe_start(g, &t[i], now);
+            else if (t[i].phase != PROBE_IDLE && now >= t[i].deadline_ms)
+                probe_failed(g, &t[i], "timed out");
+            uint64_t due = t[i].phase == PROBE_IDLE ? t[i].next_ms : t[i].deadline_ms;
+            if (due < wake)
+                wake = due;
+        }
+        publish_gauges(g);
+
+        if (pfd_cap < n + 1) {
+            struct pollfd *np = realloc(pfd, (n + 1) * sizeof *np);
+            if (!np) {
+                log_error("watcher: out of memory; backend load is no longer read");
+                break;
+            }
+            pfd = np;
+            pfd_cap = n + 1;
+        }
+        unsigned npfd = 0;
+        pfd[npfd++] = (struct pollfd){ stop_fd, POLLIN, 0 };
+        for (unsigned i = 0; i < n && npfd < pfd_cap; i++)
+            if (t[i].phase != PROBE_IDLE)
+                pfd[npfd++] = (struct pollfd){ t[i].fd,
+                                               t[i].phase == PROBE_READING ? POLLIN : POLLOUT, 0 };
+        int timeout = wake > now ? (int)(wake - now) : 0;
+        int r = poll(pfd, npfd, timeout);
+        if (r < 0 && errno != EINTR)
+            break;
+        if (pfd[0].revents)
+            break;
+        now = mono_ms();
+        /* the pollfds follow the active targets in order */
+        unsigned k = 1;
+        for (unsigned i = 0; i < n && k < npfd; i++) {
+            if (t[i].phase == PROBE_IDLE || t[i].fd != pfd[k].fd)
+                continue;
+            short re = pfd[k++].revents;
+            if (re)
+                probe_step(g, &t[i], re, now);
+        }
+    }
+    targets_free(t, n);
+    free(pfd);
+    gen_unref(g);
+    return NULL;
+}
+
+int watch_start(void)
+{
+    stop_fd = eventfd(0, EFD_CLOEXEC);
+    if (stop_fd < 0) {
+        log_error("watcher: eventfd: %s", strerror(errno));
+        return -1;
+    }
+    int rc = pthread_create(&watch_thread, NULL, watch_main, NULL);
+    if (rc) {
+        log_error("watcher: cannot start its thread: %s", strerror(rc));
+        close(stop_fd);
+        stop_fd = -1;
+        return -1;
+    }
+    running = true;
+    return 0;
+}
+
+void watch_stop(void)
+{
+    if (!running)
+        return;
+    uint64_t one = 1;
+    if (write(stop_fd, &one, sizeof one) < 0)
+        log_warn("watcher: cannot signal the thread to stop: %s", strerror(errno));
+    pthread_join(watch_thread, NULL);
+    close(stop_fd);
+    stop_fd = -1;
+    running = false;
+}
