@@ -597,6 +597,16 @@ static int pool_max_outstanding(struct load_ctx *x, const char *key, const char 
     return 0;
 }
 
+/* Values that go into a request line or a header: a space or control byte
+ * could split them. */
+static bool has_space_or_control(const char *v)
+{
+    for (; *v; v++)
+        if ((unsigned char)*v <= 0x20 || *v == 0x7f)
+            return true;
+    return false;
+}
+
 static int pool_metrics(struct load_ctx *x, const char *key, const char *value)
 {
     struct cfg_pool *p = cur_pool(x);
@@ -604,12 +614,10 @@ static int pool_metrics(struct load_ctx *x, const char *key, const char *value)
     if (len >= sizeof p->metrics_path)
         return fail(x, "invalid value for %s: too long (at most %zu characters)", key,
                     sizeof p->metrics_path - 1);
-    /* it goes on a request line: a path, no spaces or control bytes */
     if (len && value[0] != '/')
         return bad_value(x, key, value, "a path starting with '/', or empty for none");
-    for (size_t i = 0; i < len; i++)
-        if ((unsigned char)value[i] <= 0x20 || value[i] == 0x7f)
-            return bad_value(x, key, value, "a path without spaces or control characters");
+    if (has_space_or_control(value))
+        return bad_value(x, key, value, "a path without spaces or control characters");
     memcpy(p->metrics_path, value, len + 1);
     p->metrics_set = true;
     return 0;
@@ -631,13 +639,8 @@ static int pool_upstream_auth(struct load_ctx *x, const char *key, const char *v
     if (len >= sizeof p->upstream_auth)
         return fail(x, "invalid value for %s: too long (at most %zu characters)", key,
                     sizeof p->upstream_auth - 1);
-    /* it becomes a header value: no spaces or control bytes that could split it */
-    for (size_t i = 0; i < len; i++) {
-        unsigned char ch = (unsigned char)value[i];
-        if (ch <= 0x20 || ch == 0x7f)
-            return fail(x, "invalid value for %s: must not contain spaces or control characters",
-                        key);
-    }
+    if (has_space_or_control(value))
+        return fail(x, "invalid value for %s: must not contain spaces or control characters", key);
     memcpy(p->upstream_auth, value, len + 1);
     return 0;
 }
