@@ -259,11 +259,11 @@ static void targets_free(struct target *t, unsigned n)
 }
 
 /* The per-backend gauges of /metrics, from this generation's view. */
-static void publish_gauges(struct gen *g)
+static void publish_gauges(struct gen *g, uint64_t now)
 {
     for (unsigned b = 0; b < g->cfg->nbackends; b++) {
         const struct backend_signal *s = &g->signal[b];
-        bool fresh = backend_signal_fresh(g, b, mono_ms());
+        bool fresh = backend_signal_fresh(g, b, now);
         metrics_set_backend_load(g->backend_metric_slot[b], gen_outstanding(g, b),
                                  fresh ? atomic_load_explicit(&s->waiting, memory_order_relaxed) : -1,
                                  fresh ? atomic_load_explicit(&s->kv_permille, memory_order_relaxed) : -1);
@@ -301,7 +301,7 @@ static void *watch_main(void *arg)
             if (due < wake)
                 wake = due;
         }
-        publish_gauges(g);
+        publish_gauges(g, now);
 
         if (pfd_cap < n + 1) {
             struct pollfd *np = realloc(pfd, (n + 1) * sizeof *np);
