@@ -160,39 +160,55 @@ void ai_request_ready(struct conn *c)
         conn_send_error(c, 429, "rate_limit_exceeded", which, msg);
         return;
     }
-    if (!conn_choose_backend(c))
-        return;
-    /* the forwarded head is the client's plus what a proxy adds (forwarding
-     * headers, framing, upstream credentials): within FORWARD_HEAD_EXTRA */
-    const struct cfg_pool *pool = &cfg->pools[c->pool];
-    size_t head_room = c->body_head_len + FORWARD_HEAD_EXTRA + strlen(pool->upstream_auth);
-    struct xbuf *out = xbuf_get_cap(sh, (uint32_t)(head_room + blen));
-    if (!out) {
-        conn_send_error(c, 503, "server_error", "no_capacity", "out of memory");
-        return;
-    }
-    /* the body goes on de-chunked, with its length */
-    req->body = BODY_LENGTH;
-    req->content_length = blen;
-    struct http_forward fwd = conn_forward_info(c);
-    size_t hlen = http_write_upstream_head(out->data, out->cap - blen, req, &fwd);
-    if (hlen == 0) {
-        xbuf_put(sh, out);
-        conn_send_error(c, 431, "invalid_request_error", NULL, "request head too large to forward");
-        return;
-    }
-    memcpy(out->data + hlen, body, blen);
-    out->len = (uint32_t)(hlen + blen);
-    out->off = 0;
-    c->out = out;
-    xbuf_put(sh, c->body);
-    c->body = NULL;
+    conn_choose_pool(c);
     c->req_body = BODY_LENGTH;
     c->req_body_left = 0;
     c->in_body = 0;
     c->body_in_first_send = true;
     c->state = CS_UPSTREAM;
-    upstream_acquire(c);
+    /* c->body stays until the backend answers: the forwarded request is written
+     * from it for each backend tried, which may be in another pool */
+    dispatch_request(c);
+}
+
+bool ai_request_build_out(struct conn *c)
+{
+    struct shard *sh = c->sh;
+    const struct config *cfg = c->sg->g->cfg;
+    struct http_request req;
+    const char *why = NULL;
+    if (http_parse_request(c->body->data, c->body_head_len, cfg->server.max_header, &req, &why) != HTTP_OK) {
+        conn_send_error(c, 400, "invalid_request_error", NULL, "malformed request");
+        return false;
+    }
+    const char *body = c->body->data + c->body_head_len;
+    size_t blen = c->body->len - c->body_head_len;
+    /* the forwarded head is the client's plus what a proxy adds (forwarding
+     * headers, framing, upstream credentials): within FORWARD_HEAD_EXTRA */
+    const struct cfg_pool *pool = &cfg->pools[c->pool];
+    size_t head_room = c->body_head_len + FORWARD_HEAD_EXTRA + strlen(pool->upstream_auth);
+    conn_drop_buf(c, c->out);
+    c->out = NULL;
+    struct xbuf *out = xbuf_get_cap(sh, (uint32_t)(head_room + blen));
+    if (!out) {
+        conn_send_error(c, 503, "server_error", "no_capacity", "out of memory");
+        return false;
+    }
+    /* the body goes on de-chunked, with its length */
+    req.body = BODY_LENGTH;
+    req.content_length = blen;
+    struct http_forward fwd = conn_forward_info(c);
+    size_t hlen = http_write_upstream_head(out->data, out->cap - blen, &req, &fwd);
+    if (hlen == 0) {
+        xbuf_put(sh, out);
+        conn_send_error(c, 431, "invalid_request_error", NULL, "request head too large to forward");
+        return false;
+    }
+    memcpy(out->data + hlen, body, blen);
+    out->len = (uint32_t)(hlen + blen);
+    out->off = 0;
+    c->out = out;
+    return true;
 }
 
 /* An AI route with a body: keep the raw head, then collect the body. */

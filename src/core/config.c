@@ -44,6 +44,13 @@ struct pending_route {
     int split_line;
 };
 
+/* A pool's fallback as written, resolved once the whole file is read (the pool it
+ * names may come later). */
+struct pending_pool {
+    char fallback[CFG_NAME_MAX];    /* empty: none */
+    int fallback_line;
+};
+
 struct load_ctx {
     struct config *c;
     const char *name;           /* file name for messages */
@@ -67,6 +74,7 @@ struct load_ctx {
 
     unsigned pool_cap, route_cap, backend_cap, tier_cap;
     struct pending_route *pending;  /* parallel to c->routes */
+    struct pending_pool *pending_pools; /* parallel to c->pools */
     bool listen_configured;
     bool admin_configured;
 };
@@ -632,6 +640,78 @@ static int pool_metrics_interval(struct load_ctx *x, const char *key, const char
     return 0;
 }
 
+static int pool_health(struct load_ctx *x, const char *key, const char *value)
+{
+    struct cfg_pool *p = cur_pool(x);
+    size_t len = strlen(value);
+    if (len >= sizeof p->health_path)
+        return fail(x, "invalid value for %s: too long (at most %zu characters)", key,
+                    sizeof p->health_path - 1);
+    if (len && value[0] != '/')
+        return bad_value(x, key, value, "a path starting with '/', or empty for none");
+    if (has_space_or_control(value))
+        return bad_value(x, key, value, "a path without spaces or control characters");
+    memcpy(p->health_path, value, len + 1);
+    p->health_set = true;
+    return 0;
+}
+
+static int pool_health_interval(struct load_ctx *x, const char *key, const char *value)
+{
+    uint64_t ms;
+    if (config_parse_duration_ms(value, &ms) < 0 || ms < 10 || ms > 60000)
+        return bad_value(x, key, value, "a duration from 10ms to 60s");
+    cur_pool(x)->health_interval_ms = ms;
+    return 0;
+}
+
+#define POOL_QUEUE_TIMEOUT_MAX_MS (10ULL * 60 * 1000)
+
+/* 0 is allowed: no waiting, a request that finds no capacity is answered at once. */
+static int pool_queue_timeout(struct load_ctx *x, const char *key, const char *value)
+{
+    uint64_t ms;
+    if (config_parse_duration_ms(value, &ms) < 0 || ms > POOL_QUEUE_TIMEOUT_MAX_MS)
+        return bad_value(x, key, value, "a duration from 0 to 10m");
+    cur_pool(x)->queue_timeout_ms = ms;
+    return 0;
+}
+
+/* 0: the default, computed in close_section() once the backends are known. */
+static int pool_queue_size(struct load_ctx *x, const char *key, const char *value)
+{
+    uint64_t v;
+    if (parse_uint_range(value, 0, 1000000, &v) < 0)
+        return bad_value(x, key, value, "a number 0-1000000, 0 for max_outstanding x backends");
+    cur_pool(x)->queue_size = (unsigned)v;
+    return 0;
+}
+
+static int pool_retries(struct load_ctx *x, const char *key, const char *value)
+{
+    uint64_t v;
+    if (parse_uint_range(value, 0, 5, &v) < 0)
+        return bad_value(x, key, value, "a number 0-5");
+    cur_pool(x)->retries = (unsigned)v;
+    return 0;
+}
+
+/* The pool is resolved in finish(): it may come later in the file. Empty: none. */
+static int pool_fallback(struct load_ctx *x, const char *key, const char *value)
+{
+    (void)key;
+    struct cfg_pool *p = cur_pool(x);
+    struct pending_pool *pp = &x->pending_pools[x->c->npools - 1];
+    size_t len = strlen(value);
+    if (len >= sizeof pp->fallback)
+        return fail(x, "fallback: no pool named '%s'", value);
+    if (strcmp(value, p->name) == 0)
+        return fail(x, "fallback: pool '%s' cannot be its own fallback", p->name);
+    memcpy(pp->fallback, value, len + 1);
+    pp->fallback_line = x->lineno;
+    return 0;
+}
+
 static int pool_upstream_auth(struct load_ctx *x, const char *key, const char *value)
 {
     struct cfg_pool *p = cur_pool(x);
@@ -894,6 +974,12 @@ static const struct key_def pool_keys[] = {
     { "upstream_auth", pool_upstream_auth, false },
     { "metrics", pool_metrics, false },
     { "metrics_interval", pool_metrics_interval, false },
+    { "health", pool_health, false },
+    { "health_interval", pool_health_interval, false },
+    { "queue_timeout", pool_queue_timeout, false },
+    { "queue_size", pool_queue_size, false },
+    { "retries", pool_retries, false },
+    { "fallback", pool_fallback, false },
     { NULL, NULL, false },
 };
 static const struct key_def route_keys[] = {
@@ -932,9 +1018,16 @@ static int close_section(struct load_ctx *x)
         struct cfg_pool *p = cur_pool(x);
         if (p->nbackends == 0)
             return fail_at(x, x->sec_line, "pool '%s' has no backend", p->name);
-        /* the load-aware balancers read the engines' metrics unless told otherwise */
-        if (!p->metrics_set && (p->balance == BALANCE_CAPACITY || p->balance == BALANCE_PREFIX))
+        /* the load-aware balancers read the engines' metrics and health unless told
+         * otherwise */
+        bool load_aware = p->balance == BALANCE_CAPACITY || p->balance == BALANCE_PREFIX;
+        if (!p->metrics_set && load_aware)
             memcpy(p->metrics_path, "/metrics", sizeof "/metrics");
+        if (!p->health_set && load_aware)
+            memcpy(p->health_path, "/health", sizeof "/health");
+        /* all backends are known now: at most 1000000 x 1024, fits an unsigned */
+        if (p->queue_size == 0)
+            p->queue_size = p->max_outstanding * p->nbackends;
     } else if (x->sec == SEC_ROUTE) {
         const struct cfg_route *r = cur_route(x);
         if (r->path_len == 0)
@@ -964,14 +1057,24 @@ static int open_pool(struct load_ctx *x, const char *name, size_t len)
         if (!np)
             return fail(x, "out of memory");
         c->pools = np;
+        struct pending_pool *npp = realloc(x->pending_pools, cap * sizeof *npp);
+        if (!npp)
+            return fail(x, "out of memory");
+        x->pending_pools = npp;
         x->pool_cap = cap;
     }
-    struct cfg_pool *p = &c->pools[c->npools++];
+    struct cfg_pool *p = &c->pools[c->npools];
     memset(p, 0, sizeof *p);
+    memset(&x->pending_pools[c->npools], 0, sizeof x->pending_pools[0]);
+    c->npools++;
     memcpy(p->name, name, len);
     p->balance = BALANCE_LEAST_OUTSTANDING;
     p->max_outstanding = 64;
     p->metrics_interval_ms = 250;
+    p->health_interval_ms = 1000;
+    p->queue_timeout_ms = 5000;
+    p->retries = 1;
+    p->fallback = -1;
     p->line = x->lineno;
     x->backend_cap = 0;
     return 0;
@@ -1281,6 +1384,16 @@ static int finish(struct load_ctx *x)
             return fail_at(x, pr->pool_line, "route '%s': unknown pool '%s'", r->name, pr->pool);
         r->pool = p;
     }
+    /* one hop: a fallback pool's own fallback is not followed at run time */
+    for (unsigned i = 0; i < c->npools; i++) {
+        const struct pending_pool *pp = &x->pending_pools[i];
+        if (pp->fallback[0] == '\0')
+            continue;
+        unsigned p = find_pool(c, pp->fallback);
+        if (p == c->npools)
+            return fail_at(x, pp->fallback_line, "fallback: no pool named '%s'", pp->fallback);
+        c->pools[i].fallback = (int)p;
+    }
     c->nbackends = 0;
     for (unsigned i = 0; i < c->npools; i++)
         c->nbackends += c->pools[i].nbackends;
@@ -1348,6 +1461,8 @@ static int load(struct load_ctx *x, struct config **out)
         finish(x);
     free(x->pending);
     x->pending = NULL;
+    free(x->pending_pools);
+    x->pending_pools = NULL;
     if (x->failed) {
         config_free(x->c);
         return -1;

@@ -42,6 +42,16 @@ struct cfg_pool {
                                  * /metrics for capacity and prefix pools, else none */
     bool metrics_set;           /* metrics = given in the file */
     uint64_t metrics_interval_ms; /* default 250ms */
+    char health_path[128];      /* active check: GET every health_interval, 2xx is healthy;
+                                 * empty: passive checks only. Default /health for
+                                 * capacity and prefix pools, else none */
+    bool health_set;            /* health = given in the file */
+    uint64_t health_interval_ms; /* default 1s; 10ms..60s */
+    uint64_t queue_timeout_ms;  /* how long a request may wait for capacity; default 5s; 0: none */
+    unsigned queue_size;        /* requests that may wait, over all shards; default (and
+                                 * 0 in the file: not given) max_outstanding x backends */
+    unsigned retries;           /* tries on another backend before any response byte; default 1 */
+    int fallback;               /* pool index used when this one is down or saturated; -1: none */
     int line;
 };
 

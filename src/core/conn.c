@@ -415,6 +415,7 @@ static void reject_head(struct conn *c, int status, const char *msg)
     c->sg->inflight++;
     c->start_us = sh->now_us;
     c->route = c->backend = c->pool = -1;
+    c->queued = c->probe = false;
     reset_admission(c);
     c->error = NULL;
     c->status = 0;
@@ -465,59 +466,24 @@ static void copy_slice(char *dst, size_t cap, struct slice s, uint16_t *len_out)
     *len_out = (uint16_t)n;
 }
 
-/* Picks the pool (the route's, or by its split) and the backend in it, and counts
- * the request against that backend. False (and the 503 sent) when every backend
- * is at max_outstanding. */
-bool conn_choose_backend(struct conn *c)
+/* Picks the request's pool: the route's, or one by its split. */
+void conn_choose_pool(struct conn *c)
 {
-    struct shard *sh = c->sh;
     struct shard_gen *sg = c->sg;
-    const struct config *cfg = sg->g->cfg;
-    const struct cfg_route *route = &cfg->routes[c->route];
+    const struct cfg_route *route = &sg->g->cfg->routes[c->route];
     c->pool = (int)(route->nsplit ? route->split[split_pick(sg->split[c->route], route->split,
                                                             route->nsplit)].pool
                                   : route->pool);
-    const struct cfg_pool *pool = &cfg->pools[c->pool];
-    unsigned first = sg->g->pool_first_backend[c->pool];
-    uint32_t outstanding[pool->nbackends ? pool->nbackends : 1];
-    for (unsigned i = 0; i < pool->nbackends; i++)
-        outstanding[i] = gen_outstanding(sg->g, first + i);
-    int pick;
-    if (pool->balance == BALANCE_CAPACITY || pool->balance == BALANCE_PREFIX) {
-        /* the engines' own load, as the watcher last read it */
-        struct backend_view view[pool->nbackends ? pool->nbackends : 1];
-        for (unsigned i = 0; i < pool->nbackends; i++) {
-            unsigned b = first + i;
-            const struct backend_signal *s = &sg->g->signal[b];
-            bool fresh = backend_signal_fresh(sg->g, b, sh->now_ms);
-            int32_t kv = fresh ? atomic_load_explicit(&s->kv_permille, memory_order_relaxed) : -1;
-            view[i] = (struct backend_view){
-                .outstanding = outstanding[i],
-                .max_outstanding = pool->max_outstanding,
-                .weight = pool->backends[i].weight,
-                .up = true,
-                .waiting = fresh ? atomic_load_explicit(&s->waiting, memory_order_relaxed) : BALANCE_UNKNOWN,
-                .running = fresh ? atomic_load_explicit(&s->running, memory_order_relaxed) : BALANCE_UNKNOWN,
-                .kv_usage = kv >= 0 ? (float)kv / 1000.0f : -1.0f,
-                .id = sg->g->backend_id[b],
-            };
-        }
-        pick = balance_pick_load(pool->balance, &sg->balance[c->pool], view, pool->nbackends,
-                                 c->prefix_hash);
-    } else {
-        pick = balance_pick(pool->balance, &sg->balance[c->pool], pool->backends, pool->nbackends,
-                            outstanding, NULL, pool->max_outstanding);
-    }
-    if (pick < 0) {
-        conn_send_error(c, 503, "server_error", "no_capacity", "all backends are at capacity");
-        return false;
-    }
-    c->backend = (int)(first + (unsigned)pick);
-    struct backend_load *cell = &sg->g->load[(size_t)c->backend * sg->g->nshards + sh->id];
-    atomic_store_explicit(&cell->outstanding,
-                          atomic_load_explicit(&cell->outstanding, memory_order_relaxed) + 1,
-                          memory_order_relaxed);
-    return true;
+}
+
+/* The caller's tier priority decides its place in a pool's queue. */
+enum priority conn_priority(const struct conn *c)
+{
+    const struct config *cfg = c->sg->g->cfg;
+    if (c->key < 0 || !cfg->keys.key_tier)
+        return PRIORITY_NORMAL;
+    uint32_t t = cfg->keys.key_tier[c->key];
+    return t == CFG_NO_TIER ? PRIORITY_NORMAL : cfg->tiers[t].priority;
 }
 
 /* What the forwarded head gains, for the chosen pool and backend. The caller's
@@ -526,7 +492,10 @@ struct http_forward conn_forward_info(const struct conn *c)
 {
     const struct gen *g = c->sg->g;
     const struct cfg_pool *pool = &g->cfg->pools[c->pool];
-    const char *host = g->backend_cfg[c->backend]->addr.text;
+    /* an HTTP/1.0 request without Host gets the backend's address; one written
+     * before the backend is known (a raw route's head) gets the pool's first */
+    unsigned b = c->backend >= 0 ? (unsigned)c->backend : g->pool_first_backend[c->pool];
+    const char *host = g->backend_cfg[b]->addr.text;
     return (struct http_forward){
         .client_addr = { c->client, c->client_len },
         .proto = { "http", 4 },
@@ -557,6 +526,10 @@ static size_t start_request(struct conn *c, const char *src, size_t n, const str
     c->status = 0;
     c->error = NULL;
     c->resp_started = c->resp_done = c->retried = c->upstream_reused = false;
+    c->queued = c->probe = c->fell_back = false;
+    c->attempts = 0;
+    c->tried = 0;
+    c->retry_deadline_ms = 0;
     c->first_byte_us = 0;
     c->bytes_in = req->head_len;
     c->bytes_out = 0;
@@ -633,9 +606,7 @@ static size_t start_request(struct conn *c, const char *src, size_t n, const str
         conn_send_error(c, 404, "invalid_request_error", "not_found", "no route for this path");
         return head + (size_t)body_avail;
     }
-    if (!conn_choose_backend(c))
-        return head + (size_t)body_avail;
-
+    conn_choose_pool(c);
     c->out = xbuf_get(sh);
     if (!c->out) {
         conn_send_error(c, 503, "server_error", "no_capacity", "out of memory");
@@ -659,7 +630,7 @@ static size_t start_request(struct conn *c, const char *src, size_t n, const str
     if (c->expect_continue && !conn_request_body_complete(c) && body_avail == 0) {
         conn_send_continue(c);
     }
-    upstream_acquire(c);
+    dispatch_request(c);
     return head + copy;
 }
 
@@ -910,7 +881,11 @@ static void request_sent(struct conn *c)
         conn_drop_buf(c, c->out);
         c->out = NULL;
     }
-    arm_timer(c, T_FIRST_BYTE, conn_config(c)->timeouts.first_byte_ms);
+    /* first_byte runs from the first attempt's request: a retry gets what is left */
+    uint64_t now = c->sh->now_ms;
+    if (!c->retry_deadline_ms)
+        c->retry_deadline_ms = now + conn_config(c)->timeouts.first_byte_ms;
+    arm_timer(c, T_FIRST_BYTE, c->retry_deadline_ms > now ? c->retry_deadline_ms - now : 1);
     up_recv_head(c);
 }
 
@@ -937,7 +912,32 @@ static void retry_or_fail(struct conn *c, int err, const char *why)
         upstream_acquire_new(c);
         return;
     }
+    conn_attempt_failed(c, BF_RESET, err, why);
+}
+
+/* The backend failed this attempt: count it against the backend, then try
+ * another one if the request may be retried, else answer the error. */
+void conn_attempt_failed(struct conn *c, enum backend_failure f, int err, const char *why)
+{
+    dispatch_attempt_result(c, f);
+    if (dispatch_retry(c, f))
+        return;
     conn_upstream_failed(c, err, why);
+}
+
+/* Gives up the current attempt's upstream side so the request can go out again. */
+void conn_abandon_attempt(struct conn *c)
+{
+    if (c->up)
+        abandon_upstream(c);
+    conn_drop_buf(c, c->rbuf);
+    c->rbuf = NULL;
+    if (c->out)
+        c->out->off = 0;
+    c->up_sending = c->in_pinned = false;
+    c->first_byte_us = 0;
+    c->status = 0;
+    c->retried = c->upstream_reused = false;
 }
 
 void conn_upstream_failed(struct conn *c, int err, const char *why)
@@ -995,11 +995,6 @@ static void on_up_head(struct conn *c, int res)
     }
     if (!c->first_byte_us)
         c->first_byte_us = sh->now_us;
-    if (c->out) {
-        /* the request can no longer be retried: the backend answered */
-        conn_drop_buf(c, c->out);
-        c->out = NULL;
-    }
     c->rbuf->len += (uint32_t)res;
     struct http_response *resp = &sh->scratch_resp;
     for (;;) {
@@ -1009,20 +1004,20 @@ static void on_up_head(struct conn *c, int res)
         int r = http_parse_response(p, n, conn_config(c)->server.max_header, c->req_method, resp, &why);
         if (r == HTTP_INCOMPLETE) {
             if (c->rbuf->len == sh->xbuf_size) {
-                conn_send_error(c, 502, "server_error", "upstream_error", "upstream response head too large");
+                conn_attempt_failed(c, BF_STATUS, EPROTO, "upstream response head too large");
                 return;
             }
             up_recv_head(c);
             return;
         }
         if (r != HTTP_OK) {
-            conn_send_error(c, 502, "server_error", "upstream_error", why ? why : "malformed upstream response");
+            conn_attempt_failed(c, BF_STATUS, EPROTO, why ? why : "malformed upstream response");
             return;
         }
         if (resp->status >= 200)
             break;
         if (resp->status == 101) {
-            conn_send_error(c, 502, "server_error", "upstream_error", "upstream switched protocols");
+            conn_attempt_failed(c, BF_STATUS, EPROTO, "upstream switched protocols");
             return;
         }
         /* interim 1xx: skip it; the client already got our own 100 Continue */
@@ -1033,6 +1028,16 @@ static void on_up_head(struct conn *c, int res)
             return;
         }
     }
+    dispatch_attempt_result(c, resp->status >= 500 ? BF_STATUS : BF_NONE);
+    /* a backend that is overloaded or broken said so before anything reached
+     * the client: another one may answer */
+    if ((resp->status == 502 || resp->status == 503) && dispatch_retry(c, BF_STATUS))
+        return;
+    /* the request can no longer be retried: the backend answered */
+    conn_drop_buf(c, c->out);
+    c->out = NULL;
+    xbuf_put(sh, c->body);
+    c->body = NULL;
     relay_response_head(c, resp);
 }
 
@@ -1146,12 +1151,7 @@ static void request_finish(struct conn *c)
         }
         alog_write(sh->id, &e);
     }
-    if (c->backend >= 0) {
-        struct backend_load *cell = &sg->g->load[(size_t)c->backend * sg->g->nshards + sh->id];
-        atomic_store_explicit(&cell->outstanding,
-                              atomic_load_explicit(&cell->outstanding, memory_order_relaxed) - 1,
-                              memory_order_relaxed);
-    }
+    dispatch_release(c);
     /* buffers first, while c->up is attached: an op in flight may still use them */
     xbuf_put(sh, c->body);      /* never used by an operation */
     c->body = NULL;
@@ -1219,10 +1219,13 @@ void conn_timer_fired(struct conn *c)
             conn_close(c);
         break;
     case T_CONNECT:
-        conn_upstream_failed(c, ETIMEDOUT, "upstream connect timeout");
+        conn_attempt_failed(c, BF_CONNECT, ETIMEDOUT, "upstream connect timeout");
         break;
     case T_FIRST_BYTE:
-        conn_upstream_failed(c, ETIMEDOUT, "upstream did not answer within first_byte");
+        conn_attempt_failed(c, BF_TIMEOUT, ETIMEDOUT, "upstream did not answer within first_byte");
+        break;
+    case T_QUEUE:
+        dispatch_queue_expired(c);
         break;
     case T_IDLE:
         if (sh->now_ms < c->last_activity_ms + cfg->timeouts.idle_ms) {
@@ -1234,8 +1237,11 @@ void conn_timer_fired(struct conn *c)
             (c->state == CS_UPSTREAM && !c->resp_started && !conn_request_body_complete(c) && c->in_body == 0))
             /* we wait for the client's body, not for the backend */
             conn_send_error(c, 408, "invalid_request_error", NULL, "request body not received in time");
-        else if (c->state == CS_UPSTREAM && !c->resp_started)
+        else if (c->state == CS_UPSTREAM && !c->resp_started) {
+            if (c->up)
+                dispatch_attempt_result(c, BF_TIMEOUT);
             conn_send_error(c, 504, "server_error", "upstream_timeout", "upstream idle timeout");
+        }
         else
             conn_close(c);
         break;

@@ -8,6 +8,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "core/log.h"
 
@@ -24,10 +25,34 @@ static void gen_free(struct gen *g)
     free(g->backend_pool);
     free(g->load);
     free(g->signal);
+    free(g->health);
+    free(g->pool_metric_slot);
     free(g->backend_id);
     free(g->backend_interval_ms);
     admission_gen_free(g);
     free(g);
+}
+
+/* A reload keeps what is known of backends it keeps (same pool, same address):
+ * a backend that was down or had its circuit open stays so until checked again. */
+static void inherit_health(struct gen *g, const struct gen *prev)
+{
+    for (unsigned b = 0; b < g->cfg->nbackends; b++)
+        for (unsigned o = 0; o < prev->cfg->nbackends; o++) {
+            if (strcmp(g->backend_pool[b], prev->backend_pool[o]) != 0 ||
+                strcmp(g->backend_cfg[b]->addr.text, prev->backend_cfg[o]->addr.text) != 0)
+                continue;
+            const struct backend_health *from = &prev->health[o];
+            struct backend_health *to = &g->health[b];
+            atomic_store(&to->checked_up, atomic_load(&from->checked_up));
+            /* a probe in flight belongs to the old generation: the new one may send its own */
+            uint8_t circuit = atomic_load(&from->circuit);
+            atomic_store(&to->circuit, circuit == CIRCUIT_CLOSED ? CIRCUIT_CLOSED : CIRCUIT_OPEN);
+            atomic_store(&to->open_cause, atomic_load(&from->open_cause));
+            atomic_store(&to->reopens, atomic_load(&from->reopens));
+            atomic_store(&to->open_until_ms, atomic_load(&from->open_until_ms));
+            break;
+        }
 }
 
 struct gen *gen_create(struct config *cfg, const struct gen *prev, unsigned nshards, char *err,
@@ -48,7 +73,10 @@ struct gen *gen_create(struct config *cfg, const struct gen *prev, unsigned nsha
     g->signal = aligned_alloc(64, sizeof(struct backend_signal) * (nb + 1));
     g->backend_id = calloc(nb + 1, sizeof *g->backend_id);
     g->backend_interval_ms = calloc(nb + 1, sizeof *g->backend_interval_ms);
-    if (!g->route_metric_slot || !g->backend_metric_slot || !g->pool_first_backend ||
+    g->health = aligned_alloc(64, sizeof(struct backend_health) * (nb + 1));
+    g->pool_metric_slot = calloc(cfg->npools + 1, sizeof(int));
+    if (!g->health || !g->pool_metric_slot ||
+        !g->route_metric_slot || !g->backend_metric_slot || !g->pool_first_backend ||
         !g->backend_cfg || !g->backend_pool || !g->load || !g->signal || !g->backend_id ||
         !g->backend_interval_ms)
         goto oom;
@@ -57,6 +85,9 @@ struct gen *gen_create(struct config *cfg, const struct gen *prev, unsigned nsha
         atomic_init(&g->signal[b].running, -1);
         atomic_init(&g->signal[b].kv_permille, -1);
         atomic_init(&g->signal[b].scraped_ms, 0);
+        memset(&g->health[b], 0, sizeof g->health[b]);
+        atomic_init(&g->health[b].checked_up, true);
+        atomic_init(&g->health[b].circuit, CIRCUIT_CLOSED);
     }
     for (size_t i = 0; i < (size_t)nb * nshards; i++)
         atomic_init(&g->load[i].outstanding, 0);
@@ -74,6 +105,12 @@ struct gen *gen_create(struct config *cfg, const struct gen *prev, unsigned nsha
     unsigned b = 0;
     for (unsigned p = 0; p < cfg->npools; p++) {
         g->pool_first_backend[p] = b;
+        g->pool_metric_slot[p] = metrics_pool_slot(cfg->pools[p].name);
+        if (g->pool_metric_slot[p] < 0) {
+            snprintf(err, errlen, "%s: too many distinct pool names for metrics (max %d)",
+                     cfg->path, METRICS_MAX_POOLS);
+            goto fail;
+        }
         for (unsigned i = 0; i < cfg->pools[p].nbackends; i++, b++) {
             g->backend_cfg[b] = &cfg->pools[p].backends[i];
             g->backend_pool[b] = cfg->pools[p].name;
@@ -90,7 +127,10 @@ struct gen *gen_create(struct config *cfg, const struct gen *prev, unsigned nsha
     }
     if (admission_gen_init(g, prev, err, errlen) != 0)
         goto fail;
+    if (prev)
+        inherit_health(g, prev);
     metrics_set_live_backends(g->backend_metric_slot, nb);
+    metrics_set_live_pools(g->pool_metric_slot, cfg->npools);
     g->id = atomic_fetch_add(&next_gen_id, 1);
     atomic_init(&g->refs, (int)nshards + 2);   /* the shards, main, the watcher */
     atomic_init(&g->newer, NULL);

@@ -85,9 +85,11 @@ static uint64_t now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* Ready: serving the current configuration, and some backend can take requests
+ * (as the watcher last published). */
 static bool is_ready(void)
 {
-    return atomic_load(&rt.ready) && !atomic_load(&rt.draining);
+    return atomic_load(&rt.ready) && !atomic_load(&rt.draining) && metrics_any_backend_up();
 }
 
 static bool same_addr(const struct cfg_addr *a, const struct cfg_addr *b)

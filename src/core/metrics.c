@@ -55,7 +55,12 @@ static bool backend_live[METRICS_MAX_BACKENDS];
 static _Atomic uint32_t backend_outstanding[METRICS_MAX_BACKENDS];
 static _Atomic int32_t backend_waiting[METRICS_MAX_BACKENDS];
 static _Atomic int32_t backend_kv[METRICS_MAX_BACKENDS];
+static _Atomic bool backend_down[METRICS_MAX_BACKENDS];   /* zero: up, so never set renders 1 */
 static unsigned nbackends;
+static char *pool_names[METRICS_MAX_POOLS];
+static bool pool_live[METRICS_MAX_POOLS];
+/* written under registry_mu; also read by the shards (metrics_observe_queue_wait) */
+static _Atomic unsigned npools;
 static char **key_names;            /* [key_capacity]; slot 0 is "" */
 static uint32_t *key_index;         /* open addressing over names: slot, 0 empty; 2 x capacity */
 static size_t key_index_mask;
@@ -240,6 +245,61 @@ void metrics_set_live_backends(const int *slots, unsigned n)
     pthread_mutex_unlock(&registry_mu);
 }
 
+void metrics_set_backend_up(int slot, bool up)
+{
+    if (slot < 0 || slot >= METRICS_MAX_BACKENDS)
+        return;
+    atomic_store_explicit(&backend_down[slot], !up, memory_order_relaxed);
+}
+
+bool metrics_any_backend_up(void)
+{
+    bool any = false, live = false;
+    pthread_mutex_lock(&registry_mu);
+    for (unsigned b = 0; b < nbackends && !any; b++)
+        if (backend_live[b]) {
+            live = true;
+            any = !atomic_load_explicit(&backend_down[b], memory_order_relaxed);
+        }
+    pthread_mutex_unlock(&registry_mu);
+    return any || !live;
+}
+
+int metrics_pool_slot(const char *pool)
+{
+    if (!pool)
+        pool = "";
+    pthread_mutex_lock(&registry_mu);
+    int slot = -1;
+    unsigned n = atomic_load_explicit(&npools, memory_order_relaxed);
+    for (unsigned i = 0; i < n; i++)
+        if (strcmp(pool_names[i], pool) == 0) {
+            slot = (int)i;
+            break;
+        }
+    if (slot < 0 && n < METRICS_MAX_POOLS) {
+        char *name = strdup(pool);
+        if (name) {
+            pool_names[n] = name;
+            atomic_store_explicit(&npools, n + 1, memory_order_release);
+            slot = (int)n;
+        }
+    }
+    pthread_mutex_unlock(&registry_mu);
+    return slot;
+}
+
+void metrics_set_live_pools(const int *slots, unsigned n)
+{
+    pthread_mutex_lock(&registry_mu);
+    unsigned registered = atomic_load_explicit(&npools, memory_order_relaxed);
+    memset(pool_live, 0, sizeof pool_live);
+    for (unsigned i = 0; i < n; i++)
+        if (slots[i] >= 0 && (unsigned)slots[i] < registered)
+            pool_live[slots[i]] = true;
+    pthread_mutex_unlock(&registry_mu);
+}
+
 unsigned metrics_status_slot(int status)
 {
     switch (status) {
@@ -276,18 +336,34 @@ const char *metrics_status_label(unsigned slot)
     return slot < METRICS_NSTATUS ? status_labels[slot] : "5xx";
 }
 
+/* The duration bucket (index into bucket_le) a time falls in: le is inclusive. */
+static unsigned bucket_of(uint64_t us)
+{
+    unsigned b = 0;
+    while (b < METRICS_NBUCKETS - 1 && us > bucket_bound_us[b])
+        b++;
+    return b;
+}
+
 void metrics_observe_request(struct shard_metrics *m, int route_slot, int status,
                              uint64_t duration_us)
 {
     if (route_slot < 0 || route_slot >= METRICS_MAX_ROUTES)
         route_slot = 0;
     mc_add(&m->requests[route_slot][metrics_status_slot(status)], 1);
-    unsigned b = 0;
-    while (b < METRICS_NBUCKETS - 1 && duration_us > bucket_bound_us[b])
-        b++;
-    mc_add(&m->duration_bucket[b], 1);
+    mc_add(&m->duration_bucket[bucket_of(duration_us)], 1);
     mc_add(&m->duration_sum_us, duration_us);
     mc_add(&m->duration_count, 1);
+}
+
+void metrics_observe_queue_wait(struct shard_metrics *m, int pool_slot, uint64_t wait_us)
+{
+    if (pool_slot < 0 || pool_slot >= METRICS_MAX_POOLS ||
+        (unsigned)pool_slot >= atomic_load_explicit(&npools, memory_order_relaxed))
+        return;
+    mc_add(&m->queue_wait_bucket[pool_slot][bucket_of(wait_us)], 1);
+    mc_add(&m->queue_wait_sum_us[pool_slot], wait_us);
+    mc_add(&m->queue_wait_count[pool_slot], 1);
 }
 
 /* ---- rendering ---- */
@@ -360,6 +436,14 @@ static uint64_t load(const mcounter *c) { return atomic_load_explicit(c, memory_
         sum_ += load(&shards[s_].field);                         \
     sum_; })
 
+/* Microseconds as seconds with six decimals. */
+static void put_seconds(struct out *o, uint64_t us)
+{
+    char tmp[48];
+    int n = snprintf(tmp, sizeof tmp, "%" PRIu64 ".%06" PRIu64, us / 1000000, us % 1000000);
+    put(o, tmp, (size_t)n);
+}
+
 static void render_requests(struct out *o)
 {
     put_family(o, "aigw_requests_total", "counter",
@@ -392,11 +476,8 @@ static void render_duration(struct out *o)
         put_u64(o, cumulative);
         puts_(o, "\n");
     }
-    uint64_t sum_us = SUM_SHARDS(duration_sum_us);
-    char tmp[48];
-    int n = snprintf(tmp, sizeof tmp, "%" PRIu64 ".%06" PRIu64, sum_us / 1000000, sum_us % 1000000);
     puts_(o, "aigw_request_duration_seconds_sum ");
-    put(o, tmp, (size_t)n);
+    put_seconds(o, SUM_SHARDS(duration_sum_us));
     /* The +Inf bucket rather than duration_count: the shards update the two
      * separately, and a scrape in between must still see _count == +Inf bucket. */
     puts_(o, "\naigw_request_duration_seconds_count ");
@@ -478,6 +559,135 @@ static void render_backend_load(struct out *o)
             puts_(o, "\n");
         }
     }
+}
+
+/* Health and attempt outcomes per backend, from the watcher and the shards. */
+static void render_backend_health(struct out *o)
+{
+    put_family(o, "aigw_backend_up", "gauge",
+               "1 if the backend passes its active check and its circuit is closed, else 0.");
+    for (unsigned b = 0; b < nbackends; b++)
+        if (backend_live[b]) {
+            put_backend_labels(o, "aigw_backend_up", b);
+            puts_(o, atomic_load_explicit(&backend_down[b], memory_order_relaxed) ? "0\n" : "1\n");
+        }
+    static const char *const results[2] = { [ATTEMPT_OK] = "ok", [ATTEMPT_FAILED] = "failed" };
+    put_family(o, "aigw_backend_requests_total", "counter",
+               "Attempts sent to the backend, by result: ok (a response head below 500) or failed.");
+    for (unsigned b = 0; b < nbackends; b++) {
+        if (!backend_live[b])
+            continue;
+        for (unsigned r = 0; r < 2; r++) {
+            puts_(o, "aigw_backend_requests_total{pool=\"");
+            put_label(o, backend_pools[b]);
+            puts_(o, "\",backend=\"");
+            put_label(o, backend_names[b]);
+            puts_(o, "\",result=\"");
+            puts_(o, results[r]);
+            puts_(o, "\"} ");
+            put_u64(o, SUM_SHARDS(backend_requests[b][r]));
+            puts_(o, "\n");
+        }
+    }
+    put_family(o, "aigw_backend_retries_total", "counter",
+               "Attempts on the backend that failed and were retried on another backend.");
+    for (unsigned b = 0; b < nbackends; b++)
+        if (backend_live[b]) {
+            put_backend_labels(o, "aigw_backend_retries_total", b);
+            put_u64(o, SUM_SHARDS(backend_retries[b]));
+            puts_(o, "\n");
+        }
+    put_family(o, "aigw_backend_circuit_opens_total", "counter",
+               "Times the backend's circuit breaker opened.");
+    for (unsigned b = 0; b < nbackends; b++)
+        if (backend_live[b]) {
+            put_backend_labels(o, "aigw_backend_circuit_opens_total", b);
+            put_u64(o, SUM_SHARDS(circuit_opens[b]));
+            puts_(o, "\n");
+        }
+}
+
+/* metric{pool="NAME" -- the caller closes the braces (more labels may follow). */
+static void put_pool_label(struct out *o, const char *metric, unsigned p)
+{
+    puts_(o, metric);
+    puts_(o, "{pool=\"");
+    put_label(o, pool_names[p]);
+    puts_(o, "\"");
+}
+
+/* Queueing, shedding and fallback per pool. */
+static void render_pools(struct out *o)
+{
+    unsigned n = atomic_load_explicit(&npools, memory_order_relaxed);
+    put_family(o, "aigw_pool_queue_length", "gauge",
+               "Requests waiting in the pool's queue for capacity, over all shards.");
+    for (unsigned p = 0; p < n; p++) {
+        if (!pool_live[p])
+            continue;
+        /* a request may be queued on one shard's count and leave on another's in
+         * between two loads; the sum is what matters */
+        int64_t sum = 0;
+        for (unsigned s = 0; s < nshards; s++)
+            sum += atomic_load_explicit(&shards[s].queued[p], memory_order_relaxed);
+        put_pool_label(o, "aigw_pool_queue_length", p);
+        puts_(o, "} ");
+        put_i64(o, sum);
+        puts_(o, "\n");
+    }
+    put_family(o, "aigw_pool_queue_wait_seconds", "histogram",
+               "Time requests spent in the pool's queue (dispatched, shed or gone).");
+    for (unsigned p = 0; p < n; p++) {
+        if (!pool_live[p])
+            continue;
+        uint64_t cumulative = 0;
+        for (unsigned b = 0; b < METRICS_NBUCKETS; b++) {
+            cumulative += SUM_SHARDS(queue_wait_bucket[p][b]);
+            put_pool_label(o, "aigw_pool_queue_wait_seconds_bucket", p);
+            puts_(o, ",le=\"");
+            puts_(o, bucket_le[b]);
+            puts_(o, "\"} ");
+            put_u64(o, cumulative);
+            puts_(o, "\n");
+        }
+        put_pool_label(o, "aigw_pool_queue_wait_seconds_sum", p);
+        puts_(o, "} ");
+        put_seconds(o, SUM_SHARDS(queue_wait_sum_us[p]));
+        puts_(o, "\n");
+        /* the +Inf bucket, as for aigw_request_duration_seconds_count */
+        put_pool_label(o, "aigw_pool_queue_wait_seconds_count", p);
+        puts_(o, "} ");
+        put_u64(o, cumulative);
+        puts_(o, "\n");
+    }
+    static const char *const reasons[METRICS_NSHED] = {
+        [SHED_QUEUE_FULL] = "queue_full",
+        [SHED_QUEUE_TIMEOUT] = "queue_timeout",
+        [SHED_NO_BACKEND] = "no_backend",
+    };
+    put_family(o, "aigw_pool_shed_total", "counter",
+               "Requests refused with 503 for lack of capacity in the pool, by reason.");
+    for (unsigned p = 0; p < n; p++) {
+        if (!pool_live[p])
+            continue;
+        for (unsigned r = 0; r < METRICS_NSHED; r++) {
+            put_pool_label(o, "aigw_pool_shed_total", p);
+            puts_(o, ",reason=\"");
+            puts_(o, reasons[r]);
+            puts_(o, "\"} ");
+            put_u64(o, SUM_SHARDS(shed[p][r]));
+            puts_(o, "\n");
+        }
+    }
+    put_family(o, "aigw_pool_fallback_total", "counter",
+               "Requests the pool sent on to its fallback pool.");
+    for (unsigned p = 0; p < n; p++)
+        if (pool_live[p]) {
+            put_pool_label(o, "aigw_pool_fallback_total", p);
+            puts_(o, "} ");
+            put_u64(o, SUM_SHARDS(fallbacks[p]));
+            puts_(o, "\n");
+        }
 }
 
 static void render_relay(struct out *o)
@@ -569,6 +779,8 @@ size_t metrics_render(char *buf, size_t cap)
     render_duration(&o);
     render_upstream_conns(&o);
     render_backend_load(&o);
+    render_backend_health(&o);
+    render_pools(&o);
     render_relay(&o);
     render_connections(&o);
     render_keys(&o);

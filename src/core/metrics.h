@@ -6,12 +6,14 @@
 #define AIGW_CORE_METRICS_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #define METRICS_MAX_SHARDS 256
 #define METRICS_MAX_ROUTES 128      /* route slots; slot 0 is "" (no route matched) */
 #define METRICS_MAX_BACKENDS 512
+#define METRICS_MAX_POOLS 128
 #define METRICS_NSTATUS 27          /* 22 common codes + one "other" column per class; see metrics_status_slot() */
 #define METRICS_NBUCKETS 14         /* duration histogram buckets, +Inf included */
 #define METRICS_MIN_KEYS 4096       /* API key slots at least; slot 0 is "" (no key, or past the last slot) */
@@ -20,6 +22,16 @@ enum relay_mode { RELAY_SPLICE = 0, RELAY_COPY = 1 };
 enum conn_side { SIDE_CLIENT = 0, SIDE_UPSTREAM = 1 };
 enum upstream_conn_kind { UPCONN_NEW = 0, UPCONN_REUSED = 1 };
 enum token_direction { TOKENS_PROMPT = 0, TOKENS_COMPLETION = 1 };
+/* aigw_backend_requests_total's result label: how one attempt on a backend ended
+ * (a response head with status < 500, or a connect error, reset, timeout or 5xx) */
+enum attempt_result { ATTEMPT_OK = 0, ATTEMPT_FAILED = 1 };
+/* aigw_pool_shed_total's reason label: why a request got 503 no_capacity */
+enum shed_reason {
+    SHED_QUEUE_FULL = 0,    /* "queue_full": the pool's queue was full (lowest priority shed) */
+    SHED_QUEUE_TIMEOUT = 1, /* "queue_timeout": waited queue_timeout without capacity */
+    SHED_NO_BACKEND = 2,    /* "no_backend": every backend down or its circuit open */
+    METRICS_NSHED = 3,
+};
 /* aigw_ratelimited_total's limit label: ratelimit.h's enum rl_limit minus one */
 #define METRICS_NLIMITS 3
 
@@ -38,6 +50,17 @@ struct shard_metrics {
     /* per API key slot, sized at metrics_init (see metrics_reserve_keys) */
     mcounter (*tokens)[2];                          /* enum token_direction */
     mcounter (*ratelimited)[METRICS_NLIMITS];
+    /* per backend slot */
+    mcounter backend_requests[METRICS_MAX_BACKENDS][2];    /* enum attempt_result */
+    mcounter backend_retries[METRICS_MAX_BACKENDS];        /* attempts on it retried elsewhere */
+    mcounter circuit_opens[METRICS_MAX_BACKENDS];
+    /* per pool slot */
+    mgauge queued[METRICS_MAX_POOLS];                      /* requests waiting now */
+    mcounter queue_wait_bucket[METRICS_MAX_POOLS][METRICS_NBUCKETS]; /* as duration_bucket */
+    mcounter queue_wait_sum_us[METRICS_MAX_POOLS];
+    mcounter queue_wait_count[METRICS_MAX_POOLS];
+    mcounter shed[METRICS_MAX_POOLS][METRICS_NSHED];
+    mcounter fallbacks[METRICS_MAX_POOLS];                 /* requests it sent to its fallback */
 } __attribute__((aligned(64)));
 
 /* Single-writer increment: plain load+store, no locked instruction. */
@@ -76,6 +99,19 @@ int metrics_key_slot(const char *name);
 void metrics_set_backend_load(int slot, uint32_t outstanding, int32_t waiting, int32_t kv_permille);
 /* Marks which backend slots the current configuration uses (others are not rendered). */
 void metrics_set_live_backends(const int *slots, unsigned n);
+/* The watcher's verdict on a backend (one writer): up (active check passing and
+ * circuit closed) or not; aigw_backend_up{pool,backend}. Slots never set render 1. */
+void metrics_set_backend_up(int slot, bool up);
+/* Some backend of the current configuration is up (or it has none): /readyz. */
+bool metrics_any_backend_up(void);
+/* Slot for a pool name (stable for the process lifetime; -1 when full).
+ * Control plane only. */
+int metrics_pool_slot(const char *pool);
+/* Marks which pool slots the current configuration uses (others are not rendered). */
+void metrics_set_live_pools(const int *slots, unsigned n);
+/* Records one request's wait in a pool's queue (it left the queue after wait_us:
+ * dispatched, shed or gone). A slot outside the registry is ignored. */
+void metrics_observe_queue_wait(struct shard_metrics *m, int pool_slot, uint64_t wait_us);
 
 /* Maps an HTTP status to its column in requests[][] (unknown codes share a column per
  * class, rendered as status="4xx" etc.; codes outside 100..599 count as "5xx"). */

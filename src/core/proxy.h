@@ -85,6 +85,23 @@ struct backend_signal {
     char pad[40];
 };
 
+/* Whether a backend may get requests, shared by all shards (dispatch.c, watch.c).
+ * The active check's verdict has one writer, the watcher. The circuit moves by
+ * compare-and-swap, done by the shard that sees the event: a run of failures
+ * opens it, a request claims the half-open probe, the probe's result closes or
+ * reopens it. Those are rare events, never one per request. */
+enum circuit_state { CIRCUIT_CLOSED = 0, CIRCUIT_OPEN = 1, CIRCUIT_PROBING = 2 };
+/* How an attempt on a backend failed: counted against it (passive checks). */
+enum backend_failure { BF_NONE = 0, BF_CONNECT, BF_RESET, BF_TIMEOUT, BF_STATUS };
+struct backend_health {
+    _Atomic bool checked_up;        /* the active check passes (true without one) */
+    _Atomic uint8_t circuit;        /* enum circuit_state */
+    _Atomic uint8_t open_cause;     /* enum backend_failure that last opened it */
+    _Atomic uint32_t reopens;       /* opens since it last closed: the backoff's exponent */
+    _Atomic uint64_t open_until_ms; /* CLOCK_MONOTONIC: when OPEN lets a probe through */
+    _Atomic uint32_t transitions;   /* bumped on each circuit change, for the watcher's log */
+} __attribute__((aligned(64)));
+
 struct gen {
     uint64_t id;
     struct config *cfg;
@@ -96,6 +113,8 @@ struct gen {
     const char **backend_pool;      /* global index -> pool name */
     struct backend_load *load;      /* [backend * nshards + shard] (shared) */
     struct backend_signal *signal;  /* per global backend (shared; written by the watcher) */
+    struct backend_health *health;  /* per global backend (shared; see struct backend_health) */
+    int *pool_metric_slot;          /* per pool */
     uint64_t *backend_id;           /* per global backend: balance_backend_id() */
     uint64_t *backend_interval_ms;  /* per global backend: its pool's metrics_interval */
     unsigned nshards;
@@ -117,6 +136,15 @@ struct shard_gen {
     struct balance_state *balance;  /* per pool */
     int64_t (*split)[CFG_MAX_SPLIT]; /* per route: its split's round robin state */
     struct upconn **idle;           /* per backend: LIFO of idle keep-alive connections */
+    uint8_t *fail_streak;           /* per backend: consecutive failed attempts seen by this shard */
+    struct pool_queue *queue;       /* per pool: requests waiting for capacity on this shard */
+};
+
+/* Requests of one pool waiting for a backend slot on one shard, a FIFO per
+ * priority (enum priority), linked through conn.qnext/qprev. */
+struct pool_queue {
+    struct conn *head[3], *tail[3];
+    unsigned len, cap;
 };
 
 /* ---- connections ---- */
@@ -135,7 +163,7 @@ enum conn_state {
 };
 
 /* What the connection's one timer currently measures. */
-enum timer_phase { T_HEADER, T_KEEPALIVE, T_CONNECT, T_FIRST_BYTE, T_IDLE };
+enum timer_phase { T_HEADER, T_KEEPALIVE, T_CONNECT, T_FIRST_BYTE, T_IDLE, T_QUEUE };
 
 struct upconn;
 struct usage_meter;
@@ -192,8 +220,17 @@ struct conn {
     bool resp_started;              /* a response byte went to the client */
     bool resp_done;                 /* the upstream response is complete */
     bool body_in_first_send;        /* whole request fits in out: a stale pooled connection can be retried */
-    bool retried;
+    bool retried;                   /* resent once on a fresh connection after a stale pooled one */
     bool upstream_reused;
+    bool queued;                    /* waiting in sg->queue[pool] */
+    bool probe;                     /* this attempt is its backend's half-open probe */
+    bool fell_back;                 /* moved to its pool's fallback (one hop only) */
+    uint8_t qprio;                  /* enum priority, while queued */
+    uint8_t attempts;               /* backends tried beyond the first */
+    uint64_t tried;                 /* pool-local indices of the backends tried (mod 64) */
+    uint64_t queued_us;             /* when it started waiting */
+    uint64_t retry_deadline_ms;     /* first attempt + first_byte: no retry after it */
+    struct conn *qnext, *qprev;
     uint16_t status;
     uint64_t req_body_left;         /* BODY_LENGTH: body bytes not yet received */
     uint64_t req_body_total;        /* body bytes received so far (max_body) */
@@ -293,6 +330,8 @@ struct shard {
     struct pipe_pair *free_pipes;
     unsigned npipes;
     struct usage_meter *free_meters;
+    unsigned nqueued;               /* requests waiting in any pool queue */
+    uint64_t next_queue_poll_ms;
 
     uint64_t rng[2];                /* request ids */
     uint64_t realtime_offset_us;    /* CLOCK_REALTIME - CLOCK_MONOTONIC, for log timestamps */
@@ -373,13 +412,43 @@ void conn_send_continue(struct conn *c);
 void conn_send_error(struct conn *c, int status, const char *type, const char *code,
                      const char *msg);
 bool conn_request_body_complete(const struct conn *c);
-bool conn_choose_backend(struct conn *c);
+void conn_choose_pool(struct conn *c);
+void conn_attempt_failed(struct conn *c, enum backend_failure f, int err, const char *why);
+void conn_abandon_attempt(struct conn *c);
+enum priority conn_priority(const struct conn *c);
 struct http_forward conn_forward_info(const struct conn *c);
+
+/* dispatch.c: from a pool to a backend. The request's pool is chosen and its
+ * upstream bytes are ready (c->out, or for AI requests c->body, from which the
+ * forwarded head is written per backend). */
+void dispatch_request(struct conn *c);
+/* An attempt failed before the response reached the client: true if the request
+ * went on to another backend (the caller then does nothing more). */
+bool dispatch_retry(struct conn *c, enum backend_failure f);
+/* The outcome of the current attempt, for the backend's health. */
+void dispatch_attempt_result(struct conn *c, enum backend_failure f);
+/* The request is done with its backend (or leaves its queue): the slot goes to
+ * the next waiting request. */
+void dispatch_release(struct conn *c);
+void dispatch_queue_expired(struct conn *c);
+/* Queued requests look for capacity freed on other shards. */
+void dispatch_poll(struct shard *sh);
+int dispatch_shard_gen_init(struct shard_gen *sg);
+void dispatch_shard_gen_free(struct shard_gen *sg);
+/* The view shards and the watcher share of whether a backend takes requests. */
+static inline bool backend_available(const struct gen *g, unsigned b)
+{
+    return atomic_load_explicit(&g->health[b].checked_up, memory_order_relaxed) &&
+           atomic_load_explicit(&g->health[b].circuit, memory_order_relaxed) == CIRCUIT_CLOSED;
+}
 
 /* ai_request.c */
 size_t ai_request_start(struct conn *c, const char *src, size_t n, const struct http_request *req);
 ssize_t ai_request_collect(struct conn *c, const char *p, size_t n);
 void ai_request_ready(struct conn *c);
+/* Writes c->out (forwarded head + body) from c->body for c->pool/c->backend.
+ * False when it cannot (the error is then sent). */
+bool ai_request_build_out(struct conn *c);
 
 /* upstream.c */
 void upstream_acquire(struct conn *c);

@@ -237,13 +237,14 @@ static struct shard_gen *shard_gen_new(struct gen *g)
     sg->balance = calloc(g->cfg->npools ? g->cfg->npools : 1, sizeof *sg->balance);
     sg->idle = calloc(g->cfg->nbackends ? g->cfg->nbackends : 1, sizeof *sg->idle);
     sg->split = calloc(g->cfg->nroutes ? g->cfg->nroutes : 1, sizeof *sg->split);
-    if (!sg->balance || !sg->idle || !sg->split)
+    if (!sg->balance || !sg->idle || !sg->split || dispatch_shard_gen_init(sg) != 0)
         goto fail;
     for (unsigned p = 0; p < g->cfg->npools; p++)
         if (balance_state_init(&sg->balance[p], g->cfg->pools[p].nbackends))
             goto fail;
     return sg;
 fail:
+    dispatch_shard_gen_free(sg);
     free(sg->balance);
     free(sg->idle);
     free(sg->split);
@@ -256,6 +257,7 @@ static void shard_gen_free(struct shard *sh, struct shard_gen *sg)
     upstream_close_idle(sh, sg);
     for (unsigned p = 0; p < sg->g->cfg->npools; p++)
         balance_state_free(&sg->balance[p]);
+    dispatch_shard_gen_free(sg);
     free(sg->balance);
     free(sg->idle);
     free(sg->split);
@@ -498,6 +500,8 @@ static void *shard_main(void *arg)
         uint64_t wait_ms = timer_wheel_wait_ms(&sh->timers, sh->now_ms);
         if (wait_ms > 50)
             wait_ms = 50;   /* bounds how late a shard sees a reload or a drain */
+        if (sh->nqueued && wait_ms > 5)
+            wait_ms = 5;    /* waiting requests look for slots freed by other shards */
         struct __kernel_timespec ts = { .tv_sec = 0, .tv_nsec = (long long)wait_ms * 1000000 };
         struct io_uring_cqe *cqe;
         ret = io_uring_submit_and_wait_timeout(&sh->ring, &cqe, 1, &ts, NULL);
@@ -511,6 +515,8 @@ static void *shard_main(void *arg)
         }
         io_uring_cq_advance(&sh->ring, seen);
         timer_wheel_advance(&sh->timers, sh->now_ms, on_timer);
+        if (sh->nqueued)
+            dispatch_poll(sh);
     }
     io_uring_submit(&sh->ring);
     atomic_fetch_sub(&rt.shards_running, 1);

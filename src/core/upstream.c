@@ -225,7 +225,7 @@ void upconn_on_cqe(struct upconn *u, enum op op, struct io_uring_cqe *cqe)
         if (res < 0) {
             const char *why = res == -ECONNREFUSED ? "upstream refused the connection"
                                                    : "upstream connect failed";
-            conn_upstream_failed(c, -res, why);
+            conn_attempt_failed(c, BF_CONNECT, -res, why);
             conn_maybe_free(c);
             break;
         }

@@ -3,9 +3,11 @@
  * `metrics_interval`, reads the engine's queue and KV use from it
  * (src/proto/promtext.c), and publishes them in the generation's per-backend
  * cells, which shards read with relaxed loads when they choose a backend. Only
- * this thread writes the cells. It also publishes the per-backend gauges of
- * /metrics. Control plane: plain non-blocking sockets under poll(2), never on a
- * shard's ring.
+ * this thread writes the cells. It runs the active health checks the same way
+ * (`health` every `health_interval`: down after HEALTH_FALL failed checks, up
+ * after HEALTH_RISE passing ones), logs the circuits the shards open and close
+ * (dispatch.c), and publishes the per-backend gauges of /metrics. Control
+ * plane: plain non-blocking sockets under poll(2), never on a shard's ring.
  *
  * Like a shard, it holds a reference on the generation it works from and moves
  * to the newest one by following `newer`, releasing what it leaves. */
@@ -30,13 +32,21 @@
 #define WATCH_MAX_BODY (1 << 20)    /* a /metrics body larger than this is not read */
 #define WATCH_TIMEOUT_MS 1000       /* one scrape, connect to last byte */
 #define WATCH_TICK_MS 50            /* gauges refresh at least this often */
+#define HEALTH_TIMEOUT_MAX_MS 2000  /* a check gets min(health_interval, this) */
+#define HEALTH_FALL 2               /* consecutive failed checks: down */
+#define HEALTH_RISE 2               /* consecutive passing checks: up again */
 
 enum probe_phase { PROBE_IDLE, PROBE_CONNECTING, PROBE_SENDING, PROBE_READING };
+enum target_kind { TARGET_METRICS, TARGET_HEALTH };
 
-/* One backend's scrape: at most one in flight. */
+/* One backend's scrape or health check: at most one in flight. */
 struct target {
     unsigned backend;           /* global index in the generation */
     const struct cfg_pool *pool;
+    uint8_t kind;               /* enum target_kind */
+    const char *path;
+    uint64_t interval_ms, timeout_ms;
+    unsigned streak;            /* health: consecutive results against the current verdict */
     int fd;
     uint8_t phase;
     bool failing;               /* the last scrape failed (logged once per run of failures) */
@@ -67,20 +77,46 @@ static void probe_close(struct target *t)
     t->len = 0;
 }
 
+/* A health check's result: the verdict flips after a run of contrary ones. */
+static void health_result(struct gen *g, struct target *t, bool ok, const char *why)
+{
+    struct backend_health *h = &g->health[t->backend];
+    bool up = atomic_load_explicit(&h->checked_up, memory_order_relaxed);
+    if (ok == up) {
+        t->streak = 0;
+        return;
+    }
+    if (++t->streak < (up ? HEALTH_FALL : HEALTH_RISE))
+        return;
+    t->streak = 0;
+    atomic_store_explicit(&h->checked_up, ok, memory_order_relaxed);
+    const char *addr = g->backend_cfg[t->backend]->addr.text;
+    if (ok)
+        log_info("pool %s backend %s: up: %d health checks of %s passed", t->pool->name, addr,
+                 HEALTH_RISE, t->path);
+    else
+        log_warn("pool %s backend %s: down: %d health checks of %s failed (%s)", t->pool->name, addr,
+                 HEALTH_FALL, t->path, why);
+}
+
 static void probe_failed(struct gen *g, struct target *t, const char *why)
 {
-    if (!t->failing)
-        log_warn("pool %s backend %s: metrics %s: %s", t->pool->name,
-                 g->backend_cfg[t->backend]->addr.text, t->pool->metrics_path, why);
-    t->failing = true;
+    if (t->kind == TARGET_HEALTH) {
+        health_result(g, t, false, why);
+    } else {
+        if (!t->failing)
+            log_warn("pool %s backend %s: metrics %s: %s", t->pool->name,
+                     g->backend_cfg[t->backend]->addr.text, t->path, why);
+        t->failing = true;
+    }
     probe_close(t);
 }
 
 static void probe_start(struct gen *g, struct target *t, uint64_t now)
 {
     const struct cfg_addr *a = &g->backend_cfg[t->backend]->addr;
-    t->next_ms = now + t->pool->metrics_interval_ms;
-    t->deadline_ms = now + WATCH_TIMEOUT_MS;
+    t->next_ms = now + t->interval_ms;
+    t->deadline_ms = now + t->timeout_ms;
     t->fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (t->fd < 0) {
         probe_failed(g, t, strerror(errno));
@@ -89,7 +125,7 @@ static void probe_start(struct gen *g, struct target *t, uint64_t now)
     int n = snprintf(t->req, sizeof t->req,
                      "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: aigw\r\nAccept: text/plain\r\n"
                      "Connection: close\r\n\r\n",
-                     t->pool->metrics_path, a->text);
+                     t->path, a->text);
     t->req_len = n > 0 && (size_t)n < sizeof t->req ? (size_t)n : 0;
     t->sent = 0;
     t->len = 0;
@@ -119,6 +155,17 @@ static void probe_done(struct gen *g, struct target *t, uint64_t now)
     const char *why = NULL;
     if (http_parse_response(t->buf, t->len, 65536, 1 /* GET */, &resp, &why) != HTTP_OK) {
         probe_failed(g, t, why ? why : "malformed response");
+        return;
+    }
+    if (t->kind == TARGET_HEALTH) {
+        char msg[48];
+        snprintf(msg, sizeof msg, "status %d", resp.status);
+        if (resp.status >= 200 && resp.status < 300) {
+            health_result(g, t, true, NULL);
+            probe_close(t);
+        } else {
+            probe_failed(g, t, msg);
+        }
         return;
     }
     if (resp.status != 200) {
@@ -220,14 +267,18 @@ static void probe_step(struct gen *g, struct target *t, short revents, uint64_t 
             return;
         }
         t->len += (size_t)n;
+        /* a health check needs only the status line */
+        if (t->kind == TARGET_HEALTH && memmem(t->buf, t->len, "\r\n\r\n", 4))
+            probe_done(g, t, now);
     }
 }
 
-/* The targets of a generation: every backend of a pool with a metrics path. */
+/* The targets of a generation: every backend of a pool with a metrics path, and
+ * again of one with a health path. */
 static struct target *targets_build(struct gen *g, unsigned *count)
 {
     const struct config *cfg = g->cfg;
-    struct target *t = calloc(cfg->nbackends ? cfg->nbackends : 1, sizeof *t);
+    struct target *t = calloc(cfg->nbackends ? 2 * cfg->nbackends : 1, sizeof *t);
     unsigned n = 0;
     if (!t) {
         *count = 0;
@@ -235,14 +286,29 @@ static struct target *targets_build(struct gen *g, unsigned *count)
     }
     uint64_t now = mono_ms();
     for (unsigned p = 0; p < cfg->npools; p++) {
-        if (!cfg->pools[p].metrics_path[0])
-            continue;
-        for (unsigned i = 0; i < cfg->pools[p].nbackends; i++) {
-            struct target *x = &t[n++];
-            x->backend = g->pool_first_backend[p] + i;
-            x->pool = &cfg->pools[p];
-            x->fd = -1;
-            x->next_ms = now;
+        const struct cfg_pool *pool = &cfg->pools[p];
+        for (unsigned i = 0; i < pool->nbackends; i++) {
+            for (int kind = TARGET_METRICS; kind <= TARGET_HEALTH; kind++) {
+                const char *path = kind == TARGET_METRICS ? pool->metrics_path : pool->health_path;
+                if (!path[0])
+                    continue;
+                struct target *x = &t[n++];
+                x->backend = g->pool_first_backend[p] + i;
+                x->pool = pool;
+                x->kind = (uint8_t)kind;
+                x->path = path;
+                if (kind == TARGET_METRICS) {
+                    x->interval_ms = pool->metrics_interval_ms;
+                    x->timeout_ms = WATCH_TIMEOUT_MS;
+                } else {
+                    x->interval_ms = pool->health_interval_ms;
+                    x->timeout_ms = pool->health_interval_ms < HEALTH_TIMEOUT_MAX_MS
+                                        ? pool->health_interval_ms
+                                        : HEALTH_TIMEOUT_MAX_MS;
+                }
+                x->fd = -1;
+                x->next_ms = now;
+            }
         }
     }
     *count = n;
@@ -258,10 +324,45 @@ static void targets_free(struct target *t, unsigned n)
     free(t);
 }
 
+static const char *failure_name(enum backend_failure f)
+{
+    switch (f) {
+    case BF_CONNECT: return "connect errors";
+    case BF_RESET: return "connections reset";
+    case BF_TIMEOUT: return "timeouts";
+    case BF_STATUS: return "5xx answers";
+    default: return "failures";
+    }
+}
+
+/* Logs what the shards did to the circuits since the last look. */
+static void log_circuits(struct gen *g, uint32_t *seen, uint64_t now)
+{
+    for (unsigned b = 0; b < g->cfg->nbackends; b++) {
+        struct backend_health *h = &g->health[b];
+        uint32_t tr = atomic_load_explicit(&h->transitions, memory_order_acquire);
+        if (tr == seen[b])
+            continue;
+        seen[b] = tr;
+        uint8_t state = atomic_load_explicit(&h->circuit, memory_order_acquire);
+        const char *pool = g->backend_pool[b], *addr = g->backend_cfg[b]->addr.text;
+        if (state == CIRCUIT_OPEN) {
+            uint64_t until = atomic_load_explicit(&h->open_until_ms, memory_order_relaxed);
+            log_warn("pool %s backend %s: circuit open for %llu ms after consecutive %s",
+                     pool, addr, (unsigned long long)(until > now ? until - now : 0),
+                     failure_name((enum backend_failure)atomic_load_explicit(&h->open_cause,
+                                                                             memory_order_relaxed)));
+        } else if (state == CIRCUIT_CLOSED) {
+            log_info("pool %s backend %s: circuit closed: the probe request succeeded", pool, addr);
+        }
+    }
+}
+
 /* The per-backend gauges of /metrics, from this generation's view. */
 static void publish_gauges(struct gen *g, uint64_t now)
 {
     for (unsigned b = 0; b < g->cfg->nbackends; b++) {
+        metrics_set_backend_up(g->backend_metric_slot[b], backend_available(g, b));
         const struct backend_signal *s = &g->signal[b];
         bool fresh = backend_signal_fresh(g, b, now);
         metrics_set_backend_load(g->backend_metric_slot[b], gen_outstanding(g, b),
@@ -276,6 +377,7 @@ static void *watch_main(void *arg)
     struct gen *g = atomic_load_explicit(&rt.current, memory_order_acquire);
     unsigned n = 0;
     struct target *t = targets_build(g, &n);
+    uint32_t *seen = calloc(g->cfg->nbackends + 1, sizeof *seen);
     struct pollfd *pfd = NULL;
     unsigned pfd_cap = 0;
     for (;;) {
@@ -289,6 +391,8 @@ static void *watch_main(void *arg)
             }
             g = cur;
             t = targets_build(g, &n);
+            free(seen);
+            seen = calloc(g->cfg->nbackends + 1, sizeof *seen);
         }
         uint64_t now = mono_ms();
         uint64_t wake = now + WATCH_TICK_MS;
@@ -301,6 +405,8 @@ static void *watch_main(void *arg)
             if (due < wake)
                 wake = due;
         }
+        if (seen)
+            log_circuits(g, seen, now);
         publish_gauges(g, now);
 
         if (pfd_cap < n + 1) {
@@ -336,6 +442,7 @@ static void *watch_main(void *arg)
         }
     }
     targets_free(t, n);
+    free(seen);
     free(pfd);
     gen_unref(g);
     return NULL;

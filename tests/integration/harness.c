@@ -1046,13 +1046,42 @@ int h_mock_start(struct h_mock *m, const char *tag, const char *args)
     return -1;
 }
 
+int h_mock_start_port(struct h_mock *m, const char *tag, int port, const char *args)
+{
+    memset(m, 0, sizeof *m);
+    snprintf(m->tag, sizeof m->tag, "%s", tag);
+    m->port = port;
+    char listen[64];
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
+    /* The port was just given up by another process: the bind may need a moment. */
+    int64_t end = h_now_ms() + 2000;
+    do {
+        char argbuf[512];
+        snprintf(argbuf, sizeof argbuf, "%s", args ? args : "");
+        const char *argv[40];
+        int n = 0;
+        argv[n++] = bin_path("MOCKLLM_BIN", "build/aigw-mockllm");
+        argv[n++] = "--listen";
+        argv[n++] = listen;
+        for (char *save, *t = strtok_r(argbuf, " ", &save); t && n < 38; t = strtok_r(NULL, " ", &save))
+            argv[n++] = t;
+        argv[n] = NULL;
+        m->pid = h_spawn(m->tag, argv);
+        if (wait_ready(m->pid, port, port, "/health")) return 0;
+        h_stop(m->pid, 2000);
+        m->pid = 0;
+        h_sleep_ms(100);
+    } while (h_now_ms() < end);
+    return -1;
+}
+
 static void gw_write(struct h_gw *g)
 {
     h_write_file(g->conf,
                  "# written by the aigw integration tests\n"
                  "[server]\n"
                  "listen = 127.0.0.1:%d\n"
-                 "shards = 2\n"
+                 "shards = %d\n"
                  "max_body = 1m\n"
                  "max_header = 16k\n"
                  "drain_timeout = 5s\n"
@@ -1065,7 +1094,7 @@ static void gw_write(struct h_gw *g)
                  "access = %s/access.log\n"
                  "level = info\n"
                  "\n%s",
-                 g->port, g->server_extra, g->admin_port,
+                 g->port, g->shards > 0 ? g->shards : 2, g->server_extra, g->admin_port,
                  g->timeouts[0] ? g->timeouts : H_DEFAULT_TIMEOUTS, h_dir(), g->body);
 }
 
@@ -1163,6 +1192,13 @@ const char *h_key_line(const char *name, const char *key, const char *tier, cons
     snprintf(out, sizeof bufs[0], "%s sha256:%s tier=%s%s%s\n", name, hex, tier, models ? " models=" : "",
              models ? models : "");
     return out;
+}
+
+const char *h_access_log_path(void)
+{
+    static char p[600];
+    snprintf(p, sizeof p, "%s/access.log", h_dir());
+    return p;
 }
 
 const char *h_keys_path(void)

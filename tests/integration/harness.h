@@ -171,6 +171,9 @@ struct h_mock {
 /* Starts aigw-mockllm on a free port with extra args (space separated, may be
  * NULL); waits for GET /health 200. Returns 0, or -1 (see h_tail(m->tag)). */
 int h_mock_start(struct h_mock *m, const char *tag, const char *args);
+/* The same on the given port (e.g. the port of a backend that was stopped, to
+ * bring it back where aigw's config expects it); retries the bind for up to 2 s. */
+int h_mock_start_port(struct h_mock *m, const char *tag, int port, const char *args);
 
 struct h_gw {
     int port, admin_port;
@@ -180,6 +183,7 @@ struct h_gw {
     char server_extra[512];   /* extra lines for [server] */
     char timeouts[512];       /* [timeouts] body; empty: the defaults below */
     char body[4096];          /* pools and routes */
+    int shards;               /* [server] shards; 0: 2 (queues are per shard: some tests want 1) */
 };
 
 /* Defaults: connect 1s, first_byte 2s, idle 2s, client_header 1s, keepalive 2s. */
@@ -218,6 +222,9 @@ char *h_wait_for_text(const char *path, const char *needle, int timeout_ms);
 
 /* Writes all n bytes to fd (a scripted backend's answer); false on error. */
 bool h_write_all(int fd, const char *p, size_t n);
+
+/* h_dir()/access.log: where aigw writes its access log (JSON lines). */
+const char *h_access_log_path(void);
 
 /* ---- small helpers for assertions ---- */
 

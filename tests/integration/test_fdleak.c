@@ -45,7 +45,8 @@ static void one(struct worker *w, struct h_conn *ka, int i, const char *chat, co
     int rc;
     switch ((i + w->seed) % 10) {
     case 0: case 1: case 2: case 3: case 4:     /* good, kept alive */
-    case 9:                                     /* 502 from the dead pool, kept alive */
+    case 9:                                     /* 502 from the dead pool, kept alive; 503 once
+                                                 * its circuit is open */
         if (ka->fd < 0 || ka->eof) {
             w->ka_history[0] = w->ka_history[1] = "(new connection)";
             h_close(ka);
@@ -56,13 +57,13 @@ static void one(struct worker *w, struct h_conn *ka, int i, const char *chat, co
         }
         if ((i + w->seed) % 10 == 9) {
             rc = h_request(ka, "POST", "/dead/v1/chat/completions", NULL, chat, &r, T_RESP);
-            if (rc != H_OK || r.status != 502) note_resp(w, i, "dead pool", rc, &r);
+            if (rc != H_OK || (r.status != 502 && r.status != 503)) note_resp(w, i, "dead pool", rc, &r);
         } else {
             rc = h_request(ka, "POST", "/v1/chat/completions", NULL, chat, &r, T_RESP);
             if (rc != H_OK || r.status != 200) note_resp(w, i, "chat", rc, &r);
         }
         w->ka_history[0] = w->ka_history[1];
-        w->ka_history[1] = (i + w->seed) % 10 == 9 ? "502 from the dead pool" : "chat";
+        w->ka_history[1] = (i + w->seed) % 10 == 9 ? "502/503 from the dead pool" : "chat";
         if (rc != H_OK || !r.keep_alive) h_close(ka);
         h_resp_free(&r);
         return;

@@ -281,8 +281,8 @@ Test(config_errors, unknown_keys)
 {
     cfgt_expect_error("[server]\nlisten = 127.0.0.1:1\nworkers = 4\n",
                       "test.conf:3: unknown key 'workers' in [server]");
-    cfgt_expect_error("[pool gpu-a]\nbackend = 127.0.0.1:1\nhealth = /health\n",
-                      "test.conf:3: unknown key 'health' in [pool gpu-a]");
+    cfgt_expect_error("[pool gpu-a]\nbackend = 127.0.0.1:1\nhealthcheck = /health\n",
+                      "test.conf:3: unknown key 'healthcheck' in [pool gpu-a]");
     cfgt_expect_error("[route r]\nweights = a:90 b:10\n", "test.conf:2: unknown key 'weights' in [route r]");
     cfgt_expect_error("[tier t]\nrpm = 60\n", "test.conf:2: unknown key 'rpm' in [tier t]");
     cfgt_expect_error("[keys]\nauth = off\ntoken = x\n", "test.conf:3: unknown key 'token' in [keys]");
@@ -1161,4 +1161,183 @@ Test(config_file, load_aware_balancers_scrape_metrics_by_default)
     cr_expect_str_eq(c->pools[2].metrics_path, "");
     cr_expect_str_eq(c->pools[3].metrics_path, "/stats");
     config_free(c);
+}
+
+/* ---- [pool] health, queue, retries, fallback ------------------------------------- */
+
+Test(config_pool, health_queue_retries_fallback_defaults)
+{
+    struct config *c = cfgt_load_ok("[pool cap]\nbackend = 127.0.0.1:1\nbackend = 127.0.0.1:2\n"
+                                    "backend = 127.0.0.1:3\nbalance = capacity\n"
+                                    "max_outstanding = 10\n\n"
+                                    "[pool lo]\nbackend = 127.0.0.1:4\nbackend = 127.0.0.1:5\n\n"
+                                    "[pool pre]\nbackend = 127.0.0.1:6\nbalance = prefix\n"
+                                    "queue_size = 0\n\n"
+                                    "[pool rr]\nbackend = 127.0.0.1:7\nbalance = round_robin\n");
+    cr_assert_eq(c->npools, 4);
+    const struct cfg_pool *cap = &c->pools[0], *lo = &c->pools[1], *pre = &c->pools[2],
+                          *rr = &c->pools[3];
+    cr_expect_str_eq(cap->health_path, "/health", "capacity pools check /health by default");
+    cr_expect_not(cap->health_set);
+    cr_expect_str_eq(lo->health_path, "", "least_outstanding pools: passive checks only");
+    cr_expect_not(lo->health_set);
+    cr_expect_str_eq(pre->health_path, "/health");
+    cr_expect_str_eq(rr->health_path, "");
+    for (unsigned i = 0; i < c->npools; i++) {
+        const struct cfg_pool *p = &c->pools[i];
+        cr_expect_eq(p->health_interval_ms, 1000, "pool %s", p->name);
+        cr_expect_eq(p->queue_timeout_ms, 5000, "pool %s", p->name);
+        cr_expect_eq(p->retries, 1, "pool %s", p->name);
+        cr_expect_eq(p->fallback, -1, "pool %s", p->name);
+    }
+    cr_expect_eq(cap->queue_size, 10 * 3, "max_outstanding x backends");
+    cr_expect_eq(lo->queue_size, 64 * 2);
+    cr_expect_eq(pre->queue_size, 64 * 1, "queue_size = 0 means the default");
+    cr_expect_eq(rr->queue_size, 64);
+    config_free(c);
+}
+
+Test(config_pool, health_queue_retries_fallback_parsed)
+{
+    struct config *c = cfgt_load_ok("[pool a]\nbackend = 127.0.0.1:1\nbackend = 127.0.0.1:2\n"
+                                    "balance = capacity\n"
+                                    "health = /v1/health?deep=1\n"
+                                    "health_interval = 250ms\n"
+                                    "queue_timeout = 2m\n"
+                                    "queue_size = 1000000\n"
+                                    "retries = 5\n"
+                                    "fallback = b\n"
+                                    "[pool b]\nbackend = 127.0.0.1:3\n"
+                                    "health =\n"
+                                    "health_interval = 60s\n"
+                                    "queue_timeout = 0\n"
+                                    "queue_size = 1\n"
+                                    "retries = 0\n"
+                                    "fallback = a\n"
+                                    "[pool c]\nbackend = 127.0.0.1:4\nbalance = prefix\n"
+                                    "health = \n"
+                                    "health_interval = 10ms\n"
+                                    "queue_timeout = 10m\n"
+                                    "fallback =\n");
+    const struct cfg_pool *a = &c->pools[0], *b = &c->pools[1], *p3 = &c->pools[2];
+    cr_expect_str_eq(a->health_path, "/v1/health?deep=1");
+    cr_expect(a->health_set);
+    cr_expect_eq(a->health_interval_ms, 250);
+    cr_expect_eq(a->queue_timeout_ms, 120000);
+    cr_expect_eq(a->queue_size, 1000000);
+    cr_expect_eq(a->retries, 5);
+    cr_expect_eq(a->fallback, 1, "a pool declared later is resolved");
+    cr_expect_str_eq(b->health_path, "");
+    cr_expect(b->health_set);
+    cr_expect_eq(b->health_interval_ms, 60000);
+    cr_expect_eq(b->queue_timeout_ms, 0, "queue_timeout = 0: no waiting");
+    cr_expect_eq(b->queue_size, 1);
+    cr_expect_eq(b->retries, 0);
+    cr_expect_eq(b->fallback, 0, "fallbacks may name each other (one hop at run time)");
+    cr_expect_str_eq(p3->health_path, "", "an explicit empty health = means none, even for prefix");
+    cr_expect(p3->health_set);
+    cr_expect_eq(p3->health_interval_ms, 10);
+    cr_expect_eq(p3->queue_timeout_ms, 600000);
+    cr_expect_eq(p3->fallback, -1, "an empty fallback = means none");
+    config_free(c);
+
+    static const char *const zeros[] = { "0", "0s", "0ms", "0m", "0h" };
+    for (size_t i = 0; i < sizeof zeros / sizeof zeros[0]; i++) {
+        char text[128];
+        snprintf(text, sizeof text, "[pool p]\nbackend = 127.0.0.1:1\nqueue_timeout = %s\n", zeros[i]);
+        c = cfgt_load_ok(text);
+        cr_expect_eq(c->pools[0].queue_timeout_ms, 0, "queue_timeout = %s", zeros[i]);
+        config_free(c);
+    }
+}
+
+Test(config_pool, fallback_resolved_to_a_later_pool)
+{
+    struct config *c = cfgt_load_ok("[route r]\npath = /x\npool = first\n\n"
+                                    "[pool first]\nbackend = 127.0.0.1:1\nfallback = third\n\n"
+                                    "[pool second]\nbackend = 127.0.0.1:2\n\n"
+                                    "[pool third]\nbackend = 127.0.0.1:3\nfallback = second\n");
+    cr_assert_eq(c->npools, 3);
+    cr_expect_eq(c->pools[0].fallback, 2);
+    cr_expect_eq(c->pools[1].fallback, -1);
+    cr_expect_eq(c->pools[2].fallback, 1);
+    config_free(c);
+}
+
+Test(config_pool, errors)
+{
+    cfgt_expect_error("[pool a]\nbackend = 127.0.0.1:1\n\nfallback = nowhere\n[pool b]\nbackend = 127.0.0.1:2\n",
+                      "test.conf:4: fallback: no pool named 'nowhere'");
+    cfgt_expect_error("[pool a]\nbackend = 127.0.0.1:1\n[pool b]\nbackend = 127.0.0.1:2\nfallback = A\n",
+                      "test.conf:5: fallback: no pool named 'A'");
+    char text[512], longname[CFG_NAME_MAX + 2];
+    memset(longname, 'x', sizeof longname - 1);
+    longname[sizeof longname - 1] = '\0';
+    snprintf(text, sizeof text, "[pool a]\nbackend = 127.0.0.1:1\nfallback = %s\n", longname);
+    char want[512];
+    snprintf(want, sizeof want, "test.conf:3: fallback: no pool named '%s'", longname);
+    cfgt_expect_error(text, want);
+    cfgt_expect_error("[pool b]\nbackend = 127.0.0.1:2\n[pool a]\nbackend = 127.0.0.1:1\nfallback = a\n",
+                      "test.conf:5: fallback: pool 'a' cannot be its own fallback");
+    cfgt_expect_error("[pool a]\nbackend = 127.0.0.1:1\nfallback = b\nfallback = b\n[pool b]\nbackend = 127.0.0.1:2\n",
+                      "test.conf:4: duplicate key 'fallback' in [pool a]");
+
+    static const char *const bad_retries[] = { "6", "-1", "", "1x", "one", "1.0" };
+    for (size_t i = 0; i < sizeof bad_retries / sizeof bad_retries[0]; i++) {
+        snprintf(text, sizeof text, "[pool p]\nbackend = 127.0.0.1:1\nretries = %s\n", bad_retries[i]);
+        snprintf(want, sizeof want, "test.conf:3: invalid value for retries: '%s' (expected a number 0-5)",
+                 bad_retries[i]);
+        cfgt_expect_error(text, want);
+    }
+
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nhealth = health\n",
+                      "test.conf:3: invalid value for health: 'health' (expected a path starting with '/', "
+                      "or empty for none)");
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nhealth = /a b\n",
+                      "test.conf:3: invalid value for health: '/a b' (expected a path without spaces or "
+                      "control characters)");
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nhealth = /a\tb\n",
+                      "test.conf:3: invalid value for health: '/a?b' (expected a path without spaces or "
+                      "control characters)");
+    char longpath[200];
+    longpath[0] = '/';
+    memset(longpath + 1, 'h', 127);
+    longpath[128] = '\0';
+    snprintf(text, sizeof text, "[pool p]\nbackend = 127.0.0.1:1\nhealth = %s\n", longpath);
+    cfgt_expect_error(text, "test.conf:3: invalid value for health: too long (at most 127 characters)");
+    longpath[127] = '\0';
+    snprintf(text, sizeof text, "[pool p]\nbackend = 127.0.0.1:1\nhealth = %s\n", longpath);
+    struct config *c = cfgt_load_ok(text);
+    cr_expect_str_eq(c->pools[0].health_path, longpath);
+    config_free(c);
+
+    static const char *const bad_interval[] = { "5ms", "9ms", "61s", "2m", "0", "", "1.5s", "-1s" };
+    for (size_t i = 0; i < sizeof bad_interval / sizeof bad_interval[0]; i++) {
+        snprintf(text, sizeof text, "[pool p]\nbackend = 127.0.0.1:1\nhealth_interval = %s\n",
+                 bad_interval[i]);
+        snprintf(want, sizeof want,
+                 "test.conf:3: invalid value for health_interval: '%s' (expected a duration from 10ms to 60s)",
+                 bad_interval[i]);
+        cfgt_expect_error(text, want);
+    }
+
+    static const char *const bad_timeout[] = { "600001ms", "11m", "1h", "", "-1", "5 s", "1.5s", "5sec" };
+    for (size_t i = 0; i < sizeof bad_timeout / sizeof bad_timeout[0]; i++) {
+        snprintf(text, sizeof text, "[pool p]\nbackend = 127.0.0.1:1\nqueue_timeout = %s\n",
+                 bad_timeout[i]);
+        snprintf(want, sizeof want,
+                 "test.conf:3: invalid value for queue_timeout: '%s' (expected a duration from 0 to 10m)",
+                 bad_timeout[i]);
+        cfgt_expect_error(text, want);
+    }
+
+    static const char *const bad_size[] = { "1000001", "-1", "", "1k", "10 0" };
+    for (size_t i = 0; i < sizeof bad_size / sizeof bad_size[0]; i++) {
+        snprintf(text, sizeof text, "[pool p]\nbackend = 127.0.0.1:1\nqueue_size = %s\n", bad_size[i]);
+        snprintf(want, sizeof want,
+                 "test.conf:3: invalid value for queue_size: '%s' (expected a number 0-1000000, 0 for "
+                 "max_outstanding x backends)",
+                 bad_size[i]);
+        cfgt_expect_error(text, want);
+    }
 }

@@ -271,6 +271,14 @@ Test(metrics, every_family_has_help_and_type)
         { "aigw_tokens_total", "counter" },
         { "aigw_ratelimited_total", "counter" },
         { "aigw_access_log_dropped_total", "counter" },
+        { "aigw_backend_up", "gauge" },
+        { "aigw_backend_requests_total", "counter" },
+        { "aigw_backend_retries_total", "counter" },
+        { "aigw_backend_circuit_opens_total", "counter" },
+        { "aigw_pool_queue_length", "gauge" },
+        { "aigw_pool_queue_wait_seconds", "histogram" },
+        { "aigw_pool_shed_total", "counter" },
+        { "aigw_pool_fallback_total", "counter" },
     };
     for (size_t i = 0; i < sizeof families / sizeof families[0]; i++) {
         char line[128];
@@ -555,5 +563,158 @@ Test(metrics, key_families_have_help_and_type_with_no_keys)
     assert_line(text, "# TYPE aigw_ratelimited_total counter");
     cr_assert_not_null(strstr(text, "\n# HELP aigw_tokens_total "));
     cr_assert_not_null(strstr(text, "\n# HELP aigw_ratelimited_total "));
+    free(text);
+}
+
+/* ---- backend health and attempts, pool queues ---- */
+
+Test(metrics, backend_up_requests_retries_and_circuit_opens)
+{
+    cr_assert_eq(metrics_init(2), 0);
+    int a = metrics_backend_slot("gpu-a", "10.0.0.11:8000");
+    int gone = metrics_backend_slot("gpu-a", "10.0.0.99:8000");
+    int b = metrics_backend_slot("gpu-b", "[::1]:8001");
+    int live[] = { a, b };
+    metrics_set_live_backends(live, 2);
+    metrics_set_backend_up(b, false);       /* a is never set: up */
+    metrics_set_backend_up(gone, false);
+    metrics_set_backend_up(-1, false);      /* ignored */
+    metrics_set_backend_up(METRICS_MAX_BACKENDS, false);
+    struct shard_metrics *s0 = metrics_shard(0), *s1 = metrics_shard(1);
+    mc_add(&s0->backend_requests[a][ATTEMPT_OK], 5);
+    mc_add(&s1->backend_requests[a][ATTEMPT_OK], 7);
+    mc_add(&s0->backend_requests[a][ATTEMPT_FAILED], 1);
+    mc_add(&s1->backend_requests[a][ATTEMPT_FAILED], 2);
+    mc_add(&s1->backend_requests[b][ATTEMPT_FAILED], 4);
+    mc_add(&s0->backend_retries[a], 1);
+    mc_add(&s1->backend_retries[a], 1);
+    mc_add(&s1->circuit_opens[b], 3);
+    mc_add(&s0->backend_requests[gone][ATTEMPT_OK], 9);
+
+    char *text = metrics_text();
+    assert_line(text, "# TYPE aigw_backend_up gauge");
+    assert_line(text, "aigw_backend_up{pool=\"gpu-a\",backend=\"10.0.0.11:8000\"} 1");
+    assert_line(text, "aigw_backend_up{pool=\"gpu-b\",backend=\"[::1]:8001\"} 0");
+    assert_line(text, "# TYPE aigw_backend_requests_total counter");
+    assert_line(text, "aigw_backend_requests_total{pool=\"gpu-a\",backend=\"10.0.0.11:8000\",result=\"ok\"} 12");
+    assert_line(text, "aigw_backend_requests_total{pool=\"gpu-a\",backend=\"10.0.0.11:8000\",result=\"failed\"} 3");
+    assert_line(text, "aigw_backend_requests_total{pool=\"gpu-b\",backend=\"[::1]:8001\",result=\"ok\"} 0");
+    assert_line(text, "aigw_backend_requests_total{pool=\"gpu-b\",backend=\"[::1]:8001\",result=\"failed\"} 4");
+    assert_line(text, "# TYPE aigw_backend_retries_total counter");
+    assert_line(text, "aigw_backend_retries_total{pool=\"gpu-a\",backend=\"10.0.0.11:8000\"} 2");
+    assert_line(text, "aigw_backend_retries_total{pool=\"gpu-b\",backend=\"[::1]:8001\"} 0");
+    assert_line(text, "# TYPE aigw_backend_circuit_opens_total counter");
+    assert_line(text, "aigw_backend_circuit_opens_total{pool=\"gpu-a\",backend=\"10.0.0.11:8000\"} 0");
+    assert_line(text, "aigw_backend_circuit_opens_total{pool=\"gpu-b\",backend=\"[::1]:8001\"} 3");
+    cr_assert_null(strstr(text, "10.0.0.99"), "%s", text);
+    free(text);
+
+    /* back up again; a reload that drops gpu-a */
+    metrics_set_backend_up(b, true);
+    metrics_set_live_backends(&b, 1);
+    text = metrics_text();
+    assert_line(text, "aigw_backend_up{pool=\"gpu-b\",backend=\"[::1]:8001\"} 1");
+    cr_assert_null(strstr(text, "gpu-a"), "%s", text);
+    free(text);
+}
+
+Test(metrics, pool_slots_are_stable_and_registry_reports_full)
+{
+    cr_assert_eq(metrics_init(1), 0);
+    int a = metrics_pool_slot("gpu-a");
+    int b = metrics_pool_slot("gpu-b");
+    cr_assert_eq(a, 0, "pools are numbered in order of first use");
+    cr_assert_eq(b, 1);
+    cr_assert_eq(metrics_pool_slot("gpu-a"), a);
+    char name[32];
+    for (int i = 2; i < METRICS_MAX_POOLS; i++) {
+        snprintf(name, sizeof name, "p%d", i);
+        cr_assert_eq(metrics_pool_slot(name), i);
+    }
+    cr_assert_eq(metrics_pool_slot("one-too-many"), -1);
+    cr_assert_eq(metrics_pool_slot("gpu-b"), b);
+    cr_assert_eq(metrics_pool_slot("p5"), 5);
+}
+
+Test(metrics, pool_queue_shed_and_fallback)
+{
+    cr_assert_eq(metrics_init(2), 0);
+    int a = metrics_pool_slot("gpu-a");
+    int old = metrics_pool_slot("old-pool");
+    int b = metrics_pool_slot("gpu-\"b\"");
+    int live[] = { a, b };
+    metrics_set_live_pools(live, 2);
+    struct shard_metrics *s0 = metrics_shard(0), *s1 = metrics_shard(1);
+
+    char *text = metrics_text();
+    /* live pools render every series even when zero */
+    assert_line(text, "aigw_pool_queue_length{pool=\"gpu-a\"} 0");
+    assert_line(text, "aigw_pool_queue_wait_seconds_bucket{pool=\"gpu-a\",le=\"+Inf\"} 0");
+    assert_line(text, "aigw_pool_queue_wait_seconds_count{pool=\"gpu-a\"} 0");
+    assert_line(text, "aigw_pool_shed_total{pool=\"gpu-a\",reason=\"no_backend\"} 0");
+    assert_line(text, "aigw_pool_fallback_total{pool=\"gpu-a\"} 0");
+    free(text);
+
+    mg_add(&s0->queued[a], 3);
+    mg_add(&s1->queued[a], 2);
+    mg_add(&s1->queued[b], 1);
+    mg_add(&s0->queued[old], 6);
+    metrics_observe_queue_wait(s1, a, 7000);          /* 7 ms: le="0.01" */
+    metrics_observe_queue_wait(s0, old, 1000);
+    metrics_observe_queue_wait(s0, -1, 1000);         /* outside the registry: ignored */
+    metrics_observe_queue_wait(s0, 3, 1000);
+    metrics_observe_queue_wait(s0, METRICS_MAX_POOLS, 1000);
+    mc_add(&s0->shed[a][SHED_QUEUE_FULL], 2);
+    mc_add(&s1->shed[a][SHED_QUEUE_FULL], 1);
+    mc_add(&s1->shed[a][SHED_QUEUE_TIMEOUT], 4);
+    mc_add(&s0->shed[b][SHED_NO_BACKEND], 5);
+    mc_add(&s0->fallbacks[a], 1);
+    mc_add(&s1->fallbacks[a], 2);
+    mc_add(&s1->fallbacks[old], 8);
+
+    text = metrics_text();
+    assert_line(text, "# TYPE aigw_pool_queue_length gauge");
+    assert_line(text, "aigw_pool_queue_length{pool=\"gpu-a\"} 5");
+    assert_line(text, "aigw_pool_queue_length{pool=\"gpu-\\\"b\\\"\"} 1");
+
+    assert_line(text, "# TYPE aigw_pool_queue_wait_seconds histogram");
+    assert_line(text, "aigw_pool_queue_wait_seconds_bucket{pool=\"gpu-a\",le=\"0.005\"} 0");
+    assert_line(text, "aigw_pool_queue_wait_seconds_bucket{pool=\"gpu-a\",le=\"0.01\"} 1");
+    assert_line(text, "aigw_pool_queue_wait_seconds_bucket{pool=\"gpu-a\",le=\"0.025\"} 1");
+    assert_line(text, "aigw_pool_queue_wait_seconds_bucket{pool=\"gpu-a\",le=\"60\"} 1");
+    assert_line(text, "aigw_pool_queue_wait_seconds_bucket{pool=\"gpu-a\",le=\"+Inf\"} 1");
+    assert_line(text, "aigw_pool_queue_wait_seconds_sum{pool=\"gpu-a\"} 0.007000");
+    assert_line(text, "aigw_pool_queue_wait_seconds_count{pool=\"gpu-a\"} 1");
+    assert_line(text, "aigw_pool_queue_wait_seconds_bucket{pool=\"gpu-\\\"b\\\"\",le=\"+Inf\"} 0");
+    assert_line(text, "aigw_pool_queue_wait_seconds_sum{pool=\"gpu-\\\"b\\\"\"} 0.000000");
+    assert_line(text, "aigw_pool_queue_wait_seconds_count{pool=\"gpu-\\\"b\\\"\"} 0");
+    cr_assert_eq(count_lines_with_prefix(text, "aigw_pool_queue_wait_seconds_bucket{pool=\"gpu-a\","),
+                 METRICS_NBUCKETS, "%s", text);
+
+    assert_line(text, "# TYPE aigw_pool_shed_total counter");
+    assert_line(text, "aigw_pool_shed_total{pool=\"gpu-a\",reason=\"queue_full\"} 3");
+    assert_line(text, "aigw_pool_shed_total{pool=\"gpu-a\",reason=\"queue_timeout\"} 4");
+    assert_line(text, "aigw_pool_shed_total{pool=\"gpu-a\",reason=\"no_backend\"} 0");
+    assert_line(text, "aigw_pool_shed_total{pool=\"gpu-\\\"b\\\"\",reason=\"queue_full\"} 0");
+    assert_line(text, "aigw_pool_shed_total{pool=\"gpu-\\\"b\\\"\",reason=\"queue_timeout\"} 0");
+    assert_line(text, "aigw_pool_shed_total{pool=\"gpu-\\\"b\\\"\",reason=\"no_backend\"} 5");
+
+    assert_line(text, "# TYPE aigw_pool_fallback_total counter");
+    assert_line(text, "aigw_pool_fallback_total{pool=\"gpu-a\"} 3");
+    assert_line(text, "aigw_pool_fallback_total{pool=\"gpu-\\\"b\\\"\"} 0");
+
+    /* a pool the configuration does not use is not rendered */
+    cr_assert_null(strstr(text, "old-pool"), "%s", text);
+    free(text);
+
+    /* a reload that brings old-pool back and drops gpu-a: its counts kept meanwhile */
+    metrics_set_live_pools(&old, 1);
+    text = metrics_text();
+    assert_line(text, "aigw_pool_queue_length{pool=\"old-pool\"} 6");
+    assert_line(text, "aigw_pool_queue_wait_seconds_bucket{pool=\"old-pool\",le=\"0.005\"} 1");
+    assert_line(text, "aigw_pool_queue_wait_seconds_sum{pool=\"old-pool\"} 0.001000");
+    assert_line(text, "aigw_pool_fallback_total{pool=\"old-pool\"} 8");
+    cr_assert_null(strstr(text, "gpu-a"), "%s", text);
+    cr_assert_null(strstr(text, "gpu-\\\"b"), "%s", text);
     free(text);
 }

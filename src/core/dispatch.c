@@ -1,0 +1,459 @@
+/* Dispatch: from a request's pool to one of its backends, and what happens when
+ * none will do.
+ *
+ * A backend is a candidate while its active check passes, its circuit is closed
+ * and it has fewer than max_outstanding requests in flight over all shards; the
+ * pool's balancer picks among the candidates. When every backend that is up is
+ * busy, the request waits in the pool's queue on this shard, a FIFO per tier
+ * priority, for up to queue_timeout. When none is up, or the wait ran out, it
+ * goes to the pool's fallback (one hop), else it gets 503 no_capacity.
+ *
+ * Passive checks: each shard counts the consecutive failed attempts it saw per
+ * backend (connect errors, resets before the response, first_byte timeouts,
+ * 5xx answers); at CIRCUIT_FAILS the backend's circuit opens, shared by all
+ * shards, for a backoff that doubles on each reopen. Once it has passed, the
+ * next request that would use the backend claims it as the half-open probe;
+ * the probe's answer closes the circuit or reopens it. Counting per shard keeps
+ * the per-request path free of shared writes: only transitions are shared.
+ *
+ * Retries: an attempt that failed before any response byte reached the client
+ * (a connect error, a reset, a 502 or 503 answer) goes to another backend of
+ * the pool, at most `retries` times and never past the first attempt's
+ * first_byte deadline. */
+#include "core/proxy.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CIRCUIT_FAILS 5             /* consecutive failed attempts on one shard */
+#define CIRCUIT_BACKOFF_MS 1000     /* the first open; doubles on each reopen */
+#define CIRCUIT_BACKOFF_MAX_MS 30000
+#define QUEUE_POLL_MS 5             /* queued requests look for slots freed on other shards */
+
+enum pick_failure { PICK_BUSY, PICK_DOWN };
+
+static unsigned pool_first(const struct conn *c)
+{
+    return c->sg->g->pool_first_backend[c->pool];
+}
+
+static void load_add(struct conn *c, unsigned backend, int delta)
+{
+    const struct gen *g = c->sg->g;
+    struct backend_load *cell = &g->load[(size_t)backend * g->nshards + c->sh->id];
+    atomic_store_explicit(&cell->outstanding,
+                          atomic_load_explicit(&cell->outstanding, memory_order_relaxed) + (uint32_t)delta,
+                          memory_order_relaxed);
+}
+
+static uint64_t backoff_ms(uint32_t reopens)
+{
+    uint64_t ms = CIRCUIT_BACKOFF_MS;
+    for (uint32_t i = 0; i < reopens && ms < CIRCUIT_BACKOFF_MAX_MS; i++)
+        ms *= 2;
+    return ms < CIRCUIT_BACKOFF_MAX_MS ? ms : CIRCUIT_BACKOFF_MAX_MS;
+}
+
+static void circuit_set(struct backend_health *h, enum circuit_state to)
+{
+    atomic_store_explicit(&h->circuit, (uint8_t)to, memory_order_release);
+    atomic_fetch_add_explicit(&h->transitions, 1, memory_order_relaxed);
+}
+
+/* Opens (or reopens after a failed probe) for the next backoff. open_until is
+ * written before the state, so whoever sees OPEN sees its deadline. */
+static bool circuit_open(struct backend_health *h, enum circuit_state from, enum backend_failure cause,
+                         uint64_t now_ms)
+{
+    uint32_t reopens = atomic_load_explicit(&h->reopens, memory_order_relaxed);
+    atomic_store_explicit(&h->open_until_ms, now_ms + backoff_ms(reopens), memory_order_relaxed);
+    atomic_store_explicit(&h->open_cause, (uint8_t)cause, memory_order_relaxed);
+    uint8_t expect = (uint8_t)from;
+    if (!atomic_compare_exchange_strong_explicit(&h->circuit, &expect, CIRCUIT_OPEN,
+                                                 memory_order_acq_rel, memory_order_relaxed))
+        return false;
+    atomic_store_explicit(&h->reopens, reopens + 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->transitions, 1, memory_order_relaxed);
+    return true;
+}
+
+/* Picks a backend of c->pool that c has not tried, or claims a half-open probe. */
+static int pick(struct conn *c, enum pick_failure *why)
+{
+    struct shard *sh = c->sh;
+    struct shard_gen *sg = c->sg;
+    const struct gen *g = sg->g;
+    const struct cfg_pool *pool = &g->cfg->pools[c->pool];
+    unsigned first = pool_first(c), n = pool->nbackends;
+    uint32_t outstanding[n ? n : 1];
+    bool up[n ? n : 1];
+    bool any_up = false;
+    int probe = -1;
+    for (unsigned i = 0; i < n; i++) {
+        unsigned b = first + i;
+        outstanding[i] = gen_outstanding(g, b);
+        bool tried = c->tried & (1ull << (i & 63));
+        up[i] = !tried && backend_available(g, b);
+        any_up |= up[i];
+        const struct backend_health *h = &g->health[b];
+        if (!tried && !up[i] && probe < 0 &&
+            atomic_load_explicit(&h->circuit, memory_order_acquire) == CIRCUIT_OPEN &&
+            atomic_load_explicit(&h->checked_up, memory_order_relaxed) &&
+            sh->now_ms >= atomic_load_explicit(&h->open_until_ms, memory_order_relaxed) &&
+            outstanding[i] < pool->max_outstanding)
+            probe = (int)i;
+    }
+    if (probe >= 0) {
+        struct backend_health *h = &g->health[first + (unsigned)probe];
+        uint8_t expect = CIRCUIT_OPEN;
+        if (atomic_compare_exchange_strong_explicit(&h->circuit, &expect, CIRCUIT_PROBING,
+                                                    memory_order_acq_rel, memory_order_relaxed)) {
+            atomic_fetch_add_explicit(&h->transitions, 1, memory_order_relaxed);
+            c->probe = true;
+            return (int)first + probe;
+        }
+    }
+    int pick;
+    if (pool->balance == BALANCE_CAPACITY || pool->balance == BALANCE_PREFIX) {
+        /* the engines' own load, as the watcher last read it */
+        struct backend_view view[n ? n : 1];
+        for (unsigned i = 0; i < n; i++) {
+            unsigned b = first + i;
+            const struct backend_signal *s = &g->signal[b];
+            bool fresh = backend_signal_fresh(g, b, sh->now_ms);
+            int32_t kv = fresh ? atomic_load_explicit(&s->kv_permille, memory_order_relaxed) : -1;
+            view[i] = (struct backend_view){
+                .outstanding = outstanding[i],
+                .max_outstanding = pool->max_outstanding,
+                .weight = pool->backends[i].weight,
+                .up = up[i],
+                .waiting = fresh ? atomic_load_explicit(&s->waiting, memory_order_relaxed) : BALANCE_UNKNOWN,
+                .running = fresh ? atomic_load_explicit(&s->running, memory_order_relaxed) : BALANCE_UNKNOWN,
+                .kv_usage = kv >= 0 ? (float)kv / 1000.0f : -1.0f,
+                .id = g->backend_id[b],
+            };
+        }
+        pick = balance_pick_load(pool->balance, &sg->balance[c->pool], view, n, c->prefix_hash);
+    } else {
+        pick = balance_pick(pool->balance, &sg->balance[c->pool], pool->backends, n, outstanding, up,
+                            pool->max_outstanding);
+    }
+    if (pick < 0) {
+        *why = any_up ? PICK_BUSY : PICK_DOWN;
+        return -1;
+    }
+    return (int)(first + (unsigned)pick);
+}
+
+/* Sends c to backend b: counts it there and starts the upstream side. */
+static void go(struct conn *c, unsigned b)
+{
+    c->backend = (int)b;
+    c->tried |= 1ull << ((b - pool_first(c)) & 63);
+    load_add(c, b, 1);
+    c->state = CS_UPSTREAM;
+    if (c->ai && c->body && !ai_request_build_out(c))
+        return;
+    upstream_acquire(c);
+}
+
+/* ---- the queue ---- */
+
+static void queue_unlink(struct conn *c)
+{
+    struct shard *sh = c->sh;
+    struct pool_queue *q = &c->sg->queue[c->pool];
+    unsigned p = c->qprio;
+    if (c->qprev)
+        c->qprev->qnext = c->qnext;
+    else
+        q->head[p] = c->qnext;
+    if (c->qnext)
+        c->qnext->qprev = c->qprev;
+    else
+        q->tail[p] = c->qprev;
+    c->qnext = c->qprev = NULL;
+    c->queued = false;
+    q->len--;
+    sh->nqueued--;
+    int slot = c->sg->g->pool_metric_slot[c->pool];
+    mg_add(&sh->m->queued[slot], -1);
+    metrics_observe_queue_wait(sh->m, slot, sh->now_us - c->queued_us);
+}
+
+static unsigned retry_after_s(const struct conn *c, enum shed_reason reason)
+{
+    const struct gen *g = c->sg->g;
+    const struct cfg_pool *pool = &g->cfg->pools[c->pool];
+    uint64_t ms = reason == SHED_NO_BACKEND ? CIRCUIT_BACKOFF_MAX_MS : pool->queue_timeout_ms;
+    if (reason == SHED_NO_BACKEND) {
+        /* when the first backend may be back: a circuit's probe, or two checks */
+        unsigned first = pool_first(c);
+        for (unsigned i = 0; i < pool->nbackends; i++) {
+            const struct backend_health *h = &g->health[first + i];
+            uint64_t at = !atomic_load_explicit(&h->checked_up, memory_order_relaxed)
+                              ? 2 * pool->health_interval_ms
+                              : atomic_load_explicit(&h->open_until_ms, memory_order_relaxed) >
+                                        c->sh->now_ms
+                                    ? atomic_load_explicit(&h->open_until_ms, memory_order_relaxed) -
+                                          c->sh->now_ms
+                                    : 0;
+            if (at < ms)
+                ms = at;
+        }
+    }
+    uint64_t s = (ms + 999) / 1000;
+    return s < 1 ? 1 : s > 30 ? 30 : (unsigned)s;
+}
+
+/* No backend of c's pool will take it: its fallback pool, or 503. */
+static void fall_back_or_shed(struct conn *c, enum shed_reason reason)
+{
+    struct shard *sh = c->sh;
+    const struct config *cfg = c->sg->g->cfg;
+    const struct cfg_pool *pool = &cfg->pools[c->pool];
+    int slot = c->sg->g->pool_metric_slot[c->pool];
+    /* a raw request's head is written once, with its pool's upstream credentials:
+     * it may only move to a pool that uses the same */
+    if (!c->fell_back && pool->fallback >= 0 &&
+        ((c->ai && c->body) || strcmp(pool->upstream_auth, cfg->pools[pool->fallback].upstream_auth) == 0)) {
+        mc_add(&sh->m->fallbacks[slot], 1);
+        c->fell_back = true;
+        c->pool = pool->fallback;
+        c->tried = 0;
+        c->attempts = 0;
+        dispatch_request(c);
+        return;
+    }
+    mc_add(&sh->m->shed[slot][reason], 1);
+    c->retry_after_s = retry_after_s(c, reason);
+    char msg[200];
+    if (reason == SHED_NO_BACKEND) {
+        c->error = "no backend up";
+        snprintf(msg, sizeof msg, "No backend of pool %s is available; retry later", pool->name);
+    } else if (reason == SHED_QUEUE_FULL) {
+        c->error = "queue full";
+        snprintf(msg, sizeof msg, "All backends of pool %s are busy and its queue is full; retry later",
+                 pool->name);
+    } else {
+        c->error = "queue timeout";
+        snprintf(msg, sizeof msg, "All backends of pool %s stayed busy for %llu ms; retry later",
+                 pool->name, (unsigned long long)pool->queue_timeout_ms);
+    }
+    conn_send_error(c, 503, "server_error", "no_capacity", msg);
+}
+
+static void enqueue(struct conn *c)
+{
+    struct shard *sh = c->sh;
+    const struct cfg_pool *pool = &c->sg->g->cfg->pools[c->pool];
+    struct pool_queue *q = &c->sg->queue[c->pool];
+    if (pool->queue_timeout_ms == 0) {
+        fall_back_or_shed(c, SHED_QUEUE_TIMEOUT);
+        return;
+    }
+    enum priority prio = conn_priority(c);
+    if (q->len >= q->cap) {
+        /* full: the newest request of the lowest priority below c's makes room */
+        struct conn *victim = NULL;
+        for (int p = PRIORITY_LOW; p > (int)prio && !victim; p--)
+            victim = q->tail[p];
+        if (!victim) {
+            fall_back_or_shed(c, SHED_QUEUE_FULL);
+            return;
+        }
+        queue_unlink(victim);
+        fall_back_or_shed(victim, SHED_QUEUE_FULL);
+    }
+    c->qprio = (uint8_t)prio;
+    c->qnext = NULL;
+    c->qprev = q->tail[prio];
+    if (q->tail[prio])
+        q->tail[prio]->qnext = c;
+    else
+        q->head[prio] = c;
+    q->tail[prio] = c;
+    q->len++;
+    c->queued = true;
+    c->queued_us = sh->now_us;
+    c->state = CS_UPSTREAM;
+    sh->nqueued++;
+    mg_add(&sh->m->queued[c->sg->g->pool_metric_slot[c->pool]], 1);
+    conn_set_timer(c, T_QUEUE, pool->queue_timeout_ms);
+}
+
+/* Hands free slots of a pool to its waiting requests, highest priority first. */
+static void pump(struct shard_gen *sg, unsigned pool)
+{
+    struct pool_queue *q = &sg->queue[pool];
+    while (q->len) {
+        struct conn *c = q->head[PRIORITY_HIGH] ? q->head[PRIORITY_HIGH]
+                       : q->head[PRIORITY_NORMAL] ? q->head[PRIORITY_NORMAL]
+                                                  : q->head[PRIORITY_LOW];
+        enum pick_failure why;
+        int b = pick(c, &why);
+        if (b < 0 && why == PICK_BUSY)
+            return;
+        queue_unlink(c);
+        if (b < 0)
+            fall_back_or_shed(c, SHED_NO_BACKEND);
+        else
+            go(c, (unsigned)b);
+    }
+}
+
+void dispatch_request(struct conn *c)
+{
+    if (c->sg->queue[c->pool].len) {
+        /* others wait already: behind them by priority, then whoever is first goes */
+        enqueue(c);
+        pump(c->sg, (unsigned)c->pool);
+        return;
+    }
+    enum pick_failure why;
+    int b = pick(c, &why);
+    if (b >= 0)
+        go(c, (unsigned)b);
+    else if (why == PICK_DOWN)
+        fall_back_or_shed(c, SHED_NO_BACKEND);
+    else
+        enqueue(c);
+}
+
+void dispatch_queue_expired(struct conn *c)
+{
+    if (!c->queued)
+        return;
+    queue_unlink(c);
+    fall_back_or_shed(c, SHED_QUEUE_TIMEOUT);
+}
+
+void dispatch_poll(struct shard *sh)
+{
+    if (sh->now_ms < sh->next_queue_poll_ms)
+        return;
+    sh->next_queue_poll_ms = sh->now_ms + QUEUE_POLL_MS;
+    for (struct shard_gen *sg = sh->sg; sg && sh->nqueued; sg = sg->older)
+        for (unsigned p = 0; p < sg->g->cfg->npools; p++)
+            if (sg->queue[p].len)
+                pump(sg, p);
+}
+
+/* ---- health and retries ---- */
+
+void dispatch_attempt_result(struct conn *c, enum backend_failure f)
+{
+    struct shard *sh = c->sh;
+    if (c->backend < 0)
+        return;
+    unsigned b = (unsigned)c->backend;
+    const struct gen *g = c->sg->g;
+    struct backend_health *h = &g->health[b];
+    int slot = g->backend_metric_slot[b];
+    mc_add(&sh->m->backend_requests[slot][f == BF_NONE ? ATTEMPT_OK : ATTEMPT_FAILED], 1);
+    if (f == BF_NONE) {
+        c->sg->fail_streak[b] = 0;
+        if (c->probe) {
+            c->probe = false;
+            atomic_store_explicit(&h->reopens, 0, memory_order_relaxed);
+            circuit_set(h, CIRCUIT_CLOSED);
+        }
+        return;
+    }
+    if (c->probe) {
+        c->probe = false;
+        if (circuit_open(h, CIRCUIT_PROBING, f, sh->now_ms))
+            mc_add(&sh->m->circuit_opens[slot], 1);
+        return;
+    }
+    if (++c->sg->fail_streak[b] < CIRCUIT_FAILS)
+        return;
+    c->sg->fail_streak[b] = 0;
+    if (atomic_load_explicit(&h->circuit, memory_order_relaxed) == CIRCUIT_CLOSED &&
+        circuit_open(h, CIRCUIT_CLOSED, f, sh->now_ms))
+        mc_add(&sh->m->circuit_opens[slot], 1);
+}
+
+/* Gives the backend slot back. A probe that ended without an answer (the client
+ * left) lets the next request probe at once. */
+static void release_slot(struct conn *c)
+{
+    unsigned b = (unsigned)c->backend;
+    if (c->probe) {
+        struct backend_health *h = &c->sg->g->health[b];
+        c->probe = false;
+        atomic_store_explicit(&h->open_until_ms, c->sh->now_ms, memory_order_relaxed);
+        circuit_set(h, CIRCUIT_OPEN);
+    }
+    load_add(c, b, -1);
+}
+
+void dispatch_release(struct conn *c)
+{
+    if (c->queued)
+        queue_unlink(c);
+    if (c->backend < 0)
+        return;
+    release_slot(c);
+    /* the backend may belong to the pool c fell back from */
+    const struct gen *g = c->sg->g;
+    unsigned b = (unsigned)c->backend, pool = 0;
+    while (pool + 1 < g->cfg->npools && g->pool_first_backend[pool + 1] <= b)
+        pool++;
+    c->backend = -1;
+    if (c->sg->queue[pool].len)
+        pump(c->sg, pool);
+}
+
+bool dispatch_retry(struct conn *c, enum backend_failure f)
+{
+    (void)f;
+    struct shard *sh = c->sh;
+    /* (a send still in flight reads c->out: it cannot be reused yet) */
+    if (c->backend < 0 || c->resp_started || c->queued || c->up_sending)
+        return false;
+    const struct cfg_pool *pool = &c->sg->g->cfg->pools[c->pool];
+    bool resendable = c->ai ? c->body != NULL : c->out && c->body_in_first_send;
+    if (!resendable || c->attempts >= pool->retries ||
+        (c->retry_deadline_ms && sh->now_ms >= c->retry_deadline_ms))
+        return false;
+    unsigned from = (unsigned)c->backend;
+    enum pick_failure why;
+    /* the failed backend's slot is not offered to the queue: this request goes on */
+    release_slot(c);
+    c->backend = -1;
+    int b = pick(c, &why);
+    if (b < 0) {
+        load_add(c, from, 1);
+        c->backend = (int)from;
+        return false;
+    }
+    mc_add(&sh->m->backend_retries[c->sg->g->backend_metric_slot[from]], 1);
+    c->attempts++;
+    conn_abandon_attempt(c);
+    go(c, (unsigned)b);
+    return true;
+}
+
+int dispatch_shard_gen_init(struct shard_gen *sg)
+{
+    const struct config *cfg = sg->g->cfg;
+    sg->fail_streak = calloc(cfg->nbackends ? cfg->nbackends : 1, sizeof *sg->fail_streak);
+    sg->queue = calloc(cfg->npools ? cfg->npools : 1, sizeof *sg->queue);
+    if (!sg->fail_streak || !sg->queue)
+        return -1;
+    for (unsigned p = 0; p < cfg->npools; p++) {
+        unsigned size = cfg->pools[p].queue_size, n = sg->g->nshards ? sg->g->nshards : 1;
+        sg->queue[p].cap = (size + n - 1) / n;
+    }
+    return 0;
+}
+
+void dispatch_shard_gen_free(struct shard_gen *sg)
+{
+    free(sg->fail_streak);
+    free(sg->queue);
+    sg->fail_streak = NULL;
+    sg->queue = NULL;
+}
