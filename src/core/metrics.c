@@ -485,6 +485,29 @@ static void render_duration(struct out *o)
     puts_(o, "\n");
 }
 
+/* metric{pool="..",backend=".."[,label="value"]} */
+static void put_backend_series(struct out *o, const char *metric, unsigned b, const char *label,
+                               const char *value)
+{
+    puts_(o, metric);
+    puts_(o, "{pool=\"");
+    put_label(o, backend_pools[b]);
+    puts_(o, "\",backend=\"");
+    put_label(o, backend_names[b]);
+    if (label) {
+        puts_(o, "\",");
+        puts_(o, label);
+        puts_(o, "=\"");
+        puts_(o, value);
+    }
+    puts_(o, "\"} ");
+}
+
+static void put_backend_labels(struct out *o, const char *metric, unsigned b)
+{
+    put_backend_series(o, metric, b, NULL, NULL);
+}
+
 static void render_upstream_conns(struct out *o)
 {
     static const char *const kinds[2] = { [UPCONN_NEW] = "new", [UPCONN_REUSED] = "reused" };
@@ -494,13 +517,7 @@ static void render_upstream_conns(struct out *o)
         if (!backend_live[b])
             continue;
         for (unsigned k = 0; k < 2; k++) {
-            puts_(o, "aigw_upstream_connections_total{pool=\"");
-            put_label(o, backend_pools[b]);
-            puts_(o, "\",backend=\"");
-            put_label(o, backend_names[b]);
-            puts_(o, "\",kind=\"");
-            puts_(o, kinds[k]);
-            puts_(o, "\"} ");
+            put_backend_series(o, "aigw_upstream_connections_total", b, "kind", kinds[k]);
             put_u64(o, SUM_SHARDS(upstream_conns[b][k]));
             puts_(o, "\n");
         }
@@ -516,15 +533,6 @@ void metrics_set_backend_load(int slot, uint32_t outstanding, int32_t waiting, i
     atomic_store_explicit(&backend_kv[slot], kv_permille + 1, memory_order_relaxed);
 }
 
-static void put_backend_labels(struct out *o, const char *metric, unsigned b)
-{
-    puts_(o, metric);
-    puts_(o, "{pool=\"");
-    put_label(o, backend_pools[b]);
-    puts_(o, "\",backend=\"");
-    put_label(o, backend_names[b]);
-    puts_(o, "\"} ");
-}
 
 /* Gauges from the watcher; the engine's figures only while its metrics are fresh. */
 static void render_backend_load(struct out *o)
@@ -578,13 +586,7 @@ static void render_backend_health(struct out *o)
         if (!backend_live[b])
             continue;
         for (unsigned r = 0; r < 2; r++) {
-            puts_(o, "aigw_backend_requests_total{pool=\"");
-            put_label(o, backend_pools[b]);
-            puts_(o, "\",backend=\"");
-            put_label(o, backend_names[b]);
-            puts_(o, "\",result=\"");
-            puts_(o, results[r]);
-            puts_(o, "\"} ");
+            put_backend_series(o, "aigw_backend_requests_total", b, "result", results[r]);
             put_u64(o, SUM_SHARDS(backend_requests[b][r]));
             puts_(o, "\n");
         }

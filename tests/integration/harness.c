@@ -1019,6 +1019,29 @@ static bool wait_ready(pid_t pid, int port, int health_port, const char *health_
     return false;
 }
 
+/* Spawns aigw-mockllm on m->port; true once it answers GET /health. */
+static bool mock_spawn(struct h_mock *m, const char *args)
+{
+    char listen[64];
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", m->port);
+    char argbuf[512];
+    snprintf(argbuf, sizeof argbuf, "%s", args ? args : "");
+    const char *argv[40];
+    int n = 0;
+    argv[n++] = bin_path("MOCKLLM_BIN", "build/aigw-mockllm");
+    argv[n++] = "--listen";
+    argv[n++] = listen;
+    for (char *save, *t = strtok_r(argbuf, " ", &save); t && n < 38; t = strtok_r(NULL, " ", &save))
+        argv[n++] = t;
+    argv[n] = NULL;
+    m->pid = h_spawn(m->tag, argv);
+    if (wait_ready(m->pid, m->port, m->port, "/health"))
+        return true;
+    h_stop(m->pid, 2000);
+    m->pid = 0;
+    return false;
+}
+
 int h_mock_start(struct h_mock *m, const char *tag, const char *args)
 {
     memset(m, 0, sizeof *m);
@@ -1026,22 +1049,8 @@ int h_mock_start(struct h_mock *m, const char *tag, const char *args)
     /* A second try on a fresh port covers a port taken between check and bind. */
     for (int attempt = 0; attempt < 2; attempt++) {
         m->port = h_free_port();
-        char listen[64];
-        snprintf(listen, sizeof listen, "127.0.0.1:%d", m->port);
-        char argbuf[512];
-        snprintf(argbuf, sizeof argbuf, "%s", args ? args : "");
-        const char *argv[40];
-        int n = 0;
-        argv[n++] = bin_path("MOCKLLM_BIN", "build/aigw-mockllm");
-        argv[n++] = "--listen";
-        argv[n++] = listen;
-        for (char *save, *t = strtok_r(argbuf, " ", &save); t && n < 38; t = strtok_r(NULL, " ", &save))
-            argv[n++] = t;
-        argv[n] = NULL;
-        m->pid = h_spawn(m->tag, argv);
-        if (wait_ready(m->pid, m->port, m->port, "/health")) return 0;
-        h_stop(m->pid, 2000);
-        m->pid = 0;
+        if (mock_spawn(m, args))
+            return 0;
     }
     return -1;
 }
@@ -1051,28 +1060,44 @@ int h_mock_start_port(struct h_mock *m, const char *tag, int port, const char *a
     memset(m, 0, sizeof *m);
     snprintf(m->tag, sizeof m->tag, "%s", tag);
     m->port = port;
-    char listen[64];
-    snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
     /* The port was just given up by another process: the bind may need a moment. */
     int64_t end = h_now_ms() + 2000;
     do {
-        char argbuf[512];
-        snprintf(argbuf, sizeof argbuf, "%s", args ? args : "");
-        const char *argv[40];
-        int n = 0;
-        argv[n++] = bin_path("MOCKLLM_BIN", "build/aigw-mockllm");
-        argv[n++] = "--listen";
-        argv[n++] = listen;
-        for (char *save, *t = strtok_r(argbuf, " ", &save); t && n < 38; t = strtok_r(NULL, " ", &save))
-            argv[n++] = t;
-        argv[n] = NULL;
-        m->pid = h_spawn(m->tag, argv);
-        if (wait_ready(m->pid, port, port, "/health")) return 0;
-        h_stop(m->pid, 2000);
-        m->pid = 0;
+        if (mock_spawn(m, args))
+            return 0;
         h_sleep_ms(100);
     } while (h_now_ms() < end);
     return -1;
+}
+
+bool h_read_request(int fd)
+{
+    static __thread char b[65536];
+    size_t have = 0;
+    char *end;
+    while (!(end = memmem(b, have, "\r\n\r\n", 4))) {
+        if (have == sizeof b)
+            return false;
+        ssize_t n = read(fd, b + have, sizeof b - have);
+        if (n <= 0)
+            return false;
+        have += (size_t)n;
+    }
+    size_t head = (size_t)(end + 4 - b), body = 0;
+    for (char *p = b; p < b + head; p++)
+        if ((p == b || p[-1] == '\n') && !strncasecmp(p, "content-length:", 15)) {
+            body = strtoul(p + 15, NULL, 10);
+            break;
+        }
+    if (head + body > sizeof b)
+        return false;
+    while (have < head + body) {
+        ssize_t n = read(fd, b + have, head + body - have);
+        if (n <= 0)
+            return false;
+        have += (size_t)n;
+    }
+    return true;
 }
 
 static void gw_write(struct h_gw *g)

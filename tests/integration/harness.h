@@ -175,6 +175,10 @@ int h_mock_start(struct h_mock *m, const char *tag, const char *args);
  * bring it back where aigw's config expects it); retries the bind for up to 2 s. */
 int h_mock_start_port(struct h_mock *m, const char *tag, int port, const char *args);
 
+/* For scripted backends: reads one request (head and Content-Length body) from
+ * fd into a static buffer. False on EOF, error or a request over 64 KiB. */
+bool h_read_request(int fd);
+
 struct h_gw {
     int port, admin_port;
     pid_t pid;

@@ -515,20 +515,28 @@ Test(failover, failing_backend_opens_circuit_and_recovers)
     h_finish();
 }
 
+/* One shard, one engine taking one request at a time, a queue of queue_size
+ * that waits up to 10 s, and keys of every priority. */
+static void one_slot_gw(struct h_gw *g, struct h_mock *m, int queue_size)
+{
+    H_MOCK(m, "mock", "--tps 20 --ttft-ms 0");
+    write_keys();
+    *g = (struct h_gw){.shards = 1};
+    h_gw_config(g, TIMEOUTS,
+                "[pool gpu]\nbackend = 127.0.0.1:%d\nbalance = least_outstanding\nmax_outstanding = 1\n"
+                "queue_size = %d\nqueue_timeout = 10s\n\n"
+                "[route chat]\npath = /v1/chat/completions\npool = gpu\n\n" TIERS,
+                m->port, queue_size, h_keys_path());
+    H_GW(g);
+}
+
 /* ---- 4: the queue serves high before normal before low ---- */
 
 Test(failover, queue_serves_high_before_normal_before_low)
 {
     struct h_mock m;
-    H_MOCK(&m, "mock", "--tps 20 --ttft-ms 0");
-    write_keys();
-    struct h_gw g = {.shards = 1};
-    h_gw_config(&g, TIMEOUTS,
-                "[pool gpu]\nbackend = 127.0.0.1:%d\nbalance = least_outstanding\nmax_outstanding = 1\n"
-                "queue_size = 8\nqueue_timeout = 10s\n\n"
-                "[route chat]\npath = /v1/chat/completions\npool = gpu\n\n" TIERS,
-                m.port, h_keys_path());
-    H_GW(&g);
+    struct h_gw g;
+    one_slot_gw(&g, &m, 8);
 
     struct flight occ, lo, mid, hi;
     occupy(&occ, &g, &m, KEY_MID, "mock-llama-3.1-8b", 16, "occupier");   /* 800 ms */
@@ -641,15 +649,8 @@ Test(failover, full_pool_answers_503_with_retry_after)
 Test(failover, full_queue_sheds_low_first)
 {
     struct h_mock m;
-    H_MOCK(&m, "mock", "--tps 20 --ttft-ms 0");
-    write_keys();
-    struct h_gw g = {.shards = 1};
-    h_gw_config(&g, TIMEOUTS,
-                "[pool gpu]\nbackend = 127.0.0.1:%d\nbalance = least_outstanding\nmax_outstanding = 1\n"
-                "queue_size = 1\nqueue_timeout = 10s\n\n"
-                "[route chat]\npath = /v1/chat/completions\npool = gpu\n\n" TIERS,
-                m.port, h_keys_path());
-    H_GW(&g);
+    struct h_gw g;
+    one_slot_gw(&g, &m, 1);
     char body[512];
     chat(body, sizeof body, "mock-llama-3.1-8b", 2);
 
@@ -769,36 +770,6 @@ struct b503 {
     pthread_t th;
 };
 
-/* Reads one request (head and Content-Length body); false on EOF or error. */
-static bool read_request(int fd)
-{
-    char b[65536];
-    size_t have = 0;
-    char *end;
-    while (!(end = memmem(b, have, "\r\n\r\n", 4))) {
-        if (have == sizeof b)
-            return false;
-        ssize_t n = read(fd, b + have, sizeof b - have);
-        if (n <= 0)
-            return false;
-        have += (size_t)n;
-    }
-    size_t head = (size_t)(end + 4 - b), body = 0;
-    for (char *p = b; p < b + head; p++)
-        if ((p == b || p[-1] == '\n') && !strncasecmp(p, "content-length:", 15)) {
-            body = strtoul(p + 15, NULL, 10);
-            break;
-        }
-    if (head + body > sizeof b)
-        return false;
-    while (have < head + body) {
-        ssize_t n = read(fd, b + have, head + body - have);
-        if (n <= 0)
-            return false;
-        have += (size_t)n;
-    }
-    return true;
-}
 
 static void *b503_main(void *arg)
 {
@@ -814,7 +785,7 @@ static void *b503_main(void *arg)
         int c = accept(s->fd, NULL, NULL);
         if (c < 0)
             return NULL;   /* the listening socket was shut down */
-        if (read_request(c)) {
+        if (h_read_request(c)) {
             atomic_fetch_add(&s->requests, 1);
             h_write_all(c, resp, (size_t)n);
         }

@@ -60,36 +60,6 @@ struct script_backend {
     atomic_int requests;
 };
 
-/* Reads one request (head and Content-Length body). */
-static bool read_request(int fd)
-{
-    static char b[65536];
-    size_t have = 0;
-    char *end;
-    while (!(end = memmem(b, have, "\r\n\r\n", 4))) {
-        if (have == sizeof b)
-            return false;
-        ssize_t n = read(fd, b + have, sizeof b - have);
-        if (n <= 0)
-            return false;
-        have += (size_t)n;
-    }
-    size_t head = (size_t)(end + 4 - b), body = 0;
-    for (char *p = b; p < b + head; p++)
-        if ((p == b || p[-1] == '\n') && !strncasecmp(p, "content-length:", 15)) {
-            body = strtoul(p + 15, NULL, 10);
-            break;
-        }
-    if (head + body > sizeof b)
-        return false;
-    while (have < head + body) {
-        ssize_t n = read(fd, b + have, head + body - have);
-        if (n <= 0)
-            return false;
-        have += (size_t)n;
-    }
-    return true;
-}
 
 static char *sse_body(const struct sse_spec *sp, size_t *len_out)
 {
@@ -194,7 +164,7 @@ static void *script_main(void *arg)
         int fd = accept(b->listen_fd, NULL, NULL);
         if (fd < 0)
             return NULL;
-        if (read_request(fd)) {
+        if (h_read_request(fd)) {
             atomic_fetch_add(&b->requests, 1);
             if (atomic_load(&b->mode) == SB_SSE)
                 serve_sse(b, fd);
