@@ -615,54 +615,51 @@ static bool has_space_or_control(const char *v)
     return false;
 }
 
-static int pool_metrics(struct load_ctx *x, const char *key, const char *value)
+/* A path aigw itself requests from every backend (metrics, health): empty for none. */
+static int set_probe_path(struct load_ctx *x, const char *key, const char *value, char *dst, size_t cap)
 {
-    struct cfg_pool *p = cur_pool(x);
     size_t len = strlen(value);
-    if (len >= sizeof p->metrics_path)
-        return fail(x, "invalid value for %s: too long (at most %zu characters)", key,
-                    sizeof p->metrics_path - 1);
+    if (len >= cap)
+        return fail(x, "invalid value for %s: too long (at most %zu characters)", key, cap - 1);
     if (len && value[0] != '/')
         return bad_value(x, key, value, "a path starting with '/', or empty for none");
     if (has_space_or_control(value))
         return bad_value(x, key, value, "a path without spaces or control characters");
-    memcpy(p->metrics_path, value, len + 1);
-    p->metrics_set = true;
+    memcpy(dst, value, len + 1);
     return 0;
 }
 
-static int pool_metrics_interval(struct load_ctx *x, const char *key, const char *value)
+static int set_probe_interval(struct load_ctx *x, const char *key, const char *value, uint64_t *dst)
 {
     uint64_t ms;
     if (config_parse_duration_ms(value, &ms) < 0 || ms < 10 || ms > 60000)
         return bad_value(x, key, value, "a duration from 10ms to 60s");
-    cur_pool(x)->metrics_interval_ms = ms;
+    *dst = ms;
     return 0;
+}
+
+static int pool_metrics(struct load_ctx *x, const char *key, const char *value)
+{
+    struct cfg_pool *p = cur_pool(x);
+    p->metrics_set = true;
+    return set_probe_path(x, key, value, p->metrics_path, sizeof p->metrics_path);
+}
+
+static int pool_metrics_interval(struct load_ctx *x, const char *key, const char *value)
+{
+    return set_probe_interval(x, key, value, &cur_pool(x)->metrics_interval_ms);
 }
 
 static int pool_health(struct load_ctx *x, const char *key, const char *value)
 {
     struct cfg_pool *p = cur_pool(x);
-    size_t len = strlen(value);
-    if (len >= sizeof p->health_path)
-        return fail(x, "invalid value for %s: too long (at most %zu characters)", key,
-                    sizeof p->health_path - 1);
-    if (len && value[0] != '/')
-        return bad_value(x, key, value, "a path starting with '/', or empty for none");
-    if (has_space_or_control(value))
-        return bad_value(x, key, value, "a path without spaces or control characters");
-    memcpy(p->health_path, value, len + 1);
     p->health_set = true;
-    return 0;
+    return set_probe_path(x, key, value, p->health_path, sizeof p->health_path);
 }
 
 static int pool_health_interval(struct load_ctx *x, const char *key, const char *value)
 {
-    uint64_t ms;
-    if (config_parse_duration_ms(value, &ms) < 0 || ms < 10 || ms > 60000)
-        return bad_value(x, key, value, "a duration from 10ms to 60s");
-    cur_pool(x)->health_interval_ms = ms;
-    return 0;
+    return set_probe_interval(x, key, value, &cur_pool(x)->health_interval_ms);
 }
 
 #define POOL_QUEUE_TIMEOUT_MAX_MS (10ULL * 60 * 1000)

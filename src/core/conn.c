@@ -920,7 +920,7 @@ static void retry_or_fail(struct conn *c, int err, const char *why)
 void conn_attempt_failed(struct conn *c, enum backend_failure f, int err, const char *why)
 {
     dispatch_attempt_result(c, f);
-    if (dispatch_retry(c, f))
+    if (dispatch_retry(c))
         return;
     conn_upstream_failed(c, err, why);
 }
@@ -1031,7 +1031,7 @@ static void on_up_head(struct conn *c, int res)
     dispatch_attempt_result(c, resp->status >= 500 ? BF_STATUS : BF_NONE);
     /* a backend that is overloaded or broken said so before anything reached
      * the client: another one may answer */
-    if ((resp->status == 502 || resp->status == 503) && dispatch_retry(c, BF_STATUS))
+    if ((resp->status == 502 || resp->status == 503) && dispatch_retry(c))
         return;
     /* the request can no longer be retried: the backend answered */
     conn_drop_buf(c, c->out);

@@ -189,16 +189,14 @@ static unsigned retry_after_s(const struct conn *c, enum shed_reason reason)
     uint64_t ms = reason == SHED_NO_BACKEND ? CIRCUIT_BACKOFF_MAX_MS : pool->queue_timeout_ms;
     if (reason == SHED_NO_BACKEND) {
         /* when the first backend may be back: a circuit's probe, or two checks */
+        uint64_t now = c->sh->now_ms;
         unsigned first = pool_first(c);
         for (unsigned i = 0; i < pool->nbackends; i++) {
             const struct backend_health *h = &g->health[first + i];
-            uint64_t at = !atomic_load_explicit(&h->checked_up, memory_order_relaxed)
-                              ? 2 * pool->health_interval_ms
-                              : atomic_load_explicit(&h->open_until_ms, memory_order_relaxed) >
-                                        c->sh->now_ms
-                                    ? atomic_load_explicit(&h->open_until_ms, memory_order_relaxed) -
-                                          c->sh->now_ms
-                                    : 0;
+            uint64_t until = atomic_load_explicit(&h->open_until_ms, memory_order_relaxed);
+            uint64_t at = !atomic_load_explicit(&h->checked_up, memory_order_relaxed) ? 2 * pool->health_interval_ms
+                          : until > now                                              ? until - now
+                                                                                     : 0;
             if (at < ms)
                 ms = at;
         }
@@ -396,19 +394,14 @@ void dispatch_release(struct conn *c)
     if (c->backend < 0)
         return;
     release_slot(c);
-    /* the backend may belong to the pool c fell back from */
-    const struct gen *g = c->sg->g;
-    unsigned b = (unsigned)c->backend, pool = 0;
-    while (pool + 1 < g->cfg->npools && g->pool_first_backend[pool + 1] <= b)
-        pool++;
     c->backend = -1;
-    if (c->sg->queue[pool].len)
-        pump(c->sg, pool);
+    /* (a backend is always one of c->pool's: a fallback moves c before it picks) */
+    if (c->sg->queue[c->pool].len)
+        pump(c->sg, (unsigned)c->pool);
 }
 
-bool dispatch_retry(struct conn *c, enum backend_failure f)
+bool dispatch_retry(struct conn *c)
 {
-    (void)f;
     struct shard *sh = c->sh;
     /* (a send still in flight reads c->out: it cannot be reused yet) */
     if (c->backend < 0 || c->resp_started || c->queued || c->up_sending)

@@ -424,7 +424,7 @@ struct http_forward conn_forward_info(const struct conn *c);
 void dispatch_request(struct conn *c);
 /* An attempt failed before the response reached the client: true if the request
  * went on to another backend (the caller then does nothing more). */
-bool dispatch_retry(struct conn *c, enum backend_failure f);
+bool dispatch_retry(struct conn *c);
 /* The outcome of the current attempt, for the backend's health. */
 void dispatch_attempt_result(struct conn *c, enum backend_failure f);
 /* The request is done with its backend (or leaves its queue): the slot goes to
