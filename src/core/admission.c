@@ -142,12 +142,12 @@ void admission_gen_free(struct gen *g)
 
 /* ---- who is calling ---- */
 
-static const struct config *req_cfg(const struct conn *c) { return c->sg->g->cfg; }
+static const struct config *req_cfg(const struct conn *c) { return c->req.sg->g->cfg; }
 
 enum auth_result admission_authenticate(struct conn *c, const struct http_request *req)
 {
     const struct config *cfg = req_cfg(c);
-    c->key = -1;
+    c->req.key = -1;
     if (!cfg->keys.ring)
         return cfg->keys.required ? AUTH_INVALID : AUTH_OK;
     struct slice key = { NULL, 0 };
@@ -163,7 +163,7 @@ enum auth_result admission_authenticate(struct conn *c, const struct http_reques
     if (usable) {
         const struct key_entry *e = keyring_lookup(cfg->keys.ring, key.p, key.len);
         if (e) {
-            c->key = (int32_t)(e - keyring_entry(cfg->keys.ring, 0));
+            c->req.key = (int32_t)(e - keyring_entry(cfg->keys.ring, 0));
             return AUTH_OK;
         }
     }
@@ -174,12 +174,12 @@ enum auth_result admission_authenticate(struct conn *c, const struct http_reques
 
 static const struct key_entry *caller(const struct conn *c)
 {
-    return c->key >= 0 ? keyring_entry(req_cfg(c)->keys.ring, (unsigned)c->key) : NULL;
+    return c->req.key >= 0 ? keyring_entry(req_cfg(c)->keys.ring, (unsigned)c->req.key) : NULL;
 }
 
 static const struct cfg_tier *caller_tier(const struct conn *c)
 {
-    return c->key >= 0 ? key_tier(req_cfg(c), (unsigned)c->key) : NULL;
+    return c->req.key >= 0 ? key_tier(req_cfg(c), (unsigned)c->req.key) : NULL;
 }
 
 bool admission_model_allowed(const struct conn *c, const char *model, size_t len)
@@ -207,8 +207,8 @@ static uint64_t now_ns(const struct shard *sh) { return sh->now_us * 1000u; }
 
 static struct rl_local *caller_local(const struct conn *c)
 {
-    const struct gen *g = c->sg->g;
-    return &g->rl_local[(size_t)c->sh->id * g->rl_stride + (unsigned)c->key];
+    const struct gen *g = c->req.sg->g;
+    return &g->rl_local[(size_t)c->sh->id * g->rl_stride + (unsigned)c->req.key];
 }
 
 uint64_t admission_reservation(const struct conn *c, const struct openai_request *ai)
@@ -223,19 +223,19 @@ uint64_t admission_reservation(const struct conn *c, const struct openai_request
 bool admission_admit(struct conn *c, const struct openai_request *ai, struct rl_verdict *out)
 {
     memset(out, 0, sizeof *out);
-    c->admitted = false;
+    c->req.admitted = false;
     if (!caller_tier(c))
         return true;
     uint64_t cost = admission_reservation(c, ai);
-    struct gen *g = c->sg->g;
+    struct gen *g = c->req.sg->g;
     struct shard *sh = c->sh;
-    if (!rl_admit(&g->rl_global[c->key], caller_local(c), cost, now_ns(sh), unix_now(sh), out)) {
-        c->limit = (uint8_t)out->limit;
-        mc_add(&sh->m->ratelimited[g->key_metric_slot[c->key]][out->limit - 1], 1);
+    if (!rl_admit(&g->rl_global[c->req.key], caller_local(c), cost, now_ns(sh), unix_now(sh), out)) {
+        c->req.limit = (uint8_t)out->limit;
+        mc_add(&sh->m->ratelimited[g->key_metric_slot[c->req.key]][out->limit - 1], 1);
         return false;
     }
-    c->ticket = out->ticket;
-    c->admitted = true;
+    c->req.ticket = out->ticket;
+    c->req.admitted = true;
     return true;
 }
 
@@ -244,7 +244,7 @@ size_t admission_headers(const struct conn *c, char *buf, size_t cap)
     if (!caller_tier(c))
         return 0;
     struct rl_status st;
-    rl_status(&c->sg->g->rl_global[c->key], caller_local(c), now_ns(c->sh), unix_now(c->sh), &st);
+    rl_status(&c->req.sg->g->rl_global[c->req.key], caller_local(c), now_ns(c->sh), unix_now(c->sh), &st);
     return rl_headers_write(buf, cap, &st);
 }
 
@@ -270,30 +270,30 @@ static void meter_put(struct shard *sh, struct usage_meter *m)
 
 void admission_meter_start(struct conn *c, int status)
 {
-    c->meter = METER_NONE;
-    if (!c->ai || status < 200 || status > 299)
+    c->relay.meter = METER_NONE;
+    if (!c->req.ai || status < 200 || status > 299)
         return;
-    if (!c->usage)
-        c->usage = meter_get(c->sh);
-    if (!c->usage) {
-        c->tee_failed = true;   /* unmetered: settled at its reservation */
+    if (!c->relay.usage)
+        c->relay.usage = meter_get(c->sh);
+    if (!c->relay.usage) {
+        c->relay.tee_failed = true;   /* unmetered: settled at its reservation */
         return;
     }
-    if (c->stream) {
-        c->meter = METER_SSE;
-        sse_init(&c->usage->sse);
+    if (c->req.stream) {
+        c->relay.meter = METER_SSE;
+        sse_init(&c->relay.usage->sse);
     } else {
-        c->meter = METER_JSON;
-        sse_json_init(&c->usage->json);
+        c->relay.meter = METER_JSON;
+        sse_json_init(&c->relay.usage->json);
     }
 }
 
 void admission_meter(struct conn *c, const char *p, size_t n)
 {
-    if (c->meter == METER_SSE)
-        sse_feed(&c->usage->sse, p, n);
-    else if (c->meter == METER_JSON)
-        sse_json_feed(&c->usage->json, p, n);
+    if (c->relay.meter == METER_SSE)
+        sse_feed(&c->relay.usage->sse, p, n);
+    else if (c->relay.meter == METER_JSON)
+        sse_json_feed(&c->relay.usage->json, p, n);
 }
 
 /* What the request used: the response's usage when it had one. A stream
@@ -302,12 +302,12 @@ void admission_meter(struct conn *c, const char *p, size_t n)
  * was reserved; no successful response, nothing generated. */
 static void usage_of(struct conn *c, uint64_t *prompt, uint64_t *completion)
 {
-    *prompt = c->prompt_estimate;
+    *prompt = c->req.prompt_estimate;
     *completion = 0;
-    bool complete = !c->tee_failed;
-    uint64_t reserved_completion = c->ticket.tokens > *prompt ? c->ticket.tokens - *prompt : 0;
-    if (c->meter == METER_SSE) {
-        struct sse_scan *s = &c->usage->sse;
+    bool complete = !c->relay.tee_failed;
+    uint64_t reserved_completion = c->req.ticket.tokens > *prompt ? c->req.ticket.tokens - *prompt : 0;
+    if (c->relay.meter == METER_SSE) {
+        struct sse_scan *s = &c->relay.usage->sse;
         sse_finish(s);
         if (s->has_usage && complete) {
             *prompt = s->prompt_tokens;
@@ -317,41 +317,41 @@ static void usage_of(struct conn *c, uint64_t *prompt, uint64_t *completion)
         } else {
             *completion = s->content_events;
         }
-    } else if (c->meter == METER_JSON) {
+    } else if (c->relay.meter == METER_JSON) {
         uint64_t p, q;
-        if (complete && c->resp_done && sse_json_usage(&c->usage->json, &p, &q) == 0) {
+        if (complete && c->relay.resp_done && sse_json_usage(&c->relay.usage->json, &p, &q) == 0) {
             *prompt = p;
             *completion = q;
-        } else if (c->admitted) {
+        } else if (c->req.admitted) {
             *completion = reserved_completion;
         }
-    } else if (!c->resp_started || c->status < 200 || c->status > 299) {
+    } else if (!c->req.resp_started || c->req.status < 200 || c->req.status > 299) {
         *prompt = 0;    /* refused, failed or answered by aigw: nothing was generated */
-    } else if (c->admitted) {
+    } else if (c->req.admitted) {
         *completion = reserved_completion;     /* a 2xx that could not be metered */
     }
 }
 
 void admission_settle(struct conn *c)
 {
-    if (!c->ai)
+    if (!c->req.ai)
         return;
     uint64_t prompt, completion;
     usage_of(c, &prompt, &completion);
-    c->tokens_in = prompt;
-    c->tokens_out = completion;
-    c->meter = METER_NONE;
-    meter_put(c->sh, c->usage);
-    c->usage = NULL;
-    struct gen *g = c->sg->g;
+    c->req.tokens_in = prompt;
+    c->req.tokens_out = completion;
+    c->relay.meter = METER_NONE;
+    meter_put(c->sh, c->relay.usage);
+    c->relay.usage = NULL;
+    struct gen *g = c->req.sg->g;
     struct shard *sh = c->sh;
-    int slot = c->key >= 0 && g->key_metric_slot ? g->key_metric_slot[c->key] : 0;
+    int slot = c->req.key >= 0 && g->key_metric_slot ? g->key_metric_slot[c->req.key] : 0;
     mc_add(&sh->m->tokens[slot][TOKENS_PROMPT], prompt);
     mc_add(&sh->m->tokens[slot][TOKENS_COMPLETION], completion);
-    if (c->admitted) {
-        rl_settle(&g->rl_global[c->key], caller_local(c), &c->ticket, prompt + completion,
+    if (c->req.admitted) {
+        rl_settle(&g->rl_global[c->req.key], caller_local(c), &c->req.ticket, prompt + completion,
                   now_ns(sh), unix_now(sh));
-        c->admitted = false;
+        c->req.admitted = false;
     }
 }
 

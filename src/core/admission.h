@@ -38,7 +38,7 @@ void admission_gen_free(struct gen *g);
 enum auth_result { AUTH_OK, AUTH_MISSING, AUTH_INVALID };
 
 /* Finds the caller's key in the request head (Authorization: Bearer, or
- * x-api-key) and sets c->key. With auth = required, a request without a known
+ * x-api-key) and sets c->req.key. With auth = required, a request without a known
  * key is refused (AUTH_MISSING / AUTH_INVALID: the caller answers 401); with
  * auth off it passes as anonymous. */
 enum auth_result admission_authenticate(struct conn *c, const struct http_request *req);

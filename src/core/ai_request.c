@@ -17,11 +17,11 @@ struct body_sink {
     bool overflow;
 };
 
-/* Appends decoded body bytes to c->body, growing it up to the head + max_body. */
+/* Appends decoded body bytes to c->req.body, growing it up to the head + max_body. */
 static bool body_append(struct conn *c, const char *p, size_t n)
 {
-    struct xbuf *b = c->body;
-    size_t limit = (size_t)c->body_head_len + conn_config(c)->server.max_body;
+    struct xbuf *b = c->req.body;
+    size_t limit = (size_t)c->req.body_head_len + conn_config(c)->server.max_body;
     if ((size_t)b->len + n > limit)
         return false;
     if ((size_t)b->len + n > b->cap) {
@@ -36,7 +36,7 @@ static bool body_append(struct conn *c, const char *p, size_t n)
         memcpy(big->data, b->data, b->len);
         big->len = b->len;
         xbuf_put(c->sh, b);     /* no operation ever reads the body buffer */
-        c->body = b = big;
+        c->req.body = b = big;
     }
     memcpy(b->data + b->len, p, n);
     b->len += (uint32_t)n;
@@ -50,7 +50,7 @@ static void body_sink_data(void *ctx, const char *p, size_t n)
         s->overflow = true;
 }
 
-/* Takes the request body's bytes from p[0..n) into c->body (de-chunked).
+/* Takes the request body's bytes from p[0..n) into c->req.body (de-chunked).
  * Returns how many of them belonged to the body, or -1 with the error sent. */
 ssize_t ai_request_collect(struct conn *c, const char *p, size_t n)
 {
@@ -58,16 +58,16 @@ ssize_t ai_request_collect(struct conn *c, const char *p, size_t n)
         return 0;
     size_t k;
     bool overflow = false;
-    if (c->req_body == BODY_LENGTH) {
-        k = n < c->req_body_left ? n : (size_t)c->req_body_left;
+    if (c->req.body_kind == BODY_LENGTH) {
+        k = n < c->req.body_left ? n : (size_t)c->req.body_left;
         overflow = !body_append(c, p, k);
-        c->req_body_left -= k;
+        c->req.body_left -= k;
     } else {
         const char *why = NULL;
         struct body_sink sink = { c, false };
-        ssize_t r = chunked_scan(&c->req_chunked, p, n, body_sink_data, &sink, &why);
+        ssize_t r = chunked_scan(&c->req.chunked, p, n, body_sink_data, &sink, &why);
         if (r < 0) {
-            c->keep_alive = false;
+            c->req.keep_alive = false;
             conn_send_error(c, 400, "invalid_request_error", NULL, why);
             return -1;
         }
@@ -75,12 +75,12 @@ ssize_t ai_request_collect(struct conn *c, const char *p, size_t n)
         overflow = sink.overflow;
     }
     if (overflow) {
-        c->keep_alive = false;
+        c->req.keep_alive = false;
         conn_send_error(c, 413, "invalid_request_error", NULL, "request body too large");
         return -1;
     }
-    c->req_body_total += k;
-    c->bytes_in += k;
+    c->req.body_total += k;
+    c->req.bytes_in += k;
     return (ssize_t)k;
 }
 
@@ -88,26 +88,26 @@ ssize_t ai_request_collect(struct conn *c, const char *p, size_t n)
 void ai_request_ready(struct conn *c)
 {
     struct shard *sh = c->sh;
-    const struct config *cfg = c->sg->g->cfg;
+    const struct config *cfg = c->req.sg->g->cfg;
     struct http_request *req = &sh->scratch_req;
     const char *why = NULL;
     /* the head was parsed once already; it is kept raw in front of the body */
-    if (http_parse_request(c->body->data, c->body_head_len, cfg->server.max_header, req, &why) != HTTP_OK) {
+    if (http_parse_request(c->req.body->data, c->req.body_head_len, cfg->server.max_header, req, &why) != HTTP_OK) {
         conn_send_error(c, 400, "invalid_request_error", NULL, "malformed request");
         return;
     }
-    const char *body = c->body->data + c->body_head_len;
-    size_t blen = c->body->len - c->body_head_len;
+    const char *body = c->req.body->data + c->req.body_head_len;
+    size_t blen = c->req.body->len - c->req.body_head_len;
     struct openai_request ai;
     if (openai_parse_request(body, blen, &ai, &why) != OPENAI_OK) {
-        c->error = "invalid JSON body";     /* why lives in ai: not for the log */
+        c->req.error = "invalid JSON body";     /* why lives in ai: not for the log */
         conn_send_error(c, 400, "invalid_request_error", NULL, why);
         return;
     }
-    c->ai = true;
-    c->stream = ai.stream;
-    c->prompt_estimate = ai.prompt_tokens_estimate;
-    c->prefix_hash = ai.prefix_hash;
+    c->req.ai = true;
+    c->req.stream = ai.stream;
+    c->req.prompt_estimate = ai.prompt_tokens_estimate;
+    c->req.prefix_hash = ai.prefix_hash;
     char model[OPENAI_MAX_MODEL_LEN + 1];
     size_t mlen = ai.model.len < sizeof model ? ai.model.len : sizeof model - 1;
     if (ai.model_escaped)
@@ -115,20 +115,20 @@ void ai_request_ready(struct conn *c)
     else
         memcpy(model, ai.model.p, mlen);
     model[mlen] = 0;
-    c->model_len = (uint8_t)(mlen < sizeof c->model ? mlen : sizeof c->model);
-    memcpy(c->model, model, c->model_len);
+    c->req.model_len = (uint8_t)(mlen < sizeof c->req.model ? mlen : sizeof c->req.model);
+    memcpy(c->req.model, model, c->req.model_len);
     char msg[400];
-    int route = route_lookup_model(c->sg->g->routes, req->path.p, req->path.len, model, mlen);
+    int route = route_lookup_model(c->req.sg->g->routes, req->path.p, req->path.len, model, mlen);
     if (route < 0) {
         snprintf(msg, sizeof msg, "The model `%s` does not exist or is not served here", model);
-        c->error = "model not found";
+        c->req.error = "model not found";
         conn_send_error(c, 404, "invalid_request_error", "model_not_found", msg);
         return;
     }
-    c->route = route;
+    c->req.route = route;
     if (!admission_model_allowed(c, model, mlen)) {
         snprintf(msg, sizeof msg, "This API key may not use the model `%s`", model);
-        c->error = "model not allowed";
+        c->req.error = "model not allowed";
         conn_send_error(c, 403, "permission_error", "model_not_allowed", msg);
         return;
     }
@@ -136,7 +136,7 @@ void ai_request_ready(struct conn *c)
     if (cap) {
         snprintf(msg, sizeof msg, "max_tokens is %llu, more than the %llu this API key may ask for",
                  (unsigned long long)ai.max_tokens, (unsigned long long)cap);
-        c->error = "max_tokens over the tier's cap";
+        c->req.error = "max_tokens over the tier's cap";
         conn_send_error(c, 400, "invalid_request_error", "max_tokens_too_large", msg);
         return;
     }
@@ -155,18 +155,18 @@ void ai_request_ready(struct conn *c)
         else
             snprintf(msg, sizeof msg, "Rate limit reached for %s of this API key; retry in %u s",
                      which, verdict.retry_after_s);
-        c->retry_after_s = verdict.too_large ? 0 : verdict.retry_after_s ? verdict.retry_after_s : 1;
-        c->error = "rate limited";
+        c->req.retry_after_s = verdict.too_large ? 0 : verdict.retry_after_s ? verdict.retry_after_s : 1;
+        c->req.error = "rate limited";
         conn_send_error(c, 429, "rate_limit_exceeded", which, msg);
         return;
     }
     conn_choose_pool(c);
-    c->req_body = BODY_LENGTH;
-    c->req_body_left = 0;
-    c->in_body = 0;
-    c->body_in_first_send = true;
+    c->req.body_kind = BODY_LENGTH;
+    c->req.body_left = 0;
+    c->req.in_body = 0;
+    c->req.body_in_first_send = true;
     c->state = CS_UPSTREAM;
-    /* c->body stays until the backend answers: the forwarded request is written
+    /* c->req.body stays until the backend answers: the forwarded request is written
      * from it for each backend tried, which may be in another pool */
     dispatch_request(c);
 }
@@ -174,21 +174,21 @@ void ai_request_ready(struct conn *c)
 bool ai_request_build_out(struct conn *c)
 {
     struct shard *sh = c->sh;
-    const struct config *cfg = c->sg->g->cfg;
+    const struct config *cfg = c->req.sg->g->cfg;
     struct http_request req;
     const char *why = NULL;
-    if (http_parse_request(c->body->data, c->body_head_len, cfg->server.max_header, &req, &why) != HTTP_OK) {
+    if (http_parse_request(c->req.body->data, c->req.body_head_len, cfg->server.max_header, &req, &why) != HTTP_OK) {
         conn_send_error(c, 400, "invalid_request_error", NULL, "malformed request");
         return false;
     }
-    const char *body = c->body->data + c->body_head_len;
-    size_t blen = c->body->len - c->body_head_len;
+    const char *body = c->req.body->data + c->req.body_head_len;
+    size_t blen = c->req.body->len - c->req.body_head_len;
     /* the forwarded head is the client's plus what a proxy adds (forwarding
      * headers, framing, upstream credentials): within FORWARD_HEAD_EXTRA */
-    const struct cfg_pool *pool = &cfg->pools[c->pool];
-    size_t head_room = c->body_head_len + FORWARD_HEAD_EXTRA + strlen(pool->upstream_auth);
-    conn_drop_buf(c, c->out);
-    c->out = NULL;
+    const struct cfg_pool *pool = &cfg->pools[c->req.pool];
+    size_t head_room = c->req.body_head_len + FORWARD_HEAD_EXTRA + strlen(pool->upstream_auth);
+    conn_drop_buf(c, c->req.out);
+    c->req.out = NULL;
     struct xbuf *out = xbuf_get_cap(sh, (uint32_t)(head_room + blen));
     if (!out) {
         conn_send_error(c, 503, "server_error", "no_capacity", "out of memory");
@@ -207,7 +207,7 @@ bool ai_request_build_out(struct conn *c)
     memcpy(out->data + hlen, body, blen);
     out->len = (uint32_t)(hlen + blen);
     out->off = 0;
-    c->out = out;
+    c->req.out = out;
     return true;
 }
 
@@ -215,30 +215,30 @@ bool ai_request_build_out(struct conn *c)
 size_t ai_request_start(struct conn *c, const char *src, size_t n, const struct http_request *req)
 {
     struct shard *sh = c->sh;
-    const struct config *cfg = c->sg->g->cfg;
+    const struct config *cfg = c->req.sg->g->cfg;
     size_t head = req->head_len;
-    c->ai = true;   /* from here every answer carries the caller's x-ratelimit-* */
+    c->req.ai = true;   /* from here every answer carries the caller's x-ratelimit-* */
     int ct = req->idx[HK_CONTENT_TYPE];
     if (ct < 0 || !openai_content_type_is_json(req->headers[ct].value)) {
-        c->keep_alive = false;      /* the body stays unread */
+        c->req.keep_alive = false;      /* the body stays unread */
         conn_send_error(c, 415, "invalid_request_error", NULL, "Content-Type must be application/json");
         return n;
     }
     if (req->body == BODY_LENGTH && req->content_length > cfg->server.max_body) {
-        c->keep_alive = false;
+        c->req.keep_alive = false;
         conn_send_error(c, 413, "invalid_request_error", NULL, "request body too large");
         return n;
     }
     size_t want = head + (req->body == BODY_LENGTH ? (size_t)req->content_length : 0);
-    c->body = xbuf_get_cap(sh, (uint32_t)(want > sh->xbuf_size ? want : sh->xbuf_size));
-    if (!c->body) {
-        c->keep_alive = false;
+    c->req.body = xbuf_get_cap(sh, (uint32_t)(want > sh->xbuf_size ? want : sh->xbuf_size));
+    if (!c->req.body) {
+        c->req.keep_alive = false;
         conn_send_error(c, 503, "server_error", "no_capacity", "out of memory");
         return n;
     }
-    memcpy(c->body->data, src, head);
-    c->body->len = (uint32_t)head;
-    c->body_head_len = (uint32_t)head;
+    memcpy(c->req.body->data, src, head);
+    c->req.body->len = (uint32_t)head;
+    c->req.body_head_len = (uint32_t)head;
     c->state = CS_BODY;
     c->last_activity_ms = sh->now_ms;
     conn_set_timer(c, T_IDLE, cfg->timeouts.idle_ms);
@@ -247,7 +247,7 @@ size_t ai_request_start(struct conn *c, const char *src, size_t n, const struct 
         return n;
     if (conn_request_body_complete(c)) {
         ai_request_ready(c);
-    } else if (c->expect_continue && used == 0) {
+    } else if (c->req.expect_continue && used == 0) {
         conn_send_continue(c);
     }
     return head + (size_t)used;

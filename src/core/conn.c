@@ -104,8 +104,8 @@ void conn_drop_buf(struct conn *c, struct xbuf *b)
         c->send_buf_orphan = true;
         return;
     }
-    if (c->up && c->up->io_buf == b) {
-        c->up->io_buf_orphan = true;
+    if (c->at.up && c->at.up->io_buf == b) {
+        c->at.up->io_buf_orphan = true;
         return;
     }
     xbuf_put(c->sh, b);
@@ -125,13 +125,13 @@ static void next_request_id(struct conn *c)
     }
     static const char hex[] = "0123456789abcdef";
     for (int i = 0; i < 32; i++)
-        c->request_id[i] = hex[(v[i / 16] >> ((i % 16) * 4)) & 15];
-    c->request_id_len = 32;
+        c->req.request_id[i] = hex[(v[i / 16] >> ((i % 16) * 4)) & 15];
+    c->req.request_id_len = 32;
 }
 
 static bool request_id_acceptable(struct slice v)
 {
-    if (v.len == 0 || v.len > sizeof(((struct conn *)0)->request_id))
+    if (v.len == 0 || v.len > sizeof(((struct request *)0)->request_id))
         return false;
     for (size_t i = 0; i < v.len; i++) {
         unsigned char ch = (unsigned char)v.p[i];
@@ -145,11 +145,11 @@ static struct slice request_id_header(struct conn *c, char *buf, size_t cap)
 {
     static const char name[] = "x-request-id: ";
     size_t n = sizeof name - 1;
-    if (n + c->request_id_len + 2 > cap)
+    if (n + c->req.request_id_len + 2 > cap)
         return (struct slice){ buf, 0 };
     memcpy(buf, name, n);
-    memcpy(buf + n, c->request_id, c->request_id_len);
-    n += c->request_id_len;
+    memcpy(buf + n, c->req.request_id, c->req.request_id_len);
+    n += c->req.request_id_len;
     buf[n++] = '\r';
     buf[n++] = '\n';
     return (struct slice){ buf, n };
@@ -169,8 +169,8 @@ void conn_maybe_free(struct conn *c)
     if (c->state != CS_CLOSING || c->ops != 0)
         return;
     /* no splice can use these any more */
-    xbuf_put(c->sh, c->ibuf);   /* an inspection read may have used it until now */
-    c->ibuf = NULL;
+    xbuf_put(c->sh, c->relay.ibuf);   /* an inspection read may have used it until now */
+    c->relay.ibuf = NULL;
     while (c->pipe_orphan) {
         struct pipe_pair *p = c->pipe_orphan;
         c->pipe_orphan = p->next_free;
@@ -202,8 +202,6 @@ void conn_accepted(struct shard *sh, int fd)
     c->fd = fd;
     c->up_fd_orphan = -1;
     c->state = CS_IDLE;
-    c->route = -1;
-    c->backend = -1;
     c->timer.kind = TIMER_CONN;
     c->timer.prev = c->timer.next = NULL;
 
@@ -233,11 +231,11 @@ void conn_accepted(struct shard *sh, int fd)
 /* Abandons the current request (if any): upstream closed, accounting done. */
 static void request_abort(struct conn *c, int status)
 {
-    if (!c->sg)
+    if (!c->req.sg)
         return;
-    if (!c->status)
-        c->status = (uint16_t)status;
-    c->keep_alive = false;
+    if (!c->req.status)
+        c->req.status = (uint16_t)status;
+    c->req.keep_alive = false;
     request_finish(c);
 }
 
@@ -246,7 +244,7 @@ void conn_close(struct conn *c)
     if (c->state == CS_CLOSING || c->state == CS_FREE)
         return;
     c->state = CS_CLOSING;
-    conn_drop_buf(c, c->in);    /* while c->up is attached: a send may read it */
+    conn_drop_buf(c, c->in);    /* while c->at.up is attached: a send may read it */
     c->in = NULL;
     /* a client gone mid-request: 499 in logs and metrics, as nginx counts it */
     request_abort(c, 499);
@@ -266,7 +264,7 @@ void conn_shard_draining(struct conn *c)
         conn_close(c);
         conn_maybe_free(c);
     } else {
-        c->keep_alive = false;
+        c->req.keep_alive = false;
     }
 }
 
@@ -274,10 +272,10 @@ void conn_shard_draining(struct conn *c)
  * after handing it the response buffer if its recv may still fill it. */
 static void abandon_upstream(struct conn *c)
 {
-    conn_drop_buf(c, c->rbuf);
-    c->rbuf = NULL;
-    struct upconn *u = c->up;
-    c->up = NULL;
+    conn_drop_buf(c, c->at.rbuf);
+    c->at.rbuf = NULL;
+    struct upconn *u = c->at.up;
+    c->at.up = NULL;
     u->owner = NULL;
     upconn_close(u);
 }
@@ -290,11 +288,11 @@ static void abandon_upstream(struct conn *c)
 static struct slice local_extra(struct conn *c, int status, char *buf)
 {
     struct slice ex = request_id_header(c, buf, 64);
-    if (c->ai)
+    if (c->req.ai)
         ex.len += admission_headers(c, buf + ex.len, RL_HEADERS_MAX);
-    if (status == 503 || (status == 429 && c->retry_after_s))
+    if (status == 503 || (status == 429 && c->req.retry_after_s))
         ex.len += (size_t)snprintf(buf + ex.len, 32, "retry-after: %u\r\n",
-                                   c->retry_after_s ? c->retry_after_s : 1);
+                                   c->req.retry_after_s ? c->req.retry_after_s : 1);
     return ex;
 }
 
@@ -304,34 +302,34 @@ static struct slice local_extra(struct conn *c, int status, char *buf)
 static bool local_answer_begin(struct conn *c, int status, const char *msg)
 {
     struct shard *sh = c->sh;
-    if (c->resp_started) {
+    if (c->req.resp_started) {
         /* too late for a status: the client sees the stream end early */
-        c->error = msg;
+        c->req.error = msg;
         conn_close(c);
         return false;
     }
-    if (c->up) {
-        conn_drop_buf(c, c->out);   /* the upstream send may still read it */
-        c->out = NULL;
+    if (c->at.up) {
+        conn_drop_buf(c, c->req.out);   /* the upstream send may still read it */
+        c->req.out = NULL;
         abandon_upstream(c);
     }
-    bool body_pending = !(c->req_body == BODY_NONE ||
-                          (c->req_body == BODY_LENGTH && c->req_body_left == 0 && c->in_body == 0) ||
-                          (c->req_body == BODY_CHUNKED && c->req_chunked.done && c->in_body == 0));
+    bool body_pending = !(c->req.body_kind == BODY_NONE ||
+                          (c->req.body_kind == BODY_LENGTH && c->req.body_left == 0 && c->req.in_body == 0) ||
+                          (c->req.body_kind == BODY_CHUNKED && c->req.chunked.done && c->req.in_body == 0));
     if (body_pending || sh->draining)
-        c->keep_alive = false;
-    c->status = (uint16_t)status;
-    if (!c->error)
-        c->error = msg;
+        c->req.keep_alive = false;
+    c->req.status = (uint16_t)status;
+    if (!c->req.error)
+        c->req.error = msg;
     return true;
 }
 
-/* c->out holds the whole answer: send it. */
+/* c->req.out holds the whole answer: send it. */
 static void local_answer_send(struct conn *c)
 {
     struct shard *sh = c->sh;
     c->state = CS_LOCAL;
-    c->resp_started = true;
+    c->req.resp_started = true;
     c->last_activity_ms = sh->now_ms;
     arm_timer(c, T_IDLE, conn_config(c)->timeouts.idle_ms);
     conn_send_out(c);
@@ -345,17 +343,17 @@ void conn_send_error(struct conn *c, int status, const char *type, const char *c
     struct shard *sh = c->sh;
     if (!local_answer_begin(c, status, msg))
         return;
-    if (!c->out)
-        c->out = xbuf_get(sh);
-    if (!c->out) {
+    if (!c->req.out)
+        c->req.out = xbuf_get(sh);
+    if (!c->req.out) {
         conn_close(c);
         return;
     }
     char extra[LOCAL_EXTRA_MAX];
     struct slice ex = local_extra(c, status, extra);
-    c->out->off = 0;
-    c->out->len = (uint32_t)http_write_error(c->out->data, c->out->cap, status, type, code, msg,
-                                             c->keep_alive, ex);
+    c->req.out->off = 0;
+    c->req.out->len = (uint32_t)http_write_error(c->req.out->data, c->req.out->cap, status, type, code, msg,
+                                             c->req.keep_alive, ex);
     local_answer_send(c);
 }
 
@@ -376,56 +374,48 @@ static void send_models(struct conn *c, struct slice path)
         return;
     char extra[LOCAL_EXTRA_MAX];
     struct slice ex = local_extra(c, 200, extra);
-    c->out = xbuf_get_cap(sh, (uint32_t)((size_t)blen + 256 + ex.len));
-    if (!c->out) {
+    c->req.out = xbuf_get_cap(sh, (uint32_t)((size_t)blen + 256 + ex.len));
+    if (!c->req.out) {
         conn_close(c);
         return;
     }
-    size_t hlen = http_write_json_head(c->out->data, c->out->cap, 200, (size_t)blen, c->keep_alive, ex);
+    size_t hlen = http_write_json_head(c->req.out->data, c->req.out->cap, 200, (size_t)blen, c->req.keep_alive, ex);
     if (hlen == 0) {
         conn_close(c);
         return;
     }
-    admission_models_body(c, path, c->out->data + hlen, c->out->cap - hlen);
-    c->out->off = 0;
-    c->out->len = (uint32_t)(hlen + (size_t)blen);
-    if (c->req_method == METHOD_HEAD)
-        c->out->len = (uint32_t)hlen;
+    admission_models_body(c, path, c->req.out->data + hlen, c->req.out->cap - hlen);
+    c->req.out->off = 0;
+    c->req.out->len = (uint32_t)(hlen + (size_t)blen);
+    if (c->req.method_id == METHOD_HEAD)
+        c->req.out->len = (uint32_t)hlen;
     local_answer_send(c);
 }
 
-/* What admission.c knows of the request starts empty. */
-static void reset_admission(struct conn *c)
+/* A request begins on c: every per-request field starts from this one
+ * definition, so nothing of the previous request on the connection survives
+ * (its status, whether a response byte went out, its caller, its backend). */
+static void request_begin(struct conn *c)
 {
-    c->key = -1;
-    c->ai = c->stream = c->admitted = c->tee_failed = false;
-    c->limit = RL_NONE;
-    c->meter = 0;
-    c->retry_after_s = 0;
-    c->model_len = 0;
-    c->prompt_estimate = c->tokens_in = c->tokens_out = 0;
-    c->prefix_hash = 0;
+    struct shard *sh = c->sh;
+    c->req = (struct request){
+        .sg = sh->sg,
+        .route = -1,
+        .pool = -1,
+        .key = -1,
+        .limit = RL_NONE,
+        .start_us = sh->now_us,
+    };
+    chunked_init(&c->req.chunked);
+    c->at = (struct attempt){ .backend = -1 };
+    c->relay = (struct relay){ .resp_body = BODY_NONE };
+    c->req.sg->inflight++;
 }
 
 /* For errors found while parsing, before a request is set up. */
 static void reject_head(struct conn *c, int status, const char *msg)
 {
-    struct shard *sh = c->sh;
-    c->sg = sh->sg;
-    c->sg->inflight++;
-    c->start_us = sh->now_us;
-    c->route = c->backend = c->pool = -1;
-    c->queued = c->probe = false;
-    reset_admission(c);
-    c->error = NULL;
-    c->status = 0;
-    c->first_byte_us = 0;
-    c->bytes_in = c->bytes_out = 0;
-    c->upstream_reused = false;
-    c->req_body = BODY_NONE;
-    c->keep_alive = false;
-    c->method[0] = 0;
-    c->target_len = 0;
+    request_begin(c);
     next_request_id(c);
     conn_send_error(c, status, "invalid_request_error", NULL, msg);
 }
@@ -434,9 +424,9 @@ static void reject_head(struct conn *c, int status, const char *msg)
 
 bool conn_request_body_complete(const struct conn *c)
 {
-    return c->req_body == BODY_NONE ||
-           (c->req_body == BODY_LENGTH && c->req_body_left == 0) ||
-           (c->req_body == BODY_CHUNKED && c->req_chunked.done);
+    return c->req.body_kind == BODY_NONE ||
+           (c->req.body_kind == BODY_LENGTH && c->req.body_left == 0) ||
+           (c->req.body_kind == BODY_CHUNKED && c->req.chunked.done);
 }
 
 /* Classifies bytes that follow what was already classified as request body.
@@ -446,16 +436,16 @@ static ssize_t classify_body(struct conn *c, const char *p, size_t n, const char
     if (n == 0 || conn_request_body_complete(c))
         return 0;
     size_t k;
-    if (c->req_body == BODY_LENGTH) {
-        k = n < c->req_body_left ? n : (size_t)c->req_body_left;
-        c->req_body_left -= k;
+    if (c->req.body_kind == BODY_LENGTH) {
+        k = n < c->req.body_left ? n : (size_t)c->req.body_left;
+        c->req.body_left -= k;
     } else {
-        ssize_t r = chunked_scan(&c->req_chunked, p, n, NULL, NULL, why);
+        ssize_t r = chunked_scan(&c->req.chunked, p, n, NULL, NULL, why);
         if (r < 0)
             return -1;
         k = (size_t)r;
     }
-    c->req_body_total += k;
+    c->req.body_total += k;
     return (ssize_t)k;
 }
 
@@ -469,9 +459,9 @@ static void copy_slice(char *dst, size_t cap, struct slice s, uint16_t *len_out)
 /* Picks the request's pool: the route's, or one by its split. */
 void conn_choose_pool(struct conn *c)
 {
-    struct shard_gen *sg = c->sg;
-    const struct cfg_route *route = &sg->g->cfg->routes[c->route];
-    c->pool = (int)(route->nsplit ? route->split[split_pick(sg->split[c->route], route->split,
+    struct shard_gen *sg = c->req.sg;
+    const struct cfg_route *route = &sg->g->cfg->routes[c->req.route];
+    c->req.pool = (int)(route->nsplit ? route->split[split_pick(sg->split[c->req.route], route->split,
                                                             route->nsplit)].pool
                                   : route->pool);
 }
@@ -479,10 +469,10 @@ void conn_choose_pool(struct conn *c)
 /* The caller's tier priority decides its place in a pool's queue. */
 enum priority conn_priority(const struct conn *c)
 {
-    const struct config *cfg = c->sg->g->cfg;
-    if (c->key < 0 || !cfg->keys.key_tier)
+    const struct config *cfg = c->req.sg->g->cfg;
+    if (c->req.key < 0 || !cfg->keys.key_tier)
         return PRIORITY_NORMAL;
-    uint32_t t = cfg->keys.key_tier[c->key];
+    uint32_t t = cfg->keys.key_tier[c->req.key];
     return t == CFG_NO_TIER ? PRIORITY_NORMAL : cfg->tiers[t].priority;
 }
 
@@ -490,16 +480,16 @@ enum priority conn_priority(const struct conn *c)
  * key is for aigw only: it never goes upstream when aigw checks keys. */
 struct http_forward conn_forward_info(const struct conn *c)
 {
-    const struct gen *g = c->sg->g;
-    const struct cfg_pool *pool = &g->cfg->pools[c->pool];
+    const struct gen *g = c->req.sg->g;
+    const struct cfg_pool *pool = &g->cfg->pools[c->req.pool];
     /* an HTTP/1.0 request without Host gets the backend's address; one written
      * before the backend is known (a raw route's head) gets the pool's first */
-    unsigned b = c->backend >= 0 ? (unsigned)c->backend : g->pool_first_backend[c->pool];
+    unsigned b = c->at.backend >= 0 ? (unsigned)c->at.backend : g->pool_first_backend[c->req.pool];
     const char *host = g->backend_cfg[b]->addr.text;
     return (struct http_forward){
         .client_addr = { c->client, c->client_len },
         .proto = { "http", 4 },
-        .request_id = { c->request_id, c->request_id_len },
+        .request_id = { c->req.request_id, c->req.request_id_len },
         .upstream_auth = { pool->upstream_auth, strlen(pool->upstream_auth) },
         .default_host = { host, strlen(host) },
         .strip_client_auth = g->cfg->keys.configured,
@@ -508,56 +498,37 @@ struct http_forward conn_forward_info(const struct conn *c)
 
 /* A complete head was parsed from src[0..n). Sets the request up and returns how
  * many bytes of src it consumed (head plus the body bytes copied out); the rest
- * of src becomes the front of c->in, its first c->in_body bytes classified body. */
+ * of src becomes the front of c->in, its first c->req.in_body bytes classified body. */
 static size_t start_request(struct conn *c, const char *src, size_t n, const struct http_request *req)
 {
     struct shard *sh = c->sh;
     struct shard_gen *sg = sh->sg;
     const struct config *cfg = sg->g->cfg;
 
-    c->sg = sg;
-    sg->inflight++;
-    c->start_us = sh->now_us;
+    request_begin(c);
     c->state = CS_UPSTREAM;
-    c->route = -1;
-    c->backend = -1;
-    c->pool = -1;
-    reset_admission(c);
-    c->status = 0;
-    c->error = NULL;
-    c->resp_started = c->resp_done = c->retried = c->upstream_reused = false;
-    c->queued = c->probe = c->fell_back = false;
-    c->attempts = 0;
-    c->tried = 0;
-    c->retry_deadline_ms = 0;
-    c->first_byte_us = 0;
-    c->bytes_in = req->head_len;
-    c->bytes_out = 0;
-    c->req_method = req->method_id;
-    c->req_body = req->body;
-    c->req_body_left = req->content_length;
-    c->req_body_total = 0;
-    c->in_body = 0;
-    chunked_init(&c->req_chunked);
-    c->keep_alive = req->keep_alive && !sh->draining;
-    c->expect_continue = req->expect_continue;
-    c->client_http10 = req->minor == 0;
-    c->dechunk = false;
+    c->req.bytes_in = req->head_len;
+    c->req.method_id = req->method_id;
+    c->req.body_kind = req->body;
+    c->req.body_left = req->content_length;
+    c->req.keep_alive = req->keep_alive && !sh->draining;
+    c->req.expect_continue = req->expect_continue;
+    c->req.http10 = req->minor == 0;
     uint16_t mlen;
-    copy_slice(c->method, sizeof c->method - 1, req->method, &mlen);
-    c->method[mlen] = 0;
-    copy_slice(c->target, sizeof c->target, req->target, &c->target_len);
+    copy_slice(c->req.method, sizeof c->req.method - 1, req->method, &mlen);
+    c->req.method[mlen] = 0;
+    copy_slice(c->req.target, sizeof c->req.target, req->target, &c->req.target_len);
     if (req->idx[HK_X_REQUEST_ID] >= 0 && request_id_acceptable(req->headers[req->idx[HK_X_REQUEST_ID]].value)) {
         struct slice v = req->headers[req->idx[HK_X_REQUEST_ID]].value;
-        memcpy(c->request_id, v.p, v.len);
-        c->request_id_len = (uint8_t)v.len;
+        memcpy(c->req.request_id, v.p, v.len);
+        c->req.request_id_len = (uint8_t)v.len;
     } else {
         next_request_id(c);
     }
 
     if (req->minor == 1 && req->idx[HK_HOST] < 0) {
         /* RFC 9112 3.2: an HTTP/1.1 request without Host gets 400 */
-        c->keep_alive = false;
+        c->req.keep_alive = false;
         conn_send_error(c, 400, "invalid_request_error", NULL, "missing Host header");
         return n;
     }
@@ -586,7 +557,7 @@ static size_t start_request(struct conn *c, const char *src, size_t n, const str
     }
     if (path_route >= 0 && cfg->routes[path_route].kind == ROUTE_AI &&
         !(req->body == BODY_NONE || (req->body == BODY_LENGTH && req->content_length == 0))) {
-        c->route = path_route;
+        c->req.route = path_route;
         return ai_request_start(c, src, n, req);
     }
 
@@ -601,33 +572,33 @@ static size_t start_request(struct conn *c, const char *src, size_t n, const str
         conn_send_error(c, 413, "invalid_request_error", NULL, "request body too large");
         return head + (size_t)body_avail;
     }
-    c->route = path_route;
-    if (c->route < 0) {
+    c->req.route = path_route;
+    if (c->req.route < 0) {
         conn_send_error(c, 404, "invalid_request_error", "not_found", "no route for this path");
         return head + (size_t)body_avail;
     }
     conn_choose_pool(c);
-    c->out = xbuf_get(sh);
-    if (!c->out) {
+    c->req.out = xbuf_get(sh);
+    if (!c->req.out) {
         conn_send_error(c, 503, "server_error", "no_capacity", "out of memory");
         return n;
     }
     struct http_forward fwd = conn_forward_info(c);
-    size_t hlen = http_write_upstream_head(c->out->data, sh->xbuf_size, req, &fwd);
+    size_t hlen = http_write_upstream_head(c->req.out->data, sh->xbuf_size, req, &fwd);
     if (hlen == 0) {
         conn_send_error(c, 431, "invalid_request_error", NULL, "request head too large to forward");
         return head + (size_t)body_avail;
     }
     size_t room = sh->xbuf_size - hlen;
     size_t copy = (size_t)body_avail < room ? (size_t)body_avail : room;
-    memcpy(c->out->data + hlen, src + head, copy);
-    c->out->len = (uint32_t)(hlen + copy);
-    c->out->off = 0;
-    c->in_body = (uint32_t)((size_t)body_avail - copy);
-    c->bytes_in += copy;
-    c->body_in_first_send = conn_request_body_complete(c) && c->in_body == 0;
+    memcpy(c->req.out->data + hlen, src + head, copy);
+    c->req.out->len = (uint32_t)(hlen + copy);
+    c->req.out->off = 0;
+    c->req.in_body = (uint32_t)((size_t)body_avail - copy);
+    c->req.bytes_in += copy;
+    c->req.body_in_first_send = conn_request_body_complete(c) && c->req.in_body == 0;
 
-    if (c->expect_continue && !conn_request_body_complete(c) && body_avail == 0) {
+    if (c->req.expect_continue && !conn_request_body_complete(c) && body_avail == 0) {
         conn_send_continue(c);
     }
     dispatch_request(c);
@@ -711,7 +682,7 @@ static void on_head_bytes(struct conn *c, const char *p, size_t n)
             size_t used = start_request(c, p, n, &sh->scratch_req);
             if (used < n && c->state != CS_CLOSING && !in_append(c, p + used, n - used)) {
                 /* cannot happen with xbuf_size >= RECV_BUF_SIZE, but never lose bytes silently */
-                c->keep_alive = false;
+                c->req.keep_alive = false;
             }
             return;
         }
@@ -786,7 +757,7 @@ static void on_busy_bytes(struct conn *c, const char *p, size_t n)
             conn_send_error(c, 400, "invalid_request_error", NULL, why);
             return;
         }
-        if (c->req_body_total > conn_config(c)->server.max_body) {
+        if (c->req.body_total > conn_config(c)->server.max_body) {
             conn_send_error(c, 413, "invalid_request_error", NULL, "request body too large");
             return;
         }
@@ -794,10 +765,10 @@ static void on_busy_bytes(struct conn *c, const char *p, size_t n)
             conn_send_error(c, 503, "server_error", NULL, "out of memory queueing the request body");
             return;
         }
-        c->in_body += (uint32_t)k;
+        c->req.in_body += (uint32_t)k;
         pump_request_body(c);
     } else if (!in_append(c, p, n)) {
-        c->error = "client sent more than aigw queues while busy";
+        c->req.error = "client sent more than aigw queues while busy";
         conn_send_error(c, 400, "invalid_request_error", NULL, "too much data sent ahead of the response");
         return;
     }
@@ -826,7 +797,7 @@ static void on_recv(struct conn *c, struct io_uring_cqe *cqe)
     } else if (c->state != CS_CLOSING) {
         /* EOF or error: the client is gone. Mid-request the upstream is closed at
          * once so the backend stops generating. */
-        c->error = res == 0 ? "client closed" : "client reset";
+        c->req.error = res == 0 ? "client closed" : "client reset";
         conn_close(c);
         return;
     }
@@ -838,33 +809,33 @@ static void on_recv(struct conn *c, struct io_uring_cqe *cqe)
 
 static void up_send(struct conn *c, struct xbuf *owner, const char *p, size_t n)
 {
-    struct upconn *u = c->up;
+    struct upconn *u = c->at.up;
     struct io_uring_sqe *sqe = shard_sqe(c->sh);
     io_uring_prep_send(sqe, u->fd, p, n, MSG_NOSIGNAL);
     io_uring_sqe_set_data64(sqe, ud_make(u, OP_UP_SEND));
     u->ops++;
     u->io_buf = owner;
-    c->up_sending = true;
+    c->at.up_sending = true;
 }
 
 static void up_recv_head(struct conn *c)
 {
-    struct upconn *u = c->up;
-    if (!c->rbuf) {
-        c->rbuf = xbuf_get(c->sh);
-        if (!c->rbuf) {
+    struct upconn *u = c->at.up;
+    if (!c->at.rbuf) {
+        c->at.rbuf = xbuf_get(c->sh);
+        if (!c->at.rbuf) {
             conn_send_error(c, 502, "server_error", "upstream_error", "out of memory");
             return;
         }
     }
     struct io_uring_sqe *sqe = shard_sqe(c->sh);
-    io_uring_prep_recv(sqe, u->fd, c->rbuf->data + c->rbuf->len, c->sh->xbuf_size - c->rbuf->len, 0);
+    io_uring_prep_recv(sqe, u->fd, c->at.rbuf->data + c->at.rbuf->len, c->sh->xbuf_size - c->at.rbuf->len, 0);
     /* the request has only just gone out: wait for readiness instead of a
      * recvmsg that would almost always find nothing yet */
     sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
     io_uring_sqe_set_data64(sqe, ud_make(u, OP_UP_RECV));
     u->ops++;
-    u->io_buf = c->rbuf;
+    u->io_buf = c->at.rbuf;
 }
 
 /* Connected (or a pooled connection taken): send the head and what body we have. */
@@ -872,30 +843,30 @@ void conn_upstream_ready(struct conn *c)
 {
     arm_timer(c, T_IDLE, conn_config(c)->timeouts.idle_ms);
     c->last_activity_ms = c->sh->now_ms;
-    up_send(c, c->out, c->out->data + c->out->off, c->out->len - c->out->off);
+    up_send(c, c->req.out, c->req.out->data + c->req.out->off, c->req.out->len - c->req.out->off);
 }
 
 static void request_sent(struct conn *c)
 {
-    if (!c->body_in_first_send) {
-        conn_drop_buf(c, c->out);
-        c->out = NULL;
+    if (!c->req.body_in_first_send) {
+        conn_drop_buf(c, c->req.out);
+        c->req.out = NULL;
     }
     /* first_byte runs from the first attempt's request: a retry gets what is left */
     uint64_t now = c->sh->now_ms;
-    if (!c->retry_deadline_ms)
-        c->retry_deadline_ms = now + conn_config(c)->timeouts.first_byte_ms;
-    arm_timer(c, T_FIRST_BYTE, c->retry_deadline_ms > now ? c->retry_deadline_ms - now : 1);
+    if (!c->req.retry_deadline_ms)
+        c->req.retry_deadline_ms = now + conn_config(c)->timeouts.first_byte_ms;
+    arm_timer(c, T_FIRST_BYTE, c->req.retry_deadline_ms > now ? c->req.retry_deadline_ms - now : 1);
     up_recv_head(c);
 }
 
 static void pump_request_body(struct conn *c)
 {
-    if (c->up_sending || !c->up || c->up->state != UP_BUSY || c->out)
+    if (c->at.up_sending || !c->at.up || c->at.up->state != UP_BUSY || c->req.out)
         return;
-    if (c->in_body > 0) {
+    if (c->req.in_body > 0) {
         c->in_pinned = true;
-        up_send(c, c->in, c->in->data + c->in->off, c->in_body);
+        up_send(c, c->in, c->in->data + c->in->off, c->req.in_body);
     } else if (conn_request_body_complete(c)) {
         request_sent(c);
     }
@@ -905,10 +876,10 @@ static void retry_or_fail(struct conn *c, int err, const char *why)
 {
     /* A pooled connection the backend had already closed: the request never reached
      * it, so it is safe to send again on a fresh connection once. */
-    if (c->upstream_reused && c->body_in_first_send && !c->retried && c->out && !c->resp_started) {
-        c->retried = true;
+    if (c->at.upstream_reused && c->req.body_in_first_send && !c->at.retried && c->req.out && !c->req.resp_started) {
+        c->at.retried = true;
         abandon_upstream(c);
-        c->out->off = 0;
+        c->req.out->off = 0;
         upstream_acquire_new(c);
         return;
     }
@@ -925,19 +896,18 @@ void conn_attempt_failed(struct conn *c, enum backend_failure f, int err, const 
     conn_upstream_failed(c, err, why);
 }
 
-/* Gives up the current attempt's upstream side so the request can go out again. */
+/* Gives up the current attempt's upstream side so the request can go out again
+ * (its fields are born anew by the next attempt). */
 void conn_abandon_attempt(struct conn *c)
 {
-    if (c->up)
+    if (c->at.up)
         abandon_upstream(c);
-    conn_drop_buf(c, c->rbuf);
-    c->rbuf = NULL;
-    if (c->out)
-        c->out->off = 0;
-    c->up_sending = c->in_pinned = false;
-    c->first_byte_us = 0;
-    c->status = 0;
-    c->retried = c->upstream_reused = false;
+    conn_drop_buf(c, c->at.rbuf);
+    c->at.rbuf = NULL;
+    if (c->req.out)
+        c->req.out->off = 0;
+    c->at.up_sending = c->in_pinned = false;
+    c->req.status = 0;
 }
 
 void conn_upstream_failed(struct conn *c, int err, const char *why)
@@ -950,30 +920,30 @@ void conn_upstream_failed(struct conn *c, int err, const char *why)
 
 static void on_up_sent(struct conn *c, int res)
 {
-    c->up_sending = false;
+    c->at.up_sending = false;
     if (res <= 0) {
         c->in_pinned = false;
         retry_or_fail(c, -res, res == 0 ? "upstream closed" : "upstream send failed");
         return;
     }
     c->last_activity_ms = c->sh->now_ms;
-    if (c->out) {
-        c->out->off += (uint32_t)res;
-        if (c->out->off < c->out->len) {
-            up_send(c, c->out, c->out->data + c->out->off, c->out->len - c->out->off);
+    if (c->req.out) {
+        c->req.out->off += (uint32_t)res;
+        if (c->req.out->off < c->req.out->len) {
+            up_send(c, c->req.out, c->req.out->data + c->req.out->off, c->req.out->len - c->req.out->off);
             return;
         }
-        if (!c->body_in_first_send) {
-            conn_drop_buf(c, c->out);
-            c->out = NULL;
+        if (!c->req.body_in_first_send) {
+            conn_drop_buf(c, c->req.out);
+            c->req.out = NULL;
         } else {
             request_sent(c);
             return;
         }
     } else {
         c->in_pinned = false;
-        c->in_body -= (uint32_t)res;
-        c->bytes_in += (uint64_t)res;
+        c->req.in_body -= (uint32_t)res;
+        c->req.bytes_in += (uint64_t)res;
         c->in->off += (uint32_t)res;
         if (c->in->off == c->in->len) {
             conn_drop_buf(c, c->in);
@@ -993,17 +963,17 @@ static void on_up_head(struct conn *c, int res)
                       res == 0 ? "upstream closed before answering" : "upstream reset before answering");
         return;
     }
-    if (!c->first_byte_us)
-        c->first_byte_us = sh->now_us;
-    c->rbuf->len += (uint32_t)res;
+    if (!c->at.first_byte_us)
+        c->at.first_byte_us = sh->now_us;
+    c->at.rbuf->len += (uint32_t)res;
     struct http_response *resp = &sh->scratch_resp;
     for (;;) {
         const char *why = NULL;
-        const char *p = c->rbuf->data + c->rbuf->off;
-        size_t n = c->rbuf->len - c->rbuf->off;
-        int r = http_parse_response(p, n, conn_config(c)->server.max_header, c->req_method, resp, &why);
+        const char *p = c->at.rbuf->data + c->at.rbuf->off;
+        size_t n = c->at.rbuf->len - c->at.rbuf->off;
+        int r = http_parse_response(p, n, conn_config(c)->server.max_header, c->req.method_id, resp, &why);
         if (r == HTTP_INCOMPLETE) {
-            if (c->rbuf->len == sh->xbuf_size) {
+            if (c->at.rbuf->len == sh->xbuf_size) {
                 conn_attempt_failed(c, BF_STATUS, EPROTO, "upstream response head too large");
                 return;
             }
@@ -1021,9 +991,9 @@ static void on_up_head(struct conn *c, int res)
             return;
         }
         /* interim 1xx: skip it; the client already got our own 100 Continue */
-        c->rbuf->off += (uint32_t)resp->head_len;
-        if (c->rbuf->off == c->rbuf->len) {
-            c->rbuf->off = c->rbuf->len = 0;
+        c->at.rbuf->off += (uint32_t)resp->head_len;
+        if (c->at.rbuf->off == c->at.rbuf->len) {
+            c->at.rbuf->off = c->at.rbuf->len = 0;
             up_recv_head(c);
             return;
         }
@@ -1034,10 +1004,10 @@ static void on_up_head(struct conn *c, int res)
     if ((resp->status == 502 || resp->status == 503) && dispatch_retry(c))
         return;
     /* the request can no longer be retried: the backend answered */
-    conn_drop_buf(c, c->out);
-    c->out = NULL;
-    xbuf_put(sh, c->body);
-    c->body = NULL;
+    conn_drop_buf(c, c->req.out);
+    c->req.out = NULL;
+    xbuf_put(sh, c->req.body);
+    c->req.body = NULL;
     relay_response_head(c, resp);
 }
 
@@ -1060,12 +1030,12 @@ void conn_send_out(struct conn *c)
         c->send_deferred = true;    /* behind our 100 Continue */
         return;
     }
-    client_send(c, c->out, c->out->data + c->out->off, c->out->len - c->out->off);
+    client_send(c, c->req.out, c->req.out->data + c->req.out->off, c->req.out->len - c->req.out->off);
 }
 
 void conn_send_rbuf(struct conn *c)
 {
-    client_send(c, c->rbuf, c->rbuf->data + c->rbuf->off, c->rbuf->len - c->rbuf->off);
+    client_send(c, c->at.rbuf, c->at.rbuf->data + c->at.rbuf->off, c->at.rbuf->len - c->at.rbuf->off);
 }
 
 void conn_response_done(struct conn *c)
@@ -1077,7 +1047,7 @@ static void on_sent(struct conn *c, int res)
 {
     c->send_inflight = false;
     if (res < 0) {
-        c->error = "client send failed";
+        c->req.error = "client send failed";
         conn_close(c);
         return;
     }
@@ -1090,10 +1060,10 @@ static void on_sent(struct conn *c, int res)
         }
         return;
     }
-    c->bytes_out += (uint64_t)res;
+    c->req.bytes_out += (uint64_t)res;
     if (c->state == CS_LOCAL) {
-        c->out->off += (uint32_t)res;
-        if (c->out->off < c->out->len) {
+        c->req.out->off += (uint32_t)res;
+        if (c->req.out->off < c->req.out->len) {
             conn_send_out(c);
             return;
         }
@@ -1109,41 +1079,41 @@ static void on_sent(struct conn *c, int res)
 static void request_finish(struct conn *c)
 {
     struct shard *sh = c->sh;
-    struct shard_gen *sg = c->sg;
+    struct shard_gen *sg = c->req.sg;
     if (!sg)
         return;
     const struct config *cfg = sg->g->cfg;
-    uint64_t dur = sh->now_us - c->start_us;
+    uint64_t dur = sh->now_us - c->req.start_us;
     admission_settle(c);
-    int route_slot = c->route >= 0 ? sg->g->route_metric_slot[c->route] : 0;
-    metrics_observe_request(sh->m, route_slot, c->status, dur);
+    int route_slot = c->req.route >= 0 ? sg->g->route_metric_slot[c->req.route] : 0;
+    metrics_observe_request(sh->m, route_slot, c->req.status, dur);
     if (cfg->log.access != ACCESS_OFF) {
         struct alog_entry e = {
-            .time_us = c->start_us + sh->realtime_offset_us,
+            .time_us = c->req.start_us + sh->realtime_offset_us,
             .client = { c->client, c->client_len },
-            .method = { c->method, strlen(c->method) },
-            .target = { c->target, c->target_len },
-            .request_id = { c->request_id, c->request_id_len },
-            .route = c->route >= 0 ? cfg->routes[c->route].name : "",
-            .pool = c->backend >= 0 ? sg->g->backend_pool[c->backend] : "",
-            .backend = c->backend >= 0 ? sg->g->backend_cfg[c->backend]->addr.text : "",
-            .status = c->status,
-            .bytes_in = c->bytes_in,
-            .bytes_out = c->bytes_out,
+            .method = { c->req.method, strlen(c->req.method) },
+            .target = { c->req.target, c->req.target_len },
+            .request_id = { c->req.request_id, c->req.request_id_len },
+            .route = c->req.route >= 0 ? cfg->routes[c->req.route].name : "",
+            .pool = c->at.backend >= 0 ? sg->g->backend_pool[c->at.backend] : "",
+            .backend = c->at.backend >= 0 ? sg->g->backend_cfg[c->at.backend]->addr.text : "",
+            .status = c->req.status,
+            .bytes_in = c->req.bytes_in,
+            .bytes_out = c->req.bytes_out,
             .duration_us = dur,
-            .first_byte_us = c->first_byte_us ? (int64_t)(c->first_byte_us - c->start_us) : -1,
-            .upstream_reused = c->upstream_reused,
-            .error = c->error,
-            .ai = c->ai,
-            .model = { c->model, c->model_len },
-            .stream = c->stream,
-            .tokens_in = c->tokens_in,
-            .tokens_out = c->tokens_out,
-            .limit = c->limit ? rl_limit_name((enum rl_limit)c->limit) : NULL,
+            .first_byte_us = c->at.first_byte_us ? (int64_t)(c->at.first_byte_us - c->req.start_us) : -1,
+            .upstream_reused = c->at.upstream_reused,
+            .error = c->req.error,
+            .ai = c->req.ai,
+            .model = { c->req.model, c->req.model_len },
+            .stream = c->req.stream,
+            .tokens_in = c->req.tokens_in,
+            .tokens_out = c->req.tokens_out,
+            .limit = c->req.limit ? rl_limit_name((enum rl_limit)c->req.limit) : NULL,
         };
-        if (c->key >= 0) {
-            e.key = keyring_entry(cfg->keys.ring, (unsigned)c->key)->name;
-            uint32_t t = cfg->keys.key_tier ? cfg->keys.key_tier[c->key] : CFG_NO_TIER;
+        if (c->req.key >= 0) {
+            e.key = keyring_entry(cfg->keys.ring, (unsigned)c->req.key)->name;
+            uint32_t t = cfg->keys.key_tier ? cfg->keys.key_tier[c->req.key] : CFG_NO_TIER;
             static const char *const prio[] = { [PRIORITY_HIGH] = "high",
                                                  [PRIORITY_NORMAL] = "normal",
                                                  [PRIORITY_LOW] = "low" };
@@ -1152,46 +1122,44 @@ static void request_finish(struct conn *c)
         alog_write(sh->id, &e);
     }
     dispatch_release(c);
-    /* buffers first, while c->up is attached: an op in flight may still use them */
-    xbuf_put(sh, c->body);      /* never used by an operation */
-    c->body = NULL;
-    conn_drop_buf(c, c->out);
-    c->out = NULL;
-    conn_drop_buf(c, c->rbuf);
-    c->rbuf = NULL;
-    if (c->splice_ops) {
+    /* buffers first, while c->at.up is attached: an op in flight may still use them */
+    xbuf_put(sh, c->req.body);      /* never used by an operation */
+    c->req.body = NULL;
+    conn_drop_buf(c, c->req.out);
+    c->req.out = NULL;
+    conn_drop_buf(c, c->at.rbuf);
+    c->at.rbuf = NULL;
+    if (c->relay.splice_ops) {
         /* a splice in io-wq resolves its input fd when it runs: the pipes and the
          * upstream socket stay open until its completion (conn_maybe_free) */
-        c->pipe_orphan = c->pipe;
-        if (c->ipipe) {
-            c->ipipe->next_free = c->pipe_orphan;
-            c->pipe_orphan = c->ipipe;
+        c->pipe_orphan = c->relay.pipe;
+        if (c->relay.ipipe) {
+            c->relay.ipipe->next_free = c->pipe_orphan;
+            c->pipe_orphan = c->relay.ipipe;
         }
-        if (c->up)
-            c->up_fd_orphan = upconn_detach_fd(c->up);
-        c->keep_alive = false;      /* (only a closing connection gets here) */
+        if (c->at.up)
+            c->up_fd_orphan = upconn_detach_fd(c->at.up);
+        c->req.keep_alive = false;      /* (only a closing connection gets here) */
     } else {
-        pipe_put(sh, c->pipe, c->pipe_bytes == 0);
-        pipe_put(sh, c->ipipe, c->ipipe_bytes == 0);
-        xbuf_put(sh, c->ibuf);
-        c->ibuf = NULL;
+        pipe_put(sh, c->relay.pipe, c->relay.pipe_bytes == 0);
+        pipe_put(sh, c->relay.ipipe, c->relay.ipipe_bytes == 0);
+        xbuf_put(sh, c->relay.ibuf);
+        c->relay.ibuf = NULL;
     }
-    c->pipe = c->ipipe = NULL;
-    c->pipe_bytes = c->ipipe_bytes = 0;
-    if (c->up) {
-        struct upconn *u = c->up;
-        c->up = NULL;
+    c->relay.pipe = c->relay.ipipe = NULL;
+    c->relay.pipe_bytes = c->relay.ipipe_bytes = 0;
+    if (c->at.up) {
+        struct upconn *u = c->at.up;
+        c->at.up = NULL;
         u->owner = NULL;
-        upstream_release(u, c->resp_done && c->resp_keep_alive && !c->splice_ops);
+        upstream_release(u, c->relay.resp_done && c->relay.resp_keep_alive && !c->relay.splice_ops);
     }
-    c->sg = NULL;
-    c->route = c->backend = c->pool = -1;
-    c->error = NULL;
+    c->req.sg = NULL;     /* no request: the next one is born in request_begin */
     shard_gen_request_done(sh, sg);
     if (c->state == CS_CLOSING)
         return;
 
-    if (!c->keep_alive || sh->draining || c->in_body > 0) {
+    if (!c->req.keep_alive || sh->draining || c->req.in_body > 0) {
         conn_close(c);
         return;
     }
@@ -1232,13 +1200,13 @@ void conn_timer_fired(struct conn *c)
             timer_arm(&sh->timers, &c->timer, c->last_activity_ms + cfg->timeouts.idle_ms);
             break;
         }
-        c->error = "idle timeout";
+        c->req.error = "idle timeout";
         if (c->state == CS_BODY ||
-            (c->state == CS_UPSTREAM && !c->resp_started && !conn_request_body_complete(c) && c->in_body == 0))
+            (c->state == CS_UPSTREAM && !c->req.resp_started && !conn_request_body_complete(c) && c->req.in_body == 0))
             /* we wait for the client's body, not for the backend */
             conn_send_error(c, 408, "invalid_request_error", NULL, "request body not received in time");
-        else if (c->state == CS_UPSTREAM && !c->resp_started) {
-            if (c->up)
+        else if (c->state == CS_UPSTREAM && !c->req.resp_started) {
+            if (c->at.up)
                 dispatch_attempt_result(c, BF_TIMEOUT);
             conn_send_error(c, 504, "server_error", "upstream_timeout", "upstream idle timeout");
         }

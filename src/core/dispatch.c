@@ -35,12 +35,12 @@ enum pick_failure { PICK_BUSY, PICK_DOWN };
 
 static unsigned pool_first(const struct conn *c)
 {
-    return c->sg->g->pool_first_backend[c->pool];
+    return c->req.sg->g->pool_first_backend[c->req.pool];
 }
 
 static void load_add(struct conn *c, unsigned backend, int delta)
 {
-    const struct gen *g = c->sg->g;
+    const struct gen *g = c->req.sg->g;
     struct backend_load *cell = &g->load[(size_t)backend * g->nshards + c->sh->id];
     atomic_store_explicit(&cell->outstanding,
                           atomic_load_explicit(&cell->outstanding, memory_order_relaxed) + (uint32_t)delta,
@@ -78,13 +78,14 @@ static bool circuit_open(struct backend_health *h, enum circuit_state from, enum
     return true;
 }
 
-/* Picks a backend of c->pool that c has not tried, or claims a half-open probe. */
-static int pick(struct conn *c, enum pick_failure *why)
+/* Picks a backend of c->req.pool that c has not tried, or claims a half-open
+ * probe (*probe is then true). */
+static int pick(struct conn *c, enum pick_failure *why, bool *probe_claimed)
 {
     struct shard *sh = c->sh;
-    struct shard_gen *sg = c->sg;
+    struct shard_gen *sg = c->req.sg;
     const struct gen *g = sg->g;
-    const struct cfg_pool *pool = &g->cfg->pools[c->pool];
+    const struct cfg_pool *pool = &g->cfg->pools[c->req.pool];
     unsigned first = pool_first(c), n = pool->nbackends;
     uint32_t outstanding[n ? n : 1];
     bool up[n ? n : 1];
@@ -93,7 +94,7 @@ static int pick(struct conn *c, enum pick_failure *why)
     for (unsigned i = 0; i < n; i++) {
         unsigned b = first + i;
         outstanding[i] = gen_outstanding(g, b);
-        bool tried = c->tried & (1ull << (i & 63));
+        bool tried = c->req.tried & (1ull << (i & 63));
         up[i] = !tried && backend_available(g, b);
         any_up |= up[i];
         const struct backend_health *h = &g->health[b];
@@ -110,10 +111,11 @@ static int pick(struct conn *c, enum pick_failure *why)
         if (atomic_compare_exchange_strong_explicit(&h->circuit, &expect, CIRCUIT_PROBING,
                                                     memory_order_acq_rel, memory_order_relaxed)) {
             atomic_fetch_add_explicit(&h->transitions, 1, memory_order_relaxed);
-            c->probe = true;
+            *probe_claimed = true;
             return (int)first + probe;
         }
     }
+    *probe_claimed = false;
     int pick;
     if (pool->balance == BALANCE_CAPACITY || pool->balance == BALANCE_PREFIX) {
         /* the engines' own load, as the watcher last read it */
@@ -134,9 +136,9 @@ static int pick(struct conn *c, enum pick_failure *why)
                 .id = g->backend_id[b],
             };
         }
-        pick = balance_pick_load(pool->balance, &sg->balance[c->pool], view, n, c->prefix_hash);
+        pick = balance_pick_load(pool->balance, &sg->balance[c->req.pool], view, n, c->req.prefix_hash);
     } else {
-        pick = balance_pick(pool->balance, &sg->balance[c->pool], pool->backends, n, outstanding, up,
+        pick = balance_pick(pool->balance, &sg->balance[c->req.pool], pool->backends, n, outstanding, up,
                             pool->max_outstanding);
     }
     if (pick < 0) {
@@ -146,14 +148,16 @@ static int pick(struct conn *c, enum pick_failure *why)
     return (int)(first + (unsigned)pick);
 }
 
-/* Sends c to backend b: counts it there and starts the upstream side. */
-static void go(struct conn *c, unsigned b)
+/* Sends c to backend b: a new attempt, counted there, whose upstream side starts.
+ * Every per-attempt field starts here; the previous attempt, if any, was
+ * abandoned (conn_abandon_attempt) and left nothing behind. */
+static void go(struct conn *c, unsigned b, bool probe)
 {
-    c->backend = (int)b;
-    c->tried |= 1ull << ((b - pool_first(c)) & 63);
+    c->at = (struct attempt){ .backend = (int)b, .probe = probe };
+    c->req.tried |= 1ull << ((b - pool_first(c)) & 63);
     load_add(c, b, 1);
     c->state = CS_UPSTREAM;
-    if (c->ai && c->body && !ai_request_build_out(c))
+    if (c->req.ai && c->req.body && !ai_request_build_out(c))
         return;
     upstream_acquire(c);
 }
@@ -163,29 +167,29 @@ static void go(struct conn *c, unsigned b)
 static void queue_unlink(struct conn *c)
 {
     struct shard *sh = c->sh;
-    struct pool_queue *q = &c->sg->queue[c->pool];
-    unsigned p = c->qprio;
-    if (c->qprev)
-        c->qprev->qnext = c->qnext;
+    struct pool_queue *q = &c->req.sg->queue[c->req.pool];
+    unsigned p = c->req.qprio;
+    if (c->req.qprev)
+        c->req.qprev->req.qnext = c->req.qnext;
     else
-        q->head[p] = c->qnext;
-    if (c->qnext)
-        c->qnext->qprev = c->qprev;
+        q->head[p] = c->req.qnext;
+    if (c->req.qnext)
+        c->req.qnext->req.qprev = c->req.qprev;
     else
-        q->tail[p] = c->qprev;
-    c->qnext = c->qprev = NULL;
-    c->queued = false;
+        q->tail[p] = c->req.qprev;
+    c->req.qnext = c->req.qprev = NULL;
+    c->req.queued = false;
     q->len--;
     sh->nqueued--;
-    int slot = c->sg->g->pool_metric_slot[c->pool];
+    int slot = c->req.sg->g->pool_metric_slot[c->req.pool];
     mg_add(&sh->m->queued[slot], -1);
-    metrics_observe_queue_wait(sh->m, slot, sh->now_us - c->queued_us);
+    metrics_observe_queue_wait(sh->m, slot, sh->now_us - c->req.queued_us);
 }
 
 static unsigned retry_after_s(const struct conn *c, enum shed_reason reason)
 {
-    const struct gen *g = c->sg->g;
-    const struct cfg_pool *pool = &g->cfg->pools[c->pool];
+    const struct gen *g = c->req.sg->g;
+    const struct cfg_pool *pool = &g->cfg->pools[c->req.pool];
     uint64_t ms = reason == SHED_NO_BACKEND ? CIRCUIT_BACKOFF_MAX_MS : pool->queue_timeout_ms;
     if (reason == SHED_NO_BACKEND) {
         /* when the first backend may be back: a circuit's probe, or two checks */
@@ -209,33 +213,33 @@ static unsigned retry_after_s(const struct conn *c, enum shed_reason reason)
 static void fall_back_or_shed(struct conn *c, enum shed_reason reason)
 {
     struct shard *sh = c->sh;
-    const struct config *cfg = c->sg->g->cfg;
-    const struct cfg_pool *pool = &cfg->pools[c->pool];
-    int slot = c->sg->g->pool_metric_slot[c->pool];
+    const struct config *cfg = c->req.sg->g->cfg;
+    const struct cfg_pool *pool = &cfg->pools[c->req.pool];
+    int slot = c->req.sg->g->pool_metric_slot[c->req.pool];
     /* a raw request's head is written once, with its pool's upstream credentials:
      * it may only move to a pool that uses the same */
-    if (!c->fell_back && pool->fallback >= 0 &&
-        ((c->ai && c->body) || strcmp(pool->upstream_auth, cfg->pools[pool->fallback].upstream_auth) == 0)) {
+    if (!c->req.fell_back && pool->fallback >= 0 &&
+        ((c->req.ai && c->req.body) || strcmp(pool->upstream_auth, cfg->pools[pool->fallback].upstream_auth) == 0)) {
         mc_add(&sh->m->fallbacks[slot], 1);
-        c->fell_back = true;
-        c->pool = pool->fallback;
-        c->tried = 0;
-        c->attempts = 0;
+        c->req.fell_back = true;
+        c->req.pool = pool->fallback;
+        c->req.tried = 0;
+        c->req.attempts = 0;
         dispatch_request(c);
         return;
     }
     mc_add(&sh->m->shed[slot][reason], 1);
-    c->retry_after_s = retry_after_s(c, reason);
+    c->req.retry_after_s = retry_after_s(c, reason);
     char msg[200];
     if (reason == SHED_NO_BACKEND) {
-        c->error = "no backend up";
+        c->req.error = "no backend up";
         snprintf(msg, sizeof msg, "No backend of pool %s is available; retry later", pool->name);
     } else if (reason == SHED_QUEUE_FULL) {
-        c->error = "queue full";
+        c->req.error = "queue full";
         snprintf(msg, sizeof msg, "All backends of pool %s are busy and its queue is full; retry later",
                  pool->name);
     } else {
-        c->error = "queue timeout";
+        c->req.error = "queue timeout";
         snprintf(msg, sizeof msg, "All backends of pool %s stayed busy for %llu ms; retry later",
                  pool->name, (unsigned long long)pool->queue_timeout_ms);
     }
@@ -245,8 +249,8 @@ static void fall_back_or_shed(struct conn *c, enum shed_reason reason)
 static void enqueue(struct conn *c)
 {
     struct shard *sh = c->sh;
-    const struct cfg_pool *pool = &c->sg->g->cfg->pools[c->pool];
-    struct pool_queue *q = &c->sg->queue[c->pool];
+    const struct cfg_pool *pool = &c->req.sg->g->cfg->pools[c->req.pool];
+    struct pool_queue *q = &c->req.sg->queue[c->req.pool];
     if (pool->queue_timeout_ms == 0) {
         fall_back_or_shed(c, SHED_QUEUE_TIMEOUT);
         return;
@@ -264,20 +268,20 @@ static void enqueue(struct conn *c)
         queue_unlink(victim);
         fall_back_or_shed(victim, SHED_QUEUE_FULL);
     }
-    c->qprio = (uint8_t)prio;
-    c->qnext = NULL;
-    c->qprev = q->tail[prio];
+    c->req.qprio = (uint8_t)prio;
+    c->req.qnext = NULL;
+    c->req.qprev = q->tail[prio];
     if (q->tail[prio])
-        q->tail[prio]->qnext = c;
+        q->tail[prio]->req.qnext = c;
     else
         q->head[prio] = c;
     q->tail[prio] = c;
     q->len++;
-    c->queued = true;
-    c->queued_us = sh->now_us;
+    c->req.queued = true;
+    c->req.queued_us = sh->now_us;
     c->state = CS_UPSTREAM;
     sh->nqueued++;
-    mg_add(&sh->m->queued[c->sg->g->pool_metric_slot[c->pool]], 1);
+    mg_add(&sh->m->queued[c->req.sg->g->pool_metric_slot[c->req.pool]], 1);
     conn_set_timer(c, T_QUEUE, pool->queue_timeout_ms);
 }
 
@@ -290,29 +294,31 @@ static void pump(struct shard_gen *sg, unsigned pool)
                        : q->head[PRIORITY_NORMAL] ? q->head[PRIORITY_NORMAL]
                                                   : q->head[PRIORITY_LOW];
         enum pick_failure why;
-        int b = pick(c, &why);
+        bool probe;
+        int b = pick(c, &why, &probe);
         if (b < 0 && why == PICK_BUSY)
             return;
         queue_unlink(c);
         if (b < 0)
             fall_back_or_shed(c, SHED_NO_BACKEND);
         else
-            go(c, (unsigned)b);
+            go(c, (unsigned)b, probe);
     }
 }
 
 void dispatch_request(struct conn *c)
 {
-    if (c->sg->queue[c->pool].len) {
+    if (c->req.sg->queue[c->req.pool].len) {
         /* others wait already: behind them by priority, then whoever is first goes */
         enqueue(c);
-        pump(c->sg, (unsigned)c->pool);
+        pump(c->req.sg, (unsigned)c->req.pool);
         return;
     }
     enum pick_failure why;
-    int b = pick(c, &why);
+    bool probe;
+    int b = pick(c, &why, &probe);
     if (b >= 0)
-        go(c, (unsigned)b);
+        go(c, (unsigned)b, probe);
     else if (why == PICK_DOWN)
         fall_back_or_shed(c, SHED_NO_BACKEND);
     else
@@ -321,7 +327,7 @@ void dispatch_request(struct conn *c)
 
 void dispatch_queue_expired(struct conn *c)
 {
-    if (!c->queued)
+    if (!c->req.queued)
         return;
     queue_unlink(c);
     fall_back_or_shed(c, SHED_QUEUE_TIMEOUT);
@@ -343,31 +349,31 @@ void dispatch_poll(struct shard *sh)
 void dispatch_attempt_result(struct conn *c, enum backend_failure f)
 {
     struct shard *sh = c->sh;
-    if (c->backend < 0)
+    if (c->at.backend < 0)
         return;
-    unsigned b = (unsigned)c->backend;
-    const struct gen *g = c->sg->g;
+    unsigned b = (unsigned)c->at.backend;
+    const struct gen *g = c->req.sg->g;
     struct backend_health *h = &g->health[b];
     int slot = g->backend_metric_slot[b];
     mc_add(&sh->m->backend_requests[slot][f == BF_NONE ? ATTEMPT_OK : ATTEMPT_FAILED], 1);
     if (f == BF_NONE) {
-        c->sg->fail_streak[b] = 0;
-        if (c->probe) {
-            c->probe = false;
+        c->req.sg->fail_streak[b] = 0;
+        if (c->at.probe) {
+            c->at.probe = false;
             atomic_store_explicit(&h->reopens, 0, memory_order_relaxed);
             circuit_set(h, CIRCUIT_CLOSED);
         }
         return;
     }
-    if (c->probe) {
-        c->probe = false;
+    if (c->at.probe) {
+        c->at.probe = false;
         if (circuit_open(h, CIRCUIT_PROBING, f, sh->now_ms))
             mc_add(&sh->m->circuit_opens[slot], 1);
         return;
     }
-    if (++c->sg->fail_streak[b] < CIRCUIT_FAILS)
+    if (++c->req.sg->fail_streak[b] < CIRCUIT_FAILS)
         return;
-    c->sg->fail_streak[b] = 0;
+    c->req.sg->fail_streak[b] = 0;
     if (atomic_load_explicit(&h->circuit, memory_order_relaxed) == CIRCUIT_CLOSED &&
         circuit_open(h, CIRCUIT_CLOSED, f, sh->now_ms))
         mc_add(&sh->m->circuit_opens[slot], 1);
@@ -377,10 +383,10 @@ void dispatch_attempt_result(struct conn *c, enum backend_failure f)
  * left) lets the next request probe at once. */
 static void release_slot(struct conn *c)
 {
-    unsigned b = (unsigned)c->backend;
-    if (c->probe) {
-        struct backend_health *h = &c->sg->g->health[b];
-        c->probe = false;
+    unsigned b = (unsigned)c->at.backend;
+    if (c->at.probe) {
+        struct backend_health *h = &c->req.sg->g->health[b];
+        c->at.probe = false;
         atomic_store_explicit(&h->open_until_ms, c->sh->now_ms, memory_order_relaxed);
         circuit_set(h, CIRCUIT_OPEN);
     }
@@ -389,43 +395,44 @@ static void release_slot(struct conn *c)
 
 void dispatch_release(struct conn *c)
 {
-    if (c->queued)
+    if (c->req.queued)
         queue_unlink(c);
-    if (c->backend < 0)
+    if (c->at.backend < 0)
         return;
     release_slot(c);
-    c->backend = -1;
-    /* (a backend is always one of c->pool's: a fallback moves c before it picks) */
-    if (c->sg->queue[c->pool].len)
-        pump(c->sg, (unsigned)c->pool);
+    c->at.backend = -1;
+    /* (a backend is always one of c->req.pool's: a fallback moves c before it picks) */
+    if (c->req.sg->queue[c->req.pool].len)
+        pump(c->req.sg, (unsigned)c->req.pool);
 }
 
 bool dispatch_retry(struct conn *c)
 {
     struct shard *sh = c->sh;
-    /* (a send still in flight reads c->out: it cannot be reused yet) */
-    if (c->backend < 0 || c->resp_started || c->queued || c->up_sending)
+    /* (a send still in flight reads c->req.out: it cannot be reused yet) */
+    if (c->at.backend < 0 || c->req.resp_started || c->req.queued || c->at.up_sending)
         return false;
-    const struct cfg_pool *pool = &c->sg->g->cfg->pools[c->pool];
-    bool resendable = c->ai ? c->body != NULL : c->out && c->body_in_first_send;
-    if (!resendable || c->attempts >= pool->retries ||
-        (c->retry_deadline_ms && sh->now_ms >= c->retry_deadline_ms))
+    const struct cfg_pool *pool = &c->req.sg->g->cfg->pools[c->req.pool];
+    bool resendable = c->req.ai ? c->req.body != NULL : c->req.out && c->req.body_in_first_send;
+    if (!resendable || c->req.attempts >= pool->retries ||
+        (c->req.retry_deadline_ms && sh->now_ms >= c->req.retry_deadline_ms))
         return false;
-    unsigned from = (unsigned)c->backend;
+    unsigned from = (unsigned)c->at.backend;
     enum pick_failure why;
     /* the failed backend's slot is not offered to the queue: this request goes on */
     release_slot(c);
-    c->backend = -1;
-    int b = pick(c, &why);
+    c->at.backend = -1;
+    bool probe;
+    int b = pick(c, &why, &probe);
     if (b < 0) {
         load_add(c, from, 1);
-        c->backend = (int)from;
+        c->at.backend = (int)from;
         return false;
     }
-    mc_add(&sh->m->backend_retries[c->sg->g->backend_metric_slot[from]], 1);
-    c->attempts++;
+    mc_add(&sh->m->backend_retries[c->req.sg->g->backend_metric_slot[from]], 1);
+    c->req.attempts++;
     conn_abandon_attempt(c);
-    go(c, (unsigned)b);
+    go(c, (unsigned)b, probe);
     return true;
 }
 

@@ -168,62 +168,34 @@ enum timer_phase { T_HEADER, T_KEEPALIVE, T_CONNECT, T_FIRST_BYTE, T_IDLE, T_QUE
 struct upconn;
 struct usage_meter;
 
-struct conn {
-    struct shard *sh;
-    int fd;
-    uint8_t state;
-    uint8_t ops;                    /* SQEs in flight that name this conn */
-    bool recv_armed;                /* multishot recv in flight */
-    bool recv_paused;               /* input queue full: recv cancelled until drained */
-    bool send_inflight;
-    bool keep_alive;                /* current request allows keep-alive */
-    bool expect_continue;
-    bool sending_continue;          /* our "100 Continue" is the send in flight */
-    bool send_deferred;             /* out is ready but waits for that send */
-    bool in_pinned;                 /* in->data is being read (send in flight): do not move it */
-    bool up_sending;                /* a send to the upstream is in flight */
-    uint8_t splice_ops;             /* splices, tees, inspection reads or their polls in flight: the pipes are busy */
-    bool copy_only;                 /* no pipe could be had: relay by copying */
-    bool client_http10;             /* the request was HTTP/1.0 */
-    bool dechunk;                   /* strip chunk framing for an HTTP/1.0 client */
-    uint8_t tphase;                 /* enum timer_phase */
-    struct timer_node timer;
-    struct conn *next;              /* free list / shard's list of live connections */
-    struct conn *prev;
-    struct xbuf *in;                /* unparsed input: partial head, request body, pipelined requests */
-    struct xbuf *send_buf;          /* the buffer the client send in flight reads (NULL: none or static) */
-    bool send_buf_orphan;           /* released meanwhile: freed when that send completes */
-    struct pipe_pair *pipe_orphan;  /* a pipe a splice may still use: closed when the conn is freed */
-    int up_fd_orphan;               /* an upstream fd a splice may still read: closed when the conn is freed */
-    uint32_t in_body;               /* bytes at in->off that are request body to forward */
-
-    /* ---- the current request (valid outside CS_IDLE/CS_HEAD) ---- */
-    struct shard_gen *sg;
+/* One request on a client connection, from its head to the end of its response.
+ * Born in request_begin() (conn.c), which sets every field: nothing of an earlier
+ * request survives into the next. */
+struct request {
+    struct shard_gen *sg;           /* the generation it started on (NULL: no request) */
     int route;                      /* index in sg->g->cfg->routes, -1 none */
-    int backend;                    /* global backend index, -1 none */
     int pool;                       /* the route's pool (or the one its split chose), -1 none */
-    struct upconn *up;
+    uint8_t method_id;              /* enum http_method */
+    uint8_t body_kind;              /* enum http_body of the request */
+    bool http10;                    /* the request was HTTP/1.0 */
+    bool keep_alive;                /* the connection may carry another request after this one */
+    bool expect_continue;
+    bool body_in_first_send;        /* whole request fits in out: a stale pooled connection can be retried */
+    bool resp_started;              /* a response byte went to the client: too late for another status */
+    uint16_t status;
+    const char *error;              /* why it failed, for the access log */
     struct xbuf *out;               /* head (+body) being sent: upstream request or client response */
     struct xbuf *body;              /* AI routes: the raw head, then the de-chunked body */
     uint32_t body_head_len;
-    struct xbuf *rbuf;              /* upstream response bytes */
-    struct pipe_pair *pipe;
-    uint32_t pipe_bytes;            /* spliced in, not yet out */
-    struct pipe_pair *ipipe;        /* inspection pipe: a tee of the spliced bytes, read for usage */
-    uint32_t ipipe_bytes;           /* teed, not yet read */
-    struct xbuf *ibuf;              /* what the inspection pipe is read into */
-    bool tee_failed;                /* a tee fell short: usage can no longer be read */
-    uint8_t req_method;
-    uint8_t req_body;               /* enum http_body of the request */
-    uint8_t resp_body;              /* enum http_body of the response */
-    bool resp_keep_alive;
-    bool resp_started;              /* a response byte went to the client */
-    bool resp_done;                 /* the upstream response is complete */
-    bool body_in_first_send;        /* whole request fits in out: a stale pooled connection can be retried */
-    bool retried;                   /* resent once on a fresh connection after a stale pooled one */
-    bool upstream_reused;
+    uint32_t in_body;               /* bytes at conn->in's front that are this request's body */
+    uint64_t body_left;             /* BODY_LENGTH: body bytes not yet received */
+    uint64_t body_total;            /* body bytes received so far (max_body) */
+    struct chunked chunked;
+    uint64_t start_us;
+    uint64_t bytes_in, bytes_out;
+
+    /* waiting for capacity and moving between backends (dispatch.c) */
     bool queued;                    /* waiting in sg->queue[pool] */
-    bool probe;                     /* this attempt is its backend's half-open probe */
     bool fell_back;                 /* moved to its pool's fallback (one hop only) */
     uint8_t qprio;                  /* enum priority, while queued */
     uint8_t attempts;               /* backends tried beyond the first */
@@ -231,37 +203,92 @@ struct conn {
     uint64_t queued_us;             /* when it started waiting */
     uint64_t retry_deadline_ms;     /* first attempt + first_byte: no retry after it */
     struct conn *qnext, *qprev;
-    uint16_t status;
-    uint64_t req_body_left;         /* BODY_LENGTH: body bytes not yet received */
-    uint64_t req_body_total;        /* body bytes received so far (max_body) */
-    uint64_t resp_body_left;        /* BODY_LENGTH: bytes still to relay */
-    struct chunked req_chunked, resp_chunked;
-    uint64_t start_us, first_byte_us, last_activity_ms;
-    uint64_t bytes_in, bytes_out;
-    const char *error;
-    char request_id[40];
-    uint8_t request_id_len;
-    uint8_t client_len;
-    char client[48];                /* "ip:port" */
-    char method[16];
-    uint16_t target_len;
-    char target[200];               /* for the access log; truncated */
 
-    /* ---- the caller and its AI request (admission.c) ---- */
+    /* the caller and its AI request (admission.c) */
     int32_t key;                    /* keyring entry in sg's config, -1: anonymous */
     bool ai;                        /* the body was read as an OpenAI request */
     bool stream;
     bool admitted;                  /* holds a reservation to settle */
     uint8_t limit;                  /* enum rl_limit that refused the request */
-    uint32_t retry_after_s;         /* a 429's Retry-After */
-    uint8_t meter;                  /* enum meter_kind (admission.c) */
-    uint8_t model_len;
-    char model[96];                 /* for the access log; truncated */
+    uint32_t retry_after_s;         /* a 429's or 503's Retry-After */
     uint64_t prompt_estimate;
     uint64_t prefix_hash;           /* the prompt's start, for prefix routing; 0: none */
     uint64_t tokens_in, tokens_out; /* counted when the request settled */
     struct rl_ticket ticket;
+
+    /* for the access log; truncated */
+    uint8_t request_id_len;
+    uint8_t model_len;
+    uint16_t target_len;
+    char request_id[40];
+    char method[16];
+    char model[96];
+    char target[200];
+};
+
+/* One try of a request on one backend. Born in attempt_begin() (dispatch.c) when a
+ * backend is chosen; a retry on another backend is a new attempt. */
+struct attempt {
+    int backend;                    /* global backend index holding a slot, -1 none */
+    bool probe;                     /* this attempt is its backend's half-open probe */
+    bool up_sending;                /* a send to the upstream is in flight */
+    bool upstream_reused;           /* the connection came from the idle pool */
+    bool retried;                   /* resent once on a fresh connection after a stale pooled one */
+    struct upconn *up;
+    struct xbuf *rbuf;              /* upstream response bytes */
+    uint64_t first_byte_us;         /* when the response's first byte came */
+};
+
+/* Moving one response body to the client. Born in relay_begin() (relay.c) when
+ * the response head arrives. */
+struct relay {
+    uint8_t resp_body;              /* enum http_body of the response */
+    bool resp_keep_alive;           /* the upstream connection may be reused after it */
+    bool resp_done;                 /* the upstream response is complete */
+    bool dechunk;                   /* strip chunk framing for an HTTP/1.0 client */
+    bool copy_only;                 /* no pipe could be had: relay by copying */
+    bool tee_failed;                /* a tee fell short: usage can no longer be read */
+    uint8_t splice_ops;             /* splices, tees, inspection reads or their polls in flight: the pipes are busy */
+    uint8_t meter;                  /* enum meter_kind (admission.c) */
+    uint64_t resp_body_left;        /* BODY_LENGTH: bytes still to relay */
+    struct chunked resp_chunked;
+    struct pipe_pair *pipe;
+    uint32_t pipe_bytes;            /* spliced in, not yet out */
+    uint32_t ipipe_bytes;           /* teed, not yet read */
+    struct pipe_pair *ipipe;        /* inspection pipe: a tee of the spliced bytes, read for usage */
+    struct xbuf *ibuf;              /* what the inspection pipe is read into */
     struct usage_meter *usage;      /* while a 2xx AI response is metered */
+};
+
+/* A client connection: lives from accept to close and carries one request at a
+ * time (HTTP/1.1; pipelined requests wait in `in`). */
+struct conn {
+    struct shard *sh;
+    int fd;
+    uint8_t state;                  /* enum conn_state */
+    uint8_t ops;                    /* SQEs in flight that name this conn */
+    uint8_t tphase;                 /* enum timer_phase */
+    bool recv_armed;                /* multishot recv in flight */
+    bool recv_paused;               /* input queue full: recv cancelled until drained */
+    bool send_inflight;
+    bool sending_continue;          /* our "100 Continue" is the send in flight */
+    bool send_deferred;             /* out is ready but waits for that send */
+    bool in_pinned;                 /* in->data is being read (send in flight): do not move it */
+    bool send_buf_orphan;           /* released meanwhile: freed when that send completes */
+    uint8_t client_len;
+    struct timer_node timer;
+    struct conn *next;              /* free list / shard's list of live connections */
+    struct conn *prev;
+    struct xbuf *in;                /* unparsed input: partial head, request body, pipelined requests */
+    struct xbuf *send_buf;          /* the buffer the client send in flight reads (NULL: none or static) */
+    struct pipe_pair *pipe_orphan;  /* a pipe a splice may still use: closed when the conn is freed */
+    int up_fd_orphan;               /* an upstream fd a splice may still read: closed when the conn is freed */
+    uint64_t last_activity_ms;      /* a byte moved either way: the idle timer's base */
+    char client[48];                /* "ip" of the peer */
+
+    struct request req;             /* the current request (req.sg == NULL: none) */
+    struct attempt at;              /* its current try on a backend */
+    struct relay relay;             /* its response body on the way */
 } __attribute__((aligned(16)));
 
 /* The usage scanner's state for one response: taken from the shard's free list
@@ -391,7 +418,7 @@ static inline uint32_t gen_outstanding(const struct gen *g, unsigned backend)
 /* conn.c */
 static inline const struct config *conn_config(const struct conn *c)
 {
-    return (c->sg ? c->sg : c->sh->sg)->g->cfg;
+    return (c->req.sg ? c->req.sg : c->sh->sg)->g->cfg;
 }
 void conn_accepted(struct shard *sh, int fd);
 void conn_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe);
@@ -419,7 +446,7 @@ enum priority conn_priority(const struct conn *c);
 struct http_forward conn_forward_info(const struct conn *c);
 
 /* dispatch.c: from a pool to a backend. The request's pool is chosen and its
- * upstream bytes are ready (c->out, or for AI requests c->body, from which the
+ * upstream bytes are ready (c->req.out, or for AI requests c->req.body, from which the
  * forwarded head is written per backend). */
 void dispatch_request(struct conn *c);
 /* An attempt failed before the response reached the client: true if the request
@@ -446,7 +473,7 @@ static inline bool backend_available(const struct gen *g, unsigned b)
 size_t ai_request_start(struct conn *c, const char *src, size_t n, const struct http_request *req);
 ssize_t ai_request_collect(struct conn *c, const char *p, size_t n);
 void ai_request_ready(struct conn *c);
-/* Writes c->out (forwarded head + body) from c->body for c->pool/c->backend.
+/* Writes c->req.out (forwarded head + body) from c->req.body for c->req.pool/c->at.backend.
  * False when it cannot (the error is then sent). */
 bool ai_request_build_out(struct conn *c);
 

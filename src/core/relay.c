@@ -25,8 +25,8 @@ static void relay_next(struct conn *c);
 
 static void relay_abort(struct conn *c, const char *why)
 {
-    c->error = why;
-    c->resp_keep_alive = false;
+    c->req.error = why;
+    c->relay.resp_keep_alive = false;
     conn_close(c);
 }
 
@@ -42,7 +42,7 @@ static void on_chunk_data(void *ctx, const char *p, size_t n)
 {
     struct body_view *d = ctx;
     admission_meter(d->c, p, n);
-    if (d->c->dechunk) {
+    if (d->c->relay.dechunk) {
         memmove(d->dst + d->len, p, n);
         d->len += n;
     }
@@ -55,31 +55,31 @@ static void on_chunk_data(void *ctx, const char *p, size_t n)
 static ssize_t classify_response_body(struct conn *c, char *p, size_t n)
 {
     size_t k = 0;
-    switch (c->resp_body) {
+    switch (c->relay.resp_body) {
     case BODY_NONE:
-        c->resp_done = true;
+        c->relay.resp_done = true;
         break;
     case BODY_LENGTH:
-        k = n < c->resp_body_left ? n : (size_t)c->resp_body_left;
-        c->resp_body_left -= k;
-        if (c->resp_body_left == 0)
-            c->resp_done = true;
+        k = n < c->relay.resp_body_left ? n : (size_t)c->relay.resp_body_left;
+        c->relay.resp_body_left -= k;
+        if (c->relay.resp_body_left == 0)
+            c->relay.resp_done = true;
         admission_meter(c, p, k);
         break;
     case BODY_CHUNKED: {
         const char *why = NULL;
         struct body_view d = { c, p, 0 };
-        bool see_data = c->dechunk || c->meter;
-        ssize_t r = chunked_scan(&c->resp_chunked, p, n, see_data ? on_chunk_data : NULL, &d, &why);
+        bool see_data = c->relay.dechunk || c->relay.meter;
+        ssize_t r = chunked_scan(&c->relay.resp_chunked, p, n, see_data ? on_chunk_data : NULL, &d, &why);
         if (r < 0) {
-            c->error = why;
+            c->req.error = why;
             return -1;
         }
-        if (c->resp_chunked.done)
-            c->resp_done = true;
-        if (c->dechunk) {
+        if (c->relay.resp_chunked.done)
+            c->relay.resp_done = true;
+        if (c->relay.dechunk) {
             if ((size_t)r < n)
-                c->resp_keep_alive = false;
+                c->relay.resp_keep_alive = false;
             if (d.len)
                 mc_add(&c->sh->m->relay_bytes[RELAY_COPY], d.len);
             return (ssize_t)d.len;
@@ -93,7 +93,7 @@ static ssize_t classify_response_body(struct conn *c, char *p, size_t n)
         break;
     }
     if (k < n)
-        c->resp_keep_alive = false;
+        c->relay.resp_keep_alive = false;
     if (k)
         mc_add(&c->sh->m->relay_bytes[RELAY_COPY], k);
     return (ssize_t)k;
@@ -111,27 +111,34 @@ static void drop_backend_ratelimit_headers(struct http_response *resp)
     }
 }
 
+/* The response's relay begins: every per-relay field starts here. */
+static void relay_begin(struct conn *c, const struct http_response *resp)
+{
+    c->relay = (struct relay){
+        .resp_body = resp->body,
+        .resp_keep_alive = resp->keep_alive,
+        .resp_body_left = resp->content_length,
+    };
+    chunked_init(&c->relay.resp_chunked);
+}
+
 void relay_response_head(struct conn *c, const struct http_response *resp)
 {
     struct shard *sh = c->sh;
-    c->status = (uint16_t)resp->status;
-    c->resp_body = resp->body;
-    c->resp_keep_alive = resp->keep_alive;
-    c->resp_body_left = resp->content_length;
-    c->resp_done = false;
-    chunked_init(&c->resp_chunked);
+    c->req.status = (uint16_t)resp->status;
+    relay_begin(c, resp);
     admission_meter_start(c, resp->status);
     /* a close-delimited body can only be passed on close-delimited */
-    bool keep = c->keep_alive && !sh->draining && resp->body != BODY_UNTIL_CLOSE;
+    bool keep = c->req.keep_alive && !sh->draining && resp->body != BODY_UNTIL_CLOSE;
     /* HTTP/1.0 clients know no chunked coding: de-chunk and close-delimit */
-    c->dechunk = c->client_http10 && resp->body == BODY_CHUNKED;
-    if (c->dechunk)
+    c->relay.dechunk = c->req.http10 && resp->body == BODY_CHUNKED;
+    if (c->relay.dechunk)
         keep = false;
-    c->keep_alive = keep;
+    c->req.keep_alive = keep;
 
-    size_t body_at = c->rbuf->off + resp->head_len;
-    char *p = c->rbuf->data + body_at;
-    size_t avail = c->rbuf->len - body_at;
+    size_t body_at = c->at.rbuf->off + resp->head_len;
+    char *p = c->at.rbuf->data + body_at;
+    size_t avail = c->at.rbuf->len - body_at;
     ssize_t k = classify_response_body(c, p, avail);
     if (k < 0) {
         conn_upstream_failed(c, EPROTO, "malformed chunked response from upstream");
@@ -146,11 +153,11 @@ void relay_response_head(struct conn *c, const struct http_response *resp)
     size_t elen = 0;
     memcpy(extra, "x-request-id: ", 14);
     elen = 14;
-    memcpy(extra + elen, c->request_id, c->request_id_len);
-    elen += c->request_id_len;
+    memcpy(extra + elen, c->req.request_id, c->req.request_id_len);
+    elen += c->req.request_id_len;
     extra[elen++] = '\r';
     extra[elen++] = '\n';
-    if (c->ai) {
+    if (c->req.ai) {
         size_t rl = admission_headers(c, extra + elen, RL_HEADERS_MAX);
         elen += rl;
         if (rl)
@@ -158,7 +165,7 @@ void relay_response_head(struct conn *c, const struct http_response *resp)
     }
     struct http_response *framing = &sh->scratch_resp;   /* == resp */
     uint8_t body_kind = framing->body;
-    if (c->dechunk)
+    if (c->relay.dechunk)
         framing->body = BODY_UNTIL_CLOSE;
     size_t hlen = http_write_client_head(out->data, sh->xbuf_size, framing, keep, (struct slice){ extra, elen });
     framing->body = body_kind;
@@ -173,11 +180,11 @@ void relay_response_head(struct conn *c, const struct http_response *resp)
     out->len = (uint32_t)(hlen + copy);
     out->off = 0;
     /* what did not fit waits in rbuf and is sent next */
-    c->rbuf->off = (uint32_t)(body_at + copy);
-    c->rbuf->len = (uint32_t)(body_at + (size_t)k);
-    c->out = out;
+    c->at.rbuf->off = (uint32_t)(body_at + copy);
+    c->at.rbuf->len = (uint32_t)(body_at + (size_t)k);
+    c->req.out = out;
     c->state = CS_RELAY;
-    c->resp_started = true;
+    c->req.resp_started = true;
     c->last_activity_ms = sh->now_ms;
     conn_set_timer(c, T_IDLE, conn_timeouts(c)->idle_ms);
     conn_send_out(c);
@@ -187,12 +194,12 @@ void relay_response_head(struct conn *c, const struct http_response *resp)
 
 static void copy_recv(struct conn *c)
 {
-    c->rbuf->off = c->rbuf->len = 0;
+    c->at.rbuf->off = c->at.rbuf->len = 0;
     struct io_uring_sqe *sqe = shard_sqe(c->sh);
-    io_uring_prep_recv(sqe, c->up->fd, c->rbuf->data, c->sh->xbuf_size, 0);
-    io_uring_sqe_set_data64(sqe, ud_make(c->up, OP_UP_RECV));
-    c->up->ops++;
-    c->up->io_buf = c->rbuf;
+    io_uring_prep_recv(sqe, c->at.up->fd, c->at.rbuf->data, c->sh->xbuf_size, 0);
+    io_uring_sqe_set_data64(sqe, ud_make(c->at.up, OP_UP_RECV));
+    c->at.up->ops++;
+    c->at.up->io_buf = c->at.rbuf;
 }
 
 void relay_on_upstream_recv(struct conn *c, int res)
@@ -203,22 +210,22 @@ void relay_on_upstream_recv(struct conn *c, int res)
     }
     c->last_activity_ms = c->sh->now_ms;
     if (res == 0) {
-        if (c->resp_body != BODY_UNTIL_CLOSE) {
+        if (c->relay.resp_body != BODY_UNTIL_CLOSE) {
             relay_abort(c, "upstream closed mid-response");
             return;
         }
-        c->resp_done = true;
-        c->resp_keep_alive = false;
+        c->relay.resp_done = true;
+        c->relay.resp_keep_alive = false;
         relay_next(c);
         return;
     }
-    ssize_t k = classify_response_body(c, c->rbuf->data, (size_t)res);
+    ssize_t k = classify_response_body(c, c->at.rbuf->data, (size_t)res);
     if (k < 0) {
         relay_abort(c, "malformed chunked response from upstream");
         return;
     }
-    c->rbuf->off = 0;
-    c->rbuf->len = (uint32_t)k;
+    c->at.rbuf->off = 0;
+    c->at.rbuf->len = (uint32_t)k;
     relay_next(c);
 }
 
@@ -230,27 +237,27 @@ void relay_on_upstream_recv(struct conn *c, int res)
 static void splice_in(struct conn *c)
 {
     size_t len = PIPE_CHUNK;
-    if (c->resp_body == BODY_LENGTH && c->resp_body_left < len)
-        len = (size_t)c->resp_body_left;
-    if (c->resp_body == BODY_CHUNKED && chunked_data_left(&c->resp_chunked) < len)
-        len = (size_t)chunked_data_left(&c->resp_chunked);
+    if (c->relay.resp_body == BODY_LENGTH && c->relay.resp_body_left < len)
+        len = (size_t)c->relay.resp_body_left;
+    if (c->relay.resp_body == BODY_CHUNKED && chunked_data_left(&c->relay.resp_chunked) < len)
+        len = (size_t)chunked_data_left(&c->relay.resp_chunked);
     struct io_uring_sqe *sqe = shard_sqe(c->sh);
-    io_uring_prep_splice(sqe, c->up->fd, -1, c->pipe->wr, -1, (unsigned)len,
+    io_uring_prep_splice(sqe, c->at.up->fd, -1, c->relay.pipe->wr, -1, (unsigned)len,
                          SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
     io_uring_sqe_set_data64(sqe, ud_make(c, OP_SPLICE_IN));
     c->ops++;
-    c->splice_ops++;
-    c->up->splice_pending = true;
+    c->relay.splice_ops++;
+    c->at.up->splice_pending = true;
 }
 
 static void splice_out(struct conn *c)
 {
     struct io_uring_sqe *sqe = shard_sqe(c->sh);
-    io_uring_prep_splice(sqe, c->pipe->rd, -1, c->fd, -1, c->pipe_bytes,
+    io_uring_prep_splice(sqe, c->relay.pipe->rd, -1, c->fd, -1, c->relay.pipe_bytes,
                          SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
     io_uring_sqe_set_data64(sqe, ud_make(c, OP_SPLICE_OUT));
     c->ops++;
-    c->splice_ops++;
+    c->relay.splice_ops++;
 }
 
 /* Usage metering on the splice path: the bytes just spliced in are duplicated
@@ -259,11 +266,11 @@ static void splice_out(struct conn *c)
 static void tee_then_splice_out(struct conn *c)
 {
     struct io_uring_sqe *sqe = shard_sqe(c->sh);
-    io_uring_prep_tee(sqe, c->pipe->rd, c->ipipe->wr, c->pipe_bytes, SPLICE_F_NONBLOCK);
+    io_uring_prep_tee(sqe, c->relay.pipe->rd, c->relay.ipipe->wr, c->relay.pipe_bytes, SPLICE_F_NONBLOCK);
     io_uring_sqe_set_data64(sqe, ud_make(c, OP_TEE));
     sqe->flags |= IOSQE_IO_LINK;
     c->ops++;
-    c->splice_ops++;
+    c->relay.splice_ops++;
     splice_out(c);
 }
 
@@ -271,23 +278,23 @@ static void tee_then_splice_out(struct conn *c)
  * so this completes inline) and meters it. */
 static void inspect_read(struct conn *c)
 {
-    uint32_t len = c->ipipe_bytes < c->ibuf->cap ? c->ipipe_bytes : c->ibuf->cap;
+    uint32_t len = c->relay.ipipe_bytes < c->relay.ibuf->cap ? c->relay.ipipe_bytes : c->relay.ibuf->cap;
     struct io_uring_sqe *sqe = shard_sqe(c->sh);
-    io_uring_prep_read(sqe, c->ipipe->rd, c->ibuf->data, len, 0);
+    io_uring_prep_read(sqe, c->relay.ipipe->rd, c->relay.ibuf->data, len, 0);
     io_uring_sqe_set_data64(sqe, ud_make(c, OP_INSPECT_READ));
     c->ops++;
-    c->splice_ops++;
+    c->relay.splice_ops++;
 }
 
 /* The inspection lost bytes: usage can no longer be read from this response
  * (admission settles it conservatively); the relay goes on unmetered. */
 static void inspect_give_up(struct conn *c)
 {
-    c->tee_failed = true;
-    if (c->ipipe_bytes) {
-        pipe_put(c->sh, c->ipipe, false);
-        c->ipipe = NULL;
-        c->ipipe_bytes = 0;
+    c->relay.tee_failed = true;
+    if (c->relay.ipipe_bytes) {
+        pipe_put(c->sh, c->relay.ipipe, false);
+        c->relay.ipipe = NULL;
+        c->relay.ipipe_bytes = 0;
     }
 }
 
@@ -297,21 +304,21 @@ static void poll_fd(struct conn *c, int fd, unsigned events, enum op op)
     io_uring_prep_poll_add(sqe, fd, events);
     io_uring_sqe_set_data64(sqe, ud_make(c, op));
     c->ops++;
-    c->splice_ops++;
+    c->relay.splice_ops++;
 }
 
 static bool metering_spliced(const struct conn *c)
 {
-    return c->meter && c->ipipe && !c->tee_failed;
+    return c->relay.meter && c->relay.ipipe && !c->relay.tee_failed;
 }
 
 void relay_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe)
 {
     int res = cqe->res;
-    c->splice_ops--;
-    if (c->up && op == OP_SPLICE_IN)
-        c->up->splice_pending = false;
-    if (c->state != CS_RELAY || !c->up) {
+    c->relay.splice_ops--;
+    if (c->at.up && op == OP_SPLICE_IN)
+        c->at.up->splice_pending = false;
+    if (c->state != CS_RELAY || !c->at.up) {
         /* the request ended under us (client gone): a pipe with bytes in flight is discarded */
         return;
     }
@@ -319,28 +326,28 @@ void relay_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe)
     switch (op) {
     case OP_SPLICE_IN:
         if (res > 0) {
-            c->pipe_bytes += (uint32_t)res;
-            if (c->resp_body == BODY_LENGTH) {
-                c->resp_body_left -= (uint64_t)res;
-                if (c->resp_body_left == 0)
-                    c->resp_done = true;
-            } else if (c->resp_body == BODY_CHUNKED) {
-                chunked_skip_data(&c->resp_chunked, (uint64_t)res);
+            c->relay.pipe_bytes += (uint32_t)res;
+            if (c->relay.resp_body == BODY_LENGTH) {
+                c->relay.resp_body_left -= (uint64_t)res;
+                if (c->relay.resp_body_left == 0)
+                    c->relay.resp_done = true;
+            } else if (c->relay.resp_body == BODY_CHUNKED) {
+                chunked_skip_data(&c->relay.resp_chunked, (uint64_t)res);
             }
             if (metering_spliced(c))
                 tee_then_splice_out(c);
             else
                 splice_out(c);
         } else if (res == 0) {
-            if (c->resp_body != BODY_UNTIL_CLOSE) {
+            if (c->relay.resp_body != BODY_UNTIL_CLOSE) {
                 relay_abort(c, "upstream closed mid-response");
                 return;
             }
-            c->resp_done = true;
-            c->resp_keep_alive = false;
+            c->relay.resp_done = true;
+            c->relay.resp_keep_alive = false;
             relay_next(c);
         } else if (res == -EAGAIN) {
-            poll_fd(c, c->up->fd, POLLIN | POLLRDHUP, OP_POLL_IN);
+            poll_fd(c, c->at.up->fd, POLLIN | POLLRDHUP, OP_POLL_IN);
         } else {
             relay_abort(c, "upstream reset mid-response");
         }
@@ -356,26 +363,26 @@ void relay_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe)
         /* an empty inspection pipe as large as the relay pipe takes it all; a
          * short tee also cancelled the linked splice out (retried below) */
         if (res > 0)
-            c->ipipe_bytes += (uint32_t)res;
-        if (res < 0 || (uint32_t)res < c->pipe_bytes)
+            c->relay.ipipe_bytes += (uint32_t)res;
+        if (res < 0 || (uint32_t)res < c->relay.pipe_bytes)
             inspect_give_up(c);
         return;
     case OP_INSPECT_READ:
         if (res <= 0) {
             inspect_give_up(c);
         } else {
-            admission_meter(c, c->ibuf->data, (size_t)res);
-            c->ipipe_bytes -= (uint32_t)res;
+            admission_meter(c, c->relay.ibuf->data, (size_t)res);
+            c->relay.ipipe_bytes -= (uint32_t)res;
         }
-        if (!c->splice_ops)
+        if (!c->relay.splice_ops)
             relay_next(c);
         return;
     case OP_SPLICE_OUT:
         if (res > 0) {
-            c->pipe_bytes -= (uint32_t)res;
-            c->bytes_out += (uint64_t)res;
+            c->relay.pipe_bytes -= (uint32_t)res;
+            c->req.bytes_out += (uint64_t)res;
             mc_add(&c->sh->m->relay_bytes[RELAY_SPLICE], (uint64_t)res);
-            if (c->pipe_bytes > 0)
+            if (c->relay.pipe_bytes > 0)
                 splice_out(c);
             else
                 relay_next(c);
@@ -402,46 +409,46 @@ void relay_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe)
 static void relay_next(struct conn *c)
 {
     struct shard *sh = c->sh;
-    if (c->rbuf && c->rbuf->off < c->rbuf->len) {
+    if (c->at.rbuf && c->at.rbuf->off < c->at.rbuf->len) {
         conn_send_rbuf(c);
         return;
     }
-    if (c->ipipe_bytes) {
+    if (c->relay.ipipe_bytes) {
         inspect_read(c);
         return;
     }
-    if (c->resp_done) {
+    if (c->relay.resp_done) {
         conn_response_done(c);
         return;
     }
-    bool spliceable = !c->copy_only &&
-                      (c->resp_body == BODY_LENGTH || c->resp_body == BODY_UNTIL_CLOSE ||
-                       (c->resp_body == BODY_CHUNKED &&
-                        chunked_data_left(&c->resp_chunked) >= SPLICE_MIN_CHUNK_DATA));
-    if (spliceable && !c->pipe) {
-        c->pipe = pipe_get(sh);
-        if (!c->pipe)
-            c->copy_only = true;    /* out of pipes: copying still works */
+    bool spliceable = !c->relay.copy_only &&
+                      (c->relay.resp_body == BODY_LENGTH || c->relay.resp_body == BODY_UNTIL_CLOSE ||
+                       (c->relay.resp_body == BODY_CHUNKED &&
+                        chunked_data_left(&c->relay.resp_chunked) >= SPLICE_MIN_CHUNK_DATA));
+    if (spliceable && !c->relay.pipe) {
+        c->relay.pipe = pipe_get(sh);
+        if (!c->relay.pipe)
+            c->relay.copy_only = true;    /* out of pipes: copying still works */
     }
     /* metered bodies splice only with a place to inspect them */
-    if (spliceable && c->pipe && c->meter && !c->tee_failed && !c->ipipe) {
-        c->ipipe = pipe_get(sh);
-        c->ibuf = c->ipipe ? xbuf_get(sh) : NULL;
-        if (!c->ibuf) {
-            pipe_put(sh, c->ipipe, true);
-            c->ipipe = NULL;
+    if (spliceable && c->relay.pipe && c->relay.meter && !c->relay.tee_failed && !c->relay.ipipe) {
+        c->relay.ipipe = pipe_get(sh);
+        c->relay.ibuf = c->relay.ipipe ? xbuf_get(sh) : NULL;
+        if (!c->relay.ibuf) {
+            pipe_put(sh, c->relay.ipipe, true);
+            c->relay.ipipe = NULL;
             spliceable = false;     /* copying meters as it goes */
         }
     }
-    if (spliceable && c->pipe) {
-        conn_drop_buf(c, c->rbuf);  /* long bodies hold a pipe, not a buffer */
-        c->rbuf = NULL;
+    if (spliceable && c->relay.pipe) {
+        conn_drop_buf(c, c->at.rbuf);  /* long bodies hold a pipe, not a buffer */
+        c->at.rbuf = NULL;
         splice_in(c);
         return;
     }
-    if (!c->rbuf) {
-        c->rbuf = xbuf_get(sh);
-        if (!c->rbuf) {
+    if (!c->at.rbuf) {
+        c->at.rbuf = xbuf_get(sh);
+        if (!c->at.rbuf) {
             relay_abort(c, "out of memory");
             return;
         }
@@ -452,16 +459,16 @@ static void relay_next(struct conn *c)
 /* The client took n bytes of what we sent from out (the head) or rbuf (body). */
 void relay_client_sent(struct conn *c, int n)
 {
-    if (c->out) {
-        c->out->off += (uint32_t)n;
-        if (c->out->off < c->out->len) {
+    if (c->req.out) {
+        c->req.out->off += (uint32_t)n;
+        if (c->req.out->off < c->req.out->len) {
             conn_send_out(c);
             return;
         }
-        conn_drop_buf(c, c->out);
-        c->out = NULL;
-    } else if (c->rbuf) {
-        c->rbuf->off += (uint32_t)n;
+        conn_drop_buf(c, c->req.out);
+        c->req.out = NULL;
+    } else if (c->at.rbuf) {
+        c->at.rbuf->off += (uint32_t)n;
     }
     relay_next(c);
 }

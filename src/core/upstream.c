@@ -82,7 +82,7 @@ void upconn_close(struct upconn *u)
 
 static void count_upstream_conn(struct conn *c, enum upstream_conn_kind kind)
 {
-    int slot = c->sg->g->backend_metric_slot[c->backend];
+    int slot = c->req.sg->g->backend_metric_slot[c->at.backend];
     if (slot >= 0)
         mc_add(&c->sh->m->upstream_conns[slot][kind], 1);
 }
@@ -90,7 +90,7 @@ static void count_upstream_conn(struct conn *c, enum upstream_conn_kind kind)
 void upstream_acquire_new(struct conn *c)
 {
     struct shard *sh = c->sh;
-    const struct cfg_addr *addr = &c->sg->g->backend_cfg[c->backend]->addr;
+    const struct cfg_addr *addr = &c->req.sg->g->backend_cfg[c->at.backend]->addr;
     /* Creating a socket is a plain syscall: it happens once per upstream connection,
      * not per request, since connections are pooled. */
     int fd = socket(addr->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -116,11 +116,11 @@ void upstream_acquire_new(struct conn *c)
     u->fd = fd;
     u->state = UP_CONNECTING;
     u->owner = c;
-    u->sg = c->sg;
-    u->backend = (unsigned)c->backend;
+    u->sg = c->req.sg;
+    u->backend = (unsigned)c->at.backend;
     u->timer.kind = TIMER_UPCONN;
-    c->up = u;
-    c->upstream_reused = false;
+    c->at.up = u;
+    c->at.upstream_reused = false;
     sh->nupconns++;
     mg_add(&sh->m->connections[SIDE_UPSTREAM], 1);
     count_upstream_conn(c, UPCONN_NEW);
@@ -129,12 +129,12 @@ void upstream_acquire_new(struct conn *c)
     io_uring_prep_connect(sqe, fd, (const struct sockaddr *)&addr->sa, addr->salen);
     io_uring_sqe_set_data64(sqe, ud_make(u, OP_UP_CONNECT));
     u->ops++;
-    conn_set_timer(c, T_CONNECT, c->sg->g->cfg->timeouts.connect_ms);
+    conn_set_timer(c, T_CONNECT, c->req.sg->g->cfg->timeouts.connect_ms);
 }
 
 void upstream_acquire(struct conn *c)
 {
-    struct upconn **head = &c->sg->idle[c->backend];
+    struct upconn **head = &c->req.sg->idle[c->at.backend];
     struct upconn *u = *head;
     if (!u) {
         upstream_acquire_new(c);
@@ -152,8 +152,8 @@ void upstream_acquire(struct conn *c)
     }
     u->state = UP_BUSY;
     u->owner = c;
-    c->up = u;
-    c->upstream_reused = true;
+    c->at.up = u;
+    c->at.upstream_reused = true;
     count_upstream_conn(c, UPCONN_REUSED);
     conn_upstream_ready(c);
 }
