@@ -42,15 +42,37 @@ const struct cfg_timeouts *conn_timeouts(const struct conn *c)
     return &conn_config(c)->timeouts;
 }
 
+/* A raw route's request body still arriving while it is forwarded. */
+static bool streaming_body(const struct conn *c)
+{
+    return c->state == CS_UPSTREAM && c->req.sg && !conn_request_body_complete(c);
+}
+
+/* Reads from the client. Between requests and while waiting for a response, a
+ * multishot recv: an idle connection then holds no buffer and costs no SQE per
+ * read. While a request body streams upstream, one buffer at a time, re-armed
+ * only when the queue has room: the client is slowed to the backend's pace
+ * (TCP flow control) instead of aigw buffering whatever it sends. */
 static void arm_recv(struct conn *c)
 {
     struct io_uring_sqe *sqe = shard_sqe(c->sh);
-    io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+    c->recv_multishot = !streaming_body(c);
+    if (c->recv_multishot)
+        io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+    else
+        io_uring_prep_recv(sqe, c->fd, NULL, 0, 0);
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = RECV_BUF_GROUP;
     io_uring_sqe_set_data64(sqe, ud_make(c, OP_CLIENT_RECV));
     c->recv_armed = true;
     c->ops++;
+}
+
+static void cancel_recv(struct conn *c)
+{
+    struct io_uring_sqe *sqe = shard_sqe(c->sh);
+    io_uring_prep_cancel64(sqe, ud_make(c, OP_CLIENT_RECV), 0);
+    io_uring_sqe_set_data64(sqe, 0);
 }
 
 /* Stops reading from a client whose queued input is full; resumed by resume_recv. */
@@ -59,16 +81,23 @@ static void pause_recv(struct conn *c)
     if (c->recv_paused)
         return;
     c->recv_paused = true;
-    if (c->recv_armed) {
-        struct io_uring_sqe *sqe = shard_sqe(c->sh);
-        io_uring_prep_cancel64(sqe, ud_make(c, OP_CLIENT_RECV), 0);
-        io_uring_sqe_set_data64(sqe, 0);
-    }
+    /* a one-shot recv brings at most one more buffer: let it finish */
+    if (c->recv_armed && c->recv_multishot)
+        cancel_recv(c);
+}
+
+/* Enough queued, or no room for one more receive buffer while a send reads the
+ * queue (it cannot be moved then, and it must not grow without bound). */
+static bool in_queue_full(const struct conn *c)
+{
+    return c->in && (c->in->len - c->in->off >= c->sh->xbuf_size / 2 ||
+                     (c->in_pinned && c->in->cap - c->in->len < RECV_BUF_SIZE));
 }
 
 static void resume_recv(struct conn *c)
 {
-    if (!c->recv_paused)
+    /* a streaming body waits until the backend took some of the queue */
+    if (!c->recv_paused || (streaming_body(c) && in_queue_full(c)))
         return;
     c->recv_paused = false;
     if (!c->recv_armed && c->state != CS_CLOSING)
@@ -617,6 +646,17 @@ static bool in_reserve(struct conn *c)
     return true;
 }
 
+/* Moves the unconsumed input to the front of its buffer. */
+static void in_compact(struct conn *c)
+{
+    struct xbuf *b = c->in;
+    if (!b || b->off == 0 || c->in_pinned)
+        return;
+    memmove(b->data, b->data + b->off, b->len - b->off);
+    b->len -= b->off;
+    b->off = 0;
+}
+
 /* Appends received bytes to c->in; returns false if they did not all fit. */
 static bool in_append(struct conn *c, const char *p, size_t n)
 {
@@ -624,11 +664,8 @@ static bool in_append(struct conn *c, const char *p, size_t n)
         return false;
     struct xbuf *b = c->in;
     uint32_t cap = c->sh->xbuf_size;
-    if (b->len + n > b->cap && b->off > 0 && !c->in_pinned) {
-        memmove(b->data, b->data + b->off, b->len - b->off);
-        b->len -= b->off;
-        b->off = 0;
-    }
+    if (b->len + n > b->cap)
+        in_compact(c);
     if (b->len + n > b->cap) {
         /* Completions already queued when we paused reading can overshoot the queue;
          * the kernel has handed us those bytes, so keep them in a larger block. */
@@ -767,12 +804,16 @@ static void on_busy_bytes(struct conn *c, const char *p, size_t n)
         }
         c->req.in_body += (uint32_t)k;
         pump_request_body(c);
+        /* the body goes on at the backend's pace: from the multishot recv to one
+         * buffer at a time (what the multishot already brought is queued) */
+        if (c->recv_armed && c->recv_multishot && streaming_body(c))
+            cancel_recv(c);
     } else if (!in_append(c, p, n)) {
         c->req.error = "client sent more than aigw queues while busy";
         conn_send_error(c, 400, "invalid_request_error", NULL, "too much data sent ahead of the response");
         return;
     }
-    if (c->in && c->in->len - c->in->off >= c->sh->xbuf_size / 2)
+    if (in_queue_full(c))
         pause_recv(c);
 }
 
@@ -948,6 +989,9 @@ static void on_up_sent(struct conn *c, int res)
         if (c->in->off == c->in->len) {
             conn_drop_buf(c, c->in);
             c->in = NULL;
+        } else {
+            /* no send reads the queue now: room at its end for the next buffer */
+            in_compact(c);
         }
         resume_recv(c);
     }

@@ -268,7 +268,8 @@ struct conn {
     uint8_t state;                  /* enum conn_state */
     uint8_t ops;                    /* SQEs in flight that name this conn */
     uint8_t tphase;                 /* enum timer_phase */
-    bool recv_armed;                /* multishot recv in flight */
+    bool recv_armed;                /* a recv in flight */
+    bool recv_multishot;            /* ... and it is the multishot one (else one buffer) */
     bool recv_paused;               /* input queue full: recv cancelled until drained */
     bool send_inflight;
     bool sending_continue;          /* our "100 Continue" is the send in flight */

@@ -185,6 +185,7 @@ struct h_gw {
     char tag[32];
     char conf[512];
     char server_extra[512];   /* extra lines for [server] */
+    char max_body[16];        /* [server] max_body; empty: 1m */
     char timeouts[512];       /* [timeouts] body; empty: the defaults below */
     char body[4096];          /* pools and routes */
     int shards;               /* [server] shards; 0: 2 (queues are per shard: some tests want 1) */
