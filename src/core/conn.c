@@ -1007,8 +1007,12 @@ static void on_up_head(struct conn *c, int res)
                       res == 0 ? "upstream closed before answering" : "upstream reset before answering");
         return;
     }
-    if (!c->at.first_byte_us)
+    if (!c->at.first_byte_us) {
+        /* first_byte is met: the rest of the head may come at the idle pace */
         c->at.first_byte_us = sh->now_us;
+        arm_timer(c, T_IDLE, conn_config(c)->timeouts.idle_ms);
+    }
+    c->last_activity_ms = sh->now_ms;
     c->at.rbuf->len += (uint32_t)res;
     struct http_response *resp = &sh->scratch_resp;
     for (;;) {

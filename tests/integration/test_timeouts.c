@@ -7,9 +7,11 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 TestSuite(timeouts, .init = h_setup, .fini = h_teardown, .timeout = 60);
@@ -192,5 +194,55 @@ Test(timeouts, stalled_request_body_is_408_not_blamed_on_the_backend)
     cr_assert(took >= 1800, "408 after only %lld ms (idle = 2s)", (long long)took);
     h_resp_free(&r);
     h_close(&c);
+    h_finish();
+}
+
+/* first_byte is met by the response's first byte: a head trickling in after it
+ * is held to the idle timeout, not to first_byte. */
+static void *trickling_head_backend(void *arg)
+{
+    int lfd = *(int *)arg;
+    int fd = accept(lfd, NULL, NULL);
+    if (fd < 0)
+        return NULL;
+    static const char *const pieces[] = { "HTTP/1.1 200 OK\r\n", "Content-Type: text/plain\r\n",
+                                          "Content-Length: 2\r\n", "X-Trickle: yes\r\n", "\r\nok" };
+    if (h_read_request(fd))
+        for (size_t i = 0; i < sizeof pieces / sizeof *pieces; i++) {
+            if (i)
+                usleep(500 * 1000);     /* the backend's pace: 2 s for the whole head */
+            if (!h_write_all(fd, pieces[i], strlen(pieces[i])))
+                break;
+        }
+    /* until aigw lets go of the connection (bounded) */
+    struct timeval tv = { .tv_sec = 5 };
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char sink[256];
+    while (read(fd, sink, sizeof sink) > 0)
+        ;
+    close(fd);
+    return NULL;
+}
+
+Test(timeouts, first_byte_ends_with_the_first_byte_not_the_whole_head)
+{
+    int port;
+    int lfd = h_listen_loopback(&port);
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, trickling_head_backend, &lfd), 0);
+    struct h_gw g = {0};
+    h_gw_config(&g, "connect = 1s\nfirst_byte = 1s\nidle = 3s\nclient_header = 1s\nkeepalive = 1s\n",
+                H_STD_ROUTES, port);
+    H_GW(&g);
+
+    struct h_resp r;
+    int rc = h_get(g.port, "/v1/slow-head", &r, 10000 * h_slow());
+    cr_assert_eq(rc, H_OK, "no response (%d); aigw stderr:\n%s", rc, h_tail(g.tag));
+    cr_assert_eq(r.status, 200, "a head that began at once but took 2 s got %d: %s", r.status, r.body);
+    cr_assert_str_eq(r.body, "ok");
+    cr_assert_str_eq(h_header(&r, "x-trickle"), "yes");
+    h_resp_free(&r);
+    pthread_join(t, NULL);
+    close(lfd);
     h_finish();
 }
