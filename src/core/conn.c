@@ -16,6 +16,7 @@
 #include "core/accesslog.h"
 #include "core/admission.h"
 #include "core/log.h"
+#include "core/transport.h"
 #include "policy/keys.h"
 #include "proto/openai.h"
 
@@ -104,15 +105,10 @@ static void resume_recv(struct conn *c)
         arm_recv(c);
 }
 
-/* Sends out[off..len) to the client. Exactly one client send is in flight at a time. */
+/* Sends p[0..n) to the client. Exactly one client send is in flight at a time. */
 static void client_send(struct conn *c, struct xbuf *owner, const char *p, size_t n)
 {
-    struct io_uring_sqe *sqe = shard_sqe(c->sh);
-    io_uring_prep_send(sqe, c->fd, p, n, MSG_NOSIGNAL);
-    io_uring_sqe_set_data64(sqe, ud_make(c, OP_CLIENT_SEND));
-    c->send_inflight = true;
-    c->send_buf = owner;
-    c->ops++;
+    c->tr->send(c, owner, p, n);
 }
 
 /* Lets go of a buffer. One that an SQE in flight still reads or fills is handed to
@@ -229,6 +225,7 @@ void conn_accepted(struct shard *sh, int fd)
     memset(c, 0, sizeof *c);
     c->sh = sh;
     c->fd = fd;
+    c->tr = &transport_plain;
     c->up_fd_orphan = -1;
     c->state = CS_IDLE;
     c->timer.kind = TIMER_CONN;
@@ -257,8 +254,9 @@ void conn_accepted(struct shard *sh, int fd)
     arm_timer(c, T_HEADER, conn_config(c)->timeouts.client_header_ms);
 }
 
-/* Abandons the current request (if any): upstream closed, accounting done. */
-static void request_abort(struct conn *c, int status)
+/* The connection closes under the current request (if any): it ends with
+ * `status` unless it already has one, and is logged and settled as usual. */
+static void request_end_on_close(struct conn *c, int status)
 {
     if (!c->req.sg)
         return;
@@ -276,7 +274,7 @@ void conn_close(struct conn *c)
     conn_drop_buf(c, c->in);    /* while c->at.up is attached: a send may read it */
     c->in = NULL;
     /* a client gone mid-request: 499 in logs and metrics, as nginx counts it */
-    request_abort(c, 499);
+    request_end_on_close(c, 499);
     struct shard *sh = c->sh;
     timer_disarm(&sh->timers, &c->timer);
     c->prev->next = c->next;
@@ -817,6 +815,15 @@ static void on_busy_bytes(struct conn *c, const char *p, size_t n)
         pause_recv(c);
 }
 
+/* What the transport delivers: a request head, or bytes while a request runs. */
+static void on_client_bytes(struct conn *c, const char *p, size_t n)
+{
+    if (c->state == CS_IDLE || c->state == CS_HEAD)
+        on_head_bytes(c, p, n);
+    else if (c->state != CS_CLOSING)
+        on_busy_bytes(c, p, n);
+}
+
 static void on_recv(struct conn *c, struct io_uring_cqe *cqe)
 {
     struct shard *sh = c->sh;
@@ -825,11 +832,7 @@ static void on_recv(struct conn *c, struct io_uring_cqe *cqe)
         c->recv_armed = false;
     if (res > 0) {
         unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
-        char *p = shard_recv_buf(sh, bid);
-        if (c->state == CS_IDLE || c->state == CS_HEAD)
-            on_head_bytes(c, p, (size_t)res);
-        else if (c->state != CS_CLOSING)
-            on_busy_bytes(c, p, (size_t)res);
+        c->tr->received(c, shard_recv_buf(sh, bid), (size_t)res, on_client_bytes);
         shard_release_recv_buf(sh, bid);
     } else if (res == -ENOBUFS) {
         /* the shard's buffer ring ran dry; nothing lost, re-armed below */

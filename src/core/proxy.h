@@ -265,6 +265,7 @@ struct relay {
 struct conn {
     struct shard *sh;
     int fd;
+    const struct transport_ops *tr; /* how its bytes are received and sent (transport.h) */
     uint8_t state;                  /* enum conn_state */
     uint8_t ops;                    /* SQEs in flight that name this conn */
     uint8_t tphase;                 /* enum timer_phase */

@@ -20,6 +20,7 @@
 
 #include "core/admission.h"
 #include "core/log.h"
+#include "core/transport.h"
 
 static void relay_next(struct conn *c);
 
@@ -421,7 +422,7 @@ static void relay_next(struct conn *c)
         conn_response_done(c);
         return;
     }
-    bool spliceable = !c->relay.copy_only &&
+    bool spliceable = c->tr->zero_copy && !c->relay.copy_only &&
                       (c->relay.resp_body == BODY_LENGTH || c->relay.resp_body == BODY_UNTIL_CLOSE ||
                        (c->relay.resp_body == BODY_CHUNKED &&
                         chunked_data_left(&c->relay.resp_chunked) >= SPLICE_MIN_CHUNK_DATA));
