@@ -940,18 +940,59 @@ void conn_attempt_failed(struct conn *c, enum backend_failure f, int err, const 
     conn_upstream_failed(c, err, why);
 }
 
-/* Gives up the current attempt's upstream side so the request can go out again
- * (its fields are born anew by the next attempt). */
-void conn_abandon_attempt(struct conn *c)
+/* A new attempt on the backend dispatch chose (c->at.backend, c->at.probe): what
+ * the previous attempt held goes first (its upstream connection is closed: its
+ * state is unknown), then every other attempt field starts here. */
+static void attempt_begin(struct conn *c)
 {
     if (c->at.up)
         abandon_upstream(c);
     conn_drop_buf(c, c->at.rbuf);
-    c->at.rbuf = NULL;
     if (c->req.out)
         c->req.out->off = 0;
-    c->at.up_sending = c->in_pinned = false;
+    c->in_pinned = false;
     c->req.status = 0;
+    c->at = (struct attempt){ .backend = c->at.backend, .probe = c->at.probe };
+}
+
+static void send_shed(struct conn *c, enum shed_reason reason)
+{
+    const struct cfg_pool *pool = &c->req.sg->g->cfg->pools[c->req.pool];
+    char msg[200];
+    if (reason == SHED_NO_BACKEND) {
+        c->req.error = "no backend up";
+        snprintf(msg, sizeof msg, "No backend of pool %s is available; retry later", pool->name);
+    } else if (reason == SHED_QUEUE_FULL) {
+        c->req.error = "queue full";
+        snprintf(msg, sizeof msg, "All backends of pool %s are busy and its queue is full; retry later",
+                 pool->name);
+    } else {
+        c->req.error = "queue timeout";
+        snprintf(msg, sizeof msg, "All backends of pool %s stayed busy for %llu ms; retry later",
+                 pool->name, (unsigned long long)pool->queue_timeout_ms);
+    }
+    conn_send_error(c, 503, "server_error", "no_capacity", msg);
+}
+
+void conn_dispatched(struct conn *c, struct dispatch_outcome o)
+{
+    switch ((enum dispatch_verdict)o.verdict) {
+    case DISPATCH_GO:
+        attempt_begin(c);
+        c->state = CS_UPSTREAM;
+        if (c->req.ai && c->req.body && !ai_request_build_out(c))
+            return;
+        upstream_acquire(c);
+        break;
+    case DISPATCH_QUEUED:
+        c->state = CS_UPSTREAM;
+        arm_timer(c, T_QUEUE, o.queue_ms);
+        break;
+    case DISPATCH_SHED:
+        c->req.retry_after_s = o.retry_after_s;
+        send_shed(c, (enum shed_reason)o.shed_reason);
+        break;
+    }
 }
 
 void conn_upstream_failed(struct conn *c, int err, const char *why)

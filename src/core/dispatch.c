@@ -22,7 +22,6 @@
  * first_byte deadline. */
 #include "core/proxy.h"
 
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -148,18 +147,14 @@ static int pick(struct conn *c, enum pick_failure *why, bool *probe_claimed)
     return (int)(first + (unsigned)pick);
 }
 
-/* Sends c to backend b: a new attempt, counted there, whose upstream side starts.
- * Every per-attempt field starts here; the previous attempt, if any, was
- * abandoned (conn_abandon_attempt) and left nothing behind. */
+/* Sends c to backend b: it holds a slot there, and conn.c begins a new attempt. */
 static void go(struct conn *c, unsigned b, bool probe)
 {
-    c->at = (struct attempt){ .backend = (int)b, .probe = probe };
+    c->at.backend = (int)b;
+    c->at.probe = probe;
     c->req.tried |= 1ull << ((b - pool_first(c)) & 63);
     load_add(c, b, 1);
-    c->state = CS_UPSTREAM;
-    if (c->req.ai && c->req.body && !ai_request_build_out(c))
-        return;
-    upstream_acquire(c);
+    conn_dispatched(c, (struct dispatch_outcome){ .verdict = DISPATCH_GO });
 }
 
 /* ---- the queue ---- */
@@ -229,21 +224,9 @@ static void fall_back_or_shed(struct conn *c, enum shed_reason reason)
         return;
     }
     mc_add(&sh->m->shed[slot][reason], 1);
-    c->req.retry_after_s = retry_after_s(c, reason);
-    char msg[200];
-    if (reason == SHED_NO_BACKEND) {
-        c->req.error = "no backend up";
-        snprintf(msg, sizeof msg, "No backend of pool %s is available; retry later", pool->name);
-    } else if (reason == SHED_QUEUE_FULL) {
-        c->req.error = "queue full";
-        snprintf(msg, sizeof msg, "All backends of pool %s are busy and its queue is full; retry later",
-                 pool->name);
-    } else {
-        c->req.error = "queue timeout";
-        snprintf(msg, sizeof msg, "All backends of pool %s stayed busy for %llu ms; retry later",
-                 pool->name, (unsigned long long)pool->queue_timeout_ms);
-    }
-    conn_send_error(c, 503, "server_error", "no_capacity", msg);
+    conn_dispatched(c, (struct dispatch_outcome){ .verdict = DISPATCH_SHED,
+                                                  .shed_reason = (uint8_t)reason,
+                                                  .retry_after_s = retry_after_s(c, reason) });
 }
 
 static void enqueue(struct conn *c)
@@ -279,10 +262,10 @@ static void enqueue(struct conn *c)
     q->len++;
     c->req.queued = true;
     c->req.queued_us = sh->now_us;
-    c->state = CS_UPSTREAM;
     sh->nqueued++;
     mg_add(&sh->m->queued[c->req.sg->g->pool_metric_slot[c->req.pool]], 1);
-    conn_set_timer(c, T_QUEUE, pool->queue_timeout_ms);
+    conn_dispatched(c, (struct dispatch_outcome){ .verdict = DISPATCH_QUEUED,
+                                                  .queue_ms = pool->queue_timeout_ms });
 }
 
 /* Hands free slots of a pool to its waiting requests, highest priority first. */
@@ -431,7 +414,6 @@ bool dispatch_retry(struct conn *c)
     }
     mc_add(&sh->m->backend_retries[c->req.sg->g->backend_metric_slot[from]], 1);
     c->req.attempts++;
-    conn_abandon_attempt(c);
     go(c, (unsigned)b, probe);
     return true;
 }

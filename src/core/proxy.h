@@ -443,9 +443,24 @@ void conn_send_error(struct conn *c, int status, const char *type, const char *c
 bool conn_request_body_complete(const struct conn *c);
 void conn_choose_pool(struct conn *c);
 void conn_attempt_failed(struct conn *c, enum backend_failure f, int err, const char *why);
-void conn_abandon_attempt(struct conn *c);
 enum priority conn_priority(const struct conn *c);
 struct http_forward conn_forward_info(const struct conn *c);
+
+/* What dispatch.c decided for a request (conn_dispatched applies it). */
+enum dispatch_verdict {
+    DISPATCH_GO,        /* c->at.backend holds a slot: start an attempt there */
+    DISPATCH_QUEUED,    /* waiting for capacity for up to queue_ms */
+    DISPATCH_SHED,      /* no capacity: 503 for shed_reason, with retry_after_s */
+};
+struct dispatch_outcome {
+    uint8_t verdict;                /* enum dispatch_verdict */
+    uint8_t shed_reason;            /* enum shed_reason */
+    uint32_t retry_after_s;
+    uint64_t queue_ms;
+};
+/* The one way dispatch.c acts on a connection, for the request it was given and
+ * for queued ones that a freed slot or a timeout decided. */
+void conn_dispatched(struct conn *c, struct dispatch_outcome o);
 
 /* dispatch.c: from a pool to a backend. The request's pool is chosen and its
  * upstream bytes are ready (c->req.out, or for AI requests c->req.body, from which the
