@@ -284,7 +284,7 @@ void admission_meter_start(struct conn *c, int status)
         sse_init(&c->usage->sse);
     } else {
         c->meter = METER_JSON;
-        sse_json_init(&c->usage->json);
+        usage_json_init(&c->usage->json);
     }
 }
 
@@ -293,7 +293,7 @@ void admission_meter(struct conn *c, const char *p, size_t n)
     if (c->meter == METER_SSE)
         sse_feed(&c->usage->sse, p, n);
     else if (c->meter == METER_JSON)
-        sse_json_feed(&c->usage->json, p, n);
+        usage_json_feed(&c->usage->json, p, n);
 }
 
 /* What the request used: the response's usage when it had one. A stream
@@ -309,7 +309,7 @@ static void usage_of(struct conn *c, uint64_t *prompt, uint64_t *completion)
     if (c->meter == METER_SSE) {
         struct sse_scan *s = &c->usage->sse;
         sse_finish(s);
-        if (s->has_usage && complete) {
+        if (s->has_usage && !s->usage_unreadable && complete) {
             *prompt = s->prompt_tokens;
             *completion = s->completion_tokens;
         } else if (s->has_usage || !complete) {
@@ -319,7 +319,7 @@ static void usage_of(struct conn *c, uint64_t *prompt, uint64_t *completion)
         }
     } else if (c->meter == METER_JSON) {
         uint64_t p, q;
-        if (complete && c->resp_done && sse_json_usage(&c->usage->json, &p, &q) == 0) {
+        if (complete && c->resp_done && usage_json_usage(&c->usage->json, &p, &q) == USAGE_FOUND) {
             *prompt = p;
             *completion = q;
         } else if (c->admitted) {

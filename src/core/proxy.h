@@ -270,7 +270,7 @@ struct usage_meter {
     struct usage_meter *next_free;
     union {
         struct sse_scan sse;
-        struct sse_json json;
+        struct usage_json json;
     };
 };
 
