@@ -15,11 +15,11 @@
 #include "core/config.h"
 #include "core/metrics.h"
 #include "core/timer.h"
+#include "core/usage.h"
 #include "policy/balance.h"
 #include "policy/ratelimit.h"
 #include "policy/route.h"
 #include "proto/http1.h"
-#include "proto/sse.h"
 
 #define MAX_SHARDS METRICS_MAX_SHARDS
 #define RECV_BUF_SIZE 8192          /* provided-buffer size for client receives */
@@ -247,32 +247,23 @@ struct conn {
     uint16_t target_len;
     char target[200];               /* for the access log; truncated */
 
-    /* ---- the caller and its AI request (admission.c) ---- */
+    /* ---- the caller and its AI request (admission.c, usage.c) ---- */
     int32_t key;                    /* keyring entry in sg's config, -1: anonymous */
     bool ai;                        /* the body was read as an OpenAI request */
     bool stream;
     bool admitted;                  /* holds a reservation to settle */
     uint8_t limit;                  /* enum rl_limit that refused the request */
     uint32_t retry_after_s;         /* a 429's Retry-After */
-    uint8_t meter;                  /* enum meter_kind (admission.c) */
+    uint8_t meter;                  /* enum meter_kind (usage.c) */
     uint8_t model_len;
     char model[96];                 /* for the access log; truncated */
     uint64_t prompt_estimate;
+    struct usage_bound usage_bound; /* the most it can have used (usage.h) */
     uint64_t prefix_hash;           /* the prompt's start, for prefix routing; 0: none */
     uint64_t tokens_in, tokens_out; /* counted when the request settled */
     struct rl_ticket ticket;
     struct usage_meter *usage;      /* while a 2xx AI response is metered */
 } __attribute__((aligned(16)));
-
-/* The usage scanner's state for one response: taken from the shard's free list
- * only while a response is metered, so idle connections do not carry it. */
-struct usage_meter {
-    struct usage_meter *next_free;
-    union {
-        struct sse_scan sse;
-        struct usage_json json;
-    };
-};
 
 enum upconn_state { UP_CONNECTING, UP_BUSY, UP_IDLE, UP_CLOSING, UP_FREE };
 
@@ -329,7 +320,7 @@ struct shard {
     unsigned xbufs_out;
     struct pipe_pair *free_pipes;
     unsigned npipes;
-    struct usage_meter *free_meters;
+    struct usage_shard usage;
     unsigned nqueued;               /* requests waiting in any pool queue */
     uint64_t next_queue_poll_ms;
 

@@ -20,6 +20,7 @@
 
 #include "core/admission.h"
 #include "core/log.h"
+#include "core/usage.h"
 
 static void relay_next(struct conn *c);
 
@@ -41,7 +42,7 @@ struct body_view {
 static void on_chunk_data(void *ctx, const char *p, size_t n)
 {
     struct body_view *d = ctx;
-    admission_meter(d->c, p, n);
+    usage_meter_feed(d->c, p, n);
     if (d->c->dechunk) {
         memmove(d->dst + d->len, p, n);
         d->len += n;
@@ -64,7 +65,7 @@ static ssize_t classify_response_body(struct conn *c, char *p, size_t n)
         c->resp_body_left -= k;
         if (c->resp_body_left == 0)
             c->resp_done = true;
-        admission_meter(c, p, k);
+        usage_meter_feed(c, p, k);
         break;
     case BODY_CHUNKED: {
         const char *why = NULL;
@@ -89,7 +90,7 @@ static ssize_t classify_response_body(struct conn *c, char *p, size_t n)
     }
     case BODY_UNTIL_CLOSE:
         k = n;
-        admission_meter(c, p, k);
+        usage_meter_feed(c, p, k);
         break;
     }
     if (k < n)
@@ -120,7 +121,7 @@ void relay_response_head(struct conn *c, const struct http_response *resp)
     c->resp_body_left = resp->content_length;
     c->resp_done = false;
     chunked_init(&c->resp_chunked);
-    admission_meter_start(c, resp->status);
+    usage_meter_start(c, resp->status);
     /* a close-delimited body can only be passed on close-delimited */
     bool keep = c->keep_alive && !sh->draining && resp->body != BODY_UNTIL_CLOSE;
     /* HTTP/1.0 clients know no chunked coding: de-chunk and close-delimit */
@@ -364,7 +365,7 @@ void relay_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe)
         if (res <= 0) {
             inspect_give_up(c);
         } else {
-            admission_meter(c, c->ibuf->data, (size_t)res);
+            usage_meter_feed(c, c->ibuf->data, (size_t)res);
             c->ipipe_bytes -= (uint32_t)res;
         }
         if (!c->splice_ops)
