@@ -1,6 +1,6 @@
-/* Admission: API keys, model permissions, rate limits and usage settlement. See
- * admission.h. Everything per request here is arithmetic on the shard's own
- * rl_local and, when a lease runs out, one CAS on the key's rl_global. */
+/* Admission: API keys, model permissions and rate limits. See admission.h.
+ * Everything per request here is arithmetic on the shard's own rl_local and,
+ * when a lease runs out, one CAS on the key's rl_global. */
 #include "core/admission.h"
 
 #include <stdio.h>
@@ -10,11 +10,8 @@
 
 #include "core/log.h"
 #include "core/proxy.h"
-#include "policy/glob.h"
 #include "policy/keys.h"
 #include "proto/openai.h"
-
-enum meter_kind { METER_NONE, METER_JSON, METER_SSE };
 
 /* ---- per-generation key state ---- */
 
@@ -172,7 +169,7 @@ enum auth_result admission_authenticate(struct conn *c, const struct http_reques
     return presented ? AUTH_INVALID : AUTH_MISSING;
 }
 
-static const struct key_entry *caller(const struct conn *c)
+const struct key_entry *admission_caller(const struct conn *c)
 {
     return c->req.key >= 0 ? keyring_entry(req_cfg(c)->keys.ring, (unsigned)c->req.key) : NULL;
 }
@@ -184,7 +181,7 @@ static const struct cfg_tier *caller_tier(const struct conn *c)
 
 bool admission_model_allowed(const struct conn *c, const char *model, size_t len)
 {
-    const struct key_entry *e = caller(c);
+    const struct key_entry *e = admission_caller(c);
     return !e || key_entry_allows_model(e, model, len);
 }
 
@@ -248,233 +245,11 @@ size_t admission_headers(const struct conn *c, char *buf, size_t cap)
     return rl_headers_write(buf, cap, &st);
 }
 
-/* ---- usage ---- */
-
-static struct usage_meter *meter_get(struct shard *sh)
+void admission_settle(struct conn *c, uint64_t used_tokens)
 {
-    struct usage_meter *m = sh->free_meters;
-    if (m) {
-        sh->free_meters = m->next_free;
-        return m;
-    }
-    return malloc(sizeof *m);   /* the free list grows to the shard's peak of metered responses */
-}
-
-static void meter_put(struct shard *sh, struct usage_meter *m)
-{
-    if (!m)
+    if (!c->req.admitted)
         return;
-    m->next_free = sh->free_meters;
-    sh->free_meters = m;
-}
-
-void admission_meter_start(struct conn *c, int status)
-{
-    c->relay.meter = METER_NONE;
-    if (!c->req.ai || status < 200 || status > 299)
-        return;
-    if (!c->relay.usage)
-        c->relay.usage = meter_get(c->sh);
-    if (!c->relay.usage) {
-        c->relay.tee_failed = true;   /* unmetered: settled at its reservation */
-        return;
-    }
-    if (c->req.stream) {
-        c->relay.meter = METER_SSE;
-        sse_init(&c->relay.usage->sse);
-    } else {
-        c->relay.meter = METER_JSON;
-        sse_json_init(&c->relay.usage->json);
-    }
-}
-
-void admission_meter(struct conn *c, const char *p, size_t n)
-{
-    if (c->relay.meter == METER_SSE)
-        sse_feed(&c->relay.usage->sse, p, n);
-    else if (c->relay.meter == METER_JSON)
-        sse_json_feed(&c->relay.usage->json, p, n);
-}
-
-/* What the request used: the response's usage when it had one. A stream
- * without a usage chunk generated about one token per content event; a 2xx
- * answer without usage (or whose bytes could not all be read) is charged what
- * was reserved; no successful response, nothing generated. */
-static void usage_of(struct conn *c, uint64_t *prompt, uint64_t *completion)
-{
-    *prompt = c->req.prompt_estimate;
-    *completion = 0;
-    bool complete = !c->relay.tee_failed;
-    uint64_t reserved_completion = c->req.ticket.tokens > *prompt ? c->req.ticket.tokens - *prompt : 0;
-    if (c->relay.meter == METER_SSE) {
-        struct sse_scan *s = &c->relay.usage->sse;
-        sse_finish(s);
-        if (s->has_usage && complete) {
-            *prompt = s->prompt_tokens;
-            *completion = s->completion_tokens;
-        } else if (s->has_usage || !complete) {
-            *completion = reserved_completion;
-        } else {
-            *completion = s->content_events;
-        }
-    } else if (c->relay.meter == METER_JSON) {
-        uint64_t p, q;
-        if (complete && c->relay.resp_done && sse_json_usage(&c->relay.usage->json, &p, &q) == 0) {
-            *prompt = p;
-            *completion = q;
-        } else if (c->req.admitted) {
-            *completion = reserved_completion;
-        }
-    } else if (!c->req.resp_started || c->req.status < 200 || c->req.status > 299) {
-        *prompt = 0;    /* refused, failed or answered by aigw: nothing was generated */
-    } else if (c->req.admitted) {
-        *completion = reserved_completion;     /* a 2xx that could not be metered */
-    }
-}
-
-void admission_settle(struct conn *c)
-{
-    if (!c->req.ai)
-        return;
-    uint64_t prompt, completion;
-    usage_of(c, &prompt, &completion);
-    c->req.tokens_in = prompt;
-    c->req.tokens_out = completion;
-    c->relay.meter = METER_NONE;
-    meter_put(c->sh, c->relay.usage);
-    c->relay.usage = NULL;
-    struct gen *g = c->req.sg->g;
-    struct shard *sh = c->sh;
-    int slot = c->req.key >= 0 && g->key_metric_slot ? g->key_metric_slot[c->req.key] : 0;
-    mc_add(&sh->m->tokens[slot][TOKENS_PROMPT], prompt);
-    mc_add(&sh->m->tokens[slot][TOKENS_COMPLETION], completion);
-    if (c->req.admitted) {
-        rl_settle(&g->rl_global[c->req.key], caller_local(c), &c->req.ticket, prompt + completion,
-                  now_ns(sh), unix_now(sh));
-        c->req.admitted = false;
-    }
-}
-
-/* ---- GET /v1/models ---- */
-
-#define MODELS_PATH "/v1/models"
-#define MODELS_PATH_LEN (sizeof MODELS_PATH - 1)
-
-bool admission_is_models_path(struct slice path)
-{
-    if (path.len < MODELS_PATH_LEN || memcmp(path.p, MODELS_PATH, MODELS_PATH_LEN) != 0)
-        return false;
-    return path.len == MODELS_PATH_LEN ||
-           (path.len > MODELS_PATH_LEN + 1 && path.p[MODELS_PATH_LEN] == '/');
-}
-
-/* Names that go into JSON unescaped: what config model names are in practice. */
-static bool plain_name(const char *s)
-{
-    for (; *s; s++)
-        if ((unsigned char)*s < 0x20 || *s == '"' || *s == '\\' || (unsigned char)*s >= 0x7f)
-            return false;
-    return true;
-}
-
-/* Whether some AI route takes the model. */
-static bool routed(const struct config *cfg, const char *name, size_t len)
-{
-    for (unsigned r = 0; r < cfg->nroutes; r++)
-        if (cfg->routes[r].kind == ROUTE_AI &&
-            (!cfg->routes[r].models || glob_list_match(cfg->routes[r].models, name, len)))
-            return true;
-    return false;
-}
-
-/* Calls fn for each model the caller may see, once each: the literal names in
- * routes' and keys' `models` lists (a glob names no model), that some AI route
- * takes and the caller's key allows. */
-static void each_model(const struct conn *c, void (*fn)(void *, const char *), void *ctx)
-{
-    const struct config *cfg = req_cfg(c);
-    const struct key_entry *self = caller(c);
-    /* sources: every route's list, then the caller's own key's list */
-    for (unsigned src = 0; src <= cfg->nroutes; src++) {
-        const struct glob_list *l = src < cfg->nroutes ? cfg->routes[src].models
-                                    : self ? self->models : NULL;
-        for (unsigned i = 0; l && i < glob_list_count(l); i++) {
-            if (!glob_list_is_literal(l, i))
-                continue;
-            const char *name = glob_list_pattern(l, i);
-            size_t len = strlen(name);
-            if (!plain_name(name) || !routed(cfg, name, len) ||
-                !admission_model_allowed(c, name, len))
-                continue;
-            /* first occurrence only */
-            bool seen = false;
-            for (unsigned s2 = 0; s2 < src && !seen; s2++) {
-                const struct glob_list *m = s2 < cfg->nroutes ? cfg->routes[s2].models : NULL;
-                for (unsigned j = 0; m && j < glob_list_count(m) && !seen; j++)
-                    seen = glob_list_is_literal(m, j) && strcmp(glob_list_pattern(m, j), name) == 0;
-            }
-            for (unsigned j = 0; j < i && !seen; j++)
-                seen = glob_list_is_literal(l, j) && strcmp(glob_list_pattern(l, j), name) == 0;
-            if (!seen)
-                fn(ctx, name);
-        }
-    }
-}
-
-struct models_out {
-    char *p;
-    size_t cap, len;
-    unsigned count;
-    const char *only;       /* retrieve one model: its name */
-    size_t only_len;
-    bool found;
-};
-
-static void put(struct models_out *o, const char *s, size_t n)
-{
-    if (o->len + n <= o->cap)
-        memcpy(o->p + o->len, s, n);
-    o->len += n;
-}
-
-static void put_model(struct models_out *o, const char *name)
-{
-    static const char a[] = "{\"id\":\"";
-    static const char b[] = "\",\"object\":\"model\",\"created\":0,\"owned_by\":\"aigw\"}";
-    put(o, a, sizeof a - 1);
-    put(o, name, strlen(name));
-    put(o, b, sizeof b - 1);
-}
-
-static void list_model(void *ctx, const char *name)
-{
-    struct models_out *o = ctx;
-    if (o->only) {
-        if (strlen(name) == o->only_len && memcmp(name, o->only, o->only_len) == 0) {
-            o->found = true;
-            put_model(o, name);
-        }
-        return;
-    }
-    if (o->count++)
-        put(o, ",", 1);
-    put_model(o, name);
-}
-
-ssize_t admission_models_body(const struct conn *c, struct slice path, char *out, size_t cap)
-{
-    struct models_out o = { out, cap, 0, 0, NULL, 0, false };
-    if (path.len > MODELS_PATH_LEN) {
-        o.only = path.p + MODELS_PATH_LEN + 1;
-        o.only_len = path.len - MODELS_PATH_LEN - 1;
-        each_model(c, list_model, &o);
-        if (!o.found)
-            return -1;
-    } else {
-        static const char head[] = "{\"object\":\"list\",\"data\":[";
-        put(&o, head, sizeof head - 1);
-        each_model(c, list_model, &o);
-        put(&o, "]}", 2);
-    }
-    return (ssize_t)o.len;
+    rl_settle(&c->req.sg->g->rl_global[c->req.key], caller_local(c), &c->req.ticket, used_tokens,
+              now_ns(c->sh), unix_now(c->sh));
+    c->req.admitted = false;
 }

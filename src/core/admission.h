@@ -1,8 +1,7 @@
 /* Admission: who is calling and what they may do. The caller's API key (from the
  * keys file the config loaded), the models it may use, and its tier's rate limits
  * and daily quota: tokens reserved when a request is admitted and settled against
- * the real usage when its response ends. Also GET /v1/models, answered here with
- * the models the caller's key may use.
+ * the real usage (usage.h) when it ends.
  *
  * State: each generation holds one rl_global per key (shared by the shards,
  * lock-free) and one rl_local per key per shard; a new generation inherits the
@@ -15,14 +14,13 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <sys/types.h>
 
 #include "policy/ratelimit.h"
-#include "proto/http1.h"
 
 struct gen;
 struct conn;
 struct http_request;
+struct key_entry;
 struct openai_request;
 struct xbuf;
 
@@ -42,6 +40,9 @@ enum auth_result { AUTH_OK, AUTH_MISSING, AUTH_INVALID };
  * key is refused (AUTH_MISSING / AUTH_INVALID: the caller answers 401); with
  * auth off it passes as anonymous. */
 enum auth_result admission_authenticate(struct conn *c, const struct http_request *req);
+
+/* The caller's key, NULL for an anonymous caller. */
+const struct key_entry *admission_caller(const struct conn *c);
 
 /* Whether the caller may use model[0, len) (true without a key). */
 bool admission_model_allowed(const struct conn *c, const char *model, size_t len);
@@ -64,21 +65,9 @@ bool admission_admit(struct conn *c, const struct openai_request *ai, struct rl_
  * buf must hold RL_HEADERS_MAX. Returns the bytes written. */
 size_t admission_headers(const struct conn *c, char *buf, size_t cap);
 
-/* Feeds response body bytes (de-chunked) to the request's usage meter. */
-void admission_meter(struct conn *c, const char *p, size_t n);
-/* Starts metering the response whose status is status (called with its head). */
-void admission_meter_start(struct conn *c, int status);
-
-/* The request ended: settles its reservation against the tokens it used (the
- * response's usage; a stream without a usage chunk counts its content events;
- * no response: nothing generated) and counts them in aigw_tokens_total. */
-void admission_settle(struct conn *c);
-
-/* GET /v1/models and GET /v1/models/ID answered by aigw: whether the path is one. */
-bool admission_is_models_path(struct slice path);
-/* Writes the JSON body for path (the list, or one model) into out when it fits
- * in cap bytes. Returns its length (snprintf-style: call with cap 0 to size it),
- * or -1 when path names a model the caller may not see (404). */
-ssize_t admission_models_body(const struct conn *c, struct slice path, char *out, size_t cap);
+/* Settles the request's reservation (if it holds one) against the tokens it
+ * used: what it did not use goes back; more is taken without a check, down to
+ * an empty bucket (see rl_settle). */
+void admission_settle(struct conn *c, uint64_t used_tokens);
 
 #endif

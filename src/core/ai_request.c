@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "core/admission.h"
+#include "core/usage.h"
 #include "proto/openai.h"
 
 #define FORWARD_HEAD_EXTRA 1024
@@ -107,6 +108,7 @@ void ai_request_ready(struct conn *c)
     c->req.ai = true;
     c->req.stream = ai.stream;
     c->req.prompt_estimate = ai.prompt_tokens_estimate;
+    c->req.usage_bound = usage_bound_of(blen, ai.has_max_tokens, ai.max_tokens);
     c->req.prefix_hash = ai.prefix_hash;
     char model[OPENAI_MAX_MODEL_LEN + 1];
     size_t mlen = ai.model.len < sizeof model ? ai.model.len : sizeof model - 1;

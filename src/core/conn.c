@@ -17,6 +17,8 @@
 #include "core/admission.h"
 #include "core/log.h"
 #include "core/transport.h"
+#include "core/models.h"
+#include "core/usage.h"
 #include "policy/keys.h"
 #include "proto/openai.h"
 
@@ -388,7 +390,7 @@ void conn_send_error(struct conn *c, int status, const char *type, const char *c
 static void send_models(struct conn *c, struct slice path)
 {
     struct shard *sh = c->sh;
-    ssize_t blen = admission_models_body(c, path, NULL, 0);
+    ssize_t blen = models_body(c, path, NULL, 0);
     if (blen < 0) {
         char msg[300];
         size_t id_len = path.len - sizeof "/v1/models/" + 1;   /* a model path has an id */
@@ -411,7 +413,7 @@ static void send_models(struct conn *c, struct slice path)
         conn_close(c);
         return;
     }
-    admission_models_body(c, path, c->req.out->data + hlen, c->req.out->cap - hlen);
+    models_body(c, path, c->req.out->data + hlen, c->req.out->cap - hlen);
     c->req.out->off = 0;
     c->req.out->len = (uint32_t)(hlen + (size_t)blen);
     if (c->req.method_id == METHOD_HEAD)
@@ -576,7 +578,7 @@ static size_t start_request(struct conn *c, const char *src, size_t n, const str
     int path_route = route_lookup(sg->g->routes, req->path.p, req->path.len);
     /* GET /v1/models is aigw's own, unless a route claims that exact path */
     if ((req->method_id == METHOD_GET || req->method_id == METHOD_HEAD) &&
-        admission_is_models_path(req->path) &&
+        models_is_path(req->path) &&
         !(path_route >= 0 && !cfg->routes[path_route].prefix &&
           cfg->routes[path_route].path_len == req->path.len)) {
         send_models(c, req->path);
@@ -1176,7 +1178,7 @@ static void request_finish(struct conn *c)
         return;
     const struct config *cfg = sg->g->cfg;
     uint64_t dur = sh->now_us - c->req.start_us;
-    admission_settle(c);
+    usage_settle(c);
     int route_slot = c->req.route >= 0 ? sg->g->route_metric_slot[c->req.route] : 0;
     metrics_observe_request(sh->m, route_slot, c->req.status, dur);
     if (cfg->log.access != ACCESS_OFF) {

@@ -15,11 +15,11 @@
 #include "core/config.h"
 #include "core/metrics.h"
 #include "core/timer.h"
+#include "core/usage.h"
 #include "policy/balance.h"
 #include "policy/ratelimit.h"
 #include "policy/route.h"
 #include "proto/http1.h"
-#include "proto/sse.h"
 
 #define MAX_SHARDS METRICS_MAX_SHARDS
 #define RECV_BUF_SIZE 8192          /* provided-buffer size for client receives */
@@ -204,7 +204,7 @@ struct request {
     uint64_t retry_deadline_ms;     /* first attempt + first_byte: no retry after it */
     struct conn *qnext, *qprev;
 
-    /* the caller and its AI request (admission.c) */
+    /* the caller and its AI request (admission.c, usage.c) */
     int32_t key;                    /* keyring entry in sg's config, -1: anonymous */
     bool ai;                        /* the body was read as an OpenAI request */
     bool stream;
@@ -212,6 +212,7 @@ struct request {
     uint8_t limit;                  /* enum rl_limit that refused the request */
     uint32_t retry_after_s;         /* a 429's or 503's Retry-After */
     uint64_t prompt_estimate;
+    struct usage_bound usage_bound; /* the most it can have used (usage.h) */
     uint64_t prefix_hash;           /* the prompt's start, for prefix routing; 0: none */
     uint64_t tokens_in, tokens_out; /* counted when the request settled */
     struct rl_ticket ticket;
@@ -249,7 +250,7 @@ struct relay {
     bool copy_only;                 /* no pipe could be had: relay by copying */
     bool tee_failed;                /* a tee fell short: usage can no longer be read */
     uint8_t splice_ops;             /* splices, tees, inspection reads or their polls in flight: the pipes are busy */
-    uint8_t meter;                  /* enum meter_kind (admission.c) */
+    uint8_t meter;                  /* enum meter_kind (usage.c) */
     uint64_t resp_body_left;        /* BODY_LENGTH: bytes still to relay */
     struct chunked resp_chunked;
     struct pipe_pair *pipe;
@@ -292,16 +293,6 @@ struct conn {
     struct attempt at;              /* its current try on a backend */
     struct relay relay;             /* its response body on the way */
 } __attribute__((aligned(16)));
-
-/* The usage scanner's state for one response: taken from the shard's free list
- * only while a response is metered, so idle connections do not carry it. */
-struct usage_meter {
-    struct usage_meter *next_free;
-    union {
-        struct sse_scan sse;
-        struct sse_json json;
-    };
-};
 
 enum upconn_state { UP_CONNECTING, UP_BUSY, UP_IDLE, UP_CLOSING, UP_FREE };
 
@@ -358,7 +349,7 @@ struct shard {
     unsigned xbufs_out;
     struct pipe_pair *free_pipes;
     unsigned npipes;
-    struct usage_meter *free_meters;
+    struct usage_shard usage;
     unsigned nqueued;               /* requests waiting in any pool queue */
     uint64_t next_queue_poll_ms;
 

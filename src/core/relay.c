@@ -21,6 +21,7 @@
 #include "core/admission.h"
 #include "core/log.h"
 #include "core/transport.h"
+#include "core/usage.h"
 
 static void relay_next(struct conn *c);
 
@@ -42,7 +43,7 @@ struct body_view {
 static void on_chunk_data(void *ctx, const char *p, size_t n)
 {
     struct body_view *d = ctx;
-    admission_meter(d->c, p, n);
+    usage_meter_feed(d->c, p, n);
     if (d->c->relay.dechunk) {
         memmove(d->dst + d->len, p, n);
         d->len += n;
@@ -65,7 +66,7 @@ static ssize_t classify_response_body(struct conn *c, char *p, size_t n)
         c->relay.resp_body_left -= k;
         if (c->relay.resp_body_left == 0)
             c->relay.resp_done = true;
-        admission_meter(c, p, k);
+        usage_meter_feed(c, p, k);
         break;
     case BODY_CHUNKED: {
         const char *why = NULL;
@@ -90,7 +91,7 @@ static ssize_t classify_response_body(struct conn *c, char *p, size_t n)
     }
     case BODY_UNTIL_CLOSE:
         k = n;
-        admission_meter(c, p, k);
+        usage_meter_feed(c, p, k);
         break;
     }
     if (k < n)
@@ -128,7 +129,7 @@ void relay_response_head(struct conn *c, const struct http_response *resp)
     struct shard *sh = c->sh;
     c->req.status = (uint16_t)resp->status;
     relay_begin(c, resp);
-    admission_meter_start(c, resp->status);
+    usage_meter_start(c, resp->status);
     /* a close-delimited body can only be passed on close-delimited */
     bool keep = c->req.keep_alive && !sh->draining && resp->body != BODY_UNTIL_CLOSE;
     /* HTTP/1.0 clients know no chunked coding: de-chunk and close-delimit */
@@ -372,7 +373,7 @@ void relay_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe)
         if (res <= 0) {
             inspect_give_up(c);
         } else {
-            admission_meter(c, c->relay.ibuf->data, (size_t)res);
+            usage_meter_feed(c, c->relay.ibuf->data, (size_t)res);
             c->relay.ipipe_bytes -= (uint32_t)res;
         }
         if (!c->relay.splice_ops)

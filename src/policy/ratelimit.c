@@ -101,7 +101,7 @@ static int64_t rate_now(const struct rl_global *g, const struct rl_rate *r, uint
     return (int64_t)((unsigned __int128)elapsed_ns(g, now_ns) * r->per_minute / NS_PER_MINUTE);
 }
 
-/* The level of the global pool at unit time now (negative: debt). */
+/* The level of the global pool at unit time now (settlement never takes it below 0). */
 static int64_t pool_level(const struct rl_rate *r, int64_t empty_at, int64_t now)
 {
     return now - max_i64(empty_at, now - r->capacity);
@@ -158,12 +158,16 @@ static void pool_put(const struct rl_rate *r, _Atomic int64_t *empty_at, int64_t
     }
 }
 
-/* Takes n tokens whether or not they are there (settling a larger real usage). */
+/* Takes n tokens whether or not they are there (settling a larger real usage),
+ * but not below an empty bucket: a debt would make the wait for the next
+ * request, and Retry-After, longer than the bucket's window, and one absurd
+ * usage report would lock a key out for as long as it said. Never gives
+ * tokens back (another shard's clock may read a little later than ours). */
 static void pool_charge(const struct rl_rate *r, _Atomic int64_t *empty_at, int64_t now, int64_t n)
 {
     int64_t old = atomic_load_explicit(empty_at, memory_order_relaxed);
     for (;;) {
-        int64_t next = min_i64(max_i64(old, now - r->capacity) + n, now + COST_MAX);
+        int64_t next = max_i64(old, min_i64(max_i64(old, now - r->capacity) + n, now));
         if (atomic_compare_exchange_weak_explicit(empty_at, &old, next,
                                                   memory_order_relaxed, memory_order_relaxed))
             return;
@@ -376,18 +380,6 @@ void rl_settle(struct rl_global *g, struct rl_local *l, const struct rl_ticket *
         if (delta != 0)
             quota_adjust(g, t->day, delta);
     }
-}
-
-void rl_local_release(struct rl_global *g, struct rl_local *l, uint64_t now_ns,
-                      int64_t now_unix_s)
-{
-    if (g->req.per_minute && l->req > 0)
-        pool_put(&g->req, &g->req_empty_at, rate_now(g, &g->req, now_ns), l->req);
-    if (g->tok.per_minute && l->tok > 0)
-        pool_put(&g->tok, &g->tok_empty_at, rate_now(g, &g->tok, now_ns), l->tok);
-    if (g->daily && l->daily > 0)
-        quota_adjust(g, l->daily_day, -l->daily);
-    l->req = l->tok = l->daily = 0;
 }
 
 void rl_global_inherit(struct rl_global *g, const struct rl_global *old, uint64_t now_ns,

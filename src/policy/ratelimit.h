@@ -127,17 +127,13 @@ bool rl_admit(struct rl_global *g, struct rl_local *l, uint64_t cost_tokens,
 
 /* Settles an admitted request against its real token count: reserved - actual
  * goes back to the tokens bucket and the quota, or, when actual > reserved, the
- * difference is taken without a check, which can put them into debt (level
- * below zero: later requests wait until the refill pays it off; for the quota,
- * until the next UTC day). Quota changes for a ticket from an earlier UTC day
- * are dropped: that day's quota is gone. */
+ * difference is taken without a check: the tokens bucket down to empty, never
+ * below (so a later request waits at most the bucket's window, and so do
+ * Retry-After and x-ratelimit-reset-tokens); the quota may go over, which
+ * holds until the next UTC day. Quota changes for a ticket from an earlier UTC
+ * day are dropped: that day's quota is gone. */
 void rl_settle(struct rl_global *g, struct rl_local *l, const struct rl_ticket *t,
                uint64_t actual_tokens, uint64_t now_ns, int64_t now_unix_s);
-
-/* Gives this shard's leases back to the global pool (shard shutting down, or the
- * key's configuration going away), so other shards can use them. */
-void rl_local_release(struct rl_global *g, struct rl_local *l, uint64_t now_ns,
-                      int64_t now_unix_s);
 
 void rl_status(const struct rl_global *g, const struct rl_local *l, uint64_t now_ns,
                int64_t now_unix_s, struct rl_status *out);

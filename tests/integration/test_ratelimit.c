@@ -53,6 +53,7 @@ struct script_backend {
     pthread_t thread;
     _Atomic int mode;
     _Atomic int usage_prompt, usage_completion;
+    _Atomic(const char *) usage_text;   /* SB_JSON: the usage object's members verbatim (NULL: the two above) */
     struct sse_spec sse;            /* set before the stream's request */
     atomic_int json_pad;            /* SB_JSON: bytes of content (0: "ok") */
     atomic_bool json_chunked;
@@ -117,17 +118,21 @@ static void serve_json(struct script_backend *b, int fd)
     int p = atomic_load(&b->usage_prompt), q = atomic_load(&b->usage_completion);
     int pad = atomic_load(&b->json_pad);
     bool chunked = atomic_load(&b->json_chunked);
-    char *body = malloc((size_t)pad + 512);
+    char *body = malloc((size_t)pad + 1024);
     int bl = sprintf(body, "{\"id\":\"chatcmpl-j\",\"object\":\"chat.completion\",\"created\":1,\"model\":\"scripted\","
                            "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"");
     if (!pad)
         bl += sprintf(body + bl, "ok");
     for (int k = 0; k < pad; k++)
         body[bl++] = (k % 5 == 4) ? ' ' : (char)('a' + k % 26);
-    bl += sprintf(body + bl,
-                  "\"},\"finish_reason\":\"stop\"}],"
-                  "\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d}}",
-                  p, q, p + q);
+    const char *usage_text = atomic_load(&b->usage_text);
+    if (usage_text)
+        bl += sprintf(body + bl, "\"},\"finish_reason\":\"stop\"}],\"usage\":{%s}}", usage_text);
+    else
+        bl += sprintf(body + bl,
+                      "\"},\"finish_reason\":\"stop\"}],"
+                      "\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d}}",
+                      p, q, p + q);
     char head[256];
     int hl = chunked ? snprintf(head, sizeof head,
                                 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
@@ -1199,5 +1204,131 @@ Test(ratelimit, a_reload_keeps_what_a_key_has_spent)
         h_resp_free(&r);
     }
     cr_assert_eq(h_metric0(m.port, "mockllm_requests_total"), 4, "3 of the spender's and 1 of the newbie's");
+    h_finish();
+}
+
+/* ---- usage no request can have used ---- */
+
+/* An x-ratelimit-reset-* value ("20ms", "1s", "1m30.5s", "5124095h1m2s") in
+ * milliseconds; -1 when absent or unreadable. */
+static long long reset_ms(const struct h_resp *r, const char *name)
+{
+    const char *v = h_header(r, name);
+    if (!v || !*v)
+        return -1;
+    double total = 0;
+    while (*v) {
+        char *end;
+        double n = strtod(v, &end);
+        if (end == v)
+            return -1;
+        if (strncmp(end, "ms", 2) == 0) {
+            total += n;
+            end += 2;
+        } else if (*end == 'h' || *end == 'm' || *end == 's') {
+            total += n * (*end == 'h' ? 3600000 : *end == 'm' ? 60000 : 1000);
+            end++;
+        } else {
+            return -1;
+        }
+        v = end;
+    }
+    return (long long)total;
+}
+
+/* The access log line of the request with this X-Request-Id, once written
+ * (the request has settled by then); malloc'd. */
+static char *settled_line(const char *request_id)
+{
+    char needle[96];
+    snprintf(needle, sizeof needle, "\"request_id\":\"%s\"", request_id);
+    char *text = h_wait_for_text(h_access_log_path(), needle, T_RESP);
+    cr_assert_not_null(text, "no access log line for %s", request_id);
+    char *at = strstr(text, needle), *start = at, *end = strchr(at, '\n');
+    while (start > text && start[-1] != '\n')
+        start--;
+    char *line = strndup(start, end ? (size_t)(end - start) : strlen(start));
+    free(text);
+    return line;
+}
+
+static int count_of(const char *text, const char *needle)
+{
+    int n = 0;
+    for (const char *p = text; p && (p = strstr(p, needle)); p += strlen(needle))
+        n++;
+    return n;
+}
+
+/* A backend answering usage of 2^64-1, 2^63, 2^40+1, 1e12, -5 or 3.7 tokens:
+ * aigw_tokens_total never goes down, what is counted stays within what the
+ * request can have used (usage.h), the key is never locked out (the next
+ * request passes, or waits at most the bucket's 10 s window, and the reset
+ * header says no more), and the clamp is logged once. */
+Test(ratelimit, absurd_usage_from_a_backend_neither_wraps_counters_nor_locks_the_key_out)
+{
+    static const char *const absurd[] = { "18446744073709551615", "9223372036854775808", "1099511627777",
+                                          "1e12", "-5", "3.7" };
+    static char usage[160];
+    struct script_backend b;
+    script_start(&b, SB_JSON);
+    h_write_file(h_keys_path(), "%s", h_key_line("absurd", KEY_A, "t", NULL));
+    struct h_gw g = {0};
+    g.shards = 1;   /* one shard: one clamp line at most a minute */
+    h_gw_config(&g, NULL,
+                "[pool p]\nbackend = 127.0.0.1:%d\n\n[route chat]\npath = /v1/chat/completions\npool = p\n\n"
+                "[keys]\nauth = required\nfile = %s\n\n"
+                "[tier t]\ntokens_per_minute = 60000\nburst = 10s\ndaily_tokens = 100000000\n",
+                b.port, h_keys_path());
+    H_GW(&g);
+
+    char body[512];
+    h_chat_body(body, sizeof body, 10, false);
+    const long long prompt_bound = (long long)strlen(body) + 32768, completion_bound = 10 * 128 + 16;
+    double prompt_seen = 0, completion_seen = 0;
+    int n = 0;
+    for (size_t i = 0; i < sizeof absurd / sizeof absurd[0]; i++) {
+        for (int plain = 0; plain < 2; plain++) {   /* the absurd answer, then the next request */
+            snprintf(usage, sizeof usage, "\"prompt_tokens\":%s,\"completion_tokens\":%s", absurd[i], absurd[i]);
+            atomic_store(&b.usage_text, plain ? NULL : usage);
+            char rid[32], hdr[256];
+            snprintf(rid, sizeof rid, "absurd-%d", n++);
+            snprintf(hdr, sizeof hdr, "%sX-Request-Id: %s\r\n", h_bearer(KEY_A), rid);
+            struct h_resp r;
+            int rc = once(g.port, hdr, body, &r);
+            cr_assert_eq(rc, H_OK, "%s: no answer; aigw stderr:\n%s", absurd[i], h_tail(g.tag));
+            if (plain && r.status == 429) {
+                long long retry = header_num(&r, "Retry-After");
+                cr_assert(retry >= 1 && retry <= 10, "after usage %s: 429 with Retry-After %lld\n%s", absurd[i],
+                          retry, r.head);
+            } else {
+                cr_assert_eq(r.status, 200, "after usage %s: %d\n%s%s", absurd[i], r.status, r.head, r.body);
+            }
+            long long reset = reset_ms(&r, "x-ratelimit-reset-tokens");
+            cr_assert(reset >= 0 && reset <= 10000, "after usage %s: x-ratelimit-reset-tokens %s",
+                      absurd[i], h_header(&r, "x-ratelimit-reset-tokens"));
+            h_resp_free(&r);
+
+            char *line = settled_line(rid);
+            long long in = h_json_int(line, "tokens_in"), out = h_json_int(line, "tokens_out");
+            cr_assert(in >= 0 && in <= prompt_bound && out >= 0 && out <= completion_bound,
+                      "usage %s counted beyond what the request can have used: %s", absurd[i], line);
+            free(line);
+            double prompt = h_metric0(g.admin_port, "aigw_tokens_total{key=\"absurd\",direction=\"prompt\"}");
+            double completion =
+                h_metric0(g.admin_port, "aigw_tokens_total{key=\"absurd\",direction=\"completion\"}");
+            cr_assert(prompt >= prompt_seen && completion >= completion_seen,
+                      "after usage %s aigw_tokens_total went from %.0f/%.0f to %.0f/%.0f", absurd[i],
+                      prompt_seen, completion_seen, prompt, completion);
+            prompt_seen = prompt;
+            completion_seen = completion;
+        }
+    }
+    char path[600];
+    snprintf(path, sizeof path, "%s/%s.err", h_dir(), g.tag);
+    char *err = h_read_file(path);
+    cr_assert_not_null(err);
+    cr_assert_eq(count_of(err, "reported usage of"), 1, "the clamp should be logged once:\n%s", err);
+    free(err);
     h_finish();
 }

@@ -7,13 +7,13 @@
 #include "proto/sse.h"
 
 struct sset_result {
-    bool done, has_usage;
+    bool done, has_usage, unreadable;
     uint64_t prompt, completion, content_events, events;
 };
 
 static struct sset_result sset_collect(const struct sse_scan *s)
 {
-    return (struct sset_result){ s->done, s->has_usage, s->prompt_tokens, s->completion_tokens,
+    return (struct sset_result){ s->done, s->has_usage, s->usage_unreadable, s->prompt_tokens, s->completion_tokens,
                                  s->content_events, s->events };
 }
 
@@ -28,7 +28,8 @@ static struct sset_result sset_whole(const char *p, size_t n)
 
 static void sset_expect_same(struct sset_result a, struct sset_result b, const char *how, size_t at)
 {
-    cr_assert(a.done == b.done && a.has_usage == b.has_usage && a.prompt == b.prompt &&
+    cr_assert(a.done == b.done && a.has_usage == b.has_usage && a.unreadable == b.unreadable &&
+              a.prompt == b.prompt &&
               a.completion == b.completion && a.content_events == b.content_events &&
               a.events == b.events,
               "%s %zu: done %d/%d usage %d/%d prompt %lu/%lu completion %lu/%lu content %lu/%lu events %lu/%lu",
@@ -208,10 +209,10 @@ Test(sse, only_top_level_usage_and_first_choice_count)
         "data: {\"choices\":[{\"delta\":{}},{\"delta\":{\"content\":\"z\"}}]}\n\n"
         /* a "content" key elsewhere is not output */
         "data: {\"x\":{\"choices\":[{\"delta\":{\"content\":\"q\"}}]},\"content\":\"q\"}\n\n"
-        /* usage with float or negative counts is not read */
+        /* usage with float or negative counts is unreadable, not read as numbers */
         "data: {\"usage\":{\"prompt_tokens\":-4,\"completion_tokens\":1.5}}\n\n";
     struct sset_result r = sset_scan_all_ways(stream);
-    cr_expect_not(r.has_usage);
+    cr_expect(r.has_usage && r.unreadable && r.prompt == 0 && r.completion == 0);
     cr_expect_eq(r.content_events, 0);
     cr_expect_eq(r.events, 4);
 }
@@ -322,80 +323,8 @@ Test(sse, deep_nesting_and_garbage_never_crash)
         sse_init(&s);
         sse_feed(&s, buf, 4096);
         sse_finish(&s);
-        uint64_t prompt, completion;
-        (void)sse_usage_from_json(buf, 4096, &prompt, &completion);
     }
     free(buf);
-}
-
-Test(sse, usage_from_chat_completion_json)
-{
-    const char *body =
-        "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion\",\"created\":1718000000,\"model\":\"m\","
-        "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"usage: \\\"none\\\"\","
-        "\"usage\":{\"prompt_tokens\":1}},\"finish_reason\":\"stop\"}],"
-        "\"usage\":{\"prompt_tokens\":57,\"completion_tokens\":17,\"total_tokens\":74,"
-        "\"prompt_tokens_details\":{\"cached_tokens\":0}}}";
-    uint64_t prompt = 1, completion = 1;
-    cr_assert_eq(sse_usage_from_json(body, strlen(body), &prompt, &completion), 0);
-    cr_expect_eq(prompt, 57);
-    cr_expect_eq(completion, 17);
-
-    /* read in pieces, split at every point: the same */
-    size_t n = strlen(body);
-    for (size_t cut = 0; cut <= n; cut++) {
-        struct sse_json j;
-        sse_json_init(&j);
-        sse_json_feed(&j, body, cut);
-        sse_json_feed(&j, body + cut, n - cut);
-        prompt = completion = 1;
-        cr_assert_eq(sse_json_usage(&j, &prompt, &completion), 0, "split at %zu", cut);
-        cr_assert(prompt == 57 && completion == 17, "split at %zu: %lu %lu", cut,
-                  (unsigned long)prompt, (unsigned long)completion);
-    }
-}
-
-Test(sse, usage_from_completion_and_embeddings_json)
-{
-    const char *text =
-        "{\n  \"object\": \"text_completion\",\n  \"choices\": [ { \"text\": \"hi\", \"index\": 0 } ],\n"
-        "  \"usage\": { \"completion_tokens\" : 5 , \"prompt_tokens\" : 3 }\n}";
-    uint64_t prompt, completion;
-    cr_assert_eq(sse_usage_from_json(text, strlen(text), &prompt, &completion), 0);
-    cr_expect_eq(prompt, 3);
-    cr_expect_eq(completion, 5);
-
-    const char *emb = "{\"object\":\"list\",\"data\":[{\"object\":\"embedding\",\"index\":0,"
-                      "\"embedding\":[0.0023,-0.0093,1e-5]}],\"model\":\"e\","
-                      "\"usage\":{\"prompt_tokens\":8,\"total_tokens\":8}}";
-    cr_assert_eq(sse_usage_from_json(emb, strlen(emb), &prompt, &completion), 0);
-    cr_expect_eq(prompt, 8);
-    cr_expect_eq(completion, 0);
-}
-
-Test(sse, usage_from_json_absent_or_garbage)
-{
-    uint64_t prompt, completion;
-    const char *cases[] = {
-        "",
-        "{}",
-        "{\"usage\":null}",
-        "{\"usage\":{}}",
-        "{\"data\":{\"usage\":{\"prompt_tokens\":3}}}",
-        "[{\"usage\":{\"prompt_tokens\":3}}]",
-        "{\"error\":{\"message\":\"bad\",\"type\":\"invalid_request_error\"}}",
-        "not json at all \xff\xfe",
-        "{\"usage\":{\"prompt_tokens\":\"12\"}}",
-        "{\"us\\u0061ge\":{\"prompt_tokens\":3}}",
-    };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        cr_expect_eq(sse_usage_from_json(cases[i], strlen(cases[i]), &prompt, &completion), -1,
-                     "case %zu: %s", i, cases[i]);
-
-    /* huge counts saturate instead of wrapping */
-    const char *huge = "{\"usage\":{\"prompt_tokens\":99999999999999999999999,\"completion_tokens\":1}}";
-    cr_assert_eq(sse_usage_from_json(huge, strlen(huge), &prompt, &completion), 0);
-    cr_expect_eq(prompt, UINT64_MAX);
 }
 
 /* The memo of the previous event's start resumes the tokenizer mid-event; the
@@ -430,4 +359,30 @@ Test(sse, memo_of_a_shared_event_start_changes_nothing)
     /* "a" and "\"q" in choices[0]: the empty ones, "contents" and choices[1] are not content */
     cr_expect_eq(r.content_events, 2);
     cr_expect_eq(r.events, 9);
+}
+
+/* A usage chunk whose count is negative or fractional leaves the stream's usage
+ * unreadable (the caller charges the reservation); a later readable one wins. */
+Test(sse, usage_with_a_count_that_is_no_integer_is_unreadable)
+{
+    struct sset_result r = sset_scan_all_ways(
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n"
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":-5,\"completion_tokens\":3}}\n\n"
+        "data: [DONE]\n\n");
+    cr_expect(r.has_usage && r.unreadable);
+    cr_expect(r.prompt == 0 && r.completion == 0);
+    struct sse_scan s;
+    const char two[] = "data: {\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":3.7}}\n\n";
+    sse_init(&s);
+    sse_feed(&s, two, sizeof two - 1);
+    sse_finish(&s);
+    cr_expect(s.has_usage && s.usage_unreadable);
+    const char three[] = "data: {\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":3.7}}\n\n"
+                         "data: {\"usage\":{\"prompt_tokens\":1e12,\"completion_tokens\":4}}\n\n";
+    sse_init(&s);
+    sse_feed(&s, three, sizeof three - 1);
+    sse_finish(&s);
+    cr_expect(s.has_usage && !s.usage_unreadable);
+    cr_expect_eq(s.prompt_tokens, 1000000000000ULL);
+    cr_expect_eq(s.completion_tokens, 4);
 }
