@@ -565,6 +565,11 @@ static size_t start_request(struct conn *c, const char *src, size_t n, const str
      * follows the head is the next pipelined request */
     bool no_body = req->body == BODY_NONE || (req->body == BODY_LENGTH && req->content_length == 0);
     size_t consumed = no_body ? req->head_len : n;
+    if (req->expect_unmet) {
+        conn_send_error(c, 417, "invalid_request_error", NULL,
+                        "unsupported Expect: only 100-continue is supported");
+        return consumed;
+    }
     enum auth_result auth = admission_authenticate(c, req);
     if (auth != AUTH_OK) {
         conn_send_error(c, 401, "authentication_error", "invalid_api_key",
