@@ -571,6 +571,12 @@ static size_t start_request(struct conn *c, const char *src, size_t n, const str
         return consumed;
     }
     enum auth_result auth = admission_authenticate(c, req);
+    if (auth == AUTH_CONFLICT) {
+        conn_send_error(c, 400, "invalid_request_error", NULL,
+                        "duplicate or conflicting credentials: send one key, as `Authorization: Bearer "
+                        "KEY` or `x-api-key: KEY`");
+        return consumed;
+    }
     if (auth != AUTH_OK) {
         conn_send_error(c, 401, "authentication_error", "invalid_api_key",
                    auth == AUTH_MISSING

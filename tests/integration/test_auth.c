@@ -1,5 +1,6 @@
 /* API keys end to end: 401 without a known key (Bearer and x-api-key both
- * accepted), 403 for a model the key may not use, 400 over the tier's
+ * accepted), 400 for duplicate or conflicting credentials, 403 for a model the
+ * key may not use, 400 over the tier's
  * max_tokens; the key never goes upstream (upstream_auth replaces it) and never
  * reaches the access log, whose line names the key and the AI fields; GET
  * /v1/models answered per key; keys reloaded on SIGHUP; a route's split. */
@@ -499,6 +500,72 @@ Test(auth, access_log_names_the_key_and_never_holds_it)
     free(limited);
     free(raw);
     free(log);
+    h_finish();
+}
+
+static void expect_400_credentials(int port, const char *method, const char *path, const char *headers,
+                                   const char *body, const char *what)
+{
+    struct h_resp r;
+    int rc = once(port, method, path, headers, body, &r);
+    EXPECT(rc, r, 400, what);
+    expect_error(&r, what, "invalid_request_error", NULL);
+    cr_assert(strstr(r.body, "credentials"), "%s: the message should say why: %s", what, r.body);
+    h_resp_free(&r);
+}
+
+Test(auth, duplicate_or_conflicting_credentials_are_400)
+{
+    struct h_mock m;
+    struct h_gw g = {0};
+    H_MOCK(&m, "mock", "--tps 0 --ttft-ms 0");
+    h_write_file(h_keys_path(), "%s%s", h_key_line("alice", KEY_ALICE, "default", NULL),
+                 h_key_line("bob", KEY_BOB, "default", NULL));
+    h_gw_config(&g, NULL, H_STD_ROUTES "\n[keys]\nauth = required\nfile = %s\n", m.port, h_keys_path());
+    H_GW(&g);
+
+    const char *body = chat_body("mock-llama-3.1-8b", 2);
+    char hdr[512];
+    snprintf(hdr, sizeof hdr, "%s%s", h_bearer(KEY_ALICE), h_bearer(KEY_BOB));
+    expect_400_credentials(g.port, "POST", "/v1/chat/completions", hdr, body, "two Authorization headers");
+    expect_400_credentials(g.port, "GET", "/v1/files", hdr, NULL, "two Authorization headers, raw route");
+    expect_400_credentials(g.port, "GET", "/v1/models", hdr, NULL, "two Authorization headers, /v1/models");
+    snprintf(hdr, sizeof hdr, "%s%s", h_bearer(KEY_ALICE), h_bearer(KEY_ALICE));
+    expect_400_credentials(g.port, "POST", "/v1/chat/completions", hdr, body,
+                           "the same Authorization header twice");
+    snprintf(hdr, sizeof hdr, "%s%s", xapikey(KEY_ALICE), xapikey(KEY_ALICE));
+    expect_400_credentials(g.port, "POST", "/v1/chat/completions", hdr, body, "two x-api-key headers");
+    snprintf(hdr, sizeof hdr, "%s%s", h_bearer(KEY_ALICE), xapikey(KEY_BOB));
+    expect_400_credentials(g.port, "POST", "/v1/chat/completions", hdr, body,
+                           "Authorization and x-api-key naming different keys");
+    snprintf(hdr, sizeof hdr, "%s%s", xapikey(KEY_BOB), h_bearer(KEY_ALICE));
+    expect_400_credentials(g.port, "GET", "/v1/files", hdr, NULL,
+                           "x-api-key and Authorization naming different keys, raw route");
+    snprintf(hdr, sizeof hdr, "Authorization: Basic YWxpY2U6eA==\r\n%s", xapikey(KEY_ALICE));
+    expect_400_credentials(g.port, "POST", "/v1/chat/completions", hdr, body,
+                           "Basic Authorization next to a valid x-api-key");
+    cr_assert_eq(h_metric0(m.port, "mockllm_requests_total"), 0,
+                 "a request with conflicting credentials reached the backend");
+
+    /* the same key in both headers names one caller: accepted */
+    struct h_resp r;
+    snprintf(hdr, sizeof hdr, "%s%s", h_bearer(KEY_ALICE), xapikey(KEY_ALICE));
+    int rc = once(g.port, "POST", "/v1/chat/completions", hdr, body, &r);
+    EXPECT(rc, r, 200, "the same key as Bearer and x-api-key");
+    h_resp_free(&r);
+
+    /* a 400 without a body leaves a kept-alive connection usable */
+    struct h_conn c;
+    H_CONNECT_GW(&c, &g);
+    snprintf(hdr, sizeof hdr, "%s%s", h_bearer(KEY_ALICE), xapikey(KEY_BOB));
+    rc = h_request(&c, "GET", "/v1/models", hdr, NULL, &r, T_RESP);
+    EXPECT(rc, r, 400, "kept-alive GET with conflicting keys");
+    h_resp_free(&r);
+    rc = h_request(&c, "POST", "/v1/chat/completions", h_bearer(KEY_ALICE), body, &r, T_RESP);
+    EXPECT(rc, r, 200, "the same connection, now with one key");
+    h_resp_free(&r);
+    h_close(&c);
+    cr_assert_eq(h_metric0(m.port, "mockllm_requests_total"), 2);
     h_finish();
 }
 
