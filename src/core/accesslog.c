@@ -13,6 +13,7 @@
 
 #include "core/log.h"
 #include "core/metrics.h"
+#include "policy/keys.h"
 
 #define RING_MIN (64u * 1024)
 #define RING_DEFAULT (1u * 1024 * 1024)
@@ -174,6 +175,133 @@ static void jb_cstr(struct jbuf *b, const char *s, size_t max_out)
     if (!s)
         s = "";
     jb_str(b, s, strlen(s), max_out);
+}
+
+/* ---- credentials in targets ---- */
+
+/* Writes into a fixed buffer, cutting what does not fit. */
+struct cut_buf {
+    char *p;
+    size_t cap, len;
+};
+
+static void cb_put(struct cut_buf *o, const char *s, size_t n)
+{
+    size_t room = o->cap - o->len;
+    if (n > room)
+        n = room;
+    memcpy(o->p + o->len, s, n);
+    o->len += n;
+}
+
+static const char redacted[] = "REDACTED";
+
+static bool is_base62(char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+
+/* Copies s[0..n), every aigw key in it (the prefix and the base62 digits after
+ * it) written as REDACTED. */
+static void put_masking_aigw_keys(struct cut_buf *o, const char *s, size_t n)
+{
+    const char *end = s + n;
+    const char *k;
+    while ((k = memmem(s, (size_t)(end - s), KEY_PREFIX, KEY_PREFIX_LEN)) != NULL) {
+        cb_put(o, s, (size_t)(k - s));
+        cb_put(o, redacted, sizeof redacted - 1);
+        s = k + KEY_PREFIX_LEN;
+        while (s < end && is_base62(*s))
+            s++;
+    }
+    cb_put(o, s, (size_t)(end - s));
+}
+
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = (char)(c | 0x20);
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* The first bytes of a query component percent-decoded ('+' as space) and in
+ * lower case, at most cap of them; *whole says whether that was all of it. */
+static size_t decode_lower(const char *s, size_t n, char *out, size_t cap, bool *whole)
+{
+    size_t i = 0, len = 0;
+    while (i < n && len < cap) {
+        unsigned char c = (unsigned char)s[i++];
+        int hi, lo;
+        if (c == '%' && n - i >= 2 && (hi = hex_digit(s[i])) >= 0 && (lo = hex_digit(s[i + 1])) >= 0) {
+            c = (unsigned char)(hi << 4 | lo);
+            i += 2;
+        } else if (c == '+') {
+            c = ' ';
+        }
+        out[len++] = (char)(c >= 'A' && c <= 'Z' ? c | 0x20 : c);
+    }
+    *whole = i == n;
+    return len;
+}
+
+/* Query parameters that carry credentials by convention (any case, decoded). */
+static bool credential_param(const char *name, size_t n)
+{
+    static const char *const names[] = {
+        "api_key", "apikey", "api-key", "x-api-key", "key", "access_token", "token",
+        "auth", "authorization", "password", "secret", "client_secret",
+    };
+    char buf[16];
+    bool whole;
+    size_t len = decode_lower(name, n, buf, sizeof buf, &whole);
+    if (!whole)
+        return false;
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strlen(names[i]) == len && memcmp(names[i], buf, len) == 0)
+            return true;
+    return false;
+}
+
+/* A value that looks like a secret whatever its parameter is called: an
+ * OpenAI-style key ("sk-...") or a bearer token. */
+static bool credential_value(const char *value, size_t n)
+{
+    char buf[7];
+    bool whole;
+    size_t len = decode_lower(value, n, buf, sizeof buf, &whole);
+    return (len >= 3 && memcmp(buf, "sk-", 3) == 0) || (len == 7 && memcmp(buf, "bearer ", 7) == 0);
+}
+
+size_t alog_redact_target(char *out, size_t cap, struct slice target)
+{
+    struct cut_buf o = { out, cap, 0 };
+    const char *p = target.p, *end = target.p + target.len;
+    const char *query = memchr(p, '?', target.len);
+    if (!query) {
+        put_masking_aigw_keys(&o, p, target.len);
+        return o.len;
+    }
+    put_masking_aigw_keys(&o, p, (size_t)(query + 1 - p));
+    p = query + 1;
+    for (;;) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *stop = amp ? amp : end;
+        const char *eq = memchr(p, '=', (size_t)(stop - p));
+        const char *value = eq ? eq + 1 : p;
+        size_t value_len = (size_t)(stop - value);
+        if (value_len > 0 && ((eq && credential_param(p, (size_t)(eq - p))) ||
+                              credential_value(value, value_len))) {
+            put_masking_aigw_keys(&o, p, (size_t)(value - p));
+            cb_put(&o, redacted, sizeof redacted - 1);
+        } else {
+            put_masking_aigw_keys(&o, p, (size_t)(stop - p));
+        }
+        if (!amp || o.len == o.cap)
+            return o.len;
+        cb_put(&o, "&", 1);
+        p = amp + 1;
+    }
 }
 
 /* "2026-11-21T22:17:03" for the current second, formatted once per second per thread. */

@@ -546,7 +546,7 @@ static size_t start_request(struct conn *c, const char *src, size_t n, const str
     uint16_t mlen;
     copy_slice(c->method, sizeof c->method - 1, req->method, &mlen);
     c->method[mlen] = 0;
-    copy_slice(c->target, sizeof c->target, req->target, &c->target_len);
+    c->target_len = (uint16_t)alog_redact_target(c->target, sizeof c->target, req->target);
     if (req->idx[HK_X_REQUEST_ID] >= 0 && request_id_acceptable(req->headers[req->idx[HK_X_REQUEST_ID]].value)) {
         struct slice v = req->headers[req->idx[HK_X_REQUEST_ID]].value;
         memcpy(c->request_id, v.p, v.len);

@@ -1,8 +1,8 @@
 /* API keys end to end: 401 without a known key (Bearer and x-api-key both
  * accepted), 400 for duplicate or conflicting credentials, 403 for a model the
- * key may not use, 400 over the tier's
- * max_tokens; the key never goes upstream (upstream_auth replaces it) and never
- * reaches the access log, whose line names the key and the AI fields; GET
+ * key may not use, 400 over the tier's max_tokens; the key never goes upstream
+ * (upstream_auth replaces it) and never reaches the access log, whose line names
+ * the key and the AI fields and whose target has credentials REDACTED; GET
  * /v1/models answered per key; keys reloaded on SIGHUP; a route's split. */
 #include "harness.h"
 
@@ -566,6 +566,76 @@ Test(auth, duplicate_or_conflicting_credentials_are_400)
     h_resp_free(&r);
     h_close(&c);
     cr_assert_eq(h_metric0(m.port, "mockllm_requests_total"), 2);
+    h_finish();
+}
+
+Test(auth, credentials_in_the_target_never_reach_the_access_log)
+{
+    struct h_mock m;
+    struct h_gw g = {0};
+    H_MOCK(&m, "mock", "--tps 0 --ttft-ms 0");
+    h_write_file(h_keys_path(), "%s", h_key_line("alice", KEY_ALICE, "default", NULL));
+    h_gw_config(&g, NULL, H_STD_ROUTES "\n[keys]\nauth = required\nfile = %s\n", m.port, h_keys_path());
+    H_GW(&g);
+
+    char hdr[512];
+    struct h_resp r;
+    /* by parameter name, any case */
+    snprintf(hdr, sizeof hdr, "%sX-Request-Id: log-names\r\n", h_bearer(KEY_ALICE));
+    int rc = once(g.port, "GET",
+                  "/v1/files?purpose=fine-tune&api_key=PlainSecret-1&Token=PlainSecret-2"
+                  "&access_token=PlainSecret-3&key=PlainSecret-4&limit=5",
+                  hdr, NULL, &r);
+    cr_assert_eq(rc, H_OK);
+    h_resp_free(&r);
+    /* by the look of the value: an aigw key anywhere, sk- and Bearer values */
+    snprintf(hdr, sizeof hdr, "%sX-Request-Id: log-values\r\n", h_bearer(KEY_ALICE));
+    rc = once(g.port, "GET",
+              "/v1/files/sk-aigw-PlainSecret7xYz0123456789/content?x=sk-proj-PlainSecret-5"
+              "&y=Bearer%20PlainSecret-6&z=ok",
+              hdr, NULL, &r);
+    cr_assert_eq(rc, H_OK);
+    h_resp_free(&r);
+    /* the caller's own key in the query of an AI request */
+    snprintf(hdr, sizeof hdr, "%sX-Request-Id: log-ai\r\n", h_bearer(KEY_ALICE));
+    rc = once(g.port, "POST", "/v1/chat/completions?api_key=" KEY_ALICE, hdr, chat_body("mock-llama-3.1-8b", 2),
+              &r);
+    EXPECT(rc, r, 200, "chat with its key in the query too");
+    h_resp_free(&r);
+
+    char *log = NULL;
+    static const char *const ids[] = {"log-names", "log-values", "log-ai"};
+    for (unsigned i = 0; i < 3; i++) {
+        char needle[64];
+        snprintf(needle, sizeof needle, "\"request_id\":\"%s\"", ids[i]);
+        free(log);
+        log = h_wait_for_text(h_access_log_path(), needle, 3000 * h_slow());
+        cr_assert_not_null(log, "no access log line for %s:\n%s", ids[i], h_read_file(h_access_log_path()));
+    }
+    static const char *const targets[] = {
+        "\"target\":\"/v1/files?purpose=fine-tune&api_key=REDACTED&Token=REDACTED&access_token=REDACTED"
+        "&key=REDACTED&limit=5\"",
+        "\"target\":\"/v1/files/REDACTED/content?x=REDACTED&y=REDACTED&z=ok\"",
+        "\"target\":\"/v1/chat/completions?api_key=REDACTED\"",
+    };
+    for (unsigned i = 0; i < 3; i++) {
+        char needle[64];
+        snprintf(needle, sizeof needle, "\"request_id\":\"%s\"", ids[i]);
+        char *line = line_with(log, needle);
+        cr_assert_not_null(line);
+        cr_assert(strstr(line, targets[i]), "want %s in:\n%s", targets[i], line);
+        free(line);
+    }
+    static const char *const files[] = {"access.log", "aigw.err", "aigw.out"};
+    for (unsigned f = 0; f < 3; f++) {
+        char p[600];
+        snprintf(p, sizeof p, "%s/%s", h_dir(), files[f]);
+        char *text = h_read_file(p);
+        cr_assert(!text || (!strstr(text, "PlainSecret") && !strstr(text, KEY_ALICE)), "%s holds a secret:\n%s",
+                  files[f], text);
+        free(text);
+    }
+    free(log);
     h_finish();
 }
 
