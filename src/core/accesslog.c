@@ -13,6 +13,7 @@
 
 #include "core/log.h"
 #include "core/metrics.h"
+#include "policy/keys.h"
 
 #define RING_MIN (64u * 1024)
 #define RING_DEFAULT (1u * 1024 * 1024)
@@ -174,6 +175,180 @@ static void jb_cstr(struct jbuf *b, const char *s, size_t max_out)
     if (!s)
         s = "";
     jb_str(b, s, strlen(s), max_out);
+}
+
+/* ---- credentials in targets ---- */
+
+/* Writes into a fixed buffer, cutting what does not fit. */
+struct cut_buf {
+    char *p;
+    size_t cap, len;
+};
+
+static void cb_put(struct cut_buf *o, const char *s, size_t n)
+{
+    size_t room = o->cap - o->len;
+    if (n > room)
+        n = room;
+    memcpy(o->p + o->len, s, n);
+    o->len += n;
+}
+
+static const char redacted[] = "REDACTED";
+
+static bool is_base62(char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+
+/* The first KEY_PREFIX in s[0..end), or NULL. memchr, not memmem: glibc's
+ * memmem sets up tables per call, which costs more than these short runs. */
+static const char *find_key_prefix(const char *s, const char *end)
+{
+    while (end - s >= KEY_PREFIX_LEN && (s = memchr(s, KEY_PREFIX[0], (size_t)(end - s))) != NULL) {
+        if (end - s >= KEY_PREFIX_LEN && memcmp(s, KEY_PREFIX, KEY_PREFIX_LEN) == 0)
+            return s;
+        s++;
+    }
+    return NULL;
+}
+
+/* Copies s[0..n), every aigw key in it (the prefix and the base62 digits after
+ * it) written as REDACTED. */
+static void put_masking_aigw_keys(struct cut_buf *o, const char *s, size_t n)
+{
+    const char *end = s + n;
+    const char *k;
+    while ((k = find_key_prefix(s, end)) != NULL) {
+        cb_put(o, s, (size_t)(k - s));
+        cb_put(o, redacted, sizeof redacted - 1);
+        s = k + KEY_PREFIX_LEN;
+        while (s < end && is_base62(*s))
+            s++;
+    }
+    cb_put(o, s, (size_t)(end - s));
+}
+
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = (char)(c | 0x20);
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* The first bytes of a query component percent-decoded ('+' as space) and in
+ * lower case, at most cap of them; *whole says whether that was all of it. */
+static size_t decode_lower(const char *s, size_t n, char *out, size_t cap, bool *whole)
+{
+    size_t i = 0, len = 0;
+    while (i < n && len < cap) {
+        unsigned char c = (unsigned char)s[i++];
+        int hi, lo;
+        if (c == '%' && n - i >= 2 && (hi = hex_digit(s[i])) >= 0 && (lo = hex_digit(s[i + 1])) >= 0) {
+            c = (unsigned char)(hi << 4 | lo);
+            i += 2;
+        } else if (c == '+') {
+            c = ' ';
+        }
+        out[len++] = (char)(c >= 'A' && c <= 'Z' ? c | 0x20 : c);
+    }
+    *whole = i == n;
+    return len;
+}
+
+/* name[0..n) equals the lowercase literal lit of the same length, in any case. */
+static bool ci_equal(const char *name, const char *lit, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        if ((c >= 'A' && c <= 'Z' ? (char)(c | 0x20) : c) != lit[i])
+            return false;
+    }
+    return true;
+}
+
+/* Query parameters that carry credentials by convention (any case; a name with
+ * '%' in it is percent-decoded first). */
+static bool credential_param(const char *name, size_t n, bool encoded)
+{
+    char buf[16];
+    if (encoded) {
+        bool whole;
+        if (n > 3 * sizeof buf)
+            return false;
+        n = decode_lower(name, n, buf, sizeof buf, &whole);
+        if (!whole)
+            return false;
+        name = buf;
+    }
+#define IS(lit) ci_equal(name, lit, sizeof lit - 1)
+    switch (n) {
+    case 3:  return IS("key");
+    case 4:  return IS("auth");
+    case 5:  return IS("token");
+    case 6:  return IS("apikey") || IS("secret");
+    case 7:  return IS("api_key") || IS("api-key");
+    case 8:  return IS("password");
+    case 9:  return IS("x-api-key");
+    case 12: return IS("access_token");
+    case 13: return IS("authorization") || IS("client_secret");
+    default: return false;
+    }
+#undef IS
+}
+
+/* A value that looks like a secret whatever its parameter is called: an
+ * OpenAI-style key ("sk-...") or a bearer token. */
+static bool credential_value(const char *value, size_t n)
+{
+    char first = (char)(value[0] | 0x20);
+    if (first != 's' && first != 'b' && value[0] != '%')
+        return false;
+    char buf[7];
+    bool whole;
+    size_t len = decode_lower(value, n, buf, sizeof buf, &whole);
+    return (len >= 3 && memcmp(buf, "sk-", 3) == 0) || (len == 7 && memcmp(buf, "bearer ", 7) == 0);
+}
+
+size_t alog_redact_target(char *out, size_t cap, struct slice target)
+{
+    struct cut_buf o = { out, cap, 0 };
+    const char *end = target.p + target.len;
+    const char *query = memchr(target.p, '?', target.len);
+    /* Text is written in runs: [copied, p) has been looked at and holds no
+     * credential parameter. */
+    const char *copied = target.p;
+    const char *p = query ? query + 1 : end;
+    while (p < end && o.len + (size_t)(p - copied) < cap) {
+        /* one component: name=value up to '&' */
+        static const bool query_mark[256] = { ['&'] = true, ['='] = true, ['%'] = true };
+        const char *eq = NULL, *stop = p;
+        bool encoded = false;
+        for (;;) {
+            while (stop < end && !query_mark[(uint8_t)*stop])
+                stop++;
+            if (stop == end || *stop == '&')
+                break;
+            if (!eq) {
+                if (*stop == '=')
+                    eq = stop;
+                else
+                    encoded = true;
+            }
+            stop++;
+        }
+        const char *value = eq ? eq + 1 : p;
+        if (value < stop && ((eq && credential_param(p, (size_t)(eq - p), encoded)) ||
+                             credential_value(value, (size_t)(stop - value)))) {
+            put_masking_aigw_keys(&o, copied, (size_t)(value - copied));
+            cb_put(&o, redacted, sizeof redacted - 1);
+            copied = stop;
+        }
+        p = stop < end ? stop + 1 : end;
+    }
+    put_masking_aigw_keys(&o, copied, (size_t)(p - copied));
+    return o.len;
 }
 
 /* "2026-11-21T22:17:03" for the current second, formatted once per second per thread. */

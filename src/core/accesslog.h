@@ -64,4 +64,14 @@ void alog_shutdown(void);
  * as \u00XX, invalid UTF-8 bytes as \ufffd. Pure; exposed for tests. */
 size_t alog_format(char *out, size_t cap, const struct alog_entry *e);
 
+/* The request target as the access log shows it, without credentials: in the
+ * query, the value of a parameter named api_key, apikey, api-key, x-api-key,
+ * key, access_token, token, auth, authorization, password, secret or
+ * client_secret (any case, percent-decoded), and any value starting with "sk-"
+ * or "Bearer " (decoded, any case), becomes REDACTED; anywhere in the target, an
+ * aigw key (KEY_PREFIX and the base62 digits after it) becomes REDACTED. Empty
+ * values stay empty. Writes at most cap bytes into out (the rest is cut) and
+ * returns how many. Pure; called where a request's target is kept for its line. */
+size_t alog_redact_target(char *out, size_t cap, struct slice target);
+
 #endif

@@ -148,16 +148,10 @@ enum auth_result admission_authenticate(struct conn *c, const struct http_reques
     if (!cfg->keys.ring)
         return cfg->keys.required ? AUTH_INVALID : AUTH_OK;
     struct slice key = { NULL, 0 };
-    bool presented = false, usable = false;
-    int ia = req->idx[HK_AUTHORIZATION], ix = req->idx[HK_X_API_KEY];
-    if (ia >= 0) {
-        presented = true;
-        usable = key_from_authorization(req->headers[ia].value, &key);
-    } else if (ix >= 0) {
-        presented = true;
-        usable = key_from_x_api_key(req->headers[ix].value, &key);
-    }
-    if (usable) {
+    enum key_presented presented = key_from_request(req, &key);
+    if (presented == KEY_CONFLICT)
+        return AUTH_CONFLICT;
+    if (presented == KEY_PRESENTED) {
         const struct key_entry *e = keyring_lookup(cfg->keys.ring, key.p, key.len);
         if (e) {
             c->req.key = (int32_t)(e - keyring_entry(cfg->keys.ring, 0));
@@ -166,7 +160,7 @@ enum auth_result admission_authenticate(struct conn *c, const struct http_reques
     }
     if (!cfg->keys.required)
         return AUTH_OK;
-    return presented ? AUTH_INVALID : AUTH_MISSING;
+    return presented == KEY_ABSENT ? AUTH_MISSING : AUTH_INVALID;
 }
 
 const struct key_entry *admission_caller(const struct conn *c)

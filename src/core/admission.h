@@ -33,12 +33,14 @@ struct xbuf;
 int admission_gen_init(struct gen *g, const struct gen *prev, char *err, size_t errlen);
 void admission_gen_free(struct gen *g);
 
-enum auth_result { AUTH_OK, AUTH_MISSING, AUTH_INVALID };
+enum auth_result { AUTH_OK, AUTH_MISSING, AUTH_INVALID, AUTH_CONFLICT };
 
 /* Finds the caller's key in the request head (Authorization: Bearer, or
  * x-api-key) and sets c->req.key. With auth = required, a request without a known
  * key is refused (AUTH_MISSING / AUTH_INVALID: the caller answers 401); with
- * auth off it passes as anonymous. */
+ * auth off it passes as anonymous. Whenever aigw reads keys, duplicate or
+ * conflicting credentials (key_from_request) are AUTH_CONFLICT: the caller
+ * answers 400. */
 enum auth_result admission_authenticate(struct conn *c, const struct http_request *req);
 
 /* The caller's key, NULL for an anonymous caller. */

@@ -546,7 +546,7 @@ static size_t start_request(struct conn *c, const char *src, size_t n, const str
     uint16_t mlen;
     copy_slice(c->req.method, sizeof c->req.method - 1, req->method, &mlen);
     c->req.method[mlen] = 0;
-    copy_slice(c->req.target, sizeof c->req.target, req->target, &c->req.target_len);
+    c->req.target_len = (uint16_t)alog_redact_target(c->req.target, sizeof c->req.target, req->target);
     if (req->idx[HK_X_REQUEST_ID] >= 0 && request_id_acceptable(req->headers[req->idx[HK_X_REQUEST_ID]].value)) {
         struct slice v = req->headers[req->idx[HK_X_REQUEST_ID]].value;
         memcpy(c->req.request_id, v.p, v.len);
@@ -565,7 +565,18 @@ static size_t start_request(struct conn *c, const char *src, size_t n, const str
      * follows the head is the next pipelined request */
     bool no_body = req->body == BODY_NONE || (req->body == BODY_LENGTH && req->content_length == 0);
     size_t consumed = no_body ? req->head_len : n;
+    if (req->expect_unmet) {
+        conn_send_error(c, 417, "invalid_request_error", NULL,
+                        "unsupported Expect: only 100-continue is supported");
+        return consumed;
+    }
     enum auth_result auth = admission_authenticate(c, req);
+    if (auth == AUTH_CONFLICT) {
+        conn_send_error(c, 400, "invalid_request_error", NULL,
+                        "duplicate or conflicting credentials: send one key, as `Authorization: Bearer "
+                        "KEY` or `x-api-key: KEY`");
+        return consumed;
+    }
     if (auth != AUTH_OK) {
         conn_send_error(c, 401, "authentication_error", "invalid_api_key",
                    auth == AUTH_MISSING

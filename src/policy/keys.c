@@ -519,6 +519,42 @@ bool key_from_x_api_key(struct slice v, struct slice *key)
     return true;
 }
 
+/* The header of the given kind and whether there are more than one of it; NULL
+ * if none. Headers before idx[kind] are of other kinds, so the scan starts there. */
+static const struct http_header *only_header(const struct http_request *req, enum http_header_kind kind,
+                                             bool *duplicated)
+{
+    int first = req->idx[kind];
+    if (first < 0)
+        return NULL;
+    for (unsigned i = (unsigned)first + 1; i < req->nheaders; i++)
+        if (req->headers[i].kind == kind)
+            *duplicated = true;
+    return &req->headers[first];
+}
+
+enum key_presented key_from_request(const struct http_request *req, struct slice *key)
+{
+    bool duplicated = false;
+    const struct http_header *auth = only_header(req, HK_AUTHORIZATION, &duplicated);
+    const struct http_header *xkey = only_header(req, HK_X_API_KEY, &duplicated);
+    if (duplicated)
+        return KEY_CONFLICT;
+    struct slice from_auth, from_xkey;
+    bool auth_ok = auth && key_from_authorization(auth->value, &from_auth);
+    bool xkey_ok = xkey && key_from_x_api_key(xkey->value, &from_xkey);
+    if (auth && xkey) {
+        if (!auth_ok || !xkey_ok || from_auth.len != from_xkey.len ||
+            memcmp(from_auth.p, from_xkey.p, from_auth.len) != 0)
+            return KEY_CONFLICT;
+    }
+    if (auth_ok || xkey_ok) {
+        *key = auth_ok ? from_auth : from_xkey;
+        return KEY_PRESENTED;
+    }
+    return auth || xkey ? KEY_UNUSABLE : KEY_ABSENT;
+}
+
 /* ---- keygen ----------------------------------------------------------------- */
 
 int key_generate(const uint8_t random[32], char *key_out, size_t cap)

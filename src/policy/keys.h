@@ -90,6 +90,21 @@ bool key_entry_allows_model(const struct key_entry *e, const char *model, size_t
 bool key_from_authorization(struct slice v, struct slice *key);
 bool key_from_x_api_key(struct slice v, struct slice *key);
 
+enum key_presented {
+    KEY_ABSENT,         /* neither header */
+    KEY_PRESENTED,      /* *key is the key */
+    KEY_UNUSABLE,       /* a header without an acceptable key in it */
+    KEY_CONFLICT,       /* duplicate or conflicting credentials (SPEC §3: 400) */
+};
+
+/* The caller's key from the request head. At most one Authorization and one
+ * x-api-key header; a second of either, even with the same value, is
+ * KEY_CONFLICT. When both are sent they must name the same key (accepted: one
+ * caller either way); anything else with both, including one of them not
+ * holding an acceptable key ("Basic ..."), is KEY_CONFLICT, so no reader can take
+ * a different credential than aigw did. *key is set only for KEY_PRESENTED. */
+enum key_presented key_from_request(const struct http_request *req, struct slice *key);
+
 /* Writes the new key for random (see KEY_PREFIX) and a NUL into key_out.
  * Returns KEY_LEN, or -1 when cap < KEY_LEN + 1. */
 int key_generate(const uint8_t random[32], char *key_out, size_t cap);

@@ -249,7 +249,7 @@ struct head_facts {
     bool conn_close, conn_keep_alive, conn_names_headers;
     bool expect_continue, expect_other;
     bool te_final_chunked;      /* responses: last coding seen is chunked */
-    uint8_t te_headers, te_chunked, hosts;
+    uint8_t te_headers, te_chunked, hosts, content_types;
 };
 
 struct head_fields {
@@ -314,6 +314,10 @@ static int note_field(struct http_header *h, struct head_facts *f, const char **
     case HK_HOST:
         if (f->hosts < 255)
             f->hosts++;
+        break;
+    case HK_CONTENT_TYPE:
+        if (f->content_types < 255)
+            f->content_types++;
         break;
     default:
         break;
@@ -572,8 +576,10 @@ static int parse_request_head(const char *buf, const char *end, struct http_requ
         *why = "multiple Host headers";
         return HTTP_BAD;
     }
-    if (f.expect_other) {
-        *why = "unsupported Expect";
+    /* aigw reads the first to decide 415 and the AI path; a backend could read
+     * the other (RFC 9110 5.3: Content-Type is not a list) */
+    if (f.content_types > 1) {
+        *why = "multiple Content-Type headers";
         return HTTP_BAD;
     }
     req->content_length = 0;
@@ -601,6 +607,7 @@ static int parse_request_head(const char *buf, const char *end, struct http_requ
     req->keep_alive = req->minor >= 1 ? !f.conn_close : (f.conn_keep_alive && !f.conn_close);
     /* RFC 9110 10.1.1: a 100-continue expectation in HTTP/1.0 is ignored. */
     req->expect_continue = f.expect_continue && req->minor >= 1;
+    req->expect_unmet = f.expect_other;
     req->head_len = (size_t)(p - buf);
     return HTTP_OK;
 }

@@ -66,6 +66,8 @@ struct http_request {
     uint8_t minor;              /* HTTP/1.<minor>: 0 or 1 */
     bool keep_alive;            /* from version + Connection tokens */
     bool expect_continue;       /* Expect: 100-continue */
+    bool expect_unmet;          /* an Expect member other than 100-continue: the head
+                                 * parses, the caller answers 417 (RFC 9110 10.1.1) */
     uint8_t body;               /* enum http_body: NONE, LENGTH or CHUNKED */
     uint64_t content_length;
     size_t head_len;            /* bytes of the head, through the blank line */
@@ -100,7 +102,8 @@ enum http_parse_status {
  * 1.0/1.1, obs-fold, whitespace before ':', control chars or bare CR in names or
  * values, both Content-Length and Transfer-Encoding, differing duplicate
  * Content-Length, non-numeric or overflowing Content-Length, Transfer-Encoding
- * other than exactly "chunked", Transfer-Encoding on HTTP/1.0. */
+ * other than exactly "chunked", Transfer-Encoding on HTTP/1.0, more than one Host
+ * or Content-Type. An unmet Expect is not an error here: see expect_unmet. */
 int http_parse_request(const char *buf, size_t len, size_t max_head,
                        struct http_request *req, const char **why);
 

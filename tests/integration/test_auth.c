@@ -1,7 +1,8 @@
 /* API keys end to end: 401 without a known key (Bearer and x-api-key both
- * accepted), 403 for a model the key may not use, 400 over the tier's
- * max_tokens; the key never goes upstream (upstream_auth replaces it) and never
- * reaches the access log, whose line names the key and the AI fields; GET
+ * accepted), 400 for duplicate or conflicting credentials, 403 for a model the
+ * key may not use, 400 over the tier's max_tokens; the key never goes upstream
+ * (upstream_auth replaces it) and never reaches the access log, whose line names
+ * the key and the AI fields and whose target has credentials REDACTED; GET
  * /v1/models answered per key; keys reloaded on SIGHUP; a route's split. */
 #include "harness.h"
 
@@ -498,6 +499,142 @@ Test(auth, access_log_names_the_key_and_never_holds_it)
     free(ok2);
     free(limited);
     free(raw);
+    free(log);
+    h_finish();
+}
+
+static void expect_400_credentials(int port, const char *method, const char *path, const char *headers,
+                                   const char *body, const char *what)
+{
+    struct h_resp r;
+    int rc = once(port, method, path, headers, body, &r);
+    EXPECT(rc, r, 400, what);
+    expect_error(&r, what, "invalid_request_error", NULL);
+    cr_assert(strstr(r.body, "credentials"), "%s: the message should say why: %s", what, r.body);
+    h_resp_free(&r);
+}
+
+Test(auth, duplicate_or_conflicting_credentials_are_400)
+{
+    struct h_mock m;
+    struct h_gw g = {0};
+    H_MOCK(&m, "mock", "--tps 0 --ttft-ms 0");
+    h_write_file(h_keys_path(), "%s%s", h_key_line("alice", KEY_ALICE, "default", NULL),
+                 h_key_line("bob", KEY_BOB, "default", NULL));
+    h_gw_config(&g, NULL, H_STD_ROUTES "\n[keys]\nauth = required\nfile = %s\n", m.port, h_keys_path());
+    H_GW(&g);
+
+    const char *body = chat_body("mock-llama-3.1-8b", 2);
+    char hdr[512];
+    snprintf(hdr, sizeof hdr, "%s%s", h_bearer(KEY_ALICE), h_bearer(KEY_BOB));
+    expect_400_credentials(g.port, "POST", "/v1/chat/completions", hdr, body, "two Authorization headers");
+    expect_400_credentials(g.port, "GET", "/v1/files", hdr, NULL, "two Authorization headers, raw route");
+    expect_400_credentials(g.port, "GET", "/v1/models", hdr, NULL, "two Authorization headers, /v1/models");
+    snprintf(hdr, sizeof hdr, "%s%s", h_bearer(KEY_ALICE), h_bearer(KEY_ALICE));
+    expect_400_credentials(g.port, "POST", "/v1/chat/completions", hdr, body,
+                           "the same Authorization header twice");
+    snprintf(hdr, sizeof hdr, "%s%s", xapikey(KEY_ALICE), xapikey(KEY_ALICE));
+    expect_400_credentials(g.port, "POST", "/v1/chat/completions", hdr, body, "two x-api-key headers");
+    snprintf(hdr, sizeof hdr, "%s%s", h_bearer(KEY_ALICE), xapikey(KEY_BOB));
+    expect_400_credentials(g.port, "POST", "/v1/chat/completions", hdr, body,
+                           "Authorization and x-api-key naming different keys");
+    snprintf(hdr, sizeof hdr, "%s%s", xapikey(KEY_BOB), h_bearer(KEY_ALICE));
+    expect_400_credentials(g.port, "GET", "/v1/files", hdr, NULL,
+                           "x-api-key and Authorization naming different keys, raw route");
+    snprintf(hdr, sizeof hdr, "Authorization: Basic YWxpY2U6eA==\r\n%s", xapikey(KEY_ALICE));
+    expect_400_credentials(g.port, "POST", "/v1/chat/completions", hdr, body,
+                           "Basic Authorization next to a valid x-api-key");
+    cr_assert_eq(h_metric0(m.port, "mockllm_requests_total"), 0,
+                 "a request with conflicting credentials reached the backend");
+
+    /* the same key in both headers names one caller: accepted */
+    struct h_resp r;
+    snprintf(hdr, sizeof hdr, "%s%s", h_bearer(KEY_ALICE), xapikey(KEY_ALICE));
+    int rc = once(g.port, "POST", "/v1/chat/completions", hdr, body, &r);
+    EXPECT(rc, r, 200, "the same key as Bearer and x-api-key");
+    h_resp_free(&r);
+
+    /* a 400 without a body leaves a kept-alive connection usable */
+    struct h_conn c;
+    H_CONNECT_GW(&c, &g);
+    snprintf(hdr, sizeof hdr, "%s%s", h_bearer(KEY_ALICE), xapikey(KEY_BOB));
+    rc = h_request(&c, "GET", "/v1/models", hdr, NULL, &r, T_RESP);
+    EXPECT(rc, r, 400, "kept-alive GET with conflicting keys");
+    h_resp_free(&r);
+    rc = h_request(&c, "POST", "/v1/chat/completions", h_bearer(KEY_ALICE), body, &r, T_RESP);
+    EXPECT(rc, r, 200, "the same connection, now with one key");
+    h_resp_free(&r);
+    h_close(&c);
+    cr_assert_eq(h_metric0(m.port, "mockllm_requests_total"), 2);
+    h_finish();
+}
+
+Test(auth, credentials_in_the_target_never_reach_the_access_log)
+{
+    struct h_mock m;
+    struct h_gw g = {0};
+    H_MOCK(&m, "mock", "--tps 0 --ttft-ms 0");
+    h_write_file(h_keys_path(), "%s", h_key_line("alice", KEY_ALICE, "default", NULL));
+    h_gw_config(&g, NULL, H_STD_ROUTES "\n[keys]\nauth = required\nfile = %s\n", m.port, h_keys_path());
+    H_GW(&g);
+
+    char hdr[512];
+    struct h_resp r;
+    /* by parameter name, any case */
+    snprintf(hdr, sizeof hdr, "%sX-Request-Id: log-names\r\n", h_bearer(KEY_ALICE));
+    int rc = once(g.port, "GET",
+                  "/v1/files?purpose=fine-tune&api_key=PlainSecret-1&Token=PlainSecret-2"
+                  "&access_token=PlainSecret-3&key=PlainSecret-4&limit=5",
+                  hdr, NULL, &r);
+    cr_assert_eq(rc, H_OK);
+    h_resp_free(&r);
+    /* by the look of the value: an aigw key anywhere, sk- and Bearer values */
+    snprintf(hdr, sizeof hdr, "%sX-Request-Id: log-values\r\n", h_bearer(KEY_ALICE));
+    rc = once(g.port, "GET",
+              "/v1/files/sk-aigw-PlainSecret7xYz0123456789/content?x=sk-proj-PlainSecret-5"
+              "&y=Bearer%20PlainSecret-6&z=ok",
+              hdr, NULL, &r);
+    cr_assert_eq(rc, H_OK);
+    h_resp_free(&r);
+    /* the caller's own key in the query of an AI request */
+    snprintf(hdr, sizeof hdr, "%sX-Request-Id: log-ai\r\n", h_bearer(KEY_ALICE));
+    rc = once(g.port, "POST", "/v1/chat/completions?api_key=" KEY_ALICE, hdr, chat_body("mock-llama-3.1-8b", 2),
+              &r);
+    EXPECT(rc, r, 200, "chat with its key in the query too");
+    h_resp_free(&r);
+
+    char *log = NULL;
+    static const char *const ids[] = {"log-names", "log-values", "log-ai"};
+    for (unsigned i = 0; i < 3; i++) {
+        char needle[64];
+        snprintf(needle, sizeof needle, "\"request_id\":\"%s\"", ids[i]);
+        free(log);
+        log = h_wait_for_text(h_access_log_path(), needle, 3000 * h_slow());
+        cr_assert_not_null(log, "no access log line for %s:\n%s", ids[i], h_read_file(h_access_log_path()));
+    }
+    static const char *const targets[] = {
+        "\"target\":\"/v1/files?purpose=fine-tune&api_key=REDACTED&Token=REDACTED&access_token=REDACTED"
+        "&key=REDACTED&limit=5\"",
+        "\"target\":\"/v1/files/REDACTED/content?x=REDACTED&y=REDACTED&z=ok\"",
+        "\"target\":\"/v1/chat/completions?api_key=REDACTED\"",
+    };
+    for (unsigned i = 0; i < 3; i++) {
+        char needle[64];
+        snprintf(needle, sizeof needle, "\"request_id\":\"%s\"", ids[i]);
+        char *line = line_with(log, needle);
+        cr_assert_not_null(line);
+        cr_assert(strstr(line, targets[i]), "want %s in:\n%s", targets[i], line);
+        free(line);
+    }
+    static const char *const files[] = {"access.log", "aigw.err", "aigw.out"};
+    for (unsigned f = 0; f < 3; f++) {
+        char p[600];
+        snprintf(p, sizeof p, "%s/%s", h_dir(), files[f]);
+        char *text = h_read_file(p);
+        cr_assert(!text || (!strstr(text, "PlainSecret") && !strstr(text, KEY_ALICE)), "%s holds a secret:\n%s",
+                  files[f], text);
+        free(text);
+    }
     free(log);
     h_finish();
 }

@@ -1,5 +1,6 @@
-/* Malformed and oversized requests end to end: 400 and close, 431, 413, and
- * Expect: 100-continue. */
+/* Malformed and oversized requests end to end: 400 and close (also for
+ * duplicated Host, Content-Type, Transfer-Encoding), 431, 413, Expect:
+ * 100-continue, and 417 for any other expectation. */
 #include "harness.h"
 
 #include <poll.h>
@@ -79,6 +80,67 @@ Test(http_errors, bad_head_syntax_is_400_and_close)
     expect_400_and_close(&g, "request line garbage", "\x16\x03\x01 hello there\r\n\r\n");
     expect_400_and_close(&g, "HTTP/0.9", "GET /v1/models\r\n\r\n");
     expect_400_and_close(&g, "HTTP/2.0 version", "GET /v1/models HTTP/2.0\r\nHost: x\r\n\r\n");
+    h_finish();
+}
+
+Test(http_errors, duplicate_semantic_headers_are_400_and_close)
+{
+    struct h_mock m;
+    struct h_gw g = {0};
+    start(&m, &g);
+
+    expect_400_and_close(&g, "two Host headers",
+                         "GET /v1/models HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n");
+    expect_400_and_close(&g, "two Content-Type headers",
+                         "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         "Content-Type: text/plain\r\nContent-Length: 2\r\n\r\n{}");
+    expect_400_and_close(&g, "the same Content-Type twice",
+                         "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}");
+    expect_400_and_close(&g, "two Transfer-Encoding headers",
+                         "POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                         "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
+    cr_assert_eq(h_metric0(m.port, "mockllm_requests_total"), 0, "a refused request reached the backend");
+    h_finish();
+}
+
+Test(http_errors, expect_other_than_100_continue_is_417)
+{
+    struct h_mock m;
+    struct h_gw g = {0};
+    start(&m, &g);
+
+    /* with a body: answered at once, then closed (the body is never read) */
+    struct h_conn c;
+    H_CONNECT_GW(&c, &g);
+    cr_assert_eq(h_sendf(&c, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             "Content-Length: 2\r\nExpect: 200-ok\r\n\r\n"),
+                 0);
+    struct h_resp r;
+    int rc = h_recv(&c, &r, T_RESP);
+    cr_assert_eq(rc, H_OK, "no answer to Expect: 200-ok (%d); aigw stderr:\n%s", rc, h_tail(g.tag));
+    cr_assert_eq(r.status, 417, "Expect: 200-ok: status %d %s", r.status, r.body);
+    cr_assert(h_json_str_is(r.body, "type", "invalid_request_error"), "417 not an OpenAI error: %s", r.body);
+    cr_assert(strstr(r.body, "Expect"), "the message should name the header: %s", r.body);
+    h_resp_free(&r);
+    cr_assert(h_wait_closed(&c, 2000 * h_slow(), NULL), "connection left open with an unread body");
+    h_close(&c);
+
+    /* without a body: the connection goes on serving */
+    H_CONNECT_GW(&c, &g);
+    rc = h_request(&c, "GET", "/v1/models", "Expect: 100-continue, something-else\r\n", NULL, &r, T_RESP);
+    cr_assert_eq(rc, H_OK, "aigw stderr:\n%s", h_tail(g.tag));
+    cr_assert_eq(r.status, 417, "Expect with an unknown member: status %d %s", r.status, r.body);
+    h_resp_free(&r);
+    char body[512];
+    rc = h_request(&c, "POST", "/v1/chat/completions", NULL,
+                   h_chat_body(body, sizeof body, 2, false), &r, T_RESP);
+    cr_assert_eq(rc, H_OK, "no answer on the same connection after the 417 (%d)", rc);
+    cr_assert_eq(r.status, 200, "after the 417: status %d %s", r.status, r.body);
+    h_resp_free(&r);
+    h_close(&c);
+    cr_assert_eq(h_metric0(m.port, "mockllm_requests_total"), 1,
+                 "only the request without an expectation may reach the backend");
     h_finish();
 }
 

@@ -495,6 +495,78 @@ static void *producer_main(void *arg)
     return NULL;
 }
 
+/* ---- credentials in targets ---- */
+
+static const char *redact(const char *target, size_t cap)
+{
+    static char out[1024];
+    cr_assert_leq(cap, sizeof out - 1);
+    memset(out, '#', sizeof out);
+    size_t n = alog_redact_target(out, cap, (struct slice){ target, strlen(target) });
+    cr_assert_leq(n, cap, "wrote past cap for %s", target);
+    cr_assert_eq(out[cap], '#', "wrote past cap for %s", target);
+    out[n] = '\0';
+    return out;
+}
+
+Test(accesslog, redacts_credentials_in_the_target)
+{
+    static const struct {
+        const char *in, *out;
+    } cases[] = {
+        /* nothing to hide: copied as is */
+        { "/v1/chat/completions", "/v1/chat/completions" },
+        { "/v1/files?purpose=fine-tune&limit=5", "/v1/files?purpose=fine-tune&limit=5" },
+        { "/x?", "/x?" },
+        { "/x?&&a=1&", "/x?&&a=1&" },
+        { "*", "*" },
+        /* by parameter name, any case, percent-encoded or not */
+        { "/v1/x?api_key=s3cret", "/v1/x?api_key=REDACTED" },
+        { "/v1/x?a=1&key=s3cret&b=2", "/v1/x?a=1&key=REDACTED&b=2" },
+        { "/v1/x?TOKEN=s3cret", "/v1/x?TOKEN=REDACTED" },
+        { "/v1/x?access_token=a.b.c&apikey=1&api-key=2&x-api-key=3", "/v1/x?access_token=REDACTED&apikey=REDACTED"
+          "&api-key=REDACTED&x-api-key=REDACTED" },
+        { "/v1/x?auth=1&authorization=2&password=3&secret=4&client_secret=5",
+          "/v1/x?auth=REDACTED&authorization=REDACTED&password=REDACTED&secret=REDACTED&client_secret=REDACTED" },
+        { "/v1/x?api%5Fkey=s3cret&Api%5fKey=s3cret", "/v1/x?api%5Fkey=REDACTED&Api%5fKey=REDACTED" },
+        { "/v1/x?key=a=b=c", "/v1/x?key=REDACTED" },        /* the value runs to the next '&' */
+        { "/v1/x?key=a;b&c=d", "/v1/x?key=REDACTED&c=d" },
+        /* names that only look alike are kept */
+        { "/v1/x?keys=1&monkey=2&key_id=3&tokens=4", "/v1/x?keys=1&monkey=2&key_id=3&tokens=4" },
+        /* an empty value has nothing to hide */
+        { "/v1/x?key=&token", "/v1/x?key=&token" },
+        /* by the look of the value, whatever the name */
+        { "/v1/x?q=sk-proj-abc123", "/v1/x?q=REDACTED" },
+        { "/v1/x?q=SK-abc", "/v1/x?q=REDACTED" },
+        { "/v1/x?q=sk%2Dabc", "/v1/x?q=REDACTED" },
+        { "/v1/x?h=Bearer%20abc&i=bearer+abc&j=Bearer", "/v1/x?h=REDACTED&i=REDACTED&j=Bearer" },
+        { "/v1/x?sk-abc&next=1", "/v1/x?REDACTED&next=1" },   /* a bare parameter is a value */
+        { "/v1/x?q=skate", "/v1/x?q=skate" },
+        /* an aigw key anywhere, up to its last base62 digit */
+        { "/v1/files/sk-aigw-Ab09zZ/content", "/v1/files/REDACTED/content" },
+        { "/v1/sk-aigw-Ab09zZ", "/v1/REDACTED" },
+        { "/v1/a-sk-aigw-Ab09zZ.json?x=1", "/v1/a-REDACTED.json?x=1" },
+        { "/v1/x?note=my-sk-aigw-Ab09zZ-here", "/v1/x?note=my-REDACTED-here" },
+        { "/v1/x?note=sk-aigw-", "/v1/x?note=REDACTED" },
+        { "/sk-aigw-a/sk-aigw-b?c=sk-aigw-d", "/REDACTED/REDACTED?c=REDACTED" },
+        { "/v1/SK-AIGW-abc", "/v1/SK-AIGW-abc" },          /* aigw keys are written in lower case */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        cr_expect_str_eq(redact(cases[i].in, 1000), cases[i].out, "case %zu: %s", i, cases[i].in);
+}
+
+Test(accesslog, redacted_target_is_cut_at_cap)
+{
+    cr_assert_str_eq(redact("/v1/x?key=s3cret&b=2", 12), "/v1/x?key=RE");
+    cr_assert_str_eq(redact("/v1/x?key=s3cret&b=2", 19), "/v1/x?key=REDACTED&");
+    cr_assert_str_eq(redact("/v1/sk-aigw-abc/x", 6), "/v1/RE");
+    cr_assert_str_eq(redact("/v1/x?a=1", 0), "");
+    /* a secret longer than what is kept is still hidden whole */
+    char big[700];
+    snprintf(big, sizeof big, "/v1/x?api_key=%0600d", 7);
+    cr_assert_str_eq(redact(big, 200), "/v1/x?api_key=REDACTED");
+}
+
 Test(accesslog, writes_lines_from_shard_threads_to_a_file)
 {
     make_tmp_dir();

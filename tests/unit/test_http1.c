@@ -259,8 +259,30 @@ Test(http1_req, expect_rules)
     cr_assert_eq(h1_parse_req("POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n"),
                  HTTP_OK);
     cr_assert_not(h1_req.expect_continue, "100-continue is ignored in HTTP/1.0");
-    h1_expect_bad("POST / HTTP/1.1\r\nExpect: 200-ok\r\nContent-Length: 3\r\n\r\n");
-    cr_assert_str_eq(h1_why, "unsupported Expect");
+    cr_assert_not(h1_req.expect_unmet);
+    cr_assert_eq(h1_parse_req("POST / HTTP/1.1\r\nexpect: 100-Continue\r\nContent-Length: 3\r\n\r\n"),
+                 HTTP_OK);
+    cr_assert(h1_req.expect_continue, "the expectation is case-insensitive");
+    cr_assert_not(h1_req.expect_unmet);
+}
+
+/* Any other expectation parses (the framing is sound) and is flagged, so the
+ * caller answers 417 rather than 400 (RFC 9110 10.1.1). */
+Test(http1_req, unmet_expectations_are_flagged_not_rejected)
+{
+    static const char *const heads[] = {
+        "POST / HTTP/1.1\r\nExpect: 200-ok\r\nContent-Length: 3\r\n\r\n",
+        "GET / HTTP/1.1\r\nExpect: 100-continue, foo\r\n\r\n",
+        "GET / HTTP/1.1\r\nExpect: 100-continue\r\nExpect: x=y\r\n\r\n",
+        "GET / HTTP/1.1\r\nExpect:\r\n\r\n",
+        "GET / HTTP/1.0\r\nExpect: 200-ok\r\n\r\n",
+    };
+    for (unsigned i = 0; i < sizeof heads / sizeof heads[0]; i++) {
+        cr_assert_eq(h1_parse_req(heads[i]), HTTP_OK, "%s: %s", heads[i], h1_why);
+        cr_assert(h1_req.expect_unmet, "not flagged: %s", heads[i]);
+    }
+    cr_assert_eq(h1_parse_req("GET / HTTP/1.1\r\nHost: a\r\n\r\n"), HTTP_OK);
+    cr_assert_not(h1_req.expect_unmet, "a request without Expect is not flagged");
 }
 
 Test(http1_req, options_asterisk_and_target_forms)
@@ -508,6 +530,27 @@ Test(http1_reject, http20_and_http12)
 Test(http1_reject, multiple_host_headers)
 {
     h1_expect_bad("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n");
+    cr_assert_str_eq(h1_why, "multiple Host headers");
+    h1_expect_bad("GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n");
+}
+
+/* aigw reads the first Content-Type (415, the AI path); a backend might read
+ * the other: two are refused even when equal. */
+Test(http1_reject, multiple_content_type_headers)
+{
+    h1_expect_bad("POST / HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+                  "Content-Type: text/plain\r\nContent-Length: 2\r\n\r\n{}");
+    cr_assert_str_eq(h1_why, "multiple Content-Type headers");
+    h1_expect_bad("POST / HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+                  "content-type: application/json\r\nContent-Length: 2\r\n\r\n{}");
+    cr_assert_eq(h1_parse_req("POST / HTTP/1.1\r\nHost: a\r\nContent-Type: application/json; charset=utf-8\r\n"
+                              "Content-Length: 2\r\n\r\n{}"),
+                 HTTP_OK, "%s", h1_why);
+    /* a response may repeat it: only requests are checked */
+    cr_assert_eq(h1_parse_resp("HTTP/1.1 200 OK\r\nContent-Type: a/b\r\nContent-Type: a/b\r\n"
+                               "Content-Length: 0\r\n\r\n",
+                               METHOD_GET),
+                 HTTP_OK, "%s", h1_why);
 }
 
 Test(http1_reject, null_why_is_allowed)

@@ -325,6 +325,53 @@ Test(keys, x_api_key_header)
     cr_expect_not(key_from_x_api_key((struct slice){ "a\0b", 3 }, &key));
 }
 
+/* What key_from_request makes of a request head's credential headers. */
+Test(keys, key_from_request_takes_one_credential)
+{
+    static const struct {
+        const char *headers;
+        enum key_presented want;
+        const char *key;
+    } cases[] = {
+        { "", KEY_ABSENT, NULL },
+        { "Authorization: Bearer k1\r\n", KEY_PRESENTED, "k1" },
+        { "x-api-key: k2\r\n", KEY_PRESENTED, "k2" },
+        { "Authorization: Basic YTpi\r\n", KEY_UNUSABLE, NULL },
+        { "X-Api-Key: a b\r\n", KEY_UNUSABLE, NULL },
+        /* the same key both ways names one caller */
+        { "Authorization: Bearer k1\r\nx-api-key: k1\r\n", KEY_PRESENTED, "k1" },
+        { "x-api-key: k1\r\nAuthorization: bearer  k1\r\n", KEY_PRESENTED, "k1" },
+        /* duplicates, even equal ones */
+        { "Authorization: Bearer k1\r\nAuthorization: Bearer k2\r\n", KEY_CONFLICT, NULL },
+        { "Authorization: Bearer k1\r\nauthorization: Bearer k1\r\n", KEY_CONFLICT, NULL },
+        { "x-api-key: k1\r\nX-API-KEY: k1\r\n", KEY_CONFLICT, NULL },
+        { "Authorization: Bearer k1\r\nx-api-key: k1\r\nx-api-key: k1\r\n", KEY_CONFLICT, NULL },
+        /* both, not naming the same key */
+        { "Authorization: Bearer k1\r\nx-api-key: k2\r\n", KEY_CONFLICT, NULL },
+        { "Authorization: Bearer k1\r\nx-api-key: k11\r\n", KEY_CONFLICT, NULL },
+        { "Authorization: Basic YTpi\r\nx-api-key: k1\r\n", KEY_CONFLICT, NULL },
+        { "Authorization: Bearer k1\r\nx-api-key: \r\n", KEY_CONFLICT, NULL },
+        /* other headers between them change nothing */
+        { "Authorization: Bearer k1\r\nX-Other: x\r\nAccept: */*\r\n", KEY_PRESENTED, "k1" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char head[512];
+        snprintf(head, sizeof head, "GET / HTTP/1.1\r\nHost: a\r\n%s\r\n", cases[i].headers);
+        struct http_request req;
+        const char *why = NULL;
+        cr_assert_eq(http_parse_request(head, strlen(head), sizeof head, &req, &why), HTTP_OK, "%s", why);
+        struct slice key = { "untouched", 9 };
+        enum key_presented got = key_from_request(&req, &key);
+        cr_expect_eq(got, cases[i].want, "case %zu (%s): got %d, want %d", i, cases[i].headers, got,
+                     cases[i].want);
+        if (cases[i].key)
+            cr_expect(key.len == strlen(cases[i].key) && memcmp(key.p, cases[i].key, key.len) == 0,
+                      "case %zu: key %.*s", i, (int)key.len, key.p);
+        else
+            cr_expect_eq(key.len, 9, "case %zu: the output is untouched without a key", i);
+    }
+}
+
 Test(keys, generate_format)
 {
     static const char alphabet[] = KEY_BASE62_ALPHABET;
