@@ -1,7 +1,7 @@
 /* A shard: one pinned thread, one io_uring, its own listeners (SO_REUSEPORT),
  * provided-buffer ring, buffer and pipe pools, timer wheel and connections.
- * The loop submits and waits once per turn, dispatches completions by the tag in
- * user_data, then advances the timer wheel. */
+ * The loop submits and waits once per turn, hands each completion to its owner by
+ * the tag in user_data (demux_cqe), then advances the timer wheel. */
 #include "core/proxy.h"
 
 #include <errno.h>
@@ -380,9 +380,10 @@ static void stop_listening(struct shard *sh)
     }
 }
 
-/* ---- dispatch ---- */
+/* ---- completions ---- */
 
-static void dispatch(struct shard *sh, struct io_uring_cqe *cqe)
+/* Hands a completion to the object its user_data names. */
+static void demux_cqe(struct shard *sh, struct io_uring_cqe *cqe)
 {
     uint64_t ud = cqe->user_data;
     enum op op = ud_op(ud);
@@ -510,7 +511,7 @@ static void *shard_main(void *arg)
         shard_clock(sh);
         unsigned head, seen = 0;
         io_uring_for_each_cqe(&sh->ring, head, cqe) {
-            dispatch(sh, cqe);
+            demux_cqe(sh, cqe);
             seen++;
         }
         io_uring_cq_advance(&sh->ring, seen);
