@@ -25,19 +25,30 @@ struct runtime rt;
 static int listener_fds[MAX_SHARDS][CFG_MAX_LISTEN];
 static unsigned listener_count;
 
-static int open_listener(const struct cfg_addr *a)
+/* One socket of a listen address. SO_REUSEPORT would let a second aigw (or any
+ * process of the same user) join the address and take part of its traffic, so
+ * the first socket of each address claims it: it is bound without SO_REUSEPORT,
+ * which fails if anything listens there, and only then gets SO_REUSEPORT (before
+ * listen(), so it forms the group) for the other shards' sockets to join. The
+ * check and the claim are the one bind, so two instances starting at once cannot
+ * both pass. SO_REUSEADDR keeps a restart working while connections of the old
+ * process are still draining or in TIME_WAIT: only a listening socket conflicts. */
+static int open_listener(const struct cfg_addr *a, bool claim)
 {
     int fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (!claim)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     /* accepted sockets inherit TCP_NODELAY: SSE events must not wait for Nagle */
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (a->sa.ss_family == AF_INET6)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
-    if (bind(fd, (const struct sockaddr *)&a->sa, a->salen) < 0 || listen(fd, 4096) < 0) {
+    if (bind(fd, (const struct sockaddr *)&a->sa, a->salen) < 0 ||
+        (claim && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) ||
+        listen(fd, 4096) < 0) {
         int e = errno;
         close(fd);
         errno = e;
@@ -48,11 +59,18 @@ static int open_listener(const struct cfg_addr *a)
 
 int listeners_open(const struct config *cfg, unsigned nshards)
 {
+    /* shard 0's sockets claim every address before any other socket joins one */
     for (unsigned s = 0; s < nshards; s++) {
         for (unsigned i = 0; i < cfg->server.nlisten; i++) {
-            int fd = open_listener(&cfg->server.listen[i]);
+            const struct cfg_addr *a = &cfg->server.listen[i];
+            int fd = open_listener(a, s == 0);
+            if (fd < 0 && errno == EADDRINUSE) {
+                log_error("cannot listen on %s: address already in use; another process listens "
+                          "there (is aigw already running?)", a->text);
+                return -1;
+            }
             if (fd < 0) {
-                log_error("cannot listen on %s: %s", cfg->server.listen[i].text, strerror(errno));
+                log_error("cannot listen on %s: %s", a->text, strerror(errno));
                 return -1;
             }
             listener_fds[s][i] = fd;

@@ -6,12 +6,6 @@
 #include <string.h>
 #include <sys/wait.h>
 
-static const char *aigw_bin(void)
-{
-    const char *p = getenv("AIGW_BIN");
-    return p && *p ? p : "build/aigw";
-}
-
 /* A valid configuration; each test replaces or inserts single lines, so the
  * line numbers of the comments below stay true. */
 static void write_conf(const char *path, int listen_port, const char *server_extra,
@@ -63,8 +57,8 @@ static bool names_line(const char *err, const char *path, int line, int alt_line
 static void expect_refused(const char *tag, bool check_only, const char *path, int line, int alt_line,
                            const char *what)
 {
-    const char *argv_check[] = {aigw_bin(), "-t", "-c", path, NULL};
-    const char *argv_run[] = {aigw_bin(), "-c", path, NULL};
+    const char *argv_check[] = {h_aigw_bin(), "-t", "-c", path, NULL};
+    const char *argv_run[] = {h_aigw_bin(), "-c", path, NULL};
     int st = h_run(tag, check_only ? argv_check : argv_run, 5000 * h_slow());
     char errpath[600];
     snprintf(errpath, sizeof errpath, "%s/%s.err", h_dir(), tag);
@@ -98,7 +92,7 @@ TestSuite(config, .init = setup, .fini = h_teardown, .timeout = 60);
 Test(config, check_ok_prints_configuration_ok)
 {
     write_conf(conf_path, 0, NULL, NULL, NULL, NULL);
-    const char *argv[] = {aigw_bin(), "-t", "-c", conf_path, NULL};
+    const char *argv[] = {h_aigw_bin(), "-t", "-c", conf_path, NULL};
     int st = h_run("check", argv, 5000 * h_slow());
     cr_assert(st != -1, "aigw -t did not exit within 5 s");
     char *conf = h_read_file(conf_path);
