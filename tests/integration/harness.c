@@ -262,11 +262,12 @@ int h_free_port(void)
 
 /* ---- processes ---- */
 
-static unsigned spawn_nofile;
+static struct rlimit spawn_nofile;
 
-void h_spawn_nofile(unsigned n)
+void h_spawn_nofile(unsigned soft, unsigned hard)
 {
-    spawn_nofile = n;
+    spawn_nofile.rlim_cur = soft;
+    spawn_nofile.rlim_max = hard;
 }
 
 pid_t h_spawn(const char *tag, const char *const argv[])
@@ -299,12 +300,9 @@ pid_t h_spawn(const char *tag, const char *const argv[])
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
-        if (spawn_nofile) {
-            struct rlimit lim = {spawn_nofile, spawn_nofile};
-            if (setrlimit(RLIMIT_NOFILE, &lim) != 0) {
-                dprintf(2, "harness: setrlimit(RLIMIT_NOFILE, %u): %s\n", spawn_nofile, strerror(errno));
-                _exit(127);
-            }
+        if (spawn_nofile.rlim_max && setrlimit(RLIMIT_NOFILE, &spawn_nofile) != 0) {
+            dprintf(2, "harness: setrlimit(RLIMIT_NOFILE): %s\n", strerror(errno));
+            _exit(127);
         }
         execv(argv[0], (char *const *)argv);
         dprintf(2, "harness: exec %s: %s\n", argv[0], strerror(errno));

@@ -45,9 +45,9 @@ int h_free_port(void);
 
 /* Starts argv[0] with stdout/stderr appended to <dir>/<tag>.out and .err. */
 pid_t h_spawn(const char *tag, const char *const argv[]);
-/* Processes spawned from now on in this test start with RLIMIT_NOFILE (soft and
- * hard) set to n; 0 restores the inherited limit. */
-void h_spawn_nofile(unsigned n);
+/* Processes spawned from now on in this test start with RLIMIT_NOFILE set to
+ * soft and hard; 0, 0 restores the inherited limit. */
+void h_spawn_nofile(unsigned soft, unsigned hard);
 /* Waits up to timeout_ms for pid to exit. Returns the wait status, -1 on timeout. */
 int h_wait_exit(pid_t pid, int timeout_ms);
 /* SIGTERM, wait up to timeout_ms, then SIGKILL. Returns the wait status
