@@ -241,8 +241,9 @@ int main(int argc, char **argv)
 
     char err[1024];
     struct config *cfg = NULL;
-    if (config_load(path, &cfg, err, sizeof err) != 0) {
+    if (config_load(path, &cfg, err, sizeof err) != 0 || config_check_files(cfg, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
+        config_free(cfg);
         return 1;
     }
     if (check_only) {
