@@ -2,7 +2,9 @@
 # The demo behind `make run`: two aigw-mockllm on 127.0.0.1:8001 and :8002, and aigw
 # on 127.0.0.1:8080 (admin 127.0.0.1:9090) in front of them with examples/aigw.conf,
 # plus API keys: a fresh key from `aigw keygen`, in a "demo" tier with small limits.
-# Stays in the foreground with aigw's output; Ctrl-C or SIGTERM stops all three.
+# Stays in the foreground with aigw's output; Ctrl-C, SIGTERM or SIGHUP stops all
+# three. Other ports: AIGW_DEMO_LISTEN_PORT, AIGW_DEMO_ADMIN_PORT,
+# AIGW_DEMO_BACKEND_PORTS="P1 P2".
 set -u
 
 cd "$(dirname "$0")/.." || exit 1
@@ -11,15 +13,19 @@ AIGW=$BUILD/aigw
 MOCKLLM=$BUILD/aigw-mockllm
 CONF=examples/aigw.conf
 MODEL=mock-llama-3.1-8b
-BACKEND_PORTS="8001 8002"
-LISTEN_PORT=8080
-ADMIN_PORT=9090
+# Ports, as in examples/aigw.conf; another set from the environment (two backends).
+LISTEN_PORT=${AIGW_DEMO_LISTEN_PORT:-8080}
+ADMIN_PORT=${AIGW_DEMO_ADMIN_PORT:-9090}
+BACKEND_PORTS=${AIGW_DEMO_BACKEND_PORTS:-8001 8002}
 LOGDIR=$BUILD/demo
 
 for f in "$AIGW" "$MOCKLLM"; do
     [ -x "$f" ] || { echo "run-demo: $f not found; build it first with 'make'" >&2; exit 1; }
 done
 [ -r "$CONF" ] || { echo "run-demo: $CONF not found" >&2; exit 1; }
+# shellcheck disable=SC2086
+set -- $BACKEND_PORTS
+[ $# -eq 2 ] || { echo "run-demo: AIGW_DEMO_BACKEND_PORTS must name two ports" >&2; exit 1; }
 command -v curl >/dev/null 2>&1 || { echo "run-demo: curl is needed (make deps installs it)" >&2; exit 1; }
 
 # Whether something listens on a local TCP port, without sending it a request (a probe
@@ -45,25 +51,32 @@ fi
 
 pids=""
 stopping=0
+# Stops what this script started, by PID, and waits for it, whatever ends the demo:
+# Ctrl-C, SIGTERM (`make run` stopped by a supervisor or `timeout`), SIGHUP (the
+# terminal went away; aigw alone would take it for a reload and stay), or aigw
+# exiting. SIGTERM first (aigw drains, the mocks exit), SIGKILL for whatever still
+# runs 5 s later. `jobs` reaps the children that have exited: a child exited but not
+# yet waited for still answers `kill -0`.
 stop_all() {
     [ "$stopping" -eq 1 ] && return
     stopping=1
     [ -n "$pids" ] || return
     # shellcheck disable=SC2086
     kill -TERM $pids 2>/dev/null
-    # aigw drains in-flight streams on SIGTERM; give everything 5 s, then insist.
     i=0
     while [ $i -lt 50 ]; do
+        jobs >/dev/null 2>&1
         alive=""
         for p in $pids; do kill -0 "$p" 2>/dev/null && alive="$alive $p"; done
-        [ -z "$alive" ] && return
+        [ -z "$alive" ] && break
         sleep 0.1
         i=$((i + 1))
     done
     # shellcheck disable=SC2086
-    kill -KILL $alive 2>/dev/null
+    [ -n "$alive" ] && kill -KILL $alive 2>/dev/null
+    for p in $pids; do wait "$p" 2>/dev/null; done
 }
-trap 'stop_all; exit 0' INT TERM
+trap 'stop_all; exit 0' INT TERM HUP
 trap 'stop_all' EXIT
 
 mkdir -p "$LOGDIR"
@@ -102,7 +115,10 @@ KEY=$(printf '%s\n' "$keygen" | sed -n 's/^key: *//p')
 printf '%s\n' "$keygen" | grep '^demo sha256:' >"$LOGDIR/keys"
 DEMO_CONF=$LOGDIR/aigw.conf
 {
-    cat "$CONF"
+    # shellcheck disable=SC2086
+    set -- $BACKEND_PORTS
+    sed -e "s/127\.0\.0\.1:8080/127.0.0.1:$LISTEN_PORT/g" -e "s/127\.0\.0\.1:9090/127.0.0.1:$ADMIN_PORT/g" \
+        -e "s/127\.0\.0\.1:8001/127.0.0.1:$1/g" -e "s/127\.0\.0\.1:8002/127.0.0.1:$2/g" "$CONF"
     cat <<KEYS
 
 # added by scripts/run-demo.sh
@@ -126,7 +142,7 @@ wait_port "$LISTEN_PORT" "$aigw_pid" "aigw" || exit 1
 cat <<MSG
 
   aigw is running on http://127.0.0.1:$LISTEN_PORT in front of two aigw-mockllm
-  (127.0.0.1:8001, 127.0.0.1:8002; logs in $LOGDIR/), with examples/aigw.conf
+  (ports $BACKEND_PORTS; logs in $LOGDIR/), with examples/aigw.conf
   plus API keys ($DEMO_CONF). Your key, tier "demo" (120 requests and 20000
   tokens a minute): $KEY
   Try, from another terminal:

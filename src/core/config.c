@@ -13,6 +13,7 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <ini.h>
 #include <netdb.h>
 #include <pthread.h>
@@ -20,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Longest accepted line, newline excluded. */
 #define CFG_LINE_MAX 1024
@@ -94,10 +96,31 @@ static void vfail_in(struct load_ctx *x, const char *file, int line, const char 
                      : snprintf(x->err, x->errlen, "%s: ", file);
     if (n >= 0 && (size_t)n < x->errlen)
         vsnprintf(x->err + n, x->errlen - (size_t)n, fmt, ap);
-    /* values are echoed back; keep terminal control bytes out of the message */
-    for (char *p = x->err; *p; p++)
-        if ((unsigned char)*p < 0x20 || *p == 0x7f)
-            *p = '?';
+}
+
+/* Messages echo bytes of the file (values, keys, a binary file's first line) and
+ * go to a terminal: control bytes could drive it and stray bytes garble it, so
+ * both are shown as \xNN. Every byte above 0x7f is escaped too, which keeps the
+ * message plain ASCII without deciding what is valid UTF-8; the names aigw
+ * accepts are ASCII. Truncates rather than cut an escape in half. */
+static void escape_message(char *err, size_t errlen)
+{
+    if (!err || errlen == 0)
+        return;
+    char out[1024];
+    size_t cap = errlen < sizeof out ? errlen : sizeof out, o = 0;
+    for (const unsigned char *p = (const unsigned char *)err; *p; p++) {
+        bool plain = *p >= 0x20 && *p < 0x7f;
+        size_t need = plain ? 1 : 4;
+        if (o + need >= cap)
+            break;
+        if (plain)
+            out[o++] = (char)*p;
+        else
+            o += (size_t)snprintf(out + o, cap - o, "\\x%02x", *p);
+    }
+    out[o] = '\0';
+    memcpy(err, out, o + 1);
 }
 
 static void vfail_at(struct load_ctx *x, int line, const char *fmt, va_list ap)
@@ -513,6 +536,7 @@ static int key_log_access(struct load_ctx *x, const char *key, const char *value
     } else if (value[0] == '/' && strlen(value) < sizeof c->log.access_path) {
         c->log.access = ACCESS_FILE;
         strcpy(c->log.access_path, value);
+        c->log.access_line = x->lineno;
         return 0;
     } else {
         return bad_value(x, key, value, "stdout, off or an absolute path");
@@ -1476,10 +1500,13 @@ int config_load(const char *path, struct config **out, char *err, size_t errlen)
     x.file = fopen(path, "re");
     if (!x.file) {
         fail_at(&x, 0, "cannot open: %s", strerror(errno));
+        escape_message(err, errlen);
         return -1;
     }
     int rc = load(&x, out);
     fclose(x.file);
+    if (rc != 0)
+        escape_message(err, errlen);
     return rc;
 }
 
@@ -1490,7 +1517,31 @@ int config_load_string(const char *name, const char *text, struct config **out,
                           .text = text, .text_len = strlen(text) };
     if (err && errlen)
         err[0] = '\0';
-    return load(&x, out);
+    int rc = load(&x, out);
+    if (rc != 0)
+        escape_message(err, errlen);
+    return rc;
+}
+
+/* The access log is opened as accesslog.c opens it: for append, created when
+ * missing, never truncated; a file created here stays (the daemon would create
+ * it too). An error names the line of `access =`. */
+int config_check_files(const struct config *c, char *err, size_t errlen)
+{
+    if (err && errlen)
+        err[0] = '\0';
+    if (c->log.access != ACCESS_FILE)
+        return 0;
+    int fd = open(c->log.access_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (fd >= 0) {
+        close(fd);
+        return 0;
+    }
+    struct load_ctx x = { .name = c->path, .err = err, .errlen = errlen };
+    fail_at(&x, c->log.access_line, "access log %s cannot be opened for appending: %s",
+            c->log.access_path, strerror(errno));
+    escape_message(err, errlen);
+    return -1;
 }
 
 void config_free(struct config *c)

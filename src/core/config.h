@@ -124,6 +124,7 @@ struct config {
     struct {
         enum access_log_mode access; /* default stdout */
         char access_path[PATH_MAX];
+        int access_line;        /* of `access = /path`, for messages */
         enum log_level level;   /* default info */
     } log;
     struct cfg_pool *pools;
@@ -149,6 +150,10 @@ int config_load(const char *path, struct config **out, char *err, size_t errlen)
 int config_load_string(const char *name, const char *text, struct config **out,
                        char *err, size_t errlen);
 void config_free(struct config *c);
+/* What `aigw -t` checks beyond the file itself: opens what the daemon will open
+ * at start, the way it will (the keys file is already read by config_load). 0,
+ * or -1 and "FILE:LINE: message" in err. */
+int config_check_files(const struct config *c, char *err, size_t errlen);
 
 /* Value parsers shared with other modules; each returns 0 or -1 (bad value). */
 int config_parse_duration_ms(const char *s, uint64_t *out);  /* "250ms" "2s" "1m" "1h"; bare number = seconds */

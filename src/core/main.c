@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -147,6 +148,55 @@ static void reload(const char *path)
     sd_notifyf("READY=1\nSTATUS=serving (generation %llu)", (unsigned long long)g->id);
 }
 
+/* The largest soft RLIMIT_NOFILE the kernel takes: the hard limit, unless that is
+ * unlimited, which setrlimit refuses above fs.nr_open. */
+static rlim_t nofile_ceiling(rlim_t hard)
+{
+    if (hard != RLIM_INFINITY)
+        return hard;
+    rlim_t nr_open = 1048576;     /* the kernel's default */
+    FILE *f = fopen("/proc/sys/fs/nr_open", "re");
+    if (f) {
+        unsigned long long v;
+        if (fscanf(f, "%llu", &v) == 1 && v > 0)
+            nr_open = (rlim_t)v;
+        fclose(f);
+    }
+    return nr_open;
+}
+
+/* Every client and upstream connection is a descriptor, and the soft limit is
+ * often 1024 when the hard one is far higher: take the hard one, as nginx's
+ * worker_rlimit_nofile and HAProxy do, and say when max_connections cannot fit. */
+static void raise_nofile_limit(const struct config *cfg, unsigned nshards)
+{
+    struct rlimit lim;
+    if (getrlimit(RLIMIT_NOFILE, &lim) != 0) {
+        log_warn("getrlimit(RLIMIT_NOFILE): %s", strerror(errno));
+        return;
+    }
+    rlim_t want = nofile_ceiling(lim.rlim_max);
+    if (lim.rlim_cur != RLIM_INFINITY && lim.rlim_cur < want) {
+        rlim_t was = lim.rlim_cur;
+        lim.rlim_cur = want;
+        if (setrlimit(RLIMIT_NOFILE, &lim) == 0)
+            log_info("descriptor limit raised from %llu to %llu", (unsigned long long)was,
+                     (unsigned long long)want);
+        else
+            lim.rlim_cur = was;
+    }
+    /* a client and its upstream connection each, the listeners, and room for the
+     * rest (rings, pipes of bodies being spliced, logs, the admin and watcher) */
+    unsigned long long need = 2ull * cfg->server.max_connections +
+                              (unsigned long long)nshards * cfg->server.nlisten + 64;
+    if (lim.rlim_cur != RLIM_INFINITY && need > lim.rlim_cur)
+        log_warn("the descriptor limit (%llu) is below what max_connections = %u needs (about %llu: "
+                 "a client and an upstream connection each); past it new clients wait in the "
+                 "listen backlog. Raise it (LimitNOFILE= under systemd, ulimit -Hn) or lower "
+                 "max_connections",
+                 (unsigned long long)lim.rlim_cur, cfg->server.max_connections, need);
+}
+
 static unsigned online_cpus(void)
 {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -191,8 +241,9 @@ int main(int argc, char **argv)
 
     char err[1024];
     struct config *cfg = NULL;
-    if (config_load(path, &cfg, err, sizeof err) != 0) {
+    if (config_load(path, &cfg, err, sizeof err) != 0 || config_check_files(cfg, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
+        config_free(cfg);
         return 1;
     }
     if (check_only) {
@@ -215,6 +266,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     rt.nshards = cfg->server.shards ? cfg->server.shards : online_cpus();
+    raise_nofile_limit(cfg, rt.nshards);
     /* key names since start get metric slots: room for the file to double */
     metrics_reserve_keys(2 * keyring_count(cfg->keys.ring) + 1024);
     if (metrics_init(rt.nshards) != 0) {

@@ -318,6 +318,13 @@ struct listener {
     int fd;
     bool accepting;
     const struct cfg_addr *addr;
+    /* out of descriptors: accepting paused (see shard.c, accept_pause) */
+    uint64_t resume_ms;             /* 0: not paused */
+    uint32_t backoff_ms;
+    unsigned fds_held_at_pause;     /* the shard's connections then; fewer: retry early */
+    uint64_t last_log_ms;           /* of the last pause logged: one line a second at most */
+    unsigned unlogged;              /* pauses since that line */
+    bool pause_logged;              /* since the last successful accept */
 } __attribute__((aligned(16)));
 
 struct shard {
@@ -334,6 +341,7 @@ struct shard {
 
     struct listener listeners[CFG_MAX_LISTEN];
     unsigned nlisteners;
+    unsigned accept_paused;         /* listeners waiting for descriptors */
 
     struct shard_gen *sg;           /* current generation */
     struct http_request scratch_req;    /* parsed head being handled (one at a time) */

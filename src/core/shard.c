@@ -1,7 +1,7 @@
 /* A shard: one pinned thread, one io_uring, its own listeners (SO_REUSEPORT),
  * provided-buffer ring, buffer and pipe pools, timer wheel and connections.
- * The loop submits and waits once per turn, dispatches completions by the tag in
- * user_data, then advances the timer wheel. */
+ * The loop submits and waits once per turn, hands each completion to its owner by
+ * the tag in user_data (demux_cqe), then advances the timer wheel. */
 #include "core/proxy.h"
 
 #include <errno.h>
@@ -25,19 +25,30 @@ struct runtime rt;
 static int listener_fds[MAX_SHARDS][CFG_MAX_LISTEN];
 static unsigned listener_count;
 
-static int open_listener(const struct cfg_addr *a)
+/* One socket of a listen address. SO_REUSEPORT would let a second aigw (or any
+ * process of the same user) join the address and take part of its traffic, so
+ * the first socket of each address claims it: it is bound without SO_REUSEPORT,
+ * which fails if anything listens there, and only then gets SO_REUSEPORT (before
+ * listen(), so it forms the group) for the other shards' sockets to join. The
+ * check and the claim are the one bind, so two instances starting at once cannot
+ * both pass. SO_REUSEADDR keeps a restart working while connections of the old
+ * process are still draining or in TIME_WAIT: only a listening socket conflicts. */
+static int open_listener(const struct cfg_addr *a, bool claim)
 {
     int fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (!claim)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     /* accepted sockets inherit TCP_NODELAY: SSE events must not wait for Nagle */
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (a->sa.ss_family == AF_INET6)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
-    if (bind(fd, (const struct sockaddr *)&a->sa, a->salen) < 0 || listen(fd, 4096) < 0) {
+    if (bind(fd, (const struct sockaddr *)&a->sa, a->salen) < 0 ||
+        (claim && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) ||
+        listen(fd, 4096) < 0) {
         int e = errno;
         close(fd);
         errno = e;
@@ -48,11 +59,18 @@ static int open_listener(const struct cfg_addr *a)
 
 int listeners_open(const struct config *cfg, unsigned nshards)
 {
+    /* shard 0's sockets claim every address before any other socket joins one */
     for (unsigned s = 0; s < nshards; s++) {
         for (unsigned i = 0; i < cfg->server.nlisten; i++) {
-            int fd = open_listener(&cfg->server.listen[i]);
+            const struct cfg_addr *a = &cfg->server.listen[i];
+            int fd = open_listener(a, s == 0);
+            if (fd < 0 && errno == EADDRINUSE) {
+                log_error("cannot listen on %s: address already in use; another process listens "
+                          "there (is aigw already running?)", a->text);
+                return -1;
+            }
             if (fd < 0) {
-                log_error("cannot listen on %s: %s", cfg->server.listen[i].text, strerror(errno));
+                log_error("cannot listen on %s: %s", a->text, strerror(errno));
                 return -1;
             }
             listener_fds[s][i] = fd;
@@ -342,11 +360,81 @@ static void refuse_connection(struct shard *sh, int fd)
     io_uring_sqe_set_data64(sqe, 0);
 }
 
+/* Out of descriptors (EMFILE, ENFILE) or kernel memory, the connection stays in
+ * the listen backlog and an accept armed again at once fails again at once: a
+ * core spent and a log line per try, for as long as it lasts. The listener rests
+ * instead, for a back-off doubling from 20 ms to 500 ms while the condition lasts,
+ * or until this shard has closed a connection (a descriptor came free), whichever
+ * comes first; it logs one line a second at most, and one when it recovers. */
+#define ACCEPT_BACKOFF_MIN_MS 20
+#define ACCEPT_BACKOFF_MAX_MS 500
+#define ACCEPT_LOG_INTERVAL_MS 1000
+
+static bool accept_should_pause(int err)
+{
+    return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+}
+
+static unsigned fds_held(const struct shard *sh)
+{
+    return sh->nconns + sh->nupconns;
+}
+
+static void accept_pause(struct shard *sh, struct listener *l, int err)
+{
+    l->backoff_ms = l->backoff_ms ? 2 * l->backoff_ms : ACCEPT_BACKOFF_MIN_MS;
+    if (l->backoff_ms > ACCEPT_BACKOFF_MAX_MS)
+        l->backoff_ms = ACCEPT_BACKOFF_MAX_MS;
+    if (!l->resume_ms)
+        sh->accept_paused++;
+    l->resume_ms = sh->now_ms + l->backoff_ms;
+    l->fds_held_at_pause = fds_held(sh);
+    l->unlogged++;
+    if (l->last_log_ms && sh->now_ms - l->last_log_ms < ACCEPT_LOG_INTERVAL_MS)
+        return;
+    log_warn("shard %u: accept on %s: %s; accepts paused for %u ms (%u time(s) since the last "
+             "such message)", sh->id, l->addr->text, strerror(err), l->backoff_ms, l->unlogged);
+    l->last_log_ms = sh->now_ms;
+    l->unlogged = 0;
+    l->pause_logged = true;
+}
+
+static void accept_recovered(struct shard *sh, struct listener *l)
+{
+    if (l->pause_logged)
+        log_info("shard %u: accepting on %s again", sh->id, l->addr->text);
+    l->pause_logged = false;
+    l->backoff_ms = 0;
+}
+
+/* Re-arms the paused listeners that are due; returns the ms until the next one is. */
+static uint64_t accept_resume_due(struct shard *sh)
+{
+    uint64_t next = UINT64_MAX;
+    for (unsigned i = 0; i < sh->nlisteners; i++) {
+        struct listener *l = &sh->listeners[i];
+        if (!l->resume_ms)
+            continue;
+        if (sh->now_ms < l->resume_ms && fds_held(sh) >= l->fds_held_at_pause) {
+            if (l->resume_ms - sh->now_ms < next)
+                next = l->resume_ms - sh->now_ms;
+            continue;
+        }
+        l->resume_ms = 0;
+        sh->accept_paused--;
+        if (!l->accepting && !sh->draining && l->fd >= 0)
+            arm_accept(sh, l);
+    }
+    return next;
+}
+
 static void on_accept(struct shard *sh, struct listener *l, struct io_uring_cqe *cqe)
 {
     if (!(cqe->flags & IORING_CQE_F_MORE))
         l->accepting = false;
     if (cqe->res >= 0) {
+        if (l->backoff_ms)
+            accept_recovered(sh, l);
         if (sh->draining) {
             close(cqe->res);
         } else if (sh->nconns >= sh->max_conns) {
@@ -354,10 +442,12 @@ static void on_accept(struct shard *sh, struct listener *l, struct io_uring_cqe 
         } else {
             conn_accepted(sh, cqe->res);
         }
+    } else if (accept_should_pause(-cqe->res)) {
+        accept_pause(sh, l, -cqe->res);
     } else if (cqe->res != -ECANCELED && cqe->res != -EBADF && cqe->res != -EINVAL) {
         log_warn("shard %u: accept on %s: %s", sh->id, l->addr->text, strerror(-cqe->res));
     }
-    if (!l->accepting && !sh->draining && l->fd >= 0)
+    if (!l->accepting && !l->resume_ms && !sh->draining && l->fd >= 0)
         arm_accept(sh, l);
 }
 
@@ -380,9 +470,10 @@ static void stop_listening(struct shard *sh)
     }
 }
 
-/* ---- dispatch ---- */
+/* ---- completions ---- */
 
-static void dispatch(struct shard *sh, struct io_uring_cqe *cqe)
+/* Hands a completion to the object its user_data names. */
+static void demux_cqe(struct shard *sh, struct io_uring_cqe *cqe)
 {
     uint64_t ud = cqe->user_data;
     enum op op = ud_op(ud);
@@ -502,6 +593,11 @@ static void *shard_main(void *arg)
             wait_ms = 50;   /* bounds how late a shard sees a reload or a drain */
         if (sh->nqueued && wait_ms > 5)
             wait_ms = 5;    /* waiting requests look for slots freed by other shards */
+        if (sh->accept_paused) {
+            uint64_t resume = accept_resume_due(sh);
+            if (wait_ms > resume)
+                wait_ms = resume;
+        }
         struct __kernel_timespec ts = { .tv_sec = 0, .tv_nsec = (long long)wait_ms * 1000000 };
         struct io_uring_cqe *cqe;
         ret = io_uring_submit_and_wait_timeout(&sh->ring, &cqe, 1, &ts, NULL);
@@ -510,7 +606,7 @@ static void *shard_main(void *arg)
         shard_clock(sh);
         unsigned head, seen = 0;
         io_uring_for_each_cqe(&sh->ring, head, cqe) {
-            dispatch(sh, cqe);
+            demux_cqe(sh, cqe);
             seen++;
         }
         io_uring_cq_advance(&sh->ring, seen);

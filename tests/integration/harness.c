@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -261,6 +262,14 @@ int h_free_port(void)
 
 /* ---- processes ---- */
 
+static struct rlimit spawn_nofile;
+
+void h_spawn_nofile(unsigned soft, unsigned hard)
+{
+    spawn_nofile.rlim_cur = soft;
+    spawn_nofile.rlim_max = hard;
+}
+
 pid_t h_spawn(const char *tag, const char *const argv[])
 {
     char out[512], err[512];
@@ -291,6 +300,10 @@ pid_t h_spawn(const char *tag, const char *const argv[])
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
+        if (spawn_nofile.rlim_max && setrlimit(RLIMIT_NOFILE, &spawn_nofile) != 0) {
+            dprintf(2, "harness: setrlimit(RLIMIT_NOFILE): %s\n", strerror(errno));
+            _exit(127);
+        }
         execv(argv[0], (char *const *)argv);
         dprintf(2, "harness: exec %s: %s\n", argv[0], strerror(errno));
         _exit(127);
@@ -982,12 +995,26 @@ double h_metric0(int port, const char *query)
     return metric_scrape(port, query, true);
 }
 
+double h_wait_metric(int port, const char *query, double want, int timeout_ms)
+{
+    int64_t end = h_now_ms() + timeout_ms;
+    double v;
+    while (!((v = h_metric0(port, query)) >= want) && h_now_ms() < end)
+        h_sleep_ms(10);
+    return v;
+}
+
 /* ---- the binaries ---- */
 
 static const char *bin_path(const char *env, const char *fallback)
 {
     const char *p = getenv(env);
     return p && *p ? p : fallback;
+}
+
+const char *h_aigw_bin(void)
+{
+    return bin_path("AIGW_BIN", "build/aigw");
 }
 
 static bool port_accepts(int port)
@@ -1146,7 +1173,7 @@ int h_gw_start(struct h_gw *g)
             g->admin_port = h_free_port();
             gw_write(g);
         }
-        const char *argv[] = {bin_path("AIGW_BIN", "build/aigw"), "-c", g->conf, NULL};
+        const char *argv[] = {h_aigw_bin(), "-c", g->conf, NULL};
         g->pid = h_spawn(g->tag, argv);
         if (wait_ready(g->pid, g->port, g->admin_port, "/readyz")) return 0;
         h_stop(g->pid, 2000);

@@ -45,6 +45,9 @@ int h_free_port(void);
 
 /* Starts argv[0] with stdout/stderr appended to <dir>/<tag>.out and .err. */
 pid_t h_spawn(const char *tag, const char *const argv[]);
+/* Processes spawned from now on in this test start with RLIMIT_NOFILE set to
+ * soft and hard; 0, 0 restores the inherited limit. */
+void h_spawn_nofile(unsigned soft, unsigned hard);
 /* Waits up to timeout_ms for pid to exit. Returns the wait status, -1 on timeout. */
 int h_wait_exit(pid_t pid, int timeout_ms);
 /* SIGTERM, wait up to timeout_ms, then SIGKILL. Returns the wait status
@@ -159,8 +162,14 @@ void h_sse_free(struct h_sse *s);
 double h_metric(int port, const char *query);
 /* Same, 0 when no series matched (a counter not yet exported). NaN if the scrape failed. */
 double h_metric0(int port, const char *query);
+/* Polls h_metric0 until it reaches at least want or timeout_ms passed; returns
+ * the last value read (counters are updated just after a response is sent). */
+double h_wait_metric(int port, const char *query, double want, int timeout_ms);
 
 /* ---- the two binaries ---- */
+
+/* Path of the aigw binary under test (AIGW_BIN, else build/aigw). */
+const char *h_aigw_bin(void);
 
 struct h_mock {
     int port;

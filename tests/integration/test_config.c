@@ -6,12 +6,6 @@
 #include <string.h>
 #include <sys/wait.h>
 
-static const char *aigw_bin(void)
-{
-    const char *p = getenv("AIGW_BIN");
-    return p && *p ? p : "build/aigw";
-}
-
 /* A valid configuration; each test replaces or inserts single lines, so the
  * line numbers of the comments below stay true. */
 static void write_conf(const char *path, int listen_port, const char *server_extra,
@@ -63,8 +57,8 @@ static bool names_line(const char *err, const char *path, int line, int alt_line
 static void expect_refused(const char *tag, bool check_only, const char *path, int line, int alt_line,
                            const char *what)
 {
-    const char *argv_check[] = {aigw_bin(), "-t", "-c", path, NULL};
-    const char *argv_run[] = {aigw_bin(), "-c", path, NULL};
+    const char *argv_check[] = {h_aigw_bin(), "-t", "-c", path, NULL};
+    const char *argv_run[] = {h_aigw_bin(), "-c", path, NULL};
     int st = h_run(tag, check_only ? argv_check : argv_run, 5000 * h_slow());
     char errpath[600];
     snprintf(errpath, sizeof errpath, "%s/%s.err", h_dir(), tag);
@@ -98,7 +92,7 @@ TestSuite(config, .init = setup, .fini = h_teardown, .timeout = 60);
 Test(config, check_ok_prints_configuration_ok)
 {
     write_conf(conf_path, 0, NULL, NULL, NULL, NULL);
-    const char *argv[] = {aigw_bin(), "-t", "-c", conf_path, NULL};
+    const char *argv[] = {h_aigw_bin(), "-t", "-c", conf_path, NULL};
     int st = h_run("check", argv, 5000 * h_slow());
     cr_assert(st != -1, "aigw -t did not exit within 5 s");
     char *conf = h_read_file(conf_path);
@@ -179,5 +173,96 @@ Test(config, admin_on_the_server_address_names_its_line)
                  "pool = local\n",                  /* 12 */
                  p, p, b);
     expect_config_error(conf_path, 5, 0, "admin listener on the server's address");
+    h_finish();
+}
+
+/* A minimal valid file with `access = ` on line 8 and an optional [keys] file. */
+static void write_conf_with_log(const char *path, const char *access, const char *keys_file)
+{
+    h_write_file(path,
+                 "[server]\n"                       /* 1 */
+                 "listen = 127.0.0.1:%d\n"          /* 2 */
+                 "\n"                               /* 3 */
+                 "[admin]\n"                        /* 4 */
+                 "listen = 127.0.0.1:%d\n"          /* 5 */
+                 "\n"                               /* 6 */
+                 "[log]\n"                          /* 7 */
+                 "access = %s\n"                    /* 8 */
+                 "\n"                               /* 9 */
+                 "[pool local]\n"                   /* 10 */
+                 "backend = 127.0.0.1:%d\n"         /* 11 */
+                 "\n"                               /* 12 */
+                 "[route all]\n"                    /* 13 */
+                 "path = /v1/*\n"                   /* 14 */
+                 "pool = local\n"                   /* 15 */
+                 "%s%s%s",                          /* 16-: [keys] */
+                 h_free_port(), h_free_port(), access, h_free_port(),
+                 keys_file ? "\n[keys]\nfile = " : "", keys_file ? keys_file : "", keys_file ? "\n" : "");
+}
+
+Test(config, access_log_the_daemon_cannot_open_names_its_line)
+{
+    char missing_dir[600], log_path[600];
+    snprintf(missing_dir, sizeof missing_dir, "%s/no-such-dir/access.log", h_dir());
+    write_conf_with_log(conf_path, missing_dir, NULL);
+    expect_config_error(conf_path, 8, 0, "access log in a directory that does not exist");
+    write_conf_with_log(conf_path, h_dir(), NULL);
+    expect_config_error(conf_path, 8, 0, "access log path that is a directory");
+
+    /* an openable one passes, and the check leaves what it holds alone */
+    snprintf(log_path, sizeof log_path, "%s/access.log", h_dir());
+    h_write_file(log_path, "{\"earlier\":\"line\"}\n");
+    write_conf_with_log(conf_path, log_path, NULL);
+    const char *argv[] = {h_aigw_bin(), "-t", "-c", conf_path, NULL};
+    int st = h_run("check-ok", argv, 5000 * h_slow());
+    cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "aigw -t refused an openable access log:\n%s",
+              h_tail("check-ok"));
+    char *kept = h_read_file(log_path);
+    cr_assert(kept && strcmp(kept, "{\"earlier\":\"line\"}\n") == 0, "aigw -t changed the access log: %s",
+              kept ? kept : "(gone)");
+    free(kept);
+    h_finish();
+}
+
+/* stderr of <tag> holds none of the bytes a terminal would act on or garble;
+ * shows_escape: the message quotes the file's ESC byte, as \x1b. */
+static void expect_printable(const char *tag, const char *what, bool shows_escape)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s/%s.err", h_dir(), tag);
+    char *err = h_read_file(path);
+    cr_assert(err && *err, "%s: nothing on stderr", what);
+    for (const unsigned char *p = (const unsigned char *)err; *p; p++)
+        cr_assert((*p >= 0x20 && *p < 0x7f) || *p == '\n', "%s: raw byte 0x%02x at offset %zu of stderr: %s",
+                  what, *p, (size_t)(p - (const unsigned char *)err), err);
+    cr_assert(!shows_escape || strstr(err, "\\x1b"), "%s: the escape byte is not shown as \\x1b: %s", what, err);
+    free(err);
+}
+
+/* Terminal escapes (set the title, clear the screen) and bytes that are not text. */
+#define BINARY_BYTES "\x1b]0;pwned\x07\x1b[2J\xff\xfe\x80 = 1\n"
+
+Test(config, binary_file_is_reported_without_raw_bytes)
+{
+    FILE *f = fopen(conf_path, "w");
+    cr_assert_not_null(f);
+    fputs(BINARY_BYTES, f);
+    fclose(f);
+    const char *argv[] = {h_aigw_bin(), "-t", "-c", conf_path, NULL};
+    int st = h_run("binary", argv, 5000 * h_slow());
+    cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 1, "aigw -t on a binary file: status 0x%x", st);
+    expect_printable("binary", "binary configuration file", true);
+
+    char keys[600];
+    snprintf(keys, sizeof keys, "%s/keys", h_dir());
+    f = fopen(keys, "w");
+    cr_assert_not_null(f);
+    fputs(BINARY_BYTES, f);
+    fclose(f);
+    write_conf_with_log(conf_path, "off", keys);
+    st = h_run("binary-keys", argv, 5000 * h_slow());
+    cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 1, "aigw -t with a binary keys file: status 0x%x",
+              st);
+    expect_printable("binary-keys", "binary keys file", false);
     h_finish();
 }

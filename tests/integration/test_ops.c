@@ -141,3 +141,135 @@ Test(ops, speaks_the_systemd_notify_protocol)
     close(fd);
     h_finish();
 }
+
+/* ---- one instance per address ---- */
+
+/* Prepares a second gateway config in front of the same backend: same listen port
+ * as g, its own admin port (the admin listener alone would already refuse it). */
+static void second_gw(struct h_gw *g2, const struct h_gw *g, const char *tag, int backend_port)
+{
+    memset(g2, 0, sizeof *g2);
+    snprintf(g2->tag, sizeof g2->tag, "%s", tag);
+    g2->port = g->port;
+    h_gw_config(g2, NULL, H_STD_ROUTES, backend_port);
+}
+
+#define FRESH_CLIENTS 40
+
+Test(ops, second_instance_on_the_same_address_refuses_to_start)
+{
+    struct h_mock m;
+    struct h_gw g = {0};
+    H_MOCK_AND_GW(&m, &g, "--tps 0 --ttft-ms 0", NULL);
+
+    struct h_gw g2;
+    second_gw(&g2, &g, "aigw2", m.port);
+    const char *argv[] = {h_aigw_bin(), "-c", g2.conf, NULL};
+    pid_t second = h_spawn(g2.tag, argv);
+    int st = h_wait_exit(second, 5000 * h_slow());
+    if (st == -1)
+        h_stop(second, 2000);
+    cr_assert(st != -1, "a second aigw on 127.0.0.1:%d started and kept running; stderr:\n%s", g.port,
+              h_tail(g2.tag));
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "the second aigw should exit 1 (wait status 0x%x)", st);
+    char want[64];
+    snprintf(want, sizeof want, "127.0.0.1:%d", g.port);
+    const char *err = h_tail(g2.tag);
+    cr_assert(strstr(err, want) && strstr(err, "already in use"),
+              "the refusal should name the address and say it is in use; stderr:\n%s", err);
+
+    /* SO_REUSEPORT hashes fresh connections over every socket in the group: had the
+     * second instance joined, some of these would have gone to it. */
+    for (int i = 0; i < FRESH_CLIENTS; i++) {
+        struct h_resp r;
+        cr_assert_eq(h_get(g.port, "/v1/models", &r, T_RESP), H_OK, "request %d failed", i);
+        cr_assert_eq(r.status, 200);
+        h_resp_free(&r);
+    }
+    double served = h_wait_metric(g.admin_port, "aigw_requests_total{route=\"models\"}", FRESH_CLIENTS,
+                                  3000 * h_slow());
+    cr_assert_eq(served, FRESH_CLIENTS, "the first aigw counted %g of %d requests", served, FRESH_CLIENTS);
+    h_finish();
+}
+
+Test(ops, restart_binds_again_over_closed_connections)
+{
+    struct h_mock m;
+    struct h_gw g = {0};
+    H_MOCK_AND_GW(&m, &g, "--tps 0 --ttft-ms 0", NULL);
+    /* "Connection: close": aigw closes first, leaving TIME_WAIT sockets on its port */
+    for (int i = 0; i < 5; i++) {
+        struct h_resp r;
+        cr_assert_eq(h_get(g.port, "/v1/models", &r, T_RESP), H_OK);
+        h_resp_free(&r);
+    }
+    int st = h_stop(g.pid, 5000 * h_slow());
+    cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "aigw did not stop cleanly");
+    g.pid = 0;
+
+    int port = g.port;
+    H_GW(&g);
+    cr_assert_eq(g.port, port, "the restarted aigw could not listen on its port again:\n%s", h_tail(g.tag));
+    struct h_resp r;
+    cr_assert_eq(h_get(g.port, "/v1/models", &r, T_RESP), H_OK);
+    cr_assert_eq(r.status, 200);
+    h_resp_free(&r);
+    h_finish();
+}
+
+/* The old process releases its listeners when it starts draining, so a new one can
+ * take the address while the old one finishes its streams. */
+Test(ops, new_instance_starts_while_the_old_one_drains)
+{
+    struct h_mock m;
+    struct h_gw g = {0};
+    H_MOCK_AND_GW(&m, &g, "--tps 20 --ttft-ms 0", NULL);
+
+    struct h_conn c;
+    H_CONNECT_GW(&c, &g);
+    char body[512];
+    h_chat_body(body, sizeof body, 40, true);
+    cr_assert_eq(h_sendf(&c,
+                         "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                         "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
+                         strlen(body), body),
+                 0);
+    struct h_resp head;
+    cr_assert_eq(h_recv_head(&c, &head, T_RESP), H_OK);
+    cr_assert_eq(head.status, 200);
+    struct h_sse sse;
+    h_sse_init(&sse, &c, &head);
+    cr_assert_eq(h_sse_next(&sse, T_RESP), 1, "no first event");
+
+    cr_assert_eq(kill(g.pid, SIGTERM), 0);
+    int64_t end = h_now_ms() + 3000 * h_slow();
+    struct h_conn probe;
+    while (h_connect(&probe, g.port) == 0) {
+        h_close(&probe);
+        cr_assert_lt(h_now_ms(), end, "the draining aigw still accepts connections");
+        h_sleep_ms(10);
+    }
+    cr_assert(h_alive(g.pid), "the old aigw exited before its stream ended");
+
+    struct h_gw g2;
+    second_gw(&g2, &g, "aigw2", m.port);
+    H_GW(&g2);
+    cr_assert_eq(g2.port, g.port, "the new aigw could not take the port of the draining one:\n%s",
+                 h_tail(g2.tag));
+    struct h_resp r;
+    cr_assert_eq(h_get(g2.port, "/v1/models", &r, T_RESP), H_OK);
+    cr_assert_eq(r.status, 200);
+    h_resp_free(&r);
+
+    int got;
+    while ((got = h_sse_next(&sse, T_RESP)) == 1) {
+    }
+    cr_assert_eq(got, 0, "the old aigw's stream did not end properly (%d)", got);
+    h_sse_free(&sse);
+    h_resp_free(&head);
+    h_close(&c);
+    int st = h_wait_exit(g.pid, 5000 * h_slow());
+    cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "the old aigw did not exit 0 after draining");
+    g.pid = 0;
+    h_finish();
+}

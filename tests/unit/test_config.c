@@ -512,7 +512,9 @@ Test(config_errors, long_lines)
 Test(config_errors, control_bytes_not_echoed)
 {
     cfgt_expect_error("[log]\nlevel = \x1b[31mred\n",
-                      "test.conf:2: invalid value for level: '?[31mred' (expected error, warn, info or debug)");
+                      "test.conf:2: invalid value for level: '\\x1b[31mred' (expected error, warn, info or debug)");
+    cfgt_expect_error("[log]\nlevel = \xff\xfe\x7f\n",
+                      "test.conf:2: invalid value for level: '\\xff\\xfe\\x7f' (expected error, warn, info or debug)");
 }
 
 Test(config_errors, small_error_buffer_and_null)
@@ -1297,7 +1299,7 @@ Test(config_pool, errors)
                       "test.conf:3: invalid value for health: '/a b' (expected a path without spaces or "
                       "control characters)");
     cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nhealth = /a\tb\n",
-                      "test.conf:3: invalid value for health: '/a?b' (expected a path without spaces or "
+                      "test.conf:3: invalid value for health: '/a\\x09b' (expected a path without spaces or "
                       "control characters)");
     char longpath[200];
     longpath[0] = '/';
