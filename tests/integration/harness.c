@@ -982,6 +982,22 @@ double h_metric0(int port, const char *query)
     return metric_scrape(port, query, true);
 }
 
+static bool compares(double v, enum h_cmp cmp, double want)
+{
+    return cmp == H_EQ ? v == want : cmp == H_GE ? v >= want : v <= want;
+}
+
+double h_wait_metric(int port, const char *query, enum h_cmp cmp, double want, int timeout_ms)
+{
+    int64_t end = h_now_ms() + timeout_ms;
+    for (;;) {
+        double v = h_metric0(port, query);
+        if (compares(v, cmp, want) || h_now_ms() > end)
+            return v;
+        h_sleep_ms(10);
+    }
+}
+
 /* ---- the binaries ---- */
 
 static const char *bin_path(const char *env, const char *fallback)
@@ -1279,4 +1295,127 @@ bool h_write_all(int fd, const char *p, size_t n)
         n -= (size_t)w;
     }
     return true;
+}
+
+/* ---- waiting for aigw to have done something ---- */
+
+int h_gw_nshards(const struct h_gw *g)
+{
+    return g->shards > 0 ? g->shards : 2;
+}
+
+/* Every shard's value of name{shard="N"} into out; false if one is missing. */
+static bool shard_values(const struct h_gw *g, const char *name, double *out)
+{
+    int n = h_gw_nshards(g);
+    cr_assert_leq(n, H_MAX_SHARDS);
+    for (int s = 0; s < n; s++) {
+        char q[128];
+        snprintf(q, sizeof q, "%s{shard=\"%d\"}", name, s);
+        out[s] = h_metric(g->admin_port, q);
+        if (out[s] != out[s])
+            return false;
+    }
+    return true;
+}
+
+static bool every_shard_on(const struct h_gw *g, double generation)
+{
+    double gen[H_MAX_SHARDS];
+    if (!shard_values(g, "aigw_shard_config_generation", gen))
+        return false;
+    for (int s = 0; s < h_gw_nshards(g); s++)
+        if (gen[s] != generation)
+            return false;
+    return true;
+}
+
+#define RELOADS_OK "aigw_config_reloads_total{result=\"ok\"}"
+#define RELOADS_FAILED "aigw_config_reloads_total{result=\"failed\"}"
+
+enum h_reload h_gw_reload(const struct h_gw *g)
+{
+    double ok0 = h_metric(g->admin_port, RELOADS_OK), failed0 = h_metric(g->admin_port, RELOADS_FAILED);
+    cr_assert(ok0 == ok0 && failed0 == failed0, "no aigw_config_reloads_total before SIGHUP; aigw stderr:\n%s",
+              h_tail(g->tag));
+    cr_assert_eq(kill(g->pid, SIGHUP), 0);
+    int64_t end = h_now_ms() + 10000 * h_slow();
+    while (h_now_ms() < end) {
+        if (h_metric0(g->admin_port, RELOADS_FAILED) > failed0)
+            return H_RELOAD_REFUSED;
+        if (h_metric0(g->admin_port, RELOADS_OK) > ok0) {
+            /* counted after the new generation was published: this is it */
+            double generation = h_metric(g->admin_port, "aigw_config_generation");
+            while (h_now_ms() < end) {
+                if (every_shard_on(g, generation))
+                    return H_RELOAD_APPLIED;
+                h_sleep_ms(10);
+            }
+            break;
+        }
+        h_sleep_ms(10);
+    }
+    return H_RELOAD_TIMEOUT;
+}
+
+bool h_gw_reopen_log(const struct h_gw *g)
+{
+    const char *ok = "aigw_access_log_reopens_total{result=\"ok\"}";
+    const char *failed = "aigw_access_log_reopens_total{result=\"failed\"}";
+    double ok0 = h_metric(g->admin_port, ok), failed0 = h_metric(g->admin_port, failed);
+    if (ok0 != ok0 || failed0 != failed0 || kill(g->pid, SIGUSR1) != 0)
+        return false;
+    int64_t end = h_now_ms() + 5000 * h_slow();
+    while (h_now_ms() < end) {
+        if (h_metric0(g->admin_port, failed) > failed0)
+            return false;
+        if (h_metric0(g->admin_port, ok) > ok0)
+            return true;
+        h_sleep_ms(10);
+    }
+    return false;
+}
+
+struct h_each_shard h_each_shard_begin(const struct h_gw *g)
+{
+    struct h_each_shard e = {.g = g, .nshards = h_gw_nshards(g)};
+    cr_assert(shard_values(g, "aigw_shard_requests_total", e.base),
+              "no aigw_shard_requests_total; aigw stderr:\n%s", h_tail(g->tag));
+    return e;
+}
+
+/* Shards that have answered nothing since begin; 0 when all have. */
+static int shards_unseen(const struct h_each_shard *e, int *first_unseen)
+{
+    double now[H_MAX_SHARDS];
+    if (!shard_values(e->g, "aigw_shard_requests_total", now))
+        return e->nshards;
+    int unseen = 0;
+    for (int s = e->nshards - 1; s >= 0; s--)
+        if (now[s] <= e->base[s]) {
+            unseen++;
+            *first_unseen = s;
+        }
+    return unseen;
+}
+
+bool h_each_shard_next(struct h_each_shard *e)
+{
+    int shard = -1;
+    if (e->rounds++ == 0)
+        return true;
+    if (shards_unseen(e, &shard) == 0)
+        return false;
+    if (e->rounds <= H_EACH_SHARD_ROUNDS)
+        return true;
+    /* a request is counted as it ends, which may be just after its answer arrived */
+    int64_t end = h_now_ms() + 2000 * h_slow();
+    while (h_now_ms() < end) {
+        if (shards_unseen(e, &shard) == 0)
+            return false;
+        h_sleep_ms(20);
+    }
+    cr_assert_fail("shard %d answered none of %d requests on new connections; aigw stderr:\n%s", shard,
+                   H_EACH_SHARD_ROUNDS, h_tail(e->g->tag));
+    return false;
 }
