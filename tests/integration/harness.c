@@ -1399,6 +1399,20 @@ static int shards_unseen(const struct h_each_shard *e, int *first_unseen)
     return unseen;
 }
 
+bool h_each_shard_answered(const struct h_each_shard *e)
+{
+    int shard = -1;
+    /* a request is counted as it ends, which may be just after its answer arrived */
+    int64_t end = h_now_ms() + 2000 * h_slow();
+    for (;;) {
+        if (shards_unseen(e, &shard) == 0)
+            return true;
+        if (h_now_ms() > end)
+            return false;
+        h_sleep_ms(20);
+    }
+}
+
 bool h_each_shard_next(struct h_each_shard *e)
 {
     int shard = -1;
@@ -1408,13 +1422,9 @@ bool h_each_shard_next(struct h_each_shard *e)
         return false;
     if (e->rounds <= H_EACH_SHARD_ROUNDS)
         return true;
-    /* a request is counted as it ends, which may be just after its answer arrived */
-    int64_t end = h_now_ms() + 2000 * h_slow();
-    while (h_now_ms() < end) {
-        if (shards_unseen(e, &shard) == 0)
-            return false;
-        h_sleep_ms(20);
-    }
+    if (h_each_shard_answered(e))
+        return false;
+    shards_unseen(e, &shard);
     cr_assert_fail("shard %d answered none of %d requests on new connections; aigw stderr:\n%s", shard,
                    H_EACH_SHARD_ROUNDS, h_tail(e->g->tag));
     return false;

@@ -245,6 +245,9 @@ struct h_each_shard {
 };
 struct h_each_shard h_each_shard_begin(const struct h_gw *g);
 bool h_each_shard_next(struct h_each_shard *e);
+/* After other traffic (a load test's clients): true once every shard has
+ * answered a request since h_each_shard_begin; waits a moment for the counts. */
+bool h_each_shard_answered(const struct h_each_shard *e);
 
 /* ---- API keys ---- */
 

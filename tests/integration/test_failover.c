@@ -299,11 +299,13 @@ Test(failover, kill_one_of_three_under_load_fails_nothing)
         l[i].max = 150;
         cr_assert_eq(pthread_create(&l[i].th, NULL, loader_main, &l[i]), 0);
     }
-    h_sleep_ms(1000);
-    /* the largest engine: it holds the most requests in flight */
+    /* the largest engine, killed once it has served some and holds some in flight */
+    cr_assert(wait_mock_metric(c.port, "vllm:request_success_total", 5, 2000 * h_slow()),
+              "the engine to be killed served fewer than 5 requests: no load on it");
+    cr_assert(wait_mock_metric(c.port, "vllm:num_requests_running", 1, 1000 * h_slow()),
+              "the engine to be killed has nothing in flight");
     double running = h_metric0(c.port, "vllm:num_requests_running");
     double served = h_metric0(c.port, "vllm:request_success_total");
-    cr_assert(served >= 1, "the engine to be killed served nothing in the first second: no load on it");
     cr_assert_eq(kill(c.pid, SIGKILL), 0);
     int64_t killed = h_now_ms();
     h_wait_exit(c.pid, 2000);
@@ -543,16 +545,15 @@ Test(failover, queue_serves_high_before_normal_before_low)
     double waits0 = pmetric(&g, "aigw_pool_queue_wait_seconds_count", "gpu", NULL);
     char body[512];
     chat(body, sizeof body, "mock-llama-3.1-8b", 2);   /* 100 ms each */
-    fly(&lo, &g, KEY_LO, body, "q-low");
-    h_sleep_ms(50);
-    fly(&mid, &g, KEY_MID, body, "q-normal");
-    h_sleep_ms(50);
-    fly(&hi, &g, KEY_HI, body, "q-high");
-    int64_t end = h_now_ms() + 300;
-    double qlen = 0;
-    while (h_now_ms() < end && (qlen = pmetric(&g, "aigw_pool_queue_length", "gpu", NULL)) != 3)
-        h_sleep_ms(10);
-    cr_expect_eq(qlen, 3, "aigw_pool_queue_length with three waiting");
+    /* queued in the worst order: each waits before the next is sent */
+    struct flight *order[3] = {&lo, &mid, &hi};
+    const char *keys[3] = {KEY_LO, KEY_MID, KEY_HI}, *ids[3] = {"q-low", "q-normal", "q-high"};
+    for (int i = 0; i < 3; i++) {
+        fly(order[i], &g, keys[i], body, ids[i]);
+        double qlen = h_wait_metric(g.admin_port, "aigw_pool_queue_length{pool=\"gpu\"}", H_EQ, i + 1,
+                                    2000 * h_slow());
+        cr_assert_eq(qlen, i + 1, "aigw_pool_queue_length after %s was sent", ids[i]);
+    }
     cr_expect(!atomic_load(&lo.done) && !atomic_load(&mid.done) && !atomic_load(&hi.done),
               "a request was answered while the backend was full");
     land(&occ);
@@ -657,9 +658,9 @@ Test(failover, full_queue_sheds_low_first)
     struct flight occ, lo1, hi, lo2;
     occupy(&occ, &g, &m, KEY_MID, "mock-llama-3.1-8b", 24, "occupier");   /* 1.2 s */
     fly(&lo1, &g, KEY_LO, body, "low-1");
-    h_sleep_ms(200);
+    cr_assert_eq(h_wait_metric(g.admin_port, "aigw_pool_queue_length{pool=\"gpu\"}", H_EQ, 1, 2000 * h_slow()), 1,
+                 "the low request is not waiting in the queue");
     cr_assert(!atomic_load(&lo1.done), "the low request was answered (%d) instead of waiting", lo1.r.status);
-    cr_expect_eq(pmetric(&g, "aigw_pool_queue_length", "gpu", NULL), 1);
 
     /* high displaces the waiting low, which is answered at once */
     fly(&hi, &g, KEY_HI, body, "high");

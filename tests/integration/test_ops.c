@@ -69,8 +69,7 @@ Test(ops, sigusr1_reopens_the_access_log_after_rotation)
 
     /* what logrotate does: rename, then signal */
     cr_assert_eq(rename(path, rotated), 0);
-    cr_assert_eq(kill(g.pid, SIGUSR1), 0);
-    h_sleep_ms(200 * h_slow());
+    cr_assert(h_gw_reopen_log(&g), "SIGUSR1: the access log was not reopened; aigw stderr:\n%s", h_tail(g.tag));
     cr_assert_eq(h_get(g.port, "/v1/models?after=rotation", &r, T_RESP), H_OK);
     h_resp_free(&r);
 
