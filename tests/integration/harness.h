@@ -206,8 +206,9 @@ struct h_gw {
  * body printf-formatted. Call again to rewrite (for SIGHUP); ports stay. */
 void h_gw_config(struct h_gw *g, const char *timeouts, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-/* Starts aigw -c g->conf; waits until the listen port accepts and the admin
- * /readyz answers 200. 0, or -1 (see h_tail(g->tag)). */
+/* Starts aigw -c g->conf; waits until the admin /readyz answers 200 (its
+ * listeners are open and every shard accepts; no probe connection is left on
+ * the listen port). 0, or -1 (see h_tail(g->tag)). */
 int h_gw_start(struct h_gw *g);
 
 /* The shards g runs ([server] shards). */
