@@ -1280,6 +1280,30 @@ char *h_wait_for_text(const char *path, const char *needle, int timeout_ms)
     }
 }
 
+bool h_wait_log_line(const char *tag, const char *a, const char *b, int timeout_ms)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s/%s.err", h_dir(), tag);
+    int64_t end = h_now_ms() + timeout_ms;
+    for (;;) {
+        char *text = h_read_file(path);
+        bool hit = false;
+        for (char *line = text; line && *line && !hit;) {
+            char *eol = strchr(line, '\n');
+            if (eol)
+                *eol = 0;
+            hit = strstr(line, a) && (!b || strstr(line, b));
+            line = eol ? eol + 1 : NULL;
+        }
+        free(text);
+        if (hit)
+            return true;
+        if (h_now_ms() > end)
+            return false;
+        h_sleep_ms(20);
+    }
+}
+
 bool h_write_all(int fd, const char *p, size_t n)
 {
     while (n) {

@@ -270,6 +270,10 @@ int h_listen_loopback(int *port);
  * (an access log line being written by aigw's writer thread). */
 char *h_wait_for_text(const char *path, const char *needle, int timeout_ms);
 
+/* True once a line of <tag>.err (aigw's log) holds a and also b (b may be
+ * NULL), within timeout_ms. */
+bool h_wait_log_line(const char *tag, const char *a, const char *b, int timeout_ms);
+
 /* Writes all n bytes to fd (a scripted backend's answer); false on error. */
 bool h_write_all(int fd, const char *p, size_t n);
 

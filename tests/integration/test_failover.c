@@ -110,31 +110,6 @@ static bool wait_mock_metric(int port, const char *query, double want, int ms)
     return false;
 }
 
-/* True once a line of <tag>.err holds both a and b (b may be NULL). */
-static bool log_has(const char *tag, const char *a, const char *b, int ms)
-{
-    char path[600];
-    snprintf(path, sizeof path, "%s/%s.err", h_dir(), tag);
-    int64_t end = h_now_ms() + ms;
-    for (;;) {
-        char *text = h_read_file(path);
-        bool hit = false;
-        for (char *line = text; line && *line && !hit;) {
-            char *eol = strchr(line, '\n');
-            if (eol)
-                *eol = 0;
-            hit = strstr(line, a) && (!b || strstr(line, b));
-            line = eol ? eol + 1 : NULL;
-        }
-        free(text);
-        if (hit)
-            return true;
-        if (h_now_ms() > end)
-            return false;
-        h_sleep_ms(20);
-    }
-}
-
 /* The access log line whose request id is id (malloc'd), NULL after ms. */
 static char *log_line(const char *id, int ms)
 {
@@ -372,7 +347,7 @@ Test(failover, stalled_backend_is_ejected)
     cr_assert(down_ms >= 0, "a SIGSTOPped backend still up after %d ms; aigw stderr:\n%s", 1500 * h_slow(),
               h_tail(g.tag));
     cr_log_info("stalled: aigw_backend_up 0 after %d ms", down_ms);
-    cr_expect(log_has(g.tag, addr, NULL, 1000), "no \"%s\" on aigw's stderr:\n%s", addr, h_tail(g.tag));
+    cr_expect(h_wait_log_line(g.tag, addr, NULL, 1000), "no \"%s\" on aigw's stderr:\n%s", addr, h_tail(g.tag));
 
     for (int i = 0; i < 20; i++) {
         char hdr[64];
@@ -409,7 +384,7 @@ Test(failover, stalled_backend_is_ejected)
               h_tail(g.tag));
     cr_log_info("stalled: aigw_backend_up 1 again %d ms after SIGCONT", up_ms);
     snprintf(addr, sizeof addr, "backend 127.0.0.1:%d: up", s->port);
-    cr_expect(log_has(g.tag, addr, NULL, 1000), "no \"%s\" on aigw's stderr:\n%s", addr, h_tail(g.tag));
+    cr_expect(h_wait_log_line(g.tag, addr, NULL, 1000), "no \"%s\" on aigw's stderr:\n%s", addr, h_tail(g.tag));
     double before = h_metric0(s->port, "mockllm_requests_total");
     for (int i = 0; i < 12; i++) {
         struct h_resp r;
@@ -473,7 +448,7 @@ Test(failover, failing_backend_opens_circuit_and_recovers)
     cr_assert_eq(bmetric(&g, "aigw_backend_circuit_opens_total", "gpu", good.port, NULL), 0);
     char addr[64];
     snprintf(addr, sizeof addr, "127.0.0.1:%d", bad.port);
-    cr_assert(log_has(g.tag, addr, "circuit open", 1000), "no \"circuit open\" for %s on aigw's stderr:\n%s", addr,
+    cr_assert(h_wait_log_line(g.tag, addr, "circuit open", 1000), "no \"circuit open\" for %s on aigw's stderr:\n%s", addr,
               h_tail(g.tag));
     cr_assert(bmetric(&g, "aigw_backend_requests_total", "gpu", bad.port, "result=\"failed\"") >= n500);
 
@@ -502,7 +477,7 @@ Test(failover, failing_backend_opens_circuit_and_recovers)
     cr_log_info("circuit: the fixed backend got a request %lld ms after it came back", (long long)(h_now_ms() - start));
     cr_assert(wait_up(&g, "gpu", port, 1, 1000 * h_slow()) >= 0, "aigw_backend_up is %.0f after the probe succeeded",
               up(&g, "gpu", port));
-    cr_assert(log_has(g.tag, addr, "circuit closed", 1000), "no \"circuit closed\" for %s on aigw's stderr:\n%s",
+    cr_assert(h_wait_log_line(g.tag, addr, "circuit closed", 1000), "no \"circuit closed\" for %s on aigw's stderr:\n%s",
               addr, h_tail(g.tag));
     /* and it takes its share again */
     double before = h_metric0(fixed.port, "mockllm_requests_total");
