@@ -65,12 +65,12 @@ static char **key_names;            /* [key_capacity]; slot 0 is "" */
 static uint32_t *key_index;         /* open addressing over names: slot, 0 empty; 2 x capacity */
 static size_t key_index_mask;
 static unsigned nkeys = 1;
+static unsigned key_capacity = METRICS_MIN_KEYS;
+static bool key_overflow_logged;
 /* Control plane, one writer each: main (reloads), the access-log writer (reopens). */
 static _Atomic uint64_t config_generation;
 static _Atomic uint64_t reloads[2];             /* [0] ok, [1] failed */
 static _Atomic uint64_t access_log_reopens[2];  /* [0] ok, [1] failed */
-static unsigned key_capacity = METRICS_MIN_KEYS;
-static bool key_overflow_logged;
 
 /* Slot 0 is "" (no route matched). Called with registry_mu held. */
 static bool reserve_no_route_slot(void)
