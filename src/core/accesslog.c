@@ -614,9 +614,10 @@ static void reopen_destination(void)
     if (dest.mode != ACCESS_FILE)
         return;
     struct destination next;
-    if (open_destination(&next, ACCESS_FILE, dest.path) < 0)
-        return;     /* logged; keep writing to the old file */
-    switch_destination(&next);
+    bool ok = open_destination(&next, ACCESS_FILE, dest.path) == 0;   /* else logged; the old file stays */
+    if (ok)
+        switch_destination(&next);
+    metrics_count_access_log_reopen(ok);
 }
 
 static void *writer_main(void *arg)

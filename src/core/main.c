@@ -15,6 +15,7 @@
 #include "core/log.h"
 #include "core/watch.h"
 #include "core/proxy.h"
+#include "core/readiness.h"
 #include "core/sdnotify.h"
 #include "core/uring_probe.h"
 #include "policy/keys.h"
@@ -86,13 +87,6 @@ static uint64_t now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-/* Ready: serving the current configuration, and some backend can take requests
- * (as the watcher last published). */
-static bool is_ready(void)
-{
-    return atomic_load(&rt.ready) && !atomic_load(&rt.draining) && metrics_any_backend_up();
-}
-
 static bool same_addr(const struct cfg_addr *a, const struct cfg_addr *b)
 {
     return a->salen == b->salen && memcmp(&a->sa, &b->sa, a->salen) == 0;
@@ -123,6 +117,7 @@ static void reload(const char *path)
     struct config *cfg = NULL;
     if (config_load(path, &cfg, err, sizeof err) != 0) {
         log_error("reload refused, keeping the running configuration: %s", err);
+        metrics_count_reload(false);
         sd_notifyf("READY=1\nSTATUS=reload refused: %s", err);
         return;
     }
@@ -135,6 +130,7 @@ static void reload(const char *path)
     if (!g) {
         log_error("reload refused, keeping the running configuration: %s", err);
         config_free(cfg);
+        metrics_count_reload(false);
         sd_notifyf("READY=1\nSTATUS=reload refused: %s", err);
         return;
     }
@@ -145,6 +141,8 @@ static void reload(const char *path)
     atomic_store_explicit(&rt.current, g, memory_order_release);
     gen_unref(old);     /* main's reference */
     log_info("configuration reloaded from %s (generation %llu)", path, (unsigned long long)g->id);
+    metrics_config_loaded(g->id);
+    metrics_count_reload(true);
     sd_notifyf("READY=1\nSTATUS=serving (generation %llu)", (unsigned long long)g->id);
 }
 
@@ -282,13 +280,14 @@ int main(int argc, char **argv)
         log_warn("%s has no [keys] section: authentication is off, every client may call every route",
                  cfg->path);
     atomic_store(&rt.current, g);
+    metrics_config_loaded(g->id);
     if (alog_init(rt.nshards, 0, cfg->log.access, cfg->log.access_path) != 0) {
         log_error("cannot open the access log");
         return 1;
     }
     if (listeners_open(cfg, rt.nshards) != 0)
         return 1;
-    if (cfg->admin.enabled && admin_start(&cfg->admin.listen, is_ready) != 0)
+    if (cfg->admin.enabled && admin_start(&cfg->admin.listen, readiness_ready) != 0)
         return 1;
     if (watch_start() != 0)
         return 1;

@@ -67,6 +67,10 @@ static size_t key_index_mask;
 static unsigned nkeys = 1;
 static unsigned key_capacity = METRICS_MIN_KEYS;
 static bool key_overflow_logged;
+/* Control plane, one writer each: main (reloads), the access-log writer (reopens). */
+static _Atomic uint64_t config_generation;
+static _Atomic uint64_t reloads[2];             /* [0] ok, [1] failed */
+static _Atomic uint64_t access_log_reopens[2];  /* [0] ok, [1] failed */
 
 /* Slot 0 is "" (no route matched). Called with registry_mu held. */
 static bool reserve_no_route_slot(void)
@@ -137,8 +141,6 @@ struct shard_metrics *metrics_shard(unsigned shard)
 {
     return shards && shard < nshards ? &shards[shard] : NULL;
 }
-
-unsigned metrics_nshards(void) { return nshards; }
 
 int metrics_route_slot(const char *route)
 {
@@ -252,19 +254,6 @@ void metrics_set_backend_up(int slot, bool up)
     atomic_store_explicit(&backend_down[slot], !up, memory_order_relaxed);
 }
 
-bool metrics_any_backend_up(void)
-{
-    bool any = false, live = false;
-    pthread_mutex_lock(&registry_mu);
-    for (unsigned b = 0; b < nbackends && !any; b++)
-        if (backend_live[b]) {
-            live = true;
-            any = !atomic_load_explicit(&backend_down[b], memory_order_relaxed);
-        }
-    pthread_mutex_unlock(&registry_mu);
-    return any || !live;
-}
-
 int metrics_pool_slot(const char *pool)
 {
     if (!pool)
@@ -298,6 +287,22 @@ void metrics_set_live_pools(const int *slots, unsigned n)
         if (slots[i] >= 0 && (unsigned)slots[i] < registered)
             pool_live[slots[i]] = true;
     pthread_mutex_unlock(&registry_mu);
+}
+
+void metrics_config_loaded(uint64_t generation)
+{
+    atomic_store_explicit(&config_generation, generation, memory_order_relaxed);
+}
+
+/* Release: a scrape that sees the count also sees the generation loaded before it. */
+void metrics_count_reload(bool ok)
+{
+    atomic_fetch_add_explicit(&reloads[ok ? 0 : 1], 1, memory_order_release);
+}
+
+void metrics_count_access_log_reopen(bool ok)
+{
+    atomic_fetch_add_explicit(&access_log_reopens[ok ? 0 : 1], 1, memory_order_relaxed);
 }
 
 unsigned metrics_status_slot(int status)
@@ -764,6 +769,21 @@ static void render_keys(struct out *o)
                       limits, METRICS_NLIMITS, key_ratelimited);
 }
 
+/* name{result="ok"} N and name{result="failed"} M */
+static void put_ok_failed(struct out *o, const char *name, _Atomic uint64_t counts[2],
+                          memory_order order)
+{
+    static const char *const results[2] = { "ok", "failed" };
+    for (unsigned r = 0; r < 2; r++) {
+        puts_(o, name);
+        puts_(o, "{result=\"");
+        puts_(o, results[r]);
+        puts_(o, "\"} ");
+        put_u64(o, atomic_load_explicit(&counts[r], order));
+        puts_(o, "\n");
+    }
+}
+
 static void render_access_log(struct out *o)
 {
     put_family(o, "aigw_access_log_dropped_total", "counter",
@@ -771,6 +791,45 @@ static void render_access_log(struct out *o)
     puts_(o, "aigw_access_log_dropped_total ");
     put_u64(o, SUM_SHARDS(access_log_dropped));
     puts_(o, "\n");
+    put_family(o, "aigw_access_log_reopens_total", "counter",
+               "Access log file reopens (SIGUSR1), by result; failed: the old file is kept.");
+    put_ok_failed(o, "aigw_access_log_reopens_total", access_log_reopens, memory_order_relaxed);
+}
+
+/* Reloads, and which generation each shard serves: a reload has taken effect
+ * once every shard's generation equals aigw_config_generation. */
+static void render_config(struct out *o)
+{
+    put_family(o, "aigw_config_reloads_total", "counter",
+               "Configuration reloads (SIGHUP), by result; failed: refused, the running one stays.");
+    put_ok_failed(o, "aigw_config_reloads_total", reloads, memory_order_acquire);
+    put_family(o, "aigw_config_generation", "gauge",
+               "The configuration generation loaded last (1 at start, one more per applied reload).");
+    puts_(o, "aigw_config_generation ");
+    put_u64(o, atomic_load_explicit(&config_generation, memory_order_relaxed));
+    puts_(o, "\n");
+    put_family(o, "aigw_shard_config_generation", "gauge",
+               "The configuration generation each shard serves new requests with.");
+    for (unsigned s = 0; s < nshards; s++) {
+        puts_(o, "aigw_shard_config_generation{shard=\"");
+        put_u64(o, s);
+        puts_(o, "\"} ");
+        put_i64(o, atomic_load_explicit(&shards[s].config_generation, memory_order_relaxed));
+        puts_(o, "\n");
+    }
+}
+
+/* Per shard, so that a test (or an operator) can see that every shard serves. */
+static void render_shards(struct out *o)
+{
+    put_family(o, "aigw_shard_requests_total", "counter", "Requests answered, by shard.");
+    for (unsigned s = 0; s < nshards; s++) {
+        puts_(o, "aigw_shard_requests_total{shard=\"");
+        put_u64(o, s);
+        puts_(o, "\"} ");
+        put_u64(o, load(&shards[s].duration_count));
+        puts_(o, "\n");
+    }
 }
 
 size_t metrics_render(char *buf, size_t cap)
@@ -787,6 +846,8 @@ size_t metrics_render(char *buf, size_t cap)
     render_connections(&o);
     render_keys(&o);
     render_access_log(&o);
+    render_config(&o);
+    render_shards(&o);
     pthread_mutex_unlock(&registry_mu);
     if (o.len < cap)
         buf[o.len] = '\0';

@@ -42,7 +42,7 @@ struct shard_metrics {
     mcounter requests[METRICS_MAX_ROUTES][METRICS_NSTATUS];
     mcounter duration_bucket[METRICS_NBUCKETS];   /* cumulative at render time, not here */
     mcounter duration_sum_us;
-    mcounter duration_count;
+    mcounter duration_count;                      /* also aigw_shard_requests_total */
     mcounter upstream_conns[METRICS_MAX_BACKENDS][2];
     mcounter relay_bytes[2];
     mgauge connections[2];
@@ -61,6 +61,7 @@ struct shard_metrics {
     mcounter queue_wait_count[METRICS_MAX_POOLS];
     mcounter shed[METRICS_MAX_POOLS][METRICS_NSHED];
     mcounter fallbacks[METRICS_MAX_POOLS];                 /* requests it sent to its fallback */
+    mgauge config_generation;      /* the generation this shard serves new requests with */
 } __attribute__((aligned(64)));
 
 /* Single-writer increment: plain load+store, no locked instruction. */
@@ -73,6 +74,13 @@ static inline void mg_add(mgauge *g, int64_t n)
 {
     atomic_store_explicit(g, atomic_load_explicit(g, memory_order_relaxed) + n,
                           memory_order_relaxed);
+}
+
+/* A shard took generation `id` for its new requests (at start and on each reload):
+ * aigw_shard_config_generation, how a reload is seen to have reached every shard. */
+static inline void metrics_shard_adopted(struct shard_metrics *m, uint64_t id)
+{
+    atomic_store_explicit(&m->config_generation, (int64_t)id, memory_order_relaxed);
 }
 
 /* Creates the registry for nshards (1..METRICS_MAX_SHARDS) shards, all zero. Call
@@ -102,8 +110,6 @@ void metrics_set_live_backends(const int *slots, unsigned n);
 /* The watcher's verdict on a backend (one writer): up (active check passing and
  * circuit closed) or not; aigw_backend_up{pool,backend}. Slots never set render 1. */
 void metrics_set_backend_up(int slot, bool up);
-/* Some backend of the current configuration is up (or it has none): /readyz. */
-bool metrics_any_backend_up(void);
 /* Slot for a pool name (stable for the process lifetime; -1 when full).
  * Control plane only. */
 int metrics_pool_slot(const char *pool);
@@ -112,6 +118,16 @@ void metrics_set_live_pools(const int *slots, unsigned n);
 /* Records one request's wait in a pool's queue (it left the queue after wait_us:
  * dispatched, shed or gone). A slot outside the registry is ignored. */
 void metrics_observe_queue_wait(struct shard_metrics *m, int pool_slot, uint64_t wait_us);
+
+/* Main thread: the configuration generation it loaded last (at start and on each
+ * accepted reload): aigw_config_generation. */
+void metrics_config_loaded(uint64_t generation);
+/* Main thread: a SIGHUP reload was applied (ok) or refused, after
+ * metrics_config_loaded for an applied one: aigw_config_reloads_total{result}. */
+void metrics_count_reload(bool ok);
+/* Access-log writer thread: the log file was reopened (SIGUSR1), or the reopen
+ * failed and the old file is kept: aigw_access_log_reopens_total{result}. */
+void metrics_count_access_log_reopen(bool ok);
 
 /* Maps an HTTP status to its column in requests[][] (unknown codes share a column per
  * class, rendered as status="4xx" etc.; codes outside 100..599 count as "5xx"). */
@@ -130,6 +146,5 @@ size_t metrics_render(char *buf, size_t cap);
 /* metrics_render into a malloc'd buffer (*out, NUL-terminated, *len bytes).
  * Returns 0, or -1 with errno ENOMEM. The caller frees *out. */
 int metrics_render_alloc(char **out, size_t *len);
-unsigned metrics_nshards(void);
 
 #endif

@@ -325,6 +325,7 @@ static void shard_gen_adopt(struct shard *sh)
     }
     sg->older = sh->sg;
     sh->sg = sg;
+    metrics_shard_adopted(sh->m, cur->id);
     /* idle upstream connections of the old generation are not reused */
     upstream_close_idle(sh, sg->older);
     shard_gen_collect(sh);
@@ -576,6 +577,7 @@ static void *shard_main(void *arg)
     if (shift)
         sh->realtime_offset_us += (uint64_t)(strtoll(shift, NULL, 10) * 1000000);
     timer_wheel_init(&sh->timers, sh->now_ms);
+    metrics_shard_adopted(sh->m, sh->sg->g->id);
     for (unsigned i = 0; i < sh->nlisteners; i++)
         arm_accept(sh, &sh->listeners[i]);
     atomic_fetch_add(&rt.shards_running, 1);

@@ -26,6 +26,7 @@
 
 #include "core/log.h"
 #include "core/proxy.h"
+#include "core/readiness.h"
 #include "proto/http1.h"
 #include "proto/promtext.h"
 
@@ -361,14 +362,18 @@ static void log_circuits(struct gen *g, uint32_t *seen, uint64_t now)
 /* The per-backend gauges of /metrics, from this generation's view. */
 static void publish_gauges(struct gen *g, uint64_t now)
 {
+    bool any_available = g->cfg->nbackends == 0;
     for (unsigned b = 0; b < g->cfg->nbackends; b++) {
-        metrics_set_backend_up(g->backend_metric_slot[b], backend_available(g, b));
+        bool available = backend_available(g, b);
+        any_available |= available;
+        metrics_set_backend_up(g->backend_metric_slot[b], available);
         const struct backend_signal *s = &g->signal[b];
         bool fresh = backend_signal_fresh(g, b, now);
         metrics_set_backend_load(g->backend_metric_slot[b], gen_outstanding(g, b),
                                  fresh ? atomic_load_explicit(&s->waiting, memory_order_relaxed) : -1,
                                  fresh ? atomic_load_explicit(&s->kv_permille, memory_order_relaxed) : -1);
     }
+    readiness_backends_available(any_available);
 }
 
 static void *watch_main(void *arg)

@@ -995,13 +995,20 @@ double h_metric0(int port, const char *query)
     return metric_scrape(port, query, true);
 }
 
-double h_wait_metric(int port, const char *query, double want, int timeout_ms)
+static bool compares(double v, enum h_cmp cmp, double want)
+{
+    return cmp == H_EQ ? v == want : cmp == H_GE ? v >= want : v <= want;
+}
+
+double h_wait_metric(int port, const char *query, enum h_cmp cmp, double want, int timeout_ms)
 {
     int64_t end = h_now_ms() + timeout_ms;
-    double v;
-    while (!((v = h_metric0(port, query)) >= want) && h_now_ms() < end)
+    for (;;) {
+        double v = h_metric0(port, query);
+        if (compares(v, cmp, want) || h_now_ms() > end)
+            return v;
         h_sleep_ms(10);
-    return v;
+    }
 }
 
 /* ---- the binaries ---- */
@@ -1017,14 +1024,6 @@ const char *h_aigw_bin(void)
     return bin_path("AIGW_BIN", "build/aigw");
 }
 
-static bool port_accepts(int port)
-{
-    struct h_conn c;
-    if (h_connect(&c, port) < 0) return false;
-    h_close(&c);
-    return true;
-}
-
 static bool http_200(int port, const char *path)
 {
     struct h_resp r;
@@ -1034,13 +1033,16 @@ static bool http_200(int port, const char *path)
     return ok;
 }
 
-/* Polls every 20 ms until ready or the process died or 10 s (x slow) passed. */
-static bool wait_ready(pid_t pid, int port, int health_port, const char *health_path)
+/* Polls every 20 ms until ready or the process died or 10 s (x slow) passed.
+ * Only the health URL is asked: aigw's /readyz says 200 once its listeners are
+ * open and every shard accepts, and a probe connection to the listen port
+ * would linger as a client connection a test then finds counted. */
+static bool wait_ready(pid_t pid, int health_port, const char *health_path)
 {
     int64_t deadline = h_now_ms() + 10000 * h_slow();
     while (h_now_ms() < deadline) {
         if (!h_alive(pid)) return false;
-        if (port_accepts(port) && http_200(health_port, health_path)) return true;
+        if (http_200(health_port, health_path)) return true;
         h_sleep_ms(20);
     }
     return false;
@@ -1062,7 +1064,7 @@ static bool mock_spawn(struct h_mock *m, const char *args)
         argv[n++] = t;
     argv[n] = NULL;
     m->pid = h_spawn(m->tag, argv);
-    if (wait_ready(m->pid, m->port, m->port, "/health"))
+    if (wait_ready(m->pid, m->port, "/health"))
         return true;
     h_stop(m->pid, 2000);
     m->pid = 0;
@@ -1175,7 +1177,7 @@ int h_gw_start(struct h_gw *g)
         }
         const char *argv[] = {h_aigw_bin(), "-c", g->conf, NULL};
         g->pid = h_spawn(g->tag, argv);
-        if (wait_ready(g->pid, g->port, g->admin_port, "/readyz")) return 0;
+        if (wait_ready(g->pid, g->admin_port, "/readyz")) return 0;
         h_stop(g->pid, 2000);
         g->pid = 0;
     }
@@ -1297,6 +1299,30 @@ char *h_wait_for_text(const char *path, const char *needle, int timeout_ms)
     }
 }
 
+bool h_wait_log_line(const char *tag, const char *a, const char *b, int timeout_ms)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s/%s.err", h_dir(), tag);
+    int64_t end = h_now_ms() + timeout_ms;
+    for (;;) {
+        char *text = h_read_file(path);
+        bool hit = false;
+        for (char *line = text; line && *line && !hit;) {
+            char *eol = strchr(line, '\n');
+            if (eol)
+                *eol = 0;
+            hit = strstr(line, a) && (!b || strstr(line, b));
+            line = eol ? eol + 1 : NULL;
+        }
+        free(text);
+        if (hit)
+            return true;
+        if (h_now_ms() > end)
+            return false;
+        h_sleep_ms(20);
+    }
+}
+
 bool h_write_all(int fd, const char *p, size_t n)
 {
     while (n) {
@@ -1307,4 +1333,137 @@ bool h_write_all(int fd, const char *p, size_t n)
         n -= (size_t)w;
     }
     return true;
+}
+
+/* ---- waiting for aigw to have done something ---- */
+
+int h_gw_nshards(const struct h_gw *g)
+{
+    return g->shards > 0 ? g->shards : 2;
+}
+
+/* Every shard's value of name{shard="N"} into out; false if one is missing. */
+static bool shard_values(const struct h_gw *g, const char *name, double *out)
+{
+    int n = h_gw_nshards(g);
+    cr_assert_leq(n, H_MAX_SHARDS);
+    for (int s = 0; s < n; s++) {
+        char q[128];
+        snprintf(q, sizeof q, "%s{shard=\"%d\"}", name, s);
+        out[s] = h_metric(g->admin_port, q);
+        if (out[s] != out[s])
+            return false;
+    }
+    return true;
+}
+
+static bool every_shard_on(const struct h_gw *g, double generation)
+{
+    double gen[H_MAX_SHARDS];
+    if (!shard_values(g, "aigw_shard_config_generation", gen))
+        return false;
+    for (int s = 0; s < h_gw_nshards(g); s++)
+        if (gen[s] != generation)
+            return false;
+    return true;
+}
+
+#define RELOADS_OK "aigw_config_reloads_total{result=\"ok\"}"
+#define RELOADS_FAILED "aigw_config_reloads_total{result=\"failed\"}"
+
+enum h_reload h_gw_reload(const struct h_gw *g)
+{
+    double ok0 = h_metric(g->admin_port, RELOADS_OK), failed0 = h_metric(g->admin_port, RELOADS_FAILED);
+    cr_assert(ok0 == ok0 && failed0 == failed0, "no aigw_config_reloads_total before SIGHUP; aigw stderr:\n%s",
+              h_tail(g->tag));
+    cr_assert_eq(kill(g->pid, SIGHUP), 0);
+    int64_t end = h_now_ms() + 10000 * h_slow();
+    while (h_now_ms() < end) {
+        if (h_metric0(g->admin_port, RELOADS_FAILED) > failed0)
+            return H_RELOAD_REFUSED;
+        if (h_metric0(g->admin_port, RELOADS_OK) > ok0) {
+            /* counted after the new generation was published: this is it */
+            double generation = h_metric(g->admin_port, "aigw_config_generation");
+            while (h_now_ms() < end) {
+                if (every_shard_on(g, generation))
+                    return H_RELOAD_APPLIED;
+                h_sleep_ms(10);
+            }
+            break;
+        }
+        h_sleep_ms(10);
+    }
+    return H_RELOAD_TIMEOUT;
+}
+
+bool h_gw_reopen_log(const struct h_gw *g)
+{
+    const char *ok = "aigw_access_log_reopens_total{result=\"ok\"}";
+    const char *failed = "aigw_access_log_reopens_total{result=\"failed\"}";
+    double ok0 = h_metric(g->admin_port, ok), failed0 = h_metric(g->admin_port, failed);
+    if (ok0 != ok0 || failed0 != failed0 || kill(g->pid, SIGUSR1) != 0)
+        return false;
+    int64_t end = h_now_ms() + 5000 * h_slow();
+    while (h_now_ms() < end) {
+        if (h_metric0(g->admin_port, failed) > failed0)
+            return false;
+        if (h_metric0(g->admin_port, ok) > ok0)
+            return true;
+        h_sleep_ms(10);
+    }
+    return false;
+}
+
+struct h_each_shard h_each_shard_begin(const struct h_gw *g)
+{
+    struct h_each_shard e = {.g = g, .nshards = h_gw_nshards(g)};
+    cr_assert(shard_values(g, "aigw_shard_requests_total", e.base),
+              "no aigw_shard_requests_total; aigw stderr:\n%s", h_tail(g->tag));
+    return e;
+}
+
+/* Shards that have answered nothing since begin; 0 when all have. */
+static int shards_unseen(const struct h_each_shard *e, int *first_unseen)
+{
+    double now[H_MAX_SHARDS];
+    if (!shard_values(e->g, "aigw_shard_requests_total", now))
+        return e->nshards;
+    int unseen = 0;
+    for (int s = e->nshards - 1; s >= 0; s--)
+        if (now[s] <= e->base[s]) {
+            unseen++;
+            *first_unseen = s;
+        }
+    return unseen;
+}
+
+bool h_each_shard_answered(const struct h_each_shard *e)
+{
+    int shard = -1;
+    /* a request is counted as it ends, which may be just after its answer arrived */
+    int64_t end = h_now_ms() + 2000 * h_slow();
+    for (;;) {
+        if (shards_unseen(e, &shard) == 0)
+            return true;
+        if (h_now_ms() > end)
+            return false;
+        h_sleep_ms(20);
+    }
+}
+
+bool h_each_shard_next(struct h_each_shard *e)
+{
+    int shard = -1;
+    if (e->rounds++ == 0)
+        return true;
+    if (shards_unseen(e, &shard) == 0)
+        return false;
+    if (e->rounds <= H_EACH_SHARD_ROUNDS)
+        return true;
+    if (h_each_shard_answered(e))
+        return false;
+    shards_unseen(e, &shard);
+    cr_assert_fail("shard %d answered none of %d requests on new connections; aigw stderr:\n%s", shard,
+                   H_EACH_SHARD_ROUNDS, h_tail(e->g->tag));
+    return false;
 }

@@ -162,9 +162,11 @@ void h_sse_free(struct h_sse *s);
 double h_metric(int port, const char *query);
 /* Same, 0 when no series matched (a counter not yet exported). NaN if the scrape failed. */
 double h_metric0(int port, const char *query);
-/* Polls h_metric0 until it reaches at least want or timeout_ms passed; returns
- * the last value read (counters are updated just after a response is sent). */
-double h_wait_metric(int port, const char *query, double want, int timeout_ms);
+/* Polls h_metric0(port, query) until it compares with want as cmp says, or
+ * timeout_ms passes. Returns the last value read (NaN: the scrape failed) for
+ * the caller's assertion. */
+enum h_cmp { H_EQ, H_GE, H_LE };
+double h_wait_metric(int port, const char *query, enum h_cmp cmp, double want, int timeout_ms);
 
 /* ---- the two binaries ---- */
 
@@ -210,9 +212,49 @@ struct h_gw {
  * body printf-formatted. Call again to rewrite (for SIGHUP); ports stay. */
 void h_gw_config(struct h_gw *g, const char *timeouts, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-/* Starts aigw -c g->conf; waits until the listen port accepts and the admin
- * /readyz answers 200. 0, or -1 (see h_tail(g->tag)). */
+/* Starts aigw -c g->conf; waits until the admin /readyz answers 200 (its
+ * listeners are open and every shard accepts; no probe connection is left on
+ * the listen port). 0, or -1 (see h_tail(g->tag)). */
 int h_gw_start(struct h_gw *g);
+
+/* The shards g runs ([server] shards). */
+int h_gw_nshards(const struct h_gw *g);
+
+/* ---- waiting for aigw to have done something (never a pause and a hope) ---- */
+
+/* Sends SIGHUP and waits until aigw has dealt with it: refused (counted in
+ * aigw_config_reloads_total{result="failed"}), or applied and adopted by every
+ * shard (each aigw_shard_config_generation equals aigw_config_generation). */
+enum h_reload { H_RELOAD_APPLIED, H_RELOAD_REFUSED, H_RELOAD_TIMEOUT };
+enum h_reload h_gw_reload(const struct h_gw *g);
+#define H_RELOAD(g, want)                                                                          \
+    cr_assert_eq(h_gw_reload(g), (want), "SIGHUP: expected %s; aigw stderr:\n%s",                  \
+                 (want) == H_RELOAD_APPLIED ? "the reload applied on every shard" : "the reload refused", \
+                 h_tail((g)->tag))
+/* Sends SIGUSR1 and waits until the access log file was reopened; false if
+ * the reopen failed or was not done in time. */
+bool h_gw_reopen_log(const struct h_gw *g);
+
+/* Repeats a request on fresh connections until every shard has answered one
+ * (aigw_shard_requests_total), so that what the loop asserts holds on each
+ * shard rather than on whichever SO_REUSEPORT happened to pick:
+ *     for (struct h_each_shard e = h_each_shard_begin(&g); h_each_shard_next(&e);)
+ *         { one request on a new connection, and its assertions }
+ * The body runs at least once; the test fails if some shard has answered none
+ * after H_EACH_SHARD_ROUNDS rounds (the hash spreads new connections: with two
+ * shards, a few rounds). The test must send no other requests meanwhile. */
+#define H_EACH_SHARD_ROUNDS 64
+#define H_MAX_SHARDS 8
+struct h_each_shard {
+    const struct h_gw *g;
+    int rounds, nshards;
+    double base[H_MAX_SHARDS];
+};
+struct h_each_shard h_each_shard_begin(const struct h_gw *g);
+bool h_each_shard_next(struct h_each_shard *e);
+/* After other traffic (a load test's clients): true once every shard has
+ * answered a request since h_each_shard_begin; waits a moment for the counts. */
+bool h_each_shard_answered(const struct h_each_shard *e);
 
 /* ---- API keys ---- */
 
@@ -233,6 +275,10 @@ int h_listen_loopback(int *port);
 /* The file's text once it contains needle (malloc'd), or NULL after timeout_ms
  * (an access log line being written by aigw's writer thread). */
 char *h_wait_for_text(const char *path, const char *needle, int timeout_ms);
+
+/* True once a line of <tag>.err (aigw's log) holds a and also b (b may be
+ * NULL), within timeout_ms. */
+bool h_wait_log_line(const char *tag, const char *a, const char *b, int timeout_ms);
 
 /* Writes all n bytes to fd (a scripted backend's answer); false on error. */
 bool h_write_all(int fd, const char *p, size_t n);

@@ -110,31 +110,6 @@ static bool wait_mock_metric(int port, const char *query, double want, int ms)
     return false;
 }
 
-/* True once a line of <tag>.err holds both a and b (b may be NULL). */
-static bool log_has(const char *tag, const char *a, const char *b, int ms)
-{
-    char path[600];
-    snprintf(path, sizeof path, "%s/%s.err", h_dir(), tag);
-    int64_t end = h_now_ms() + ms;
-    for (;;) {
-        char *text = h_read_file(path);
-        bool hit = false;
-        for (char *line = text; line && *line && !hit;) {
-            char *eol = strchr(line, '\n');
-            if (eol)
-                *eol = 0;
-            hit = strstr(line, a) && (!b || strstr(line, b));
-            line = eol ? eol + 1 : NULL;
-        }
-        free(text);
-        if (hit)
-            return true;
-        if (h_now_ms() > end)
-            return false;
-        h_sleep_ms(20);
-    }
-}
-
 /* The access log line whose request id is id (malloc'd), NULL after ms. */
 static char *log_line(const char *id, int ms)
 {
@@ -299,11 +274,13 @@ Test(failover, kill_one_of_three_under_load_fails_nothing)
         l[i].max = 150;
         cr_assert_eq(pthread_create(&l[i].th, NULL, loader_main, &l[i]), 0);
     }
-    h_sleep_ms(1000);
-    /* the largest engine: it holds the most requests in flight */
+    /* the largest engine, killed once it has served some and holds some in flight */
+    cr_assert(wait_mock_metric(c.port, "vllm:request_success_total", 5, 2000 * h_slow()),
+              "the engine to be killed served fewer than 5 requests: no load on it");
+    cr_assert(wait_mock_metric(c.port, "vllm:num_requests_running", 1, 1000 * h_slow()),
+              "the engine to be killed has nothing in flight");
     double running = h_metric0(c.port, "vllm:num_requests_running");
     double served = h_metric0(c.port, "vllm:request_success_total");
-    cr_assert(served >= 1, "the engine to be killed served nothing in the first second: no load on it");
     cr_assert_eq(kill(c.pid, SIGKILL), 0);
     int64_t killed = h_now_ms();
     h_wait_exit(c.pid, 2000);
@@ -370,7 +347,7 @@ Test(failover, stalled_backend_is_ejected)
     cr_assert(down_ms >= 0, "a SIGSTOPped backend still up after %d ms; aigw stderr:\n%s", 1500 * h_slow(),
               h_tail(g.tag));
     cr_log_info("stalled: aigw_backend_up 0 after %d ms", down_ms);
-    cr_expect(log_has(g.tag, addr, NULL, 1000), "no \"%s\" on aigw's stderr:\n%s", addr, h_tail(g.tag));
+    cr_expect(h_wait_log_line(g.tag, addr, NULL, 1000), "no \"%s\" on aigw's stderr:\n%s", addr, h_tail(g.tag));
 
     for (int i = 0; i < 20; i++) {
         char hdr[64];
@@ -407,7 +384,7 @@ Test(failover, stalled_backend_is_ejected)
               h_tail(g.tag));
     cr_log_info("stalled: aigw_backend_up 1 again %d ms after SIGCONT", up_ms);
     snprintf(addr, sizeof addr, "backend 127.0.0.1:%d: up", s->port);
-    cr_expect(log_has(g.tag, addr, NULL, 1000), "no \"%s\" on aigw's stderr:\n%s", addr, h_tail(g.tag));
+    cr_expect(h_wait_log_line(g.tag, addr, NULL, 1000), "no \"%s\" on aigw's stderr:\n%s", addr, h_tail(g.tag));
     double before = h_metric0(s->port, "mockllm_requests_total");
     for (int i = 0; i < 12; i++) {
         struct h_resp r;
@@ -471,7 +448,7 @@ Test(failover, failing_backend_opens_circuit_and_recovers)
     cr_assert_eq(bmetric(&g, "aigw_backend_circuit_opens_total", "gpu", good.port, NULL), 0);
     char addr[64];
     snprintf(addr, sizeof addr, "127.0.0.1:%d", bad.port);
-    cr_assert(log_has(g.tag, addr, "circuit open", 1000), "no \"circuit open\" for %s on aigw's stderr:\n%s", addr,
+    cr_assert(h_wait_log_line(g.tag, addr, "circuit open", 1000), "no \"circuit open\" for %s on aigw's stderr:\n%s", addr,
               h_tail(g.tag));
     cr_assert(bmetric(&g, "aigw_backend_requests_total", "gpu", bad.port, "result=\"failed\"") >= n500);
 
@@ -500,7 +477,7 @@ Test(failover, failing_backend_opens_circuit_and_recovers)
     cr_log_info("circuit: the fixed backend got a request %lld ms after it came back", (long long)(h_now_ms() - start));
     cr_assert(wait_up(&g, "gpu", port, 1, 1000 * h_slow()) >= 0, "aigw_backend_up is %.0f after the probe succeeded",
               up(&g, "gpu", port));
-    cr_assert(log_has(g.tag, addr, "circuit closed", 1000), "no \"circuit closed\" for %s on aigw's stderr:\n%s",
+    cr_assert(h_wait_log_line(g.tag, addr, "circuit closed", 1000), "no \"circuit closed\" for %s on aigw's stderr:\n%s",
               addr, h_tail(g.tag));
     /* and it takes its share again */
     double before = h_metric0(fixed.port, "mockllm_requests_total");
@@ -543,16 +520,15 @@ Test(failover, queue_serves_high_before_normal_before_low)
     double waits0 = pmetric(&g, "aigw_pool_queue_wait_seconds_count", "gpu", NULL);
     char body[512];
     chat(body, sizeof body, "mock-llama-3.1-8b", 2);   /* 100 ms each */
-    fly(&lo, &g, KEY_LO, body, "q-low");
-    h_sleep_ms(50);
-    fly(&mid, &g, KEY_MID, body, "q-normal");
-    h_sleep_ms(50);
-    fly(&hi, &g, KEY_HI, body, "q-high");
-    int64_t end = h_now_ms() + 300;
-    double qlen = 0;
-    while (h_now_ms() < end && (qlen = pmetric(&g, "aigw_pool_queue_length", "gpu", NULL)) != 3)
-        h_sleep_ms(10);
-    cr_expect_eq(qlen, 3, "aigw_pool_queue_length with three waiting");
+    /* queued in the worst order: each waits before the next is sent */
+    struct flight *order[3] = {&lo, &mid, &hi};
+    const char *keys[3] = {KEY_LO, KEY_MID, KEY_HI}, *ids[3] = {"q-low", "q-normal", "q-high"};
+    for (int i = 0; i < 3; i++) {
+        fly(order[i], &g, keys[i], body, ids[i]);
+        double qlen = h_wait_metric(g.admin_port, "aigw_pool_queue_length{pool=\"gpu\"}", H_EQ, i + 1,
+                                    2000 * h_slow());
+        cr_assert_eq(qlen, i + 1, "aigw_pool_queue_length after %s was sent", ids[i]);
+    }
     cr_expect(!atomic_load(&lo.done) && !atomic_load(&mid.done) && !atomic_load(&hi.done),
               "a request was answered while the backend was full");
     land(&occ);
@@ -657,9 +633,9 @@ Test(failover, full_queue_sheds_low_first)
     struct flight occ, lo1, hi, lo2;
     occupy(&occ, &g, &m, KEY_MID, "mock-llama-3.1-8b", 24, "occupier");   /* 1.2 s */
     fly(&lo1, &g, KEY_LO, body, "low-1");
-    h_sleep_ms(200);
+    cr_assert_eq(h_wait_metric(g.admin_port, "aigw_pool_queue_length{pool=\"gpu\"}", H_EQ, 1, 2000 * h_slow()), 1,
+                 "the low request is not waiting in the queue");
     cr_assert(!atomic_load(&lo1.done), "the low request was answered (%d) instead of waiting", lo1.r.status);
-    cr_expect_eq(pmetric(&g, "aigw_pool_queue_length", "gpu", NULL), 1);
 
     /* high displaces the waiting low, which is answered at once */
     fly(&hi, &g, KEY_HI, body, "high");

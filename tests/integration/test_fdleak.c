@@ -163,7 +163,9 @@ Test(fdleak, ten_thousand_requests_with_errors_leak_no_descriptor)
     run_workers(g.port, 100, &unexpected, first, sizeof first);
     cr_assert_eq(atomic_load(&unexpected), 0, "warm-up: %d unexpected answers; first: %s\naigw stderr:\n%s",
                  atomic_load(&unexpected), first, h_tail(g.tag));
-    h_sleep_ms(500);
+    /* the baseline once aigw has closed every warm-up client */
+    double clients = h_wait_metric(g.admin_port, "aigw_connections{side=\"client\"}", H_EQ, 0, 5000 * h_slow());
+    cr_assert_eq(clients, 0, "aigw still holds %.0f client connections after the warm-up", clients);
     int baseline = h_count_fds(g.pid);
     cr_assert(baseline > 0, "cannot read /proc/%d/fd (aigw gone?); stderr:\n%s", (int)g.pid, h_tail(g.tag));
 

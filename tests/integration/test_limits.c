@@ -84,14 +84,22 @@ Test(limits, clients_over_max_connections_get_503_not_a_reset)
     for (int i = 0; i < N; i++)
         H_CONNECT_GW(&c[i], &g);
     /* a refused client has its 503 waiting before it sends anything: read that
-     * first (sending into a closed connection could reset it and lose the answer) */
-    h_sleep_ms(300 * h_slow());
+     * first (sending into a closed connection could reset it and lose the answer),
+     * so wait until aigw has dealt with every connection: accepted (counted in
+     * aigw_connections) or refused (its 503 readable) */
+    struct pollfd p[N];
+    int64_t end = h_now_ms() + T_RESP;
+    for (int settled = 0; settled < N && h_now_ms() < end;) {
+        for (int i = 0; i < N; i++)
+            p[i] = (struct pollfd){ .fd = c[i].fd, .events = POLLIN };
+        double accepted = h_metric0(g.admin_port, "aigw_connections{side=\"client\"}");
+        settled = poll(p, N, 20) + (int)accepted;
+    }
     int refused = 0, served = 0;
     for (int i = 0; i < N; i++) {
         struct h_resp r;
-        struct pollfd p = { .fd = c[i].fd, .events = POLLIN };
-        int rc = poll(&p, 1, 0) > 0 ? h_recv(&c[i], &r, T_RESP)
-                                    : h_request(&c[i], "GET", "/v1/models", NULL, NULL, &r, T_RESP);
+        int rc = p[i].revents ? h_recv(&c[i], &r, T_RESP)
+                              : h_request(&c[i], "GET", "/v1/models", NULL, NULL, &r, T_RESP);
         cr_assert_eq(rc, H_OK, "connection %d: no answer at all (%d)", i, rc);
         if (r.status == 503) {
             refused++;
@@ -109,7 +117,8 @@ Test(limits, clients_over_max_connections_get_503_not_a_reset)
     for (int i = 0; i < N; i++)
         h_close(&c[i]);
     /* the refused ones were never counted; once the others leave there is room again */
-    h_sleep_ms(100);
+    cr_assert_eq(h_wait_metric(g.admin_port, "aigw_connections{side=\"client\"}", H_EQ, 0, T_RESP), 0,
+                 "aigw still counts client connections after all left");
     struct h_resp r;
     cr_assert_eq(h_get(g.port, "/v1/models", &r, T_RESP), H_OK);
     cr_assert_eq(r.status, 200);

@@ -31,6 +31,7 @@ struct chunk_backend {
     int port;
     atomic_int requests;
     atomic_int connections;
+    atomic_int closed;          /* connections this backend has closed */
     pthread_t thread;
 };
 
@@ -95,6 +96,7 @@ static void *backend_main(void *arg)
         atomic_fetch_add(&b->connections, 1);
         serve_connection(b, fd);
         close(fd);
+        atomic_fetch_add(&b->closed, 1);
     }
 }
 
@@ -196,16 +198,19 @@ Test(relay, close_delimited_response_is_spliced_and_ends_the_connection)
     h_finish();
 }
 
-/* Two requests on one client connection, wait_ms apart, to a backend that closes
- * every upstream connection 50 ms after answering on it. */
-static void two_requests_to_a_closing_backend(struct h_gw *g, struct chunk_backend *b, int wait_ms)
+/* Two requests on one client connection to a backend that closes every
+ * upstream connection 50 ms after answering on it; between them, until() has
+ * seen the first one closed (by the backend, or by aigw too). */
+static void two_requests_to_a_closing_backend(struct h_gw *g, struct chunk_backend *b,
+                                              bool (*until)(const struct h_gw *g, struct chunk_backend *b))
 {
     start_behind(b, MODE_KEEPALIVE_THEN_CLOSE, g);
     struct h_conn c;
     H_CONNECT_GW(&c, g);
     for (int i = 0; i < 2; i++) {
         if (i)
-            h_sleep_ms(wait_ms);
+            cr_assert(until(g, b), "the first upstream connection was not seen closed; aigw stderr:\n%s",
+                      h_tail(g->tag));
         struct h_resp r;
         int rc = h_request(&c, "GET", "/v1/models", NULL, NULL, &r, T_RESP);
         cr_assert_eq(rc, H_OK, "request %d: no response (%d); aigw stderr:\n%s", i, rc, h_tail(g->tag));
@@ -216,12 +221,28 @@ static void two_requests_to_a_closing_backend(struct h_gw *g, struct chunk_backe
     h_close(&c);
 }
 
+/* The backend has closed every connection it accepted. */
+static bool backend_closed_all(const struct h_gw *g, struct chunk_backend *b)
+{
+    int64_t end = h_now_ms() + 2000 * h_slow();
+    while (atomic_load(&b->closed) < atomic_load(&b->connections) && h_now_ms() < end)
+        h_sleep_ms(2);
+    return atomic_load(&b->closed) == atomic_load(&b->connections);
+}
+
+/* aigw's idle watch (after a second in the pool) has seen the close and dropped it. */
+static bool aigw_dropped_it(const struct h_gw *g, struct chunk_backend *b)
+{
+    return backend_closed_all(g, b) &&
+           h_wait_metric(g->admin_port, "aigw_connections{side=\"upstream\"}", H_EQ, 0, 3000 * h_slow()) == 0;
+}
+
 Test(relay, pooled_connection_closed_by_the_backend_is_retried_on_a_new_one)
 {
     struct chunk_backend b;
     struct h_gw g = {0};
-    /* 300 ms: the backend has closed it, aigw has not looked yet */
-    two_requests_to_a_closing_backend(&g, &b, 300);
+    /* at once: the backend has closed it, aigw has not looked yet */
+    two_requests_to_a_closing_backend(&g, &b, backend_closed_all);
     cr_assert_eq(h_metric0(g.admin_port, "aigw_upstream_connections_total{pool=\"local\",kind=\"reused\"}"), 1,
                  "the second request should have tried the pooled connection first");
     cr_assert_eq(atomic_load(&b.requests), 2, "the dead pooled connection never reached the backend");
@@ -233,12 +254,10 @@ Test(relay, idle_pooled_connection_closed_by_the_backend_is_dropped)
 {
     struct chunk_backend b;
     struct h_gw g = {0};
-    /* 1.6 s: past the idle watch, aigw notices the close and drops it */
-    two_requests_to_a_closing_backend(&g, &b, 1600);
+    two_requests_to_a_closing_backend(&g, &b, aigw_dropped_it);
     cr_assert_eq(h_metric0(g.admin_port, "aigw_upstream_connections_total{pool=\"local\",kind=\"reused\"}"), 0,
                  "a connection the backend closed while idle must not be reused");
-    h_sleep_ms(1600);   /* the second connection, closed too, is noticed by now */
-    cr_assert_eq(h_metric0(g.admin_port, "aigw_connections{side=\"upstream\"}"), 0,
-                 "a pooled connection the backend closed is still held");
+    /* the second connection, closed too, is dropped as well */
+    cr_assert(aigw_dropped_it(&g, &b), "a pooled connection the backend closed is still held");
     h_finish();
 }

@@ -134,7 +134,9 @@ Test(timeouts, connect_timeout_to_an_unresponsive_backend)
         if (connect(fillers[i], (struct sockaddr *)&a, sizeof a) < 0 && errno != EINPROGRESS) {
         }
     }
-    h_sleep_ms(100);
+    /* the first one's handshake completes and fills the accept queue */
+    struct pollfd first = {.fd = fillers[0], .events = POLLOUT};
+    cr_assert_eq(poll(&first, 1, 2000 * h_slow()), 1, "the first filler never connected");
     /* Sanity: this machine really drops SYNs to a full accept queue. */
     {
         int probe = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);

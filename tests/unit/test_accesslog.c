@@ -1,4 +1,5 @@
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
@@ -462,6 +463,26 @@ static void sleep_ms(long ms)
     nanosleep(&ts, NULL);
 }
 
+/* True if this process has a descriptor open on path (the writer thread's). */
+static bool file_held_open(const char *path)
+{
+    DIR *d = opendir("/proc/self/fd");
+    cr_assert_not_null(d);
+    bool held = false;
+    struct dirent *e;
+    while (!held && (e = readdir(d))) {
+        char link[300], target[PATH_MAX];
+        snprintf(link, sizeof link, "/proc/self/fd/%s", e->d_name);
+        ssize_t n = readlink(link, target, sizeof target - 1);
+        if (n > 0) {
+            target[n] = 0;
+            held = strcmp(target, path) == 0;
+        }
+    }
+    closedir(d);
+    return held;
+}
+
 /* Waits up to 2 s for the file to reach min_size bytes. */
 static bool wait_file_size(const char *path, off_t min_size)
 {
@@ -676,8 +697,16 @@ Test(accesslog, off_writes_nothing_and_configure_switches_on)
         seen = file_size(path) > 0;
     }
     cr_assert(seen);
+    cr_assert(file_held_open(path));
     cr_assert_eq(alog_configure(ACCESS_OFF, NULL), 0);
-    sleep_ms(60);
+    /* the writer has switched to off once it has closed the file */
+    bool closed = false;
+    for (int i = 0; i < 400 && !closed; i++) {
+        closed = !file_held_open(path);
+        if (!closed)
+            sleep_ms(5);
+    }
+    cr_assert(closed, "the writer still holds the file 2 s after the switch to off");
     off_t before = file_size(path);
     alog_write(0, &e);
     alog_shutdown();

@@ -1,4 +1,5 @@
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -208,6 +209,18 @@ Test(admin, oversized_head_is_431)
     admin_stop();
 }
 
+/* Descriptors this process holds (the admin thread's included). */
+static int open_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    cr_assert_not_null(d);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n - 1;   /* opendir's own */
+}
+
 static int64_t mono_ms(void)
 {
     struct timespec ts;
@@ -235,9 +248,14 @@ Test(admin, stop_closes_the_port_even_with_a_client_pending)
 {
     start_admin();
     int port = admin_port();
+    int before = open_fds();
     int silent = admin_connect();
+    /* the admin thread has accepted it once it holds a descriptor of its own for it */
     int64_t t0 = mono_ms();
-    usleep(100 * 1000);     /* let the admin thread pick it up */
+    while (open_fds() < before + 2 && mono_ms() - t0 < 2000)
+        usleep(1000);
+    cr_assert_eq(open_fds(), before + 2, "the admin thread did not accept the connection");
+    t0 = mono_ms();
     admin_stop();
     cr_assert_lt(mono_ms() - t0, 1500);
     cr_assert_eq(admin_port(), -1);

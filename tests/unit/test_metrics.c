@@ -243,6 +243,47 @@ Test(metrics, relay_connections_and_drops)
     free(text);
 }
 
+/* What tests and operators watch to know a reload, a log reopen or a shard's
+ * traffic happened. */
+Test(metrics, reloads_generations_reopens_and_per_shard_requests)
+{
+    cr_assert_eq(metrics_init(2), 0);
+    struct shard_metrics *s0 = metrics_shard(0), *s1 = metrics_shard(1);
+    char *text = metrics_text();
+    assert_line(text, "aigw_config_reloads_total{result=\"ok\"} 0");
+    assert_line(text, "aigw_config_reloads_total{result=\"failed\"} 0");
+    assert_line(text, "aigw_access_log_reopens_total{result=\"ok\"} 0");
+    assert_line(text, "aigw_access_log_reopens_total{result=\"failed\"} 0");
+    assert_line(text, "aigw_shard_requests_total{shard=\"0\"} 0");
+    assert_line(text, "aigw_shard_requests_total{shard=\"1\"} 0");
+    free(text);
+
+    metrics_config_loaded(1);
+    metrics_shard_adopted(s0, 1);
+    metrics_shard_adopted(s1, 1);
+    metrics_count_reload(false);
+    metrics_config_loaded(2);
+    metrics_count_reload(true);
+    metrics_shard_adopted(s1, 2);     /* shard 0 has not looked yet */
+    metrics_count_access_log_reopen(true);
+    metrics_count_access_log_reopen(true);
+    metrics_count_access_log_reopen(false);
+    metrics_observe_request(s0, 0, 200, 10);
+    metrics_observe_request(s1, 0, 404, 10);
+    metrics_observe_request(s1, 0, 200, 10);
+    text = metrics_text();
+    assert_line(text, "aigw_config_reloads_total{result=\"ok\"} 1");
+    assert_line(text, "aigw_config_reloads_total{result=\"failed\"} 1");
+    assert_line(text, "aigw_config_generation 2");
+    assert_line(text, "aigw_shard_config_generation{shard=\"0\"} 1");
+    assert_line(text, "aigw_shard_config_generation{shard=\"1\"} 2");
+    assert_line(text, "aigw_access_log_reopens_total{result=\"ok\"} 2");
+    assert_line(text, "aigw_access_log_reopens_total{result=\"failed\"} 1");
+    assert_line(text, "aigw_shard_requests_total{shard=\"0\"} 1");
+    assert_line(text, "aigw_shard_requests_total{shard=\"1\"} 2");
+    free(text);
+}
+
 Test(metrics, render_reports_size_needed_when_buffer_is_small)
 {
     cr_assert_eq(metrics_init(1), 0);
@@ -279,6 +320,11 @@ Test(metrics, every_family_has_help_and_type)
         { "aigw_pool_queue_wait_seconds", "histogram" },
         { "aigw_pool_shed_total", "counter" },
         { "aigw_pool_fallback_total", "counter" },
+        { "aigw_access_log_reopens_total", "counter" },
+        { "aigw_config_reloads_total", "counter" },
+        { "aigw_config_generation", "gauge" },
+        { "aigw_shard_config_generation", "gauge" },
+        { "aigw_shard_requests_total", "counter" },
     };
     for (size_t i = 0; i < sizeof families / sizeof families[0]; i++) {
         char line[128];
