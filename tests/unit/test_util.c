@@ -172,23 +172,27 @@ Test(json_escape, every_byte_value_gives_valid_json)
 
 Test(json_escape, max_out_cuts_between_characters_and_says_so)
 {
-    bool whole;
-    cr_expect_str_eq(escape_n("abcdef", 6, 6, JSON_ESCAPE_SHORT_FORMS, &whole), "abcdef");
-    cr_expect(whole, "an exact fit is whole");
-    cr_expect_str_eq(escape_n("abcdefg", 7, 6, JSON_ESCAPE_SHORT_FORMS, &whole), "abcdef");
-    cr_expect_not(whole);
-    /* an escape is not split */
-    cr_expect_str_eq(escape_n("ab\x01", 3, 7, JSON_ESCAPE_SHORT_FORMS, &whole), "ab");
-    cr_expect_not(whole);
-    cr_expect_str_eq(escape_n("ab\x01", 3, 8, JSON_ESCAPE_SHORT_FORMS, &whole), "ab\\u0001");
-    cr_expect(whole);
-    /* nor a character */
-    cr_expect_str_eq(escape_n("a\xe2\x82\xac", 4, 3, JSON_ESCAPE_SHORT_FORMS, &whole), "a");
-    cr_expect_not(whole);
-    cr_expect_str_eq(escape_n("a\xe2\x82\xac", 4, 4, JSON_ESCAPE_SHORT_FORMS, &whole), "a\xe2\x82\xac");
-    cr_expect(whole);
-    cr_expect_str_eq(escape_n("abc", 3, 0, JSON_ESCAPE_SHORT_FORMS, &whole), "");
-    cr_expect_not(whole);
+    static const struct {
+        const char *in;
+        size_t max_out;
+        const char *want;
+        bool whole;
+    } cases[] = {
+        { "abcdef", 6, "abcdef", true },                    /* an exact fit is whole */
+        { "abcdefg", 6, "abcdef", false },                  /* ASCII is cut anywhere */
+        { "ab\x01", 7, "ab", false },                       /* an escape is not split */
+        { "ab\x01", 8, "ab\\u0001", true },
+        { "a\xe2\x82\xac", 3, "a", false },                 /* nor a character */
+        { "a\xe2\x82\xac", 4, "a\xe2\x82\xac", true },
+        { "abc", 0, "", false },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        bool whole;
+        const char *got = escape_n(cases[i].in, strlen(cases[i].in), cases[i].max_out,
+                                   JSON_ESCAPE_SHORT_FORMS, &whole);
+        cr_expect_str_eq(got, cases[i].want, "case %zu", i);
+        cr_expect_eq(whole, cases[i].whole, "case %zu", i);
+    }
 }
 
 /* ---------------- outbuf ---------------- */
