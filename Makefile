@@ -29,7 +29,7 @@ CFLAGS  := $(CFLAGS_COMMON) $(CFLAGS_SAN) $(EXTRA_CFLAGS)
 LDFLAGS := $(CFLAGS_SAN) -pthread
 LIBS    := -luring -linih -lwolfssl $(ALLOC_LIB)
 
-LIB_SRC  := $(wildcard src/proto/*.c src/policy/*.c src/tls/*.c) $(filter-out src/core/main.c,$(wildcard src/core/*.c))
+LIB_SRC  := $(wildcard src/util/*.c src/proto/*.c src/policy/*.c src/tls/*.c) $(filter-out src/core/main.c,$(wildcard src/core/*.c))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 MOCK_SRC := $(wildcard perf/mockllm/*.c)
 MOCK_OBJ := $(MOCK_SRC:%.c=$(BUILD)/obj/%.o)
@@ -87,9 +87,9 @@ test: deps
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 $(MAKE) asan
 	$(MAKE) fuzz-smoke
 
-# libFuzzer targets link the pure parsers only (src/proto, src/policy).
+# libFuzzer targets link the pure parsers only (src/proto, src/policy) and the helpers they use (src/util).
 FUZZ_CFLAGS := -std=gnu11 -g -O1 -D_GNU_SOURCE -Isrc -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
-FUZZ_LIB_SRC := $(wildcard src/proto/*.c src/policy/*.c)
+FUZZ_LIB_SRC := $(wildcard src/util/*.c src/proto/*.c src/policy/*.c)
 build/fuzz/%: tests/fuzz/%.c $(FUZZ_LIB_SRC)
 	@mkdir -p build/fuzz
 	clang $(FUZZ_CFLAGS) -o $@ $^ -lwolfssl

@@ -27,6 +27,7 @@
 #include "proto/http1.h"
 #include "proto/openai.h"
 #include "reqjson.h"
+#include "util/clock.h"
 
 #define IN_INITIAL   (16 * 1024)
 #define OUT_INITIAL  (16 * 1024)
@@ -147,11 +148,8 @@ static size_t out_pending(const struct conn *c)
 
 static void update_clock(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    S.now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    S.wall = ts.tv_sec;
+    S.now = clock_mono_ns();
+    S.wall = (int64_t)(clock_wall_us() / 1000000u);
     if (S.wall != S.date_sec) {
         struct tm tm;
         time_t t = (time_t)S.wall;

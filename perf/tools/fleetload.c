@@ -43,6 +43,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "util/clock.h"
+
 enum rstate { R_CONNECTING, R_SENDING, R_HEAD, R_BODY };
 enum body_mode { B_CHUNKED, B_LENGTH, B_CLOSE };
 enum chunk_state { CH_SIZE, CH_SIZE_EXT, CH_SIZE_LF, CH_DATA, CH_DATA_CR, CH_DATA_LF, CH_TRAILER };
@@ -105,13 +107,6 @@ static uint64_t rng_state;
 static volatile sig_atomic_t stop_requested;
 
 static void on_stop_signal(int sig) { (void)sig; stop_requested = 1; }
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static uint64_t rng(void)       /* splitmix64 */
 {
@@ -705,7 +700,7 @@ int main(int argc, char **argv)
         }
     }
 
-    double t0 = now_s();
+    double t0 = clock_mono_s();
     double t_end = t0 + O.duration;
     double t_next = t0;         /* the first request starts at once */
     double last_check = t0;
@@ -714,7 +709,7 @@ int main(int argc, char **argv)
     double drain_deadline = 0;
 
     while (!stop_requested) {
-        double now = now_s();
+        double now = clock_mono_s();
         while (!arrivals_done && t_next <= now) {
             if (t_next >= t_end) {
                 arrivals_done = true;
@@ -756,7 +751,7 @@ int main(int argc, char **argv)
             perror("fleetload: epoll_wait");
             return 2;
         }
-        now = now_s();
+        now = clock_mono_s();
         for (int i = 0; i < n; i++) {
             struct req *q = evs[i].data.ptr;
             if (q->state == R_CONNECTING || q->state == R_SENDING) {
@@ -770,7 +765,7 @@ int main(int argc, char **argv)
             }
         }
     }
-    double t_stop = now_s();
+    double t_stop = clock_mono_s();
     /* What is still in flight at the end of the drain (or on a signal) timed out. */
     while (nactive)
         finish(active[0], O_TIMEOUT, t_stop);

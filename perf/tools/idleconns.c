@@ -26,6 +26,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "util/clock.h"
+
 enum conn_state { CONNECTING, SENDING, READING_HEAD, READING_BODY, IDLE, DEAD };
 
 #define HEAD_MAX 16384
@@ -43,13 +45,6 @@ struct conn {
 static volatile sig_atomic_t stop_requested;
 
 static void on_stop_signal(int sig) { (void)sig; stop_requested = 1; }
-
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static void usage(FILE *out)
 {
@@ -258,7 +253,7 @@ int main(int argc, char **argv)
     const char *first_error = NULL;
     char readbuf[65536];
     struct epoll_event events[1024];
-    double last_progress = now_seconds();
+    double last_progress = clock_mono_s();
 
     while (ready + failed < nconns && !stop_requested) {
         while (in_flight < batch && next < nconns) {
@@ -371,7 +366,7 @@ int main(int argc, char **argv)
                 conn_kill(c, epfd);
                 in_flight--;
                 failed++;
-                last_progress = now_seconds();
+                last_progress = clock_mono_s();
                 continue;
             }
             if (c->state == IDLE) {
@@ -379,10 +374,10 @@ int main(int argc, char **argv)
                 watch(epfd, EPOLL_CTL_MOD, c, EPOLLIN | EPOLLRDHUP);
                 in_flight--;
                 ready++;
-                last_progress = now_seconds();
+                last_progress = clock_mono_s();
             }
         }
-        if (now_seconds() - last_progress > (double)stall_s) {
+        if (clock_mono_s() - last_progress > (double)stall_s) {
             fprintf(stderr, "idleconns: no progress for %ld s with %ld connections pending; giving up\n",
                     stall_s, in_flight);
             goto out;
@@ -400,9 +395,9 @@ int main(int argc, char **argv)
     fflush(stdout);
 
     long closed_by_server = 0;
-    double deadline = now_seconds() + (double)hold_s;
+    double deadline = clock_mono_s() + (double)hold_s;
     while (!stop_requested) {
-        double left = deadline - now_seconds();
+        double left = deadline - clock_mono_s();
         if (left <= 0)
             break;
         int nev = epoll_wait(epfd, events, 1024, left > 1.0 ? 1000 : (int)(left * 1000) + 1);

@@ -14,6 +14,9 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "policy/keys.h"
+#include "util/clock.h"
+#include "util/json_escape.h"
+#include "util/outbuf.h"
 
 #define RING_MIN (64u * 1024)
 #define RING_DEFAULT (1u * 1024 * 1024)
@@ -30,147 +33,26 @@
 #define MAX_REQUEST_ID 200
 #define MAX_ERROR 256
 
-struct jbuf {
-    char *p;
-    size_t cap;
-    size_t len;
-    bool overflow;
-};
-
-static void jb_put(struct jbuf *b, const char *s, size_t n)
-{
-    if (b->overflow || b->cap - b->len < n) {
-        b->overflow = true;
-        return;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-}
-
-#define JB_LIT(b, lit) jb_put((b), (lit), sizeof(lit) - 1)
-
-static void jb_u64(struct jbuf *b, uint64_t v)
-{
-    char tmp[20];
-    size_t i = sizeof tmp;
-    do {
-        tmp[--i] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    jb_put(b, tmp + i, sizeof tmp - i);
-}
-
-static void jb_int(struct jbuf *b, int v)
-{
-    if (v < 0) {
-        JB_LIT(b, "-");
-        jb_u64(b, (uint64_t)0 - (uint64_t)(int64_t)v);
-    } else {
-        jb_u64(b, (uint64_t)v);
-    }
-}
-
 /* Microseconds as milliseconds with three decimals: 1234 -> "1.234". */
-static void jb_ms(struct jbuf *b, uint64_t us)
+static void jb_ms(struct outbuf *b, uint64_t us)
 {
-    jb_u64(b, us / 1000);
+    outbuf_u64(b, us / 1000);
     char frac[4] = { '.', (char)('0' + us % 1000 / 100), (char)('0' + us % 100 / 10),
                      (char)('0' + us % 10) };
-    jb_put(b, frac, sizeof frac);
-}
-
-/* Length of the well-formed UTF-8 sequence at s[0..n) (2 to 4), or 0 if it is not
- * one (overlong forms, surrogates and code points past U+10FFFF are not). */
-static size_t utf8_seq_len(const unsigned char *s, size_t n)
-{
-    unsigned char c = s[0];
-    size_t len;
-    unsigned char lo = 0x80, hi = 0xBF;     /* allowed range of the second byte */
-    if (c >= 0xC2 && c <= 0xDF) {
-        len = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        if (c == 0xE0)
-            lo = 0xA0;
-        else if (c == 0xED)
-            hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        if (c == 0xF0)
-            lo = 0x90;
-        else if (c == 0xF4)
-            hi = 0x8F;
-    } else {
-        return 0;
-    }
-    if (n < len || s[1] < lo || s[1] > hi)
-        return 0;
-    for (size_t i = 2; i < len; i++)
-        if (s[i] < 0x80 || s[i] > 0xBF)
-            return 0;
-    return len;
+    outbuf_put(b, frac, sizeof frac);
 }
 
 /* A JSON string of s[0..n), escaped, with at most max_out bytes of escaped content;
  * longer ones are cut at a character boundary and end in "...". */
-static void jb_str(struct jbuf *b, const char *s, size_t n, size_t max_out)
+static void jb_str(struct outbuf *b, const char *s, size_t n, size_t max_out)
 {
-    static const char hex[] = "0123456789abcdef";
-    const unsigned char *u = (const unsigned char *)s;
-    size_t used = 0;
-    JB_LIT(b, "\"");
-    size_t i = 0;
-    while (i < n) {
-        unsigned char c = u[i];
-        char esc[6];
-        const char *piece;
-        size_t piece_len, consumed;
-        if (c == '"' || c == '\\') {
-            esc[0] = '\\';
-            esc[1] = (char)c;
-            piece = esc;
-            piece_len = 2;
-            consumed = 1;
-        } else if (c < 0x20 || c == 0x7f) {
-            memcpy(esc, "\\u00", 4);
-            esc[4] = hex[c >> 4];
-            esc[5] = hex[c & 15];
-            piece = esc;
-            piece_len = 6;
-            consumed = 1;
-        } else if (c < 0x80) {
-            /* a run of plain ASCII in one copy */
-            size_t j = i + 1;
-            while (j < n && u[j] >= 0x20 && u[j] < 0x7f && u[j] != '"' && u[j] != '\\')
-                j++;
-            piece = s + i;
-            piece_len = j - i;
-            if (used + piece_len > max_out)
-                piece_len = max_out - used;     /* ASCII may be cut anywhere */
-            consumed = piece_len;
-            if (piece_len == 0)
-                goto truncated;
-        } else if ((consumed = utf8_seq_len(u + i, n - i)) != 0) {
-            piece = s + i;
-            piece_len = consumed;
-        } else {
-            piece = "\\ufffd";
-            piece_len = 6;
-            consumed = 1;
-        }
-        if (used + piece_len > max_out)
-            goto truncated;
-        jb_put(b, piece, piece_len);
-        used += piece_len;
-        i += consumed;
-    }
-    JB_LIT(b, "\"");
-    return;
-truncated:
-    JB_LIT(b, "...\"");
+    OUTBUF_LIT(b, "\"");
+    if (!json_escape(b, s, n, max_out, JSON_ESCAPE_ALL_CONTROLS))
+        OUTBUF_LIT(b, "...");
+    OUTBUF_LIT(b, "\"");
 }
 
-static void jb_cstr(struct jbuf *b, const char *s, size_t max_out)
+static void jb_cstr(struct outbuf *b, const char *s, size_t max_out)
 {
     if (!s)
         s = "";
@@ -355,7 +237,7 @@ size_t alog_redact_target(char *out, size_t cap, struct slice target)
 static __thread uint64_t cached_sec = UINT64_MAX;
 static __thread char cached_date[20];
 
-static void jb_time(struct jbuf *b, uint64_t time_us)
+static void jb_time(struct outbuf *b, uint64_t time_us)
 {
     uint64_t sec = time_us / 1000000;
     if (sec != cached_sec) {
@@ -378,84 +260,84 @@ static void jb_time(struct jbuf *b, uint64_t time_us)
     }
     frac[7] = 'Z';
     frac[8] = '"';
-    JB_LIT(b, "\"");
-    jb_put(b, cached_date, 19);
-    jb_put(b, frac, 9);
+    OUTBUF_LIT(b, "\"");
+    outbuf_put(b, cached_date, 19);
+    outbuf_put(b, frac, 9);
 }
 
 size_t alog_format(char *out, size_t cap, const struct alog_entry *e)
 {
-    struct jbuf b = { out, cap, 0, false };
-    JB_LIT(&b, "{\"time\":");
+    struct outbuf b = outbuf_make(out, cap);
+    OUTBUF_LIT(&b, "{\"time\":");
     jb_time(&b, e->time_us);
-    JB_LIT(&b, ",\"client\":");
+    OUTBUF_LIT(&b, ",\"client\":");
     jb_str(&b, e->client.p, e->client.len, MAX_CLIENT);
-    JB_LIT(&b, ",\"method\":");
+    OUTBUF_LIT(&b, ",\"method\":");
     jb_str(&b, e->method.p, e->method.len, MAX_METHOD);
-    JB_LIT(&b, ",\"target\":");
+    OUTBUF_LIT(&b, ",\"target\":");
     jb_str(&b, e->target.p, e->target.len, MAX_TARGET);
-    JB_LIT(&b, ",\"status\":");
-    jb_int(&b, e->status);
-    JB_LIT(&b, ",\"route\":");
+    OUTBUF_LIT(&b, ",\"status\":");
+    outbuf_i64(&b, e->status);
+    OUTBUF_LIT(&b, ",\"route\":");
     jb_cstr(&b, e->route, MAX_NAME);
-    JB_LIT(&b, ",\"pool\":");
+    OUTBUF_LIT(&b, ",\"pool\":");
     jb_cstr(&b, e->pool, MAX_NAME);
-    JB_LIT(&b, ",\"backend\":");
+    OUTBUF_LIT(&b, ",\"backend\":");
     jb_cstr(&b, e->backend, MAX_NAME);
-    JB_LIT(&b, ",\"request_id\":");
+    OUTBUF_LIT(&b, ",\"request_id\":");
     jb_str(&b, e->request_id.p, e->request_id.len, MAX_REQUEST_ID);
-    JB_LIT(&b, ",\"bytes_in\":");
-    jb_u64(&b, e->bytes_in);
-    JB_LIT(&b, ",\"bytes_out\":");
-    jb_u64(&b, e->bytes_out);
-    JB_LIT(&b, ",\"duration_ms\":");
+    OUTBUF_LIT(&b, ",\"bytes_in\":");
+    outbuf_u64(&b, e->bytes_in);
+    OUTBUF_LIT(&b, ",\"bytes_out\":");
+    outbuf_u64(&b, e->bytes_out);
+    OUTBUF_LIT(&b, ",\"duration_ms\":");
     jb_ms(&b, e->duration_us);
-    JB_LIT(&b, ",\"upstream_first_byte_ms\":");
+    OUTBUF_LIT(&b, ",\"upstream_first_byte_ms\":");
     if (e->first_byte_us >= 0)
         jb_ms(&b, (uint64_t)e->first_byte_us);
     else
-        JB_LIT(&b, "null");
-    JB_LIT(&b, ",\"upstream_reused\":");
+        OUTBUF_LIT(&b, "null");
+    OUTBUF_LIT(&b, ",\"upstream_reused\":");
     if (e->upstream_reused)
-        JB_LIT(&b, "true");
+        OUTBUF_LIT(&b, "true");
     else
-        JB_LIT(&b, "false");
-    JB_LIT(&b, ",\"error\":");
+        OUTBUF_LIT(&b, "false");
+    OUTBUF_LIT(&b, ",\"error\":");
     if (e->error)
         jb_cstr(&b, e->error, MAX_ERROR);
     else
-        JB_LIT(&b, "null");
+        OUTBUF_LIT(&b, "null");
     if (e->key) {
-        JB_LIT(&b, ",\"key\":");
+        OUTBUF_LIT(&b, ",\"key\":");
         jb_cstr(&b, e->key, MAX_NAME);
     }
     if (e->ai) {
-        JB_LIT(&b, ",\"model\":");
+        OUTBUF_LIT(&b, ",\"model\":");
         if (e->model.len)
             jb_str(&b, e->model.p, e->model.len, MAX_NAME);
         else
-            JB_LIT(&b, "null");
-        JB_LIT(&b, ",\"stream\":");
+            OUTBUF_LIT(&b, "null");
+        OUTBUF_LIT(&b, ",\"stream\":");
         if (e->stream)
-            JB_LIT(&b, "true");
+            OUTBUF_LIT(&b, "true");
         else
-            JB_LIT(&b, "false");
-        JB_LIT(&b, ",\"tokens_in\":");
-        jb_u64(&b, e->tokens_in);
-        JB_LIT(&b, ",\"tokens_out\":");
-        jb_u64(&b, e->tokens_out);
-        JB_LIT(&b, ",\"limit\":");
+            OUTBUF_LIT(&b, "false");
+        OUTBUF_LIT(&b, ",\"tokens_in\":");
+        outbuf_u64(&b, e->tokens_in);
+        OUTBUF_LIT(&b, ",\"tokens_out\":");
+        outbuf_u64(&b, e->tokens_out);
+        OUTBUF_LIT(&b, ",\"limit\":");
         if (e->limit)
             jb_cstr(&b, e->limit, MAX_NAME);
         else
-            JB_LIT(&b, "null");
+            OUTBUF_LIT(&b, "null");
         if (e->priority) {
-            JB_LIT(&b, ",\"priority\":");
+            OUTBUF_LIT(&b, ",\"priority\":");
             jb_cstr(&b, e->priority, MAX_NAME);
         }
     }
-    JB_LIT(&b, "}\n");
-    return b.overflow ? 0 : b.len;
+    OUTBUF_LIT(&b, "}\n");
+    return outbuf_done(&b);
 }
 
 /* ---- per-shard rings ---- */
@@ -643,13 +525,7 @@ static void *writer_main(void *arg)
             break;
         if (!stop_requested && !pending_valid &&
             !atomic_load_explicit(&reopen_requested, memory_order_relaxed)) {
-            struct timespec until;
-            clock_gettime(CLOCK_MONOTONIC, &until);
-            until.tv_nsec += WRITER_TICK_NS;
-            if (until.tv_nsec >= 1000000000L) {
-                until.tv_sec++;
-                until.tv_nsec -= 1000000000L;
-            }
+            struct timespec until = clock_mono_after(WRITER_TICK_NS);
             pthread_cond_timedwait(&ctl_cv, &ctl_mu, &until);
         }
     }

@@ -16,6 +16,7 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "proto/http1.h"
+#include "util/clock.h"
 
 #define ADMIN_MAX_HEAD 8192
 #define ADMIN_IO_TIMEOUT_MS 2000
@@ -28,19 +29,12 @@ static bool (*ready_fn)(void);
 static pthread_t admin_thread;
 static bool running;
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Waits until fd is ready for events, the deadline passes (0) or admin_stop is
  * called (-1). Returns 1 when ready. */
 static int wait_fd(int fd, short events, int64_t deadline)
 {
     for (;;) {
-        int64_t left = deadline - now_ms();
+        int64_t left = deadline - (int64_t)clock_mono_ms();
         if (left <= 0)
             return 0;
         struct pollfd p[2] = { { fd, events, 0 }, { stop_fd, POLLIN, 0 } };
@@ -93,7 +87,7 @@ static void respond(int fd, int status, const char *content_type, const char *ex
                      status, http_reason(status), content_type, body_len, extra_headers);
     if (n < 0 || (size_t)n >= sizeof head)
         return;
-    int64_t deadline = now_ms() + ADMIN_IO_TIMEOUT_MS;
+    int64_t deadline = (int64_t)clock_mono_ms() + ADMIN_IO_TIMEOUT_MS;
     if (send_all(fd, head, (size_t)n, deadline) && !head_only)
         send_all(fd, body, body_len, deadline);
 }
@@ -158,7 +152,7 @@ static void serve_connection(int fd)
 {
     char buf[ADMIN_MAX_HEAD];
     size_t len = 0;
-    int64_t deadline = now_ms() + ADMIN_IO_TIMEOUT_MS;
+    int64_t deadline = (int64_t)clock_mono_ms() + ADMIN_IO_TIMEOUT_MS;
     for (;;) {
         ssize_t n = recv(fd, buf + len, sizeof buf - len, 0);
         if (n == 0)

@@ -12,15 +12,11 @@
 #include "core/proxy.h"
 #include "policy/keys.h"
 #include "proto/openai.h"
+#include "util/clock.h"
+#include "util/hash.h"
+#include "util/outbuf.h"
 
 /* ---- per-generation key state ---- */
-
-static uint64_t monotonic_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 static const struct cfg_tier *key_tier(const struct config *cfg, unsigned key)
 {
@@ -47,14 +43,6 @@ struct name_index {
     size_t mask;
 };
 
-static uint64_t name_hash(const char *s)
-{
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (; *s; s++)
-        h = (h ^ (uint8_t)*s) * 0x100000001b3ULL;
-    return h;
-}
-
 static bool name_index_build(struct name_index *ix, const struct gen *g)
 {
     ix->ring = g ? g->cfg->keys.ring : NULL;
@@ -73,7 +61,7 @@ static bool name_index_build(struct name_index *ix, const struct gen *g)
     for (size_t i = 0; i < size; i++)
         ix->slot[i] = -1;
     for (unsigned k = 0; k < n; k++) {
-        size_t i = name_hash(keyring_entry(ix->ring, k)->name) & ix->mask;
+        size_t i = hash_str(keyring_entry(ix->ring, k)->name) & ix->mask;
         while (ix->slot[i] >= 0)
             i = (i + 1) & ix->mask;
         ix->slot[i] = (int32_t)k;
@@ -85,7 +73,7 @@ static int name_index_find(const struct name_index *ix, const char *name)
 {
     if (!ix->slot)
         return -1;
-    for (size_t i = name_hash(name) & ix->mask; ix->slot[i] >= 0; i = (i + 1) & ix->mask)
+    for (size_t i = hash_str(name) & ix->mask; ix->slot[i] >= 0; i = (i + 1) & ix->mask)
         if (strcmp(keyring_entry(ix->ring, (unsigned)ix->slot[i])->name, name) == 0)
             return ix->slot[i];
     return -1;
@@ -109,7 +97,7 @@ int admission_gen_init(struct gen *g, const struct gen *prev, char *err, size_t 
     }
     for (size_t i = 0; i < (size_t)g->rl_stride * g->nshards; i++)
         rl_local_init(&g->rl_local[i]);
-    uint64_t now_ns = monotonic_ns();
+    uint64_t now_ns = clock_mono_ns();
     int64_t now_unix = (int64_t)time(NULL);
     struct name_index before;
     if (!name_index_build(&before, prev)) {

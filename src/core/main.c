@@ -19,6 +19,7 @@
 #include "core/sdnotify.h"
 #include "core/uring_probe.h"
 #include "policy/keys.h"
+#include "util/clock.h"
 
 #include <sys/random.h>
 
@@ -78,13 +79,6 @@ static void print_version(void)
 #endif
     printf("tls: not yet (wolfSSL %s is linked, used for API key hashes)\n", LIBWOLFSSL_VERSION_STRING);
     uring_probe_print(stdout);
-}
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 static bool same_addr(const struct cfg_addr *a, const struct cfg_addr *b)
@@ -295,8 +289,8 @@ int main(int argc, char **argv)
         log_error("cannot start shards");
         return 1;
     }
-    uint64_t deadline = now_ms() + 10000;
-    while (atomic_load(&rt.shards_running) < rt.nshards && now_ms() < deadline) {
+    uint64_t deadline = clock_mono_ms() + 10000;
+    while (atomic_load(&rt.shards_running) < rt.nshards && clock_mono_ms() < deadline) {
         struct timespec nap = { 0, 2000000 };
         nanosleep(&nap, NULL);
     }
@@ -327,7 +321,7 @@ int main(int argc, char **argv)
     log_info("stopping: draining in-flight requests for up to %llu ms", (unsigned long long)drain_ms);
     sd_notifyf("STOPPING=1\nSTATUS=draining");
     atomic_store(&rt.draining, true);
-    bool all_stopped = shard_join_all(now_ms() + drain_ms);
+    bool all_stopped = shard_join_all(clock_mono_ms() + drain_ms);
     watch_stop();
     admin_stop();
     if (all_stopped)

@@ -9,6 +9,8 @@
 #include <string.h>
 
 #include "core/log.h"
+#include "util/hash.h"
+#include "util/outbuf.h"
 
 /* Columns of requests[][]: the common codes first, then one "other" column per class. */
 static const int status_codes[] = {
@@ -181,9 +183,7 @@ int metrics_key_slot(const char *name)
     int slot = 0;
     size_t at = 0;
     if (key_index) {
-        uint64_t h = 0xcbf29ce484222325ULL;
-        for (const char *q = name; *q; q++)
-            h = (h ^ (uint8_t)*q) * 0x100000001b3ULL;
+        uint64_t h = hash_str(name);
         /* reloads look up every key of the file: a hash, not a scan */
         for (at = h & key_index_mask; key_index[at]; at = (at + 1) & key_index_mask)
             if (strcmp(key_names[key_index[at]], name) == 0) {
@@ -373,64 +373,32 @@ void metrics_observe_queue_wait(struct shard_metrics *m, int pool_slot, uint64_t
 
 /* ---- rendering ---- */
 
-/* Appends like snprintf: counts everything, stores what fits. */
-struct out {
-    char *p;
-    size_t cap;
-    size_t len;
-};
-
-static void put(struct out *o, const char *s, size_t n)
-{
-    if (o->len < o->cap) {
-        size_t room = o->cap - o->len;
-        memcpy(o->p + o->len, s, n < room ? n : room);
-    }
-    o->len += n;
-}
-
-static void puts_(struct out *o, const char *s) { put(o, s, strlen(s)); }
-
-static void put_u64(struct out *o, uint64_t v)
-{
-    char tmp[24];
-    int n = snprintf(tmp, sizeof tmp, "%" PRIu64, v);
-    put(o, tmp, (size_t)n);
-}
-
-static void put_i64(struct out *o, int64_t v)
-{
-    char tmp[24];
-    int n = snprintf(tmp, sizeof tmp, "%" PRId64, v);
-    put(o, tmp, (size_t)n);
-}
-
 /* A label value: backslash, double quote and newline escaped (exposition format 0.0.4). */
-static void put_label(struct out *o, const char *s)
+static void put_label(struct outbuf *o, const char *s)
 {
     const char *run = s;
     for (; *s; s++) {
         const char *esc = *s == '\\' ? "\\\\" : *s == '"' ? "\\\"" : *s == '\n' ? "\\n" : NULL;
         if (!esc)
             continue;
-        put(o, run, (size_t)(s - run));
-        put(o, esc, 2);
+        outbuf_put(o, run, (size_t)(s - run));
+        outbuf_put(o, esc, 2);
         run = s + 1;
     }
-    put(o, run, (size_t)(s - run));
+    outbuf_put(o, run, (size_t)(s - run));
 }
 
-static void put_family(struct out *o, const char *name, const char *type, const char *help)
+static void put_family(struct outbuf *o, const char *name, const char *type, const char *help)
 {
-    puts_(o, "# HELP ");
-    puts_(o, name);
-    puts_(o, " ");
-    puts_(o, help);
-    puts_(o, "\n# TYPE ");
-    puts_(o, name);
-    puts_(o, " ");
-    puts_(o, type);
-    puts_(o, "\n");
+    outbuf_str(o, "# HELP ");
+    outbuf_str(o, name);
+    outbuf_str(o, " ");
+    outbuf_str(o, help);
+    outbuf_str(o, "\n# TYPE ");
+    outbuf_str(o, name);
+    outbuf_str(o, " ");
+    outbuf_str(o, type);
+    outbuf_str(o, "\n");
 }
 
 static uint64_t load(const mcounter *c) { return atomic_load_explicit(c, memory_order_relaxed); }
@@ -442,14 +410,14 @@ static uint64_t load(const mcounter *c) { return atomic_load_explicit(c, memory_
     sum_; })
 
 /* Microseconds as seconds with six decimals. */
-static void put_seconds(struct out *o, uint64_t us)
+static void put_seconds(struct outbuf *o, uint64_t us)
 {
     char tmp[48];
     int n = snprintf(tmp, sizeof tmp, "%" PRIu64 ".%06" PRIu64, us / 1000000, us % 1000000);
-    put(o, tmp, (size_t)n);
+    outbuf_put(o, tmp, (size_t)n);
 }
 
-static void render_requests(struct out *o)
+static void render_requests(struct outbuf *o)
 {
     put_family(o, "aigw_requests_total", "counter",
                "Requests answered, by route and HTTP status.");
@@ -458,62 +426,62 @@ static void render_requests(struct out *o)
             uint64_t v = SUM_SHARDS(requests[r][st]);
             if (v == 0)
                 continue;
-            puts_(o, "aigw_requests_total{route=\"");
+            outbuf_str(o, "aigw_requests_total{route=\"");
             put_label(o, route_names[r]);
-            puts_(o, "\",status=\"");
-            puts_(o, status_labels[st]);
-            puts_(o, "\"} ");
-            put_u64(o, v);
-            puts_(o, "\n");
+            outbuf_str(o, "\",status=\"");
+            outbuf_str(o, status_labels[st]);
+            outbuf_str(o, "\"} ");
+            outbuf_u64(o, v);
+            outbuf_str(o, "\n");
         }
 }
 
-static void render_duration(struct out *o)
+static void render_duration(struct outbuf *o)
 {
     put_family(o, "aigw_request_duration_seconds", "histogram",
                "Time from request start to the last response byte sent.");
     uint64_t cumulative = 0;
     for (unsigned b = 0; b < METRICS_NBUCKETS; b++) {
         cumulative += SUM_SHARDS(duration_bucket[b]);
-        puts_(o, "aigw_request_duration_seconds_bucket{le=\"");
-        puts_(o, bucket_le[b]);
-        puts_(o, "\"} ");
-        put_u64(o, cumulative);
-        puts_(o, "\n");
+        outbuf_str(o, "aigw_request_duration_seconds_bucket{le=\"");
+        outbuf_str(o, bucket_le[b]);
+        outbuf_str(o, "\"} ");
+        outbuf_u64(o, cumulative);
+        outbuf_str(o, "\n");
     }
-    puts_(o, "aigw_request_duration_seconds_sum ");
+    outbuf_str(o, "aigw_request_duration_seconds_sum ");
     put_seconds(o, SUM_SHARDS(duration_sum_us));
     /* The +Inf bucket rather than duration_count: the shards update the two
      * separately, and a scrape in between must still see _count == +Inf bucket. */
-    puts_(o, "\naigw_request_duration_seconds_count ");
-    put_u64(o, cumulative);
-    puts_(o, "\n");
+    outbuf_str(o, "\naigw_request_duration_seconds_count ");
+    outbuf_u64(o, cumulative);
+    outbuf_str(o, "\n");
 }
 
 /* metric{pool="..",backend=".."[,label="value"]} */
-static void put_backend_series(struct out *o, const char *metric, unsigned b, const char *label,
+static void put_backend_series(struct outbuf *o, const char *metric, unsigned b, const char *label,
                                const char *value)
 {
-    puts_(o, metric);
-    puts_(o, "{pool=\"");
+    outbuf_str(o, metric);
+    outbuf_str(o, "{pool=\"");
     put_label(o, backend_pools[b]);
-    puts_(o, "\",backend=\"");
+    outbuf_str(o, "\",backend=\"");
     put_label(o, backend_names[b]);
     if (label) {
-        puts_(o, "\",");
-        puts_(o, label);
-        puts_(o, "=\"");
-        puts_(o, value);
+        outbuf_str(o, "\",");
+        outbuf_str(o, label);
+        outbuf_str(o, "=\"");
+        outbuf_str(o, value);
     }
-    puts_(o, "\"} ");
+    outbuf_str(o, "\"} ");
 }
 
-static void put_backend_labels(struct out *o, const char *metric, unsigned b)
+static void put_backend_labels(struct outbuf *o, const char *metric, unsigned b)
 {
     put_backend_series(o, metric, b, NULL, NULL);
 }
 
-static void render_upstream_conns(struct out *o)
+static void render_upstream_conns(struct outbuf *o)
 {
     static const char *const kinds[2] = { [UPCONN_NEW] = "new", [UPCONN_REUSED] = "reused" };
     put_family(o, "aigw_upstream_connections_total", "counter",
@@ -523,8 +491,8 @@ static void render_upstream_conns(struct out *o)
             continue;
         for (unsigned k = 0; k < 2; k++) {
             put_backend_series(o, "aigw_upstream_connections_total", b, "kind", kinds[k]);
-            put_u64(o, SUM_SHARDS(upstream_conns[b][k]));
-            puts_(o, "\n");
+            outbuf_u64(o, SUM_SHARDS(upstream_conns[b][k]));
+            outbuf_str(o, "\n");
         }
     }
 }
@@ -540,15 +508,15 @@ void metrics_set_backend_load(int slot, uint32_t outstanding, int32_t waiting, i
 
 
 /* Gauges from the watcher; the engine's figures only while its metrics are fresh. */
-static void render_backend_load(struct out *o)
+static void render_backend_load(struct outbuf *o)
 {
     put_family(o, "aigw_backend_outstanding", "gauge",
                "Requests aigw has in flight to the backend, over all shards.");
     for (unsigned b = 0; b < nbackends; b++)
         if (backend_live[b]) {
             put_backend_labels(o, "aigw_backend_outstanding", b);
-            put_u64(o, atomic_load_explicit(&backend_outstanding[b], memory_order_relaxed));
-            puts_(o, "\n");
+            outbuf_u64(o, atomic_load_explicit(&backend_outstanding[b], memory_order_relaxed));
+            outbuf_str(o, "\n");
         }
     put_family(o, "aigw_backend_queue_depth", "gauge",
                "Requests waiting in the backend engine's own queue, from its metrics.");
@@ -556,8 +524,8 @@ static void render_backend_load(struct out *o)
         int32_t w = atomic_load_explicit(&backend_waiting[b], memory_order_relaxed);
         if (backend_live[b] && w > 0) {
             put_backend_labels(o, "aigw_backend_queue_depth", b);
-            put_u64(o, (uint64_t)(w - 1));
-            puts_(o, "\n");
+            outbuf_u64(o, (uint64_t)(w - 1));
+            outbuf_str(o, "\n");
         }
     }
     put_family(o, "aigw_backend_kv_cache_usage_ratio", "gauge",
@@ -568,21 +536,21 @@ static void render_backend_load(struct out *o)
             char v[16];
             snprintf(v, sizeof v, "%.3f", (kv - 1) / 1000.0);
             put_backend_labels(o, "aigw_backend_kv_cache_usage_ratio", b);
-            puts_(o, v);
-            puts_(o, "\n");
+            outbuf_str(o, v);
+            outbuf_str(o, "\n");
         }
     }
 }
 
 /* Health and attempt outcomes per backend, from the watcher and the shards. */
-static void render_backend_health(struct out *o)
+static void render_backend_health(struct outbuf *o)
 {
     put_family(o, "aigw_backend_up", "gauge",
                "1 if the backend passes its active check and its circuit is closed, else 0.");
     for (unsigned b = 0; b < nbackends; b++)
         if (backend_live[b]) {
             put_backend_labels(o, "aigw_backend_up", b);
-            puts_(o, atomic_load_explicit(&backend_down[b], memory_order_relaxed) ? "0\n" : "1\n");
+            outbuf_str(o, atomic_load_explicit(&backend_down[b], memory_order_relaxed) ? "0\n" : "1\n");
         }
     static const char *const results[2] = { [ATTEMPT_OK] = "ok", [ATTEMPT_FAILED] = "failed" };
     put_family(o, "aigw_backend_requests_total", "counter",
@@ -592,8 +560,8 @@ static void render_backend_health(struct out *o)
             continue;
         for (unsigned r = 0; r < 2; r++) {
             put_backend_series(o, "aigw_backend_requests_total", b, "result", results[r]);
-            put_u64(o, SUM_SHARDS(backend_requests[b][r]));
-            puts_(o, "\n");
+            outbuf_u64(o, SUM_SHARDS(backend_requests[b][r]));
+            outbuf_str(o, "\n");
         }
     }
     put_family(o, "aigw_backend_retries_total", "counter",
@@ -601,30 +569,30 @@ static void render_backend_health(struct out *o)
     for (unsigned b = 0; b < nbackends; b++)
         if (backend_live[b]) {
             put_backend_labels(o, "aigw_backend_retries_total", b);
-            put_u64(o, SUM_SHARDS(backend_retries[b]));
-            puts_(o, "\n");
+            outbuf_u64(o, SUM_SHARDS(backend_retries[b]));
+            outbuf_str(o, "\n");
         }
     put_family(o, "aigw_backend_circuit_opens_total", "counter",
                "Times the backend's circuit breaker opened.");
     for (unsigned b = 0; b < nbackends; b++)
         if (backend_live[b]) {
             put_backend_labels(o, "aigw_backend_circuit_opens_total", b);
-            put_u64(o, SUM_SHARDS(circuit_opens[b]));
-            puts_(o, "\n");
+            outbuf_u64(o, SUM_SHARDS(circuit_opens[b]));
+            outbuf_str(o, "\n");
         }
 }
 
 /* metric{pool="NAME" -- the caller closes the braces (more labels may follow). */
-static void put_pool_label(struct out *o, const char *metric, unsigned p)
+static void put_pool_label(struct outbuf *o, const char *metric, unsigned p)
 {
-    puts_(o, metric);
-    puts_(o, "{pool=\"");
+    outbuf_str(o, metric);
+    outbuf_str(o, "{pool=\"");
     put_label(o, pool_names[p]);
-    puts_(o, "\"");
+    outbuf_str(o, "\"");
 }
 
 /* Queueing, shedding and fallback per pool. */
-static void render_pools(struct out *o)
+static void render_pools(struct outbuf *o)
 {
     unsigned n = atomic_load_explicit(&npools, memory_order_relaxed);
     put_family(o, "aigw_pool_queue_length", "gauge",
@@ -638,9 +606,9 @@ static void render_pools(struct out *o)
         for (unsigned s = 0; s < nshards; s++)
             sum += atomic_load_explicit(&shards[s].queued[p], memory_order_relaxed);
         put_pool_label(o, "aigw_pool_queue_length", p);
-        puts_(o, "} ");
-        put_i64(o, sum);
-        puts_(o, "\n");
+        outbuf_str(o, "} ");
+        outbuf_i64(o, sum);
+        outbuf_str(o, "\n");
     }
     put_family(o, "aigw_pool_queue_wait_seconds", "histogram",
                "Time requests spent in the pool's queue (dispatched, shed or gone).");
@@ -651,21 +619,21 @@ static void render_pools(struct out *o)
         for (unsigned b = 0; b < METRICS_NBUCKETS; b++) {
             cumulative += SUM_SHARDS(queue_wait_bucket[p][b]);
             put_pool_label(o, "aigw_pool_queue_wait_seconds_bucket", p);
-            puts_(o, ",le=\"");
-            puts_(o, bucket_le[b]);
-            puts_(o, "\"} ");
-            put_u64(o, cumulative);
-            puts_(o, "\n");
+            outbuf_str(o, ",le=\"");
+            outbuf_str(o, bucket_le[b]);
+            outbuf_str(o, "\"} ");
+            outbuf_u64(o, cumulative);
+            outbuf_str(o, "\n");
         }
         put_pool_label(o, "aigw_pool_queue_wait_seconds_sum", p);
-        puts_(o, "} ");
+        outbuf_str(o, "} ");
         put_seconds(o, SUM_SHARDS(queue_wait_sum_us[p]));
-        puts_(o, "\n");
+        outbuf_str(o, "\n");
         /* the +Inf bucket, as for aigw_request_duration_seconds_count */
         put_pool_label(o, "aigw_pool_queue_wait_seconds_count", p);
-        puts_(o, "} ");
-        put_u64(o, cumulative);
-        puts_(o, "\n");
+        outbuf_str(o, "} ");
+        outbuf_u64(o, cumulative);
+        outbuf_str(o, "\n");
     }
     static const char *const reasons[METRICS_NSHED] = {
         [SHED_QUEUE_FULL] = "queue_full",
@@ -679,11 +647,11 @@ static void render_pools(struct out *o)
             continue;
         for (unsigned r = 0; r < METRICS_NSHED; r++) {
             put_pool_label(o, "aigw_pool_shed_total", p);
-            puts_(o, ",reason=\"");
-            puts_(o, reasons[r]);
-            puts_(o, "\"} ");
-            put_u64(o, SUM_SHARDS(shed[p][r]));
-            puts_(o, "\n");
+            outbuf_str(o, ",reason=\"");
+            outbuf_str(o, reasons[r]);
+            outbuf_str(o, "\"} ");
+            outbuf_u64(o, SUM_SHARDS(shed[p][r]));
+            outbuf_str(o, "\n");
         }
     }
     put_family(o, "aigw_pool_fallback_total", "counter",
@@ -691,24 +659,24 @@ static void render_pools(struct out *o)
     for (unsigned p = 0; p < n; p++)
         if (pool_live[p]) {
             put_pool_label(o, "aigw_pool_fallback_total", p);
-            puts_(o, "} ");
-            put_u64(o, SUM_SHARDS(fallbacks[p]));
-            puts_(o, "\n");
+            outbuf_str(o, "} ");
+            outbuf_u64(o, SUM_SHARDS(fallbacks[p]));
+            outbuf_str(o, "\n");
         }
 }
 
-static void render_relay(struct out *o)
+static void render_relay(struct outbuf *o)
 {
     put_family(o, "aigw_relay_bytes_total", "counter",
                "Response body bytes relayed to clients, by relay mode.");
-    puts_(o, "aigw_relay_bytes_total{mode=\"splice\"} ");
-    put_u64(o, SUM_SHARDS(relay_bytes[RELAY_SPLICE]));
-    puts_(o, "\naigw_relay_bytes_total{mode=\"copy\"} ");
-    put_u64(o, SUM_SHARDS(relay_bytes[RELAY_COPY]));
-    puts_(o, "\n");
+    outbuf_str(o, "aigw_relay_bytes_total{mode=\"splice\"} ");
+    outbuf_u64(o, SUM_SHARDS(relay_bytes[RELAY_SPLICE]));
+    outbuf_str(o, "\naigw_relay_bytes_total{mode=\"copy\"} ");
+    outbuf_u64(o, SUM_SHARDS(relay_bytes[RELAY_COPY]));
+    outbuf_str(o, "\n");
 }
 
-static void render_connections(struct out *o)
+static void render_connections(struct outbuf *o)
 {
     put_family(o, "aigw_connections", "gauge", "Open connections, by side.");
     static const char *const sides[2] = { [SIDE_CLIENT] = "client", [SIDE_UPSTREAM] = "upstream" };
@@ -718,11 +686,11 @@ static void render_connections(struct out *o)
         int64_t sum = 0;
         for (unsigned s = 0; s < nshards; s++)
             sum += atomic_load_explicit(&shards[s].connections[side], memory_order_relaxed);
-        puts_(o, "aigw_connections{side=\"");
-        puts_(o, sides[side]);
-        puts_(o, "\"} ");
-        put_i64(o, sum);
-        puts_(o, "\n");
+        outbuf_str(o, "aigw_connections{side=\"");
+        outbuf_str(o, sides[side]);
+        outbuf_str(o, "\"} ");
+        outbuf_i64(o, sum);
+        outbuf_str(o, "\n");
     }
 }
 
@@ -732,7 +700,7 @@ static uint64_t key_ratelimited(unsigned k, unsigned col) { return SUM_SHARDS(ra
 /* One per-key family: name{key="NAME",label="columns[c]"} for each non-zero
  * cell. Series appear once a key has used tokens or been limited: a keys file of
  * thousands of names does not mean thousands of zero lines. */
-static void render_key_family(struct out *o, const char *name, const char *help, const char *label,
+static void render_key_family(struct outbuf *o, const char *name, const char *help, const char *label,
                               const char *const *columns, unsigned ncolumns,
                               uint64_t (*value)(unsigned key, unsigned column))
 {
@@ -742,21 +710,21 @@ static void render_key_family(struct out *o, const char *name, const char *help,
             uint64_t v = value(k, col);
             if (v == 0)
                 continue;
-            puts_(o, name);
-            puts_(o, "{key=\"");
+            outbuf_str(o, name);
+            outbuf_str(o, "{key=\"");
             if (k > 0)
                 put_label(o, key_names[k]);
-            puts_(o, "\",");
-            puts_(o, label);
-            puts_(o, "=\"");
-            puts_(o, columns[col]);
-            puts_(o, "\"} ");
-            put_u64(o, v);
-            puts_(o, "\n");
+            outbuf_str(o, "\",");
+            outbuf_str(o, label);
+            outbuf_str(o, "=\"");
+            outbuf_str(o, columns[col]);
+            outbuf_str(o, "\"} ");
+            outbuf_u64(o, v);
+            outbuf_str(o, "\n");
         }
 }
 
-static void render_keys(struct out *o)
+static void render_keys(struct outbuf *o)
 {
     static const char *const directions[2] = { [TOKENS_PROMPT] = "prompt",
                                                [TOKENS_COMPLETION] = "completion" };
@@ -770,27 +738,27 @@ static void render_keys(struct out *o)
 }
 
 /* name{result="ok"} N and name{result="failed"} M */
-static void put_ok_failed(struct out *o, const char *name, _Atomic uint64_t counts[2],
+static void put_ok_failed(struct outbuf *o, const char *name, _Atomic uint64_t counts[2],
                           memory_order order)
 {
     static const char *const results[2] = { "ok", "failed" };
     for (unsigned r = 0; r < 2; r++) {
-        puts_(o, name);
-        puts_(o, "{result=\"");
-        puts_(o, results[r]);
-        puts_(o, "\"} ");
-        put_u64(o, atomic_load_explicit(&counts[r], order));
-        puts_(o, "\n");
+        outbuf_str(o, name);
+        outbuf_str(o, "{result=\"");
+        outbuf_str(o, results[r]);
+        outbuf_str(o, "\"} ");
+        outbuf_u64(o, atomic_load_explicit(&counts[r], order));
+        outbuf_str(o, "\n");
     }
 }
 
-static void render_access_log(struct out *o)
+static void render_access_log(struct outbuf *o)
 {
     put_family(o, "aigw_access_log_dropped_total", "counter",
                "Access log lines dropped because a shard's log buffer was full.");
-    puts_(o, "aigw_access_log_dropped_total ");
-    put_u64(o, SUM_SHARDS(access_log_dropped));
-    puts_(o, "\n");
+    outbuf_str(o, "aigw_access_log_dropped_total ");
+    outbuf_u64(o, SUM_SHARDS(access_log_dropped));
+    outbuf_str(o, "\n");
     put_family(o, "aigw_access_log_reopens_total", "counter",
                "Access log file reopens (SIGUSR1), by result; failed: the old file is kept.");
     put_ok_failed(o, "aigw_access_log_reopens_total", access_log_reopens, memory_order_relaxed);
@@ -798,43 +766,43 @@ static void render_access_log(struct out *o)
 
 /* Reloads, and which generation each shard serves: a reload has taken effect
  * once every shard's generation equals aigw_config_generation. */
-static void render_config(struct out *o)
+static void render_config(struct outbuf *o)
 {
     put_family(o, "aigw_config_reloads_total", "counter",
                "Configuration reloads (SIGHUP), by result; failed: refused, the running one stays.");
     put_ok_failed(o, "aigw_config_reloads_total", reloads, memory_order_acquire);
     put_family(o, "aigw_config_generation", "gauge",
                "The configuration generation loaded last (1 at start, one more per applied reload).");
-    puts_(o, "aigw_config_generation ");
-    put_u64(o, atomic_load_explicit(&config_generation, memory_order_relaxed));
-    puts_(o, "\n");
+    outbuf_str(o, "aigw_config_generation ");
+    outbuf_u64(o, atomic_load_explicit(&config_generation, memory_order_relaxed));
+    outbuf_str(o, "\n");
     put_family(o, "aigw_shard_config_generation", "gauge",
                "The configuration generation each shard serves new requests with.");
     for (unsigned s = 0; s < nshards; s++) {
-        puts_(o, "aigw_shard_config_generation{shard=\"");
-        put_u64(o, s);
-        puts_(o, "\"} ");
-        put_i64(o, atomic_load_explicit(&shards[s].config_generation, memory_order_relaxed));
-        puts_(o, "\n");
+        outbuf_str(o, "aigw_shard_config_generation{shard=\"");
+        outbuf_u64(o, s);
+        outbuf_str(o, "\"} ");
+        outbuf_i64(o, atomic_load_explicit(&shards[s].config_generation, memory_order_relaxed));
+        outbuf_str(o, "\n");
     }
 }
 
 /* Per shard, so that a test (or an operator) can see that every shard serves. */
-static void render_shards(struct out *o)
+static void render_shards(struct outbuf *o)
 {
     put_family(o, "aigw_shard_requests_total", "counter", "Requests answered, by shard.");
     for (unsigned s = 0; s < nshards; s++) {
-        puts_(o, "aigw_shard_requests_total{shard=\"");
-        put_u64(o, s);
-        puts_(o, "\"} ");
-        put_u64(o, load(&shards[s].duration_count));
-        puts_(o, "\n");
+        outbuf_str(o, "aigw_shard_requests_total{shard=\"");
+        outbuf_u64(o, s);
+        outbuf_str(o, "\"} ");
+        outbuf_u64(o, load(&shards[s].duration_count));
+        outbuf_str(o, "\n");
     }
 }
 
 size_t metrics_render(char *buf, size_t cap)
 {
-    struct out o = { buf, cap, 0 };
+    struct outbuf o = outbuf_make(buf, cap);
     pthread_mutex_lock(&registry_mu);
     render_requests(&o);
     render_duration(&o);

@@ -7,6 +7,7 @@
 #include "core/proxy.h"
 #include "policy/glob.h"
 #include "policy/keys.h"
+#include "util/outbuf.h"
 
 #define MODELS_PATH "/v1/models"
 #define MODELS_PATH_LEN (sizeof MODELS_PATH - 1)
@@ -73,28 +74,20 @@ static void each_model(const struct conn *c, void (*fn)(void *, const char *), v
 }
 
 struct models_out {
-    char *p;
-    size_t cap, len;
+    struct outbuf out;
     unsigned count;
     const char *only;       /* retrieve one model: its name */
     size_t only_len;
     bool found;
 };
 
-static void put(struct models_out *o, const char *s, size_t n)
-{
-    if (o->len + n <= o->cap)
-        memcpy(o->p + o->len, s, n);
-    o->len += n;
-}
-
 static void put_model(struct models_out *o, const char *name)
 {
     static const char a[] = "{\"id\":\"";
     static const char b[] = "\",\"object\":\"model\",\"created\":0,\"owned_by\":\"aigw\"}";
-    put(o, a, sizeof a - 1);
-    put(o, name, strlen(name));
-    put(o, b, sizeof b - 1);
+    outbuf_put(&o->out, a, sizeof a - 1);
+    outbuf_str(&o->out, name);
+    outbuf_put(&o->out, b, sizeof b - 1);
 }
 
 static void list_model(void *ctx, const char *name)
@@ -108,13 +101,13 @@ static void list_model(void *ctx, const char *name)
         return;
     }
     if (o->count++)
-        put(o, ",", 1);
+        OUTBUF_LIT(&o->out, ",");
     put_model(o, name);
 }
 
 ssize_t models_body(const struct conn *c, struct slice path, char *out, size_t cap)
 {
-    struct models_out o = { out, cap, 0, 0, NULL, 0, false };
+    struct models_out o = { outbuf_make(out, cap), 0, NULL, 0, false };
     if (path.len > MODELS_PATH_LEN) {
         o.only = path.p + MODELS_PATH_LEN + 1;
         o.only_len = path.len - MODELS_PATH_LEN - 1;
@@ -123,9 +116,9 @@ ssize_t models_body(const struct conn *c, struct slice path, char *out, size_t c
             return -1;
     } else {
         static const char head[] = "{\"object\":\"list\",\"data\":[";
-        put(&o, head, sizeof head - 1);
+        outbuf_put(&o.out, head, sizeof head - 1);
         each_model(c, list_model, &o);
-        put(&o, "]}", 2);
+        OUTBUF_LIT(&o.out, "]}");
     }
-    return (ssize_t)o.len;
+    return (ssize_t)o.out.len;
 }

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "util/clock.h"
 
 struct runtime rt;
 
@@ -84,9 +85,7 @@ int listeners_open(const struct config *cfg, unsigned nshards)
 
 static void shard_clock(struct shard *sh)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    sh->now_us = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+    sh->now_us = clock_mono_us();
     sh->now_ms = sh->now_us / 1000u;
 }
 
@@ -568,9 +567,7 @@ static void *shard_main(void *arg)
         exit(1);
     }
     shard_clock(sh);
-    struct timespec real;
-    clock_gettime(CLOCK_REALTIME, &real);
-    sh->realtime_offset_us = (uint64_t)real.tv_sec * 1000000u + (uint64_t)real.tv_nsec / 1000u - sh->now_us;
+    sh->realtime_offset_us = clock_wall_us() - sh->now_us;
     /* Test hook: shifts the wall clock the shards see (daily quotas, log times),
      * so a test can put the UTC day's end a few seconds ahead. */
     const char *shift = getenv("AIGW_TEST_CLOCK_SHIFT_S");
@@ -690,10 +687,7 @@ bool shard_join_all(uint64_t deadline_ms)
     for (;;) {
         if (atomic_load(&rt.shards_running) == 0)
             break;
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        uint64_t now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-        if (now >= deadline_ms) {
+        if (clock_mono_ms() >= deadline_ms) {
             log_warn("drain timeout: %u shard(s) still had requests in flight",
                      atomic_load(&rt.shards_running));
             return false;

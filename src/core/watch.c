@@ -29,6 +29,7 @@
 #include "core/readiness.h"
 #include "proto/http1.h"
 #include "proto/promtext.h"
+#include "util/clock.h"
 
 #define WATCH_MAX_BODY (1 << 20)    /* a /metrics body larger than this is not read */
 #define WATCH_TIMEOUT_MS 1000       /* one scrape, connect to last byte */
@@ -61,13 +62,6 @@ struct target {
 static pthread_t watch_thread;
 static int stop_fd = -1;
 static bool running;
-
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 static void probe_close(struct target *t)
 {
@@ -285,7 +279,7 @@ static struct target *targets_build(struct gen *g, unsigned *count)
         *count = 0;
         return NULL;
     }
-    uint64_t now = mono_ms();
+    uint64_t now = clock_mono_ms();
     for (unsigned p = 0; p < cfg->npools; p++) {
         const struct cfg_pool *pool = &cfg->pools[p];
         for (unsigned i = 0; i < pool->nbackends; i++) {
@@ -399,7 +393,7 @@ static void *watch_main(void *arg)
             free(seen);
             seen = calloc(g->cfg->nbackends + 1, sizeof *seen);
         }
-        uint64_t now = mono_ms();
+        uint64_t now = clock_mono_ms();
         uint64_t wake = now + WATCH_TICK_MS;
         for (unsigned i = 0; i < n; i++) {
             if (t[i].phase == PROBE_IDLE && now >= t[i].next_ms)
@@ -435,7 +429,7 @@ static void *watch_main(void *arg)
             break;
         if (pfd[0].revents)
             break;
-        now = mono_ms();
+        now = clock_mono_ms();
         /* the pollfds follow the active targets in order */
         unsigned k = 1;
         for (unsigned i = 0; i < n && k < npfd; i++) {

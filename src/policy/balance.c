@@ -3,6 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/hash.h"
+
 /* splitmix64's finaliser: a bijective 64-bit mix */
 static uint64_t mix64(uint64_t x)
 {
@@ -398,12 +400,8 @@ int balance_pick_load(enum balance_kind kind, struct balance_state *s,
 
 uint64_t balance_backend_id(const struct cfg_backend *b)
 {
-    uint64_t h = UINT64_C(0xcbf29ce484222325);     /* FNV-1a over the normalised address */
-    for (const char *p = b->addr.text; *p && p < b->addr.text + sizeof b->addr.text; p++) {
-        h ^= (unsigned char)*p;
-        h *= UINT64_C(0x100000001b3);
-    }
-    h = mix64(h);
+    /* the normalised address: the same backend keeps its id across reloads */
+    uint64_t h = hash_bytes(b->addr.text, strnlen(b->addr.text, sizeof b->addr.text));
     return h ? h : 1;
 }
 

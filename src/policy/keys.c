@@ -10,11 +10,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define XXH_INLINE_ALL
-#include <xxhash.h>
-
 #include <wolfssl/options.h>
 #include <wolfssl/wolfcrypt/sha256.h>
+
+#include "util/hash.h"
 
 #define KEYS_FILE_MAX (64u << 20)
 
@@ -198,7 +197,7 @@ static int reserve_entry(struct loader *ld)
     }
     for (unsigned i = 0; i < k->n; i++) {
         hash_insert(slots, size - 1, hash_tag(k->entries[i].hash), i + 1);
-        name_insert(names, size - 1, XXH3_64bits(k->entries[i].name, strlen(k->entries[i].name)),
+        name_insert(names, size - 1, hash_bytes(k->entries[i].name, strlen(k->entries[i].name)),
                     i + 1);
     }
     free(k->slots);
@@ -226,7 +225,7 @@ static const struct key_entry *find_hash(const struct keyring *k, const uint8_t 
 
 static int find_name(const struct loader *ld, const char *name, size_t len)
 {
-    uint64_t h = XXH3_64bits(name, len);
+    uint64_t h = hash_bytes(name, len);
     for (uint32_t s = (uint32_t)h & ld->names_mask;; s = (s + 1) & ld->names_mask) {
         const struct name_slot *e = &ld->names[s];
         if (!e->entry)
@@ -337,7 +336,7 @@ static int parse_line(struct loader *ld, const char *line, size_t len, unsigned 
     unsigned idx = ld->k->n++;
     ld->lines[idx] = lineno;
     hash_insert(ld->k->slots, ld->k->mask, hash_tag(e->hash), idx + 1);
-    name_insert(ld->names, ld->names_mask, XXH3_64bits(name.p, name.len), idx + 1);
+    name_insert(ld->names, ld->names_mask, hash_bytes(name.p, name.len), idx + 1);
     return 0;
 }
 

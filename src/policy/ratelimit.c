@@ -18,6 +18,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "util/outbuf.h"
+
 #define NS_PER_MINUTE   60000000000ULL
 #define NS_PER_SECOND   1000000000ULL
 #define SECONDS_PER_DAY 86400
@@ -456,98 +458,77 @@ const char *rl_limit_name(enum rl_limit which)
     }
 }
 
-/* Appends the decimal digits of v at p; returns the end. Every AI answer
- * formats these: cheaper than snprintf's format machinery. */
-static char *put_dec(char *p, uint64_t v)
+/* Every AI answer formats these: outbuf's digits are cheaper than snprintf's
+ * format machinery. "1h2m3.5s", "250ms", "0s". */
+static void put_duration(struct outbuf *o, uint64_t ms)
 {
-    char tmp[20];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (n)
-        *p++ = tmp[--n];
-    return p;
-}
-
-static char *put_str(char *p, const char *s)
-{
-    size_t n = strlen(s);
-    memcpy(p, s, n);
-    return p + n;
+    if (ms < 1000) {
+        outbuf_u64(o, ms);
+        outbuf_str(o, ms ? "ms" : "s");
+        return;
+    }
+    uint64_t h = ms / 3600000, m = ms / 60000 % 60, s = ms / 1000 % 60, frac = ms % 1000;
+    if (h) {
+        outbuf_u64(o, h);
+        OUTBUF_LIT(o, "h");
+    }
+    if (h || m) {
+        outbuf_u64(o, m);
+        OUTBUF_LIT(o, "m");
+    }
+    outbuf_u64(o, s);
+    if (frac) {
+        char digits[3] = { (char)('0' + frac / 100), (char)('0' + frac / 10 % 10),
+                           (char)('0' + frac % 10) };
+        size_t k = 3;
+        while (digits[k - 1] == '0')
+            k--;
+        OUTBUF_LIT(o, ".");
+        outbuf_put(o, digits, k);
+    }
+    OUTBUF_LIT(o, "s");
 }
 
 size_t rl_format_duration(char *buf, size_t cap, uint64_t ms)
 {
-    char tmp[64], *p = tmp;
-    if (ms < 1000) {
-        p = put_str(put_dec(p, ms), ms ? "ms" : "s");
-    } else {
-        uint64_t h = ms / 3600000, m = ms / 60000 % 60, s = ms / 1000 % 60, frac = ms % 1000;
-        if (h) {
-            p = put_dec(p, h);
-            *p++ = 'h';
-        }
-        if (h || m) {
-            p = put_dec(p, m);
-            *p++ = 'm';
-        }
-        p = put_dec(p, s);
-        if (frac) {
-            char digits[3] = { (char)('0' + frac / 100), (char)('0' + frac / 10 % 10),
-                               (char)('0' + frac % 10) };
-            size_t k = 3;
-            while (digits[k - 1] == '0')
-                k--;
-            *p++ = '.';
-            memcpy(p, digits, k);
-            p += k;
-        }
-        *p++ = 's';
+    char tmp[64];
+    struct outbuf o = outbuf_make(tmp, sizeof tmp);
+    put_duration(&o, ms);
+    if (cap > o.len) {
+        memcpy(buf, tmp, o.len);
+        buf[o.len] = '\0';
     }
-    size_t n = (size_t)(p - tmp);
-    if (cap > n) {
-        memcpy(buf, tmp, n);
-        buf[n] = '\0';
-    }
-    return n;
+    return o.len;
 }
 
-static bool header_dim(char *buf, size_t cap, size_t *off, const char *dim,
-                       uint64_t limit, uint64_t remaining, uint64_t reset_ms)
+static void put_dimension(struct outbuf *o, const char *dim, uint64_t limit, uint64_t remaining,
+                          uint64_t reset_ms)
 {
     if (!limit)
-        return true;
-    /* three lines of at most 30 + 8 + 20 + 2 bytes each */
-    char line[200], *p = line;
-    p = put_str(put_str(p, "x-ratelimit-limit-"), dim);
-    p = put_dec(put_str(p, ": "), limit);
-    p = put_str(p, "\r\nx-ratelimit-remaining-");
-    p = put_dec(put_str(put_str(p, dim), ": "), remaining);
-    p = put_str(p, "\r\nx-ratelimit-reset-");
-    p = put_str(put_str(p, dim), ": ");
-    p += rl_format_duration(p, 64, reset_ms);
-    p = put_str(p, "\r\n");
-    size_t n = (size_t)(p - line);
-    if (n >= cap - *off)
-        return false;
-    memcpy(buf + *off, line, n);
-    *off += n;
-    buf[*off] = '\0';
-    return true;
+        return;
+    OUTBUF_LIT(o, "x-ratelimit-limit-");
+    outbuf_str(o, dim);
+    OUTBUF_LIT(o, ": ");
+    outbuf_u64(o, limit);
+    OUTBUF_LIT(o, "\r\nx-ratelimit-remaining-");
+    outbuf_str(o, dim);
+    OUTBUF_LIT(o, ": ");
+    outbuf_u64(o, remaining);
+    OUTBUF_LIT(o, "\r\nx-ratelimit-reset-");
+    outbuf_str(o, dim);
+    OUTBUF_LIT(o, ": ");
+    put_duration(o, reset_ms);
+    OUTBUF_LIT(o, "\r\n");
 }
 
 size_t rl_headers_write(char *buf, size_t cap, const struct rl_status *s)
 {
-    size_t off = 0;
     if (cap == 0)
         return 0;
-    buf[0] = '\0';
-    if (!header_dim(buf, cap, &off, "requests", s->limit_requests, s->remaining_requests,
-                    s->reset_requests_ms) ||
-        !header_dim(buf, cap, &off, "tokens", s->limit_tokens, s->remaining_tokens,
-                    s->reset_tokens_ms))
-        return 0;
-    return off;
+    struct outbuf o = outbuf_make(buf, cap - 1);    /* and the NUL */
+    put_dimension(&o, "requests", s->limit_requests, s->remaining_requests, s->reset_requests_ms);
+    put_dimension(&o, "tokens", s->limit_tokens, s->remaining_tokens, s->reset_tokens_ms);
+    size_t n = outbuf_done(&o);
+    buf[n] = '\0';
+    return n;
 }

@@ -6,8 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define XXH_INLINE_ALL
-#include <xxhash.h>
+#include "util/hash.h"
 
 struct exact_slot {
     uint64_t hash;
@@ -83,7 +82,7 @@ int route_table_build(const struct config *c, struct route_table **out)
             t->prefixes[t->nprefixes++] =
                 (struct prefix_entry){ .path = p, .len = (uint32_t)r->path_len, .route = (int32_t)i };
         } else {
-            uint64_t h = XXH3_64bits(p, r->path_len);
+            uint64_t h = hash_bytes(p, r->path_len);
             uint32_t s = (uint32_t)h & t->mask;
             bool duplicate = false;
             while (t->slots[s].path) {
@@ -134,7 +133,7 @@ int route_lookup_model(const struct route_table *t, const char *path, size_t len
     if (query)
         len = (size_t)(query - path);
     bool any_path = false;
-    uint64_t h = XXH3_64bits(path, len);
+    uint64_t h = hash_bytes(path, len);
     for (uint32_t s = (uint32_t)h & t->mask;; s = (s + 1) & t->mask) {
         const struct exact_slot *e = &t->slots[s];
         if (!e->path)
@@ -164,7 +163,7 @@ int route_lookup(const struct route_table *t, const char *path, size_t len)
     if (query)
         len = (size_t)(query - path);
 
-    uint64_t h = XXH3_64bits(path, len);
+    uint64_t h = hash_bytes(path, len);
     /* the table is at most half full, so this ends at an empty slot */
     for (uint32_t s = (uint32_t)h & t->mask;; s = (s + 1) & t->mask) {
         const struct exact_slot *e = &t->slots[s];

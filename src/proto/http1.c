@@ -4,10 +4,14 @@
  * header values); no allocation, no I/O. */
 #include "proto/http1.h"
 
+#include <stdint.h>
 #include <string.h>
 #ifdef __SSE2__
 #include <emmintrin.h>
 #endif
+
+#include "util/json_escape.h"
+#include "util/outbuf.h"
 
 #define likely(x)   __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
@@ -924,52 +928,18 @@ fail:
 
 /* ---- serialisers ---- */
 
-/* Output cursor: appends are all-or-nothing; once something does not fit, the
- * whole serialisation reports 0. */
-struct out {
-    char *p, *end;
-    bool full;
-};
-
-static inline void put(struct out *o, const void *s, size_t n)
+/* Serialisers write into an outbuf; when something does not fit, the whole
+ * serialisation reports 0. */
+static inline void put_slice(struct outbuf *o, struct slice s)
 {
-    if (unlikely(n > (size_t)(o->end - o->p))) {
-        o->full = true;
-        o->p = o->end;
+    outbuf_put(o, s.p, s.len);
+}
+
+static inline void put_header(struct outbuf *o, struct slice name, struct slice value)
+{
+    char *q = outbuf_reserve(o, name.len + value.len + 4);
+    if (unlikely(!q))
         return;
-    }
-    if (n)
-        memcpy(o->p, s, n);
-    o->p += n;
-}
-
-#define PUT_LIT(o, lit) put((o), (lit), sizeof(lit) - 1)
-
-static inline void put_slice(struct out *o, struct slice s)
-{
-    put(o, s.p, s.len);
-}
-
-static void put_u64(struct out *o, uint64_t v)
-{
-    char tmp[20];
-    char *q = tmp + sizeof tmp;
-    do {
-        *--q = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    put(o, q, (size_t)(tmp + sizeof tmp - q));
-}
-
-static inline void put_header(struct out *o, struct slice name, struct slice value)
-{
-    size_t need = name.len + value.len + 4;
-    if (unlikely(need > (size_t)(o->end - o->p))) {
-        o->full = true;
-        o->p = o->end;
-        return;
-    }
-    char *q = o->p;
     memcpy(q, name.p, name.len);
     q += name.len;
     *q++ = ':';
@@ -978,25 +948,19 @@ static inline void put_header(struct out *o, struct slice name, struct slice val
         memcpy(q, value.p, value.len);
     q += value.len;
     *q++ = '\r';
-    *q++ = '\n';
-    o->p = q;
-}
-
-static size_t out_done(const struct out *o, const char *start)
-{
-    return o->full ? 0 : (size_t)(o->p - start);
+    *q = '\n';
 }
 
 size_t http_write_upstream_head(char *out, size_t cap, const struct http_request *req,
                                 const struct http_forward *fwd)
 {
-    struct out o = { out, out + cap, false };
+    struct outbuf o = outbuf_make(out, cap);
     bool replace_auth = fwd->upstream_auth.len > 0;
 
     put_slice(&o, req->method);
-    PUT_LIT(&o, " ");
+    OUTBUF_LIT(&o, " ");
     put_slice(&o, req->target);
-    PUT_LIT(&o, " HTTP/1.1\r\n");
+    OUTBUF_LIT(&o, " HTTP/1.1\r\n");
     for (unsigned i = 0; i < req->nheaders; i++) {
         const struct http_header *h = &req->headers[i];
         if (h->hop)
@@ -1025,22 +989,22 @@ size_t http_write_upstream_head(char *out, size_t cap, const struct http_request
 
     if (req->idx[HK_HOST] < 0 && fwd->default_host.len) {
         /* HTTP/1.0 clients may omit Host; HTTP/1.1 backends require one */
-        PUT_LIT(&o, "Host: ");
+        OUTBUF_LIT(&o, "Host: ");
         put_slice(&o, fwd->default_host);
-        PUT_LIT(&o, "\r\n");
+        OUTBUF_LIT(&o, "\r\n");
     }
     if (req->body == BODY_LENGTH) {
-        PUT_LIT(&o, "Content-Length: ");
-        put_u64(&o, req->content_length);
-        PUT_LIT(&o, "\r\n");
+        OUTBUF_LIT(&o, "Content-Length: ");
+        outbuf_u64(&o, req->content_length);
+        OUTBUF_LIT(&o, "\r\n");
     } else if (req->body == BODY_CHUNKED) {
-        PUT_LIT(&o, "Transfer-Encoding: chunked\r\n");
+        OUTBUF_LIT(&o, "Transfer-Encoding: chunked\r\n");
     }
-    PUT_LIT(&o, "Connection: keep-alive\r\n");
+    OUTBUF_LIT(&o, "Connection: keep-alive\r\n");
     if (replace_auth) {
-        PUT_LIT(&o, "Authorization: Bearer ");
+        OUTBUF_LIT(&o, "Authorization: Bearer ");
         put_slice(&o, fwd->upstream_auth);
-        PUT_LIT(&o, "\r\n");
+        OUTBUF_LIT(&o, "\r\n");
     }
 
     /* One X-Forwarded-For: every value the client sent, in order, then the client. */
@@ -1051,60 +1015,59 @@ size_t http_write_upstream_head(char *out, size_t cap, const struct http_request
             if (h->kind != HK_X_FORWARDED_FOR || h->hop || h->value.len == 0)
                 continue;
             if (xff_open)
-                PUT_LIT(&o, ", ");
+                OUTBUF_LIT(&o, ", ");
             else
-                PUT_LIT(&o, "X-Forwarded-For: ");
+                OUTBUF_LIT(&o, "X-Forwarded-For: ");
             xff_open = true;
             put_slice(&o, h->value);
         }
     }
     if (fwd->client_addr.len) {
         if (xff_open)
-            PUT_LIT(&o, ", ");
+            OUTBUF_LIT(&o, ", ");
         else
-            PUT_LIT(&o, "X-Forwarded-For: ");
+            OUTBUF_LIT(&o, "X-Forwarded-For: ");
         xff_open = true;
         put_slice(&o, fwd->client_addr);
     }
     if (xff_open)
-        PUT_LIT(&o, "\r\n");
+        OUTBUF_LIT(&o, "\r\n");
     if (fwd->proto.len) {
-        PUT_LIT(&o, "X-Forwarded-Proto: ");
+        OUTBUF_LIT(&o, "X-Forwarded-Proto: ");
         put_slice(&o, fwd->proto);
-        PUT_LIT(&o, "\r\n");
+        OUTBUF_LIT(&o, "\r\n");
     }
     if (fwd->request_id.len) {
-        PUT_LIT(&o, "X-Request-Id: ");
+        OUTBUF_LIT(&o, "X-Request-Id: ");
         put_slice(&o, fwd->request_id);
-        PUT_LIT(&o, "\r\n");
+        OUTBUF_LIT(&o, "\r\n");
     }
-    PUT_LIT(&o, "\r\n");
-    return out_done(&o, out);
+    OUTBUF_LIT(&o, "\r\n");
+    return outbuf_done(&o);
 }
 
-static void put_status_line(struct out *o, int status, struct slice reason)
+static void put_status_line(struct outbuf *o, int status, struct slice reason)
 {
-    PUT_LIT(o, "HTTP/1.1 ");
-    put_u64(o, (uint64_t)(status < 0 ? 0 : status));
-    PUT_LIT(o, " ");
+    OUTBUF_LIT(o, "HTTP/1.1 ");
+    outbuf_u64(o, (uint64_t)(status < 0 ? 0 : status));
+    OUTBUF_LIT(o, " ");
     if (reason.len) {
         put_slice(o, reason);
     } else {
-        const char *r = http_reason(status);
-        put(o, r, strlen(r));
+        outbuf_str(o, http_reason(status));
     }
-    PUT_LIT(o, "\r\n");
+    OUTBUF_LIT(o, "\r\n");
 }
 
-static void put_connection(struct out *o, bool keep_alive)
+static void put_connection(struct outbuf *o, bool keep_alive)
 {
     if (keep_alive)
-        PUT_LIT(o, "Connection: keep-alive\r\n");
+        OUTBUF_LIT(o, "Connection: keep-alive\r\n");
     else
-        PUT_LIT(o, "Connection: close\r\n");
+        OUTBUF_LIT(o, "Connection: close\r\n");
 }
 
-static void put_transfer_codings(struct out *o, const struct http_response *resp)
+static void put_transfer_codings(struct outbuf *o, const struct http_response *resp)
 {
     bool started = false;
     if (resp->idx[HK_TRANSFER_ENCODING] < 0)
@@ -1117,20 +1080,20 @@ static void put_transfer_codings(struct out *o, const struct http_response *resp
         if (resp->body == BODY_UNTIL_CLOSE && slice_eq_lower(h->value, "chunked"))
             continue;
         if (started)
-            PUT_LIT(o, ", ");
+            OUTBUF_LIT(o, ", ");
         else
-            PUT_LIT(o, "Transfer-Encoding: ");
+            OUTBUF_LIT(o, "Transfer-Encoding: ");
         started = true;
         put_slice(o, h->value);
     }
     if (started)
-        PUT_LIT(o, "\r\n");
+        OUTBUF_LIT(o, "\r\n");
 }
 
 size_t http_write_client_head(char *out, size_t cap, const struct http_response *resp,
                               bool client_keep_alive, struct slice extra)
 {
-    struct out o = { out, out + cap, false };
+    struct outbuf o = outbuf_make(out, cap);
 
     put_status_line(&o, resp->status, resp->reason);
     for (unsigned i = 0; i < resp->nheaders; i++) {
@@ -1142,9 +1105,9 @@ size_t http_write_client_head(char *out, size_t cap, const struct http_response 
     }
     switch (resp->body) {
     case BODY_LENGTH:
-        PUT_LIT(&o, "Content-Length: ");
-        put_u64(&o, resp->content_length);
-        PUT_LIT(&o, "\r\n");
+        OUTBUF_LIT(&o, "Content-Length: ");
+        outbuf_u64(&o, resp->content_length);
+        OUTBUF_LIT(&o, "\r\n");
         break;
     case BODY_CHUNKED:
     case BODY_UNTIL_CLOSE:
@@ -1156,9 +1119,9 @@ size_t http_write_client_head(char *out, size_t cap, const struct http_response 
         /* HEAD and 304 answers may state the length of what GET would return;
          * 1xx and 204 must not carry one (RFC 9110 8.6). */
         if (resp->idx[HK_CONTENT_LENGTH] >= 0 && resp->status >= 200 && resp->status != 204) {
-            PUT_LIT(&o, "Content-Length: ");
-            put_u64(&o, resp->content_length);
-            PUT_LIT(&o, "\r\n");
+            OUTBUF_LIT(&o, "Content-Length: ");
+            outbuf_u64(&o, resp->content_length);
+            OUTBUF_LIT(&o, "\r\n");
         }
         break;
     default:
@@ -1166,144 +1129,62 @@ size_t http_write_client_head(char *out, size_t cap, const struct http_response 
     }
     put_connection(&o, client_keep_alive);
     put_slice(&o, extra);
-    PUT_LIT(&o, "\r\n");
-    return out_done(&o, out);
-}
-
-/* Length of the valid UTF-8 sequence at s (NUL-terminated), or 0 if invalid.
- * Each continuation byte is checked before the next is read, so the NUL stops it. */
-static size_t utf8_seq_len(const uint8_t *s)
-{
-    uint8_t c = s[0];
-    if (c < 0x80)
-        return 1;
-#define CONT(b) ((uint8_t)((b) - 0x80) < 0x40)
-    if (c >= 0xc2 && c <= 0xdf)
-        return CONT(s[1]) ? 2 : 0;
-    if (c >= 0xe0 && c <= 0xef) {
-        if (!CONT(s[1]) || (c == 0xe0 && s[1] < 0xa0) || (c == 0xed && s[1] > 0x9f))
-            return 0;
-        return CONT(s[2]) ? 3 : 0;
-    }
-    if (c >= 0xf0 && c <= 0xf4) {
-        if (!CONT(s[1]) || (c == 0xf0 && s[1] < 0x90) || (c == 0xf4 && s[1] > 0x8f))
-            return 0;
-        return CONT(s[2]) && CONT(s[3]) ? 4 : 0;
-    }
-#undef CONT
-    return 0;
-}
-
-/* JSON string contents for s: quotes, backslashes and control bytes escaped,
- * invalid UTF-8 replaced by U+FFFD so the body is always valid JSON. With
- * dst NULL only counts. Returns the length. */
-static size_t json_escape(char *dst, const char *s)
-{
-    static const char hex[] = "0123456789abcdef";
-    const uint8_t *p = (const uint8_t *)(s ? s : "");
-    size_t n = 0;
-    char esc[8];
-
-    while (*p) {
-        uint8_t c = *p;
-        const char *src;
-        size_t len;
-        if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
-            src = (const char *)p;
-            len = 1;
-            p++;
-        } else if (c == '"' || c == '\\') {
-            esc[0] = '\\';
-            esc[1] = (char)c;
-            src = esc;
-            len = 2;
-            p++;
-        } else if (c < 0x20) {
-            esc[0] = '\\';
-            len = 2;
-            switch (c) {
-            case '\n': esc[1] = 'n'; break;
-            case '\r': esc[1] = 'r'; break;
-            case '\t': esc[1] = 't'; break;
-            case '\b': esc[1] = 'b'; break;
-            case '\f': esc[1] = 'f'; break;
-            default:
-                memcpy(esc, "\\u00", 4);
-                esc[4] = hex[c >> 4];
-                esc[5] = hex[c & 15];
-                len = 6;
-            }
-            src = esc;
-            p++;
-        } else {
-            len = utf8_seq_len(p);
-            if (len) {
-                src = (const char *)p;
-                p += len;
-            } else {
-                src = "\\ufffd";
-                len = 6;
-                p++;
-            }
-        }
-        if (dst)
-            memcpy(dst + n, src, len);
-        n += len;
-    }
-    return n;
+    OUTBUF_LIT(&o, "\r\n");
+    return outbuf_done(&o);
 }
 
 size_t http_write_json_head(char *out, size_t cap, int status, size_t body_len, bool keep_alive,
                             struct slice extra)
 {
-    struct out o = { out, out + cap, false };
+    struct outbuf o = outbuf_make(out, cap);
     put_status_line(&o, status, (struct slice){ NULL, 0 });
-    PUT_LIT(&o, "Content-Type: application/json\r\nContent-Length: ");
-    put_u64(&o, body_len);
-    PUT_LIT(&o, "\r\n");
+    OUTBUF_LIT(&o, "Content-Type: application/json\r\nContent-Length: ");
+    outbuf_u64(&o, body_len);
+    OUTBUF_LIT(&o, "\r\n");
     put_connection(&o, keep_alive);
     put_slice(&o, extra);
-    PUT_LIT(&o, "\r\n");
-    return o.full ? 0 : (size_t)(o.p - out);
+    OUTBUF_LIT(&o, "\r\n");
+    return outbuf_done(&o);
+}
+
+/* s (NULL: "") as the contents of a JSON string, JSON's short escapes where it has them. */
+static void put_json_text(struct outbuf *o, const char *s)
+{
+    if (s)
+        json_escape(o, s, strlen(s), SIZE_MAX, JSON_ESCAPE_SHORT_FORMS);
+}
+
+static void put_error_body(struct outbuf *o, const char *type, const char *code,
+                           const char *message)
+{
+    OUTBUF_LIT(o, "{\"error\":{\"message\":\"");
+    put_json_text(o, message);
+    OUTBUF_LIT(o, "\",\"type\":\"");
+    put_json_text(o, type);
+    OUTBUF_LIT(o, "\",\"code\":");
+    if (code) {
+        OUTBUF_LIT(o, "\"");
+        put_json_text(o, code);
+        OUTBUF_LIT(o, "\"");
+    } else {
+        OUTBUF_LIT(o, "null");
+    }
+    OUTBUF_LIT(o, "}}");
 }
 
 size_t http_write_error(char *out, size_t cap, int status, const char *type,
                         const char *code, const char *message, bool keep_alive,
                         struct slice extra)
 {
-    static const char b0[] = "{\"error\":{\"message\":\"";
-    static const char b1[] = "\",\"type\":\"";
-    static const char b2[] = "\",\"code\":";
-    static const char b3[] = "}}";
-    size_t msg_len = json_escape(NULL, message);
-    size_t type_len = json_escape(NULL, type);
-    size_t code_len = code ? json_escape(NULL, code) + 2 : 4;
-    size_t body_len = sizeof b0 - 1 + msg_len + sizeof b1 - 1 + type_len + sizeof b2 - 1 +
-                      code_len + sizeof b3 - 1;
-    size_t hlen = http_write_json_head(out, cap, status, body_len, keep_alive, extra);
-    if (hlen == 0 || body_len > cap - hlen)
+    /* measured first: the head states its length */
+    struct outbuf body = outbuf_make(NULL, 0);
+    put_error_body(&body, type, code, message);
+    size_t hlen = http_write_json_head(out, cap, status, body.len, keep_alive, extra);
+    if (hlen == 0)
         return 0;
-
-    char *q = out + hlen;
-    memcpy(q, b0, sizeof b0 - 1);
-    q += sizeof b0 - 1;
-    q += json_escape(q, message);
-    memcpy(q, b1, sizeof b1 - 1);
-    q += sizeof b1 - 1;
-    q += json_escape(q, type);
-    memcpy(q, b2, sizeof b2 - 1);
-    q += sizeof b2 - 1;
-    if (code) {
-        *q++ = '"';
-        q += json_escape(q, code);
-        *q++ = '"';
-    } else {
-        memcpy(q, "null", 4);
-        q += 4;
-    }
-    memcpy(q, b3, sizeof b3 - 1);
-    q += sizeof b3 - 1;
-    return (size_t)(q - out);
+    body = outbuf_make(out + hlen, cap - hlen);
+    put_error_body(&body, type, code, message);
+    return outbuf_overflowed(&body) ? 0 : hlen + body.len;
 }
 
 const char *http_reason(int status)

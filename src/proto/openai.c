@@ -17,6 +17,9 @@
 #include <emmintrin.h>
 #endif
 
+#include "util/hash.h"
+#include "util/utf8.h"
+
 #define likely(x)   __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
 
@@ -143,9 +146,10 @@ struct jstr {
     bool escaped;
 };
 
-/* The prompt's start, hashed for prefix-affine routing: a multiply-xor hash
- * over the raw (still escaped) bytes of the prompt strings in document order,
- * each followed by a 0x1f separator, up to OPENAI_PREFIX_BYTES. */
+/* The prompt's start, hashed for prefix-affine routing: the raw (still escaped)
+ * bytes of the prompt strings in document order, one chained hash per string
+ * (so boundaries count), up to OPENAI_PREFIX_BYTES; each string's end takes one
+ * byte of that budget. */
 struct prefix_hash {
     uint64_t h;
     size_t left;
@@ -159,23 +163,10 @@ static void prefix_add(struct prefix_hash *ph, const char *p, size_t n)
     ph->any = true;
     if (n > ph->left)
         n = ph->left;
-    uint64_t h = ph->h;
-    size_t i = 0;
-    /* eight bytes a step: a routing key, not a portable checksum */
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, p + i, 8);
-        h = (h ^ w) * 0x9e3779b97f4a7c15ULL;
-        h ^= h >> 29;
-    }
-    for (; i < n; i++)
-        h = (h ^ (uint8_t)p[i]) * 0x100000001b3ULL;
+    ph->h = hash_bytes_seeded(p, n, ph->h);
     ph->left -= n;
-    if (ph->left) {
-        h = (h ^ 0x1f) * 0x100000001b3ULL;
+    if (ph->left)
         ph->left--;
-    }
-    ph->h = h;
 }
 
 /* A scanned number. value is exact only when integer && !big. */
@@ -240,41 +231,6 @@ static int hex4(const char *p)
     if ((a | b | c | d) < 0)
         return -1;
     return a << 12 | b << 8 | c << 4 | d;
-}
-
-/* One UTF-8 sequence of 2-4 bytes at p (RFC 3629 table 4: no overlongs, no
- * surrogates, nothing above U+10FFFF). Returns the byte after it, or NULL. */
-static const char *utf8_sequence(const char *p, const char *end)
-{
-    const uint8_t *s = (const uint8_t *)p;
-    size_t have = (size_t)(end - p);
-    uint8_t c = s[0], lo = 0x80, hi = 0xbf;
-    if (c < 0xc2)
-        return NULL;
-    if (c < 0xe0) {
-        if (have < 2 || (s[1] & 0xc0) != 0x80)
-            return NULL;
-        return p + 2;
-    }
-    if (c < 0xf0) {
-        if (c == 0xe0)
-            lo = 0xa0;
-        else if (c == 0xed)
-            hi = 0x9f;
-        if (have < 3 || s[1] < lo || s[1] > hi || (s[2] & 0xc0) != 0x80)
-            return NULL;
-        return p + 3;
-    }
-    if (c < 0xf5) {
-        if (c == 0xf0)
-            lo = 0x90;
-        else if (c == 0xf4)
-            hi = 0x8f;
-        if (have < 4 || s[1] < lo || s[1] > hi || (s[2] & 0xc0) != 0x80 || (s[3] & 0xc0) != 0x80)
-            return NULL;
-        return p + 4;
-    }
-    return NULL;
 }
 
 /* Scans a string whose opening quote is at p[-1]. Returns the byte after the closing
@@ -365,13 +321,13 @@ special:
             return NULL;
         }
         /* c >= 0x80 */
-        const char *next = utf8_sequence(p, end);
-        if (!next) {
+        size_t seq = utf8_seq_len(p, (size_t)(end - p));
+        if (!seq) {
             e->at = p;
             e->msg = "invalid UTF-8 in string";
             return NULL;
         }
-        p = next;
+        p += seq;
     }
     s->p = start;
     s->len = (size_t)(p - start);
@@ -587,23 +543,23 @@ static int top_key_id(struct slice t)
     return K_UNKNOWN;
 }
 
-/* FNV-1a over the decoded key, for the duplicate check of keys aigw does not read. */
+#define KEY_HASH_BYTES 64
+
+/* For the duplicate check of keys aigw does not read: keys that decode alike hash
+ * alike. Only the first KEY_HASH_BYTES decoded bytes are hashed (the decoded
+ * length seeds it), so an escaped key decodes into a small buffer; long keys
+ * sharing that start cost one comparison each, and there are at most
+ * OPENAI_MAX_TOP_KEYS of them. */
 static uint64_t key_hash(const struct jstr *k)
 {
-    uint64_t h = 0xcbf29ce484222325ULL;
+    if (!k->escaped)
+        return hash_bytes_seeded(k->p, k->len < KEY_HASH_BYTES ? k->len : KEY_HASH_BYTES, k->decoded);
+    uint8_t start[KEY_HASH_BYTES + 4];
+    size_t n = 0;
     const char *p = k->p, *end = k->p + k->len;
-    if (!k->escaped) {
-        for (; p < end; p++)
-            h = (h ^ (uint8_t)*p) * 0x100000001b3ULL;
-        return h;
-    }
-    while (p < end) {
-        uint8_t ch[4];
-        size_t n = decode_char(&p, end, ch);
-        for (size_t i = 0; i < n; i++)
-            h = (h ^ ch[i]) * 0x100000001b3ULL;
-    }
-    return h;
+    while (p < end && n < KEY_HASH_BYTES)
+        n += decode_char(&p, end, start + n);
+    return hash_bytes_seeded(start, n < KEY_HASH_BYTES ? n : KEY_HASH_BYTES, k->decoded);
 }
 
 struct seen_key {
@@ -679,7 +635,7 @@ int openai_parse_request(const char *body, size_t len, struct openai_request *ou
     bool part_has_type = false, part_has_text = false, part_is_text = false;
     uint64_t part_text_bytes = 0;
     struct slice part_text = { NULL, 0 };
-    struct prefix_hash prefix = { 0xcbf29ce484222325ULL, OPENAI_PREFIX_BYTES, false };
+    struct prefix_hash prefix = { 0, OPENAI_PREFIX_BYTES, false };
     bool options_have_include_usage = false;
 
     bool has_max_tokens = false, has_max_completion_tokens = false;

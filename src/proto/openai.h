@@ -84,8 +84,9 @@ struct openai_request {
  * OpenAI's cookbook). It is an admission estimate; the real count comes from usage.
  *
  * prefix_hash: a 64-bit hash of the first OPENAI_PREFIX_BYTES of the same prompt strings
- * (raw JSON bytes, escapes as sent, in document order, each followed by a 0x1f
- * separator). Requests whose prompts start alike (a shared system prompt, a
+ * (raw JSON bytes, escapes as sent, in document order; each string is hashed on
+ * its own, seeded with the hash so far, and its end takes one byte of the budget).
+ * Requests whose prompts start alike (a shared system prompt, a
  * conversation's earlier turns) hash alike, so a prefix balancer can send them
  * where the engine's prefix cache holds that start. */
 int openai_parse_request(const char *body, size_t len, struct openai_request *out,

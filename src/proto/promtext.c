@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/utf8.h"
+
 /* Byte classes: metric name start/rest, label name start/rest. */
 enum { C_MSTART = 1, C_MREST = 2, C_LSTART = 4, C_LREST = 8 };
 
@@ -59,40 +61,6 @@ static int fail(struct prom_error *err, size_t line, const struct cur *c, const 
         err->msg = msg;
     }
     return PROM_ERROR;
-}
-
-/* Length of the valid UTF-8 sequence at p (1-4), or 0: overlongs, surrogates,
- * code points past U+10FFFF and truncated sequences are invalid, as Go's
- * utf8.ValidString (which Prometheus applies to label values) has it. */
-static size_t utf8_len(const unsigned char *p, const unsigned char *e)
-{
-    unsigned char c = p[0];
-    if (c < 0x80)
-        return 1;
-    size_t n;
-    unsigned char lo = 0x80, hi = 0xbf;    /* bounds of the second byte */
-    if (c >= 0xc2 && c <= 0xdf)
-        n = 2;
-    else if (c >= 0xe0 && c <= 0xef) {
-        n = 3;
-        if (c == 0xe0)
-            lo = 0xa0;
-        else if (c == 0xed)
-            hi = 0x9f;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        n = 4;
-        if (c == 0xf0)
-            lo = 0x90;
-        else if (c == 0xf4)
-            hi = 0x8f;
-    } else
-        return 0;
-    if ((size_t)(e - p) < n || p[1] < lo || p[1] > hi)
-        return 0;
-    for (size_t i = 2; i < n; i++)
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-    return n;
 }
 
 static bool ci_eq(const char *s, size_t n, const char *lower)
@@ -304,7 +272,9 @@ static int parse_labels(struct cur *c, size_t line, struct prom_sample *s, struc
                 c->p += 2;
                 continue;
             }
-            size_t u = utf8_len((const unsigned char *)c->p, (const unsigned char *)c->e);
+            /* Go's utf8.ValidString, which Prometheus applies to label values, has the
+             * same rules */
+            size_t u = utf8_seq_len(c->p, (size_t)(c->e - c->p));
             if (u == 0)
                 return fail(err, line, c, c->p, "label value is not valid UTF-8");
             c->p += u;
