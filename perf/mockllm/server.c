@@ -26,6 +26,7 @@
 #include "prefix.h"
 #include "proto/http1.h"
 #include "proto/openai.h"
+#include "proto/openai_error.h"
 
 #define IN_INITIAL   (16 * 1024)
 #define OUT_INITIAL  (16 * 1024)
@@ -229,7 +230,7 @@ static void reply_error(struct conn *c, int status, const char *type, const char
     size_t need = 1024 + ex.len + strlen(message) * 6;
     buf_reserve(&c->out, need);
     char *at = c->out.p + c->out.len;
-    size_t n = http_write_error(at, c->out.cap - c->out.len, status, type, code, message,
+    size_t n = openai_write_error(at, c->out.cap - c->out.len, status, type, code, message,
                                 c->keep_alive, ex);
     if (n && c->method == METHOD_HEAD) {
         char *end = memmem(at, n, "\r\n\r\n", 4);

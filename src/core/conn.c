@@ -18,6 +18,7 @@
 #include "core/log.h"
 #include "policy/keys.h"
 #include "proto/openai.h"
+#include "proto/openai_error.h"
 
 static void process_input(struct conn *c);
 static void request_finish(struct conn *c);
@@ -354,7 +355,7 @@ void conn_send_error(struct conn *c, int status, const char *type, const char *c
     char extra[LOCAL_EXTRA_MAX];
     struct slice ex = local_extra(c, status, extra);
     c->out->off = 0;
-    c->out->len = (uint32_t)http_write_error(c->out->data, c->out->cap, status, type, code, msg,
+    c->out->len = (uint32_t)openai_write_error(c->out->data, c->out->cap, status, type, code, msg,
                                              c->keep_alive, ex);
     local_answer_send(c);
 }
