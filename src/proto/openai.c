@@ -1163,29 +1163,24 @@ static inline void on_open(struct reader *r, unsigned depth, bool array)
 {
     uint8_t frame = array ? array_frame[r->slot] : object_frame[r->slot];
     r->frames[depth - 1] = frame;
-    switch (frame) {
-    case F_MESSAGE:
+    r->slot = element_slot[frame];
+    /* most containers are ones aigw skips or the messages: tests, not a jump table */
+    if (frame == F_MESSAGE) {
         r->message_has_content = false;
         if (r->out->message_count != UINT32_MAX)
             r->out->message_count++;
-        break;
-    case F_PART:
+    } else if (frame == F_PART) {
         r->part_has_type = r->part_has_text = r->part_is_text = false;
         r->part_text = (struct jstr){ NULL, 0, 0, false };
-        break;
-    case F_STREAM_OPTIONS:
+    } else if (frame == F_STREAM_OPTIONS) {
         r->options_have_include_usage = false;
-        break;
-    case F_PROMPT:
+    } else if (frame == F_PROMPT) {
         r->next_prompt_item = 0;
         r->in_token_run = false;
-        break;
-    case F_TOKENS:
+    } else if (frame == F_TOKENS) {
         r->in_token_run = false;
         r->prompt_item = r->next_prompt_item++;
-        break;
     }
-    r->slot = element_slot[frame];
 }
 
 /* The container at depth + 1 closed; depth containers are still open. */
