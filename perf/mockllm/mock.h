@@ -16,6 +16,9 @@
 /* Prompt bytes per token: the simulation's tokenizer. */
 #define MOCK_BYTES_PER_TOKEN 4
 
+/* Which API a request is for (the route it came on). */
+enum api_kind { API_CHAT, API_COMPLETION, API_EMBEDDING };
+
 struct mock_config {
     const char *listen;
     const char *models[MOCK_MAX_MODELS];

@@ -26,8 +26,9 @@
 #include "prefix.h"
 #include "proto/http1.h"
 #include "proto/openai.h"
-#include "reqjson.h"
+#include "proto/openai_error.h"
 #include "util/clock.h"
+#include "util/hash.h"
 
 #define IN_INITIAL   (16 * 1024)
 #define OUT_INITIAL  (16 * 1024)
@@ -39,6 +40,7 @@
 #define PUMP_ROUNDS  32                 /* reads per connection per loop turn */
 #define MAX_EVENTS   256
 #define TIMER_BUDGET 4096               /* timer steps per loop turn, so I/O is not starved */
+#define MAX_INPUTS   2048               /* embeddings inputs per request */
 #define EMBED_DIMS   8
 
 enum phase { PH_HEAD, PH_BODY_LENGTH, PH_BODY_CHUNKED };
@@ -76,6 +78,12 @@ struct conn {
 
 static char tag_listen, tag_signal;
 
+/* One embeddings input: a hash of its text (or token ids) and its size in tokens. */
+struct embed_input {
+    uint64_t hash;
+    uint64_t tokens;
+};
+
 static struct {
     const struct mock_config *cfg;
     int ep, lfd, sfd;
@@ -93,7 +101,7 @@ static struct {
     struct http_request req;
     struct buf scratch;
     struct prefix_hasher hasher;
-    struct embed_input inputs[REQJSON_MAX_INPUTS];
+    struct embed_input inputs[MAX_INPUTS];
     /* counters for /metrics */
     uint64_t requests, failed, conns_total;
     uint32_t conns_open;
@@ -221,7 +229,7 @@ static void reply_error(struct conn *c, int status, const char *type, const char
     size_t need = 1024 + ex.len + strlen(message) * 6;
     buf_reserve(&c->out, need);
     char *at = c->out.p + c->out.len;
-    size_t n = http_write_error(at, c->out.cap - c->out.len, status, type, code, message,
+    size_t n = openai_write_error(at, c->out.cap - c->out.len, status, type, code, message,
                                 c->keep_alive, ex);
     if (n && c->method == METHOD_HEAD) {
         char *end = memmem(at, n, "\r\n\r\n", 4);
@@ -518,14 +526,14 @@ static uint64_t mix64(uint64_t x)
     return x ^ (x >> 31);
 }
 
-static void reply_embeddings(struct conn *c, const struct llm_request *r, unsigned model)
+static void reply_embeddings(struct conn *c, uint32_t ninputs, unsigned model)
 {
     struct buf *b = &S.scratch;
     uint64_t tokens = 0;
     char num[32];
     b->len = 0;
     BUF_LIT(b, "{\"object\":\"list\",\"data\":[");
-    for (uint32_t i = 0; i < r->ninputs; i++) {
+    for (uint32_t i = 0; i < ninputs; i++) {
         const struct embed_input *in = &S.inputs[i];
         double v[EMBED_DIMS], norm = 0;
         for (unsigned d = 0; d < EMBED_DIMS; d++) {
@@ -564,45 +572,99 @@ static void put_stream_head(struct conn *c, struct seq *s)
              "x-accel-buffering: no\r\ncache-control: no-cache\r\n");
 }
 
+/* What the simulation takes from a request's prompt, gathered from the pieces
+ * aigw's reader shows (src/proto/openai.h): only the field the route reads, sized
+ * in raw bytes (escapes as sent) at MOCK_BYTES_PER_TOKEN, as the engine's
+ * tokenizer would see them. */
+struct prompt_reading {
+    uint8_t source;                 /* enum openai_prompt_source the route reads */
+    bool embedding;
+    struct prefix_hasher *hasher;   /* NULL: no prefix cache */
+    uint64_t bytes, ids;
+    uint32_t ninputs;               /* embeddings inputs in S.inputs */
+    uint32_t item;                  /* the batch item of the last input */
+    bool too_many;
+};
+
+static void take_prompt_piece(void *ctx, const struct openai_prompt_piece *piece)
+{
+    struct prompt_reading *pr = ctx;
+    if (piece->source != pr->source)
+        return;
+    if (piece->token_id)
+        pr->ids++;
+    else
+        pr->bytes += piece->raw.len;
+    if (pr->hasher && !piece->token_id)
+        prefix_hasher_feed(pr->hasher, piece->raw.p, piece->raw.len);
+    if (!pr->embedding)
+        return;
+    /* each item of an "input" batch is one input, its own vector */
+    if (pr->ninputs == 0 || piece->item != pr->item) {
+        if (pr->ninputs == MAX_INPUTS) {
+            pr->too_many = true;
+            return;
+        }
+        S.inputs[pr->ninputs++] = (struct embed_input){ 0xcbf29ce484222325ull, 0 };
+        pr->item = piece->item;
+    }
+    struct embed_input *in = &S.inputs[pr->ninputs - 1];
+    in->hash = hash_bytes_seeded(piece->raw.p, piece->raw.len, in->hash);
+    if (piece->token_id)
+        in->tokens++;
+    else
+        in->tokens = (piece->raw.len + MOCK_BYTES_PER_TOKEN - 1) / MOCK_BYTES_PER_TOKEN;
+}
+
 static void handle_model_request(struct conn *c, const char *body, size_t len)
 {
     enum api_kind kind = c->route == R_CHAT ? API_CHAT
                        : c->route == R_COMPLETIONS ? API_COMPLETION : API_EMBEDDING;
     bool hashing = prefix_cache_enabled() && kind != API_EMBEDDING;
-    struct llm_request r;
+    struct prompt_reading pr = {
+        .source = kind == API_CHAT ? OPENAI_FROM_MESSAGES
+                : kind == API_COMPLETION ? OPENAI_FROM_PROMPT : OPENAI_FROM_INPUT,
+        .embedding = kind == API_EMBEDDING,
+        .hasher = hashing ? &S.hasher : NULL,
+    };
+    /* a request that names no model gets the first one, as vLLM does */
+    const struct openai_read_options opt = {
+        .model_optional = true, .on_prompt = take_prompt_piece, .ctx = &pr,
+    };
+    struct openai_request r;
     const char *why;
     char msg[512];
 
     if (hashing)
         prefix_hasher_reset(&S.hasher);
-    if (!llm_request_parse(body, len, kind, &r, S.inputs, hashing ? prefix_hasher_feed : NULL,
-                           &S.hasher, &why)) {
+    if (openai_read_request(body, len, &opt, &r, &why) != OPENAI_OK) {
         reply_error(c, 400, "invalid_request_error", NULL, why, true, NULL);
         return;
     }
-    unsigned model = 0;
-    char decoded[257];
-    if (r.model && memchr(r.model, '\\', r.model_len)) {
-        /* a model name written with JSON escapes is the name it decodes to */
-        size_t n = openai_unescape((struct slice){ r.model, r.model_len }, decoded, sizeof decoded);
-        if (n) {
-            r.model = decoded;
-            r.model_len = n;
-        }
+    if (pr.too_many) {
+        reply_error(c, 400, "invalid_request_error", NULL, "too many inputs", true, NULL);
+        return;
     }
-    if (r.model) {
+    unsigned model = 0;
+    char decoded[OPENAI_MAX_MODEL_LEN];
+    struct slice name = r.model;
+    if (r.model_escaped) {
+        /* a model name written with JSON escapes is the name it decodes to */
+        name.len = openai_unescape(r.model, decoded, sizeof decoded);
+        name.p = decoded;
+    }
+    if (name.p) {
         for (model = 0; model < S.cfg->nmodels; model++)
-            if (S.model_len[model] == r.model_len &&
-                memcmp(S.cfg->models[model], r.model, r.model_len) == 0)
+            if (S.model_len[model] == name.len &&
+                memcmp(S.cfg->models[model], name.p, name.len) == 0)
                 break;
         if (model == S.cfg->nmodels) {
-            int shown = r.model_len > 256 ? 256 : (int)r.model_len;
-            snprintf(msg, sizeof msg, "The model `%.*s` does not exist.", shown, r.model);
+            snprintf(msg, sizeof msg, "The model `%.*s` does not exist.", (int)name.len, name.p);
             reply_error(c, 404, "invalid_request_error", "model_not_found", msg, true, NULL);
             return;
         }
     }
-    if (kind == API_EMBEDDING && r.ninputs == 0) {
+    if (kind == API_EMBEDDING && pr.ninputs == 0) {
         reply_error(c, 400, "invalid_request_error", NULL, "input must not be empty", true, NULL);
         return;
     }
@@ -612,8 +674,7 @@ static void handle_model_request(struct conn *c, const char *body, size_t len)
         return;
     }
     uint64_t completion = r.has_max_tokens ? r.max_tokens : S.cfg->max_tokens;
-    uint64_t prompt = (r.prompt_bytes + MOCK_BYTES_PER_TOKEN - 1) / MOCK_BYTES_PER_TOKEN +
-                      r.prompt_ids;
+    uint64_t prompt = (pr.bytes + MOCK_BYTES_PER_TOKEN - 1) / MOCK_BYTES_PER_TOKEN + pr.ids;
     if (prompt == 0)
         prompt = 1;
     uint64_t limit = MOCK_MAX_MODEL_LEN;
@@ -636,7 +697,7 @@ static void handle_model_request(struct conn *c, const char *body, size_t len)
         return;
     }
     if (kind == API_EMBEDDING) {
-        reply_embeddings(c, &r, model);
+        reply_embeddings(c, pr.ninputs, model);
         return;
     }
 

@@ -21,6 +21,7 @@
 #include "core/usage.h"
 #include "policy/keys.h"
 #include "proto/openai.h"
+#include "proto/openai_error.h"
 
 static void process_input(struct conn *c);
 static void request_finish(struct conn *c);
@@ -381,7 +382,7 @@ void conn_send_error(struct conn *c, int status, const char *type, const char *c
     char extra[LOCAL_EXTRA_MAX];
     struct slice ex = local_extra(c, status, extra);
     c->req.out->off = 0;
-    c->req.out->len = (uint32_t)http_write_error(c->req.out->data, c->req.out->cap, status, type, code, msg,
+    c->req.out->len = (uint32_t)openai_write_error(c->req.out->data, c->req.out->cap, status, type, code, msg,
                                              c->req.keep_alive, ex);
     local_answer_send(c);
 }

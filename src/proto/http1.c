@@ -10,7 +10,6 @@
 #include <emmintrin.h>
 #endif
 
-#include "util/json_escape.h"
 #include "util/outbuf.h"
 
 #define likely(x)   __builtin_expect(!!(x), 1)
@@ -1145,46 +1144,6 @@ size_t http_write_json_head(char *out, size_t cap, int status, size_t body_len, 
     put_slice(&o, extra);
     OUTBUF_LIT(&o, "\r\n");
     return outbuf_done(&o);
-}
-
-/* s (NULL: "") as the contents of a JSON string, JSON's short escapes where it has them. */
-static void put_json_text(struct outbuf *o, const char *s)
-{
-    if (s)
-        json_escape(o, s, strlen(s), SIZE_MAX, JSON_ESCAPE_SHORT_FORMS);
-}
-
-static void put_error_body(struct outbuf *o, const char *type, const char *code,
-                           const char *message)
-{
-    OUTBUF_LIT(o, "{\"error\":{\"message\":\"");
-    put_json_text(o, message);
-    OUTBUF_LIT(o, "\",\"type\":\"");
-    put_json_text(o, type);
-    OUTBUF_LIT(o, "\",\"code\":");
-    if (code) {
-        OUTBUF_LIT(o, "\"");
-        put_json_text(o, code);
-        OUTBUF_LIT(o, "\"");
-    } else {
-        OUTBUF_LIT(o, "null");
-    }
-    OUTBUF_LIT(o, "}}");
-}
-
-size_t http_write_error(char *out, size_t cap, int status, const char *type,
-                        const char *code, const char *message, bool keep_alive,
-                        struct slice extra)
-{
-    /* measured first: the head states its length */
-    struct outbuf body = outbuf_make(NULL, 0);
-    put_error_body(&body, type, code, message);
-    size_t hlen = http_write_json_head(out, cap, status, body.len, keep_alive, extra);
-    if (hlen == 0)
-        return 0;
-    body = outbuf_make(out + hlen, cap - hlen);
-    put_error_body(&body, type, code, message);
-    return outbuf_overflowed(&body) ? 0 : hlen + body.len;
 }
 
 const char *http_reason(int status)

@@ -172,15 +172,9 @@ size_t http_write_upstream_head(char *out, size_t cap, const struct http_request
 size_t http_write_client_head(char *out, size_t cap, const struct http_response *resp,
                               bool client_keep_alive, struct slice extra);
 
-/* A complete response with an OpenAI-shaped JSON error body:
- * {"error":{"message":"...","type":"...","code":"..."}} (code null when NULL).
- * message is JSON-escaped. extra as above. Returns bytes written or 0. */
-size_t http_write_error(char *out, size_t cap, int status, const char *type,
-                        const char *code, const char *message, bool keep_alive,
-                        struct slice extra);
-
 /* The head of a complete response with a JSON body of body_len bytes (the caller
- * writes the body after it). extra as above. Returns bytes written or 0. */
+ * writes the body after it; OpenAI error bodies: proto/openai_error.h). extra as
+ * above. Returns bytes written or 0. */
 size_t http_write_json_head(char *out, size_t cap, int status, size_t body_len, bool keep_alive,
                             struct slice extra);
 

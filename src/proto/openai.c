@@ -1,13 +1,21 @@
-/* Strict single-pass JSON reader for OpenAI request bodies (RFC 8259).
+/* Strict single-pass JSON reader for OpenAI request bodies (RFC 8259), in three
+ * layers:
  *
- * The parser is a loop over states (expect key, expect value, after value) with the
- * open containers on a fixed stack. Each open container has a kind (the top-level
- * object, "messages", a message, a content part, ...), and each value about to be
- * read has a slot saying which field it is; a table gives the JSON types each slot
- * accepts, so a field of the wrong type is reported before it is read. Everything
- * aigw does not read goes through the same code in the "skip" kinds and slots:
- * validated, never stored. Strings, the bulk of any body, are scanned 16 bytes at a
- * time with SSE2 while they are plain ASCII. */
+ *   tokenizer    json_walk(): the grammar. Nesting on a fixed 32-level stack, no
+ *                allocation; each token goes to a handler of the reader, which also
+ *                says which value types it accepts next, so a field of the wrong
+ *                type is reported before it is scanned.
+ *   fields       on_key/on_string/on_number/on_bool/on_open/on_close: what a token
+ *                means where it stands. Each open container has a kind (the request,
+ *                "messages", a message, a content part, ...) and each value about to
+ *                be read a slot naming its field; a table gives the types each slot
+ *                accepts. What aigw does not read goes through the "skip" kinds and
+ *                slots: validated, never stored.
+ *   final check  on_end(): what needs the whole body (model present and clean,
+ *                max_tokens reconciled, the prompt estimate).
+ *
+ * Strings, the bulk of any body, are scanned 16 bytes at a time with SSE2 while
+ * they are plain ASCII. */
 #include "proto/openai.h"
 
 #include <stdarg.h>
@@ -23,102 +31,7 @@
 #define likely(x)   __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
 
-/* Kinds of open containers. Objects first, then arrays. */
-enum frame {
-    F_OBJ,              /* an object aigw does not read */
-    F_TOP,              /* the request */
-    F_STREAM_OPTIONS,
-    F_MESSAGE,          /* an element of "messages" */
-    F_PART,             /* an element of a message's "content" array */
-    F_ARR,              /* an array aigw does not read */
-    F_MESSAGES,
-    F_PARTS,            /* a message's "content" array */
-    F_PROMPT,           /* "prompt" / "input" array */
-    F_TOKENS,           /* an array of token ids inside F_PROMPT */
-};
-#define FRAME_IS_ARRAY(f) ((f) >= F_ARR)
-
-/* Which field the next value is. */
-enum slot {
-    V_SKIP,
-    V_MODEL,
-    V_STREAM,
-    V_STREAM_OPTIONS,
-    V_INCLUDE_USAGE,
-    V_MAX_TOKENS,
-    V_MAX_COMPLETION_TOKENS,
-    V_MESSAGES,
-    V_MESSAGE,
-    V_CONTENT,
-    V_PART,
-    V_PART_TYPE,
-    V_PART_TEXT,
-    V_PROMPT,
-    V_PROMPT_ITEM,
-    V_TOKEN,
-    V_COUNT
-};
-
-enum {
-    T_STRING = 1, T_NUMBER = 2, T_BOOL = 4, T_NULL = 8, T_OBJECT = 16, T_ARRAY = 32,
-    T_ANY = 63,
-};
-
-/* What each slot accepts and how a wrong type is reported:
- * "\"<field>\"<context> must be <what>". A NULL field means the prompt field's name
- * ("prompt" or "input"), known only at run time. */
-static const struct slot_rule {
-    uint8_t allow;
-    const char *field, *context, *what;
-} slot_rules[V_COUNT] = {
-    [V_SKIP]                  = { T_ANY, "", "", "" },
-    [V_MODEL]                 = { T_STRING, "model", "", "a non-empty string" },
-    [V_STREAM]                = { T_BOOL | T_NULL, "stream", "", "a boolean" },
-    [V_STREAM_OPTIONS]        = { T_OBJECT | T_NULL, "stream_options", "", "an object" },
-    [V_INCLUDE_USAGE]         = { T_BOOL | T_NULL, "stream_options.include_usage", "", "a boolean" },
-    [V_MAX_TOKENS]            = { T_NUMBER | T_NULL, "max_tokens", "", "a non-negative integer" },
-    [V_MAX_COMPLETION_TOKENS] = { T_NUMBER | T_NULL, "max_completion_tokens", "", "a non-negative integer" },
-    [V_MESSAGES]              = { T_ARRAY, "messages", "", "an array of objects" },
-    [V_MESSAGE]               = { T_OBJECT, "messages", "", "an array of objects" },
-    [V_CONTENT]               = { T_STRING | T_ARRAY | T_NULL, "content", " of a message",
-                                  "a string, an array of content parts, or null" },
-    [V_PART]                  = { T_OBJECT, "content", " parts", "objects" },
-    [V_PART_TYPE]             = { T_STRING, "type", " of a content part", "a string" },
-    [V_PART_TEXT]             = { T_STRING, "text", " of a content part", "a string" },
-    [V_PROMPT]                = { T_STRING | T_ARRAY | T_NULL, NULL, "",
-                                  "a string, an array of strings, or token ids" },
-    [V_PROMPT_ITEM]           = { T_STRING | T_NUMBER | T_ARRAY, NULL, "",
-                                  "a string, an array of strings, or token ids" },
-    [V_TOKEN]                 = { T_NUMBER, NULL, "", "a string, an array of strings, or token ids" },
-};
-
-/* The container a value of a slot opens. Other slots do not accept that type. */
-static const uint8_t object_frame[V_COUNT] = {
-    [V_STREAM_OPTIONS] = F_STREAM_OPTIONS, [V_MESSAGE] = F_MESSAGE, [V_PART] = F_PART,
-};
-static const uint8_t array_frame[V_COUNT] = {
-    [V_SKIP] = F_ARR, [V_MESSAGES] = F_MESSAGES, [V_CONTENT] = F_PARTS,
-    [V_PROMPT] = F_PROMPT, [V_PROMPT_ITEM] = F_TOKENS,
-};
-/* The slot of an array's elements. */
-static const uint8_t element_slot[F_TOKENS + 1] = {
-    [F_ARR] = V_SKIP, [F_MESSAGES] = V_MESSAGE, [F_PARTS] = V_PART,
-    [F_PROMPT] = V_PROMPT_ITEM, [F_TOKENS] = V_TOKEN,
-};
-
-/* Top-level keys aigw reads; bits in the "seen" set. */
-enum top_key {
-    K_UNKNOWN = -1, K_MODEL, K_STREAM, K_STREAM_OPTIONS, K_MAX_TOKENS,
-    K_MAX_COMPLETION_TOKENS, K_MESSAGES, K_PROMPT, K_INPUT,
-};
-static const char *const top_key_name[] = {
-    "model", "stream", "stream_options", "max_tokens", "max_completion_tokens",
-    "messages", "prompt", "input",
-};
-static const uint8_t top_key_slot[] = {
-    V_MODEL, V_STREAM, V_STREAM_OPTIONS, V_MAX_TOKENS, V_MAX_COMPLETION_TOKENS,
-    V_MESSAGES, V_PROMPT, V_PROMPT,
-};
+/* ---- bytes: whitespace, strings, numbers ---- */
 
 /* JSON whitespace: SP HT LF CR, nothing else. */
 static const uint8_t json_ws[256] = { [' '] = 1, ['\t'] = 1, ['\n'] = 1, ['\r'] = 1 };
@@ -145,29 +58,6 @@ struct jstr {
     size_t decoded;     /* bytes it decodes to */
     bool escaped;
 };
-
-/* The prompt's start, hashed for prefix-affine routing: the raw (still escaped)
- * bytes of the prompt strings in document order, one chained hash per string
- * (so boundaries count), up to OPENAI_PREFIX_BYTES; each string's end takes one
- * byte of that budget. */
-struct prefix_hash {
-    uint64_t h;
-    size_t left;
-    bool any;
-};
-
-static void prefix_add(struct prefix_hash *ph, const char *p, size_t n)
-{
-    if (!ph->left)
-        return;
-    ph->any = true;
-    if (n > ph->left)
-        n = ph->left;
-    ph->h = hash_bytes_seeded(p, n, ph->h);
-    ph->left -= n;
-    if (ph->left)
-        ph->left--;
-}
 
 /* A scanned number. value is exact only when integer && !big. */
 struct jnum {
@@ -515,6 +405,334 @@ static inline bool text_is(struct slice t, const char *lit, size_t litlen)
 {
     return t.len == litlen && memcmp(t.p, lit, litlen) == 0;
 }
+/* ---- tokenizer: the RFC 8259 grammar ---- */
+
+/* JSON value types, as bits: what a field accepts. */
+enum {
+    T_STRING = 1, T_NUMBER = 2, T_BOOL = 4, T_NULL = 8, T_OBJECT = 16, T_ARRAY = 32,
+    T_ANY = 63,
+};
+
+/* Why the tokenizer stopped early. */
+enum json_error {
+    JE_SYNTAX,          /* not JSON: e says where and what was expected */
+    JE_WRONG_TYPE,      /* a value of a type the handlers did not allow starts at e.at */
+    JE_TOO_DEEP,        /* a container past OPENAI_MAX_DEPTH opens at e.at */
+    JE_TRAILING,        /* bytes after the complete value, from e.at */
+};
+
+/* The handlers json_walk calls, in document order, with the reader (below, under
+ * "fields"). Those returning int return OPENAI_OK to go on; anything else stops
+ * the walk and is its result. depth counts the open containers, the new one
+ * included for on_open and the closed one excluded for on_close. */
+struct reader;
+static inline unsigned json_allow(const struct reader *r);     /* T_* of the next value */
+static inline int on_key(struct reader *r, unsigned depth, const char *at, const struct jstr *k);
+static inline int on_string(struct reader *r, const char *at, const struct jstr *s);
+static inline int on_number(struct reader *r, const char *at, size_t len, const struct jnum *n);
+static inline void on_bool(struct reader *r, bool v);
+static inline void on_open(struct reader *r, unsigned depth, bool array);
+static inline void on_close(struct reader *r, unsigned depth);
+static int on_end(struct reader *r);
+static int on_error(struct reader *r, enum json_error error, struct parse_error e, unsigned depth,
+                    const char *end);
+
+/* Walks body[0..len) token by token and hands each to the reader. A value of a
+ * type json_allow() excludes is reported before any of it is scanned. The states
+ * are labels, not a variable: each token is read where the grammar says it comes,
+ * and the handlers, inlined, run right there (a state variable and a token kind to
+ * dispatch on cost 20-40% of the whole read, measured). */
+static inline __attribute__((always_inline))
+int json_walk(struct reader *r, const char *body, size_t len)
+{
+    const char *p = body;
+    const char *const end = body + len;
+    uint32_t arrays = 0;        /* one bit per open container, innermost lowest: 1 = array */
+    unsigned depth = 0;
+    struct parse_error e;
+    int rc;
+
+    goto value;
+
+object_first:
+    p = skip_ws(p, end);
+    if (p < end && *p == '}') {
+        p++;
+        goto close;
+    }
+key:
+    if (unlikely(p >= end))
+        goto eof;
+    if (unlikely(*p != '"')) {
+        e = (struct parse_error){ p, "expected a string key" };
+        goto syntax;
+    }
+    {
+        const char *at = p;
+        struct jstr k;
+        p = scan_string(p + 1, end, &k, &e);
+        if (unlikely(!p))
+            goto syntax;
+        if (unlikely((rc = on_key(r, depth, at, &k)) != OPENAI_OK))
+            return rc;
+    }
+    p = skip_ws(p, end);
+    if (unlikely(p >= end))
+        goto eof;
+    if (unlikely(*p != ':')) {
+        e = (struct parse_error){ p, "expected ':'" };
+        goto syntax;
+    }
+    p++;
+    goto value;
+
+array_first:
+    p = skip_ws(p, end);
+    if (p < end && *p == ']') {
+        p++;
+        goto close;
+    }
+
+value:
+    p = skip_ws(p, end);
+    if (unlikely(p >= end))
+        goto eof;
+    {
+        uint8_t type;
+        switch (*p) {
+        case '"': type = T_STRING; break;
+        case '{': type = T_OBJECT; break;
+        case '[': type = T_ARRAY; break;
+        case 't': case 'f': type = T_BOOL; break;
+        case 'n': type = T_NULL; break;
+        case '-': case '0': case '1': case '2': case '3': case '4':
+        case '5': case '6': case '7': case '8': case '9':
+            type = T_NUMBER;
+            break;
+        default:
+            e = (struct parse_error){ p, "expected a value" };
+            goto syntax;
+        }
+        if (unlikely(!(json_allow(r) & type)))
+            return on_error(r, JE_WRONG_TYPE, (struct parse_error){ p, NULL }, depth, end);
+
+        switch (type) {
+        case T_STRING: {
+            const char *at = p;
+            struct jstr s;
+            p = scan_string(p + 1, end, &s, &e);
+            if (unlikely(!p))
+                goto syntax;
+            if (unlikely((rc = on_string(r, at, &s)) != OPENAI_OK))
+                return rc;
+            goto after_scalar;
+        }
+        case T_NUMBER: {
+            const char *at = p;
+            struct jnum n;
+            p = scan_number(p, end, &n, &e);
+            if (unlikely(!p))
+                goto syntax;
+            if (unlikely((rc = on_number(r, at, (size_t)(p - at), &n)) != OPENAI_OK))
+                return rc;
+            goto after_scalar;
+        }
+        case T_BOOL: {
+            bool v = *p == 't';
+            if (v ? (end - p >= 4 && memcmp(p, "true", 4) == 0)
+                  : (end - p >= 5 && memcmp(p, "false", 5) == 0)) {
+                p += v ? 4 : 5;
+            } else {
+                e = (struct parse_error){ p, "invalid literal" };
+                goto syntax;
+            }
+            on_bool(r, v);
+            goto after_scalar;
+        }
+        case T_NULL:
+            if (end - p >= 4 && memcmp(p, "null", 4) == 0) {
+                p += 4;
+                goto after_scalar;
+            }
+            e = (struct parse_error){ p, "invalid literal" };
+            goto syntax;
+        default: /* T_OBJECT, T_ARRAY */
+            if (unlikely(depth == OPENAI_MAX_DEPTH))
+                return on_error(r, JE_TOO_DEEP, (struct parse_error){ p, NULL }, depth, end);
+            arrays = arrays << 1 | (type == T_ARRAY);
+            depth++;
+            p++;
+            if (type == T_ARRAY) {
+                on_open(r, depth, true);
+                goto array_first;
+            }
+            on_open(r, depth, false);
+            goto object_first;
+        }
+    }
+
+after_scalar:
+    if (unlikely(depth == 0))   /* the whole document is this scalar */
+        goto done;
+after_value:
+    p = skip_ws(p, end);
+    if (unlikely(p >= end))
+        goto eof;
+    {
+        bool array = arrays & 1;
+        if (*p == ',') {
+            p = skip_ws(p + 1, end);
+            if (array)
+                goto value;
+            goto key;
+        }
+        if (*p == (array ? ']' : '}')) {
+            p++;
+            goto close;
+        }
+        e = (struct parse_error){ p, array ? "expected ',' or ']'" : "expected ',' or '}'" };
+        goto syntax;
+    }
+
+close:
+    depth--;
+    arrays >>= 1;
+    on_close(r, depth);
+    if (depth > 0)
+        goto after_value;
+done:
+    p = skip_ws(p, end);
+    if (p != end)
+        return on_error(r, JE_TRAILING, (struct parse_error){ p, NULL }, depth, end);
+    return on_end(r);
+
+eof:
+    e = (struct parse_error){ end, "unexpected end of input" };
+syntax:
+    return on_error(r, JE_SYNTAX, e, depth, end);
+}
+
+_Static_assert(OPENAI_MAX_DEPTH <= 32, "json_walk keeps one bit per open container in a uint32_t");
+
+/* ---- fields: what aigw reads, and the shapes it accepts ---- */
+
+/* Kinds of open containers. Objects first, then arrays. */
+enum frame {
+    F_OBJ,              /* an object aigw does not read */
+    F_TOP,              /* the request */
+    F_STREAM_OPTIONS,
+    F_MESSAGE,          /* an element of "messages" */
+    F_PART,             /* an element of a message's "content" array */
+    F_ARR,              /* an array aigw does not read */
+    F_MESSAGES,
+    F_PARTS,            /* a message's "content" array */
+    F_PROMPT,           /* "prompt" / "input" array */
+    F_TOKENS,           /* an array of token ids inside F_PROMPT */
+    F_COUNT
+};
+
+/* Which field the next value is. */
+enum slot {
+    V_SKIP,
+    V_MODEL,
+    V_STREAM,
+    V_STREAM_OPTIONS,
+    V_INCLUDE_USAGE,
+    V_MAX_TOKENS,
+    V_MAX_COMPLETION_TOKENS,
+    V_MESSAGES,
+    V_MESSAGE,
+    V_CONTENT,
+    V_PART,
+    V_PART_TYPE,
+    V_PART_TEXT,
+    V_PROMPT,
+    V_PROMPT_ITEM,
+    V_TOKEN,
+    V_DOCUMENT,         /* the body itself */
+    V_COUNT
+};
+
+/* What each slot accepts and how a wrong type is reported:
+ * "\"<field>\"<context> must be <what>". A NULL field means the prompt field's name
+ * ("prompt" or "input"), known only at run time. */
+static const struct slot_rule {
+    uint8_t allow;
+    const char *field, *context, *what;
+} slot_rules[V_COUNT] = {
+    [V_SKIP]                  = { T_ANY, "", "", "" },
+    [V_MODEL]                 = { T_STRING, "model", "", "a non-empty string" },
+    [V_STREAM]                = { T_BOOL | T_NULL, "stream", "", "a boolean" },
+    [V_STREAM_OPTIONS]        = { T_OBJECT | T_NULL, "stream_options", "", "an object" },
+    [V_INCLUDE_USAGE]         = { T_BOOL | T_NULL, "stream_options.include_usage", "", "a boolean" },
+    [V_MAX_TOKENS]            = { T_NUMBER | T_NULL, "max_tokens", "", "a non-negative integer" },
+    [V_MAX_COMPLETION_TOKENS] = { T_NUMBER | T_NULL, "max_completion_tokens", "", "a non-negative integer" },
+    [V_MESSAGES]              = { T_ARRAY, "messages", "", "an array of objects" },
+    [V_MESSAGE]               = { T_OBJECT, "messages", "", "an array of objects" },
+    [V_CONTENT]               = { T_STRING | T_ARRAY | T_NULL, "content", " of a message",
+                                  "a string, an array of content parts, or null" },
+    [V_PART]                  = { T_OBJECT, "content", " parts", "objects" },
+    [V_PART_TYPE]             = { T_STRING, "type", " of a content part", "a string" },
+    [V_PART_TEXT]             = { T_STRING, "text", " of a content part", "a string" },
+    [V_PROMPT]                = { T_STRING | T_ARRAY | T_NULL, NULL, "",
+                                  "a string, an array of strings, or token ids" },
+    [V_PROMPT_ITEM]           = { T_STRING | T_NUMBER | T_ARRAY, NULL, "",
+                                  "a string, an array of strings, or token ids" },
+    [V_TOKEN]                 = { T_NUMBER, NULL, "", "a string, an array of strings, or token ids" },
+    [V_DOCUMENT]              = { T_OBJECT, "", "", "" },
+};
+
+/* The container a value of a slot opens. Other slots do not accept that type. */
+static const uint8_t object_frame[V_COUNT] = {
+    [V_STREAM_OPTIONS] = F_STREAM_OPTIONS, [V_MESSAGE] = F_MESSAGE, [V_PART] = F_PART,
+    [V_DOCUMENT] = F_TOP,
+};
+static const uint8_t array_frame[V_COUNT] = {
+    [V_SKIP] = F_ARR, [V_MESSAGES] = F_MESSAGES, [V_CONTENT] = F_PARTS,
+    [V_PROMPT] = F_PROMPT, [V_PROMPT_ITEM] = F_TOKENS,
+};
+/* The slot of an array's elements (objects: V_SKIP until a key names the field). */
+static const uint8_t element_slot[F_COUNT] = {
+    [F_ARR] = V_SKIP, [F_MESSAGES] = V_MESSAGE, [F_PARTS] = V_PART,
+    [F_PROMPT] = V_PROMPT_ITEM, [F_TOKENS] = V_TOKEN,
+};
+
+/* Top-level keys aigw reads; bits in the "seen" set. */
+enum top_key {
+    K_UNKNOWN = -1, K_MODEL, K_STREAM, K_STREAM_OPTIONS, K_MAX_TOKENS,
+    K_MAX_COMPLETION_TOKENS, K_MESSAGES, K_PROMPT, K_INPUT,
+};
+static const char *const top_key_name[] = {
+    "model", "stream", "stream_options", "max_tokens", "max_completion_tokens",
+    "messages", "prompt", "input",
+};
+static const uint8_t top_key_slot[] = {
+    V_MODEL, V_STREAM, V_STREAM_OPTIONS, V_MAX_TOKENS, V_MAX_COMPLETION_TOKENS,
+    V_MESSAGES, V_PROMPT, V_PROMPT,
+};
+
+/* The prompt's start, hashed for prefix-affine routing: the raw (still escaped)
+ * bytes of the prompt strings in document order, one chained hash per string
+ * (so boundaries count), up to OPENAI_PREFIX_BYTES; each string's end takes one
+ * byte of that budget. */
+struct prefix_hash {
+    uint64_t h;
+    size_t left;
+    bool any;
+};
+
+static void prefix_add(struct prefix_hash *ph, const char *p, size_t n)
+{
+    if (!ph->left)
+        return;
+    ph->any = true;
+    if (n > ph->left)
+        n = ph->left;
+    ph->h = hash_bytes_seeded(p, n, ph->h);
+    ph->left -= n;
+    if (ph->left)
+        ph->left--;
+}
 
 static int top_key_id(struct slice t)
 {
@@ -614,33 +832,72 @@ static int fail_duplicate(struct openai_request *out, const char **why, size_t o
     return fail(out, why, off, "duplicate key \"%s%s\"", name, k->len > 40 ? "..." : "");
 }
 
-int openai_parse_request(const char *body, size_t len, struct openai_request *out,
-                         const char **why)
-{
-    const char *p = body;
-    const char *const end = body + len;
-    struct parse_error e;
-    uint8_t stack[OPENAI_MAX_DEPTH];
-    unsigned depth = 0;
-    uint8_t slot = V_SKIP;
-    uint8_t frame;
+/* ---- the request reader: tokens in, fields out ---- */
 
-    uint32_t top_seen = 0;                  /* bits of enum top_key */
+/* What the reader knows between tokens. */
+struct reader {
+    struct openai_request *out;
+    const char **why;
+    const char *body;
+    void (*on_prompt)(void *ctx, const struct openai_prompt_piece *piece);
+    void *ctx;
+    bool model_optional;
+
+    uint8_t frames[OPENAI_MAX_DEPTH];   /* frames[d-1]: the container open at depth d */
+    uint8_t slot;                       /* the field the next value is */
+
+    /* top level */
+    uint32_t top_seen;                  /* bits of enum top_key */
+    const char *prompt_field;           /* "prompt" or "input", whichever is being read */
+    uint8_t prompt_source;              /* the same as enum openai_prompt_source */
+    unsigned n_unknown;
+    uint64_t unknown_bloom;             /* one bit per hash, skips most searches */
+
+    /* the message and content part being read */
+    bool message_has_content;
+    bool part_has_type, part_has_text, part_is_text;
+    struct jstr part_text;
+
+    bool options_have_include_usage;
+
+    /* max_tokens / max_completion_tokens, reconciled at the end */
+    bool has_max_tokens, has_max_completion_tokens;
+    uint64_t max_tokens, max_completion_tokens;
+    const char *max_tokens_at;
+
+    /* which prompt of a "prompt"/"input" batch the next token ids belong to */
+    uint32_t prompt_item, next_prompt_item;
+    bool in_token_run;                  /* the last element was a bare token id */
+
+    struct prefix_hash prefix;
     struct seen_key unknown[OPENAI_MAX_TOP_KEYS];
-    unsigned n_unknown = 0;
-    uint64_t unknown_bloom = 0;             /* one bit per hash, skips most searches */
-    const char *prompt_field = "prompt";
+};
 
-    bool message_has_content = false;
-    bool part_has_type = false, part_has_text = false, part_is_text = false;
-    uint64_t part_text_bytes = 0;
-    struct slice part_text = { NULL, 0 };
-    struct prefix_hash prefix = { 0, OPENAI_PREFIX_BYTES, false };
-    bool options_have_include_usage = false;
-
-    bool has_max_tokens = false, has_max_completion_tokens = false;
-    uint64_t max_tokens = 0, max_completion_tokens = 0;
-    const char *max_tokens_at = body;
+static void reader_init(struct reader *r, const char *body, const struct openai_read_options *opt,
+                        struct openai_request *out, const char **why)
+{
+    r->out = out;
+    r->why = why;
+    r->body = body;
+    r->on_prompt = opt ? opt->on_prompt : NULL;
+    r->ctx = opt ? opt->ctx : NULL;
+    r->model_optional = opt && opt->model_optional;
+    r->slot = V_DOCUMENT;
+    r->top_seen = 0;
+    r->prompt_field = "prompt";
+    r->prompt_source = OPENAI_FROM_PROMPT;
+    r->n_unknown = 0;
+    r->unknown_bloom = 0;
+    r->message_has_content = false;
+    r->part_has_type = r->part_has_text = r->part_is_text = false;
+    r->part_text = (struct jstr){ NULL, 0, 0, false };
+    r->options_have_include_usage = false;
+    r->has_max_tokens = r->has_max_completion_tokens = false;
+    r->max_tokens = r->max_completion_tokens = 0;
+    r->max_tokens_at = body;
+    r->prompt_item = r->next_prompt_item = 0;
+    r->in_token_run = false;
+    r->prefix = (struct prefix_hash){ 0, OPENAI_PREFIX_BYTES, false };
 
     out->model = (struct slice){ NULL, 0 };
     out->model_escaped = false;
@@ -656,305 +913,255 @@ int openai_parse_request(const char *body, size_t len, struct openai_request *ou
     out->prefix_hash = 0;
     out->error_offset = 0;
     out->error[0] = 0;
+}
 
-    p = skip_ws(p, end);
-    if (p == end)
-        return fail(out, why, 0, "body is empty");
-    if (*p != '{')
-        return fail(out, why, (size_t)(p - body), "body is not a JSON object");
-    stack[depth++] = F_TOP;
-    p++;
+static inline size_t offset_of(const struct reader *r, const char *at)
+{
+    return (size_t)(at - r->body);
+}
 
-object_first:
-    p = skip_ws(p, end);
-    if (p < end && *p == '}') {
-        p++;
-        goto close;
+__attribute__((noinline))
+static void show_prompt_piece(const struct reader *r, uint8_t source, uint32_t item,
+                              const char *p, size_t len, size_t decoded, bool token_id)
+{
+    struct openai_prompt_piece piece = {
+        .raw = { p, len }, .decoded = decoded, .item = item, .source = source,
+        .token_id = token_id,
+    };
+    r->on_prompt(r->ctx, &piece);
+}
+
+/* A string of prompt text: counted, hashed into the prefix, shown to the caller. */
+static inline void prompt_text(struct reader *r, uint8_t source, uint32_t item, const struct jstr *s)
+{
+    r->out->prompt_bytes += s->decoded;
+    prefix_add(&r->prefix, s->p, s->len);
+    if (unlikely(r->on_prompt))
+        show_prompt_piece(r, source, item, s->p, s->len, s->decoded, false);
+}
+
+static inline void prompt_token(struct reader *r, const char *at, size_t len)
+{
+    r->out->prompt_token_ids++;
+    if (unlikely(r->on_prompt))
+        show_prompt_piece(r, r->prompt_source, r->prompt_item, at, len, 0, true);
+}
+
+static inline uint32_t current_message(const struct reader *r)
+{
+    return r->out->message_count - 1;
+}
+
+/* A key of the request object: one of the fields aigw reads (each at most once),
+ * or another key, which must not repeat either. */
+static int on_top_key(struct reader *r, const struct jstr *k, struct slice text, size_t off)
+{
+    int id = top_key_id(text);
+    if (id != K_UNKNOWN) {
+        if (r->top_seen & (1u << id))
+            return fail(r->out, r->why, off, "duplicate key \"%s\"", top_key_name[id]);
+        r->top_seen |= 1u << id;
+        r->slot = top_key_slot[id];
+        if (id == K_PROMPT || id == K_INPUT) {
+            r->prompt_field = top_key_name[id];
+            r->prompt_source = id == K_PROMPT ? OPENAI_FROM_PROMPT : OPENAI_FROM_INPUT;
+            r->prompt_item = r->next_prompt_item = 0;
+            r->in_token_run = false;
+        }
+        return OPENAI_OK;
     }
-key:
-    if (unlikely(p >= end))
-        goto eof;
-    if (unlikely(*p != '"')) {
-        e.at = p;
-        e.msg = "expected a string key";
-        goto syntax;
-    }
-    {
-        const char *key_at = p;
-        struct jstr k;
-        p = scan_string(p + 1, end, &k, &e);
-        if (unlikely(!p))
-            goto syntax;
-        frame = stack[depth - 1];
-        slot = V_SKIP;
-        if (frame != F_OBJ) {
-            char buf[32];
-            struct slice t = key_text(&k, buf, sizeof buf);
-            switch (frame) {
-            case F_TOP: {
-                int id = top_key_id(t);
-                if (id != K_UNKNOWN) {
-                    if (top_seen & (1u << id))
-                        return fail(out, why, (size_t)(key_at - body), "duplicate key \"%s\"",
-                                    top_key_name[id]);
-                    top_seen |= 1u << id;
-                    slot = top_key_slot[id];
-                    if (id == K_PROMPT || id == K_INPUT)
-                        prompt_field = top_key_name[id];
-                    break;
-                }
-                uint64_t h = key_hash(&k);
-                uint64_t bit = UINT64_C(1) << (h >> 58);
-                if (unknown_bloom & bit) {
-                    for (unsigned i = 0; i < n_unknown; i++)
-                        if (unknown[i].hash == h &&
-                            decoded_equal(unknown[i].p, unknown[i].len, unknown[i].escaped,
-                                          k.p, k.len, k.escaped))
-                            return fail_duplicate(out, why, (size_t)(key_at - body), &k);
-                }
-                if (n_unknown == OPENAI_MAX_TOP_KEYS)
-                    return fail(out, why, (size_t)(key_at - body),
-                                "too many top-level keys (limit %d)", OPENAI_MAX_TOP_KEYS);
-                unknown[n_unknown++] = (struct seen_key){ h, k.p, k.len, k.escaped };
-                unknown_bloom |= bit;
-                break;
-            }
-            case F_STREAM_OPTIONS:
-                if (text_is(t, "include_usage", 13)) {
-                    if (options_have_include_usage)
-                        return fail(out, why, (size_t)(key_at - body),
-                                    "duplicate key \"include_usage\" in stream_options");
-                    options_have_include_usage = true;
-                    slot = V_INCLUDE_USAGE;
-                }
-                break;
-            case F_MESSAGE:
-                if (text_is(t, "content", 7)) {
-                    if (message_has_content)
-                        return fail(out, why, (size_t)(key_at - body),
-                                    "duplicate key \"content\" in a message");
-                    message_has_content = true;
-                    slot = V_CONTENT;
-                }
-                break;
-            case F_PART:
-                if (text_is(t, "type", 4)) {
-                    if (part_has_type)
-                        return fail(out, why, (size_t)(key_at - body),
-                                    "duplicate key \"type\" in a content part");
-                    part_has_type = true;
-                    slot = V_PART_TYPE;
-                } else if (text_is(t, "text", 4)) {
-                    if (part_has_text)
-                        return fail(out, why, (size_t)(key_at - body),
-                                    "duplicate key \"text\" in a content part");
-                    part_has_text = true;
-                    slot = V_PART_TEXT;
-                }
-                break;
-            }
+    uint64_t h = key_hash(k);
+    uint64_t bit = UINT64_C(1) << (h >> 58);
+    if (r->unknown_bloom & bit) {
+        for (unsigned i = 0; i < r->n_unknown; i++) {
+            const struct seen_key *u = &r->unknown[i];
+            if (u->hash == h && decoded_equal(u->p, u->len, u->escaped, k->p, k->len, k->escaped))
+                return fail_duplicate(r->out, r->why, off, k);
         }
     }
-    p = skip_ws(p, end);
-    if (unlikely(p >= end))
-        goto eof;
-    if (unlikely(*p != ':')) {
-        e.at = p;
-        e.msg = "expected ':'";
-        goto syntax;
-    }
-    p++;
-    goto value;
+    if (r->n_unknown == OPENAI_MAX_TOP_KEYS)
+        return fail(r->out, r->why, off, "too many top-level keys (limit %d)", OPENAI_MAX_TOP_KEYS);
+    r->unknown[r->n_unknown++] = (struct seen_key){ h, k->p, k->len, k->escaped };
+    r->unknown_bloom |= bit;
+    return OPENAI_OK;
+}
 
-array_first:
-    p = skip_ws(p, end);
-    if (p < end && *p == ']') {
-        p++;
-        goto close;
-    }
-    slot = element_slot[stack[depth - 1]];
+/* A key: sets the slot of the value that follows. In the objects aigw reads, a key
+ * it acts on may appear once. */
+static inline unsigned json_allow(const struct reader *r)
+{
+    return slot_rules[r->slot].allow;
+}
 
-value:
-    p = skip_ws(p, end);
-    if (unlikely(p >= end))
-        goto eof;
-    {
-        uint8_t type;
-        switch (*p) {
-        case '"': type = T_STRING; break;
-        case '{': type = T_OBJECT; break;
-        case '[': type = T_ARRAY; break;
-        case 't': case 'f': type = T_BOOL; break;
-        case 'n': type = T_NULL; break;
-        case '-': case '0': case '1': case '2': case '3': case '4':
-        case '5': case '6': case '7': case '8': case '9':
-            type = T_NUMBER;
-            break;
-        default:
-            e.at = p;
-            e.msg = "expected a value";
-            goto syntax;
+static inline int on_key(struct reader *r, unsigned depth, const char *at, const struct jstr *k)
+{
+    uint8_t frame = r->frames[depth - 1];
+    r->slot = V_SKIP;
+    if (frame == F_OBJ)
+        return OPENAI_OK;
+    char buf[32];
+    struct slice t = key_text(k, buf, sizeof buf);
+    size_t off = offset_of(r, at);
+    switch (frame) {
+    case F_TOP:
+        return on_top_key(r, k, t, off);
+    case F_STREAM_OPTIONS:
+        if (text_is(t, "include_usage", 13)) {
+            if (r->options_have_include_usage)
+                return fail(r->out, r->why, off, "duplicate key \"include_usage\" in stream_options");
+            r->options_have_include_usage = true;
+            r->slot = V_INCLUDE_USAGE;
         }
-        if (unlikely(!(slot_rules[slot].allow & type)))
-            return fail_type(out, why, (size_t)(p - body), slot, prompt_field);
+        break;
+    case F_MESSAGE:
+        if (text_is(t, "content", 7)) {
+            if (r->message_has_content)
+                return fail(r->out, r->why, off, "duplicate key \"content\" in a message");
+            r->message_has_content = true;
+            r->slot = V_CONTENT;
+        }
+        break;
+    case F_PART:
+        if (text_is(t, "type", 4)) {
+            if (r->part_has_type)
+                return fail(r->out, r->why, off, "duplicate key \"type\" in a content part");
+            r->part_has_type = true;
+            r->slot = V_PART_TYPE;
+        } else if (text_is(t, "text", 4)) {
+            if (r->part_has_text)
+                return fail(r->out, r->why, off, "duplicate key \"text\" in a content part");
+            r->part_has_text = true;
+            r->slot = V_PART_TEXT;
+        }
+        break;
+    }
+    return OPENAI_OK;
+}
 
-        switch (type) {
-        case T_STRING: {
-            const char *at = p;
-            struct jstr s;
-            p = scan_string(p + 1, end, &s, &e);
-            if (unlikely(!p))
-                goto syntax;
-            switch (slot) {
-            case V_CONTENT:
-            case V_PROMPT:
-            case V_PROMPT_ITEM:
-                out->prompt_bytes += s.decoded;
-                prefix_add(&prefix, s.p, s.len);
-                break;
-            case V_PART_TEXT:
-                part_text_bytes = s.decoded;
-                part_text = (struct slice){ s.p, s.len };
-                break;
-            case V_PART_TYPE:
-                part_is_text = str_is(&s, "text", 4);
-                break;
-            case V_MODEL:
-                if (s.len == 0)
-                    return fail_type(out, why, (size_t)(at - body), slot, prompt_field);
-                out->model = (struct slice){ s.p, s.len };
-                out->model_escaped = s.escaped;
-                out->model_decoded_len = s.decoded;
-                break;
-            default:
-                break;
-            }
-            goto after_value;
-        }
-        case T_NUMBER: {
-            const char *at = p;
-            struct jnum n;
-            p = scan_number(p, end, &n, &e);
-            if (unlikely(!p))
-                goto syntax;
-            switch (slot) {
-            case V_MAX_TOKENS:
-            case V_MAX_COMPLETION_TOKENS:
-                if (n.negative || !n.integer)
-                    return fail_type(out, why, (size_t)(at - body), slot, prompt_field);
-                if (n.big)
-                    return fail(out, why, (size_t)(at - body), "\"%s\" is too large",
-                                slot_rules[slot].field);
-                if (slot == V_MAX_TOKENS) {
-                    has_max_tokens = true;
-                    max_tokens = n.value;
-                } else {
-                    has_max_completion_tokens = true;
-                    max_completion_tokens = n.value;
-                }
-                max_tokens_at = at;
-                break;
-            case V_PROMPT_ITEM:
-            case V_TOKEN:
-                out->prompt_token_ids++;
-                break;
-            default:
-                break;
-            }
-            goto after_value;
-        }
-        case T_BOOL: {
-            bool v = *p == 't';
-            if (v ? (end - p >= 4 && memcmp(p, "true", 4) == 0)
-                  : (end - p >= 5 && memcmp(p, "false", 5) == 0)) {
-                p += v ? 4 : 5;
-            } else {
-                e.at = p;
-                e.msg = "invalid literal";
-                goto syntax;
-            }
-            if (slot == V_STREAM)
-                out->stream = v;
-            else if (slot == V_INCLUDE_USAGE)
-                out->include_usage = v;
-            goto after_value;
-        }
-        case T_NULL:
-            if (end - p >= 4 && memcmp(p, "null", 4) == 0) {
-                p += 4;
-                goto after_value;
-            }
-            e.at = p;
-            e.msg = "invalid literal";
-            goto syntax;
-        case T_OBJECT:
-            if (unlikely(depth == OPENAI_MAX_DEPTH))
-                goto too_deep;
-            frame = object_frame[slot];
-            stack[depth++] = frame;
-            if (frame == F_MESSAGE) {
-                message_has_content = false;
-                if (out->message_count != UINT32_MAX)
-                    out->message_count++;
-            } else if (frame == F_PART) {
-                part_has_type = part_has_text = part_is_text = false;
-                part_text_bytes = 0;
-                part_text = (struct slice){ NULL, 0 };
-            } else if (frame == F_STREAM_OPTIONS) {
-                options_have_include_usage = false;
-            }
-            p++;
-            goto object_first;
-        default: /* T_ARRAY */
-            if (unlikely(depth == OPENAI_MAX_DEPTH))
-                goto too_deep;
-            stack[depth++] = array_frame[slot];
-            p++;
-            goto array_first;
-        }
+static inline int on_string(struct reader *r, const char *at, const struct jstr *s)
+{
+    switch (r->slot) {
+    case V_CONTENT:
+        prompt_text(r, OPENAI_FROM_MESSAGES, current_message(r), s);
+        break;
+    case V_PROMPT:
+        prompt_text(r, r->prompt_source, 0, s);
+        break;
+    case V_PROMPT_ITEM:
+        r->in_token_run = false;
+        prompt_text(r, r->prompt_source, r->next_prompt_item++, s);
+        break;
+    case V_PART_TEXT:
+        r->part_text = *s;
+        break;
+    case V_PART_TYPE:
+        r->part_is_text = str_is(s, "text", 4);
+        break;
+    case V_MODEL:
+        if (s->len == 0)
+            return fail_type(r->out, r->why, offset_of(r, at), r->slot, r->prompt_field);
+        r->out->model = (struct slice){ s->p, s->len };
+        r->out->model_escaped = s->escaped;
+        r->out->model_decoded_len = s->decoded;
+        break;
+    default:
+        break;
     }
+    return OPENAI_OK;
+}
 
-after_value:
-    p = skip_ws(p, end);
-    if (unlikely(p >= end))
-        goto eof;
-    frame = stack[depth - 1];
-    if (*p == ',') {
-        p = skip_ws(p + 1, end);
-        if (FRAME_IS_ARRAY(frame)) {
-            slot = element_slot[frame];
-            goto value;
+static inline int on_number(struct reader *r, const char *at, size_t len, const struct jnum *n)
+{
+    switch (r->slot) {
+    case V_MAX_TOKENS:
+    case V_MAX_COMPLETION_TOKENS:
+        if (n->negative || !n->integer)
+            return fail_type(r->out, r->why, offset_of(r, at), r->slot, r->prompt_field);
+        if (n->big)
+            return fail(r->out, r->why, offset_of(r, at), "\"%s\" is too large",
+                        slot_rules[r->slot].field);
+        if (r->slot == V_MAX_TOKENS) {
+            r->has_max_tokens = true;
+            r->max_tokens = n->value;
+        } else {
+            r->has_max_completion_tokens = true;
+            r->max_completion_tokens = n->value;
         }
-        goto key;
+        r->max_tokens_at = at;
+        break;
+    case V_PROMPT_ITEM:
+        /* bare token ids in a row are one prompt: [1, 2, 3] */
+        if (!r->in_token_run) {
+            r->in_token_run = true;
+            r->prompt_item = r->next_prompt_item++;
+        }
+        prompt_token(r, at, len);
+        break;
+    case V_TOKEN:
+        prompt_token(r, at, len);
+        break;
+    default:
+        break;
     }
-    if (*p == (FRAME_IS_ARRAY(frame) ? ']' : '}')) {
-        p++;
-        goto close;
-    }
-    e.at = p;
-    e.msg = FRAME_IS_ARRAY(frame) ? "expected ',' or ']'" : "expected ',' or '}'";
-    goto syntax;
+    return OPENAI_OK;
+}
 
-close:
-    frame = stack[--depth];
-    if (frame == F_PART && part_is_text) {
-        out->prompt_bytes += part_text_bytes;
-        prefix_add(&prefix, part_text.p, part_text.len);
+static inline void on_bool(struct reader *r, bool v)
+{
+    if (r->slot == V_STREAM)
+        r->out->stream = v;
+    else if (r->slot == V_INCLUDE_USAGE)
+        r->out->include_usage = v;
+}
+
+/* A container opens at depth (1 for the request itself). */
+static inline void on_open(struct reader *r, unsigned depth, bool array)
+{
+    uint8_t frame = array ? array_frame[r->slot] : object_frame[r->slot];
+    r->frames[depth - 1] = frame;
+    r->slot = element_slot[frame];
+    /* most containers are ones aigw skips or the messages: tests, not a jump table */
+    if (frame == F_MESSAGE) {
+        r->message_has_content = false;
+        if (r->out->message_count != UINT32_MAX)
+            r->out->message_count++;
+    } else if (frame == F_PART) {
+        r->part_has_type = r->part_has_text = r->part_is_text = false;
+        r->part_text = (struct jstr){ NULL, 0, 0, false };
+    } else if (frame == F_STREAM_OPTIONS) {
+        r->options_have_include_usage = false;
+    } else if (frame == F_PROMPT) {
+        r->next_prompt_item = 0;
+        r->in_token_run = false;
+    } else if (frame == F_TOKENS) {
+        r->in_token_run = false;
+        r->prompt_item = r->next_prompt_item++;
     }
+}
+
+/* The container at depth + 1 closed; depth containers are still open. */
+static inline void on_close(struct reader *r, unsigned depth)
+{
+    uint8_t frame = r->frames[depth];
+    /* a part's text counts once its type is known, wherever "type" came */
+    if (frame == F_PART && r->part_is_text)
+        prompt_text(r, OPENAI_FROM_MESSAGES, current_message(r), &r->part_text);
     if (depth > 0)
-        goto after_value;
+        r->slot = element_slot[r->frames[depth - 1]];
+}
 
-    p = skip_ws(p, end);
-    if (p != end)
-        return fail(out, why, (size_t)(p - body), "trailing data after the JSON value at byte %zu",
-                    (size_t)(p - body));
+/* ---- the final check: what can only be judged once the whole body is read ---- */
 
-    if (!out->model.p)
-        return fail(out, why, 0, "missing \"model\"");
-    if (out->model_decoded_len > OPENAI_MAX_MODEL_LEN)
-        return fail(out, why, (size_t)(out->model.p - body), "\"model\" is too long (limit %d bytes)",
-                    OPENAI_MAX_MODEL_LEN);
-    {
+static int on_end(struct reader *r)
+{
+    struct openai_request *out = r->out;
+    if (!out->model.p) {
+        if (!r->model_optional)
+            return fail(out, r->why, 0, "missing \"model\"");
+    } else {
+        if (out->model_decoded_len > OPENAI_MAX_MODEL_LEN)
+            return fail(out, r->why, offset_of(r, out->model.p),
+                        "\"model\" is too long (limit %d bytes)", OPENAI_MAX_MODEL_LEN);
         /* a model name ends up in routing, logs and metric labels: no control
          * characters (raw ones below 0x20 the scanner already refused) */
         const char *m = out->model.p, *mend = m + out->model.len;
@@ -968,33 +1175,67 @@ close:
             }
         }
         if (control)
-            return fail(out, why, (size_t)(out->model.p - body),
+            return fail(out, r->why, offset_of(r, out->model.p),
                         "\"model\" contains a control character");
     }
-    if (has_max_tokens && has_max_completion_tokens && max_tokens != max_completion_tokens)
-        return fail(out, why, (size_t)(max_tokens_at - body),
+    if (r->has_max_tokens && r->has_max_completion_tokens &&
+        r->max_tokens != r->max_completion_tokens)
+        return fail(out, r->why, offset_of(r, r->max_tokens_at),
                     "\"max_tokens\" and \"max_completion_tokens\" differ");
-    if (has_max_tokens || has_max_completion_tokens) {
+    if (r->has_max_tokens || r->has_max_completion_tokens) {
         out->has_max_tokens = true;
-        out->max_tokens = has_max_tokens ? max_tokens : max_completion_tokens;
+        out->max_tokens = r->has_max_tokens ? r->max_tokens : r->max_completion_tokens;
     }
     out->prompt_tokens_estimate = (out->prompt_bytes + 3) / 4 + 4 * (uint64_t)out->message_count +
                                   out->prompt_token_ids;
     if (out->prompt_tokens_estimate == 0)
         out->prompt_tokens_estimate = 1;
-    if (prefix.any)
-        out->prefix_hash = prefix.h ? prefix.h : 1;
+    if (r->prefix.any)
+        out->prefix_hash = r->prefix.h ? r->prefix.h : 1;
     return OPENAI_OK;
+}
 
-eof:
-    e.at = end;
-    e.msg = "unexpected end of input";
-    goto syntax;
-too_deep:
-    return fail(out, why, (size_t)(p - body), "JSON nesting too deep at byte %zu (limit %d)",
-                (size_t)(p - body), OPENAI_MAX_DEPTH);
-syntax:
-    return fail_syntax(out, why, body, &e);
+/* The walk stopped at something that is not an OpenAI request. */
+__attribute__((cold, noinline))
+static int on_error(struct reader *r, enum json_error error, struct parse_error e, unsigned depth,
+                    const char *end)
+{
+    struct openai_request *out = r->out;
+    size_t off = offset_of(r, e.at);
+    switch (error) {
+    case JE_WRONG_TYPE:
+        if (r->slot == V_DOCUMENT)
+            return fail(out, r->why, off, "body is not a JSON object");
+        return fail_type(out, r->why, off, r->slot, r->prompt_field);
+    case JE_TOO_DEEP:
+        return fail(out, r->why, off, "JSON nesting too deep at byte %zu (limit %d)", off,
+                    OPENAI_MAX_DEPTH);
+    case JE_TRAILING:
+        return fail(out, r->why, off, "trailing data after the JSON value at byte %zu", off);
+    default: /* JE_SYNTAX */
+        if (depth == 0) {       /* the request object never opened */
+            if (e.at == end)
+                return fail(out, r->why, 0, "body is empty");
+            return fail(out, r->why, off, "body is not a JSON object");
+        }
+        return fail_syntax(out, r->why, r->body, &e);
+    }
+}
+
+/* ---- the entry points ---- */
+
+int openai_read_request(const char *body, size_t len, const struct openai_read_options *opt,
+                        struct openai_request *out, const char **why)
+{
+    struct reader r;
+    reader_init(&r, body, opt, out, why);
+    return json_walk(&r, body, len);
+}
+
+int openai_parse_request(const char *body, size_t len, struct openai_request *out,
+                         const char **why)
+{
+    return openai_read_request(body, len, NULL, out, why);
 }
 
 bool openai_content_type_is_json(struct slice value)

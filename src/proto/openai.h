@@ -92,6 +92,42 @@ struct openai_request {
 int openai_parse_request(const char *body, size_t len, struct openai_request *out,
                          const char **why);
 
+/* Where a piece of prompt was found. */
+enum openai_prompt_source {
+    OPENAI_FROM_MESSAGES,   /* a message's "content" string, or the "text" of a text part */
+    OPENAI_FROM_PROMPT,     /* "prompt" */
+    OPENAI_FROM_INPUT,      /* "input" */
+};
+
+/* One piece of the prompt as openai_parse_request counts it (see prompt_bytes
+ * above): a string, or a token id of "prompt"/"input". */
+struct openai_prompt_piece {
+    struct slice raw;       /* string contents as sent (escapes kept) or the token id's
+                               digits; points into the body; may be empty */
+    size_t decoded;         /* bytes the string decodes to; 0 for a token id */
+    uint32_t item;          /* FROM_MESSAGES: the message's index. Otherwise which prompt
+                               of a batch: a string, an array of token ids, and a run of
+                               token ids directly in the field's array are one prompt
+                               each, numbered from 0 ("a" / ["a","b"] / [1,2] / [[1],[2]]
+                               are 0 / 0,1 / 0,0 / 0,1) */
+    uint8_t source;         /* enum openai_prompt_source */
+    bool token_id;
+};
+
+/* For callers that need more than struct openai_request (aigw-mockllm). */
+struct openai_read_options {
+    bool model_optional;    /* a body without "model" is accepted (out->model.p NULL) */
+    /* called for each piece of the prompt, in document order; a text part's text
+     * once its object has closed */
+    void (*on_prompt)(void *ctx, const struct openai_prompt_piece *piece);
+    void *ctx;
+};
+
+/* openai_parse_request with options (NULL: the same as openai_parse_request).
+ * Pieces shown to on_prompt before an OPENAI_BAD result are to be discarded. */
+int openai_read_request(const char *body, size_t len, const struct openai_read_options *opt,
+                        struct openai_request *out, const char **why);
+
 /* Decodes the contents of a JSON string as returned by openai_parse_request (e.g.
  * out->model) into out[0..cap). Returns the decoded length, or 0 if it does not fit
  * (model is never empty, so 0 is unambiguous there). Not NUL-terminated. Never reads

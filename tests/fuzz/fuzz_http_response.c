@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "proto/http1.h"
+#include "proto/openai_error.h"
 
 #define FUZZ_CHECK(cond) do { if (!(cond)) abort(); } while (0)
 
@@ -68,7 +69,7 @@ static void check_error_writer(const uint8_t *data, size_t size)
     memcpy(msg, data, m);
     msg[m] = '\0';
     const char *code = size & 1 ? NULL : "some_code";
-    size_t n = http_write_error(out, sizeof out, 400, "invalid_request_error", code, msg, size & 2,
+    size_t n = openai_write_error(out, sizeof out, 400, "invalid_request_error", code, msg, size & 2,
                                 (struct slice){ "X-A: b\r\n", 8 });
     FUZZ_CHECK(n > 0);
     const char *why;
@@ -81,7 +82,7 @@ static void check_error_writer(const uint8_t *data, size_t size)
     b += json_string_len(b, end);
     static const char mid[] = "\",\"type\":\"invalid_request_error\",\"code\":";
     FUZZ_CHECK((size_t)(end - b) >= sizeof mid - 1 && memcmp(b, mid, sizeof mid - 1) == 0);
-    FUZZ_CHECK(http_write_error(out, n - 1, 400, "invalid_request_error", code, msg, size & 2,
+    FUZZ_CHECK(openai_write_error(out, n - 1, 400, "invalid_request_error", code, msg, size & 2,
                                 (struct slice){ "X-A: b\r\n", 8 }) == 0);
 }
 

@@ -1,6 +1,8 @@
 /* libFuzzer: the OpenAI request reader. Whatever the bytes, a result and never a
  * crash; an accepted body satisfies the reader's invariants, its model decodes to
- * the length reported, and cutting the closing brace makes it invalid again. */
+ * the length reported, and cutting the closing brace makes it invalid again.
+ * openai_read_request with options (aigw-mockllm's way) decides the same, and the
+ * prompt pieces it shows add up to the counts. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +14,58 @@
 static bool in_buf(struct slice s, const char *buf, size_t len)
 {
     return s.p >= buf && s.len <= len && (size_t)(s.p - buf) <= len - s.len;
+}
+
+struct pieces {
+    const char *buf;
+    size_t size;
+    uint64_t decoded, token_ids;
+    uint32_t last_item[3];
+};
+
+static void count_piece(void *ctx, const struct openai_prompt_piece *piece)
+{
+    struct pieces *ps = ctx;
+    FUZZ_CHECK(piece->raw.len == 0 || in_buf(piece->raw, ps->buf, ps->size));
+    FUZZ_CHECK(piece->source <= OPENAI_FROM_INPUT);
+    FUZZ_CHECK(piece->token_id ? piece->decoded == 0 && piece->raw.len > 0
+                               : piece->decoded <= piece->raw.len);
+    /* items only move forward within a field (a new field starts over at 0) */
+    if (piece->item != 0)
+        FUZZ_CHECK(piece->item >= ps->last_item[piece->source]);
+    ps->last_item[piece->source] = piece->item;
+    ps->decoded += piece->decoded;
+    ps->token_ids += piece->token_id;
+}
+
+/* The same body through openai_read_request: the same decision, the same fields
+ * (apart from a missing model, which model_optional accepts). */
+static void check_with_options(const char *buf, size_t size, int rc, const struct openai_request *req)
+{
+    struct pieces ps = { .buf = buf, .size = size };
+    struct openai_read_options opt = { .model_optional = true, .on_prompt = count_piece, .ctx = &ps };
+    struct openai_request o;
+    const char *why = NULL;
+    int orc = openai_read_request(buf, size, &opt, &o, &why);
+    bool missing_model = rc == OPENAI_BAD && strcmp(req->error, "missing \"model\"") == 0;
+    if (rc == OPENAI_BAD && !missing_model) {
+        FUZZ_CHECK(orc == OPENAI_BAD);
+        FUZZ_CHECK(strcmp(o.error, req->error) == 0 && o.error_offset == req->error_offset);
+        return;
+    }
+    if (missing_model) {
+        if (orc == OPENAI_BAD)      /* a later check (max_tokens) */
+            return;
+        FUZZ_CHECK(o.model.p == NULL);
+    } else {
+        FUZZ_CHECK(orc == OPENAI_OK);
+        FUZZ_CHECK(o.model.p == req->model.p && o.model.len == req->model.len);
+        FUZZ_CHECK(o.stream == req->stream && o.include_usage == req->include_usage &&
+                   o.max_tokens == req->max_tokens && o.prefix_hash == req->prefix_hash &&
+                   o.prompt_tokens_estimate == req->prompt_tokens_estimate);
+    }
+    FUZZ_CHECK(ps.decoded == o.prompt_bytes);
+    FUZZ_CHECK(ps.token_ids == o.prompt_token_ids);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -28,6 +82,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     int rc = openai_parse_request(buf, size, &req, &why);
     FUZZ_CHECK(rc == OPENAI_OK || rc == OPENAI_BAD);
+    check_with_options(buf, size, rc, &req);
     if (rc == OPENAI_BAD) {
         FUZZ_CHECK(why == req.error && why[0] != 0);
         FUZZ_CHECK(strlen(why) < sizeof req.error);

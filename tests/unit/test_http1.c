@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "proto/http1.h"
+#include "proto/openai_error.h"
 
 #define H1_MAX_HEAD 8192
 
@@ -1150,7 +1151,7 @@ Test(http1_write, error_response)
     char out[1024];
     const char *msg = "bad \"model\" \\ path\n\ttab \x01 caf\xc3\xa9 \xff end";
     const char *extra = "Retry-After: 1\r\n";
-    size_t n = http_write_error(out, sizeof out, 429, "rate_limit_exceeded", "requests", msg, true,
+    size_t n = openai_write_error(out, sizeof out, 429, "rate_limit_exceeded", "requests", msg, true,
                                 (struct slice){ extra, strlen(extra) });
     cr_assert_gt(n, 0);
     cr_assert_eq(http_parse_response(out, n, sizeof out, METHOD_POST, &h1_resp, &h1_why), HTTP_OK,
@@ -1173,7 +1174,7 @@ Test(http1_write, error_response)
 Test(http1_write, error_response_null_code_and_close)
 {
     char out[512];
-    size_t n = http_write_error(out, sizeof out, 404, "invalid_request_error", NULL, "no route", false,
+    size_t n = openai_write_error(out, sizeof out, 404, "invalid_request_error", NULL, "no route", false,
                                 (struct slice){ NULL, 0 });
     cr_assert_eq(http_parse_response(out, n, sizeof out, METHOD_GET, &h1_resp, &h1_why), HTTP_OK);
     cr_assert_eq(h1_resp.status, 404);
@@ -1188,23 +1189,23 @@ Test(http1_write, error_response_null_code_and_close)
 Test(http1_write, error_response_does_not_overflow)
 {
     char full[512];
-    size_t need = http_write_error(full, sizeof full, 502, "server_error", "upstream_error", "x\"y", false,
+    size_t need = openai_write_error(full, sizeof full, 502, "server_error", "upstream_error", "x\"y", false,
                                    (struct slice){ NULL, 0 });
     cr_assert_gt(need, 0);
     for (size_t cap = 0; cap < need; cap++) {
         char out[512];
         memset(out, 'Z', sizeof out);
-        cr_assert_eq(http_write_error(out, cap, 502, "server_error", "upstream_error", "x\"y", false,
+        cr_assert_eq(openai_write_error(out, cap, 502, "server_error", "upstream_error", "x\"y", false,
                                       (struct slice){ NULL, 0 }), 0, "cap %zu", cap);
         for (size_t i = cap; i < sizeof out; i++)
             cr_assert_eq(out[i], 'Z', "wrote past cap %zu", cap);
     }
     char exact[512];
-    cr_assert_eq(http_write_error(exact, need, 502, "server_error", "upstream_error", "x\"y", false,
+    cr_assert_eq(openai_write_error(exact, need, 502, "server_error", "upstream_error", "x\"y", false,
                                   (struct slice){ NULL, 0 }), need);
 }
 
-/* ---- http_write_json_head, and http_write_error built on it ---- */
+/* ---- http_write_json_head, and openai_write_error built on it ---- */
 
 static const struct slice h1_none = { NULL, 0 };
 
@@ -1322,7 +1323,7 @@ Test(http1_write, error_response_exact_bytes)
         "\r\n"
         "{\"error\":{\"message\":\"Rate limit reached for requests\",\"type\":\"rate_limit_exceeded\","
         "\"code\":\"requests\"}}";
-    size_t n = http_write_error(out, sizeof out, 429, "rate_limit_exceeded", "requests",
+    size_t n = openai_write_error(out, sizeof out, 429, "rate_limit_exceeded", "requests",
                                 "Rate limit reached for requests", true, h1_sl("Retry-After: 20\r\n"));
     cr_assert_eq(n, strlen(want), "%.*s", (int)n, out);
     cr_assert_eq(memcmp(out, want, n), 0, "%.*s", (int)n, out);
@@ -1335,7 +1336,7 @@ Test(http1_write, error_response_exact_bytes)
         "\r\n"
         "{\"error\":{\"message\":\"no route for \\\"/x\\\"\",\"type\":\"invalid_request_error\","
         "\"code\":null}}";
-    n = http_write_error(out, sizeof out, 404, "invalid_request_error", NULL, "no route for \"/x\"",
+    n = openai_write_error(out, sizeof out, 404, "invalid_request_error", NULL, "no route for \"/x\"",
                          false, h1_none);
     cr_assert_eq(n, strlen(want), "%.*s", (int)n, out);
     cr_assert_eq(memcmp(out, want, n), 0, "%.*s", (int)n, out);
@@ -1356,7 +1357,7 @@ Test(http1_write, error_response_is_json_head_plus_body)
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         struct slice extra = cases[c].extra ? h1_sl(cases[c].extra) : h1_none;
         char out[1024];
-        size_t n = http_write_error(out, sizeof out, cases[c].status, cases[c].type, cases[c].code,
+        size_t n = openai_write_error(out, sizeof out, cases[c].status, cases[c].type, cases[c].code,
                                     cases[c].message, cases[c].keep_alive, extra);
         cr_assert_gt(n, 0);
         cr_assert_eq(http_parse_response(out, n, sizeof out, METHOD_POST, &h1_resp, &h1_why), HTTP_OK,
@@ -1377,20 +1378,20 @@ Test(http1_write, error_response_with_extra_does_not_overflow)
 {
     struct slice extra = h1_sl("Retry-After: 20\r\n");
     char full[512];
-    size_t need = http_write_error(full, sizeof full, 429, "rate_limit_exceeded", "tokens",
+    size_t need = openai_write_error(full, sizeof full, 429, "rate_limit_exceeded", "tokens",
                                    "slow \"down\"", true, extra);
     cr_assert_gt(need, 0);
     for (size_t cap = 0; cap < need; cap++) {
         char out[512];
         memset(out, 'Z', sizeof out);
-        cr_assert_eq(http_write_error(out, cap, 429, "rate_limit_exceeded", "tokens", "slow \"down\"",
+        cr_assert_eq(openai_write_error(out, cap, 429, "rate_limit_exceeded", "tokens", "slow \"down\"",
                                       true, extra), 0, "cap %zu", cap);
         /* the head may be written before the body is found not to fit, but never past cap */
         for (size_t i = cap; i < sizeof out; i++)
             cr_assert_eq(out[i], 'Z', "wrote past cap %zu", cap);
     }
     char exact[512];
-    cr_assert_eq(http_write_error(exact, need, 429, "rate_limit_exceeded", "tokens", "slow \"down\"",
+    cr_assert_eq(openai_write_error(exact, need, 429, "rate_limit_exceeded", "tokens", "slow \"down\"",
                                   true, extra), need);
     cr_assert_eq(memcmp(exact, full, need), 0);
 }

@@ -691,3 +691,151 @@ Test(openai, prefix_hash_follows_the_prompt_start)
     cr_assert_eq(oa_parse("{\"model\":\"m\",\"messages\":[]}"), OPENAI_OK);
     cr_expect_eq(oa_req.prefix_hash, 0);
 }
+
+/* ---------------- openai_read_request: options for aigw-mockllm ---------------- */
+
+#define OA_MAX_PIECES 16
+
+struct oa_pieces {
+    unsigned n;
+    struct openai_prompt_piece piece[OA_MAX_PIECES];
+    char raw[OA_MAX_PIECES][32];
+};
+
+static void oa_collect(void *ctx, const struct openai_prompt_piece *piece)
+{
+    struct oa_pieces *ps = ctx;
+    cr_assert_lt(ps->n, OA_MAX_PIECES);
+    ps->piece[ps->n] = *piece;
+    snprintf(ps->raw[ps->n], sizeof ps->raw[0], "%.*s", (int)piece->raw.len,
+             piece->raw.len ? piece->raw.p : "");
+    ps->n++;
+}
+
+static void oa_read_pieces(const char *body, struct oa_pieces *ps)
+{
+    memset(ps, 0, sizeof *ps);
+    struct openai_read_options opt = { .on_prompt = oa_collect, .ctx = ps };
+    oa_why = NULL;
+    cr_assert_eq(openai_read_request(body, strlen(body), &opt, &oa_req, &oa_why), OPENAI_OK,
+                 "%s: %s", body, oa_why ? oa_why : "");
+    /* the pieces are what the request's counts are made of */
+    uint64_t bytes = 0, ids = 0;
+    for (unsigned i = 0; i < ps->n; i++) {
+        bytes += ps->piece[i].decoded;
+        ids += ps->piece[i].token_id;
+    }
+    cr_assert_eq(bytes, oa_req.prompt_bytes, "%s", body);
+    cr_assert_eq(ids, oa_req.prompt_token_ids, "%s", body);
+    /* and reading with a hook decides exactly what reading without one does */
+    struct openai_request plain;
+    cr_assert_eq(openai_parse_request(body, strlen(body), &plain, NULL), OPENAI_OK);
+    cr_assert_eq(plain.prompt_tokens_estimate, oa_req.prompt_tokens_estimate);
+    cr_assert_eq(plain.prefix_hash, oa_req.prefix_hash);
+}
+
+#define oa_expect_piece(ps, i, src, itm, tok, text)                                    \
+    do {                                                                               \
+        cr_assert_eq((ps)->piece[i].source, src, "piece %d source", i);               \
+        cr_assert_eq((ps)->piece[i].item, itm, "piece %d item", i);                   \
+        cr_assert_eq((ps)->piece[i].token_id, tok, "piece %d token_id", i);           \
+        cr_assert_str_eq((ps)->raw[i], text, "piece %d", i);                          \
+    } while (0)
+
+Test(openai, prompt_pieces_of_messages)
+{
+    struct oa_pieces ps;
+    oa_read_pieces("{\"model\":\"m\",\"messages\":[{\"role\":\"system\",\"content\":\"Be br\\u0069ef.\"},"
+                   "{\"role\":\"user\",\"content\":[{\"text\":\"look\",\"type\":\"text\"},"
+                   "{\"type\":\"image_url\",\"image_url\":{\"url\":\"x\"},\"text\":\"not counted\"}]},"
+                   "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[]}],"
+                   "\"prompt\":\"p\"}", &ps);
+    cr_assert_eq(ps.n, 3);
+    /* raw bytes as sent, decoded length beside them */
+    oa_expect_piece(&ps, 0, OPENAI_FROM_MESSAGES, 0, false, "Be br\\u0069ef.");
+    cr_assert_eq(ps.piece[0].decoded, 9);
+    /* a text part counts once its object closed, "type" after "text" or not */
+    oa_expect_piece(&ps, 1, OPENAI_FROM_MESSAGES, 1, false, "look");
+    oa_expect_piece(&ps, 2, OPENAI_FROM_PROMPT, 0, false, "p");
+}
+
+Test(openai, prompt_pieces_of_batches)
+{
+    struct oa_pieces ps;
+    oa_read_pieces("{\"model\":\"m\",\"prompt\":[\"a\",\"b\\n\"]}", &ps);
+    cr_assert_eq(ps.n, 2);
+    oa_expect_piece(&ps, 0, OPENAI_FROM_PROMPT, 0, false, "a");
+    oa_expect_piece(&ps, 1, OPENAI_FROM_PROMPT, 1, false, "b\\n");
+    cr_assert_eq(ps.piece[1].decoded, 2);
+
+    /* a flat array of token ids is one prompt; each inner array is one */
+    oa_read_pieces("{\"model\":\"m\",\"prompt\":[11, 22,33]}", &ps);
+    cr_assert_eq(ps.n, 3);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(ps.piece[i].item, 0);
+    oa_expect_piece(&ps, 2, OPENAI_FROM_PROMPT, 0, true, "33");
+    cr_assert_eq(ps.piece[2].decoded, 0);
+
+    oa_read_pieces("{\"model\":\"m\",\"input\":[[1,2],[3],\"x\",[]]}", &ps);
+    cr_assert_eq(ps.n, 4);
+    oa_expect_piece(&ps, 0, OPENAI_FROM_INPUT, 0, true, "1");
+    oa_expect_piece(&ps, 1, OPENAI_FROM_INPUT, 0, true, "2");
+    oa_expect_piece(&ps, 2, OPENAI_FROM_INPUT, 1, true, "3");
+    oa_expect_piece(&ps, 3, OPENAI_FROM_INPUT, 2, false, "x");
+
+    /* a string, then a run of ids, then a string: three prompts */
+    oa_read_pieces("{\"model\":\"m\",\"input\":[\"a\",1,2,\"b\"]}", &ps);
+    cr_assert_eq(ps.n, 4);
+    oa_expect_piece(&ps, 1, OPENAI_FROM_INPUT, 1, true, "1");
+    oa_expect_piece(&ps, 2, OPENAI_FROM_INPUT, 1, true, "2");
+    oa_expect_piece(&ps, 3, OPENAI_FROM_INPUT, 2, false, "b");
+
+    /* both fields in one body: each numbers its own batch */
+    oa_read_pieces("{\"model\":\"m\",\"prompt\":[\"a\",\"b\"],\"input\":\"c\"}", &ps);
+    cr_assert_eq(ps.n, 3);
+    oa_expect_piece(&ps, 2, OPENAI_FROM_INPUT, 0, false, "c");
+}
+
+Test(openai, model_optional)
+{
+    struct openai_read_options opt = { .model_optional = true };
+    const char *body = "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":3}";
+    cr_assert_eq(openai_read_request(body, strlen(body), &opt, &oa_req, &oa_why), OPENAI_OK, "%s", oa_why);
+    cr_assert_null(oa_req.model.p);
+    cr_assert_eq(oa_req.model.len, 0);
+    cr_assert_eq(oa_req.max_tokens, 3);
+    cr_assert_eq(oa_req.prompt_bytes, 2);
+    /* without the option, and with a NULL options pointer, it is still required */
+    oa_expect_bad(body, "missing \"model\"");
+    cr_assert_eq(openai_read_request(body, strlen(body), NULL, &oa_req, &oa_why), OPENAI_BAD);
+    /* a model that is there is checked as always */
+    body = "{\"model\":\"\"}";
+    cr_assert_eq(openai_read_request(body, strlen(body), &opt, &oa_req, &oa_why), OPENAI_BAD);
+    cr_assert_str_eq(oa_why, "\"model\" must be a non-empty string");
+    body = "{\"model\":null}";
+    cr_assert_eq(openai_read_request(body, strlen(body), &opt, &oa_req, &oa_why), OPENAI_BAD);
+    body = "{\"model\":\"a\\u0001\"}";
+    cr_assert_eq(openai_read_request(body, strlen(body), &opt, &oa_req, &oa_why), OPENAI_BAD);
+    cr_assert_str_eq(oa_why, "\"model\" contains a control character");
+}
+
+/* Where the document itself is wrong, the offset is that of its first byte. */
+Test(openai, top_level_error_offsets)
+{
+    static const struct { const char *body; const char *why; size_t offset; } cases[] = {
+        { "", "body is empty", 0 },
+        { " \n ", "body is empty", 0 },
+        { "  [1]", "body is not a JSON object", 2 },
+        { "\t3", "body is not a JSON object", 1 },
+        { " tru", "body is not a JSON object", 1 },
+        { "  x{}", "body is not a JSON object", 2 },
+        { " {", "invalid JSON at byte 2: unexpected end of input", 2 },
+        { "{\"model\":\"m\"} x", "trailing data after the JSON value at byte 14", 14 },
+        { "{\"model\":\"m\",\"a\":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}",
+          "JSON nesting too deep at byte 48 (limit 32)", 48 },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        oa_expect_bad(cases[i].body, cases[i].why);
+        cr_assert_eq(oa_req.error_offset, cases[i].offset, "%s", cases[i].body);
+    }
+}
