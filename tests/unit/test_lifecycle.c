@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "core/accesslog.h"
 #include "core/proxy.h"
 
 /* Static, so that whatever the shard still owns when a test ends stays
@@ -24,6 +25,8 @@
 static struct shard sh;
 static char tmp_dir[64];
 static char keys_path[128];
+static char access_log_path[128];
+static bool access_log_open;
 static int client_peer = -1;    /* the client's own end of the socketpair */
 static int client_fd = -1;      /* aigw's end (c->fd becomes -1 when aigw closes it) */
 
@@ -48,7 +51,7 @@ static const char conf_fmt[] =
     "idle = 20s\n"
     "client_header = 10s\n"
     "[log]\n"
-    "access = off\n"
+    "access = %s\n"
     "[keys]\n"
     "auth = off\n"
     "file = %s\n"
@@ -164,8 +167,12 @@ static void shard_up(void)
     fputs(KEYS_FILE, f);
     fclose(f);
 
-    char text[sizeof conf_fmt + sizeof keys_path], err[512];
-    snprintf(text, sizeof text, conf_fmt, keys_path);
+    snprintf(access_log_path, sizeof access_log_path, "%s/access.log", tmp_dir);
+    cr_assert_eq(alog_init(1, 0, ACCESS_FILE, access_log_path), 0);
+    access_log_open = true;
+
+    char text[sizeof conf_fmt + sizeof access_log_path + sizeof keys_path], err[512];
+    snprintf(text, sizeof text, conf_fmt, access_log_path, keys_path);
     struct config *cfg = NULL;
     cr_assert_eq(config_load_string("lifecycle.conf", text, &cfg, err, sizeof err), 0, "%s", err);
     struct gen *g = gen_create(cfg, NULL, 1, err, sizeof err);
@@ -179,6 +186,9 @@ static void shard_down(void)
 {
     if (client_peer >= 0)
         close(client_peer);
+    if (access_log_open)
+        alog_shutdown();
+    unlink(access_log_path);
     unlink(keys_path);
     rmdir(tmp_dir);
 }
@@ -260,6 +270,20 @@ static uint64_t requests_with_status(int status)
     for (unsigned r = 0; r < METRICS_MAX_ROUTES; r++)
         n += atomic_load(&sh.m->requests[r][metrics_status_slot(status)]);
     return n;
+}
+
+/* The access log so far (the writer is stopped to flush it: once per test). */
+static char *access_log(void)
+{
+    alog_shutdown();
+    access_log_open = false;
+    static char text[1 << 16];
+    FILE *f = fopen(access_log_path, "r");
+    cr_assert_not_null(f);
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    return text;
 }
 
 /* ---- backends ---- */
@@ -464,6 +488,35 @@ Test(lifecycle, next_request_starts_with_nothing_of_the_previous)
     cr_assert_eq(c->req.tokens_in, 0);
     cr_assert_eq(requests_with_status(200), 1);
     cr_assert_eq(requests_with_status(404), 1);
+}
+
+/* The access log tells each request's own story: a malformed request after an
+ * AI request with a key is not logged with that key, model, backend or tokens. */
+Test(lifecycle, request_after_an_ai_request_is_logged_as_itself)
+{
+    struct conn *c = client_connects();
+    served_chat(c);
+    client_writes(c, "GET /gpu/x HTTP/1.1\r\nHost: gw\r\nno colon in this line\r\n\r\n");
+    const char *resp = client_reads();
+    cr_assert(strncmp(resp, "HTTP/1.1 400 ", 13) == 0, "the client got: '%s'", resp);
+    cr_assert_null(strcasestr(resp, "x-ratelimit-"), "the previous caller's limits: %s", resp);
+
+    char *first = access_log();
+    char *second = strchr(first, '\n');
+    cr_assert_not_null(second, "%s", first);
+    *second++ = '\0';
+    cr_assert_not_null(strstr(first, "\"status\":200"), "%s", first);
+    cr_assert_not_null(strstr(first, "\"key\":\"caller\""), "%s", first);
+    cr_assert_not_null(strstr(first, "\"tokens_in\":7,\"tokens_out\":3"), "%s", first);
+    cr_assert_not_null(strstr(first, "\"backend\":\"127.0.0.1:2701"), "%s", first);
+    cr_assert_not_null(strstr(second, "\"status\":400"), "%s", second);
+    cr_assert_null(strstr(second, "/v1/chat/completions"), "%s", second);
+    cr_assert_not_null(strstr(second, "\"backend\":\"\""), "%s", second);
+    cr_assert_not_null(strstr(second, "\"upstream_first_byte_ms\":null"), "%s", second);
+    cr_assert_null(strstr(second, "\"key\""), "%s", second);
+    cr_assert_null(strstr(second, "\"model\""), "%s", second);
+    cr_assert_null(strstr(second, "\"tokens_in\""), "%s", second);
+    cr_assert_eq(strchr(second, '\n'), second + strlen(second) - 1, "more than two lines: %s", second);
 }
 
 /* A raw upload goes at the backend's pace: once its body streams, the client is
