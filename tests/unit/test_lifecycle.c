@@ -1,4 +1,4 @@
-/* The request lifecycle without sockets: one shard (a real io_uring that is
+/* The request lifecycle without network I/O: one shard (a real io_uring that is
  * never submitted, its provided buffers, timer wheel, metrics and a
  * configuration generation) drives a client connection through its states with
  * hand-made completions. After each step the test reads what aigw queued on
@@ -378,6 +378,15 @@ Test(lifecycle, malformed_request_after_served_one_gets_400)
     cr_assert_eq(requests_with_status(200), 1);
     cr_assert_eq(requests_with_status(400), 1);
     cr_assert_eq(requests_with_status(499), 0);
+
+    /* the object is recycled only once the kernel has ended its last operation,
+     * the multishot recv cancelled with the fd */
+    cr_assert_eq(c->state, CS_CLOSING);
+    cr_assert_eq(atomic_load(&sh.m->connections[SIDE_CLIENT]), 0);
+    struct io_uring_cqe ended = { .user_data = ud_make(c, OP_CLIENT_RECV), .res = -ECANCELED };
+    conn_on_cqe(c, OP_CLIENT_RECV, &ended);
+    cr_assert_eq(c->state, CS_FREE);
+    cr_assert_eq(sh.free_conns, c);
 }
 
 Test(lifecycle, slow_head_after_served_request_gets_408)
