@@ -379,6 +379,12 @@ struct runtime {
 extern struct runtime rt;
 
 /* shard.c */
+/* A shard's state for generation g, without its ring, thread or listeners
+ * (shard_start_all; the lifecycle unit tests drive one without a thread). */
+int shard_init(struct shard *sh, unsigned id, unsigned nshards, struct gen *g);
+/* Its ring, provided buffers, clock and timer wheel: on the thread that will
+ * submit (the ring is SINGLE_ISSUER). */
+int shard_ring_setup(struct shard *sh);
 struct io_uring_sqe *shard_sqe(struct shard *sh);
 void shard_cancel_and_close(struct shard *sh, int fd);
 void shard_release_recv_buf(struct shard *sh, unsigned bid);

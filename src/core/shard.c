@@ -549,22 +549,17 @@ static int ring_init(struct shard *sh)
     return ret;
 }
 
-static void *shard_main(void *arg)
+int shard_ring_setup(struct shard *sh)
 {
-    struct shard *sh = arg;
-    char name[16];
-    snprintf(name, sizeof name, "aigw-shard%u", sh->id);
-    pthread_setname_np(pthread_self(), name);
-
     int ret = ring_init(sh);
     if (ret < 0) {
         log_error("shard %u: io_uring setup failed: %s", sh->id, strerror(-ret));
-        exit(1);
+        return ret;
     }
     ret = setup_buf_ring(sh);
     if (ret < 0) {
         log_error("shard %u: provided buffer ring: %s", sh->id, strerror(-ret));
-        exit(1);
+        return ret;
     }
     shard_clock(sh);
     sh->realtime_offset_us = clock_wall_us() - sh->now_us;
@@ -574,6 +569,18 @@ static void *shard_main(void *arg)
     if (shift)
         sh->realtime_offset_us += (uint64_t)(strtoll(shift, NULL, 10) * 1000000);
     timer_wheel_init(&sh->timers, sh->now_ms);
+    return 0;
+}
+
+static void *shard_main(void *arg)
+{
+    struct shard *sh = arg;
+    char name[16];
+    snprintf(name, sizeof name, "aigw-shard%u", sh->id);
+    pthread_setname_np(pthread_self(), name);
+
+    if (shard_ring_setup(sh) < 0)
+        exit(1);
     metrics_shard_adopted(sh->m, sh->sg->g->id);
     for (unsigned i = 0; i < sh->nlisteners; i++)
         arm_accept(sh, &sh->listeners[i]);
@@ -599,7 +606,7 @@ static void *shard_main(void *arg)
         }
         struct __kernel_timespec ts = { .tv_sec = 0, .tv_nsec = (long long)wait_ms * 1000000 };
         struct io_uring_cqe *cqe;
-        ret = io_uring_submit_and_wait_timeout(&sh->ring, &cqe, 1, &ts, NULL);
+        int ret = io_uring_submit_and_wait_timeout(&sh->ring, &cqe, 1, &ts, NULL);
         if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EBUSY)
             log_warn("shard %u: io_uring_enter: %s", sh->id, strerror(-ret));
         shard_clock(sh);
@@ -637,6 +644,26 @@ static void pin_to_cpu(pthread_attr_t *attr, unsigned id)
     }
 }
 
+int shard_init(struct shard *sh, unsigned id, unsigned nshards, struct gen *g)
+{
+    const struct config *cfg = g->cfg;
+    uint32_t xsize = (uint32_t)cfg->server.max_header + 4096;
+    sh->id = id;
+    sh->m = metrics_shard(id);
+    sh->xbuf_size = xsize < 16384 ? 16384 : xsize;
+    sh->live.next = sh->live.prev = &sh->live;
+    sh->max_conns = cfg->server.max_connections / nshards;
+    if (sh->max_conns == 0)
+        sh->max_conns = 1;
+    sh->sg = shard_gen_new(g);
+    if (!sh->sg)
+        return -1;
+    if (getrandom(sh->rng, sizeof sh->rng, 0) != sizeof sh->rng)
+        sh->rng[0] = (uint64_t)time(NULL) ^ id, sh->rng[1] = 0x9e3779b97f4a7c15ull;
+    sh->rng[0] |= 1;
+    return 0;
+}
+
 int shard_start_all(void)
 {
     struct gen *g = atomic_load(&rt.current);
@@ -644,24 +671,10 @@ int shard_start_all(void)
     rt.shards = calloc(rt.nshards, sizeof *rt.shards);
     if (!rt.shards)
         return -1;
-    uint32_t xsize = (uint32_t)cfg->server.max_header + 4096;
-    if (xsize < 16384)
-        xsize = 16384;
     for (unsigned s = 0; s < rt.nshards; s++) {
         struct shard *sh = &rt.shards[s];
-        sh->id = s;
-        sh->m = metrics_shard(s);
-        sh->xbuf_size = xsize;
-        sh->live.next = sh->live.prev = &sh->live;
-        sh->max_conns = cfg->server.max_connections / rt.nshards;
-        if (sh->max_conns == 0)
-            sh->max_conns = 1;
-        sh->sg = shard_gen_new(g);
-        if (!sh->sg)
+        if (shard_init(sh, s, rt.nshards, g) != 0)
             return -1;
-        if (getrandom(sh->rng, sizeof sh->rng, 0) != sizeof sh->rng)
-            sh->rng[0] = (uint64_t)time(NULL) ^ s, sh->rng[1] = 0x9e3779b97f4a7c15ull;
-        sh->rng[0] |= 1;
         sh->nlisteners = listener_count;
         for (unsigned i = 0; i < listener_count; i++) {
             sh->listeners[i].sh = sh;
