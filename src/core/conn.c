@@ -857,6 +857,8 @@ static void up_recv_head(struct conn *c)
             return;
         }
     }
+    if (upstream_head_from_watch(c))
+        return;     /* a pooled connection's idle watch is this recv already */
     struct io_uring_sqe *sqe = shard_sqe(c->sh);
     io_uring_prep_recv(sqe, u->fd, c->rbuf->data + c->rbuf->len, c->sh->xbuf_size - c->rbuf->len, 0);
     /* the request has only just gone out: wait for readiness instead of a
@@ -865,6 +867,11 @@ static void up_recv_head(struct conn *c)
     io_uring_sqe_set_data64(sqe, ud_make(u, OP_UP_RECV));
     u->ops++;
     u->io_buf = c->rbuf;
+}
+
+void conn_upstream_recv_head(struct conn *c)
+{
+    up_recv_head(c);
 }
 
 /* Connected (or a pooled connection taken): send the head and what body we have. */

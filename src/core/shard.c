@@ -407,8 +407,11 @@ static void dispatch(struct shard *sh, struct io_uring_cqe *cqe)
     case OP_UP_CONNECT:
     case OP_UP_SEND:
     case OP_UP_RECV:
-    case OP_UP_IDLE_POLL:
+    case OP_UP_WATCH:
         upconn_on_cqe(obj, op, cqe);
+        return;
+    case OP_UP_SETTLE:
+        upstream_settled(sh, ud >> 4);
         return;
     }
 }
@@ -504,6 +507,7 @@ static void *shard_main(void *arg)
             wait_ms = 5;    /* waiting requests look for slots freed by other shards */
         struct __kernel_timespec ts = { .tv_sec = 0, .tv_nsec = (long long)wait_ms * 1000000 };
         struct io_uring_cqe *cqe;
+        upstream_turn_end(sh);
         ret = io_uring_submit_and_wait_timeout(&sh->ring, &cqe, 1, &ts, NULL);
         if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EBUSY)
             log_warn("shard %u: io_uring_enter: %s", sh->id, strerror(-ret));

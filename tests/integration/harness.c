@@ -1107,7 +1107,7 @@ static void gw_write(struct h_gw *g)
                  "[server]\n"
                  "listen = 127.0.0.1:%d\n"
                  "shards = %d\n"
-                 "max_body = 1m\n"
+                 "max_body = %s\n"
                  "max_header = 16k\n"
                  "drain_timeout = 5s\n"
                  "%s"
@@ -1119,7 +1119,8 @@ static void gw_write(struct h_gw *g)
                  "access = %s/access.log\n"
                  "level = info\n"
                  "\n%s",
-                 g->port, g->shards > 0 ? g->shards : 2, g->server_extra, g->admin_port,
+                 g->port, g->shards > 0 ? g->shards : 2, g->max_body[0] ? g->max_body : "1m",
+                 g->server_extra, g->admin_port,
                  g->timeouts[0] ? g->timeouts : H_DEFAULT_TIMEOUTS, h_dir(), g->body);
 }
 
