@@ -181,6 +181,7 @@ access = off
 [pool bench]
 backend = 127.0.0.1:$PORT_BACKEND
 max_outstanding = 4096
+keepalive = 64                   ; as nginx's upstream keepalive: one idle connection per wrk connection
 
 [route chat]
 path = /v1/chat/completions
