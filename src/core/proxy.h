@@ -144,7 +144,7 @@ struct shard_gen {
 /* A backend's idle upstream connections on one shard (upstream.c). */
 struct upstream_idle {
     struct upconn *head;            /* LIFO of connections ready to be taken */
-    unsigned count;                 /* those plus the ones still settling */
+    unsigned count;                 /* connections in head (settling ones are not counted) */
     const struct cfg_pool *pool;    /* the backend's pool: keepalive limits (set on first use) */
 };
 
@@ -295,6 +295,7 @@ struct upconn {
     bool watch_nop;                 /* ... and it is that NOP */
     bool head_wanted;               /* the request went out: the watch's result is its response */
     bool has_early;                 /* the watch completed before that: early_res waits in owner->rbuf */
+    bool watch_fired;               /* UP_SETTLING: its watch may have completed (upstream.c, settle_now) */
     int32_t early_res;
     uint64_t settle_seq;            /* UP_SETTLING: the OP_UP_SETTLE marker that makes it takeable */
     uint64_t idle_since_ms;         /* when it was released to the pool */

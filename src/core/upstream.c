@@ -16,7 +16,9 @@
  * were already there complete it inline, during that submit; a NOP queued last
  * in the same submit (OP_UP_SETTLE) completes after it. Only when that NOP's
  * completion is seen does the connection become takeable: by then anything that
- * came after the response has already retired it. What remains is the true race
+ * came after the response has already retired it (settle_now does the same in
+ * the middle of a turn for a request that would otherwise open a new
+ * connection). What remains is the true race
  * of bytes arriving as the connection is taken; a close found then is retried on
  * a new connection (conn.c, retry_or_fail). */
 #include "core/proxy.h"
@@ -73,8 +75,8 @@ static void idle_remove(struct upconn *u)
         list_remove(&st->head, u, &st->tail);
     } else {
         list_remove(&u->sg->idle[u->backend].head, u, NULL);
+        idle_of(u)->count--;
     }
-    idle_of(u)->count--;
 }
 
 static void arm_watch(struct upconn *u)
@@ -186,9 +188,16 @@ void upstream_acquire_new(struct conn *c)
  * so) has been seen closing. */
 #define STREAMED_BODY_MIN_IDLE_MS 100
 
+static void settle_now(struct shard *sh);
+
 void upstream_acquire(struct conn *c)
 {
     struct upstream_idle *idle = &c->sg->idle[c->backend];
+    struct settling *st = &settling[c->sh->id];
+    /* clients that send their next request as soon as they have the answer find
+     * their connection still settling: settle it now rather than open another */
+    if (!idle->head && st->tail && st->tail->settle_seq == st->seq)
+        settle_now(c->sh);
     struct upconn **pp = &idle->head;
     if (!c->body_in_first_send)
         while (*pp && c->sh->now_ms - (*pp)->idle_since_ms < STREAMED_BODY_MIN_IDLE_MS)
@@ -222,11 +231,10 @@ void upstream_release(struct upconn *u, bool reusable)
         return;
     }
     struct upstream_idle *idle = idle_of(u);
-    if (idle->count >= idle->pool->keepalive) {
+    if (idle->pool->keepalive == 0) {
         upconn_close(u);
         return;
     }
-    idle->count++;
     u->idle_since_ms = sh->now_ms;
     u->head_wanted = false;
     u->state = UP_SETTLING;
@@ -253,6 +261,18 @@ void upstream_turn_end(struct shard *sh)
     st->seq++;
 }
 
+static void make_ready(struct upconn *u)
+{
+    u->state = UP_IDLE;
+    u->watch_fired = false;
+    struct upstream_idle *idle = idle_of(u);
+    u->next = idle->head;
+    idle->head = u;
+    /* the limit counts ready connections: one in transit is not spare yet */
+    if (++idle->count > idle->pool->keepalive)
+        upconn_close(u);
+}
+
 void upstream_settled(struct shard *sh, uint64_t seq)
 {
     struct settling *st = &settling[sh->id];
@@ -261,10 +281,42 @@ void upstream_settled(struct shard *sh, uint64_t seq)
         st->head = u->next;
         if (!st->head)
             st->tail = NULL;
-        u->state = UP_IDLE;
-        struct upstream_idle *idle = &u->sg->idle[u->backend];
-        u->next = idle->head;
-        idle->head = u;
+        make_ready(u);
+    }
+}
+
+/* The turn's releases, settled in the middle of the turn: their watches and the
+ * marker are submitted now, and a watch that completed inline (bytes or a close
+ * were there) shows in the completion queue, not yet handled; those connections
+ * stay settling (their completion retires them). Completions already handled in
+ * this turn may be seen too: that only keeps a connection settling a little
+ * longer. */
+static void settle_now(struct shard *sh)
+{
+    struct settling *st = &settling[sh->id];
+    uint64_t seq = st->seq;
+    upstream_turn_end(sh);
+    io_uring_submit(&sh->ring);
+    unsigned head;
+    struct io_uring_cqe *cqe;
+    io_uring_for_each_cqe(&sh->ring, head, cqe) {
+        if (ud_op(cqe->user_data) == OP_UP_WATCH) {
+            struct upconn *w = ud_ptr(cqe->user_data);
+            if (w->state == UP_SETTLING)
+                w->watch_fired = true;
+        }
+    }
+    struct upconn **pp = &st->head, *prev = NULL, *u;
+    while ((u = *pp) != NULL && u->settle_seq <= seq) {
+        if (u->watch_fired) {
+            prev = u;
+            pp = &u->next;
+            continue;
+        }
+        *pp = u->next;
+        if (st->tail == u)
+            st->tail = prev;
+        make_ready(u);
     }
 }
 
@@ -321,9 +373,13 @@ static void on_watch(struct upconn *u, struct io_uring_cqe *cqe)
     if (u->state == UP_IDLE || u->state == UP_SETTLING) {
         if (data)
             shard_release_recv_buf(sh, bid);
+        const char *addr = u->sg->g->backend_cfg[u->backend]->addr.text;
         if (res > 0)
-            log_debug("upstream %s: %d bytes arrived on an idle pooled connection: closed",
-                      u->sg->g->backend_cfg[u->backend]->addr.text, res);
+            log_debug("upstream %s: %d bytes arrived on an idle pooled connection: closed", addr, res);
+        else if (res == 0)
+            log_debug("upstream %s: the backend closed an idle pooled connection", addr);
+        else
+            log_debug("upstream %s: idle pooled connection: %s: closed", addr, strerror(-res));
         upconn_close(u);
         return;
     }
