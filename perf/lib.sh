@@ -30,14 +30,21 @@ PORT_AIGW_AI_ADMIN=$((PORT_BASE + 6))
 PORT_AIGW_KEYS=$((PORT_BASE + 7))
 PORT_AIGW_KEYS_ADMIN=$((PORT_BASE + 8))
 ALL_PORTS="$PORT_BACKEND $PORT_AIGW $PORT_AIGW_ADMIN $PORT_NGINX $PORT_HAPROXY $PORT_AIGW_AI $PORT_AIGW_AI_ADMIN"
-ALL_PORTS="$ALL_PORTS $PORT_AIGW_KEYS $PORT_AIGW_KEYS_ADMIN"
+PORT_AIGW_BASE=$((PORT_BASE + 9))
+PORT_AIGW_BASE_ADMIN=$((PORT_BASE + 10))
+ALL_PORTS="$ALL_PORTS $PORT_AIGW_KEYS $PORT_AIGW_KEYS_ADMIN $PORT_AIGW_BASE $PORT_AIGW_BASE_ADMIN"
 # aigw: every route raw (proxied as is); aigw-ai: chat completions on a kind = ai
 # route (the body read, checked as an OpenAI request and routed by its model);
 # aigw-keys: aigw-ai plus API keys and a tier's rate limits (high enough never
 # to fire): the whole AI request path
+# aigw-base: the raw-route aigw again, from another binary (AIGW_BASE, e.g. a build
+# of an earlier commit), for before/after figures in one run
+AIGW_BASE=${AIGW_BASE:-}
 declare -A PORT=([direct]=$PORT_BACKEND [aigw]=$PORT_AIGW [aigw-ai]=$PORT_AIGW_AI [aigw-keys]=$PORT_AIGW_KEYS
+                 [aigw-base]=$PORT_AIGW_BASE
                  [nginx]=$PORT_NGINX [haproxy]=$PORT_HAPROXY)
-declare -A BIN=([direct]=$MOCKLLM [aigw]=$AIGW [aigw-ai]=$AIGW [aigw-keys]=$AIGW [nginx]=$NGINX [haproxy]=$HAPROXY)
+declare -A BIN=([direct]=$MOCKLLM [aigw]=$AIGW [aigw-ai]=$AIGW [aigw-keys]=$AIGW [nginx]=$NGINX [haproxy]=$HAPROXY
+                [aigw-base]=${AIGW_BASE:-/nonexistent})
 # Every request of every target carries this key (wrk scripts, checks); only
 # aigw-keys checks it, the others pass it on as any header.
 BENCH_KEY=${BENCH_KEY:-sk-aigw-bench0000000000000000000000000000000000000}
@@ -158,8 +165,9 @@ start_backend() {
 # Keep-alive and header timeouts are long so idle connections stay for perf/idle-rss.sh;
 # they change nothing for busy ones.
 # run_aigw TARGET PORT ADMIN_PORT CHAT_ROUTE_KIND [EXTRA_CONFIG]
+# (the binary: ${BIN[TARGET]}; a binary older than [pool] keepalive gets none)
 run_aigw() {
-    local t=$1 conf=$WORK/$1.conf
+    local t=$1 conf=$WORK/$1.conf keepalive="keepalive = 64"
     cat >"$conf" <<EOF
 ${5:-}
 
@@ -181,6 +189,7 @@ access = off
 [pool bench]
 backend = 127.0.0.1:$PORT_BACKEND
 max_outstanding = 4096
+$keepalive
 
 [route chat]
 path = /v1/chat/completions
@@ -197,12 +206,16 @@ path = /v1/*
 pool = bench
 kind = raw
 EOF
-    "${PIN_PROXY[@]}" "$AIGW" -c "$conf" >"$WORK/$t.log" 2>&1 &
+    if ! "${BIN[$t]}" -t -c "$conf" >/dev/null 2>&1; then
+        sed -i '/^keepalive = 64$/d' "$conf"     # an aigw from before [pool] keepalive
+    fi
+    "${PIN_PROXY[@]}" "${BIN[$t]}" -c "$conf" >"$WORK/$t.log" 2>&1 &
     PID[$t]=$!; STARTED+=($!)
     wait_port "$2" "${PID[$t]}" "$t"
 }
 
 start_aigw() { run_aigw aigw "$PORT_AIGW" "$PORT_AIGW_ADMIN" raw; }
+start_aigw_base() { run_aigw aigw-base "$PORT_AIGW_BASE" "$PORT_AIGW_BASE_ADMIN" raw; }
 start_aigw_ai() { run_aigw aigw-ai "$PORT_AIGW_AI" "$PORT_AIGW_AI_ADMIN" ai; }
 start_aigw_keys() {
     local hash
@@ -301,7 +314,7 @@ EOF
 # start_target NAME: start the proxy NAME (the backend must be up); 1 if unavailable.
 start_target() {
     local t=$1
-    [ -n "${PORT[$t]:-}" ] || die "unknown target '$t' (direct, aigw, aigw-ai, aigw-keys, nginx, haproxy)"
+    [ -n "${PORT[$t]:-}" ] || die "unknown target '$t' (direct, aigw, aigw-base, aigw-ai, aigw-keys, nginx, haproxy)"
     [ "$t" = direct ] && return 0
     [ -x "${BIN[$t]}" ] || { note "$t: ${BIN[$t]} not found"; return 1; }
     "start_${t//-/_}" || { note "$t: did not start"; return 1; }

@@ -717,6 +717,27 @@ static int pool_retries(struct load_ctx *x, const char *key, const char *value)
     return 0;
 }
 
+/* 0: no idle connection is kept; every request opens its own. */
+static int pool_keepalive(struct load_ctx *x, const char *key, const char *value)
+{
+    uint64_t v;
+    if (parse_uint_range(value, 0, 100000, &v) < 0)
+        return bad_value(x, key, value, "a number 0-100000");
+    cur_pool(x)->keepalive = (unsigned)v;
+    return 0;
+}
+
+#define POOL_KEEPALIVE_TIMEOUT_MAX_MS (24ULL * 60 * 60 * 1000)
+
+static int pool_keepalive_timeout(struct load_ctx *x, const char *key, const char *value)
+{
+    uint64_t ms;
+    if (config_parse_duration_ms(value, &ms) < 0 || ms == 0 || ms > POOL_KEEPALIVE_TIMEOUT_MAX_MS)
+        return bad_value(x, key, value, "a duration from 1ms to 24h");
+    cur_pool(x)->keepalive_timeout_ms = ms;
+    return 0;
+}
+
 /* The pool is resolved in finish(): it may come later in the file. Empty: none. */
 static int pool_fallback(struct load_ctx *x, const char *key, const char *value)
 {
@@ -1001,6 +1022,8 @@ static const struct key_def pool_keys[] = {
     { "queue_size", pool_queue_size, false },
     { "retries", pool_retries, false },
     { "fallback", pool_fallback, false },
+    { "keepalive", pool_keepalive, false },
+    { "keepalive_timeout", pool_keepalive_timeout, false },
     { NULL, NULL, false },
 };
 static const struct key_def route_keys[] = {
@@ -1096,6 +1119,8 @@ static int open_pool(struct load_ctx *x, const char *name, size_t len)
     p->queue_timeout_ms = 5000;
     p->retries = 1;
     p->fallback = -1;
+    p->keepalive = 32;
+    p->keepalive_timeout_ms = 60000;
     p->line = x->lineno;
     x->backend_cap = 0;
     return 0;

@@ -52,6 +52,8 @@ struct cfg_pool {
                                  * 0 in the file: not given) max_outstanding x backends */
     unsigned retries;           /* tries on another backend before any response byte; default 1 */
     int fallback;               /* pool index used when this one is down or saturated; -1: none */
+    unsigned keepalive;         /* idle upstream connections kept per backend per shard; default 32; 0: none */
+    uint64_t keepalive_timeout_ms; /* an idle upstream connection is closed after this; default 60s */
     int line;
 };
 

@@ -886,6 +886,8 @@ static void up_recv_head(struct conn *c)
             return;
         }
     }
+    if (upstream_head_from_watch(c))
+        return;     /* a pooled connection's idle watch is this recv already */
     struct io_uring_sqe *sqe = shard_sqe(c->sh);
     io_uring_prep_recv(sqe, u->fd, c->at.rbuf->data + c->at.rbuf->len, c->sh->xbuf_size - c->at.rbuf->len, 0);
     /* the request has only just gone out: wait for readiness instead of a
@@ -894,6 +896,11 @@ static void up_recv_head(struct conn *c)
     io_uring_sqe_set_data64(sqe, ud_make(u, OP_UP_RECV));
     u->ops++;
     u->io_buf = c->at.rbuf;
+}
+
+void conn_upstream_recv_head(struct conn *c)
+{
+    up_recv_head(c);
 }
 
 /* Connected (or a pooled connection taken): send the head and what body we have. */

@@ -36,7 +36,7 @@ enum op {
     OP_UP_CONNECT,
     OP_UP_SEND,
     OP_UP_RECV,
-    OP_UP_IDLE_POLL,    /* watches a pooled idle upstream connection for close */
+    OP_UP_WATCH,        /* recv armed on every pooled upstream connection (upstream.c) */
     OP_SPLICE_IN,       /* upstream socket -> pipe */
     OP_SPLICE_OUT,      /* pipe -> client socket */
     OP_POLL_IN,         /* splice_in said EAGAIN: wait for upstream readable */
@@ -135,9 +135,16 @@ struct shard_gen {
     unsigned inflight;              /* requests started on this generation */
     struct balance_state *balance;  /* per pool */
     int64_t (*split)[CFG_MAX_SPLIT]; /* per route: its split's round robin state */
-    struct upconn **idle;           /* per backend: LIFO of idle keep-alive connections */
+    struct upstream_idle *idle;     /* per backend: its idle keep-alive connections */
     uint8_t *fail_streak;           /* per backend: consecutive failed attempts seen by this shard */
     struct pool_queue *queue;       /* per pool: requests waiting for capacity on this shard */
+};
+
+/* A backend's idle upstream connections on one shard (upstream.c). */
+struct upstream_idle {
+    struct upconn *head;            /* LIFO of connections ready to be taken */
+    unsigned count;                 /* connections in head */
+    const struct cfg_pool *pool;    /* the backend's pool: keepalive limits (set on first use) */
 };
 
 /* Requests of one pool waiting for a backend slot on one shard, a FIFO per
@@ -301,14 +308,18 @@ struct upconn {
     int fd;
     uint8_t state;
     uint8_t ops;
-    bool idle_poll_armed;
+    bool watch_armed;               /* the watch recv (or the NOP handing over early bytes) is in flight */
+    bool watch_nop;                 /* ... and it is that NOP */
+    bool head_wanted;               /* the request went out: the watch's result is its response */
+    bool has_early;                 /* the watch completed before that: early_res waits in owner->rbuf */
+    int32_t early_res;
+    uint64_t idle_since_ms;         /* when it was released to the pool */
     struct conn *owner;             /* while busy */
     struct shard_gen *sg;
     unsigned backend;               /* global backend index in sg->g */
     struct xbuf *io_buf;            /* the buffer the send/recv in flight uses */
     bool io_buf_orphan;             /* its conn let go of it: freed when that op completes */
     bool splice_pending;            /* a splice reads this fd: the close waits for it */
-    bool idle_watched;              /* idle long enough to have its close watched */
     struct upconn *next;            /* free list / idle list */
     struct timer_node timer;
 } __attribute__((aligned(16)));
@@ -435,6 +446,7 @@ void conn_shard_draining(struct conn *c);
 void conn_close(struct conn *c);
 void conn_maybe_free(struct conn *c);
 void conn_upstream_ready(struct conn *c);
+void conn_upstream_recv_head(struct conn *c);
 void conn_upstream_failed(struct conn *c, int err, const char *why);
 void conn_set_timer(struct conn *c, enum timer_phase phase, uint64_t ms);
 const struct cfg_timeouts *conn_timeouts(const struct conn *c);
@@ -508,6 +520,8 @@ void upconn_timer_fired(struct upconn *u);
 void upconn_close(struct upconn *u);
 void upstream_close_idle(struct shard *sh, struct shard_gen *sg);
 int upconn_detach_fd(struct upconn *u);
+/* The response head is wanted: true if the connection's idle watch brings it. */
+bool upstream_head_from_watch(struct conn *c);
 
 /* relay.c */
 void relay_response_head(struct conn *c, const struct http_response *resp);

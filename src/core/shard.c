@@ -498,7 +498,7 @@ static void demux_cqe(struct shard *sh, struct io_uring_cqe *cqe)
     case OP_UP_CONNECT:
     case OP_UP_SEND:
     case OP_UP_RECV:
-    case OP_UP_IDLE_POLL:
+    case OP_UP_WATCH:
         upconn_on_cqe(obj, op, cqe);
         return;
     }

@@ -1,45 +1,81 @@
 /* Upstream connections: a keep-alive pool per shard per backend (LIFO, so the
- * warmest connection is reused first), non-blocking connects through io_uring,
- * and a poll on pooled connections that stay idle, so a backend that closes them
- * is noticed rather than found out by the next request.
+ * warmest connection is reused first, at most `keepalive` per backend, each closed
+ * after `keepalive_timeout`), non-blocking connects through io_uring, and a watch
+ * on every moment a connection sits in the pool.
  *
- * Under load a pooled connection is reused within microseconds; adding and
- * removing a poll every time would cost two SQEs per request. So the poll is
- * armed only once a connection has been idle for IDLE_WATCH_MS; a connection the
- * backend closed within that window fails before any response byte and the
- * request is resent on a new connection (conn.c, retry_or_fail). */
+ * The watch: a pooled connection always has one recv armed (provided buffer, so
+ * an idle connection holds no memory). Anything it returns while the connection
+ * is idle (a stray response such as a 408, garbage, the backend's close) retires
+ * the connection: no request is ever sent after bytes nobody asked for. When a
+ * request takes the connection, that same recv is its response-head recv, so the
+ * watch costs no SQE per request (an earlier idle poll, armed and removed per
+ * request, cost about 8% of the CPU of a proxied request).
+ *
+ * The recv waits for readiness first (IORING_RECVSEND_POLL_FIRST): a poll armed on
+ * a socket that already holds bytes or a close fires at once, so nothing that
+ * was there when the connection came back is missed, and an empty socket costs
+ * no read attempt. What remains is the true race of bytes arriving just as a
+ * request takes the connection (HTTP/1.1 cannot tell them from its answer); a
+ * close found then is retried on a new connection (conn.c, retry_or_fail), and
+ * a request whose body cannot be resent takes only a connection that has been
+ * watched for a while. */
 #include "core/proxy.h"
 
 #include <errno.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
-#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "core/log.h"
 
-#define IDLE_WATCH_MS 1000
 
-static void idle_remove(struct upconn *u)
+static struct upstream_idle *idle_of(struct upconn *u)
 {
-    struct upconn **pp = &u->sg->idle[u->backend];
-    while (*pp && *pp != u)
+    struct upstream_idle *idle = &u->sg->idle[u->backend];
+    if (!idle->pool) {
+        const struct gen *g = u->sg->g;
+        unsigned p = 0;
+        while (p + 1 < g->cfg->npools && g->pool_first_backend[p + 1] <= u->backend)
+            p++;
+        idle->pool = &g->cfg->pools[p];
+    }
+    return idle;
+}
+
+static void list_remove(struct upconn **pp, struct upconn *u, struct upconn **tail)
+{
+    struct upconn *prev = NULL;
+    while (*pp && *pp != u) {
+        prev = *pp;
         pp = &(*pp)->next;
-    if (*pp)
-        *pp = u->next;
+    }
+    if (!*pp)
+        return;
+    *pp = u->next;
+    if (tail && *tail == u)
+        *tail = prev;
     u->next = NULL;
 }
 
-/* Readable while idle means the backend closed it (or sent junk): drop it then. */
-static void arm_idle_poll(struct upconn *u)
+/* Leaves the pool. */
+static void idle_remove(struct upconn *u)
+{
+    list_remove(&u->sg->idle[u->backend].head, u, NULL);
+    idle_of(u)->count--;
+}
+
+static void arm_watch(struct upconn *u)
 {
     struct io_uring_sqe *sqe = shard_sqe(u->sh);
-    io_uring_prep_poll_add(sqe, u->fd, POLLIN | POLLRDHUP);
-    io_uring_sqe_set_data64(sqe, ud_make(u, OP_UP_IDLE_POLL));
+    io_uring_prep_recv(sqe, u->fd, NULL, RECV_BUF_SIZE, 0);
+    sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = RECV_BUF_GROUP;
+    io_uring_sqe_set_data64(sqe, ud_make(u, OP_UP_WATCH));
     u->ops++;
-    u->idle_poll_armed = true;
+    u->watch_armed = true;
 }
 
 static void upconn_maybe_free(struct upconn *u)
@@ -71,6 +107,7 @@ void upconn_close(struct upconn *u)
     timer_disarm(&sh->timers, &u->timer);
     u->state = UP_CLOSING;
     u->owner = NULL;
+    u->has_early = u->head_wanted = false;
     if (u->fd >= 0) {
         shard_cancel_and_close(sh, u->fd);
         u->fd = -1;
@@ -132,24 +169,29 @@ void upstream_acquire_new(struct conn *c)
     conn_set_timer(c, T_CONNECT, c->req.sg->g->cfg->timeouts.connect_ms);
 }
 
+/* A request whose body is streamed cannot be resent if the connection turns out
+ * closed after part of it went: it takes only a connection that has been watched
+ * for this long, by when a backend that closes after answering (without saying
+ * so) has been seen closing. */
+#define STREAMED_BODY_MIN_IDLE_MS 100
+
 void upstream_acquire(struct conn *c)
 {
-    struct upconn **head = &c->req.sg->idle[c->at.backend];
-    struct upconn *u = *head;
+    struct upstream_idle *idle = &c->req.sg->idle[c->at.backend];
+    struct upconn **pp = &idle->head;
+    if (!c->req.body_in_first_send)
+        while (*pp && c->sh->now_ms - (*pp)->idle_since_ms < STREAMED_BODY_MIN_IDLE_MS)
+            pp = &(*pp)->next;
+    struct upconn *u = *pp;
     if (!u) {
         upstream_acquire_new(c);
         return;
     }
-    *head = u->next;
+    *pp = u->next;
+    idle->count--;
     u->next = NULL;
     timer_disarm(&c->sh->timers, &u->timer);
-    if (u->idle_poll_armed) {
-        /* otherwise the response itself would fire it, and a completion seen after the
-         * connection is idle again would look like the backend closing it */
-        struct io_uring_sqe *sqe = shard_sqe(c->sh);
-        io_uring_prep_poll_remove(sqe, ud_make(u, OP_UP_IDLE_POLL));
-        io_uring_sqe_set_data64(sqe, 0);
-    }
+    /* its watch stays armed: it now waits for this request's response head */
     u->state = UP_BUSY;
     u->owner = c;
     c->at.up = u;
@@ -162,39 +204,120 @@ void upstream_release(struct upconn *u, bool reusable)
 {
     struct shard *sh = u->sh;
     u->owner = NULL;
-    if (!reusable || sh->draining || u->sg != sh->sg || u->state != UP_BUSY) {
+    /* a watch still in flight or early bytes: the connection's state is unknown */
+    if (!reusable || sh->draining || u->sg != sh->sg || u->state != UP_BUSY || u->watch_armed ||
+        u->has_early) {
         upconn_close(u);
         return;
     }
+    struct upstream_idle *idle = idle_of(u);
+    if (idle->pool->keepalive == 0) {
+        upconn_close(u);
+        return;
+    }
+    /* the limit counts idle connections: past it, this one is not spare */
+    if (idle->count >= idle->pool->keepalive) {
+        upconn_close(u);
+        return;
+    }
+    u->idle_since_ms = sh->now_ms;
+    u->head_wanted = false;
     u->state = UP_IDLE;
-    u->idle_watched = false;
-    u->next = u->sg->idle[u->backend];
-    u->sg->idle[u->backend] = u;
-    uint64_t keepalive = u->sg->g->cfg->timeouts.keepalive_ms;
-    timer_arm(&sh->timers, &u->timer, sh->now_ms + (keepalive < IDLE_WATCH_MS ? keepalive : IDLE_WATCH_MS));
+    u->next = idle->head;
+    idle->head = u;
+    idle->count++;
+    arm_watch(u);
+    timer_arm(&sh->timers, &u->timer, sh->now_ms + idle->pool->keepalive_timeout_ms);
 }
 
 void upstream_close_idle(struct shard *sh, struct shard_gen *sg)
 {
-    (void)sh;
     for (unsigned b = 0; b < sg->g->cfg->nbackends; b++)
-        while (sg->idle[b])
-            upconn_close(sg->idle[b]);
+        while (sg->idle[b].head)
+            upconn_close(sg->idle[b].head);
 }
 
 void upconn_timer_fired(struct upconn *u)
 {
-    if (u->state != UP_IDLE)
-        return;
-    uint64_t keepalive = u->sg->g->cfg->timeouts.keepalive_ms;
-    if (u->idle_watched || keepalive <= IDLE_WATCH_MS) {
-        upconn_close(u);    /* idle for keepalive */
+    if (u->state == UP_IDLE)
+        upconn_close(u);    /* idle for keepalive_timeout */
+}
+
+bool upstream_head_from_watch(struct conn *c)
+{
+    struct upconn *u = c->at.up;
+    if (u->watch_armed) {
+        u->head_wanted = true;
+        return true;
+    }
+    if (!u->has_early)
+        return false;
+    /* handed over from the completion side, not from inside the caller */
+    struct io_uring_sqe *sqe = shard_sqe(u->sh);
+    io_uring_prep_nop(sqe);
+    io_uring_sqe_set_data64(sqe, ud_make(u, OP_UP_WATCH));
+    u->ops++;
+    u->watch_armed = u->watch_nop = u->head_wanted = true;
+    return true;
+}
+
+static void on_watch(struct upconn *u, struct io_uring_cqe *cqe)
+{
+    struct shard *sh = u->sh;
+    int res = cqe->res;
+    bool nop = u->watch_nop;
+    u->watch_armed = u->watch_nop = false;
+    const char *data = NULL;
+    unsigned bid = 0;
+    if (!nop && (cqe->flags & IORING_CQE_F_BUFFER)) {
+        bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+        data = shard_recv_buf(sh, bid);
+    }
+    if (u->state == UP_IDLE) {
+        if (data)
+            shard_release_recv_buf(sh, bid);
+        const char *addr = u->sg->g->backend_cfg[u->backend]->addr.text;
+        if (res > 0)
+            log_debug("upstream %s: %d bytes arrived on an idle pooled connection: closed", addr, res);
+        else if (res == 0)
+            log_debug("upstream %s: the backend closed an idle pooled connection", addr);
+        else
+            log_debug("upstream %s: idle pooled connection: %s: closed", addr, strerror(-res));
+        upconn_close(u);
         return;
     }
-    u->idle_watched = true;
-    if (!u->idle_poll_armed)
-        arm_idle_poll(u);
-    timer_arm(&u->sh->timers, &u->timer, u->sh->now_ms + keepalive - IDLE_WATCH_MS);
+    struct conn *c = u->owner;
+    if (u->state != UP_BUSY || !c) {
+        if (data)
+            shard_release_recv_buf(sh, bid);
+        return;
+    }
+    if (nop) {
+        res = u->early_res;
+    } else if (data) {
+        if (!c->at.rbuf)
+            c->at.rbuf = xbuf_get(sh);
+        if (c->at.rbuf && (size_t)res <= c->at.rbuf->cap - c->at.rbuf->len)
+            memcpy(c->at.rbuf->data + c->at.rbuf->len, data, (size_t)res);
+        else
+            res = -ENOMEM;
+        shard_release_recv_buf(sh, bid);
+    } else if (res == -ENOBUFS) {
+        /* no provided buffer to be had: the head comes by a plain recv */
+        if (u->head_wanted) {
+            u->head_wanted = false;
+            conn_upstream_recv_head(c);
+        }
+        return;
+    }
+    if (!u->head_wanted) {
+        /* an early answer, or the close, before the whole request went out */
+        u->has_early = true;
+        u->early_res = res;
+        return;
+    }
+    u->head_wanted = u->has_early = false;
+    conn_on_upstream_cqe(c, OP_UP_RECV, res);
 }
 
 void upconn_on_cqe(struct upconn *u, enum op op, struct io_uring_cqe *cqe)
@@ -210,14 +333,8 @@ void upconn_on_cqe(struct upconn *u, enum op op, struct io_uring_cqe *cqe)
     int res = cqe->res;
     struct conn *c = u->owner;
     switch (op) {
-    case OP_UP_IDLE_POLL:
-        u->idle_poll_armed = false;
-        if (u->state != UP_IDLE)
-            break;  /* taken meanwhile: a real close shows up as a failed request and a retry */
-        if (res == -ECANCELED)
-            arm_idle_poll(u);   /* the cancel from its last reuse; it is idle again */
-        else
-            upconn_close(u);
+    case OP_UP_WATCH:
+        on_watch(u, cqe);
         break;
     case OP_UP_CONNECT:
         if (u->state != UP_CONNECTING || !c)

@@ -207,7 +207,7 @@ struct h_gw {
     "connect = 1s\nfirst_byte = 2s\nidle = 2s\nclient_header = 1s\nkeepalive = 2s\n"
 
 /* Prepares gw (ports, paths) and writes its config: [server] (listen, shards = 2,
- * max_body = 1m, max_header = 16k, drain_timeout = 5s, server_extra), [admin],
+ * max_body = 1m or g->max_body, max_header = 16k, drain_timeout = 5s, server_extra), [admin],
  * [timeouts] (timeouts or the defaults), [log] (access log in the temp dir), then
  * body printf-formatted. Call again to rewrite (for SIGHUP); ports stay. */
 void h_gw_config(struct h_gw *g, const char *timeouts, const char *fmt, ...)

@@ -1343,3 +1343,27 @@ Test(config_pool, errors)
         cfgt_expect_error(text, want);
     }
 }
+
+/* ---- [pool] keepalive, keepalive_timeout ---------------------------------------- */
+
+Test(config_pool, keepalive_keys)
+{
+    struct config *c = cfgt_load_ok("[pool p]\nbackend = 127.0.0.1:1\n"
+                                    "[pool q]\nbackend = 127.0.0.1:2\nkeepalive = 0\nkeepalive_timeout = 200ms\n");
+    cr_expect_eq(c->pools[0].keepalive, 32);
+    cr_expect_eq(c->pools[0].keepalive_timeout_ms, 60000);
+    cr_expect_eq(c->pools[1].keepalive, 0, "0: no idle connection kept");
+    cr_expect_eq(c->pools[1].keepalive_timeout_ms, 200);
+    config_free(c);
+
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nkeepalive = -1\n",
+                      "test.conf:3: invalid value for keepalive: '-1' (expected a number 0-100000)");
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nkeepalive = 100001\n",
+                      "test.conf:3: invalid value for keepalive: '100001' (expected a number 0-100000)");
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nkeepalive_timeout = 0\n",
+                      "test.conf:3: invalid value for keepalive_timeout: '0' (expected a duration from 1ms to 24h)");
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nkeepalive_timeout = 25h\n",
+                      "test.conf:3: invalid value for keepalive_timeout: '25h' (expected a duration from 1ms to 24h)");
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nkeepalive = 2\nkeepalive = 3\n",
+                      "test.conf:4: duplicate key 'keepalive' in [pool p]");
+}

@@ -131,7 +131,7 @@ static void complete(const struct io_uring_sqe *s, int res, unsigned flags)
 {
     struct io_uring_cqe cqe = { .user_data = s->user_data, .res = res, .flags = flags };
     enum op op = ud_op(s->user_data);
-    if (op == OP_UP_CONNECT || op == OP_UP_SEND || op == OP_UP_RECV || op == OP_UP_IDLE_POLL)
+    if (op == OP_UP_CONNECT || op == OP_UP_SEND || op == OP_UP_RECV || op == OP_UP_WATCH)
         upconn_on_cqe(ud_ptr(s->user_data), op, &cqe);
     else
         conn_on_cqe(ud_ptr(s->user_data), op, &cqe);
