@@ -261,6 +261,22 @@ bool upstream_head_from_watch(struct conn *c)
     return true;
 }
 
+/* The watch's buffer came back full: the backend sent more than one receive
+ * buffer at once. What else is already there is taken (without waiting) before
+ * the head is handled, so a response that left the backend in one segment goes
+ * to the client in one send, as it would have without the watch. */
+static void take_the_rest(struct upconn *u, struct conn *c, int res)
+{
+    struct xbuf *b = c->at.rbuf;
+    b->len += (uint32_t)res;
+    c->at.head_topup = true;
+    struct io_uring_sqe *sqe = shard_sqe(u->sh);
+    io_uring_prep_recv(sqe, u->fd, b->data + b->len, b->cap - b->len, MSG_DONTWAIT);
+    io_uring_sqe_set_data64(sqe, ud_make(u, OP_UP_RECV));
+    u->ops++;
+    u->io_buf = b;
+}
+
 static void on_watch(struct upconn *u, struct io_uring_cqe *cqe)
 {
     struct shard *sh = u->sh;
@@ -317,6 +333,10 @@ static void on_watch(struct upconn *u, struct io_uring_cqe *cqe)
         return;
     }
     u->head_wanted = u->has_early = false;
+    if (data && res == RECV_BUF_SIZE && c->at.rbuf->len + (uint32_t)res < c->at.rbuf->cap) {
+        take_the_rest(u, c, res);
+        return;
+    }
     conn_on_upstream_cqe(c, OP_UP_RECV, res);
 }
 
