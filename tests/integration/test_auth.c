@@ -224,17 +224,23 @@ static char *line_with(const char *text, const char *needle)
     return strndup(s, n);
 }
 
+/* A mockllm and aigw in front of it with keys required: alice and bob, tier default. */
+static void start_with_alice_and_bob(struct h_mock *m, struct h_gw *g)
+{
+    H_MOCK(m, "mock", "--tps 0 --ttft-ms 0");
+    h_write_file(h_keys_path(), "# itest keys\n%s%s", h_key_line("alice", KEY_ALICE, "default", NULL),
+                 h_key_line("bob", KEY_BOB, "default", NULL));
+    h_gw_config(g, NULL, H_STD_ROUTES "\n[keys]\nauth = required\nfile = %s\n", m->port, h_keys_path());
+    H_GW(g);
+}
+
 /* ---- tests ---- */
 
 Test(auth, missing_or_unknown_key_is_401_on_every_route_and_both_headers_work)
 {
     struct h_mock m;
     struct h_gw g = {0};
-    H_MOCK(&m, "mock", "--tps 0 --ttft-ms 0");
-    h_write_file(h_keys_path(), "# itest keys\n%s%s", h_key_line("alice", KEY_ALICE, "default", NULL),
-                 h_key_line("bob", KEY_BOB, "default", NULL));
-    h_gw_config(&g, NULL, H_STD_ROUTES "\n[keys]\nauth = required\nfile = %s\n", m.port, h_keys_path());
-    H_GW(&g);
+    start_with_alice_and_bob(&m, &g);
 
     const char *body = chat_body("mock-llama-3.1-8b", 2);
     /* no key: chat (AI), raw, the aigw-answered /v1/models, and a path no route takes */
@@ -518,11 +524,7 @@ Test(auth, duplicate_or_conflicting_credentials_are_400)
 {
     struct h_mock m;
     struct h_gw g = {0};
-    H_MOCK(&m, "mock", "--tps 0 --ttft-ms 0");
-    h_write_file(h_keys_path(), "%s%s", h_key_line("alice", KEY_ALICE, "default", NULL),
-                 h_key_line("bob", KEY_BOB, "default", NULL));
-    h_gw_config(&g, NULL, H_STD_ROUTES "\n[keys]\nauth = required\nfile = %s\n", m.port, h_keys_path());
-    H_GW(&g);
+    start_with_alice_and_bob(&m, &g);
 
     const char *body = chat_body("mock-llama-3.1-8b", 2);
     char hdr[512];
@@ -643,11 +645,7 @@ Test(auth, keys_reload_on_sighup)
 {
     struct h_mock m;
     struct h_gw g = {0};
-    H_MOCK(&m, "mock", "--tps 0 --ttft-ms 0");
-    h_write_file(h_keys_path(), "%s%s", h_key_line("alice", KEY_ALICE, "default", NULL),
-                 h_key_line("bob", KEY_BOB, "default", NULL));
-    h_gw_config(&g, NULL, H_STD_ROUTES "\n[keys]\nauth = required\nfile = %s\n", m.port, h_keys_path());
-    H_GW(&g);
+    start_with_alice_and_bob(&m, &g);
 
     const char *body = chat_body("mock-llama-3.1-8b", 1);
     struct h_resp r;
