@@ -7,8 +7,8 @@
 #   DURATION=10s CONNECTIONS=64 ROUNDS=3 WARMUP=1s   each measured wrk run
 #   TARGETS="direct aigw aigw-ai aigw-keys nginx haproxy"  SCENARIOS="get post post2k stream"
 #   PIN=auto|0|1 PROXY_CPU=0 LOAD_CPU=1  PORT_BASE=17000  KEEP=1 (keep the temp dir)
-#   BUILD=build AIGW MOCKLLM NGINX HAPROXY WRK (binaries); AIGW_BASE=path: target aigw-base
-#   is the raw-route aigw from that binary (an earlier build), for before/after in one run
+#   BUILD=build AIGW MOCKLLM NGINX HAPROXY WRK (binaries); AIGW_BASE=path: targets aigw-base, aigw-keys-base
+#   are aigw and aigw-keys from that binary (an earlier build), for before/after in one run
 [ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
 set -euo pipefail
 
@@ -39,7 +39,7 @@ declare -A LABEL=([get]="GET /v1/models" [post]="POST /v1/chat/completions"
                   [post2k]="POST /v1/chat/completions, 2 KiB body"
                   [stream]="POST /v1/chat/completions, SSE stream of 64 tokens")
 for s in $SCENARIOS; do [ -n "${SCRIPT[$s]:-}" ] || die "unknown scenario '$s' (get, post, post2k, stream)"; done
-for t in $TARGETS; do [ -n "${PORT[$t]:-}" ] || die "unknown target '$t' (direct, aigw, aigw-base, aigw-ai, aigw-keys, nginx, haproxy)"; done
+for t in $TARGETS; do [ -n "${PORT[$t]:-}" ] || die "unknown target '$t' (direct, aigw, aigw-ai, aigw-keys, aigw-base, aigw-keys-base, nginx, haproxy)"; done
 
 # A first request each way must answer 200, or the figures would measure errors.
 check_target() {

@@ -32,19 +32,22 @@ PORT_AIGW_KEYS_ADMIN=$((PORT_BASE + 8))
 ALL_PORTS="$PORT_BACKEND $PORT_AIGW $PORT_AIGW_ADMIN $PORT_NGINX $PORT_HAPROXY $PORT_AIGW_AI $PORT_AIGW_AI_ADMIN"
 PORT_AIGW_BASE=$((PORT_BASE + 9))
 PORT_AIGW_BASE_ADMIN=$((PORT_BASE + 10))
+PORT_AIGW_KEYS_BASE=$((PORT_BASE + 11))
+PORT_AIGW_KEYS_BASE_ADMIN=$((PORT_BASE + 12))
 ALL_PORTS="$ALL_PORTS $PORT_AIGW_KEYS $PORT_AIGW_KEYS_ADMIN $PORT_AIGW_BASE $PORT_AIGW_BASE_ADMIN"
+ALL_PORTS="$ALL_PORTS $PORT_AIGW_KEYS_BASE $PORT_AIGW_KEYS_BASE_ADMIN"
 # aigw: every route raw (proxied as is); aigw-ai: chat completions on a kind = ai
 # route (the body read, checked as an OpenAI request and routed by its model);
 # aigw-keys: aigw-ai plus API keys and a tier's rate limits (high enough never
 # to fire): the whole AI request path
-# aigw-base: the raw-route aigw again, from another binary (AIGW_BASE, e.g. a build
-# of an earlier commit), for before/after figures in one run
+# aigw-base, aigw-keys-base: aigw and aigw-keys again, from another binary
+# (AIGW_BASE, e.g. a build of an earlier commit), for before/after in one run
 AIGW_BASE=${AIGW_BASE:-}
 declare -A PORT=([direct]=$PORT_BACKEND [aigw]=$PORT_AIGW [aigw-ai]=$PORT_AIGW_AI [aigw-keys]=$PORT_AIGW_KEYS
-                 [aigw-base]=$PORT_AIGW_BASE
+                 [aigw-base]=$PORT_AIGW_BASE [aigw-keys-base]=$PORT_AIGW_KEYS_BASE
                  [nginx]=$PORT_NGINX [haproxy]=$PORT_HAPROXY)
 declare -A BIN=([direct]=$MOCKLLM [aigw]=$AIGW [aigw-ai]=$AIGW [aigw-keys]=$AIGW [nginx]=$NGINX [haproxy]=$HAPROXY
-                [aigw-base]=${AIGW_BASE:-/nonexistent})
+                [aigw-base]=${AIGW_BASE:-/nonexistent} [aigw-keys-base]=${AIGW_BASE:-/nonexistent})
 # Every request of every target carries this key (wrk scripts, checks); only
 # aigw-keys checks it, the others pass it on as any header.
 BENCH_KEY=${BENCH_KEY:-sk-aigw-bench0000000000000000000000000000000000000}
@@ -217,11 +220,13 @@ EOF
 start_aigw() { run_aigw aigw "$PORT_AIGW" "$PORT_AIGW_ADMIN" raw; }
 start_aigw_base() { run_aigw aigw-base "$PORT_AIGW_BASE" "$PORT_AIGW_BASE_ADMIN" raw; }
 start_aigw_ai() { run_aigw aigw-ai "$PORT_AIGW_AI" "$PORT_AIGW_AI_ADMIN" ai; }
-start_aigw_keys() {
+start_aigw_keys() { run_aigw_keys aigw-keys "$PORT_AIGW_KEYS" "$PORT_AIGW_KEYS_ADMIN"; }
+start_aigw_keys_base() { run_aigw_keys aigw-keys-base "$PORT_AIGW_KEYS_BASE" "$PORT_AIGW_KEYS_BASE_ADMIN"; }
+run_aigw_keys() {
     local hash
     hash=$(printf '%s' "$BENCH_KEY" | sha256sum | cut -d' ' -f1)
     echo "bench sha256:$hash tier=bench models=$MODEL" >"$WORK/keys"
-    run_aigw aigw-keys "$PORT_AIGW_KEYS" "$PORT_AIGW_KEYS_ADMIN" ai "[keys]
+    run_aigw "$1" "$2" "$3" ai "[keys]
 auth = required
 file = $WORK/keys
 
@@ -314,7 +319,7 @@ EOF
 # start_target NAME: start the proxy NAME (the backend must be up); 1 if unavailable.
 start_target() {
     local t=$1
-    [ -n "${PORT[$t]:-}" ] || die "unknown target '$t' (direct, aigw, aigw-base, aigw-ai, aigw-keys, nginx, haproxy)"
+    [ -n "${PORT[$t]:-}" ] || die "unknown target '$t' (direct, aigw, aigw-ai, aigw-keys, aigw-base, aigw-keys-base, nginx, haproxy)"
     [ "$t" = direct ] && return 0
     [ -x "${BIN[$t]}" ] || { note "$t: ${BIN[$t]} not found"; return 1; }
     "start_${t//-/_}" || { note "$t: did not start"; return 1; }
