@@ -5,6 +5,7 @@
 #   make fuzz       run every fuzz target for FUZZ_SECONDS each
 #   make bench      perf/bench.sh (aigw vs nginx vs HAProxy vs direct)
 #   make idle-rss   memory per idle keep-alive connection
+#   make stream-rss memory per concurrent SSE stream (2,000 slow streams)
 
 VERSION := 0.1.0
 CC      ?= cc
@@ -41,7 +42,7 @@ PERF_TOOLS := $(patsubst perf/tools/%.c,$(BUILD)/%,$(wildcard perf/tools/*.c))
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 DEPS     := $(LIB_OBJ:.o=.d) $(MOCK_OBJ:.o=.d) $(UNIT_OBJ:.o=.d) $(INTEG_OBJ:.o=.d) $(BUILD)/obj/src/core/main.d
 
-.PHONY: all deps test unit integration asan fuzz fuzz-smoke run bench idle-rss install clean
+.PHONY: all deps test unit integration asan fuzz fuzz-smoke run bench idle-rss stream-rss install clean
 all: $(BUILD)/aigw $(BUILD)/aigw-mockllm $(PERF_TOOLS)
 
 $(BUILD)/obj/%.o: %.c
@@ -116,6 +117,9 @@ bench: deps all
 
 idle-rss: deps all
 	bash perf/idle-rss.sh
+
+stream-rss: deps all
+	bash perf/stream-rss.sh
 
 .PHONY: fleet
 fleet: deps all

@@ -159,8 +159,10 @@ rss_kib() {
 
 start_backend() {
     [ -x "$MOCKLLM" ] || die "$MOCKLLM not found; run 'make' first"
+    # BACKEND_ARGS: how the mock generates (perf/stream-rss.sh wants slow streams)
+    # shellcheck disable=SC2086 # options, one per word
     "${PIN_LOAD[@]}" "$MOCKLLM" --listen "127.0.0.1:$PORT_BACKEND" --model "$MODEL" \
-        --tps 0 --ttft-ms 0 >"$WORK/backend.log" 2>&1 &
+        ${BACKEND_ARGS:---tps 0 --ttft-ms 0} >"$WORK/backend.log" 2>&1 &
     PID[direct]=$!; STARTED+=($!)
     wait_port "$PORT_BACKEND" "${PID[direct]}" backend
 }

@@ -1,15 +1,19 @@
 /* idleconns: open N TCP connections to a server and hold them idle, to measure what an
  * idle keep-alive client costs the server (perf/idle-rss.sh reads the server's RSS
- * while they are held).
+ * while they are held), or hold N streamed chat completions open at once
+ * (perf/stream-rss.sh).
  *
- *   idleconns [-n N] [-s SECONDS] [-b BATCH] [-r PATH] [-t SECONDS] HOST:PORT
+ *   idleconns [-n N] [-s SECONDS] [-b BATCH] [-r PATH] [-S] [-t SECONDS] HOST:PORT
  *
  * Connects are non-blocking, at most BATCH in flight. With -r, each connection first
  * sends "GET PATH" and reads the whole response (Content-Length or chunked), so it is a
  * real keep-alive connection and the server holds it under its keep-alive timeout, not
  * its request-head timeout. Once all are open it prints "ready N" on stdout, holds them
  * for SECONDS (or until SIGINT/SIGTERM), reports how many the server closed meanwhile,
- * and exits. Connections are closed with RST so repeated runs leave no TIME_WAIT. */
+ * and exits. With -S, each connection instead POSTs a streamed chat completion to PATH
+ * and counts as ready once the response head and its first body bytes came; its events
+ * are read (and dropped) while it is held, and a stream that ends meanwhile is reported.
+ * Connections are closed with RST so repeated runs leave no TIME_WAIT. */
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -28,7 +32,7 @@
 
 #include "util/clock.h"
 
-enum conn_state { CONNECTING, SENDING, READING_HEAD, READING_BODY, IDLE, DEAD };
+enum conn_state { CONNECTING, SENDING, READING_HEAD, READING_BODY, IDLE, STREAMING, DEAD };
 
 #define HEAD_MAX 16384
 
@@ -49,11 +53,12 @@ static void on_stop_signal(int sig) { (void)sig; stop_requested = 1; }
 static void usage(FILE *out)
 {
     fprintf(out,
-        "usage: idleconns [-n N] [-s SECONDS] [-b BATCH] [-r PATH] [-t SECONDS] HOST:PORT\n"
+        "usage: idleconns [-n N] [-s SECONDS] [-b BATCH] [-r PATH] [-S] [-t SECONDS] HOST:PORT\n"
         "  -n N        connections to open (default 10000)\n"
         "  -s SECONDS  how long to hold them once all are open (default 30)\n"
         "  -b BATCH    connects or requests in flight at once (default 256)\n"
         "  -r PATH     send GET PATH on each and read the response first (keep-alive)\n"
+        "  -S          with -r: POST a streamed chat completion to PATH and hold the stream\n"
         "  -t SECONDS  give up when no connection makes progress for this long (default 10)\n");
 }
 
@@ -191,8 +196,9 @@ int main(int argc, char **argv)
 {
     long nconns = 10000, hold_s = 30, batch = 256, stall_s = 10;
     const char *path = NULL;
+    bool stream = false;
     int opt;
-    while ((opt = getopt(argc, argv, "n:s:b:r:t:h")) != -1) {
+    while ((opt = getopt(argc, argv, "n:s:b:r:St:h")) != -1) {
         switch (opt) {
         case 'n': nconns = parse_positive(optarg, "connection count", 1000000); break;
         case 's': hold_s = parse_positive(optarg, "hold time", 86400); break;
@@ -205,11 +211,12 @@ int main(int argc, char **argv)
             }
             path = optarg;
             break;
+        case 'S': stream = true; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
-    if (optind != argc - 1) {
+    if (optind != argc - 1 || (stream && !path)) {
         usage(stderr);
         return 2;
     }
@@ -223,9 +230,26 @@ int main(int argc, char **argv)
     if (raise_nofile((rlim_t)nconns + 64) != 0)
         return 1;
 
-    char request[512];
+    char request[1024];
     int reqlen = 0;
-    if (path) {
+    if (path && stream) {
+        const char *model = getenv("MODEL");
+        char bodybuf[512];
+        int blen = snprintf(bodybuf, sizeof bodybuf,
+                            "{\"model\":\"%s\",\"stream\":true,"
+                            "\"messages\":[{\"role\":\"user\",\"content\":\"Tell me a long story.\"}]}",
+                            model && *model ? model : "mock-llama-3.1-8b");
+        const char *key = getenv("BENCH_KEY");
+        reqlen = snprintf(request, sizeof request,
+                          "POST %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: aigw-idleconns\r\n"
+                          "Content-Type: application/json\r\n%s%s%sContent-Length: %d\r\n\r\n%s",
+                          path, target, key ? "Authorization: Bearer " : "", key ? key : "", key ? "\r\n" : "",
+                          blen, bodybuf);
+        if (blen < 0 || (size_t)blen >= sizeof bodybuf || reqlen < 0 || (size_t)reqlen >= sizeof request) {
+            fprintf(stderr, "idleconns: path or model too long\n");
+            return 2;
+        }
+    } else if (path) {
         reqlen = snprintf(request, sizeof request,
                           "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: aigw-idleconns\r\n\r\n", path, target);
         if (reqlen < 0 || (size_t)reqlen >= sizeof request) {
@@ -283,6 +307,19 @@ int main(int argc, char **argv)
         for (int i = 0; i < nev; i++) {
             struct conn *c = events[i].data.ptr;
             const char *why = NULL;
+            if (c->state == STREAMING) {        /* a held stream's next events */
+                ssize_t r = recv(c->fd, readbuf, sizeof readbuf, 0);
+                if (r > 0 && !consume_body(c, readbuf, (size_t)r))
+                    continue;
+                if (r < 0 && (errno == EAGAIN || errno == EINTR))
+                    continue;
+                conn_kill(c, epfd);
+                ready--;
+                failed++;
+                if (!first_error)
+                    first_error = "a stream ended before all were open (make it longer)";
+                continue;
+            }
             if (c->state == IDLE) {             /* the server closed a held connection */
                 conn_kill(c, epfd);
                 ready--;
@@ -352,7 +389,14 @@ int main(int argc, char **argv)
                             }
                         }
                     }
-                    if (!why && c->state == READING_BODY) {
+                    if (!why && c->state == READING_BODY && stream) {
+                        if (n == 0)
+                            continue;       /* held once its first event came */
+                        if (consume_body(c, p, n))
+                            why = "the stream ended before all were open (make it longer)";
+                        else
+                            c->state = STREAMING;
+                    } else if (!why && c->state == READING_BODY) {
                         if (consume_body(c, p, n) || (!c->chunked && c->body_left == 0))
                             c->state = IDLE;
                         else
@@ -368,6 +412,11 @@ int main(int argc, char **argv)
                 failed++;
                 last_progress = clock_mono_s();
                 continue;
+            }
+            if (c->state == STREAMING) {
+                in_flight--;
+                ready++;
+                last_progress = clock_mono_s();
             }
             if (c->state == IDLE) {
                 /* Held from now on: only a close by the server may wake us. */
@@ -394,7 +443,7 @@ int main(int argc, char **argv)
     printf("ready %ld\n", ready);
     fflush(stdout);
 
-    long closed_by_server = 0;
+    long closed_by_server = 0, streams_ended = 0;
     double deadline = clock_mono_s() + (double)hold_s;
     while (!stop_requested) {
         double left = deadline - clock_mono_s();
@@ -403,6 +452,17 @@ int main(int argc, char **argv)
         int nev = epoll_wait(epfd, events, 1024, left > 1.0 ? 1000 : (int)(left * 1000) + 1);
         for (int i = 0; i < nev; i++) {
             struct conn *c = events[i].data.ptr;
+            if (c->state == STREAMING) {
+                ssize_t r = recv(c->fd, readbuf, sizeof readbuf, 0);
+                if (r > 0 && consume_body(c, readbuf, (size_t)r)) {
+                    c->state = IDLE;
+                    streams_ended++;
+                } else if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) {
+                    conn_kill(c, epfd);
+                    closed_by_server++;
+                }
+                continue;
+            }
             if (c->state != IDLE)
                 continue;
             ssize_t r = recv(c->fd, readbuf, sizeof readbuf, 0);
@@ -412,8 +472,11 @@ int main(int argc, char **argv)
             }
         }
     }
-    printf("held %ld connections; closed by the server while held: %ld\n", ready - closed_by_server,
+    printf("held %ld connections; closed by the server while held: %ld", ready - closed_by_server,
            closed_by_server);
+    if (stream)
+        printf("; streams that ended while held: %ld", streams_ended);
+    printf("\n");
     fflush(stdout);
     rc = closed_by_server ? 3 : 0;
 

@@ -25,6 +25,7 @@
 
 static void process_input(struct conn *c);
 static void request_finish(struct conn *c);
+static void relay_act(struct conn *c, struct relay_outcome o);
 static void pump_request_body(struct conn *c);
 
 /* ---- small helpers ---- */
@@ -1128,7 +1129,13 @@ static void on_up_head(struct conn *c, int res)
     c->req.out = NULL;
     xbuf_put(sh, c->req.body);
     c->req.body = NULL;
-    relay_response_head(c, resp);
+    struct relay_outcome o = relay_response_head(c, resp);
+    if (o.step == RELAY_MORE) {
+        conn_set_timer(c, T_IDLE, conn_timeouts(c)->idle_ms);
+        conn_send_out(c);
+        return;
+    }
+    relay_act(c, o);
 }
 
 void conn_on_upstream_cqe(struct conn *c, enum op op, int res)
@@ -1138,7 +1145,7 @@ void conn_on_upstream_cqe(struct conn *c, enum op op, int res)
     else if (c->state == CS_UPSTREAM)
         on_up_head(c, res);
     else if (c->state == CS_RELAY)
-        relay_on_upstream_recv(c, res);
+        relay_act(c, relay_on_upstream_recv(c, res));
     conn_maybe_free(c);
 }
 
@@ -1153,14 +1160,24 @@ void conn_send_out(struct conn *c)
     client_send(c, c->req.out, c->req.out->data + c->req.out->off, c->req.out->len - c->req.out->off);
 }
 
-void conn_send_rbuf(struct conn *c)
+/* What the relay said became of the response. */
+static void relay_act(struct conn *c, struct relay_outcome o)
 {
-    client_send(c, c->at.rbuf, c->at.rbuf->data + c->at.rbuf->off, c->at.rbuf->len - c->at.rbuf->off);
-}
-
-void conn_response_done(struct conn *c)
-{
-    request_finish(c);
+    switch (o.step) {
+    case RELAY_MORE:
+        break;
+    case RELAY_DONE:
+        request_finish(c);
+        break;
+    case RELAY_ABORT:
+        c->req.error = o.why;
+        c->relay.resp_keep_alive = false;
+        conn_close(c);
+        break;
+    case RELAY_REFUSED:
+        conn_upstream_failed(c, EPROTO, o.why);
+        break;
+    }
 }
 
 static void on_sent(struct conn *c, int res)
@@ -1191,7 +1208,7 @@ static void on_sent(struct conn *c, int res)
         return;
     }
     if (c->state == CS_RELAY)
-        relay_client_sent(c, res);
+        relay_act(c, relay_client_sent(c, res));
 }
 
 /* ---- end of a request ---- */
@@ -1249,6 +1266,7 @@ static void request_finish(struct conn *c)
     c->req.out = NULL;
     conn_drop_buf(c, c->at.rbuf);
     c->at.rbuf = NULL;
+    relay_end(c);
     if (c->relay.splice_ops) {
         /* a splice in io-wq resolves its input fd when it runs: the pipes and the
          * upstream socket stay open until its completion (conn_maybe_free) */
@@ -1348,6 +1366,9 @@ void conn_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe)
             xbuf_put(c->sh, c->send_buf);
         c->send_buf = NULL;
         c->send_buf_orphan = false;
+        if (c->ring_buf_orphan)
+            relay_ring_buf_put(c->sh, c->ring_orphan_bid);
+        c->ring_buf_orphan = false;
     }
     if (c->state == CS_CLOSING) {
         if (op == OP_CLIENT_RECV && cqe->res > 0 && (cqe->flags & IORING_CQE_F_BUFFER))
@@ -1363,7 +1384,7 @@ void conn_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe)
         on_sent(c, cqe->res);
         break;
     default:
-        relay_on_cqe(c, op, cqe);
+        relay_act(c, relay_on_cqe(c, op, cqe));
         break;
     }
     conn_maybe_free(c);

@@ -257,6 +257,12 @@ struct relay {
     bool dechunk;                   /* strip chunk framing for an HTTP/1.0 client */
     bool copy_only;                 /* no pipe could be had: relay by copying */
     bool tee_failed;                /* a tee fell short: usage can no longer be read */
+    bool bulk;                      /* the last receive filled its buffer: the next takes an xbuf */
+    bool ring_recv;                 /* the receive in flight takes a provided buffer */
+    bool ring_held;                 /* body bytes wait in provided buffer ring_bid */
+    bool ring_sending;              /* ... and the client send in flight reads it */
+    uint16_t ring_bid;
+    uint16_t ring_off, ring_len;    /* sent so far, and bytes to send, of ring_bid */
     uint8_t splice_ops;             /* splices, tees, inspection reads or their polls in flight: the pipes are busy */
     uint8_t meter;                  /* enum meter_kind (usage.c) */
     uint64_t resp_body_left;        /* BODY_LENGTH: bytes still to relay */
@@ -286,6 +292,9 @@ struct conn {
     bool send_deferred;             /* out is ready but waits for that send */
     bool in_pinned;                 /* in->data is being read (send in flight): do not move it */
     bool send_buf_orphan;           /* released meanwhile: freed when that send completes */
+    bool ring_buf_orphan;           /* the send in flight reads provided buffer ring_orphan_bid,
+                                     * which its relay let go of: returned when it completes */
+    uint16_t ring_orphan_bid;
     uint8_t client_len;
     struct timer_node timer;
     struct conn *next;              /* free list / shard's list of live connections */
@@ -367,6 +376,7 @@ struct shard {
     struct xbuf *free_xbufs;
     uint32_t xbuf_size;
     unsigned xbufs_out;
+    unsigned relay_ring_bufs;       /* provided buffers holding relayed body bytes (relay.c) */
     struct pipe_pair *free_pipes;
     unsigned npipes;
     struct usage_shard usage;
@@ -452,8 +462,6 @@ void conn_upstream_failed(struct conn *c, int err, const char *why);
 void conn_set_timer(struct conn *c, enum timer_phase phase, uint64_t ms);
 const struct cfg_timeouts *conn_timeouts(const struct conn *c);
 void conn_send_out(struct conn *c);
-void conn_send_rbuf(struct conn *c);
-void conn_response_done(struct conn *c);
 void conn_drop_buf(struct conn *c, struct xbuf *b);
 void conn_send_continue(struct conn *c);
 void conn_send_error(struct conn *c, int status, const char *type, const char *code,
@@ -524,10 +532,27 @@ int upconn_detach_fd(struct upconn *u);
 /* The response head is wanted: true if the connection's idle watch brings it. */
 bool upstream_head_from_watch(struct conn *c);
 
-/* relay.c */
-void relay_response_head(struct conn *c, const struct http_response *resp);
-void relay_on_upstream_recv(struct conn *c, int res);
-void relay_client_sent(struct conn *c, int n);
-void relay_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe);
+/* relay.c: its entry points say what became of the response; conn.c acts on it. */
+enum relay_step {
+    RELAY_MORE,         /* operations in flight: the relay goes on when they complete */
+    RELAY_DONE,         /* the whole response reached the client */
+    RELAY_ABORT,        /* the response broke off mid-way (why): close the connection */
+    RELAY_REFUSED,      /* the response head cannot be passed on (why): nothing was sent, 502 */
+};
+struct relay_outcome {
+    enum relay_step step;
+    const char *why;
+};
+/* The response head arrived: c->req.out holds the client's head (and the first
+ * body bytes) to send when it returns RELAY_MORE. */
+struct relay_outcome relay_response_head(struct conn *c, const struct http_response *resp);
+struct relay_outcome relay_on_upstream_recv(struct conn *c, int res);
+struct relay_outcome relay_client_sent(struct conn *c, int n);
+struct relay_outcome relay_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe);
+/* The upstream receive in flight brought provided buffer bid (upstream.c). */
+void relay_upstream_buffer(struct conn *c, unsigned bid);
+/* The request ends: the relay's provided buffer goes back (after a send reading it). */
+void relay_end(struct conn *c);
+void relay_ring_buf_put(struct shard *sh, unsigned bid);
 
 #endif

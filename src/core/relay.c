@@ -8,8 +8,17 @@
  *     size line gave, is spliced unseen. Small chunks (an SSE event each) are
  *     cheaper copied than spliced: a splice is an io-wq round trip.
  *   - Any TLS client (later): copied.
+ * Copying receives into a provided buffer from the shard's ring, which the kernel
+ * picks only when bytes arrive, and sends from it: a stream waiting for its next
+ * token holds no buffer at all. Once a receive fills its buffer (a body pouring
+ * in), the next ones use a pool buffer twice that size, until one comes short.
  * Splice on sockets is not pollable in io_uring: a splice that finds nothing to
- * move returns -EAGAIN, and we arm a poll and retry instead of spinning. */
+ * move returns -EAGAIN, and we arm a poll and retry instead of spinning.
+ *
+ * The relay acts on its own resources (buffers, pipes, the sends and receives of
+ * the body) and tells the connection what became of the response through the
+ * struct relay_outcome its entry points return; it never ends a request or
+ * closes a connection itself. */
 #include "core/proxy.h"
 
 #include <errno.h>
@@ -23,13 +32,57 @@
 #include "core/transport.h"
 #include "core/usage.h"
 
-static void relay_next(struct conn *c);
+static struct relay_outcome relay_next(struct conn *c);
 
-static void relay_abort(struct conn *c, const char *why)
+static const struct relay_outcome relay_more = { RELAY_MORE, NULL };
+
+static struct relay_outcome relay_abort(const char *why)
 {
-    c->req.error = why;
-    c->relay.resp_keep_alive = false;
-    conn_close(c);
+    return (struct relay_outcome){ RELAY_ABORT, why };
+}
+
+static struct relay_outcome relay_refuse(const char *why)
+{
+    return (struct relay_outcome){ RELAY_REFUSED, why };
+}
+
+/* Provided buffers the relays of a shard may hold at once: the ring is shared with
+ * client receives, which must not run dry because many clients read slowly. */
+#define RELAY_RING_BUFS_MAX (RECV_BUF_COUNT / 4)
+
+void relay_ring_buf_put(struct shard *sh, unsigned bid)
+{
+    sh->relay_ring_bufs--;
+    shard_release_recv_buf(sh, bid);
+}
+
+/* Lets go of the provided buffer; a send in flight that reads it gets it, and the
+ * connection returns it to the ring when that send completes. */
+static void ring_buf_drop(struct conn *c)
+{
+    if (!c->relay.ring_held)
+        return;
+    c->relay.ring_held = false;
+    if (c->relay.ring_sending) {
+        c->relay.ring_sending = false;
+        c->ring_buf_orphan = true;
+        c->ring_orphan_bid = c->relay.ring_bid;
+        return;
+    }
+    relay_ring_buf_put(c->sh, c->relay.ring_bid);
+}
+
+void relay_upstream_buffer(struct conn *c, unsigned bid)
+{
+    c->sh->relay_ring_bufs++;
+    c->relay.ring_held = true;
+    c->relay.ring_bid = (uint16_t)bid;
+    c->relay.ring_off = c->relay.ring_len = 0;
+}
+
+void relay_end(struct conn *c)
+{
+    ring_buf_drop(c);
 }
 
 struct body_view {
@@ -124,7 +177,7 @@ static void relay_begin(struct conn *c, const struct http_response *resp)
     chunked_init(&c->relay.resp_chunked);
 }
 
-void relay_response_head(struct conn *c, const struct http_response *resp)
+struct relay_outcome relay_response_head(struct conn *c, const struct http_response *resp)
 {
     struct shard *sh = c->sh;
     c->req.status = (uint16_t)resp->status;
@@ -142,15 +195,11 @@ void relay_response_head(struct conn *c, const struct http_response *resp)
     char *p = c->at.rbuf->data + body_at;
     size_t avail = c->at.rbuf->len - body_at;
     ssize_t k = classify_response_body(c, p, avail);
-    if (k < 0) {
-        conn_upstream_failed(c, EPROTO, "malformed chunked response from upstream");
-        return;
-    }
+    if (k < 0)
+        return relay_refuse("malformed chunked response from upstream");
     struct xbuf *out = xbuf_get(sh);
-    if (!out) {
-        conn_upstream_failed(c, ENOMEM, "out of memory");
-        return;
-    }
+    if (!out)
+        return relay_refuse("out of memory");
     char extra[64 + RL_HEADERS_MAX];
     size_t elen = 0;
     memcpy(extra, "x-request-id: ", 14);
@@ -173,8 +222,7 @@ void relay_response_head(struct conn *c, const struct http_response *resp)
     framing->body = body_kind;
     if (hlen == 0) {
         xbuf_put(sh, out);
-        conn_upstream_failed(c, EPROTO, "upstream response head too large");
-        return;
+        return relay_refuse("upstream response head too large");
     }
     size_t room = sh->xbuf_size - hlen;
     size_t copy = (size_t)k < room ? (size_t)k : room;
@@ -188,12 +236,12 @@ void relay_response_head(struct conn *c, const struct http_response *resp)
     c->state = CS_RELAY;
     c->req.resp_started = true;
     c->last_activity_ms = sh->now_ms;
-    conn_set_timer(c, T_IDLE, conn_timeouts(c)->idle_ms);
-    conn_send_out(c);
+    return relay_more;     /* the connection sends out, then the body follows */
 }
 
 /* ---- copy ---- */
 
+/* Into a pool buffer: a body pouring in, or no provided buffer to be had. */
 static void copy_recv(struct conn *c)
 {
     c->at.rbuf->off = c->at.rbuf->len = 0;
@@ -204,31 +252,60 @@ static void copy_recv(struct conn *c)
     c->at.up->io_buf = c->at.rbuf;
 }
 
-void relay_on_upstream_recv(struct conn *c, int res)
+/* Into a provided buffer, picked by the kernel when bytes arrive (upstream.c hands
+ * it over with relay_upstream_buffer before the completion comes here). */
+static void ring_recv(struct conn *c)
 {
-    if (res < 0) {
-        relay_abort(c, "upstream reset mid-response");
-        return;
+    struct io_uring_sqe *sqe = shard_sqe(c->sh);
+    io_uring_prep_recv(sqe, c->at.up->fd, NULL, RECV_BUF_SIZE, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = RECV_BUF_GROUP;
+    io_uring_sqe_set_data64(sqe, ud_make(c->at.up, OP_UP_RECV));
+    c->at.up->ops++;
+    c->relay.ring_recv = true;
+}
+
+static struct relay_outcome copy_recv_pool(struct conn *c)
+{
+    if (!c->at.rbuf) {
+        c->at.rbuf = xbuf_get(c->sh);
+        if (!c->at.rbuf)
+            return relay_abort("out of memory");
     }
+    copy_recv(c);
+    return relay_more;
+}
+
+struct relay_outcome relay_on_upstream_recv(struct conn *c, int res)
+{
+    bool ring = c->relay.ring_recv;
+    c->relay.ring_recv = false;
+    if (ring && res == -ENOBUFS)
+        return copy_recv_pool(c);     /* the ring ran dry: nothing lost */
+    if (res < 0)
+        return relay_abort("upstream reset mid-response");
     c->last_activity_ms = c->sh->now_ms;
     if (res == 0) {
-        if (c->relay.resp_body != BODY_UNTIL_CLOSE) {
-            relay_abort(c, "upstream closed mid-response");
-            return;
-        }
+        if (c->relay.resp_body != BODY_UNTIL_CLOSE)
+            return relay_abort("upstream closed mid-response");
         c->relay.resp_done = true;
         c->relay.resp_keep_alive = false;
-        relay_next(c);
-        return;
+        return relay_next(c);
     }
-    ssize_t k = classify_response_body(c, c->at.rbuf->data, (size_t)res);
-    if (k < 0) {
-        relay_abort(c, "malformed chunked response from upstream");
-        return;
+    char *p = ring ? shard_recv_buf(c->sh, c->relay.ring_bid) : c->at.rbuf->data;
+    ssize_t k = classify_response_body(c, p, (size_t)res);
+    if (k < 0)
+        return relay_abort("malformed chunked response from upstream");
+    /* a full buffer: more is probably waiting, take the larger pool buffer */
+    c->relay.bulk = (uint32_t)res == (ring ? RECV_BUF_SIZE : c->sh->xbuf_size);
+    if (ring) {
+        c->relay.ring_off = 0;
+        c->relay.ring_len = (uint16_t)k;
+    } else {
+        c->at.rbuf->off = 0;
+        c->at.rbuf->len = (uint32_t)k;
     }
-    c->at.rbuf->off = 0;
-    c->at.rbuf->len = (uint32_t)k;
-    relay_next(c);
+    return relay_next(c);
 }
 
 /* ---- splice ---- */
@@ -314,7 +391,7 @@ static bool metering_spliced(const struct conn *c)
     return c->relay.meter && c->relay.ipipe && !c->relay.tee_failed;
 }
 
-void relay_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe)
+struct relay_outcome relay_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe)
 {
     int res = cqe->res;
     c->relay.splice_ops--;
@@ -322,7 +399,7 @@ void relay_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe)
         c->at.up->splice_pending = false;
     if (c->state != CS_RELAY || !c->at.up) {
         /* the request ended under us (client gone): a pipe with bytes in flight is discarded */
-        return;
+        return relay_more;
     }
     c->last_activity_ms = c->sh->now_ms;
     switch (op) {
@@ -341,26 +418,22 @@ void relay_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe)
             else
                 splice_out(c);
         } else if (res == 0) {
-            if (c->relay.resp_body != BODY_UNTIL_CLOSE) {
-                relay_abort(c, "upstream closed mid-response");
-                return;
-            }
+            if (c->relay.resp_body != BODY_UNTIL_CLOSE)
+                return relay_abort("upstream closed mid-response");
             c->relay.resp_done = true;
             c->relay.resp_keep_alive = false;
-            relay_next(c);
+            return relay_next(c);
         } else if (res == -EAGAIN) {
             poll_fd(c, c->at.up->fd, POLLIN | POLLRDHUP, OP_POLL_IN);
         } else {
-            relay_abort(c, "upstream reset mid-response");
+            return relay_abort("upstream reset mid-response");
         }
-        return;
+        return relay_more;
     case OP_POLL_IN:
-        if (res < 0) {
-            relay_abort(c, "upstream poll failed");
-            return;
-        }
+        if (res < 0)
+            return relay_abort("upstream poll failed");
         splice_in(c);
-        return;
+        return relay_more;
     case OP_TEE:
         /* an empty inspection pipe as large as the relay pipe takes it all; a
          * short tee also cancelled the linked splice out (retried below) */
@@ -368,7 +441,7 @@ void relay_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe)
             c->relay.ipipe_bytes += (uint32_t)res;
         if (res < 0 || (uint32_t)res < c->relay.pipe_bytes)
             inspect_give_up(c);
-        return;
+        return relay_more;
     case OP_INSPECT_READ:
         if (res <= 0) {
             inspect_give_up(c);
@@ -377,52 +450,56 @@ void relay_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe)
             c->relay.ipipe_bytes -= (uint32_t)res;
         }
         if (!c->relay.splice_ops)
-            relay_next(c);
-        return;
+            return relay_next(c);
+        return relay_more;
     case OP_SPLICE_OUT:
         if (res > 0) {
             c->relay.pipe_bytes -= (uint32_t)res;
             c->req.bytes_out += (uint64_t)res;
             mc_add(&c->sh->m->relay_bytes[RELAY_SPLICE], (uint64_t)res);
-            if (c->relay.pipe_bytes > 0)
-                splice_out(c);
-            else
-                relay_next(c);
+            if (c->relay.pipe_bytes == 0)
+                return relay_next(c);
+            splice_out(c);
         } else if (res == -EAGAIN || res == -ECANCELED) {
             poll_fd(c, c->fd, POLLOUT, OP_POLL_OUT);
         } else {
-            relay_abort(c, "client went away mid-response");
+            return relay_abort("client went away mid-response");
         }
-        return;
+        return relay_more;
     case OP_POLL_OUT:
-        if (res < 0) {
-            relay_abort(c, "client poll failed");
-            return;
-        }
+        if (res < 0)
+            return relay_abort("client poll failed");
         splice_out(c);
-        return;
+        return relay_more;
     default:
-        return;
+        return relay_more;
     }
 }
 
 /* ---- sequencing ---- */
 
-static void relay_next(struct conn *c)
+static struct relay_outcome relay_next(struct conn *c)
 {
     struct shard *sh = c->sh;
     if (c->at.rbuf && c->at.rbuf->off < c->at.rbuf->len) {
-        conn_send_rbuf(c);
-        return;
+        c->tr->send(c, c->at.rbuf, c->at.rbuf->data + c->at.rbuf->off, c->at.rbuf->len - c->at.rbuf->off);
+        return relay_more;
+    }
+    if (c->relay.ring_held) {
+        if (c->relay.ring_off < c->relay.ring_len) {
+            c->relay.ring_sending = true;
+            c->tr->send(c, NULL, shard_recv_buf(sh, c->relay.ring_bid) + c->relay.ring_off,
+                        (size_t)(c->relay.ring_len - c->relay.ring_off));
+            return relay_more;
+        }
+        ring_buf_drop(c);     /* all sent: back to the ring before waiting for more */
     }
     if (c->relay.ipipe_bytes) {
         inspect_read(c);
-        return;
+        return relay_more;
     }
-    if (c->relay.resp_done) {
-        conn_response_done(c);
-        return;
-    }
+    if (c->relay.resp_done)
+        return (struct relay_outcome){ RELAY_DONE, NULL };
     bool spliceable = c->tr->zero_copy && !c->relay.copy_only &&
                       (c->relay.resp_body == BODY_LENGTH || c->relay.resp_body == BODY_UNTIL_CLOSE ||
                        (c->relay.resp_body == BODY_CHUNKED &&
@@ -446,31 +523,34 @@ static void relay_next(struct conn *c)
         conn_drop_buf(c, c->at.rbuf);  /* long bodies hold a pipe, not a buffer */
         c->at.rbuf = NULL;
         splice_in(c);
-        return;
+        return relay_more;
     }
-    if (!c->at.rbuf) {
-        c->at.rbuf = xbuf_get(sh);
-        if (!c->at.rbuf) {
-            relay_abort(c, "out of memory");
-            return;
-        }
-    }
-    copy_recv(c);
+    if (c->relay.bulk || sh->relay_ring_bufs >= RELAY_RING_BUFS_MAX)
+        return copy_recv_pool(c);
+    /* waiting for the next bytes (an SSE stream's next token) holds no buffer */
+    conn_drop_buf(c, c->at.rbuf);
+    c->at.rbuf = NULL;
+    ring_recv(c);
+    return relay_more;
 }
 
-/* The client took n bytes of what we sent from out (the head) or rbuf (body). */
-void relay_client_sent(struct conn *c, int n)
+/* The client took n bytes of what we sent from out (the head), rbuf or the
+ * provided buffer (body). */
+struct relay_outcome relay_client_sent(struct conn *c, int n)
 {
     if (c->req.out) {
         c->req.out->off += (uint32_t)n;
         if (c->req.out->off < c->req.out->len) {
-            conn_send_out(c);
-            return;
+            c->tr->send(c, c->req.out, c->req.out->data + c->req.out->off, c->req.out->len - c->req.out->off);
+            return relay_more;
         }
         conn_drop_buf(c, c->req.out);
         c->req.out = NULL;
+    } else if (c->relay.ring_sending) {
+        c->relay.ring_sending = false;
+        c->relay.ring_off = (uint16_t)(c->relay.ring_off + n);
     } else if (c->at.rbuf) {
         c->at.rbuf->off += (uint32_t)n;
     }
-    relay_next(c);
+    return relay_next(c);
 }

@@ -369,8 +369,17 @@ void upconn_on_cqe(struct upconn *u, enum op op, struct io_uring_cqe *cqe)
         u->state = UP_BUSY;
         conn_upstream_ready(c);
         break;
-    case OP_UP_SEND:
     case OP_UP_RECV:
+        if (cqe->flags & IORING_CQE_F_BUFFER) {
+            /* the relay's receive into a provided buffer (relay.c) */
+            unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+            if (u->state == UP_BUSY && c && c->state == CS_RELAY && c->relay.ring_recv)
+                relay_upstream_buffer(c, bid);
+            else
+                shard_release_recv_buf(u->sh, bid);
+        }
+        /* fall through */
+    case OP_UP_SEND:
         if (u->state == UP_BUSY && c)
             conn_on_upstream_cqe(c, op, res);
         break;
