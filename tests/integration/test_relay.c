@@ -23,6 +23,7 @@ enum backend_mode {
     MODE_CHUNKED,           /* keep-alive, chunked body with a 1 MiB chunk */
     MODE_CLOSE_DELIMITED,   /* no framing: the close ends the body */
     MODE_KEEPALIVE_THEN_CLOSE, /* says keep-alive, answers "ok", then closes after 50 ms */
+    MODE_MIXED_CHUNKS,      /* chunked: small events and bursts of 8-20 KiB, written apart */
 };
 
 struct chunk_backend {
@@ -38,6 +39,45 @@ struct chunk_backend {
 static char pattern_at(size_t i)
 {
     return (char)('a' + (i * 7 + i / 251) % 26);
+}
+
+/* Chunk sizes of the mixed body: events, bursts past one receive buffer (8 KiB),
+ * past the copy buffer (16 KiB, spliced), and the sizes around them. */
+static const size_t mixed_sizes[] = { 40, 8192, 9000, 60, 8191, 8193, 30, 12000, 20000, 5,
+                                      16384, 700, 24000, 1 };
+#define MIXED_N (sizeof mixed_sizes / sizeof *mixed_sizes)
+
+static size_t mixed_total(void)
+{
+    size_t t = 0;
+    for (size_t i = 0; i < MIXED_N; i++)
+        t += mixed_sizes[i];
+    return t;
+}
+
+/* A chunked body whose chunks are written one by one, a little apart, so aigw's
+ * relay moves between its receive buffers, its copy buffer and the splice path
+ * within one body. */
+static void serve_mixed_chunks(int fd)
+{
+    static char chunk[32 * 1024];
+    static const char head[] = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                               "Transfer-Encoding: chunked\r\n\r\n";
+    if (!h_write_all(fd, head, sizeof head - 1))
+        return;
+    size_t at = 0;
+    for (size_t i = 0; i < MIXED_N; i++) {
+        char line[32];
+        int ll = snprintf(line, sizeof line, "%zx\r\n", mixed_sizes[i]);
+        for (size_t k = 0; k < mixed_sizes[i]; k++)
+            chunk[k] = pattern_at(at + k);
+        at += mixed_sizes[i];
+        if (!h_write_all(fd, line, (size_t)ll) || !h_write_all(fd, chunk, mixed_sizes[i]) ||
+            !h_write_all(fd, "\r\n", 2))
+            return;
+        usleep(2000);   /* the backend's pace: each chunk its own arrival */
+    }
+    h_write_all(fd, "0\r\n\r\n", 5);
 }
 
 /* Answers every request on every connection with the same chunked body:
@@ -68,6 +108,10 @@ static void serve_connection(struct chunk_backend *b, int fd)
             h_write_all(fd, ok, sizeof ok - 1);
             usleep(50 * 1000);  /* long enough for aigw to pool it */
             return;
+        }
+        if (b->mode == MODE_MIXED_CHUNKS) {
+            serve_mixed_chunks(fd);
+            continue;
         }
         if (b->mode == MODE_CLOSE_DELIMITED) {
             static const char plain[] = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhello, ";
@@ -150,6 +194,30 @@ Test(relay, large_chunks_are_spliced_and_framing_is_followed)
     cr_assert_geq(spliced, 2.0 * (BIG_CHUNK - 256 * 1024),
                   "the big chunks' data should go by splice; spliced %.0f bytes", spliced);
     cr_assert_eq(atomic_load(&b.connections), 1, "the upstream connection should have been reused");
+    h_finish();
+}
+
+Test(relay, body_of_small_and_large_chunks_arrives_whole)
+{
+    struct chunk_backend b;
+    struct h_gw g = {0};
+    start_behind(&b, MODE_MIXED_CHUNKS, &g);
+    struct h_conn c;
+    H_CONNECT_GW(&c, &g);
+    /* twice on one connection: the second reuses what the first gave back */
+    for (int round = 0; round < 2; round++) {
+        struct h_resp r;
+        int rc = h_request(&c, "GET", "/v1/mixed", NULL, NULL, &r, T_RESP);
+        cr_assert_eq(rc, H_OK, "round %d: no response (%d); aigw stderr:\n%s", round, rc, h_tail(g.tag));
+        cr_assert_eq(r.status, 200);
+        cr_assert_eq(r.body_len, mixed_total(), "round %d: body length %zu of %zu", round, r.body_len,
+                     mixed_total());
+        for (size_t i = 0; i < r.body_len; i++)
+            if (r.body[i] != pattern_at(i))
+                cr_assert_fail("round %d: body differs at byte %zu", round, i);
+        h_resp_free(&r);
+    }
+    h_close(&c);
     h_finish();
 }
 
