@@ -91,7 +91,7 @@ struct gen *gen_create(struct config *cfg, const struct gen *prev, unsigned nsha
     }
     for (size_t i = 0; i < (size_t)nb * nshards; i++)
         atomic_init(&g->load[i].outstanding, 0);
-    if (route_table_build(cfg, &g->routes) != 0)
+    if (route_table_build(cfg->routes, cfg->nroutes, &g->routes) != 0)
         goto oom;
 
     for (unsigned r = 0; r < cfg->nroutes; r++) {
