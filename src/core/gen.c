@@ -2,7 +2,10 @@
  * (route table, metric slots, the flat backend list and its shared load cells).
  * Immutable once published; shards adopt the newest at their next loop turn and
  * keep older ones alive only while their requests still run. */
-#include "core/proxy.h"
+#include "core/gen.h"
+#include "core/metrics.h"
+#include "policy/balance.h"
+#include "policy/route.h"
 
 #include "core/admission.h"
 

@@ -10,7 +10,12 @@
  *   - Any TLS client (later): copied.
  * Splice on sockets is not pollable in io_uring: a splice that finds nothing to
  * move returns -EAGAIN, and we arm a poll and retry instead of spinning. */
-#include "core/proxy.h"
+#include "core/buf.h"
+#include "core/conn.h"
+#include "core/relay.h"
+#include "core/ring.h"
+#include "core/shard.h"
+#include "core/upstream.h"
 
 #include <errno.h>
 #include <fcntl.h>
