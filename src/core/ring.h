@@ -20,7 +20,6 @@ enum op {
     OP_SPLICE_OUT,      /* pipe -> client socket */
     OP_POLL_IN,         /* splice_in said EAGAIN: wait for upstream readable */
     OP_POLL_OUT,        /* splice_out said EAGAIN: wait for client writable */
-    OP_CANCEL_RECV,
     OP_TEE,             /* pipe -> inspection pipe: spliced bytes metered for usage */
     OP_INSPECT_READ,    /* inspection pipe -> buffer */
 };

@@ -487,7 +487,6 @@ static void demux_cqe(struct shard *sh, struct io_uring_cqe *cqe)
     void *obj = ud_ptr(ud);
     switch (op) {
     case OP_NONE:
-    case OP_CANCEL_RECV:
         return;
     case OP_ACCEPT:
         on_accept(sh, obj, cqe);

@@ -97,7 +97,6 @@ struct shard {
     uint64_t rng[2];                /* request ids */
     uint64_t realtime_offset_us;    /* CLOCK_REALTIME - CLOCK_MONOTONIC, for log timestamps */
     bool draining;
-    bool stopped;
 };
 
 /* Process-wide, written by main (control plane), read by shards. */
