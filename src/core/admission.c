@@ -9,7 +9,9 @@
 #include <time.h>
 
 #include "core/log.h"
-#include "core/proxy.h"
+#include "core/conn.h"
+#include "core/gen.h"
+#include "core/shard.h"
 #include "policy/keys.h"
 #include "proto/openai.h"
 #include "util/clock.h"

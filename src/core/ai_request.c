@@ -2,7 +2,12 @@
  * max_body), checked as an OpenAI request, the route chosen by its model, the
  * caller admitted against its key's permissions and limits (admission.c), and
  * head plus body forwarded in one send, with Content-Length. */
-#include "core/proxy.h"
+#include "core/ai_request.h"
+#include "core/buf.h"
+#include "core/conn.h"
+#include "core/dispatch.h"
+#include "core/shard.h"
+#include "policy/route.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -4,7 +4,17 @@
  * errors and GET /v1/models, keep-alive and pipelining, timeouts, and teardown.
  * AI routes' bodies are read and checked in ai_request.c; the response body relay
  * is in relay.c; upstream connections in upstream.c. */
-#include "core/proxy.h"
+#include "core/ai_request.h"
+#include "core/buf.h"
+#include "core/conn.h"
+#include "core/dispatch.h"
+#include "core/gen.h"
+#include "core/relay.h"
+#include "core/ring.h"
+#include "core/shard.h"
+#include "core/upstream.h"
+#include "policy/balance.h"
+#include "policy/route.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

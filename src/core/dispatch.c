@@ -20,7 +20,11 @@
  * (a connect error, a reset, a 502 or 503 answer) goes to another backend of
  * the pool, at most `retries` times and never past the first attempt's
  * first_byte deadline. */
-#include "core/proxy.h"
+#include "core/conn.h"
+#include "core/dispatch.h"
+#include "core/gen.h"
+#include "core/shard.h"
+#include "policy/balance.h"
 
 #include <stdlib.h>
 #include <string.h>

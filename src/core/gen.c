@@ -2,7 +2,10 @@
  * (route table, metric slots, the flat backend list and its shared load cells).
  * Immutable once published; shards adopt the newest at their next loop turn and
  * keep older ones alive only while their requests still run. */
-#include "core/proxy.h"
+#include "core/gen.h"
+#include "core/metrics.h"
+#include "policy/balance.h"
+#include "policy/route.h"
 
 #include "core/admission.h"
 
@@ -91,7 +94,7 @@ struct gen *gen_create(struct config *cfg, const struct gen *prev, unsigned nsha
     }
     for (size_t i = 0; i < (size_t)nb * nshards; i++)
         atomic_init(&g->load[i].outstanding, 0);
-    if (route_table_build(cfg, &g->routes) != 0)
+    if (route_table_build(cfg->routes, cfg->nroutes, &g->routes) != 0)
         goto oom;
 
     for (unsigned r = 0; r < cfg->nroutes; r++) {

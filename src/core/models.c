@@ -4,7 +4,8 @@
 #include <string.h>
 
 #include "core/admission.h"
-#include "core/proxy.h"
+#include "core/conn.h"
+#include "core/shard.h"
 #include "policy/glob.h"
 #include "policy/keys.h"
 #include "util/outbuf.h"

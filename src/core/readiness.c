@@ -2,7 +2,7 @@
 
 #include <stdatomic.h>
 
-#include "core/proxy.h"
+#include "core/shard.h"
 
 /* Until the watcher's first pass: backends start up (gen.c), so no false alarm. */
 static _Atomic bool backends_available = true;

@@ -19,7 +19,12 @@
  * the body) and tells the connection what became of the response through the
  * struct relay_outcome its entry points return; it never ends a request or
  * closes a connection itself. */
-#include "core/proxy.h"
+#include "core/buf.h"
+#include "core/conn.h"
+#include "core/relay.h"
+#include "core/ring.h"
+#include "core/shard.h"
+#include "core/upstream.h"
 
 #include <errno.h>
 #include <fcntl.h>

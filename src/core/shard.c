@@ -2,7 +2,14 @@
  * provided-buffer ring, buffer and pipe pools, timer wheel and connections.
  * The loop submits and waits once per turn, hands each completion to its owner by
  * the tag in user_data (demux_cqe), then advances the timer wheel. */
-#include "core/proxy.h"
+#include "core/buf.h"
+#include "core/conn.h"
+#include "core/dispatch.h"
+#include "core/gen.h"
+#include "core/ring.h"
+#include "core/shard.h"
+#include "core/upstream.h"
+#include "policy/balance.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -480,7 +487,6 @@ static void demux_cqe(struct shard *sh, struct io_uring_cqe *cqe)
     void *obj = ud_ptr(ud);
     switch (op) {
     case OP_NONE:
-    case OP_CANCEL_RECV:
         return;
     case OP_ACCEPT:
         on_accept(sh, obj, cqe);

@@ -1,7 +1,10 @@
 /* The plaintext transport: the socket's bytes are the HTTP stream. */
 #include "core/transport.h"
 
-#include "core/proxy.h"
+#include "core/buf.h"
+#include "core/conn.h"
+#include "core/ring.h"
+#include "core/shard.h"
 
 static void plain_received(struct conn *c, const char *p, size_t n, transport_deliver_fn *deliver)
 {

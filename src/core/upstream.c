@@ -19,7 +19,12 @@
  * close found then is retried on a new connection (conn.c, retry_or_fail), and
  * a request whose body cannot be resent takes only a connection that has been
  * watched for a while. */
-#include "core/proxy.h"
+#include "core/buf.h"
+#include "core/conn.h"
+#include "core/gen.h"
+#include "core/ring.h"
+#include "core/shard.h"
+#include "core/upstream.h"
 
 #include <errno.h>
 #include <netinet/tcp.h>

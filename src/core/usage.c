@@ -8,7 +8,10 @@
 
 #include "core/admission.h"
 #include "core/log.h"
-#include "core/proxy.h"
+#include "core/conn.h"
+#include "core/gen.h"
+#include "core/relay.h"
+#include "core/shard.h"
 #include "proto/sse.h"
 #include "proto/usage_json.h"
 

@@ -25,7 +25,8 @@
 #include <unistd.h>
 
 #include "core/log.h"
-#include "core/proxy.h"
+#include "core/gen.h"
+#include "core/shard.h"
 #include "core/readiness.h"
 #include "proto/http1.h"
 #include "proto/promtext.h"

@@ -8,7 +8,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "core/config.h"
+#include "policy/types.h"
 
 /* Thresholds of the capacity and prefix balancers (see balance_pick_load).
  * balance_state_init sets the defaults below; the caller may change them. */

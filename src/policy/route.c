@@ -40,19 +40,19 @@ static int prefix_longest_first(const void *a, const void *b)
     return pa->route < pb->route ? -1 : pa->route > pb->route;   /* file order */
 }
 
-int route_table_build(const struct config *c, struct route_table **out)
+int route_table_build(const struct cfg_route *routes, unsigned nroutes, struct route_table **out)
 {
     struct route_table *t = calloc(1, sizeof *t);
     if (!t)
         return -1;
 
     size_t nexact = 0, nprefix = 0, bytes = 0;
-    for (unsigned i = 0; i < c->nroutes; i++) {
-        if (c->routes[i].prefix)
+    for (unsigned i = 0; i < nroutes; i++) {
+        if (routes[i].prefix)
             nprefix++;
         else
             nexact++;
-        bytes += c->routes[i].path_len + 1;
+        bytes += routes[i].path_len + 1;
     }
     /* load factor at most 1/2 keeps probe sequences short */
     size_t nslots = 8;
@@ -62,18 +62,18 @@ int route_table_build(const struct config *c, struct route_table **out)
     t->slots = calloc(nslots, sizeof *t->slots);
     t->prefixes = calloc(nprefix ? nprefix : 1, sizeof *t->prefixes);
     t->paths = malloc(bytes ? bytes : 1);
-    t->next_same_path = malloc((c->nroutes ? c->nroutes : 1) * sizeof *t->next_same_path);
-    t->models = calloc(c->nroutes ? c->nroutes : 1, sizeof *t->models);
+    t->next_same_path = malloc((nroutes ? nroutes : 1) * sizeof *t->next_same_path);
+    t->models = calloc(nroutes ? nroutes : 1, sizeof *t->models);
     if (!t->slots || !t->prefixes || !t->paths || !t->next_same_path || !t->models) {
         route_table_free(t);
         return -1;
     }
     t->mask = (uint32_t)(nslots - 1);
 
-    t->nroutes = c->nroutes;
+    t->nroutes = nroutes;
     char *p = t->paths;
-    for (unsigned i = 0; i < c->nroutes; i++) {
-        const struct cfg_route *r = &c->routes[i];
+    for (unsigned i = 0; i < nroutes; i++) {
+        const struct cfg_route *r = &routes[i];
         t->next_same_path[i] = -1;
         t->models[i] = r->models;
         memcpy(p, r->path, r->path_len);

@@ -7,18 +7,19 @@
 
 #include <stddef.h>
 
-#include "core/config.h"
+#include "policy/types.h"
 
 struct route_table;
 
-/* Builds the table for c->routes. The table keeps its own copy of the paths but
- * borrows each route's model globs, so it must not outlive c. Returns 0, or -1
- * when out of memory. */
-int route_table_build(const struct config *c, struct route_table **out);
+/* Builds the table for routes[0..nroutes) (a config's routes, in file order). The
+ * table keeps its own copy of the paths but borrows each route's model globs, so
+ * it must not outlive the routes. Returns 0, or -1 when out of memory. */
+int route_table_build(const struct cfg_route *routes, unsigned nroutes, struct route_table **out);
 void route_table_free(struct route_table *t);
 
 /* path: the request target's path. Anything from the first '?' on (a query) is
- * ignored. Returns the index into c->routes, or -1 when no route matches. */
+ * ignored. Returns the route's index (as given to route_table_build), or -1 when
+ * no route matches. */
 int route_lookup(const struct route_table *t, const char *path, size_t len);
 
 #define ROUTE_NO_PATH (-1)      /* no route for the path */

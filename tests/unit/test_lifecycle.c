@@ -18,7 +18,13 @@
 #include <unistd.h>
 
 #include "core/accesslog.h"
-#include "core/proxy.h"
+#include "core/buf.h"
+#include "core/conn.h"
+#include "core/gen.h"
+#include "core/relay.h"
+#include "core/ring.h"
+#include "core/shard.h"
+#include "core/upstream.h"
 
 /* Static, so that whatever the shard still owns when a test ends stays
  * reachable (LeakSanitizer) */

@@ -1,7 +1,7 @@
 #include <criterion/criterion.h>
 #include <stdatomic.h>
 
-#include "core/proxy.h"
+#include "core/shard.h"
 #include "core/readiness.h"
 
 /* Criterion runs every test in its own process: rt starts zeroed. */

@@ -23,7 +23,7 @@ static int routet_lookup(const struct route_table *t, const char *path)
 static struct route_table *routet_build(const struct config *c)
 {
     struct route_table *t = NULL;
-    cr_assert_eq(route_table_build(c, &t), 0);
+    cr_assert_eq(route_table_build(c->routes, c->nroutes, &t), 0);
     cr_assert_not_null(t);
     return t;
 }
@@ -124,7 +124,7 @@ Test(route_model, first_route_for_the_path_that_takes_the_model)
                        "[route only_emb]\npath = /v1/embeddings\npool = a\nmodels = bge-*\n";
     cr_assert_eq(config_load_string("test.conf", text, &c, err, sizeof err), 0, "%s", err);
     struct route_table *t = NULL;
-    cr_assert_eq(route_table_build(c, &t), 0);
+    cr_assert_eq(route_table_build(c->routes, c->nroutes, &t), 0);
 #define LM(path, model) route_lookup_model(t, path, strlen(path), model, strlen(model))
     cr_assert_eq(LM("/v1/chat/completions", "llama-3.1-8b"), 0);
     cr_assert_eq(LM("/v1/chat/completions", "qwen2-7b"), 1);
