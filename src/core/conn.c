@@ -1078,14 +1078,7 @@ static void on_up_sent(struct conn *c, int res)
 static void on_up_head(struct conn *c, int res)
 {
     struct shard *sh = c->sh;
-    if (c->at.head_topup) {
-        /* a top-up of a full first read: nothing more yet (or the close or an
-         * error, which the relay meets again) is no failure; the head is in
-         * the buffer */
-        c->at.head_topup = false;
-        if (res < 0)
-            res = 0;
-    } else if (res <= 0) {
+    if (res <= 0) {
         retry_or_fail(c, res == 0 ? ECONNRESET : -res,
                       res == 0 ? "upstream closed before answering" : "upstream reset before answering");
         return;

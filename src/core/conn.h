@@ -107,7 +107,6 @@ struct attempt {
     bool up_sending;                /* a send to the upstream is in flight */
     bool upstream_reused;           /* the connection came from the idle pool */
     bool retried;                   /* resent once on a fresh connection after a stale pooled one */
-    bool head_topup;                /* the head recv in flight tops up a full first read (upstream.c) */
     struct upconn *up;
     struct xbuf *rbuf;              /* upstream response bytes */
     uint64_t first_byte_us;         /* when the response's first byte came */

@@ -3,9 +3,9 @@
  * after `keepalive_timeout`), non-blocking connects through io_uring, and a watch
  * on every moment a connection sits in the pool.
  *
- * The watch: a pooled connection always has one recv armed (provided buffer, so
- * an idle connection holds no memory). Anything it returns while the connection
- * is idle (a stray response such as a 408, garbage, the backend's close) retires
+ * The watch: a pooled connection always has one recv armed, into a response
+ * buffer it holds while idle (at most `keepalive` of them per backend per
+ * shard). Anything it returns while the connection is idle (a stray response such as a 408, garbage, the backend's close) retires
  * the connection: no request is ever sent after bytes nobody asked for. When a
  * request takes the connection, that same recv is its response-head recv, so the
  * watch costs no SQE per request (an earlier idle poll, armed and removed per
@@ -71,16 +71,24 @@ static void idle_remove(struct upconn *u)
     idle_of(u)->count--;
 }
 
-static void arm_watch(struct upconn *u)
+/* The watch reads into a response buffer of its own: when a request takes the
+ * connection, that buffer becomes its response buffer as it is (no copy; a
+ * provided buffer from the shared ring had to be copied, which cost ~10% of the
+ * CPU of a 14 KB streamed response). False when no buffer can be had. */
+static bool arm_watch(struct upconn *u)
 {
+    struct xbuf *b = xbuf_get(u->sh);
+    if (!b)
+        return false;
+    b->len = b->off = 0;
     struct io_uring_sqe *sqe = shard_sqe(u->sh);
-    io_uring_prep_recv(sqe, u->fd, NULL, RECV_BUF_SIZE, 0);
+    io_uring_prep_recv(sqe, u->fd, b->data, b->cap, 0);
     sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
-    sqe->flags |= IOSQE_BUFFER_SELECT;
-    sqe->buf_group = RECV_BUF_GROUP;
     io_uring_sqe_set_data64(sqe, ud_make(u, OP_UP_WATCH));
     u->ops++;
     u->watch_armed = true;
+    u->watch_buf = b;
+    return true;
 }
 
 static void upconn_maybe_free(struct upconn *u)
@@ -220,8 +228,9 @@ void upstream_release(struct upconn *u, bool reusable)
         upconn_close(u);
         return;
     }
-    /* the limit counts idle connections: past it, this one is not spare */
-    if (idle->count >= idle->pool->keepalive) {
+    /* the limit counts idle connections: past it, this one is not spare; and
+     * one that cannot be watched is not kept */
+    if (idle->count >= idle->pool->keepalive || !arm_watch(u)) {
         upconn_close(u);
         return;
     }
@@ -231,7 +240,6 @@ void upstream_release(struct upconn *u, bool reusable)
     u->next = idle->head;
     idle->head = u;
     idle->count++;
-    arm_watch(u);
     timer_arm(&sh->timers, &u->timer, sh->now_ms + idle->pool->keepalive_timeout_ms);
 }
 
@@ -266,37 +274,19 @@ bool upstream_head_from_watch(struct conn *c)
     return true;
 }
 
-/* The watch's buffer came back full: the backend sent more than one receive
- * buffer at once. What else is already there is taken (without waiting) before
- * the head is handled, so a response that left the backend in one segment goes
- * to the client in one send, as it would have without the watch. */
-static void take_the_rest(struct upconn *u, struct conn *c, int res)
-{
-    struct xbuf *b = c->at.rbuf;
-    b->len += (uint32_t)res;
-    c->at.head_topup = true;
-    struct io_uring_sqe *sqe = shard_sqe(u->sh);
-    io_uring_prep_recv(sqe, u->fd, b->data + b->len, b->cap - b->len, MSG_DONTWAIT);
-    io_uring_sqe_set_data64(sqe, ud_make(u, OP_UP_RECV));
-    u->ops++;
-    u->io_buf = b;
-}
-
 static void on_watch(struct upconn *u, struct io_uring_cqe *cqe)
 {
     struct shard *sh = u->sh;
     int res = cqe->res;
     bool nop = u->watch_nop;
     u->watch_armed = u->watch_nop = false;
-    const char *data = NULL;
-    unsigned bid = 0;
-    if (!nop && (cqe->flags & IORING_CQE_F_BUFFER)) {
-        bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
-        data = shard_recv_buf(sh, bid);
+    struct xbuf *b = NULL;      /* the watch recv's buffer, until someone takes it */
+    if (!nop) {
+        b = u->watch_buf;
+        u->watch_buf = NULL;
     }
     if (u->state == UP_IDLE) {
-        if (data)
-            shard_release_recv_buf(sh, bid);
+        xbuf_put(sh, b);
         const char *addr = u->sg->g->backend_cfg[u->backend]->addr.text;
         if (res > 0)
             log_debug("upstream %s: %d bytes arrived on an idle pooled connection: closed", addr, res);
@@ -309,28 +299,22 @@ static void on_watch(struct upconn *u, struct io_uring_cqe *cqe)
     }
     struct conn *c = u->owner;
     if (u->state != UP_BUSY || !c) {
-        if (data)
-            shard_release_recv_buf(sh, bid);
+        xbuf_put(sh, b);
         return;
     }
     if (nop) {
         res = u->early_res;
-    } else if (data) {
-        if (!c->at.rbuf)
-            c->at.rbuf = xbuf_get(sh);
-        if (c->at.rbuf && (size_t)res <= c->at.rbuf->cap - c->at.rbuf->len)
-            memcpy(c->at.rbuf->data + c->at.rbuf->len, data, (size_t)res);
-        else
+    } else if (res > 0) {
+        if (!c->at.rbuf) {
+            c->at.rbuf = b;     /* the bytes are at its start: its len counts them below */
+            b = NULL;
+        } else if ((size_t)res <= c->at.rbuf->cap - c->at.rbuf->len) {
+            memcpy(c->at.rbuf->data + c->at.rbuf->len, b->data, (size_t)res);
+        } else {
             res = -ENOMEM;
-        shard_release_recv_buf(sh, bid);
-    } else if (res == -ENOBUFS) {
-        /* no provided buffer to be had: the head comes by a plain recv */
-        if (u->head_wanted) {
-            u->head_wanted = false;
-            conn_upstream_recv_head(c);
         }
-        return;
     }
+    xbuf_put(sh, b);
     if (!u->head_wanted) {
         /* an early answer, or the close, before the whole request went out */
         u->has_early = true;
@@ -338,10 +322,6 @@ static void on_watch(struct upconn *u, struct io_uring_cqe *cqe)
         return;
     }
     u->head_wanted = u->has_early = false;
-    if (data && res == RECV_BUF_SIZE && c->at.rbuf->len + (uint32_t)res < c->at.rbuf->cap) {
-        take_the_rest(u, c, res);
-        return;
-    }
     conn_on_upstream_cqe(c, OP_UP_RECV, res);
 }
 

@@ -29,6 +29,7 @@ struct upconn {
     bool head_wanted;               /* the request went out: the watch's result is its response */
     bool has_early;                 /* the watch completed before that: early_res waits in owner->rbuf */
     int32_t early_res;
+    struct xbuf *watch_buf;         /* the buffer the watch recv fills (upstream.c) */
     uint64_t idle_since_ms;         /* when it was released to the pool */
     struct conn *owner;             /* while busy */
     struct shard_gen *sg;
