@@ -326,3 +326,21 @@ start_target() {
     [ -x "${BIN[$t]}" ] || { note "$t: ${BIN[$t]} not found"; return 1; }
     "start_${t//-/_}" || { note "$t: did not start"; return 1; }
 }
+
+# wait_idleconns_ready PID WHAT: waits (120 s at most) for the idleconns holder PID,
+# writing to $WORK/idleconns.out, to report its WHAT (connections, streams) open;
+# prints how many, or dies with its errors.
+wait_idleconns_ready() {
+    local holder=$1 ready="" _
+    for _ in $(seq 1200); do
+        ready=$(awk '$1 == "ready" { print $2 }' "$WORK/idleconns.out")
+        [ -n "$ready" ] && break
+        kill -0 "$holder" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [ -z "$ready" ]; then
+        cat "$WORK/idleconns.err" >&2
+        die "idleconns did not get its $2 open"
+    fi
+    echo "$ready"
+}

@@ -54,17 +54,7 @@ rss_before=$(rss_kib "$pid")
     >"$WORK/idleconns.out" 2>"$WORK/idleconns.err" &
 holder=$!
 STARTED+=("$holder")
-ready=""
-for _ in $(seq 1200); do                               # 120 s at most
-    ready=$(awk '$1 == "ready" { print $2 }' "$WORK/idleconns.out")
-    [ -n "$ready" ] && break
-    kill -0 "$holder" 2>/dev/null || break
-    sleep 0.1
-done
-if [ -z "$ready" ]; then
-    cat "$WORK/idleconns.err" >&2
-    die "idleconns did not get its streams open"
-fi
+ready=$(wait_idleconns_ready "$holder" streams)
 sleep 2                                               # a token or two on every stream
 rss_held=$(rss_kib "$pid")
 conn_metric=""
