@@ -909,11 +909,6 @@ static void up_recv_head(struct conn *c)
     u->io_buf = c->at.rbuf;
 }
 
-void conn_upstream_recv_head(struct conn *c)
-{
-    up_recv_head(c);
-}
-
 /* Connected (or a pooled connection taken): send the head and what body we have. */
 void conn_upstream_ready(struct conn *c)
 {

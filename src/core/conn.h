@@ -156,7 +156,6 @@ void conn_shard_draining(struct conn *c);
 void conn_close(struct conn *c);
 void conn_maybe_free(struct conn *c);
 void conn_upstream_ready(struct conn *c);
-void conn_upstream_recv_head(struct conn *c);
 void conn_upstream_failed(struct conn *c, int err, const char *why);
 void conn_set_timer(struct conn *c, enum timer_phase phase, uint64_t ms);
 const struct cfg_timeouts *conn_timeouts(const struct conn *c);

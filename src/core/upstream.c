@@ -49,25 +49,16 @@ static struct upstream_idle *idle_of(struct upconn *u)
     return idle;
 }
 
-static void list_remove(struct upconn **pp, struct upconn *u, struct upconn **tail)
-{
-    struct upconn *prev = NULL;
-    while (*pp && *pp != u) {
-        prev = *pp;
-        pp = &(*pp)->next;
-    }
-    if (!*pp)
-        return;
-    *pp = u->next;
-    if (tail && *tail == u)
-        *tail = prev;
-    u->next = NULL;
-}
-
 /* Leaves the pool. */
 static void idle_remove(struct upconn *u)
 {
-    list_remove(&u->sg->idle[u->backend].head, u, NULL);
+    struct upconn **pp = &u->sg->idle[u->backend].head;
+    while (*pp && *pp != u)
+        pp = &(*pp)->next;
+    if (!*pp)
+        return;
+    *pp = u->next;
+    u->next = NULL;
     idle_of(u)->count--;
 }
 
