@@ -766,6 +766,8 @@ static void stream_through(struct h_gw *g, struct script_backend *b, struct sse_
     size_t want_len;
     char *want = sse_body(&sp, &want_len);
 
+    static const char answered[] = "aigw_requests_total{route=\"chat\",status=\"200\"}";
+    double answered0 = h_metric0(g->admin_port, answered);
     double splice0 = h_metric0(g->admin_port, "aigw_relay_bytes_total{mode=\"splice\"}");
     double copy0 = h_metric0(g->admin_port, "aigw_relay_bytes_total{mode=\"copy\"}");
     char body[512];
@@ -789,6 +791,10 @@ static void stream_through(struct h_gw *g, struct script_backend *b, struct sse_
     h_close(&c);
     free(want);
 
+    /* the client can have every byte before aigw has seen its last splice
+     * complete: the request is counted once it has (and so are its bytes) */
+    cr_assert_geq(h_wait_metric(g->admin_port, answered, H_GE, answered0 + 1, T_RESP), answered0 + 1,
+                  "the stream was never counted as answered");
     double spliced = h_metric0(g->admin_port, "aigw_relay_bytes_total{mode=\"splice\"}") - splice0;
     double copied = h_metric0(g->admin_port, "aigw_relay_bytes_total{mode=\"copy\"}") - copy0;
     cr_assert_eq(spliced, (double)want_len, "spliced %.0f of the stream's %zu bytes (copied %.0f)", spliced, want_len,
