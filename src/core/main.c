@@ -28,7 +28,8 @@
 #include <mimalloc.h>
 #endif
 #include <wolfssl/options.h>
-#include <wolfssl/version.h>
+#include "core/config_tls.h"
+#include "tls/tls.h"
 
 #define DEFAULT_CONFIG "/etc/aigw.conf"
 
@@ -69,6 +70,18 @@ static int keygen(int argc, char **argv)
     return 0;
 }
 
+/* kTLS needs the kernel's "tls" upper-layer protocol: listed once its module is loaded. */
+static bool ktls_available(void)
+{
+    FILE *f = fopen("/proc/sys/net/ipv4/tcp_available_ulp", "re");
+    if (!f)
+        return false;
+    char line[256] = "";
+    bool yes = fgets(line, sizeof line, f) && strstr(line, "tls") != NULL;
+    fclose(f);
+    return yes;
+}
+
 static void print_version(void)
 {
     printf("aigw %s\n", AIGW_VERSION);
@@ -78,7 +91,14 @@ static void print_version(void)
 #else
     printf("allocator: libc (sanitizer build)\n");
 #endif
-    printf("tls: not yet (wolfSSL %s is linked, used for API key hashes)\n", LIBWOLFSSL_VERSION_STRING);
+    char tls[512];
+    tls_describe_library(tls, sizeof tls);
+    printf("tls: %s\n", tls);
+    printf("tls default ciphers: %s\n", tls_default_ciphers());
+    printf("ktls: %s\n", ktls_available() ? "the kernel offers the tls ULP; not used (records are "
+                                             "encrypted by wolfSSL in user space)"
+                                           : "not available (no tls ULP in this kernel); records are "
+                                             "encrypted by wolfSSL in user space");
     uring_probe_print(stdout);
 }
 
@@ -110,7 +130,8 @@ static void reload(const char *path)
     sd_notifyf("RELOADING=1\nSTATUS=reloading %s", path);
     char err[1024];
     struct config *cfg = NULL;
-    if (config_load(path, &cfg, err, sizeof err) != 0) {
+    if (config_load(path, &cfg, err, sizeof err) != 0 || config_tls_build(cfg, err, sizeof err) != 0) {
+        config_free(cfg);
         log_error("reload refused, keeping the running configuration: %s", err);
         metrics_count_reload(false);
         sd_notifyf("READY=1\nSTATUS=reload refused: %s", err);
@@ -234,7 +255,13 @@ int main(int argc, char **argv)
 
     char err[1024];
     struct config *cfg = NULL;
-    if (config_load(path, &cfg, err, sizeof err) != 0 || config_check_files(cfg, err, sizeof err) != 0) {
+    char tls_err[256];
+    if (tls_global_init(tls_err, sizeof tls_err) != 0) {
+        fprintf(stderr, "aigw: %s\n", tls_err);
+        return 1;
+    }
+    if (config_load(path, &cfg, err, sizeof err) != 0 || config_check_files(cfg, err, sizeof err) != 0 ||
+        config_tls_build(cfg, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
         config_free(cfg);
         return 1;
