@@ -200,10 +200,7 @@ static void peer_client(struct peer *pr, const struct client_opts *o)
     wolfSSL_CTX_UseSessionTicket(pr->cctx);
     if (o->ciphers)
         cr_assert_eq(wolfSSL_CTX_set_cipher_list(pr->cctx, o->ciphers), WOLFSSL_SUCCESS);
-    if (o->group) {
-        int g[1] = { o->group };
-        cr_assert_eq(wolfSSL_CTX_set_groups(pr->cctx, g, 1), WOLFSSL_SUCCESS);
-    }
+
     if (o->cert) {
         cr_assert_eq(wolfSSL_CTX_use_certificate_file(pr->cctx, cert_path(o->cert), WOLFSSL_FILETYPE_PEM),
                      WOLFSSL_SUCCESS);
@@ -224,6 +221,11 @@ static void peer_client(struct peer *pr, const struct client_opts *o)
         snprintf(a, sizeof a, "%s", o->alpn);
         cr_assert_eq(wolfSSL_UseALPN(pr->cli, a, (unsigned)strlen(a), WOLFSSL_ALPN_CONTINUE_ON_MISMATCH),
                      WOLFSSL_SUCCESS);
+    }
+    if (o->group) {
+        cr_assert_eq(wolfSSL_UseSupportedCurve(pr->cli, (word16)o->group), WOLFSSL_SUCCESS);
+        if (o->version != 12)
+            cr_assert_eq(wolfSSL_UseKeyShare(pr->cli, (word16)o->group), WOLFSSL_SUCCESS);
     }
     if (o->session)
         wolfSSL_set_session(pr->cli, o->session);  /* refused if not resumable: a full handshake */
@@ -364,8 +366,6 @@ static bool connect_once(struct tls_server *s, const struct client_opts *o, WOLF
 {
     struct peer pr;
     peer_open(&pr, s, o);
-    static int step;
-    fprintf(stderr, "DBG step %d\n", ++step);
     cr_assert(handshake(&pr), "handshake: server %s, client %d", tls_fail_detail(pr.srv), pr.cli_err);
     round_trip(&pr);
     bool resumed = info_of(&pr).resumed;
@@ -663,9 +663,21 @@ static void tickets(int version)
     wolfSSL_SESSION_free(next);
 
     tls_tickets_set_clock_for_test(t0 + 2 * rot);
-    cr_expect_not(connect_once(s, &(struct client_opts){ .version = version, .session = sess }, &next),
-                  "after two rotations: full handshake");
-    wolfSSL_SESSION_free(next);
+    if (version == 13) {
+        cr_expect_not(connect_once(s, &(struct client_opts){ .version = version, .session = sess }, &next),
+                      "after two rotations: full handshake");
+        wolfSSL_SESSION_free(next);
+    } else {
+        /* wolfSSL 5.5.4's TLS 1.2 client takes any ServerHello as resuming once
+         * it sent a ticket (and then fails), so look at what the server sent:
+         * a full handshake's flight, certificate included. */
+        struct peer pr;
+        peer_open(&pr, s, &(struct client_opts){ .version = version, .session = sess });
+        wolfSSL_connect(pr.cli);
+        cr_expect_eq(srv_handshake(&pr), TLS_WANT);
+        cr_expect_gt(pr.s2c.len, 400, "after two rotations: full handshake (%zu bytes)", pr.s2c.len);
+        peer_close(&pr);
+    }
     wolfSSL_SESSION_free(sess);
 
     /* a server of a newer generation (a reload) resumes the old one's tickets */
@@ -1084,7 +1096,7 @@ Test(tls, client_resumes_tls12)
     struct duo d;
     duo_open(&d, cl, s, "aigw.test", NULL);
     /* a backend that speaks 1.2 only: the engine's API has no version knob */
-    cr_assert_eq(wolfSSL_SetVersion(d.cli->ssl, WOLFSSL_TLSV1_2), WOLFSSL_SUCCESS);
+    wolfSSL_set_options(d.cli->ssl, WOLFSSL_OP_NO_TLSv1_3);
     cr_assert(duo_handshake(&d), "%s / %s", tls_fail_detail(d.cli), tls_fail_detail(d.srv));
     struct tls_info i;
     tls_conn_info(d.cli, &i);
@@ -1093,7 +1105,7 @@ Test(tls, client_resumes_tls12)
     cr_assert_not_null(sess, "TLS 1.2: the ticket came within the handshake");
     duo_close(&d);
     duo_open(&d, cl, s, "aigw.test", sess);
-    cr_assert_eq(wolfSSL_SetVersion(d.cli->ssl, WOLFSSL_TLSV1_2), WOLFSSL_SUCCESS);
+    wolfSSL_set_options(d.cli->ssl, WOLFSSL_OP_NO_TLSv1_3);
     cr_assert(duo_handshake(&d));
     tls_conn_info(d.srv, &i);
     cr_expect(i.resumed);
