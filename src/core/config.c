@@ -754,6 +754,10 @@ static int pool_backend(struct load_ctx *x, const char *key, const char *value)
     struct cfg_backend b = { .weight = 1 };
     if (set_addr(x, key, addr, &b.addr) < 0)
         return -1;
+    /* parse_addr accepted it: "[v6]:port" or "host:port", the host under 256 bytes */
+    const char *host = addr[0] == '[' ? addr + 1 : addr;
+    const char *host_end = addr[0] == '[' ? strchr(addr, ']') : strrchr(addr, ':');
+    snprintf(b.host, sizeof b.host, "%.*s", (int)(host_end - host), host);
     bool weight_seen = false;
     for (char *opt; (opt = strtok_r(NULL, " \t", &save)) != NULL;) {
         uint64_t w;

@@ -1621,6 +1621,7 @@ Test(config_pool_tls, keys_and_defaults)
     cr_expect_str_eq(c->pools[2].tls_server_name, "gpu1.internal.example");
     cr_expect_str_eq(c->pools[3].tls_server_name, "10.0.0.7");
     cr_expect_str_eq(c->pools[4].tls_server_name, "fe80::1");
+    cr_expect_str_eq(c->pools[0].backends[0].host, "127.0.0.1", "the default server name: the host as written");
     cr_expect_not(c->pools[5].tls, "empty values are the defaults: allowed with tls = off");
     for (unsigned i = 0; i < c->npools; i++)
         cr_expect_null(c->pools[i].tls_client);
@@ -1730,4 +1731,14 @@ Test(config_print, reads_back_the_same)
     free(second);
     config_free(c);
     config_free(again);
+}
+
+Test(config_pool_tls, backend_host_as_written_is_kept_for_the_server_name)
+{
+    struct config *c = cfgt_load_ok("[pool p]\ntls = on\nbackend = localhost:8443\nbackend = [::1]:8444 weight=2\n"
+                                    "backend = 127.0.0.2:8443\n");
+    cr_expect_str_eq(c->pools[0].backends[0].host, "localhost");
+    cr_expect_str_eq(c->pools[0].backends[1].host, "::1");
+    cr_expect_str_eq(c->pools[0].backends[2].host, "127.0.0.2");
+    config_free(c);
 }
