@@ -7,6 +7,7 @@
  * itself, because inih never calls the handler for a section without keys
  * (an empty "[pool x]" or an unknown "[tls]" must still be reported). */
 #include "core/config.h"
+#include "core/config_tls.h"
 #include "policy/glob.h"
 #include "policy/keys.h"
 
@@ -1811,6 +1812,7 @@ void config_free(struct config *c)
     free(c->routes);
     free(c->tiers);
     keyring_free(c->keys.ring);
+    config_tls_release(c);      /* what config_tls_build made, if it ran */
     free(c->keys.key_tier);
     free(c);
 }

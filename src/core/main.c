@@ -71,18 +71,6 @@ static int keygen(int argc, char **argv)
     return 0;
 }
 
-/* kTLS needs the kernel's "tls" upper-layer protocol: listed once its module is loaded. */
-static bool ktls_available(void)
-{
-    FILE *f = fopen("/proc/sys/net/ipv4/tcp_available_ulp", "re");
-    if (!f)
-        return false;
-    char line[256] = "";
-    bool yes = fgets(line, sizeof line, f) && strstr(line, "tls") != NULL;
-    fclose(f);
-    return yes;
-}
-
 static void print_version(void)
 {
     printf("aigw %s\n", AIGW_VERSION);
@@ -96,10 +84,6 @@ static void print_version(void)
     tls_describe_library(tls, sizeof tls);
     printf("tls: %s\n", tls);
     printf("tls default ciphers: %s\n", tls_default_ciphers());
-    printf("ktls: %s\n", ktls_available() ? "the kernel offers the tls ULP; not used (records are "
-                                             "encrypted by wolfSSL in user space)"
-                                           : "not available (no tls ULP in this kernel); records are "
-                                             "encrypted by wolfSSL in user space");
     uring_probe_print(stdout);
 }
 

@@ -51,8 +51,9 @@ static char *plain_scratch(struct shard *sh)
 
 /* ---- the ciphertext buffer ---- */
 
-/* Points the engine's out window at the link's buffer (taken when needed). */
-static bool out_window(struct conn *c, struct tls_link *l)
+/* The link's ciphertext buffer (taken when needed), its bytes in flight
+ * untouched, compacted when none are. */
+static bool out_buffer(struct conn *c, struct tls_link *l)
 {
     if (!l->out) {
         l->out = xbuf_get(c->sh);
@@ -70,6 +71,14 @@ static bool out_window(struct conn *c, struct tls_link *l)
         l->out->len = left;
         l->inflight_end = 0;
     }
+    return true;
+}
+
+/* Points the engine's out window at the link's buffer. */
+static bool out_window(struct conn *c, struct tls_link *l)
+{
+    if (!out_buffer(c, l))
+        return false;
     struct tls_io *io = tls_conn_io(l->t);
     io->out = l->out->data;
     io->out_len = l->out->len;
@@ -135,7 +144,7 @@ static void answer_plain_http(struct conn *c, struct tls_link *l)
                       "Content-Length: %zu\r\nConnection: close\r\n\r\n", sizeof body - 1);
     mc_add(&c->sh->m->tls_failures[METRICS_TLS_PLAIN_HTTP], 1);
     mc_add(&c->sh->m->tls_handshakes[TLS_HS_FAILED][TLS_HS_VNONE][0], 1);
-    if (!out_window(c, l)) {
+    if (!out_buffer(c, l)) {
         conn_close(c);
         return;
     }
@@ -164,6 +173,17 @@ static void tls_received(struct conn *c, const char *p, size_t n, transport_deli
         l->seen_bytes = true;
         if (looks_like_http(p, n)) {
             answer_plain_http(c, l);
+            return;
+        }
+    }
+    if (!l->t) {
+        /* made with the first bytes, not at accept: a connection that never
+         * speaks costs no engine state */
+        struct tls_server *srv = conn_config(c)->tls.server;
+        l->t = srv ? tls_conn_new_server(srv) : NULL;
+        if (!l->t) {
+            c->req.error = srv ? "out of memory" : "tls no longer configured";
+            conn_close(c);
             return;
         }
     }
@@ -348,11 +368,6 @@ bool transport_tls_begin(struct conn *c)
     struct tls_link *l = link_get(c->sh);
     if (!l)
         return false;
-    l->t = cfg->tls.server ? tls_conn_new_server(cfg->tls.server) : NULL;
-    if (!l->t) {
-        link_put(c->sh, l);
-        return false;
-    }
     c->tls = l;
     c->tr = &transport_tls;
     mg_add(&c->sh->m->connections[SIDE_CLIENT_TLS], 1);
