@@ -597,6 +597,7 @@ out:;
             setsockopt(conns[i].fd, SOL_SOCKET, SO_LINGER, &rst, sizeof rst);
             close(conns[i].fd);
         }
+        conn_drop_tls(&conns[i]);
         free(conns[i].head);
     }
     free(conns);
