@@ -38,6 +38,7 @@ static void usage(FILE *to)
     fprintf(to,
             "usage: aigw [-c FILE]        run (default FILE: " DEFAULT_CONFIG ")\n"
             "       aigw -t [-c FILE]     check the configuration\n"
+            "       aigw -T [-c FILE]     check, then print the effective configuration\n"
             "       aigw -v               version and build options\n"
             "       aigw keygen NAME [TIER]   a new API key, and its line for the keys file\n");
 }
@@ -107,14 +108,22 @@ static bool same_addr(const struct cfg_addr *a, const struct cfg_addr *b)
     return a->salen == b->salen && memcmp(&a->sa, &b->sa, a->salen) == 0;
 }
 
-/* What a reload cannot change without a restart: sockets and threads. */
+static bool same_listeners(const struct cfg_addr *a, unsigned na, const struct cfg_addr *b, unsigned nb)
+{
+    bool same = na == nb;
+    for (unsigned i = 0; same && i < na; i++)
+        same = same_addr(&a[i], &b[i]);
+    return same;
+}
+
+/* What a reload cannot change without a restart: sockets and threads. The rest of
+ * [tls] (certificates, ciphers, client_ca, tickets) applies to new connections. */
 static void warn_restart_only(const struct config *old, const struct config *neu)
 {
-    bool listen_same = old->server.nlisten == neu->server.nlisten;
-    for (unsigned i = 0; listen_same && i < old->server.nlisten; i++)
-        listen_same = same_addr(&old->server.listen[i], &neu->server.listen[i]);
-    if (!listen_same)
+    if (!same_listeners(old->server.listen, old->server.nlisten, neu->server.listen, neu->server.nlisten))
         log_warn("reload: [server] listen changed; restart aigw to apply it (old listeners kept)");
+    if (!same_listeners(old->tls.listen, old->tls.nlisten, neu->tls.listen, neu->tls.nlisten))
+        log_warn("reload: [tls] listen changed; restart aigw to apply it (old listeners kept)");
     if (old->server.shards != neu->server.shards)
         log_warn("reload: [server] shards changed; restart aigw to apply it");
     if (old->admin.enabled != neu->admin.enabled ||
@@ -226,15 +235,18 @@ int main(int argc, char **argv)
     if (argc >= 2 && strcmp(argv[1], "keygen") == 0)
         return keygen(argc, argv);
     const char *path = DEFAULT_CONFIG;
-    bool check_only = false;
+    bool check_only = false, print_config = false;
     int opt;
-    while ((opt = getopt(argc, argv, "c:tvh")) != -1) {
+    while ((opt = getopt(argc, argv, "c:tTvh")) != -1) {
         switch (opt) {
         case 'c':
             path = optarg;
             break;
         case 't':
             check_only = true;
+            break;
+        case 'T':
+            check_only = print_config = true;
             break;
         case 'v':
             print_version();
@@ -267,7 +279,10 @@ int main(int argc, char **argv)
         return 1;
     }
     if (check_only) {
-        printf("configuration OK\n");
+        if (print_config)
+            config_print(cfg, stdout);
+        else
+            printf("configuration OK\n");
         config_free(cfg);
         return 0;
     }
