@@ -754,6 +754,10 @@ static int pool_backend(struct load_ctx *x, const char *key, const char *value)
     struct cfg_backend b = { .weight = 1 };
     if (set_addr(x, key, addr, &b.addr) < 0)
         return -1;
+    /* set_addr accepted HOST:PORT or [V6]:PORT: the host as written, for TLS */
+    const char *host = addr[0] == '[' ? addr + 1 : addr;
+    size_t host_len = addr[0] == '[' ? strcspn(host, "]") : (size_t)(strrchr(addr, ':') - addr);
+    snprintf(b.host, sizeof b.host, "%.*s", (int)host_len, host);
     bool weight_seen = false;
     for (char *opt; (opt = strtok_r(NULL, " \t", &save)) != NULL;) {
         uint64_t w;

@@ -245,26 +245,9 @@ static void drive_handshake(struct upconn *u, struct up_tls *x)
     handshake_failed(u, handshake_error(r), tls_fail_detail(x->t));
 }
 
-/* The name the backend must prove: tls_server_name, else the host as written. */
-static void server_name(const struct upconn *u, const struct cfg_pool *pool, char *out, size_t cap)
+void upstream_tls_server_name(const struct cfg_pool *pool, const struct cfg_backend *b, char *out, size_t cap)
 {
-    if (pool->tls_server_name[0]) {
-        snprintf(out, cap, "%s", pool->tls_server_name);
-        return;
-    }
-    const char *a = backend_addr(u);
-    const char *end;
-    if (a[0] == '[') {
-        a++;
-        end = strchr(a, ']');
-    } else {
-        end = strrchr(a, ':');
-    }
-    size_t n = end ? (size_t)(end - a) : strlen(a);
-    if (n >= cap)
-        n = cap - 1;
-    memcpy(out, a, n);
-    out[n] = '\0';
+    snprintf(out, cap, "%s", pool->tls_server_name[0] ? pool->tls_server_name : b->host);
 }
 
 void upstream_tls_start(struct upconn *u, const struct cfg_pool *pool, struct tls_session *session)
@@ -272,7 +255,7 @@ void upstream_tls_start(struct upconn *u, const struct cfg_pool *pool, struct tl
     /* once per connection, like the wolfSSL object it carries */
     struct up_tls *x = calloc(1, sizeof *x);
     char name[256];
-    server_name(u, pool, name, sizeof name);
+    upstream_tls_server_name(pool, u->sg->g->backend_cfg[u->backend], name, sizeof name);
     if (x)
         x->t = pool->tls_client ? tls_conn_new_client(pool->tls_client, name, session) : NULL;
     if (!x || !x->t) {

@@ -15,6 +15,7 @@
 
 #include "core/ring.h"
 
+struct cfg_backend;
 struct cfg_pool;
 struct tls_session;
 struct upconn;
@@ -37,6 +38,9 @@ void upstream_tls_on_cqe(struct upconn *u, enum op op, int res);
  * idle watch is armed. False: it cannot be kept (stray application data, a
  * close, a send still pending). */
 bool upstream_tls_pool(struct upconn *u, struct tls_session **session);
+/* The name backend b of pool must prove (SNI and verification): the pool's
+ * tls_server_name, else b's host as written in the configuration. */
+void upstream_tls_server_name(const struct cfg_pool *pool, const struct cfg_backend *b, char *out, size_t cap);
 /* Its resources, once no operation is in flight. */
 void upstream_tls_free(struct upconn *u);
 

@@ -26,6 +26,7 @@ enum balance_kind { BALANCE_ROUND_ROBIN, BALANCE_LEAST_OUTSTANDING, BALANCE_CAPA
 struct cfg_backend {
     struct cfg_addr addr;
     unsigned weight;            /* >= 1, default 1 */
+    char host[256];             /* the host as written ("gpu1.lan", "10.0.0.1", "::1"): a TLS pool's default name */
 };
 
 enum route_kind { ROUTE_AI, ROUTE_RAW };
