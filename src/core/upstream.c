@@ -211,6 +211,8 @@ void upstream_release(struct upconn *u, bool reusable)
 {
     struct shard *sh = u->sh;
     u->owner = NULL;
+    if (u->tls && reusable)
+        upstream_tls_save_session(u, &idle_of(u)->tls_session);
     /* a watch still in flight or early bytes: the connection's state is unknown */
     if (!reusable || sh->draining || u->sg != sh->sg || u->state != UP_BUSY || u->watch_armed ||
         u->has_early) {
@@ -225,7 +227,7 @@ void upstream_release(struct upconn *u, bool reusable)
     /* the limit counts idle connections: past it, this one is not spare; and
      * one that cannot be watched is not kept */
     if (idle->count >= idle->pool->keepalive ||
-        !(u->tls ? upstream_tls_pool(u, &idle->tls_session) : arm_watch(u))) {
+        !(u->tls ? upstream_tls_pool(u) : arm_watch(u))) {
         upconn_close(u);
         return;
     }

@@ -390,7 +390,23 @@ static bool idle_consume(struct upconn *u, struct up_tls *x, const char **why)
     return false;
 }
 
-bool upstream_tls_pool(struct upconn *u, struct tls_session **session)
+void upstream_tls_save_session(struct upconn *u, struct tls_session **session)
+{
+    struct up_tls *x = u->tls;
+    if (!x || !x->handshaken || x->session_saved)
+        return;
+    /* the tickets came before the response: the next new connection to this
+     * backend resumes with it (one saved per backend per shard, the newest) */
+    struct tls_session *s = tls_conn_save_session(x->t);
+    if (!s)
+        return;
+    x->session_saved = true;
+    if (*session)
+        tls_session_free(*session);
+    *session = s;
+}
+
+bool upstream_tls_pool(struct upconn *u)
 {
     struct up_tls *x = u->tls;
     const char *why = NULL;
@@ -401,17 +417,6 @@ bool upstream_tls_pool(struct upconn *u, struct tls_session **session)
     if (!idle_consume(u, x, &why)) {
         log_debug("upstream %s: %s: closed", backend_addr(u), why);
         return false;
-    }
-    if (!x->session_saved) {
-        /* the tickets came with (or before) the response: the next new
-         * connection to this backend resumes with it */
-        struct tls_session *s = tls_conn_save_session(x->t);
-        if (s) {
-            x->session_saved = true;
-            if (*session)
-                tls_session_free(*session);
-            *session = s;
-        }
     }
     return arm_read(u, x, true);
 }

@@ -32,12 +32,14 @@ void upstream_tls_send(struct upconn *u, const char *p, size_t n);
 void upstream_tls_recv(struct upconn *u, char *dst, size_t cap);
 /* A send, receive or NOP of the TLS layer completed. */
 void upstream_tls_on_cqe(struct upconn *u, enum op op, int res);
+/* A response was read whole: the connection's session (when the engine has
+ * one and none was saved from this connection) replaces *session, the one the
+ * backend's next new connection on this shard resumes. */
+void upstream_tls_save_session(struct upconn *u, struct tls_session **session);
 /* The connection goes back to the pool: tickets and other post-handshake
- * messages received so far are consumed, the session is saved into *session
- * (when the engine has one and none was saved from this connection), and the
- * idle watch is armed. False: it cannot be kept (stray application data, a
- * close, a send still pending). */
-bool upstream_tls_pool(struct upconn *u, struct tls_session **session);
+ * messages received so far are consumed and the idle watch is armed. False: it
+ * cannot be kept (stray application data, a close, a send still pending). */
+bool upstream_tls_pool(struct upconn *u);
 /* The name backend b of pool must prove (SNI and verification): the pool's
  * tls_server_name, else b's host as written in the configuration. */
 void upstream_tls_server_name(const struct cfg_pool *pool, const struct cfg_backend *b, char *out, size_t cap);
