@@ -500,7 +500,7 @@ static void render_upstream_conns(struct outbuf *o)
 /* Only backends that did a TLS handshake: plaintext pools get no series. */
 static void render_upstream_tls(struct outbuf *o)
 {
-    static const char *const resumed[2] = { "false", "true" };
+    static const char *const resumed[2] = { "no", "yes" };      /* as aigw_tls_handshakes_total */
     put_family(o, "aigw_upstream_tls_handshakes_total", "counter",
                "TLS handshakes with backends (tls = on pools): full, or resumed with a saved session.");
     for (unsigned b = 0; b < nbackends; b++) {

@@ -59,7 +59,7 @@ struct target {
     uint8_t phase;
     bool failing;               /* the last scrape failed (logged once per run of failures) */
     uint64_t next_ms, deadline_ms;
-    char req[256];
+    char req[1024];
     size_t req_len, sent;
     char *buf;                  /* the response */
     size_t len, cap;
@@ -131,10 +131,12 @@ static void probe_start(struct gen *g, struct target *t, uint64_t now)
         probe_failed(g, t, strerror(errno));
         return;
     }
+    /* upstream_auth too: a remote service (or a TLS front) may want it everywhere */
+    const char *auth = t->pool->upstream_auth;
     int n = snprintf(t->req, sizeof t->req,
                      "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: aigw\r\nAccept: text/plain\r\n"
-                     "Connection: close\r\n\r\n",
-                     t->path, a->text);
+                     "%s%s%sConnection: close\r\n\r\n",
+                     t->path, a->text, auth[0] ? "Authorization: Bearer " : "", auth, auth[0] ? "\r\n" : "");
     t->req_len = n > 0 && (size_t)n < sizeof t->req ? (size_t)n : 0;
     t->sent = 0;
     t->len = 0;
