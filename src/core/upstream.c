@@ -18,7 +18,12 @@
  * request takes the connection (HTTP/1.1 cannot tell them from its answer); a
  * close found then is retried on a new connection (conn.c, retry_or_fail), and
  * a request whose body cannot be resent takes only a connection that has been
- * watched for a while. */
+ * watched for a while.
+ *
+ * On a `tls = on` pool the handshake follows the connect, and every send and
+ * receive (the watch's too) goes through upstream_tls.c, which reads and writes
+ * ciphertext in buffers of its own; the pool, the watch's rules and the
+ * hand-over to a request are the same. */
 #include "core/buf.h"
 #include "core/conn.h"
 #include "core/gen.h"
