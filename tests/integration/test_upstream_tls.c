@@ -171,9 +171,18 @@ Test(upstream_tls, keepalive_reuses_and_new_connections_resume)
         cr_assert_eq(r.status, 200, "request %d: %d %s\n%s", i, r.status, r.body, h_tail(g.tag));
         h_resp_free(&r);
     }
+    /* a body of many records, then the connection is still good */
+    char big[512];
+    h_chat_body(big, sizeof big, 6000, false);
+    struct h_resp r;
+    cr_assert_eq(h_request(&c, "POST", "/v1/chat/completions", NULL, big, &r, T_RESP), H_OK);
+    cr_assert_eq(r.status, 200, "large answer: %d\n%s", r.status, h_tail(g.tag));
+    cr_assert_gt(r.body_len, 32768, "a 6000-token answer of only %zu bytes", r.body_len);
+    cr_assert(strstr(r.body, "\"usage\""), "the large answer arrived cut");
+    h_resp_free(&r);
     h_close(&c);
     cr_assert_eq(h_metric0(g.admin_port, UPCONNS("new")), 1, "the TLS upstream connection was not kept");
-    cr_assert_eq(h_metric0(g.admin_port, UPCONNS("reused")), 2, "the TLS upstream connection was not reused");
+    cr_assert_eq(h_metric0(g.admin_port, UPCONNS("reused")), 3, "the TLS upstream connection was not reused");
     cr_assert_eq(h_metric0(g.admin_port, HANDSHAKES("no")), 1);
 
     /* keepalive = 0: every request opens a connection; from the second on it
