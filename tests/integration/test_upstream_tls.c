@@ -4,6 +4,7 @@
  * test CA and tls_server_name = aigw.test, carrying the key as upstream_auth. */
 #include "harness.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -241,6 +242,11 @@ Test(upstream_tls, health_checks_and_metrics_scrapes_speak_tls)
                                    3, 5000 * h_slow());
     cr_assert_geq(scrapes, 3, "no metrics scrapes reached the backend over TLS:\n%s", h_tail(g.tag));
     cr_assert_eq(h_metric0(g.admin_port, "aigw_backend_up{pool=\"remote\"}"), 1);
+    /* a scrape was read whole: the engine's KV use is published (only while fresh) */
+    double kv = NAN;
+    for (int64_t end = h_now_ms() + 5000 * h_slow(); isnan(kv) && h_now_ms() < end; h_sleep_ms(50))
+        kv = h_metric(g.admin_port, "aigw_backend_kv_cache_usage_ratio{pool=\"remote\"}");
+    cr_assert(!isnan(kv), "no metrics scrape over TLS was read:\n%s", h_tail(g.tag));
     expect_chat_ok(&g, &front);
 
     /* a check that cannot verify fails: the backend goes down */
