@@ -2,6 +2,7 @@
 # Installs aigw's build, test and benchmark dependencies from Debian packages.
 # Idempotent and quiet when everything is already there.
 set -eu
+cd "$(dirname "$0")/.."
 PKGS="build-essential pkg-config liburing-dev libwolfssl-dev libmimalloc-dev \
 libcriterion-dev libinih-dev libxxhash-dev wrk nginx-light haproxy curl openssl \
 clang libclang-rt-14-dev procps"
@@ -9,11 +10,20 @@ missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
 done
-[ -z "$missing" ] && exit 0
-echo "deps: installing$missing"
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO=sudo
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-# policy-rc.d keeps Debian from starting the nginx/haproxy system services we only use as benchmark peers
-$SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
+# The Node SDK test (tests/node) needs node and npm; Debian's when none is installed.
+command -v node >/dev/null 2>&1 || missing="$missing nodejs"
+command -v npm >/dev/null 2>&1 || missing="$missing npm"
+if [ -n "$missing" ]; then
+    echo "deps: installing$missing"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    # policy-rc.d keeps Debian from starting the nginx/haproxy system services we only use as benchmark peers
+    $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+# The openai SDK at the version package-lock.json pins (here, never at build time).
+if [ ! -d tests/node/node_modules ]; then
+    echo "deps: npm ci --prefix tests/node"
+    npm ci --prefix tests/node --no-audit --no-fund >/dev/null
+fi

@@ -13,6 +13,7 @@
 #include "core/ring.h"
 #include "core/shard.h"
 #include "core/upstream.h"
+#include "core/upstream_tls.h"
 #include "policy/balance.h"
 #include "policy/route.h"
 
@@ -910,12 +911,16 @@ static void on_recv(struct conn *c, struct io_uring_cqe *cqe)
 static void up_send(struct conn *c, struct xbuf *owner, const char *p, size_t n)
 {
     struct upconn *u = c->at.up;
+    c->at.up_sending = true;
+    if (u->tls) {
+        upstream_tls_send(u, p, n);     /* encrypted now: owner is not read later */
+        return;
+    }
     struct io_uring_sqe *sqe = shard_sqe(c->sh);
     io_uring_prep_send(sqe, u->fd, p, n, MSG_NOSIGNAL);
     io_uring_sqe_set_data64(sqe, ud_make(u, OP_UP_SEND));
     u->ops++;
     u->io_buf = owner;
-    c->at.up_sending = true;
 }
 
 static void up_recv_head(struct conn *c)
@@ -927,6 +932,10 @@ static void up_recv_head(struct conn *c)
             conn_send_error(c, 502, "server_error", "upstream_error", "out of memory");
             return;
         }
+    }
+    if (u->tls) {
+        upstream_tls_recv(u, c->at.rbuf->data + c->at.rbuf->len, c->sh->xbuf_size - c->at.rbuf->len);
+        return;
     }
     if (upstream_head_from_watch(c))
         return;     /* a pooled connection's idle watch is this recv already */

@@ -497,6 +497,26 @@ static void render_upstream_conns(struct outbuf *o)
     }
 }
 
+/* Only backends that did a TLS handshake: plaintext pools get no series. */
+static void render_upstream_tls(struct outbuf *o)
+{
+    static const char *const resumed[2] = { "no", "yes" };      /* as aigw_tls_handshakes_total */
+    put_family(o, "aigw_upstream_tls_handshakes_total", "counter",
+               "TLS handshakes with backends (tls = on pools): full, or resumed with a saved session.");
+    for (unsigned b = 0; b < nbackends; b++) {
+        if (!backend_live[b])
+            continue;
+        uint64_t n[2] = { SUM_SHARDS(upstream_tls_handshakes[b][0]), SUM_SHARDS(upstream_tls_handshakes[b][1]) };
+        if (!n[0] && !n[1])
+            continue;
+        for (unsigned k = 0; k < 2; k++) {
+            put_backend_series(o, "aigw_upstream_tls_handshakes_total", b, "resumed", resumed[k]);
+            outbuf_u64(o, n[k]);
+            outbuf_str(o, "\n");
+        }
+    }
+}
+
 void metrics_set_backend_load(int slot, uint32_t outstanding, int32_t waiting, int32_t kv_permille)
 {
     if (slot < 0 || slot >= METRICS_MAX_BACKENDS)
@@ -854,6 +874,7 @@ size_t metrics_render(char *buf, size_t cap)
     render_requests(&o);
     render_duration(&o);
     render_upstream_conns(&o);
+    render_upstream_tls(&o);
     render_backend_load(&o);
     render_backend_health(&o);
     render_pools(&o);

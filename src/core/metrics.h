@@ -55,6 +55,7 @@ struct shard_metrics {
     mcounter duration_sum_us;
     mcounter duration_count;                      /* also aigw_shard_requests_total */
     mcounter upstream_conns[METRICS_MAX_BACKENDS][2];
+    mcounter upstream_tls_handshakes[METRICS_MAX_BACKENDS][2];  /* TLS pools: full, resumed */
     mcounter relay_bytes[2];
     mgauge connections[METRICS_NSIDES];
     mcounter tls_handshakes[2][3][2];              /* result, version, resumed */

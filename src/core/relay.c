@@ -7,7 +7,8 @@
  *     it says where the response ends; the data of a large chunk, whose length the
  *     size line gave, is spliced unseen. Small chunks (an SSE event each) are
  *     cheaper copied than spliced: a splice is an io-wq round trip.
- *   - Any TLS client (later): copied.
+ *   - Any TLS client or TLS upstream: copied (decrypted into a pool buffer for
+ *     a TLS upstream: no provided buffer, no splice).
  * Copying receives into a provided buffer from the shard's ring, which the kernel
  * picks only when bytes arrive, and sends from it: a stream waiting for its next
  * token holds no buffer at all. Once a receive fills its buffer (a body pouring
@@ -25,6 +26,7 @@
 #include "core/ring.h"
 #include "core/shard.h"
 #include "core/upstream.h"
+#include "core/upstream_tls.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -250,6 +252,10 @@ struct relay_outcome relay_response_head(struct conn *c, const struct http_respo
 static void copy_recv(struct conn *c)
 {
     c->at.rbuf->off = c->at.rbuf->len = 0;
+    if (c->at.up->tls) {
+        upstream_tls_recv(c->at.up, c->at.rbuf->data, c->sh->xbuf_size);
+        return;
+    }
     struct io_uring_sqe *sqe = shard_sqe(c->sh);
     io_uring_prep_recv(sqe, c->at.up->fd, c->at.rbuf->data, c->sh->xbuf_size, 0);
     io_uring_sqe_set_data64(sqe, ud_make(c->at.up, OP_UP_RECV));
@@ -505,7 +511,7 @@ static struct relay_outcome relay_next(struct conn *c)
     }
     if (c->relay.resp_done)
         return (struct relay_outcome){ RELAY_DONE, NULL };
-    bool spliceable = c->tr->zero_copy && !c->relay.copy_only &&
+    bool spliceable = c->tr->zero_copy && !c->relay.copy_only && !c->at.up->tls &&
                       (c->relay.resp_body == BODY_LENGTH || c->relay.resp_body == BODY_UNTIL_CLOSE ||
                        (c->relay.resp_body == BODY_CHUNKED &&
                         chunked_data_left(&c->relay.resp_chunked) >= SPLICE_MIN_CHUNK_DATA));
@@ -530,7 +536,8 @@ static struct relay_outcome relay_next(struct conn *c)
         splice_in(c);
         return relay_more;
     }
-    if (c->relay.bulk || sh->relay_ring_bufs >= RELAY_RING_BUFS_MAX)
+    /* a TLS upstream decrypts into a buffer named before the bytes come */
+    if (c->relay.bulk || sh->relay_ring_bufs >= RELAY_RING_BUFS_MAX || c->at.up->tls)
         return copy_recv_pool(c);
     /* waiting for the next bytes (an SSE stream's next token) holds no buffer */
     conn_drop_buf(c, c->at.rbuf);

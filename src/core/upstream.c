@@ -18,13 +18,19 @@
  * request takes the connection (HTTP/1.1 cannot tell them from its answer); a
  * close found then is retried on a new connection (conn.c, retry_or_fail), and
  * a request whose body cannot be resent takes only a connection that has been
- * watched for a while. */
+ * watched for a while.
+ *
+ * On a `tls = on` pool the handshake follows the connect, and every send and
+ * receive (the watch's too) goes through upstream_tls.c, which reads and writes
+ * ciphertext in buffers of its own; the pool, the watch's rules and the
+ * hand-over to a request are the same. */
 #include "core/buf.h"
 #include "core/conn.h"
 #include "core/gen.h"
 #include "core/ring.h"
 #include "core/shard.h"
 #include "core/upstream.h"
+#include "core/upstream_tls.h"
 
 #include <errno.h>
 #include <netinet/tcp.h>
@@ -34,6 +40,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "tls/tls.h"
 
 
 static struct upstream_idle *idle_of(struct upconn *u)
@@ -86,6 +93,7 @@ static void upconn_maybe_free(struct upconn *u)
 {
     if (u->state != UP_CLOSING || u->ops != 0)
         return;
+    upstream_tls_free(u);     /* its buffers are free of the kernel only now */
     u->state = UP_FREE;
     u->next = u->sh->free_upconns;
     u->sh->free_upconns = u;
@@ -208,6 +216,8 @@ void upstream_release(struct upconn *u, bool reusable)
 {
     struct shard *sh = u->sh;
     u->owner = NULL;
+    if (u->tls && reusable)
+        upstream_tls_save_session(u, &idle_of(u)->tls_session);
     /* a watch still in flight or early bytes: the connection's state is unknown */
     if (!reusable || sh->draining || u->sg != sh->sg || u->state != UP_BUSY || u->watch_armed ||
         u->has_early) {
@@ -221,7 +231,8 @@ void upstream_release(struct upconn *u, bool reusable)
     }
     /* the limit counts idle connections: past it, this one is not spare; and
      * one that cannot be watched is not kept */
-    if (idle->count >= idle->pool->keepalive || !arm_watch(u)) {
+    if (idle->count >= idle->pool->keepalive ||
+        !(u->tls ? upstream_tls_pool(u) : arm_watch(u))) {
         upconn_close(u);
         return;
     }
@@ -236,9 +247,13 @@ void upstream_release(struct upconn *u, bool reusable)
 
 void upstream_close_idle(struct shard *sh, struct shard_gen *sg)
 {
-    for (unsigned b = 0; b < sg->g->cfg->nbackends; b++)
+    for (unsigned b = 0; b < sg->g->cfg->nbackends; b++) {
         while (sg->idle[b].head)
             upconn_close(sg->idle[b].head);
+        if (sg->idle[b].tls_session)
+            tls_session_free(sg->idle[b].tls_session);
+        sg->idle[b].tls_session = NULL;
+    }
 }
 
 void upconn_timer_fired(struct upconn *u)
@@ -328,6 +343,11 @@ void upconn_on_cqe(struct upconn *u, enum op op, struct io_uring_cqe *cqe)
     }
     int res = cqe->res;
     struct conn *c = u->owner;
+    if (u->tls && (op == OP_UP_SEND || op == OP_UP_RECV)) {
+        upstream_tls_on_cqe(u, op, res);
+        upconn_maybe_free(u);
+        return;
+    }
     switch (op) {
     case OP_UP_WATCH:
         on_watch(u, cqe);
@@ -340,6 +360,11 @@ void upconn_on_cqe(struct upconn *u, enum op op, struct io_uring_cqe *cqe)
                                                    : "upstream connect failed";
             conn_attempt_failed(c, BF_CONNECT, -res, why);
             conn_maybe_free(c);
+            break;
+        }
+        if (idle_of(u)->pool->tls) {
+            /* conn_upstream_ready once the handshake is complete */
+            upstream_tls_start(u, idle_of(u)->pool, idle_of(u)->tls_session);
             break;
         }
         u->state = UP_BUSY;

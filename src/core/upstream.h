@@ -15,6 +15,8 @@ struct conn;
 struct io_uring_cqe;
 struct shard;
 struct shard_gen;
+struct tls_session;
+struct up_tls;
 struct xbuf;
 
 enum upconn_state { UP_CONNECTING, UP_BUSY, UP_IDLE, UP_CLOSING, UP_FREE };
@@ -37,15 +39,18 @@ struct upconn {
     struct xbuf *io_buf;            /* the buffer the send/recv in flight uses */
     bool io_buf_orphan;             /* its conn let go of it: freed when that op completes */
     bool splice_pending;            /* a splice reads this fd: the close waits for it */
+    struct up_tls *tls;             /* a TLS pool's engine state (upstream_tls.c); NULL: plaintext */
     struct upconn *next;            /* free list / idle list */
     struct timer_node timer;
 } __attribute__((aligned(16)));
 
-/* A backend's idle upstream connections on one shard. */
+/* A backend's idle upstream connections on one shard (and, on a TLS pool, the
+ * one session saved for resuming). */
 struct upstream_idle {
     struct upconn *head;            /* LIFO of connections ready to be taken */
     unsigned count;                 /* connections in head */
     const struct cfg_pool *pool;    /* the backend's pool: keepalive limits (set on first use) */
+    struct tls_session *tls_session; /* TLS pools: the session the next new connection resumes */
 };
 
 void upstream_acquire(struct conn *c);

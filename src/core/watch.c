@@ -7,7 +7,9 @@
  * (`health` every `health_interval`: down after HEALTH_FALL failed checks, up
  * after HEALTH_RISE passing ones), logs the circuits the shards open and close
  * (dispatch.c), and publishes the per-backend gauges of /metrics. Control
- * plane: plain non-blocking sockets under poll(2), never on a shard's ring.
+ * plane: plain non-blocking sockets under poll(2), never on a shard's ring. A
+ * `tls = on` pool is probed over TLS: the engine over the probe's own buffers,
+ * verified as the shards verify (a probe that cannot verify fails).
  *
  * Like a shard, it holds a reference on the generation it works from and moves
  * to the newest one by following `newer`, releasing what it leaves. */
@@ -28,8 +30,10 @@
 #include "core/gen.h"
 #include "core/shard.h"
 #include "core/readiness.h"
+#include "core/upstream_tls.h"
 #include "proto/http1.h"
 #include "proto/promtext.h"
+#include "tls/tls.h"
 #include "util/clock.h"
 
 #define WATCH_MAX_BODY (1 << 20)    /* a /metrics body larger than this is not read */
@@ -39,7 +43,8 @@
 #define HEALTH_FALL 2               /* consecutive failed checks: down */
 #define HEALTH_RISE 2               /* consecutive passing checks: up again */
 
-enum probe_phase { PROBE_IDLE, PROBE_CONNECTING, PROBE_SENDING, PROBE_READING };
+enum probe_phase { PROBE_IDLE, PROBE_CONNECTING, PROBE_HANDSHAKE, PROBE_SENDING, PROBE_READING };
+#define PROBE_TLS_BUF 16384         /* ciphertext each way */
 enum target_kind { TARGET_METRICS, TARGET_HEALTH };
 
 /* One backend's scrape or health check: at most one in flight. */
@@ -54,10 +59,14 @@ struct target {
     uint8_t phase;
     bool failing;               /* the last scrape failed (logged once per run of failures) */
     uint64_t next_ms, deadline_ms;
-    char req[256];
+    char req[1024];
     size_t req_len, sent;
     char *buf;                  /* the response */
     size_t len, cap;
+    /* TLS pools: the engine's connection and its ciphertext, each way */
+    struct tls_conn *tls;
+    char *cin, *cout;
+    size_t cin_len, cout_len, cout_sent;
 };
 
 static pthread_t watch_thread;
@@ -68,6 +77,10 @@ static void probe_close(struct target *t)
 {
     if (t->fd >= 0)
         close(t->fd);
+    if (t->tls)
+        tls_conn_free(t->tls);
+    t->tls = NULL;
+    t->cin_len = t->cout_len = t->cout_sent = 0;
     t->fd = -1;
     t->phase = PROBE_IDLE;
     t->len = 0;
@@ -118,10 +131,12 @@ static void probe_start(struct gen *g, struct target *t, uint64_t now)
         probe_failed(g, t, strerror(errno));
         return;
     }
+    /* upstream_auth too: a remote service (or a TLS front) may want it everywhere */
+    const char *auth = t->pool->upstream_auth;
     int n = snprintf(t->req, sizeof t->req,
                      "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: aigw\r\nAccept: text/plain\r\n"
-                     "Connection: close\r\n\r\n",
-                     t->path, a->text);
+                     "%s%s%sConnection: close\r\n\r\n",
+                     t->path, a->text, auth[0] ? "Authorization: Bearer " : "", auth, auth[0] ? "\r\n" : "");
     t->req_len = n > 0 && (size_t)n < sizeof t->req ? (size_t)n : 0;
     t->sent = 0;
     t->len = 0;
@@ -213,6 +228,169 @@ static void probe_done(struct gen *g, struct target *t, uint64_t now)
     probe_close(t);
 }
 
+/* Room for at least 4 KiB more of the response; false (failed) past the limit. */
+static bool response_room(struct gen *g, struct target *t)
+{
+    if (t->cap - t->len >= 4096)
+        return true;
+    size_t want = t->cap ? t->cap * 2 : 16384;
+    if (want > WATCH_MAX_BODY + 65536) {
+        probe_failed(g, t, "response too large");
+        return false;
+    }
+    char *nb = realloc(t->buf, want);
+    if (!nb) {
+        probe_failed(g, t, "out of memory");
+        return false;
+    }
+    t->buf = nb;
+    t->cap = want;
+    return true;
+}
+
+/* ---- probes over TLS: the engine between the socket and the request ---- */
+
+static bool probe_tls_begin(struct gen *g, struct target *t)
+{
+    if (!t->cin)
+        t->cin = malloc(PROBE_TLS_BUF);
+    if (!t->cout)
+        t->cout = malloc(PROBE_TLS_BUF);
+    char name[256];
+    upstream_tls_server_name(t->pool, g->backend_cfg[t->backend], name, sizeof name);
+    t->tls = t->cin && t->cout && t->pool->tls_client ? tls_conn_new_client(t->pool->tls_client, name, NULL)
+                                                      : NULL;
+    if (!t->tls) {
+        probe_failed(g, t, "out of memory");
+        return false;
+    }
+    t->phase = PROBE_HANDSHAKE;
+    return true;
+}
+
+static void tls_window(struct target *t)
+{
+    struct tls_io *io = tls_conn_io(t->tls);
+    io->in = t->cin;
+    io->in_len = t->cin_len;
+    io->in_off = 0;
+    io->out = t->cout;
+    io->out_len = t->cout_len;
+    io->out_cap = PROBE_TLS_BUF;
+}
+
+static void tls_taken(struct target *t)
+{
+    struct tls_io *io = tls_conn_io(t->tls);
+    memmove(t->cin, t->cin + io->in_off, t->cin_len - io->in_off);
+    t->cin_len -= io->in_off;
+    t->cout_len = io->out_len;
+}
+
+/* Moves ciphertext both ways without blocking: false (failed) on an error;
+ * *eof when the backend closed its side. */
+static bool tls_pump(struct gen *g, struct target *t, bool *eof)
+{
+    while (t->cout_sent < t->cout_len) {
+        ssize_t n = send(t->fd, t->cout + t->cout_sent, t->cout_len - t->cout_sent, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                break;
+            probe_failed(g, t, strerror(errno));
+            return false;
+        }
+        t->cout_sent += (size_t)n;
+    }
+    if (t->cout_sent == t->cout_len)
+        t->cout_sent = t->cout_len = 0;
+    *eof = false;
+    if (t->cin_len < PROBE_TLS_BUF) {
+        ssize_t n = recv(t->fd, t->cin + t->cin_len, PROBE_TLS_BUF - t->cin_len, 0);
+        if (n > 0)
+            t->cin_len += (size_t)n;
+        else if (n == 0)
+            *eof = true;
+        else if (errno != EAGAIN && errno != EINTR) {
+            probe_failed(g, t, strerror(errno));
+            return false;
+        }
+    }
+    return true;
+}
+
+static void probe_tls_step(struct gen *g, struct target *t, uint64_t now)
+{
+    bool eof;
+    if (!tls_pump(g, t, &eof))
+        return;
+    if (t->phase == PROBE_HANDSHAKE) {
+        tls_window(t);
+        enum tls_status st = tls_handshake(t->tls);
+        tls_taken(t);
+        if (st == TLS_FAILED || st == TLS_CLOSED) {
+            char why[200];
+            snprintf(why, sizeof why, "tls handshake failed: %s: %s",
+                     tls_fail_reason_name(tls_fail_reason(t->tls)), tls_fail_detail(t->tls));
+            probe_failed(g, t, why);
+            return;
+        }
+        if (st == TLS_WANT) {
+            if (eof)
+                probe_failed(g, t, "closed during the tls handshake");
+            else if (!tls_pump(g, t, &eof))
+                return;
+            return;
+        }
+        t->phase = PROBE_SENDING;
+    }
+    if (t->phase == PROBE_SENDING) {
+        tls_window(t);
+        enum tls_status st = TLS_OK;
+        size_t took = tls_write(t->tls, t->req, t->req_len, &st);
+        tls_taken(t);
+        if (took != t->req_len) {
+            probe_failed(g, t, "tls write failed");
+            return;
+        }
+        t->phase = PROBE_READING;
+        if (!tls_pump(g, t, &eof))
+            return;
+    }
+    /* reading: every record there is, then the verdict if the response is whole */
+    for (;;) {
+        if (!response_room(g, t))
+            return;
+        tls_window(t);
+        enum tls_status st = TLS_OK;
+        size_t k = tls_read(t->tls, t->buf + t->len, t->cap - t->len, &st);
+        tls_taken(t);
+        t->len += k;
+        if (k > 0)
+            continue;
+        if (st == TLS_CLOSED || (st == TLS_WANT && eof)) {
+            probe_done(g, t, now);      /* Connection: close: the response ends here */
+            return;
+        }
+        if (st == TLS_FAILED) {
+            probe_failed(g, t, "tls record error");
+            return;
+        }
+        break;
+    }
+    if (t->kind == TARGET_HEALTH && t->len && memmem(t->buf, t->len, "\r\n\r\n", 4))
+        probe_done(g, t, now);
+    else if (t->cout_len && !tls_pump(g, t, &eof))
+        return;
+}
+
+/* What poll waits for: writable while connecting or with bytes to send. */
+static short probe_events(const struct target *t)
+{
+    if (t->phase == PROBE_CONNECTING || (t->phase == PROBE_SENDING && !t->tls) || t->cout_len)
+        return POLLOUT;
+    return POLLIN;
+}
+
 /* Moves a probe on after poll said its socket is ready. */
 static void probe_step(struct gen *g, struct target *t, short revents, uint64_t now)
 {
@@ -224,6 +402,12 @@ static void probe_step(struct gen *g, struct target *t, short revents, uint64_t 
             return;
         }
         t->phase = PROBE_SENDING;
+        if (t->pool->tls && !probe_tls_begin(g, t))
+            return;
+    }
+    if (t->phase == PROBE_HANDSHAKE || (t->tls && t->phase == PROBE_SENDING)) {
+        probe_tls_step(g, t, now);
+        return;
     }
     if (t->phase == PROBE_SENDING) {
         ssize_t n = send(t->fd, t->req + t->sent, t->req_len - t->sent, MSG_NOSIGNAL);
@@ -237,21 +421,13 @@ static void probe_step(struct gen *g, struct target *t, short revents, uint64_t 
             t->phase = PROBE_READING;
         return;
     }
+    if (t->phase == PROBE_READING && t->tls) {
+        probe_tls_step(g, t, now);
+        return;
+    }
     if (t->phase == PROBE_READING && (revents & (POLLIN | POLLHUP | POLLERR))) {
-        if (t->cap - t->len < 4096) {
-            size_t want = t->cap ? t->cap * 2 : 16384;
-            if (want > WATCH_MAX_BODY + 65536) {
-                probe_failed(g, t, "response too large");
-                return;
-            }
-            char *nb = realloc(t->buf, want);
-            if (!nb) {
-                probe_failed(g, t, "out of memory");
-                return;
-            }
-            t->buf = nb;
-            t->cap = want;
-        }
+        if (!response_room(g, t))
+            return;
         ssize_t n = recv(t->fd, t->buf + t->len, t->cap - t->len, 0);
         if (n < 0) {
             if (errno != EAGAIN && errno != EINTR)
@@ -316,6 +492,8 @@ static void targets_free(struct target *t, unsigned n)
     for (unsigned i = 0; i < n; i++) {
         probe_close(&t[i]);
         free(t[i].buf);
+        free(t[i].cin);
+        free(t[i].cout);
     }
     free(t);
 }
@@ -422,8 +600,7 @@ static void *watch_main(void *arg)
         pfd[npfd++] = (struct pollfd){ stop_fd, POLLIN, 0 };
         for (unsigned i = 0; i < n && npfd < pfd_cap; i++)
             if (t[i].phase != PROBE_IDLE)
-                pfd[npfd++] = (struct pollfd){ t[i].fd,
-                                               t[i].phase == PROBE_READING ? POLLIN : POLLOUT, 0 };
+                pfd[npfd++] = (struct pollfd){ t[i].fd, probe_events(&t[i]), 0 };
         int timeout = wake > now ? (int)(wake - now) : 0;
         int r = poll(pfd, npfd, timeout);
         if (r < 0 && errno != EINTR)

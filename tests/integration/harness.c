@@ -23,7 +23,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <pthread.h>
 #include <wolfssl/options.h>
+#include <wolfssl/ssl.h>
 #include <wolfssl/wolfcrypt/sha256.h>
 #include <time.h>
 #include <unistd.h>
@@ -90,7 +92,10 @@ static void remove_tree(const char *dir)
     while ((e = readdir(d))) {
         if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        unlink(path);
+        if (e->d_type == DT_DIR)
+            remove_tree(path);   /* the TLS certificates' directory */
+        else
+            unlink(path);
     }
     closedir(d);
     rmdir(dir);
@@ -270,7 +275,14 @@ void h_spawn_nofile(unsigned soft, unsigned hard)
     spawn_nofile.rlim_max = hard;
 }
 
+static pid_t spawn_io(const char *tag, const char *const argv[], const char *stdin_path);
+
 pid_t h_spawn(const char *tag, const char *const argv[])
+{
+    return spawn_io(tag, argv, "/dev/null");
+}
+
+static pid_t spawn_io(const char *tag, const char *const argv[], const char *stdin_path)
 {
     char out[512], err[512];
     snprintf(out, sizeof out, "%s/%s.out", test_dir, tag);
@@ -293,8 +305,8 @@ pid_t h_spawn(const char *tag, const char *const argv[])
         if (getppid() != parent) _exit(127);
         dup2(ofd, 1);
         dup2(efd, 2);
-        int nullfd = open("/dev/null", O_RDONLY);
-        if (nullfd >= 0) dup2(nullfd, 0);
+        int infd = open(stdin_path, O_RDONLY);
+        if (infd >= 0) dup2(infd, 0);
         /* The test process ignores SIGPIPE; the daemon must cope on its own. */
         signal(SIGPIPE, SIG_DFL);
         sigset_t none;
@@ -474,6 +486,8 @@ int h_connect(struct h_conn *c, int port)
 
 void h_close(struct h_conn *c)
 {
+    if (c->tls) wolfSSL_free(c->tls);
+    c->tls = NULL;
     if (c->fd >= 0) close(c->fd);
     c->fd = -1;
     free(c->buf);
@@ -481,8 +495,11 @@ void h_close(struct h_conn *c)
     c->len = c->cap = 0;
 }
 
+static int tls_send(struct h_conn *c, const void *p, size_t n);
+
 int h_send(struct h_conn *c, const void *p, size_t n)
 {
+    if (c->tls) return tls_send(c, p, n);
     const char *s = p;
     int64_t deadline = h_now_ms() + 5000;
     while (n > 0) {
@@ -512,9 +529,12 @@ int h_sendf(struct h_conn *c, const char *fmt, ...)
 }
 
 /* Reads more bytes into c->buf. >0 bytes read, 0 on EOF/reset, H_ETIMEOUT. */
+static int tls_fill(struct h_conn *c, int64_t deadline);
+
 static int conn_fill(struct h_conn *c, int64_t deadline)
 {
     if (c->eof) return 0;
+    if (c->tls) return tls_fill(c, deadline);
     for (;;) {
         int64_t left = deadline - h_now_ms();
         if (left <= 0) return H_ETIMEOUT;
@@ -1147,10 +1167,13 @@ static void gw_write(struct h_gw *g)
                  "\n[log]\n"
                  "access = %s/access.log\n"
                  "level = info\n"
+                 "%s%.0d%s%s"
                  "\n%s",
                  g->port, g->shards > 0 ? g->shards : 2, g->max_body[0] ? g->max_body : "1m",
                  g->server_extra, g->admin_port,
-                 g->timeouts[0] ? g->timeouts : H_DEFAULT_TIMEOUTS, h_dir(), g->body);
+                 g->timeouts[0] ? g->timeouts : H_DEFAULT_TIMEOUTS, h_dir(),
+                 g->tls[0] ? "\n[tls]\nlisten = 127.0.0.1:" : "", g->tls[0] ? g->tls_port : 0,
+                 g->tls[0] ? "\n" : "", g->tls, g->body);
 }
 
 void h_gw_config(struct h_gw *g, const char *timeouts, const char *fmt, ...)
@@ -1158,6 +1181,7 @@ void h_gw_config(struct h_gw *g, const char *timeouts, const char *fmt, ...)
     if (!g->tag[0]) snprintf(g->tag, sizeof g->tag, "aigw");
     if (!g->port) g->port = h_free_port();
     if (!g->admin_port) g->admin_port = h_free_port();
+    if (g->tls[0] && !g->tls_port) g->tls_port = h_free_port();
     if (!g->conf[0]) snprintf(g->conf, sizeof g->conf, "%s/%s.conf", h_dir(), g->tag);
     snprintf(g->timeouts, sizeof g->timeouts, "%s", timeouts ? timeouts : "");
     va_list ap;
@@ -1173,6 +1197,7 @@ int h_gw_start(struct h_gw *g)
         if (attempt > 0) {   /* fresh ports, in case one was taken meanwhile */
             g->port = h_free_port();
             g->admin_port = h_free_port();
+            if (g->tls[0]) g->tls_port = h_free_port();
             gw_write(g);
         }
         const char *argv[] = {h_aigw_bin(), "-c", g->conf, NULL};
@@ -1466,4 +1491,352 @@ bool h_each_shard_next(struct h_each_shard *e)
     cr_assert_fail("shard %d answered none of %d requests on new connections; aigw stderr:\n%s", shard,
                    H_EACH_SHARD_ROUNDS, h_tail(e->g->tag));
     return false;
+}
+
+/* ---- TLS ---- */
+
+const char *h_tls_dir(void)
+{
+    static char dir[600];
+    if (!dir[0] || strncmp(dir, test_dir, strlen(test_dir)) != 0) {
+        snprintf(dir, sizeof dir, "%s/tls", test_dir);
+        const char *argv[] = {"/bin/sh", "tests/tls/make-certs.sh", dir, NULL};
+        int st = h_run("make-certs", argv, 60000 * h_slow());
+        cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                  "tests/tls/make-certs.sh %s failed (status 0x%x; run from the source tree):\n%s", dir, st,
+                  h_tail("make-certs"));
+    }
+    return dir;
+}
+
+const char *h_tls_file(const char *name)
+{
+    static char bufs[8][700];
+    static int next;
+    char *out = bufs[next++ % 8];
+    snprintf(out, sizeof bufs[0], "%s/%s", h_tls_dir(), name);
+    return out;
+}
+
+void h_gw_tls(struct h_gw *g, const char *extra)
+{
+    extra = extra ? extra : "";
+    snprintf(g->tls, sizeof g->tls, "cert = %s\nkey = %s\n%s%s", h_tls_file("server.pem"),
+             h_tls_file("server.key"), strstr(extra, "handshake_timeout") ? "" : "handshake_timeout = 5s\n",
+             extra);
+}
+
+static __thread char tls_err[512];
+
+const char *h_tls_error(void)
+{
+    return tls_err;
+}
+
+/* Client contexts, one per (CA, client certificate, version), shared by the
+ * test's threads (a context is read-only once made). */
+struct tls_ctx_slot {
+    char ca[600], cert[600], key[600];
+    int version;
+    WOLFSSL_CTX *ctx;
+};
+static struct tls_ctx_slot tls_ctxs[8];
+static pthread_mutex_t tls_ctx_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t tls_once = PTHREAD_ONCE_INIT;
+
+static void tls_init_once(void)
+{
+    wolfSSL_Init();
+}
+
+static WOLFSSL_CTX *tls_client_ctx(const char *ca, const char *cert, const char *key, int version)
+{
+    pthread_once(&tls_once, tls_init_once);
+    pthread_mutex_lock(&tls_ctx_lock);
+    WOLFSSL_CTX *ctx = NULL;
+    struct tls_ctx_slot *free_slot = NULL;
+    for (size_t i = 0; i < sizeof tls_ctxs / sizeof tls_ctxs[0] && !ctx; i++) {
+        struct tls_ctx_slot *s = &tls_ctxs[i];
+        if (!s->ctx) {
+            if (!free_slot) free_slot = s;
+            continue;
+        }
+        if (!strcmp(s->ca, ca) && !strcmp(s->cert, cert ? cert : "") && !strcmp(s->key, key ? key : "") &&
+            s->version == version)
+            ctx = s->ctx;
+    }
+    if (!ctx) {
+        WOLFSSL_METHOD *m = version == 12 ? wolfTLSv1_2_client_method()
+                            : version == 13 ? wolfTLSv1_3_client_method()
+                                            : wolfSSLv23_client_method();
+        ctx = wolfSSL_CTX_new(m);
+        if (!ctx) {
+            snprintf(tls_err, sizeof tls_err, "wolfSSL_CTX_new failed");
+        } else if (wolfSSL_CTX_load_verify_locations(ctx, ca, NULL) != WOLFSSL_SUCCESS) {
+            snprintf(tls_err, sizeof tls_err, "cannot load CA %s", ca);
+            wolfSSL_CTX_free(ctx);
+            ctx = NULL;
+        } else if (cert && (wolfSSL_CTX_use_certificate_chain_file(ctx, cert) != WOLFSSL_SUCCESS ||
+                            wolfSSL_CTX_use_PrivateKey_file(ctx, key, WOLFSSL_FILETYPE_PEM) != WOLFSSL_SUCCESS)) {
+            snprintf(tls_err, sizeof tls_err, "cannot load client certificate %s / %s", cert, key);
+            wolfSSL_CTX_free(ctx);
+            ctx = NULL;
+        } else {
+            wolfSSL_CTX_set_verify(ctx, WOLFSSL_VERIFY_PEER, NULL);
+            if (free_slot) {   /* else: a context per connection (more than 8 kinds in one test) */
+                snprintf(free_slot->ca, sizeof free_slot->ca, "%s", ca);
+                snprintf(free_slot->cert, sizeof free_slot->cert, "%s", cert ? cert : "");
+                snprintf(free_slot->key, sizeof free_slot->key, "%s", key ? key : "");
+                free_slot->version = version;
+                free_slot->ctx = ctx;
+            }
+        }
+    }
+    pthread_mutex_unlock(&tls_ctx_lock);
+    return ctx;
+}
+
+/* Waits until fd is ready for what wolfSSL asked for (err: WANT_READ/WANT_WRITE).
+ * False when the deadline passed. */
+static bool tls_wait(int fd, int err, int64_t deadline)
+{
+    for (;;) {
+        int64_t left = deadline - h_now_ms();
+        if (left <= 0) return false;
+        struct pollfd pfd = {.fd = fd, .events = err == WOLFSSL_ERROR_WANT_WRITE ? POLLOUT : POLLIN};
+        int pr = poll(&pfd, 1, (int)left);
+        if (pr > 0) return true;
+        if (pr == 0) return false;
+        if (errno != EINTR) return false;
+    }
+}
+
+int h_connect_tls(struct h_conn *c, int port, const struct h_tls_opts *o)
+{
+    static const struct h_tls_opts defaults;
+    if (!o) o = &defaults;
+    tls_err[0] = 0;
+    const char *ca = o->ca ? o->ca : h_tls_file("ca.pem");
+    const char *sni = o->sni ? o->sni : "aigw.test";
+    const char *name = o->verify_name ? o->verify_name : sni;
+    int rc = h_connect(c, port);
+    if (rc < 0) {
+        snprintf(tls_err, sizeof tls_err, "connect: %s", strerror(-rc));
+        return rc;
+    }
+    WOLFSSL_CTX *ctx = tls_client_ctx(ca, o->cert, o->key, o->version);
+    WOLFSSL *ssl = ctx ? wolfSSL_new(ctx) : NULL;
+    if (!ssl) {
+        if (!tls_err[0]) snprintf(tls_err, sizeof tls_err, "wolfSSL_new failed");
+        h_close(c);
+        return -ENOMEM;
+    }
+    fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
+    wolfSSL_set_fd(ssl, c->fd);
+    if (*sni) wolfSSL_UseSNI(ssl, WOLFSSL_SNI_HOST_NAME, sni, (unsigned short)strlen(sni));
+    if (*name) wolfSSL_check_domain_name(ssl, name);
+    c->tls = ssl;
+    int64_t deadline = h_now_ms() + 5000 * h_slow();
+    for (;;) {
+        if (wolfSSL_connect(ssl) == WOLFSSL_SUCCESS) return 0;
+        int err = wolfSSL_get_error(ssl, 0);
+        if ((err == WOLFSSL_ERROR_WANT_READ || err == WOLFSSL_ERROR_WANT_WRITE) && tls_wait(c->fd, err, deadline))
+            continue;
+        char reason[WOLFSSL_MAX_ERROR_SZ];
+        wolfSSL_ERR_error_string_n((unsigned long)err, reason, sizeof reason);
+        snprintf(tls_err, sizeof tls_err, "TLS handshake with 127.0.0.1:%d failed: %s (%d)%s", port, reason,
+                 err, err == WOLFSSL_ERROR_WANT_READ ? ", timed out" : "");
+        h_close(c);
+        return err < 0 ? err : -EPROTO;
+    }
+}
+
+const char *h_tls_version(const struct h_conn *c)
+{
+    return c->tls ? wolfSSL_get_version(c->tls) : "";
+}
+
+const char *h_tls_cipher(const struct h_conn *c)
+{
+    return c->tls ? wolfSSL_get_cipher_name(c->tls) : "";
+}
+
+/* conn_fill over TLS: >0 plaintext bytes, 0 on close (close_notify, EOF, a
+ * fatal alert or error), H_ETIMEOUT. */
+static int tls_fill(struct h_conn *c, int64_t deadline)
+{
+    for (;;) {
+        if (c->cap - c->len < 8192) c->buf = realloc(c->buf, c->cap *= 2);
+        int n = wolfSSL_read(c->tls, c->buf + c->len, (int)(c->cap - c->len));
+        if (n > 0) {
+            c->len += (size_t)n;
+            c->last_rx_ms = h_now_ms();
+            return n;
+        }
+        int err = wolfSSL_get_error(c->tls, n);
+        if (err == WOLFSSL_ERROR_WANT_READ || err == WOLFSSL_ERROR_WANT_WRITE) {
+            if (!tls_wait(c->fd, err, deadline)) return H_ETIMEOUT;
+            continue;
+        }
+        c->eof = true;
+        return 0;
+    }
+}
+
+static int tls_send(struct h_conn *c, const void *p, size_t n)
+{
+    const char *s = p;
+    int64_t deadline = h_now_ms() + 5000;
+    while (n > 0) {
+        int chunk = n > 16384 ? 16384 : (int)n;
+        int w = wolfSSL_write(c->tls, s, chunk);
+        if (w > 0) {
+            s += w;
+            n -= (size_t)w;
+            continue;
+        }
+        int err = wolfSSL_get_error(c->tls, w);
+        if ((err == WOLFSSL_ERROR_WANT_READ || err == WOLFSSL_ERROR_WANT_WRITE) && tls_wait(c->fd, err, deadline))
+            continue;
+        return -EPIPE;
+    }
+    return 0;
+}
+
+int h_run_io(const char *tag, const char *const argv[], const char *input, int timeout_ms, char **out)
+{
+    char in_path[600], out_path[600], err_path[600];
+    snprintf(in_path, sizeof in_path, "%s/%s.in", test_dir, tag);
+    snprintf(out_path, sizeof out_path, "%s/%s.out", test_dir, tag);
+    snprintf(err_path, sizeof err_path, "%s/%s.err", test_dir, tag);
+    if (truncate(out_path, 0) != 0 && errno != ENOENT) perror(out_path);
+    if (truncate(err_path, 0) != 0 && errno != ENOENT) perror(err_path);
+    if (input) h_write_file(in_path, "%s", input);
+    pid_t pid = spawn_io(tag, argv, input ? in_path : "/dev/null");
+    int st = h_wait_exit(pid, timeout_ms);
+    if (st == -1) {
+        kill(pid, SIGKILL);
+        h_wait_exit(pid, 5000);
+    }
+    if (out) {
+        *out = h_read_file(out_path);
+        if (!*out) *out = strdup("");
+    }
+    return st;
+}
+
+/* argv from a fixed prefix and space separated args (in argbuf, which it cuts up). */
+static int build_argv(const char **argv, int max, int n, char *argbuf)
+{
+    for (char *save, *t = strtok_r(argbuf, " ", &save); t && n < max - 1; t = strtok_r(NULL, " ", &save))
+        argv[n++] = t;
+    argv[n] = NULL;
+    return n;
+}
+
+static int exit_code(int st)
+{
+    return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+int h_s_client(const char *tag, int port, const char *args, const char *input, char **out)
+{
+    char connect[64], argbuf[2048];
+    snprintf(connect, sizeof connect, "127.0.0.1:%d", port);
+    snprintf(argbuf, sizeof argbuf, "%s", args ? args : "");
+    const char *argv[64];
+    int n = 0;
+    argv[n++] = "/usr/bin/openssl";
+    argv[n++] = "s_client";
+    argv[n++] = "-connect";
+    argv[n++] = connect;
+    argv[n++] = "-CAfile";
+    argv[n++] = h_tls_file("ca.pem");
+    argv[n++] = "-showcerts";
+    if (input) argv[n++] = "-ign_eof";
+    build_argv(argv, 64, n, argbuf);
+    return exit_code(h_run_io(tag, argv, input, 20000 * h_slow(), out));
+}
+
+int h_curl(const char *tag, const char *args, char **out)
+{
+    char argbuf[2048];
+    snprintf(argbuf, sizeof argbuf, "%s", args ? args : "");
+    const char *argv[64];
+    int n = 0;
+    argv[n++] = "/usr/bin/curl";
+    argv[n++] = "-sS";
+    argv[n++] = "--max-time";
+    argv[n++] = h_slow() > 1 ? "45" : "15";
+    argv[n++] = "--cacert";
+    argv[n++] = h_tls_file("ca.pem");
+    build_argv(argv, 64, n, argbuf);
+    return exit_code(h_run_io(tag, argv, NULL, 60000 * h_slow(), out));
+}
+
+/* The first "-----BEGIN CERTIFICATE-----" block of text, without whitespace,
+ * into out (malloc'd); NULL if none. */
+static char *first_cert(const char *text)
+{
+    const char *b = text ? strstr(text, "-----BEGIN CERTIFICATE-----") : NULL;
+    const char *e = b ? strstr(b, "-----END CERTIFICATE-----") : NULL;
+    if (!e) return NULL;
+    char *out = malloc((size_t)(e - b) + 1), *o = out;
+    for (const char *p = b; p < e; p++)
+        if (!isspace((unsigned char)*p)) *o++ = *p;
+    *o = 0;
+    return out;
+}
+
+bool h_tls_leaf_is(const char *text, const char *name)
+{
+    char *file = h_read_file(h_tls_file(name));
+    char *want = first_cert(file), *got = first_cert(text);
+    bool same = want && got && !strcmp(want, got);
+    free(file);
+    free(want);
+    free(got);
+    return same;
+}
+
+size_t h_tls_client_hello(char *buf, size_t cap)
+{
+    int port;
+    int lfd = h_listen_loopback(&port);
+    char connect[64];
+    snprintf(connect, sizeof connect, "127.0.0.1:%d", port);
+    const char *argv[] = {"/usr/bin/openssl", "s_client", "-connect", connect, "-servername", "aigw.test", NULL};
+    pid_t pid = h_spawn("hello-client", argv);
+    struct pollfd pfd = {.fd = lfd, .events = POLLIN};
+    cr_assert_eq(poll(&pfd, 1, 10000 * h_slow()), 1, "openssl s_client did not connect:\n%s", h_tail("hello-client"));
+    int fd = accept(lfd, NULL, NULL);
+    cr_assert_geq(fd, 0);
+    struct timeval tv = {5 * h_slow(), 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    size_t have = 0, want = 5;
+    while (have < want) {
+        cr_assert_leq(want, cap, "a ClientHello of %zu bytes", want);
+        ssize_t n = read(fd, buf + have, want - have);
+        cr_assert_gt(n, 0, "the ClientHello ended after %zu bytes", have);
+        have += (size_t)n;
+        if (have >= 5 && want == 5) {
+            cr_assert_eq((unsigned char)buf[0], 0x16, "not a handshake record: 0x%02x", (unsigned char)buf[0]);
+            want = 5 + (((size_t)(unsigned char)buf[3] << 8) | (unsigned char)buf[4]);
+        }
+    }
+    close(fd);
+    close(lfd);
+    h_stop(pid, 2000);
+    return have;
+}
+
+long h_rss_kb(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    char *text = h_read_file(path);
+    const char *p = text ? strstr(text, "VmRSS:") : NULL;
+    long kb = p ? strtol(p + 6, NULL, 10) : -1;
+    free(text);
+    return kb;
 }

@@ -85,6 +85,7 @@ struct h_conn {
     size_t len, cap;
     bool eof;              /* peer closed (EOF or RST) */
     int64_t last_rx_ms;    /* when bytes last arrived */
+    void *tls;             /* a WOLFSSL after h_connect_tls: every helper below then speaks TLS */
 };
 
 #define H_MAX_HEADERS 64
@@ -200,6 +201,8 @@ struct h_gw {
     char timeouts[512];       /* [timeouts] body; empty: the defaults below */
     char body[4096];          /* pools and routes */
     int shards;               /* [server] shards; 0: 2 (queues are per shard: some tests want 1) */
+    char tls[2048];           /* set (h_gw_tls): a [tls] section listening on tls_port with these lines */
+    int tls_port;
 };
 
 /* Defaults: connect 1s, first_byte 2s, idle 2s, client_header 1s, keepalive 2s. */
@@ -285,6 +288,64 @@ bool h_write_all(int fd, const char *p, size_t n);
 
 /* h_dir()/access.log: where aigw writes its access log (JSON lines). */
 const char *h_access_log_path(void);
+
+/* ---- TLS ---- */
+
+/* The test PKI of tests/tls/make-certs.sh (read its header for the files),
+ * made on first use in this test process under h_dir()/tls. */
+const char *h_tls_dir(void);
+/* h_tls_dir()/name, in a static buffer that 8 calls in a row may share. */
+const char *h_tls_file(const char *name);
+
+/* Gives g a [tls] section listening on 127.0.0.1:g->tls_port (a free port):
+ * cert/key server.pem, handshake_timeout 5s, then `extra` lines (may be NULL;
+ * a later handshake_timeout or cert/key pair there adds to or overrides these,
+ * as the config reads them). Call before h_gw_config. */
+void h_gw_tls(struct h_gw *g, const char *extra);
+
+/* An in-process TLS client (wolfSSL) for the raw HTTP helpers. NULL options:
+ * SNI and verified name aigw.test, CA ca.pem, TLS 1.2 or 1.3, no client cert. */
+struct h_tls_opts {
+    const char *sni;           /* NULL: aigw.test; "": send none */
+    const char *verify_name;   /* NULL: the SNI name; "": verify the chain only */
+    const char *ca;            /* file; NULL: ca.pem of h_tls_dir() */
+    const char *cert, *key;    /* client certificate (mTLS); NULL: none */
+    int version;               /* 0: 1.2 or 1.3; 12 or 13: only that one */
+};
+/* Connects to 127.0.0.1:port and completes the handshake; afterwards h_send,
+ * h_recv*, h_request, h_sse_* and h_wait_closed run over TLS and h_close frees
+ * the session (without close_notify: as a client that just goes away).
+ * 0, or <0 with the reason in h_tls_error(). */
+int h_connect_tls(struct h_conn *c, int port, const struct h_tls_opts *o);
+const char *h_tls_error(void);
+/* "TLSv1.3" etc. and the cipher of a connected h_conn. */
+const char *h_tls_version(const struct h_conn *c);
+const char *h_tls_cipher(const struct h_conn *c);
+
+/* Runs argv to completion with stdin read from `input` (NULL: /dev/null),
+ * killed after timeout_ms. Returns the wait status (-1: it had to be killed);
+ * *out (optional) gets its stdout (malloc'd); stderr is in <tag>.err. Earlier
+ * <tag>.out and .err are truncated first. */
+int h_run_io(const char *tag, const char *const argv[], const char *input, int timeout_ms, char **out);
+/* openssl s_client -connect 127.0.0.1:port -CAfile ca.pem -showcerts, then
+ * `args` (space separated). With input, also -ign_eof: it sends input and
+ * reads until aigw closes (so input should say "Connection: close"); without,
+ * it handshakes, prints what was settled, and leaves. Returns its exit code
+ * (-1 if killed after 20 s); *out gets its stdout (certificates, "Protocol",
+ * "Cipher", "ALPN protocol", "Reused"/"New", and what aigw answered). */
+int h_s_client(const char *tag, int port, const char *args, const char *input, char **out);
+/* curl -sS --max-time 15 --cacert ca.pem, then `args` (space separated).
+ * Returns curl's exit code (-1 if killed); *out gets its stdout. */
+int h_curl(const char *tag, const char *args, char **out);
+/* True if the first certificate in text (s_client -showcerts) is the first
+ * certificate of the PEM file h_tls_file(name). */
+bool h_tls_leaf_is(const char *text, const char *name);
+/* A real ClientHello record (openssl s_client's, SNI aigw.test), as a client
+ * sends it first; returns its length (the test fails if none was had). */
+size_t h_tls_client_hello(char *buf, size_t cap);
+
+/* Resident memory of pid in KiB (VmRSS), -1 on error. */
+long h_rss_kb(pid_t pid);
 
 /* ---- small helpers for assertions ---- */
 

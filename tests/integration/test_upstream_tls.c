@@ -1,0 +1,258 @@
+/* TLS to backends ([pool] tls = on): the backend is a TLS-fronted engine, a
+ * second aigw ("front") with a [tls] listener in front of aigw-mockllm, which
+ * requires an API key there. The aigw under test reaches it over TLS with the
+ * test CA and tls_server_name = aigw.test, carrying the key as upstream_auth. */
+#include "harness.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+TestSuite(upstream_tls, .init = h_setup, .fini = h_teardown, .timeout = 120);
+
+#define T_RESP (5000 * h_slow())
+#define UPSTREAM_KEY "sk-front-7f3a9c"
+#define HANDSHAKES(resumed) "aigw_upstream_tls_handshakes_total{pool=\"remote\",resumed=\"" resumed "\"}"
+#define UPCONNS(kind) "aigw_upstream_connections_total{pool=\"remote\",kind=\"" kind "\"}"
+
+/* The TLS-fronted engine: mockllm (mock_args), and front before it on a [tls]
+ * listener (server.pem: aigw.test, localhost, 127.0.0.1), keys required, the
+ * health and metrics paths routed too; front_timeouts: its [timeouts] (NULL:
+ * the defaults). */
+static void start_front(struct h_mock *m, struct h_gw *front, const char *mock_args, const char *front_timeouts)
+{
+    H_MOCK(m, "mock", mock_args);
+    snprintf(front->tag, sizeof front->tag, "front");
+    h_write_file(h_keys_path(), "%s", h_key_line("gateway", UPSTREAM_KEY, "default", NULL));
+    h_gw_tls(front, NULL);
+    h_gw_config(front, front_timeouts,
+                H_STD_ROUTES "\n[route health]\npath = /health\npool = local\nkind = raw\n\n"
+                             "[route metrics]\npath = /metrics\npool = local\nkind = raw\n\n"
+                             "[keys]\nauth = required\nfile = %s\n",
+                m->port, h_keys_path());
+    H_GW(front);
+}
+
+/* The aigw under test: pool "remote" reaches front's TLS port with tls = on,
+ * the test CA (or ca_file) and pool_extra lines. */
+static void start_gw(struct h_gw *g, const char *tag, const struct h_gw *front, const char *ca_file,
+                     const char *pool_extra)
+{
+    snprintf(g->tag, sizeof g->tag, "%s", tag);
+    h_gw_config(g, NULL,
+                "[pool remote]\nbackend = 127.0.0.1:%d\ntls = on\ntls_ca = %s\n%s\n"
+                "[route chat]\npath = /v1/chat/completions\npool = remote\nkind = ai\n\n"
+                "[route all]\npath = /v1/*\npool = remote\nkind = raw\n",
+                front->tls_port, h_tls_file(ca_file ? ca_file : "ca.pem"), pool_extra);
+    H_GW(g);
+}
+
+static void expect_chat_ok(const struct h_gw *g, const struct h_gw *front)
+{
+    char body[512];
+    struct h_resp r;
+    h_chat_body(body, sizeof body, 4, false);
+    cr_assert_eq(h_post(g->port, "/v1/chat/completions", body, &r, T_RESP), H_OK);
+    cr_assert_eq(r.status, 200, "through the TLS backend: %d %s\naigw:\n%s\nfront:\n%s", r.status, r.body,
+                 h_tail(g->tag), h_tail(front->tag));
+    cr_assert(strstr(r.body, "chat.completion"), "%s", r.body);
+    h_resp_free(&r);
+}
+
+Test(upstream_tls, requests_and_a_stream_over_a_verified_backend_with_upstream_auth)
+{
+    struct h_mock m;
+    struct h_gw front = {0}, g = {0}, no_auth = {0};
+    start_front(&m, &front, "--tps 200 --ttft-ms 0", NULL);
+    start_gw(&g, "aigw", &front, NULL,
+             "tls_server_name = aigw.test\nupstream_auth = " UPSTREAM_KEY "\n");
+
+    expect_chat_ok(&g, &front);
+    struct h_resp r;      /* a raw route: the body streams through as it comes */
+    cr_assert_eq(h_post(g.port, "/v1/embeddings", "{\"model\":\"mock-llama-3.1-8b\",\"input\":\"hello\"}", &r, T_RESP), H_OK);
+    cr_assert_eq(r.status, 200, "raw route over TLS: %d %s\n%s", r.status, r.body, h_tail(g.tag));
+    cr_assert(strstr(r.body, "embedding"), "%s", r.body);
+    h_resp_free(&r);
+
+    /* a stream arrives whole, event by event, through the decrypting relay */
+    struct h_conn c;
+    struct h_resp head;
+    char body[512];
+    H_CONNECT_GW(&c, &g);
+    h_chat_body(body, sizeof body, 40, true);
+    cr_assert_eq(h_sendf(&c,
+                         "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                         "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
+                         strlen(body), body),
+                 0);
+    cr_assert_eq(h_recv_head(&c, &head, T_RESP), H_OK, "no stream head; aigw:\n%s", h_tail(g.tag));
+    cr_assert_eq(head.status, 200, "stream: %d\n%s", head.status, head.head);
+    struct h_sse s;
+    h_sse_init(&s, &c, &head);
+    int events = 0, rc;
+    bool done = false;
+    while ((rc = h_sse_next(&s, T_RESP)) == 1) {
+        if (strncmp(s.event, "data:", 5) != 0)
+            continue;
+        events++;
+        if (strstr(s.event, "[DONE]")) {
+            done = true;
+            break;
+        }
+    }
+    cr_assert(done, "the stream over TLS ended without [DONE] (rc %d after %d events); aigw:\n%s", rc, events,
+              h_tail(g.tag));
+    cr_assert_geq(events, 41, "only %d data events for 40 tokens", events);
+    h_sse_free(&s);
+    h_resp_free(&head);
+    h_close(&c);
+
+    /* the front saw TLS handshakes from us, and only with the key: without
+     * upstream_auth it refuses (its 401 passes through) */
+    cr_assert_geq(h_metric0(front.admin_port, "aigw_tls_handshakes_total{result=\"ok\"}"), 1);
+    start_gw(&no_auth, "aigw-noauth", &front, NULL, "tls_server_name = aigw.test\n");
+    char small[512];
+    h_chat_body(small, sizeof small, 4, false);
+    cr_assert_eq(h_post(no_auth.port, "/v1/chat/completions", small, &r, T_RESP), H_OK);
+    cr_assert_eq(r.status, 401, "without upstream_auth the key-checking backend answered %d %s", r.status, r.body);
+    h_resp_free(&r);
+    h_finish();
+}
+
+Test(upstream_tls, wrong_name_or_untrusted_ca_is_502_with_the_reason_logged)
+{
+    struct h_mock m;
+    struct h_gw front = {0}, wrong_name = {0}, wrong_ca = {0};
+    start_front(&m, &front, "--tps 0 --ttft-ms 0", NULL);
+    start_gw(&wrong_name, "aigw-wrongname", &front, NULL,
+             "tls_server_name = wrong.test\nupstream_auth = " UPSTREAM_KEY "\n");
+    start_gw(&wrong_ca, "aigw-wrongca", &front, "wrongca.pem",
+             "tls_server_name = aigw.test\nupstream_auth = " UPSTREAM_KEY "\n");
+
+    const struct h_gw *refused[] = { &wrong_name, &wrong_ca };
+    char body[512];
+    h_chat_body(body, sizeof body, 4, false);
+    for (int i = 0; i < 2; i++) {
+        struct h_resp r;
+        cr_assert_eq(h_post(refused[i]->port, "/v1/chat/completions", body, &r, T_RESP), H_OK);
+        cr_assert_eq(r.status, 502, "%s: a backend that does not verify answered %d %s", refused[i]->tag,
+                     r.status, r.body);
+        cr_assert(h_json_str_is(r.body, "code", "upstream_error"), "%s", r.body);
+        h_resp_free(&r);
+        cr_assert(h_wait_log_line(refused[i]->tag, "upstream 127.0.0.1:", "tls handshake failed", T_RESP),
+                  "%s: the handshake failure is not in the error log:\n%s", refused[i]->tag,
+                  h_tail(refused[i]->tag));
+    }
+    /* the access log names it too (both gateways write to the test's log) */
+    char *log = h_wait_for_text(h_access_log_path(), "upstream tls handshake failed", T_RESP);
+    cr_assert(log, "no access log line with the handshake failure");
+    free(log);
+    cr_assert_eq(h_metric0(m.port, "vllm:request_success_total"), 0,
+                 "a request reached the engine through a backend that did not verify");
+    h_finish();
+}
+
+Test(upstream_tls, keepalive_reuses_and_new_connections_resume)
+{
+    struct h_mock m;
+    struct h_gw front = {0}, g = {0}, fresh = {0};
+    start_front(&m, &front, "--tps 0 --ttft-ms 0", NULL);
+    g.shards = 1;
+    start_gw(&g, "aigw", &front, NULL, "tls_server_name = aigw.test\nupstream_auth = " UPSTREAM_KEY "\n");
+
+    /* one client connection, three requests: one upstream connection, kept */
+    struct h_conn c;
+    char body[512];
+    h_chat_body(body, sizeof body, 4, false);
+    H_CONNECT_GW(&c, &g);
+    for (int i = 0; i < 3; i++) {
+        struct h_resp r;
+        cr_assert_eq(h_request(&c, "POST", "/v1/chat/completions", NULL, body, &r, T_RESP),
+                     H_OK);
+        cr_assert_eq(r.status, 200, "request %d: %d %s\n%s", i, r.status, r.body, h_tail(g.tag));
+        h_resp_free(&r);
+    }
+    /* a body of many records, then the connection is still good */
+    char big[512];
+    h_chat_body(big, sizeof big, 6000, false);
+    struct h_resp r;
+    cr_assert_eq(h_request(&c, "POST", "/v1/chat/completions", NULL, big, &r, T_RESP), H_OK);
+    cr_assert_eq(r.status, 200, "large answer: %d\n%s", r.status, h_tail(g.tag));
+    cr_assert_gt(r.body_len, 32768, "a 6000-token answer of only %zu bytes", r.body_len);
+    cr_assert(strstr(r.body, "\"usage\""), "the large answer arrived cut");
+    h_resp_free(&r);
+    h_close(&c);
+    cr_assert_eq(h_metric0(g.admin_port, UPCONNS("new")), 1, "the TLS upstream connection was not kept");
+    cr_assert_eq(h_metric0(g.admin_port, UPCONNS("reused")), 3, "the TLS upstream connection was not reused");
+    cr_assert_eq(h_metric0(g.admin_port, HANDSHAKES("no")), 1);
+
+    /* keepalive = 0: every request opens a connection; from the second on it
+     * resumes the session the one before saved */
+    fresh.shards = 1;
+    start_gw(&fresh, "aigw-fresh", &front, NULL,
+             "tls_server_name = aigw.test\nupstream_auth = " UPSTREAM_KEY "\nkeepalive = 0\n");
+    for (int i = 0; i < 3; i++)
+        expect_chat_ok(&fresh, &front);
+    cr_assert_eq(h_metric0(fresh.admin_port, UPCONNS("new")), 3);
+    cr_assert_eq(h_metric0(fresh.admin_port, HANDSHAKES("no")), 1, "only the first handshake is a full one");
+    cr_assert_eq(h_metric0(fresh.admin_port, HANDSHAKES("yes")), 2, "new connections did not resume:\n%s",
+                 h_tail(fresh.tag));
+    double seen = h_metric0(front.admin_port, "aigw_tls_handshakes_total{result=\"ok\",resumed=\"yes\"}");
+    cr_assert_geq(seen, 2, "the backend saw %g resumed handshakes (full: %g)", seen,
+                  h_metric0(front.admin_port, "aigw_tls_handshakes_total{result=\"ok\",resumed=\"no\"}"));
+    h_finish();
+}
+
+Test(upstream_tls, backend_closing_an_idle_tls_connection_retires_it)
+{
+    struct h_mock m;
+    struct h_gw front = {0}, g = {0};
+    /* the front closes idle client connections after 1 s */
+    start_front(&m, &front, "--tps 0 --ttft-ms 0",
+                "connect = 1s\nfirst_byte = 2s\nidle = 2s\nclient_header = 1s\nkeepalive = 1s\n");
+    start_gw(&g, "aigw", &front, NULL,
+             "tls_server_name = aigw.test\nupstream_auth = " UPSTREAM_KEY "\nkeepalive_timeout = 60s\n");
+
+    expect_chat_ok(&g, &front);
+    cr_assert_eq(h_metric0(g.admin_port, "aigw_connections{side=\"upstream\"}"), 1, "not pooled");
+    double left = h_wait_metric(g.admin_port, "aigw_connections{side=\"upstream\"}", H_EQ, 0, 5000 * h_slow());
+    cr_assert_eq(left, 0, "the pooled TLS connection the backend closed was not retired:\n%s", h_tail(g.tag));
+
+    /* the next request gets a new connection and succeeds: nothing stale was used */
+    expect_chat_ok(&g, &front);
+    cr_assert_eq(h_metric0(g.admin_port, UPCONNS("new")), 2);
+    cr_assert_eq(h_metric0(g.admin_port, UPCONNS("reused")), 0);
+    cr_assert_eq(h_metric0(g.admin_port, "aigw_requests_total{status=\"502\"}"), 0);
+    h_finish();
+}
+
+Test(upstream_tls, health_checks_and_metrics_scrapes_speak_tls)
+{
+    struct h_mock m;
+    struct h_gw front = {0}, g = {0}, wrong = {0};
+    start_front(&m, &front, "--tps 0 --ttft-ms 0", NULL);
+    /* capacity pools scrape /metrics and check /health by default */
+    start_gw(&g, "aigw", &front, NULL,
+             "tls_server_name = aigw.test\nupstream_auth = " UPSTREAM_KEY "\nbalance = capacity\n"
+             "metrics_interval = 100ms\nhealth_interval = 100ms\n");
+    double health = h_wait_metric(front.admin_port, "aigw_requests_total{route=\"health\",status=\"200\"}", H_GE,
+                                  3, 5000 * h_slow());
+    cr_assert_geq(health, 3, "no health checks reached the backend over TLS:\n%s", h_tail(g.tag));
+    double scrapes = h_wait_metric(front.admin_port, "aigw_requests_total{route=\"metrics\",status=\"200\"}", H_GE,
+                                   3, 5000 * h_slow());
+    cr_assert_geq(scrapes, 3, "no metrics scrapes reached the backend over TLS:\n%s", h_tail(g.tag));
+    cr_assert_eq(h_metric0(g.admin_port, "aigw_backend_up{pool=\"remote\"}"), 1);
+    /* a scrape was read whole: the engine's KV use is published (only while fresh) */
+    double kv = NAN;
+    for (int64_t end = h_now_ms() + 5000 * h_slow(); isnan(kv) && h_now_ms() < end; h_sleep_ms(50))
+        kv = h_metric(g.admin_port, "aigw_backend_kv_cache_usage_ratio{pool=\"remote\"}");
+    cr_assert(!isnan(kv), "no metrics scrape over TLS was read:\n%s", h_tail(g.tag));
+    expect_chat_ok(&g, &front);
+
+    /* a check that cannot verify fails: the backend goes down */
+    start_gw(&wrong, "aigw-wrongname", &front, NULL,
+             "tls_server_name = wrong.test\nbalance = capacity\nhealth_interval = 1s\n");
+    cr_assert(h_wait_log_line(wrong.tag, "down:", "tls handshake failed", 5000 * h_slow()),
+              "a health check that failed verification did not take the backend down:\n%s", h_tail(wrong.tag));
+    h_finish();
+}
