@@ -1804,6 +1804,7 @@ void config_free(struct config *c)
 {
     if (!c)
         return;
+    config_tls_release(c);      /* what config_tls_build made, if it ran; reads the pools */
     for (unsigned i = 0; i < c->npools; i++)
         free(c->pools[i].backends);
     free(c->pools);
@@ -1812,7 +1813,6 @@ void config_free(struct config *c)
     free(c->routes);
     free(c->tiers);
     keyring_free(c->keys.ring);
-    config_tls_release(c);      /* what config_tls_build made, if it ran */
     free(c->keys.key_tier);
     free(c);
 }

@@ -702,6 +702,7 @@ static const char *const tls_reasons[METRICS_TLS_NREASONS] = {
     "protocol", "version", "no_shared_cipher", "no_client_cert", "bad_cert",
     "bad_name", "alert", "other", [METRICS_TLS_TIMEOUT] = "timeout",
     [METRICS_TLS_PLAIN_HTTP] = "plain_http",
+    [METRICS_TLS_CLIENT_CLOSED] = "client_closed",
 };
 
 static void render_tls(struct outbuf *o)

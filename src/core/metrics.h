@@ -28,9 +28,10 @@ enum tls_hs_version { TLS_HS_V12 = 0, TLS_HS_V13 = 1, TLS_HS_VNONE = 2 };   /* n
 /* aigw_tls_handshake_failures_total{reason}: the engine's reasons (src/tls/tls.h,
  * enum tls_fail_reason, TLS_FAIL_PROTOCOL..TLS_FAIL_OTHER in that order) and the
  * transport's own two */
-#define METRICS_TLS_NREASONS 10
+#define METRICS_TLS_NREASONS 11
 #define METRICS_TLS_TIMEOUT 8       /* handshake_timeout passed */
 #define METRICS_TLS_PLAIN_HTTP 9    /* a plain HTTP request on the TLS port */
+#define METRICS_TLS_CLIENT_CLOSED 10 /* the client closed in the middle of the handshake */
 enum upstream_conn_kind { UPCONN_NEW = 0, UPCONN_REUSED = 1 };
 enum token_direction { TOKENS_PROMPT = 0, TOKENS_COMPLETION = 1 };
 /* aigw_backend_requests_total's result label: how one attempt on a backend ended

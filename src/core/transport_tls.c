@@ -114,6 +114,7 @@ static void flush(struct conn *c, struct tls_link *l)
 
 static void count_failure(struct conn *c, unsigned column, const char *why, const char *detail)
 {
+    c->tls->failure_counted = true;
     mc_add(&c->sh->m->tls_failures[column], 1);
     mc_add(&c->sh->m->tls_handshakes[TLS_HS_FAILED][TLS_HS_VNONE][0], 1);
     log_debug("tls: handshake with %s failed: %s%s%s", c->client, why, detail ? ": " : "",
@@ -346,6 +347,11 @@ static void tls_release(struct conn *c)
     if (!l)
         return;
     c->tls = NULL;
+    /* a client that sent part of a handshake and went away (or was closed for
+     * another reason, e.g. draining) failed it too; one that never spoke did
+     * not start one */
+    if (l->seen_bytes && !l->handshaken && !l->failure_counted)
+        count_failure(c, METRICS_TLS_CLIENT_CLOSED, "closed during the handshake", NULL);
     if (l->t)
         tls_conn_free(l->t);
     xbuf_put(c->sh, l->out);

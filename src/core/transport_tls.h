@@ -33,6 +33,7 @@ struct tls_link {
     bool handshaken;
     bool close_when_flushed;        /* a failed handshake's alert, a plain-HTTP answer */
     bool seen_bytes;                /* the first bytes came (plain HTTP is told from them) */
+    bool failure_counted;           /* the handshake's failure is in the metrics */
     /* an HTTP-layer send that found no room while ours was in flight */
     const char *deferred_p;
     size_t deferred_n;
