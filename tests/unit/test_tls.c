@@ -927,6 +927,34 @@ static size_t client_hello(struct tls_server *s, char *out, size_t cap, const st
     return n;
 }
 
+/* AIGW_TLS_SEED_DIR=DIR: writes the clients' first flights as fuzz seeds (a
+ * chunk-size byte, then the flight): how tests/fuzz/seeds/fuzz_tls_handshake
+ * was made. No secret in them: a ClientHello is public. */
+Test(tls, capture_fuzz_seeds)
+{
+    const char *dir = getenv("AIGW_TLS_SEED_DIR");
+    if (!dir)
+        cr_skip_test("AIGW_TLS_SEED_DIR not set");
+    struct cfg_tls c = cfg_base();
+    struct tls_server *s = server_of(&c);
+    const struct { const char *name; unsigned char chunk; struct client_opts o; } seeds[] = {
+        { "hello-tls13-sni-alpn", 0, { .sni = "a.wild.test", .alpn = "h2,http/1.1" } },
+        { "hello-tls12-chunked", 7, { .version = 12, .sni = "aigw.test" } },
+        { "hello-tls13-only", 0, { .version = 13, .group = WOLFSSL_ECC_X25519 } },
+    };
+    for (size_t i = 0; i < sizeof seeds / sizeof *seeds; i++) {
+        char hello[4096], path[PATH_MAX];
+        size_t n = client_hello(s, hello, sizeof hello, &seeds[i].o);
+        snprintf(path, sizeof path, "%s/%s", dir, seeds[i].name);
+        FILE *f = fopen(path, "wb");
+        cr_assert_not_null(f, "%s", path);
+        fputc(seeds[i].chunk, f);
+        fwrite(hello, 1, n, f);
+        fclose(f);
+    }
+    tls_server_release(s);
+}
+
 Test(tls, truncated_client_hello_waits_then_frees)
 {
     struct cfg_tls c = cfg_base();
