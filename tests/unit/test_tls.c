@@ -1214,6 +1214,50 @@ Test(tls, idle_connection_heap_is_small)
     cr_expect_lt(v12, 64 * 1024, "TLS 1.2: %ld", v12);
 }
 
+/* ---- what is fast on the linked wolfSSL (AIGW_TLS_BENCH=1) ---- */
+
+Test(tls, bench_aeads_and_groups, .timeout = 120)
+{
+    if (!getenv("AIGW_TLS_BENCH"))
+        cr_skip_test("AIGW_TLS_BENCH not set");
+    struct cfg_tls c = cfg_base();
+    struct tls_server *s = server_of(&c);
+    const char *suites[] = { "TLS13-CHACHA20-POLY1305-SHA256", "TLS13-AES128-GCM-SHA256", "TLS13-AES256-GCM-SHA384" };
+    static char src[16384], dst[16384];
+    for (size_t k = 0; k < 3; k++) {
+        struct peer pr;
+        peer_open(&pr, s, &(struct client_opts){ .ciphers = suites[k] });
+        cr_assert(handshake(&pr));
+        const size_t total = 64u << 20;
+        uint64_t t0 = clock_mono_ns();
+        for (size_t done = 0; done < total; done += sizeof src) {
+            srv_write(&pr, src, sizeof src);        /* encrypt (server) */
+            cli_read_exact(&pr, dst, sizeof dst);   /* decrypt (client) */
+            pipe_compact(&pr.s2c);
+        }
+        double s_el = (double)(clock_mono_ns() - t0) / 1e9;
+        fprintf(stderr, "tls bench: %s: %.0f MB/s (16 KiB records, encrypt + decrypt, one core)\n",
+                suites[k], (double)total / 1e6 / s_el);
+        peer_close(&pr);
+    }
+    const struct { int group; const char *name; } groups[] = {
+        { WOLFSSL_ECC_X25519, "X25519" }, { WOLFSSL_ECC_SECP256R1, "P-256" } };
+    for (size_t k = 0; k < 2; k++) {
+        const int n = 200;
+        uint64_t t0 = clock_mono_ns();
+        for (int i = 0; i < n; i++) {
+            struct peer pr;
+            peer_open(&pr, s, &(struct client_opts){ .group = groups[k].group });
+            cr_assert(handshake(&pr));
+            peer_close(&pr);
+        }
+        double s_el = (double)(clock_mono_ns() - t0) / 1e9;
+        fprintf(stderr, "tls bench: full TLS 1.3 handshakes, %s, ECDSA P-256 cert: %.0f/s "
+                "(client and server on one core)\n", groups[k].name, n / s_el);
+    }
+    tls_server_release(s);
+}
+
 /* ---- library facts ---- */
 
 Test(tls, library_facts)
