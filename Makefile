@@ -104,6 +104,15 @@ build/fuzz/fuzz_config: tests/fuzz/fuzz_config.c src/core/config.c src/core/conf
 	@mkdir -p build/fuzz
 	clang $(FUZZ_CFLAGS) -o $@ $^ -linih -lwolfssl
 
+# The TLS handshake target also links src/tls and serves certificates that
+# make-certs.sh writes into build/fuzz/certs (nothing secret is committed).
+FUZZ_TLS_CERTS := $(abspath build/fuzz/certs)
+$(FUZZ_TLS_CERTS)/wrongclient.pem: tests/tls/make-certs.sh
+	sh tests/tls/make-certs.sh $(FUZZ_TLS_CERTS)
+build/fuzz/fuzz_tls_handshake: tests/fuzz/fuzz_tls_handshake.c $(FUZZ_LIB_SRC) $(wildcard src/tls/*.c) | $(FUZZ_TLS_CERTS)/wrongclient.pem
+	@mkdir -p build/fuzz
+	clang $(FUZZ_CFLAGS) -DAIGW_FUZZ_CERTS='"$(FUZZ_TLS_CERTS)"' -o $@ $^ -lwolfssl
+
 fuzz: $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 	@for f in $^; do n=$$(basename $$f); mkdir -p build/fuzz/corpus-$$n; \
 	  echo "fuzz: $$n for $(FUZZ_SECONDS)s"; \

@@ -293,6 +293,13 @@ enum tls_status tls_handshake(struct tls_conn *t)
         enum tls_status st = status_of(t, rc);
         return st == TLS_CLOSED ? fail(t, ZERO_RETURN, TLS_FAIL_PROTOCOL, "closed during the handshake") : st;
     }
+    if (t->server) {
+        /* Its tickets are out (wolfSSL sends them within accept): drop the
+         * handshake's keys, hashes and suites, ~6 KiB per idle connection. The
+         * client keeps them for the TLS 1.3 ticket still to come. */
+        wolfSSL_FreeArrays(t->ssl);
+        wolfSSL_FreeHandshakeResources(t->ssl);
+    }
     return TLS_OK;
 }
 
