@@ -25,13 +25,18 @@ TestSuite(tls, .init = h_setup, .fini = h_teardown, .timeout = 180);
 #define FAILURES(reason) "aigw_tls_handshake_failures_total{reason=\"" reason "\"}"
 #define CLIENT_TLS "aigw_connections{side=\"client_tls\"}"
 
+/* The harness's short timeouts, but keep-alive and the first request's head
+ * long enough for a connection held open across s_client runs, a reload or a
+ * thousand connects on a loaded machine. */
+#define TLS_TIMEOUTS "connect = 1s\nfirst_byte = 2s\nidle = 2s\nclient_header = 10s\nkeepalive = 120s\n"
+
 /* mockllm, then aigw in front of it with H_STD_ROUTES and a [tls] listener
  * (server.pem, then tls_extra). */
 static void start_tls(struct h_mock *m, struct h_gw *g, const char *mock_args, const char *tls_extra)
 {
     H_MOCK(m, "mock", mock_args);
     h_gw_tls(g, tls_extra);
-    h_gw_config(g, NULL, H_STD_ROUTES, m->port);
+    h_gw_config(g, TLS_TIMEOUTS, H_STD_ROUTES, m->port);
     H_GW(g);
 }
 
@@ -258,7 +263,7 @@ Test(tls, reload_serves_the_new_certificate_and_keeps_open_connections)
 
     snprintf(g.tls, sizeof g.tls, "cert = %s\nkey = %s\nhandshake_timeout = 5s\n", h_tls_file("server2.pem"),
              h_tls_file("server2.key"));
-    h_gw_config(&g, NULL, H_STD_ROUTES, m.port);
+    h_gw_config(&g, TLS_TIMEOUTS, H_STD_ROUTES, m.port);
     H_RELOAD(&g, H_RELOAD_APPLIED);
 
     for (int i = 0; i < 4; i++) {   /* new connections, whichever shard takes them */
@@ -494,17 +499,16 @@ Test(tls, stalled_handshakes_close_at_handshake_timeout_and_do_not_slow_others)
     struct h_mock m;
     struct h_gw g = {0};
     const int timeout_ms = 3000;
-    H_MOCK(&m, "mock", "--tps 0 --ttft-ms 0");
-    h_gw_tls(&g, "handshake_timeout = 3s\n");
-    /* keepalive longer than the whole test: the established connection stays */
-    h_gw_config(&g, "connect = 1s\nfirst_byte = 2s\nidle = 2s\nclient_header = 1s\nkeepalive = 120s\n",
-                H_STD_ROUTES, m.port);
-    H_GW(&g);
+    start_tls(&m, &g, "--tps 0 --ttft-ms 0", "handshake_timeout = 3s\n");
     char hello[8192];
     size_t hello_len = h_tls_client_hello(hello, sizeof hello);
 
     struct h_conn est;
+    struct h_resp r;
     cr_assert_eq(h_connect_tls(&est, g.tls_port, NULL), 0, "%s", h_tls_error());
+    cr_assert_eq(h_request(&est, "GET", "/v1/models", NULL, NULL, &r, T_RESP), H_OK);
+    cr_assert_eq(r.status, 200);
+    h_resp_free(&r);
     double timeouts0 = h_metric0(g.admin_port, FAILURES("timeout"));
 
     static struct h_conn stalled[STALLED];
@@ -522,7 +526,6 @@ Test(tls, stalled_handshakes_close_at_handshake_timeout_and_do_not_slow_others)
     /* meanwhile the established connection is answered at once */
     int64_t worst = 0;
     for (int i = 0; i < 20; i++) {
-        struct h_resp r;
         int64_t t = h_now_ms();
         cr_assert_eq(h_request(&est, "GET", "/v1/models", NULL, NULL, &r, T_RESP), H_OK,
                      "the established TLS connection got no answer while %d handshakes stalled", STALLED);
@@ -548,8 +551,8 @@ Test(tls, stalled_handshakes_close_at_handshake_timeout_and_do_not_slow_others)
         for (int j = 0; j < k; j++) {
             if (!pfd[j].revents) continue;
             char b[512];
-            ssize_t r = recv(pfd[j].fd, b, sizeof b, MSG_DONTWAIT);
-            if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) {
+            ssize_t got = recv(pfd[j].fd, b, sizeof b, MSG_DONTWAIT);
+            if (got == 0 || (got < 0 && errno != EAGAIN && errno != EINTR)) {
                 closed_at[idx[j]] = h_now_ms();
                 left--;
             }
@@ -574,7 +577,6 @@ Test(tls, stalled_handshakes_close_at_handshake_timeout_and_do_not_slow_others)
     open = h_wait_metric(g.admin_port, CLIENT_TLS, H_EQ, 1, T_RESP);
     cr_assert_eq(open, 1, "TLS client connections: %g, only the established one is left", open);
 
-    struct h_resp r;
     cr_assert_eq(h_request(&est, "GET", "/v1/models", NULL, NULL, &r, T_RESP), H_OK,
                  "the established connection stopped being served");
     cr_assert_eq(r.status, 200);
@@ -645,8 +647,8 @@ Test(tls, tls_backend_verified_and_refused_on_wrong_name_or_ca)
         cr_assert(h_json_str_is(r.body, "code", "upstream_error"), "%s", r.body);
         h_resp_free(&r);
     }
-    cr_assert_eq(h_metric0(m.port, "vllm:request_success_total"), 3,
-                 "only the verified aigw's requests may reach the engine");
+    double served = h_wait_metric(m.port, "vllm:request_success_total", H_EQ, 3, T_RESP);
+    cr_assert_eq(served, 3, "the engine finished %g requests: only the verified aigw's 3 may reach it", served);
     h_finish();
 }
 
@@ -775,7 +777,7 @@ Test(tls, ten_thousand_tls_requests_with_errors_leak_no_descriptor_nor_memory, .
     H_MOCK(&m, "mock", "--tps 0 --ttft-ms 0");
     int dead = h_free_port();
     h_gw_tls(&g, NULL);
-    h_gw_config(&g, NULL,
+    h_gw_config(&g, TLS_TIMEOUTS,
                 "[pool local]\nbackend = 127.0.0.1:%d\nbalance = least_outstanding\nmax_outstanding = 64\n\n"
                 "[pool dead]\nbackend = 127.0.0.1:%d\n\n"
                 "[route chat]\npath = /v1/chat/completions\npool = local\nkind = ai\n\n"
@@ -850,7 +852,7 @@ Test(tls, openai_node_sdk_over_https_streamed_and_not)
     H_MOCK(&m, "mock", "--tps 200 --ttft-ms 0");
     h_write_file(h_keys_path(), "%s", h_key_line("node", NODE_KEY, "default", NULL));
     h_gw_tls(&g, NULL);
-    h_gw_config(&g, NULL, H_STD_ROUTES "\n[keys]\nauth = required\nfile = %s\n", m.port, h_keys_path());
+    h_gw_config(&g, TLS_TIMEOUTS, H_STD_ROUTES "\n[keys]\nauth = required\nfile = %s\n", m.port, h_keys_path());
     H_GW(&g);
 
     char url[128];
