@@ -1638,8 +1638,9 @@ int h_connect_tls(struct h_conn *c, int port, const struct h_tls_opts *o)
     c->tls = ssl;
     int64_t deadline = h_now_ms() + 5000 * h_slow();
     for (;;) {
-        if (wolfSSL_connect(ssl) == WOLFSSL_SUCCESS) return 0;
-        int err = wolfSSL_get_error(ssl, 0);
+        int ret = wolfSSL_connect(ssl);
+        if (ret == WOLFSSL_SUCCESS) return 0;
+        int err = wolfSSL_get_error(ssl, ret);
         if ((err == WOLFSSL_ERROR_WANT_READ || err == WOLFSSL_ERROR_WANT_WRITE) && tls_wait(c->fd, err, deadline))
             continue;
         char reason[WOLFSSL_MAX_ERROR_SZ];
