@@ -95,8 +95,10 @@ build/fuzz/%: tests/fuzz/%.c $(FUZZ_LIB_SRC)
 	@mkdir -p build/fuzz
 	clang $(FUZZ_CFLAGS) -o $@ $^ -lwolfssl
 
-# The config loader lives in src/core and reads INI through inih.
-build/fuzz/fuzz_config: tests/fuzz/fuzz_config.c src/core/config.c src/core/log.c $(FUZZ_LIB_SRC)
+# The config loader lives in src/core and reads INI through inih; freeing a
+# configuration releases its TLS contexts (config_tls.c, src/tls).
+build/fuzz/fuzz_config: tests/fuzz/fuzz_config.c src/core/config.c src/core/config_tls.c src/core/log.c \
+		$(wildcard src/tls/*.c) $(FUZZ_LIB_SRC)
 	@mkdir -p build/fuzz
 	clang $(FUZZ_CFLAGS) -o $@ $^ -linih -lwolfssl
 

@@ -1,10 +1,12 @@
 #!/bin/sh
 # The demo behind `make run`: two aigw-mockllm on 127.0.0.1:8001 and :8002, and aigw
-# on 127.0.0.1:8080 (admin 127.0.0.1:9090) in front of them with examples/aigw.conf,
-# plus API keys: a fresh key from `aigw keygen`, in a "demo" tier with small limits.
+# on 127.0.0.1:8080 and https://127.0.0.1:8443 (admin 127.0.0.1:9090) in front of
+# them with examples/aigw.conf, plus API keys: a fresh key from `aigw keygen`, in a
+# "demo" tier with small limits, and a throwaway CA and certificate for TLS
+# (tests/tls/make-certs.sh).
 # Stays in the foreground with aigw's output; Ctrl-C, SIGTERM or SIGHUP stops all
 # three. Other ports: AIGW_DEMO_LISTEN_PORT, AIGW_DEMO_ADMIN_PORT,
-# AIGW_DEMO_BACKEND_PORTS="P1 P2".
+# AIGW_DEMO_TLS_PORT, AIGW_DEMO_BACKEND_PORTS="P1 P2".
 set -u
 
 cd "$(dirname "$0")/.." || exit 1
@@ -16,6 +18,7 @@ MODEL=mock-llama-3.1-8b
 # Ports, as in examples/aigw.conf; another set from the environment (two backends).
 LISTEN_PORT=${AIGW_DEMO_LISTEN_PORT:-8080}
 ADMIN_PORT=${AIGW_DEMO_ADMIN_PORT:-9090}
+TLS_PORT=${AIGW_DEMO_TLS_PORT:-8443}
 BACKEND_PORTS=${AIGW_DEMO_BACKEND_PORTS:-8001 8002}
 LOGDIR=$BUILD/demo
 
@@ -41,7 +44,7 @@ port_in_use() {
 }
 
 busy=""
-for p in $BACKEND_PORTS $LISTEN_PORT $ADMIN_PORT; do
+for p in $BACKEND_PORTS $LISTEN_PORT $ADMIN_PORT $TLS_PORT; do
     port_in_use "$p" && busy="$busy $p"
 done
 if [ -n "$busy" ]; then
@@ -109,6 +112,9 @@ for p in $BACKEND_PORTS; do
     shift
 done
 
+# A throwaway CA and server certificate (ECDSA P-256) for the TLS listener.
+sh tests/tls/make-certs.sh "$LOGDIR/tls" || { echo "run-demo: making the demo certificates failed" >&2; exit 1; }
+
 # The example configuration, with keys on: a new key (only its hash is written).
 keygen=$("$AIGW" keygen demo demo) || { echo "run-demo: aigw keygen failed" >&2; exit 1; }
 KEY=$(printf '%s\n' "$keygen" | sed -n 's/^key: *//p')
@@ -131,6 +137,11 @@ requests_per_minute = 120
 tokens_per_minute = 20000
 max_tokens = 512
 daily_tokens = 1000000
+
+[tls]
+listen = 127.0.0.1:$TLS_PORT
+cert = tls/server.pem
+key = tls/server.key
 KEYS
 } >"$DEMO_CONF"
 
@@ -158,6 +169,10 @@ cat <<MSG
       -d '{"model":"$MODEL","messages":[{"role":"user","content":"Hello"}],"max_tokens":32,"stream":true}'
 
     curl -s http://127.0.0.1:$LISTEN_PORT/v1/models -H "Authorization: Bearer \$KEY"
+
+  The same over TLS (a throwaway CA made for the demo):
+
+    curl -s --cacert $LOGDIR/tls/ca.pem https://127.0.0.1:$TLS_PORT/v1/models -H "Authorization: Bearer \$KEY"
 
   Without the key: 401. Add -i to see the x-ratelimit-* headers.
 

@@ -311,6 +311,22 @@ size_t alog_format(char *out, size_t cap, const struct alog_entry *e)
         OUTBUF_LIT(&b, ",\"key\":");
         jb_cstr(&b, e->key, MAX_NAME);
     }
+    if (e->tls_version) {
+        /* TLS connections only: what the handshake settled */
+        OUTBUF_LIT(&b, ",\"tls_version\":");
+        jb_cstr(&b, e->tls_version, MAX_NAME);
+        OUTBUF_LIT(&b, ",\"tls_cipher\":");
+        jb_cstr(&b, e->tls_cipher ? e->tls_cipher : "", MAX_NAME);
+        OUTBUF_LIT(&b, ",\"tls_sni\":");
+        if (e->tls_sni)
+            jb_cstr(&b, e->tls_sni, MAX_NAME);
+        else
+            OUTBUF_LIT(&b, "null");
+        if (e->tls_client_subject) {
+            OUTBUF_LIT(&b, ",\"tls_client_subject\":");
+            jb_cstr(&b, e->tls_client_subject, MAX_NAME * 2);
+        }
+    }
     if (e->ai) {
         OUTBUF_LIT(&b, ",\"model\":");
         if (e->model.len)

@@ -33,6 +33,11 @@ struct alog_entry {
     uint64_t tokens_in, tokens_out; /* prompt and completion tokens counted */
     const char *limit;          /* the limit that refused it ("requests" ...), NULL: none */
     const char *priority;       /* the key's tier priority */
+    /* TLS connections (tls_version set): the handshake's outcome */
+    const char *tls_version;    /* "TLSv1.3" */
+    const char *tls_cipher;
+    const char *tls_sni;        /* NULL: the client sent no server name */
+    const char *tls_client_subject; /* mTLS: the client certificate's subject; NULL: none */
 };
 
 /* Longest line alog_format produces: string fields longer than their share are cut

@@ -7,6 +7,7 @@
  * itself, because inih never calls the handler for a section without keys
  * (an empty "[pool x]" or an unknown "[tls]" must still be reported). */
 #include "core/config.h"
+#include "core/config_tls.h"
 #include "policy/glob.h"
 #include "policy/keys.h"
 
@@ -33,8 +34,8 @@
 #define CFG_DURATION_MAX_MS (366ULL * 24 * 3600 * 1000)
 
 enum section_kind {
-    SEC_NONE, SEC_SERVER, SEC_ADMIN, SEC_TIMEOUTS, SEC_LOG, SEC_POOL, SEC_ROUTE, SEC_KEYS,
-    SEC_TIER, SEC_COUNT
+    SEC_NONE, SEC_SERVER, SEC_ADMIN, SEC_TLS, SEC_TIMEOUTS, SEC_LOG, SEC_POOL, SEC_ROUTE,
+    SEC_KEYS, SEC_TIER, SEC_COUNT
 };
 
 /* Pool names as written, resolved once the whole file is read (pools may come
@@ -51,6 +52,7 @@ struct pending_route {
 struct pending_pool {
     char fallback[CFG_NAME_MAX];    /* empty: none */
     int fallback_line;
+    int tls_server_name_line;       /* for "tls_server_name needs tls = on" */
 };
 
 struct load_ctx {
@@ -79,6 +81,7 @@ struct load_ctx {
     struct pending_pool *pending_pools; /* parallel to c->pools */
     bool listen_configured;
     bool admin_configured;
+    bool tls_cert_waits_for_key;    /* [tls]: the last cert has no key yet */
 };
 
 /* ---- errors ---------------------------------------------------------------- */
@@ -406,11 +409,60 @@ static bool valid_name(const char *s, size_t len)
     return true;
 }
 
+/* Values that go into a request line, a header or a cipher list: a space or control byte
+ * could split them. */
+static bool has_space_or_control(const char *v)
+{
+    for (; *v; v++)
+        if ((unsigned char)*v <= 0x20 || *v == 0x7f)
+            return true;
+    return false;
+}
+
+/* Every file the configuration names (keys, certificates, CAs): a relative path
+ * is taken from the directory of the configuration file (the current directory
+ * when its name has none), so the file means the same wherever aigw starts.
+ * Empty stays empty. Control bytes would garble the messages that name the file. */
+static int set_path(struct load_ctx *x, const char *key, const char *value, char *dst, size_t cap)
+{
+    size_t len = strlen(value), dirlen = 0;
+    for (const char *p = value; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            return fail(x, "invalid value for %s: control character in path", key);
+    if (len && value[0] != '/') {
+        const char *slash = strrchr(x->name, '/');
+        if (slash)
+            dirlen = (size_t)(slash - x->name) + 1;
+    }
+    if (dirlen + len >= cap)
+        return fail(x, "invalid value for %s: path too long", key);
+    memcpy(dst, x->name, dirlen);
+    memcpy(dst + dirlen, value, len + 1);
+    return 0;
+}
+
+static int parse_on_off(struct load_ctx *x, const char *key, const char *value, bool *out)
+{
+    if (strcmp(value, "on") == 0)
+        *out = true;
+    else if (strcmp(value, "off") == 0)
+        *out = false;
+    else
+        return bad_value(x, key, value, "on or off");
+    return 0;
+}
+
 /* ---- [server] ---------------------------------------------------------------- */
 
+/* Defaults ([server] 0.0.0.0:8080, [admin] 127.0.0.1:9090) may still be replaced
+ * later in the file: they are compared in finish(). */
 static int check_listener_unique(struct load_ctx *x, const struct cfg_addr *a, bool is_admin)
 {
     struct config *c = x->c;
+    for (unsigned i = 0; i < c->tls.nlisten; i++)
+        if (addr_equal(&c->tls.listen[i], a))
+            return fail(x, "duplicate listener %s (already on line %d)", a->text,
+                        c->tls.listen[i].line);
     if (x->listen_configured) {
         for (unsigned i = 0; i < c->server.nlisten; i++)
             if (addr_equal(&c->server.listen[i], a))
@@ -502,6 +554,132 @@ static int admin_listen(struct load_ctx *x, const char *key, const char *value)
     return 0;
 }
 
+/* ---- [tls] ------------------------------------------------------------------- */
+
+static int tls_listen(struct load_ctx *x, const char *key, const char *value)
+{
+    struct config *c = x->c;
+    struct cfg_addr a;
+    if (set_addr(x, key, value, &a) < 0 || check_listener_unique(x, &a, false) < 0)
+        return -1;
+    if (c->tls.nlisten == CFG_MAX_LISTEN)
+        return fail(x, "too many listen addresses in [tls] (at most %d)", CFG_MAX_LISTEN);
+    c->tls.listen[c->tls.nlisten++] = a;
+    c->tls.opts.enabled = true;
+    return 0;
+}
+
+/* Certificates and keys pair up in file order: each cert, then its key. */
+static int tls_cert_has_no_key(struct load_ctx *x)
+{
+    const struct cfg_tls_cert *open = &x->c->tls.opts.certs[x->c->tls.opts.ncerts - 1];
+    return fail_at(x, open->cert_line, "cert %s has no key (each cert must be followed by its key)",
+                   open->cert);
+}
+
+static int tls_cert(struct load_ctx *x, const char *key, const char *value)
+{
+    struct cfg_tls *t = &x->c->tls.opts;
+    if (x->tls_cert_waits_for_key)
+        return tls_cert_has_no_key(x);
+    if (value[0] == '\0')
+        return bad_value(x, key, value, "the path of a PEM certificate chain");
+    if (t->ncerts == TLS_MAX_CERTS)
+        return fail(x, "too many certificates in [tls] (at most %d)", TLS_MAX_CERTS);
+    struct cfg_tls_cert *cert = &t->certs[t->ncerts];
+    if (set_path(x, key, value, cert->cert, sizeof cert->cert) < 0)
+        return -1;
+    cert->cert_line = x->lineno;
+    t->ncerts++;
+    x->tls_cert_waits_for_key = true;
+    return 0;
+}
+
+static int tls_key(struct load_ctx *x, const char *key, const char *value)
+{
+    struct cfg_tls *t = &x->c->tls.opts;
+    if (!x->tls_cert_waits_for_key)
+        return fail(x, "key without a cert (each key must follow its cert)");
+    if (value[0] == '\0')
+        return bad_value(x, key, value, "the path of the PEM private key of the cert above");
+    struct cfg_tls_cert *cert = &t->certs[t->ncerts - 1];
+    if (set_path(x, key, value, cert->key, sizeof cert->key) < 0)
+        return -1;
+    cert->key_line = x->lineno;
+    x->tls_cert_waits_for_key = false;
+    return 0;
+}
+
+static int tls_min_version(struct load_ctx *x, const char *key, const char *value)
+{
+    struct cfg_tls *t = &x->c->tls.opts;
+    if (strcmp(value, "1.2") == 0)
+        t->min_version = 12;
+    else if (strcmp(value, "1.3") == 0)
+        t->min_version = 13;
+    else if (strcmp(value, "1.0") == 0 || strcmp(value, "1.1") == 0)
+        return fail(x, "invalid value for %s: '%s' (TLS 1.0 and 1.1 are not supported; expected 1.2 or 1.3)",
+                    key, value);
+    else
+        return bad_value(x, key, value, "1.2 or 1.3");
+    t->min_version_line = x->lineno;
+    return 0;
+}
+
+/* The list itself is checked by the engine when it builds the contexts. */
+static int tls_ciphers(struct load_ctx *x, const char *key, const char *value)
+{
+    struct cfg_tls *t = &x->c->tls.opts;
+    size_t len = strlen(value);
+    if (len >= sizeof t->ciphers)
+        return fail(x, "invalid value for %s: too long (at most %zu characters)", key,
+                    sizeof t->ciphers - 1);
+    if (has_space_or_control(value))
+        return bad_value(x, key, value, "a ':'-separated cipher list without spaces, or empty for the default");
+    memcpy(t->ciphers, value, len + 1);
+    t->ciphers_line = x->lineno;
+    return 0;
+}
+
+static int tls_client_ca(struct load_ctx *x, const char *key, const char *value)
+{
+    struct cfg_tls *t = &x->c->tls.opts;
+    if (set_path(x, key, value, t->client_ca, sizeof t->client_ca) < 0)
+        return -1;
+    t->client_ca_line = x->lineno;
+    return 0;
+}
+
+static int tls_session_tickets(struct load_ctx *x, const char *key, const char *value)
+{
+    return parse_on_off(x, key, value, &x->c->tls.opts.session_tickets);
+}
+
+#define TLS_TICKET_ROTATION_MIN_MS (60ULL * 1000)
+#define TLS_TICKET_ROTATION_MAX_MS (7ULL * 24 * 3600 * 1000)
+#define TLS_HANDSHAKE_TIMEOUT_MIN_MS 100ULL
+#define TLS_HANDSHAKE_TIMEOUT_MAX_MS (5ULL * 60 * 1000)
+
+static int tls_ticket_key_rotation(struct load_ctx *x, const char *key, const char *value)
+{
+    uint64_t ms;
+    if (config_parse_duration_ms(value, &ms) < 0 || ms < TLS_TICKET_ROTATION_MIN_MS ||
+        ms > TLS_TICKET_ROTATION_MAX_MS)
+        return bad_value(x, key, value, "a duration from 1m to 168h (7 days)");
+    x->c->tls.opts.ticket_rotation_ms = ms;
+    return 0;
+}
+
+static int tls_handshake_timeout(struct load_ctx *x, const char *key, const char *value)
+{
+    uint64_t ms;
+    if (config_parse_duration_ms(value, &ms) < 0 || ms < TLS_HANDSHAKE_TIMEOUT_MIN_MS ||
+        ms > TLS_HANDSHAKE_TIMEOUT_MAX_MS)
+        return bad_value(x, key, value, "a duration from 100ms to 5m");
+    x->c->tls.opts.handshake_timeout_ms = ms;
+    return 0;
+}
+
 /* ---- [timeouts] -------------------------------------------------------------- */
 
 static int set_timeout(struct load_ctx *x, const char *key, const char *value, uint64_t *out)
@@ -577,6 +755,10 @@ static int pool_backend(struct load_ctx *x, const char *key, const char *value)
     struct cfg_backend b = { .weight = 1 };
     if (set_addr(x, key, addr, &b.addr) < 0)
         return -1;
+    /* parse_addr accepted it: "[v6]:port" or "host:port", the host under 256 bytes */
+    const char *host = addr[0] == '[' ? addr + 1 : addr;
+    const char *host_end = addr[0] == '[' ? strchr(addr, ']') : strrchr(addr, ':');
+    snprintf(b.host, sizeof b.host, "%.*s", (int)(host_end - host), host);
     bool weight_seen = false;
     for (char *opt; (opt = strtok_r(NULL, " \t", &save)) != NULL;) {
         uint64_t w;
@@ -627,16 +809,6 @@ static int pool_max_outstanding(struct load_ctx *x, const char *key, const char 
         return bad_value(x, key, value, "a number 1-1000000");
     cur_pool(x)->max_outstanding = (unsigned)v;
     return 0;
-}
-
-/* Values that go into a request line or a header: a space or control byte
- * could split them. */
-static bool has_space_or_control(const char *v)
-{
-    for (; *v; v++)
-        if ((unsigned char)*v <= 0x20 || *v == 0x7f)
-            return true;
-    return false;
 }
 
 /* A path aigw itself requests from every backend (metrics, health): empty for none. */
@@ -764,6 +936,36 @@ static int pool_upstream_auth(struct load_ctx *x, const char *key, const char *v
     if (has_space_or_control(value))
         return fail(x, "invalid value for %s: must not contain spaces or control characters", key);
     memcpy(p->upstream_auth, value, len + 1);
+    return 0;
+}
+
+static int pool_tls(struct load_ctx *x, const char *key, const char *value)
+{
+    return parse_on_off(x, key, value, &cur_pool(x)->tls);
+}
+
+static int pool_tls_ca(struct load_ctx *x, const char *key, const char *value)
+{
+    struct cfg_pool *p = cur_pool(x);
+    if (set_path(x, key, value, p->tls_ca, sizeof p->tls_ca) < 0)
+        return -1;
+    p->tls_ca_line = x->lineno;
+    return 0;
+}
+
+/* A DNS name (verified against the certificate's names) or an IP address
+ * (against its IP SANs); empty: each backend's host as written. */
+static int pool_tls_server_name(struct load_ctx *x, const char *key, const char *value)
+{
+    struct cfg_pool *p = cur_pool(x);
+    size_t len = strlen(value);
+    unsigned char ip[sizeof(struct in6_addr)];
+    if (len >= sizeof p->tls_server_name ||
+        (len && !valid_hostname(value, len) && inet_pton(AF_INET, value, ip) != 1 &&
+         inet_pton(AF_INET6, value, ip) != 1))
+        return bad_value(x, key, value, "a host name or an IP address, or empty for each backend's host");
+    memcpy(p->tls_server_name, value, len + 1);
+    x->pending_pools[x->c->npools - 1].tls_server_name_line = x->lineno;
     return 0;
 }
 
@@ -895,24 +1097,12 @@ static int keys_auth(struct load_ctx *x, const char *key, const char *value)
     return 0;
 }
 
-/* A relative path is taken from the directory of the configuration file (the
- * current directory when its name has none). The file is read in finish(). */
+/* The file is read in finish(). */
 static int keys_file(struct load_ctx *x, const char *key, const char *value)
 {
-    struct config *c = x->c;
-    size_t len = strlen(value), dirlen = 0;
-    if (len == 0)
+    if (value[0] == '\0')
         return bad_value(x, key, value, "the path of the keys file");
-    if (value[0] != '/') {
-        const char *slash = strrchr(x->name, '/');
-        if (slash)
-            dirlen = (size_t)(slash - x->name) + 1;
-    }
-    if (dirlen + len >= sizeof c->keys.file)
-        return fail(x, "invalid value for %s: path too long", key);
-    memcpy(c->keys.file, x->name, dirlen);
-    memcpy(c->keys.file + dirlen, value, len + 1);
-    return 0;
+    return set_path(x, key, value, x->c->keys.file, sizeof x->c->keys.file);
 }
 
 /* ---- [tier NAME] ------------------------------------------------------------- */
@@ -996,6 +1186,18 @@ static const struct key_def admin_keys[] = {
     { "listen", admin_listen, false },
     { NULL, NULL, false },
 };
+static const struct key_def tls_keys[] = {
+    { "listen", tls_listen, true },
+    { "cert", tls_cert, true },
+    { "key", tls_key, true },
+    { "min_version", tls_min_version, false },
+    { "ciphers", tls_ciphers, false },
+    { "client_ca", tls_client_ca, false },
+    { "session_tickets", tls_session_tickets, false },
+    { "ticket_key_rotation", tls_ticket_key_rotation, false },
+    { "handshake_timeout", tls_handshake_timeout, false },
+    { NULL, NULL, false },
+};
 static const struct key_def timeout_keys[] = {
     { "connect", timeout_connect, false },
     { "first_byte", timeout_first_byte, false },
@@ -1024,6 +1226,9 @@ static const struct key_def pool_keys[] = {
     { "fallback", pool_fallback, false },
     { "keepalive", pool_keepalive, false },
     { "keepalive_timeout", pool_keepalive_timeout, false },
+    { "tls", pool_tls, false },
+    { "tls_ca", pool_tls_ca, false },
+    { "tls_server_name", pool_tls_server_name, false },
     { NULL, NULL, false },
 };
 static const struct key_def route_keys[] = {
@@ -1050,7 +1255,8 @@ static const struct key_def tier_keys[] = {
 };
 
 static const struct key_def *const section_keys[SEC_COUNT] = {
-    [SEC_SERVER] = server_keys, [SEC_ADMIN] = admin_keys, [SEC_TIMEOUTS] = timeout_keys,
+    [SEC_SERVER] = server_keys, [SEC_ADMIN] = admin_keys, [SEC_TLS] = tls_keys,
+    [SEC_TIMEOUTS] = timeout_keys,
     [SEC_LOG] = log_keys, [SEC_POOL] = pool_keys, [SEC_ROUTE] = route_keys,
     [SEC_KEYS] = keys_keys, [SEC_TIER] = tier_keys,
 };
@@ -1072,12 +1278,26 @@ static int close_section(struct load_ctx *x)
         /* all backends are known now: at most 1000000 x 1024, fits an unsigned */
         if (p->queue_size == 0)
             p->queue_size = p->max_outstanding * p->nbackends;
+        /* said in either order within the section, so checked once it is whole */
+        if (!p->tls && p->tls_ca[0])
+            return fail_at(x, p->tls_ca_line, "tls_ca needs tls = on in pool '%s'", p->name);
+        if (!p->tls && p->tls_server_name[0])
+            return fail_at(x, x->pending_pools[x->c->npools - 1].tls_server_name_line,
+                           "tls_server_name needs tls = on in pool '%s'", p->name);
     } else if (x->sec == SEC_ROUTE) {
         const struct cfg_route *r = cur_route(x);
         if (r->path_len == 0)
             return fail_at(x, x->sec_line, "route '%s' has no path", r->name);
         if (x->pending[x->c->nroutes - 1].pool[0] == '\0' && r->nsplit == 0)
             return fail_at(x, x->sec_line, "route '%s' has no pool or split", r->name);
+    } else if (x->sec == SEC_TLS) {
+        const struct cfg_tls *t = &x->c->tls.opts;
+        if (x->tls_cert_waits_for_key)
+            return tls_cert_has_no_key(x);
+        if (x->c->tls.nlisten == 0)
+            return fail_at(x, x->sec_line, "[tls] has no listen");
+        if (t->ncerts == 0)
+            return fail_at(x, x->sec_line, "[tls] has no cert (and key)");
     } else if (x->sec == SEC_KEYS) {
         if (x->c->keys.required && x->c->keys.file[0] == '\0')
             return fail_at(x, x->sec_line, "auth = required needs a keys file");
@@ -1187,7 +1407,7 @@ static int open_tier(struct load_ctx *x, const char *name, size_t len)
 static int open_section(struct load_ctx *x, const char *inner, size_t len)
 {
     static const char *const singletons[SEC_COUNT] = {
-        [SEC_SERVER] = "server", [SEC_ADMIN] = "admin", [SEC_TIMEOUTS] = "timeouts",
+        [SEC_SERVER] = "server", [SEC_ADMIN] = "admin", [SEC_TLS] = "tls", [SEC_TIMEOUTS] = "timeouts",
         [SEC_LOG] = "log", [SEC_KEYS] = "keys",
     };
     if (close_section(x) < 0)
@@ -1401,6 +1621,13 @@ static int finish(struct load_ctx *x)
         return -1;
 
     /* a default listener can collide with a configured one only here */
+    for (unsigned i = 0; i < c->tls.nlisten; i++) {
+        const struct cfg_addr *l = &c->tls.listen[i];
+        if (!x->listen_configured && addr_equal(l, &c->server.listen[0]))
+            return fail_at(x, l->line, "duplicate listener %s ([server] listen's default)", l->text);
+        if (!x->admin_configured && addr_equal(l, &c->admin.listen))
+            return fail_at(x, l->line, "duplicate listener %s ([admin] listen's default)", l->text);
+    }
     if (c->admin.enabled) {
         for (unsigned i = 0; i < c->server.nlisten; i++) {
             const struct cfg_addr *l = &c->server.listen[i];
@@ -1471,6 +1698,10 @@ static struct config *config_new(const char *name)
     c->timeouts.keepalive_ms = 75000;
     c->log.access = ACCESS_STDOUT;
     c->log.level = LOG_INFO;
+    c->tls.opts.min_version = 12;
+    c->tls.opts.session_tickets = true;
+    c->tls.opts.ticket_rotation_ms = 3600 * 1000;
+    c->tls.opts.handshake_timeout_ms = 10000;
     return c;
 }
 
@@ -1581,6 +1812,178 @@ void config_free(struct config *c)
     free(c->routes);
     free(c->tiers);
     keyring_free(c->keys.ring);
+    config_tls_release(c);      /* what config_tls_build made, if it ran */
     free(c->keys.key_tier);
     free(c);
+}
+
+/* ---- aigw -T ------------------------------------------------------------------ */
+
+/* The largest unit that states the value exactly, so it reads back the same. */
+static void print_duration(FILE *out, const char *key, uint64_t ms)
+{
+    if (ms == 0)
+        fprintf(out, "%s = 0s\n", key);
+    else if (ms % (3600 * 1000) == 0)
+        fprintf(out, "%s = %lluh\n", key, (unsigned long long)(ms / (3600 * 1000)));
+    else if (ms % (60 * 1000) == 0)
+        fprintf(out, "%s = %llum\n", key, (unsigned long long)(ms / (60 * 1000)));
+    else if (ms % 1000 == 0)
+        fprintf(out, "%s = %llus\n", key, (unsigned long long)(ms / 1000));
+    else
+        fprintf(out, "%s = %llums\n", key, (unsigned long long)ms);
+}
+
+static void print_size(FILE *out, const char *key, uint64_t v)
+{
+    static const char units[] = "gmk";
+    for (unsigned i = 0; i < 3; i++) {
+        unsigned shift = 30 - 10 * i;
+        if (v && v % (1ULL << shift) == 0) {
+            fprintf(out, "%s = %llu%c\n", key, (unsigned long long)(v >> shift), units[i]);
+            return;
+        }
+    }
+    fprintf(out, "%s = %llu\n", key, (unsigned long long)v);
+}
+
+static const char *on_off(bool v) { return v ? "on" : "off"; }
+
+/* An empty value, the default of several keys, shown as "key =" without a
+ * trailing space; note (may be NULL) says what empty means. */
+static void print_text(FILE *out, const char *key, const char *value, const char *note)
+{
+    char assign[64];
+    snprintf(assign, sizeof assign, "%s =", key);
+    if (value[0])
+        fprintf(out, "%s %s\n", assign, value);
+    else if (note)
+        fprintf(out, "%-32s ; %s\n", assign, note);
+    else
+        fprintf(out, "%s\n", assign);
+}
+
+static void print_tls(const struct config *c, FILE *out)
+{
+    const struct cfg_tls *t = &c->tls.opts;
+    if (!t->enabled) {
+        fprintf(out, "# [tls]: none (no TLS listener)\n\n");
+        return;
+    }
+    fprintf(out, "[tls]\n");
+    for (unsigned i = 0; i < c->tls.nlisten; i++)
+        fprintf(out, "listen = %s\n", c->tls.listen[i].text);
+    for (unsigned i = 0; i < t->ncerts; i++)
+        fprintf(out, "cert = %s\nkey = %s\n", t->certs[i].cert, t->certs[i].key);
+    fprintf(out, "min_version = 1.%d\n", t->min_version - 10);
+    print_text(out, "ciphers", t->ciphers, "the default order of the linked wolfSSL (aigw -v)");
+    print_text(out, "client_ca", t->client_ca, "no client certificates asked for");
+    fprintf(out, "session_tickets = %s\n", on_off(t->session_tickets));
+    print_duration(out, "ticket_key_rotation", t->ticket_rotation_ms);
+    print_duration(out, "handshake_timeout", t->handshake_timeout_ms);
+    fprintf(out, "\n");
+}
+
+static void print_pool(const struct config *c, const struct cfg_pool *p, FILE *out)
+{
+    static const char *const balance[] = {
+        [BALANCE_ROUND_ROBIN] = "round_robin", [BALANCE_LEAST_OUTSTANDING] = "least_outstanding",
+        [BALANCE_CAPACITY] = "capacity", [BALANCE_PREFIX] = "prefix",
+    };
+    fprintf(out, "[pool %s]\n", p->name);
+    for (unsigned i = 0; i < p->nbackends; i++)
+        fprintf(out, "backend = %s weight=%u\n", p->backends[i].addr.text, p->backends[i].weight);
+    fprintf(out, "balance = %s\n", balance[p->balance]);
+    fprintf(out, "max_outstanding = %u\n", p->max_outstanding);
+    /* a credential: a configuration dump gets pasted into tickets and chats */
+    fprintf(out, p->upstream_auth[0] ? "# upstream_auth = (set, not shown)\n" : "upstream_auth =\n");
+    print_text(out, "metrics", p->metrics_path, NULL);
+    print_duration(out, "metrics_interval", p->metrics_interval_ms);
+    print_text(out, "health", p->health_path, NULL);
+    print_duration(out, "health_interval", p->health_interval_ms);
+    print_duration(out, "queue_timeout", p->queue_timeout_ms);
+    fprintf(out, "queue_size = %u\n", p->queue_size);
+    fprintf(out, "retries = %u\n", p->retries);
+    print_text(out, "fallback", p->fallback >= 0 ? c->pools[p->fallback].name : "", NULL);
+    fprintf(out, "keepalive = %u\n", p->keepalive);
+    print_duration(out, "keepalive_timeout", p->keepalive_timeout_ms);
+    fprintf(out, "tls = %s\n", on_off(p->tls));
+    print_text(out, "tls_ca", p->tls_ca, p->tls ? "the system's CA bundle" : NULL);
+    print_text(out, "tls_server_name", p->tls_server_name,
+               p->tls ? "each backend's host as written" : NULL);
+    fprintf(out, "\n");
+}
+
+static void print_route(const struct config *c, const struct cfg_route *r, FILE *out)
+{
+    fprintf(out, "[route %s]\npath = %s%s\n", r->name, r->path, r->prefix ? "*" : "");
+    if (r->nsplit) {
+        fprintf(out, "split =");
+        for (unsigned i = 0; i < r->nsplit; i++)
+            fprintf(out, " %s:%u", c->pools[r->split[i].pool].name, r->split[i].weight);
+        fprintf(out, "\n");
+    } else {
+        fprintf(out, "pool = %s\n", c->pools[r->pool].name);
+    }
+    fprintf(out, "kind = %s\n", r->kind == ROUTE_RAW ? "raw" : "ai");
+    print_text(out, "models", r->models_text, NULL);
+    fprintf(out, "\n");
+}
+
+void config_print(const struct config *c, FILE *out)
+{
+    static const char *const levels[] = { [LOG_ERROR] = "error", [LOG_WARN] = "warn",
+                                          [LOG_INFO] = "info", [LOG_DEBUG] = "debug" };
+    static const char *const priorities[] = { [PRIORITY_HIGH] = "high",
+                                              [PRIORITY_NORMAL] = "normal", [PRIORITY_LOW] = "low" };
+    fprintf(out, "# %s, as aigw reads it, every default written out\n\n[server]\n", c->path);
+    for (unsigned i = 0; i < c->server.nlisten; i++)
+        fprintf(out, "listen = %s\n", c->server.listen[i].text);
+    if (c->server.shards)
+        fprintf(out, "shards = %u\n", c->server.shards);
+    else
+        fprintf(out, "shards = auto\n");
+    fprintf(out, "max_connections = %u\n", c->server.max_connections);
+    print_size(out, "max_body", c->server.max_body);
+    print_size(out, "max_header", c->server.max_header);
+    print_duration(out, "drain_timeout", c->server.drain_timeout_ms);
+
+    fprintf(out, "\n[admin]\nlisten = %s\n\n", c->admin.enabled ? c->admin.listen.text : "off");
+    print_tls(c, out);
+
+    fprintf(out, "[timeouts]\n");
+    print_duration(out, "connect", c->timeouts.connect_ms);
+    print_duration(out, "first_byte", c->timeouts.first_byte_ms);
+    print_duration(out, "idle", c->timeouts.idle_ms);
+    print_duration(out, "client_header", c->timeouts.client_header_ms);
+    print_duration(out, "keepalive", c->timeouts.keepalive_ms);
+
+    fprintf(out, "\n[log]\naccess = %s\nlevel = %s\n\n",
+            c->log.access == ACCESS_FILE ? c->log.access_path
+            : c->log.access == ACCESS_OFF ? "off" : "stdout",
+            levels[c->log.level]);
+
+    for (unsigned i = 0; i < c->npools; i++)
+        print_pool(c, &c->pools[i], out);
+    for (unsigned i = 0; i < c->nroutes; i++)
+        print_route(c, &c->routes[i], out);
+
+    if (c->keys.configured) {
+        fprintf(out, "[keys]\nauth = %s\n", c->keys.required ? "required" : "off");
+        if (c->keys.file[0])
+            fprintf(out, "file = %s\n", c->keys.file);
+        else
+            fprintf(out, "# file: none (no key is known)\n");
+        fprintf(out, "\n");
+    } else
+        fprintf(out, "# [keys]: none (authentication is off)\n\n");
+    for (unsigned i = 0; i < c->ntiers; i++) {
+        const struct cfg_tier *t = &c->tiers[i];
+        fprintf(out, "[tier %s]\nrequests_per_minute = %llu\ntokens_per_minute = %llu\n", t->name,
+                (unsigned long long)t->requests_per_minute, (unsigned long long)t->tokens_per_minute);
+        print_duration(out, "burst", t->burst_ms);
+        fprintf(out, "max_tokens = %llu\ndaily_tokens = %llu\npriority = %s\n\n",
+                (unsigned long long)t->max_tokens, (unsigned long long)t->daily_tokens,
+                priorities[t->priority]);
+    }
 }

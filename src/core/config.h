@@ -9,9 +9,11 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/socket.h>
 
 #include "policy/types.h"   /* cfg_addr, cfg_backend, cfg_route, balance_kind */
+#include "tls/tls.h"        /* cfg_tls */
 
 struct keyring;
 
@@ -40,6 +42,11 @@ struct cfg_pool {
     int fallback;               /* pool index used when this one is down or saturated; -1: none */
     unsigned keepalive;         /* idle upstream connections kept per backend per shard; default 32; 0: none */
     uint64_t keepalive_timeout_ms; /* an idle upstream connection is closed after this; default 60s */
+    bool tls;                   /* TLS to the backends; default off */
+    char tls_ca[PATH_MAX];      /* CA bundle verifying them; empty: the system's */
+    int tls_ca_line;
+    char tls_server_name[256];  /* SNI and the name verified; empty: each backend's host as written */
+    struct tls_client *tls_client; /* built from the above by the loader's caller; NULL without tls */
     int line;
 };
 
@@ -86,6 +93,12 @@ struct config {
         uint64_t keepalive_ms;  /* 75s */
     } timeouts;
     struct {
+        struct cfg_addr listen[CFG_MAX_LISTEN];
+        unsigned nlisten;       /* none without a [tls] section */
+        struct cfg_tls opts;    /* opts.enabled = nlisten > 0 */
+        struct tls_server *server; /* built from opts by the loader's caller; NULL until then */
+    } tls;
+    struct {
         enum access_log_mode access; /* default stdout */
         char access_path[PATH_MAX];
         int access_line;        /* of `access = /path`, for messages */
@@ -118,6 +131,9 @@ void config_free(struct config *c);
  * at start, the way it will (the keys file is already read by config_load). 0,
  * or -1 and "FILE:LINE: message" in err. */
 int config_check_files(const struct config *c, char *err, size_t errlen);
+/* `aigw -T`: the effective configuration, every default written out, as INI that
+ * aigw reads back (upstream_auth is shown as set, never its value). */
+void config_print(const struct config *c, FILE *out);
 
 /* Value parsers shared with other modules; each returns 0 or -1 (bad value). */
 int config_parse_duration_ms(const char *s, uint64_t *out);  /* "250ms" "2s" "1m" "1h"; bare number = seconds */

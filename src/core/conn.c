@@ -27,6 +27,7 @@
 #include "core/admission.h"
 #include "core/log.h"
 #include "core/transport.h"
+#include "core/transport_tls.h"
 #include "core/models.h"
 #include "core/usage.h"
 #include "policy/keys.h"
@@ -215,6 +216,14 @@ void conn_maybe_free(struct conn *c)
         c->pipe_orphan = p->next_free;
         pipe_put(c->sh, p, false);
     }
+    if (c->send_buf_orphan) {
+        /* its last send completed as the transport's own (it had copied it) */
+        xbuf_put(c->sh, c->send_buf);
+        c->send_buf = NULL;
+        c->send_buf_orphan = false;
+    }
+    if (c->tr->release)
+        c->tr->release(c);
     if (c->up_fd_orphan >= 0) {
         struct io_uring_sqe *sqe = shard_sqe(c->sh);
         io_uring_prep_close(sqe, c->up_fd_orphan);
@@ -224,7 +233,7 @@ void conn_maybe_free(struct conn *c)
     conn_free(c);
 }
 
-void conn_accepted(struct shard *sh, int fd)
+void conn_accepted(struct shard *sh, int fd, bool tls)
 {
     struct conn *c = sh->free_conns;
     if (c) {
@@ -263,9 +272,18 @@ void conn_accepted(struct shard *sh, int fd)
     sh->live.next = c;
     sh->nconns++;
     mg_add(&sh->m->connections[SIDE_CLIENT], 1);
+    if (tls) {
+        /* handshake_timeout first; client_header once the handshake is done */
+        if (!transport_tls_begin(c)) {
+            conn_close(c);
+            conn_maybe_free(c);
+            return;
+        }
+    } else {
+        /* a new connection gets client_header to send its first request */
+        arm_timer(c, T_HEADER, conn_config(c)->timeouts.client_header_ms);
+    }
     arm_recv(c);
-    /* a new connection gets client_header to send its first request */
-    arm_timer(c, T_HEADER, conn_config(c)->timeouts.client_header_ms);
 }
 
 /* The connection closes under the current request (if any): it ends with
@@ -529,7 +547,7 @@ struct http_forward conn_forward_info(const struct conn *c)
     const char *host = g->backend_cfg[b]->addr.text;
     return (struct http_forward){
         .client_addr = { c->client, c->client_len },
-        .proto = { "http", 4 },
+        .proto = c->tls ? (struct slice){ "https", 5 } : (struct slice){ "http", 4 },
         .request_id = { c->req.request_id, c->req.request_id_len },
         .upstream_auth = { pool->upstream_auth, strlen(pool->upstream_auth) },
         .default_host = { host, strlen(host) },
@@ -1254,6 +1272,14 @@ static void request_finish(struct conn *c)
                                                  [PRIORITY_LOW] = "low" };
             e.priority = prio[t == CFG_NO_TIER ? PRIORITY_NORMAL : cfg->tiers[t].priority];
         }
+        if (c->tls) {
+            struct tls_log_facts f;
+            transport_tls_facts(c, &f);
+            e.tls_version = f.version;
+            e.tls_cipher = f.cipher;
+            e.tls_sni = f.sni;
+            e.tls_client_subject = f.subject;
+        }
         alog_write(sh->id, &e);
     }
     dispatch_release(c);
@@ -1331,6 +1357,9 @@ void conn_timer_fired(struct conn *c)
     case T_QUEUE:
         dispatch_queue_expired(c);
         break;
+    case T_HANDSHAKE:
+        transport_tls_expired(c);
+        break;
     case T_IDLE:
         if (sh->now_ms < c->last_activity_ms + cfg->timeouts.idle_ms) {
             timer_arm(&sh->timers, &c->timer, c->last_activity_ms + cfg->timeouts.idle_ms);
@@ -1359,6 +1388,14 @@ void conn_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe)
 {
     if (!(cqe->flags & IORING_CQE_F_MORE))
         c->ops--;
+    int sent = cqe->res;
+    if (op == OP_CLIENT_SEND && c->tr->sent) {
+        sent = c->tr->sent(c, cqe->res);
+        if (sent == TRANSPORT_SENT_OWN) {
+            conn_maybe_free(c);
+            return;
+        }
+    }
     if (op == OP_CLIENT_SEND) {
         if (c->send_buf_orphan)
             xbuf_put(c->sh, c->send_buf);
@@ -1379,7 +1416,7 @@ void conn_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe)
         on_recv(c, cqe);
         break;
     case OP_CLIENT_SEND:
-        on_sent(c, cqe->res);
+        on_sent(c, sent);
         break;
     default:
         relay_act(c, relay_on_cqe(c, op, cqe));

@@ -20,6 +20,7 @@
 
 struct io_uring_cqe;
 struct pipe_pair;
+struct tls_link;
 struct shard;
 struct shard_gen;
 struct transport_ops;
@@ -38,7 +39,7 @@ enum conn_state {
 };
 
 /* What the connection's one timer currently measures. */
-enum timer_phase { T_HEADER, T_KEEPALIVE, T_CONNECT, T_FIRST_BYTE, T_IDLE, T_QUEUE };
+enum timer_phase { T_HEADER, T_KEEPALIVE, T_CONNECT, T_FIRST_BYTE, T_IDLE, T_QUEUE, T_HANDSHAKE };
 
 /* One request on a client connection, from its head to the end of its response.
  * Born in request_begin() (conn.c), which sets every field: nothing of an earlier
@@ -118,6 +119,7 @@ struct conn {
     struct shard *sh;
     int fd;
     const struct transport_ops *tr; /* how its bytes are received and sent (transport.h) */
+    struct tls_link *tls;           /* the TLS transport's state; NULL: plaintext */
     uint8_t state;                  /* enum conn_state */
     uint8_t ops;                    /* SQEs in flight that name this conn */
     uint8_t tphase;                 /* enum timer_phase */
@@ -148,7 +150,8 @@ struct conn {
     struct relay relay;             /* its response body on the way */
 } __attribute__((aligned(16)));
 
-void conn_accepted(struct shard *sh, int fd);
+/* tls: accepted on a [tls] listener */
+void conn_accepted(struct shard *sh, int fd, bool tls);
 void conn_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe);
 void conn_on_upstream_cqe(struct conn *c, enum op op, int res);
 void conn_timer_fired(struct conn *c);

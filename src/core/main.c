@@ -28,7 +28,8 @@
 #include <mimalloc.h>
 #endif
 #include <wolfssl/options.h>
-#include <wolfssl/version.h>
+#include "core/config_tls.h"
+#include "tls/tls.h"
 
 #define DEFAULT_CONFIG "/etc/aigw.conf"
 
@@ -37,6 +38,7 @@ static void usage(FILE *to)
     fprintf(to,
             "usage: aigw [-c FILE]        run (default FILE: " DEFAULT_CONFIG ")\n"
             "       aigw -t [-c FILE]     check the configuration\n"
+            "       aigw -T [-c FILE]     check, then print the effective configuration\n"
             "       aigw -v               version and build options\n"
             "       aigw keygen NAME [TIER]   a new API key, and its line for the keys file\n");
 }
@@ -78,7 +80,10 @@ static void print_version(void)
 #else
     printf("allocator: libc (sanitizer build)\n");
 #endif
-    printf("tls: not yet (wolfSSL %s is linked, used for API key hashes)\n", LIBWOLFSSL_VERSION_STRING);
+    char tls[512];
+    tls_describe_library(tls, sizeof tls);
+    printf("tls: %s\n", tls);
+    printf("tls default ciphers: %s\n", tls_default_ciphers());
     uring_probe_print(stdout);
 }
 
@@ -87,14 +92,22 @@ static bool same_addr(const struct cfg_addr *a, const struct cfg_addr *b)
     return a->salen == b->salen && memcmp(&a->sa, &b->sa, a->salen) == 0;
 }
 
-/* What a reload cannot change without a restart: sockets and threads. */
+static bool same_listeners(const struct cfg_addr *a, unsigned na, const struct cfg_addr *b, unsigned nb)
+{
+    bool same = na == nb;
+    for (unsigned i = 0; same && i < na; i++)
+        same = same_addr(&a[i], &b[i]);
+    return same;
+}
+
+/* What a reload cannot change without a restart: sockets and threads. The rest of
+ * [tls] (certificates, ciphers, client_ca, tickets) applies to new connections. */
 static void warn_restart_only(const struct config *old, const struct config *neu)
 {
-    bool listen_same = old->server.nlisten == neu->server.nlisten;
-    for (unsigned i = 0; listen_same && i < old->server.nlisten; i++)
-        listen_same = same_addr(&old->server.listen[i], &neu->server.listen[i]);
-    if (!listen_same)
+    if (!same_listeners(old->server.listen, old->server.nlisten, neu->server.listen, neu->server.nlisten))
         log_warn("reload: [server] listen changed; restart aigw to apply it (old listeners kept)");
+    if (!same_listeners(old->tls.listen, old->tls.nlisten, neu->tls.listen, neu->tls.nlisten))
+        log_warn("reload: [tls] listen changed; restart aigw to apply it (old listeners kept)");
     if (old->server.shards != neu->server.shards)
         log_warn("reload: [server] shards changed; restart aigw to apply it");
     if (old->admin.enabled != neu->admin.enabled ||
@@ -110,7 +123,8 @@ static void reload(const char *path)
     sd_notifyf("RELOADING=1\nSTATUS=reloading %s", path);
     char err[1024];
     struct config *cfg = NULL;
-    if (config_load(path, &cfg, err, sizeof err) != 0) {
+    if (config_load(path, &cfg, err, sizeof err) != 0 || config_tls_build(cfg, err, sizeof err) != 0) {
+        config_free(cfg);
         log_error("reload refused, keeping the running configuration: %s", err);
         metrics_count_reload(false);
         sd_notifyf("READY=1\nSTATUS=reload refused: %s", err);
@@ -205,15 +219,18 @@ int main(int argc, char **argv)
     if (argc >= 2 && strcmp(argv[1], "keygen") == 0)
         return keygen(argc, argv);
     const char *path = DEFAULT_CONFIG;
-    bool check_only = false;
+    bool check_only = false, print_config = false;
     int opt;
-    while ((opt = getopt(argc, argv, "c:tvh")) != -1) {
+    while ((opt = getopt(argc, argv, "c:tTvh")) != -1) {
         switch (opt) {
         case 'c':
             path = optarg;
             break;
         case 't':
             check_only = true;
+            break;
+        case 'T':
+            check_only = print_config = true;
             break;
         case 'v':
             print_version();
@@ -234,13 +251,22 @@ int main(int argc, char **argv)
 
     char err[1024];
     struct config *cfg = NULL;
-    if (config_load(path, &cfg, err, sizeof err) != 0 || config_check_files(cfg, err, sizeof err) != 0) {
+    char tls_err[256];
+    if (tls_global_init(tls_err, sizeof tls_err) != 0) {
+        fprintf(stderr, "aigw: %s\n", tls_err);
+        return 1;
+    }
+    if (config_load(path, &cfg, err, sizeof err) != 0 || config_check_files(cfg, err, sizeof err) != 0 ||
+        config_tls_build(cfg, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
         config_free(cfg);
         return 1;
     }
     if (check_only) {
-        printf("configuration OK\n");
+        if (print_config)
+            config_print(cfg, stdout);
+        else
+            printf("configuration OK\n");
         config_free(cfg);
         return 0;
     }

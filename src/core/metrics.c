@@ -676,11 +676,58 @@ static void render_relay(struct outbuf *o)
     outbuf_str(o, "\n");
 }
 
+/* Labels of tls_failures[]: the engine's reasons in enum tls_fail_reason's order
+ * (transport_tls.c checks the correspondence), then the transport's own. */
+static const char *const tls_reasons[METRICS_TLS_NREASONS] = {
+    "protocol", "version", "no_shared_cipher", "no_client_cert", "bad_cert",
+    "bad_name", "alert", "other", [METRICS_TLS_TIMEOUT] = "timeout",
+    [METRICS_TLS_PLAIN_HTTP] = "plain_http",
+};
+
+static void render_tls(struct outbuf *o)
+{
+    static const char *const results[2] = { "ok", "failed" };
+    static const char *const versions[3] = { "TLSv1.2", "TLSv1.3", "none" };
+    static const char *const resumed[2] = { "no", "yes" };
+    put_family(o, "aigw_tls_handshakes_total", "counter",
+               "TLS handshakes with clients, by result, protocol version and resumption.");
+    for (unsigned r = 0; r < 2; r++)
+        for (unsigned v = 0; v < 3; v++)
+            for (unsigned z = 0; z < 2; z++) {
+                uint64_t n = SUM_SHARDS(tls_handshakes[r][v][z]);
+                /* impossible combinations stay out; the common ones show as 0 */
+                if (!n && (v == TLS_HS_VNONE) != (r == TLS_HS_FAILED))
+                    continue;
+                if (!n && z == 1 && r == TLS_HS_FAILED)
+                    continue;
+                outbuf_str(o, "aigw_tls_handshakes_total{result=\"");
+                outbuf_str(o, results[r]);
+                outbuf_str(o, "\",version=\"");
+                outbuf_str(o, versions[v]);
+                outbuf_str(o, "\",resumed=\"");
+                outbuf_str(o, resumed[z]);
+                outbuf_str(o, "\"} ");
+                outbuf_u64(o, n);
+                outbuf_str(o, "\n");
+            }
+    put_family(o, "aigw_tls_handshake_failures_total", "counter",
+               "TLS handshakes with clients that failed, by reason.");
+    for (unsigned r = 0; r < METRICS_TLS_NREASONS; r++) {
+        outbuf_str(o, "aigw_tls_handshake_failures_total{reason=\"");
+        outbuf_str(o, tls_reasons[r]);
+        outbuf_str(o, "\"} ");
+        outbuf_u64(o, SUM_SHARDS(tls_failures[r]));
+        outbuf_str(o, "\n");
+    }
+}
+
 static void render_connections(struct outbuf *o)
 {
     put_family(o, "aigw_connections", "gauge", "Open connections, by side.");
-    static const char *const sides[2] = { [SIDE_CLIENT] = "client", [SIDE_UPSTREAM] = "upstream" };
-    for (unsigned side = 0; side < 2; side++) {
+    static const char *const sides[METRICS_NSIDES] = {
+        [SIDE_CLIENT] = "client", [SIDE_UPSTREAM] = "upstream", [SIDE_CLIENT_TLS] = "client_tls",
+    };
+    for (unsigned side = 0; side < METRICS_NSIDES; side++) {
         /* A connection may open on one shard's count and close on another's in
          * between two loads; the sum is what matters. */
         int64_t sum = 0;
@@ -812,6 +859,7 @@ size_t metrics_render(char *buf, size_t cap)
     render_pools(&o);
     render_relay(&o);
     render_connections(&o);
+    render_tls(&o);
     render_keys(&o);
     render_access_log(&o);
     render_config(&o);

@@ -19,7 +19,18 @@
 #define METRICS_MIN_KEYS 4096       /* API key slots at least; slot 0 is "" (no key, or past the last slot) */
 
 enum relay_mode { RELAY_SPLICE = 0, RELAY_COPY = 1 };
-enum conn_side { SIDE_CLIENT = 0, SIDE_UPSTREAM = 1 };
+/* aigw_connections' side label. client counts every client connection;
+ * client_tls counts those of them on a [tls] listener. */
+enum conn_side { SIDE_CLIENT = 0, SIDE_UPSTREAM = 1, SIDE_CLIENT_TLS = 2, METRICS_NSIDES = 3 };
+/* aigw_tls_handshakes_total{result,version,resumed}: client-side handshakes */
+enum tls_hs_result { TLS_HS_OK = 0, TLS_HS_FAILED = 1 };
+enum tls_hs_version { TLS_HS_V12 = 0, TLS_HS_V13 = 1, TLS_HS_VNONE = 2 };   /* none: failed before one was settled */
+/* aigw_tls_handshake_failures_total{reason}: the engine's reasons (src/tls/tls.h,
+ * enum tls_fail_reason, TLS_FAIL_PROTOCOL..TLS_FAIL_OTHER in that order) and the
+ * transport's own two */
+#define METRICS_TLS_NREASONS 10
+#define METRICS_TLS_TIMEOUT 8       /* handshake_timeout passed */
+#define METRICS_TLS_PLAIN_HTTP 9    /* a plain HTTP request on the TLS port */
 enum upstream_conn_kind { UPCONN_NEW = 0, UPCONN_REUSED = 1 };
 enum token_direction { TOKENS_PROMPT = 0, TOKENS_COMPLETION = 1 };
 /* aigw_backend_requests_total's result label: how one attempt on a backend ended
@@ -45,7 +56,9 @@ struct shard_metrics {
     mcounter duration_count;                      /* also aigw_shard_requests_total */
     mcounter upstream_conns[METRICS_MAX_BACKENDS][2];
     mcounter relay_bytes[2];
-    mgauge connections[2];
+    mgauge connections[METRICS_NSIDES];
+    mcounter tls_handshakes[2][3][2];              /* result, version, resumed */
+    mcounter tls_failures[METRICS_TLS_NREASONS];
     mcounter access_log_dropped;
     /* per API key slot, sized at metrics_init (see metrics_reserve_keys) */
     mcounter (*tokens)[2];                          /* enum token_direction */

@@ -30,8 +30,14 @@ struct runtime rt;
 
 /* Listener sockets are opened by main before the shards start, so that a busy
  * port fails the start with a clear message instead of a half-started process. */
-static int listener_fds[MAX_SHARDS][CFG_MAX_LISTEN];
+static int listener_fds[MAX_SHARDS][2 * CFG_MAX_LISTEN];
+static bool listener_tls[2 * CFG_MAX_LISTEN];
 static unsigned listener_count;
+
+static const struct cfg_addr *listener_addr(const struct config *cfg, unsigned i)
+{
+    return i < cfg->server.nlisten ? &cfg->server.listen[i] : &cfg->tls.listen[i - cfg->server.nlisten];
+}
 
 /* One socket of a listen address. SO_REUSEPORT would let a second aigw (or any
  * process of the same user) join the address and take part of its traffic, so
@@ -68,9 +74,10 @@ static int open_listener(const struct cfg_addr *a, bool claim)
 int listeners_open(const struct config *cfg, unsigned nshards)
 {
     /* shard 0's sockets claim every address before any other socket joins one */
+    unsigned n = cfg->server.nlisten + cfg->tls.nlisten;
     for (unsigned s = 0; s < nshards; s++) {
-        for (unsigned i = 0; i < cfg->server.nlisten; i++) {
-            const struct cfg_addr *a = &cfg->server.listen[i];
+        for (unsigned i = 0; i < n; i++) {
+            const struct cfg_addr *a = listener_addr(cfg, i);
             int fd = open_listener(a, s == 0);
             if (fd < 0 && errno == EADDRINUSE) {
                 log_error("cannot listen on %s: address already in use; another process listens "
@@ -82,9 +89,10 @@ int listeners_open(const struct config *cfg, unsigned nshards)
                 return -1;
             }
             listener_fds[s][i] = fd;
+            listener_tls[i] = i >= cfg->server.nlisten;
         }
     }
-    listener_count = cfg->server.nlisten;
+    listener_count = n;
     return 0;
 }
 
@@ -447,7 +455,7 @@ static void on_accept(struct shard *sh, struct listener *l, struct io_uring_cqe 
         } else if (sh->nconns >= sh->max_conns) {
             refuse_connection(sh, cqe->res);
         } else {
-            conn_accepted(sh, cqe->res);
+            conn_accepted(sh, cqe->res, l->tls);
         }
     } else if (accept_should_pause(-cqe->res)) {
         accept_pause(sh, l, -cqe->res);
@@ -685,7 +693,8 @@ int shard_start_all(void)
         for (unsigned i = 0; i < listener_count; i++) {
             sh->listeners[i].sh = sh;
             sh->listeners[i].fd = listener_fds[s][i];
-            sh->listeners[i].addr = &cfg->server.listen[i];
+            sh->listeners[i].addr = listener_addr(cfg, i);
+            sh->listeners[i].tls = listener_tls[i];
         }
     }
     for (unsigned s = 0; s < rt.nshards; s++) {

@@ -51,6 +51,7 @@ struct listener {
     int fd;
     bool accepting;
     const struct cfg_addr *addr;
+    bool tls;                       /* a [tls] listener: its connections get the TLS transport */
     /* out of descriptors: accepting paused (see shard.c, accept_pause) */
     uint64_t resume_ms;             /* 0: not paused */
     uint32_t backoff_ms;
@@ -59,6 +60,8 @@ struct listener {
     unsigned unlogged;              /* pauses since that line */
     bool pause_logged;              /* since the last successful accept */
 } __attribute__((aligned(16)));
+
+struct tls_link;
 
 struct shard {
     unsigned id;
@@ -72,7 +75,7 @@ struct shard {
     char *br_mem;
     unsigned br_mask;
 
-    struct listener listeners[CFG_MAX_LISTEN];
+    struct listener listeners[2 * CFG_MAX_LISTEN];     /* [server] listen, then [tls] listen */
     unsigned nlisteners;
     unsigned accept_paused;         /* listeners waiting for descriptors */
 
@@ -80,6 +83,8 @@ struct shard {
     struct http_request scratch_req;    /* parsed head being handled (one at a time) */
     struct http_response scratch_resp;
 
+    struct tls_link *free_tls_links;    /* transport_tls.c */
+    char *tls_plain;                /* a TLS record's plaintext, decrypted before the HTTP layer reads it */
     struct conn *free_conns;
     struct conn live;               /* list head of live client connections */
     unsigned nconns, max_conns;

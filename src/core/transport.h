@@ -2,7 +2,7 @@
  * leave it. conn.c receives and sends only through these calls; relay.c splices
  * only when the transport says the bytes on the wire are the HTTP bytes.
  *
- * Plaintext today. A TLS filter (src/tls) plugs in here: `received` decrypts what
+ * Plaintext (transport.c) and TLS (transport_tls.c). TLS: `received` decrypts what
  * the ring brought and delivers plaintext (zero or more times, possibly later,
  * from a handshake's completion), `send` encrypts into a buffer of its own and
  * puts the ciphertext on the ring. An HTTP/2 framer would sit at the same place,
@@ -10,6 +10,7 @@
 #ifndef AIGW_CORE_TRANSPORT_H
 #define AIGW_CORE_TRANSPORT_H
 
+#include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -30,7 +31,16 @@ struct transport_ops {
      * its completion is the connection's OP_CLIENT_SEND with the count of
      * application bytes it took. owner: the buffer p lies in (NULL: static). */
     void (*send)(struct conn *c, struct xbuf *owner, const char *p, size_t n);
+    /* An OP_CLIENT_SEND completed with res. Returns what the HTTP layer's send
+     * completion is (application bytes taken, or -errno), or TRANSPORT_SENT_OWN
+     * when it was the transport's own send (a handshake flight, the rest of a
+     * record). NULL: res is the HTTP layer's. */
+    int (*sent)(struct conn *c, int res);
+    /* The connection is freed (no operation in flight): let go of the transport's
+     * state. NULL: none. */
+    void (*release)(struct conn *c);
 };
+#define TRANSPORT_SENT_OWN INT_MIN
 
 extern const struct transport_ops transport_plain;
 

@@ -73,5 +73,6 @@ void uring_probe_print(FILE *out)
     /* multishot accept/recv have no opcode of their own; provided buffer rings
      * (kernel 5.19+) are their prerequisite here */
     fprintf(out, "io_uring buffers: provided_buffer_ring=%s\n", try_buf_ring() ? "yes" : "no");
-    fprintf(out, "ktls: %s\n", ktls_available() ? "available" : "not available (TLS is done in user space)");
+    fprintf(out, "ktls: %s\n", ktls_available() ? "available in the kernel, not used (wolfSSL encrypts records in user space)"
+                                         : "not available (wolfSSL encrypts records in user space)");
 }

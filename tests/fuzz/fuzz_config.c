@@ -47,6 +47,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct config *cfg = NULL;
     char err[1024] = "";
     if (config_load_string("fuzz.conf", text, &cfg, err, sizeof err) == 0) {
+        /* aigw -T prints whatever loaded */
+        static FILE *devnull;
+        if (!devnull)
+            devnull = fopen("/dev/null", "w");
+        if (devnull)
+            config_print(cfg, devnull);
         config_free(cfg);
     } else {
         /* every error names the file (and line) on one line; a keys file's

@@ -266,3 +266,117 @@ Test(config, binary_file_is_reported_without_raw_bytes)
     expect_printable("binary-keys", "binary keys file", false);
     h_finish();
 }
+
+/* ---- [tls] ---------------------------------------------------------------------- */
+
+/* The throwaway PKI of tests/tls/make-certs.sh in h_dir()/certs (real files, so
+ * these tests hold once loading the configuration also loads the certificates). */
+static void make_certs(void)
+{
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/certs", h_dir());
+    const char *argv[] = {"/bin/sh", "tests/tls/make-certs.sh", dir, NULL};
+    int st = h_run("make-certs", argv, 60000 * h_slow());
+    cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "make-certs.sh failed (0x%x):\n%s", st,
+              h_tail("make-certs"));
+}
+
+Test(config, tls_errors_name_their_line)
+{
+    char tail[256];
+    int port = h_free_port();
+    /* tail: 24 blank, 25 [tls], 26 listen, 27 cert, 28 its key missing */
+    snprintf(tail, sizeof tail, "\n[tls]\nlisten = 127.0.0.1:%d\ncert = certs/server.pem\n", port);
+    write_conf(conf_path, 0, NULL, NULL, NULL, tail);
+    expect_config_error(conf_path, 27, 0, "cert without its key");
+
+    snprintf(tail, sizeof tail,
+             "\n[tls]\nlisten = 127.0.0.1:%d\ncert = certs/server.pem\nkey = certs/server.key\nmin_version = 1.1\n",
+             port);
+    write_conf(conf_path, 0, NULL, NULL, NULL, tail);
+    expect_config_error(conf_path, 29, 0, "min_version 1.1");
+
+    snprintf(tail, sizeof tail, "\n[tls]\nlisten = 127.0.0.1:%d\n", port);
+    write_conf(conf_path, 0, NULL, NULL, NULL, tail);
+    expect_config_error(conf_path, 25, 0, "[tls] without a cert");
+    h_finish();
+}
+
+Test(config, print_shows_every_tls_key)
+{
+    make_certs();
+    int tls_port = h_free_port(), backend = h_free_port();
+    h_write_file(conf_path,
+                 "[server]\nlisten = 127.0.0.1:%d\n[admin]\nlisten = off\n"
+                 "[tls]\nlisten = 127.0.0.1:%d\n"
+                 "cert = certs/server.pem\nkey = certs/server.key\n"
+                 "cert = certs/wild.pem\nkey = certs/wild.key\n"
+                 "client_ca = certs/ca.pem\nhandshake_timeout = 3s\n"
+                 "[pool remote]\nbackend = 127.0.0.1:%d\ntls = on\ntls_ca = certs/ca.pem\n"
+                 "tls_server_name = aigw.test\n"
+                 "[pool plain]\nbackend = 127.0.0.1:%d\n"
+                 "[route all]\npath = /v1/*\npool = remote\n",
+                 h_free_port(), tls_port, backend, backend);
+    const char *argv[] = {h_aigw_bin(), "-T", "-c", conf_path, NULL};
+    int st = h_run("print", argv, 5000 * h_slow());
+    cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "aigw -T exited 0x%x:\n%s", st,
+              h_tail("print"));
+    char out_path[600];
+    snprintf(out_path, sizeof out_path, "%s/print.out", h_dir());
+    char *out = h_read_file(out_path);
+    cr_assert(out, "no stdout from aigw -T");
+
+    const char *d = h_dir();
+    char want[3][2048];
+    snprintf(want[0], sizeof want[0],
+             "\n[tls]\nlisten = 127.0.0.1:%d\n"
+             "cert = %s/certs/server.pem\nkey = %s/certs/server.key\n"
+             "cert = %s/certs/wild.pem\nkey = %s/certs/wild.key\n"
+             "min_version = 1.2\n"
+             "ciphers =                        ; the default order of the linked wolfSSL (aigw -v)\n"
+             "client_ca = %s/certs/ca.pem\n"
+             "session_tickets = on\nticket_key_rotation = 1h\nhandshake_timeout = 3s\n\n",
+             tls_port, d, d, d, d, d);
+    snprintf(want[1], sizeof want[1], "\ntls = on\ntls_ca = %s/certs/ca.pem\ntls_server_name = aigw.test\n\n", d);
+    snprintf(want[2], sizeof want[2], "\ntls = off\ntls_ca =\ntls_server_name =\n\n");
+    for (int i = 0; i < 3; i++)
+        cr_expect(strstr(out, want[i]), "aigw -T should print:\n%s\n--- it printed ---\n%s", want[i], out);
+    cr_expect_null(strstr(out, "configuration OK"), "-T prints the configuration, not the verdict");
+
+    /* what it prints is a configuration aigw accepts */
+    char again[600];
+    snprintf(again, sizeof again, "%s/printed.conf", h_dir());
+    h_write_file(again, "%s", out);
+    const char *argv_check[] = {h_aigw_bin(), "-t", "-c", again, NULL};
+    st = h_run("check-printed", argv_check, 5000 * h_slow());
+    cr_expect(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "aigw -t refused what -T printed:\n%s",
+              h_tail("check-printed"));
+    free(out);
+    h_finish();
+}
+
+Test(config, reload_warns_that_tls_listen_needs_a_restart)
+{
+    make_certs();
+    struct h_gw g = {0};
+    int first = h_free_port(), second = h_free_port(), backend = h_free_port();
+    static const char body[] =
+        "[tls]\nlisten = 127.0.0.1:%d\ncert = certs/%s.pem\nkey = certs/%s.key\n"
+        "[pool p]\nbackend = 127.0.0.1:%d\n[route all]\npath = /v1/*\npool = p\n";
+    h_gw_config(&g, NULL, body, first, "server", "server", backend);
+    cr_assert_eq(h_gw_start(&g), 0, "aigw did not start:\n%s", h_tail(g.tag));
+
+    /* another certificate applies on reload: no restart asked for */
+    h_gw_config(&g, NULL, body, first, "server2", "server2", backend);
+    H_RELOAD(&g, H_RELOAD_APPLIED);
+    /* the warning, when there is one, is logged before the reload is published */
+    cr_expect_not(h_wait_log_line(g.tag, "restart aigw", NULL, 0),
+                  "a certificate change must not ask for a restart:\n%s", h_tail(g.tag));
+
+    h_gw_config(&g, NULL, body, second, "server2", "server2", backend);
+    H_RELOAD(&g, H_RELOAD_APPLIED);
+    cr_expect(h_wait_log_line(g.tag, "reload: [tls] listen changed; restart aigw to apply it", NULL,
+                              5000 * h_slow()),
+              "no restart warning for a new [tls] listen:\n%s", h_tail(g.tag));
+    h_finish();
+}

@@ -73,13 +73,15 @@ static bool still_running(const struct proc_id *p)
 
 static void run_and_stop_with(int sig)
 {
-    char ports[64], listen_port[16], admin_port[16], build[600];
+    char ports[64], listen_port[16], admin_port[16], tls_port[16], build[600];
     snprintf(listen_port, sizeof listen_port, "%d", h_free_port());
     snprintf(admin_port, sizeof admin_port, "%d", h_free_port());
+    snprintf(tls_port, sizeof tls_port, "%d", h_free_port());
     snprintf(ports, sizeof ports, "%d %d", h_free_port(), h_free_port());
     snprintf(build, sizeof build, "%s", h_aigw_bin());
     setenv("AIGW_DEMO_LISTEN_PORT", listen_port, 1);
     setenv("AIGW_DEMO_ADMIN_PORT", admin_port, 1);
+    setenv("AIGW_DEMO_TLS_PORT", tls_port, 1);
     setenv("AIGW_DEMO_BACKEND_PORTS", ports, 1);
     setenv("BUILD", dirname(build), 1);
 

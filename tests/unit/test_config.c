@@ -260,8 +260,8 @@ Test(config, limits_accepted)
 
 Test(config_errors, unknown_sections)
 {
-    cfgt_expect_error("[server]\nshards = 2\n\n[tls]\nlisten = 0.0.0.0:8443\n",
-                      "test.conf:4: unknown section [tls]");
+    cfgt_expect_error("[server]\nshards = 2\n\n[cluster]\nredis = 127.0.0.1:6379\n",
+                      "test.conf:4: unknown section [cluster]");
     cfgt_expect_error("[keys x]\n", "test.conf:1: unknown section [keys x]");
     cfgt_expect_error("[tier]\n", "test.conf:1: unknown section [tier]");
     cfgt_expect_error("; x\n[foo]\n", "test.conf:2: unknown section [foo]");
@@ -1366,4 +1366,379 @@ Test(config_pool, keepalive_keys)
                       "test.conf:3: invalid value for keepalive_timeout: '25h' (expected a duration from 1ms to 24h)");
     cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nkeepalive = 2\nkeepalive = 3\n",
                       "test.conf:4: duplicate key 'keepalive' in [pool p]");
+}
+
+/* ---- [tls] ----------------------------------------------------------------------- */
+
+#define CFGT_TLS_PAIR "cert = /etc/aigw/tls/a.pem\nkey = /etc/aigw/tls/a.key\n"
+
+Test(config_tls, no_section_means_no_tls)
+{
+    struct config *c = cfgt_load_ok("[server]\nshards = 1\n");
+    cr_expect_not(c->tls.opts.enabled);
+    cr_expect_eq(c->tls.nlisten, 0);
+    cr_expect_null(c->tls.server);
+    config_free(c);
+}
+
+Test(config_tls, every_key_parses)
+{
+    struct config *c = cfgt_load_ok(
+        "[server]\n"
+        "listen = 127.0.0.1:8080\n"
+        "[tls]\n"
+        "listen = 0.0.0.0:8443            ; repeatable\n"
+        "listen = [::1]:8444\n"
+        "cert = /etc/aigw/tls/a.pem\n"
+        "key  = /etc/aigw/tls/a.key\n"
+        "cert = b.pem                     ; relative: from the config file's directory\n"
+        "key = b.key\n"
+        "min_version = 1.3\n"
+        "ciphers = TLS13-CHACHA20-POLY1305-SHA256:TLS13-AES128-GCM-SHA256\n"
+        "client_ca = /etc/aigw/tls/clients.pem\n"
+        "session_tickets = off\n"
+        "ticket_key_rotation = 30m\n"
+        "handshake_timeout = 500ms\n");
+    const struct cfg_tls *t = &c->tls.opts;
+    cr_expect(t->enabled);
+    cr_expect_eq(c->tls.nlisten, 2);
+    cr_expect_str_eq(c->tls.listen[0].text, "0.0.0.0:8443");
+    cr_expect_eq(c->tls.listen[0].line, 4);
+    cr_expect_str_eq(c->tls.listen[1].text, "[::1]:8444");
+    cr_expect_eq(t->ncerts, 2);
+    cr_expect_str_eq(t->certs[0].cert, "/etc/aigw/tls/a.pem");
+    cr_expect_str_eq(t->certs[0].key, "/etc/aigw/tls/a.key");
+    cr_expect_eq(t->certs[0].cert_line, 6);
+    cr_expect_eq(t->certs[0].key_line, 7);
+    cr_expect_str_eq(t->certs[1].cert, "b.pem", "test.conf has no directory: the path stays as written");
+    cr_expect_str_eq(t->certs[1].key, "b.key");
+    cr_expect_eq(t->certs[1].cert_line, 8);
+    cr_expect_eq(t->certs[1].key_line, 9);
+    cr_expect_eq(t->min_version, 13);
+    cr_expect_eq(t->min_version_line, 10);
+    cr_expect_str_eq(t->ciphers, "TLS13-CHACHA20-POLY1305-SHA256:TLS13-AES128-GCM-SHA256");
+    cr_expect_eq(t->ciphers_line, 11);
+    cr_expect_str_eq(t->client_ca, "/etc/aigw/tls/clients.pem");
+    cr_expect_eq(t->client_ca_line, 12);
+    cr_expect_not(t->session_tickets);
+    cr_expect_eq(t->ticket_rotation_ms, 30 * 60 * 1000);
+    cr_expect_eq(t->handshake_timeout_ms, 500);
+    cr_expect_null(c->tls.server, "the contexts are built by the loader's caller");
+    cr_expect_eq(c->server.nlisten, 1, "[tls] listen is not a plaintext listener");
+    config_free(c);
+}
+
+Test(config_tls, defaults)
+{
+    struct config *c = cfgt_load_ok("[server]\nlisten = 127.0.0.1:8080\n[tls]\nlisten = *:8443\n" CFGT_TLS_PAIR);
+    const struct cfg_tls *t = &c->tls.opts;
+    cr_expect(t->enabled);
+    cr_expect_str_eq(c->tls.listen[0].text, "0.0.0.0:8443");
+    cr_expect_eq(t->min_version, 12);
+    cr_expect_eq(t->min_version_line, 0);
+    cr_expect_str_eq(t->ciphers, "", "empty: the engine's default order");
+    cr_expect_str_eq(t->client_ca, "", "no mTLS");
+    cr_expect(t->session_tickets);
+    cr_expect_eq(t->ticket_rotation_ms, 3600 * 1000);
+    cr_expect_eq(t->handshake_timeout_ms, 10000);
+    config_free(c);
+}
+
+Test(config_tls, paths_are_taken_from_the_config_files_directory)
+{
+    char dir[64], conf[128];
+    cfgt_tmpdir(dir, sizeof dir);
+    cfgt_put(dir, "aigw.conf",
+             "[tls]\nlisten = 127.0.0.1:8443\ncert = tls/a.pem\nkey = /abs/a.key\nclient_ca = ca.pem\n"
+             "[pool p]\nbackend = 127.0.0.1:1\ntls = on\ntls_ca = cas/backends.pem\n");
+    snprintf(conf, sizeof conf, "%s/aigw.conf", dir);
+    struct config *c = NULL;
+    cr_assert_eq(config_load(conf, &c, cfgt_err, sizeof cfgt_err), 0, "%s", cfgt_err);
+    char want[256];
+    snprintf(want, sizeof want, "%s/tls/a.pem", dir);
+    cr_expect_str_eq(c->tls.opts.certs[0].cert, want);
+    cr_expect_str_eq(c->tls.opts.certs[0].key, "/abs/a.key");
+    snprintf(want, sizeof want, "%s/ca.pem", dir);
+    cr_expect_str_eq(c->tls.opts.client_ca, want);
+    snprintf(want, sizeof want, "%s/cas/backends.pem", dir);
+    cr_expect_str_eq(c->pools[0].tls_ca, want);
+    config_free(c);
+    cfgt_rm_tree(dir);
+}
+
+Test(config_tls, section_needs_listen_and_cert)
+{
+    cfgt_expect_error("[server]\nshards = 1\n[tls]\n" CFGT_TLS_PAIR, "test.conf:3: [tls] has no listen");
+    cfgt_expect_error("[tls]\n", "test.conf:1: [tls] has no listen");
+    cfgt_expect_error("[tls]\nlisten = 127.0.0.1:8443\n[log]\nlevel = info\n",
+                      "test.conf:1: [tls] has no cert (and key)");
+    cfgt_expect_error("[tls]\nlisten = 127.0.0.1:8443\n" CFGT_TLS_PAIR "[tls]\n",
+                      "test.conf:5: duplicate section [tls]");
+    /* the section is checked when it ends: its error comes before a later one */
+    cfgt_expect_error("[tls]\nlisten = 127.0.0.1:8443\n[tls]\n", "test.conf:1: [tls] has no cert (and key)");
+    cfgt_expect_error("[tls]\nlisten = 127.0.0.1:8443\n" CFGT_TLS_PAIR "port = 443\n",
+                      "test.conf:5: unknown key 'port' in [tls]");
+    cfgt_expect_error("[tls]\nlisten = 127.0.0.1:8443\n" CFGT_TLS_PAIR "min_version = 1.2\nmin_version = 1.3\n",
+                      "test.conf:6: duplicate key 'min_version' in [tls]");
+}
+
+Test(config_tls, certs_and_keys_pair_up)
+{
+    cfgt_expect_error("[tls]\nlisten = 127.0.0.1:8443\ncert = a.pem\n",
+                      "test.conf:3: cert a.pem has no key (each cert must be followed by its key)");
+    cfgt_expect_error("[tls]\nlisten = 127.0.0.1:8443\ncert = a.pem\n[log]\nlevel = info\n",
+                      "test.conf:3: cert a.pem has no key (each cert must be followed by its key)");
+    cfgt_expect_error("[tls]\nlisten = 127.0.0.1:8443\ncert = a.pem\ncert = b.pem\nkey = b.key\n",
+                      "test.conf:3: cert a.pem has no key (each cert must be followed by its key)");
+    cfgt_expect_error("[tls]\nlisten = 127.0.0.1:8443\nkey = a.key\ncert = a.pem\n",
+                      "test.conf:3: key without a cert (each key must follow its cert)");
+    cfgt_expect_error("[tls]\nlisten = 127.0.0.1:8443\ncert = a.pem\nkey = a.key\nkey = b.key\n",
+                      "test.conf:5: key without a cert (each key must follow its cert)");
+    cfgt_expect_error("[tls]\nlisten = 127.0.0.1:8443\ncert =\n",
+                      "test.conf:3: invalid value for cert: '' (expected the path of a PEM certificate chain)");
+    cfgt_expect_error("[tls]\nlisten = 127.0.0.1:8443\ncert = a.pem\nkey =\n",
+                      "test.conf:4: invalid value for key: '' (expected the path of the PEM private key of the cert above)");
+
+    /* at most TLS_MAX_CERTS pairs */
+    char text[4096];
+    size_t n = (size_t)snprintf(text, sizeof text, "[tls]\nlisten = 127.0.0.1:8443\n");
+    for (int i = 0; i <= TLS_MAX_CERTS; i++)
+        n += (size_t)snprintf(text + n, sizeof text - n, "cert = %d.pem\nkey = %d.key\n", i, i);
+    char want[128];
+    snprintf(want, sizeof want, "test.conf:%d: too many certificates in [tls] (at most %d)",
+             3 + 2 * TLS_MAX_CERTS, TLS_MAX_CERTS);
+    cfgt_expect_error(text, want);
+    /* exactly TLS_MAX_CERTS is fine */
+    n = (size_t)snprintf(text, sizeof text, "[tls]\nlisten = 127.0.0.1:8443\n");
+    for (int i = 0; i < TLS_MAX_CERTS; i++)
+        n += (size_t)snprintf(text + n, sizeof text - n, "cert = %d.pem\nkey = %d.key\n", i, i);
+    struct config *c = cfgt_load_ok(text);
+    cr_expect_eq(c->tls.opts.ncerts, TLS_MAX_CERTS);
+    cr_expect_str_eq(c->tls.opts.certs[TLS_MAX_CERTS - 1].key, "15.key");
+    config_free(c);
+}
+
+Test(config_tls, value_errors)
+{
+    static const struct { const char *line, *want; } cases[] = {
+        { "min_version = 1.1",
+          "invalid value for min_version: '1.1' (TLS 1.0 and 1.1 are not supported; expected 1.2 or 1.3)" },
+        { "min_version = 1.0",
+          "invalid value for min_version: '1.0' (TLS 1.0 and 1.1 are not supported; expected 1.2 or 1.3)" },
+        { "min_version = 1.4", "invalid value for min_version: '1.4' (expected 1.2 or 1.3)" },
+        { "min_version = TLSv1.3", "invalid value for min_version: 'TLSv1.3' (expected 1.2 or 1.3)" },
+        { "session_tickets = yes", "invalid value for session_tickets: 'yes' (expected on or off)" },
+        { "ticket_key_rotation = 59s",
+          "invalid value for ticket_key_rotation: '59s' (expected a duration from 1m to 168h (7 days))" },
+        { "ticket_key_rotation = 169h",
+          "invalid value for ticket_key_rotation: '169h' (expected a duration from 1m to 168h (7 days))" },
+        { "handshake_timeout = 99ms",
+          "invalid value for handshake_timeout: '99ms' (expected a duration from 100ms to 5m)" },
+        { "handshake_timeout = 301s",
+          "invalid value for handshake_timeout: '301s' (expected a duration from 100ms to 5m)" },
+        { "handshake_timeout = 0",
+          "invalid value for handshake_timeout: '0' (expected a duration from 100ms to 5m)" },
+        { "ciphers = A:B C",
+          "invalid value for ciphers: 'A:B C' (expected a ':'-separated cipher list without spaces, or empty for the default)" },
+        { "listen = 127.0.0.1:0",
+          "invalid value for listen: '127.0.0.1:0' (expected HOST:PORT, [IPv6]:PORT or *:PORT with port 1-65535)" },
+        { "client_ca = a\x01" "b", "invalid value for client_ca: control character in path" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char text[512], want[512];
+        snprintf(text, sizeof text, "[tls]\nlisten = 127.0.0.1:8443\n" CFGT_TLS_PAIR "%s\n", cases[i].line);
+        snprintf(want, sizeof want, "test.conf:5: %s", cases[i].want);
+        cfgt_expect_error(text, want);
+    }
+    /* the bounds themselves are accepted */
+    struct config *c = cfgt_load_ok("[tls]\nlisten = 127.0.0.1:8443\n" CFGT_TLS_PAIR
+                                    "ticket_key_rotation = 168h\nhandshake_timeout = 100ms\nciphers =\n");
+    cr_expect_eq(c->tls.opts.ticket_rotation_ms, 168ULL * 3600 * 1000);
+    cr_expect_eq(c->tls.opts.handshake_timeout_ms, 100);
+    cr_expect_str_eq(c->tls.opts.ciphers, "");
+    config_free(c);
+    c = cfgt_load_ok("[tls]\nlisten = 127.0.0.1:8443\n" CFGT_TLS_PAIR "ticket_key_rotation = 1m\nhandshake_timeout = 5m\n");
+    cr_expect_eq(c->tls.opts.ticket_rotation_ms, 60000);
+    cr_expect_eq(c->tls.opts.handshake_timeout_ms, 300000);
+    config_free(c);
+}
+
+Test(config_tls, listen_addresses_are_not_shared)
+{
+    /* with [server] and [admin] listeners, in either order */
+    cfgt_expect_error("[server]\nlisten = 127.0.0.1:8080\n[tls]\nlisten = 127.0.0.1:8080\n",
+                      "test.conf:4: duplicate listener 127.0.0.1:8080 (already on line 2)");
+    cfgt_expect_error("[tls]\nlisten = 127.0.0.1:8080\n" CFGT_TLS_PAIR "[server]\nlisten = 127.0.0.1:8080\n",
+                      "test.conf:6: duplicate listener 127.0.0.1:8080 (already on line 2)");
+    cfgt_expect_error("[admin]\nlisten = 127.0.0.1:9443\n[tls]\nlisten = 127.0.0.1:9443\n",
+                      "test.conf:4: duplicate listener 127.0.0.1:9443 (already on line 2)");
+    cfgt_expect_error("[tls]\nlisten = 127.0.0.1:9443\n" CFGT_TLS_PAIR "[admin]\nlisten = 127.0.0.1:9443\n",
+                      "test.conf:6: duplicate listener 127.0.0.1:9443 (already on line 2)");
+    cfgt_expect_error("[tls]\nlisten = 127.0.0.1:8443\nlisten = 127.0.0.1:8443\n",
+                      "test.conf:3: duplicate listener 127.0.0.1:8443 (already on line 2)");
+    /* with the defaults, found once the file is read: at the [tls] listen line */
+    cfgt_expect_error("[tls]\nlisten = *:8080\n" CFGT_TLS_PAIR,
+                      "test.conf:2: duplicate listener 0.0.0.0:8080 ([server] listen's default)");
+    cfgt_expect_error("[server]\nlisten = 127.0.0.1:8080\n[tls]\nlisten = 127.0.0.1:9090\n" CFGT_TLS_PAIR,
+                      "test.conf:4: duplicate listener 127.0.0.1:9090 ([admin] listen's default)");
+    /* a default replaced later is not a conflict; neither is a disabled admin */
+    struct config *c = cfgt_load_ok("[tls]\nlisten = *:8080\nlisten = 127.0.0.1:9090\n" CFGT_TLS_PAIR
+                                    "[server]\nlisten = 127.0.0.1:8081\n[admin]\nlisten = off\n");
+    cr_expect_eq(c->tls.nlisten, 2);
+    config_free(c);
+
+    char text[2048];
+    size_t n = (size_t)snprintf(text, sizeof text, "[tls]\n");
+    for (int i = 0; i <= CFG_MAX_LISTEN; i++)
+        n += (size_t)snprintf(text + n, sizeof text - n, "listen = 127.0.0.1:%d\n", 8443 + i);
+    char want[128];
+    snprintf(want, sizeof want, "test.conf:%d: too many listen addresses in [tls] (at most %d)",
+             2 + CFG_MAX_LISTEN, CFG_MAX_LISTEN);
+    cfgt_expect_error(text, want);
+}
+
+/* ---- [pool] tls, tls_ca, tls_server_name ------------------------------------------- */
+
+Test(config_pool_tls, keys_and_defaults)
+{
+    struct config *c = cfgt_load_ok(
+        "[pool plain]\nbackend = 127.0.0.1:1\n"
+        "[pool remote]\nbackend = 127.0.0.1:443\ntls = on\n"
+        "[pool fronted]\nbackend = 127.0.0.1:8443\ntls = on\ntls_ca = /etc/aigw/backends-ca.pem\n"
+        "tls_server_name = gpu1.internal.example\n"
+        "[pool by-ip]\nbackend = 127.0.0.1:8443\ntls_server_name = 10.0.0.7\ntls = on\n"
+        "[pool v6]\nbackend = 127.0.0.1:8443\ntls = on\ntls_server_name = fe80::1\n"
+        "[pool off]\nbackend = 127.0.0.1:1\ntls = off\ntls_ca =\ntls_server_name =\n");
+    cr_expect_not(c->pools[0].tls, "off by default");
+    cr_expect_str_eq(c->pools[0].tls_ca, "");
+    cr_expect_str_eq(c->pools[0].tls_server_name, "");
+    cr_expect(c->pools[1].tls);
+    cr_expect_str_eq(c->pools[1].tls_ca, "", "empty: the system bundle");
+    cr_expect_str_eq(c->pools[1].tls_server_name, "", "empty: each backend's host");
+    cr_expect(c->pools[2].tls);
+    cr_expect_str_eq(c->pools[2].tls_ca, "/etc/aigw/backends-ca.pem");
+    cr_expect_eq(c->pools[2].tls_ca_line, 9);
+    cr_expect_str_eq(c->pools[2].tls_server_name, "gpu1.internal.example");
+    cr_expect_str_eq(c->pools[3].tls_server_name, "10.0.0.7");
+    cr_expect_str_eq(c->pools[4].tls_server_name, "fe80::1");
+    cr_expect_str_eq(c->pools[0].backends[0].host, "127.0.0.1", "the default server name: the host as written");
+    cr_expect_not(c->pools[5].tls, "empty values are the defaults: allowed with tls = off");
+    for (unsigned i = 0; i < c->npools; i++)
+        cr_expect_null(c->pools[i].tls_client);
+    config_free(c);
+}
+
+Test(config_pool_tls, errors)
+{
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\ntls = yes\n",
+                      "test.conf:3: invalid value for tls: 'yes' (expected on or off)");
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\ntls_ca = /etc/ca.pem\n",
+                      "test.conf:3: tls_ca needs tls = on in pool 'p'");
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\ntls_ca = /etc/ca.pem\ntls = off\n[route r]\npath = /\npool = p\n",
+                      "test.conf:3: tls_ca needs tls = on in pool 'p'");
+    cfgt_expect_error("[pool p]\ntls_server_name = api.example.com\nbackend = 127.0.0.1:1\n",
+                      "test.conf:2: tls_server_name needs tls = on in pool 'p'");
+    static const char *const bad_names[] = { "-bad.example", "a b", "*.example.com", "256.1.1.1",
+                                             "https://api.example.com", "api.example.com:443" };
+    for (size_t i = 0; i < sizeof bad_names / sizeof bad_names[0]; i++) {
+        char text[512], want[512];
+        snprintf(text, sizeof text, "[pool p]\nbackend = 127.0.0.1:1\ntls = on\ntls_server_name = %s\n",
+                 bad_names[i]);
+        snprintf(want, sizeof want,
+                 "test.conf:4: invalid value for tls_server_name: '%s' (expected a host name or an IP "
+                 "address, or empty for each backend's host)",
+                 bad_names[i]);
+        cfgt_expect_error(text, want);
+    }
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\ntls = on\ntls = off\n",
+                      "test.conf:4: duplicate key 'tls' in [pool p]");
+}
+
+/* ---- aigw -T ---------------------------------------------------------------------- */
+
+static char *cfgt_print(const struct config *c)
+{
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    cr_assert_not_null(f);
+    config_print(c, f);
+    cr_assert_eq(fclose(f), 0);
+    return text;
+}
+
+Test(config_print, tls_keys_with_their_effective_values)
+{
+    struct config *c = cfgt_load_ok(
+        "[server]\nlisten = 127.0.0.1:8080\n"
+        "[tls]\nlisten = 127.0.0.1:8443\n" CFGT_TLS_PAIR "cert = b.pem\nkey = b.key\nclient_ca = /ca.pem\n"
+        "ticket_key_rotation = 90m\nhandshake_timeout = 2500ms\n"
+        "[pool gpu]\nbackend = 127.0.0.1:1\ntls = on\ntls_server_name = gpu.example\nupstream_auth = sk-secret\n"
+        "[pool plain]\nbackend = 127.0.0.1:2\n");
+    char *text = cfgt_print(c);
+    static const char *const want[] = {
+        "\n[tls]\nlisten = 127.0.0.1:8443\n"
+        "cert = /etc/aigw/tls/a.pem\nkey = /etc/aigw/tls/a.key\ncert = b.pem\nkey = b.key\n"
+        "min_version = 1.2\n"
+        "ciphers =                        ; the default order of the linked wolfSSL (aigw -v)\n"
+        "client_ca = /ca.pem\nsession_tickets = on\nticket_key_rotation = 90m\nhandshake_timeout = 2500ms\n\n",
+        "\ntls = on\ntls_ca =                         ; the system's CA bundle\ntls_server_name = gpu.example\n\n",
+        "\ntls = off\ntls_ca =\ntls_server_name =\n\n",
+        "# upstream_auth = (set, not shown)\n",
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        cr_expect(strstr(text, want[i]), "missing:\n%s\n--- in ---\n%s", want[i], text);
+    cr_expect_null(strstr(text, "sk-secret"), "upstream_auth's value is never printed");
+    free(text);
+    config_free(c);
+
+    c = cfgt_load_ok("[server]\nshards = 1\n");
+    text = cfgt_print(c);
+    cr_expect(strstr(text, "\n# [tls]: none (no TLS listener)\n"), "%s", text);
+    free(text);
+    config_free(c);
+}
+
+/* What -T prints is a configuration aigw reads as the same one. */
+Test(config_print, reads_back_the_same)
+{
+    static const char original[] =
+        "[server]\nlisten = 127.0.0.1:8080\nlisten = [::1]:8081\nshards = 3\nmax_body = 0\n"
+        "max_header = 20k\ndrain_timeout = 0\n"
+        "[admin]\nlisten = off\n"
+        "[tls]\nlisten = 127.0.0.1:8443\n" CFGT_TLS_PAIR "min_version = 1.3\nciphers = TLS13-CHACHA20-POLY1305-SHA256\n"
+        "session_tickets = off\n"
+        "[timeouts]\nconnect = 1500ms\nfirst_byte = 2m\n"
+        "[log]\naccess = off\nlevel = debug\n"
+        "[pool a]\nbackend = 127.0.0.1:1 weight=3\nbalance = capacity\nfallback = b\ntls = on\n"
+        "tls_ca = /ca.pem\ntls_server_name = a.example\nqueue_timeout = 0\n"
+        "[pool b]\nbackend = 127.0.0.1:2\nbackend = 127.0.0.1:3\nkeepalive = 0\n"
+        "[route chat]\npath = /v1/chat/completions\npool = a\nmodels = llama*, qwen*\n"
+        "[route rest]\npath = /v1/*\nsplit = a:90 b:10\nkind = raw\n"
+        "[keys]\nauth = off\n"
+        "[tier free]\nrequests_per_minute = 60\nburst = 10s\npriority = low\n";
+    struct config *c = cfgt_load_ok(original);
+    char *first = cfgt_print(c);
+    struct config *again = cfgt_load_ok(first);
+    char *second = cfgt_print(again);
+    cr_expect_str_eq(second, first);
+    cr_expect_eq(again->tls.opts.min_version, 13);
+    cr_expect_not(again->tls.opts.session_tickets);
+    cr_expect_eq(again->pools[0].balance, BALANCE_CAPACITY);
+    cr_expect_str_eq(again->pools[0].metrics_path, "/metrics");
+    cr_expect_eq(again->routes[1].nsplit, 2);
+    free(first);
+    free(second);
+    config_free(c);
+    config_free(again);
+}
+
+Test(config_pool_tls, backend_host_as_written_is_kept_for_the_server_name)
+{
+    struct config *c = cfgt_load_ok("[pool p]\ntls = on\nbackend = localhost:8443\nbackend = [::1]:8444 weight=2\n"
+                                    "backend = 127.0.0.2:8443\n");
+    cr_expect_str_eq(c->pools[0].backends[0].host, "localhost");
+    cr_expect_str_eq(c->pools[0].backends[1].host, "::1");
+    cr_expect_str_eq(c->pools[0].backends[2].host, "127.0.0.2");
+    config_free(c);
 }

@@ -211,7 +211,7 @@ static struct conn *client_connects(void)
     client_fd = sv[0];
     client_peer = sv[1];
     unsigned from = sq_mark();
-    conn_accepted(&sh, client_fd);
+    conn_accepted(&sh, client_fd, false);
     struct conn *c = sh.live.next;
     cr_assert_eq(c->fd, client_fd);
     const struct io_uring_sqe *r = sq_find(from, IORING_OP_RECV, client_fd);

@@ -1,0 +1,399 @@
+/* The TLS client transport: see transport_tls.h. Everything here runs on the
+ * connection's shard; the engine (src/tls) never touches a socket. */
+#include "core/transport_tls.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "core/buf.h"
+#include "core/config.h"
+#include "core/conn.h"
+#include "core/gen.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "core/ring.h"
+#include "core/shard.h"
+#include "tls/tls.h"
+
+/* The metrics' reason columns follow the engine's enum (metrics.h). */
+_Static_assert(TLS_FAIL_OTHER - 1 == 7 && METRICS_TLS_TIMEOUT == 8,
+               "aigw_tls_handshake_failures_total's reasons follow enum tls_fail_reason");
+
+/* Plaintext of one record at most: what tls_read fills per call. */
+#define TLS_PLAIN_SCRATCH 16384
+
+static struct tls_link *link_get(struct shard *sh)
+{
+    struct tls_link *l = sh->free_tls_links;
+    if (l)
+        sh->free_tls_links = l->next_free;
+    else if (!(l = malloc(sizeof *l)))
+        return NULL;
+    memset(l, 0, sizeof *l);
+    return l;
+}
+
+static void link_put(struct shard *sh, struct tls_link *l)
+{
+    l->next_free = sh->free_tls_links;
+    sh->free_tls_links = l;
+}
+
+static char *plain_scratch(struct shard *sh)
+{
+    if (!sh->tls_plain)
+        sh->tls_plain = malloc(TLS_PLAIN_SCRATCH);     /* once per shard */
+    return sh->tls_plain;
+}
+
+/* ---- the ciphertext buffer ---- */
+
+/* The link's ciphertext buffer (taken when needed), its bytes in flight
+ * untouched, compacted when none are. */
+static bool out_buffer(struct conn *c, struct tls_link *l)
+{
+    if (!l->out) {
+        l->out = xbuf_get(c->sh);
+        if (!l->out)
+            return false;
+        l->out->off = l->out->len = 0;
+        l->inflight_end = 0;
+    } else if (!l->sending && l->out->off > 0) {
+        /* nothing in flight reads it: move what is left to the front */
+        uint32_t left = l->out->len - l->out->off;
+        memmove(l->out->data, l->out->data + l->out->off, left);
+        if (l->app_pending)
+            l->app_end -= l->out->off;
+        l->out->off = 0;
+        l->out->len = left;
+        l->inflight_end = 0;
+    }
+    return true;
+}
+
+/* Points the engine's out window at the link's buffer. */
+static bool out_window(struct conn *c, struct tls_link *l)
+{
+    if (!out_buffer(c, l))
+        return false;
+    struct tls_io *io = tls_conn_io(l->t);
+    io->out = l->out->data;
+    io->out_len = l->out->len;
+    io->out_cap = l->out->cap;
+    return true;
+}
+
+static void out_taken(struct tls_link *l)
+{
+    l->out->len = (uint32_t)tls_conn_io(l->t)->out_len;
+}
+
+/* Puts what is waiting in the ciphertext buffer on the ring, unless a send of
+ * ours is in flight (its completion does it). */
+static void flush(struct conn *c, struct tls_link *l)
+{
+    if (l->sending || !l->out || c->state == CS_CLOSING)
+        return;
+    if (l->out->off == l->out->len) {
+        xbuf_put(c->sh, l->out);        /* an idle connection holds no buffer */
+        l->out = NULL;
+        return;
+    }
+    struct io_uring_sqe *sqe = shard_sqe(c->sh);
+    io_uring_prep_send(sqe, c->fd, l->out->data + l->out->off, l->out->len - l->out->off, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, ud_make(c, OP_CLIENT_SEND));
+    l->inflight_end = l->out->len;
+    l->sending = true;
+    c->ops++;
+}
+
+/* ---- handshake ---- */
+
+static void count_failure(struct conn *c, unsigned column, const char *why, const char *detail)
+{
+    mc_add(&c->sh->m->tls_failures[column], 1);
+    mc_add(&c->sh->m->tls_handshakes[TLS_HS_FAILED][TLS_HS_VNONE][0], 1);
+    log_debug("tls: handshake with %s failed: %s%s%s", c->client, why, detail ? ": " : "",
+              detail ? detail : "");
+}
+
+static void handshake_done(struct conn *c, struct tls_link *l)
+{
+    l->handshaken = true;
+    struct tls_info info;
+    tls_conn_info(l->t, &info);
+    unsigned v = info.version && strcmp(info.version, "TLSv1.3") == 0 ? TLS_HS_V13 : TLS_HS_V12;
+    mc_add(&c->sh->m->tls_handshakes[TLS_HS_OK][v][info.resumed ? 1 : 0], 1);
+    tls_peer_subject(l->t, l->subject, sizeof l->subject);
+    /* the handshake's deadline gives way to the first request's */
+    conn_set_timer(c, T_HEADER, conn_config(c)->timeouts.client_header_ms);
+}
+
+/* A plain HTTP request on the TLS port: told so in plain HTTP, as nginx does. */
+static void answer_plain_http(struct conn *c, struct tls_link *l)
+{
+    static const char body[] =
+        "{\"error\":{\"message\":\"The plain HTTP request was sent to the HTTPS port; use https://\","
+        "\"type\":\"invalid_request_error\",\"param\":null,\"code\":\"plain_http_to_https_port\"}}\n";
+    char head[200];
+    int hn = snprintf(head, sizeof head,
+                      "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+                      "Content-Length: %zu\r\nConnection: close\r\n\r\n", sizeof body - 1);
+    mc_add(&c->sh->m->tls_failures[METRICS_TLS_PLAIN_HTTP], 1);
+    mc_add(&c->sh->m->tls_handshakes[TLS_HS_FAILED][TLS_HS_VNONE][0], 1);
+    if (!out_buffer(c, l)) {
+        conn_close(c);
+        return;
+    }
+    memcpy(l->out->data + l->out->len, head, (size_t)hn);
+    memcpy(l->out->data + l->out->len + hn, body, sizeof body - 1);
+    l->out->len += (uint32_t)hn + (uint32_t)(sizeof body - 1);
+    l->close_when_flushed = true;
+    flush(c, l);
+}
+
+static bool looks_like_http(const char *p, size_t n)
+{
+    /* a TLS record starts with its content type (0x16 for a handshake); a
+     * request line starts with an upper-case method */
+    return n > 0 && p[0] >= 'A' && p[0] <= 'Z';
+}
+
+/* ---- transport ops ---- */
+
+static void tls_received(struct conn *c, const char *p, size_t n, transport_deliver_fn *deliver)
+{
+    struct tls_link *l = c->tls;
+    if (l->close_when_flushed)
+        return;                         /* answered already; closing */
+    if (!l->seen_bytes) {
+        l->seen_bytes = true;
+        if (looks_like_http(p, n)) {
+            answer_plain_http(c, l);
+            return;
+        }
+    }
+    if (!l->t) {
+        /* made with the first bytes, not at accept: a connection that never
+         * speaks costs no engine state */
+        struct tls_server *srv = conn_config(c)->tls.server;
+        l->t = srv ? tls_conn_new_server(srv) : NULL;
+        if (!l->t) {
+            c->req.error = srv ? "out of memory" : "tls no longer configured";
+            conn_close(c);
+            return;
+        }
+    }
+    struct tls_io *io = tls_conn_io(l->t);
+    io->in = p;
+    io->in_len = n;
+    io->in_off = 0;
+    if (!out_window(c, l)) {
+        conn_close(c);
+        return;
+    }
+    if (!l->handshaken) {
+        enum tls_status st = tls_handshake(l->t);
+        out_taken(l);
+        if (st == TLS_FAILED || st == TLS_CLOSED) {
+            enum tls_fail_reason r = tls_fail_reason(l->t);
+            if (r <= TLS_FAIL_NONE || r >= TLS_FAIL_COUNT)
+                r = TLS_FAIL_OTHER;
+            count_failure(c, (unsigned)r - 1, tls_fail_reason_name(r), tls_fail_detail(l->t));
+            c->req.error = "tls handshake failed";
+            l->close_when_flushed = true;
+            if (l->out->len > l->out->off)
+                flush(c, l);            /* the alert goes out, then the close */
+            else
+                conn_close(c);
+            return;
+        }
+        if (st == TLS_WANT) {
+            flush(c, l);
+            return;
+        }
+        handshake_done(c, l);
+    }
+    /* application data (maybe in the same flight as the handshake's end) */
+    char *scratch = plain_scratch(c->sh);
+    for (;;) {
+        enum tls_status st = TLS_OK;
+        size_t k = scratch ? tls_read(l->t, scratch, TLS_PLAIN_SCRATCH, &st) : 0;
+        out_taken(l);
+        if (k > 0) {
+            deliver(c, scratch, k);
+            if (c->state == CS_CLOSING)
+                return;
+            /* the HTTP layer may have sent meanwhile: the window moved */
+            if (!out_window(c, l)) {
+                conn_close(c);
+                return;
+            }
+            continue;
+        }
+        if (st == TLS_WANT)
+            break;
+        /* close_notify or a broken record: the client is gone as if it closed */
+        c->req.error = st == TLS_CLOSED ? "client closed" : "tls record error";
+        conn_close(c);
+        return;
+    }
+    flush(c, l);
+}
+
+/* The most plaintext whose ciphertext fits in room. */
+static size_t plaintext_fitting(const struct tls_conn *t, size_t n, size_t room)
+{
+    if (tls_write_room(t, n) <= room)
+        return n;
+    size_t lo = 0, hi = n;
+    while (lo + 1 < hi) {               /* largest m with room(m) <= room */
+        size_t mid = lo + (hi - lo) / 2;
+        if (tls_write_room(t, mid) <= room)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static bool encrypt_app(struct conn *c, struct tls_link *l, const char *p, size_t n)
+{
+    if (!out_window(c, l))
+        return false;
+    size_t m = plaintext_fitting(l->t, n, l->out->cap - l->out->len);
+    if (m == 0) {
+        /* our own bytes fill the buffer and are on the wire: after them */
+        l->deferred_p = p;
+        l->deferred_n = n;
+        return true;
+    }
+    enum tls_status st = TLS_OK;
+    size_t took = tls_write(l->t, p, m, &st);
+    out_taken(l);
+    if (took == 0)
+        return false;
+    l->app_pending = true;
+    l->app_end = l->out->len;
+    l->app_bytes = (uint32_t)took;
+    return true;
+}
+
+static void tls_send(struct conn *c, struct xbuf *owner, const char *p, size_t n)
+{
+    struct tls_link *l = c->tls;
+    c->send_inflight = true;
+    if (!encrypt_app(c, l, p, n)) {
+        c->req.error = "tls encrypt failed";
+        conn_close(c);
+        return;
+    }
+    /* a deferred send reads owner later: the HTTP layer lets go of it only
+     * after this send's completion */
+    c->send_buf = owner;
+    flush(c, l);
+}
+
+/* A send of ours completed. */
+static int tls_sent(struct conn *c, int res)
+{
+    struct tls_link *l = c->tls;
+    l->sending = false;
+    if (c->state == CS_CLOSING) {
+        /* nothing more goes out; the HTTP layer's send, if one waits, ends here */
+        bool app = l->app_pending || l->deferred_p;
+        l->app_pending = false;
+        l->deferred_p = NULL;
+        return app ? -ECONNRESET : TRANSPORT_SENT_OWN;
+    }
+    if (res < 0) {
+        if (l->app_pending) {
+            l->app_pending = false;
+            return res;                 /* the HTTP layer's send failed */
+        }
+        conn_close(c);
+        return TRANSPORT_SENT_OWN;
+    }
+    l->out->off += (uint32_t)res;
+    int report = TRANSPORT_SENT_OWN;
+    if (l->app_pending && l->out->off >= l->app_end) {
+        l->app_pending = false;
+        report = (int)l->app_bytes;
+    }
+    if (l->deferred_p && !l->app_pending) {
+        const char *p = l->deferred_p;
+        size_t n = l->deferred_n;
+        l->deferred_p = NULL;
+        if (!encrypt_app(c, l, p, n)) {
+            conn_close(c);
+            return TRANSPORT_SENT_OWN;
+        }
+    }
+    if (l->close_when_flushed && l->out->off == l->out->len) {
+        conn_close(c);
+        return TRANSPORT_SENT_OWN;
+    }
+    flush(c, l);
+    return report;
+}
+
+static void tls_release(struct conn *c)
+{
+    struct tls_link *l = c->tls;
+    if (!l)
+        return;
+    c->tls = NULL;
+    if (l->t)
+        tls_conn_free(l->t);
+    xbuf_put(c->sh, l->out);
+    mg_add(&c->sh->m->connections[SIDE_CLIENT_TLS], -1);
+    link_put(c->sh, l);
+}
+
+const struct transport_ops transport_tls = {
+    .name = "tls",
+    .zero_copy = false,
+    .received = tls_received,
+    .send = tls_send,
+    .sent = tls_sent,
+    .release = tls_release,
+};
+
+bool transport_tls_begin(struct conn *c)
+{
+    const struct config *cfg = c->sh->sg->g->cfg;
+    struct tls_link *l = link_get(c->sh);
+    if (!l)
+        return false;
+    c->tls = l;
+    c->tr = &transport_tls;
+    mg_add(&c->sh->m->connections[SIDE_CLIENT_TLS], 1);
+    conn_set_timer(c, T_HANDSHAKE, cfg->tls.opts.handshake_timeout_ms);
+    return true;
+}
+
+void transport_tls_expired(struct conn *c)
+{
+    struct tls_link *l = c->tls;
+    if (l && !l->handshaken && !l->close_when_flushed)
+        count_failure(c, METRICS_TLS_TIMEOUT, "handshake_timeout passed", NULL);
+    c->req.error = "tls handshake timeout";
+    conn_close(c);
+}
+
+void transport_tls_facts(const struct conn *c, struct tls_log_facts *f)
+{
+    memset(f, 0, sizeof *f);
+    struct tls_link *l = c->tls;
+    if (!l || !l->handshaken)
+        return;
+    struct tls_info info;
+    tls_conn_info(l->t, &info);
+    f->version = info.version;
+    f->cipher = info.cipher;
+    f->sni = info.sni;
+    f->subject = l->subject[0] ? l->subject : NULL;
+}

@@ -1,0 +1,99 @@
+/* Facts about the linked wolfSSL and the process-wide start. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <wolfssl/options.h>
+#include <wolfssl/version.h>
+#include <wolfssl/ssl.h>
+
+#include "tls/tls_internal.h"
+
+/* Measured on the development machine (Debian 12 libwolfssl 5.5.4, no AES-NI, no
+ * assembly; tests/unit/test_tls.c `tls/bench_*` prints the figures): ChaCha20-
+ * Poly1305 is about 3x AES-GCM, so it leads; AES-128-GCM before AES-256-GCM for
+ * clients without ChaCha. ECDHE only, ECDSA before RSA within each AEAD. */
+#ifdef WOLFSSL_AESNI
+#define TLS_DEFAULT_CIPHERS \
+    "TLS13-AES128-GCM-SHA256:TLS13-CHACHA20-POLY1305-SHA256:TLS13-AES256-GCM-SHA384:" \
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:" \
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:" \
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384"
+#else
+#define TLS_DEFAULT_CIPHERS \
+    "TLS13-CHACHA20-POLY1305-SHA256:TLS13-AES128-GCM-SHA256:TLS13-AES256-GCM-SHA384:" \
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:" \
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:" \
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384"
+#endif
+
+const char *tls_library_version(void)
+{
+    return "wolfSSL " LIBWOLFSSL_VERSION_STRING;
+}
+
+const char *tls_default_ciphers(void)
+{
+    return TLS_DEFAULT_CIPHERS;
+}
+
+void tls_describe_library(char *out, size_t cap)
+{
+#ifdef WOLFSSL_AESNI
+    const char *aes = "AES-GCM (AES-NI)";
+#else
+    const char *aes = "AES-GCM (software only, no hardware path)";
+#endif
+    snprintf(out, cap, "%s: TLS 1.3, 1.2; AEADs ChaCha20-Poly1305, %s; groups X25519, P-256, P-384; "
+             "session tickets; kTLS no", tls_library_version(), aes);
+}
+
+int tls_set_groups(WOLFSSL_CTX *ctx)
+{
+    /* X25519 first: the cheapest key exchange on this software-only build. */
+    int groups[] = { WOLFSSL_ECC_X25519, WOLFSSL_ECC_SECP256R1, WOLFSSL_ECC_SECP384R1 };
+    return wolfSSL_CTX_set_groups(ctx, groups, (int)(sizeof groups / sizeof *groups));
+}
+
+int tls_global_init(char *err, size_t errlen)
+{
+    if (wolfSSL_Init() != WOLFSSL_SUCCESS) {
+        tls_set_err(err, errlen, "wolfSSL_Init failed");
+        return -1;
+    }
+    return tls_tickets_init(err, errlen);
+}
+
+const char *tls_fail_reason_name(enum tls_fail_reason r)
+{
+    static const char *const names[TLS_FAIL_COUNT] = {
+        [TLS_FAIL_NONE] = "none",
+        [TLS_FAIL_PROTOCOL] = "protocol",
+        [TLS_FAIL_VERSION] = "version",
+        [TLS_FAIL_NO_SHARED_CIPHER] = "no_shared_cipher",
+        [TLS_FAIL_NO_CLIENT_CERT] = "no_client_cert",
+        [TLS_FAIL_BAD_CERT] = "bad_cert",
+        [TLS_FAIL_BAD_NAME] = "bad_name",
+        [TLS_FAIL_ALERT] = "alert",
+        [TLS_FAIL_OTHER] = "other",
+    };
+    return (unsigned)r < TLS_FAIL_COUNT ? names[r] : "other";
+}
+
+void tls_set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || !errlen)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+const char *tls_wolf_error_string(int code, char *buf, size_t cap)
+{
+    char tmp[WOLFSSL_MAX_ERROR_SZ];
+    wolfSSL_ERR_error_string_n((unsigned long)code, tmp, sizeof tmp);
+    snprintf(buf, cap, "%s (%d)", tmp, code);
+    return buf;
+}
