@@ -40,6 +40,10 @@ static void start_tls(struct h_mock *m, struct h_gw *g, const char *mock_args, c
     H_GW(g);
 }
 
+/* s_client without input: the handshake verified. Its exit code is left
+ * alone: leaving at once races aigw's own close of the connection. */
+#define VERIFIED(out) (strstr((out), "Verify return code: 0 (ok)") != NULL)
+
 /* h_dir()/chat.json: a chat request body for curl -d @FILE. */
 static const char *chat_json(int max_tokens, bool stream)
 {
@@ -164,7 +168,7 @@ Test(tls, sni_chooses_the_certificate_first_is_default)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char *out;
         int rc = h_s_client("s_client", g.tls_port, cases[i].args, NULL, &out);
-        cr_assert_eq(rc, 0, "s_client %s: exit %d\n%s\n%s", cases[i].args, rc, out, h_tail("s_client"));
+        cr_assert(VERIFIED(out), "s_client %s: exit %d\n%s\n%s", cases[i].args, rc, out, h_tail("s_client"));
         cr_assert(h_tls_leaf_is(out, cases[i].leaf), "s_client %s: served not %s:\n%.1500s", cases[i].args,
                   cases[i].leaf, out);
         free(out);
@@ -190,7 +194,7 @@ Test(tls, alpn_selects_http11_and_never_h2)
     start_tls(&m, &g, "--tps 0 --ttft-ms 0", NULL);
     char *out;
     int rc = h_s_client("alpn-both", g.tls_port, "-servername aigw.test -alpn h2,http/1.1", NULL, &out);
-    cr_assert_eq(rc, 0, "s_client: exit %d\n%s", rc, h_tail("alpn-both"));
+    cr_assert(VERIFIED(out), "s_client: exit %d\n%s\n%s", rc, out, h_tail("alpn-both"));
     cr_assert(strstr(out, "ALPN protocol: http/1.1"), "offered h2,http/1.1; s_client said:\n%.1500s",
               strstr(out, "---\nNew") ? strstr(out, "---\nNew") : out);
     free(out);
@@ -257,7 +261,8 @@ Test(tls, reload_serves_the_new_certificate_and_keeps_open_connections)
     cr_assert_eq(r.status, 200);
     h_resp_free(&r);
     char *out;
-    cr_assert_eq(h_s_client("before", g.tls_port, "-servername aigw.test", NULL, &out), 0);
+    h_s_client("before", g.tls_port, "-servername aigw.test", NULL, &out);
+    cr_assert(VERIFIED(out), "before the reload:\n%s\n%s", out, h_tail("before"));
     cr_assert(h_tls_leaf_is(out, "server.pem"), "before the reload, not server.pem:\n%.1500s", out);
     free(out);
 
@@ -267,8 +272,8 @@ Test(tls, reload_serves_the_new_certificate_and_keeps_open_connections)
     H_RELOAD(&g, H_RELOAD_APPLIED);
 
     for (int i = 0; i < 4; i++) {   /* new connections, whichever shard takes them */
-        cr_assert_eq(h_s_client("after", g.tls_port, "-servername aigw.test", NULL, &out), 0, "%s",
-                     h_tail("after"));
+        h_s_client("after", g.tls_port, "-servername aigw.test", NULL, &out);
+        cr_assert(VERIFIED(out), "after the reload:\n%s\n%s", out, h_tail("after"));
         cr_assert(h_tls_leaf_is(out, "server2.pem"), "new connection %d after the reload: not server2.pem:\n%.1500s",
                   i, out);
         free(out);
