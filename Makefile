@@ -4,6 +4,7 @@
 #   make run        the demo: aigw in front of two local aigw-mockllm
 #   make fuzz       run every fuzz target for FUZZ_SECONDS each
 #   make bench      perf/bench.sh (aigw vs nginx vs HAProxy vs direct)
+#   make bench-tls  the same over TLS: keep-alive, handshakes, resumption, streams, idle memory
 #   make idle-rss   memory per idle keep-alive connection
 #   make stream-rss memory per concurrent SSE stream (2,000 slow streams)
 
@@ -42,7 +43,7 @@ PERF_TOOLS := $(patsubst perf/tools/%.c,$(BUILD)/%,$(wildcard perf/tools/*.c))
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 DEPS     := $(LIB_OBJ:.o=.d) $(MOCK_OBJ:.o=.d) $(UNIT_OBJ:.o=.d) $(INTEG_OBJ:.o=.d) $(BUILD)/obj/src/core/main.d
 
-.PHONY: all deps test unit integration asan fuzz fuzz-smoke run bench idle-rss stream-rss install clean
+.PHONY: all deps test unit integration asan fuzz fuzz-smoke run bench bench-tls idle-rss stream-rss install clean
 all: $(BUILD)/aigw $(BUILD)/aigw-mockllm $(PERF_TOOLS)
 
 $(BUILD)/obj/%.o: %.c
@@ -59,9 +60,10 @@ $(BUILD)/aigw: $(BUILD)/obj/src/core/main.o $(BUILD)/libaigw.a
 $(BUILD)/aigw-mockllm: $(MOCK_OBJ) $(BUILD)/libaigw.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) -lm
 
+$(BUILD)/idleconns: TOOL_LIBS := -lwolfssl    # -T: TLS connections
 $(BUILD)/%: perf/tools/%.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS)
+	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) $(TOOL_LIBS)
 
 $(BUILD)/test-unit: $(UNIT_OBJ) $(BUILD)/libaigw.a
 	$(CC) $(LDFLAGS) -o $@ $^ -lcriterion $(LIBS) -lm
@@ -119,6 +121,15 @@ bench: deps all
 
 idle-rss: deps all
 	bash perf/idle-rss.sh
+
+# TLS (issue 10): aigw, nginx, HAProxy over HTTPS, each as set up by default and all on
+# TLS 1.3 ChaCha20-Poly1305; then memory per idle TLS connection. One round of 5 s unless
+# ROUNDS / DURATION say otherwise: about 4 minutes.
+TLS_TARGETS := aigw-tls nginx-tls haproxy-tls aigw-tls-chacha nginx-tls-chacha haproxy-tls-chacha
+bench-tls: deps all
+	TARGETS="$${TARGETS:-$(TLS_TARGETS)}" SCENARIOS="$${SCENARIOS:-post stream handshake resume}" \
+	  ROUNDS=$${ROUNDS:-1} DURATION=$${DURATION:-5s} bash perf/bench.sh
+	@rc=0; for t in aigw-tls nginx-tls haproxy-tls; do TARGET=$$t bash perf/idle-rss.sh || rc=1; done; exit $$rc
 
 stream-rss: deps all
 	bash perf/stream-rss.sh

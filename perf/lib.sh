@@ -36,6 +36,25 @@ PORT_AIGW_KEYS_BASE=$((PORT_BASE + 11))
 PORT_AIGW_KEYS_BASE_ADMIN=$((PORT_BASE + 12))
 ALL_PORTS="$ALL_PORTS $PORT_AIGW_KEYS $PORT_AIGW_KEYS_ADMIN $PORT_AIGW_BASE $PORT_AIGW_BASE_ADMIN"
 ALL_PORTS="$ALL_PORTS $PORT_AIGW_KEYS_BASE $PORT_AIGW_KEYS_BASE_ADMIN"
+# The TLS targets (issue 10): each server as its operator would set it up with the
+# same ECDSA P-256 certificate (*-tls), and all three held to TLS 1.3 with
+# TLS_CHACHA20_POLY1305_SHA256 only (*-tls-chacha), like for like: OpenSSL has
+# AES-NI here, the linked wolfSSL has no AES hardware path.
+PORT_AIGW_TLS=$((PORT_BASE + 13))
+PORT_AIGW_TLS_PLAIN=$((PORT_BASE + 14))
+PORT_AIGW_TLS_ADMIN=$((PORT_BASE + 15))
+PORT_AIGW_TLS_CHACHA=$((PORT_BASE + 16))
+PORT_AIGW_TLS_CHACHA_PLAIN=$((PORT_BASE + 17))
+PORT_AIGW_TLS_CHACHA_ADMIN=$((PORT_BASE + 18))
+PORT_NGINX_TLS=$((PORT_BASE + 19))
+PORT_NGINX_TLS_CHACHA=$((PORT_BASE + 20))
+PORT_HAPROXY_TLS=$((PORT_BASE + 21))
+PORT_HAPROXY_TLS_CHACHA=$((PORT_BASE + 22))
+ALL_PORTS="$ALL_PORTS $PORT_AIGW_TLS $PORT_AIGW_TLS_PLAIN $PORT_AIGW_TLS_ADMIN $PORT_AIGW_TLS_CHACHA"
+ALL_PORTS="$ALL_PORTS $PORT_AIGW_TLS_CHACHA_PLAIN $PORT_AIGW_TLS_CHACHA_ADMIN $PORT_NGINX_TLS"
+ALL_PORTS="$ALL_PORTS $PORT_NGINX_TLS_CHACHA $PORT_HAPROXY_TLS $PORT_HAPROXY_TLS_CHACHA"
+TLS_CHACHA_OPENSSL=TLS_CHACHA20_POLY1305_SHA256
+TLS_CHACHA_WOLFSSL=TLS13-CHACHA20-POLY1305-SHA256
 # aigw: every route raw (proxied as is); aigw-ai: chat completions on a kind = ai
 # route (the body read, checked as an OpenAI request and routed by its model);
 # aigw-keys: aigw-ai plus API keys and a tier's rate limits (high enough never
@@ -45,9 +64,23 @@ ALL_PORTS="$ALL_PORTS $PORT_AIGW_KEYS_BASE $PORT_AIGW_KEYS_BASE_ADMIN"
 AIGW_BASE=${AIGW_BASE:-}
 declare -A PORT=([direct]=$PORT_BACKEND [aigw]=$PORT_AIGW [aigw-ai]=$PORT_AIGW_AI [aigw-keys]=$PORT_AIGW_KEYS
                  [aigw-base]=$PORT_AIGW_BASE [aigw-keys-base]=$PORT_AIGW_KEYS_BASE
-                 [nginx]=$PORT_NGINX [haproxy]=$PORT_HAPROXY)
+                 [nginx]=$PORT_NGINX [haproxy]=$PORT_HAPROXY
+                 [aigw-tls]=$PORT_AIGW_TLS [aigw-tls-chacha]=$PORT_AIGW_TLS_CHACHA
+                 [nginx-tls]=$PORT_NGINX_TLS [nginx-tls-chacha]=$PORT_NGINX_TLS_CHACHA
+                 [haproxy-tls]=$PORT_HAPROXY_TLS [haproxy-tls-chacha]=$PORT_HAPROXY_TLS_CHACHA)
 declare -A BIN=([direct]=$MOCKLLM [aigw]=$AIGW [aigw-ai]=$AIGW [aigw-keys]=$AIGW [nginx]=$NGINX [haproxy]=$HAPROXY
-                [aigw-base]=${AIGW_BASE:-/nonexistent} [aigw-keys-base]=${AIGW_BASE:-/nonexistent})
+                [aigw-base]=${AIGW_BASE:-/nonexistent} [aigw-keys-base]=${AIGW_BASE:-/nonexistent}
+                [aigw-tls]=$AIGW [aigw-tls-chacha]=$AIGW [nginx-tls]=$NGINX [nginx-tls-chacha]=$NGINX
+                [haproxy-tls]=$HAPROXY [haproxy-tls-chacha]=$HAPROXY)
+# aigw's admin listener per aigw target (metrics)
+declare -A ADMIN_PORT=([aigw]=$PORT_AIGW_ADMIN [aigw-ai]=$PORT_AIGW_AI_ADMIN [aigw-keys]=$PORT_AIGW_KEYS_ADMIN
+                       [aigw-base]=$PORT_AIGW_BASE_ADMIN [aigw-keys-base]=$PORT_AIGW_KEYS_BASE_ADMIN
+                       [aigw-tls]=$PORT_AIGW_TLS_ADMIN [aigw-tls-chacha]=$PORT_AIGW_TLS_CHACHA_ADMIN)
+TARGET_NAMES="direct, aigw, aigw-ai, aigw-keys, aigw-base, aigw-keys-base, nginx, haproxy,
+  aigw-tls, nginx-tls, haproxy-tls, aigw-tls-chacha, nginx-tls-chacha, haproxy-tls-chacha"
+is_tls() { [[ $1 == *-tls || $1 == *-tls-chacha ]]; }
+# url_of TARGET: the base URL clients use
+url_of() { if is_tls "$1"; then echo "https://127.0.0.1:${PORT[$1]}"; else echo "http://127.0.0.1:${PORT[$1]}"; fi; }
 # Every request of every target carries this key (wrk scripts, checks); only
 # aigw-keys checks it, the others pass it on as any header.
 BENCH_KEY=${BENCH_KEY:-sk-aigw-bench0000000000000000000000000000000000000}
@@ -216,7 +249,8 @@ EOF
     fi
     "${PIN_PROXY[@]}" "${BIN[$t]}" -c "$conf" >"$WORK/$t.log" 2>&1 &
     PID[$t]=$!; STARTED+=($!)
-    wait_port "$2" "${PID[$t]}" "$t"
+    wait_port "$2" "${PID[$t]}" "$t" || return 1
+    if is_tls "$t"; then wait_port "${PORT[$t]}" "${PID[$t]}" "$t"; fi
 }
 
 start_aigw() { run_aigw aigw "$PORT_AIGW" "$PORT_AIGW_ADMIN" raw; }
@@ -240,8 +274,52 @@ daily_tokens = 1000000000000
 "
 }
 
-start_nginx() {
-    local d=$WORK/nginx user_line=""
+# The one certificate every TLS target serves: ECDSA P-256, SAN 127.0.0.1 and localhost
+# (made per run by tests/tls/make-certs.sh; nothing secret is committed).
+TLS_CERTS=$WORK/certs
+ensure_certs() {
+    [ -s "$TLS_CERTS/server.pem" ] && return 0
+    command -v openssl >/dev/null || { note "openssl not found (make deps installs it)"; return 1; }
+    sh tests/tls/make-certs.sh "$TLS_CERTS" >/dev/null || { note "tests/tls/make-certs.sh failed"; return 1; }
+    cat "$TLS_CERTS/server.pem" "$TLS_CERTS/server.key" >"$TLS_CERTS/haproxy.pem"   # HAProxy's crt: both in one
+}
+
+# aigw with [tls]: its [server] listener stays (plaintext, unused by the benchmark).
+# aigw-tls takes the defaults (the cipher order fastest on the linked wolfSSL);
+# aigw-tls-chacha is held to TLS 1.3 and ChaCha20-Poly1305 like the other *-chacha.
+run_aigw_tls() { # run_aigw_tls TARGET PLAIN_PORT ADMIN_PORT [EXTRA [tls] LINES]
+    ensure_certs || return 1
+    run_aigw "$1" "$2" "$3" raw "[tls]
+listen = 127.0.0.1:${PORT[$1]}
+cert = $TLS_CERTS/server.pem
+key = $TLS_CERTS/server.key
+${4:-}"
+}
+start_aigw_tls() { run_aigw_tls aigw-tls "$PORT_AIGW_TLS_PLAIN" "$PORT_AIGW_TLS_ADMIN"; }
+start_aigw_tls_chacha() {
+    run_aigw_tls aigw-tls-chacha "$PORT_AIGW_TLS_CHACHA_PLAIN" "$PORT_AIGW_TLS_CHACHA_ADMIN" "min_version = 1.3
+ciphers = $TLS_CHACHA_WOLFSSL"
+}
+
+start_nginx() { run_nginx nginx ""; }
+# nginx-tls: what an operator writes (certificate, key, TLS 1.2 and 1.3); the rest,
+# session tickets included, is nginx's default.
+start_nginx_tls() {
+    ensure_certs || return 1
+    run_nginx nginx-tls "ssl" "ssl_certificate $TLS_CERTS/server.pem;
+        ssl_certificate_key $TLS_CERTS/server.key;
+        ssl_protocols TLSv1.2 TLSv1.3;"
+}
+start_nginx_tls_chacha() {
+    ensure_certs || return 1
+    run_nginx nginx-tls-chacha "ssl" "ssl_certificate $TLS_CERTS/server.pem;
+        ssl_certificate_key $TLS_CERTS/server.key;
+        ssl_protocols TLSv1.3;
+        ssl_conf_command Ciphersuites $TLS_CHACHA_OPENSSL;"
+}
+# run_nginx TARGET LISTEN_FLAGS [SERVER_LINES]: one worker, upstream keep-alive
+run_nginx() {
+    local t=$1 d=$WORK/$1 user_line=""
     mkdir -p "$d/tmp"
     # As root, nginx would switch its worker to "nobody" (and Debian has no such group):
     # keep it on the invoking user, like the other targets.
@@ -268,7 +346,8 @@ http {
         keepalive_requests 1000000;
     }
     server {
-        listen 127.0.0.1:$PORT_NGINX;
+        listen 127.0.0.1:${PORT[$t]} $2;
+        ${3:-}
         location / {
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -278,19 +357,29 @@ http {
 }
 EOF
     "${PIN_PROXY[@]}" "$NGINX" -e "$d/error.log" -p "$d" -c "$d/nginx.conf" -g 'daemon off;' \
-        >"$WORK/nginx.log" 2>&1 &
-    PID[nginx]=$!; STARTED+=($!)
-    wait_port "$PORT_NGINX" "${PID[nginx]}" nginx
+        >"$WORK/$t.log" 2>&1 &
+    PID[$t]=$!; STARTED+=($!)
+    wait_port "${PORT[$t]}" "${PID[$t]}" "$t"
 }
 
-start_haproxy() {
+start_haproxy() { run_haproxy haproxy ""; }
+# haproxy-tls: "ssl crt" on the bind line and HAProxy's defaults (TLS 1.2 and up,
+# tickets on); haproxy-tls-chacha: TLS 1.3 and ChaCha20-Poly1305 only.
+start_haproxy_tls() { ensure_certs && run_haproxy haproxy-tls "ssl crt $TLS_CERTS/haproxy.pem"; }
+start_haproxy_tls_chacha() {
+    ensure_certs && run_haproxy haproxy-tls-chacha \
+        "ssl crt $TLS_CERTS/haproxy.pem ssl-min-ver TLSv1.3 ciphersuites $TLS_CHACHA_OPENSSL"
+}
+# run_haproxy TARGET BIND_OPTIONS: one thread, HTTP keep-alive both sides
+run_haproxy() {
+    local t=$1
     # HAProxy reserves two descriptors per connection and, by default, refuses to start
     # when the limit is lower. Idle clients (perf/idle-rss.sh) need one each, so where the
     # hard limit is low, let it start anyway with as many as the descriptors allow.
     local maxconn=$(($(ulimit -n) - 100)) limits=""
     [ "$maxconn" -gt 30000 ] && maxconn=30000
     [ $((2 * maxconn + 100)) -gt "$(ulimit -n)" ] && limits="no strict-limits"
-    cat >"$WORK/haproxy.cfg" <<EOF
+    cat >"$WORK/$t.cfg" <<EOF
 global
     nbthread 1
     maxconn $maxconn
@@ -307,21 +396,21 @@ defaults
     timeout http-request 300s
 
 frontend bench
-    bind 127.0.0.1:$PORT_HAPROXY
+    bind 127.0.0.1:${PORT[$t]} $2
     default_backend backend
 
 backend backend
     server mockllm 127.0.0.1:$PORT_BACKEND
 EOF
-    "${PIN_PROXY[@]}" "$HAPROXY" -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
-    PID[haproxy]=$!; STARTED+=($!)
-    wait_port "$PORT_HAPROXY" "${PID[haproxy]}" haproxy
+    "${PIN_PROXY[@]}" "$HAPROXY" -db -f "$WORK/$t.cfg" >"$WORK/$t.log" 2>&1 &
+    PID[$t]=$!; STARTED+=($!)
+    wait_port "${PORT[$t]}" "${PID[$t]}" "$t"
 }
 
 # start_target NAME: start the proxy NAME (the backend must be up); 1 if unavailable.
 start_target() {
     local t=$1
-    [ -n "${PORT[$t]:-}" ] || die "unknown target '$t' (direct, aigw, aigw-ai, aigw-keys, aigw-base, aigw-keys-base, nginx, haproxy)"
+    [ -n "${PORT[$t]:-}" ] || die "unknown target '$t' ($TARGET_NAMES)"
     [ "$t" = direct ] && return 0
     [ -x "${BIN[$t]}" ] || { note "$t: ${BIN[$t]} not found"; return 1; }
     "start_${t//-/_}" || { note "$t: did not start"; return 1; }

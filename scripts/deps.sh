@@ -4,7 +4,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 PKGS="build-essential pkg-config liburing-dev libwolfssl-dev libmimalloc-dev \
-libcriterion-dev libinih-dev libxxhash-dev wrk nginx-light haproxy curl \
+libcriterion-dev libinih-dev libxxhash-dev wrk nginx-light haproxy curl openssl \
 clang libclang-rt-14-dev procps"
 missing=""
 for p in $PKGS; do

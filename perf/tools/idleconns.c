@@ -3,7 +3,7 @@
  * while they are held), or hold N streamed chat completions open at once
  * (perf/stream-rss.sh).
  *
- *   idleconns [-n N] [-s SECONDS] [-b BATCH] [-r PATH] [-S] [-t SECONDS] HOST:PORT
+ *   idleconns [-n N] [-s SECONDS] [-b BATCH] [-r PATH] [-S] [-T] [-t SECONDS] HOST:PORT
  *
  * Connects are non-blocking, at most BATCH in flight. With -r, each connection first
  * sends "GET PATH" and reads the whole response (Content-Length or chunked), so it is a
@@ -13,6 +13,10 @@
  * and exits. With -S, each connection instead POSTs a streamed chat completion to PATH
  * and counts as ready once the response head and its first body bytes came; its events
  * are read (and dropped) while it is held, and a stream that ends meanwhile is reported.
+ * With -T, each connection is TLS (wolfSSL, no certificate check): handshake, then the
+ * request and its response; then the client drops its TLS state without a close_notify
+ * and holds the bare socket, so 10,000 held connections cost the client descriptors
+ * only, and the server still holds a live TLS session for each.
  * Connections are closed with RST so repeated runs leave no TIME_WAIT. */
 #include <errno.h>
 #include <netdb.h>
@@ -30,9 +34,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <wolfssl/options.h>
+#include <wolfssl/ssl.h>
+
 #include "util/clock.h"
 
-enum conn_state { CONNECTING, SENDING, READING_HEAD, READING_BODY, IDLE, STREAMING, DEAD };
+enum conn_state { CONNECTING, HANDSHAKING, SENDING, READING_HEAD, READING_BODY, IDLE, STREAMING, DEAD };
 
 #define HEAD_MAX 16384
 
@@ -44,7 +51,10 @@ struct conn {
     char tail[5];           /* last bytes of a chunked body, to spot "0\r\n\r\n" */
     char *head;             /* response head being collected; freed once parsed */
     size_t head_len;
+    WOLFSSL *tls;           /* -T: until the response is read; NULL while held */
 };
+
+static WOLFSSL_CTX *tls_ctx;    /* -T */
 
 static volatile sig_atomic_t stop_requested;
 
@@ -53,12 +63,13 @@ static void on_stop_signal(int sig) { (void)sig; stop_requested = 1; }
 static void usage(FILE *out)
 {
     fprintf(out,
-        "usage: idleconns [-n N] [-s SECONDS] [-b BATCH] [-r PATH] [-S] [-t SECONDS] HOST:PORT\n"
+        "usage: idleconns [-n N] [-s SECONDS] [-b BATCH] [-r PATH] [-S] [-T] [-t SECONDS] HOST:PORT\n"
         "  -n N        connections to open (default 10000)\n"
         "  -s SECONDS  how long to hold them once all are open (default 30)\n"
         "  -b BATCH    connects or requests in flight at once (default 256)\n"
         "  -r PATH     send GET PATH on each and read the response first (keep-alive)\n"
         "  -S          with -r: POST a streamed chat completion to PATH and hold the stream\n"
+        "  -T          TLS (with -r; not with -S): held after the response without TLS state\n"
         "  -t SECONDS  give up when no connection makes progress for this long (default 10)\n");
 }
 
@@ -120,8 +131,18 @@ static int raise_nofile(rlim_t want)
     return setrlimit(RLIMIT_NOFILE, &rl);
 }
 
+/* Drops the client's TLS state without a close_notify: the server keeps its session. */
+static void conn_drop_tls(struct conn *c)
+{
+    if (c->tls) {
+        wolfSSL_free(c->tls);
+        c->tls = NULL;
+    }
+}
+
 static void conn_kill(struct conn *c, int epfd)
 {
+    conn_drop_tls(c);
     if (c->fd >= 0) {
         epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
         close(c->fd);
@@ -136,6 +157,76 @@ static int watch(int epfd, int op, struct conn *c, uint32_t events)
 {
     struct epoll_event ev = { .events = events, .data.ptr = c };
     return epoll_ctl(epfd, op, c->fd, &ev);
+}
+
+/* TLS or plain I/O on a connection, with recv/send's contract: -1 with errno EAGAIN when
+ * it would block (the connection then watches what TLS waits for), 0 at the peer's close.
+ * TLS reads every record already received: wolfSSL returns one per call, and records it
+ * holds would wake no epoll_wait. */
+static ssize_t conn_recv(struct conn *c, int epfd, char *buf, size_t cap)
+{
+    if (!c->tls)
+        return recv(c->fd, buf, cap, 0);
+    size_t got = 0;
+    for (;;) {
+        int r = wolfSSL_read(c->tls, buf + got, (int)(cap - got));
+        if (r > 0) {
+            got += (size_t)r;
+            if (got == cap)
+                return (ssize_t)got;
+            continue;
+        }
+        int err = wolfSSL_get_error(c->tls, r);
+        bool would_block = err == WOLFSSL_ERROR_WANT_READ || err == WOLFSSL_ERROR_WANT_WRITE;
+        if (would_block)
+            watch(epfd, EPOLL_CTL_MOD, c, err == WOLFSSL_ERROR_WANT_READ ? EPOLLIN | EPOLLRDHUP : EPOLLOUT);
+        if (got)
+            return (ssize_t)got;    /* the close or error shows again on the next call */
+        if (would_block) {
+            errno = EAGAIN;
+            return -1;
+        }
+        if (err == WOLFSSL_ERROR_ZERO_RETURN)
+            return 0;
+        errno = ECONNRESET;
+        return -1;
+    }
+}
+
+static ssize_t conn_send(struct conn *c, const char *buf, size_t n)
+{
+    if (!c->tls)
+        return send(c->fd, buf, n, MSG_NOSIGNAL);
+    int w = wolfSSL_write(c->tls, buf, (int)n);
+    if (w > 0)
+        return w;
+    errno = wolfSSL_get_error(c->tls, w) == WOLFSSL_ERROR_WANT_WRITE ? EAGAIN : ECONNRESET;
+    return -1;
+}
+
+/* Drives the client handshake: 1 done, 0 waiting (watching what it waits for), -1 failed. */
+static int conn_handshake(struct conn *c, int epfd, const char **why)
+{
+    if (!c->tls) {
+        c->tls = wolfSSL_new(tls_ctx);
+        if (!c->tls || wolfSSL_set_fd(c->tls, c->fd) != WOLFSSL_SUCCESS) {
+            *why = "wolfSSL_new failed";
+            return -1;
+        }
+    }
+    int r = wolfSSL_connect(c->tls);
+    if (r == WOLFSSL_SUCCESS)
+        return 1;
+    int err = wolfSSL_get_error(c->tls, r);
+    if (err == WOLFSSL_ERROR_WANT_READ || err == WOLFSSL_ERROR_WANT_WRITE) {
+        watch(epfd, EPOLL_CTL_MOD, c, err == WOLFSSL_ERROR_WANT_READ ? EPOLLIN | EPOLLRDHUP : EPOLLOUT);
+        return 0;
+    }
+    static char reason[WOLFSSL_MAX_ERROR_SZ + 32];
+    char text[WOLFSSL_MAX_ERROR_SZ];
+    snprintf(reason, sizeof reason, "TLS handshake failed: %s", wolfSSL_ERR_error_string((unsigned long)err, text));
+    *why = reason;
+    return -1;
 }
 
 /* Looks at a complete response head: status, and how the body ends. Returns 0 when the
@@ -196,9 +287,9 @@ int main(int argc, char **argv)
 {
     long nconns = 10000, hold_s = 30, batch = 256, stall_s = 10;
     const char *path = NULL;
-    bool stream = false;
+    bool stream = false, tls = false;
     int opt;
-    while ((opt = getopt(argc, argv, "n:s:b:r:St:h")) != -1) {
+    while ((opt = getopt(argc, argv, "n:s:b:r:STt:h")) != -1) {
         switch (opt) {
         case 'n': nconns = parse_positive(optarg, "connection count", 1000000); break;
         case 's': hold_s = parse_positive(optarg, "hold time", 86400); break;
@@ -212,13 +303,24 @@ int main(int argc, char **argv)
             path = optarg;
             break;
         case 'S': stream = true; break;
+        case 'T': tls = true; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
-    if (optind != argc - 1 || (stream && !path)) {
+    if (optind != argc - 1 || (stream && !path) || (tls && (!path || stream))) {
         usage(stderr);
         return 2;
+    }
+    if (tls) {
+        wolfSSL_Init();
+        tls_ctx = wolfSSL_CTX_new(wolfSSLv23_client_method());
+        if (!tls_ctx) {
+            fprintf(stderr, "idleconns: wolfSSL_CTX_new failed\n");
+            return 1;
+        }
+        /* The benchmark's throwaway certificate: what is measured is the server's cost. */
+        wolfSSL_CTX_set_verify(tls_ctx, WOLFSSL_VERIFY_NONE, NULL);
     }
     const char *target = argv[optind];
     struct sockaddr_storage sa;
@@ -337,12 +439,19 @@ int main(int argc, char **argv)
                 } else if (!path) {
                     c->state = IDLE;
                 } else {
-                    c->state = SENDING;
+                    c->state = tls ? HANDSHAKING : SENDING;
                 }
             }
+            if (!why && c->state == HANDSHAKING) {
+                int done = conn_handshake(c, epfd, &why);
+                if (done == 0)
+                    continue;
+                if (done == 1)
+                    c->state = SENDING;
+            }
             if (!why && c->state == SENDING) {
-                /* A fresh socket's send buffer takes a short request whole. */
-                ssize_t w = send(c->fd, request, (size_t)reqlen, MSG_NOSIGNAL);
+                /* A fresh connection takes a short request whole (TLS: one record). */
+                ssize_t w = conn_send(c, request, (size_t)reqlen);
                 if (w != reqlen) {
                     why = w < 0 ? strerror(errno) : "short send";
                 } else {
@@ -358,7 +467,7 @@ int main(int argc, char **argv)
                 }
             }
             if (!why && (c->state == READING_HEAD || c->state == READING_BODY)) {
-                ssize_t r = recv(c->fd, readbuf, sizeof readbuf, 0);
+                ssize_t r = conn_recv(c, epfd, readbuf, sizeof readbuf);
                 if (r <= 0) {
                     if (r < 0 && (errno == EAGAIN || errno == EINTR))
                         continue;
@@ -420,6 +529,7 @@ int main(int argc, char **argv)
             }
             if (c->state == IDLE) {
                 /* Held from now on: only a close by the server may wake us. */
+                conn_drop_tls(c);
                 watch(epfd, EPOLL_CTL_MOD, c, EPOLLIN | EPOLLRDHUP);
                 in_flight--;
                 ready++;
@@ -487,9 +597,14 @@ out:;
             setsockopt(conns[i].fd, SOL_SOCKET, SO_LINGER, &rst, sizeof rst);
             close(conns[i].fd);
         }
+        conn_drop_tls(&conns[i]);
         free(conns[i].head);
     }
     free(conns);
     close(epfd);
+    if (tls_ctx) {
+        wolfSSL_CTX_free(tls_ctx);
+        wolfSSL_Cleanup();
+    }
     return rc;
 }

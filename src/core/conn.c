@@ -317,10 +317,23 @@ void conn_close(struct conn *c)
     c->fd = -1;
 }
 
+/* A close aigw chooses (after a response, or an idle keep-alive connection):
+ * the transport may say goodbye first (TLS close_notify) and close once that
+ * went out, within a second. */
+static void conn_close_clean(struct conn *c)
+{
+    if (c->tr->close_notify && c->tr->close_notify(c)) {
+        c->state = CS_IDLE;
+        arm_timer(c, T_KEEPALIVE, 1000);
+        return;
+    }
+    conn_close(c);
+}
+
 void conn_shard_draining(struct conn *c)
 {
     if (c->state == CS_IDLE) {
-        conn_close(c);
+        conn_close_clean(c);
         conn_maybe_free(c);
     } else {
         c->req.keep_alive = false;
@@ -1322,7 +1335,7 @@ static void request_finish(struct conn *c)
         return;
 
     if (!c->req.keep_alive || sh->draining || c->req.in_body > 0) {
-        conn_close(c);
+        conn_close_clean(c);
         return;
     }
     c->state = CS_IDLE;
@@ -1340,7 +1353,7 @@ void conn_timer_fired(struct conn *c)
     const struct config *cfg = conn_config(c);
     switch (c->tphase) {
     case T_KEEPALIVE:
-        conn_close(c);
+        conn_close_clean(c);
         break;
     case T_HEADER:
         if (c->state == CS_HEAD)

@@ -39,6 +39,10 @@ struct transport_ops {
     /* The connection is freed (no operation in flight): let go of the transport's
      * state. NULL: none. */
     void (*release)(struct conn *c);
+    /* aigw closes the connection cleanly (after a response, or idle): say so to
+     * the peer first (TLS close_notify). True when the transport closes the
+     * connection itself once that went out. NULL: nothing to say. */
+    bool (*close_notify)(struct conn *c);
 };
 #define TRANSPORT_SENT_OWN INT_MIN
 

@@ -353,6 +353,25 @@ static void tls_release(struct conn *c)
     link_put(c->sh, l);
 }
 
+/* As nginx does: a client that sees the TCP close without close_notify may
+ * take it for a truncation attack (OpenSSL 3 then drops the session, so it
+ * never resumes). */
+static bool tls_close_notify(struct conn *c)
+{
+    struct tls_link *l = c->tls;
+    if (!l->t || !l->handshaken || l->close_when_flushed)
+        return false;
+    if (!out_window(c, l))
+        return false;
+    tls_shutdown(l->t);
+    out_taken(l);
+    if (l->out->len == l->out->off)
+        return false;
+    l->close_when_flushed = true;
+    flush(c, l);
+    return true;
+}
+
 const struct transport_ops transport_tls = {
     .name = "tls",
     .zero_copy = false,
@@ -360,6 +379,7 @@ const struct transport_ops transport_tls = {
     .send = tls_send,
     .sent = tls_sent,
     .release = tls_release,
+    .close_notify = tls_close_notify,
 };
 
 bool transport_tls_begin(struct conn *c)
