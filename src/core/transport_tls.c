@@ -346,12 +346,12 @@ static void tls_release(struct conn *c)
     struct tls_link *l = c->tls;
     if (!l)
         return;
-    c->tls = NULL;
     /* a client that sent part of a handshake and went away (or was closed for
      * another reason, e.g. draining) failed it too; one that never spoke did
      * not start one */
     if (l->seen_bytes && !l->handshaken && !l->failure_counted)
         count_failure(c, METRICS_TLS_CLIENT_CLOSED, "closed during the handshake", NULL);
+    c->tls = NULL;
     if (l->t)
         tls_conn_free(l->t);
     xbuf_put(c->sh, l->out);
