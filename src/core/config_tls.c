@@ -1,7 +1,9 @@
 /* Builds a configuration's TLS contexts: see config_tls.h. */
 #include "core/config_tls.h"
 
+#include <arpa/inet.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "core/config.h"
 #include "core/log.h"
@@ -24,6 +26,21 @@ int config_tls_build(struct config *c, char *err, size_t errlen)
         struct cfg_pool *p = &c->pools[i];
         if (!p->tls || p->tls_client)
             continue;
+        /* A service behind TLS is found by its name (SNI, then Host, as a
+         * virtual host): the name it is verified as, with a port other than
+         * 443, as nginx's proxy_pass https://NAME:PORT sends it. */
+        for (unsigned k = 0; k < p->nbackends; k++) {
+            struct cfg_backend *b = &p->backends[k];
+            const char *name = p->tls_server_name[0] ? p->tls_server_name : b->host;
+            const struct sockaddr *sa = (const struct sockaddr *)&b->addr.sa;
+            unsigned port = ntohs(sa->sa_family == AF_INET6 ? ((const struct sockaddr_in6 *)sa)->sin6_port
+                                                           : ((const struct sockaddr_in *)sa)->sin_port);
+            bool v6 = strchr(name, ':') != NULL;
+            if (port == 443)
+                snprintf(b->tls_host_header, sizeof b->tls_host_header, v6 ? "[%s]" : "%s", name);
+            else
+                snprintf(b->tls_host_header, sizeof b->tls_host_header, v6 ? "[%s]:%u" : "%s:%u", name, port);
+        }
         char why[512];
         p->tls_client = tls_client_new(p->tls_ca, why, sizeof why);
         if (!p->tls_client) {

@@ -559,7 +559,9 @@ struct http_forward conn_forward_info(const struct conn *c)
      * before the backend is known (a raw route's head) gets the pool's first */
     unsigned b = c->at.backend >= 0 ? (unsigned)c->at.backend : g->pool_first_backend[c->req.pool];
     const char *host = g->backend_cfg[b]->addr.text;
+    const char *tls_host = g->backend_cfg[b]->tls_host_header;
     return (struct http_forward){
+        .host = { tls_host, strlen(tls_host) },
         .client_addr = { c->client, c->client_len },
         .proto = c->tls ? (struct slice){ "https", 5 } : (struct slice){ "http", 4 },
         .request_id = { c->req.request_id, c->req.request_id_len },

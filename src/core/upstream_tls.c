@@ -199,6 +199,14 @@ static void handshake_failed(struct upconn *u, const char *why, const char *deta
 {
     log_warn("upstream %s: %s%s%s", backend_addr(u), why, detail && detail[0] ? ": " : "",
              detail ? detail : "");
+    /* the saved session may be why: a TLS 1.2 backend that refuses it fails a
+     * wolfSSL client's handshake instead of falling back to a full one, and
+     * would go on failing every new connection. The next one starts afresh. */
+    struct upstream_idle *idle = &u->sg->idle[u->backend];
+    if (idle->tls_session) {
+        tls_session_free(idle->tls_session);
+        idle->tls_session = NULL;
+    }
     struct conn *c = u->owner;
     if (!c)
         return;

@@ -26,6 +26,7 @@ enum balance_kind { BALANCE_ROUND_ROBIN, BALANCE_LEAST_OUTSTANDING, BALANCE_CAPA
 struct cfg_backend {
     struct cfg_addr addr;
     char host[256];             /* as written, without port or brackets: a pool's default TLS server name */
+    char tls_host_header[300];  /* TLS pools: the Host sent upstream (config_tls.c); "": the client's */
     unsigned weight;            /* >= 1, default 1 */
 };
 

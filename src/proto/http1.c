@@ -980,13 +980,21 @@ size_t http_write_upstream_head(char *out, size_t cap, const struct http_request
             if (fwd->strip_client_auth)
                 continue;
             break;
+        case HK_HOST:
+            if (fwd->host.len)
+                continue;
+            break;
         default:
             break;
         }
         put_header(&o, h->name, h->value);
     }
 
-    if (req->idx[HK_HOST] < 0 && fwd->default_host.len) {
+    if (fwd->host.len) {
+        OUTBUF_LIT(&o, "Host: ");
+        put_slice(&o, fwd->host);
+        OUTBUF_LIT(&o, "\r\n");
+    } else if (req->idx[HK_HOST] < 0 && fwd->default_host.len) {
         /* HTTP/1.0 clients may omit Host; HTTP/1.1 backends require one */
         OUTBUF_LIT(&o, "Host: ");
         put_slice(&o, fwd->default_host);

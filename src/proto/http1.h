@@ -153,6 +153,7 @@ struct http_forward {
     struct slice request_id;    /* X-Request-Id value (client's or generated) */
     struct slice upstream_auth; /* non-empty: "Authorization: Bearer <this>" replaces the client's */
     struct slice default_host;  /* Host to send when the client sent none (HTTP/1.0) */
+    struct slice host;          /* non-empty: the Host sent in place of the client's */
     bool strip_client_auth;     /* drop Authorization and x-api-key from the client */
 };
 

@@ -5,6 +5,9 @@
 #include "harness.h"
 
 #include <math.h>
+#include <pthread.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -254,5 +257,65 @@ Test(upstream_tls, health_checks_and_metrics_scrapes_speak_tls)
              "tls_server_name = wrong.test\nbalance = capacity\nhealth_interval = 1s\n");
     cr_assert(h_wait_log_line(wrong.tag, "down:", "tls handshake failed", 5000 * h_slow()),
               "a health check that failed verification did not take the backend down:\n%s", h_tail(wrong.tag));
+    h_finish();
+}
+
+/* A plaintext backend behind the front that keeps the head of the one request
+ * it answers: what Host the TLS hop carried. */
+struct host_probe {
+    int fd, port;
+    pthread_t th;
+    char head[4096];
+};
+
+static void *host_probe_main(void *arg)
+{
+    struct host_probe *p = arg;
+    int c = accept(p->fd, NULL, NULL);
+    if (c < 0)
+        return NULL;
+    size_t have = 0;
+    while (have < sizeof p->head - 1 && !strstr(p->head, "\r\n\r\n")) {
+        ssize_t n = read(c, p->head + have, sizeof p->head - 1 - have);
+        if (n <= 0)
+            break;
+        have += (size_t)n;
+        p->head[have] = '\0';
+    }
+    static const char ok[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+    h_write_all(c, ok, sizeof ok - 1);
+    close(c);
+    return NULL;
+}
+
+Test(upstream_tls, the_backend_is_asked_for_by_its_verified_name)
+{
+    /* A TLS service is found by its name (SNI, then Host): the client's Host
+     * names the gateway, not the service behind it. */
+    struct host_probe p = {0};
+    p.fd = h_listen_loopback(&p.port);
+    cr_assert_eq(pthread_create(&p.th, NULL, host_probe_main, &p), 0);
+    struct h_gw front = {0}, g = {0};
+    snprintf(front.tag, sizeof front.tag, "front");
+    h_gw_tls(&front, NULL);
+    h_gw_config(&front, NULL, "[pool local]\nbackend = 127.0.0.1:%d\n\n[route all]\npath = /*\npool = local\nkind = raw\n",
+                p.port);
+    H_GW(&front);
+    start_gw(&g, "aigw", &front, NULL, "tls_server_name = aigw.test\n");
+
+    struct h_conn c;
+    struct h_resp r;
+    H_CONNECT_GW(&c, &g);
+    cr_assert_eq(h_sendf(&c, "GET /v1/anything HTTP/1.1\r\nHost: gateway.example\r\n\r\n"), 0);
+    cr_assert_eq(h_recv(&c, &r, T_RESP), H_OK, "no answer; aigw:\n%s", h_tail(g.tag));
+    cr_assert_eq(r.status, 200, "%d %s\naigw:\n%s", r.status, r.body, h_tail(g.tag));
+    h_resp_free(&r);
+    h_close(&c);
+    pthread_join(p.th, NULL);
+    close(p.fd);
+    char want[64];
+    snprintf(want, sizeof want, "\r\nHost: aigw.test:%d\r\n", front.tls_port);
+    cr_assert(strstr(p.head, want), "the backend did not get %s; its head:\n%s", want + 2, p.head);
+    cr_assert_null(strstr(p.head, "gateway.example"), "the client's Host reached the TLS backend:\n%s", p.head);
     h_finish();
 }
