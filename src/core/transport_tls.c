@@ -51,62 +51,27 @@ static char *plain_scratch(struct shard *sh)
 
 /* ---- the ciphertext buffer ---- */
 
-/* The link's ciphertext buffer (taken when needed), its bytes in flight
- * untouched, compacted when none are. */
-static bool out_buffer(struct conn *c, struct tls_link *l)
-{
-    if (!l->out) {
-        l->out = xbuf_get(c->sh);
-        if (!l->out)
-            return false;
-        l->out->off = l->out->len = 0;
-        l->inflight_end = 0;
-    } else if (!l->sending && l->out->off > 0) {
-        /* nothing in flight reads it: move what is left to the front */
-        uint32_t left = l->out->len - l->out->off;
-        memmove(l->out->data, l->out->data + l->out->off, left);
-        if (l->app_pending)
-            l->app_end -= l->out->off;
-        l->out->off = 0;
-        l->out->len = left;
-        l->inflight_end = 0;
-    }
-    return true;
-}
-
-/* Points the engine's out window at the link's buffer. */
 static bool out_window(struct conn *c, struct tls_link *l)
 {
-    if (!out_buffer(c, l))
-        return false;
-    struct tls_io *io = tls_conn_io(l->t);
-    io->out = l->out->data;
-    io->out_len = l->out->len;
-    io->out_cap = l->out->cap;
-    return true;
+    return tls_outbuf_window(c->sh, &l->out, l->t);
 }
 
 static void out_taken(struct tls_link *l)
 {
-    l->out->len = (uint32_t)tls_conn_io(l->t)->out_len;
+    tls_outbuf_taken(&l->out, l->t);
 }
 
-/* Puts what is waiting in the ciphertext buffer on the ring, unless a send of
- * ours is in flight (its completion does it). */
+/* Puts what waits on the ring, unless a send of ours is in flight (its
+ * completion does it). */
 static void flush(struct conn *c, struct tls_link *l)
 {
-    if (l->sending || !l->out || c->state == CS_CLOSING)
+    const char *p;
+    size_t n;
+    if (c->state == CS_CLOSING || !tls_outbuf_next(c->sh, &l->out, &p, &n))
         return;
-    if (l->out->off == l->out->len) {
-        xbuf_put(c->sh, l->out);        /* an idle connection holds no buffer */
-        l->out = NULL;
-        return;
-    }
     struct io_uring_sqe *sqe = shard_sqe(c->sh);
-    io_uring_prep_send(sqe, c->fd, l->out->data + l->out->off, l->out->len - l->out->off, MSG_NOSIGNAL);
+    io_uring_prep_send(sqe, c->fd, p, n, MSG_NOSIGNAL);
     io_uring_sqe_set_data64(sqe, ud_make(c, OP_CLIENT_SEND));
-    l->inflight_end = l->out->len;
-    l->sending = true;
     c->ops++;
 }
 
@@ -145,13 +110,14 @@ static void answer_plain_http(struct conn *c, struct tls_link *l)
                       "Content-Length: %zu\r\nConnection: close\r\n\r\n", sizeof body - 1);
     mc_add(&c->sh->m->tls_failures[METRICS_TLS_PLAIN_HTTP], 1);
     mc_add(&c->sh->m->tls_handshakes[TLS_HS_FAILED][TLS_HS_VNONE][0], 1);
-    if (!out_buffer(c, l)) {
+    struct xbuf *b = tls_outbuf_buffer(c->sh, &l->out);
+    if (!b) {
         conn_close(c);
         return;
     }
-    memcpy(l->out->data + l->out->len, head, (size_t)hn);
-    memcpy(l->out->data + l->out->len + hn, body, sizeof body - 1);
-    l->out->len += (uint32_t)hn + (uint32_t)(sizeof body - 1);
+    memcpy(b->data + b->len, head, (size_t)hn);
+    memcpy(b->data + b->len + hn, body, sizeof body - 1);
+    b->len += (uint32_t)hn + (uint32_t)(sizeof body - 1);
     l->close_when_flushed = true;
     flush(c, l);
 }
@@ -206,7 +172,7 @@ static void tls_received(struct conn *c, const char *p, size_t n, transport_deli
             count_failure(c, (unsigned)r - 1, tls_fail_reason_name(r), tls_fail_detail(l->t));
             c->req.error = "tls handshake failed";
             l->close_when_flushed = true;
-            if (l->out->len > l->out->off)
+            if (!tls_outbuf_flushed(&l->out))
                 flush(c, l);            /* the alert goes out, then the close */
             else
                 conn_close(c);
@@ -245,49 +211,11 @@ static void tls_received(struct conn *c, const char *p, size_t n, transport_deli
     flush(c, l);
 }
 
-/* The most plaintext whose ciphertext fits in room. */
-static size_t plaintext_fitting(const struct tls_conn *t, size_t n, size_t room)
-{
-    if (tls_write_room(t, n) <= room)
-        return n;
-    size_t lo = 0, hi = n;
-    while (lo + 1 < hi) {               /* largest m with room(m) <= room */
-        size_t mid = lo + (hi - lo) / 2;
-        if (tls_write_room(t, mid) <= room)
-            lo = mid;
-        else
-            hi = mid;
-    }
-    return lo;
-}
-
-static bool encrypt_app(struct conn *c, struct tls_link *l, const char *p, size_t n)
-{
-    if (!out_window(c, l))
-        return false;
-    size_t m = plaintext_fitting(l->t, n, l->out->cap - l->out->len);
-    if (m == 0) {
-        /* our own bytes fill the buffer and are on the wire: after them */
-        l->deferred_p = p;
-        l->deferred_n = n;
-        return true;
-    }
-    enum tls_status st = TLS_OK;
-    size_t took = tls_write(l->t, p, m, &st);
-    out_taken(l);
-    if (took == 0)
-        return false;
-    l->app_pending = true;
-    l->app_end = l->out->len;
-    l->app_bytes = (uint32_t)took;
-    return true;
-}
-
 static void tls_send(struct conn *c, struct xbuf *owner, const char *p, size_t n)
 {
     struct tls_link *l = c->tls;
     c->send_inflight = true;
-    if (!encrypt_app(c, l, p, n)) {
+    if (!tls_outbuf_encrypt(c->sh, &l->out, l->t, p, n)) {
         c->req.error = "tls encrypt failed";
         conn_close(c);
         return;
@@ -302,43 +230,28 @@ static void tls_send(struct conn *c, struct xbuf *owner, const char *p, size_t n
 static int tls_sent(struct conn *c, int res)
 {
     struct tls_link *l = c->tls;
-    l->sending = false;
-    if (c->state == CS_CLOSING) {
+    struct tls_outbuf *o = &l->out;
+    if (c->state == CS_CLOSING || res < 0) {
         /* nothing more goes out; the HTTP layer's send, if one waits, ends here */
-        bool app = l->app_pending || l->deferred_p;
-        l->app_pending = false;
-        l->deferred_p = NULL;
-        return app ? -ECONNRESET : TRANSPORT_SENT_OWN;
-    }
-    if (res < 0) {
-        if (l->app_pending) {
-            l->app_pending = false;
-            return res;                 /* the HTTP layer's send failed */
-        }
-        conn_close(c);
-        return TRANSPORT_SENT_OWN;
-    }
-    l->out->off += (uint32_t)res;
-    int report = TRANSPORT_SENT_OWN;
-    if (l->app_pending && l->out->off >= l->app_end) {
-        l->app_pending = false;
-        report = (int)l->app_bytes;
-    }
-    if (l->deferred_p && !l->app_pending) {
-        const char *p = l->deferred_p;
-        size_t n = l->deferred_n;
-        l->deferred_p = NULL;
-        if (!encrypt_app(c, l, p, n)) {
+        bool app = o->app_pending || o->deferred_p;
+        o->sending = o->app_pending = false;
+        o->deferred_p = NULL;
+        if (c->state != CS_CLOSING)
             conn_close(c);
-            return TRANSPORT_SENT_OWN;
-        }
+        return app ? (res < 0 ? res : -ECONNRESET) : TRANSPORT_SENT_OWN;
     }
-    if (l->close_when_flushed && l->out->off == l->out->len) {
+    int report = tls_outbuf_sent(c->sh, o, l->t, (size_t)res);
+    if (report < 0) {
+        c->req.error = "tls encrypt failed";
         conn_close(c);
-        return TRANSPORT_SENT_OWN;
+        return -EPROTO;
+    }
+    if (l->close_when_flushed && tls_outbuf_flushed(o)) {
+        conn_close(c);
+        return report > 0 ? report : TRANSPORT_SENT_OWN;
     }
     flush(c, l);
-    return report;
+    return report > 0 ? report : TRANSPORT_SENT_OWN;
 }
 
 static void tls_release(struct conn *c)
@@ -354,7 +267,7 @@ static void tls_release(struct conn *c)
     c->tls = NULL;
     if (l->t)
         tls_conn_free(l->t);
-    xbuf_put(c->sh, l->out);
+    tls_outbuf_free(c->sh, &l->out);
     mg_add(&c->sh->m->connections[SIDE_CLIENT_TLS], -1);
     link_put(c->sh, l);
 }
@@ -371,7 +284,7 @@ static bool tls_close_notify(struct conn *c)
         return false;
     tls_shutdown(l->t);
     out_taken(l);
-    if (l->out->len == l->out->off)
+    if (tls_outbuf_flushed(&l->out))
         return false;
     l->close_when_flushed = true;
     flush(c, l);

@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/tls_outbuf.h"
 #include "core/transport.h"
 
 struct conn;
@@ -24,19 +25,11 @@ extern const struct transport_ops transport_tls;
 struct tls_link {
     struct tls_link *next_free;
     struct tls_conn *t;             /* NULL once freed */
-    struct xbuf *out;               /* ciphertext not yet sent: [off, len) */
-    uint32_t inflight_end;          /* the send in flight covers [off, inflight_end) */
-    uint32_t app_end;               /* the HTTP layer's send is on the wire when off reaches it */
-    uint32_t app_bytes;             /* ... and it took this many plaintext bytes */
-    bool sending;                   /* a send SQE of ours is in flight */
-    bool app_pending;               /* the HTTP layer waits for app_bytes to be sent */
+    struct tls_outbuf out;          /* ciphertext on its way to the client */
     bool handshaken;
     bool close_when_flushed;        /* a failed handshake's alert, a plain-HTTP answer */
     bool seen_bytes;                /* the first bytes came (plain HTTP is told from them) */
     bool failure_counted;           /* the handshake's failure is in the metrics */
-    /* an HTTP-layer send that found no room while ours was in flight */
-    const char *deferred_p;
-    size_t deferred_n;
     char subject[96];               /* the client certificate's subject (mTLS), "" without */
 };
 

@@ -25,18 +25,15 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/shard.h"
+#include "core/tls_outbuf.h"
 #include "core/upstream.h"
 #include "tls/tls.h"
 
 struct up_tls {
     struct tls_conn *t;
     struct xbuf *in;            /* ciphertext received, not yet given to the engine: [off, len) */
-    struct xbuf *out;           /* ciphertext not yet sent: [off, len) */
-    uint32_t app_end;           /* the request's send is on the wire when out->off reaches it */
-    uint32_t app_bytes;         /* ... and it took this many plaintext bytes */
+    struct tls_outbuf out;      /* ciphertext on its way to the backend */
     bool handshaken;
-    bool sending;               /* a send SQE of ours is in flight */
-    bool app_pending;           /* the request waits for app_bytes to be sent */
     bool reading;               /* a recv (or a NOP standing for one) is in flight */
     bool read_nop;              /* ... and it is the NOP: nop_res is its result */
     bool send_nop;              /* a NOP stands for a send that failed before the ring */
@@ -46,33 +43,13 @@ struct up_tls {
     int nop_res, send_nop_res, eof_res;
     char *dst;
     size_t cap;
-    const char *deferred_p;     /* a request send that found no room while ours was in flight */
-    size_t deferred_n;
 };
 
 /* ---- buffers ---- */
 
 static bool out_window(struct upconn *u, struct up_tls *x)
 {
-    if (!x->out) {
-        x->out = xbuf_get(u->sh);
-        if (!x->out)
-            return false;
-        x->out->off = x->out->len = 0;
-    } else if (!x->sending && x->out->off > 0) {
-        /* nothing in flight reads it: what is left moves to the front */
-        uint32_t left = x->out->len - x->out->off;
-        memmove(x->out->data, x->out->data + x->out->off, left);
-        if (x->app_pending)
-            x->app_end -= x->out->off;
-        x->out->off = 0;
-        x->out->len = left;
-    }
-    struct tls_io *io = tls_conn_io(x->t);
-    io->out = x->out->data;
-    io->out_len = x->out->len;
-    io->out_cap = x->out->cap;
-    return true;
+    return tls_outbuf_window(u->sh, &x->out, x->t);
 }
 
 static bool in_window(struct upconn *u, struct up_tls *x)
@@ -99,8 +76,7 @@ static void windows_taken(struct up_tls *x)
         if (x->in->off == x->in->len)
             x->in->off = x->in->len = 0;
     }
-    if (x->out)
-        x->out->len = (uint32_t)io->out_len;
+    tls_outbuf_taken(&x->out, x->t);
     io->in = NULL;
     io->in_len = io->in_off = 0;
 }
@@ -109,18 +85,14 @@ static void windows_taken(struct up_tls *x)
  * (its completion does it). An empty buffer goes back to the pool. */
 static void flush(struct upconn *u, struct up_tls *x)
 {
-    if (x->sending || !x->out || u->fd < 0)
+    const char *p;
+    size_t n;
+    if (u->fd < 0 || !tls_outbuf_next(u->sh, &x->out, &p, &n))
         return;
-    if (x->out->off == x->out->len) {
-        xbuf_put(u->sh, x->out);
-        x->out = NULL;
-        return;
-    }
     struct io_uring_sqe *sqe = shard_sqe(u->sh);
-    io_uring_prep_send(sqe, u->fd, x->out->data + x->out->off, x->out->len - x->out->off, MSG_NOSIGNAL);
+    io_uring_prep_send(sqe, u->fd, p, n, MSG_NOSIGNAL);
     io_uring_sqe_set_data64(sqe, ud_make(u, OP_UP_SEND));
     u->ops++;
-    x->sending = true;
 }
 
 /* A ciphertext recv into the free end of `in`. */
@@ -277,43 +249,10 @@ void upstream_tls_start(struct upconn *u, const struct cfg_pool *pool, struct tl
 
 /* ---- application data ---- */
 
-/* The most plaintext whose ciphertext fits in room. */
-static size_t plaintext_fitting(const struct tls_conn *t, size_t n, size_t room)
-{
-    if (tls_write_room(t, n) <= room)
-        return n;
-    size_t lo = 0, hi = n;
-    while (lo + 1 < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (tls_write_room(t, mid) <= room)
-            lo = mid;
-        else
-            hi = mid;
-    }
-    return lo;
-}
-
 /* False: the engine failed. */
 static bool encrypt(struct upconn *u, struct up_tls *x, const char *p, size_t n)
 {
-    if (!out_window(u, x))
-        return false;
-    size_t m = plaintext_fitting(x->t, n, x->out->cap - x->out->len);
-    if (m == 0) {
-        /* our own bytes fill the buffer and are on the wire: after them */
-        x->deferred_p = p;
-        x->deferred_n = n;
-        return true;
-    }
-    enum tls_status st = TLS_OK;
-    size_t took = tls_write(x->t, p, m, &st);
-    windows_taken(x);
-    if (took == 0)
-        return false;
-    x->app_pending = true;
-    x->app_end = x->out->len;
-    x->app_bytes = (uint32_t)took;
-    return true;
+    return tls_outbuf_encrypt(u->sh, &x->out, x->t, p, n);
 }
 
 void upstream_tls_send(struct upconn *u, const char *p, size_t n)
@@ -418,7 +357,7 @@ bool upstream_tls_pool(struct upconn *u)
 {
     struct up_tls *x = u->tls;
     const char *why = NULL;
-    if (!x || !x->handshaken || x->reading || x->sending || x->app_pending || x->deferred_p ||
+    if (!x || !x->handshaken || x->reading || x->out.sending || x->out.app_pending || x->out.deferred_p ||
         x->send_nop || x->eof)
         return false;
     x->want = false;
@@ -493,14 +432,14 @@ static void on_sent(struct upconn *u, struct up_tls *x, int res)
             conn_on_upstream_cqe(u->owner, OP_UP_SEND, x->send_nop_res);
         return;
     }
-    x->sending = false;
+    x->out.sending = false;
     if (u->state == UP_CLOSING || u->state == UP_FREE)
         return;
     if (res <= 0) {
         if (u->state == UP_CONNECTING) {
             handshake_failed(u, "upstream send failed during the tls handshake", NULL);
-        } else if (x->app_pending) {
-            x->app_pending = false;
+        } else if (x->out.app_pending) {
+            x->out.app_pending = false;
             if (u->state == UP_BUSY && u->owner)
                 conn_on_upstream_cqe(u->owner, OP_UP_SEND, res);
         } else {
@@ -509,19 +448,9 @@ static void on_sent(struct upconn *u, struct up_tls *x, int res)
         }
         return;
     }
-    x->out->off += (uint32_t)res;
-    int report = 0;
-    if (x->app_pending && x->out->off >= x->app_end) {
-        x->app_pending = false;
-        report = (int)x->app_bytes;
-    }
-    if (x->deferred_p && !x->app_pending) {
-        const char *p = x->deferred_p;
-        size_t n = x->deferred_n;
-        x->deferred_p = NULL;
-        if (!encrypt(u, x, p, n))
-            report = -EPROTO;
-    }
+    int report = tls_outbuf_sent(u->sh, &x->out, x->t, (size_t)res);
+    if (report < 0)
+        report = -EPROTO;
     flush(u, x);
     if (report && u->state == UP_BUSY && u->owner)
         conn_on_upstream_cqe(u->owner, OP_UP_SEND, report);
@@ -545,6 +474,6 @@ void upstream_tls_free(struct upconn *u)
     if (x->t)
         tls_conn_free(x->t);
     xbuf_put(u->sh, x->in);
-    xbuf_put(u->sh, x->out);
+    tls_outbuf_free(u->sh, &x->out);
     free(x);
 }
