@@ -912,3 +912,33 @@ Test(tls, openai_node_sdk_over_https_streamed_and_not)
     free(out);
     h_finish();
 }
+
+/* Ticket keys belong to the process, not to a configuration or a shard: a
+ * ticket issued before a reload resumes after it, on every shard. */
+Test(tls, tickets_survive_a_reload_and_resume_on_every_shard)
+{
+    struct h_mock m;
+    struct h_gw g = {0};
+    start_tls(&m, &g, "--tps 0 --ttft-ms 0", NULL);
+    const char *get = "GET /v1/models HTTP/1.1\r\nHost: aigw.test\r\nConnection: close\r\n\r\n";
+    char sess[700], args[1600], *out;
+    snprintf(sess, sizeof sess, "%s/session-reload.pem", h_dir());
+    snprintf(args, sizeof args, "-servername aigw.test -tls1_3 -sess_out %s", sess);
+    h_s_client("sess-out", g.tls_port, args, get, &out);
+    cr_assert(strstr(out, "HTTP/1.1 200") && strstr(out, "\nNew, "), "first connection:\n%.2000s", out);
+    free(out);
+
+    h_gw_tls(&g, "handshake_timeout = 7s\n");
+    h_gw_config(&g, TLS_TIMEOUTS, H_STD_ROUTES, m.port);
+    H_RELOAD(&g, H_RELOAD_APPLIED);
+
+    snprintf(args, sizeof args, "-servername aigw.test -tls1_3 -sess_in %s", sess);
+    for (struct h_each_shard e = h_each_shard_begin(&g); h_each_shard_next(&e);) {
+        h_s_client("sess-in", g.tls_port, args, get, &out);
+        cr_assert(strstr(out, "HTTP/1.1 200"), "no answer after the reload:\n%.2000s", out);
+        cr_assert(strstr(out, "\nReused, "), "a ticket from before the reload did not resume:\n%.2000s",
+                  strstr(out, "---\nNew") ? strstr(out, "---\nNew") : out);
+        free(out);
+    }
+    h_finish();
+}
