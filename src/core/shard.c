@@ -361,12 +361,22 @@ static void arm_accept(struct shard *sh, struct listener *l)
 #define BUSY_BODY "{\"error\":{\"message\":\"too many connections\",\"type\":\"server_error\",\"code\":\"no_capacity\"}}"
 _Static_assert(sizeof BUSY_BODY - 1 == 87, "the Content-Length below must match BUSY_BODY");
 
-static void refuse_connection(struct shard *sh, int fd)
+static void refuse_connection(struct shard *sh, int fd, bool tls)
 {
+    struct io_uring_sqe *sqe;
+    if (tls) {
+        /* a plaintext answer would read as garbage to a TLS client, and a
+         * handshake just to say 503 is what an overloaded server can least
+         * afford: the client sees the close and retries */
+        sqe = shard_sqe(sh);
+        io_uring_prep_close(sqe, fd);
+        io_uring_sqe_set_data64(sqe, 0);
+        return;
+    }
     static const char busy[] =
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
         "Content-Length: 87\r\nRetry-After: 1\r\nConnection: close\r\n\r\n" BUSY_BODY;
-    struct io_uring_sqe *sqe = shard_sqe(sh);
+    sqe = shard_sqe(sh);
     io_uring_prep_send(sqe, fd, busy, sizeof busy - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
     io_uring_sqe_set_data64(sqe, 0);
     sqe->flags |= IOSQE_IO_HARDLINK;
@@ -453,7 +463,7 @@ static void on_accept(struct shard *sh, struct listener *l, struct io_uring_cqe 
         if (sh->draining) {
             close(cqe->res);
         } else if (sh->nconns >= sh->max_conns) {
-            refuse_connection(sh, cqe->res);
+            refuse_connection(sh, cqe->res, l->tls);
         } else {
             conn_accepted(sh, cqe->res, l->tls);
         }

@@ -942,3 +942,46 @@ Test(tls, tickets_survive_a_reload_and_resume_on_every_shard)
     }
     h_finish();
 }
+
+/* Over max_connections a TLS client is closed at once: no handshake is spent on
+ * a refusal, and no plaintext 503 reaches a client that expects TLS records. */
+Test(tls, clients_over_max_connections_are_closed_without_a_byte)
+{
+    struct h_mock m;
+    struct h_gw g = {0};
+    H_MOCK(&m, "mock", "--tps 0 --ttft-ms 0");
+    snprintf(g.server_extra, sizeof g.server_extra, "max_connections = 2\n");   /* one per shard */
+    h_gw_tls(&g, NULL);
+    h_gw_config(&g, TLS_TIMEOUTS, H_STD_ROUTES, m.port);
+    H_GW(&g);
+
+    enum { N = 4 };
+    struct h_conn c[N];
+    bool closed[N] = {0};
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(h_connect(&c[i], g.tls_port), 0);
+    int nclosed = 0;
+    double accepted = 0;
+    int64_t end = h_now_ms() + T_RESP;
+    while (nclosed + (int)accepted < N && h_now_ms() < end) {
+        struct pollfd p[N];
+        for (int i = 0; i < N; i++)
+            p[i] = (struct pollfd){ .fd = closed[i] ? -1 : c[i].fd, .events = POLLIN };
+        poll(p, N, 20);
+        for (int i = 0; i < N; i++) {
+            if (closed[i] || !p[i].revents)
+                continue;
+            char b[64];
+            ssize_t n = recv(c[i].fd, b, sizeof b, 0);
+            cr_assert_leq(n, 0, "a refused TLS client got %zd plaintext bytes: %.*s", n, (int)(n > 0 ? n : 0), b);
+            closed[i] = true;
+            nclosed++;
+        }
+        accepted = h_metric0(g.admin_port, "aigw_connections{side=\"client_tls\"}");
+    }
+    cr_assert_geq(nclosed, N - 2, "4 clients, room for 2: %d closed, %g accepted", nclosed, accepted);
+    cr_assert_eq(nclosed + (int)accepted, N, "%d closed and %g accepted of %d", nclosed, accepted, N);
+    for (int i = 0; i < N; i++)
+        h_close(&c[i]);
+    h_finish();
+}
