@@ -102,12 +102,9 @@ static void one(struct worker *w, struct h_conn *ka, int i, const char *chat, co
 static void *work(void *arg)
 {
     struct worker *w = arg;
-    char chat[512], body[512], stream_req[1024];
+    char chat[512], stream_req[1024];
     h_chat_body(chat, sizeof chat, 2, false);
-    h_chat_body(body, sizeof body, 16, true);
-    snprintf(stream_req, sizeof stream_req,
-             "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-             "Content-Length: %zu\r\n\r\n%s", strlen(body), body);
+    h_chat_stream_request(stream_req, sizeof stream_req, "x", 16);
     struct h_conn ka = {.fd = -1};
     for (int i = 0; i < w->count; i++) one(w, &ka, i, chat, stream_req);
     h_close(&ka);
@@ -126,18 +123,6 @@ static int run_workers(int port, int per_worker, atomic_int *unexpected, char *f
     for (int i = 0; i < 4; i++)
         if (w[i].first_failure[0] && !first[0]) snprintf(first, first_cap, "%s", w[i].first_failure);
     return 4 * per_worker;
-}
-
-/* Polls until aigw's descriptor count is at most `limit`, up to timeout_ms. */
-static int settle_fds(pid_t pid, int limit, int timeout_ms)
-{
-    int64_t deadline = h_now_ms() + timeout_ms;
-    int n = h_count_fds(pid);
-    while (n > limit && h_now_ms() < deadline) {
-        h_sleep_ms(50);
-        n = h_count_fds(pid);
-    }
-    return n;
 }
 
 Test(fdleak, ten_thousand_requests_with_errors_leak_no_descriptor)
@@ -179,7 +164,7 @@ Test(fdleak, ten_thousand_requests_with_errors_leak_no_descriptor)
     /* Slack of 2: idle upstream keep-alive connections and pooled pipes depend on
      * the peak concurrency each phase happened to reach; a real leak over 10,000
      * requests (a third of them errors or aborts) is far larger. */
-    int after = settle_fds(g.pid, baseline + 2, 5000 * h_slow());
+    int after = h_settle_fds(g.pid, baseline + 2, 5000 * h_slow());
     cr_assert(after <= baseline + 2, "aigw holds %d descriptors after %d requests in %lld ms, %d before",
               after, sent, (long long)took, baseline);
     h_finish();

@@ -122,7 +122,7 @@ Test(tls, tls13_and_tls12_answer_and_are_counted_and_logged)
 
     /* The in-process client settles what the server prefers on this wolfSSL. */
     struct h_conn c;
-    cr_assert_eq(h_connect_tls(&c, g.tls_port, NULL), 0, "%s\naigw stderr:\n%s", h_tls_error(), h_tail(g.tag));
+    H_CONNECT_TLS_GW(&c, &g);
     cr_assert_str_eq(h_tls_version(&c), "TLSv1.3");
     struct h_resp r;
     cr_assert_eq(h_request(&c, "GET", "/v1/models", NULL, NULL, &r, T_RESP), H_OK);
@@ -256,7 +256,7 @@ Test(tls, reload_serves_the_new_certificate_and_keeps_open_connections)
     struct h_gw g = {0};
     start_tls(&m, &g, "--tps 0 --ttft-ms 0", NULL);
     struct h_conn kept;
-    cr_assert_eq(h_connect_tls(&kept, g.tls_port, NULL), 0, "%s", h_tls_error());
+    H_CONNECT_TLS_GW(&kept, &g);
     struct h_resp r;
     cr_assert_eq(h_request(&kept, "GET", "/v1/models", NULL, NULL, &r, T_RESP), H_OK);
     cr_assert_eq(r.status, 200);
@@ -373,21 +373,6 @@ Test(tls, session_tickets_off_means_full_handshakes)
 
 /* ---- streams ---- */
 
-static void start_tls_stream(struct h_conn *c, const struct h_gw *g, int max_tokens, struct h_resp *head)
-{
-    char body[512];
-    cr_assert_eq(h_connect_tls(c, g->tls_port, NULL), 0, "%s\naigw stderr:\n%s", h_tls_error(), h_tail(g->tag));
-    h_chat_body(body, sizeof body, max_tokens, true);
-    cr_assert_eq(h_sendf(c,
-                         "POST /v1/chat/completions HTTP/1.1\r\nHost: aigw.test\r\n"
-                         "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
-                         strlen(body), body),
-                 0);
-    int rc = h_recv_head(c, head, T_RESP);
-    cr_assert_eq(rc, H_OK, "no response head for a stream over TLS (%d); aigw stderr:\n%s", rc, h_tail(g->tag));
-    cr_assert_eq(head->status, 200, "stream: status %d\n%s", head->status, head->head);
-}
-
 Test(tls, stream_arrives_event_by_event)
 {
     struct h_mock m;
@@ -396,39 +381,9 @@ Test(tls, stream_arrives_event_by_event)
     struct h_conn c;
     struct h_resp head;
     int64_t t0 = h_now_ms();
-    start_tls_stream(&c, &g, 20, &head);
-    struct h_sse s;
-    h_sse_init(&s, &c, &head);
-    int64_t times[64];
-    int n = 0, rc;
-    bool done = false;
-    while ((rc = h_sse_next(&s, T_RESP)) == 1) {
-        if (strncmp(s.event, "data:", 5) != 0) continue;
-        if (n < 64) times[n++] = s.event_ms - t0;
-        if (strstr(s.event, "[DONE]")) {
-            done = true;
-            break;
-        }
-    }
-    cr_assert(done, "stream over TLS ended without [DONE] (rc %d after %d events); aigw stderr:\n%s", rc, n,
-              h_tail(g.tag));
-    cr_assert(n >= 21, "only %d data events for 20 tokens", n);
-    int64_t total = times[n - 1];
-    cr_assert(total >= 700, "a 20-token stream at 20 tokens/s took only %lld ms", (long long)total);
-    cr_assert(times[0] < total / 2, "first event after %lld ms of %lld: buffered", (long long)times[0],
-              (long long)total);
-    int distinct = 1;
-    for (int i = 1; i < n; i++)
-        if (times[i] != times[i - 1]) distinct++;
-    cr_assert(distinct >= 10, "%d events over TLS arrived in only %d bursts: not event by event", n, distinct);
-    cr_assert_eq(h_sse_next(&s, T_RESP), 0, "the stream's body did not end properly after [DONE]");
-    h_sse_free(&s);
-    h_resp_free(&head);
-    struct h_resp r;
-    cr_assert_eq(h_request(&c, "GET", "/v1/models", NULL, NULL, &r, T_RESP), H_OK,
-                 "TLS connection not reusable after a stream");
-    cr_assert_eq(r.status, 200);
-    h_resp_free(&r);
+    H_CONNECT_TLS_GW(&c, &g);
+    h_start_chat_stream(&c, 20, &head, g.tag);
+    h_expect_stream_event_by_event(&c, &head, t0, 20, 20, g.tag);
     h_close(&c);
     h_finish();
 }
@@ -438,22 +393,11 @@ Test(tls, client_disconnect_mid_stream_aborts_generation)
     struct h_mock m;
     struct h_gw g = {0};
     start_tls(&m, &g, "--tps 20 --ttft-ms 0", NULL);
-    double aborted0 = h_metric0(m.port, "mockllm_aborted_total");
-    cr_assert(aborted0 == aborted0, "mockllm /metrics unreadable");
     struct h_conn c;
     struct h_resp head;
-    start_tls_stream(&c, &g, 200, &head);   /* 10 s of tokens */
-    struct h_sse s;
-    h_sse_init(&s, &c, &head);
-    for (int i = 0; i < 3; i++)
-        cr_assert_eq(h_sse_next(&s, T_RESP), 1, "event %d of the stream over TLS missing", i + 1);
-    h_sse_free(&s);
-    h_resp_free(&head);
-    h_close(&c);
-    double aborted = h_wait_metric(m.port, "mockllm_aborted_total", H_GE, aborted0 + 1, 2000 * h_slow());
-    cr_assert(aborted >= aborted0 + 1,
-              "mockllm_aborted_total still %g (was %g) 2 s after the TLS client left: upstream not closed", aborted,
-              aborted0);
+    H_CONNECT_TLS_GW(&c, &g);
+    h_start_chat_stream(&c, 200, &head, g.tag);   /* 10 s of tokens */
+    h_leave_stream_expect_abort(&c, &head, 3, m.port);
     double open = h_wait_metric(g.admin_port, CLIENT_TLS, H_EQ, 0, T_RESP);
     cr_assert_eq(open, 0, "%g TLS client connections still counted", open);
     h_finish();
@@ -543,7 +487,7 @@ Test(tls, stalled_handshakes_close_at_handshake_timeout_and_do_not_slow_others)
 
     struct h_conn est;
     struct h_resp r;
-    cr_assert_eq(h_connect_tls(&est, g.tls_port, NULL), 0, "%s", h_tls_error());
+    H_CONNECT_TLS_GW(&est, &g);
     cr_assert_eq(h_request(&est, "GET", "/v1/models", NULL, NULL, &r, T_RESP), H_OK);
     cr_assert_eq(r.status, 200);
     h_resp_free(&r);
@@ -781,12 +725,9 @@ static void one(struct worker *w, struct h_conn *ka, int i, const char *chat, co
 static void *work(void *arg)
 {
     struct worker *w = arg;
-    char chat[512], body[512], stream_req[1024];
+    char chat[512], stream_req[1024];
     h_chat_body(chat, sizeof chat, 2, false);
-    h_chat_body(body, sizeof body, 16, true);
-    snprintf(stream_req, sizeof stream_req,
-             "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-             "Content-Length: %zu\r\n\r\n%s", strlen(body), body);
+    h_chat_stream_request(stream_req, sizeof stream_req, "x", 16);
     struct h_conn ka = {.fd = -1};
     for (int i = 0; i < w->count; i++) one(w, &ka, i, chat, stream_req);
     h_close(&ka);
@@ -848,9 +789,7 @@ Test(tls, ten_thousand_tls_requests_with_errors_leak_no_descriptor_nor_memory, .
 
     /* Slack as in test_fdleak: idle upstream keep-alive connections and pooled
      * pipes follow the peak concurrency. */
-    int fds = h_count_fds(g.pid);
-    for (int64_t end = h_now_ms() + 5000 * h_slow(); fds > fds0 + 2 && h_now_ms() < end; fds = h_count_fds(g.pid))
-        h_sleep_ms(50);
+    int fds = h_settle_fds(g.pid, fds0 + 2, 5000 * h_slow());
     cr_assert(fds <= fds0 + 2, "aigw holds %d descriptors after 10,000 TLS requests in %lld ms, %d before", fds,
               (long long)took, fds0);
     /* 16 MiB is far below what a leaked session per handshake (thousands of
