@@ -1957,3 +1957,58 @@ long h_rss_kb(pid_t pid)
     free(text);
     return kb;
 }
+
+/* ---- a mixed load ---- */
+
+void h_load_unexpected(struct h_load_client *cl, int i, const char *what, int rc, const struct h_resp *r,
+                       const char *detail)
+{
+    cl->unexpected++;
+    if (cl->first_failure[0]) return;
+    char history[160] = "";
+    if (cl->ka_history[0] || cl->ka_history[1])
+        snprintf(history, sizeof history, " [before it on the kept-alive connection: %s, %s]",
+                 cl->ka_history[0] ? cl->ka_history[0] : "-", cl->ka_history[1] ? cl->ka_history[1] : "-");
+    snprintf(cl->first_failure, sizeof cl->first_failure, "request %d (%s): rc %d status %d %.150s%s%s%s", i, what,
+             rc, r ? r->status : 0, r && r->body ? r->body : "", history, detail ? " " : "", detail ? detail : "");
+}
+
+struct load_thread {
+    struct h_load_client cl;
+    int count;
+    h_load_request *request;
+    pthread_t th;
+};
+
+static void *load_thread_main(void *arg)
+{
+    struct load_thread *t = arg;
+    for (int i = 0; i < t->count; i++) t->request(&t->cl, i);
+    h_close(&t->cl.ka);
+    return NULL;
+}
+
+int h_load_run(int port, int per_client, h_load_request *request, char *first, size_t first_cap)
+{
+    char chat[512], stream_req[1024];
+    h_chat_body(chat, sizeof chat, 2, false);
+    h_chat_stream_request(stream_req, sizeof stream_req, "x", 16);
+    struct load_thread t[H_LOAD_CLIENTS];
+    int started = 0;
+    for (; started < H_LOAD_CLIENTS; started++) {
+        struct load_thread *lt = &t[started];
+        *lt = (struct load_thread){.count = per_client, .request = request};
+        lt->cl = (struct h_load_client){.port = port, .seed = started * 3, .chat = chat, .stream_req = stream_req,
+                                        .ka = {.fd = -1}};
+        if (pthread_create(&lt->th, NULL, load_thread_main, lt) != 0) break;
+    }
+    int unexpected = 0;
+    for (int i = 0; i < started; i++) {
+        pthread_join(t[i].th, NULL);
+        unexpected += t[i].cl.unexpected;
+        if (t[i].cl.first_failure[0] && !first[0]) snprintf(first, first_cap, "%s", t[i].cl.first_failure);
+    }
+    /* after the joins: the threads use this stack frame */
+    cr_assert_eq(started, H_LOAD_CLIENTS, "could start only %d load threads", started);
+    return unexpected;
+}

@@ -375,6 +375,31 @@ size_t h_tls_client_hello(char *buf, size_t cap);
 /* Resident memory of pid in KiB (VmRSS), -1 on error. */
 long h_rss_kb(pid_t pid);
 
+/* ---- a mixed load from a few client threads (the leak tests) ---- */
+
+#define H_LOAD_CLIENTS 4
+struct h_load_client {
+    int port;
+    int seed;                   /* 3 * the client's index: each client runs the mix shifted */
+    const char *chat;           /* a small chat body (2 tokens) */
+    const char *stream_req;     /* a whole streamed chat request (16 tokens, Host: x) */
+    struct h_conn ka;           /* the client's kept-alive connection (fd -1: none yet) */
+    const char *ka_history[2];  /* the request function's last two on ka, shown with a failure if set */
+    int unexpected;
+    char first_failure[400];
+};
+/* One request, the client's i-th. */
+typedef void h_load_request(struct h_load_client *cl, int i);
+/* Counts an unexpected answer to the i-th request (r may be NULL; detail, an
+ * extra line such as h_tls_error(), may be NULL) and describes the first. */
+void h_load_unexpected(struct h_load_client *cl, int i, const char *what, int rc, const struct h_resp *r,
+                       const char *detail);
+/* H_LOAD_CLIENTS threads against port, each calling request(cl, i) for i in
+ * [0, per_client) and then closing its kept-alive connection. Returns how many
+ * answers were unexpected; copies the first's description into first unless
+ * first already holds one. */
+int h_load_run(int port, int per_client, h_load_request *request, char *first, size_t first_cap);
+
 /* ---- small helpers for assertions ---- */
 
 /* True if the JSON text has "key": "value" somewhere (whitespace tolerant). */
@@ -412,6 +437,16 @@ long long h_json_int(const char *json, const char *key);
     "max_outstanding = 64\n\n"                                          \
     "[route chat]\npath = /v1/chat/completions\npool = local\nkind = ai\n\n" \
     "[route models]\npath = /v1/models\npool = local\nkind = raw\n\n"   \
+    "[route all]\npath = /v1/*\npool = local\nkind = raw\n"
+
+/* For the load tests: chat and /v1/ to one backend (the first %d), and
+ * /dead/... raw to a pool whose backend (the second %d) nobody listens on. */
+#define H_ROUTES_WITH_DEAD_POOL                                                   \
+    "[pool local]\nbackend = 127.0.0.1:%d\nbalance = least_outstanding\n"         \
+    "max_outstanding = 64\n\n"                                                  \
+    "[pool dead]\nbackend = 127.0.0.1:%d\n\n"                                    \
+    "[route chat]\npath = /v1/chat/completions\npool = local\nkind = ai\n\n"    \
+    "[route dead]\npath = /dead/*\npool = dead\nkind = raw\n\n"                 \
     "[route all]\npath = /v1/*\npool = local\nkind = raw\n"
 
 #endif
