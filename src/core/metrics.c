@@ -388,6 +388,22 @@ static void put_label(struct outbuf *o, const char *s)
     outbuf_put(o, run, (size_t)(s - run));
 }
 
+/* name{label="value",...} v and a newline: nlabels pairs of label name and
+ * value in kv, the values escaped. */
+static void put_sample(struct outbuf *o, const char *name, unsigned nlabels, const char *const *kv, uint64_t v)
+{
+    outbuf_str(o, name);
+    for (unsigned i = 0; i < nlabels; i++) {
+        outbuf_str(o, i ? "\",": "{");
+        outbuf_str(o, kv[2 * i]);
+        outbuf_str(o, "=\"");
+        put_label(o, kv[2 * i + 1]);
+    }
+    outbuf_str(o, nlabels ? "\"} " : " ");
+    outbuf_u64(o, v);
+    outbuf_str(o, "\n");
+}
+
 static void put_family(struct outbuf *o, const char *name, const char *type, const char *help)
 {
     outbuf_str(o, "# HELP ");
@@ -426,13 +442,8 @@ static void render_requests(struct outbuf *o)
             uint64_t v = SUM_SHARDS(requests[r][st]);
             if (v == 0)
                 continue;
-            outbuf_str(o, "aigw_requests_total{route=\"");
-            put_label(o, route_names[r]);
-            outbuf_str(o, "\",status=\"");
-            outbuf_str(o, status_labels[st]);
-            outbuf_str(o, "\"} ");
-            outbuf_u64(o, v);
-            outbuf_str(o, "\n");
+            put_sample(o, "aigw_requests_total", 2,
+                       (const char *const[]){ "route", route_names[r], "status", status_labels[st] }, v);
         }
 }
 
@@ -721,25 +732,16 @@ static void render_tls(struct outbuf *o)
                     continue;
                 if (!n && z == 1 && r == TLS_HS_FAILED)
                     continue;
-                outbuf_str(o, "aigw_tls_handshakes_total{result=\"");
-                outbuf_str(o, results[r]);
-                outbuf_str(o, "\",version=\"");
-                outbuf_str(o, versions[v]);
-                outbuf_str(o, "\",resumed=\"");
-                outbuf_str(o, resumed[z]);
-                outbuf_str(o, "\"} ");
-                outbuf_u64(o, n);
-                outbuf_str(o, "\n");
+                put_sample(o, "aigw_tls_handshakes_total", 3,
+                           (const char *const[]){ "result", results[r], "version", versions[v], "resumed",
+                                                  resumed[z] },
+                           n);
             }
     put_family(o, "aigw_tls_handshake_failures_total", "counter",
                "TLS handshakes with clients that failed, by reason.");
-    for (unsigned r = 0; r < METRICS_TLS_NREASONS; r++) {
-        outbuf_str(o, "aigw_tls_handshake_failures_total{reason=\"");
-        outbuf_str(o, tls_reasons[r]);
-        outbuf_str(o, "\"} ");
-        outbuf_u64(o, SUM_SHARDS(tls_failures[r]));
-        outbuf_str(o, "\n");
-    }
+    for (unsigned r = 0; r < METRICS_TLS_NREASONS; r++)
+        put_sample(o, "aigw_tls_handshake_failures_total", 1, (const char *const[]){ "reason", tls_reasons[r] },
+                   SUM_SHARDS(tls_failures[r]));
 }
 
 static void render_connections(struct outbuf *o)
@@ -778,17 +780,8 @@ static void render_key_family(struct outbuf *o, const char *name, const char *he
             uint64_t v = value(k, col);
             if (v == 0)
                 continue;
-            outbuf_str(o, name);
-            outbuf_str(o, "{key=\"");
-            if (k > 0)
-                put_label(o, key_names[k]);
-            outbuf_str(o, "\",");
-            outbuf_str(o, label);
-            outbuf_str(o, "=\"");
-            outbuf_str(o, columns[col]);
-            outbuf_str(o, "\"} ");
-            outbuf_u64(o, v);
-            outbuf_str(o, "\n");
+            put_sample(o, name, 2, (const char *const[]){ "key", k > 0 ? key_names[k] : "", label, columns[col] },
+                       v);
         }
 }
 
@@ -810,14 +803,8 @@ static void put_ok_failed(struct outbuf *o, const char *name, _Atomic uint64_t c
                           memory_order order)
 {
     static const char *const results[2] = { "ok", "failed" };
-    for (unsigned r = 0; r < 2; r++) {
-        outbuf_str(o, name);
-        outbuf_str(o, "{result=\"");
-        outbuf_str(o, results[r]);
-        outbuf_str(o, "\"} ");
-        outbuf_u64(o, atomic_load_explicit(&counts[r], order));
-        outbuf_str(o, "\n");
-    }
+    for (unsigned r = 0; r < 2; r++)
+        put_sample(o, name, 1, (const char *const[]){ "result", results[r] }, atomic_load_explicit(&counts[r], order));
 }
 
 static void render_access_log(struct outbuf *o)

@@ -459,6 +459,17 @@ int h_count_fds(pid_t pid)
     return n;
 }
 
+int h_settle_fds(pid_t pid, int limit, int timeout_ms)
+{
+    int64_t deadline = h_now_ms() + timeout_ms;
+    int n = h_count_fds(pid);
+    while (n > limit && h_now_ms() < deadline) {
+        h_sleep_ms(50);
+        n = h_count_fds(pid);
+    }
+    return n;
+}
+
 /* ---- raw HTTP client ---- */
 
 int h_connect(struct h_conn *c, int port)
@@ -907,6 +918,110 @@ void h_sse_free(struct h_sse *s)
 {
     free(s->data);
     s->data = NULL;
+}
+
+const char *h_chat_stream_request(char *out, size_t cap, const char *host, int max_tokens)
+{
+    char body[512];
+    h_chat_body(body, sizeof body, max_tokens, true);
+    snprintf(out, cap,
+             "POST /v1/chat/completions HTTP/1.1\r\nHost: %s\r\n"
+             "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
+             host, strlen(body), body);
+    return out;
+}
+
+/* " over TLS" for messages about a connection that speaks TLS. */
+static const char *over_tls(const struct h_conn *c)
+{
+    return c->tls ? " over TLS" : "";
+}
+
+void h_start_chat_stream(struct h_conn *c, int max_tokens, struct h_resp *head, const char *gw_tag)
+{
+    char req[1024];
+    /* over TLS, the name the test certificate carries */
+    h_chat_stream_request(req, sizeof req, c->tls ? "aigw.test" : "x", max_tokens);
+    cr_assert_eq(h_send(c, req, strlen(req)), 0, "sending a stream request%s; aigw stderr:\n%s", over_tls(c),
+                 h_tail(gw_tag));
+    int rc = h_recv_head(c, head, 5000 * h_slow());
+    cr_assert_eq(rc, H_OK, "no response head for a stream%s (%d); aigw stderr:\n%s", over_tls(c), rc,
+                 h_tail(gw_tag));
+    cr_assert_eq(head->status, 200, "stream%s: status %d\n%s", over_tls(c), head->status, head->head);
+    const char *ct = h_header(head, "content-type");
+    cr_assert(ct && strstr(ct, "text/event-stream"), "stream content-type: %s", ct ? ct : "(none)");
+}
+
+int h_sse_data_events(struct h_sse *s, int timeout_ms, int64_t *arrived_ms, int cap, bool *done, int *last_rc)
+{
+    int n = 0, rc;
+    *done = false;
+    while ((rc = h_sse_next(s, timeout_ms)) == 1) {
+        if (strncmp(s->event, "data:", 5) != 0) continue;   /* comments, other fields */
+        if (arrived_ms && n < cap) arrived_ms[n] = s->event_ms;
+        n++;
+        if (strstr(s->event, "[DONE]")) {
+            *done = true;
+            break;
+        }
+    }
+    *last_rc = rc;
+    return n;
+}
+
+void h_expect_stream_event_by_event(struct h_conn *c, struct h_resp *head, int64_t t0_ms, int tokens, int tps,
+                                    const char *gw_tag)
+{
+    const int timeout_ms = 5000 * h_slow();
+    struct h_sse s;
+    h_sse_init(&s, c, head);
+    int64_t arrived[64];
+    bool done;
+    int rc, n = h_sse_data_events(&s, timeout_ms, arrived, 64, &done, &rc);
+    cr_assert(done, "stream%s ended without data: [DONE] (rc %d after %d events); aigw stderr:\n%s", over_tls(c),
+              rc, n, h_tail(gw_tag));
+    cr_assert(n >= tokens + 1, "only %d data events for %d tokens", n, tokens);
+    int timed = n < 64 ? n : 64;
+    int64_t first = arrived[0] - t0_ms, total = arrived[timed - 1] - t0_ms;
+    int64_t generation_ms = (int64_t)tokens * 1000 / tps;
+    cr_assert(total >= generation_ms * 7 / 10, "a %d-token stream at %d tokens/s took only %lld ms", tokens, tps,
+              (long long)total);
+    cr_assert(first < total / 2, "first event after %lld ms of %lld: the stream was buffered", (long long)first,
+              (long long)total);
+    int bursts = 1;
+    for (int i = 1; i < timed; i++)
+        if (arrived[i] != arrived[i - 1]) bursts++;
+    cr_assert(bursts >= tokens / 2, "%d events%s arrived in only %d bursts: not event by event", n, over_tls(c),
+              bursts);
+
+    /* The response ends properly after [DONE] and the connection stays usable. */
+    rc = h_sse_next(&s, timeout_ms);
+    cr_assert_eq(rc, 0, "stream body did not end properly after [DONE] (%d)", rc);
+    h_sse_free(&s);
+    h_resp_free(head);
+    struct h_resp r;
+    cr_assert_eq(h_request(c, "GET", "/v1/models", NULL, NULL, &r, timeout_ms), H_OK,
+                 "connection%s not reusable after a stream", over_tls(c));
+    cr_assert_eq(r.status, 200);
+    h_resp_free(&r);
+}
+
+void h_leave_stream_expect_abort(struct h_conn *c, struct h_resp *head, int events, int mock_port)
+{
+    bool tls = c->tls != NULL;
+    double aborted0 = h_metric0(mock_port, "mockllm_aborted_total");
+    cr_assert(aborted0 == aborted0, "mockllm /metrics unreadable");
+    struct h_sse s;
+    h_sse_init(&s, c, head);
+    for (int i = 0; i < events; i++)
+        cr_assert_eq(h_sse_next(&s, 5000 * h_slow()), 1, "event %d of the stream%s missing", i + 1, over_tls(c));
+    h_sse_free(&s);
+    h_resp_free(head);
+    h_close(c);
+    double aborted = h_wait_metric(mock_port, "mockllm_aborted_total", H_GE, aborted0 + 1, 2000 * h_slow());
+    cr_assert(aborted >= aborted0 + 1,
+              "mockllm_aborted_total still %g (was %g) 2 s after the%s client left: upstream not closed", aborted,
+              aborted0, tls ? " TLS" : "");
 }
 
 /* ---- metrics ---- */
@@ -1841,4 +1956,59 @@ long h_rss_kb(pid_t pid)
     long kb = p ? strtol(p + 6, NULL, 10) : -1;
     free(text);
     return kb;
+}
+
+/* ---- a mixed load ---- */
+
+void h_load_unexpected(struct h_load_client *cl, int i, const char *what, int rc, const struct h_resp *r,
+                       const char *detail)
+{
+    cl->unexpected++;
+    if (cl->first_failure[0]) return;
+    char history[160] = "";
+    if (cl->ka_history[0] || cl->ka_history[1])
+        snprintf(history, sizeof history, " [before it on the kept-alive connection: %s, %s]",
+                 cl->ka_history[0] ? cl->ka_history[0] : "-", cl->ka_history[1] ? cl->ka_history[1] : "-");
+    snprintf(cl->first_failure, sizeof cl->first_failure, "request %d (%s): rc %d status %d %.150s%s%s%s", i, what,
+             rc, r ? r->status : 0, r && r->body ? r->body : "", history, detail ? " " : "", detail ? detail : "");
+}
+
+struct load_thread {
+    struct h_load_client cl;
+    int count;
+    h_load_request *request;
+    pthread_t th;
+};
+
+static void *load_thread_main(void *arg)
+{
+    struct load_thread *t = arg;
+    for (int i = 0; i < t->count; i++) t->request(&t->cl, i);
+    h_close(&t->cl.ka);
+    return NULL;
+}
+
+int h_load_run(int port, int per_client, h_load_request *request, char *first, size_t first_cap)
+{
+    char chat[512], stream_req[1024];
+    h_chat_body(chat, sizeof chat, 2, false);
+    h_chat_stream_request(stream_req, sizeof stream_req, "x", 16);
+    struct load_thread t[H_LOAD_CLIENTS];
+    int started = 0;
+    for (; started < H_LOAD_CLIENTS; started++) {
+        struct load_thread *lt = &t[started];
+        *lt = (struct load_thread){.count = per_client, .request = request};
+        lt->cl = (struct h_load_client){.port = port, .seed = started * 3, .chat = chat, .stream_req = stream_req,
+                                        .ka = {.fd = -1}};
+        if (pthread_create(&lt->th, NULL, load_thread_main, lt) != 0) break;
+    }
+    int unexpected = 0;
+    for (int i = 0; i < started; i++) {
+        pthread_join(t[i].th, NULL);
+        unexpected += t[i].cl.unexpected;
+        if (t[i].cl.first_failure[0] && !first[0]) snprintf(first, first_cap, "%s", t[i].cl.first_failure);
+    }
+    /* after the joins: the threads use this stack frame */
+    cr_assert_eq(started, H_LOAD_CLIENTS, "could start only %d load threads", started);
+    return unexpected;
 }

@@ -69,6 +69,9 @@ void h_write_file(const char *path, const char *fmt, ...) __attribute__((format(
 
 /* Open descriptors of pid (entries of /proc/PID/fd), -1 on error. */
 int h_count_fds(pid_t pid);
+/* Polls until pid holds at most `limit` descriptors (idle pools shrinking
+ * after a load), up to timeout_ms. Returns the last count. */
+int h_settle_fds(pid_t pid, int limit, int timeout_ms);
 
 /* ---- raw HTTP client ---- */
 
@@ -153,6 +156,31 @@ void h_sse_init(struct h_sse *s, struct h_conn *c, const struct h_resp *head);
  * H_ECLOSED if the connection ended before that, H_ETIMEOUT. */
 int h_sse_next(struct h_sse *s, int timeout_ms);
 void h_sse_free(struct h_sse *s);
+
+/* A whole streamed chat completion request (POST /v1/chat/completions, Host:
+ * host, body h_chat_body(max_tokens, stream)) into out; returns out. */
+const char *h_chat_stream_request(char *out, size_t cap, const char *host, int max_tokens);
+/* Sends a streamed chat completion of max_tokens on c (Host: aigw.test over
+ * TLS, else x) and reads the response head into *head; the test fails unless
+ * it is a 200 text/event-stream. gw_tag: the aigw whose stderr a failure shows. */
+void h_start_chat_stream(struct h_conn *c, int max_tokens, struct h_resp *head, const char *gw_tag);
+/* Reads data events (SSE comments and other fields skipped) up to and
+ * including "data: [DONE]". Returns how many came; *done: whether [DONE] did
+ * (if not, *last_rc holds h_sse_next's last result); arrived_ms (may be NULL):
+ * when each of the first `cap` arrived. */
+int h_sse_data_events(struct h_sse *s, int timeout_ms, int64_t *arrived_ms, int cap, bool *done, int *last_rc);
+/* Reads the stream h_start_chat_stream began on c at t0_ms (`tokens` tokens
+ * at `tps` tokens/s) and fails the test unless it came event by event: a data
+ * event per token and data: [DONE], spread over at least 70% of the generation
+ * time, the first before half of it, in at least tokens/2 separate bursts (at
+ * most 63 tokens); then the body ends properly and c answers GET /v1/models
+ * with 200. Frees head. */
+void h_expect_stream_event_by_event(struct h_conn *c, struct h_resp *head, int64_t t0_ms, int tokens, int tps,
+                                    const char *gw_tag);
+/* Reads `events` events of the stream on c, closes c (a client going away)
+ * and fails the test unless the backend, aigw-mockllm on mock_port, counts a
+ * generation aborted (mockllm_aborted_total) within 2 s. Frees head. */
+void h_leave_stream_expect_abort(struct h_conn *c, struct h_resp *head, int events, int mock_port);
 
 /* ---- metrics ---- */
 
@@ -347,6 +375,31 @@ size_t h_tls_client_hello(char *buf, size_t cap);
 /* Resident memory of pid in KiB (VmRSS), -1 on error. */
 long h_rss_kb(pid_t pid);
 
+/* ---- a mixed load from a few client threads (the leak tests) ---- */
+
+#define H_LOAD_CLIENTS 4
+struct h_load_client {
+    int port;
+    int seed;                   /* 3 * the client's index: each client runs the mix shifted */
+    const char *chat;           /* a small chat body (2 tokens) */
+    const char *stream_req;     /* a whole streamed chat request (16 tokens, Host: x) */
+    struct h_conn ka;           /* the client's kept-alive connection (fd -1: none yet) */
+    const char *ka_history[2];  /* the request function's last two on ka, shown with a failure if set */
+    int unexpected;
+    char first_failure[400];
+};
+/* One request, the client's i-th. */
+typedef void h_load_request(struct h_load_client *cl, int i);
+/* Counts an unexpected answer to the i-th request (r may be NULL; detail, an
+ * extra line such as h_tls_error(), may be NULL) and describes the first. */
+void h_load_unexpected(struct h_load_client *cl, int i, const char *what, int rc, const struct h_resp *r,
+                       const char *detail);
+/* H_LOAD_CLIENTS threads against port, each calling request(cl, i) for i in
+ * [0, per_client) and then closing its kept-alive connection. Returns how many
+ * answers were unexpected; copies the first's description into first unless
+ * first already holds one. */
+int h_load_run(int port, int per_client, h_load_request *request, char *first, size_t first_cap);
+
 /* ---- small helpers for assertions ---- */
 
 /* True if the JSON text has "key": "value" somewhere (whitespace tolerant). */
@@ -359,6 +412,9 @@ long long h_json_int(const char *json, const char *key);
                  (tag), h_tail(tag))
 #define H_CONNECT_GW(c, g)                                                                    \
     cr_assert_eq(h_connect((c), (g)->port), 0, "cannot connect to aigw; its stderr:\n%s", \
+                 h_tail((g)->tag))
+#define H_CONNECT_TLS_GW(c, g)                                                                      \
+    cr_assert_eq(h_connect_tls((c), (g)->tls_port, NULL), 0, "%s\naigw stderr:\n%s", h_tls_error(), \
                  h_tail((g)->tag))
 #define H_GW(g) \
     cr_assert_eq(h_gw_start(g), 0, "aigw did not become ready:\n%s", h_tail((g)->tag))
@@ -381,6 +437,16 @@ long long h_json_int(const char *json, const char *key);
     "max_outstanding = 64\n\n"                                          \
     "[route chat]\npath = /v1/chat/completions\npool = local\nkind = ai\n\n" \
     "[route models]\npath = /v1/models\npool = local\nkind = raw\n\n"   \
+    "[route all]\npath = /v1/*\npool = local\nkind = raw\n"
+
+/* For the load tests: chat and /v1/ to one backend (the first %d), and
+ * /dead/... raw to a pool whose backend (the second %d) nobody listens on. */
+#define H_ROUTES_WITH_DEAD_POOL                                                   \
+    "[pool local]\nbackend = 127.0.0.1:%d\nbalance = least_outstanding\n"         \
+    "max_outstanding = 64\n\n"                                                  \
+    "[pool dead]\nbackend = 127.0.0.1:%d\n\n"                                    \
+    "[route chat]\npath = /v1/chat/completions\npool = local\nkind = ai\n\n"    \
+    "[route dead]\npath = /dead/*\npool = dead\nkind = raw\n\n"                 \
     "[route all]\npath = /v1/*\npool = local\nkind = raw\n"
 
 #endif

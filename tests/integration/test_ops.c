@@ -226,16 +226,8 @@ Test(ops, new_instance_starts_while_the_old_one_drains)
 
     struct h_conn c;
     H_CONNECT_GW(&c, &g);
-    char body[512];
-    h_chat_body(body, sizeof body, 40, true);
-    cr_assert_eq(h_sendf(&c,
-                         "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-                         "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
-                         strlen(body), body),
-                 0);
     struct h_resp head;
-    cr_assert_eq(h_recv_head(&c, &head, T_RESP), H_OK);
-    cr_assert_eq(head.status, 200);
+    h_start_chat_stream(&c, 40, &head, g.tag);
     struct h_sse sse;
     h_sse_init(&sse, &c, &head);
     cr_assert_eq(h_sse_next(&sse, T_RESP), 1, "no first event");

@@ -7,8 +7,6 @@
 
 #include <errno.h>
 #include <poll.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -122,7 +120,7 @@ Test(tls, tls13_and_tls12_answer_and_are_counted_and_logged)
 
     /* The in-process client settles what the server prefers on this wolfSSL. */
     struct h_conn c;
-    cr_assert_eq(h_connect_tls(&c, g.tls_port, NULL), 0, "%s\naigw stderr:\n%s", h_tls_error(), h_tail(g.tag));
+    H_CONNECT_TLS_GW(&c, &g);
     cr_assert_str_eq(h_tls_version(&c), "TLSv1.3");
     struct h_resp r;
     cr_assert_eq(h_request(&c, "GET", "/v1/models", NULL, NULL, &r, T_RESP), H_OK);
@@ -256,7 +254,7 @@ Test(tls, reload_serves_the_new_certificate_and_keeps_open_connections)
     struct h_gw g = {0};
     start_tls(&m, &g, "--tps 0 --ttft-ms 0", NULL);
     struct h_conn kept;
-    cr_assert_eq(h_connect_tls(&kept, g.tls_port, NULL), 0, "%s", h_tls_error());
+    H_CONNECT_TLS_GW(&kept, &g);
     struct h_resp r;
     cr_assert_eq(h_request(&kept, "GET", "/v1/models", NULL, NULL, &r, T_RESP), H_OK);
     cr_assert_eq(r.status, 200);
@@ -373,21 +371,6 @@ Test(tls, session_tickets_off_means_full_handshakes)
 
 /* ---- streams ---- */
 
-static void start_tls_stream(struct h_conn *c, const struct h_gw *g, int max_tokens, struct h_resp *head)
-{
-    char body[512];
-    cr_assert_eq(h_connect_tls(c, g->tls_port, NULL), 0, "%s\naigw stderr:\n%s", h_tls_error(), h_tail(g->tag));
-    h_chat_body(body, sizeof body, max_tokens, true);
-    cr_assert_eq(h_sendf(c,
-                         "POST /v1/chat/completions HTTP/1.1\r\nHost: aigw.test\r\n"
-                         "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
-                         strlen(body), body),
-                 0);
-    int rc = h_recv_head(c, head, T_RESP);
-    cr_assert_eq(rc, H_OK, "no response head for a stream over TLS (%d); aigw stderr:\n%s", rc, h_tail(g->tag));
-    cr_assert_eq(head->status, 200, "stream: status %d\n%s", head->status, head->head);
-}
-
 Test(tls, stream_arrives_event_by_event)
 {
     struct h_mock m;
@@ -396,39 +379,9 @@ Test(tls, stream_arrives_event_by_event)
     struct h_conn c;
     struct h_resp head;
     int64_t t0 = h_now_ms();
-    start_tls_stream(&c, &g, 20, &head);
-    struct h_sse s;
-    h_sse_init(&s, &c, &head);
-    int64_t times[64];
-    int n = 0, rc;
-    bool done = false;
-    while ((rc = h_sse_next(&s, T_RESP)) == 1) {
-        if (strncmp(s.event, "data:", 5) != 0) continue;
-        if (n < 64) times[n++] = s.event_ms - t0;
-        if (strstr(s.event, "[DONE]")) {
-            done = true;
-            break;
-        }
-    }
-    cr_assert(done, "stream over TLS ended without [DONE] (rc %d after %d events); aigw stderr:\n%s", rc, n,
-              h_tail(g.tag));
-    cr_assert(n >= 21, "only %d data events for 20 tokens", n);
-    int64_t total = times[n - 1];
-    cr_assert(total >= 700, "a 20-token stream at 20 tokens/s took only %lld ms", (long long)total);
-    cr_assert(times[0] < total / 2, "first event after %lld ms of %lld: buffered", (long long)times[0],
-              (long long)total);
-    int distinct = 1;
-    for (int i = 1; i < n; i++)
-        if (times[i] != times[i - 1]) distinct++;
-    cr_assert(distinct >= 10, "%d events over TLS arrived in only %d bursts: not event by event", n, distinct);
-    cr_assert_eq(h_sse_next(&s, T_RESP), 0, "the stream's body did not end properly after [DONE]");
-    h_sse_free(&s);
-    h_resp_free(&head);
-    struct h_resp r;
-    cr_assert_eq(h_request(&c, "GET", "/v1/models", NULL, NULL, &r, T_RESP), H_OK,
-                 "TLS connection not reusable after a stream");
-    cr_assert_eq(r.status, 200);
-    h_resp_free(&r);
+    H_CONNECT_TLS_GW(&c, &g);
+    h_start_chat_stream(&c, 20, &head, g.tag);
+    h_expect_stream_event_by_event(&c, &head, t0, 20, 20, g.tag);
     h_close(&c);
     h_finish();
 }
@@ -438,22 +391,11 @@ Test(tls, client_disconnect_mid_stream_aborts_generation)
     struct h_mock m;
     struct h_gw g = {0};
     start_tls(&m, &g, "--tps 20 --ttft-ms 0", NULL);
-    double aborted0 = h_metric0(m.port, "mockllm_aborted_total");
-    cr_assert(aborted0 == aborted0, "mockllm /metrics unreadable");
     struct h_conn c;
     struct h_resp head;
-    start_tls_stream(&c, &g, 200, &head);   /* 10 s of tokens */
-    struct h_sse s;
-    h_sse_init(&s, &c, &head);
-    for (int i = 0; i < 3; i++)
-        cr_assert_eq(h_sse_next(&s, T_RESP), 1, "event %d of the stream over TLS missing", i + 1);
-    h_sse_free(&s);
-    h_resp_free(&head);
-    h_close(&c);
-    double aborted = h_wait_metric(m.port, "mockllm_aborted_total", H_GE, aborted0 + 1, 2000 * h_slow());
-    cr_assert(aborted >= aborted0 + 1,
-              "mockllm_aborted_total still %g (was %g) 2 s after the TLS client left: upstream not closed", aborted,
-              aborted0);
+    H_CONNECT_TLS_GW(&c, &g);
+    h_start_chat_stream(&c, 200, &head, g.tag);   /* 10 s of tokens */
+    h_leave_stream_expect_abort(&c, &head, 3, m.port);
     double open = h_wait_metric(g.admin_port, CLIENT_TLS, H_EQ, 0, T_RESP);
     cr_assert_eq(open, 0, "%g TLS client connections still counted", open);
     h_finish();
@@ -543,7 +485,7 @@ Test(tls, stalled_handshakes_close_at_handshake_timeout_and_do_not_slow_others)
 
     struct h_conn est;
     struct h_resp r;
-    cr_assert_eq(h_connect_tls(&est, g.tls_port, NULL), 0, "%s", h_tls_error());
+    H_CONNECT_TLS_GW(&est, &g);
     cr_assert_eq(h_request(&est, "GET", "/v1/models", NULL, NULL, &r, T_RESP), H_OK);
     cr_assert_eq(r.status, 200);
     h_resp_free(&r);
@@ -692,120 +634,83 @@ Test(tls, tls_backend_verified_and_refused_on_wrong_name_or_ca)
 
 /* ---- no growth ---- */
 
-struct worker {
-    int port, count, seed;
-    const char *hello;
-    size_t hello_len;
-    atomic_int *unexpected;
-    char first_failure[400];
-};
+/* A real ClientHello, for the clients that leave mid-handshake. */
+static char client_hello[8192];
+static size_t client_hello_len;
 
-static void note(struct worker *w, int i, const char *what, int rc, const struct h_resp *r)
+static void unexpected_answer(struct h_load_client *cl, int i, const char *what, int rc, const struct h_resp *r)
 {
-    atomic_fetch_add(w->unexpected, 1);
-    if (!w->first_failure[0])
-        snprintf(w->first_failure, sizeof w->first_failure, "request %d (%s): rc %d status %d %.150s %s", i, what,
-                 rc, r ? r->status : 0, r && r->body ? r->body : "", rc < 0 ? h_tls_error() : "");
+    h_load_unexpected(cl, i, what, rc, r, rc < 0 ? h_tls_error() : NULL);
 }
 
 /* One request of kind i % 10: mostly kept-alive TLS requests (two in ten of
  * them 502s from a dead pool), one in ten a full handshake and a request, one
  * malformed request over TLS (400, closed), one client leaving mid-handshake
  * or plain HTTP to the TLS port, one client leaving right after a stream request. */
-static void one(struct worker *w, struct h_conn *ka, int i, const char *chat, const char *stream_req)
+static void one(struct h_load_client *cl, int i)
 {
     struct h_resp r = {0};
-    struct h_conn c;
-    int rc, kind = (i + w->seed) % 10;
+    struct h_conn c, *ka = &cl->ka;
+    int rc, kind = (i + cl->seed) % 10;
     switch (kind) {
     case 0: case 1: case 2: case 3: case 4: case 5: case 6:
         if (ka->fd < 0 || ka->eof) {
             h_close(ka);
-            if (h_connect_tls(ka, w->port, NULL) < 0) {
-                note(w, i, "TLS connect", -1, NULL);
+            if (h_connect_tls(ka, cl->port, NULL) < 0) {
+                h_load_unexpected(cl, i, "TLS connect", -1, NULL, h_tls_error());
                 return;
             }
         }
         if (kind >= 5) {
-            rc = h_request(ka, "POST", "/dead/v1/chat/completions", NULL, chat, &r, T_RESP);
-            if (rc != H_OK || (r.status != 502 && r.status != 503)) note(w, i, "dead pool", rc, &r);
+            rc = h_request(ka, "POST", "/dead/v1/chat/completions", NULL, cl->chat, &r, T_RESP);
+            if (rc != H_OK || (r.status != 502 && r.status != 503)) unexpected_answer(cl, i, "dead pool", rc, &r);
         } else {
-            rc = h_request(ka, "POST", "/v1/chat/completions", NULL, chat, &r, T_RESP);
-            if (rc != H_OK || r.status != 200) note(w, i, "chat", rc, &r);
+            rc = h_request(ka, "POST", "/v1/chat/completions", NULL, cl->chat, &r, T_RESP);
+            if (rc != H_OK || r.status != 200) unexpected_answer(cl, i, "chat", rc, &r);
         }
         if (rc != H_OK || !r.keep_alive) h_close(ka);
         h_resp_free(&r);
         return;
     case 7:
-        if (h_connect_tls(&c, w->port, NULL) < 0) {
-            note(w, i, "TLS connect", -1, NULL);
+        if (h_connect_tls(&c, cl->port, NULL) < 0) {
+            h_load_unexpected(cl, i, "TLS connect", -1, NULL, h_tls_error());
             return;
         }
         if (i % 20 < 10) {
             rc = h_request(&c, "GET", "/v1/models", "Connection: close\r\n", NULL, &r, T_RESP);
-            if (rc != H_OK || r.status != 200) note(w, i, "models", rc, &r);
+            if (rc != H_OK || r.status != 200) unexpected_answer(cl, i, "models", rc, &r);
         } else {
             h_sendf(&c, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
                         "Transfer-Encoding: chunked\r\n\r\n");
             rc = h_recv(&c, &r, T_RESP);
-            if (rc != H_OK || r.status != 400) note(w, i, "malformed over TLS", rc, &r);
+            if (rc != H_OK || r.status != 400) unexpected_answer(cl, i, "malformed over TLS", rc, &r);
         }
         h_resp_free(&r);
         h_close(&c);
         return;
     case 8:
-        if (h_connect(&c, w->port) < 0) {
-            note(w, i, "connect", -1, NULL);
+        if (h_connect(&c, cl->port) < 0) {
+            h_load_unexpected(cl, i, "connect", -1, NULL, NULL);
             return;
         }
         if (i % 20 < 10) {   /* leaves mid-handshake */
-            h_send(&c, w->hello, w->hello_len / 2);
+            h_send(&c, client_hello, client_hello_len / 2);
         } else {
             rc = h_request(&c, "GET", "/v1/models", NULL, NULL, &r, T_RESP);
-            if (rc != H_OK || r.status != 400) note(w, i, "plain HTTP to the TLS port", rc, &r);
+            if (rc != H_OK || r.status != 400) unexpected_answer(cl, i, "plain HTTP to the TLS port", rc, &r);
             h_resp_free(&r);
         }
         h_close(&c);
         return;
     default:
-        if (h_connect_tls(&c, w->port, NULL) == 0) {
-            h_send(&c, stream_req, strlen(stream_req));
+        if (h_connect_tls(&c, cl->port, NULL) == 0) {
+            h_send(&c, cl->stream_req, strlen(cl->stream_req));
             h_close(&c);
         } else {
-            note(w, i, "TLS connect", -1, NULL);
+            h_load_unexpected(cl, i, "TLS connect", -1, NULL, h_tls_error());
         }
         return;
     }
-}
-
-static void *work(void *arg)
-{
-    struct worker *w = arg;
-    char chat[512], body[512], stream_req[1024];
-    h_chat_body(chat, sizeof chat, 2, false);
-    h_chat_body(body, sizeof body, 16, true);
-    snprintf(stream_req, sizeof stream_req,
-             "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-             "Content-Length: %zu\r\n\r\n%s", strlen(body), body);
-    struct h_conn ka = {.fd = -1};
-    for (int i = 0; i < w->count; i++) one(w, &ka, i, chat, stream_req);
-    h_close(&ka);
-    return NULL;
-}
-
-static void run_workers(int port, const char *hello, size_t hello_len, int per_worker, atomic_int *unexpected,
-                        char *first, size_t first_cap)
-{
-    struct worker w[4];
-    pthread_t th[4];
-    for (int i = 0; i < 4; i++) {
-        w[i] = (struct worker){.port = port, .count = per_worker, .seed = i * 3, .hello = hello,
-                               .hello_len = hello_len, .unexpected = unexpected};
-        pthread_create(&th[i], NULL, work, &w[i]);
-    }
-    for (int i = 0; i < 4; i++) pthread_join(th[i], NULL);
-    for (int i = 0; i < 4; i++)
-        if (w[i].first_failure[0] && !first[0]) snprintf(first, first_cap, "%s", w[i].first_failure);
 }
 
 Test(tls, ten_thousand_tls_requests_with_errors_leak_no_descriptor_nor_memory, .timeout = 400)
@@ -815,22 +720,14 @@ Test(tls, ten_thousand_tls_requests_with_errors_leak_no_descriptor_nor_memory, .
     H_MOCK(&m, "mock", "--tps 0 --ttft-ms 0");
     int dead = h_free_port();
     h_gw_tls(&g, NULL);
-    h_gw_config(&g, TLS_TIMEOUTS,
-                "[pool local]\nbackend = 127.0.0.1:%d\nbalance = least_outstanding\nmax_outstanding = 64\n\n"
-                "[pool dead]\nbackend = 127.0.0.1:%d\n\n"
-                "[route chat]\npath = /v1/chat/completions\npool = local\nkind = ai\n\n"
-                "[route dead]\npath = /dead/*\npool = dead\nkind = raw\n\n"
-                "[route all]\npath = /v1/*\npool = local\nkind = raw\n",
-                m.port, dead);
+    h_gw_config(&g, TLS_TIMEOUTS, H_ROUTES_WITH_DEAD_POOL, m.port, dead);
     H_GW(&g);
-    char hello[8192];
-    size_t hello_len = h_tls_client_hello(hello, sizeof hello);
+    client_hello_len = h_tls_client_hello(client_hello, sizeof client_hello);
 
-    atomic_int unexpected = 0;
     char first[400] = "";
-    run_workers(g.tls_port, hello, hello_len, 200, &unexpected, first, sizeof first);
-    cr_assert_eq(atomic_load(&unexpected), 0, "warm-up: %d unexpected answers; first: %s\naigw stderr:\n%s",
-                 atomic_load(&unexpected), first, h_tail(g.tag));
+    int unexpected = h_load_run(g.tls_port, 200, one, first, sizeof first);
+    cr_assert_eq(unexpected, 0, "warm-up: %d unexpected answers; first: %s\naigw stderr:\n%s", unexpected, first,
+                 h_tail(g.tag));
     double open = h_wait_metric(g.admin_port, CLIENT_TLS, H_EQ, 0, 5000 * h_slow());
     cr_assert_eq(open, 0, "aigw still holds %g TLS client connections after the warm-up", open);
     int fds0 = h_count_fds(g.pid);
@@ -838,19 +735,17 @@ Test(tls, ten_thousand_tls_requests_with_errors_leak_no_descriptor_nor_memory, .
     cr_assert(fds0 > 0 && rss0 > 0, "cannot read /proc/%d (aigw gone?); stderr:\n%s", (int)g.pid, h_tail(g.tag));
 
     int64_t t0 = h_now_ms();
-    run_workers(g.tls_port, hello, hello_len, 2500, &unexpected, first, sizeof first);
+    unexpected = h_load_run(g.tls_port, 2500, one, first, sizeof first);
     int64_t took = h_now_ms() - t0;
     cr_assert(h_alive(g.pid), "aigw died under the mixed TLS load; stderr:\n%s", h_tail(g.tag));
-    cr_assert_eq(atomic_load(&unexpected), 0, "%d unexpected answers; first: %s\naigw stderr:\n%s",
-                 atomic_load(&unexpected), first, h_tail(g.tag));
+    cr_assert_eq(unexpected, 0, "%d unexpected answers; first: %s\naigw stderr:\n%s", unexpected, first,
+                 h_tail(g.tag));
     open = h_wait_metric(g.admin_port, CLIENT_TLS, H_EQ, 0, 5000 * h_slow());
     cr_assert_eq(open, 0, "aigw still holds %g TLS client connections after the load", open);
 
     /* Slack as in test_fdleak: idle upstream keep-alive connections and pooled
      * pipes follow the peak concurrency. */
-    int fds = h_count_fds(g.pid);
-    for (int64_t end = h_now_ms() + 5000 * h_slow(); fds > fds0 + 2 && h_now_ms() < end; fds = h_count_fds(g.pid))
-        h_sleep_ms(50);
+    int fds = h_settle_fds(g.pid, fds0 + 2, 5000 * h_slow());
     cr_assert(fds <= fds0 + 2, "aigw holds %d descriptors after 10,000 TLS requests in %lld ms, %d before", fds,
               (long long)took, fds0);
     /* 16 MiB is far below what a leaked session per handshake (thousands of

@@ -80,29 +80,12 @@ Test(upstream_tls, requests_and_a_stream_over_a_verified_backend_with_upstream_a
     /* a stream arrives whole, event by event, through the decrypting relay */
     struct h_conn c;
     struct h_resp head;
-    char body[512];
     H_CONNECT_GW(&c, &g);
-    h_chat_body(body, sizeof body, 40, true);
-    cr_assert_eq(h_sendf(&c,
-                         "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-                         "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
-                         strlen(body), body),
-                 0);
-    cr_assert_eq(h_recv_head(&c, &head, T_RESP), H_OK, "no stream head; aigw:\n%s", h_tail(g.tag));
-    cr_assert_eq(head.status, 200, "stream: %d\n%s", head.status, head.head);
+    h_start_chat_stream(&c, 40, &head, g.tag);
     struct h_sse s;
     h_sse_init(&s, &c, &head);
-    int events = 0, rc;
-    bool done = false;
-    while ((rc = h_sse_next(&s, T_RESP)) == 1) {
-        if (strncmp(s.event, "data:", 5) != 0)
-            continue;
-        events++;
-        if (strstr(s.event, "[DONE]")) {
-            done = true;
-            break;
-        }
-    }
+    bool done;
+    int rc, events = h_sse_data_events(&s, T_RESP, NULL, 0, &done, &rc);
     cr_assert(done, "the stream over TLS ended without [DONE] (rc %d after %d events); aigw:\n%s", rc, events,
               h_tail(g.tag));
     cr_assert_geq(events, 41, "only %d data events for 40 tokens", events);

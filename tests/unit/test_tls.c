@@ -121,6 +121,13 @@ static struct tls_server *server_of(const struct cfg_tls *c)
     return s;
 }
 
+/* A server of cfg_base(): server.pem, TLS 1.2 and 1.3, tickets. */
+static struct tls_server *default_server(void)
+{
+    struct cfg_tls c = cfg_base();
+    return server_of(&c);
+}
+
 /* ---- a wolfSSL client over memory ---- */
 
 struct pipe_buf {
@@ -391,13 +398,20 @@ static struct tls_info info_of(struct peer *pr)
     return i;
 }
 
+/* A client with options o against s, the handshake completed (the test fails
+ * otherwise, saying why on both sides). */
+static void peer_connected(struct peer *pr, struct tls_server *s, const struct client_opts *o)
+{
+    peer_open(pr, s, o);
+    cr_assert(handshake(pr), "handshake: server %s, client %d", tls_fail_detail(pr->srv), pr->cli_err);
+}
+
 /* One full connection with the given options; returns whether it resumed and
  * hands back the client's session for the next. */
 static bool connect_once(struct tls_server *s, const struct client_opts *o, WOLFSSL_SESSION **out)
 {
     struct peer pr;
-    peer_open(&pr, s, o);
-    cr_assert(handshake(&pr), "handshake: server %s, client %d", tls_fail_detail(pr.srv), pr.cli_err);
+    peer_connected(&pr, s, o);
     round_trip(&pr);
     bool resumed = info_of(&pr).resumed;
     cr_expect_eq(resumed, wolfSSL_session_reused(pr.cli) == 1, "both sides agree on resumption");
@@ -411,11 +425,9 @@ static bool connect_once(struct tls_server *s, const struct client_opts *o, WOLF
 
 static void handshake_version(int version, const char *expect)
 {
-    struct cfg_tls c = cfg_base();
-    struct tls_server *s = server_of(&c);
+    struct tls_server *s = default_server();
     struct peer pr;
-    peer_open(&pr, s, &(struct client_opts){ .version = version });
-    cr_assert(handshake(&pr), "%s", tls_fail_detail(pr.srv));
+    peer_connected(&pr, s, &(struct client_opts){ .version = version });
     struct tls_info i = info_of(&pr);
     cr_expect_str_eq(i.version, expect);
     cr_expect_not(i.resumed);
@@ -431,11 +443,9 @@ Test(tls, handshake_tls12) { handshake_version(12, "TLSv1.2"); }
 
 static void records_both_ways(int version)
 {
-    struct cfg_tls c = cfg_base();
-    struct tls_server *s = server_of(&c);
+    struct tls_server *s = default_server();
     struct peer pr;
-    peer_open(&pr, s, &(struct client_opts){ .version = version });
-    cr_assert(handshake(&pr));
+    peer_connected(&pr, s, &(struct client_opts){ .version = version });
     const size_t sizes[] = { 1, 16385, 200 * 1024 };
     char *src = malloc(200 * 1024), *dst = malloc(200 * 1024);
     for (size_t i = 0; i < 200 * 1024; i++)
@@ -492,11 +502,9 @@ Test(tls, records_both_ways_tls12) { records_both_ways(12); }
 
 Test(tls, write_takes_only_what_fits)
 {
-    struct cfg_tls c = cfg_base();
-    struct tls_server *s = server_of(&c);
+    struct tls_server *s = default_server();
     struct peer pr;
-    peer_open(&pr, s, &(struct client_opts){ 0 });
-    cr_assert(handshake(&pr));
+    peer_connected(&pr, s, &(struct client_opts){ 0 });
     char src[40000], dst[40000];
     for (size_t i = 0; i < sizeof src; i++)
         src[i] = (char)i;
@@ -539,9 +547,8 @@ static struct tls_server *sni_server(void)
 static long presented_serial(struct tls_server *s, const char *sni, const char **sni_seen)
 {
     struct peer pr;
-    peer_open(&pr, s, &(struct client_opts){ .sni = sni });
     /* the client checks the chain, not the name: the point is which cert came */
-    cr_assert(handshake(&pr), "%s", tls_fail_detail(pr.srv));
+    peer_connected(&pr, s, &(struct client_opts){ .sni = sni });
     WOLFSSL_X509 *x = wolfSSL_get_peer_certificate(pr.cli);
     cr_assert_not_null(x);
     unsigned char serial[32];
@@ -581,8 +588,7 @@ Test(tls, sni_tls12_too)
 {
     struct tls_server *s = sni_server();
     struct peer pr;
-    peer_open(&pr, s, &(struct client_opts){ .version = 12, .sni = "x.wild.test" });
-    cr_assert(handshake(&pr));
+    peer_connected(&pr, s, &(struct client_opts){ .version = 12, .sni = "x.wild.test" });
     WOLFSSL_X509 *x = wolfSSL_get_peer_certificate(pr.cli);
     char cn[64] = "";
     wolfSSL_X509_NAME_get_text_by_NID(wolfSSL_X509_get_subject_name(x), NID_commonName, cn, sizeof cn);
@@ -596,11 +602,9 @@ Test(tls, sni_tls12_too)
 
 Test(tls, alpn_http11_only)
 {
-    struct cfg_tls c = cfg_base();
-    struct tls_server *s = server_of(&c);
+    struct tls_server *s = default_server();
     struct peer pr;
-    peer_open(&pr, s, &(struct client_opts){ .alpn = "h2,http/1.1" });
-    cr_assert(handshake(&pr));
+    peer_connected(&pr, s, &(struct client_opts){ .alpn = "h2,http/1.1" });
     cr_expect_str_eq(info_of(&pr).alpn, "http/1.1", "h2 is never chosen");
     char *proto = NULL;
     unsigned short len = 0;
@@ -617,25 +621,21 @@ Test(tls, alpn_http11_only)
 
 Test(tls, server_cipher_preference)
 {
-    struct cfg_tls c = cfg_base();
-    struct tls_server *s = server_of(&c);
+    struct tls_server *s = default_server();
     struct peer pr;
-    peer_open(&pr, s, &(struct client_opts){
+    peer_connected(&pr, s, &(struct client_opts){
         .ciphers = "TLS13-AES128-GCM-SHA256:TLS13-AES256-GCM-SHA384:TLS13-CHACHA20-POLY1305-SHA256" });
-    cr_assert(handshake(&pr));
     struct tls_info i = info_of(&pr);
     cr_expect_str_eq(i.cipher, "TLS13-CHACHA20-POLY1305-SHA256", "server order wins (1.3)");
     peer_close(&pr);
 
-    peer_open(&pr, s, &(struct client_opts){
+    peer_connected(&pr, s, &(struct client_opts){
         .version = 12, .ciphers = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305" });
-    cr_assert(handshake(&pr));
     cr_expect_str_eq(info_of(&pr).cipher, "ECDHE-ECDSA-CHACHA20-POLY1305", "server order wins (1.2)");
     peer_close(&pr);
 
     /* AES-GCM still serves a client without ChaCha */
-    peer_open(&pr, s, &(struct client_opts){ .ciphers = "TLS13-AES256-GCM-SHA384" });
-    cr_assert(handshake(&pr));
+    peer_connected(&pr, s, &(struct client_opts){ .ciphers = "TLS13-AES256-GCM-SHA384" });
     cr_expect_str_eq(info_of(&pr).cipher, "TLS13-AES256-GCM-SHA384");
     peer_close(&pr);
     tls_server_release(s);
@@ -643,16 +643,14 @@ Test(tls, server_cipher_preference)
 
 Test(tls, groups)
 {
-    struct cfg_tls c = cfg_base();
-    struct tls_server *s = server_of(&c);
+    struct tls_server *s = default_server();
     const struct { int group; const char *name; } cases[] = {
         { WOLFSSL_ECC_X25519, "X25519" }, { WOLFSSL_ECC_SECP256R1, "P-256" }, { WOLFSSL_ECC_SECP384R1, "P-384" },
     };
     for (int v = 12; v <= 13; v++)
         for (size_t k = 0; k < 3; k++) {
             struct peer pr;
-            peer_open(&pr, s, &(struct client_opts){ .version = v, .group = cases[k].group });
-            cr_assert(handshake(&pr), "%s", tls_fail_detail(pr.srv));
+            peer_connected(&pr, s, &(struct client_opts){ .version = v, .group = cases[k].group });
             cr_expect_str_eq(info_of(&pr).group, cases[k].name, "TLS 1.%d", v - 10);
             peer_close(&pr);
         }
@@ -856,8 +854,7 @@ Test(tls, mtls_required_missing_wrong_ca)
     c = cfg_base();
     s = server_of(&c);
     struct peer pr;
-    peer_open(&pr, s, &(struct client_opts){ 0 });
-    cr_assert(handshake(&pr));
+    peer_connected(&pr, s, &(struct client_opts){ 0 });
     char subject[64] = "x";
     tls_peer_subject(pr.srv, subject, sizeof subject);
     cr_expect_str_eq(subject, "");
@@ -902,8 +899,7 @@ static void first_flight(struct tls_server *s, const char *bytes, size_t n, enum
 
 Test(tls, garbage_and_plain_http)
 {
-    struct cfg_tls c = cfg_base();
-    struct tls_server *s = server_of(&c);
+    struct tls_server *s = default_server();
     const char http[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
     first_flight(s, http, sizeof http - 1, TLS_FAIL_PROTOCOL, "plain HTTP on a TLS port");
     const char junk[] = "\x01\x02\x03\x04\x05\x06\x07\x08garbage";
@@ -935,8 +931,7 @@ Test(tls, capture_fuzz_seeds)
     const char *dir = getenv("AIGW_TLS_SEED_DIR");
     if (!dir)
         cr_skip_test("AIGW_TLS_SEED_DIR not set");
-    struct cfg_tls c = cfg_base();
-    struct tls_server *s = server_of(&c);
+    struct tls_server *s = default_server();
     const struct { const char *name; unsigned char chunk; struct client_opts o; } seeds[] = {
         { "hello-tls13-sni-alpn", 0, { .sni = "a.wild.test", .alpn = "h2,http/1.1" } },
         { "hello-tls12-chunked", 7, { .version = 12, .sni = "aigw.test" } },
@@ -957,8 +952,7 @@ Test(tls, capture_fuzz_seeds)
 
 Test(tls, truncated_client_hello_waits_then_frees)
 {
-    struct cfg_tls c = cfg_base();
-    struct tls_server *s = server_of(&c);
+    struct tls_server *s = default_server();
     char hello[4096];
     size_t n = client_hello(s, hello, sizeof hello, &(struct client_opts){ .sni = "other.test" });
     cr_assert_gt(n, 100);
@@ -987,8 +981,7 @@ Test(tls, truncated_client_hello_waits_then_frees)
 
 Test(tls, server_outlives_its_owner_until_last_connection)
 {
-    struct cfg_tls c = cfg_base();
-    struct tls_server *s = server_of(&c);
+    struct tls_server *s = default_server();
     struct peer pr;
     peer_open(&pr, s, &(struct client_opts){ 0 });
     tls_server_release(s);      /* a reload dropped the generation */
@@ -1040,6 +1033,15 @@ static bool duo_handshake(struct duo *d)
     return cs == TLS_OK && ss == TLS_OK;
 }
 
+/* The engine's client side, trusting the test CA file `ca`. */
+static struct tls_client *client_trusting(const char *ca)
+{
+    char err[256] = "";
+    struct tls_client *cl = tls_client_new(cert_path(ca), err, sizeof err);
+    cr_assert_not_null(cl, "%s", err);
+    return cl;
+}
+
 static void duo_open(struct duo *d, struct tls_client *cl, struct tls_server *s, const char *name,
                      struct tls_session *sess)
 {
@@ -1083,11 +1085,8 @@ static void duo_response(struct duo *d)
 
 Test(tls, client_verifies_and_resumes)
 {
-    struct cfg_tls c = cfg_base();
-    struct tls_server *s = server_of(&c);
-    char err[256] = "";
-    struct tls_client *cl = tls_client_new(cert_path("ca.pem"), err, sizeof err);
-    cr_assert_not_null(cl, "%s", err);
+    struct tls_server *s = default_server();
+    struct tls_client *cl = client_trusting("ca.pem");
 
     struct duo d;
     duo_open(&d, cl, s, "aigw.test", NULL);
@@ -1107,7 +1106,7 @@ Test(tls, client_verifies_and_resumes)
     tls_client_release(cl);     /* the connection holds the context */
     duo_close(&d);
 
-    cl = tls_client_new(cert_path("ca.pem"), err, sizeof err);
+    cl = client_trusting("ca.pem");
     duo_open(&d, cl, s, "aigw.test", sess);
     cr_assert(duo_handshake(&d));
     tls_conn_info(d.cli, &i);
@@ -1132,14 +1131,14 @@ Test(tls, client_verifies_and_resumes)
     tls_client_release(cl);
 
     /* a CA that did not sign the server: bad_cert; the server sees the alert */
-    cl = tls_client_new(cert_path("wrongca.pem"), err, sizeof err);
-    cr_assert_not_null(cl);
+    cl = client_trusting("wrongca.pem");
     duo_open(&d, cl, s, "aigw.test", NULL);
     cr_expect_not(duo_handshake(&d));
     cr_expect_eq(tls_fail_reason(d.cli), TLS_FAIL_BAD_CERT, "%s", tls_fail_detail(d.cli));
     duo_close(&d);
     tls_client_release(cl);
 
+    char err[256] = "";
     cr_expect_null(tls_client_new("/nonexistent/ca.pem", err, sizeof err));
     cr_expect_not_null(strstr(err, "/nonexistent/ca.pem"), "%s", err);
     tls_server_release(s);
@@ -1147,11 +1146,8 @@ Test(tls, client_verifies_and_resumes)
 
 Test(tls, client_resumes_tls12)
 {
-    struct cfg_tls c = cfg_base();
-    struct tls_server *s = server_of(&c);
-    char err[256] = "";
-    struct tls_client *cl = tls_client_new(cert_path("ca.pem"), err, sizeof err);
-    cr_assert_not_null(cl, "%s", err);
+    struct tls_server *s = default_server();
+    struct tls_client *cl = client_trusting("ca.pem");
     struct duo d;
     duo_open(&d, cl, s, "aigw.test", NULL);
     /* a backend that speaks 1.2 only: the engine's API has no version knob */
@@ -1179,8 +1175,7 @@ Test(tls, client_resumes_tls12)
 static long idle_heap(int version)
 {
     enum { N = 8 };
-    struct cfg_tls c = cfg_base();
-    struct tls_server *s = server_of(&c);
+    struct tls_server *s = default_server();
     struct peer pr[N];
     for (int i = 0; i < N; i++)
         peer_open(&pr[i], s, &(struct client_opts){ .version = version, .group = WOLFSSL_ECC_X25519 });
@@ -1220,14 +1215,12 @@ Test(tls, bench_aeads_and_groups, .timeout = 120)
 {
     if (!getenv("AIGW_TLS_BENCH"))
         cr_skip_test("AIGW_TLS_BENCH not set");
-    struct cfg_tls c = cfg_base();
-    struct tls_server *s = server_of(&c);
+    struct tls_server *s = default_server();
     const char *suites[] = { "TLS13-CHACHA20-POLY1305-SHA256", "TLS13-AES128-GCM-SHA256", "TLS13-AES256-GCM-SHA384" };
     static char src[16384], dst[16384];
     for (size_t k = 0; k < 3; k++) {
         struct peer pr;
-        peer_open(&pr, s, &(struct client_opts){ .ciphers = suites[k] });
-        cr_assert(handshake(&pr));
+        peer_connected(&pr, s, &(struct client_opts){ .ciphers = suites[k] });
         const size_t total = 64u << 20;
         uint64_t t0 = clock_mono_ns();
         for (size_t done = 0; done < total; done += sizeof src) {
@@ -1247,8 +1240,7 @@ Test(tls, bench_aeads_and_groups, .timeout = 120)
         uint64_t t0 = clock_mono_ns();
         for (int i = 0; i < n; i++) {
             struct peer pr;
-            peer_open(&pr, s, &(struct client_opts){ .group = groups[k].group });
-            cr_assert(handshake(&pr));
+            peer_connected(&pr, s, &(struct client_opts){ .group = groups[k].group });
             peer_close(&pr);
         }
         double s_el = (double)(clock_mono_ns() - t0) / 1e9;
