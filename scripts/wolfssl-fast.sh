@@ -37,6 +37,7 @@ for p in dpkg-dev autoconf automake libtool; do
 done
 if [ -n "$missing" ]; then
     echo "wolfssl-fast: installing build tools:$missing"
+    # shellcheck disable=SC2086 # a list of package names
     DEBIAN_FRONTEND=noninteractive timeout 600 $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 
@@ -70,7 +71,10 @@ if [ ! -f "$SRC/debian/changelog" ] || [ "$(dpkg-parsechangelog -l "$SRC/debian/
     echo "wolfssl-fast: apt-get source wolfssl=$VERSION into $OUT/src"
     rm -rf "$OUT/src"
     mkdir -p "$OUT/src"
-    (cd "$OUT/src" && timeout 600 apt-get source -qq "wolfssl=$VERSION")
+    # deb-src entries whose index was never fetched: update once and retry
+    (cd "$OUT/src" && timeout 600 apt-get source -qq "wolfssl=$VERSION") || {
+        timeout 600 $SUDO apt-get update -qq
+        (cd "$OUT/src" && timeout 600 apt-get source -qq "wolfssl=$VERSION"); }
 fi
 
 # Debian's configure flags, read from debian/rules (the override_dh_auto_configure
@@ -114,7 +118,7 @@ sysdefs=$(sed -n 's/^#define \([A-Z0-9_]*\).*/\1/p' /usr/include/wolfssl/options
 fastdefs=$(sed -n 's/^#define \([A-Z0-9_]*\).*/\1/p' "$PREFIX/include/wolfssl/options.h" | sort -u)
 lost=$(printf '%s\n' "$sysdefs" | grep -vxF "$fastdefs" | grep -Ev '^(WOLFSSL_SP_|SP_|TFM_|WOLFSSL_HAVE_SP_|HAVE___UINT128_T|WC_NO_HARDEN|WOLFSSL_NO_ASM)' || true)
 if [ -n "$lost" ]; then
-    echo "wolfssl-fast: the fast build lost options aigw may rely on:" $lost >&2
+    echo "wolfssl-fast: the fast build lost options aigw may rely on: $(printf '%s\n' "$lost" | tr '\n' ' ')" >&2
     exit 1
 fi
 gained=$(printf '%s\n' "$fastdefs" | grep -vxF "$sysdefs" | tr '\n' ' ')
