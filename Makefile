@@ -5,11 +5,23 @@
 #   make fuzz       run every fuzz target for FUZZ_SECONDS each
 #   make bench      perf/bench.sh (aigw vs nginx vs HAProxy vs direct)
 #   make bench-tls  the same over TLS: keep-alive, handshakes, resumption, streams, idle memory
+#   make bench-tls-fast  bench-tls with aigw built against the fast wolfSSL as well (WOLFSSL=fast)
 #   make idle-rss   memory per idle keep-alive connection
 #   make stream-rss memory per concurrent SSE stream (2,000 slow streams)
+#   make WOLFSSL=fast   the same targets linked against the wolfSSL with x86-64 assembly and
+#                   AES-NI that scripts/wolfssl-fast.sh builds from Debian's source package
+#                   (into build/fast by default, so both binaries coexist)
 
 VERSION := 0.1.0
 CC      ?= cc
+WOLFSSL ?=
+ifeq ($(WOLFSSL),fast)
+  BUILD ?= build/fast
+  WOLFSSL_PREFIX := $(abspath build/wolfssl-fast/prefix)
+  WOLFSSL_STAMP  := $(WOLFSSL_PREFIX)/aigw-build-stamp
+else ifneq ($(WOLFSSL),)
+  $(error WOLFSSL=$(WOLFSSL): only WOLFSSL=fast is known)
+endif
 BUILD   ?= build
 SAN     ?=
 PREFIX  ?= /usr/local
@@ -29,6 +41,12 @@ else
 endif
 CFLAGS  := $(CFLAGS_COMMON) $(CFLAGS_SAN) $(EXTRA_CFLAGS)
 LDFLAGS := $(CFLAGS_SAN) -pthread
+ifdef WOLFSSL_PREFIX
+  # Its headers, not Debian's: options.h decides struct layouts (WOLFSSL_AESNI aligns
+  # the AES state), so compiling and linking must agree. The rpath finds the library.
+  CFLAGS  += -I$(WOLFSSL_PREFIX)/include
+  LDFLAGS += -L$(WOLFSSL_PREFIX)/lib -Wl,-rpath,$(WOLFSSL_PREFIX)/lib
+endif
 LIBS    := -luring -linih -lwolfssl $(ALLOC_LIB)
 
 LIB_SRC  := $(wildcard src/util/*.c src/proto/*.c src/policy/*.c src/tls/*.c) $(filter-out src/core/main.c,$(wildcard src/core/*.c))
@@ -43,10 +61,10 @@ PERF_TOOLS := $(patsubst perf/tools/%.c,$(BUILD)/%,$(wildcard perf/tools/*.c))
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 DEPS     := $(LIB_OBJ:.o=.d) $(MOCK_OBJ:.o=.d) $(UNIT_OBJ:.o=.d) $(INTEG_OBJ:.o=.d) $(BUILD)/obj/src/core/main.d
 
-.PHONY: all deps test unit integration asan fuzz fuzz-smoke run bench bench-tls idle-rss stream-rss install clean
+.PHONY: all deps test unit integration asan fuzz fuzz-smoke run bench bench-tls bench-tls-fast idle-rss stream-rss install clean
 all: $(BUILD)/aigw $(BUILD)/aigw-mockllm $(PERF_TOOLS)
 
-$(BUILD)/obj/%.o: %.c
+$(BUILD)/obj/%.o: %.c | $(WOLFSSL_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
@@ -61,7 +79,7 @@ $(BUILD)/aigw-mockllm: $(MOCK_OBJ) $(BUILD)/libaigw.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) -lm
 
 $(BUILD)/idleconns: TOOL_LIBS := -lwolfssl    # -T: TLS connections
-$(BUILD)/%: perf/tools/%.c
+$(BUILD)/%: perf/tools/%.c | $(WOLFSSL_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) $(TOOL_LIBS)
 
@@ -73,6 +91,12 @@ $(BUILD)/test-integration: $(INTEG_OBJ) $(BUILD)/libaigw.a
 
 deps:
 	@sh scripts/deps.sh
+
+# WOLFSSL=fast: the library is built once (minutes), then reused.
+ifdef WOLFSSL_STAMP
+$(WOLFSSL_STAMP):
+	sh scripts/wolfssl-fast.sh
+endif
 
 unit: $(BUILD)/test-unit
 	$(BUILD)/test-unit --jobs 2
@@ -139,6 +163,13 @@ bench-tls: deps all
 	TARGETS="$${TARGETS:-$(TLS_TARGETS)}" SCENARIOS="$${SCENARIOS:-post stream handshake resume}" \
 	  ROUNDS=$${ROUNDS:-1} DURATION=$${DURATION:-5s} bash perf/bench.sh
 	@rc=0; for t in aigw-tls nginx-tls haproxy-tls; do TARGET=$$t bash perf/idle-rss.sh || rc=1; done; exit $$rc
+
+# The same with aigw linked against the fast wolfSSL too (scripts/wolfssl-fast.sh),
+# side by side with Debian's: build/aigw and build/fast/aigw in one run.
+bench-tls-fast: deps all
+	$(MAKE) WOLFSSL=fast all
+	TARGETS="$${TARGETS:-aigw-tls aigw-fast-tls nginx-tls haproxy-tls aigw-tls-chacha aigw-fast-tls-chacha nginx-tls-chacha haproxy-tls-chacha}" \
+	  SCENARIOS="$${SCENARIOS:-post stream handshake resume}" ROUNDS=$${ROUNDS:-1} DURATION=$${DURATION:-5s} bash perf/bench.sh
 
 stream-rss: deps all
 	bash perf/stream-rss.sh

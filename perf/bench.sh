@@ -8,6 +8,7 @@
 #   DURATION=10s CONNECTIONS=64 ROUNDS=3 WARMUP=1s   each measured wrk run
 #   TARGETS="direct aigw aigw-ai aigw-keys nginx haproxy"  SCENARIOS="get post post2k stream"
 #   TLS: TARGETS="aigw-tls nginx-tls haproxy-tls aigw-tls-chacha nginx-tls-chacha haproxy-tls-chacha"
+#        plus aigw-fast-tls aigw-fast-tls-chacha: aigw linked against the fast wolfSSL (AIGW_FAST=build/fast/aigw)
 #        SCENARIOS="post stream handshake resume"  HS_CLIENTS=8 (parallel openssl s_time)
 #   PIN=auto|0|1 PROXY_CPU=0 LOAD_CPU=1  PORT_BASE=17000  KEEP=1 (keep the temp dir)
 #   BUILD=build AIGW MOCKLLM NGINX HAPROXY WRK (binaries); AIGW_BASE=path: targets aigw-base, aigw-keys-base

@@ -53,6 +53,18 @@ PORT_HAPROXY_TLS_CHACHA=$((PORT_BASE + 22))
 ALL_PORTS="$ALL_PORTS $PORT_AIGW_TLS $PORT_AIGW_TLS_PLAIN $PORT_AIGW_TLS_ADMIN $PORT_AIGW_TLS_CHACHA"
 ALL_PORTS="$ALL_PORTS $PORT_AIGW_TLS_CHACHA_PLAIN $PORT_AIGW_TLS_CHACHA_ADMIN $PORT_NGINX_TLS"
 ALL_PORTS="$ALL_PORTS $PORT_NGINX_TLS_CHACHA $PORT_HAPROXY_TLS $PORT_HAPROXY_TLS_CHACHA"
+# aigw-fast-tls, aigw-fast-tls-chacha: aigw-tls and aigw-tls-chacha from the binary
+# linked against the wolfSSL with assembly and AES-NI (AIGW_FAST; `make WOLFSSL=fast`
+# builds build/fast/aigw), side by side with Debian's in one run.
+AIGW_FAST=${AIGW_FAST:-build/fast/aigw}
+PORT_AIGW_FAST_TLS=$((PORT_BASE + 23))
+PORT_AIGW_FAST_TLS_PLAIN=$((PORT_BASE + 24))
+PORT_AIGW_FAST_TLS_ADMIN=$((PORT_BASE + 25))
+PORT_AIGW_FAST_TLS_CHACHA=$((PORT_BASE + 26))
+PORT_AIGW_FAST_TLS_CHACHA_PLAIN=$((PORT_BASE + 27))
+PORT_AIGW_FAST_TLS_CHACHA_ADMIN=$((PORT_BASE + 28))
+ALL_PORTS="$ALL_PORTS $PORT_AIGW_FAST_TLS $PORT_AIGW_FAST_TLS_PLAIN $PORT_AIGW_FAST_TLS_ADMIN"
+ALL_PORTS="$ALL_PORTS $PORT_AIGW_FAST_TLS_CHACHA $PORT_AIGW_FAST_TLS_CHACHA_PLAIN $PORT_AIGW_FAST_TLS_CHACHA_ADMIN"
 TLS_CHACHA_OPENSSL=TLS_CHACHA20_POLY1305_SHA256
 TLS_CHACHA_WOLFSSL=TLS13-CHACHA20-POLY1305-SHA256
 # aigw: every route raw (proxied as is); aigw-ai: chat completions on a kind = ai
@@ -67,17 +79,21 @@ declare -A PORT=([direct]=$PORT_BACKEND [aigw]=$PORT_AIGW [aigw-ai]=$PORT_AIGW_A
                  [nginx]=$PORT_NGINX [haproxy]=$PORT_HAPROXY
                  [aigw-tls]=$PORT_AIGW_TLS [aigw-tls-chacha]=$PORT_AIGW_TLS_CHACHA
                  [nginx-tls]=$PORT_NGINX_TLS [nginx-tls-chacha]=$PORT_NGINX_TLS_CHACHA
-                 [haproxy-tls]=$PORT_HAPROXY_TLS [haproxy-tls-chacha]=$PORT_HAPROXY_TLS_CHACHA)
+                 [haproxy-tls]=$PORT_HAPROXY_TLS [haproxy-tls-chacha]=$PORT_HAPROXY_TLS_CHACHA
+                 [aigw-fast-tls]=$PORT_AIGW_FAST_TLS [aigw-fast-tls-chacha]=$PORT_AIGW_FAST_TLS_CHACHA)
 declare -A BIN=([direct]=$MOCKLLM [aigw]=$AIGW [aigw-ai]=$AIGW [aigw-keys]=$AIGW [nginx]=$NGINX [haproxy]=$HAPROXY
                 [aigw-base]=${AIGW_BASE:-/nonexistent} [aigw-keys-base]=${AIGW_BASE:-/nonexistent}
                 [aigw-tls]=$AIGW [aigw-tls-chacha]=$AIGW [nginx-tls]=$NGINX [nginx-tls-chacha]=$NGINX
-                [haproxy-tls]=$HAPROXY [haproxy-tls-chacha]=$HAPROXY)
+                [haproxy-tls]=$HAPROXY [haproxy-tls-chacha]=$HAPROXY
+                [aigw-fast-tls]=$AIGW_FAST [aigw-fast-tls-chacha]=$AIGW_FAST)
 # aigw's admin listener per aigw target (metrics)
 declare -A ADMIN_PORT=([aigw]=$PORT_AIGW_ADMIN [aigw-ai]=$PORT_AIGW_AI_ADMIN [aigw-keys]=$PORT_AIGW_KEYS_ADMIN
                        [aigw-base]=$PORT_AIGW_BASE_ADMIN [aigw-keys-base]=$PORT_AIGW_KEYS_BASE_ADMIN
-                       [aigw-tls]=$PORT_AIGW_TLS_ADMIN [aigw-tls-chacha]=$PORT_AIGW_TLS_CHACHA_ADMIN)
+                       [aigw-tls]=$PORT_AIGW_TLS_ADMIN [aigw-tls-chacha]=$PORT_AIGW_TLS_CHACHA_ADMIN
+                       [aigw-fast-tls]=$PORT_AIGW_FAST_TLS_ADMIN [aigw-fast-tls-chacha]=$PORT_AIGW_FAST_TLS_CHACHA_ADMIN)
 TARGET_NAMES="direct, aigw, aigw-ai, aigw-keys, aigw-base, aigw-keys-base, nginx, haproxy,
-  aigw-tls, nginx-tls, haproxy-tls, aigw-tls-chacha, nginx-tls-chacha, haproxy-tls-chacha"
+  aigw-tls, nginx-tls, haproxy-tls, aigw-tls-chacha, nginx-tls-chacha, haproxy-tls-chacha,
+  aigw-fast-tls, aigw-fast-tls-chacha"
 is_tls() { [[ $1 == *-tls || $1 == *-tls-chacha ]]; }
 # url_of TARGET: the base URL clients use
 url_of() { if is_tls "$1"; then echo "https://127.0.0.1:${PORT[$1]}"; else echo "http://127.0.0.1:${PORT[$1]}"; fi; }
@@ -298,6 +314,11 @@ ${4:-}"
 start_aigw_tls() { run_aigw_tls aigw-tls "$PORT_AIGW_TLS_PLAIN" "$PORT_AIGW_TLS_ADMIN"; }
 start_aigw_tls_chacha() {
     run_aigw_tls aigw-tls-chacha "$PORT_AIGW_TLS_CHACHA_PLAIN" "$PORT_AIGW_TLS_CHACHA_ADMIN" "min_version = 1.3
+ciphers = $TLS_CHACHA_WOLFSSL"
+}
+start_aigw_fast_tls() { run_aigw_tls aigw-fast-tls "$PORT_AIGW_FAST_TLS_PLAIN" "$PORT_AIGW_FAST_TLS_ADMIN"; }
+start_aigw_fast_tls_chacha() {
+    run_aigw_tls aigw-fast-tls-chacha "$PORT_AIGW_FAST_TLS_CHACHA_PLAIN" "$PORT_AIGW_FAST_TLS_CHACHA_ADMIN" "min_version = 1.3
 ciphers = $TLS_CHACHA_WOLFSSL"
 }
 

@@ -619,19 +619,32 @@ Test(tls, alpn_http11_only)
     tls_server_release(s);
 }
 
+/* The default order leads with AES-128-GCM on a library with AES-NI (make
+ * WOLFSSL=fast), with ChaCha20-Poly1305 otherwise (tls/library_facts checks which). */
+static bool aes_leads_default_order(void)
+{
+    return strncmp(tls_default_ciphers(), "TLS13-AES128-GCM-SHA256:", 24) == 0;
+}
+
 Test(tls, server_cipher_preference)
 {
     struct tls_server *s = default_server();
+    const bool aes = aes_leads_default_order();
+    /* the client prefers the AEAD the server puts second */
     struct peer pr;
     peer_connected(&pr, s, &(struct client_opts){
-        .ciphers = "TLS13-AES128-GCM-SHA256:TLS13-AES256-GCM-SHA384:TLS13-CHACHA20-POLY1305-SHA256" });
+        .ciphers = aes ? "TLS13-CHACHA20-POLY1305-SHA256:TLS13-AES256-GCM-SHA384:TLS13-AES128-GCM-SHA256"
+                       : "TLS13-AES128-GCM-SHA256:TLS13-AES256-GCM-SHA384:TLS13-CHACHA20-POLY1305-SHA256" });
     struct tls_info i = info_of(&pr);
-    cr_expect_str_eq(i.cipher, "TLS13-CHACHA20-POLY1305-SHA256", "server order wins (1.3)");
+    cr_expect_str_eq(i.cipher, aes ? "TLS13-AES128-GCM-SHA256" : "TLS13-CHACHA20-POLY1305-SHA256",
+                     "server order wins (1.3)");
     peer_close(&pr);
 
     peer_connected(&pr, s, &(struct client_opts){
-        .version = 12, .ciphers = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305" });
-    cr_expect_str_eq(info_of(&pr).cipher, "ECDHE-ECDSA-CHACHA20-POLY1305", "server order wins (1.2)");
+        .version = 12, .ciphers = aes ? "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-GCM-SHA256"
+                                      : "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305" });
+    cr_expect_str_eq(info_of(&pr).cipher, aes ? "ECDHE-ECDSA-AES128-GCM-SHA256" : "ECDHE-ECDSA-CHACHA20-POLY1305",
+                     "server order wins (1.2)");
     peer_close(&pr);
 
     /* AES-GCM still serves a client without ChaCha */
@@ -1095,7 +1108,8 @@ Test(tls, client_verifies_and_resumes)
     tls_conn_info(d.cli, &i);
     cr_expect_str_eq(i.version, "TLSv1.3");
     cr_expect_str_eq(i.alpn, "http/1.1");
-    cr_expect_str_eq(i.cipher, "TLS13-CHACHA20-POLY1305-SHA256");
+    /* client and server both take the default order */
+    cr_expect_str_eq(i.cipher, aes_leads_default_order() ? "TLS13-AES128-GCM-SHA256" : "TLS13-CHACHA20-POLY1305-SHA256");
     cr_expect_not(i.resumed);
     tls_conn_info(d.srv, &i);
     cr_expect_str_eq(i.sni, "aigw.test");
@@ -1255,10 +1269,23 @@ Test(tls, bench_aeads_and_groups, .timeout = 120)
 Test(tls, library_facts)
 {
     cr_expect_eq(strncmp(tls_library_version(), "wolfSSL 5.", 10), 0, "%s", tls_library_version());
-    cr_expect_eq(strncmp(tls_default_ciphers(), "TLS13-CHACHA20-POLY1305-SHA256:", 31), 0);
     char d[512];
     tls_describe_library(d, sizeof d);
-    cr_expect_not_null(strstr(d, "no hardware path"), "%s", d);
+    /* AES-128-GCM leads exactly when AES runs on AES-NI: a library built with it
+     * (make WOLFSSL=fast) on a CPU that has it; otherwise ChaCha20-Poly1305 leads. */
+#if defined(WOLFSSL_AESNI) && (defined(__x86_64__) || defined(__i386__))
+    const bool aesni = __builtin_cpu_supports("aes") && __builtin_cpu_supports("pclmul");
+#else
+    const bool aesni = false;
+#endif
+    if (aesni) {
+        cr_expect_eq(strncmp(tls_default_ciphers(), "TLS13-AES128-GCM-SHA256:", 24), 0, "%s", tls_default_ciphers());
+        cr_expect_not_null(strstr(d, "AES-GCM (AES-NI)"), "%s", d);
+        cr_expect_not_null(strstr(d, "x86-64 assembly"), "%s", d);
+    } else {
+        cr_expect_eq(strncmp(tls_default_ciphers(), "TLS13-CHACHA20-POLY1305-SHA256:", 31), 0, "%s", tls_default_ciphers());
+        cr_expect_not_null(strstr(d, "no hardware path"), "%s", d);
+    }
     cr_expect_not_null(strstr(d, "X25519"), "%s", d);
     cr_expect_str_eq(tls_fail_reason_name(TLS_FAIL_NO_CLIENT_CERT), "no_client_cert");
 }
