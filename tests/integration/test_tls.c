@@ -880,3 +880,32 @@ Test(tls, clients_over_max_connections_are_closed_without_a_byte)
         h_close(&c[i]);
     h_finish();
 }
+
+/* A reload whose certificates cannot be used is refused with FILE:LINE, and the
+ * running configuration (its certificate) goes on serving new connections. */
+Test(tls, a_reload_with_a_bad_certificate_keeps_the_old_one)
+{
+    struct h_mock m;
+    struct h_gw g = {0};
+    start_tls(&m, &g, "--tps 0 --ttft-ms 0", NULL);
+    const char *bad[] = {
+        "cert = /nonexistent/cert.pem\nkey = /nonexistent/key.pem\n",
+        NULL,   /* a key that does not match its certificate: filled below */
+    };
+    char mismatch[1400];
+    snprintf(mismatch, sizeof mismatch, "cert = %s\nkey = %s\n", h_tls_file("server.pem"), h_tls_file("wild.key"));
+    bad[1] = mismatch;
+    for (int i = 0; i < 2; i++) {
+        snprintf(g.tls, sizeof g.tls, "%s", bad[i]);
+        h_gw_config(&g, TLS_TIMEOUTS, H_STD_ROUTES, m.port);
+        H_RELOAD(&g, H_RELOAD_REFUSED);
+        cr_assert(h_wait_log_line(g.tag, "reload refused", i == 0 ? "cannot read" : "does not match", 5000 * h_slow()),
+                  "no refusal naming FILE:LINE; aigw stderr:\n%s", h_tail(g.tag));
+        char *out;
+        h_s_client("after-bad-reload", g.tls_port, "-servername aigw.test", NULL, &out);
+        cr_assert(VERIFIED(out) && h_tls_leaf_is(out, "server.pem"),
+                  "after a refused reload (%d) the old certificate is not served:\n%.1500s", i, out);
+        free(out);
+    }
+    h_finish();
+}
