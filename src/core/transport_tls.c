@@ -3,7 +3,6 @@
 #include "core/transport_tls.h"
 
 #include <errno.h>
-#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -16,6 +15,7 @@
 #include "core/metrics.h"
 #include "core/ring.h"
 #include "core/shard.h"
+#include "proto/openai_error.h"
 #include "tls/tls.h"
 
 /* The metrics' reason columns follow the engine's enum (metrics.h). */
@@ -101,23 +101,18 @@ static void handshake_done(struct conn *c, struct tls_link *l)
 /* A plain HTTP request on the TLS port: told so in plain HTTP, as nginx does. */
 static void answer_plain_http(struct conn *c, struct tls_link *l)
 {
-    static const char body[] =
-        "{\"error\":{\"message\":\"The plain HTTP request was sent to the HTTPS port; use https://\","
-        "\"type\":\"invalid_request_error\",\"param\":null,\"code\":\"plain_http_to_https_port\"}}\n";
-    char head[200];
-    int hn = snprintf(head, sizeof head,
-                      "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
-                      "Content-Length: %zu\r\nConnection: close\r\n\r\n", sizeof body - 1);
-    mc_add(&c->sh->m->tls_failures[METRICS_TLS_PLAIN_HTTP], 1);
-    mc_add(&c->sh->m->tls_handshakes[TLS_HS_FAILED][TLS_HS_VNONE][0], 1);
+    count_failure(c, METRICS_TLS_PLAIN_HTTP, "a plain HTTP request", NULL);
     struct xbuf *b = tls_outbuf_buffer(c->sh, &l->out);
-    if (!b) {
+    size_t n = b ? openai_write_error(b->data + b->len, b->cap - b->len, 400, "invalid_request_error",
+                                      "plain_http_to_https_port",
+                                      "The plain HTTP request was sent to the HTTPS port; use https://",
+                                      false, (struct slice){ NULL, 0 })
+                 : 0;
+    if (n == 0) {
         conn_close(c);
         return;
     }
-    memcpy(b->data + b->len, head, (size_t)hn);
-    memcpy(b->data + b->len + hn, body, sizeof body - 1);
-    b->len += (uint32_t)hn + (uint32_t)(sizeof body - 1);
+    b->len += (uint32_t)n;
     l->close_when_flushed = true;
     flush(c, l);
 }
