@@ -47,9 +47,9 @@ ifdef WOLFSSL_PREFIX
   CFLAGS  += -I$(WOLFSSL_PREFIX)/include
   LDFLAGS += -L$(WOLFSSL_PREFIX)/lib -Wl,-rpath,$(WOLFSSL_PREFIX)/lib
 endif
-LIBS    := -luring -linih -lwolfssl $(ALLOC_LIB)
+LIBS    := -luring -linih -lwolfssl -lhiredis $(ALLOC_LIB)
 
-LIB_SRC  := $(wildcard src/util/*.c src/proto/*.c src/policy/*.c src/tls/*.c) $(filter-out src/core/main.c,$(wildcard src/core/*.c))
+LIB_SRC  := $(wildcard src/util/*.c src/proto/*.c src/policy/*.c src/tls/*.c src/cluster/*.c) $(filter-out src/core/main.c,$(wildcard src/core/*.c))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 MOCK_SRC := $(wildcard perf/mockllm/*.c)
 MOCK_OBJ := $(MOCK_SRC:%.c=$(BUILD)/obj/%.o)

@@ -3,7 +3,7 @@
 # Idempotent and quiet when everything is already there.
 set -eu
 cd "$(dirname "$0")/.."
-PKGS="build-essential pkg-config liburing-dev libwolfssl-dev libmimalloc-dev \
+PKGS="build-essential pkg-config liburing-dev libwolfssl-dev libmimalloc-dev libhiredis-dev redis-server \
 libcriterion-dev libinih-dev libxxhash-dev wrk nginx-light haproxy curl openssl \
 clang libclang-rt-14-dev procps"
 missing=""

@@ -12,6 +12,7 @@
 #include "core/conn.h"
 #include "core/gen.h"
 #include "core/shard.h"
+#include "cluster/sync.h"
 #include "policy/keys.h"
 #include "proto/openai.h"
 #include "util/clock.h"
@@ -81,6 +82,39 @@ static int name_index_find(const struct name_index *ix, const char *name)
     return -1;
 }
 
+/* A key's state across a reload. Local to local: bucket levels and the day's
+ * quota use. Cluster to cluster: the host's leased stock moves over (the store
+ * keeps the rest). Local to cluster: the store is authoritative, nothing
+ * carries. Cluster to local: the day's use over all hosts, as last synced. */
+static void carry_key_state(struct rl_global *neu, struct rl_global *old, uint64_t now_ns, int64_t now_unix)
+{
+    int64_t today = rl_utc_day(now_unix);
+    if (!neu->cluster && !old->cluster)
+        rl_global_inherit(neu, old, now_ns, now_unix);
+    else if (neu->cluster && old->cluster)
+        admission_move_stock(neu, old, today);
+    else if (!neu->cluster)
+        rl_quota_restore(neu, atomic_load_explicit(&old->shared_daily_used, memory_order_relaxed), today);
+}
+
+void admission_move_stock(struct rl_global *neu, struct rl_global *old, int64_t today)
+{
+    for (int d = 0; d < RL_DIMS; d++) {
+        if (!rl_has_dim(old, (enum rl_dim)d))
+            continue;
+        int64_t level = rl_stock_drain(old, (enum rl_dim)d, today);
+        /* a lower limit than before holds less: the rest is stranded in the
+         * store until it refills (or midnight), on the strict side */
+        if (level > 0)
+            rl_stock_add(neu, (enum rl_dim)d, level, today);
+        else if (level < 0 && rl_has_dim(neu, (enum rl_dim)d))
+            rl_stock_charge(neu, (enum rl_dim)d, -level, today);
+    }
+    rl_shared_publish(neu, atomic_load_explicit(&old->shared_req, memory_order_relaxed),
+                      atomic_load_explicit(&old->shared_tok, memory_order_relaxed),
+                      atomic_load_explicit(&old->shared_daily_used, memory_order_relaxed));
+}
+
 int admission_gen_init(struct gen *g, const struct gen *prev, char *err, size_t errlen)
 {
     const struct config *cfg = g->cfg;
@@ -110,10 +144,13 @@ int admission_gen_init(struct gen *g, const struct gen *prev, char *err, size_t 
         const struct key_entry *e = keyring_entry(cfg->keys.ring, k);
         struct rl_limits lim;
         tier_limits(key_tier(cfg, k), &lim);
-        rl_global_init(&g->rl_global[k], &lim, g->nshards, now_ns);
+        struct rl_global *rg = &g->rl_global[k];
+        rl_global_init(rg, &lim, g->nshards, now_ns);
+        if (cfg->cluster.enabled)
+            rl_global_set_cluster(rg, now_unix);
         int old = name_index_find(&before, e->name);
         if (old >= 0)
-            rl_global_inherit(&g->rl_global[k], &prev->rl_global[old], now_ns, now_unix);
+            carry_key_state(rg, &prev->rl_global[old], now_ns, now_unix);
         g->key_metric_slot[k] = metrics_key_slot(e->name);
     }
     free(before.slot);
@@ -210,6 +247,17 @@ bool admission_admit(struct conn *c, const struct openai_request *ai, struct rl_
     uint64_t cost = admission_reservation(c, ai);
     struct gen *g = c->req.sg->g;
     struct shard *sh = c->sh;
+    enum cluster_admission mode = g->cfg->cluster.enabled ? cluster_admission_mode() : CLUSTER_ADMIT_NORMAL;
+    c->req.limit_mode = (uint8_t)mode;
+    if (mode == CLUSTER_ADMIT_ALLOW)
+        return true;    /* unmetered: nothing reserved, nothing to settle */
+    if (mode == CLUSTER_ADMIT_DENY) {
+        out->limit = RL_UNAVAILABLE;
+        out->retry_after_s = 1;
+        c->req.limit = RL_UNAVAILABLE;
+        mc_add(&sh->m->ratelimited[g->key_metric_slot[c->req.key]][RL_UNAVAILABLE - 1], 1);
+        return false;
+    }
     if (!rl_admit(&g->rl_global[c->req.key], caller_local(c), cost, now_ns(sh), unix_now(sh), out)) {
         c->req.limit = (uint8_t)out->limit;
         mc_add(&sh->m->ratelimited[g->key_metric_slot[c->req.key]][out->limit - 1], 1);
@@ -218,6 +266,21 @@ bool admission_admit(struct conn *c, const struct openai_request *ai, struct rl_
     c->req.ticket = out->ticket;
     c->req.admitted = true;
     return true;
+}
+
+const char *admission_limit_label(const struct conn *c)
+{
+    static const char *const local[] = {
+        [RL_NONE] = "redis_down:local", [RL_REQUESTS] = "redis_down:local:requests",
+        [RL_TOKENS] = "redis_down:local:tokens", [RL_QUOTA] = "redis_down:local:quota",
+        [RL_UNAVAILABLE] = "redis_down:deny",
+    };
+    switch ((enum cluster_admission)c->req.limit_mode) {
+    case CLUSTER_ADMIT_LOCAL: return c->req.limit <= RL_UNAVAILABLE ? local[c->req.limit] : NULL;
+    case CLUSTER_ADMIT_DENY:  return "redis_down:deny";
+    case CLUSTER_ADMIT_ALLOW: return "redis_down:allow";
+    default:                  return c->req.limit ? rl_limit_name((enum rl_limit)c->req.limit) : NULL;
+    }
 }
 
 size_t admission_headers(const struct conn *c, char *buf, size_t cap)

@@ -32,6 +32,15 @@ struct xbuf;
  * generation it replaces. 0, or -1 with err set. Control plane. */
 int admission_gen_init(struct gen *g, const struct gen *prev, char *err, size_t errlen);
 void admission_gen_free(struct gen *g);
+/* Cluster mode: moves a key's host pools (stock and debts) from old to neu, and
+ * the store's view. Used at reload, and by the limits sync thread for what
+ * reached the old generation's pools after that. */
+void admission_move_stock(struct rl_global *neu, struct rl_global *old, int64_t today);
+/* What the access log's limit field says of the request's admission: the limit
+ * that fired, prefixed with "redis_down:local:" when decided under
+ * on_redis_down = local; "redis_down:local", "redis_down:allow" or
+ * "redis_down:deny" for a decision Redis being down made; NULL otherwise. */
+const char *admission_limit_label(const struct conn *c);
 
 enum auth_result { AUTH_OK, AUTH_MISSING, AUTH_INVALID, AUTH_CONFLICT };
 

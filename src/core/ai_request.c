@@ -159,6 +159,10 @@ void ai_request_ready(struct conn *c)
                      (unsigned long long)ai.prompt_tokens_estimate,
                      (unsigned long long)(admission_reservation(c, &ai) - ai.prompt_tokens_estimate),
                      which);
+        else if (verdict.limit == RL_UNAVAILABLE)
+            snprintf(msg, sizeof msg, "This API key's limits are shared across gateways and cannot be "
+                     "checked right now (the limits store is unreachable); retry in %u s",
+                     verdict.retry_after_s);
         else
             snprintf(msg, sizeof msg, "Rate limit reached for %s of this API key; retry in %u s",
                      which, verdict.retry_after_s);

@@ -35,7 +35,7 @@
 
 enum section_kind {
     SEC_NONE, SEC_SERVER, SEC_ADMIN, SEC_TLS, SEC_TIMEOUTS, SEC_LOG, SEC_POOL, SEC_ROUTE,
-    SEC_KEYS, SEC_TIER, SEC_COUNT
+    SEC_KEYS, SEC_TIER, SEC_CLUSTER, SEC_COUNT
 };
 
 /* Pool names as written, resolved once the whole file is read (pools may come
@@ -534,6 +534,15 @@ static int server_drain_timeout(struct load_ctx *x, const char *key, const char 
     if (config_parse_duration_ms(value, &x->c->server.drain_timeout_ms) < 0)
         return bad_value(x, key, value, "a duration such as 500ms, 30s, 5m or 1h");
     return 0;
+}
+
+static int server_state_dir(struct load_ctx *x, const char *key, const char *value)
+{
+    if (value[0] == '\0') {
+        x->c->server.state_dir[0] = '\0';
+        return 0;
+    }
+    return set_path(x, key, value, x->c->server.state_dir, sizeof x->c->server.state_dir);
 }
 
 /* ---- [admin] ----------------------------------------------------------------- */
@@ -1165,6 +1174,91 @@ static int tier_priority(struct load_ctx *x, const char *key, const char *value)
     return 0;
 }
 
+/* ---- [cluster] --------------------------------------------------------------- */
+
+static int cluster_redis(struct load_ctx *x, const char *key, const char *value)
+{
+    struct cfg_cluster *cl = &x->c->cluster;
+    if (value[0] == '\0' || strcmp(value, "off") == 0) {
+        cl->enabled = false;
+        return 0;
+    }
+    if (set_addr(x, key, value, &cl->redis) < 0)
+        return -1;
+    cl->enabled = true;
+    return 0;
+}
+
+/* AUTH arguments go to Redis as binary-safe strings, but a line of the file
+ * cannot carry a newline and a space would be ambiguous to the reader. */
+static int cluster_secret(struct load_ctx *x, const char *key, const char *value, char *out, size_t cap)
+{
+    size_t len = strlen(value);
+    if (len >= cap)
+        return fail(x, "invalid value for %s: too long (at most %zu characters)", key, cap - 1);
+    if (has_space_or_control(value))
+        return fail(x, "invalid value for %s: must not contain spaces or control characters", key);
+    memcpy(out, value, len + 1);
+    return 0;
+}
+
+static int cluster_username(struct load_ctx *x, const char *key, const char *value)
+{
+    return cluster_secret(x, key, value, x->c->cluster.username, sizeof x->c->cluster.username);
+}
+
+static int cluster_password(struct load_ctx *x, const char *key, const char *value)
+{
+    return cluster_secret(x, key, value, x->c->cluster.password, sizeof x->c->cluster.password);
+}
+
+static int cluster_key_prefix(struct load_ctx *x, const char *key, const char *value)
+{
+    struct cfg_cluster *cl = &x->c->cluster;
+    size_t len = strlen(value);
+    if (len >= sizeof cl->key_prefix)
+        return fail(x, "invalid value for %s: too long (at most %zu characters)", key,
+                    sizeof cl->key_prefix - 1);
+    if (has_space_or_control(value))
+        return fail(x, "invalid value for %s: must not contain spaces or control characters", key);
+    memcpy(cl->key_prefix, value, len + 1);
+    return 0;
+}
+
+static int cluster_sync_interval(struct load_ctx *x, const char *key, const char *value)
+{
+    uint64_t ms;
+    if (config_parse_duration_ms(value, &ms) < 0 || ms < CFG_CLUSTER_SYNC_MIN_MS ||
+        ms > CFG_CLUSTER_SYNC_MAX_MS)
+        return bad_value(x, key, value, "a duration from 5ms to 10s");
+    x->c->cluster.sync_interval_ms = ms;
+    return 0;
+}
+
+static int cluster_timeout(struct load_ctx *x, const char *key, const char *value)
+{
+    uint64_t ms;
+    if (config_parse_duration_ms(value, &ms) < 0 || ms < CFG_CLUSTER_TIMEOUT_MIN_MS ||
+        ms > CFG_CLUSTER_TIMEOUT_MAX_MS)
+        return bad_value(x, key, value, "a duration from 10ms to 10s");
+    x->c->cluster.timeout_ms = ms;
+    return 0;
+}
+
+static int cluster_on_redis_down(struct load_ctx *x, const char *key, const char *value)
+{
+    enum redis_down_policy *p = &x->c->cluster.on_redis_down;
+    if (strcmp(value, "local") == 0)
+        *p = REDIS_DOWN_LOCAL;
+    else if (strcmp(value, "deny") == 0)
+        *p = REDIS_DOWN_DENY;
+    else if (strcmp(value, "allow") == 0)
+        *p = REDIS_DOWN_ALLOW;
+    else
+        return bad_value(x, key, value, "local, deny or allow");
+    return 0;
+}
+
 /* ---- sections ---------------------------------------------------------------- */
 
 struct key_def {
@@ -1180,6 +1274,7 @@ static const struct key_def server_keys[] = {
     { "max_body", server_max_body, false },
     { "max_header", server_max_header, false },
     { "drain_timeout", server_drain_timeout, false },
+    { "state_dir", server_state_dir, false },
     { NULL, NULL, false },
 };
 static const struct key_def admin_keys[] = {
@@ -1254,11 +1349,22 @@ static const struct key_def tier_keys[] = {
     { NULL, NULL, false },
 };
 
+static const struct key_def cluster_keys[] = {
+    { "redis", cluster_redis, false },
+    { "username", cluster_username, false },
+    { "password", cluster_password, false },
+    { "key_prefix", cluster_key_prefix, false },
+    { "sync_interval", cluster_sync_interval, false },
+    { "timeout", cluster_timeout, false },
+    { "on_redis_down", cluster_on_redis_down, false },
+    { NULL, NULL, false },
+};
+
 static const struct key_def *const section_keys[SEC_COUNT] = {
     [SEC_SERVER] = server_keys, [SEC_ADMIN] = admin_keys, [SEC_TLS] = tls_keys,
     [SEC_TIMEOUTS] = timeout_keys,
     [SEC_LOG] = log_keys, [SEC_POOL] = pool_keys, [SEC_ROUTE] = route_keys,
-    [SEC_KEYS] = keys_keys, [SEC_TIER] = tier_keys,
+    [SEC_KEYS] = keys_keys, [SEC_TIER] = tier_keys, [SEC_CLUSTER] = cluster_keys,
 };
 
 /* Checks that need the whole section: run when the next section starts or at EOF. */
@@ -1290,6 +1396,12 @@ static int close_section(struct load_ctx *x)
             return fail_at(x, x->sec_line, "route '%s' has no path", r->name);
         if (x->pending[x->c->nroutes - 1].pool[0] == '\0' && r->nsplit == 0)
             return fail_at(x, x->sec_line, "route '%s' has no pool or split", r->name);
+    } else if (x->sec == SEC_CLUSTER) {
+        const struct cfg_cluster *cl = &x->c->cluster;
+        if (!cl->enabled && (cl->username[0] || cl->password[0]))
+            return fail_at(x, x->sec_line, "[cluster] sets credentials but no redis");
+        if (cl->username[0] && !cl->password[0])
+            return fail_at(x, x->sec_line, "[cluster] username needs a password");
     } else if (x->sec == SEC_TLS) {
         const struct cfg_tls *t = &x->c->tls.opts;
         if (x->tls_cert_waits_for_key)
@@ -1408,7 +1520,7 @@ static int open_section(struct load_ctx *x, const char *inner, size_t len)
 {
     static const char *const singletons[SEC_COUNT] = {
         [SEC_SERVER] = "server", [SEC_ADMIN] = "admin", [SEC_TLS] = "tls", [SEC_TIMEOUTS] = "timeouts",
-        [SEC_LOG] = "log", [SEC_KEYS] = "keys",
+        [SEC_LOG] = "log", [SEC_KEYS] = "keys", [SEC_CLUSTER] = "cluster",
     };
     if (close_section(x) < 0)
         return -1;
@@ -1691,6 +1803,10 @@ static struct config *config_new(const char *name)
     c->server.max_header = 16 << 10;
     c->server.drain_timeout_ms = 30000;
     c->admin.enabled = true;
+    memcpy(c->cluster.key_prefix, "aigw:", sizeof "aigw:");
+    c->cluster.sync_interval_ms = 50;
+    c->cluster.timeout_ms = 250;
+    c->cluster.on_redis_down = REDIS_DOWN_LOCAL;
     c->timeouts.connect_ms = 2000;
     c->timeouts.first_byte_ms = 60000;
     c->timeouts.idle_ms = 30000;
@@ -1930,6 +2046,25 @@ static void print_route(const struct config *c, const struct cfg_route *r, FILE 
     fprintf(out, "\n");
 }
 
+static void print_cluster(const struct cfg_cluster *cl, FILE *out)
+{
+    static const char *const down[] = { [REDIS_DOWN_LOCAL] = "local", [REDIS_DOWN_DENY] = "deny",
+                                        [REDIS_DOWN_ALLOW] = "allow" };
+    if (!cl->enabled) {
+        fprintf(out, "# [cluster]: none (limits are kept by this host alone)\n");
+        return;
+    }
+    fprintf(out, "[cluster]\nredis = %s\n", cl->redis.text);
+    if (cl->username[0])
+        fprintf(out, "username = %s\n", cl->username);
+    if (cl->password[0])
+        fprintf(out, "# password: set\n");
+    fprintf(out, "key_prefix = %s\n", cl->key_prefix);
+    print_duration(out, "sync_interval", cl->sync_interval_ms);
+    print_duration(out, "timeout", cl->timeout_ms);
+    fprintf(out, "on_redis_down = %s\n", down[cl->on_redis_down]);
+}
+
 void config_print(const struct config *c, FILE *out)
 {
     static const char *const levels[] = { [LOG_ERROR] = "error", [LOG_WARN] = "warn",
@@ -1947,6 +2082,7 @@ void config_print(const struct config *c, FILE *out)
     print_size(out, "max_body", c->server.max_body);
     print_size(out, "max_header", c->server.max_header);
     print_duration(out, "drain_timeout", c->server.drain_timeout_ms);
+    fprintf(out, "state_dir = %s\n", c->server.state_dir);
 
     fprintf(out, "\n[admin]\nlisten = %s\n\n", c->admin.enabled ? c->admin.listen.text : "off");
     print_tls(c, out);
@@ -1986,4 +2122,5 @@ void config_print(const struct config *c, FILE *out)
                 (unsigned long long)t->max_tokens, (unsigned long long)t->daily_tokens,
                 priorities[t->priority]);
     }
+    print_cluster(&c->cluster, out);
 }

@@ -67,6 +67,27 @@ struct cfg_tier {
 /* A key whose tier is "default" when no [tier default] exists: no limits. */
 #define CFG_NO_TIER UINT32_MAX
 
+/* What admission does while Redis cannot be reached ([cluster] on_redis_down). */
+enum redis_down_policy { REDIS_DOWN_LOCAL, REDIS_DOWN_DENY, REDIS_DOWN_ALLOW };
+
+#define CFG_CLUSTER_SYNC_MIN_MS 5
+#define CFG_CLUSTER_SYNC_MAX_MS 10000
+#define CFG_CLUSTER_TIMEOUT_MIN_MS 10
+#define CFG_CLUSTER_TIMEOUT_MAX_MS 10000
+
+/* [cluster]: per-key limits, quotas and spend shared across hosts through Redis. */
+struct cfg_cluster {
+    bool enabled;               /* a [cluster] section with redis = set */
+    struct cfg_addr redis;      /* HOST:PORT */
+    char username[128];         /* empty: AUTH with the password alone */
+    char password[256];         /* empty: no AUTH */
+    char key_prefix[64];        /* default "aigw:" */
+    uint64_t sync_interval_ms;  /* default 50ms; 5ms..10s */
+    uint64_t timeout_ms;        /* connect, command and read timeout; default 250ms; 10ms..10s */
+    enum redis_down_policy on_redis_down; /* default local */
+    int line;                   /* of the section, for messages */
+};
+
 enum access_log_mode { ACCESS_OFF, ACCESS_STDOUT, ACCESS_FILE };
 enum log_level { LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG };
 
@@ -80,6 +101,7 @@ struct config {
         size_t max_body;        /* default 1m */
         size_t max_header;      /* default 16k; at most 64k */
         uint64_t drain_timeout_ms; /* default 30s */
+        char state_dir[PATH_MAX]; /* daily quotas (and spend) snapshotted here; empty (default): not kept */
     } server;
     struct {
         bool enabled;           /* default: 127.0.0.1:9090 */
@@ -118,6 +140,7 @@ struct config {
     } keys;
     struct cfg_tier *tiers;     /* in file order */
     unsigned ntiers;
+    struct cfg_cluster cluster;
 };
 
 /* Loads and validates path. On success returns 0 and *out. On failure returns -1

@@ -1286,7 +1286,7 @@ static void request_finish(struct conn *c)
             .stream = c->req.stream,
             .tokens_in = c->req.tokens_in,
             .tokens_out = c->req.tokens_out,
-            .limit = c->req.limit ? rl_limit_name((enum rl_limit)c->req.limit) : NULL,
+            .limit = admission_limit_label(c),
         };
         if (c->req.key >= 0) {
             e.key = keyring_entry(cfg->keys.ring, (unsigned)c->req.key)->name;

@@ -83,6 +83,7 @@ struct request {
     bool stream;
     bool admitted;                  /* holds a reservation to settle */
     uint8_t limit;                  /* enum rl_limit that refused the request */
+    uint8_t limit_mode;             /* enum cluster_admission the decision was made under */
     uint32_t retry_after_s;         /* a 429's or 503's Retry-After */
     uint64_t prompt_estimate;
     struct usage_bound usage_bound; /* the most it can have used (usage.h) */

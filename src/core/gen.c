@@ -135,7 +135,7 @@ struct gen *gen_create(struct config *cfg, const struct gen *prev, unsigned nsha
     metrics_set_live_backends(g->backend_metric_slot, nb);
     metrics_set_live_pools(g->pool_metric_slot, cfg->npools);
     g->id = atomic_fetch_add(&next_gen_id, 1);
-    atomic_init(&g->refs, (int)nshards + 2);   /* the shards, main, the watcher */
+    atomic_init(&g->refs, (int)nshards + 3);   /* the shards, main, the watcher, the limits sync thread */
     atomic_init(&g->newer, NULL);
     return g;
 oom:

@@ -68,7 +68,7 @@ struct gen {
     uint64_t *backend_interval_ms;  /* per global backend: its pool's metrics_interval */
     unsigned nshards;
     _Atomic int refs;               /* shared: one per shard that may still use it, one for main,
-                                     * one for the watcher */
+                                     * one for the watcher, one for the limits sync thread */
     struct gen *_Atomic newer;      /* shared: the next generation, set when replaced */
     /* per API key (admission.c): keyring entry order */
     struct rl_global *rl_global;    /* shared, lock-free */

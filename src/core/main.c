@@ -14,6 +14,7 @@
 #include "core/admin.h"
 #include "core/log.h"
 #include "core/watch.h"
+#include "cluster/sync.h"
 #include "core/gen.h"
 #include "core/shard.h"
 #include "core/readiness.h"
@@ -149,6 +150,7 @@ static void reload(const char *path)
     atomic_store(&old->newer, g);
     atomic_store_explicit(&rt.current, g, memory_order_release);
     gen_unref(old);     /* main's reference */
+    limits_sync_wake(); /* hands the old pools' leases over without waiting a sync_interval */
     log_info("configuration reloaded from %s (generation %llu)", path, (unsigned long long)g->id);
     metrics_config_loaded(g->id);
     metrics_count_reload(true);
@@ -312,6 +314,8 @@ int main(int argc, char **argv)
         return 1;
     if (watch_start() != 0)
         return 1;
+    if (limits_sync_start() != 0)
+        return 1;
     if (shard_start_all() != 0) {
         log_error("cannot start shards");
         return 1;
@@ -350,6 +354,7 @@ int main(int argc, char **argv)
     atomic_store(&rt.draining, true);
     bool all_stopped = shard_join_all(clock_mono_ms() + drain_ms);
     watch_stop();
+    limits_sync_stop();
     admin_stop();
     if (all_stopped)
         alog_shutdown();    /* frees the rings: only once no shard can write */

@@ -1,3 +1,4 @@
+#include "cluster/sync.h"
 #include "core/metrics.h"
 
 #include <errno.h>
@@ -789,7 +790,8 @@ static void render_keys(struct outbuf *o)
 {
     static const char *const directions[2] = { [TOKENS_PROMPT] = "prompt",
                                                [TOKENS_COMPLETION] = "completion" };
-    static const char *const limits[METRICS_NLIMITS] = { "requests", "tokens", "quota" };
+    static const char *const limits[METRICS_NLIMITS] = { "requests", "tokens", "quota",
+                                                         "limits_unavailable" };
     render_key_family(o, "aigw_tokens_total",
                       "Tokens used through AI routes, by API key NAME and direction.", "direction",
                       directions, 2, key_tokens);
@@ -870,6 +872,7 @@ size_t metrics_render(char *buf, size_t cap)
     render_connections(&o);
     render_tls(&o);
     render_keys(&o);
+    limits_sync_metrics(&o);
     render_access_log(&o);
     render_config(&o);
     render_shards(&o);

@@ -97,9 +97,14 @@ static uint64_t elapsed_ns(const struct rl_global *g, uint64_t now_ns)
     return now_ns > g->origin_ns ? now_ns - g->origin_ns : 0;
 }
 
-/* Tokens refilled since origin: the bucket's unit clock. <= 2^64 * 1e10 / 6e10. */
+/* Tokens refilled since origin: the bucket's unit clock. <= 2^64 * 1e10 / 6e10.
+ * In cluster mode the clock stands still at 0: the pool is a plain stock, the
+ * GCRA word then reads level = -max(empty_at, -capacity), and only the limits
+ * sync thread adds to it. */
 static int64_t rate_now(const struct rl_global *g, const struct rl_rate *r, uint64_t now_ns)
 {
+    if (g->cluster)
+        return 0;
     return (int64_t)((unsigned __int128)elapsed_ns(g, now_ns) * r->per_minute / NS_PER_MINUTE);
 }
 
@@ -115,6 +120,15 @@ static uint64_t rate_wait_ns(const struct rl_global *g, const struct rl_rate *r,
 {
     if (deficit <= 0)
         return 0;
+    if (g->cluster) {
+        /* the shared bucket refills at the rate; what it holds now comes first */
+        int64_t shared = atomic_load_explicit(r == &g->req ? &g->shared_req : &g->shared_tok,
+                                              memory_order_relaxed);
+        deficit -= shared > 0 ? min_i64(shared, deficit) : 0;
+        unsigned __int128 w = ((unsigned __int128)(uint64_t)deficit * NS_PER_MINUTE + r->per_minute - 1)
+                              / r->per_minute;
+        return w > UINT64_MAX ? UINT64_MAX : (uint64_t)w;
+    }
     uint64_t dt = elapsed_ns(g, now_ns);
     unsigned __int128 target = (unsigned __int128)(uint64_t)(rate_now(g, r, now_ns) + deficit);
     /* first instant at which floor(t * rate / minute) reaches target */
@@ -165,11 +179,15 @@ static void pool_put(const struct rl_rate *r, _Atomic int64_t *empty_at, int64_t
  * request, and Retry-After, longer than the bucket's window, and one absurd
  * usage report would lock a key out for as long as it said. Never gives
  * tokens back (another shard's clock may read a little later than ours). */
-static void pool_charge(const struct rl_rate *r, _Atomic int64_t *empty_at, int64_t now, int64_t n)
+static void pool_charge(const struct rl_global *g, const struct rl_rate *r, _Atomic int64_t *empty_at,
+                        int64_t now, int64_t n)
 {
     int64_t old = atomic_load_explicit(empty_at, memory_order_relaxed);
     for (;;) {
-        int64_t next = max_i64(old, min_i64(max_i64(old, now - r->capacity) + n, now));
+        /* cluster mode: below empty is a debt the sync thread pushes to the
+         * store, where the shared bucket stops at empty instead */
+        int64_t charged = max_i64(old, now - r->capacity) + n;
+        int64_t next = g->cluster ? min_i64(charged, COST_MAX) : max_i64(old, min_i64(charged, now));
         if (atomic_compare_exchange_weak_explicit(empty_at, &old, next,
                                                   memory_order_relaxed, memory_order_relaxed))
             return;
@@ -221,7 +239,7 @@ static void lease_charge(const struct rl_global *g, const struct rl_rate *r, _At
     }
     n -= *lease;
     *lease = 0;
-    pool_charge(r, empty_at, rate_now(g, r, now_ns), n);
+    pool_charge(g, r, empty_at, rate_now(g, r, now_ns), n);
 }
 
 /* ---- daily quota -------------------------------------------------------- */
@@ -240,6 +258,19 @@ static uint32_t seconds_to_utc_midnight(int64_t unix_s)
 static uint64_t quota_pack(int64_t day, uint64_t used)
 {
     return (uint64_t)day << DAY_SHIFT | (used > USED_MASK ? USED_MASK : used);
+}
+
+/* What a pool has used of a day it has not seen yet: nothing, or in cluster
+ * mode all of it (the host holds none of that day's quota until leased). */
+static uint64_t quota_fresh_used(const struct rl_global *g)
+{
+    return g->cluster ? (uint64_t)g->daily : 0;
+}
+
+/* The pool's use of `day` (a later day than the pool's is fresh). */
+static int64_t quota_used_on(const struct rl_global *g, uint64_t state, int64_t day)
+{
+    return day == (int64_t)(state >> DAY_SHIFT) ? (int64_t)(state & USED_MASK) : (int64_t)quota_fresh_used(g);
 }
 
 /* Changes the pool's usage of `day` by delta; nothing when the pool has moved on
@@ -266,7 +297,7 @@ static bool quota_take(struct rl_global *g, struct rl_local *l, int64_t today, i
     uint64_t old = atomic_load_explicit(&g->daily_state, memory_order_relaxed);
     for (;;) {
         int64_t day = max_i64((int64_t)(old >> DAY_SHIFT), today);
-        uint64_t used = day == (int64_t)(old >> DAY_SHIFT) ? old & USED_MASK : 0;
+        uint64_t used = (uint64_t)quota_used_on(g, old, day);
         int64_t have = l->daily_day == day ? l->daily : 0;
         int64_t need = cost - have;
         int64_t level = g->daily - (int64_t)used;
@@ -307,6 +338,25 @@ static uint32_t retry_seconds(const struct rl_global *g, const struct rl_rate *r
     return s < 1 ? 1 : s > UINT32_MAX ? UINT32_MAX : (uint32_t)s;
 }
 
+/* Cluster mode: demand the host's pool could not meet, for the sync thread. */
+static void note_refused(const struct rl_global *g, struct rl_local *l, enum rl_dim d, int64_t n)
+{
+    if (!g->cluster)
+        return;
+    uint64_t v = atomic_load_explicit(&l->refused[d], memory_order_relaxed);
+    atomic_store_explicit(&l->refused[d], v + (uint64_t)n, memory_order_relaxed);
+}
+
+/* Until 00:00 UTC; but in cluster mode, when the store still has the quota
+ * this host's pool lacks, as soon as the next lease may bring it. */
+static uint32_t quota_retry_seconds(const struct rl_global *g, int64_t cost, int64_t now_unix_s)
+{
+    if (g->cluster &&
+        atomic_load_explicit(&g->shared_daily_used, memory_order_relaxed) + cost <= g->daily)
+        return 1;
+    return seconds_to_utc_midnight(now_unix_s);
+}
+
 bool rl_admit(struct rl_global *g, struct rl_local *l, uint64_t cost_tokens,
               uint64_t now_ns, int64_t now_unix_s, struct rl_verdict *out)
 {
@@ -320,11 +370,14 @@ bool rl_admit(struct rl_global *g, struct rl_local *l, uint64_t cost_tokens,
         return deny(out, RL_QUOTA, true, 0);
 
     int64_t deficit = 0;
-    if (g->req.per_minute && !lease_take(g, &g->req, &g->req_empty_at, &l->req, 1, now_ns, &deficit))
+    if (g->req.per_minute && !lease_take(g, &g->req, &g->req_empty_at, &l->req, 1, now_ns, &deficit)) {
+        note_refused(g, l, RL_DIM_REQ, 1);
         return deny(out, RL_REQUESTS, false, retry_seconds(g, &g->req, deficit, now_ns));
+    }
     if (tokens && !lease_take(g, &g->tok, &g->tok_empty_at, &l->tok, cost, now_ns, &deficit)) {
         if (g->req.per_minute)
             lease_give(g, &g->req, &g->req_empty_at, &l->req, 1, now_ns);
+        note_refused(g, l, RL_DIM_TOK, cost);
         return deny(out, RL_TOKENS, false, retry_seconds(g, &g->tok, deficit, now_ns));
     }
     int64_t today = utc_day(now_unix_s);
@@ -340,7 +393,8 @@ bool rl_admit(struct rl_global *g, struct rl_local *l, uint64_t cost_tokens,
                 lease_give(g, &g->req, &g->req_empty_at, &l->req, 1, now_ns);
             if (tokens)
                 lease_give(g, &g->tok, &g->tok_empty_at, &l->tok, cost, now_ns);
-            return deny(out, RL_QUOTA, false, seconds_to_utc_midnight(now_unix_s));
+            note_refused(g, l, RL_DIM_DAILY, cost);
+            return deny(out, RL_QUOTA, false, quota_retry_seconds(g, cost, now_unix_s));
         }
         today = l->daily_day;
     }
@@ -408,6 +462,171 @@ void rl_global_inherit(struct rl_global *g, const struct rl_global *old, uint64_
     }
 }
 
+int64_t rl_utc_day(int64_t unix_s)
+{
+    return utc_day(unix_s);
+}
+
+int64_t rl_quota_used(const struct rl_global *g, int64_t today)
+{
+    if (!g->daily)
+        return 0;
+    uint64_t s = atomic_load_explicit((_Atomic uint64_t *)&g->daily_state, memory_order_relaxed);
+    return (int64_t)(s >> DAY_SHIFT) == today ? (int64_t)(s & USED_MASK) : 0;
+}
+
+void rl_quota_restore(struct rl_global *g, int64_t used, int64_t today)
+{
+    if (!g->daily || used < 0 || today < 0 || today > DAY_MAX)
+        return;
+    atomic_store_explicit(&g->daily_state, quota_pack(today, (uint64_t)used), memory_order_relaxed);
+}
+
+/* ---- cluster mode -------------------------------------------------------- */
+
+void rl_global_set_cluster(struct rl_global *g, int64_t now_unix_s)
+{
+    g->cluster = true;
+    /* the unit clock reads 0 from now on: empty at 0 is an empty pool */
+    atomic_store_explicit(&g->req_empty_at, 0, memory_order_relaxed);
+    atomic_store_explicit(&g->tok_empty_at, 0, memory_order_relaxed);
+    atomic_store_explicit(&g->daily_state, quota_pack(utc_day(now_unix_s), (uint64_t)g->daily),
+                          memory_order_relaxed);
+    atomic_store_explicit(&g->shared_req, g->req.capacity, memory_order_relaxed);
+    atomic_store_explicit(&g->shared_tok, g->tok.capacity, memory_order_relaxed);
+    atomic_store_explicit(&g->shared_daily_used, 0, memory_order_relaxed);
+}
+
+bool rl_has_dim(const struct rl_global *g, enum rl_dim d)
+{
+    switch (d) {
+    case RL_DIM_REQ: return g->req.per_minute != 0;
+    case RL_DIM_TOK: return g->tok.per_minute != 0;
+    default:         return g->daily != 0;
+    }
+}
+
+static const struct rl_rate *dim_rate(const struct rl_global *g, enum rl_dim d)
+{
+    return d == RL_DIM_REQ ? &g->req : &g->tok;
+}
+
+static _Atomic int64_t *dim_word(struct rl_global *g, enum rl_dim d)
+{
+    return d == RL_DIM_REQ ? &g->req_empty_at : &g->tok_empty_at;
+}
+
+/* The quota word moved to `today` if it is of an earlier day (empty in cluster
+ * mode, where this is used). Returns the state current for today. */
+static uint64_t quota_roll(struct rl_global *g, int64_t today)
+{
+    uint64_t old = atomic_load_explicit(&g->daily_state, memory_order_relaxed);
+    while ((int64_t)(old >> DAY_SHIFT) < today) {
+        if (atomic_compare_exchange_weak_explicit(&g->daily_state, &old,
+                                                  quota_pack(today, quota_fresh_used(g)),
+                                                  memory_order_relaxed, memory_order_relaxed))
+            return quota_pack(today, quota_fresh_used(g));
+    }
+    return old;
+}
+
+int64_t rl_stock(const struct rl_global *g, enum rl_dim d, int64_t today)
+{
+    if (!rl_has_dim(g, d))
+        return 0;
+    if (d == RL_DIM_DAILY) {
+        uint64_t s = atomic_load_explicit((_Atomic uint64_t *)&g->daily_state, memory_order_relaxed);
+        int64_t day = max_i64((int64_t)(s >> DAY_SHIFT), today);
+        return g->daily - quota_used_on(g, s, day);
+    }
+    const struct rl_rate *r = dim_rate(g, d);
+    int64_t empty_at = atomic_load_explicit(dim_word((struct rl_global *)g, d), memory_order_relaxed);
+    return pool_level(r, empty_at, rate_now(g, r, 0));
+}
+
+/* Moves the pool's level by delta (> 0 adds, < 0 takes), keeping it within
+ * [floor, capacity]; returns the change made. */
+static int64_t stock_move(struct rl_global *g, enum rl_dim d, int64_t delta, int64_t floor, int64_t today)
+{
+    if (!rl_has_dim(g, d) || delta == 0)
+        return 0;
+    if (d == RL_DIM_DAILY) {
+        uint64_t old = quota_roll(g, today);
+        for (;;) {
+            int64_t day = (int64_t)(old >> DAY_SHIFT);
+            int64_t used = (int64_t)(old & USED_MASK);
+            int64_t level = g->daily - used;
+            int64_t next = delta > 0 ? min_i64(level + delta, g->daily) : max_i64(level + delta, floor);
+            if (delta > 0 ? next <= level : next >= level)
+                return 0;
+            if (atomic_compare_exchange_weak_explicit(&g->daily_state, &old,
+                                                      quota_pack(day, (uint64_t)(g->daily - next)),
+                                                      memory_order_relaxed, memory_order_relaxed))
+                return next - level;
+        }
+    }
+    const struct rl_rate *r = dim_rate(g, d);
+    _Atomic int64_t *word = dim_word(g, d);
+    int64_t old = atomic_load_explicit(word, memory_order_relaxed);
+    for (;;) {
+        int64_t level = pool_level(r, old, 0);
+        int64_t next = delta > 0 ? min_i64(level + delta, r->capacity) : max_i64(level + delta, floor);
+        if (delta > 0 ? next <= level : next >= level)
+            return 0;
+        if (atomic_compare_exchange_weak_explicit(word, &old, -next, memory_order_relaxed,
+                                                  memory_order_relaxed))
+            return next - level;
+    }
+}
+
+int64_t rl_stock_add(struct rl_global *g, enum rl_dim d, int64_t n, int64_t today)
+{
+    return n > 0 ? stock_move(g, d, min_i64(n, COST_MAX), 0, today) : 0;
+}
+
+int64_t rl_stock_take(struct rl_global *g, enum rl_dim d, int64_t max, int64_t today)
+{
+    return max > 0 ? -stock_move(g, d, -min_i64(max, COST_MAX), 0, today) : 0;
+}
+
+int64_t rl_stock_charge(struct rl_global *g, enum rl_dim d, int64_t n, int64_t today)
+{
+    return n > 0 ? -stock_move(g, d, -min_i64(n, COST_MAX), -COST_MAX, today) : 0;
+}
+
+int64_t rl_stock_drain(struct rl_global *g, enum rl_dim d, int64_t today)
+{
+    if (!rl_has_dim(g, d))
+        return 0;
+    if (d == RL_DIM_DAILY) {
+        uint64_t old = quota_roll(g, today);
+        while (!atomic_compare_exchange_weak_explicit(&g->daily_state, &old,
+                                                      quota_pack((int64_t)(old >> DAY_SHIFT), (uint64_t)g->daily),
+                                                      memory_order_relaxed, memory_order_relaxed))
+            ;
+        return g->daily - (int64_t)(old & USED_MASK);
+    }
+    const struct rl_rate *r = dim_rate(g, d);
+    int64_t old = atomic_exchange_explicit(dim_word(g, d), 0, memory_order_relaxed);
+    return pool_level(r, old, 0);
+}
+
+uint64_t rl_refused_sum(const struct rl_local *l, size_t stride, unsigned shards, enum rl_dim d)
+{
+    uint64_t sum = 0;
+    for (unsigned s = 0; s < shards; s++)
+        sum += atomic_load_explicit((_Atomic uint64_t *)&l[(size_t)s * stride].refused[d],
+                                    memory_order_relaxed);
+    return sum;
+}
+
+void rl_shared_publish(struct rl_global *g, int64_t req_level, int64_t tok_level, int64_t daily_used)
+{
+    atomic_store_explicit(&g->shared_req, req_level, memory_order_relaxed);
+    atomic_store_explicit(&g->shared_tok, tok_level, memory_order_relaxed);
+    atomic_store_explicit(&g->shared_daily_used, daily_used, memory_order_relaxed);
+}
+
 /* ---- headers ------------------------------------------------------------ */
 
 static void rate_status(const struct rl_global *g, const struct rl_rate *r, const _Atomic int64_t *empty_at,
@@ -423,6 +642,10 @@ static void rate_status(const struct rl_global *g, const struct rl_rate *r, cons
     int64_t now = rate_now(g, r, now_ns);
     int64_t level = pool_level(r, atomic_load_explicit((_Atomic int64_t *)empty_at, memory_order_relaxed), now)
                     + lease;
+    if (g->cluster)     /* the host's pool and lease plus what the shared bucket holds */
+        level += atomic_load_explicit(r == &g->req ? (_Atomic int64_t *)&g->shared_req
+                                                   : (_Atomic int64_t *)&g->shared_tok,
+                                      memory_order_relaxed);
     *remaining = level <= 0 ? 0 : (uint64_t)min_i64(level, r->capacity);
     uint64_t wait = rate_wait_ns(g, r, r->capacity - level, now_ns);
     *reset_ms = wait / 1000000 + (wait % 1000000 != 0);
@@ -440,8 +663,11 @@ void rl_status(const struct rl_global *g, const struct rl_local *l, uint64_t now
         int64_t today = utc_day(now_unix_s);
         uint64_t s = atomic_load_explicit((_Atomic uint64_t *)&g->daily_state, memory_order_relaxed);
         int64_t day = max_i64((int64_t)(s >> DAY_SHIFT), today);
-        int64_t used = day == (int64_t)(s >> DAY_SHIFT) ? (int64_t)(s & USED_MASK) : 0;
+        int64_t used = quota_used_on(g, s, day);
         int64_t left = g->daily - used + (l->daily_day == day ? l->daily : 0);
+        if (g->cluster)     /* the host's pool and lease plus what the store has left */
+            left += g->daily - atomic_load_explicit((_Atomic int64_t *)&g->shared_daily_used,
+                                                    memory_order_relaxed);
         out->limit_daily = (uint64_t)g->daily;
         out->remaining_daily = left <= 0 ? 0 : (uint64_t)min_i64(left, g->daily);
         out->reset_daily_s = seconds_to_utc_midnight(now_unix_s);
@@ -454,6 +680,7 @@ const char *rl_limit_name(enum rl_limit which)
     case RL_REQUESTS: return "requests";
     case RL_TOKENS:   return "tokens";
     case RL_QUOTA:    return "quota";
+    case RL_UNAVAILABLE: return "limits_unavailable";
     default:          return "";
     }
 }

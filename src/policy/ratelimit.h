@@ -40,7 +40,9 @@ struct rl_limits {
     uint64_t daily_tokens;  /* quota per UTC day */
 };
 
-enum rl_limit { RL_NONE = 0, RL_REQUESTS, RL_TOKENS, RL_QUOTA };
+/* RL_UNAVAILABLE: the cluster's store cannot be reached and [cluster]
+ * on_redis_down = deny (decided by admission, never by rl_admit). */
+enum rl_limit { RL_NONE = 0, RL_REQUESTS, RL_TOKENS, RL_QUOTA, RL_UNAVAILABLE };
 
 /* One token bucket's parameters; read-only after rl_global_init. */
 struct rl_rate {
@@ -58,6 +60,8 @@ struct rl_global {
     int64_t daily_batch;
     uint64_t origin_ns;     /* now_ns at init: bucket time is measured from it */
     uint32_t shards;
+    bool cluster;           /* rl_global_set_cluster: pools are fed by the limits
+                             * sync thread, not refilled by time */
 
     /* Bucket state as GCRA "empty time": the virtual time, in units of one
      * token's refill interval since origin_ns, at which the bucket was (or will
@@ -66,6 +70,12 @@ struct rl_global {
     _Atomic int64_t tok_empty_at;
     /* Quota: UTC day number << 42 | tokens used that day. */
     _Atomic uint64_t daily_state;
+
+    /* Cluster mode: what the shared store last said (written by the limits
+     * sync thread, read for x-ratelimit-* headers): the shared buckets' levels
+     * and the day's use of the quota over all hosts. */
+    _Alignas(64) _Atomic int64_t shared_req, shared_tok;
+    _Atomic int64_t shared_daily_used;
 };
 
 /* One shard's leases for one key. Zero it (rl_local_init) before use. Only that
@@ -74,6 +84,10 @@ struct rl_local {
     int64_t req, tok;       /* leased and not yet admitted */
     int64_t daily;
     int64_t daily_day;      /* the UTC day the daily lease belongs to */
+    /* Cluster mode: what this shard was refused because the host's pool ran
+     * dry, per enum rl_dim: the demand the limits sync thread sizes leases by.
+     * Written by the shard only (relaxed), read by the sync thread. */
+    _Atomic uint64_t refused[3];
 };
 
 /* What an admission reserved; the caller keeps it with the request and passes
@@ -151,5 +165,63 @@ size_t rl_format_duration(char *buf, size_t cap, uint64_t ms);
  * ("Name: value\r\n") for the limited dimensions. Returns the bytes written, or
  * 0 when cap is too small (RL_HEADERS_MAX is always enough). */
 size_t rl_headers_write(char *buf, size_t cap, const struct rl_status *s);
+
+/* The UTC day number of a unix time (the quota's day). */
+int64_t rl_utc_day(int64_t unix_s);
+
+/* The daily quota's use on UTC day `today`, as a snapshot keeps it (tokens in
+ * shards' leases count as used: a restart loses them, on the strict side). */
+int64_t rl_quota_used(const struct rl_global *g, int64_t today);
+/* Sets the use of `today` (a snapshot read at start, before any shard runs). */
+void rl_quota_restore(struct rl_global *g, int64_t used, int64_t today);
+
+/* ---- cluster mode ------------------------------------------------------
+ *
+ * With [cluster], a key's rl_global is this host's share of buckets kept in a
+ * shared store (src/cluster): its pools do not refill with time. The limits
+ * sync thread (the only caller of the functions below, besides
+ * rl_global_set_cluster) fills them with tokens leased from the store, takes
+ * back what sits unused, and pushes settlement debts (a pool below zero). Shards
+ * admit and settle exactly as in local mode, except that a settlement larger
+ * than the reservation takes the pool below zero instead of stopping at empty,
+ * so the store is charged for it. */
+enum rl_dim { RL_DIM_REQ, RL_DIM_TOK, RL_DIM_DAILY };
+#define RL_DIMS 3
+
+/* Right after rl_global_init, before any shard sees g: every pool starts empty. */
+void rl_global_set_cluster(struct rl_global *g, int64_t now_unix_s);
+
+/* Whether g limits dimension d at all. */
+bool rl_has_dim(const struct rl_global *g, enum rl_dim d);
+
+/* The tokens (requests) in the host pool of d now, not counting shards'
+ * leases; below 0 when settlements owe more than the pool held. For
+ * RL_DIM_DAILY, of UTC day `today` (0 when the pool is of an earlier day). */
+int64_t rl_stock(const struct rl_global *g, enum rl_dim d, int64_t today);
+
+/* Puts n >= 0 leased tokens into the pool of d (daily: of day `today`; a pool of
+ * an earlier day is moved to today, empty, first). Returns how many fit: a pool
+ * holds at most its bucket's capacity (daily: the quota). */
+int64_t rl_stock_add(struct rl_global *g, enum rl_dim d, int64_t n, int64_t today);
+
+/* Takes up to max >= 0 tokens out of the pool of d, never below zero, to give
+ * back to the store. Returns how many. */
+int64_t rl_stock_take(struct rl_global *g, enum rl_dim d, int64_t max, int64_t today);
+
+/* Takes n >= 0 tokens out of the pool of d whether there or not: below zero is
+ * a debt the sync thread pushes to the store. Returns how many. */
+int64_t rl_stock_charge(struct rl_global *g, enum rl_dim d, int64_t n, int64_t today);
+
+/* Takes whatever the pool of d holds, debt included, leaving it at zero:
+ * returns the level it had (negative: a debt). For moving stock between
+ * generations, and for pushing debts. */
+int64_t rl_stock_drain(struct rl_global *g, enum rl_dim d, int64_t today);
+
+/* Sum over a key's shards of rl_local.refused[d]: l is shard 0's local, the
+ * others follow every `stride` entries. */
+uint64_t rl_refused_sum(const struct rl_local *l, size_t stride, unsigned shards, enum rl_dim d);
+
+/* The store's view after a sync, for headers: bucket levels, quota used today. */
+void rl_shared_publish(struct rl_global *g, int64_t req_level, int64_t tok_level, int64_t daily_used);
 
 #endif

@@ -23,6 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <hiredis/hiredis.h>
 #include <pthread.h>
 #include <wolfssl/options.h>
 #include <wolfssl/ssl.h>
@@ -2011,4 +2012,135 @@ int h_load_run(int port, int per_client, h_load_request *request, char *first, s
     /* after the joins: the threads use this stack frame */
     cr_assert_eq(started, H_LOAD_CLIENTS, "could start only %d load threads", started);
     return unexpected;
+}
+
+/* ---- Redis ---- */
+
+static redisContext *redis_open(const struct h_redis *r)
+{
+    struct timeval tv = { 1, 0 };
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", r->port, tv);
+    if (!c || c->err) {
+        if (c)
+            redisFree(c);
+        return NULL;
+    }
+    redisSetTimeout(c, tv);
+    if (r->password[0]) {
+        redisReply *a = redisCommand(c, "AUTH %s", r->password);
+        bool ok = a && a->type == REDIS_REPLY_STATUS;
+        if (a)
+            freeReplyObject(a);
+        if (!ok) {
+            redisFree(c);
+            return NULL;
+        }
+    }
+    return c;
+}
+
+static bool redis_spawn(struct h_redis *r, const char *args)
+{
+    char port[16], dir[512], argbuf[512];
+    snprintf(port, sizeof port, "%d", r->port);
+    snprintf(dir, sizeof dir, "%s/%s.redis", test_dir, r->tag);
+    mkdir(dir, 0755);
+    snprintf(argbuf, sizeof argbuf, "%s", args ? args : "");
+    const char *argv[48];
+    int n = 0;
+    argv[n++] = "redis-server";
+    argv[n++] = "--port";
+    argv[n++] = port;
+    argv[n++] = "--bind";
+    argv[n++] = "127.0.0.1";
+    argv[n++] = "--save";
+    argv[n++] = "";
+    argv[n++] = "--appendonly";
+    argv[n++] = "no";
+    argv[n++] = "--dir";
+    argv[n++] = dir;
+    argv[n++] = "--daemonize";
+    argv[n++] = "no";
+    if (r->password[0]) {
+        argv[n++] = "--requirepass";
+        argv[n++] = r->password;
+    }
+    for (char *save, *t = strtok_r(argbuf, " ", &save); t && n < 46; t = strtok_r(NULL, " ", &save))
+        argv[n++] = t;
+    argv[n] = NULL;
+    r->pid = h_spawn(r->tag, argv);
+    int64_t deadline = h_now_ms() + 10000 * h_slow();
+    while (h_now_ms() < deadline && h_alive(r->pid)) {
+        redisContext *c = redis_open(r);
+        if (c) {
+            redisReply *p = redisCommand(c, "PING");
+            bool ok = p && p->type == REDIS_REPLY_STATUS;
+            if (p)
+                freeReplyObject(p);
+            redisFree(c);
+            if (ok)
+                return true;
+        }
+        h_sleep_ms(20);
+    }
+    h_stop(r->pid, 2000);
+    r->pid = 0;
+    return false;
+}
+
+int h_redis_start(struct h_redis *r, const char *tag, const char *args)
+{
+    snprintf(r->tag, sizeof r->tag, "%s", tag);
+    for (int attempt = 0; attempt < 2; attempt++) {
+        r->port = h_free_port();
+        if (redis_spawn(r, args))
+            return 0;
+    }
+    return -1;
+}
+
+int h_redis_restart(struct h_redis *r, const char *args)
+{
+    int64_t end = h_now_ms() + 2000;
+    do {
+        if (redis_spawn(r, args))
+            return 0;
+        h_sleep_ms(100);
+    } while (h_now_ms() < end);
+    return -1;
+}
+
+static redisReply *redis_vcmd(const struct h_redis *r, const char *fmt, va_list ap)
+{
+    redisContext *c = redis_open(r);
+    if (!c)
+        return NULL;
+    redisReply *rep = redisvCommand(c, fmt, ap);
+    redisFree(c);
+    return rep;
+}
+
+redisReply *h_redis_cmd(const struct h_redis *r, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *rep = redis_vcmd(r, fmt, ap);
+    va_end(ap);
+    return rep;
+}
+
+long long h_redis_int(const struct h_redis *r, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *rep = redis_vcmd(r, fmt, ap);
+    va_end(ap);
+    long long v = -1;
+    if (rep && rep->type == REDIS_REPLY_INTEGER)
+        v = rep->integer;
+    else if (rep && rep->type == REDIS_REPLY_STRING)
+        v = strtoll(rep->str, NULL, 10);
+    if (rep)
+        freeReplyObject(rep);
+    return v;
 }

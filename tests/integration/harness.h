@@ -449,4 +449,27 @@ long long h_json_int(const char *json, const char *key);
     "[route dead]\npath = /dead/*\npool = dead\nkind = raw\n\n"                 \
     "[route all]\npath = /v1/*\npool = local\nkind = raw\n"
 
+
+/* ---- Redis (the cluster's shared limits) ---- */
+
+struct redisReply;
+struct h_redis {
+    int port;
+    pid_t pid;
+    char tag[32];
+    char password[64];        /* set before h_redis_start: requirepass */
+};
+/* Starts Debian's redis-server on a free loopback port (no persistence, its
+ * files in the test's dir), with r->password if set, and extra args (space
+ * separated, may be NULL); waits until it answers. 0, or -1 (see h_tail(tag)). */
+int h_redis_start(struct h_redis *r, const char *tag, const char *args);
+/* The same on r->port (a restart where the gateways expect it). */
+int h_redis_restart(struct h_redis *r, const char *args);
+/* A command over a fresh hiredis connection (AUTH with r->password first);
+ * NULL on failure. The caller frees it with freeReplyObject. */
+struct redisReply *h_redis_cmd(const struct h_redis *r, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* An integer reply, or a string holding a number (HGET, GET); -1 for nil or failure. */
+long long h_redis_int(const struct h_redis *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 #endif

@@ -260,8 +260,8 @@ Test(config, limits_accepted)
 
 Test(config_errors, unknown_sections)
 {
-    cfgt_expect_error("[server]\nshards = 2\n\n[cluster]\nredis = 127.0.0.1:6379\n",
-                      "test.conf:4: unknown section [cluster]");
+    cfgt_expect_error("[server]\nshards = 2\n\n[cluster east]\nredis = 127.0.0.1:6379\n",
+                      "test.conf:4: unknown section [cluster east]");
     cfgt_expect_error("[keys x]\n", "test.conf:1: unknown section [keys x]");
     cfgt_expect_error("[tier]\n", "test.conf:1: unknown section [tier]");
     cfgt_expect_error("; x\n[foo]\n", "test.conf:2: unknown section [foo]");
@@ -1741,4 +1741,44 @@ Test(config_pool_tls, backend_host_as_written_is_kept_for_the_server_name)
     cr_expect_str_eq(c->pools[0].backends[1].host, "::1");
     cr_expect_str_eq(c->pools[0].backends[2].host, "127.0.0.2");
     config_free(c);
+}
+
+Test(config_cluster, defaults_and_values)
+{
+    struct config *c = cfgt_load_ok("[server]\nshards = 1\n");
+    cr_expect_not(c->cluster.enabled);
+    cr_expect_str_eq(c->server.state_dir, "");
+    cr_expect_str_eq(c->cluster.key_prefix, "aigw:");
+    cr_expect_eq(c->cluster.sync_interval_ms, 50);
+    cr_expect_eq(c->cluster.timeout_ms, 250);
+    cr_expect_eq(c->cluster.on_redis_down, REDIS_DOWN_LOCAL);
+    config_free(c);
+
+    c = cfgt_load_ok("[server]\nstate_dir = /var/lib/aigw\n[cluster]\nredis = 127.0.0.1:6390\n"
+                     "username = gw\npassword = s3cret\nkey_prefix = prod:\nsync_interval = 20ms\n"
+                     "timeout = 100ms\non_redis_down = deny\n");
+    cr_expect(c->cluster.enabled);
+    cr_expect_str_eq(c->server.state_dir, "/var/lib/aigw");
+    cr_expect_str_eq(c->cluster.redis.text, "127.0.0.1:6390");
+    cr_expect_str_eq(c->cluster.username, "gw");
+    cr_expect_str_eq(c->cluster.password, "s3cret");
+    cr_expect_str_eq(c->cluster.key_prefix, "prod:");
+    cr_expect_eq(c->cluster.sync_interval_ms, 20);
+    cr_expect_eq(c->cluster.timeout_ms, 100);
+    cr_expect_eq(c->cluster.on_redis_down, REDIS_DOWN_DENY);
+    config_free(c);
+}
+
+Test(config_cluster, errors)
+{
+    cfgt_expect_error("[cluster]\nredis = 127.0.0.1:6379\nsync_interval = 1ms\n",
+                      "test.conf:3: invalid value for sync_interval: '1ms' (expected a duration from 5ms to 10s)");
+    cfgt_expect_error("[cluster]\nredis = 127.0.0.1:6379\non_redis_down = maybe\n",
+                      "test.conf:3: invalid value for on_redis_down: 'maybe' (expected local, deny or allow)");
+    cfgt_expect_error("[cluster]\npassword = x\n", "test.conf:1: [cluster] sets credentials but no redis");
+    cfgt_expect_error("[cluster]\nredis = 127.0.0.1:6379\nusername = u\n",
+                      "test.conf:1: [cluster] username needs a password");
+    cfgt_expect_error("[cluster]\nredis = 127.0.0.1:6379\npassword = two words\n",
+                      "test.conf:3: invalid value for password: must not contain spaces or control characters");
+    cfgt_expect_error("[cluster]\nredis = 127.0.0.1:6379\n[cluster]\n", "test.conf:3: duplicate section [cluster]");
 }

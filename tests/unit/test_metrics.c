@@ -433,7 +433,7 @@ Test(metrics, key_registry_full_gives_slot_zero, .init = cr_redirect_stderr)
     /* the last slot's counters exist and render */
     struct shard_metrics *m = metrics_shard(0);
     mc_add(&m->tokens[METRICS_MIN_KEYS - 1][TOKENS_COMPLETION], 9);
-    mc_add(&m->ratelimited[METRICS_MIN_KEYS - 1][METRICS_NLIMITS - 1], 2);
+    mc_add(&m->ratelimited[METRICS_MIN_KEYS - 1][RL_QUOTA - 1], 2);
     char *text = metrics_text();
     char line[128];
     snprintf(line, sizeof line, "aigw_tokens_total{key=\"%s\",direction=\"completion\"} 9", last);
