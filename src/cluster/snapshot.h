@@ -32,4 +32,11 @@ int snapshot_save(const char *dir, const struct gen *g, int64_t now_unix_s, char
  * file). Before the shards run. */
 int snapshot_load(const char *dir, struct gen *g, int64_t now_unix_s, char *err, size_t errlen);
 
+/* The limits sync thread's schedule: with [server] state_dir and no [cluster],
+ * saves g's quotas when SNAPSHOT_INTERVAL_MS passed since the last save (a
+ * failure is logged, once per distinct reason). snapshot_final saves at once
+ * (at shutdown, after the shards stopped). */
+void snapshot_tick(const struct gen *g, uint64_t now_ms);
+void snapshot_final(const struct gen *g);
+
 #endif
