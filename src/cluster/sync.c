@@ -735,9 +735,10 @@ static void cluster_reconfigure(const struct gen *old, const struct gen *cur)
         atomic_store_explicit(&cluster_admission_state, down_mode(), memory_order_relaxed);
     }
     bool was = S.cl.enabled;
+    struct cfg_cluster prev = S.cl;
     S.cl = *next;
     atomic_store_explicit(&sm.enabled, S.cl.enabled, memory_order_relaxed);
-    if (S.cl.enabled && !was) {
+    if (S.cl.enabled && (!was || !cluster_same_store(&prev, next))) {
         S.next_sync_ms = 0;
         log_info("limits sync: sharing limits through Redis %s (prefix '%s', every %" PRIu64 " ms)",
                  S.cl.redis.text, S.cl.key_prefix, S.cl.sync_interval_ms);
