@@ -142,7 +142,10 @@ const char *redis_error_name(enum redis_error e)
 
 struct redis_link *redis_link_new(void)
 {
-    return calloc(1, sizeof(struct redis_link));
+    struct redis_link *r = calloc(1, sizeof(struct redis_link));
+    if (r)
+        snprintf(r->addr, sizeof r->addr, "(never connected)");
+    return r;
 }
 
 void redis_link_close(struct redis_link *r)

@@ -339,6 +339,13 @@ Test(redis_link, hosts_count_the_distinct_hosts_that_synced_lately)
     cr_assert_eq(h_redis_int(&rd, "ZCARD %s", PREFIX "hosts"), 2);
     cr_assert_neq(h_redis_int(&rd, "EXISTS %s", PREFIX "host:a1"), 0, "the host record is named by the host id in hex");
 
+    /* a host last seen long ago (score: its sync time in µs) no longer counts */
+    redisReply *added = h_redis_cmd(&rd, "ZADD %s 1000000 c3", PREFIX "hosts");
+    cr_assert(added && added->type == REDIS_REPLY_INTEGER && added->integer == 1);
+    freeReplyObject(added);
+    cr_assert_eq(sync_ok(b, 0xb2, NULL, 0, NULL), 2);
+    cr_assert_eq(h_redis_int(&rd, "ZSCORE %s c3", PREFIX "hosts"), -1, "the stale host was not pruned");
+
     redis_link_free(a);
     redis_link_free(b);
     h_finish();
