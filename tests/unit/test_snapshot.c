@@ -416,3 +416,17 @@ Test(snapshot, nothing_is_written_with_a_cluster)
     cr_expect_not(state_file_exists(), "a snapshot written although Redis holds the quotas");
     gen_unref(g);
 }
+
+/* The example in docs/config.md, byte for byte, is a file aigw loads. */
+Test(snapshot, the_documented_example_loads)
+{
+    static const char doc[] = "aigw-state 1\nday 20425\nkey alice 5310\nkey bob 120\nsum 8898e7cf23c90c87\n";
+    write_bytes(state_path, doc, sizeof doc - 1);
+    struct gen *g = snt_gen(false);
+    char err[512];
+    int64_t noon = INT64_C(20425) * 86400 + 43200;
+    cr_expect_eq(snapshot_load(dir, g, noon, err, sizeof err), 2, "%s", err);
+    cr_expect_eq(used_of(g, "alice", noon), 5310);
+    cr_expect_eq(used_of(g, "bob", noon), 120);
+    gen_unref(g);
+}
