@@ -234,8 +234,7 @@ static bool snapshot_parse(const char *text, size_t len, struct snap_file *out, 
             k->len = (size_t)(sp2 ? sp2 - name : 0);
             nkeys++;
         } else {
-            ok = refuse(err, errlen, "line %u: unknown record \"%.*s\"", lineno,
-                        (int)((sp ? (size_t)(sp - p) : n) > 16 ? 16 : (sp ? (size_t)(sp - p) : n)), p);
+            ok = refuse(err, errlen, "line %u: not a record this version defines", lineno);
         }
         p += n + 1;
     }
