@@ -1,6 +1,7 @@
 /* The limits sync thread: see sync.h. SKELETON: follows generations only; the
  * Redis sync, local fallback and snapshots are being written. */
 #include "cluster/sync.h"
+#include "cluster/snapshot.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -13,6 +14,7 @@
 #include "core/gen.h"
 #include "core/log.h"
 #include "core/shard.h"
+#include "util/clock.h"
 
 _Atomic int cluster_admission_state = CLUSTER_ADMIT_NORMAL;
 
@@ -21,18 +23,25 @@ static int wake_fd = -1;
 static _Atomic bool stopping;
 static bool running;
 
+/* Lets go of g and the generations after it up to the current one. */
+static struct gen *follow_newest(struct gen *g)
+{
+    struct gen *cur = atomic_load_explicit(&rt.current, memory_order_acquire);
+    for (struct gen *x = g; x != cur;) {
+        struct gen *next = atomic_load(&x->newer);
+        gen_unref(x);
+        x = next;
+    }
+    return cur;
+}
+
 static void *sync_main(void *arg)
 {
     (void)arg;
     struct gen *g = atomic_load(&rt.current);
     while (!atomic_load(&stopping)) {
-        struct gen *cur = atomic_load_explicit(&rt.current, memory_order_acquire);
-        for (struct gen *x = g; x != cur;) {
-            struct gen *next = atomic_load(&x->newer);
-            gen_unref(x);
-            x = next;
-        }
-        g = cur;
+        g = follow_newest(g);
+        snapshot_tick(g, clock_mono_ms());
         struct pollfd p = { .fd = wake_fd, .events = POLLIN };
         if (poll(&p, 1, 50) > 0) {
             uint64_t v;
@@ -40,6 +49,8 @@ static void *sync_main(void *arg)
                 (void)0;
         }
     }
+    g = follow_newest(g);
+    snapshot_final(g);
     return NULL;
 }
 
