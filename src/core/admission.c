@@ -143,21 +143,19 @@ void admission_move_stock(struct rl_global *neu, struct rl_global *old, int64_t 
                       atomic_load_explicit(&old->shared_daily_used, memory_order_relaxed));
 }
 
-/* The fewest locals that fill whole cache lines (sizeof need not divide 64):
- * a shard's block of rl_stride of them then starts on its own line, and the
- * allocation's size is a multiple of its alignment, as aligned_alloc needs. */
-#define RL_LOCAL_GCD64(s) ((s) % 64 == 0 ? 64 : (s) % 32 == 0 ? 32 : (s) % 16 == 0 ? 16 : (s) % 8 == 0 ? 8 : \
-                           (s) % 4 == 0 ? 4 : (s) % 2 == 0 ? 2 : 1)
-#define RL_LOCALS_PER_LINES (64 / RL_LOCAL_GCD64(sizeof(struct rl_local)))
-
 int admission_gen_init(struct gen *g, const struct gen *prev, char *err, size_t errlen)
 {
     const struct config *cfg = g->cfg;
     unsigned n = keyring_count(cfg->keys.ring);
     if (n == 0)
         return 0;
-    /* each shard's block of locals starts on its own cache line */
-    g->rl_stride = (n + RL_LOCALS_PER_LINES - 1) / RL_LOCALS_PER_LINES * RL_LOCALS_PER_LINES;
+    /* each shard's block of locals starts on its own cache line: the stride
+     * is the fewest locals filling whole lines (which also makes the size a
+     * multiple of the alignment, as aligned_alloc requires) */
+    unsigned unit = 1;
+    while ((unit * sizeof(struct rl_local)) % 64)
+        unit++;
+    g->rl_stride = (n + unit - 1) / unit * unit;
     g->rl_global = aligned_alloc(64, sizeof(struct rl_global) * n);
     g->rl_local = aligned_alloc(64, sizeof(struct rl_local) * g->rl_stride * g->nshards);
     g->key_metric_slot = calloc(n, sizeof(int));
