@@ -365,9 +365,10 @@ static void went_down(enum redis_error e, const char *why, uint64_t now_ms)
         log_warn("limits sync: Redis %s unreachable (%s: %s); on_redis_down = local: enforcing 1/%u of each "
                  "limit locally until it is back", addr, redis_error_name(e), why, S.hosts);
         S.last_refill_ns = clock_mono_ns();
-        for (unsigned k = 0; k < S.nkeys; k++)
-            memset(S.keys[k].made_locally, 0, sizeof S.keys[k].made_locally),
+        for (unsigned k = 0; k < S.nkeys; k++) {
+            memset(S.keys[k].made_locally, 0, sizeof S.keys[k].made_locally);
             memset(S.keys[k].refill_carry, 0, sizeof S.keys[k].refill_carry);
+        }
     } else {
         log_warn("limits sync: Redis %s unreachable (%s: %s); on_redis_down = %s: keys with limits are %s until "
                  "it is back", addr, redis_error_name(e), why, mode == CLUSTER_ADMIT_DENY ? "deny" : "allow",
