@@ -38,15 +38,15 @@ static void tier_limits(const struct cfg_tier *t, struct rl_limits *lim)
     lim->daily_tokens = t->daily_tokens;
 }
 
-/* The previous generation's keys by NAME: an open-addressing table built once
- * per reload (control plane), so a reload of 100k keys stays linear. */
-struct name_index {
+/* A generation's keys by NAME: an open-addressing table built once per reload
+ * (control plane), so a reload of 100k keys stays linear. */
+struct key_name_index {
     const struct keyring *ring;
     int32_t *slot;          /* key index, -1 empty */
     size_t mask;
 };
 
-static bool name_index_build(struct name_index *ix, const struct gen *g)
+static bool name_index_build(struct key_name_index *ix, const struct gen *g)
 {
     ix->ring = g ? g->cfg->keys.ring : NULL;
     ix->slot = NULL;
@@ -72,7 +72,7 @@ static bool name_index_build(struct name_index *ix, const struct gen *g)
     return true;
 }
 
-static int name_index_find(const struct name_index *ix, const char *name)
+static int name_index_find(const struct key_name_index *ix, const char *name)
 {
     if (!ix->slot)
         return -1;
@@ -80,6 +80,28 @@ static int name_index_find(const struct name_index *ix, const char *name)
         if (strcmp(keyring_entry(ix->ring, (unsigned)ix->slot[i])->name, name) == 0)
             return ix->slot[i];
     return -1;
+}
+
+struct key_name_index *admission_name_index_new(const struct gen *g)
+{
+    struct key_name_index *ix = malloc(sizeof *ix);
+    if (ix && !name_index_build(ix, g)) {
+        free(ix);
+        return NULL;
+    }
+    return ix;
+}
+
+int admission_name_index_find(const struct key_name_index *ix, const char *name)
+{
+    return ix ? name_index_find(ix, name) : -1;
+}
+
+void admission_name_index_free(struct key_name_index *ix)
+{
+    if (ix)
+        free(ix->slot);
+    free(ix);
 }
 
 /* A key's state across a reload. Local to local: bucket levels and the day's
@@ -92,23 +114,29 @@ static void carry_key_state(struct rl_global *neu, struct rl_global *old, uint64
     if (!neu->cluster && !old->cluster)
         rl_global_inherit(neu, old, now_ns, now_unix);
     else if (neu->cluster && old->cluster)
-        admission_move_stock(neu, old, today);
+        admission_move_stock(neu, old, today, NULL);
     else if (!neu->cluster)
         rl_quota_restore(neu, atomic_load_explicit(&old->shared_daily_used, memory_order_relaxed), today);
 }
 
-void admission_move_stock(struct rl_global *neu, struct rl_global *old, int64_t today)
+void admission_move_stock(struct rl_global *neu, struct rl_global *old, int64_t today,
+                          int64_t left[RL_DIMS])
 {
     for (int d = 0; d < RL_DIMS; d++) {
+        if (left)
+            left[d] = 0;
         if (!rl_has_dim(old, (enum rl_dim)d))
             continue;
         int64_t level = rl_stock_drain(old, (enum rl_dim)d, today);
-        /* a lower limit than before holds less: the rest is stranded in the
-         * store until it refills (or midnight), on the strict side */
+        /* a lower limit than before holds less: without `left` the rest is
+         * stranded in the store until it refills (or midnight), on the strict side */
+        int64_t moved = 0;
         if (level > 0)
-            rl_stock_add(neu, (enum rl_dim)d, level, today);
+            moved = rl_stock_add(neu, (enum rl_dim)d, level, today);
         else if (level < 0 && rl_has_dim(neu, (enum rl_dim)d))
-            rl_stock_charge(neu, (enum rl_dim)d, -level, today);
+            moved = -rl_stock_charge(neu, (enum rl_dim)d, -level, today);
+        if (left)
+            left[d] = level - moved;
     }
     rl_shared_publish(neu, atomic_load_explicit(&old->shared_req, memory_order_relaxed),
                       atomic_load_explicit(&old->shared_tok, memory_order_relaxed),
@@ -135,7 +163,7 @@ int admission_gen_init(struct gen *g, const struct gen *prev, char *err, size_t 
         rl_local_init(&g->rl_local[i]);
     uint64_t now_ns = clock_mono_ns();
     int64_t now_unix = (int64_t)time(NULL);
-    struct name_index before;
+    struct key_name_index before;
     if (!name_index_build(&before, prev)) {
         snprintf(err, errlen, "%s: out of memory for %u keys", cfg->path, n);
         return -1;

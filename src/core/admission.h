@@ -34,8 +34,21 @@ int admission_gen_init(struct gen *g, const struct gen *prev, char *err, size_t 
 void admission_gen_free(struct gen *g);
 /* Cluster mode: moves a key's host pools (stock and debts) from old to neu, and
  * the store's view. Used at reload, and by the limits sync thread for what
- * reached the old generation's pools after that. */
-void admission_move_stock(struct rl_global *neu, struct rl_global *old, int64_t today);
+ * reached the old generation's pools after that. left (may be NULL) gets, per
+ * enum rl_dim, what neu could not take (stock beyond its smaller pool, or a
+ * dimension it no longer limits; a debt as a negative count), for the sync
+ * thread to give back to the store; without it that is lost. */
+void admission_move_stock(struct rl_global *neu, struct rl_global *old, int64_t today,
+                          int64_t left[RL_DIMS]);
+
+/* A generation's keys by NAME (control plane: built once, looked up many times,
+ * e.g. by the limits sync thread when it moves to a new generation). */
+struct key_name_index;
+/* NULL when g has no keys or memory ran out (then every lookup finds nothing). */
+struct key_name_index *admission_name_index_new(const struct gen *g);
+/* The key's index in g's keyring (and rl_global), or -1. */
+int admission_name_index_find(const struct key_name_index *ix, const char *name);
+void admission_name_index_free(struct key_name_index *ix);
 /* What the access log's limit field says of the request's admission: the limit
  * that fired, prefixed with "redis_down:local:" when decided under
  * on_redis_down = local; "redis_down:local", "redis_down:allow" or

@@ -2048,7 +2048,7 @@ static bool redis_spawn(struct h_redis *r, const char *args)
     snprintf(argbuf, sizeof argbuf, "%s", args ? args : "");
     const char *argv[48];
     int n = 0;
-    argv[n++] = "redis-server";
+    argv[n++] = "/usr/bin/redis-server";   /* h_spawn execs without a PATH search; Debian's path */
     argv[n++] = "--port";
     argv[n++] = port;
     argv[n++] = "--bind";
