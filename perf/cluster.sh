@@ -67,7 +67,7 @@ done
 CLK_TCK=$(getconf CLK_TCK)
 
 # ---- keys: one per measured point, so each starts from a full bucket ----
-NKEYS=64
+NKEYS=$(($(wc -w <<<"$SYNCS") * $(wc -w <<<"$RATES") + 1))   # the points below
 : >"$WORK/keys"
 key_of() { printf 'sk-aigw-cluster-bench-%s-00000000000000000000' "$1"; }
 for k in $(seq "$NKEYS"); do
@@ -90,7 +90,13 @@ start_redis() {
     PID[redis]=$!; STARTED+=($!)
     wait_port "$PORT_REDIS" "${PID[redis]}" redis
 }
-redis_commands() { redis-cli -p "$PORT_REDIS" INFO stats | tr -d '\r' | awk -F: '$1 == "total_commands_processed" { print $2 }'; }
+# Commands Redis ran (those a script calls included), and script calls (one per sync batch): "commands scripts".
+redis_commands() {
+    redis-cli -p "$PORT_REDIS" INFO all | tr -d '\r' | awk -F'[:,=]' '
+        $1 == "total_commands_processed" { c = $2 }
+        $1 == "cmdstat_evalsha" || $1 == "cmdstat_eval" { s += $3 }
+        END { printf "%d %d\n", c, s }'
+}
 
 # stop_pid PID: SIGTERM, wait (bounded, 10 s), SIGKILL; forgets it.
 stop_pid() {
@@ -182,57 +188,63 @@ RESULTS=$WORK/results
 : >"$RESULTS"
 # point MODE(cluster|independent) SYNC RATE: a requests-limit run and a tokens-limit run
 point() {
-    local mode=$1 sync=$2 rate=$3 delay nreq ntok c0 c1 t0 t1 req adm err dur tok cap allow
+    local mode=$1 sync=$2 rate=$3 delay nreq ntok c0 c1 s0 s1 t0 t1 req adm err dur tok cap allow
     delay=$(awk -v h=$HOSTS -v c="$CONNS" -v r="$rate" 'BEGIN { d = h * c * 1000 / r; printf "%d", (d < 1 ? 1 : d + 0.5) }')
+    [ "$NEXT_KEY" -le "$NKEYS" ] || die "more points than keys"
     nreq=req$NEXT_KEY ntok=tok$NEXT_KEY
     NEXT_KEY=$((NEXT_KEY + 1))
-    [ "$NEXT_KEY" -le "$NKEYS" ] || die "more points than keys"
     # requests per minute
-    c0=$(redis_commands)
+    read -r c0 s0 < <(redis_commands)
     read -r req adm err dur < <(run_wrk "$nreq" "$delay" "$CONNS" "$DURATION")
-    c1=$(redis_commands)
+    read -r c1 s1 < <(redis_commands)
     cap=$(awk -v r="$RPM" -v b="$BURST_S" 'BEGIN { printf "%.0f", r / 60 * b }')
     allow=$(awk -v c="$cap" -v r="$RPM" -v d="$dur" 'BEGIN { printf "%.0f", c + r / 60 * d }')
-    echo "$mode $sync $rate req $req $adm $err $dur $allow $((c1 - c0))" >>"$RESULTS"
+    echo "$mode $sync $rate req $req $adm $err $dur $allow $((c1 - c0)) $((s1 - s0))" >>"$RESULTS"
     # tokens per minute: admitted tokens as the gateways counted them
-    c0=$(redis_commands)
+    read -r c0 s0 < <(redis_commands)
     t0=$(tokens_of "$ntok")
     read -r req adm err dur < <(run_wrk "$ntok" "$delay" "$CONNS" "$DURATION")
     t1=$(tokens_of "$ntok")
-    c1=$(redis_commands)
+    read -r c1 s1 < <(redis_commands)
     tok=$((t1 - t0))
     cap=$(awk -v r="$TPM" -v b="$BURST_S" 'BEGIN { printf "%.0f", r / 60 * b }')
     allow=$(awk -v c="$cap" -v r="$TPM" -v d="$dur" 'BEGIN { printf "%.0f", c + r / 60 * d }')
-    echo "$mode $sync $rate tok $req $tok $err $dur $allow $((c1 - c0))" >>"$RESULTS"
-    tail -n 2 "$RESULTS" | awk '{ printf "  %-11s sync %-5s offered %4d/s  %s: %6d requests, admitted %7d of %7d allowed (%.2f)  redis %.0f cmd/s%s\n",
-        $1, $2, $3, $4, $5, $6, $9, ($9 > 0 ? $6 / $9 : 0), $10 / $8, ($7 > 0 ? "  ERRORS " $7 : "") }' >&2
+    echo "$mode $sync $rate tok $req $tok $err $dur $allow $((c1 - c0)) $((s1 - s0))" >>"$RESULTS"
+    tail -n 2 "$RESULTS" | awk '{ printf "  %-11s sync %-5s offered %4d/s  %s: %6d requests, admitted %7d of %7d allowed (%.2f)  redis %.0f scripts/s %.0f cmd/s%s\n",
+        $1, $2, $3, $4, $5, $6, $9, ($9 > 0 ? $6 / $9 : 0), $11 / $8, $10 / $8, ($7 > 0 ? "  ERRORS " $7 : "") }' >&2
 }
 
 # cpu_point MODE NAME: wrk as fast as it goes on a key whose limits never fire;
 # prints "MODE req/s cpu_us_per_req redis_cmds_per_s redis_cpu_us_per_req"
 cpu_point() {
-    local mode=$1 name=$2 i before=0 after=0 rb ra c0 c1 req adm err dur
+    local mode=$1 name=$2 i before=0 after=0 rb ra c0 c1 s0 s1 req adm err dur
     run_wrk "$name" 0 "$CPU_CONNS" 1 >/dev/null     # warm-up
     for i in 0 1 2; do before=$((before + $(cpu_ticks "${PID[gw$i]}"))); done
-    rb=$(cpu_ticks "${PID[redis]}"); c0=$(redis_commands)
+    rb=$(cpu_ticks "${PID[redis]}"); read -r c0 s0 < <(redis_commands)
     read -r req adm err dur < <(run_wrk "$name" 0 "$CPU_CONNS" "$DURATION")
     for i in 0 1 2; do after=$((after + $(cpu_ticks "${PID[gw$i]}"))); done
-    ra=$(cpu_ticks "${PID[redis]}"); c1=$(redis_commands)
+    ra=$(cpu_ticks "${PID[redis]}"); read -r c1 s1 < <(redis_commands)
     [ "$adm" -eq "$req" ] && [ "$err" -eq 0 ] || note "cpu $mode: $((req - adm)) refused, $err errors"
     awk -v m="$mode" -v req="$req" -v d="$dur" -v t=$((after - before)) -v rt=$((ra - rb)) -v hz="$CLK_TCK" \
-        -v c=$((c1 - c0)) 'BEGIN { printf "cpu %s %.0f %.2f %.0f %.3f\n", m, req / d, t * 1e6 / hz / req, c / d, rt * 1e6 / hz / req }' >>"$RESULTS"
-    tail -n 1 "$RESULTS" | awk '{ printf "  cpu, cluster %-3s %8.0f req/s  %6.2f us CPU/req (3 aigw)  redis %.0f cmd/s\n", $2, $3, $4, $5 }' >&2
+        -v c=$((c1 - c0)) -v sc=$((s1 - s0)) 'BEGIN { printf "cpu %s %.0f %.2f %.0f %.3f %.0f\n", m, req / d, t * 1e6 / hz / req, c / d, rt * 1e6 / hz / req, sc / d }' >>"$RESULTS"
+    tail -n 1 "$RESULTS" | awk '{ printf "  cpu, cluster %-3s %8.0f req/s  %6.2f us CPU/req (3 aigw)  redis %.0f scripts/s %.0f cmd/s\n", $2, $3, $4, $7, $5 }' >&2
 }
 
 start_backend
 start_redis
 note "RPM=$RPM TPM=$TPM burst=$BURST, $HOSTS aigw (shards=$SHARDS), $DURATION s per point, rates: $RATES"
+cpu_done=0
 for sync in $SYNCS; do
     start_gateways "$sync"
     for rate in $RATES; do point cluster "$sync" "$rate"; done
-    if [ "$sync" = "$CPU_SYNC" ]; then cpu_point on hot-on; fi
+    if [ "$sync" = "$CPU_SYNC" ]; then cpu_point on hot-on; cpu_done=1; fi
     stop_gateways
 done
+if [ $cpu_done = 0 ]; then
+    start_gateways "$CPU_SYNC"
+    cpu_point on hot-on
+    stop_gateways
+fi
 start_gateways off
 max_rate=$(tr ' ' '\n' <<<"$RATES" | sort -n | tail -n 1)
 point independent - "$max_rate"
@@ -245,29 +257,33 @@ mkdir -p "$(dirname "$OUT")"
     echo "# perf/cluster.sh — $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
     echo
     echo "Three aigw (shards=$SHARDS) on loopback, one redis-server, one aigw-mockllm; one key's traffic"
-    echo "spread evenly over the three by one wrk each ($CONNS paced connections per gateway); $DURATION s per"
+    echo "spread evenly over the three by one wrk each ($CONNS connections per gateway, paced by wrk's delay()"
+    echo "to the target rate; *sent* is what wrk managed); $DURATION s per"
     echo "point; a fresh key per point. Limits: requests_per_minute = $RPM, tokens_per_minute = $TPM"
     echo "(a request uses $TOKENS_PER_REQUEST tokens), burst = $BURST. *allowed* = capacity + rate × duration;"
     echo "*accuracy* = admitted ÷ allowed (1.00 when the offered load is above the limit and the"
     echo "limit holds exactly; below 1 when less is offered). *Redis* counts every command the"
-    echo "three hosts sent (a sync is one EVALSHA)."
+    echo "three hosts sent: *scripts* the EVALSHA calls (one per sync batch), *cmd* every command run,"
+    echo "those the script calls included (they grow with the keys in a batch; the keys file holds"
+    echo "$((2 * NKEYS + 2)) keys, each leased its floor)."
     echo
-    echo "| hosts | sync | offered req/s | req/s handled | requests: admitted / allowed | accuracy | tokens: admitted / allowed | accuracy | Redis cmd/s |"
-    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| hosts | sync | target req/s | sent req/s | requests: admitted / allowed | accuracy | tokens: admitted / allowed | accuracy | Redis scripts/s | Redis cmd/s |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     awk '$1 != "cpu" { k = $1 " " $2 " " $3; if (!(k in seen)) { seen[k] = 1; order[++n] = k }
             row[k, $4] = $0 }
          END { for (i = 1; i <= n; i++) {
             split(row[order[i], "req"], a, " "); split(row[order[i], "tok"], b, " ")
-            printf "| %s | %s | %d | %.0f | %d / %d | %.2f | %d / %d | %.2f | %.0f |\n",
+            printf "| %s | %s | %d | %.0f | %d / %d | %.2f | %d / %d | %.2f | %.0f | %.0f |\n",
                 (a[1] == "cluster" ? "3, [cluster]" : "3 independent"), a[2], a[3], a[5] / a[8],
-                a[6], a[9], a[6] / a[9], b[6], b[9], b[6] / b[9], (a[10] + b[10]) / (a[8] + b[8]) } }' "$RESULTS"
+                a[6], a[9], a[6] / a[9], b[6], b[9], b[6] / b[9], (a[11] + b[11]) / (a[8] + b[8]),
+                (a[10] + b[10]) / (a[8] + b[8]) } }' "$RESULTS"
     echo
     echo "CPU per request on the hot path (a key whose limits never fire; wrk unpaced, $CPU_CONNS connections"
     echo "per gateway; user + system time of the three aigw ÷ requests; [cluster] at sync_interval = $CPU_SYNC):"
     echo
-    echo "| [cluster] | req/s | µs CPU / request (3 aigw) | Redis cmd/s | Redis µs CPU / request |"
-    echo "|---|---:|---:|---:|---:|"
-    awk '$1 == "cpu" { printf "| %s | %.0f | %.2f | %.0f | %.3f |\n", $2, $3, $4, $5, $6 }' "$RESULTS"
+    echo "| [cluster] | req/s | µs CPU / request (3 aigw) | Redis scripts/s | Redis cmd/s | Redis µs CPU / request |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    awk '$1 == "cpu" { printf "| %s | %.0f | %.2f | %.0f | %.0f | %.3f |\n", $2, $3, $4, $7, $5, $6 }' "$RESULTS"
 } >"$OUT"
 cat "$OUT"
 note "written to $OUT"
