@@ -142,7 +142,10 @@ const char *redis_error_name(enum redis_error e)
 
 struct redis_link *redis_link_new(void)
 {
-    return calloc(1, sizeof(struct redis_link));
+    struct redis_link *r = calloc(1, sizeof(struct redis_link));
+    if (r)
+        snprintf(r->addr, sizeof r->addr, "(never connected)");
+    return r;
 }
 
 void redis_link_close(struct redis_link *r)
@@ -209,21 +212,24 @@ static bool starts_with(const char *s, const char *prefix)
 
 static bool is_auth_error(const char *s)
 {
-    return starts_with(s, "NOAUTH") || starts_with(s, "WRONGPASS") || strstr(s, "invalid password") ||
-           strstr(s, "invalid username-password");
+    return starts_with(s, "NOAUTH") || starts_with(s, "WRONGPASS") || strstr(s, "password");
 }
 
-/* A server's error text with every occurrence of the password masked, in
- * case some server version echoes what it was sent. */
-static void mask_secret(char *s, const char *secret)
+/* A server's error text with the password masked, in case some server
+ * version echoes what it was sent. */
+static void copy_masked(char *out, size_t cap, const char *s, const char *secret)
 {
-    size_t n = strlen(secret);
-    if (!n)
-        return;
-    for (char *p = strstr(s, secret); p; p = strstr(p + 3, secret)) {
-        memcpy(p, "***", 3);
-        memmove(p + 3, p + n, strlen(p + n) + 1);
+    size_t n = strlen(secret), o = 0;
+    while (*s && o + 1 < cap) {
+        if (n && !strncmp(s, secret, n)) {
+            for (int k = 0; k < 3 && o + 1 < cap; k++)
+                out[o++] = '*';
+            s += n;
+        } else {
+            out[o++] = *s++;
+        }
     }
+    out[o] = '\0';
 }
 
 static enum redis_error load_script(struct redis_link *r, char *err, size_t errlen)
@@ -262,10 +268,10 @@ static enum redis_error authenticate(struct redis_link *r, const struct cfg_clus
     enum redis_error e = REDIS_OK;
     if (rep->type == REDIS_REPLY_ERROR) {
         char said[256];
-        snprintf(said, sizeof said, "%s", rep->str);
-        mask_secret(said, cl->password);
-        e = fail(r, REDIS_E_AUTH, err, errlen, "AUTH refused%s%s: %s", cl->username[0] ? " for user " : "",
-                 cl->username, said);
+        copy_masked(said, sizeof said, rep->str, cl->password);
+        /* not every refusal is about the credentials (e.g. max clients reached) */
+        e = fail(r, is_auth_error(rep->str) ? REDIS_E_AUTH : REDIS_E_PROTOCOL, err, errlen, "AUTH refused%s%s: %s",
+                 cl->username[0] ? " for user " : "", cl->username, said);
     } else if (rep->type != REDIS_REPLY_STATUS) {
         e = fail(r, REDIS_E_PROTOCOL, err, errlen, "AUTH: unexpected reply (type %d)", rep->type);
     }

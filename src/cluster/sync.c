@@ -93,6 +93,7 @@ struct key_sync {
     int64_t give_back[RL_DIMS];     /* granted beyond what the pool holds, or handed over
                                      * from a reload: returned in the next batch */
     int64_t owe[RL_DIMS];           /* debts to push in the next batch (outage tallies) */
+    int64_t carry_day;              /* the UTC day give_back and owe of the quota are of */
     int64_t made_locally[RL_DIMS];  /* granted by this host itself during an outage */
     uint64_t refill_carry[2];       /* fractions of a token of the local refill */
     int64_t daily_used_seen;        /* the day's use over all hosts, as Redis last said */
@@ -185,6 +186,16 @@ static const char *key_name(const struct gen *g, unsigned k)
 static uint64_t refused_sum(const struct gen *g, unsigned k, enum rl_dim d)
 {
     return rl_refused_sum(&g->rl_local[k], g->rl_stride, g->nshards, d);
+}
+
+/* A day's quota is worth nothing the next day: what was to be given back or
+ * charged for it is dropped at midnight, never applied to the new day. */
+static void carry_roll(struct key_sync *ks, int64_t day)
+{
+    if (ks->carry_day != day) {
+        ks->give_back[RL_DIM_DAILY] = ks->owe[RL_DIM_DAILY] = 0;
+        ks->carry_day = day;
+    }
 }
 
 /* Measures from here: the pools as they are now, refusals counted so far. */
@@ -379,6 +390,7 @@ static void came_back(uint64_t now_ms)
     if (local) {
         for (unsigned k = 0; k < S.nkeys; k++) {
             struct key_sync *ks = &S.keys[k];
+            carry_roll(ks, day);
             for (int d = 0; d < RL_DIMS; d++) {
                 int64_t owed = ks->made_locally[d];
                 if (d != RL_DIM_DAILY) {
@@ -443,12 +455,14 @@ static void apply_result(const struct lease_op *op, int32_t key, const struct le
     }
     struct rl_global *rg = &S.g->rl_global[key];
     struct key_sync *ks = &S.keys[key];
+    carry_roll(ks, day);
     for (int d = 0; d < RL_DIMS; d++) {
         int64_t granted = r->granted[d];
         if (granted <= 0)
             continue;
-        /* a grant for a day that is over is worth nothing here: give it back */
-        int64_t fit = d == RL_DIM_DAILY && op->day != day ? 0 : rl_stock_add(rg, (enum rl_dim)d, granted, day);
+        if (d == RL_DIM_DAILY && op->day != day)
+            continue;   /* a grant of a day that is over: that quota is gone */
+        int64_t fit = rl_stock_add(rg, (enum rl_dim)d, granted, day);
         ks->last_stock[d] += fit;
         ks->give_back[d] += granted - fit;
     }
@@ -512,13 +526,14 @@ static bool flush(uint64_t deadline_ms)
 /* ---- building a batch ---- */
 
 /* Moves the key's debts, give-backs and surplus out of its pools and into an
- * op, and asks for what its demand calls for. NULL when it needs nothing. */
+ * op in the outbox, with what its demand calls for; no op when it needs nothing. */
 static void build_key_op(unsigned k, int64_t day)
 {
     struct rl_global *rg = &S.g->rl_global[k];
     struct key_sync *ks = &S.keys[k];
     if (!key_has_limits(rg))
         return;
+    carry_roll(ks, day);
     struct lease_op op;
     memset(&op, 0, sizeof op);
     op_set_limits(&op, rg, day);
@@ -644,6 +659,7 @@ static void queue_everything(const struct gen *g, int64_t day)
         for (int d = 0; d < RL_DIMS; d++) {
             amount[d] = rl_stock_drain(rg, (enum rl_dim)d, day);
             if (g == S.g && k < S.nkeys) {
+                carry_roll(&S.keys[k], day);
                 amount[d] += S.keys[k].give_back[d] - S.keys[k].owe[d];
                 S.keys[k].give_back[d] = S.keys[k].owe[d] = 0;
             }
@@ -735,9 +751,12 @@ static void cluster_reconfigure(const struct gen *old, const struct gen *cur)
         atomic_store_explicit(&cluster_admission_state, down_mode(), memory_order_relaxed);
     }
     bool was = S.cl.enabled;
+    struct cfg_cluster prev = S.cl;
     S.cl = *next;
     atomic_store_explicit(&sm.enabled, S.cl.enabled, memory_order_relaxed);
-    if (S.cl.enabled && !was) {
+    if (!S.cl.enabled && was)
+        log_info("limits sync: [cluster] removed: this host enforces its limits alone");
+    if (S.cl.enabled && (!was || !cluster_same_store(&prev, next))) {
         S.next_sync_ms = 0;
         log_info("limits sync: sharing limits through Redis %s (prefix '%s', every %" PRIu64 " ms)",
                  S.cl.redis.text, S.cl.key_prefix, S.cl.sync_interval_ms);

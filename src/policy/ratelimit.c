@@ -347,13 +347,17 @@ static void note_refused(const struct rl_global *g, struct rl_local *l, enum rl_
     atomic_store_explicit(&l->refused[d], v + (uint64_t)n, memory_order_relaxed);
 }
 
-/* Until 00:00 UTC; but in cluster mode, when the store still has the quota
- * this host's pool lacks, as soon as the next lease may bring it. */
+/* Until 00:00 UTC; but in cluster mode, when what the store has left and what
+ * this host's pool holds (the store counts that as used) cover the cost, as
+ * soon as the next lease may bring the rest. */
 static uint32_t quota_retry_seconds(const struct rl_global *g, int64_t cost, int64_t now_unix_s)
 {
-    if (g->cluster &&
-        atomic_load_explicit(&g->shared_daily_used, memory_order_relaxed) + cost <= g->daily)
-        return 1;
+    if (g->cluster) {
+        int64_t store_left = g->daily - atomic_load_explicit(&g->shared_daily_used, memory_order_relaxed);
+        int64_t pool = rl_stock(g, RL_DIM_DAILY, utc_day(now_unix_s));
+        if (max_i64(store_left, 0) + max_i64(pool, 0) >= cost)
+            return 1;
+    }
     return seconds_to_utc_midnight(now_unix_s);
 }
 
@@ -640,14 +644,17 @@ static void rate_status(const struct rl_global *g, const struct rl_rate *r, cons
     if (!r->per_minute)
         return;
     int64_t now = rate_now(g, r, now_ns);
-    int64_t level = pool_level(r, atomic_load_explicit((_Atomic int64_t *)empty_at, memory_order_relaxed), now)
-                    + lease;
-    if (g->cluster)     /* the host's pool and lease plus what the shared bucket holds */
-        level += atomic_load_explicit(r == &g->req ? (_Atomic int64_t *)&g->shared_req
-                                                   : (_Atomic int64_t *)&g->shared_tok,
-                                      memory_order_relaxed);
+    int64_t own = pool_level(r, atomic_load_explicit((_Atomic int64_t *)empty_at, memory_order_relaxed), now)
+                  + lease;
+    /* cluster mode: the host's pool and lease plus what the shared bucket
+     * holds (rate_wait_ns counts the shared bucket itself) */
+    int64_t shared = !g->cluster ? 0
+                     : atomic_load_explicit(r == &g->req ? (_Atomic int64_t *)&g->shared_req
+                                                         : (_Atomic int64_t *)&g->shared_tok,
+                                            memory_order_relaxed);
+    int64_t level = own + shared;
     *remaining = level <= 0 ? 0 : (uint64_t)min_i64(level, r->capacity);
-    uint64_t wait = rate_wait_ns(g, r, r->capacity - level, now_ns);
+    uint64_t wait = rate_wait_ns(g, r, r->capacity - own, now_ns);
     *reset_ms = wait / 1000000 + (wait % 1000000 != 0);
 }
 

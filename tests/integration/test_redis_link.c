@@ -6,13 +6,19 @@
  * port, a stopped server, a flushed script cache, a restarted server. */
 #include "harness.h"
 
+#include <ctype.h>
 #include <inttypes.h>
 #include <math.h>
+#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 /* before hiredis.h, whose REDIS_OK macro (0, the same value) would otherwise
  * stand in for the enumerator's name */
@@ -333,6 +339,13 @@ Test(redis_link, hosts_count_the_distinct_hosts_that_synced_lately)
     cr_assert_eq(h_redis_int(&rd, "ZCARD %s", PREFIX "hosts"), 2);
     cr_assert_neq(h_redis_int(&rd, "EXISTS %s", PREFIX "host:a1"), 0, "the host record is named by the host id in hex");
 
+    /* a host last seen long ago (score: its sync time in µs) no longer counts */
+    redisReply *added = h_redis_cmd(&rd, "ZADD %s 1000000 c3", PREFIX "hosts");
+    cr_assert(added && added->type == REDIS_REPLY_INTEGER && added->integer == 1);
+    freeReplyObject(added);
+    cr_assert_eq(sync_ok(b, 0xb2, NULL, 0, NULL), 2);
+    cr_assert_eq(h_redis_int(&rd, "ZSCORE %s c3", PREFIX "hosts"), -1, "the stale host was not pruned");
+
     redis_link_free(a);
     redis_link_free(b);
     h_finish();
@@ -627,4 +640,190 @@ Test(redis_link, a_restarted_redis_is_reached_again_by_reconnecting)
 
     redis_link_free(r);
     h_finish();
+}
+
+Test(redis_link, a_read_only_replica_refuses_the_script)
+{
+    struct h_redis primary = { 0 }, replica = { 0 };
+    start_redis(&primary);
+    char args[64];
+    snprintf(args, sizeof args, "--replicaof 127.0.0.1 %d", primary.port);
+    cr_assert_eq(h_redis_start(&replica, "replica", args), 0, "the replica did not start:\n%s", h_tail("replica"));
+    struct redis_link *r = link_to(&replica);
+
+    char err[512] = "";
+    uint32_t hosts;
+    struct lease_op op = req_op("replica.key", 60, 10, 1);
+    struct lease_result res;
+    enum redis_error e = redis_sync(r, PREFIX, 1, 1, &op, 1, &res, &hosts, err, sizeof err);
+    cr_assert_eq(e, REDIS_E_SCRIPT, "%s: %s", redis_error_name(e), err);
+    cr_assert(strstr(err, "READONLY"), "%s", err);
+    cr_assert(!redis_link_connected(r));
+
+    redis_link_free(r);
+    h_finish();
+}
+
+/* ---- a fake server, for the answers a real one does not give on demand ---- */
+
+enum fake_mode {
+    FAKE_NOSCRIPT_ALWAYS,       /* EVALSHA: -NOSCRIPT, however often the script is loaded */
+    FAKE_WRONG_SHAPE,           /* EVALSHA: an integer instead of the reply array */
+    FAKE_HANG_UP,               /* EVALSHA: the connection closed without a reply */
+};
+
+struct fake_redis {
+    int listen_fd, port;
+    enum fake_mode mode;
+    pthread_t thread;
+    _Atomic int script_loads, evalshas;
+};
+
+/* One command of the request stream in buf: 1 and its name (uppercased) and
+ * length in bytes, 0 if incomplete, -1 if not RESP. */
+static int resp_command(const char *buf, size_t len, char *name, size_t name_cap, size_t *used)
+{
+    const char *p = buf, *end = buf + len;
+    const char *nl = memchr(p, '\n', (size_t)(end - p));
+    if (!nl)
+        return 0;
+    if (*p != '*')
+        return -1;
+    long argc = strtol(p + 1, NULL, 10);
+    p = nl + 1;
+    for (long i = 0; i < argc; i++) {
+        nl = memchr(p, '\n', (size_t)(end - p));
+        if (!nl)
+            return 0;
+        if (*p != '$')
+            return -1;
+        long n = strtol(p + 1, NULL, 10);
+        p = nl + 1;
+        if (end - p < n + 2)
+            return 0;
+        if (i == 0) {
+            size_t k = (size_t)n < name_cap - 1 ? (size_t)n : name_cap - 1;
+            for (size_t j = 0; j < k; j++)
+                name[j] = (char)toupper((unsigned char)p[j]);
+            name[k] = '\0';
+        }
+        p += n + 2;
+    }
+    *used = (size_t)(p - buf);
+    return 1;
+}
+
+static void *fake_redis_main(void *arg)
+{
+    struct fake_redis *f = arg;
+    struct pollfd pl = { .fd = f->listen_fd, .events = POLLIN };
+    if (poll(&pl, 1, 10000) != 1)
+        return NULL;
+    int fd = accept(f->listen_fd, NULL, NULL);
+    if (fd < 0)
+        return NULL;
+    static const char sha[] = "0123456789abcdef0123456789abcdef01234567";
+    char *buf = malloc(1 << 20);
+    size_t len = 0;
+    for (int rounds = 0; rounds < 1000; rounds++) {
+        struct pollfd pc = { .fd = fd, .events = POLLIN };
+        if (poll(&pc, 1, 10000) != 1)
+            break;
+        ssize_t got = read(fd, buf + len, (1 << 20) - len);
+        if (got <= 0)
+            break;
+        len += (size_t)got;
+        char name[32];
+        size_t used;
+        int rc;
+        bool hang_up = false;
+        while ((rc = resp_command(buf, len, name, sizeof name, &used)) == 1) {
+            memmove(buf, buf + used, len - used);
+            len -= used;
+            const char *answer = "+OK\r\n";
+            char load_answer[64];
+            if (!strcmp(name, "SCRIPT")) {
+                f->script_loads++;
+                snprintf(load_answer, sizeof load_answer, "$40\r\n%s\r\n", sha);
+                answer = load_answer;
+            } else if (!strcmp(name, "EVALSHA")) {
+                f->evalshas++;
+                if (f->mode == FAKE_NOSCRIPT_ALWAYS)
+                    answer = "-NOSCRIPT No matching script. Please use EVAL.\r\n";
+                else if (f->mode == FAKE_WRONG_SHAPE)
+                    answer = ":1\r\n";
+                else
+                    hang_up = true;
+            }
+            if (hang_up)
+                break;
+            h_write_all(fd, answer, strlen(answer));
+        }
+        if (rc < 0 || hang_up)
+            break;
+    }
+    free(buf);
+    close(fd);
+    return NULL;
+}
+
+static void fake_redis_start(struct fake_redis *f, enum fake_mode mode)
+{
+    f->mode = mode;
+    f->listen_fd = h_listen_loopback(&f->port);
+    cr_assert_eq(pthread_create(&f->thread, NULL, fake_redis_main, f), 0);
+}
+
+static void fake_redis_stop(struct fake_redis *f)
+{
+    pthread_join(f->thread, NULL);
+    close(f->listen_fd);
+}
+
+static enum redis_error fake_sync(struct fake_redis *f, char *err, size_t errlen)
+{
+    struct cfg_cluster cl = cluster_for(f->port, NULL, NULL);
+    struct redis_link *r = redis_link_new();
+    enum redis_error e = redis_link_connect(r, &cl, err, errlen);
+    cr_assert_eq(e, REDIS_OK, "connect to the fake server: %s: %s", redis_error_name(e), err);
+    struct lease_op op = req_op("fake.key", 60, 10, 1);
+    struct lease_result res;
+    uint32_t hosts;
+    e = redis_sync(r, PREFIX, 1, 1, &op, 1, &res, &hosts, err, errlen);
+    cr_assert(!redis_link_connected(r), "the link stays open after %s", redis_error_name(e));
+    redis_link_free(r);
+    fake_redis_stop(f);
+    return e;
+}
+
+Test(redis_link, a_script_that_stays_unknown_is_loaded_once_more_then_a_script_error)
+{
+    struct fake_redis f = { 0 };
+    fake_redis_start(&f, FAKE_NOSCRIPT_ALWAYS);
+    char err[512] = "";
+    enum redis_error e = fake_sync(&f, err, sizeof err);
+    cr_assert_eq(e, REDIS_E_SCRIPT, "%s: %s", redis_error_name(e), err);
+    cr_assert(strstr(err, "NOSCRIPT"), "%s", err);
+    cr_assert_eq(f.script_loads, 2, "SCRIPT LOAD sent %d times: at connect and once after NOSCRIPT",
+                 f.script_loads);
+    cr_assert_eq(f.evalshas, 2, "EVALSHA sent %d times: once, and once again after the reload", f.evalshas);
+}
+
+Test(redis_link, a_reply_of_the_wrong_shape_is_a_protocol_error)
+{
+    struct fake_redis f = { 0 };
+    fake_redis_start(&f, FAKE_WRONG_SHAPE);
+    char err[512] = "";
+    enum redis_error e = fake_sync(&f, err, sizeof err);
+    cr_assert_eq(e, REDIS_E_PROTOCOL, "%s: %s", redis_error_name(e), err);
+}
+
+Test(redis_link, a_connection_closed_without_a_reply_is_a_protocol_error)
+{
+    struct fake_redis f = { 0 };
+    fake_redis_start(&f, FAKE_HANG_UP);
+    char err[512] = "";
+    enum redis_error e = fake_sync(&f, err, sizeof err);
+    cr_assert_eq(e, REDIS_E_PROTOCOL, "%s: %s", redis_error_name(e), err);
+    cr_assert(strstr(err, "closed"), "%s", err);
 }

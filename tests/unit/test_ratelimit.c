@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/admission.h"
 #include "policy/ratelimit.h"
 
 #define RLT_SEC 1000000000ULL
@@ -531,4 +532,159 @@ Test(ratelimit, concurrent_shards_with_refill_stay_within_bound)
                   (unsigned long)tokens, (unsigned long)ideal, (long)bound);
     cr_expect_gt(refilled, 6000000, "the run outlasted the burst: %lu refilled", (unsigned long)refilled);
     free(g);
+}
+
+/* ---- cluster mode: host pools fed by the limits sync thread ---- */
+
+static struct rl_global *rlt_cluster(uint64_t rpm, uint64_t tpm, uint64_t daily, unsigned shards)
+{
+    struct rl_global *g = rlt_global(rpm, tpm, 60000, daily, shards);
+    rl_global_set_cluster(g, RLT_NOON);
+    return g;
+}
+
+#define RLT_TODAY (RLT_NOON / 86400)
+
+Test(ratelimit, cluster_pools_start_empty_and_count_refusals)
+{
+    struct rl_global *g = rlt_cluster(60, 1000, 5000, 2);
+    struct rl_local l[2];
+    rl_local_init(&l[0]);
+    rl_local_init(&l[1]);
+    for (int d = 0; d < RL_DIMS; d++)
+        cr_expect_eq(rl_stock(g, (enum rl_dim)d, RLT_TODAY), 0, "dimension %d starts empty", d);
+    struct rl_verdict v;
+    cr_expect_not(rl_admit(g, &l[0], 10, RLT_T0, RLT_NOON, &v), "nothing leased yet");
+    cr_expect_eq(v.limit, RL_REQUESTS);
+    cr_expect_eq(v.retry_after_s, 1);
+    cr_expect_not(rl_admit(g, &l[1], 10, RLT_T0, RLT_NOON, &v));
+    cr_expect_eq(rl_refused_sum(l, 1, 2, RL_DIM_REQ), 2, "both shards' refusals are the demand");
+
+    cr_expect_eq(rl_stock_add(g, RL_DIM_REQ, 5, RLT_TODAY), 5);
+    cr_expect_not(rl_admit(g, &l[0], 10, RLT_T0, RLT_NOON, &v));
+    cr_expect_eq(v.limit, RL_TOKENS);
+    cr_expect_eq(rl_refused_sum(l, 1, 2, RL_DIM_TOK), 10);
+    cr_expect_eq(rl_stock(g, RL_DIM_REQ, RLT_TODAY) + l[0].req, 5, "the request taken for it went back");
+
+    cr_expect_eq(rl_stock_add(g, RL_DIM_TOK, 100, RLT_TODAY), 100);
+    cr_expect_not(rl_admit(g, &l[0], 10, RLT_T0, RLT_NOON, &v));
+    cr_expect_eq(v.limit, RL_QUOTA);
+    cr_expect_eq(v.retry_after_s, 1, "the store still has quota: retry soon, not at midnight");
+    cr_expect_eq(rl_refused_sum(l, 1, 2, RL_DIM_DAILY), 10);
+
+    cr_expect_eq(rl_stock_add(g, RL_DIM_DAILY, 100, RLT_TODAY), 100);
+    cr_expect(rl_admit(g, &l[0], 10, RLT_T0, RLT_NOON, &v));
+    /* time passing refills nothing: only the sync thread adds */
+    unsigned n = rlt_drain(g, &l[0], 10, RLT_T0 + 3600 * RLT_SEC, RLT_NOON, &v);
+    cr_expect_eq(n, 4, "5 requests leased, one taken before");
+    free(g);
+}
+
+Test(ratelimit, cluster_stock_add_take_hold_at_most_the_bucket)
+{
+    struct rl_global *g = rlt_cluster(60, 0, 1000, 1);
+    cr_expect_eq(rl_stock_add(g, RL_DIM_REQ, 100, RLT_TODAY), 60, "a pool holds at most the bucket");
+    cr_expect_eq(rl_stock_add(g, RL_DIM_REQ, 1, RLT_TODAY), 0);
+    cr_expect_eq(rl_stock_take(g, RL_DIM_REQ, 25, RLT_TODAY), 25);
+    cr_expect_eq(rl_stock_take(g, RL_DIM_REQ, 100, RLT_TODAY), 35, "never below zero");
+    cr_expect_eq(rl_stock(g, RL_DIM_REQ, RLT_TODAY), 0);
+    cr_expect_eq(rl_stock_add(g, RL_DIM_TOK, 100, RLT_TODAY), 0, "an unlimited dimension holds nothing");
+    cr_expect_eq(rl_stock_add(g, RL_DIM_DAILY, 5000, RLT_TODAY), 1000, "at most the quota");
+    cr_expect_eq(rl_stock_add(g, RL_DIM_REQ, -5, RLT_TODAY), 0);
+    cr_expect_eq(rl_stock_take(g, RL_DIM_REQ, -5, RLT_TODAY), 0);
+    free(g);
+}
+
+Test(ratelimit, cluster_settlement_beyond_the_pool_is_a_debt)
+{
+    struct rl_global *g = rlt_cluster(0, 1000, 10000, 1);
+    struct rl_local l;
+    rl_local_init(&l);
+    rl_stock_add(g, RL_DIM_TOK, 100, RLT_TODAY);
+    rl_stock_add(g, RL_DIM_DAILY, 100, RLT_TODAY);
+    struct rl_verdict v;
+    cr_assert(rl_admit(g, &l, 100, RLT_T0, RLT_NOON, &v));
+    rl_settle(g, &l, &v.ticket, 350, RLT_T0, RLT_NOON);
+    cr_expect_eq(rl_stock(g, RL_DIM_TOK, RLT_TODAY), -250, "below zero: owed to the store");
+    cr_expect_eq(rl_stock(g, RL_DIM_DAILY, RLT_TODAY), -250);
+    cr_expect_not(rl_admit(g, &l, 1, RLT_T0, RLT_NOON, &v), "a pool in debt admits nothing");
+    cr_expect_eq(rl_stock_charge(g, RL_DIM_TOK, 50, RLT_TODAY), 50);
+    cr_expect_eq(rl_stock_drain(g, RL_DIM_TOK, RLT_TODAY), -300, "drain reports the debt");
+    cr_expect_eq(rl_stock(g, RL_DIM_TOK, RLT_TODAY), 0, "and clears it");
+    /* what the sync thread does when it pushes a debt: adds it back to zero */
+    cr_expect_eq(rl_stock_add(g, RL_DIM_DAILY, 250, RLT_TODAY), 250);
+    cr_expect_eq(rl_stock(g, RL_DIM_DAILY, RLT_TODAY), 0);
+    free(g);
+}
+
+Test(ratelimit, cluster_daily_pool_of_an_earlier_day_is_empty)
+{
+    struct rl_global *g = rlt_cluster(0, 0, 1000, 1);
+    struct rl_local l;
+    rl_local_init(&l);
+    cr_expect_eq(rl_stock_add(g, RL_DIM_DAILY, 300, RLT_TODAY), 300);
+    cr_expect_eq(rl_stock(g, RL_DIM_DAILY, RLT_TODAY + 1), 0, "yesterday's lease is not today's");
+    cr_expect_eq(rl_stock_drain(g, RL_DIM_DAILY, RLT_TODAY + 1), 0, "nothing to give back for a new day");
+    cr_expect_eq(rl_stock_add(g, RL_DIM_DAILY, 200, RLT_TODAY + 1), 200);
+    struct rl_verdict v;
+    cr_expect_eq(rlt_drain(g, &l, 50, RLT_T0, RLT_NOON + 86400, &v), 4);
+    cr_expect_eq(v.limit, RL_QUOTA);
+    free(g);
+}
+
+Test(ratelimit, cluster_status_counts_the_shared_bucket_once)
+{
+    struct rl_global *g = rlt_cluster(60, 0, 0, 1);
+    struct rl_local l;
+    rl_local_init(&l);
+    rl_stock_add(g, RL_DIM_REQ, 10, RLT_TODAY);
+    rl_shared_publish(g, 20, 0, 0);
+    struct rl_status st;
+    rl_status(g, &l, RLT_T0, RLT_NOON, &st);
+    cr_expect_eq(st.limit_requests, 60);
+    cr_expect_eq(st.remaining_requests, 30, "the host's pool plus what the store holds");
+    cr_expect_eq(st.reset_requests_ms, 30000, "30 missing at one a second, got %llu ms",
+                 (unsigned long long)st.reset_requests_ms);
+    free(g);
+}
+
+Test(ratelimit, cluster_daily_status_and_retry)
+{
+    struct rl_global *g = rlt_cluster(0, 0, 1000, 1);
+    struct rl_local l;
+    rl_local_init(&l);
+    rl_stock_add(g, RL_DIM_DAILY, 100, RLT_TODAY);
+    rl_shared_publish(g, 0, 0, 900);    /* this host's 100 included */
+    struct rl_status st;
+    rl_status(g, &l, RLT_T0, RLT_NOON, &st);
+    cr_expect_eq(st.remaining_daily, 200);
+    struct rl_verdict v;
+    cr_expect_not(rl_admit(g, &l, 150, RLT_T0, RLT_NOON, &v));
+    cr_expect_eq(v.retry_after_s, 1, "the store has 100 more: the next lease may bring them");
+    rl_shared_publish(g, 0, 0, 1000);
+    cr_expect_not(rl_admit(g, &l, 150, RLT_T0, RLT_NOON, &v));
+    cr_expect_eq(v.retry_after_s, 12 * 3600, "the day's quota is gone everywhere: until midnight");
+    free(g);
+}
+
+Test(ratelimit, cluster_move_stock_hands_back_what_does_not_fit)
+{
+    struct rl_global *old = rlt_cluster(60, 1000, 5000, 1);
+    struct rl_global *neu = rlt_cluster(20, 1000, 0, 1);     /* a smaller bucket, no quota any more */
+    rl_stock_add(old, RL_DIM_REQ, 50, RLT_TODAY);
+    rl_stock_add(old, RL_DIM_TOK, 400, RLT_TODAY);
+    rl_stock_charge(old, RL_DIM_DAILY, 70, RLT_TODAY);     /* a settlement debt */
+    rl_shared_publish(old, 5, 6, 7);
+    int64_t left[RL_DIMS];
+    admission_move_stock(neu, old, RLT_TODAY, left);
+    cr_expect_eq(rl_stock(neu, RL_DIM_REQ, RLT_TODAY), 20);
+    cr_expect_eq(left[RL_DIM_REQ], 30, "what the smaller pool cannot hold goes back");
+    cr_expect_eq(rl_stock(neu, RL_DIM_TOK, RLT_TODAY), 400);
+    cr_expect_eq(left[RL_DIM_TOK], 0);
+    cr_expect_eq(left[RL_DIM_DAILY], -70, "a debt the new pool cannot carry is still owed");
+    for (int d = 0; d < RL_DIMS; d++)
+        cr_expect_eq(rl_stock(old, (enum rl_dim)d, RLT_TODAY), 0, "the old pools are drained");
+    cr_expect_eq(atomic_load(&neu->shared_daily_used), 7);
+    free(old);
+    free(neu);
 }
