@@ -1053,6 +1053,11 @@ Test(cluster, reload_changes_cluster_settings_and_keys_without_losing_counts)
         used += a.tokens;
     }
 
+    /* how long a takes for 10 syncs at 50ms */
+    int64_t t0 = h_now_ms();
+    wait_syncs(&f.gw[0], 10);
+    int64_t slow_ms = h_now_ms() - t0;
+
     /* a: a faster sync, deny when Redis is down, and a key of its own */
     char keys_a[600];
     snprintf(keys_a, sizeof keys_a, "%s/keys-a", h_dir());
@@ -1064,6 +1069,12 @@ Test(cluster, reload_changes_cluster_settings_and_keys_without_losing_counts)
     fleet_config(&f, 0, keys_a);
     H_RELOAD(&f.gw[0], H_RELOAD_APPLIED);
     wait_syncs(&f.gw[0], 3);
+    t0 = h_now_ms();
+    wait_syncs(&f.gw[0], 10);
+    int64_t fast_ms = h_now_ms() - t0;
+    cr_log_info("reload: 10 syncs took %lld ms at 50ms, %lld ms at 20ms", (long long)slow_ms, (long long)fast_ms);
+    cr_assert_lt(fast_ms * 4, slow_ms * 3, "sync_interval 50ms -> 20ms by reload: 10 syncs took %lld ms, then %lld ms",
+                 (long long)slow_ms, (long long)fast_ms);
 
     for (int i = 0; i < 9; i++) {
         struct answer a = ask(&f.gw[i % HOSTS], KEY_A, body);
