@@ -40,7 +40,9 @@ struct lease_bounds lease_daily_bounds(int64_t limit, int64_t used_all_hosts, ui
 
 int64_t lease_demand(int64_t stock_last, int64_t stock_now, uint64_t refused)
 {
-    int64_t left_pool = stock_last > stock_now ? min_i64(stock_last - stock_now, LEASE_DEMAND_MAX) : 0;
+    /* in unsigned arithmetic: the difference of any two int64 fits a uint64 */
+    uint64_t gone = stock_last > stock_now ? (uint64_t)stock_last - (uint64_t)stock_now : 0;
+    int64_t left_pool = gone > (uint64_t)LEASE_DEMAND_MAX ? LEASE_DEMAND_MAX : (int64_t)gone;
     int64_t ref = refused > (uint64_t)LEASE_DEMAND_MAX ? LEASE_DEMAND_MAX : (int64_t)refused;
     return min_i64(left_pool + ref, LEASE_DEMAND_MAX);
 }

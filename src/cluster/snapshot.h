@@ -29,7 +29,8 @@ int snapshot_save(const char *dir, const struct gen *g, int64_t now_unix_s, char
  * if the file is of the UTC day of now_unix_s. Returns the number of keys
  * restored (0 when there is no file yet, or it is of an earlier day), or -1
  * with why the file was refused in err (nothing is restored from a refused
- * file). Before the shards run. */
+ * file). On 0, err says why nothing was looked up when there was a reason (no
+ * file yet, an earlier day), else is empty. Before the shards run. */
 int snapshot_load(const char *dir, struct gen *g, int64_t now_unix_s, char *err, size_t errlen);
 
 /* The limits sync thread's schedule: with [server] state_dir and no [cluster],

@@ -149,9 +149,13 @@ int admission_gen_init(struct gen *g, const struct gen *prev, char *err, size_t 
     unsigned n = keyring_count(cfg->keys.ring);
     if (n == 0)
         return 0;
-    /* each shard's block of locals starts on its own cache line */
-    unsigned per_line = 64 / sizeof(struct rl_local);
-    g->rl_stride = (n + per_line - 1) / per_line * per_line;
+    /* each shard's block of locals starts on its own cache line: the stride
+     * is the fewest locals filling whole lines (which also makes the size a
+     * multiple of the alignment, as aligned_alloc requires) */
+    unsigned unit = 1;
+    while ((unit * sizeof(struct rl_local)) % 64)
+        unit++;
+    g->rl_stride = (n + unit - 1) / unit * unit;
     g->rl_global = aligned_alloc(64, sizeof(struct rl_global) * n);
     g->rl_local = aligned_alloc(64, sizeof(struct rl_local) * g->rl_stride * g->nshards);
     g->key_metric_slot = calloc(n, sizeof(int));

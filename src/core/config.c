@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* Longest accepted line, newline excluded. */
@@ -538,6 +539,7 @@ static int server_drain_timeout(struct load_ctx *x, const char *key, const char 
 
 static int server_state_dir(struct load_ctx *x, const char *key, const char *value)
 {
+    x->c->server.state_dir_line = x->lineno;
     if (value[0] == '\0') {
         x->c->server.state_dir[0] = '\0';
         return 0;
@@ -1898,10 +1900,30 @@ int config_load_string(const char *name, const char *text, struct config **out,
 /* The access log is opened as accesslog.c opens it: for append, created when
  * missing, never truncated; a file created here stays (the daemon would create
  * it too). An error names the line of `access =`. */
+/* The snapshot is written by rename into the directory: it must be one aigw
+ * can create files in. */
+static int check_state_dir(struct load_ctx *x, const struct config *c)
+{
+    const char *dir = c->server.state_dir;
+    struct stat st;
+    if (stat(dir, &st) != 0)
+        return fail_at(x, c->server.state_dir_line, "state_dir %s: %s", dir, strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        return fail_at(x, c->server.state_dir_line, "state_dir %s is not a directory", dir);
+    if (access(dir, W_OK | X_OK) != 0)
+        return fail_at(x, c->server.state_dir_line, "state_dir %s is not writable: %s", dir, strerror(errno));
+    return 0;
+}
+
 int config_check_files(const struct config *c, char *err, size_t errlen)
 {
     if (err && errlen)
         err[0] = '\0';
+    struct load_ctx x = { .name = c->path, .err = err, .errlen = errlen };
+    if (c->server.state_dir[0] && check_state_dir(&x, c) != 0) {
+        escape_message(err, errlen);
+        return -1;
+    }
     if (c->log.access != ACCESS_FILE)
         return 0;
     int fd = open(c->log.access_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
@@ -1909,7 +1931,6 @@ int config_check_files(const struct config *c, char *err, size_t errlen)
         close(fd);
         return 0;
     }
-    struct load_ctx x = { .name = c->path, .err = err, .errlen = errlen };
     fail_at(&x, c->log.access_line, "access log %s cannot be opened for appending: %s",
             c->log.access_path, strerror(errno));
     escape_message(err, errlen);

@@ -102,6 +102,7 @@ struct config {
         size_t max_header;      /* default 16k; at most 64k */
         uint64_t drain_timeout_ms; /* default 30s */
         char state_dir[PATH_MAX]; /* daily quotas (and spend) snapshotted here; empty (default): not kept */
+        int state_dir_line;     /* of `state_dir = DIR`, for messages */
     } server;
     struct {
         bool enabled;           /* default: 127.0.0.1:9090 */

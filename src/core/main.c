@@ -14,6 +14,7 @@
 #include "core/admin.h"
 #include "core/log.h"
 #include "core/watch.h"
+#include "cluster/snapshot.h"
 #include "cluster/sync.h"
 #include "core/gen.h"
 #include "core/shard.h"
@@ -216,6 +217,33 @@ static unsigned online_cpus(void)
     return (unsigned)n;
 }
 
+/* Without Redis, the day's quota use of the last run (snapshot.h); before any
+ * shard admits from g. */
+static void restore_daily_quotas(struct gen *g)
+{
+    const struct config *cfg = g->cfg;
+    const char *dir = cfg->server.state_dir;
+    if (cfg->cluster.enabled)
+        return;     /* Redis holds the quotas */
+    if (!dir[0]) {
+        for (unsigned i = 0; i < cfg->ntiers; i++)
+            if (cfg->tiers[i].daily_tokens) {
+                log_warn("[tier %s] sets daily_tokens without [cluster]: daily quotas restart from zero on "
+                         "every restart: set [server] state_dir", cfg->tiers[i].name);
+                break;
+            }
+        return;
+    }
+    char why[512];
+    int n = snapshot_load(dir, g, (int64_t)time(NULL), why, sizeof why);
+    if (n < 0)
+        log_warn("%s/%s: ignored: %s", dir, SNAPSHOT_FILE, why);
+    else if (why[0])
+        log_info("%s/%s: %s: no daily quota use restored", dir, SNAPSHOT_FILE, why);
+    else
+        log_info("restored the daily quota use of %d key(s) from %s/%s", n, dir, SNAPSHOT_FILE);
+}
+
 int main(int argc, char **argv)
 {
     if (argc >= 2 && strcmp(argv[1], "keygen") == 0)
@@ -302,6 +330,7 @@ int main(int argc, char **argv)
     if (!cfg->keys.configured)
         log_warn("%s has no [keys] section: authentication is off, every client may call every route",
                  cfg->path);
+    restore_daily_quotas(g);
     atomic_store(&rt.current, g);
     metrics_config_loaded(g->id);
     if (alog_init(rt.nshards, 0, cfg->log.access, cfg->log.access_path) != 0) {

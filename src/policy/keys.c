@@ -113,6 +113,11 @@ static bool valid_ident(const char *s, size_t len, size_t max)
     return true;
 }
 
+bool key_name_valid(const char *s, size_t len)
+{
+    return valid_ident(s, len, KEY_NAME_MAX);
+}
+
 static bool valid_presented_key(const char *s, size_t len)
 {
     if (len == 0 || len > KEY_PRESENTED_MAX)

@@ -76,6 +76,9 @@ const struct key_entry *keyring_lookup(const struct keyring *k, const char *key,
 unsigned keyring_count(const struct keyring *k);
 const struct key_entry *keyring_entry(const struct keyring *k, unsigned i);
 
+/* Whether s[0, len) is a valid NAME (the rule above): for files that name keys. */
+bool key_name_valid(const char *s, size_t len);
+
 /* Whether the key may use the model named by model[0, len). */
 bool key_entry_allows_model(const struct key_entry *e, const char *model, size_t len);
 

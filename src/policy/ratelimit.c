@@ -121,10 +121,7 @@ static uint64_t rate_wait_ns(const struct rl_global *g, const struct rl_rate *r,
     if (deficit <= 0)
         return 0;
     if (g->cluster) {
-        /* the shared bucket refills at the rate; what it holds now comes first */
-        int64_t shared = atomic_load_explicit(r == &g->req ? &g->shared_req : &g->shared_tok,
-                                              memory_order_relaxed);
-        deficit -= shared > 0 ? min_i64(shared, deficit) : 0;
+        /* the shared bucket refills at the rate */
         unsigned __int128 w = ((unsigned __int128)(uint64_t)deficit * NS_PER_MINUTE + r->per_minute - 1)
                               / r->per_minute;
         return w > UINT64_MAX ? UINT64_MAX : (uint64_t)w;
@@ -333,6 +330,14 @@ static bool deny(struct rl_verdict *out, enum rl_limit which, bool too_large, ui
 static uint32_t retry_seconds(const struct rl_global *g, const struct rl_rate *r, int64_t deficit,
                               uint64_t now_ns)
 {
+    if (g->cluster) {
+        /* this host's pool ran dry: what the shared bucket still holds comes
+         * with the next lease, only the rest waits for the refill */
+        int64_t shared = atomic_load_explicit(r == &g->req ? (_Atomic int64_t *)&g->shared_req
+                                                           : (_Atomic int64_t *)&g->shared_tok,
+                                              memory_order_relaxed);
+        deficit -= shared > 0 ? min_i64(shared, deficit) : 0;
+    }
     uint64_t wait = rate_wait_ns(g, r, deficit, now_ns);
     uint64_t s = wait / NS_PER_SECOND + (wait % NS_PER_SECOND != 0);
     return s < 1 ? 1 : s > UINT32_MAX ? UINT32_MAX : (uint32_t)s;

@@ -14,3 +14,8 @@ uint64_t hash_bytes_seeded(const void *p, size_t n, uint64_t seed)
 {
     return XXH3_64bits_withSeed(p, n, seed);
 }
+
+uint64_t hash_checksum64(const void *p, size_t n)
+{
+    return XXH3_64bits(p, n);
+}

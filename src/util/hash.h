@@ -16,6 +16,10 @@ uint64_t hash_bytes(const void *p, size_t n);
  * boundaries counting ("ab","c" is not "a","bc"). */
 uint64_t hash_bytes_seeded(const void *p, size_t n, uint64_t seed);
 
+/* XXH3-64 with seed 0, pinned: for checksums kept on disk (the state_dir
+ * snapshot), which must read the same after hash_bytes changes algorithm. */
+uint64_t hash_checksum64(const void *p, size_t n);
+
 static inline uint64_t hash_str(const char *s) { return hash_bytes(s, strlen(s)); }
 
 #endif
