@@ -81,8 +81,12 @@ static void fleet_start(struct fleet *f, int n, bool with_redis, const char *moc
     }
 }
 
-/* Every gateway has run a successful sync since it started (its pools hold a
- * first lease), so what a test measures starts from a settled cluster. */
+/* Waits until gateway g has completed `more` syncs beyond what it counts now. */
+static void wait_syncs(const struct h_gw *g, int more);
+
+/* Every gateway reaches Redis, counts the whole fleet among the hosts, and has
+ * synced a few times since (its pools sized for H = f->n), so what a test
+ * measures starts from a settled cluster. */
 static void fleet_wait_synced(const struct fleet *f, int min_syncs)
 {
     for (int i = 0; i < f->n; i++) {
@@ -93,6 +97,11 @@ static void fleet_wait_synced(const struct fleet *f, int min_syncs)
         cr_assert_geq(v, min_syncs, "%s: aigw_cluster_syncs_total is %g; stderr:\n%s", f->gw[i].tag, v,
                       h_tail(f->gw[i].tag));
     }
+    for (int i = 0; i < f->n; i++) {
+        double v = h_wait_metric(f->gw[i].admin_port, "aigw_cluster_hosts", H_EQ, f->n, 5000 * h_slow());
+        cr_assert_eq(v, f->n, "%s sees %g hosts, not %d", f->gw[i].tag, v, f->n);
+    }
+    for (int i = 0; i < f->n; i++) wait_syncs(&f->gw[i], 3);
 }
 
 /* Waits until gateway g has completed `more` syncs beyond what it counts now. */
