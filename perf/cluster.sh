@@ -3,7 +3,8 @@
 # redis-server ([cluster]) in front of one aigw-mockllm, one key's traffic spread
 # evenly over the three by one wrk each. Prints, and writes to OUT, a table of:
 #   - accuracy = admitted ÷ what the limit allows over the run (capacity + rate ×
-#     duration), for a requests-per-minute limit and for a tokens-per-minute limit,
+#     duration), for a requests-per-minute limit and for a tokens-per-minute limit
+#     (admitted tokens: answers × the mock's usage, checked against aigw_tokens_total),
 #     at several offered rates and sync_intervals; Redis commands per second
 #     (INFO stats total_commands_processed) against requests per second;
 #   - the same load on three independent hosts (no [cluster]): the N× over-admission
@@ -145,12 +146,14 @@ $cluster" || die "aigw gw$i did not start"
 stop_gateways() { local i; for i in 0 1 2; do stop_pid "${PID[gw$i]}"; done; }
 
 metric_sum() { # metric_sum ADMIN_PORT REGEX: the sum of the samples whose line matches
-    curl -s --max-time 2 "http://127.0.0.1:$1/metrics" | awk -v re="$2" '$0 ~ re && $1 !~ /^#/ { s += $NF } END { printf "%.0f\n", s }'
+    local text
+    text=$(curl -sf --max-time 2 --retry 2 "http://127.0.0.1:$1/metrics") || { note "cannot scrape 127.0.0.1:$1/metrics"; return 1; }
+    awk -v re="$2" '$0 ~ re && $1 !~ /^#/ { s += $NF } END { printf "%.0f\n", s }' <<<"$text"
 }
 wait_redis_up() { # wait_redis_up ADMIN_PORT: bounded (10 s)
     local i
     for i in $(seq 100); do
-        [ "$(metric_sum "$1" '^aigw_cluster_redis_up ')" = 1 ] && return 0
+        [ "$(metric_sum "$1" '^aigw_cluster_redis_up ' 2>/dev/null)" = 1 ] && return 0
         sleep 0.1
     done
     return 1
@@ -206,7 +209,10 @@ point() {
     read -r req adm err dur < <(run_wrk "$ntok" "$delay" "$CONNS" "$DURATION")
     t1=$(tokens_of "$ntok")
     read -r c1 s1 < <(redis_commands)
-    tok=$((t1 - t0))
+    # the mock's usage is the same for every answer: admitted tokens = admitted
+    # requests × that; the gateways' own count is a cross-check
+    tok=$((adm * TOKENS_PER_REQUEST))
+    [ $((t1 - t0)) -eq "$tok" ] || note "tokens: aigw_tokens_total rose by $((t1 - t0)), $adm answers × $TOKENS_PER_REQUEST = $tok"
     cap=$(awk -v r="$TPM" -v b="$BURST_S" 'BEGIN { printf "%.0f", r / 60 * b }')
     allow=$(awk -v c="$cap" -v r="$TPM" -v d="$dur" 'BEGIN { printf "%.0f", c + r / 60 * d }')
     echo "$mode $sync $rate tok $req $tok $err $dur $allow $((c1 - c0)) $((s1 - s0))" >>"$RESULTS"
