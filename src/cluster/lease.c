@@ -1,7 +1,6 @@
 /* Lease sizing: see lease.h. */
 #include "cluster/lease.h"
 
-#include <stdbool.h>
 
 /* Demands and targets saturate here: far above any bucket (RL_MAX_PER_MINUTE x
  * RL_MAX_BURST_MS is about 1.4e13), and 2 x it still fits an int64. */
@@ -48,17 +47,25 @@ int64_t lease_demand(int64_t stock_last, int64_t stock_now, uint64_t refused)
 }
 
 struct lease_plan lease_size(const struct lease_bounds *b, int64_t demand, uint64_t refused,
-                             int64_t stock)
+                             int64_t stock, struct lease_hold *hold, uint64_t now_ms)
 {
     struct lease_plan p = { 0, 0, 0 };
     int64_t ref = refused > (uint64_t)LEASE_DEMAND_MAX ? LEASE_DEMAND_MAX : (int64_t)refused;
     demand = min_i64(max_i64(demand, 0), LEASE_DEMAND_MAX);
-    /* Refused while nothing left the pool: what was asked does not fit in a
-     * share (a burst of ordinary requests drains the pool first, and stays
-     * capped at the share). */
-    bool too_big_for_share = ref > 0 && demand <= ref;
-    int64_t ceiling = too_big_for_share ? max_i64(b->share, min_i64(ref, b->max)) : b->share;
-    p.target = max_i64(min_i64(2 * demand, ceiling), b->floor);
+    /* Refused while the pool held stock and nothing left it: what was asked
+     * does not fit in what the host holds (a burst of ordinary requests
+     * drains the pool first; an empty pool is plain shortage). Hold that much
+     * for the retry, until it passed or had time to. */
+    if (ref > 0 && demand <= ref && stock > 0) {
+        hold->amount = max_i64(hold->amount, min_i64(ref, b->max));
+        hold->until_ms = now_ms + LEASE_HOLD_MS;
+    } else if (hold->amount && (now_ms >= hold->until_ms || demand >= hold->amount)) {
+        hold->amount = 0;
+    }
+    int64_t held = min_i64(hold->amount, b->max);
+    int64_t ceiling = max_i64(b->share, held);
+    int64_t floor = max_i64(b->floor, held);
+    p.target = max_i64(min_i64(2 * demand, ceiling), floor);
     stock = max_i64(stock, 0);
     if (stock < p.target)
         p.want = p.target - stock;

@@ -17,12 +17,13 @@
  *   share = R / (2H), floor = max(1, R / (8H)), both 0 when nothing is left:
  *   the hosts split what is left today, so leases shrink geometrically as the
  *   quota runs out and what a host strands at any time is at most R / (2H).
- * ceiling = share; but when the shards were refused while nothing left the
- *   pool, what they asked does not fit in it (a token reservation larger than a
- *   share, or the last of a day's quota): then ceiling = max(share,
- *   min(refused, C or R)), so the next lease brings what was refused and the
- *   retry can pass instead of never. A burst of ordinary requests drains the
- *   pool first and stays capped at the share.
+ * ceiling = share; but when the shards were refused while the pool held
+ *   stock and nothing left it, what they asked does not fit in it (a token reservation larger than a
+ *   share, or the last of a day's quota): then the host *holds* what was
+ *   refused, up to C (or R), as its floor and ceiling for LEASE_HOLD_MS, long
+ *   enough for the client's retry after Retry-After (1 s) to find it, unless
+ *   that much left the pool sooner (the request passed). A burst of ordinary
+ *   requests drains the pool first and stays capped at the share.
  *
  * THE ERROR BOUND (see "Shared limits (cluster)" in docs/ARCHITECTURE.md). With
  * H hosts of S shards each, shard lease batch b = C / (16 S) (ratelimit.h):
@@ -31,7 +32,7 @@
  *     because everything admitted was either in the store's bucket (which
  *     holds at most C and refills at rate) or already in a host's pool or a
  *     shard's lease when W began. Host stock <= ceiling, which is the share
- *     C / (2H) except for the interval after a refused request larger than it
+ *     C / (2H) except for LEASE_HOLD_MS after a refused request larger than it
  *     (then at most that request, <= C); so the
  *     over-admission is at most C / 2 + H x S x b <= C / 2 + H x C / 16
  *     in the worst case, and an idle host holds at most floor = C / (8H)
@@ -51,6 +52,9 @@
 
 /* The most hosts lease sizing divides by: more would round every share to 0. */
 #define LEASE_MAX_HOSTS 1024
+/* How long a host keeps a lease sized for a refused request larger than its
+ * share: the client retries after Retry-After (1 s) plus its own latency. */
+#define LEASE_HOLD_MS 3000
 
 struct lease_bounds {
     int64_t floor;      /* the least a host keeps, even idle (0: nothing to lease) */
@@ -72,9 +76,16 @@ struct lease_plan {
     int64_t ret;        /* tokens to give back (> 0) or 0 */
 };
 
-/* stock >= 0 (a debt is pushed and cleared before sizing). */
+/* A lease kept for a request larger than a share (zero it to start). */
+struct lease_hold {
+    int64_t amount;
+    uint64_t until_ms;
+};
+
+/* stock >= 0 (a debt is pushed and cleared before sizing); now_ms: any
+ * monotonic clock, for the hold. */
 struct lease_plan lease_size(const struct lease_bounds *b, int64_t demand, uint64_t refused,
-                             int64_t stock);
+                             int64_t stock, struct lease_hold *hold, uint64_t now_ms);
 
 /* Under on_redis_down = local: how many tokens to add to a rate pool this
  * turn, at per_minute / hosts over elapsed_ns, up to capacity / hosts held.

@@ -96,6 +96,7 @@ struct key_sync {
     int64_t carry_day;              /* the UTC day give_back and owe of the quota are of */
     int64_t made_locally[RL_DIMS];  /* granted by this host itself during an outage */
     uint64_t refill_carry[2];       /* fractions of a token of the local refill */
+    struct lease_hold hold[RL_DIMS];/* a lease kept for a request larger than a share */
     int64_t daily_used_seen;        /* the day's use over all hosts, as Redis last said */
     int64_t daily_seen_day;
 };
@@ -364,9 +365,10 @@ static void went_down(enum redis_error e, const char *why, uint64_t now_ms)
         log_warn("limits sync: Redis %s unreachable (%s: %s); on_redis_down = local: enforcing 1/%u of each "
                  "limit locally until it is back", addr, redis_error_name(e), why, S.hosts);
         S.last_refill_ns = clock_mono_ns();
-        for (unsigned k = 0; k < S.nkeys; k++)
-            memset(S.keys[k].made_locally, 0, sizeof S.keys[k].made_locally),
+        for (unsigned k = 0; k < S.nkeys; k++) {
+            memset(S.keys[k].made_locally, 0, sizeof S.keys[k].made_locally);
             memset(S.keys[k].refill_carry, 0, sizeof S.keys[k].refill_carry);
+        }
     } else {
         log_warn("limits sync: Redis %s unreachable (%s: %s); on_redis_down = %s: keys with limits are %s until "
                  "it is back", addr, redis_error_name(e), why, mode == CLUSTER_ADMIT_DENY ? "deny" : "allow",
@@ -527,7 +529,7 @@ static bool flush(uint64_t deadline_ms)
 
 /* Moves the key's debts, give-backs and surplus out of its pools and into an
  * op in the outbox, with what its demand calls for; no op when it needs nothing. */
-static void build_key_op(unsigned k, int64_t day)
+static void build_key_op(unsigned k, int64_t day, uint64_t now_ms)
 {
     struct rl_global *rg = &S.g->rl_global[k];
     struct key_sync *ks = &S.keys[k];
@@ -559,7 +561,7 @@ static void build_key_op(unsigned k, int64_t day)
         struct lease_bounds b = d == RL_DIM_DAILY
             ? lease_daily_bounds(rg->daily, ks->daily_seen_day == day ? ks->daily_used_seen : 0, S.hosts)
             : lease_rate_bounds(d == RL_DIM_REQ ? rg->req.capacity : rg->tok.capacity, S.hosts);
-        struct lease_plan p = lease_size(&b, demand, refused, stock);
+        struct lease_plan p = lease_size(&b, demand, refused, stock, &ks->hold[d], now_ms);
         int64_t ret = ks->give_back[d];
         ks->give_back[d] = 0;
         if (p.ret > 0)
@@ -595,8 +597,9 @@ static void sync_once(uint64_t deadline_ms)
     if (!outbox_empty(&S.out) && !flush(deadline_ms))
         return;
     int64_t day = today();
+    uint64_t now_ms = clock_mono_ms();
     for (unsigned k = 0; k < S.nkeys; k++)
-        build_key_op(k, day);
+        build_key_op(k, day, now_ms);
     flush(deadline_ms);
 }
 
@@ -636,7 +639,7 @@ static void local_refill(void)
             ks->last_refused[RL_DIM_DAILY] = refused_now;
             struct lease_bounds b = lease_daily_bounds(rg->daily, seen, S.hosts);
             struct lease_plan p = lease_size(&b, lease_demand(ks->last_stock[RL_DIM_DAILY], stock, refused),
-                                             refused, stock);
+                                             refused, stock, &ks->hold[RL_DIM_DAILY], clock_mono_ms());
             int64_t want = p.want < budget ? p.want : budget;
             if (want > 0)
                 ks->made_locally[RL_DIM_DAILY] += rl_stock_add(rg, RL_DIM_DAILY, want, day);

@@ -649,17 +649,14 @@ static void rate_status(const struct rl_global *g, const struct rl_rate *r, cons
     if (!r->per_minute)
         return;
     int64_t now = rate_now(g, r, now_ns);
-    int64_t own = pool_level(r, atomic_load_explicit((_Atomic int64_t *)empty_at, memory_order_relaxed), now)
-                  + lease;
-    /* cluster mode: the host's pool and lease plus what the shared bucket
-     * holds (rate_wait_ns counts the shared bucket itself) */
-    int64_t shared = !g->cluster ? 0
-                     : atomic_load_explicit(r == &g->req ? (_Atomic int64_t *)&g->shared_req
-                                                         : (_Atomic int64_t *)&g->shared_tok,
-                                            memory_order_relaxed);
-    int64_t level = own + shared;
+    int64_t level = pool_level(r, atomic_load_explicit((_Atomic int64_t *)empty_at, memory_order_relaxed), now)
+                    + lease;
+    if (g->cluster)     /* the host's pool and lease plus what the shared bucket holds */
+        level += atomic_load_explicit(r == &g->req ? (_Atomic int64_t *)&g->shared_req
+                                                   : (_Atomic int64_t *)&g->shared_tok,
+                                      memory_order_relaxed);
     *remaining = level <= 0 ? 0 : (uint64_t)min_i64(level, r->capacity);
-    uint64_t wait = rate_wait_ns(g, r, r->capacity - own, now_ns);
+    uint64_t wait = rate_wait_ns(g, r, r->capacity - level, now_ns);
     *reset_ms = wait / 1000000 + (wait % 1000000 != 0);
 }
 
