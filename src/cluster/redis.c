@@ -495,3 +495,24 @@ enum redis_error redis_sync(struct redis_link *r, const char *prefix, uint64_t h
     freeReplyObject(rep);
     return e;
 }
+
+enum redis_error redis_leave(struct redis_link *r, const char *prefix, uint64_t host_id, char *err,
+                             size_t errlen)
+{
+    if (!r->c)
+        return fail(r, REDIS_E_CONNECT, err, errlen, "not connected");
+    char hosts[128], id[32];
+    snprintf(hosts, sizeof hosts, "%shosts", prefix);
+    snprintf(id, sizeof id, "%" PRIx64, host_id);
+    const char *argv[] = { "ZREM", hosts, id };
+    size_t argvlen[] = { 4, strlen(hosts), strlen(id) };
+    redisReply *rep = redisCommandArgv(r->c, 3, argv, argvlen);
+    if (!rep)
+        return io_failure(r, "ZREM of this host", err, errlen);
+    enum redis_error e = REDIS_OK;
+    if (rep->type == REDIS_REPLY_ERROR)
+        e = fail(r, is_auth_error(rep->str) ? REDIS_E_AUTH : REDIS_E_PROTOCOL, err, errlen,
+                 "ZREM of this host failed: %s", rep->str);
+    freeReplyObject(rep);
+    return e;
+}

@@ -136,6 +136,7 @@ static struct syncer {
 static pthread_t sync_thread;
 static int wake_fd = -1;
 static _Atomic bool stopping;
+static _Atomic bool shards_gone;    /* set by limits_sync_stop: no shard touches its rl_local again */
 static bool running;
 
 static int64_t unix_now(void)
@@ -694,6 +695,10 @@ static void give_everything_back(const struct gen *a, const struct gen *b)
         log_warn("limits sync: %zu key leases could not be given back to Redis %s in time; they stay there "
                  "until their buckets refill", S.out.n - S.out.head, S.cl.redis.text);
     outbox_clear(&S.out);
+    char err[256];
+    if (!S.down && redis_link_connected(S.link) &&
+        redis_leave(S.link, S.cl.key_prefix, S.host_id, err, sizeof err) != REDIS_OK)
+        log_warn("limits sync: %s (the other hosts count this one for 10 s more)", err);
 }
 
 /* Stock that reached an older generation's pools after main moved them (grants
@@ -825,6 +830,27 @@ static uint64_t cluster_turn(uint64_t now_ms)
     return S.next_sync_ms;
 }
 
+/* At stop, once the shards are gone: what they held in their own leases goes
+ * back into the pools, to be returned with the rest (a restart would otherwise
+ * strand up to shards x batch of each limit, 1/16 of a daily quota per host). */
+static void reclaim_shard_leases(struct gen *g, int64_t day)
+{
+    unsigned n = gen_nkeys(g);
+    for (unsigned k = 0; k < n; k++) {
+        struct rl_global *rg = &g->rl_global[k];
+        if (!rg->cluster || !key_has_limits(rg))
+            continue;
+        for (unsigned s = 0; s < g->nshards; s++) {
+            struct rl_local *l = &g->rl_local[(size_t)s * g->rl_stride + k];
+            rl_stock_add(rg, RL_DIM_REQ, l->req, day);
+            rl_stock_add(rg, RL_DIM_TOK, l->tok, day);
+            if (l->daily_day == day)
+                rl_stock_add(rg, RL_DIM_DAILY, l->daily, day);
+            l->req = l->tok = l->daily = 0;
+        }
+    }
+}
+
 static void *sync_main(void *arg)
 {
     (void)arg;
@@ -843,8 +869,11 @@ static void *sync_main(void *arg)
             wait_for(wake - now_ms);
     }
     follow_generations();
-    if (S.cl.enabled)
+    if (S.cl.enabled) {
+        if (atomic_load(&shards_gone))
+            reclaim_shard_leases(S.g, today());
         give_everything_back(S.g, NULL);
+    }
     snapshot_final(S.g);
     return NULL;
 }
@@ -886,10 +915,11 @@ void limits_sync_wake(void)
         (void)0;    /* the counter is full: the thread is woken anyway */
 }
 
-void limits_sync_stop(void)
+void limits_sync_stop(bool shards_stopped)
 {
     if (!running)
         return;
+    atomic_store(&shards_gone, shards_stopped);
     atomic_store(&stopping, true);
     limits_sync_wake();
     pthread_join(sync_thread, NULL);

@@ -16,6 +16,7 @@
 #define AIGW_CLUSTER_SYNC_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 struct outbuf;
@@ -42,8 +43,10 @@ int limits_sync_start(void);
 /* Wakes it at once (main, after publishing a reloaded generation). */
 void limits_sync_wake(void);
 /* Stops it: returns this host's unused leases to Redis (within [cluster]
- * timeout), writes a last snapshot, joins. Call after the shards stopped. */
-void limits_sync_stop(void);
+ * timeout), writes a last snapshot, joins. Call after the shards stopped;
+ * shards_stopped says they all did, so what sits in their own leases is
+ * returned too (else it is left: strict side). */
+void limits_sync_stop(bool shards_stopped);
 
 /* The aigw_cluster_* families, for /metrics (metrics.c). */
 void limits_sync_metrics(struct outbuf *o);

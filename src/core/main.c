@@ -383,7 +383,7 @@ int main(int argc, char **argv)
     atomic_store(&rt.draining, true);
     bool all_stopped = shard_join_all(clock_mono_ms() + drain_ms);
     watch_stop();
-    limits_sync_stop();
+    limits_sync_stop(all_stopped);
     admin_stop();
     if (all_stopped)
         alog_shutdown();    /* frees the rings: only once no shard can write */
