@@ -99,7 +99,16 @@ struct key_sync {
     struct lease_hold hold[RL_DIMS];/* a lease kept for a request larger than a share */
     int64_t daily_used_seen;        /* the day's use over all hosts, as Redis last said */
     int64_t daily_seen_day;
+    unsigned quiet_turns;           /* turns since a shard last touched the key's pools */
 };
+
+/* A key untouched by the shards for this many turns is looked at only by the
+ * sweeps (its lease has settled: an idle host's decays to floor in two), so a
+ * turn costs what the active keys cost, not the whole keys file. */
+#define QUIET_TURNS 4
+/* Every key is looked at this often regardless (hosts joining or leaving
+ * change every share and floor), and at each new UTC day. */
+#define SWEEP_MS 1000
 
 /* Ops built and not yet acknowledged by Redis, oldest first. The head chunk,
  * once sent, keeps its ops and seq until a call with them succeeds. */
@@ -115,6 +124,8 @@ struct outbox {
 static struct syncer {
     struct gen *g;
     struct key_sync *keys;          /* per key of g */
+    uint64_t *recent;               /* a bit per key looked at lately or with something
+                                     * pending: looked at again next turn */
     unsigned nkeys;
     struct key_name_index *names;   /* g's keys by NAME */
 
@@ -128,6 +139,8 @@ static struct syncer {
     enum redis_error down_error;
     uint64_t down_since_ms, retry_at_ms, backoff_ms;
     uint64_t next_sync_ms;
+    uint64_t next_sweep_ms;
+    int64_t swept_day;
     uint64_t last_refill_ns;
     int64_t clock_shift_s;          /* AIGW_TEST_CLOCK_SHIFT_S, as the shards read it */
     uint64_t rng;
@@ -214,19 +227,24 @@ static void key_rebase(const struct gen *g, unsigned k, struct key_sync *ks, int
 static bool keys_build(void)
 {
     free(S.keys);
+    free(S.recent);
     admission_name_index_free(S.names);
     S.nkeys = gen_nkeys(S.g);
     S.keys = S.nkeys ? calloc(S.nkeys, sizeof *S.keys) : NULL;
+    S.recent = S.nkeys ? calloc((S.nkeys + 63) / 64, sizeof *S.recent) : NULL;
     S.names = S.nkeys ? admission_name_index_new(S.g) : NULL;
-    if (S.nkeys && (!S.keys || !S.names)) {
+    if (S.nkeys && (!S.keys || !S.recent || !S.names)) {
         log_error("limits sync: out of memory for %u keys; their limits get no leases", S.nkeys);
         free(S.keys);
+        free(S.recent);
         admission_name_index_free(S.names);
         S.keys = NULL;
+        S.recent = NULL;
         S.names = NULL;
         S.nkeys = 0;
         return false;
     }
+    S.next_sweep_ms = 0;    /* a new generation: every key is looked at next turn */
     int64_t day = today();
     for (unsigned k = 0; k < S.nkeys; k++)
         key_rebase(S.g, k, &S.keys[k], day);
@@ -406,6 +424,7 @@ static void came_back(uint64_t now_ms)
         }
     }
     atomic_store_explicit(&cluster_admission_state, CLUSTER_ADMIT_NORMAL, memory_order_relaxed);
+    S.next_sweep_ms = 0;    /* every key: the tallies to push, and the store's view to catch up with */
     log_info("limits sync: Redis %s reachable again after %" PRIu64 " ms; limits are shared again%s",
              S.cl.redis.text, now_ms - S.down_since_ms,
              local ? " (what this host granted meanwhile is charged to the store)" : "");
@@ -468,6 +487,8 @@ static void apply_result(const struct lease_op *op, int32_t key, const struct le
         int64_t fit = rl_stock_add(rg, (enum rl_dim)d, granted, day);
         ks->last_stock[d] += fit;
         ks->give_back[d] += granted - fit;
+        if (granted > fit)
+            S.recent[key / 64] |= UINT64_C(1) << (key % 64);
     }
     rl_shared_publish(rg, r->req_level, r->tok_level, r->daily_used);
     ks->daily_used_seen = r->daily_used;
@@ -592,6 +613,46 @@ static void build_key_op(unsigned k, int64_t day, uint64_t now_ms)
     *slot = op;
 }
 
+/* Whether key k has something of its own to send, or a hold to let go of. */
+static bool key_pending(const struct key_sync *ks)
+{
+    for (int d = 0; d < RL_DIMS; d++)
+        if (ks->give_back[d] || ks->owe[d] || ks->hold[d].amount)
+            return true;
+    return false;
+}
+
+/* One turn over the keys that need it: those the shards touched since the last
+ * turn (the generation's bitmap, cleared a word at a time), those looked at in
+ * the last QUIET_TURNS turns or with something pending, and all of them at a
+ * sweep. A quiet keys file costs a scan of its bitmap, not of its keys. */
+static void sync_keys(int64_t day, uint64_t now_ms, bool sweep)
+{
+    unsigned words = (S.nkeys + 63) / 64;
+    for (unsigned w = 0; w < words; w++) {
+        uint64_t touched = 0;
+        if (S.g->rl_touched && atomic_load_explicit(&S.g->rl_touched[w], memory_order_relaxed))
+            touched = atomic_exchange_explicit(&S.g->rl_touched[w], 0, memory_order_relaxed);
+        uint64_t due = sweep ? ~UINT64_C(0) : touched | S.recent[w];
+        S.recent[w] = 0;
+        while (due) {
+            unsigned bit = (unsigned)__builtin_ctzll(due);
+            due &= due - 1;
+            unsigned k = w * 64 + bit;
+            if (k >= S.nkeys)
+                break;
+            struct key_sync *ks = &S.keys[k];
+            if (touched & (UINT64_C(1) << bit))
+                ks->quiet_turns = 0;
+            else if (ks->quiet_turns < QUIET_TURNS)
+                ks->quiet_turns++;
+            build_key_op(k, day, now_ms);
+            if (ks->quiet_turns < QUIET_TURNS || key_pending(ks))
+                S.recent[w] |= UINT64_C(1) << bit;
+        }
+    }
+}
+
 static void sync_once(uint64_t deadline_ms)
 {
     /* what failed before goes first, alone: new wants wait for its answer */
@@ -599,8 +660,12 @@ static void sync_once(uint64_t deadline_ms)
         return;
     int64_t day = today();
     uint64_t now_ms = clock_mono_ms();
-    for (unsigned k = 0; k < S.nkeys; k++)
-        build_key_op(k, day, now_ms);
+    bool sweep = now_ms >= S.next_sweep_ms || day != S.swept_day;
+    if (sweep) {
+        S.next_sweep_ms = now_ms + SWEEP_MS;
+        S.swept_day = day;
+    }
+    sync_keys(day, now_ms, sweep);
     flush(deadline_ms);
 }
 
@@ -927,6 +992,8 @@ void limits_sync_stop(bool shards_stopped)
     gen_unref(S.g);
     S.g = NULL;
     free(S.keys);
+    free(S.recent);
+    S.recent = NULL;
     S.keys = NULL;
     admission_name_index_free(S.names);
     S.names = NULL;

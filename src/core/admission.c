@@ -159,6 +159,10 @@ int admission_gen_init(struct gen *g, const struct gen *prev, char *err, size_t 
     g->rl_global = aligned_alloc(64, sizeof(struct rl_global) * n);
     g->rl_local = aligned_alloc(64, sizeof(struct rl_local) * g->rl_stride * g->nshards);
     g->key_metric_slot = calloc(n, sizeof(int));
+    if (cfg->cluster.enabled && !(g->rl_touched = calloc((n + 63) / 64, sizeof *g->rl_touched))) {
+        snprintf(err, errlen, "%s: out of memory for %u keys", cfg->path, n);
+        return -1;
+    }
     if (!g->rl_global || !g->rl_local || !g->key_metric_slot) {
         snprintf(err, errlen, "%s: out of memory for %u keys", cfg->path, n);
         return -1;
@@ -178,8 +182,10 @@ int admission_gen_init(struct gen *g, const struct gen *prev, char *err, size_t 
         tier_limits(key_tier(cfg, k), &lim);
         struct rl_global *rg = &g->rl_global[k];
         rl_global_init(rg, &lim, g->nshards, now_ns);
-        if (cfg->cluster.enabled)
+        if (cfg->cluster.enabled) {
             rl_global_set_cluster(rg, now_unix);
+            rl_global_set_touch(rg, &g->rl_touched[k / 64], k % 64);
+        }
         int old = name_index_find(&before, e->name);
         if (old >= 0)
             carry_key_state(rg, &prev->rl_global[old], now_ns, now_unix);
@@ -194,6 +200,7 @@ void admission_gen_free(struct gen *g)
     free(g->rl_global);
     free(g->rl_local);
     free(g->key_metric_slot);
+    free((void *)g->rl_touched);
 }
 
 /* ---- who is calling ---- */

@@ -75,6 +75,8 @@ struct gen {
     struct rl_local *rl_local;      /* [shard * rl_stride + key]: each shard its own lines */
     unsigned rl_stride;
     int *key_metric_slot;
+    _Atomic uint64_t *rl_touched;   /* cluster mode: a bit per key, set by shards going to
+                                     * its pools, cleared by the limits sync thread */
 };
 
 /* prev: the generation it replaces (NULL at start): keys inherit their limits' state */

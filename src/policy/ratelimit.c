@@ -47,6 +47,16 @@ static int64_t max_i64(int64_t a, int64_t b)
     return a > b ? a : b;
 }
 
+/* Cluster mode: tells the sync thread this key's pools moved. Only on the
+ * paths that reach the pools (their line is being written anyway), and a
+ * plain store only when the flag is clear. */
+static void note_pool_touch(const struct rl_global *g)
+{
+    _Atomic uint64_t *w = g->touched_word;
+    if (w && !(atomic_load_explicit(w, memory_order_relaxed) & g->touched_bit))
+        atomic_fetch_or_explicit(w, g->touched_bit, memory_order_relaxed);
+}
+
 /* The rule that bounds the error: shards * batch <= capacity / 16. Below
  * shards * 16 tokens there is no lease at all and the bucket is exact. */
 static int64_t lease_batch(int64_t capacity, uint32_t shards)
@@ -201,6 +211,7 @@ static bool lease_take(const struct rl_global *g, const struct rl_rate *r, _Atom
         *lease -= cost;
         return true;
     }
+    note_pool_touch(g);
     int64_t now = rate_now(g, r, now_ns);
     int64_t need = cost - *lease, taken, level;
     if (pool_take(g, r, empty_at, now, need, &taken, &level)) {
@@ -222,6 +233,7 @@ static void lease_give(const struct rl_global *g, const struct rl_rate *r, _Atom
 {
     *lease += n;
     if (*lease > r->batch) {
+        note_pool_touch(g);
         pool_put(r, empty_at, rate_now(g, r, now_ns), *lease - r->batch);
         *lease = r->batch;
     }
@@ -236,6 +248,7 @@ static void lease_charge(const struct rl_global *g, const struct rl_rate *r, _At
     }
     n -= *lease;
     *lease = 0;
+    note_pool_touch(g);
     pool_charge(g, r, empty_at, rate_now(g, r, now_ns), n);
 }
 
@@ -274,6 +287,7 @@ static int64_t quota_used_on(const struct rl_global *g, uint64_t state, int64_t 
  * to a later day (that day's quota is gone). */
 static void quota_adjust(struct rl_global *g, int64_t day, int64_t delta)
 {
+    note_pool_touch(g);
     uint64_t old = atomic_load_explicit(&g->daily_state, memory_order_relaxed);
     for (;;) {
         if ((int64_t)(old >> DAY_SHIFT) != day)
@@ -291,6 +305,7 @@ static void quota_adjust(struct rl_global *g, int64_t day, int64_t delta)
  * clock still reads yesterday takes from today's pool. */
 static bool quota_take(struct rl_global *g, struct rl_local *l, int64_t today, int64_t cost)
 {
+    note_pool_touch(g);
     uint64_t old = atomic_load_explicit(&g->daily_state, memory_order_relaxed);
     for (;;) {
         int64_t day = max_i64((int64_t)(old >> DAY_SHIFT), today);
@@ -618,6 +633,12 @@ int64_t rl_stock_drain(struct rl_global *g, enum rl_dim d, int64_t today)
     const struct rl_rate *r = dim_rate(g, d);
     int64_t old = atomic_exchange_explicit(dim_word(g, d), 0, memory_order_relaxed);
     return pool_level(r, old, 0);
+}
+
+void rl_global_set_touch(struct rl_global *g, _Atomic uint64_t *word, unsigned bit)
+{
+    g->touched_word = word;
+    g->touched_bit = UINT64_C(1) << (bit & 63);
 }
 
 uint64_t rl_refused_sum(const struct rl_local *l, size_t stride, unsigned shards, enum rl_dim d)

@@ -62,6 +62,12 @@ struct rl_global {
     uint32_t shards;
     bool cluster;           /* rl_global_set_cluster: pools are fed by the limits
                              * sync thread, not refilled by time */
+    /* Cluster mode: the bit a shard sets when it goes to the pools (a lease
+     * ran dry, a settlement reached them), in a bitmap of all keys that the
+     * sync thread clears a word at a time: it looks only at keys touched
+     * lately, between periodic sweeps of all of them. NULL: none. */
+    _Atomic uint64_t *touched_word;
+    uint64_t touched_bit;
 
     /* Bucket state as GCRA "empty time": the virtual time, in units of one
      * token's refill interval since origin_ns, at which the bucket was (or will
@@ -216,6 +222,9 @@ int64_t rl_stock_charge(struct rl_global *g, enum rl_dim d, int64_t n, int64_t t
  * returns the level it had (negative: a debt). For moving stock between
  * generations, and for pushing debts. */
 int64_t rl_stock_drain(struct rl_global *g, enum rl_dim d, int64_t today);
+
+/* Where g says a shard went to its pools: bit `bit` of *word (before any shard sees g). */
+void rl_global_set_touch(struct rl_global *g, _Atomic uint64_t *word, unsigned bit);
 
 /* Sum over a key's shards of rl_local.refused[d]: l is shard 0's local, the
  * others follow every `stride` entries. */
