@@ -15,6 +15,7 @@
 #
 # Knobs (environment):
 #   DURATION=5 (s per point)  RATES="50 200 800" (offered req/s over the three)
+#   CPU_ROUNDS=3 (hot-path rounds, on and off in turns)
 #   SYNCS="20ms 50ms 200ms"  RPM=6000  BURST=1s  MAX_TOKENS=16 (a request then uses
 #   6 + 16 tokens: TPM defaults to RPM × 22, the same limit in tokens)  CONNS=2 (per
 #   gateway, paced)  CPU_CONNS=8 (per gateway, unpaced)  CPU_SYNC=50ms
@@ -36,6 +37,7 @@ TPM=${TPM:-$((RPM * TOKENS_PER_REQUEST))}
 CONNS=${CONNS:-2}
 CPU_CONNS=${CPU_CONNS:-8}
 CPU_SYNC=${CPU_SYNC:-50ms}
+CPU_ROUNDS=${CPU_ROUNDS:-3}
 PORT_BASE=${PORT_BASE:-17400}
 REDIS_SERVER=${REDIS_SERVER:-redis-server}
 OUT=${OUT:-perf/results/cluster-$(date -u +%Y%m%d-%H%M%S).md}
@@ -239,23 +241,25 @@ cpu_point() {
 start_backend
 start_redis
 note "RPM=$RPM TPM=$TPM burst=$BURST, $HOSTS aigw (shards=$SHARDS), $DURATION s per point, rates: $RATES"
-cpu_done=0
 for sync in $SYNCS; do
     start_gateways "$sync"
     for rate in $RATES; do point cluster "$sync" "$rate"; done
-    if [ "$sync" = "$CPU_SYNC" ]; then cpu_point on hot-on; cpu_done=1; fi
     stop_gateways
 done
-if [ $cpu_done = 0 ]; then
-    start_gateways "$CPU_SYNC"
-    cpu_point on hot-on
-    stop_gateways
-fi
 start_gateways off
 max_rate=$(tr ' ' '\n' <<<"$RATES" | sort -n | tail -n 1)
 point independent - "$max_rate"
-cpu_point off hot-off
 stop_gateways
+# The hot path, on and off in turns (CPU_ROUNDS of each), so machine noise falls
+# on both alike; the table shows every round and the medians.
+for round in $(seq 1 "$CPU_ROUNDS"); do
+    start_gateways "$CPU_SYNC"
+    cpu_point on "hot-on-$round"
+    stop_gateways
+    start_gateways off
+    cpu_point off "hot-off-$round"
+    stop_gateways
+done
 
 # ---- the table ----
 mkdir -p "$(dirname "$OUT")"
@@ -290,6 +294,13 @@ mkdir -p "$(dirname "$OUT")"
     echo "| [cluster] | req/s | µs CPU / request (3 aigw) | Redis scripts/s | Redis cmd/s | Redis µs CPU / request |"
     echo "|---|---:|---:|---:|---:|---:|"
     awk '$1 == "cpu" { printf "| %s | %.0f | %.2f | %.0f | %.0f | %.3f |\n", $2, $3, $4, $7, $5, $6 }' "$RESULTS"
+    echo
+    awk '$1 == "cpu" { v[$2, ++n[$2]] = $4 }
+         function median(m,   i, j, t, a) { for (i = 1; i <= n[m]; i++) a[i] = v[m, i]
+             for (i = 1; i <= n[m]; i++) for (j = i + 1; j <= n[m]; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+             return n[m] % 2 ? a[(n[m] + 1) / 2] : (a[n[m] / 2] + a[n[m] / 2 + 1]) / 2 }
+         END { if (n["on"] && n["off"]) printf "Median µs CPU / request: on %.2f, off %.2f; on ÷ off = %.2f×\n",
+                   median("on"), median("off"), median("on") / median("off") }' "$RESULTS"
 } >"$OUT"
 cat "$OUT"
 note "written to $OUT"
