@@ -130,6 +130,12 @@ build/fuzz/fuzz_config: tests/fuzz/fuzz_config.c src/core/config.c src/core/conf
 	@mkdir -p build/fuzz
 	clang $(FUZZ_CFLAGS) -o $@ $^ -linih -lwolfssl
 
+# The state_dir snapshot's text is the one pure file of src/cluster (the rest
+# of it does I/O and walks generations); its NAME rule is src/policy/keys.c's.
+build/fuzz/fuzz_snapshot: tests/fuzz/fuzz_snapshot.c src/cluster/snapshot_file.c $(FUZZ_LIB_SRC)
+	@mkdir -p build/fuzz
+	clang $(FUZZ_CFLAGS) -o $@ $^ -lwolfssl
+
 # The TLS handshake target also links src/tls and serves certificates that
 # make-certs.sh writes into build/fuzz/certs (nothing secret is committed).
 FUZZ_TLS_CERTS := $(abspath build/fuzz/certs)

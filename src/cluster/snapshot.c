@@ -1,28 +1,6 @@
-/* state_dir snapshots: see snapshot.h.
- *
- * The file, version 1, is text, one record a line, each line ending in "\n":
- *
- *     aigw-state 1
- *     day 20425
- *     key NAME TOKENS_USED
- *     ...
- *     sum HEX
- *
- * "aigw-state VERSION" comes first and "day D" (the UTC day number, days since
- * 1970-01-01) second; then one "key" line per key that used some of its daily
- * quota that day, in any order, each NAME once (the keys file's NAME rule),
- * TOKENS_USED a decimal in [0, SNAPSHOT_MAX_USED]; "sum" is last: the 16
- * lowercase hex digits of hash_checksum64 over every byte before that line.
- * Anything else (another first line, a missing or mismatched sum, an unknown
- * or malformed line, a repeated NAME, a file over SNAPSHOT_MAX_BYTES) refuses
- * the whole file.
- *
- * Growing it (daily spend, a later issue): new kinds of records, such as
- * "spend NAME MICRO_USD", come with a new version number, and a reader accepts
- * every version up to its own with the records each of them defines. A
- * version-1 file is then a file without spend lines and keeps loading; an
- * older aigw refuses a newer file by its version ("written by a newer aigw")
- * rather than misread it.
+/* state_dir snapshots: see snapshot.h. The file's text (its format, its
+ * checks) is snapshot_file.c's; here are the walk over a generation's keys,
+ * the disk, and the sync thread's schedule.
  *
  * The sync thread is the only caller of snapshot_tick and snapshot_final, so
  * their schedule state below needs no lock. */
@@ -32,7 +10,6 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,70 +18,31 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cluster/snapshot_file.h"
 #include "core/config.h"
 #include "core/gen.h"
 #include "core/log.h"
 #include "policy/keys.h"
 #include "policy/ratelimit.h"
 #include "util/hash.h"
-#include "util/outbuf.h"
 
-#define SNAPSHOT_VERSION 1
-#define SNAPSHOT_MAGIC "aigw-state "
 /* A keys file is at most 64 MiB and each of its lines is longer than the
  * "key" line it gives here: any file aigw wrote fits. */
 #define SNAPSHOT_MAX_BYTES (64u << 20)
-/* What the quota's use counter of struct rl_global holds (42 bits). */
-#define SNAPSHOT_MAX_USED ((INT64_C(1) << 42) - 1)
-/* Later than any clock aigw runs under (year 29349). */
-#define SNAPSHOT_MAX_DAY 10000000
-/* "sum " + 16 hex digits + "\n" */
-#define SUM_LINE_LEN 21
-/* "key " NAME " " up to 20 digits "\n" */
-#define KEY_LINE_MAX (4 + KEY_NAME_MAX + 1 + 20 + 1)
 
-struct snap_key {
-    const char *name;       /* into the file's text, not NUL-terminated */
-    size_t len;
-    int64_t used;
-};
+/* ---- the generation's keys ---- */
 
-struct snap_file {
-    int64_t day;
-    struct snap_key *keys;  /* sorted by name */
-    size_t nkeys;
-};
-
-/* ---- the text ---- */
-
-static void put_sum_line(struct outbuf *o)
-{
-    static const char hex[] = "0123456789abcdef";
-    uint64_t sum = hash_checksum64(o->buf, o->len);
-    char line[SUM_LINE_LEN];
-    memcpy(line, "sum ", 4);
-    for (int i = 0; i < 16; i++)
-        line[4 + i] = hex[(sum >> (60 - 4 * i)) & 0xf];
-    line[20] = '\n';
-    outbuf_put(o, line, sizeof line);
-}
-
-/* The file's text for g's keys on UTC day `today`, malloc'd; NULL when out of
+/* The file's text for g's keys on UTC day `today` (those with a daily quota
+ * that used some of it, in the keys file's order), malloc'd; NULL when out of
  * memory. */
-static char *snapshot_format(const struct gen *g, int64_t today, size_t *len_out)
+static char *snapshot_text(const struct gen *g, int64_t today, size_t *len_out)
 {
     const struct keyring *ring = g->cfg->keys.ring;
     unsigned n = g->rl_global ? keyring_count(ring) : 0;
-    size_t cap = 64 + (size_t)n * KEY_LINE_MAX + SUM_LINE_LEN;
-    char *buf = malloc(cap);
-    if (!buf)
+    struct snapshot_entry *entries = malloc((n ? n : 1) * sizeof *entries);
+    if (!entries)
         return NULL;
-    struct outbuf o = outbuf_make(buf, cap);
-    OUTBUF_LIT(&o, SNAPSHOT_MAGIC);
-    outbuf_u64(&o, SNAPSHOT_VERSION);
-    OUTBUF_LIT(&o, "\nday ");
-    outbuf_i64(&o, today);
-    outbuf_char(&o, '\n');
+    size_t count = 0;
     for (unsigned k = 0; k < n; k++) {
         const struct rl_global *rg = &g->rl_global[k];
         if (!rg->daily)
@@ -112,146 +50,12 @@ static char *snapshot_format(const struct gen *g, int64_t today, size_t *len_out
         int64_t used = rl_quota_used(rg, today);
         if (used <= 0)
             continue;
-        OUTBUF_LIT(&o, "key ");
-        outbuf_str(&o, keyring_entry(ring, k)->name);
-        outbuf_char(&o, ' ');
-        outbuf_i64(&o, used > SNAPSHOT_MAX_USED ? SNAPSHOT_MAX_USED : used);
-        outbuf_char(&o, '\n');
+        const char *name = keyring_entry(ring, k)->name;
+        entries[count++] = (struct snapshot_entry){ .name = name, .name_len = strlen(name), .used = used };
     }
-    put_sum_line(&o);
-    *len_out = o.len;
-    return buf;
-}
-
-static bool refuse(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static bool refuse(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return false;
-}
-
-/* A decimal of 1 to 19 digits, no sign, no leading zero (but "0"). */
-static bool parse_decimal(const char *p, size_t len, int64_t max, int64_t *out)
-{
-    if (len == 0 || len > 19 || (p[0] == '0' && len > 1))
-        return false;
-    int64_t v = 0;
-    for (size_t i = 0; i < len; i++) {
-        if (p[i] < '0' || p[i] > '9')
-            return false;
-        v = v * 10 + (p[i] - '0');
-    }
-    if (v > max)
-        return false;
-    *out = v;
-    return true;
-}
-
-static int key_cmp(const void *a, const void *b)
-{
-    const struct snap_key *x = a, *y = b;
-    size_t n = x->len < y->len ? x->len : y->len;
-    int c = memcmp(x->name, y->name, n);
-    return c ? c : (x->len > y->len) - (x->len < y->len);
-}
-
-/* The line starting at p (end: the file's end): its length without "\n". */
-static size_t line_len(const char *p, const char *end)
-{
-    const char *nl = memchr(p, '\n', (size_t)(end - p));
-    return nl ? (size_t)(nl - p) : (size_t)(end - p);
-}
-
-/* Checks and reads text[0, len) into *out (out->keys malloc'd, pointing into
- * text). False with the reason in err: nothing in *out to free then. */
-static bool snapshot_parse(const char *text, size_t len, struct snap_file *out, char *err, size_t errlen)
-{
-    *out = (struct snap_file){ 0 };
-    const char *end = text + len;
-    if (len == 0)
-        return refuse(err, errlen, "empty file");
-    size_t magic = sizeof SNAPSHOT_MAGIC - 1;
-    if (memcmp(text, SNAPSHOT_MAGIC, len < magic ? len : magic) != 0)
-        return refuse(err, errlen, "not an aigw state file (it does not start with \"aigw-state\")");
-    if (len < magic)
-        return refuse(err, errlen, "truncated (%zu bytes)", len);
-    if (text[len - 1] != '\n')
-        return refuse(err, errlen, "truncated (it does not end with a whole line)");
-    size_t first = line_len(text, end);
-    int64_t version;
-    if (!parse_decimal(text + magic, first - magic, INT32_MAX, &version) || version == 0)
-        return refuse(err, errlen, "line 1: not \"aigw-state VERSION\"");
-    if (version > SNAPSHOT_VERSION)
-        return refuse(err, errlen, "written by a newer aigw (version %" PRId64 "; this one reads up to %d)",
-                      version, SNAPSHOT_VERSION);
-
-    /* the checksum first: a truncated or damaged file says so, whatever line
-     * the damage falls on */
-    if (len < SUM_LINE_LEN || memcmp(end - SUM_LINE_LEN, "sum ", 4) != 0 ||
-        (len > SUM_LINE_LEN && end[-SUM_LINE_LEN - 1] != '\n'))
-        return refuse(err, errlen, "truncated (no \"sum\" line at its end)");
-    uint64_t want = 0;
-    for (const char *p = end - SUM_LINE_LEN + 4; p < end - 1; p++) {
-        int d = *p >= '0' && *p <= '9' ? *p - '0' : *p >= 'a' && *p <= 'f' ? *p - 'a' + 10 : -1;
-        if (d < 0)
-            return refuse(err, errlen, "the \"sum\" line is not 16 lowercase hex digits");
-        want = want << 4 | (uint64_t)d;
-    }
-    size_t body = len - SUM_LINE_LEN;
-    if (hash_checksum64(text, body) != want)
-        return refuse(err, errlen, "checksum mismatch (the file is damaged or was edited)");
-
-    size_t lines = 0;
-    for (const char *p = text; p < text + body; p++)
-        lines += *p == '\n';
-    struct snap_key *keys = malloc((lines ? lines : 1) * sizeof *keys);
-    if (!keys)
-        return refuse(err, errlen, "out of memory");
-    size_t nkeys = 0;
-    int64_t day = -1;
-    unsigned lineno = 2;
-    bool ok = true;
-    for (const char *p = text + first + 1; ok && p < text + body; lineno++) {
-        size_t n = line_len(p, text + body);
-        const char *sp = memchr(p, ' ', n);
-        if (lineno == 2) {
-            if (!sp || (size_t)(sp - p) != 3 || memcmp(p, "day", 3) != 0 ||
-                !parse_decimal(sp + 1, n - 4, SNAPSHOT_MAX_DAY, &day))
-                ok = refuse(err, errlen, "line 2: not \"day N\"");
-        } else if (sp && (size_t)(sp - p) == 3 && memcmp(p, "key", 3) == 0) {
-            const char *name = sp + 1;
-            const char *sp2 = memchr(name, ' ', n - 4);
-            struct snap_key *k = &keys[nkeys];
-            if (!sp2 || !key_name_valid(name, (size_t)(sp2 - name)))
-                ok = refuse(err, errlen, "line %u: not \"key NAME TOKENS_USED\"", lineno);
-            else if (!parse_decimal(sp2 + 1, (size_t)(p + n - sp2 - 1), SNAPSHOT_MAX_USED, &k->used))
-                ok = refuse(err, errlen, "line %u: the tokens used are not a number in [0, %" PRId64 "]", lineno,
-                            SNAPSHOT_MAX_USED);
-            k->name = name;
-            k->len = (size_t)(sp2 ? sp2 - name : 0);
-            nkeys++;
-        } else {
-            ok = refuse(err, errlen, "line %u: not a record this version defines", lineno);
-        }
-        p += n + 1;
-    }
-    if (ok && day < 0)
-        ok = refuse(err, errlen, "no \"day\" line");
-    if (ok && nkeys > 1) {
-        qsort(keys, nkeys, sizeof *keys, key_cmp);
-        for (size_t i = 1; ok && i < nkeys; i++)
-            if (key_cmp(&keys[i - 1], &keys[i]) == 0)
-                ok = refuse(err, errlen, "key %.*s appears more than once", (int)keys[i].len, keys[i].name);
-    }
-    if (!ok) {
-        free(keys);
-        return false;
-    }
-    *out = (struct snap_file){ .day = day, .keys = keys, .nkeys = nkeys };
-    return true;
+    char *text = snapshot_file_format(today, entries, count, len_out);
+    free(entries);
+    return text;
 }
 
 /* ---- the disk ---- */
@@ -259,8 +63,10 @@ static bool snapshot_parse(const char *text, size_t len, struct snap_file *out, 
 static bool snapshot_path(char *out, size_t cap, const char *dir, const char *name, char *err, size_t errlen)
 {
     int n = snprintf(out, cap, "%s/%s", dir, name);
-    if (n < 0 || (size_t)n >= cap)
-        return refuse(err, errlen, "%s/%s: path too long", dir, name);
+    if (n < 0 || (size_t)n >= cap) {
+        snprintf(err, errlen, "%s/%s: path too long", dir, name);
+        return false;
+    }
     return true;
 }
 
@@ -376,7 +182,7 @@ static int read_snapshot(const char *dir, char **text, size_t *len, char *err, s
 int snapshot_save(const char *dir, const struct gen *g, int64_t now_unix_s, char *err, size_t errlen)
 {
     size_t len;
-    char *text = snapshot_format(g, rl_utc_day(now_unix_s), &len);
+    char *text = snapshot_text(g, rl_utc_day(now_unix_s), &len);
     if (!text) {
         snprintf(err, errlen, "out of memory");
         return -1;
@@ -395,8 +201,8 @@ int snapshot_load(const char *dir, struct gen *g, int64_t now_unix_s, char *err,
     int rc = read_snapshot(dir, &text, &len, err, errlen);
     if (rc <= 0)
         return rc;
-    struct snap_file f;
-    if (!snapshot_parse(text, len, &f, err, errlen)) {
+    struct snapshot_file f;
+    if (!snapshot_file_parse(text, len, &f, err, errlen)) {
         free(text);
         return -1;
     }
@@ -414,15 +220,14 @@ int snapshot_load(const char *dir, struct gen *g, int64_t now_unix_s, char *err,
         unsigned n = g->rl_global ? keyring_count(ring) : 0;
         for (unsigned k = 0; k < n; k++) {
             const char *name = keyring_entry(ring, k)->name;
-            struct snap_key probe = { .name = name, .len = strlen(name) };
-            const struct snap_key *hit = f.nkeys ? bsearch(&probe, f.keys, f.nkeys, sizeof *f.keys, key_cmp) : NULL;
+            const struct snapshot_entry *hit = snapshot_file_find(&f, name, strlen(name));
             if (!hit || !g->rl_global[k].daily)
                 continue;   /* no use that day, or no quota now */
             rl_quota_restore(&g->rl_global[k], hit->used, today);
             restored++;
         }
     }
-    free(f.keys);
+    snapshot_file_free(&f);
     free(text);
     return restored;
 }
@@ -448,7 +253,7 @@ static void save_if_changed(const struct gen *g, bool always)
 {
     const char *dir = g->cfg->server.state_dir;
     size_t len;
-    char *text = snapshot_format(g, rl_utc_day((int64_t)time(NULL)), &len);
+    char *text = snapshot_text(g, rl_utc_day((int64_t)time(NULL)), &len);
     char err[sizeof sched.failure];
     if (!text) {
         snprintf(err, sizeof err, "out of memory");
