@@ -442,6 +442,21 @@ static int set_path(struct load_ctx *x, const char *key, const char *value, char
     return 0;
 }
 
+/* A value that is one word (upstream_auth, Redis AUTH arguments, key
+ * prefixes): they go out as a header value or as binary-safe Redis strings,
+ * but a line of the file cannot carry a newline and a space would be
+ * ambiguous to the reader. */
+static int set_word(struct load_ctx *x, const char *key, const char *value, char *out, size_t cap)
+{
+    size_t len = strlen(value);
+    if (len >= cap)
+        return fail(x, "invalid value for %s: too long (at most %zu characters)", key, cap - 1);
+    if (has_space_or_control(value))
+        return fail(x, "invalid value for %s: must not contain spaces or control characters", key);
+    memcpy(out, value, len + 1);
+    return 0;
+}
+
 static int parse_on_off(struct load_ctx *x, const char *key, const char *value, bool *out)
 {
     if (strcmp(value, "on") == 0)
@@ -940,14 +955,7 @@ static int pool_fallback(struct load_ctx *x, const char *key, const char *value)
 static int pool_upstream_auth(struct load_ctx *x, const char *key, const char *value)
 {
     struct cfg_pool *p = cur_pool(x);
-    size_t len = strlen(value);
-    if (len >= sizeof p->upstream_auth)
-        return fail(x, "invalid value for %s: too long (at most %zu characters)", key,
-                    sizeof p->upstream_auth - 1);
-    if (has_space_or_control(value))
-        return fail(x, "invalid value for %s: must not contain spaces or control characters", key);
-    memcpy(p->upstream_auth, value, len + 1);
-    return 0;
+    return set_word(x, key, value, p->upstream_auth, sizeof p->upstream_auth);
 }
 
 static int pool_tls(struct load_ctx *x, const char *key, const char *value)
@@ -1191,40 +1199,20 @@ static int cluster_redis(struct load_ctx *x, const char *key, const char *value)
     return 0;
 }
 
-/* AUTH arguments go to Redis as binary-safe strings, but a line of the file
- * cannot carry a newline and a space would be ambiguous to the reader. */
-static int cluster_secret(struct load_ctx *x, const char *key, const char *value, char *out, size_t cap)
-{
-    size_t len = strlen(value);
-    if (len >= cap)
-        return fail(x, "invalid value for %s: too long (at most %zu characters)", key, cap - 1);
-    if (has_space_or_control(value))
-        return fail(x, "invalid value for %s: must not contain spaces or control characters", key);
-    memcpy(out, value, len + 1);
-    return 0;
-}
 
 static int cluster_username(struct load_ctx *x, const char *key, const char *value)
 {
-    return cluster_secret(x, key, value, x->c->cluster.username, sizeof x->c->cluster.username);
+    return set_word(x, key, value, x->c->cluster.username, sizeof x->c->cluster.username);
 }
 
 static int cluster_password(struct load_ctx *x, const char *key, const char *value)
 {
-    return cluster_secret(x, key, value, x->c->cluster.password, sizeof x->c->cluster.password);
+    return set_word(x, key, value, x->c->cluster.password, sizeof x->c->cluster.password);
 }
 
 static int cluster_key_prefix(struct load_ctx *x, const char *key, const char *value)
 {
-    struct cfg_cluster *cl = &x->c->cluster;
-    size_t len = strlen(value);
-    if (len >= sizeof cl->key_prefix)
-        return fail(x, "invalid value for %s: too long (at most %zu characters)", key,
-                    sizeof cl->key_prefix - 1);
-    if (has_space_or_control(value))
-        return fail(x, "invalid value for %s: must not contain spaces or control characters", key);
-    memcpy(cl->key_prefix, value, len + 1);
-    return 0;
+    return set_word(x, key, value, x->c->cluster.key_prefix, sizeof x->c->cluster.key_prefix);
 }
 
 static int cluster_sync_interval(struct load_ctx *x, const char *key, const char *value)
