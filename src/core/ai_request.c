@@ -6,6 +6,8 @@
 #include "core/buf.h"
 #include "core/conn.h"
 #include "core/dispatch.h"
+#include "core/gen.h"
+#include "core/model_label.h"
 #include "core/shard.h"
 #include "policy/route.h"
 
@@ -124,6 +126,9 @@ void ai_request_ready(struct conn *c)
     model[mlen] = 0;
     c->req.model_len = (uint8_t)(mlen < sizeof c->req.model ? mlen : sizeof c->req.model);
     memcpy(c->req.model, model, c->req.model_len);
+    const struct gen *g = c->req.sg->g;
+    int label = model_labels_match(&g->model_labels, model, mlen);
+    c->req.model_slot = label >= 0 ? g->model_metric_slot[label] : 0;
     char msg[400];
     int route = route_lookup_model(c->req.sg->g->routes, req->path.p, req->path.len, model, mlen);
     if (route < 0) {

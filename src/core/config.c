@@ -32,11 +32,12 @@
 #define CFG_MAX_ROUTES 1024
 #define CFG_MAX_BACKENDS 1024          /* per pool */
 #define CFG_MAX_TIERS 1024
+#define CFG_MAX_MODELS 1024
 #define CFG_DURATION_MAX_MS (366ULL * 24 * 3600 * 1000)
 
 enum section_kind {
     SEC_NONE, SEC_SERVER, SEC_ADMIN, SEC_TLS, SEC_TIMEOUTS, SEC_LOG, SEC_POOL, SEC_ROUTE,
-    SEC_KEYS, SEC_TIER, SEC_CLUSTER, SEC_COUNT
+    SEC_KEYS, SEC_TIER, SEC_CLUSTER, SEC_MODEL, SEC_COUNT
 };
 
 /* Pool names as written, resolved once the whole file is read (pools may come
@@ -77,7 +78,7 @@ struct load_ctx {
     uint32_t seen_keys;         /* bit per key of the current section's table */
     bool section_seen[SEC_COUNT];
 
-    unsigned pool_cap, route_cap, backend_cap, tier_cap;
+    unsigned pool_cap, route_cap, backend_cap, tier_cap, model_cap;
     struct pending_route *pending;  /* parallel to c->routes */
     struct pending_pool *pending_pools; /* parallel to c->pools */
     bool listen_configured;
@@ -1184,6 +1185,54 @@ static int tier_priority(struct load_ctx *x, const char *key, const char *value)
     return 0;
 }
 
+/* ---- [model GLOB] ------------------------------------------------------------ */
+
+static struct cfg_model *cur_model(struct load_ctx *x) { return &x->c->models[x->c->nmodels - 1]; }
+
+/* "0.15", "3", "2.5": a decimal number of USD with at most 6 decimals, read
+ * exactly as micro-USD (no float: 0.1 stays 100000). */
+static int parse_micro_usd(const char *s, uint64_t max, uint64_t *out)
+{
+    uint64_t whole, frac = 0;
+    const char *end;
+    if (parse_digits(s, &whole, &end) < 0 || whole > max / 1000000)
+        return -1;
+    if (*end == '.') {
+        unsigned digits = 0;
+        for (end++; *end >= '0' && *end <= '9'; end++) {
+            if (++digits > 6)
+                return -1;
+            frac = frac * 10 + (uint64_t)(*end - '0');
+        }
+        if (digits == 0)
+            return -1;
+        for (; digits < 6; digits++)
+            frac *= 10;
+    }
+    if (*end != '\0' || whole * 1000000 + frac > max)
+        return -1;
+    *out = whole * 1000000 + frac;
+    return 0;
+}
+
+static int model_price(struct load_ctx *x, const char *key, const char *value, uint64_t *out)
+{
+    if (parse_micro_usd(value, CFG_PRICE_MAX_MICRO_USD, out) < 0)
+        return bad_value(x, key, value,
+                         "USD per million tokens: a decimal number 0-1000000 with at most 6 decimals, such as 0.15");
+    return 0;
+}
+
+static int model_input_per_mtok(struct load_ctx *x, const char *key, const char *value)
+{
+    return model_price(x, key, value, &cur_model(x)->input_per_mtok);
+}
+
+static int model_output_per_mtok(struct load_ctx *x, const char *key, const char *value)
+{
+    return model_price(x, key, value, &cur_model(x)->output_per_mtok);
+}
+
 /* ---- [cluster] --------------------------------------------------------------- */
 
 static int cluster_redis(struct load_ctx *x, const char *key, const char *value)
@@ -1339,6 +1388,12 @@ static const struct key_def tier_keys[] = {
     { NULL, NULL, false },
 };
 
+static const struct key_def model_keys[] = {
+    { "input_per_mtok", model_input_per_mtok, false },
+    { "output_per_mtok", model_output_per_mtok, false },
+    { NULL, NULL, false },
+};
+
 static const struct key_def cluster_keys[] = {
     { "redis", cluster_redis, false },
     { "username", cluster_username, false },
@@ -1355,6 +1410,7 @@ static const struct key_def *const section_keys[SEC_COUNT] = {
     [SEC_TIMEOUTS] = timeout_keys,
     [SEC_LOG] = log_keys, [SEC_POOL] = pool_keys, [SEC_ROUTE] = route_keys,
     [SEC_KEYS] = keys_keys, [SEC_TIER] = tier_keys, [SEC_CLUSTER] = cluster_keys,
+    [SEC_MODEL] = model_keys,
 };
 
 /* Checks that need the whole section: run when the next section starts or at EOF. */
@@ -1505,6 +1561,38 @@ static int open_tier(struct load_ctx *x, const char *name, size_t len)
     return 0;
 }
 
+/* [model GLOB]: the name is one glob (no list), compared as written. */
+static int open_model(struct load_ctx *x, const char *name, size_t len)
+{
+    struct config *c = x->c;
+    const char *why = NULL;
+    struct glob_list *check = NULL;
+    if (memchr(name, ',', len))
+        return fail(x, "invalid model glob '%.*s': one glob per [model] section", (int)len, name);
+    if (len >= sizeof c->models[0].glob || glob_list_compile_n(name, len, &check, &why) != 0 || !check)
+        return fail(x, "invalid model glob '%.*s': %s", (int)len, name,
+                    why ? why : "expected 1-256 bytes, no spaces or control characters");
+    glob_list_free(check);
+    for (unsigned i = 0; i < c->nmodels; i++)
+        if (strlen(c->models[i].glob) == len && memcmp(c->models[i].glob, name, len) == 0)
+            return fail(x, "duplicate [model %s] (already on line %d)", c->models[i].glob, c->models[i].line);
+    if (c->nmodels == CFG_MAX_MODELS)
+        return fail(x, "too many [model] sections (at most %d)", CFG_MAX_MODELS);
+    if (c->nmodels == x->model_cap) {
+        unsigned cap = x->model_cap ? x->model_cap * 2 : 4;
+        struct cfg_model *nm = realloc(c->models, cap * sizeof *nm);
+        if (!nm)
+            return fail(x, "out of memory");
+        c->models = nm;
+        x->model_cap = cap;
+    }
+    struct cfg_model *m = &c->models[c->nmodels++];
+    memset(m, 0, sizeof *m);
+    memcpy(m->glob, name, len);
+    m->line = x->lineno;
+    return 0;
+}
+
 /* inner: the text between '[' and ']'. */
 static int open_section(struct load_ctx *x, const char *inner, size_t len)
 {
@@ -1539,6 +1627,8 @@ static int open_section(struct load_ctx *x, const char *inner, size_t len)
         kind = SEC_ROUTE;
     if (name_len && kind_len == 4 && memcmp(inner, "tier", 4) == 0)
         kind = SEC_TIER;
+    if (name_len && kind_len == 5 && memcmp(inner, "model", 5) == 0)
+        kind = SEC_MODEL;
     if (kind == SEC_NONE)
         return fail(x, "unknown section [%.*s]", (int)len, inner);
 
@@ -1551,6 +1641,9 @@ static int open_section(struct load_ctx *x, const char *inner, size_t len)
                  : kind == SEC_ROUTE ? open_route(x, name, name_len)
                                      : open_tier(x, name, name_len);
         if (rc < 0)
+            return -1;
+    } else if (kind == SEC_MODEL) {
+        if (open_model(x, name, name_len) < 0)
             return -1;
     } else {
         if (x->section_seen[kind])
@@ -1937,6 +2030,7 @@ void config_free(struct config *c)
         glob_list_free(c->routes[i].models);
     free(c->routes);
     free(c->tiers);
+    free(c->models);
     keyring_free(c->keys.ring);
     free(c->keys.key_tier);
     free(c);
@@ -1945,6 +2039,17 @@ void config_free(struct config *c)
 /* ---- aigw -T ------------------------------------------------------------------ */
 
 /* The largest unit that states the value exactly, so it reads back the same. */
+/* micro-USD as a decimal that parse_micro_usd reads back: 0.15, 2.50, 0.000001 */
+static void print_micro_usd(FILE *out, const char *key, uint64_t micro)
+{
+    char frac[8];
+    snprintf(frac, sizeof frac, "%06llu", (unsigned long long)(micro % 1000000));
+    size_t n = 6;
+    while (n > 2 && frac[n - 1] == '0')
+        n--;
+    fprintf(out, "%s = %llu.%.*s\n", key, (unsigned long long)(micro / 1000000), (int)n, frac);
+}
+
 static void print_duration(FILE *out, const char *key, uint64_t ms)
 {
     if (ms == 0)
@@ -2130,6 +2235,13 @@ void config_print(const struct config *c, FILE *out)
         fprintf(out, "max_tokens = %llu\ndaily_tokens = %llu\npriority = %s\n\n",
                 (unsigned long long)t->max_tokens, (unsigned long long)t->daily_tokens,
                 priorities[t->priority]);
+    }
+    for (unsigned i = 0; i < c->nmodels; i++) {
+        const struct cfg_model *m = &c->models[i];
+        fprintf(out, "[model %s]\n", m->glob);
+        print_micro_usd(out, "input_per_mtok", m->input_per_mtok);
+        print_micro_usd(out, "output_per_mtok", m->output_per_mtok);
+        fprintf(out, "\n");
     }
     print_cluster(&c->cluster, out);
 }

@@ -67,6 +67,17 @@ struct cfg_tier {
 /* A key whose tier is "default" when no [tier default] exists: no limits. */
 #define CFG_NO_TIER UINT32_MAX
 
+/* [model GLOB]: facts about the models a glob matches (the request's "model").
+ * Prices are USD per million tokens held exactly, in micro-USD: 0.15 is 150000.
+ * Used by cost accounting (coming); the glob is also a model metric label. */
+#define CFG_PRICE_MAX_MICRO_USD 1000000000000ULL    /* 1000000 USD per million tokens */
+struct cfg_model {
+    char glob[257];                 /* one glob (policy/glob.h), as written */
+    uint64_t input_per_mtok;        /* micro-USD per million prompt tokens; default 0 */
+    uint64_t output_per_mtok;       /* micro-USD per million completion tokens; default 0 */
+    int line;
+};
+
 /* What admission does while Redis cannot be reached ([cluster] on_redis_down). */
 enum redis_down_policy { REDIS_DOWN_LOCAL, REDIS_DOWN_DENY, REDIS_DOWN_ALLOW };
 
@@ -141,6 +152,8 @@ struct config {
     } keys;
     struct cfg_tier *tiers;     /* in file order */
     unsigned ntiers;
+    struct cfg_model *models;   /* [model GLOB] sections, in file order */
+    unsigned nmodels;
     struct cfg_cluster cluster;
 };
 

@@ -1021,7 +1021,7 @@ static void attempt_begin(struct conn *c)
         c->req.out->off = 0;
     c->in_pinned = false;
     c->req.status = 0;
-    c->at = (struct attempt){ .backend = c->at.backend, .probe = c->at.probe };
+    c->at = (struct attempt){ .backend = c->at.backend, .probe = c->at.probe, .start_us = c->sh->now_us };
 }
 
 static void send_shed(struct conn *c, enum shed_reason reason)
@@ -1253,6 +1253,31 @@ static void on_sent(struct conn *c, int res)
 
 /* ---- end of a request ---- */
 
+/* The LLM view of a finished AI request (metrics.h, struct ai_observation). */
+static void observe_ai(struct conn *c)
+{
+    const struct gen *g = c->req.sg->g;
+    const struct request *rq = &c->req;
+    uint64_t now = c->sh->now_us;
+    bool answered = c->at.backend >= 0 && c->at.first_byte_us;
+    struct ai_observation o = {
+        .route_pool_slot = rq->route >= 0 && rq->pool >= 0
+                               ? g->route_pool_metric_slot[(size_t)rq->route * g->cfg->npools + (unsigned)rq->pool]
+                               : -1,
+        .backend_slot = c->at.backend >= 0 ? g->backend_metric_slot[c->at.backend] : -1,
+        .model_slot = rq->model_slot,
+        .status = rq->status,
+        .answered = answered,
+        /* a stream's first byte for the client that matters is its first token */
+        .first_byte_us = (rq->token_events ? rq->first_token_us : c->at.first_byte_us) - rq->start_us,
+        .backend_us = now - c->at.start_us,
+        .token_gap_us = rq->token_events >= 2 ? (rq->last_token_us - rq->first_token_us) / (rq->token_events - 1) : 0,
+        .prompt_tokens = rq->tokens_in,
+        .completion_tokens = rq->tokens_out,
+    };
+    metrics_observe_ai(c->sh->m, &o);
+}
+
 static void request_finish(struct conn *c)
 {
     struct shard *sh = c->sh;
@@ -1264,6 +1289,8 @@ static void request_finish(struct conn *c)
     usage_settle(c);
     int route_slot = c->req.route >= 0 ? sg->g->route_metric_slot[c->req.route] : 0;
     metrics_observe_request(sh->m, route_slot, c->req.status, dur);
+    if (c->req.ai)
+        observe_ai(c);
     if (cfg->log.access != ACCESS_OFF) {
         struct alog_entry e = {
             .time_us = c->req.start_us + sh->realtime_offset_us,

@@ -89,6 +89,10 @@ struct request {
     struct usage_bound usage_bound; /* the most it can have used (usage.h) */
     uint64_t prefix_hash;           /* the prompt's start, for prefix routing; 0: none */
     uint64_t tokens_in, tokens_out; /* counted when the request settled */
+    uint8_t model_slot;             /* its model's metric label slot (0: "other"), set with the model */
+    /* a stream's generated-token (content) events as they pass to the client (usage.c) */
+    uint64_t token_events;
+    uint64_t first_token_us, last_token_us;
     struct rl_ticket ticket;
 
     /* for the access log; truncated */
@@ -112,6 +116,7 @@ struct attempt {
     struct upconn *up;
     struct xbuf *rbuf;              /* upstream response bytes */
     uint64_t first_byte_us;         /* when the response's first byte came */
+    uint64_t start_us;              /* when its backend was chosen */
 };
 
 /* A client connection: lives from accept to close and carries one request at a

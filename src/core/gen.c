@@ -30,6 +30,9 @@ static void gen_free(struct gen *g)
     free(g->signal);
     free(g->health);
     free(g->pool_metric_slot);
+    free(g->route_pool_metric_slot);
+    model_labels_free(&g->model_labels);
+    free(g->model_metric_slot);
     free(g->backend_id);
     free(g->backend_interval_ms);
     admission_gen_free(g);
@@ -38,6 +41,58 @@ static void gen_free(struct gen *g)
 
 /* A reload keeps what is known of backends it keeps (same pool, same address):
  * a backend that was down or had its circuit open stays so until checked again. */
+/* The (route, pool) pairs a route can send to: its pool or split pools, and
+ * their fallbacks (one hop, as dispatch.c moves a request). */
+static int build_route_pool_slots(struct gen *g, char *err, size_t errlen)
+{
+    const struct config *cfg = g->cfg;
+    size_t n = (size_t)cfg->nroutes * cfg->npools;
+    g->route_pool_metric_slot = malloc((n ? n : 1) * sizeof(int));
+    if (!g->route_pool_metric_slot) {
+        snprintf(err, errlen, "%s: out of memory", cfg->path);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++)
+        g->route_pool_metric_slot[i] = -1;
+    for (unsigned r = 0; r < cfg->nroutes; r++) {
+        const struct cfg_route *route = &cfg->routes[r];
+        unsigned first[CFG_MAX_SPLIT + 1];
+        unsigned nfirst = 0;
+        if (route->nsplit)
+            for (unsigned i = 0; i < route->nsplit; i++)
+                first[nfirst++] = route->split[i].pool;
+        else
+            first[nfirst++] = route->pool;
+        for (unsigned i = 0; i < nfirst; i++) {
+            int chain[2] = { (int)first[i], cfg->pools[first[i]].fallback };
+            for (unsigned k = 0; k < 2 && chain[k] >= 0; k++) {
+                int *slot = &g->route_pool_metric_slot[(size_t)r * cfg->npools + (unsigned)chain[k]];
+                if (*slot >= 0)
+                    continue;
+                *slot = metrics_route_pool_slot(route->name, cfg->pools[chain[k]].name);
+                if (*slot < 0) {
+                    snprintf(err, errlen, "%s: too many distinct route and pool pairs for metrics (max %d)",
+                             cfg->path, METRICS_MAX_ROUTE_POOLS);
+                    return -1;
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+static int build_model_slots(struct gen *g, char *err, size_t errlen)
+{
+    if (model_labels_build(g->cfg, &g->model_labels) != 0 ||
+        !(g->model_metric_slot = calloc(g->model_labels.n + 1, 1))) {
+        snprintf(err, errlen, "%s: out of memory", g->cfg->path);
+        return -1;
+    }
+    for (unsigned i = 0; i < g->model_labels.n; i++)
+        g->model_metric_slot[i] = (uint8_t)metrics_model_slot(g->model_labels.glob[i]);
+    return 0;
+}
+
 static void inherit_health(struct gen *g, const struct gen *prev)
 {
     for (unsigned b = 0; b < g->cfg->nbackends; b++)
@@ -128,6 +183,8 @@ struct gen *gen_create(struct config *cfg, const struct gen *prev, unsigned nsha
             }
         }
     }
+    if (build_route_pool_slots(g, err, errlen) != 0 || build_model_slots(g, err, errlen) != 0)
+        goto fail;
     if (admission_gen_init(g, prev, err, errlen) != 0)
         goto fail;
     if (prev)

@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/model_label.h"
+
 struct config;
 struct cfg_backend;
 struct route_table;
@@ -64,6 +66,9 @@ struct gen {
     struct backend_signal *signal;  /* per global backend (shared; written by the watcher) */
     struct backend_health *health;  /* per global backend (shared; see struct backend_health) */
     int *pool_metric_slot;          /* per pool */
+    int *route_pool_metric_slot;    /* [route * npools + pool]: pairs a route can send to; -1 others */
+    struct model_labels model_labels; /* the configured model globs (metrics' model label) */
+    uint8_t *model_metric_slot;     /* per model label; requests matching none use slot 0, "other" */
     uint64_t *backend_id;           /* per global backend: balance_backend_id() */
     uint64_t *backend_interval_ms;  /* per global backend: its pool's metrics_interval */
     unsigned nshards;

@@ -5,6 +5,7 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,16 +33,36 @@ static const char *const status_labels[METRICS_NSTATUS] = {
     "1xx", "2xx", "3xx", "4xx", "5xx",
 };
 
-/* Upper bounds (inclusive, as Prometheus "le") of the duration buckets, in µs;
- * the last bucket is +Inf. */
-static const uint64_t bucket_bound_us[METRICS_NBUCKETS - 1] = {
+/* Bucket tables, bounds in µs. Requests and queue waits: web latencies up to a
+ * minute. LLM answers: a first token takes tens of ms to minutes (a long prompt's
+ * prefill on a busy engine). A token takes milliseconds. */
+static const uint64_t duration_bound_us[METRICS_NBUCKETS - 1] = {
     5000, 10000, 25000, 50000, 100000, 250000, 500000,
     1000000, 2500000, 5000000, 10000000, 30000000, 60000000,
 };
-static const char *const bucket_le[METRICS_NBUCKETS] = {
+static const char *const duration_le[METRICS_NBUCKETS] = {
     "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5",
     "1", "2.5", "5", "10", "30", "60", "+Inf",
 };
+static const uint64_t llm_bound_us[METRICS_LLM_NBUCKETS - 1] = {
+    25000, 50000, 100000, 250000, 500000, 1000000, 2500000,
+    5000000, 10000000, 30000000, 60000000, 120000000, 300000000,
+};
+static const char *const llm_le[METRICS_LLM_NBUCKETS] = {
+    "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5",
+    "5", "10", "30", "60", "120", "300", "+Inf",
+};
+static const uint64_t token_bound_us[METRICS_TOKEN_NBUCKETS - 1] = {
+    1000, 2500, 5000, 7500, 10000, 15000, 20000,
+    30000, 50000, 75000, 100000, 250000, 500000, 1000000,
+};
+static const char *const token_le[METRICS_TOKEN_NBUCKETS] = {
+    "0.001", "0.0025", "0.005", "0.0075", "0.01", "0.015", "0.02",
+    "0.03", "0.05", "0.075", "0.1", "0.25", "0.5", "1", "+Inf",
+};
+const struct metrics_buckets metrics_duration_buckets = { METRICS_NBUCKETS, duration_bound_us, duration_le };
+const struct metrics_buckets metrics_llm_buckets = { METRICS_LLM_NBUCKETS, llm_bound_us, llm_le };
+const struct metrics_buckets metrics_token_buckets = { METRICS_TOKEN_NBUCKETS, token_bound_us, token_le };
 
 static struct shard_metrics *shards;
 static unsigned nshards;
@@ -60,6 +81,12 @@ static _Atomic int32_t backend_waiting[METRICS_MAX_BACKENDS];
 static _Atomic int32_t backend_kv[METRICS_MAX_BACKENDS];
 static _Atomic bool backend_down[METRICS_MAX_BACKENDS];   /* zero: up, so never set renders 1 */
 static unsigned nbackends;
+static char *route_pool_route[METRICS_MAX_ROUTE_POOLS];
+static char *route_pool_pool[METRICS_MAX_ROUTE_POOLS];
+static unsigned nroute_pools;
+static char *model_labels[METRICS_MAX_MODELS];     /* slot 0 is "other" */
+static unsigned nmodels;
+static bool model_overflow_logged;
 static char *pool_names[METRICS_MAX_POOLS];
 static bool pool_live[METRICS_MAX_POOLS];
 /* written under registry_mu; also read by the shards (metrics_observe_queue_wait) */
@@ -255,6 +282,74 @@ void metrics_set_backend_up(int slot, bool up)
     atomic_store_explicit(&backend_down[slot], !up, memory_order_relaxed);
 }
 
+int metrics_route_pool_slot(const char *route, const char *pool)
+{
+    if (!route || !pool)
+        return -1;
+    pthread_mutex_lock(&registry_mu);
+    int slot = -1;
+    for (unsigned i = 0; i < nroute_pools; i++)
+        if (strcmp(route_pool_route[i], route) == 0 && strcmp(route_pool_pool[i], pool) == 0) {
+            slot = (int)i;
+            break;
+        }
+    if (slot < 0 && nroute_pools < METRICS_MAX_ROUTE_POOLS) {
+        char *r = strdup(route), *p = strdup(pool);
+        if (r && p) {
+            route_pool_route[nroute_pools] = r;
+            route_pool_pool[nroute_pools] = p;
+            slot = (int)nroute_pools++;
+        } else {
+            free(r);
+            free(p);
+        }
+    }
+    pthread_mutex_unlock(&registry_mu);
+    return slot;
+}
+
+/* Called with registry_mu held. */
+static bool reserve_other_model_slot(void)
+{
+    if (nmodels > 0)
+        return true;
+    model_labels[0] = strdup("other");
+    if (!model_labels[0])
+        return false;
+    nmodels = 1;
+    return true;
+}
+
+int metrics_model_slot(const char *label)
+{
+    if (!label)
+        return 0;
+    pthread_mutex_lock(&registry_mu);
+    int slot = -1;
+    if (reserve_other_model_slot()) {
+        for (unsigned i = 0; i < nmodels; i++)
+            if (strcmp(model_labels[i], label) == 0) {
+                slot = (int)i;
+                break;
+            }
+        if (slot < 0 && nmodels < METRICS_MAX_MODELS) {
+            char *name = strdup(label);
+            if (name) {
+                model_labels[nmodels] = name;
+                slot = (int)nmodels++;
+            }
+        }
+    }
+    bool log_it = slot < 0 && !model_overflow_logged;
+    if (log_it)
+        model_overflow_logged = true;
+    pthread_mutex_unlock(&registry_mu);
+    if (log_it)
+        log_warn("metrics: more than %d distinct model labels since start: '%s' and later ones "
+                 "are counted as model=\"other\" (a restart makes room)", METRICS_MAX_MODELS - 1, label);
+    return slot < 0 ? 0 : slot;
+}
+
 int metrics_pool_slot(const char *pool)
 {
     if (!pool)
@@ -342,13 +437,12 @@ const char *metrics_status_label(unsigned slot)
     return slot < METRICS_NSTATUS ? status_labels[slot] : "5xx";
 }
 
-/* The duration bucket (index into bucket_le) a time falls in: le is inclusive. */
-static unsigned bucket_of(uint64_t us)
+unsigned metrics_bucket_of(const struct metrics_buckets *b, uint64_t us)
 {
-    unsigned b = 0;
-    while (b < METRICS_NBUCKETS - 1 && us > bucket_bound_us[b])
-        b++;
-    return b;
+    unsigned i = 0;
+    while (i < b->n - 1 && us > b->bound_us[i])
+        i++;
+    return i;
 }
 
 void metrics_observe_request(struct shard_metrics *m, int route_slot, int status,
@@ -357,7 +451,7 @@ void metrics_observe_request(struct shard_metrics *m, int route_slot, int status
     if (route_slot < 0 || route_slot >= METRICS_MAX_ROUTES)
         route_slot = 0;
     mc_add(&m->requests[route_slot][metrics_status_slot(status)], 1);
-    mc_add(&m->duration_bucket[bucket_of(duration_us)], 1);
+    mc_add(&m->duration_bucket[metrics_bucket_of(&metrics_duration_buckets, duration_us)], 1);
     mc_add(&m->duration_sum_us, duration_us);
     mc_add(&m->duration_count, 1);
 }
@@ -367,9 +461,39 @@ void metrics_observe_queue_wait(struct shard_metrics *m, int pool_slot, uint64_t
     if (pool_slot < 0 || pool_slot >= METRICS_MAX_POOLS ||
         (unsigned)pool_slot >= atomic_load_explicit(&npools, memory_order_relaxed))
         return;
-    mc_add(&m->queue_wait_bucket[pool_slot][bucket_of(wait_us)], 1);
+    mc_add(&m->queue_wait_bucket[pool_slot][metrics_bucket_of(&metrics_duration_buckets, wait_us)], 1);
     mc_add(&m->queue_wait_sum_us[pool_slot], wait_us);
     mc_add(&m->queue_wait_count[pool_slot], 1);
+}
+
+void metrics_observe_ai(struct shard_metrics *m, const struct ai_observation *o)
+{
+    int rp = o->route_pool_slot;
+    if (rp >= 0 && rp < METRICS_MAX_ROUTE_POOLS) {
+        if (o->answered) {
+            mc_add(&m->first_byte_bucket[rp][metrics_bucket_of(&metrics_llm_buckets, o->first_byte_us)], 1);
+            mc_add(&m->first_byte_sum_us[rp], o->first_byte_us);
+        }
+        if (o->token_gap_us) {
+            mc_add(&m->token_gap_bucket[rp][metrics_bucket_of(&metrics_token_buckets, o->token_gap_us)], 1);
+            mc_add(&m->token_gap_sum_us[rp], o->token_gap_us);
+        }
+    }
+    int b = o->backend_slot;
+    if (b >= 0 && b < METRICS_MAX_BACKENDS) {
+        if (o->answered) {
+            mc_add(&m->backend_duration_bucket[b][metrics_bucket_of(&metrics_llm_buckets, o->backend_us)], 1);
+            mc_add(&m->backend_duration_sum_us[b], o->backend_us);
+        }
+        mc_add(&m->backend_tokens[b][TOKENS_PROMPT], o->prompt_tokens);
+        mc_add(&m->backend_tokens[b][TOKENS_COMPLETION], o->completion_tokens);
+    }
+    int md = o->model_slot;
+    if (md >= 0 && md < METRICS_MAX_MODELS) {
+        mc_add(&m->model_requests[md][metrics_status_slot(o->status)], 1);
+        mc_add(&m->model_tokens[md][TOKENS_PROMPT], o->prompt_tokens);
+        mc_add(&m->model_tokens[md][TOKENS_COMPLETION], o->completion_tokens);
+    }
 }
 
 /* ---- rendering ---- */
@@ -434,6 +558,67 @@ static void put_seconds(struct outbuf *o, uint64_t us)
     outbuf_put(o, tmp, (size_t)n);
 }
 
+/* name+suffix{k="v",...[,le="LE"]} and a space: nlabels pairs in kv, escaped. */
+static void put_series(struct outbuf *o, const char *name, const char *suffix, unsigned nlabels,
+                       const char *const *kv, const char *le)
+{
+    outbuf_str(o, name);
+    outbuf_str(o, suffix);
+    for (unsigned i = 0; i < nlabels; i++) {
+        outbuf_str(o, i ? "\",": "{");
+        outbuf_str(o, kv[2 * i]);
+        outbuf_str(o, "=\"");
+        put_label(o, kv[2 * i + 1]);
+    }
+    if (le) {
+        outbuf_str(o, nlabels ? "\",le=\"" : "{le=\"");
+        outbuf_str(o, le);
+    }
+    outbuf_str(o, nlabels || le ? "\"} " : " ");
+}
+
+/* The sum over shards of the counter `at` bytes into struct shard_metrics. */
+static uint64_t sum_at(size_t at)
+{
+    uint64_t sum = 0;
+    for (unsigned s = 0; s < nshards; s++)
+        sum += load((const mcounter *)((const char *)&shards[s] + at));
+    return sum;
+}
+
+/* The total count of a histogram whose b->n bucket counters start `at` bytes
+ * into struct shard_metrics. */
+static uint64_t histogram_count(const struct metrics_buckets *b, size_t at)
+{
+    uint64_t n = 0;
+    for (unsigned i = 0; i < b->n; i++)
+        n += sum_at(at + i * sizeof(mcounter));
+    return n;
+}
+
+/* One histogram series: its cumulative buckets, _sum and _count. Its b->n
+ * bucket counters start `buckets_at` bytes into struct shard_metrics, its
+ * microsecond sum `sum_us_at` bytes in. */
+static void put_histogram(struct outbuf *o, const char *name, unsigned nlabels, const char *const *kv,
+                          const struct metrics_buckets *b, size_t buckets_at, size_t sum_us_at)
+{
+    uint64_t cumulative = 0;
+    for (unsigned i = 0; i < b->n; i++) {
+        cumulative += sum_at(buckets_at + i * sizeof(mcounter));
+        put_series(o, name, "_bucket", nlabels, kv, b->le[i]);
+        outbuf_u64(o, cumulative);
+        outbuf_str(o, "\n");
+    }
+    put_series(o, name, "_sum", nlabels, kv, NULL);
+    put_seconds(o, sum_at(sum_us_at));
+    /* The +Inf bucket rather than a count of its own: the shards update buckets
+     * and sums separately, and a scrape in between must still see _count == +Inf. */
+    outbuf_str(o, "\n");
+    put_series(o, name, "_count", nlabels, kv, NULL);
+    outbuf_u64(o, cumulative);
+    outbuf_str(o, "\n");
+}
+
 static void render_requests(struct outbuf *o)
 {
     put_family(o, "aigw_requests_total", "counter",
@@ -452,22 +637,60 @@ static void render_duration(struct outbuf *o)
 {
     put_family(o, "aigw_request_duration_seconds", "histogram",
                "Time from request start to the last response byte sent.");
-    uint64_t cumulative = 0;
-    for (unsigned b = 0; b < METRICS_NBUCKETS; b++) {
-        cumulative += SUM_SHARDS(duration_bucket[b]);
-        outbuf_str(o, "aigw_request_duration_seconds_bucket{le=\"");
-        outbuf_str(o, bucket_le[b]);
-        outbuf_str(o, "\"} ");
-        outbuf_u64(o, cumulative);
-        outbuf_str(o, "\n");
+    put_histogram(o, "aigw_request_duration_seconds", 0, NULL, &metrics_duration_buckets,
+                  offsetof(struct shard_metrics, duration_bucket), offsetof(struct shard_metrics, duration_sum_us));
+}
+
+/* Time to first token and per output token, by route and pool; series appear
+ * with a pair's first observation. */
+static void render_llm_latency(struct outbuf *o)
+{
+    put_family(o, "aigw_first_byte_seconds", "histogram",
+               "AI requests: time from the request head to the first response byte for the client "
+               "(streams: the first generated token's event), by route and pool.");
+    for (unsigned i = 0; i < nroute_pools; i++) {
+        size_t at = offsetof(struct shard_metrics, first_byte_bucket[i]);
+        if (histogram_count(&metrics_llm_buckets, at) == 0)
+            continue;
+        put_histogram(o, "aigw_first_byte_seconds", 2,
+                      (const char *const[]){ "route", route_pool_route[i], "pool", route_pool_pool[i] },
+                      &metrics_llm_buckets, at, offsetof(struct shard_metrics, first_byte_sum_us[i]));
     }
-    outbuf_str(o, "aigw_request_duration_seconds_sum ");
-    put_seconds(o, SUM_SHARDS(duration_sum_us));
-    /* The +Inf bucket rather than duration_count: the shards update the two
-     * separately, and a scrape in between must still see _count == +Inf bucket. */
-    outbuf_str(o, "\naigw_request_duration_seconds_count ");
-    outbuf_u64(o, cumulative);
-    outbuf_str(o, "\n");
+    put_family(o, "aigw_time_per_output_token_seconds", "histogram",
+               "Streams: the mean spacing of generated-token events (last - first) / (events - 1), "
+               "one observation per stream with two or more, by route and pool.");
+    for (unsigned i = 0; i < nroute_pools; i++) {
+        size_t at = offsetof(struct shard_metrics, token_gap_bucket[i]);
+        if (histogram_count(&metrics_token_buckets, at) == 0)
+            continue;
+        put_histogram(o, "aigw_time_per_output_token_seconds", 2,
+                      (const char *const[]){ "route", route_pool_route[i], "pool", route_pool_pool[i] },
+                      &metrics_token_buckets, at, offsetof(struct shard_metrics, token_gap_sum_us[i]));
+    }
+}
+
+/* Requests and tokens by model label; a label appears with its first request. */
+static void render_models(struct outbuf *o)
+{
+    put_family(o, "aigw_model_requests_total", "counter",
+               "AI requests answered, by model (the configured glob it matched, else \"other\") and HTTP status.");
+    for (unsigned md = 0; md < nmodels; md++)
+        for (unsigned st = 0; st < METRICS_NSTATUS; st++) {
+            uint64_t v = SUM_SHARDS(model_requests[md][st]);
+            if (v)
+                put_sample(o, "aigw_model_requests_total", 2,
+                           (const char *const[]){ "model", model_labels[md], "status", status_labels[st] }, v);
+        }
+    static const char *const directions[2] = { [TOKENS_PROMPT] = "prompt", [TOKENS_COMPLETION] = "completion" };
+    put_family(o, "aigw_model_tokens_total", "counter", "Tokens used by AI requests, by model and direction.");
+    for (unsigned md = 0; md < nmodels; md++) {
+        uint64_t v[2] = { SUM_SHARDS(model_tokens[md][0]), SUM_SHARDS(model_tokens[md][1]) };
+        if (!v[0] && !v[1] && !SUM_SHARDS(model_requests[md][0]))
+            continue;
+        for (unsigned d = 0; d < 2; d++)
+            put_sample(o, "aigw_model_tokens_total", 2,
+                       (const char *const[]){ "model", model_labels[md], "direction", directions[d] }, v[d]);
+    }
 }
 
 /* metric{pool="..",backend=".."[,label="value"]} */
@@ -614,6 +837,32 @@ static void render_backend_health(struct outbuf *o)
         }
 }
 
+/* What each backend answered: how long, and how many tokens (its tokens per
+ * second is the rate of aigw_backend_tokens_total). */
+static void render_backend_work(struct outbuf *o)
+{
+    put_family(o, "aigw_backend_request_duration_seconds", "histogram",
+               "AI requests: the answering attempt, from choosing the backend to the last response byte.");
+    for (unsigned b = 0; b < nbackends; b++)
+        if (backend_live[b])
+            put_histogram(o, "aigw_backend_request_duration_seconds", 2,
+                          (const char *const[]){ "pool", backend_pools[b], "backend", backend_names[b] },
+                          &metrics_llm_buckets, offsetof(struct shard_metrics, backend_duration_bucket[b]),
+                          offsetof(struct shard_metrics, backend_duration_sum_us[b]));
+    static const char *const directions[2] = { [TOKENS_PROMPT] = "prompt", [TOKENS_COMPLETION] = "completion" };
+    put_family(o, "aigw_backend_tokens_total", "counter",
+               "Tokens of the AI requests the backend answered, by direction.");
+    for (unsigned b = 0; b < nbackends; b++) {
+        if (!backend_live[b])
+            continue;
+        for (unsigned d = 0; d < 2; d++) {
+            put_backend_series(o, "aigw_backend_tokens_total", b, "direction", directions[d]);
+            outbuf_u64(o, SUM_SHARDS(backend_tokens[b][d]));
+            outbuf_str(o, "\n");
+        }
+    }
+}
+
 /* metric{pool="NAME" -- the caller closes the braces (more labels may follow). */
 static void put_pool_label(struct outbuf *o, const char *metric, unsigned p)
 {
@@ -647,25 +896,9 @@ static void render_pools(struct outbuf *o)
     for (unsigned p = 0; p < n; p++) {
         if (!pool_live[p])
             continue;
-        uint64_t cumulative = 0;
-        for (unsigned b = 0; b < METRICS_NBUCKETS; b++) {
-            cumulative += SUM_SHARDS(queue_wait_bucket[p][b]);
-            put_pool_label(o, "aigw_pool_queue_wait_seconds_bucket", p);
-            outbuf_str(o, ",le=\"");
-            outbuf_str(o, bucket_le[b]);
-            outbuf_str(o, "\"} ");
-            outbuf_u64(o, cumulative);
-            outbuf_str(o, "\n");
-        }
-        put_pool_label(o, "aigw_pool_queue_wait_seconds_sum", p);
-        outbuf_str(o, "} ");
-        put_seconds(o, SUM_SHARDS(queue_wait_sum_us[p]));
-        outbuf_str(o, "\n");
-        /* the +Inf bucket, as for aigw_request_duration_seconds_count */
-        put_pool_label(o, "aigw_pool_queue_wait_seconds_count", p);
-        outbuf_str(o, "} ");
-        outbuf_u64(o, cumulative);
-        outbuf_str(o, "\n");
+        put_histogram(o, "aigw_pool_queue_wait_seconds", 1, (const char *const[]){ "pool", pool_names[p] },
+                      &metrics_duration_buckets, offsetof(struct shard_metrics, queue_wait_bucket[p]),
+                      offsetof(struct shard_metrics, queue_wait_sum_us[p]));
     }
     static const char *const reasons[METRICS_NSHED] = {
         [SHED_QUEUE_FULL] = "queue_full",
@@ -863,10 +1096,13 @@ size_t metrics_render(char *buf, size_t cap)
     pthread_mutex_lock(&registry_mu);
     render_requests(&o);
     render_duration(&o);
+    render_llm_latency(&o);
+    render_models(&o);
     render_upstream_conns(&o);
     render_upstream_tls(&o);
     render_backend_load(&o);
     render_backend_health(&o);
+    render_backend_work(&o);
     render_pools(&o);
     render_relay(&o);
     render_connections(&o);

@@ -16,6 +16,11 @@
 #define METRICS_MAX_POOLS 128
 #define METRICS_NSTATUS 27          /* 22 common codes + one "other" column per class; see metrics_status_slot() */
 #define METRICS_NBUCKETS 14         /* duration histogram buckets, +Inf included */
+#define METRICS_LLM_NBUCKETS 14     /* LLM latency buckets (first byte, backend request), +Inf included */
+#define METRICS_TOKEN_NBUCKETS 15   /* time-per-output-token buckets, +Inf included */
+#define METRICS_MAX_ROUTE_POOLS 512 /* (route, pool) pairs a route can send to, over the process lifetime */
+#define METRICS_MAX_MODELS 128      /* model label slots; slot 0 is "other" */
+_Static_assert(METRICS_MAX_MODELS <= 256, "a request keeps its model slot in a byte");
 #define METRICS_MIN_KEYS 4096       /* API key slots at least; slot 0 is "" (no key, or past the last slot) */
 
 enum relay_mode { RELAY_SPLICE = 0, RELAY_COPY = 1 };
@@ -50,6 +55,19 @@ enum shed_reason {
 typedef _Atomic uint64_t mcounter;
 typedef _Atomic int64_t mgauge;
 
+/* A histogram's bucket table: n buckets, the last one +Inf; bound_us[i] is bucket
+ * i's upper bound (inclusive, as Prometheus "le") and le[i] its label. */
+struct metrics_buckets {
+    unsigned n;
+    const uint64_t *bound_us;       /* n - 1 bounds */
+    const char *const *le;          /* n labels */
+};
+extern const struct metrics_buckets metrics_duration_buckets;  /* 5ms..60s: requests, queue waits */
+extern const struct metrics_buckets metrics_llm_buckets;       /* 25ms..300s: first byte, backend requests */
+extern const struct metrics_buckets metrics_token_buckets;     /* 1ms..1s: time per output token */
+/* The bucket (index into b->le) a time falls in. */
+unsigned metrics_bucket_of(const struct metrics_buckets *b, uint64_t us);
+
 struct shard_metrics {
     mcounter requests[METRICS_MAX_ROUTES][METRICS_NSTATUS];
     mcounter duration_bucket[METRICS_NBUCKETS];   /* cumulative at render time, not here */
@@ -76,6 +94,18 @@ struct shard_metrics {
     mcounter queue_wait_count[METRICS_MAX_POOLS];
     mcounter shed[METRICS_MAX_POOLS][METRICS_NSHED];
     mcounter fallbacks[METRICS_MAX_POOLS];                 /* requests it sent to its fallback */
+    /* AI requests (metrics_observe_ai): per (route, pool) pair slot */
+    mcounter first_byte_bucket[METRICS_MAX_ROUTE_POOLS][METRICS_LLM_NBUCKETS];
+    mcounter first_byte_sum_us[METRICS_MAX_ROUTE_POOLS];
+    mcounter token_gap_bucket[METRICS_MAX_ROUTE_POOLS][METRICS_TOKEN_NBUCKETS];
+    mcounter token_gap_sum_us[METRICS_MAX_ROUTE_POOLS];
+    /* per backend slot: the attempt that answered, and what it generated */
+    mcounter backend_duration_bucket[METRICS_MAX_BACKENDS][METRICS_LLM_NBUCKETS];
+    mcounter backend_duration_sum_us[METRICS_MAX_BACKENDS];
+    mcounter backend_tokens[METRICS_MAX_BACKENDS][2];      /* enum token_direction */
+    /* per model label slot */
+    mcounter model_requests[METRICS_MAX_MODELS][METRICS_NSTATUS];
+    mcounter model_tokens[METRICS_MAX_MODELS][2];          /* enum token_direction */
     mgauge config_generation;      /* the generation this shard serves new requests with */
 } __attribute__((aligned(64)));
 
@@ -125,6 +155,15 @@ void metrics_set_live_backends(const int *slots, unsigned n);
 /* The watcher's verdict on a backend (one writer): up (active check passing and
  * circuit closed) or not; aigw_backend_up{pool,backend}. Slots never set render 1. */
 void metrics_set_backend_up(int slot, bool up);
+/* Slot for the pair of a route and a pool it can send to (by its pool, split or
+ * a fallback): the labels of aigw_first_byte_seconds and
+ * aigw_time_per_output_token_seconds. Stable for the process lifetime; -1 when
+ * full. Control plane only. */
+int metrics_route_pool_slot(const char *route, const char *pool);
+/* Slot for a model label (a configured glob or model name), stable for the
+ * process lifetime; 0 ("other") for "other" itself and when the registry is
+ * full (the first such label is logged). Control plane only. */
+int metrics_model_slot(const char *label);
 /* Slot for a pool name (stable for the process lifetime; -1 when full).
  * Control plane only. */
 int metrics_pool_slot(const char *pool);
@@ -152,6 +191,23 @@ const char *metrics_status_label(unsigned slot);
 /* Records one finished request. A route_slot outside the registry (e.g. -1 from a full
  * registry) is counted as "no route" (slot 0). */
 void metrics_observe_request(struct shard_metrics *m, int route_slot, int status, uint64_t duration_us);
+
+/* One finished AI request's LLM figures, times in µs. A slot outside its
+ * registry (e.g. -1) skips the families it labels.
+ *  - answered: a backend answered (first_byte_us and backend_us are set):
+ *    first_byte_us runs from the request head to the first response byte for the
+ *    client (for streams, the first content event); backend_us from the answering
+ *    attempt's start (backend chosen) to the last response byte;
+ *  - token_gap_us: the mean spacing of a stream's content events; 0: fewer than two;
+ *  - status, prompt and completion tokens: by model, and tokens by backend. */
+struct ai_observation {
+    int route_pool_slot, backend_slot, model_slot;
+    int status;
+    bool answered;
+    uint64_t first_byte_us, backend_us, token_gap_us;
+    uint64_t prompt_tokens, completion_tokens;
+};
+void metrics_observe_ai(struct shard_metrics *m, const struct ai_observation *o);
 
 /* Renders Prometheus text exposition format 0.0.4 into buf, snprintf-style: returns
  * the length of the whole output (without the NUL); it fitted, NUL-terminated, only

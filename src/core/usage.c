@@ -95,9 +95,17 @@ void usage_meter_start(struct conn *c, int status)
 
 void usage_meter_feed(struct conn *c, const char *p, size_t n)
 {
-    if (c->relay.meter == METER_SSE)
-        sse_feed(&c->relay.usage->sse, p, n);
-    else if (c->relay.meter == METER_JSON)
+    if (c->relay.meter == METER_SSE) {
+        struct sse_scan *s = &c->relay.usage->sse;
+        sse_feed(s, p, n);
+        if (s->content_events != c->req.token_events) {
+            /* the bytes go on to the client in this loop turn */
+            if (!c->req.token_events)
+                c->req.first_token_us = c->sh->now_us;
+            c->req.last_token_us = c->sh->now_us;
+            c->req.token_events = s->content_events;
+        }
+    } else if (c->relay.meter == METER_JSON)
         usage_json_feed(&c->relay.usage->json, p, n);
 }
 
