@@ -18,7 +18,7 @@
 #define METRICS_NBUCKETS 14         /* duration histogram buckets, +Inf included */
 #define METRICS_LLM_NBUCKETS 14     /* LLM latency buckets (first byte, backend request), +Inf included */
 #define METRICS_TOKEN_NBUCKETS 15   /* time-per-output-token buckets, +Inf included */
-#define METRICS_MAX_ROUTE_POOLS 512 /* (route, pool) pairs a route can send to, over the process lifetime */
+#define METRICS_MAX_ROUTE_POOLS 256 /* (route, pool) pairs a route can send to, over the process lifetime */
 #define METRICS_MAX_MODELS 128      /* model label slots; slot 0 is "other" */
 _Static_assert(METRICS_MAX_MODELS <= 256, "a request keeps its model slot in a byte");
 #define METRICS_MIN_KEYS 4096       /* API key slots at least; slot 0 is "" (no key, or past the last slot) */
