@@ -39,8 +39,6 @@ static void gen_free(struct gen *g)
     free(g);
 }
 
-/* A reload keeps what is known of backends it keeps (same pool, same address):
- * a backend that was down or had its circuit open stays so until checked again. */
 /* The (route, pool) pairs a route can send to: its pool or split pools, and
  * their fallbacks (one hop, as dispatch.c moves a request). */
 static int build_route_pool_slots(struct gen *g, char *err, size_t errlen)
@@ -93,6 +91,8 @@ static int build_model_slots(struct gen *g, char *err, size_t errlen)
     return 0;
 }
 
+/* A reload keeps what is known of backends it keeps (same pool, same address):
+ * a backend that was down or had its circuit open stays so until checked again. */
 static void inherit_health(struct gen *g, const struct gen *prev)
 {
     for (unsigned b = 0; b < g->cfg->nbackends; b++)
