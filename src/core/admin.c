@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,14 +14,48 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/gen.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "core/shard.h"
 #include "proto/http1.h"
 #include "util/clock.h"
+#include "util/ct.h"
 
+#define ADMIN_MAX_CONNS 256
 #define ADMIN_MAX_HEAD 8192
-#define ADMIN_IO_TIMEOUT_MS 2000
+#define ADMIN_BACKLOG 512
+#define ADMIN_ACCEPTS_PER_WAKE 64
 #define ADMIN_ACCEPT_BACKOFF_MS 100
+/* After the last response of a connection: how long its peer gets to close first
+ * (its unread bytes at our close() would make the kernel reset the connection,
+ * which can destroy the response before the client reads it). */
+#define ADMIN_LINGER_MS 1000
+/* [timeouts] defaults, for an admin listener running without a configuration
+ * (the unit tests start it alone). */
+#define ADMIN_DEFAULT_HEADER_MS 10000
+#define ADMIN_DEFAULT_KEEPALIVE_MS 75000
+#define ADMIN_DEFAULT_IDLE_MS 30000
+
+enum admin_phase {
+    AP_IDLE,        /* waiting for the first byte of a request */
+    AP_HEAD,        /* part of a request head received */
+    AP_WRITE,       /* a response is going out */
+    AP_LINGER,      /* last response sent and our side shut: waiting for the peer's close */
+};
+
+struct admin_conn {
+    int fd;
+    enum admin_phase phase;
+    bool answered;          /* a response went out: idle now means kept alive */
+    bool close_after;       /* the response going out is the connection's last */
+    uint64_t deadline_ms;   /* the phase's timeout */
+    uint64_t idle_since_ms; /* AP_IDLE: since when; the oldest idle one is evicted when full */
+    char *out;              /* the pending response (malloc'd), out_sent of out_len sent */
+    size_t out_len, out_sent;
+    size_t in_len;
+    char in[ADMIN_MAX_HEAD];
+};
 
 static int listen_fd = -1;
 static int stop_fd = -1;            /* eventfd: admin_stop wakes the thread */
@@ -29,72 +64,109 @@ static bool (*ready_fn)(void);
 static pthread_t admin_thread;
 static bool running;
 
-/* Waits until fd is ready for events, the deadline passes (0) or admin_stop is
- * called (-1). Returns 1 when ready. */
-static int wait_fd(int fd, short events, int64_t deadline)
+/* Admin thread only. */
+static struct gen *held;            /* the generation whose config applies; NULL: none (unit tests) */
+static struct admin_conn *conns[ADMIN_MAX_CONNS];
+static unsigned nconns;
+static uint64_t accept_paused_until_ms;
+
+/* Moves to the newest generation, releasing the ones passed (see gen_add_holder). */
+static void follow_generations(void)
 {
-    for (;;) {
-        int64_t left = deadline - (int64_t)clock_mono_ms();
-        if (left <= 0)
-            return 0;
-        struct pollfd p[2] = { { fd, events, 0 }, { stop_fd, POLLIN, 0 } };
-        int n = poll(p, 2, (int)left);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        if (p[1].revents)
-            return -1;
-        if (p[0].revents)
-            return 1;
+    if (!held)
+        return;
+    struct gen *cur = atomic_load_explicit(&rt.current, memory_order_acquire);
+    while (held != cur) {
+        struct gen *next = atomic_load(&held->newer);
+        gen_unref(held);
+        held = next;
     }
 }
 
-/* Sends all of buf before the deadline; false if the client did not take it. */
-static bool send_all(int fd, const char *buf, size_t len, int64_t deadline)
+static const struct config *current_config(void)
 {
-    while (len > 0) {
-        ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
-        if (n > 0) {
-            buf += n;
-            len -= (size_t)n;
-            continue;
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (wait_fd(fd, POLLOUT, deadline) == 1)
-                continue;
-        }
-        return false;
-    }
-    return true;
+    return held ? held->cfg : NULL;
 }
 
-static void respond(int fd, int status, const char *content_type, const char *extra_headers,
-                    const char *body, size_t body_len, bool head_only)
+static uint64_t header_timeout_ms(void)
 {
-    char head[512];
+    return held ? held->cfg->timeouts.client_header_ms : ADMIN_DEFAULT_HEADER_MS;
+}
+
+static uint64_t keepalive_timeout_ms(void)
+{
+    return held ? held->cfg->timeouts.keepalive_ms : ADMIN_DEFAULT_KEEPALIVE_MS;
+}
+
+static uint64_t stall_timeout_ms(void)
+{
+    return held ? held->cfg->timeouts.idle_ms : ADMIN_DEFAULT_IDLE_MS;
+}
+
+/* ---- connections ---- */
+
+static void conn_free(unsigned i)
+{
+    struct admin_conn *c = conns[i];
+    close(c->fd);
+    free(c->out);
+    free(c);
+    conns[i] = conns[--nconns];
+    conns[nconns] = NULL;
+}
+
+static void go_idle(struct admin_conn *c, uint64_t now)
+{
+    c->phase = AP_IDLE;
+    c->idle_since_ms = now;
+    c->deadline_ms = now + (c->answered ? keepalive_timeout_ms() : header_timeout_ms());
+}
+
+/* Queues a response; the caller's loop sends it. False when out of memory (the
+ * connection is then closed). */
+static bool respond(struct admin_conn *c, int status, const char *content_type, const char *extra_headers,
+                    const char *body, size_t body_len, bool head_only, bool minor0)
+{
+    char head[768];
+    const char *connection = c->close_after ? "Connection: close\r\n"
+                             : minor0 ? "Connection: keep-alive\r\n" : "";
     int n = snprintf(head, sizeof head,
                      "HTTP/1.1 %d %s\r\n"
                      "Content-Type: %s\r\n"
                      "Content-Length: %zu\r\n"
                      "Cache-Control: no-store\r\n"
                      "%s"
-                     "Connection: close\r\n"
+                     "%s"
                      "\r\n",
-                     status, http_reason(status), content_type, body_len, extra_headers);
+                     status, http_reason(status), content_type, body_len, extra_headers, connection);
     if (n < 0 || (size_t)n >= sizeof head)
-        return;
-    int64_t deadline = (int64_t)clock_mono_ms() + ADMIN_IO_TIMEOUT_MS;
-    if (send_all(fd, head, (size_t)n, deadline) && !head_only)
-        send_all(fd, body, body_len, deadline);
+        return false;
+    size_t total = (size_t)n + (head_only ? 0 : body_len);
+    free(c->out);
+    c->out = malloc(total);
+    if (!c->out)
+        return false;
+    memcpy(c->out, head, (size_t)n);
+    if (!head_only && body_len)
+        memcpy(c->out + n, body, body_len);
+    c->out_len = total;
+    c->out_sent = 0;
+    c->phase = AP_WRITE;
+    c->deadline_ms = clock_mono_ms() + stall_timeout_ms();
+    return true;
 }
 
-static void respond_text(int fd, int status, const char *body, bool head_only)
+static bool respond_text(struct admin_conn *c, int status, const char *body, bool head_only, bool minor0)
 {
-    respond(fd, status, "text/plain; charset=utf-8", "", body, strlen(body), head_only);
+    return respond(c, status, "text/plain; charset=utf-8", "", body, strlen(body), head_only, minor0);
+}
+
+/* An error that ends the connection (the request could not be read). */
+static bool respond_final(struct admin_conn *c, int status, const char *body)
+{
+    c->close_after = true;
+    c->in_len = 0;
+    return respond_text(c, status, body, false, false);
 }
 
 static bool path_is(struct slice path, const char *lit)
@@ -103,132 +175,309 @@ static bool path_is(struct slice path, const char *lit)
     return path.len == n && memcmp(path.p, lit, n) == 0;
 }
 
-static void serve_request(int fd, const struct http_request *req)
+/* The one gate of every protected admin route (/metrics today; /status,
+ * /status.json and runtime control later): with [admin] token set, the request
+ * must carry "Authorization: Bearer TOKEN". Read from the current generation, so
+ * a reload changes it. */
+static bool admin_authorized(const struct http_request *req)
+{
+    const struct config *cfg = current_config();
+    if (!cfg || !cfg->admin.token[0])
+        return true;
+    int h = req->idx[HK_AUTHORIZATION];
+    if (h < 0)
+        return false;
+    struct slice v = req->headers[h].value;
+    static const char scheme[] = "bearer ";
+    size_t sl = sizeof scheme - 1;
+    if (v.len < sl || !slice_eq_lower((struct slice){ v.p, sl }, scheme))
+        return false;
+    const char *t = v.p + sl;
+    size_t tl = v.len - sl;
+    while (tl && *t == ' ') {
+        t++;
+        tl--;
+    }
+    return ct_equal(t, tl, cfg->admin.token, strlen(cfg->admin.token));
+}
+
+static bool respond_unauthorized(struct admin_conn *c, bool head_only, bool minor0)
+{
+    static const char body[] =
+        "{\"error\":{\"message\":\"this admin route needs the [admin] token: "
+        "Authorization: Bearer TOKEN\",\"type\":\"authentication_error\",\"code\":\"invalid_admin_token\"}}\n";
+    return respond(c, 401, "application/json", "WWW-Authenticate: Bearer realm=\"aigw admin\"\r\n", body,
+                   sizeof body - 1, head_only, minor0);
+}
+
+static bool serve_request(struct admin_conn *c, const struct http_request *req)
 {
     bool is_get = req->method_id == METHOD_GET;
     bool is_head = req->method_id == METHOD_HEAD;
+    bool minor0 = req->minor == 0;
     enum { HEALTHZ, READYZ, METRICS, UNKNOWN } what =
         path_is(req->path, "/healthz") ? HEALTHZ :
         path_is(req->path, "/readyz") ? READYZ :
         path_is(req->path, "/metrics") ? METRICS : UNKNOWN;
 
-    if (what == UNKNOWN) {
-        respond_text(fd, 404, "not found\n", is_head);
-        return;
-    }
-    if (!is_get && !is_head) {
-        respond(fd, 405, "text/plain; charset=utf-8", "Allow: GET, HEAD\r\n",
-                "method not allowed\n", strlen("method not allowed\n"), false);
-        return;
-    }
+    if (what == UNKNOWN)
+        return respond_text(c, 404, "not found\n", is_head, minor0);
+    if (!is_get && !is_head)
+        return respond(c, 405, "text/plain; charset=utf-8", "Allow: GET, HEAD\r\n", "method not allowed\n",
+                       strlen("method not allowed\n"), false, minor0);
     switch (what) {
     case HEALTHZ:
-        respond_text(fd, 200, "ok\n", is_head);
-        break;
+        return respond_text(c, 200, "ok\n", is_head, minor0);
     case READYZ:
         if (!ready_fn || ready_fn())
-            respond_text(fd, 200, "ready\n", is_head);
-        else
-            respond_text(fd, 503, "not ready\n", is_head);
-        break;
+            return respond_text(c, 200, "ready\n", is_head, minor0);
+        return respond_text(c, 503, "not ready\n", is_head, minor0);
     case METRICS: {
+        if (!admin_authorized(req))
+            return respond_unauthorized(c, is_head, minor0);
         char *body;
         size_t len;
-        if (metrics_render_alloc(&body, &len) < 0) {
-            respond_text(fd, 500, "out of memory\n", is_head);
-            break;
-        }
-        respond(fd, 200, "text/plain; version=0.0.4; charset=utf-8", "", body, len, is_head);
+        if (metrics_render_alloc(&body, &len) < 0)
+            return respond_text(c, 500, "out of memory\n", is_head, minor0);
+        bool ok = respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", "", body, len, is_head, minor0);
         free(body);
-        break;
+        return ok;
     }
     case UNKNOWN:
         break;
     }
+    return false;
 }
 
-/* Reads one request head (2 s at most) and answers it. */
-static void serve_connection(int fd)
+/* Answers the request at the start of c->in if it is whole. False: close c now. */
+static bool try_request(struct admin_conn *c)
 {
-    char buf[ADMIN_MAX_HEAD];
-    size_t len = 0;
-    int64_t deadline = (int64_t)clock_mono_ms() + ADMIN_IO_TIMEOUT_MS;
-    for (;;) {
-        ssize_t n = recv(fd, buf + len, sizeof buf - len, 0);
-        if (n == 0)
-            return;     /* the client went away before a whole head */
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno != EAGAIN && errno != EWOULDBLOCK)
-                return;
-            int w = wait_fd(fd, POLLIN, deadline);
-            if (w == 1)
-                continue;
-            if (w == 0)
-                respond_text(fd, 408, "request timeout\n", false);
+    struct http_request req;
+    const char *why = NULL;
+    int st = http_parse_request(c->in, c->in_len, sizeof c->in, &req, &why);
+    if (st == HTTP_INCOMPLETE && c->in_len < sizeof c->in)
+        return true;
+    if (st == HTTP_BAD)
+        return respond_final(c, 400, "bad request\n");
+    if (st != HTTP_OK)
+        return respond_final(c, 431, "request header fields too large\n");
+    /* admin routes take no body: one that comes is not read, so it ends the connection */
+    c->close_after = !req.keep_alive || req.body != BODY_NONE ||
+                     atomic_load_explicit(&rt.draining, memory_order_relaxed);
+    bool ok = serve_request(c, &req);
+    if (c->close_after)
+        c->in_len = 0;
+    else {
+        memmove(c->in, c->in + req.head_len, c->in_len - req.head_len);
+        c->in_len -= req.head_len;
+    }
+    return ok;
+}
+
+static bool on_writable(struct admin_conn *c, uint64_t now);
+
+static bool on_readable(struct admin_conn *c, uint64_t now)
+{
+    if (c->phase == AP_LINGER) {
+        char sink[4096];
+        for (int i = 0; i < 16; i++) {
+            ssize_t n = recv(c->fd, sink, sizeof sink, MSG_DONTWAIT);
+            if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+                return false;
+            if (n < 0)
+                return true;
+        }
+        return true;
+    }
+    ssize_t n = recv(c->fd, c->in + c->in_len, sizeof c->in - c->in_len, MSG_DONTWAIT);
+    if (n == 0)
+        return false;   /* the client went away (between requests, or within a head) */
+    if (n < 0)
+        return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+    c->in_len += (size_t)n;
+    if (c->phase == AP_IDLE) {
+        c->phase = AP_HEAD;
+        c->deadline_ms = now + header_timeout_ms();
+    }
+    if (!try_request(c))
+        return false;
+    return c->phase != AP_WRITE || on_writable(c, now);
+}
+
+/* Sends what the socket takes. False: close c now. */
+static bool on_writable(struct admin_conn *c, uint64_t now)
+{
+    while (c->out_sent < c->out_len) {
+        ssize_t n = send(c->fd, c->out + c->out_sent, c->out_len - c->out_sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            c->out_sent += (size_t)n;
+            c->deadline_ms = now + stall_timeout_ms();
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+    }
+    free(c->out);
+    c->out = NULL;
+    c->out_len = c->out_sent = 0;
+    c->answered = true;
+    if (c->close_after) {
+        shutdown(c->fd, SHUT_WR);
+        c->phase = AP_LINGER;
+        c->deadline_ms = now + ADMIN_LINGER_MS;
+        return true;
+    }
+    if (c->in_len == 0) {
+        go_idle(c, now);
+        return true;
+    }
+    /* a pipelined request is already here */
+    c->phase = AP_HEAD;
+    c->deadline_ms = now + header_timeout_ms();
+    if (!try_request(c))
+        return false;
+    return c->phase != AP_WRITE || on_writable(c, now);
+}
+
+/* A deadline passed. False: close c now. */
+static bool on_timeout(struct admin_conn *c)
+{
+    /* a head that began, or a new connection that never sent one, hears why */
+    if (c->phase == AP_HEAD || (c->phase == AP_IDLE && !c->answered)) {
+        if (!respond_final(c, 408, "request timeout\n"))
+            return false;
+        return on_writable(c, clock_mono_ms());
+    }
+    return false;   /* kept alive and unused, a reader that stopped reading, or lingering */
+}
+
+/* ---- accepting ---- */
+
+static void refuse(int fd)
+{
+    static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                               "Content-Length: 22\r\nConnection: close\r\n\r\ntoo many admin clients\n";
+    ssize_t n = send(fd, busy, sizeof busy - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    (void)n;
+    close(fd);
+}
+
+/* Makes room for one connection when full: the one idle the longest goes. */
+static bool evict_oldest_idle(void)
+{
+    int oldest = -1;
+    for (unsigned i = 0; i < nconns; i++)
+        if (conns[i]->phase == AP_IDLE &&
+            (oldest < 0 || conns[i]->idle_since_ms < conns[oldest]->idle_since_ms))
+            oldest = (int)i;
+    if (oldest < 0)
+        return false;
+    conn_free((unsigned)oldest);
+    return true;
+}
+
+static void accept_clients(uint64_t now)
+{
+    for (int k = 0; k < ADMIN_ACCEPTS_PER_WAKE; k++) {
+        int fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                log_warn("admin: accept: %s", strerror(errno));
+                /* the connection stays queued; pause accepting instead of spinning */
+                accept_paused_until_ms = now + ADMIN_ACCEPT_BACKOFF_MS;
+            }
             return;
         }
-        len += (size_t)n;
-        struct http_request req;
-        const char *why = NULL;
-        int st = http_parse_request(buf, len, sizeof buf, &req, &why);
-        if (st == HTTP_OK) {
-            serve_request(fd, &req);
-            return;
+        if (nconns == ADMIN_MAX_CONNS && !evict_oldest_idle()) {
+            refuse(fd);
+            continue;
         }
-        if (st == HTTP_BAD) {
-            respond_text(fd, 400, "bad request\n", false);
-            return;
+        struct admin_conn *c = malloc(sizeof *c);
+        if (!c) {
+            refuse(fd);
+            continue;
         }
-        if (st == HTTP_TOO_LARGE || len == sizeof buf) {
-            respond_text(fd, 431, "request header fields too large\n", false);
-            return;
-        }
+        c->fd = fd;
+        c->answered = false;
+        c->close_after = false;
+        c->out = NULL;
+        c->out_len = c->out_sent = 0;
+        c->in_len = 0;
+        go_idle(c, now);
+        conns[nconns++] = c;
     }
 }
 
-/* Ends the connection without a reset: unread request bytes at close() would make
- * the kernel send RST, which can destroy the response before the client reads it. */
-static void finish_connection(int fd)
+/* ---- the loop ---- */
+
+static short wanted_events(const struct admin_conn *c)
 {
-    shutdown(fd, SHUT_WR);
-    char sink[1024];
-    for (int i = 0; i < 64; i++)
-        if (recv(fd, sink, sizeof sink, MSG_DONTWAIT) <= 0)
-            break;
-    close(fd);
+    return c->phase == AP_WRITE ? POLLOUT : POLLIN;
 }
 
 static void *admin_main(void *arg)
 {
+    (void)arg;
+    static struct pollfd p[ADMIN_MAX_CONNS + 2];
+    static struct admin_conn *polled[ADMIN_MAX_CONNS];
     for (;;) {
-        struct pollfd p[2] = { { listen_fd, POLLIN, 0 }, { stop_fd, POLLIN, 0 } };
-        int n = poll(p, 2, -1);
+        follow_generations();
+        uint64_t now = clock_mono_ms();
+        uint64_t wake = now + 60000;
+        for (unsigned i = 0; i < nconns;) {
+            struct admin_conn *c = conns[i];
+            if (now >= c->deadline_ms && !on_timeout(c)) {
+                conn_free(i);
+                continue;
+            }
+            if (c->deadline_ms < wake)
+                wake = c->deadline_ms;
+            i++;
+        }
+        unsigned np = 0;
+        p[np++] = (struct pollfd){ stop_fd, POLLIN, 0 };
+        bool accepting = now >= accept_paused_until_ms;
+        if (accepting)
+            p[np++] = (struct pollfd){ listen_fd, POLLIN, 0 };
+        else if (accept_paused_until_ms < wake)
+            wake = accept_paused_until_ms;
+        unsigned first_conn = np;
+        for (unsigned i = 0; i < nconns; i++) {
+            polled[i] = conns[i];
+            p[np++] = (struct pollfd){ conns[i]->fd, wanted_events(conns[i]), 0 };
+        }
+        unsigned npolled = nconns;
+        int n = poll(p, np, wake > now ? (int)(wake - now) : 0);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
             log_error("admin: poll: %s", strerror(errno));
             break;
         }
-        if (p[1].revents)
+        if (p[0].revents)
             break;
-        if (!(p[0].revents & POLLIN))
-            continue;
-        int fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) {
-            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-                log_warn("admin: accept: %s", strerror(errno));
-                /* the connection stays queued; back off instead of spinning */
-                struct pollfd s = { stop_fd, POLLIN, 0 };
-                if (poll(&s, 1, ADMIN_ACCEPT_BACKOFF_MS) > 0)
-                    break;
+        now = clock_mono_ms();
+        /* connections first: accepting may evict one and reorder conns[] */
+        for (unsigned k = 0; k < npolled; k++) {
+            short re = p[first_conn + k].revents;
+            if (!re)
+                continue;
+            struct admin_conn *c = polled[k];
+            bool keep = c->phase == AP_WRITE ? on_writable(c, now) : on_readable(c, now);
+            if (!keep) {
+                for (unsigned i = 0; i < nconns; i++)
+                    if (conns[i] == c) {
+                        conn_free(i);
+                        break;
+                    }
             }
-            continue;
         }
-        serve_connection(fd);
-        finish_connection(fd);
+        if (accepting && (p[1].revents & POLLIN))
+            accept_clients(now);
     }
+    while (nconns)
+        conn_free(nconns - 1);
     return NULL;
 }
 
@@ -251,7 +500,7 @@ int admin_start(const struct cfg_addr *listen_addr, bool (*is_ready)(void))
     if (bind(fd, (const struct sockaddr *)&listen_addr->sa, listen_addr->salen) < 0)
         goto fail;
     what = "listen";
-    if (listen(fd, 64) < 0)
+    if (listen(fd, ADMIN_BACKLOG) < 0)
         goto fail;
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
@@ -266,6 +515,11 @@ int admin_start(const struct cfg_addr *listen_addr, bool (*is_ready)(void))
                                           : ntohs(((struct sockaddr_in *)&ss)->sin_port);
     listen_fd = fd;
     ready_fn = is_ready;
+    nconns = 0;
+    accept_paused_until_ms = 0;
+    held = atomic_load_explicit(&rt.current, memory_order_acquire);
+    if (held)
+        gen_add_holder(held);
     int rc = pthread_create(&admin_thread, NULL, admin_main, NULL);
     if (rc != 0) {
         listen_fd = -1;
@@ -309,6 +563,9 @@ void admin_stop(void)
     listen_fd = stop_fd = -1;
     bound_port = -1;
     running = false;
+    if (held)
+        gen_unref(held);
+    held = NULL;
 }
 
 int admin_port(void)

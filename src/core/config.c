@@ -581,6 +581,11 @@ static int admin_listen(struct load_ctx *x, const char *key, const char *value)
     return 0;
 }
 
+static int admin_token(struct load_ctx *x, const char *key, const char *value)
+{
+    return set_word(x, key, value, x->c->admin.token, sizeof x->c->admin.token);
+}
+
 /* ---- [tls] ------------------------------------------------------------------- */
 
 static int tls_listen(struct load_ctx *x, const char *key, const char *value)
@@ -1318,6 +1323,7 @@ static const struct key_def server_keys[] = {
 };
 static const struct key_def admin_keys[] = {
     { "listen", admin_listen, false },
+    { "token", admin_token, false },
     { NULL, NULL, false },
 };
 static const struct key_def tls_keys[] = {
@@ -2198,7 +2204,10 @@ void config_print(const struct config *c, FILE *out)
     print_duration(out, "drain_timeout", c->server.drain_timeout_ms);
     fprintf(out, "state_dir = %s\n", c->server.state_dir);
 
-    fprintf(out, "\n[admin]\nlisten = %s\n\n", c->admin.enabled ? c->admin.listen.text : "off");
+    fprintf(out, "\n[admin]\nlisten = %s\n", c->admin.enabled ? c->admin.listen.text : "off");
+    if (c->admin.token[0])
+        fprintf(out, "# token: set\n");
+    fprintf(out, "\n");
     print_tls(c, out);
 
     fprintf(out, "[timeouts]\n");

@@ -118,6 +118,8 @@ struct config {
     struct {
         bool enabled;           /* default: 127.0.0.1:9090 */
         struct cfg_addr listen;
+        char token[256];        /* one word; set: /metrics (and the other protected admin
+                                 * routes) need "Authorization: Bearer TOKEN"; empty: open */
     } admin;
     struct cfg_timeouts {
         uint64_t connect_ms;    /* 2s */

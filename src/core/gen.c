@@ -16,6 +16,8 @@
 #include "core/log.h"
 
 static _Atomic uint64_t next_gen_id = 1;
+/* holders that joined after the first generation (gen_add_holder) */
+static _Atomic unsigned late_holders;
 
 static void gen_free(struct gen *g)
 {
@@ -192,7 +194,8 @@ struct gen *gen_create(struct config *cfg, const struct gen *prev, unsigned nsha
     metrics_set_live_backends(g->backend_metric_slot, nb);
     metrics_set_live_pools(g->pool_metric_slot, cfg->npools);
     g->id = atomic_fetch_add(&next_gen_id, 1);
-    atomic_init(&g->refs, (int)nshards + 3);   /* the shards, main, the watcher, the limits sync thread */
+    /* the shards, main, the watcher, the limits sync thread, and the late holders */
+    atomic_init(&g->refs, (int)nshards + 3 + (int)atomic_load(&late_holders));
     atomic_init(&g->newer, NULL);
     return g;
 oom:
@@ -203,6 +206,12 @@ fail:
         gen_free(g);
     }
     return NULL;
+}
+
+void gen_add_holder(struct gen *current)
+{
+    atomic_fetch_add(&late_holders, 1);
+    atomic_fetch_add(&current->refs, 1);
 }
 
 void gen_unref(struct gen *g)

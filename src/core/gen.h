@@ -88,6 +88,11 @@ struct gen {
 struct gen *gen_create(struct config *cfg, const struct gen *prev, unsigned nshards, char *err,
                        size_t errlen);
 void gen_unref(struct gen *g);
+/* A control-plane thread started after the first generation (the admin listener)
+ * becomes a holder: it owns a reference to current and to every generation created
+ * from now on, and releases each as it moves past it, as the watcher does. Main
+ * thread, before any reload. */
+void gen_add_holder(struct gen *current);
 /* Scraped load counts only while fresh: a backend whose metrics stopped coming
  * (stalled, overloaded, unreachable) is unknown, never idle. */
 static inline bool backend_signal_fresh(const struct gen *g, unsigned backend, uint64_t now_ms)

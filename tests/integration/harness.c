@@ -106,6 +106,7 @@ static void remove_tree(const char *dir)
 void h_setup(void)
 {
     signal(SIGPIPE, SIG_IGN);
+    h_admin_token(NULL);
     if (!atexit_registered) {
         atexit(kill_all_now);
         atexit_registered = true;
@@ -1076,6 +1077,13 @@ static int parse_series(const char **p, char *name, size_t name_cap, struct labe
     return nl < max ? nl : max;
 }
 
+static char admin_token[256];    /* h_admin_token */
+
+void h_admin_token(const char *token)
+{
+    snprintf(admin_token, sizeof admin_token, "%s", token ? token : "");
+}
+
 static double metric_scrape(int port, const char *query, bool missing_is_zero)
 {
     char qname[256];
@@ -1085,7 +1093,16 @@ static double metric_scrape(int port, const char *query, bool missing_is_zero)
     if (nq < 0) return NAN;
 
     struct h_resp r;
-    int rc = h_get(port, "/metrics", &r, 5000 * h_slow());
+    memset(&r, 0, sizeof r);
+    struct h_conn c;
+    int rc = H_ECLOSED;
+    if (h_connect(&c, port) == 0) {
+        char headers[400];
+        snprintf(headers, sizeof headers, "Connection: close\r\n%s%s%s", admin_token[0] ? "Authorization: Bearer " : "",
+                 admin_token, admin_token[0] ? "\r\n" : "");
+        rc = h_request(&c, "GET", "/metrics", headers, NULL, &r, 5000 * h_slow());
+        h_close(&c);
+    }
     if (rc != H_OK || r.status != 200) {
         h_resp_free(&r);
         return NAN;
@@ -1279,6 +1296,7 @@ static void gw_write(struct h_gw *g)
                  "%s"
                  "\n[admin]\n"
                  "listen = 127.0.0.1:%d\n"
+                 "%s"
                  "\n[timeouts]\n"
                  "%s"
                  "\n[log]\n"
@@ -1287,7 +1305,7 @@ static void gw_write(struct h_gw *g)
                  "%s%.0d%s%s"
                  "\n%s",
                  g->port, g->shards > 0 ? g->shards : 2, g->max_body[0] ? g->max_body : "1m",
-                 g->server_extra, g->admin_port,
+                 g->server_extra, g->admin_port, g->admin_extra,
                  g->timeouts[0] ? g->timeouts : H_DEFAULT_TIMEOUTS, h_dir(),
                  g->tls[0] ? "\n[tls]\nlisten = 127.0.0.1:" : "", g->tls[0] ? g->tls_port : 0,
                  g->tls[0] ? "\n" : "", g->tls, g->body);

@@ -191,6 +191,9 @@ void h_leave_stream_expect_abort(struct h_conn *c, struct h_resp *head, int even
 double h_metric(int port, const char *query);
 /* Same, 0 when no series matched (a counter not yet exported). NaN if the scrape failed. */
 double h_metric0(int port, const char *query);
+/* The [admin] token the scrapes above (and so h_wait_metric, H_RELOAD) send as
+ * "Authorization: Bearer TOKEN"; NULL or "": none. Reset for every test. */
+void h_admin_token(const char *token);
 /* Polls h_metric0(port, query) until it compares with want as cmp says, or
  * timeout_ms passes. Returns the last value read (NaN: the scrape failed) for
  * the caller's assertion. */
@@ -225,6 +228,7 @@ struct h_gw {
     char tag[32];
     char conf[512];
     char server_extra[512];   /* extra lines for [server] */
+    char admin_extra[512];    /* extra lines for [admin] (a token: see h_admin_token) */
     char max_body[16];        /* [server] max_body; empty: 1m */
     char timeouts[512];       /* [timeouts] body; empty: the defaults below */
     char body[4096];          /* pools and routes */

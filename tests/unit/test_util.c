@@ -6,6 +6,7 @@
 
 #include "proto/openai.h"
 #include "util/clock.h"
+#include "util/ct.h"
 #include "util/hash.h"
 #include "util/json_escape.h"
 #include "util/outbuf.h"
@@ -318,4 +319,21 @@ Test(clock, units_agree_and_time_goes_forward)
     uint64_t wall = clock_wall_us();
     uint64_t now_s = (uint64_t)time(NULL);
     cr_expect(wall / 1000000 + 1 >= now_s && wall / 1000000 <= now_s + 1, "wall clock in seconds");
+}
+
+/* ---------------- ct_equal ---------------- */
+
+Test(ct_equal, only_the_same_bytes_and_length_are_equal)
+{
+    const char *secret = "s3cret-token";
+    size_t n = strlen(secret);
+    cr_assert(ct_equal("s3cret-token", n, secret, n));
+    cr_assert(!ct_equal("s3cret-tokeN", n, secret, n));
+    cr_assert(!ct_equal("S3cret-token", n, secret, n));
+    cr_assert(!ct_equal("s3cret-toke", n - 1, secret, n), "a prefix");
+    cr_assert(!ct_equal("s3cret-token!", n + 1, secret, n), "a longer guess");
+    cr_assert(!ct_equal("", 0, secret, n));
+    cr_assert(ct_equal("", 0, "", 0));
+    /* a guess the secret's bytes followed by NULs is not the secret */
+    cr_assert(!ct_equal("s3cret-token\0\0", n + 2, secret, n));
 }
