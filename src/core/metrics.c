@@ -237,30 +237,31 @@ int metrics_key_slot(const char *name)
     return slot;
 }
 
+/* The slot of the label pair (a, b) in a registry of pairs, added when new
+ * and there is room; -1 when full or out of memory. Under registry_mu. */
+static int pair_slot(char **first, char **second, unsigned *n, unsigned max, const char *a, const char *b)
+{
+    for (unsigned i = 0; i < *n; i++)
+        if (strcmp(first[i], a) == 0 && strcmp(second[i], b) == 0)
+            return (int)i;
+    if (*n >= max)
+        return -1;
+    char *x = strdup(a), *y = strdup(b);
+    if (!x || !y) {
+        free(x);
+        free(y);
+        return -1;
+    }
+    first[*n] = x;
+    second[*n] = y;
+    return (int)(*n)++;
+}
+
 int metrics_backend_slot(const char *pool, const char *backend)
 {
-    if (!pool)
-        pool = "";
-    if (!backend)
-        backend = "";
     pthread_mutex_lock(&registry_mu);
-    int slot = -1;
-    for (unsigned i = 0; i < nbackends; i++)
-        if (strcmp(backend_pools[i], pool) == 0 && strcmp(backend_names[i], backend) == 0) {
-            slot = (int)i;
-            break;
-        }
-    if (slot < 0 && nbackends < METRICS_MAX_BACKENDS) {
-        char *p = strdup(pool), *b = strdup(backend);
-        if (p && b) {
-            backend_pools[nbackends] = p;
-            backend_names[nbackends] = b;
-            slot = (int)nbackends++;
-        } else {
-            free(p);
-            free(b);
-        }
-    }
+    int slot = pair_slot(backend_pools, backend_names, &nbackends, METRICS_MAX_BACKENDS,
+                         pool ? pool : "", backend ? backend : "");
     pthread_mutex_unlock(&registry_mu);
     return slot;
 }
@@ -287,23 +288,7 @@ int metrics_route_pool_slot(const char *route, const char *pool)
     if (!route || !pool)
         return -1;
     pthread_mutex_lock(&registry_mu);
-    int slot = -1;
-    for (unsigned i = 0; i < nroute_pools; i++)
-        if (strcmp(route_pool_route[i], route) == 0 && strcmp(route_pool_pool[i], pool) == 0) {
-            slot = (int)i;
-            break;
-        }
-    if (slot < 0 && nroute_pools < METRICS_MAX_ROUTE_POOLS) {
-        char *r = strdup(route), *p = strdup(pool);
-        if (r && p) {
-            route_pool_route[nroute_pools] = r;
-            route_pool_pool[nroute_pools] = p;
-            slot = (int)nroute_pools++;
-        } else {
-            free(r);
-            free(p);
-        }
-    }
+    int slot = pair_slot(route_pool_route, route_pool_pool, &nroute_pools, METRICS_MAX_ROUTE_POOLS, route, pool);
     pthread_mutex_unlock(&registry_mu);
     return slot;
 }
