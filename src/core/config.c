@@ -443,6 +443,23 @@ static int set_path(struct load_ctx *x, const char *key, const char *value, char
     return 0;
 }
 
+/* Sections and repeatable keys fill tables that double as they go: cap is
+ * the new capacity (next_cap), *table is replaced only on success. */
+static unsigned next_cap(unsigned cap)
+{
+    return cap ? cap * 2 : 4;
+}
+
+static bool table_grow(void *table, unsigned cap, size_t elem)
+{
+    void **t = table;
+    void *grown = realloc(*t, (size_t)cap * elem);
+    if (!grown)
+        return false;
+    *t = grown;
+    return true;
+}
+
 /* A value that is one word (upstream_auth, Redis AUTH arguments, key
  * prefixes): they go out as a header value or as binary-safe Redis strings,
  * but a line of the file cannot carry a newline and a space would be
@@ -807,11 +824,9 @@ static int pool_backend(struct load_ctx *x, const char *key, const char *value)
     if (p->nbackends == CFG_MAX_BACKENDS)
         return fail(x, "too many backends in pool '%s' (at most %d)", p->name, CFG_MAX_BACKENDS);
     if (p->nbackends == x->backend_cap) {
-        unsigned cap = x->backend_cap ? x->backend_cap * 2 : 4;
-        struct cfg_backend *nb = realloc(p->backends, cap * sizeof *nb);
-        if (!nb)
+        unsigned cap = next_cap(x->backend_cap);
+        if (!table_grow(&p->backends, cap, sizeof *p->backends))
             return fail(x, "out of memory");
-        p->backends = nb;
         x->backend_cap = cap;
     }
     p->backends[p->nbackends++] = b;
@@ -1480,15 +1495,10 @@ static int open_pool(struct load_ctx *x, const char *name, size_t len)
     if (c->npools == CFG_MAX_POOLS)
         return fail(x, "too many pools (at most %d)", CFG_MAX_POOLS);
     if (c->npools == x->pool_cap) {
-        unsigned cap = x->pool_cap ? x->pool_cap * 2 : 4;
-        struct cfg_pool *np = realloc(c->pools, cap * sizeof *np);
-        if (!np)
+        unsigned cap = next_cap(x->pool_cap);
+        if (!table_grow(&c->pools, cap, sizeof *c->pools) ||
+            !table_grow(&x->pending_pools, cap, sizeof *x->pending_pools))
             return fail(x, "out of memory");
-        c->pools = np;
-        struct pending_pool *npp = realloc(x->pending_pools, cap * sizeof *npp);
-        if (!npp)
-            return fail(x, "out of memory");
-        x->pending_pools = npp;
         x->pool_cap = cap;
     }
     struct cfg_pool *p = &c->pools[c->npools];
@@ -1520,15 +1530,10 @@ static int open_route(struct load_ctx *x, const char *name, size_t len)
     if (c->nroutes == CFG_MAX_ROUTES)
         return fail(x, "too many routes (at most %d)", CFG_MAX_ROUTES);
     if (c->nroutes == x->route_cap) {
-        unsigned cap = x->route_cap ? x->route_cap * 2 : 4;
-        struct cfg_route *nr = realloc(c->routes, cap * sizeof *nr);
-        if (!nr)
+        unsigned cap = next_cap(x->route_cap);
+        if (!table_grow(&c->routes, cap, sizeof *c->routes) ||
+            !table_grow(&x->pending, cap, sizeof *x->pending))
             return fail(x, "out of memory");
-        c->routes = nr;
-        struct pending_route *np = realloc(x->pending, cap * sizeof *np);
-        if (!np)
-            return fail(x, "out of memory");
-        x->pending = np;
         x->route_cap = cap;
     }
     struct cfg_route *r = &c->routes[c->nroutes];
@@ -1551,11 +1556,9 @@ static int open_tier(struct load_ctx *x, const char *name, size_t len)
     if (c->ntiers == CFG_MAX_TIERS)
         return fail(x, "too many tiers (at most %d)", CFG_MAX_TIERS);
     if (c->ntiers == x->tier_cap) {
-        unsigned cap = x->tier_cap ? x->tier_cap * 2 : 4;
-        struct cfg_tier *nt = realloc(c->tiers, cap * sizeof *nt);
-        if (!nt)
+        unsigned cap = next_cap(x->tier_cap);
+        if (!table_grow(&c->tiers, cap, sizeof *c->tiers))
             return fail(x, "out of memory");
-        c->tiers = nt;
         x->tier_cap = cap;
     }
     struct cfg_tier *t = &c->tiers[c->ntiers++];
@@ -1585,11 +1588,9 @@ static int open_model(struct load_ctx *x, const char *name, size_t len)
     if (c->nmodels == CFG_MAX_MODELS)
         return fail(x, "too many [model] sections (at most %d)", CFG_MAX_MODELS);
     if (c->nmodels == x->model_cap) {
-        unsigned cap = x->model_cap ? x->model_cap * 2 : 4;
-        struct cfg_model *nm = realloc(c->models, cap * sizeof *nm);
-        if (!nm)
+        unsigned cap = next_cap(x->model_cap);
+        if (!table_grow(&c->models, cap, sizeof *c->models))
             return fail(x, "out of memory");
-        c->models = nm;
         x->model_cap = cap;
     }
     struct cfg_model *m = &c->models[c->nmodels++];
