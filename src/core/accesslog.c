@@ -1,4 +1,5 @@
 #include "core/accesslog.h"
+#include "core/cost.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -342,6 +343,10 @@ size_t alog_format(char *out, size_t cap, const struct alog_entry *e)
         outbuf_u64(&b, e->tokens_in);
         OUTBUF_LIT(&b, ",\"tokens_out\":");
         outbuf_u64(&b, e->tokens_out);
+        if (e->cost_pusd) {
+            OUTBUF_LIT(&b, ",\"cost_usd\":");
+            outbuf_fixed(&b, cost_nano_rounded(e->cost_pusd), 9);
+        }
         OUTBUF_LIT(&b, ",\"limit\":");
         if (e->limit)
             jb_cstr(&b, e->limit, MAX_NAME);

@@ -31,6 +31,7 @@ struct alog_entry {
     struct slice model;         /* empty: not read (the request was refused before) */
     bool stream;
     uint64_t tokens_in, tokens_out; /* prompt and completion tokens counted */
+    uint64_t cost_pusd;         /* pico-USD at the [model] prices (cost.h); 0: no cost_usd field */
     const char *limit;          /* the limit that refused it ("requests" ...), NULL: none */
     const char *priority;       /* the key's tier priority */
     /* TLS connections (tls_version set): the handshake's outcome */

@@ -129,6 +129,7 @@ void ai_request_ready(struct conn *c)
     const struct gen *g = c->req.sg->g;
     int label = model_labels_match(&g->model_labels, model, mlen);
     c->req.model_slot = label >= 0 ? g->model_metric_slot[label] : 0;
+    c->req.price_section = (uint32_t)(model_labels_section(&g->model_labels, label, model, mlen) + 1);
     char msg[400];
     int route = route_lookup_model(c->req.sg->g->routes, req->path.p, req->path.len, model, mlen);
     if (route < 0) {

@@ -1313,6 +1313,7 @@ static void request_finish(struct conn *c)
             .stream = c->req.stream,
             .tokens_in = c->req.tokens_in,
             .tokens_out = c->req.tokens_out,
+            .cost_pusd = c->req.cost_pusd,
             .limit = admission_limit_label(c),
         };
         if (c->req.key >= 0) {

@@ -90,6 +90,8 @@ struct request {
     uint64_t prefix_hash;           /* the prompt's start, for prefix routing; 0: none */
     uint64_t tokens_in, tokens_out; /* counted when the request settled */
     uint8_t model_slot;             /* its model's metric label slot (0: "other"), set with the model */
+    uint32_t price_section;         /* its model's [model] section (cfg->models index) + 1; 0: none */
+    uint64_t cost_pusd;             /* pico-USD, set when the request settled (cost.h) */
     /* a stream's generated-token (content) events as they pass to the client (usage.c) */
     uint64_t token_events;
     uint64_t first_token_us, last_token_us;

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/cost.h"
 #include "core/log.h"
 #include "util/hash.h"
 #include "util/outbuf.h"
@@ -481,6 +482,36 @@ void metrics_observe_ai(struct shard_metrics *m, const struct ai_observation *o)
     }
 }
 
+static void cost_cell_add(struct cost_cell *cell, uint64_t pico_usd)
+{
+    uint64_t pico = pico_usd > UINT64_MAX - cell->pico_rem ? UINT64_MAX : pico_usd + cell->pico_rem;
+    uint64_t before = atomic_load_explicit(&cell->nano_usd, memory_order_relaxed);
+    uint64_t nano = pico / COST_PICO_PER_NANO;
+    cell->pico_rem = (uint32_t)(pico % COST_PICO_PER_NANO);
+    atomic_store_explicit(&cell->nano_usd, before > UINT64_MAX - nano ? UINT64_MAX : before + nano,
+                          memory_order_relaxed);
+}
+
+void metrics_add_cost(struct shard_metrics *m, int key_slot, int model_slot, uint64_t pico_usd)
+{
+    if (!pico_usd || key_slot < 0 || model_slot < 0 || model_slot >= METRICS_MAX_MODELS)
+        return;
+    uint32_t pair = ((uint32_t)key_slot << 8 | (uint32_t)model_slot) + 1;
+    struct cost_cell *cell = &m->cost_overflow;
+    uint32_t at = (uint32_t)(pair * 2654435761u) >> 20;   /* 12 bits: METRICS_COST_CELLS */
+    for (unsigned i = 0; i < METRICS_COST_PROBES; i++) {
+        struct cost_cell *c = &m->cost[(at + i) & (METRICS_COST_CELLS - 1)];
+        uint32_t p = atomic_load_explicit(&c->pair, memory_order_relaxed);
+        if (p == 0)
+            atomic_store_explicit(&c->pair, pair, memory_order_release);
+        if (p == 0 || p == pair) {
+            cell = c;
+            break;
+        }
+    }
+    cost_cell_add(cell, pico_usd);
+}
+
 /* ---- rendering ---- */
 
 /* A label value: backslash, double quote and newline escaped (exposition format 0.0.4). */
@@ -676,6 +707,56 @@ static void render_models(struct outbuf *o)
             put_sample(o, "aigw_model_tokens_total", 2,
                        (const char *const[]){ "model", model_labels[md], "direction", directions[d] }, v[d]);
     }
+}
+
+struct cost_sample {
+    uint32_t pair;
+    uint64_t nano_usd;
+};
+
+static int by_pair(const void *a, const void *b)
+{
+    const struct cost_sample *x = a, *y = b;
+    return x->pair < y->pair ? -1 : x->pair > y->pair;
+}
+
+/* aigw_cost_usd_total: every shard's cells gathered, sorted by pair and summed. */
+static void render_cost(struct outbuf *o)
+{
+    put_family(o, "aigw_cost_usd_total", "counter",
+               "USD charged at the [model] prices for the tokens AI requests used, by key and model; "
+               "models without a price add nothing.");
+    size_t cap = (size_t)nshards * (METRICS_COST_CELLS + 1), n = 0;
+    struct cost_sample *all = cap ? malloc(cap * sizeof *all) : NULL;
+    if (!all)
+        return;
+    for (unsigned s = 0; s < nshards; s++) {
+        for (unsigned i = 0; i < METRICS_COST_CELLS; i++) {
+            uint32_t pair = atomic_load_explicit(&shards[s].cost[i].pair, memory_order_acquire);
+            uint64_t v = load(&shards[s].cost[i].nano_usd);
+            if (pair && v)
+                all[n++] = (struct cost_sample){ pair, v };
+        }
+        uint64_t v = load(&shards[s].cost_overflow.nano_usd);
+        if (v)
+            all[n++] = (struct cost_sample){ 1, v };    /* key "", model "other" */
+    }
+    qsort(all, n, sizeof *all, by_pair);
+    for (size_t i = 0; i < n;) {
+        uint32_t pair = all[i].pair;
+        uint64_t sum = 0;
+        for (; i < n && all[i].pair == pair; i++)
+            sum = sum > UINT64_MAX - all[i].nano_usd ? UINT64_MAX : sum + all[i].nano_usd;
+        unsigned key = (pair - 1) >> 8, md = (pair - 1) & 0xff;
+        outbuf_str(o, "aigw_cost_usd_total{key=\"");
+        put_label(o, key > 0 && key < nkeys ? key_names[key] : "");
+        outbuf_str(o, "\",model=\"");
+        put_label(o, md < nmodels ? model_labels[md] : "other");
+        outbuf_str(o, "\"} ");
+        outbuf_fixed(o, sum, 9);
+        outbuf_str(o, "\n");
+    }
+    free(all);
 }
 
 /* metric{pool="..",backend=".."[,label="value"]} */
@@ -1083,6 +1164,7 @@ size_t metrics_render(char *buf, size_t cap)
     render_duration(&o);
     render_llm_latency(&o);
     render_models(&o);
+    render_cost(&o);
     render_upstream_conns(&o);
     render_upstream_tls(&o);
     render_backend_load(&o);

@@ -55,6 +55,19 @@ enum shed_reason {
 typedef _Atomic uint64_t mcounter;
 typedef _Atomic int64_t mgauge;
 
+/* aigw_cost_usd_total: one cell per (key, model label) pair a shard has charged,
+ * in a fixed open-addressed table (the key x model matrix would be megabytes per
+ * shard). The shard alone writes; a cell's pair is published before its first
+ * amount, and never changes after. Pairs past the table's room are charged to
+ * cost_overflow, shown as key="", model="other". */
+#define METRICS_COST_CELLS 4096         /* per shard; a power of two */
+#define METRICS_COST_PROBES 64          /* cells tried for a new pair before cost_overflow */
+struct cost_cell {
+    _Atomic uint32_t pair;              /* (key slot << 8 | model slot) + 1; 0: free */
+    uint32_t pico_rem;                  /* pico-USD below one nano-USD, carried to the next request */
+    mcounter nano_usd;                  /* saturates at UINT64_MAX */
+};
+
 /* A histogram's bucket table: n buckets, the last one +Inf; bound_us[i] is bucket
  * i's upper bound (inclusive, as Prometheus "le") and le[i] its label. */
 struct metrics_buckets {
@@ -106,6 +119,8 @@ struct shard_metrics {
     /* per model label slot */
     mcounter model_requests[METRICS_MAX_MODELS][METRICS_NSTATUS];
     mcounter model_tokens[METRICS_MAX_MODELS][2];          /* enum token_direction */
+    struct cost_cell cost[METRICS_COST_CELLS];
+    struct cost_cell cost_overflow;
     mgauge config_generation;      /* the generation this shard serves new requests with */
 } __attribute__((aligned(64)));
 
@@ -208,6 +223,10 @@ struct ai_observation {
     uint64_t prompt_tokens, completion_tokens;
 };
 void metrics_observe_ai(struct shard_metrics *m, const struct ai_observation *o);
+
+/* One settled request's cost (pico-USD, cost.h) for aigw_cost_usd_total{key,
+ * model}; 0 adds nothing, so an unpriced model never gets a series. Shard only. */
+void metrics_add_cost(struct shard_metrics *m, int key_slot, int model_slot, uint64_t pico_usd);
 
 /* Renders Prometheus text exposition format 0.0.4 into buf, snprintf-style: returns
  * the length of the whole output (without the NUL); it fitted, NUL-terminated, only

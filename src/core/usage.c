@@ -9,6 +9,7 @@
 #include "core/admission.h"
 #include "core/log.h"
 #include "core/conn.h"
+#include "core/cost.h"
 #include "core/gen.h"
 #include "core/relay.h"
 #include "core/shard.h"
@@ -196,5 +197,10 @@ void usage_settle(struct conn *c)
     int slot = c->req.key >= 0 && g->key_metric_slot ? g->key_metric_slot[c->req.key] : 0;
     mc_add(&sh->m->tokens[slot][TOKENS_PROMPT], prompt);
     mc_add(&sh->m->tokens[slot][TOKENS_COMPLETION], completion);
+    if (c->req.price_section) {
+        const struct cfg_model *price = &g->cfg->models[c->req.price_section - 1];
+        c->req.cost_pusd = cost_pico_usd(prompt, completion, price->input_per_mtok, price->output_per_mtok);
+        metrics_add_cost(sh->m, slot, c->req.model_slot, c->req.cost_pusd);
+    }
     admission_settle(c, prompt + completion);
 }

@@ -18,6 +18,29 @@ void outbuf_u64(struct outbuf *o, uint64_t v)
     outbuf_put(o, q, (size_t)(tmp + sizeof tmp - q));
 }
 
+void outbuf_fixed(struct outbuf *o, uint64_t v, unsigned decimals)
+{
+    uint64_t scale = 1;
+    for (unsigned i = 0; i < decimals; i++)
+        scale *= 10;
+    outbuf_u64(o, v / scale);
+    uint64_t frac = v % scale;
+    if (!frac)
+        return;
+    unsigned digits = decimals;
+    while (frac % 10 == 0) {
+        frac /= 10;
+        digits--;
+    }
+    char tmp[20];
+    for (unsigned i = digits; i > 0; i--) {
+        tmp[i] = (char)('0' + frac % 10);
+        frac /= 10;
+    }
+    tmp[0] = '.';
+    outbuf_put(o, tmp, digits + 1);
+}
+
 void outbuf_i64(struct outbuf *o, int64_t v)
 {
     if (v < 0) {

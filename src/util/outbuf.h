@@ -55,6 +55,10 @@ static inline char *outbuf_reserve(struct outbuf *o, size_t n)
 
 void outbuf_u64(struct outbuf *o, uint64_t v);
 void outbuf_i64(struct outbuf *o, int64_t v);
+/* v / 10^decimals as a decimal number without exponent or trailing fraction
+ * zeros: (123000, 9) is "0.000123", (5, 0) is "5". Integer arithmetic only, so
+ * it is exact and cheap enough for a shard. decimals <= 19. */
+void outbuf_fixed(struct outbuf *o, uint64_t v, unsigned decimals);
 
 static inline bool outbuf_overflowed(const struct outbuf *o) { return o->len > o->cap; }
 
