@@ -69,7 +69,7 @@ struct cfg_tier {
 
 /* [model GLOB]: facts about the models a glob matches (the request's "model").
  * Prices are USD per million tokens held exactly, in micro-USD: 0.15 is 150000.
- * Used by cost accounting (coming); the glob is also a model metric label. */
+ * Used by cost accounting (core/cost.h); the glob is also a model metric label. */
 #define CFG_PRICE_MAX_MICRO_USD 1000000000000ULL    /* 1000000 USD per million tokens */
 struct cfg_model {
     char glob[257];                 /* one glob (policy/glob.h), as written */
