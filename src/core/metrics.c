@@ -498,7 +498,8 @@ void metrics_add_cost(struct shard_metrics *m, int key_slot, int model_slot, uin
         return;
     uint32_t pair = ((uint32_t)key_slot << 8 | (uint32_t)model_slot) + 1;
     struct cost_cell *cell = &m->cost_overflow;
-    uint32_t at = (uint32_t)(pair * 2654435761u) >> 20;   /* 12 bits: METRICS_COST_CELLS */
+    _Static_assert(METRICS_COST_CELLS == 1u << 12, "the hash below takes 12 bits");
+    uint32_t at = (uint32_t)(pair * 2654435761u) >> 20;     /* Fibonacci hashing: the top bits mix best */
     for (unsigned i = 0; i < METRICS_COST_PROBES; i++) {
         struct cost_cell *c = &m->cost[(at + i) & (METRICS_COST_CELLS - 1)];
         uint32_t p = atomic_load_explicit(&c->pair, memory_order_relaxed);
