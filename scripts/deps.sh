@@ -1,11 +1,12 @@
 #!/bin/sh
 # Installs aigw's build, test and benchmark dependencies from Debian packages.
-# Idempotent and quiet when everything is already there.
+# Idempotent and quiet when everything is already there. prometheus is for its
+# promtool (checks examples/prometheus-alerts.yml); its service is not started.
 set -eu
 cd "$(dirname "$0")/.."
 PKGS="build-essential pkg-config liburing-dev libwolfssl-dev libmimalloc-dev libhiredis-dev redis-server \
 libcriterion-dev libinih-dev libxxhash-dev wrk nginx-light haproxy curl openssl \
-clang libclang-rt-14-dev procps"
+clang libclang-rt-14-dev procps prometheus python3"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
