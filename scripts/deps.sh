@@ -1,11 +1,12 @@
 #!/bin/sh
 # Installs aigw's build, test and benchmark dependencies from Debian packages.
-# Idempotent and quiet when everything is already there.
+# Idempotent and quiet when everything is already there. prometheus is here for
+# its promtool (the tests check examples/prometheus-alerts.yml with it).
 set -eu
 cd "$(dirname "$0")/.."
 PKGS="build-essential pkg-config liburing-dev libwolfssl-dev libmimalloc-dev libhiredis-dev redis-server \
 libcriterion-dev libinih-dev libxxhash-dev wrk nginx-light haproxy curl openssl \
-clang libclang-rt-14-dev procps"
+clang libclang-rt-14-dev procps prometheus python3"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
@@ -21,6 +22,14 @@ if [ -n "$missing" ]; then
     $SUDO apt-get update -qq
     # policy-rc.d keeps Debian from starting the nginx/haproxy system services we only use as benchmark peers
     $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    # Without such a policy, installing prometheus starts its server on port 9090 (aigw's
+    # default admin port); only promtool is wanted.
+    case "$missing" in
+    *" prometheus"*)
+        if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+            $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+        fi ;;
+    esac
 fi
 # The openai SDK at the version package-lock.json pins (here, never at build time).
 if [ ! -d tests/node/node_modules ]; then
