@@ -104,6 +104,17 @@ static void fleet_wait_synced(const struct fleet *f, int min_syncs)
     for (int i = 0; i < f->n; i++) wait_syncs(&f->gw[i], 3);
 }
 
+/* Redis, [cluster] with the defaults, n gateways over one mock, and every
+ * gateway synced with Redis a couple of times: most tests start so. */
+static void fleet_up(struct fleet *f, int n, const char *mock_args)
+{
+    cr_assert_eq(h_redis_start(&f->redis, "redis", NULL), 0, "redis-server did not start:\n%s", h_tail("redis"));
+    fleet_cluster(f, NULL);
+    fleet_start(f, n, false, mock_args);
+    fleet_wait_synced(f, 2);
+}
+
+
 /* Waits until gateway g has completed `more` syncs beyond what it counts now. */
 static void wait_syncs(const struct h_gw *g, int more)
 {
@@ -385,10 +396,7 @@ static int accuracy_requests(const int weights[HOSTS], const char *what)
     h_write_file(h_keys_path(), "%s", h_key_line("alice", KEY_A, "shared", NULL));
     snprintf(f.tiers, sizeof f.tiers, "%s", RPM_TIER);
     int64_t started = h_now_ms();
-    cr_assert_eq(h_redis_start(&f.redis, "redis", NULL), 0, "redis-server did not start:\n%s", h_tail("redis"));
-    fleet_cluster(&f, NULL);
-    fleet_start(&f, HOSTS, false, "--tps 0 --ttft-ms 0");
-    fleet_wait_synced(&f, 2);
+    fleet_up(&f, HOSTS, "--tps 0 --ttft-ms 0");
 
     struct load l;
     double window;
@@ -447,10 +455,7 @@ Test(cluster, tokens_limit_shared_skewed_load)
     h_write_file(h_keys_path(), "%s", h_key_line("alice", KEY_A, "shared", NULL));
     snprintf(f.tiers, sizeof f.tiers, "[tier shared]\ntokens_per_minute = 6000\nburst = 6s\n");
     int64_t started = h_now_ms();
-    cr_assert_eq(h_redis_start(&f.redis, "redis", NULL), 0, "redis-server did not start:\n%s", h_tail("redis"));
-    fleet_cluster(&f, NULL);
-    fleet_start(&f, HOSTS, false, "--tps 0 --ttft-ms 0");
-    fleet_wait_synced(&f, 2);
+    fleet_up(&f, HOSTS, "--tps 0 --ttft-ms 0");
 
     char body[512];
     struct load l;
@@ -489,10 +494,7 @@ Test(cluster, a_request_larger_than_a_hosts_lease_passes_when_retried)
     h_write_file(h_keys_path(), "%s", h_key_line("alice", KEY_A, "tok", NULL));
     /* capacity 6000: share 1000, floor 250 with 3 hosts; a request reserves 8 + 1200 */
     snprintf(f.tiers, sizeof f.tiers, "[tier tok]\ntokens_per_minute = 6000\nburst = 60s\n");
-    cr_assert_eq(h_redis_start(&f.redis, "redis", NULL), 0, "redis-server did not start:\n%s", h_tail("redis"));
-    fleet_cluster(&f, NULL);
-    fleet_start(&f, HOSTS, false, "--tps 0 --ttft-ms 0");
-    fleet_wait_synced(&f, 2);
+    fleet_up(&f, HOSTS, "--tps 0 --ttft-ms 0");
 
     char body[512];
     h_chat_body(body, sizeof body, 1200, false);
@@ -526,10 +528,7 @@ Test(cluster, a_request_larger_than_a_hosts_quota_lease_passes_when_retried)
     h_write_file(h_keys_path(), "%s", h_key_line("alice", KEY_A, "quota", NULL));
     snprintf(f.tiers, sizeof f.tiers, "[tier quota]\ndaily_tokens = 20000\nmax_tokens = 1000\n");
     time_t day0 = time(NULL);
-    cr_assert_eq(h_redis_start(&f.redis, "redis", NULL), 0, "redis-server did not start:\n%s", h_tail("redis"));
-    fleet_cluster(&f, NULL);
-    fleet_start(&f, HOSTS, false, "--tps 0 --ttft-ms 0 --max-tokens 5");
-    fleet_wait_synced(&f, 2);
+    fleet_up(&f, HOSTS, "--tps 0 --ttft-ms 0 --max-tokens 5");
 
     char body[512];
     chat_body_default_len(body, sizeof body);   /* reserves 8 + 1000 */
@@ -593,10 +592,7 @@ Test(cluster, daily_quota_spent_on_one_host_refused_on_the_others)
     const long long quota = 2000;
     snprintf(f.tiers, sizeof f.tiers, "[tier quota]\ndaily_tokens = %lld\n", quota);
     time_t day0 = time(NULL);
-    cr_assert_eq(h_redis_start(&f.redis, "redis", NULL), 0, "redis-server did not start:\n%s", h_tail("redis"));
-    fleet_cluster(&f, NULL);
-    fleet_start(&f, HOSTS, false, "--tps 0 --ttft-ms 0");
-    fleet_wait_synced(&f, 2);
+    fleet_up(&f, HOSTS, "--tps 0 --ttft-ms 0");
 
     char body[512];
     h_chat_body(body, sizeof body, 2, false);
@@ -670,10 +666,7 @@ Test(cluster, settlement_returns_unused_reservations_across_hosts)
     snprintf(f.tiers, sizeof f.tiers,
              "[tier big]\ntokens_per_minute = 600000\nmax_tokens = 1000\ndaily_tokens = %lld\n", daily);
     time_t day0 = time(NULL);
-    cr_assert_eq(h_redis_start(&f.redis, "redis", NULL), 0, "redis-server did not start:\n%s", h_tail("redis"));
-    fleet_cluster(&f, NULL);
-    fleet_start(&f, HOSTS, false, "--tps 0 --ttft-ms 0 --max-tokens 5");
-    fleet_wait_synced(&f, 2);
+    fleet_up(&f, HOSTS, "--tps 0 --ttft-ms 0 --max-tokens 5");
 
     char body[512];
     chat_body_default_len(body, sizeof body);
@@ -764,7 +757,14 @@ static void redis_killed_under_load(struct fleet *f, const char *policy, int hos
     static const int spread3[HOSTS] = {34, 33, 33};
     struct bg_load *b = calloc(1, sizeof *b);
     bg_load_start(b, f, hosts == HOSTS ? spread3 : ONLY_A, 90, 1500);
-    h_sleep_ms(500);   /* the load is under way: kill Redis in its middle */
+    /* kill Redis in the middle of the load: once its first answers came back */
+    for (int64_t end = h_now_ms() + 5000 * h_slow(); h_now_ms() < end; h_sleep_ms(10)) {
+        int answered = atomic_load(&b->l.other);
+        for (int i = 0; i < HOSTS; i++)
+            answered += atomic_load(&b->l.ok[i]) + atomic_load(&b->l.refused[i]);
+        if (answered >= 10)
+            break;
+    }
     kill_redis(&f->redis, SIGKILL);
     pthread_join(b->th, NULL);
     long long max_ms = atomic_load(&b->l.max_ms);
@@ -856,10 +856,7 @@ Test(cluster, redis_stopped_requests_never_wait)
     struct fleet f = {0};
     h_write_file(h_keys_path(), "%s", h_key_line("alice", KEY_A, "shared", NULL));
     snprintf(f.tiers, sizeof f.tiers, "[tier shared]\nrequests_per_minute = 6000\n");
-    cr_assert_eq(h_redis_start(&f.redis, "redis", NULL), 0, "redis-server did not start:\n%s", h_tail("redis"));
-    fleet_cluster(&f, NULL);
-    fleet_start(&f, 1, false, "--tps 0 --ttft-ms 0");
-    fleet_wait_synced(&f, 2);
+    fleet_up(&f, 1, "--tps 0 --ttft-ms 0");
 
     kill_redis(&f.redis, SIGSTOP);
     char body[512];
@@ -1021,10 +1018,7 @@ Test(cluster, gateway_restarted_keeps_the_days_quota)
     const long long quota = 2000;
     snprintf(f.tiers, sizeof f.tiers, "[tier quota]\ndaily_tokens = %lld\n", quota);
     time_t day0 = time(NULL);
-    cr_assert_eq(h_redis_start(&f.redis, "redis", NULL), 0, "redis-server did not start:\n%s", h_tail("redis"));
-    fleet_cluster(&f, NULL);
-    fleet_start(&f, 2, false, "--tps 0 --ttft-ms 0");
-    fleet_wait_synced(&f, 2);
+    fleet_up(&f, 2, "--tps 0 --ttft-ms 0");
 
     char body[512];
     h_chat_body(body, sizeof body, 2, false);
