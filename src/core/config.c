@@ -37,7 +37,7 @@
 
 enum section_kind {
     SEC_NONE, SEC_SERVER, SEC_ADMIN, SEC_TLS, SEC_TIMEOUTS, SEC_LOG, SEC_POOL, SEC_ROUTE,
-    SEC_KEYS, SEC_TIER, SEC_CLUSTER, SEC_MODEL, SEC_COUNT
+    SEC_KEYS, SEC_TIER, SEC_CLUSTER, SEC_MODEL, SEC_TRACING, SEC_COUNT
 };
 
 /* Pool names as written, resolved once the whole file is read (pools may come
@@ -1253,6 +1253,14 @@ static int model_output_per_mtok(struct load_ctx *x, const char *key, const char
     return model_price(x, key, value, &cur_model(x)->output_per_mtok);
 }
 
+static int tier_daily_spend(struct load_ctx *x, const char *key, const char *value)
+{
+    if (parse_micro_usd(value, CFG_SPEND_MAX_MICRO_USD, &cur_tier(x)->daily_spend_micro_usd) < 0)
+        return bad_value(x, key, value,
+                         "USD a day: a decimal number 0-1000000 with at most 6 decimals, such as 5.00; 0 for no cap");
+    return 0;
+}
+
 /* ---- [cluster] --------------------------------------------------------------- */
 
 static int cluster_redis(struct load_ctx *x, const char *key, const char *value)
@@ -1316,6 +1324,66 @@ static int cluster_on_redis_down(struct load_ctx *x, const char *key, const char
     else
         return bad_value(x, key, value, "local, deny or allow");
     return 0;
+}
+
+/* ---- [tracing] --------------------------------------------------------------- */
+
+/* "http://HOST:PORT/PATH" (PORT defaults to 4318, PATH to /v1/traces); empty or
+ * "off": tracing off. Only plain http: a collector is normally a sidecar or on
+ * the local network, and the exporter must never block on a handshake. */
+static int tracing_otlp_endpoint(struct load_ctx *x, const char *key, const char *value)
+{
+    struct cfg_tracing *t = &x->c->tracing;
+    t->line = x->lineno;
+    if (value[0] == '\0' || strcmp(value, "off") == 0) {
+        t->enabled = false;
+        return 0;
+    }
+    static const char scheme[] = "http://";
+    if (strncmp(value, scheme, sizeof scheme - 1) != 0)
+        return bad_value(x, key, value, "an http:// URL such as http://127.0.0.1:4318/v1/traces");
+    if (strlen(value) >= sizeof t->endpoint)
+        return bad_value(x, key, value, "a URL of at most 511 characters");
+    const char *host = value + sizeof scheme - 1;
+    const char *slash = strchr(host, '/');
+    size_t hostlen = slash ? (size_t)(slash - host) : strlen(host);
+    char hostport[300];
+    if (hostlen == 0 || hostlen + 6 >= sizeof hostport)
+        return bad_value(x, key, value, "an http:// URL with a host");
+    memcpy(hostport, host, hostlen);
+    hostport[hostlen] = '\0';
+    /* a port is there when the text after the last ':' is past any "]" */
+    const char *colon = strrchr(hostport, ':');
+    const char *bracket = strrchr(hostport, ']');
+    if (!colon || (bracket && colon < bracket))
+        memcpy(hostport + hostlen, ":4318", sizeof ":4318");
+    if (config_parse_addr(hostport, &t->collector) < 0)
+        return bad_value(x, key, value, "an http:// URL with HOST:PORT");
+    const char *path = slash ? slash : "/v1/traces";
+    if (strlen(path) >= sizeof t->path)
+        return bad_value(x, key, value, "a URL whose path has at most 255 characters");
+    for (const char *p = path; *p; p++)
+        if ((unsigned char)*p <= ' ' || *p == 0x7f)
+            return bad_value(x, key, value, "a URL without spaces or control characters");
+    snprintf(t->path, sizeof t->path, "%s", path);
+    snprintf(t->endpoint, sizeof t->endpoint, "%s", value);
+    t->enabled = true;
+    return 0;
+}
+
+/* A ratio 0-1 with at most 6 decimals, held in millionths. */
+static int tracing_sample_ratio(struct load_ctx *x, const char *key, const char *value)
+{
+    uint64_t millionths;
+    if (parse_micro_usd(value, CFG_TRACING_SAMPLE_ONE, &millionths) < 0)
+        return bad_value(x, key, value, "a ratio from 0 to 1 with at most 6 decimals, such as 0.01");
+    x->c->tracing.sample_millionths = (uint32_t)millionths;
+    return 0;
+}
+
+static int tracing_service_name(struct load_ctx *x, const char *key, const char *value)
+{
+    return set_word(x, key, value, x->c->tracing.service_name, sizeof x->c->tracing.service_name);
 }
 
 /* ---- sections ---------------------------------------------------------------- */
@@ -1406,6 +1474,7 @@ static const struct key_def tier_keys[] = {
     { "max_tokens", tier_max_tokens, false },
     { "daily_tokens", tier_daily_tokens, false },
     { "priority", tier_priority, false },
+    { "daily_spend", tier_daily_spend, false },
     { NULL, NULL, false },
 };
 
@@ -1426,12 +1495,19 @@ static const struct key_def cluster_keys[] = {
     { NULL, NULL, false },
 };
 
+static const struct key_def tracing_keys[] = {
+    { "otlp_endpoint", tracing_otlp_endpoint, false },
+    { "sample_ratio", tracing_sample_ratio, false },
+    { "service_name", tracing_service_name, false },
+    { NULL, NULL, false },
+};
+
 static const struct key_def *const section_keys[SEC_COUNT] = {
     [SEC_SERVER] = server_keys, [SEC_ADMIN] = admin_keys, [SEC_TLS] = tls_keys,
     [SEC_TIMEOUTS] = timeout_keys,
     [SEC_LOG] = log_keys, [SEC_POOL] = pool_keys, [SEC_ROUTE] = route_keys,
     [SEC_KEYS] = keys_keys, [SEC_TIER] = tier_keys, [SEC_CLUSTER] = cluster_keys,
-    [SEC_MODEL] = model_keys,
+    [SEC_MODEL] = model_keys, [SEC_TRACING] = tracing_keys,
 };
 
 /* Checks that need the whole section: run when the next section starts or at EOF. */
@@ -1606,6 +1682,7 @@ static int open_section(struct load_ctx *x, const char *inner, size_t len)
     static const char *const singletons[SEC_COUNT] = {
         [SEC_SERVER] = "server", [SEC_ADMIN] = "admin", [SEC_TLS] = "tls", [SEC_TIMEOUTS] = "timeouts",
         [SEC_LOG] = "log", [SEC_KEYS] = "keys", [SEC_CLUSTER] = "cluster",
+        [SEC_TRACING] = "tracing",
     };
     if (close_section(x) < 0)
         return -1;
@@ -1895,6 +1972,9 @@ static struct config *config_new(const char *name)
     c->admin.enabled = true;
     memcpy(c->cluster.key_prefix, "aigw:", sizeof "aigw:");
     c->cluster.sync_interval_ms = 50;
+    c->tracing.sample_millionths = 10000;
+    memcpy(c->tracing.service_name, "aigw", sizeof "aigw");
+    memcpy(c->tracing.path, "/v1/traces", sizeof "/v1/traces");
     c->cluster.timeout_ms = 250;
     c->cluster.on_redis_down = REDIS_DOWN_LOCAL;
     c->timeouts.connect_ms = 2000;
@@ -2186,6 +2266,17 @@ static void print_cluster(const struct cfg_cluster *cl, FILE *out)
     fprintf(out, "on_redis_down = %s\n", down[cl->on_redis_down]);
 }
 
+static void print_tracing(const struct cfg_tracing *t, FILE *out)
+{
+    if (!t->enabled) {
+        fprintf(out, "\n# [tracing]: none (no spans are exported)\n");
+        return;
+    }
+    fprintf(out, "\n[tracing]\notlp_endpoint = %s\n", t->endpoint);
+    print_micro_usd(out, "sample_ratio", t->sample_millionths);
+    fprintf(out, "service_name = %s\n", t->service_name);
+}
+
 void config_print(const struct config *c, FILE *out)
 {
     static const char *const levels[] = { [LOG_ERROR] = "error", [LOG_WARN] = "warn",
@@ -2242,9 +2333,10 @@ void config_print(const struct config *c, FILE *out)
         fprintf(out, "[tier %s]\nrequests_per_minute = %llu\ntokens_per_minute = %llu\n", t->name,
                 (unsigned long long)t->requests_per_minute, (unsigned long long)t->tokens_per_minute);
         print_duration(out, "burst", t->burst_ms);
-        fprintf(out, "max_tokens = %llu\ndaily_tokens = %llu\npriority = %s\n\n",
-                (unsigned long long)t->max_tokens, (unsigned long long)t->daily_tokens,
-                priorities[t->priority]);
+        fprintf(out, "max_tokens = %llu\ndaily_tokens = %llu\n",
+                (unsigned long long)t->max_tokens, (unsigned long long)t->daily_tokens);
+        print_micro_usd(out, "daily_spend", t->daily_spend_micro_usd);
+        fprintf(out, "priority = %s\n\n", priorities[t->priority]);
     }
     for (unsigned i = 0; i < c->nmodels; i++) {
         const struct cfg_model *m = &c->models[i];
@@ -2254,4 +2346,5 @@ void config_print(const struct config *c, FILE *out)
         fprintf(out, "\n");
     }
     print_cluster(&c->cluster, out);
+    print_tracing(&c->tracing, out);
 }

@@ -61,6 +61,8 @@ struct cfg_tier {
     uint64_t burst_ms;              /* bucket size as time of refill; default 60s */
     uint64_t max_tokens;            /* largest max_tokens a request may ask; 0 (default): no cap */
     uint64_t daily_tokens;          /* quota per UTC day; 0 (default): none */
+    uint64_t daily_spend_micro_usd; /* spend cap per UTC day in micro-USD (USD x 1e6; prices
+                                     * from [model]); 0 (default): none */
     enum priority priority;         /* default normal */
     int line;
 };
@@ -77,6 +79,9 @@ struct cfg_model {
     uint64_t output_per_mtok;       /* micro-USD per million completion tokens; default 0 */
     int line;
 };
+
+/* Largest daily_spend: 1000000 USD a day, in micro-USD (fits the quota's 42 bits). */
+#define CFG_SPEND_MAX_MICRO_USD 1000000000000ULL
 
 /* What admission does while Redis cannot be reached ([cluster] on_redis_down). */
 enum redis_down_policy { REDIS_DOWN_LOCAL, REDIS_DOWN_DENY, REDIS_DOWN_ALLOW };
@@ -97,6 +102,18 @@ struct cfg_cluster {
     uint64_t timeout_ms;        /* connect, command and read timeout; default 250ms; 10ms..10s */
     enum redis_down_policy on_redis_down; /* default local */
     int line;                   /* of the section, for messages */
+};
+
+/* [tracing]: OpenTelemetry spans exported as OTLP/HTTP with JSON encoding. */
+#define CFG_TRACING_SAMPLE_ONE 1000000u  /* sample_ratio is held in millionths */
+struct cfg_tracing {
+    bool enabled;               /* otlp_endpoint is set */
+    char endpoint[512];         /* as written: http://HOST:PORT/PATH */
+    struct cfg_addr collector;  /* HOST:PORT of the endpoint */
+    char path[256];             /* the endpoint's path; default /v1/traces */
+    uint32_t sample_millionths; /* of requests without a sampled traceparent; default 10000 (0.01) */
+    char service_name[128];     /* resource attribute service.name; default "aigw" */
+    int line;                   /* of otlp_endpoint, for messages */
 };
 
 enum access_log_mode { ACCESS_OFF, ACCESS_STDOUT, ACCESS_FILE };
@@ -157,6 +174,7 @@ struct config {
     struct cfg_model *models;   /* [model GLOB] sections, in file order */
     unsigned nmodels;
     struct cfg_cluster cluster;
+    struct cfg_tracing tracing;
 };
 
 /* Loads and validates path. On success returns 0 and *out. On failure returns -1
