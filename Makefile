@@ -51,7 +51,7 @@ ifdef WOLFSSL_PREFIX
 endif
 LIBS    := -luring -linih -lwolfssl -lhiredis $(ALLOC_LIB)
 
-LIB_SRC  := $(wildcard src/util/*.c src/proto/*.c src/policy/*.c src/tls/*.c src/cluster/*.c) $(filter-out src/core/main.c,$(wildcard src/core/*.c))
+LIB_SRC  := $(wildcard src/util/*.c src/proto/*.c src/policy/*.c src/tls/*.c src/cluster/*.c src/trace/*.c) $(filter-out src/core/main.c,$(wildcard src/core/*.c))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 MOCK_SRC := $(wildcard perf/mockllm/*.c)
 MOCK_OBJ := $(MOCK_SRC:%.c=$(BUILD)/obj/%.o)

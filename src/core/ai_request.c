@@ -115,6 +115,7 @@ void ai_request_ready(struct conn *c)
     c->req.ai = true;
     c->req.stream = ai.stream;
     c->req.prompt_estimate = ai.prompt_tokens_estimate;
+    c->req.trace.max_tokens = ai.has_max_tokens ? (int64_t)ai.max_tokens : -1;
     c->req.usage_bound = usage_bound_of(blen, ai.has_max_tokens, ai.max_tokens);
     c->req.prefix_hash = ai.prefix_hash;
     char model[OPENAI_MAX_MODEL_LEN + 1];

@@ -565,6 +565,7 @@ struct http_forward conn_forward_info(const struct conn *c)
         .client_addr = { c->client, c->client_len },
         .proto = c->tls ? (struct slice){ "https", 5 } : (struct slice){ "http", 4 },
         .request_id = { c->req.request_id, c->req.request_id_len },
+        .traceparent = c->req.trace.sampled ? (struct slice){ c->req.trace.header, TRACEPARENT_LEN } : (struct slice){ 0 },
         .upstream_auth = { pool->upstream_auth, strlen(pool->upstream_auth) },
         .default_host = { host, strlen(host) },
         .strip_client_auth = g->cfg->keys.configured,
@@ -593,6 +594,8 @@ static size_t start_request(struct conn *c, const char *src, size_t n, const str
     copy_slice(c->req.method, sizeof c->req.method - 1, req->method, &mlen);
     c->req.method[mlen] = 0;
     c->req.target_len = (uint16_t)alog_redact_target(c->req.target, sizeof c->req.target, req->target);
+    if (cfg->tracing.enabled)
+        req_trace_begin(c, req);
     if (req->idx[HK_X_REQUEST_ID] >= 0 && request_id_acceptable(req->headers[req->idx[HK_X_REQUEST_ID]].value)) {
         struct slice v = req->headers[req->idx[HK_X_REQUEST_ID]].value;
         memcpy(c->req.request_id, v.p, v.len);
@@ -1003,6 +1006,8 @@ static void retry_or_fail(struct conn *c, int err, const char *why)
  * another one if the request may be retried, else answer the error. */
 void conn_attempt_failed(struct conn *c, enum backend_failure f, int err, const char *why)
 {
+    if (c->req.trace.sampled)
+        req_trace_attempt_failed(c, why);
     dispatch_attempt_result(c, f);
     if (dispatch_retry(c))
         return;
@@ -1022,6 +1027,8 @@ static void attempt_begin(struct conn *c)
     c->in_pinned = false;
     c->req.status = 0;
     c->at = (struct attempt){ .backend = c->at.backend, .probe = c->at.probe, .start_us = c->sh->now_us };
+    if (c->req.trace.sampled)
+        req_trace_attempt_begin(c);
 }
 
 static void send_shed(struct conn *c, enum shed_reason reason)
@@ -1334,6 +1341,8 @@ static void request_finish(struct conn *c)
         }
         alog_write(sh->id, &e);
     }
+    if (c->req.trace.sampled)
+        req_trace_finish(c);
     dispatch_release(c);
     /* buffers first, while c->at.up is attached: an op in flight may still use them */
     xbuf_put(sh, c->req.body);      /* never used by an operation */

@@ -12,6 +12,7 @@
 #include "core/config.h"        /* enum priority */
 #include "core/dispatch.h"      /* struct dispatch_outcome, enum backend_failure */
 #include "core/relay.h"
+#include "core/req_trace.h"
 #include "core/ring.h"
 #include "core/timer.h"
 #include "core/usage.h"         /* struct usage_bound */
@@ -96,6 +97,7 @@ struct request {
     uint64_t token_events;
     uint64_t first_token_us, last_token_us;
     struct rl_ticket ticket;
+    struct req_trace trace;         /* sampled: its ids and traceparent (req_trace.h) */
 
     /* for the access log; truncated */
     uint8_t request_id_len;

@@ -16,6 +16,7 @@
 #include "core/watch.h"
 #include "cluster/snapshot.h"
 #include "cluster/sync.h"
+#include "trace/exporter.h"
 #include "core/gen.h"
 #include "core/shard.h"
 #include "core/readiness.h"
@@ -153,6 +154,7 @@ static void reload(const char *path)
     gen_unref(old);     /* main's reference */
     limits_sync_wake(); /* hands the old pools' leases over without waiting a sync_interval */
     log_info("configuration reloaded from %s (generation %llu)", path, (unsigned long long)g->id);
+    trace_configure(&cfg->tracing);
     metrics_config_loaded(g->id);
     metrics_count_reload(true);
     sd_notifyf("READY=1\nSTATUS=serving (generation %llu)", (unsigned long long)g->id);
@@ -345,6 +347,9 @@ int main(int argc, char **argv)
         return 1;
     if (limits_sync_start() != 0)
         return 1;
+    trace_configure(&cfg->tracing);
+    if (trace_init(rt.nshards) != 0 || trace_exporter_start() != 0)
+        return 1;
     if (shard_start_all() != 0) {
         log_error("cannot start shards");
         return 1;
@@ -384,6 +389,7 @@ int main(int argc, char **argv)
     bool all_stopped = shard_join_all(clock_mono_ms() + drain_ms);
     watch_stop();
     limits_sync_stop(all_stopped);
+    trace_exporter_stop();
     admin_stop();
     if (all_stopped)
         alog_shutdown();    /* frees the rings: only once no shard can write */

@@ -12,6 +12,7 @@
 
 #include "core/cost.h"
 #include "core/log.h"
+#include "trace/exporter.h"
 #include "util/hash.h"
 #include "util/outbuf.h"
 
@@ -1177,6 +1178,7 @@ size_t metrics_render(char *buf, size_t cap)
     render_tls(&o);
     render_keys(&o);
     limits_sync_metrics(&o);
+    trace_metrics(&o);
     render_access_log(&o);
     render_config(&o);
     render_shards(&o);

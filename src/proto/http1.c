@@ -984,6 +984,10 @@ size_t http_write_upstream_head(char *out, size_t cap, const struct http_request
             if (fwd->host.len)
                 continue;
             break;
+        case HK_TRACEPARENT:
+            if (fwd->traceparent.len)
+                continue;
+            break;
         default:
             break;
         }
@@ -1047,6 +1051,11 @@ size_t http_write_upstream_head(char *out, size_t cap, const struct http_request
     if (fwd->request_id.len) {
         OUTBUF_LIT(&o, "X-Request-Id: ");
         put_slice(&o, fwd->request_id);
+        OUTBUF_LIT(&o, "\r\n");
+    }
+    if (fwd->traceparent.len) {
+        OUTBUF_LIT(&o, "traceparent: ");
+        put_slice(&o, fwd->traceparent);
         OUTBUF_LIT(&o, "\r\n");
     }
     OUTBUF_LIT(&o, "\r\n");

@@ -154,12 +154,13 @@ struct http_forward {
     struct slice upstream_auth; /* non-empty: "Authorization: Bearer <this>" replaces the client's */
     struct slice default_host;  /* Host to send when the client sent none (HTTP/1.0) */
     struct slice host;          /* non-empty: the Host sent in place of the client's */
+    struct slice traceparent;   /* non-empty: the traceparent sent in place of the client's */
     bool strip_client_auth;     /* drop Authorization and x-api-key from the client */
 };
 
 /* Writes the upstream request head: request line as HTTP/1.1, every non-hop header
- * except Expect, X-Forwarded-Proto, X-Request-Id (rewritten) and X-Forwarded-For
- * (appended to), then the framing header (Content-Length or Transfer-Encoding:
+ * except Expect, X-Forwarded-Proto, X-Request-Id (rewritten), X-Forwarded-For
+ * (appended to) and, when fwd->traceparent is set, traceparent (replaced), then the framing header (Content-Length or Transfer-Encoding:
  * chunked, from req->body), "Connection: keep-alive", the forwarding headers, and
  * the blank line. Returns bytes written, or 0 if it did not fit in cap. */
 size_t http_write_upstream_head(char *out, size_t cap, const struct http_request *req,
