@@ -25,6 +25,7 @@ static const char usage_text[] =
     "usage: aigw-mockllm --listen ADDR:PORT [--model NAME]... [--tps N] [--ttft-ms N]\n"
     "                    [--max-running N] [--max-tokens N] [--kv-capacity TOKENS]\n"
     "                    [--prefill-tps N] [--prefix-cache TOKENS] [--fail-rate P]\n"
+    "                    [--log-traceparent]\n"
     "\n"
     "A simulated OpenAI-compatible inference server.\n"
     "\n"
@@ -38,6 +39,8 @@ static const char usage_text[] =
     "  --prefill-tps N        prompt tokens per second of prefill (default 0: free)\n"
     "  --prefix-cache TOKENS  LRU prefix cache size in tokens (default 0: off)\n"
     "  --fail-rate P          fraction 0..1 of model requests answered 500 (default 0)\n"
+    "  --log-traceparent      print each request's traceparent headers to stdout, one line\n"
+    "                         per request: \"traceparent N VALUE\" (N: how many it had)\n"
     "  --help                 this text\n";
 
 static void die_usage(const char *fmt, const char *arg)
@@ -156,7 +159,7 @@ static void raise_fd_limit(void)
 int main(int argc, char **argv)
 {
     enum { O_LISTEN = 1, O_MODEL, O_TPS, O_TTFT, O_MAX_RUNNING, O_MAX_TOKENS, O_KV,
-           O_PREFILL, O_PREFIX, O_FAIL, O_HELP };
+           O_PREFILL, O_PREFIX, O_FAIL, O_LOG_TRACEPARENT, O_HELP };
     static const struct option options[] = {
         { "listen", required_argument, NULL, O_LISTEN },
         { "model", required_argument, NULL, O_MODEL },
@@ -168,6 +171,7 @@ int main(int argc, char **argv)
         { "prefill-tps", required_argument, NULL, O_PREFILL },
         { "prefix-cache", required_argument, NULL, O_PREFIX },
         { "fail-rate", required_argument, NULL, O_FAIL },
+        { "log-traceparent", no_argument, NULL, O_LOG_TRACEPARENT },
         { "help", no_argument, NULL, O_HELP },
         { NULL, 0, NULL, 0 },
     };
@@ -216,6 +220,9 @@ int main(int argc, char **argv)
             break;
         case O_FAIL:
             cfg.fail_rate = parse_real("--fail-rate", optarg, 1.0);
+            break;
+        case O_LOG_TRACEPARENT:
+            cfg.log_traceparent = true;
             break;
         case O_HELP:
             fputs(usage_text, stdout);

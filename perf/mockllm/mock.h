@@ -31,6 +31,7 @@ struct mock_config {
     double prefill_tps;         /* prompt tokens/s of prefill; 0: free */
     uint64_t prefix_cache;      /* LRU prefix cache size in tokens; 0: off */
     double fail_rate;           /* fraction of model requests answered with 500 */
+    bool log_traceparent;       /* each request's traceparent to stdout (tests of aigw's tracing) */
 };
 
 /* A growable byte buffer. Growth is rare (buffers are reused), so it aborts on OOM. */

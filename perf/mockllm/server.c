@@ -831,6 +831,22 @@ static bool scan_chunked(struct conn *c)
 }
 
 /* A parsed head: note what the request needs; false if it was refused. */
+/* "traceparent N FIRST-VALUE" ("-" when none): what a test of aigw's tracing
+ * checks the backend received. */
+static void log_traceparent(const struct http_request *q)
+{
+    unsigned n = 0;
+    struct slice first = { "-", 1 };
+    for (unsigned i = 0; i < q->nheaders; i++) {
+        if (q->headers[i].kind != HK_TRACEPARENT)
+            continue;
+        if (n++ == 0)
+            first = q->headers[i].value;
+    }
+    printf("traceparent %u %.*s\n", n, (int)first.len, first.p);
+    fflush(stdout);
+}
+
 static bool start_request(struct conn *c)
 {
     const struct http_request *q = &S.req;
@@ -842,6 +858,8 @@ static bool start_request(struct conn *c)
     c->body_len = 0;
     c->body_overflow = false;
     c->phase = PH_HEAD;
+    if (S.cfg->log_traceparent)
+        log_traceparent(q);
     if (q->body == BODY_LENGTH && q->content_length > 0) {
         if (q->content_length > MAX_BODY) {
             reply_error(c, 413, "invalid_request_error", "request_too_large",

@@ -12,9 +12,11 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -2161,4 +2163,186 @@ long long h_redis_int(const struct h_redis *r, const char *fmt, ...)
     if (rep)
         freeReplyObject(rep);
     return v;
+}
+
+/* ---- an OTLP/HTTP trace receiver ---- */
+
+#define OTLP_MAX_CONNS 16
+
+struct h_otlp_conn {
+    int fd;
+    char *buf;
+    size_t len, cap;
+};
+
+struct h_otlp {
+    int port, listen_fd;
+    enum h_otlp_mode mode;
+    pthread_t thread;
+    _Atomic bool stop;
+    pthread_mutex_t mu;
+    char *bodies;               /* every body, concatenated */
+    size_t blen;
+    int posts, spans;
+    char *first_head;
+    struct h_otlp_conn conns[OTLP_MAX_CONNS];
+};
+
+static int count_spans(const char *p, size_t n)
+{
+    int k = 0;
+    static const char needle[] = "\"spanId\"";
+    for (const char *q = p; (q = memmem(q, n - (size_t)(q - p), needle, sizeof needle - 1)); q++)
+        k++;
+    return k;
+}
+
+/* Takes every complete request at the front of c's buffer. */
+static void otlp_take_requests(struct h_otlp *o, struct h_otlp_conn *c)
+{
+    for (;;) {
+        char *end = memmem(c->buf, c->len, "\r\n\r\n", 4);
+        if (!end)
+            return;
+        size_t head = (size_t)(end - c->buf) + 4;
+        size_t clen = 0;
+        for (char *l = c->buf; l < end; l = strstr(l, "\r\n") + 2) {
+            if (strncasecmp(l, "content-length:", 15) == 0)
+                clen = strtoul(l + 15, NULL, 10);
+        }
+        if (c->len < head + clen)
+            return;
+        pthread_mutex_lock(&o->mu);
+        if (!o->first_head)
+            o->first_head = strndup(c->buf, head);
+        o->bodies = realloc(o->bodies, o->blen + clen + 2);
+        memcpy(o->bodies + o->blen, c->buf + head, clen);
+        o->blen += clen;
+        o->bodies[o->blen++] = '\n';
+        o->bodies[o->blen] = '\0';
+        o->posts++;
+        o->spans += count_spans(c->buf + head, clen);
+        pthread_mutex_unlock(&o->mu);
+        memmove(c->buf, c->buf + head + clen, c->len - head - clen);
+        c->len -= head + clen;
+        if (o->mode == H_OTLP_OK) {
+            static const char ok[] = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+            if (!h_write_all(c->fd, ok, sizeof ok - 1)) {
+                close(c->fd);
+                c->fd = -1;
+                return;
+            }
+        }
+    }
+}
+
+static void *otlp_main(void *arg)
+{
+    struct h_otlp *o = arg;
+    while (!atomic_load(&o->stop)) {
+        struct pollfd p[OTLP_MAX_CONNS + 1];
+        p[0] = (struct pollfd){ .fd = o->listen_fd, .events = POLLIN };
+        for (int i = 0; i < OTLP_MAX_CONNS; i++)
+            p[i + 1] = (struct pollfd){ .fd = o->conns[i].fd, .events = POLLIN };
+        if (poll(p, OTLP_MAX_CONNS + 1, 50) <= 0)
+            continue;
+        if (p[0].revents & POLLIN) {
+            int fd = accept4(o->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+            int i = 0;
+            while (fd >= 0 && i < OTLP_MAX_CONNS && o->conns[i].fd >= 0)
+                i++;
+            if (fd >= 0 && i == OTLP_MAX_CONNS)
+                close(fd);
+            else if (fd >= 0)
+                o->conns[i].fd = fd;
+        }
+        for (int i = 0; i < OTLP_MAX_CONNS; i++) {
+            struct h_otlp_conn *c = &o->conns[i];
+            if (c->fd < 0 || !(p[i + 1].revents & (POLLIN | POLLHUP | POLLERR)))
+                continue;
+            if (c->cap - c->len < 65536) {
+                c->cap = c->cap * 2 + 65536;
+                c->buf = realloc(c->buf, c->cap);
+            }
+            ssize_t r = recv(c->fd, c->buf + c->len, c->cap - c->len - 1, 0);
+            if (r <= 0) {
+                close(c->fd);
+                c->fd = -1;
+                c->len = 0;
+                continue;
+            }
+            c->len += (size_t)r;
+            c->buf[c->len] = '\0';
+            otlp_take_requests(o, c);
+        }
+    }
+    return NULL;
+}
+
+struct h_otlp *h_otlp_start(enum h_otlp_mode mode)
+{
+    struct h_otlp *o = calloc(1, sizeof *o);
+    cr_assert(o);
+    o->mode = mode;
+    pthread_mutex_init(&o->mu, NULL);
+    for (int i = 0; i < OTLP_MAX_CONNS; i++)
+        o->conns[i].fd = -1;
+    o->listen_fd = h_listen_loopback(&o->port);
+    cr_assert_eq(pthread_create(&o->thread, NULL, otlp_main, o), 0);
+    return o;
+}
+
+int h_otlp_port(const struct h_otlp *o) { return o->port; }
+
+int h_otlp_posts(struct h_otlp *o)
+{
+    pthread_mutex_lock(&o->mu);
+    int n = o->posts;
+    pthread_mutex_unlock(&o->mu);
+    return n;
+}
+
+int h_otlp_spans(struct h_otlp *o)
+{
+    pthread_mutex_lock(&o->mu);
+    int n = o->spans;
+    pthread_mutex_unlock(&o->mu);
+    return n;
+}
+
+char *h_otlp_wait_spans(struct h_otlp *o, int spans, int timeout_ms)
+{
+    int64_t end = h_now_ms() + timeout_ms;
+    while (h_otlp_spans(o) < spans && h_now_ms() < end)
+        h_sleep_ms(20);
+    pthread_mutex_lock(&o->mu);
+    char *text = strdup(o->bodies ? o->bodies : "");
+    pthread_mutex_unlock(&o->mu);
+    return text;
+}
+
+char *h_otlp_first_head(struct h_otlp *o)
+{
+    pthread_mutex_lock(&o->mu);
+    char *text = strdup(o->first_head ? o->first_head : "");
+    pthread_mutex_unlock(&o->mu);
+    return text;
+}
+
+void h_otlp_stop(struct h_otlp *o)
+{
+    if (!o)
+        return;
+    atomic_store(&o->stop, true);
+    pthread_join(o->thread, NULL);
+    close(o->listen_fd);
+    for (int i = 0; i < OTLP_MAX_CONNS; i++) {
+        if (o->conns[i].fd >= 0)
+            close(o->conns[i].fd);
+        free(o->conns[i].buf);
+    }
+    free(o->bodies);
+    free(o->first_head);
+    pthread_mutex_destroy(&o->mu);
+    free(o);
 }

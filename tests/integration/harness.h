@@ -476,4 +476,24 @@ struct redisReply *h_redis_cmd(const struct h_redis *r, const char *fmt, ...)
 /* An integer reply, or a string holding a number (HGET, GET); -1 for nil or failure. */
 long long h_redis_int(const struct h_redis *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* ---- an OTLP/HTTP trace receiver (a collector's stand-in) ---- */
+
+/* A thread on a loopback port taking POSTs (keep-alive, several connections)
+ * and recording their bodies. H_OTLP_OK answers each 200 {}; H_OTLP_STALL reads
+ * requests and never answers (a hung collector). A dead collector is a port
+ * nobody listens on (h_free_port). */
+enum h_otlp_mode { H_OTLP_OK, H_OTLP_STALL };
+struct h_otlp;
+struct h_otlp *h_otlp_start(enum h_otlp_mode mode);
+int h_otlp_port(const struct h_otlp *o);
+/* Complete POSTs received so far, and their spans ("spanId" members). */
+int h_otlp_posts(struct h_otlp *o);
+int h_otlp_spans(struct h_otlp *o);
+/* Waits until at least `spans` spans arrived (timeout_ms); returns every body
+ * received so far, concatenated (malloc'd; never NULL), for the assertions. */
+char *h_otlp_wait_spans(struct h_otlp *o, int spans, int timeout_ms);
+/* The request head of the first POST (malloc'd), to check what aigw sent. */
+char *h_otlp_first_head(struct h_otlp *o);
+void h_otlp_stop(struct h_otlp *o);
+
 #endif
