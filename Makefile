@@ -136,6 +136,11 @@ build/fuzz/fuzz_snapshot: tests/fuzz/fuzz_snapshot.c src/cluster/snapshot_file.c
 	@mkdir -p build/fuzz
 	clang $(FUZZ_CFLAGS) -o $@ $^ -lwolfssl
 
+# The traceparent parser is the one pure input parser of src/trace.
+build/fuzz/fuzz_traceparent: tests/fuzz/fuzz_traceparent.c src/trace/traceparent.c $(FUZZ_LIB_SRC)
+	@mkdir -p build/fuzz
+	clang $(FUZZ_CFLAGS) -o $@ $^ -lwolfssl
+
 # The TLS handshake target also links src/tls and serves certificates that
 # make-certs.sh writes into build/fuzz/certs (nothing secret is committed).
 FUZZ_TLS_CERTS := $(abspath build/fuzz/certs)
