@@ -229,10 +229,11 @@ static int post(const char *body, size_t blen, const char **why)
         bool keep = false;
         int status = send_all(X.fd, iov, 2) == 0 ? read_response(&keep) : -1;
         if (status < 0) {
-            *why = errno == EAGAIN || errno == EWOULDBLOCK ? "timed out" : "connection lost";
+            bool timed_out = errno == EAGAIN || errno == EWOULDBLOCK;
+            *why = timed_out ? "timed out" : "connection lost";
             disconnect();
-            if (reused && *why[0] == 'c')
-                continue;
+            if (reused && !timed_out)
+                continue;   /* the collector closed the kept connection meanwhile */
             return -1;
         }
         if (!keep)
@@ -242,10 +243,17 @@ static int post(const char *body, size_t blen, const char **why)
     return -1;
 }
 
-static void export_batch(unsigned n)
+/* Exports n spans of X.batch; false when they were dropped. After a failure,
+ * the rest of the turn is dropped without trying (failed_turn): a hung
+ * collector then costs one timeout per turn, however many spans wait. */
+static bool export_batch(unsigned n, bool failed_turn)
 {
     if (n == 0)
-        return;
+        return true;
+    if (failed_turn) {
+        add(&stats.dropped, n);
+        return false;
+    }
     struct outbuf o = outbuf_make(X.body, BODY_CAP);
     otlp_encode(&o, X.cfg.service_name, X.batch, n);
     const char *why = "body too large";
@@ -255,7 +263,7 @@ static void export_batch(unsigned n)
         if (X.warned)
             log_info("tracing: exporting to %s again", X.cfg.endpoint);
         X.warned = false;
-        return;
+        return true;
     }
     add(&stats.dropped, n);
     add(&stats.errors, 1);
@@ -267,12 +275,14 @@ static void export_batch(unsigned n)
                      X.cfg.endpoint, why, n);
     }
     X.warned = true;
+    return false;
 }
 
 /* Empties every ring into batches of at most TRACE_BATCH_MAX spans. */
 static void drain(void)
 {
     unsigned n = 0;
+    bool failed = false;
     for (unsigned s = 0; s < nshards; s++) {
         for (;;) {
             uint32_t got = span_ring_pop(shards[s].ring, X.batch + n, TRACE_BATCH_MAX - n);
@@ -284,13 +294,13 @@ static void drain(void)
             }
             n += got;
             if (n == TRACE_BATCH_MAX) {
-                export_batch(n);
+                failed |= !export_batch(n, failed);
                 n = 0;
             }
         }
     }
     if (X.cfg.enabled)
-        export_batch(n);
+        export_batch(n, failed);
 }
 
 static bool a_ring_half_full(void)

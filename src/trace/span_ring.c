@@ -1,16 +1,6 @@
 #include "trace/span_ring.h"
 
 #include <stdlib.h>
-#include <string.h>
-
-void span_copy(char *dst, unsigned cap, const char *s, unsigned long n)
-{
-    if (n >= cap)
-        n = cap - 1;
-    if (n)
-        memcpy(dst, s, n);
-    dst[n] = '\0';
-}
 
 struct span_ring *span_ring_new(uint32_t slots)
 {

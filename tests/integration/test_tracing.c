@@ -210,13 +210,14 @@ Test(tracing, a_retry_shows_two_attempt_spans_under_one_server_span)
     struct h_otlp *o = h_otlp_start(H_OTLP_OK);
     struct h_mock m;
     struct h_gw g = { 0 };
-    H_MOCK(&m, "mock", "--tps 0");
+    H_MOCK(&m, "mock", "--tps 0 --log-traceparent");
     int dead = h_free_port();
     h_write_file(h_keys_path(), "%s", h_key_line("alice", KEY_ALICE, "default", NULL));
     /* the dead backend first in a round robin: each shard's first request tries it */
     h_gw_config(&g, NULL,
                 "[pool local]\nbackend = 127.0.0.1:%d\nbackend = 127.0.0.1:%d\nbalance = round_robin\n\n"
                 "[route chat]\npath = /v1/chat/completions\npool = local\nkind = ai\n\n"
+                "[route all]\npath = /v1/*\npool = local\nkind = raw\n\n"
                 "[keys]\nauth = required\nfile = %s\n\n"
                 "[tracing]\notlp_endpoint = http://127.0.0.1:%d/v1/traces\nsample_ratio = 1\n",
                 dead, m.port, h_keys_path(), h_otlp_port(o));
@@ -262,6 +263,44 @@ Test(tracing, a_retry_shows_two_attempt_spans_under_one_server_span)
     }
     cr_expect_eq(attempts, 2, "attempt spans under %s:\n%s", id, bodies);
     cr_expect_eq(failed, 1, "one failed attempt:\n%s", bodies);
+
+    /* a raw route's head is written once: its retry rewrites the traceparent in
+     * place, so the backend sees the second attempt's span as parent */
+    char retried_raw_attempt[64] = "";
+    for (int i = 0; i < 8 && !retried_raw_attempt[0]; i++) {
+        struct h_conn c;
+        struct h_resp r;
+        H_CONNECT_GW(&c, &g);
+        char hdr[256];
+        snprintf(hdr, sizeof hdr, "Connection: close\r\n%s", h_bearer(KEY_ALICE));
+        cr_assert_eq(h_request(&c, "GET", "/v1/raw-thing", hdr, NULL, &r, T_REQ), H_OK, "%s", h_tail(g.tag));
+        h_close(&c);
+        h_resp_free(&r);
+        int before = s.n;
+        free(bodies);
+        spans_free(&s);
+        bodies = h_otlp_wait_spans(o, before + 2, T_SPANS);
+        spans_split(&s, bodies);
+        char v[32];
+        for (int k = 0; k < s.n && !retried_raw_attempt[0]; k++) {
+            if (!is_kind(s.text[k], 2) || !strstr(s.text[k], "\"name\":\"GET /v1/*\"") ||
+                !attr(s.text[k], "aigw.retries", v, sizeof v) || strcmp(v, "1") != 0)
+                continue;
+            field(s.text[k], "spanId", id, sizeof id);
+            for (int j = 0; j < s.n; j++)
+                if (is_kind(s.text[j], 3) && strcmp(field(s.text[j], "parentSpanId", p, sizeof p), id) == 0 &&
+                    !strstr(s.text[j], "\"status\":{\"code\":2"))
+                    field(s.text[j], "spanId", retried_raw_attempt, sizeof retried_raw_attempt);
+        }
+    }
+    cr_assert(retried_raw_attempt[0], "no raw request retried after 8:\n%s", bodies);
+    char want[128], path[600];
+    snprintf(want, sizeof want, "-%s-01\n", retried_raw_attempt);
+    snprintf(path, sizeof path, "%s/mock.out", h_dir());
+    char *seen = h_wait_for_text(path, want, T_SPANS);
+    cr_expect(seen, "the backend's log lacks the answering attempt's span %s:\n%s", retried_raw_attempt,
+              h_tail_out("mock"));
+    free(seen);
     spans_free(&s);
     free(bodies);
     h_finish();
@@ -402,4 +441,51 @@ Test(tracing, a_reload_moves_spans_to_the_new_collector_and_off_stops_them)
     h_finish();
     h_otlp_stop(a);
     h_otlp_stop(b);
+}
+
+Test(tracing, a_raw_route_forwards_one_traceparent_naming_its_attempt)
+{
+    struct h_otlp *o = h_otlp_start(H_OTLP_OK);
+    struct h_mock m;
+    struct h_gw g = { 0 };
+    start(&m, &g, h_otlp_port(o), "0", "--tps 0 --log-traceparent");
+
+    /* two traceparent headers from the client: the backend still gets one, aigw's */
+    struct h_conn c;
+    struct h_resp r;
+    H_CONNECT_GW(&c, &g);
+    char hdr[512];
+    snprintf(hdr, sizeof hdr, "Connection: close\r\n%straceparent: 00-" CLIENT_TRACE "-" CLIENT_SPAN "-01\r\n"
+             "traceparent: 00-" CLIENT_TRACE "-1111111111111111-01\r\n", h_bearer(KEY_ALICE));
+    cr_assert_eq(h_request(&c, "GET", "/v1/some/thing?x=1", hdr, NULL, &r, T_REQ), H_OK, "%s", h_tail(g.tag));
+    h_close(&c);
+    int status = r.status;
+    h_resp_free(&r);
+
+    char *bodies = h_otlp_wait_spans(o, 2, T_SPANS);
+    struct spans s;
+    spans_split(&s, bodies);
+    cr_assert_eq(s.n, 2, "%s", bodies);
+    const char *server = is_kind(s.text[0], 2) ? s.text[0] : s.text[1];
+    const char *attempt = server == s.text[0] ? s.text[1] : s.text[0];
+    char a[128], num[16];
+    cr_expect_str_eq(field(server, "name", a, sizeof a), "GET /v1/*");
+    cr_expect_str_eq(field(server, "parentSpanId", a, sizeof a), CLIENT_SPAN);
+    EXPECT_ATTR(server, "url.path", "/v1/some/thing");
+    EXPECT_ATTR(server, "aigw.route", "all");
+    snprintf(num, sizeof num, "%d", status);
+    EXPECT_ATTR(server, "http.response.status_code", num);
+    EXPECT_ATTR(attempt, "http.response.status_code", num);
+    cr_expect_null(attr(server, "gen_ai.operation.name", a, sizeof a), "not an AI request");
+
+    char want[128], path[600];
+    snprintf(want, sizeof want, "traceparent 1 00-%s-%s-01\n", CLIENT_TRACE, field(attempt, "spanId", a, sizeof a));
+    snprintf(path, sizeof path, "%s/mock.out", h_dir());
+    char *seen = h_wait_for_text(path, want, T_SPANS);
+    cr_expect(seen, "the backend's log lacks '%s':\n%s", want, h_tail_out("mock"));
+    free(seen);
+    spans_free(&s);
+    free(bodies);
+    h_finish();
+    h_otlp_stop(o);
 }
