@@ -55,9 +55,11 @@ static int wake_fd = -1;
 
 int trace_init(unsigned n)
 {
-    shards = calloc(n, sizeof *shards);
+    /* aligned: each shard's cell on its own cache lines */
+    shards = aligned_alloc(_Alignof(struct trace_shard), n * sizeof *shards);
     if (!shards)
         return -1;
+    memset(shards, 0, n * sizeof *shards);
     nshards = n;
     for (unsigned s = 0; s < n; s++) {
         shards[s].ring = span_ring_new(TRACE_RING_SLOTS);
