@@ -280,9 +280,11 @@ static bool export_batch(unsigned n, bool failed_turn)
     return false;
 }
 
-/* Empties every ring into batches of at most TRACE_BATCH_MAX spans. */
-static void drain(void)
+/* Empties every ring into batches of at most TRACE_BATCH_MAX spans; returns
+ * how many spans it took. */
+static unsigned drain(void)
 {
+    unsigned taken = 0;
     unsigned n = 0;
     bool failed = false;
     for (unsigned s = 0; s < nshards; s++) {
@@ -290,6 +292,7 @@ static void drain(void)
             uint32_t got = span_ring_pop(shards[s].ring, X.batch + n, TRACE_BATCH_MAX - n);
             if (got == 0)
                 break;
+            taken += got;
             if (!X.cfg.enabled) {   /* turned off: what was still queued goes */
                 add(&stats.dropped, got);
                 continue;
@@ -303,6 +306,7 @@ static void drain(void)
     }
     if (X.cfg.enabled)
         export_batch(n, failed);
+    return taken;
 }
 
 static bool a_ring_half_full(void)
@@ -343,8 +347,12 @@ static void *exporter_main(void *arg)
         follow_config();
         uint64_t now = clock_mono_ms();
         if (now >= next_flush || a_ring_half_full()) {
-            drain();
+            /* a busy turn (a ring's worth of spans) goes again at once: under a
+             * sustained load the collector, not the polling, sets the pace */
+            bool busy = drain() >= TRACE_RING_SLOTS / 2;
             next_flush = clock_mono_ms() + TRACE_FLUSH_MS;
+            if (busy)
+                continue;
         }
         struct pollfd p = { .fd = wake_fd, .events = POLLIN };
         if (poll(&p, 1, POLL_MS) > 0) {
