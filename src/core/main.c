@@ -2,6 +2,7 @@
  * signals (every other thread blocks them): SIGHUP reloads, SIGUSR1 reopens the
  * access log, SIGTERM/SIGINT drain and exit. */
 #include <errno.h>
+#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,7 +44,8 @@ static void usage(FILE *to)
             "usage: aigw [-c FILE]        run (default FILE: " DEFAULT_CONFIG ")\n"
             "       aigw -t [-c FILE]     check the configuration\n"
             "       aigw -T [-c FILE]     check, then print the effective configuration\n"
-            "       aigw -v               version and build options\n"
+            "       aigw -v, --version    version and build options\n"
+            "       aigw -h, --help       this help\n"
             "       aigw keygen [--append FILE] NAME [TIER]\n"
             "                             a new API key (on stderr) and its keys-file line\n"
             "                             (on stdout, or added to FILE)\n");
@@ -322,7 +324,11 @@ int main(int argc, char **argv)
     const char *path = DEFAULT_CONFIG;
     bool check_only = false, print_config = false;
     int opt;
-    while ((opt = getopt(argc, argv, "c:tTvh")) != -1) {
+    static const struct option long_opts[] = {
+        { "config", required_argument, NULL, 'c' }, { "check", no_argument, NULL, 't' },
+        { "version", no_argument, NULL, 'v' }, { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 },
+    };
+    while ((opt = getopt_long(argc, argv, "c:tTvh", long_opts, NULL)) != -1) {
         switch (opt) {
         case 'c':
             path = optarg;
