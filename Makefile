@@ -70,6 +70,9 @@ $(BUILD)/obj/%.o: %.c | $(WOLFSSL_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
+# .incbin: the page is part of the object, which -MMD cannot see
+$(BUILD)/obj/src/core/status_page.o: src/core/status_page.html
+
 $(BUILD)/libaigw.a: $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^

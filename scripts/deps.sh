@@ -36,3 +36,8 @@ if [ ! -d tests/node/node_modules ]; then
     echo "deps: npm ci --prefix tests/node"
     npm ci --prefix tests/node --no-audit --no-fund >/dev/null
 fi
+# puppeteer-core drives Debian's chromium for the /status page test (tests/browser); it downloads no browser.
+if [ ! -d tests/browser/node_modules ]; then
+    echo "deps: npm ci --prefix tests/browser"
+    npm ci --prefix tests/browser --no-audit --no-fund >/dev/null
+fi

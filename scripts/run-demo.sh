@@ -179,6 +179,7 @@ cat <<MSG
   Without the key: 401. Add -i to see the x-ratelimit-* headers.
 
   Metrics: http://127.0.0.1:$ADMIN_PORT/metrics
+  Status page: http://127.0.0.1:$ADMIN_PORT/status  (JSON: /status.json)
   Ctrl-C stops the demo. aigw's output follows.
 
 MSG
