@@ -77,6 +77,24 @@ static void expect_ok(const struct h_gw *g, const char *body, const char *what)
     answer_free(&a);
 }
 
+/* The same, then waits for the request's access log line: aigw writes it once
+ * the request has settled, which the client's answer may come before (and the
+ * next request may land on another shard). */
+static void expect_ok_settled(const struct h_gw *g, const char *body, const char *what)
+{
+    static int seq;
+    char rid[64], hdr[128], needle[128];
+    snprintf(rid, sizeof rid, "spend-%d-%d", (int)getpid(), seq++);
+    snprintf(hdr, sizeof hdr, "X-Request-Id: %s\r\n", rid);
+    struct answer a = ask(g, KEY_ALICE, body, hdr);
+    cr_assert_eq(a.status, 200, "%s: %d %s", what, a.status, a.body);
+    answer_free(&a);
+    snprintf(needle, sizeof needle, "\"request_id\":\"%s\"", rid);
+    char *text = h_wait_for_text(h_access_log_path(), needle, T_RESP);
+    cr_assert_not_null(text, "%s: no access log line for %s", what, rid);
+    free(text);
+}
+
 /* A 429 spend that waiting until 00:00 UTC can cure. */
 static void expect_spend_refusal(const struct h_gw *g, const char *body, const char *what)
 {
@@ -128,7 +146,7 @@ Test(spend, settlement_gives_back_what_the_reservation_did_not_cost)
     const char *body = "{\"model\":\"mock-llama-3.1-8b\",\"messages\":[{\"role\":\"user\",\"content\":"
                        "\"Say something.\"}],\"stream\":false}";
     for (int i = 0; i < 10; i++)
-        expect_ok(&g, body, "a request that reserves 2056 and costs 14 micro-USD");
+        expect_ok_settled(&g, body, "a request that reserves 2056 and costs 14 micro-USD");
     /* 140 spent: a request reserving more than the 2860 left is refused, for now */
     const char *big = "{\"model\":\"mock-llama-3.1-8b\",\"messages\":[{\"role\":\"user\",\"content\":"
                       "\"Say something.\"}],\"max_tokens\":1450,\"stream\":false}";
@@ -223,7 +241,7 @@ Test(spend, a_backend_reporting_more_than_max_tokens_takes_the_spend_over_the_ca
     H_GW(&g);
     char body[512];
     h_chat_body(body, sizeof body, 10, false);
-    expect_ok(&g, body, "28 micro-USD at worst of a 100 micro-USD day");
+    expect_ok_settled(&g, body, "28 micro-USD at worst of a 100 micro-USD day");
     double cost = h_wait_metric(g.admin_port, "aigw_cost_usd_total{key=\"alice\",model=\"mock-llama-*\"}", H_GE,
                                 0.002004 * (1 - 1e-9), T_RESP);
     cr_assert(cost > 0.002 && cost < 0.00201, "the lie was charged at %.9f USD", cost);
