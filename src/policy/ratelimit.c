@@ -540,7 +540,6 @@ void rl_settle(struct rl_global *g, struct rl_local *l, const struct rl_ticket *
 void rl_settle_priced(struct rl_global *g, struct rl_local *l, const struct rl_ticket *t,
                       uint64_t actual_tokens, uint64_t actual_spend, uint64_t now_ns, int64_t now_unix_s)
 {
-    (void)now_unix_s;
     int64_t reserved = (int64_t)clamp_u64(t->tokens, COST_MAX);
     int64_t actual = (int64_t)clamp_u64(actual_tokens, COST_MAX);
     if (actual != reserved) {
