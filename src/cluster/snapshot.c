@@ -45,13 +45,12 @@ static char *snapshot_text(const struct gen *g, int64_t today, size_t *len_out)
     size_t count = 0;
     for (unsigned k = 0; k < n; k++) {
         const struct rl_global *rg = &g->rl_global[k];
-        if (!rg->daily)
-            continue;
-        int64_t used = rl_quota_used(rg, today);
-        if (used <= 0)
+        int64_t used = rl_quota_used(rg, today), spend = rl_spend_used(rg, today);
+        if (used <= 0 && spend <= 0)
             continue;
         const char *name = keyring_entry(ring, k)->name;
-        entries[count++] = (struct snapshot_entry){ .name = name, .name_len = strlen(name), .used = used };
+        entries[count++] = (struct snapshot_entry){ .name = name, .name_len = strlen(name), .used = used,
+                                                    .spend = spend, .no_tokens = used <= 0 };
     }
     char *text = snapshot_file_format(today, entries, count, len_out);
     free(entries);
@@ -221,9 +220,12 @@ int snapshot_load(const char *dir, struct gen *g, int64_t now_unix_s, char *err,
         for (unsigned k = 0; k < n; k++) {
             const char *name = keyring_entry(ring, k)->name;
             const struct snapshot_entry *hit = snapshot_file_find(&f, name, strlen(name));
-            if (!hit || !g->rl_global[k].daily)
-                continue;   /* no use that day, or no quota now */
-            rl_quota_restore(&g->rl_global[k], hit->used, today);
+            struct rl_global *rg = &g->rl_global[k];
+            if (!hit || (!rg->daily && !rg->spend))
+                continue;   /* no use that day, or no quota nor spend cap now */
+            if (!hit->no_tokens)
+                rl_quota_restore(rg, hit->used, today);
+            rl_spend_restore(rg, hit->spend, today);
             restored++;
         }
     }

@@ -290,8 +290,8 @@ static unsigned online_cpus(void)
     return (unsigned)n;
 }
 
-/* Without Redis, the day's quota use of the last run (snapshot.h); before any
- * shard admits from g. */
+/* Without Redis, the day's quota and spend use of the last run (snapshot.h);
+ * before any shard admits from g. */
 static void restore_daily_quotas(struct gen *g)
 {
     const struct config *cfg = g->cfg;
@@ -300,9 +300,10 @@ static void restore_daily_quotas(struct gen *g)
         return;     /* Redis holds the quotas */
     if (!dir[0]) {
         for (unsigned i = 0; i < cfg->ntiers; i++)
-            if (cfg->tiers[i].daily_tokens) {
-                log_warn("[tier %s] sets daily_tokens without [cluster]: daily quotas restart from zero on "
-                         "every restart: set [server] state_dir", cfg->tiers[i].name);
+            if (cfg->tiers[i].daily_tokens || cfg->tiers[i].daily_spend_micro_usd) {
+                log_warn("[tier %s] sets %s without [cluster]: daily quotas restart from zero on "
+                         "every restart: set [server] state_dir", cfg->tiers[i].name,
+                         cfg->tiers[i].daily_tokens ? "daily_tokens" : "daily_spend");
                 break;
             }
         return;

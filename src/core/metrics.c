@@ -1090,7 +1090,7 @@ static void render_keys(struct outbuf *o)
 {
     static const char *const directions[2] = { [TOKENS_PROMPT] = "prompt",
                                                [TOKENS_COMPLETION] = "completion" };
-    static const char *const limits[METRICS_NLIMITS] = { "requests", "tokens", "quota",
+    static const char *const limits[METRICS_NLIMITS] = { "requests", "tokens", "quota", "spend",
                                                          "limits_unavailable" };
     render_key_family(o, "aigw_tokens_total",
                       "Tokens used through AI routes, by API key NAME and direction.", "direction",

@@ -50,7 +50,7 @@ enum shed_reason {
     METRICS_NSHED = 3,
 };
 /* aigw_ratelimited_total's limit label: ratelimit.h's enum rl_limit minus one */
-#define METRICS_NLIMITS 4
+#define METRICS_NLIMITS 5
 
 typedef _Atomic uint64_t mcounter;
 typedef _Atomic int64_t mgauge;
