@@ -70,6 +70,9 @@ $(BUILD)/obj/%.o: %.c | $(WOLFSSL_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
+# .incbin: the page is part of the object, which -MMD cannot see
+$(BUILD)/obj/src/core/status_page.o: src/core/status_page.html
+
 $(BUILD)/libaigw.a: $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
@@ -194,15 +197,32 @@ fleet: deps all
 bench-cluster: deps all
 	bash perf/cluster.sh
 
-install: all
+# aigw.conf(5), the configuration reference, from docs/config.md.
+$(BUILD)/aigw.conf.5: docs/config.md scripts/md2man.py
+	@mkdir -p $(@D)
+	python3 scripts/md2man.py --name aigw.conf --section 5 \
+		--title "aigw configuration file (/etc/aigw.conf) and keys file" $< > $@
+
+# The unit, sysusers and tmpfiles snippets go where systemd looks whatever PREFIX
+# is; /etc/aigw (the keys file) is root:aigw 0750 once systemd-tmpfiles --create
+# runs. aigw-mockllm, a test backend, only with INSTALL_MOCKLLM=1.
+install: all $(BUILD)/aigw.conf.5
 	install -D -m 0755 $(BUILD)/aigw $(DESTDIR)$(PREFIX)/bin/aigw
-	install -D -m 0755 $(BUILD)/aigw-mockllm $(DESTDIR)$(PREFIX)/bin/aigw-mockllm
-	install -D -m 0644 systemd/aigw.service $(DESTDIR)/lib/systemd/system/aigw.service
+	@# the unit names the binary where this PREFIX put it (made here: PREFIX is not a file)
+	install -d $(DESTDIR)/lib/systemd/system
+	sed 's|@BINDIR@|$(PREFIX)/bin|g' systemd/aigw.service.in > $(DESTDIR)/lib/systemd/system/aigw.service
+	chmod 0644 $(DESTDIR)/lib/systemd/system/aigw.service
 	install -D -m 0644 systemd/aigw.sysusers $(DESTDIR)/usr/lib/sysusers.d/aigw.conf
 	install -D -m 0644 systemd/aigw.tmpfiles $(DESTDIR)/usr/lib/tmpfiles.d/aigw.conf
+	install -D -m 0644 systemd/aigw.logrotate $(DESTDIR)/etc/logrotate.d/aigw
 	install -D -m 0644 docs/aigw.8 $(DESTDIR)$(PREFIX)/share/man/man8/aigw.8
-	install -D -m 0644 docs/aigw-mockllm.1 $(DESTDIR)$(PREFIX)/share/man/man1/aigw-mockllm.1
+	install -D -m 0644 $(BUILD)/aigw.conf.5 $(DESTDIR)$(PREFIX)/share/man/man5/aigw.conf.5
+	install -d -m 0750 $(DESTDIR)/etc/aigw
 	[ -e $(DESTDIR)/etc/aigw.conf ] || install -D -m 0644 examples/aigw.conf $(DESTDIR)/etc/aigw.conf
+	if [ "$(INSTALL_MOCKLLM)" = 1 ]; then \
+		install -D -m 0755 $(BUILD)/aigw-mockllm $(DESTDIR)$(PREFIX)/bin/aigw-mockllm && \
+		install -D -m 0644 docs/aigw-mockllm.1 $(DESTDIR)$(PREFIX)/share/man/man1/aigw-mockllm.1; \
+	fi
 
 clean:
 	rm -rf build

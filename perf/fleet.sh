@@ -14,6 +14,8 @@
 #   PROMPT_BYTES=64  SHARED_PREFIXES=16  PREFIX_BYTES=8192  SUFFIX_BYTES=64
 #   ARRIVAL=poisson|fixed  SEED=1  TIMEOUT=60 (s, per request; also the drain)  MAX_OUTSTANDING=1000
 #   SHARDS=1  PIN=auto|0|1 PROXY_CPU=0 LOAD_CPU=1  PORT_BASE=17200  KEEP=1  BUILD AIGW MOCKLLM FLEETLOAD
+#   SCREENSHOT=FILE.png: headless Chromium saves aigw's /status page there, halfway
+#     through the first balancer's run (docs/status-fleet.png is one)
 [ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
 set -euo pipefail
 
@@ -39,6 +41,7 @@ TIMEOUT=${TIMEOUT:-60}
 MAX_OUTSTANDING=${MAX_OUTSTANDING:-1000}
 PORT_BASE=${PORT_BASE:-17200}
 SHARDS=${SHARDS:-1}
+SCREENSHOT=${SCREENSHOT:-}
 export SHARDS
 # shellcheck source=perf/lib.sh
 . perf/lib.sh
@@ -54,6 +57,10 @@ awk -v t="$TPS" -v m="$MAX_TOKENS" -v d="$DURATION" 'BEGIN { exit !(t > 0 && m >
     die "TPS, MAX_TOKENS and DURATION must be above zero"
 for f in "$AIGW" "$MOCKLLM" "$FLEETLOAD"; do [ -x "$f" ] || die "$f not found; run 'make' first"; done
 command -v curl >/dev/null || die "curl not found (make deps installs it)"
+if [ -n "$SCREENSHOT" ]; then
+    command -v chromium >/dev/null || die "SCREENSHOT needs chromium (make deps installs it)"
+    SCREENSHOT=$(realpath -m "$SCREENSHOT")
+fi
 
 read -r -a MR <<<"$BACKENDS"
 [ ${#MR[@]} -ge 1 ] || die "BACKENDS is empty"
@@ -132,6 +139,20 @@ metric() { # metric PORT NAME: the sum of NAME's samples on a backend's /metrics
         awk -v n="$2" '$1 == n || index($1, n "{") == 1 { s += $NF } END { printf "%d", s }'
 }
 
+# take_screenshot FILE NAME: /status as a 1440-pixel-wide browser window shows it,
+# after the page's own refreshes have run for a few seconds
+take_screenshot() {
+    local d=$WORK/chromium
+    mkdir -p "$d"
+    if "${PIN_LOAD[@]}" timeout 60 chromium --headless --no-sandbox --disable-gpu --hide-scrollbars \
+        --user-data-dir="$d" --window-size=1440,1100 --virtual-time-budget=5000 \
+        --screenshot="$1" "http://127.0.0.1:$PORT_AIGW_FLEET_ADMIN/status" >"$WORK/chromium.log" 2>&1; then
+        note "$2: /status screenshot in $1"
+    else
+        note "$2: the /status screenshot failed (see $WORK/chromium.log with KEEP=1)"
+    fi
+}
+
 RESULTS=$WORK/results
 : >"$RESULTS"
 NOTES=()
@@ -180,8 +201,13 @@ for entry in $BALANCERS; do
     # While it runs: once a second, the longest waiting queue seen on each backend.
     declare -A maxwait=()
     for i in $(seq 0 $((NB - 1))); do maxwait[$i]=0; done
-    for _ in $(seq $((${DURATION%.*} + ${TIMEOUT%.*} + 15))); do
+    for tick in $(seq $((${DURATION%.*} + ${TIMEOUT%.*} + 15))); do
         kill -0 "$lpid" 2>/dev/null || break
+        if [ -n "$SCREENSHOT" ] && [ "$tick" -eq $((${DURATION%.*} / 2 + 1)) ]; then
+            take_screenshot "$SCREENSHOT" "$name" &
+            shot_pid=$!
+            SCREENSHOT=""
+        fi
         for i in $(seq 0 $((NB - 1))); do
             w=$(metric $((PORT_BASE + i)) vllm:num_requests_waiting)
             if [ "${w:-0}" -gt "${maxwait[$i]}" ]; then maxwait[$i]=$w; fi
@@ -203,6 +229,7 @@ for entry in $BALANCERS; do
     done
     echo "  per backend:$per"
     echo "$name $wl $line" >>"$RESULTS"
+    if [ -n "${shot_pid:-}" ]; then wait "$shot_pid" || true; shot_pid=""; fi
     stop_all
 done
 

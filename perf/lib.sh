@@ -65,6 +65,15 @@ PORT_AIGW_FAST_TLS_CHACHA_PLAIN=$((PORT_BASE + 27))
 PORT_AIGW_FAST_TLS_CHACHA_ADMIN=$((PORT_BASE + 28))
 ALL_PORTS="$ALL_PORTS $PORT_AIGW_FAST_TLS $PORT_AIGW_FAST_TLS_PLAIN $PORT_AIGW_FAST_TLS_ADMIN"
 ALL_PORTS="$ALL_PORTS $PORT_AIGW_FAST_TLS_CHACHA $PORT_AIGW_FAST_TLS_CHACHA_PLAIN $PORT_AIGW_FAST_TLS_CHACHA_ADMIN"
+# aigw-trace001, aigw-trace1: aigw-keys with [tracing] at sample_ratio 0.01 and 1.0,
+# exporting to an OTLP sink (an nginx answering 200 to every POST, so what is
+# measured is aigw's cost of recording, encoding and sending spans)
+PORT_AIGW_TRACE001=$((PORT_BASE + 29))
+PORT_AIGW_TRACE001_ADMIN=$((PORT_BASE + 30))
+PORT_AIGW_TRACE1=$((PORT_BASE + 31))
+PORT_AIGW_TRACE1_ADMIN=$((PORT_BASE + 32))
+PORT_OTLP_SINK=$((PORT_BASE + 33))
+ALL_PORTS="$ALL_PORTS $PORT_AIGW_TRACE001 $PORT_AIGW_TRACE001_ADMIN $PORT_AIGW_TRACE1 $PORT_AIGW_TRACE1_ADMIN $PORT_OTLP_SINK"
 TLS_CHACHA_OPENSSL=TLS_CHACHA20_POLY1305_SHA256
 TLS_CHACHA_WOLFSSL=TLS13-CHACHA20-POLY1305-SHA256
 # aigw: every route raw (proxied as is); aigw-ai: chat completions on a kind = ai
@@ -80,20 +89,23 @@ declare -A PORT=([direct]=$PORT_BACKEND [aigw]=$PORT_AIGW [aigw-ai]=$PORT_AIGW_A
                  [aigw-tls]=$PORT_AIGW_TLS [aigw-tls-chacha]=$PORT_AIGW_TLS_CHACHA
                  [nginx-tls]=$PORT_NGINX_TLS [nginx-tls-chacha]=$PORT_NGINX_TLS_CHACHA
                  [haproxy-tls]=$PORT_HAPROXY_TLS [haproxy-tls-chacha]=$PORT_HAPROXY_TLS_CHACHA
-                 [aigw-fast-tls]=$PORT_AIGW_FAST_TLS [aigw-fast-tls-chacha]=$PORT_AIGW_FAST_TLS_CHACHA)
+                 [aigw-fast-tls]=$PORT_AIGW_FAST_TLS [aigw-fast-tls-chacha]=$PORT_AIGW_FAST_TLS_CHACHA
+                 [aigw-trace001]=$PORT_AIGW_TRACE001 [aigw-trace1]=$PORT_AIGW_TRACE1)
 declare -A BIN=([direct]=$MOCKLLM [aigw]=$AIGW [aigw-ai]=$AIGW [aigw-keys]=$AIGW [nginx]=$NGINX [haproxy]=$HAPROXY
                 [aigw-base]=${AIGW_BASE:-/nonexistent} [aigw-keys-base]=${AIGW_BASE:-/nonexistent}
                 [aigw-tls]=$AIGW [aigw-tls-chacha]=$AIGW [nginx-tls]=$NGINX [nginx-tls-chacha]=$NGINX
                 [haproxy-tls]=$HAPROXY [haproxy-tls-chacha]=$HAPROXY
-                [aigw-fast-tls]=$AIGW_FAST [aigw-fast-tls-chacha]=$AIGW_FAST)
+                [aigw-fast-tls]=$AIGW_FAST [aigw-fast-tls-chacha]=$AIGW_FAST
+                [aigw-trace001]=$AIGW [aigw-trace1]=$AIGW)
 # aigw's admin listener per aigw target (metrics)
 declare -A ADMIN_PORT=([aigw]=$PORT_AIGW_ADMIN [aigw-ai]=$PORT_AIGW_AI_ADMIN [aigw-keys]=$PORT_AIGW_KEYS_ADMIN
                        [aigw-base]=$PORT_AIGW_BASE_ADMIN [aigw-keys-base]=$PORT_AIGW_KEYS_BASE_ADMIN
                        [aigw-tls]=$PORT_AIGW_TLS_ADMIN [aigw-tls-chacha]=$PORT_AIGW_TLS_CHACHA_ADMIN
-                       [aigw-fast-tls]=$PORT_AIGW_FAST_TLS_ADMIN [aigw-fast-tls-chacha]=$PORT_AIGW_FAST_TLS_CHACHA_ADMIN)
+                       [aigw-fast-tls]=$PORT_AIGW_FAST_TLS_ADMIN [aigw-fast-tls-chacha]=$PORT_AIGW_FAST_TLS_CHACHA_ADMIN
+                       [aigw-trace001]=$PORT_AIGW_TRACE001_ADMIN [aigw-trace1]=$PORT_AIGW_TRACE1_ADMIN)
 TARGET_NAMES="direct, aigw, aigw-ai, aigw-keys, aigw-base, aigw-keys-base, nginx, haproxy,
   aigw-tls, nginx-tls, haproxy-tls, aigw-tls-chacha, nginx-tls-chacha, haproxy-tls-chacha,
-  aigw-fast-tls, aigw-fast-tls-chacha"
+  aigw-fast-tls, aigw-fast-tls-chacha, aigw-trace001, aigw-trace1"
 is_tls() { [[ $1 == *-tls || $1 == *-tls-chacha ]]; }
 # url_of TARGET: the base URL clients use
 url_of() { if is_tls "$1"; then echo "https://127.0.0.1:${PORT[$1]}"; else echo "http://127.0.0.1:${PORT[$1]}"; fi; }
@@ -274,11 +286,19 @@ start_aigw_base() { run_aigw aigw-base "$PORT_AIGW_BASE" "$PORT_AIGW_BASE_ADMIN"
 start_aigw_ai() { run_aigw aigw-ai "$PORT_AIGW_AI" "$PORT_AIGW_AI_ADMIN" ai; }
 start_aigw_keys() { run_aigw_keys aigw-keys "$PORT_AIGW_KEYS" "$PORT_AIGW_KEYS_ADMIN"; }
 start_aigw_keys_base() { run_aigw_keys aigw-keys-base "$PORT_AIGW_KEYS_BASE" "$PORT_AIGW_KEYS_BASE_ADMIN"; }
+# run_aigw_keys TARGET PORT ADMIN_PORT [EXTRA_CONFIG]: the whole AI request path,
+# with the model's prices (cost accounting and metrics by model on)
 run_aigw_keys() {
     local hash
     hash=$(printf '%s' "$BENCH_KEY" | sha256sum | cut -d' ' -f1)
     echo "bench sha256:$hash tier=bench models=$MODEL" >"$WORK/keys"
-    run_aigw "$1" "$2" "$3" ai "[keys]
+    run_aigw "$1" "$2" "$3" ai "${4:-}
+
+[model $MODEL]
+input_per_mtok = 0.10
+output_per_mtok = 0.30
+
+[keys]
 auth = required
 file = $WORK/keys
 
@@ -288,6 +308,39 @@ tokens_per_minute = 10000000000
 max_tokens = 4096
 daily_tokens = 1000000000000
 "
+}
+
+start_aigw_trace001() { start_otlp_sink && run_aigw_keys aigw-trace001 "$PORT_AIGW_TRACE001" "$PORT_AIGW_TRACE001_ADMIN" "$(tracing_conf 0.01)"; }
+start_aigw_trace1() { start_otlp_sink && run_aigw_keys aigw-trace1 "$PORT_AIGW_TRACE1" "$PORT_AIGW_TRACE1_ADMIN" "$(tracing_conf 1.0)"; }
+tracing_conf() { printf '[tracing]\notlp_endpoint = http://127.0.0.1:%s/v1/traces\nsample_ratio = %s\n' "$PORT_OTLP_SINK" "$1"; }
+# One nginx worker answering 200 to every POST: the collector the trace targets
+# export to (started once, shared by them; it runs on the load generator's CPU).
+start_otlp_sink() {
+    [ -n "${PID[otlp-sink]:-}" ] && return 0
+    local d=$WORK/otlp-sink user_line=""
+    mkdir -p "$d/tmp"
+    [ "$(id -u)" -eq 0 ] && user_line="user root root;"
+    cat >"$d/nginx.conf" <<EOF
+$user_line
+worker_processes 1;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $d/tmp/body;
+    client_max_body_size 64m;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$PORT_OTLP_SINK;
+        location / { return 200 '{}'; }
+    }
+}
+EOF
+    "${PIN_LOAD[@]}" "$NGINX" -e "$d/error.log" -p "$d" -c "$d/nginx.conf" -g 'daemon off;' \
+        >"$WORK/otlp-sink.log" 2>&1 &
+    PID[otlp-sink]=$!; STARTED+=($!)
+    wait_port "$PORT_OTLP_SINK" "${PID[otlp-sink]}" otlp-sink
 }
 
 # The one certificate every TLS target serves: ECDSA P-256, SAN 127.0.0.1 and localhost

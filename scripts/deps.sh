@@ -6,7 +6,7 @@ set -eu
 cd "$(dirname "$0")/.."
 PKGS="build-essential pkg-config liburing-dev libwolfssl-dev libmimalloc-dev libhiredis-dev redis-server \
 libcriterion-dev libinih-dev libxxhash-dev wrk nginx-light haproxy curl openssl \
-clang libclang-rt-14-dev procps prometheus python3"
+clang libclang-rt-14-dev procps prometheus python3 chromium systemd logrotate groff-base man-db bsdextrautils"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
@@ -35,4 +35,9 @@ fi
 if [ ! -d tests/node/node_modules ]; then
     echo "deps: npm ci --prefix tests/node"
     npm ci --prefix tests/node --no-audit --no-fund >/dev/null
+fi
+# puppeteer-core drives Debian's chromium for the /status page test (tests/browser); it downloads no browser.
+if [ ! -d tests/browser/node_modules ]; then
+    echo "deps: npm ci --prefix tests/browser"
+    npm ci --prefix tests/browser --no-audit --no-fund >/dev/null
 fi

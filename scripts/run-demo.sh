@@ -116,9 +116,11 @@ done
 sh tests/tls/make-certs.sh "$LOGDIR/tls" || { echo "run-demo: making the demo certificates failed" >&2; exit 1; }
 
 # The example configuration, with keys on: a new key (only its hash is written).
-keygen=$("$AIGW" keygen demo demo) || { echo "run-demo: aigw keygen failed" >&2; exit 1; }
-KEY=$(printf '%s\n' "$keygen" | sed -n 's/^key: *//p')
-printf '%s\n' "$keygen" | grep '^demo sha256:' >"$LOGDIR/keys"
+# keygen prints the keys-file line on stdout and the key itself on stderr.
+"$AIGW" keygen demo demo >"$LOGDIR/keys" 2>"$LOGDIR/keygen.err" ||
+    { cat "$LOGDIR/keygen.err" >&2; echo "run-demo: aigw keygen failed" >&2; exit 1; }
+KEY=$(sed -n 's/^key: *//p' "$LOGDIR/keygen.err")
+rm -f "$LOGDIR/keygen.err"
 DEMO_CONF=$LOGDIR/aigw.conf
 {
     # shellcheck disable=SC2086
@@ -177,6 +179,7 @@ cat <<MSG
   Without the key: 401. Add -i to see the x-ratelimit-* headers.
 
   Metrics: http://127.0.0.1:$ADMIN_PORT/metrics
+  Status page: http://127.0.0.1:$ADMIN_PORT/status  (JSON: /status.json)
   Ctrl-C stops the demo. aigw's output follows.
 
 MSG

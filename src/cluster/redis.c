@@ -21,13 +21,15 @@
  *   ARGV: seq, host id, then per op OP_ARGS numbers:
  *         requests  per_minute capacity want ret debt
  *         tokens    per_minute capacity want ret debt
- *         daily     limit want ret debt, UTC day number
- * Replies {hosts, {req_granted, tok_granted, daily_granted, req_level,
- * tok_level, daily_used}, ...}. The reply is also kept in the host record,
+ *         daily     limit want ret debt
+ *         spend     limit want ret debt (micro-USD), UTC day number
+ * Replies {hosts, {req_granted, tok_granted, daily_granted, spend_granted,
+ * req_level, tok_level, daily_used, spend_used}, ...}. The reply is also kept in the host record,
  * flat, so that a batch sent again after a lost reply gets it back instead of
  * being applied twice. Numbers are written with string.format: Redis would
  * turn a Lua number into text with 14 digits only. */
-#define OP_ARGS 15
+#define OP_ARGS 19
+#define RESULT_INTS 8
 static const char lease_script[] =
     "local host_key, hosts_key = KEYS[1], KEYS[2]\n"
     "local seq, host = ARGV[1], ARGV[2]\n"
@@ -38,8 +40,9 @@ static const char lease_script[] =
     "    local flat = {}\n"
     "    for v in string.gmatch(stored, '[^,]+') do flat[#flat + 1] = tonumber(v) end\n"
     "    local reply = { flat[1] }\n"
-    "    for i = 2, #flat - 5, 6 do\n"
-    "      reply[#reply + 1] = { flat[i], flat[i + 1], flat[i + 2], flat[i + 3], flat[i + 4], flat[i + 5] }\n"
+    "    for i = 2, #flat - 7, 8 do\n"
+    "      reply[#reply + 1] = { flat[i], flat[i + 1], flat[i + 2], flat[i + 3], flat[i + 4], flat[i + 5],\n"
+    "                            flat[i + 6], flat[i + 7] }\n"
     "    end\n"
     "    return reply\n"
     "  end\n"
@@ -72,15 +75,17 @@ static const char lease_script[] =
     "  return grant, math.floor(level), (capacity - level) / per_us / 1000\n"
     "end\n"
     "\n"
-    "local function lease_daily(key, a)\n"
+    "-- A day's allowance in field f of the day hash: tok (tokens) or spend\n"
+    "-- (micro-USD).\n"
+    "local function lease_daily(key, f, a, day)\n"
     "  local limit = tonumber(ARGV[a])\n"
     "  if limit <= 0 then return 0, 0 end\n"
-    "  local want, ret, debt, day = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])\n"
-    "  local used = tonumber(redis.call('HGET', key, 'tok') or '0') or 0\n"
+    "  local want, ret, debt = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])\n"
+    "  local used = tonumber(redis.call('HGET', key, f) or '0') or 0\n"
     "  used = math.max(0, used - ret) + debt\n"
     "  local grant = math.max(0, math.min(want, limit - used))\n"
     "  used = used + grant\n"
-    "  redis.call('HSET', key, 'tok', int(used))\n"
+    "  redis.call('HSET', key, f, int(used))\n"
     "  -- kept until 48 h after the day began: a day's use outlives the day\n"
     "  -- everywhere on earth\n"
     "  redis.call('EXPIREAT', key, int(day * 86400 + 172800))\n"
@@ -90,14 +95,16 @@ static const char lease_script[] =
     "local flat, reply = {}, {}\n"
     "local nops = (#KEYS - 2) / 2\n"
     "for i = 0, nops - 1 do\n"
-    "  local bucket, day_key, a = KEYS[3 + 2 * i], KEYS[4 + 2 * i], 3 + 15 * i  -- 15: OP_ARGS\n"
+    "  local bucket, day_key, a = KEYS[3 + 2 * i], KEYS[4 + 2 * i], 3 + 19 * i  -- 19: OP_ARGS\n"
     "  local rq_grant, rq_level, rq_full = lease_rate(bucket, 'rl', 'rt', a)\n"
     "  local tk_grant, tk_level, tk_full = lease_rate(bucket, 'tl', 'tt', a + 5)\n"
     "  if tonumber(ARGV[a]) > 0 or tonumber(ARGV[a + 5]) > 0 then\n"
     "    redis.call('PEXPIRE', bucket, int(math.ceil(math.max(rq_full, tk_full)) + 60000))\n"
     "  end\n"
-    "  local d_grant, d_used = lease_daily(day_key, a + 10)\n"
-    "  local r = { rq_grant, tk_grant, d_grant, rq_level, tk_level, d_used }\n"
+    "  local day = tonumber(ARGV[a + 18])\n"
+    "  local d_grant, d_used = lease_daily(day_key, 'tok', a + 10, day)\n"
+    "  local s_grant, s_used = lease_daily(day_key, 'spend', a + 14, day)\n"
+    "  local r = { rq_grant, tk_grant, d_grant, s_grant, rq_level, tk_level, d_used, s_used }\n"
     "  reply[i + 2] = r\n"
     "  for _, v in ipairs(r) do flat[#flat + 1] = int(v) end\n"
     "end\n"
@@ -420,6 +427,10 @@ static bool build_command(struct redis_link *r, const char *prefix, uint64_t hos
         add_arg(&b, "%" PRId64, nonneg(op->daily.want));
         add_arg(&b, "%" PRId64, nonneg(op->daily.ret));
         add_arg(&b, "%" PRId64, nonneg(op->daily.debt));
+        add_arg(&b, "%" PRId64, nonneg(op->spend.limit));
+        add_arg(&b, "%" PRId64, nonneg(op->spend.want));
+        add_arg(&b, "%" PRId64, nonneg(op->spend.ret));
+        add_arg(&b, "%" PRId64, nonneg(op->spend.debt));
         add_arg(&b, "%" PRId64, op->day);
     }
     *argc_out = b.argc;
@@ -431,7 +442,7 @@ static bool is_int(const redisReply *e)
     return e && e->type == REDIS_REPLY_INTEGER;
 }
 
-/* {hosts, {six integers} per op}; false if the reply has another shape. */
+/* {hosts, {RESULT_INTS integers} per op}; false if the reply has another shape. */
 static bool read_reply(const redisReply *rep, size_t n, struct lease_result *out, uint32_t *hosts)
 {
     if (rep->type != REDIS_REPLY_ARRAY || rep->elements != n + 1 || !is_int(rep->element[0]) ||
@@ -439,19 +450,20 @@ static bool read_reply(const redisReply *rep, size_t n, struct lease_result *out
         return false;
     for (size_t i = 0; i < n; i++) {
         const redisReply *e = rep->element[i + 1];
-        if (e->type != REDIS_REPLY_ARRAY || e->elements != 6)
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != RESULT_INTS)
             return false;
-        for (size_t k = 0; k < 6; k++)
+        for (size_t k = 0; k < RESULT_INTS; k++)
             if (!is_int(e->element[k]))
                 return false;
     }
     for (size_t i = 0; i < n; i++) {
         redisReply **v = rep->element[i + 1]->element;
         out[i] = (struct lease_result){
-            .granted = { v[0]->integer, v[1]->integer, v[2]->integer },
-            .req_level = v[3]->integer,
-            .tok_level = v[4]->integer,
-            .daily_used = v[5]->integer,
+            .granted = { v[0]->integer, v[1]->integer, v[2]->integer, v[3]->integer },
+            .req_level = v[4]->integer,
+            .tok_level = v[5]->integer,
+            .daily_used = v[6]->integer,
+            .spend_used = v[7]->integer,
         };
     }
     long long h = rep->element[0]->integer;

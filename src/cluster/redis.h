@@ -47,18 +47,22 @@ struct lease_rate_op {
     int64_t capacity;
     int64_t want, ret, debt;
 };
+/* A UTC day's allowance: the token quota (tokens) or the spend cap (micro-USD). */
+struct lease_day_op {
+    int64_t limit, want, ret, debt;
+};
 struct lease_op {
     const char *name;           /* the key's NAME */
-    int64_t day;                /* UTC day number of the daily op */
+    int64_t day;                /* UTC day number of the daily and spend ops */
     struct lease_rate_op rate[2];   /* [RL_DIM_REQ], [RL_DIM_TOK] */
-    struct { int64_t limit, want, ret, debt; } daily;
+    struct lease_day_op daily, spend;
 };
 /* What Redis answered for one op: what it granted (<= want), and its view
  * after the op: the buckets' levels and the day's use over all hosts. */
 struct lease_result {
-    int64_t granted[3];         /* by enum rl_dim */
+    int64_t granted[4];         /* by enum rl_dim */
     int64_t req_level, tok_level;
-    int64_t daily_used;
+    int64_t daily_used, spend_used;
 };
 
 struct redis_link *redis_link_new(void);

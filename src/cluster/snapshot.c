@@ -5,6 +5,7 @@
  * The sync thread is the only caller of snapshot_tick and snapshot_final, so
  * their schedule state below needs no lock. */
 #include "cluster/snapshot.h"
+#include "util/file_replace.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -45,13 +46,12 @@ static char *snapshot_text(const struct gen *g, int64_t today, size_t *len_out)
     size_t count = 0;
     for (unsigned k = 0; k < n; k++) {
         const struct rl_global *rg = &g->rl_global[k];
-        if (!rg->daily)
-            continue;
-        int64_t used = rl_quota_used(rg, today);
-        if (used <= 0)
+        int64_t used = rl_quota_used(rg, today), spend = rl_spend_used(rg, today);
+        if (used <= 0 && spend <= 0)
             continue;
         const char *name = keyring_entry(ring, k)->name;
-        entries[count++] = (struct snapshot_entry){ .name = name, .name_len = strlen(name), .used = used };
+        entries[count++] = (struct snapshot_entry){ .name = name, .name_len = strlen(name), .used = used,
+                                                    .spend = spend, .no_tokens = used <= 0 };
     }
     char *text = snapshot_file_format(today, entries, count, len_out);
     free(entries);
@@ -70,59 +70,14 @@ static bool snapshot_path(char *out, size_t cap, const char *dir, const char *na
     return true;
 }
 
-static bool write_all(int fd, const char *p, size_t n)
-{
-    while (n) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return false;
-        p += w;
-        n -= (size_t)w;
-    }
-    return true;
-}
-
 /* Replaces DIR/quotas.state with text: whole or not at all, and on disk
  * before this returns. */
 static int write_atomically(const char *dir, const char *text, size_t len, char *err, size_t errlen)
 {
-    char path[PATH_MAX], tmp[PATH_MAX], name[64];
-    snprintf(name, sizeof name, ".%s.tmp.%ld", SNAPSHOT_FILE, (long)getpid());
-    if (!snapshot_path(path, sizeof path, dir, SNAPSHOT_FILE, err, errlen) ||
-        !snapshot_path(tmp, sizeof tmp, dir, name, err, errlen))
+    char path[PATH_MAX];
+    if (!snapshot_path(path, sizeof path, dir, SNAPSHOT_FILE, err, errlen))
         return -1;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0) {
-        snprintf(err, errlen, "cannot create %s: %s", tmp, strerror(errno));
-        return -1;
-    }
-    const char *failed = !write_all(fd, text, len) ? "writing" : fsync(fd) != 0 ? "syncing" : NULL;
-    int saved_errno = errno;
-    if (close(fd) != 0 && !failed) {
-        failed = "closing";
-        saved_errno = errno;
-    }
-    if (!failed && rename(tmp, path) != 0) {
-        failed = "renaming";
-        saved_errno = errno;
-    }
-    if (failed) {
-        snprintf(err, errlen, "%s %s: %s", failed, tmp, strerror(saved_errno));
-        unlink(tmp);
-        return -1;
-    }
-    /* the rename itself is durable only once the directory is */
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0 || fsync(dfd) != 0) {
-        snprintf(err, errlen, "syncing the directory %s: %s", dir, strerror(errno));
-        if (dfd >= 0)
-            close(dfd);
-        return -1;
-    }
-    close(dfd);
-    return 0;
+    return file_replace(path, text, len, 0600, (uid_t)-1, (gid_t)-1, err, errlen);
 }
 
 /* DIR/quotas.state's text, malloc'd, in *text; 0 when there is none; -1 with
@@ -221,9 +176,12 @@ int snapshot_load(const char *dir, struct gen *g, int64_t now_unix_s, char *err,
         for (unsigned k = 0; k < n; k++) {
             const char *name = keyring_entry(ring, k)->name;
             const struct snapshot_entry *hit = snapshot_file_find(&f, name, strlen(name));
-            if (!hit || !g->rl_global[k].daily)
-                continue;   /* no use that day, or no quota now */
-            rl_quota_restore(&g->rl_global[k], hit->used, today);
+            struct rl_global *rg = &g->rl_global[k];
+            if (!hit || (!rg->daily && !rg->spend))
+                continue;   /* no use that day, or no quota nor spend cap now */
+            if (!hit->no_tokens)
+                rl_quota_restore(rg, hit->used, today);
+            rl_spend_restore(rg, hit->spend, today);
             restored++;
         }
     }

@@ -16,12 +16,15 @@
  * Anything else (another first line, a missing or mismatched sum, an unknown
  * or malformed line, a repeated NAME) refuses the whole file.
  *
- * Growing it (daily spend, a later issue): new kinds of records, such as
- * "spend NAME MICRO_USD", come with a new version number, and a reader accepts
- * every version up to its own with the records each of them defines. A
- * version-1 file is then a file without spend lines and keeps loading; an
- * older aigw refuses a newer file by its version ("written by a newer aigw")
- * rather than misread it. */
+ * Version 2 adds "spend NAME MICRO_USD" lines (the day's spend cap use, a
+ * decimal in [1, SNAPSHOT_MAX_USED]), in any order among the key lines, each
+ * NAME at most once as a spend line; a NAME may have a key line, a spend line
+ * or both. A reader accepts every version up to its own with the records each
+ * of them defines: a version-1 file is a file without spend lines and keeps
+ * loading, and a spend line in it is refused. The writer writes the oldest
+ * version that holds what it writes (1 when nothing was spent), so an older
+ * aigw still reads it; it refuses a newer file by its version ("written by a
+ * newer aigw") rather than misread it. */
 #include "cluster/snapshot_file.h"
 
 #include <inttypes.h>
@@ -53,20 +56,36 @@ static void put_sum_line(struct outbuf *o)
     outbuf_put(o, line, sizeof line);
 }
 
+static int64_t clamp_used(int64_t v)
+{
+    return v < 0 ? 0 : v > SNAPSHOT_MAX_USED ? SNAPSHOT_MAX_USED : v;
+}
+
+static void put_record(struct outbuf *o, const char *kind, const struct snapshot_entry *e, int64_t value)
+{
+    outbuf_str(o, kind);
+    outbuf_char(o, ' ');
+    outbuf_put(o, e->name, e->name_len);
+    outbuf_char(o, ' ');
+    outbuf_i64(o, clamp_used(value));
+    outbuf_char(o, '\n');
+}
+
 static void put_text(struct outbuf *o, int64_t day, const struct snapshot_entry *entries, size_t count)
 {
+    bool spent = false;
+    for (size_t i = 0; i < count && !spent; i++)
+        spent = entries[i].spend > 0;
     OUTBUF_LIT(o, SNAPSHOT_MAGIC);
-    outbuf_u64(o, SNAPSHOT_VERSION);
+    outbuf_u64(o, spent ? 2 : 1);
     OUTBUF_LIT(o, "\nday ");
     outbuf_i64(o, day);
     outbuf_char(o, '\n');
     for (size_t i = 0; i < count; i++) {
-        int64_t used = entries[i].used;
-        OUTBUF_LIT(o, "key ");
-        outbuf_put(o, entries[i].name, entries[i].name_len);
-        outbuf_char(o, ' ');
-        outbuf_i64(o, used < 0 ? 0 : used > SNAPSHOT_MAX_USED ? SNAPSHOT_MAX_USED : used);
-        outbuf_char(o, '\n');
+        if (!entries[i].no_tokens || entries[i].spend <= 0)
+            put_record(o, "key", &entries[i], entries[i].used);
+        if (entries[i].spend > 0)
+            put_record(o, "spend", &entries[i], entries[i].spend);
     }
     put_sum_line(o);
 }
@@ -123,6 +142,15 @@ static int entry_cmp(const void *a, const void *b)
     size_t n = x->name_len < y->name_len ? x->name_len : y->name_len;
     int c = n ? memcmp(x->name, y->name, n) : 0;
     return c ? c : (x->name_len > y->name_len) - (x->name_len < y->name_len);
+}
+
+/* While parsing, each line is an entry of its own: a key line with no_tokens
+ * false, a spend line with no_tokens true. By NAME, then key lines first. */
+static int record_cmp(const void *a, const void *b)
+{
+    const struct snapshot_entry *x = a, *y = b;
+    int c = entry_cmp(a, b);
+    return c ? c : (int)x->no_tokens - (int)y->no_tokens;
 }
 
 /* The line starting at p (end: the text's end): its length without "\n". */
@@ -191,11 +219,26 @@ bool snapshot_file_parse(const char *text, size_t len, struct snapshot_file *out
             const char *name = sp + 1;
             const char *sp2 = memchr(name, ' ', n - 4);
             struct snapshot_entry *e = &entries[count];
+            *e = (struct snapshot_entry){ 0 };
             if (!sp2 || !key_name_valid(name, (size_t)(sp2 - name)))
                 ok = refuse(err, errlen, "line %u: not \"key NAME TOKENS_USED\"", lineno);
             else if (!parse_decimal(sp2 + 1, (size_t)(p + n - sp2 - 1), SNAPSHOT_MAX_USED, &e->used))
                 ok = refuse(err, errlen, "line %u: the tokens used are not a number in [0, %" PRId64 "]", lineno,
                             SNAPSHOT_MAX_USED);
+            e->name = name;
+            e->name_len = (size_t)(sp2 ? sp2 - name : 0);
+            count++;
+        } else if (version >= 2 && sp && (size_t)(sp - p) == 5 && memcmp(p, "spend", 5) == 0) {
+            const char *name = sp + 1;
+            const char *sp2 = memchr(name, ' ', n - 6);
+            struct snapshot_entry *e = &entries[count];
+            *e = (struct snapshot_entry){ .no_tokens = true };
+            if (!sp2 || !key_name_valid(name, (size_t)(sp2 - name)))
+                ok = refuse(err, errlen, "line %u: not \"spend NAME MICRO_USD\"", lineno);
+            else if (!parse_decimal(sp2 + 1, (size_t)(p + n - sp2 - 1), SNAPSHOT_MAX_USED, &e->spend) ||
+                     e->spend == 0)
+                ok = refuse(err, errlen, "line %u: the micro-USD spent are not a number in [1, %" PRId64 "]",
+                            lineno, SNAPSHOT_MAX_USED);
             e->name = name;
             e->name_len = (size_t)(sp2 ? sp2 - name : 0);
             count++;
@@ -207,11 +250,22 @@ bool snapshot_file_parse(const char *text, size_t len, struct snapshot_file *out
     if (ok && day < 0)
         ok = refuse(err, errlen, "no \"day\" line");
     if (ok && count > 1) {
-        qsort(entries, count, sizeof *entries, entry_cmp);
+        qsort(entries, count, sizeof *entries, record_cmp);
         for (size_t i = 1; ok && i < count; i++)
-            if (entry_cmp(&entries[i - 1], &entries[i]) == 0)
-                ok = refuse(err, errlen, "key %.*s appears more than once", (int)entries[i].name_len,
-                            entries[i].name);
+            if (record_cmp(&entries[i - 1], &entries[i]) == 0)
+                ok = refuse(err, errlen, "%s %.*s appears more than once", entries[i].no_tokens ? "spend" : "key",
+                            (int)entries[i].name_len, entries[i].name);
+    }
+    if (ok) {
+        /* a NAME's key line and spend line make one entry */
+        size_t merged = 0;
+        for (size_t i = 0; i < count; i++) {
+            if (merged && entries[i].no_tokens && entry_cmp(&entries[merged - 1], &entries[i]) == 0)
+                entries[merged - 1].spend = entries[i].spend;
+            else
+                entries[merged++] = entries[i];
+        }
+        count = merged;
     }
     if (!ok) {
         free(entries);

@@ -1,6 +1,6 @@
 /* The text of a state_dir snapshot (STATE_DIR/quotas.state, see snapshot.h),
- * apart from the disk and the generation: a UTC day and (NAME, tokens used)
- * entries, formatted and parsed. No I/O, no log, no clock, so it is
+ * apart from the disk and the generation: a UTC day and (NAME, tokens used,
+ * micro-USD spent) entries, formatted and parsed. No I/O, no log, no clock, so it is
  * unit-tested and fuzzed on its own (tests/fuzz/fuzz_snapshot.c). */
 #ifndef AIGW_CLUSTER_SNAPSHOT_FILE_H
 #define AIGW_CLUSTER_SNAPSHOT_FILE_H
@@ -9,8 +9,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* The newest version this aigw writes and reads. */
-#define SNAPSHOT_VERSION 1
+/* The newest version this aigw reads (it writes the oldest that holds the
+ * entries: 1 when none has spend). */
+#define SNAPSHOT_VERSION 2
 /* What the quota's use counter of struct rl_global holds (42 bits). */
 #define SNAPSHOT_MAX_USED ((INT64_C(1) << 42) - 1)
 /* Later than any clock aigw runs under (year 29349). */
@@ -20,6 +21,8 @@ struct snapshot_entry {
     const char *name;       /* a key NAME, not NUL-terminated */
     size_t name_len;
     int64_t used;           /* tokens of that day's quota */
+    int64_t spend;          /* micro-USD of that day's spend cap; 0: no spend record */
+    bool no_tokens;         /* a spend record only: no tokens record for the NAME */
 };
 
 struct snapshot_file {
@@ -30,8 +33,10 @@ struct snapshot_file {
 
 /* The file's text for day and entries, in their order, malloc'd (its length
  * in *len_out); NULL when out of memory. Each name must be a valid NAME
- * (key_name_valid) and appear once; a use outside [0, SNAPSHOT_MAX_USED] is
- * written clamped into it, as the file cannot hold more. */
+ * (key_name_valid) and appear once; a use or spend outside [0,
+ * SNAPSHOT_MAX_USED] is written clamped into it, as the file cannot hold more.
+ * An entry gets a tokens record unless no_tokens, and a spend record when its
+ * spend is above 0. */
 char *snapshot_file_format(int64_t day, const struct snapshot_entry *entries, size_t count, size_t *len_out);
 
 /* Checks text[0, len) whole and reads it into *out, whose names point into

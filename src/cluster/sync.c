@@ -98,7 +98,8 @@ struct key_sync {
     uint64_t refill_carry[2];       /* fractions of a token of the local refill */
     struct lease_hold hold[RL_DIMS];/* a lease kept for a request larger than a share */
     int64_t daily_used_seen;        /* the day's use over all hosts, as Redis last said */
-    int64_t daily_seen_day;
+    int64_t spend_used_seen;        /* the same of the spend cap (micro-USD) */
+    int64_t daily_seen_day;         /* the day of both */
     unsigned quiet_turns;           /* turns since a shard last touched the key's pools */
 };
 
@@ -179,13 +180,35 @@ static uint64_t jitter_next(void)
     return S.rng * 0x2545f4914f6cdd1dULL;
 }
 
-static const char *const dim_label[RL_DIMS] = { "requests", "tokens", "quota" };
+static const char *const dim_label[RL_DIMS] = { "requests", "tokens", "quota", "spend" };
 
 /* ---- per-generation key state ---- */
 
 static bool key_has_limits(const struct rl_global *rg)
 {
-    return rl_has_dim(rg, RL_DIM_REQ) || rl_has_dim(rg, RL_DIM_TOK) || rl_has_dim(rg, RL_DIM_DAILY);
+    for (int d = 0; d < RL_DIMS; d++)
+        if (rl_has_dim(rg, (enum rl_dim)d))
+            return true;
+    return false;
+}
+
+/* The daily quota and the spend cap: allowances of a UTC day, not buckets. */
+static bool is_day_dim(int d)
+{
+    return d == RL_DIM_DAILY || d == RL_DIM_SPEND;
+}
+
+static int64_t day_limit(const struct rl_global *rg, int d)
+{
+    return d == RL_DIM_SPEND ? rg->spend : rg->daily;
+}
+
+/* The day's use over all hosts of a day dimension, as Redis last said. */
+static int64_t day_used_seen(const struct key_sync *ks, int d, int64_t day)
+{
+    if (ks->daily_seen_day != day)
+        return 0;
+    return d == RL_DIM_SPEND ? ks->spend_used_seen : ks->daily_used_seen;
 }
 
 static unsigned gen_nkeys(const struct gen *g)
@@ -209,6 +232,7 @@ static void carry_roll(struct key_sync *ks, int64_t day)
 {
     if (ks->carry_day != day) {
         ks->give_back[RL_DIM_DAILY] = ks->owe[RL_DIM_DAILY] = 0;
+        ks->give_back[RL_DIM_SPEND] = ks->owe[RL_DIM_SPEND] = 0;
         ks->carry_day = day;
     }
 }
@@ -302,25 +326,44 @@ static void op_set_limits(struct lease_op *op, const struct rl_global *rg, int64
     op->rate[RL_DIM_TOK].per_minute = rg->tok.per_minute;
     op->rate[RL_DIM_TOK].capacity = rg->tok.capacity;
     op->daily.limit = rg->daily;
+    op->spend.limit = rg->spend;
+}
+
+static struct lease_day_op *op_day(struct lease_op *op, int d)
+{
+    return d == RL_DIM_SPEND ? &op->spend : &op->daily;
+}
+
+static int64_t *op_want(struct lease_op *op, int d)
+{
+    return is_day_dim(d) ? &op_day(op, d)->want : &op->rate[d].want;
+}
+
+static int64_t *op_ret(struct lease_op *op, int d)
+{
+    return is_day_dim(d) ? &op_day(op, d)->ret : &op->rate[d].ret;
+}
+
+static int64_t *op_debt(struct lease_op *op, int d)
+{
+    return is_day_dim(d) ? &op_day(op, d)->debt : &op->rate[d].debt;
 }
 
 /* amount > 0: give it back; < 0: a debt to push. */
 static void op_put(struct lease_op *op, enum rl_dim d, int64_t amount)
 {
-    int64_t *ret = d == RL_DIM_DAILY ? &op->daily.ret : &op->rate[d].ret;
-    int64_t *debt = d == RL_DIM_DAILY ? &op->daily.debt : &op->rate[d].debt;
     if (amount > 0)
-        *ret += amount;
+        *op_ret(op, d) += amount;
     else
-        *debt -= amount;
+        *op_debt(op, d) -= amount;
 }
 
-static bool op_is_empty(const struct lease_op *op)
+static bool op_is_empty(struct lease_op *op)
 {
-    for (int d = 0; d < 2; d++)
-        if (op->rate[d].want || op->rate[d].ret || op->rate[d].debt)
+    for (int d = 0; d < RL_DIMS; d++)
+        if (*op_want(op, d) || *op_ret(op, d) || *op_debt(op, d))
             return false;
-    return !op->daily.want && !op->daily.ret && !op->daily.debt;
+    return true;
 }
 
 /* Queues stock (or debt) of a key no generation holds any more, with the limits
@@ -414,7 +457,7 @@ static void came_back(uint64_t now_ms)
             carry_roll(ks, day);
             for (int d = 0; d < RL_DIMS; d++) {
                 int64_t owed = ks->made_locally[d];
-                if (d != RL_DIM_DAILY) {
+                if (!is_day_dim(d)) {
                     int64_t stock = rl_stock(&S.g->rl_global[k], (enum rl_dim)d, day);
                     owed = owed < stock ? owed : stock > 0 ? stock : 0;
                 }
@@ -449,7 +492,7 @@ static bool ensure_connected(uint64_t now_ms)
 
 static void apply_result(const struct lease_op *op, int32_t key, const struct lease_result *r, int64_t day)
 {
-    const int64_t sent_ret[RL_DIMS] = { op->rate[0].ret, op->rate[1].ret, op->daily.ret };
+    const int64_t sent_ret[RL_DIMS] = { op->rate[0].ret, op->rate[1].ret, op->daily.ret, op->spend.ret };
     for (int d = 0; d < RL_DIMS; d++) {
         if (r->granted[d] > 0)
             metric_add(&sm.leased[d][LEASE_TAKEN], (uint64_t)r->granted[d]);
@@ -461,7 +504,7 @@ static void apply_result(const struct lease_op *op, int32_t key, const struct le
          * back (op lives in the outbox, which the give-back may move) */
         char name[KEY_NAME_MAX + 1];
         snprintf(name, sizeof name, "%s", op->name);
-        int64_t back[RL_DIMS] = { r->granted[0], r->granted[1], r->granted[2] };
+        int64_t back[RL_DIMS] = { r->granted[0], r->granted[1], r->granted[2], r->granted[3] };
         for (int d = 0; d < RL_DIMS; d++)
             if (back[d] < 0)
                 back[d] = 0;
@@ -472,6 +515,7 @@ static void apply_result(const struct lease_op *op, int32_t key, const struct le
         none.tok.per_minute = op->rate[1].per_minute;
         none.tok.capacity = op->rate[1].capacity;
         none.daily = op->daily.limit;
+        none.spend = op->spend.limit;
         give_back_orphan(name, &none, back);
         return;
     }
@@ -482,8 +526,8 @@ static void apply_result(const struct lease_op *op, int32_t key, const struct le
         int64_t granted = r->granted[d];
         if (granted <= 0)
             continue;
-        if (d == RL_DIM_DAILY && op->day != day)
-            continue;   /* a grant of a day that is over: that quota is gone */
+        if (is_day_dim(d) && op->day != day)
+            continue;   /* a grant of a day that is over: that allowance is gone */
         int64_t fit = rl_stock_add(rg, (enum rl_dim)d, granted, day);
         ks->last_stock[d] += fit;
         ks->give_back[d] += granted - fit;
@@ -491,7 +535,9 @@ static void apply_result(const struct lease_op *op, int32_t key, const struct le
             S.recent[key / 64] |= UINT64_C(1) << (key % 64);
     }
     rl_shared_publish(rg, r->req_level, r->tok_level, r->daily_used);
+    rl_shared_publish_spend(rg, r->spend_used);
     ks->daily_used_seen = r->daily_used;
+    ks->spend_used_seen = r->spend_used;
     ks->daily_seen_day = op->day;
 }
 
@@ -580,8 +626,8 @@ static void build_key_op(unsigned k, int64_t day, uint64_t now_ms)
             debt += cleared;
             stock += cleared;
         }
-        struct lease_bounds b = d == RL_DIM_DAILY
-            ? lease_daily_bounds(rg->daily, ks->daily_seen_day == day ? ks->daily_used_seen : 0, S.hosts)
+        struct lease_bounds b = is_day_dim(d)
+            ? lease_daily_bounds(day_limit(rg, d), day_used_seen(ks, d, day), S.hosts)
             : lease_rate_bounds(d == RL_DIM_REQ ? rg->req.capacity : rg->tok.capacity, S.hosts);
         struct lease_plan p = lease_size(&b, demand, refused, stock, &ks->hold[d], now_ms);
         int64_t ret = ks->give_back[d];
@@ -589,15 +635,9 @@ static void build_key_op(unsigned k, int64_t day, uint64_t now_ms)
         if (p.ret > 0)
             ret += rl_stock_take(rg, dim, p.ret, day);
         ks->last_stock[d] = rl_stock(rg, dim, day);
-        if (d == RL_DIM_DAILY) {
-            op.daily.want = p.want;
-            op.daily.ret = ret;
-            op.daily.debt = debt;
-        } else {
-            op.rate[d].want = p.want;
-            op.rate[d].ret = ret;
-            op.rate[d].debt = debt;
-        }
+        *op_want(&op, d) = p.want;
+        *op_ret(&op, d) = ret;
+        *op_debt(&op, d) = debt;
     }
     if (op_is_empty(&op))
         return;
@@ -605,8 +645,8 @@ static void build_key_op(unsigned k, int64_t day, uint64_t now_ms)
     if (!slot) {
         /* give what was taken out back to the pools' owners next time */
         for (int d = 0; d < RL_DIMS; d++) {
-            ks->give_back[d] += d == RL_DIM_DAILY ? op.daily.ret : op.rate[d].ret;
-            ks->owe[d] += d == RL_DIM_DAILY ? op.daily.debt : op.rate[d].debt;
+            ks->give_back[d] += *op_ret(&op, d);
+            ks->owe[d] += *op_debt(&op, d);
         }
         return;
     }
@@ -695,21 +735,24 @@ static void local_refill(void)
             ks->made_locally[d] += fit;
             ks->last_stock[d] = rl_stock(rg, dim, day);
         }
-        if (rl_has_dim(rg, RL_DIM_DAILY)) {
-            int64_t seen = ks->daily_seen_day == day ? ks->daily_used_seen : 0;
+        for (int d = RL_DIM_DAILY; d <= RL_DIM_SPEND; d++) {
+            enum rl_dim dim = (enum rl_dim)d;
+            if (!rl_has_dim(rg, dim))
+                continue;
+            int64_t seen = day_used_seen(ks, d, day);
             int64_t h = S.hosts < 1 ? 1 : S.hosts > LEASE_MAX_HOSTS ? LEASE_MAX_HOSTS : S.hosts;
-            int64_t budget = (rg->daily - seen) / h - ks->made_locally[RL_DIM_DAILY];
-            int64_t stock = rl_stock(rg, RL_DIM_DAILY, day);
-            uint64_t refused_now = refused_sum(S.g, k, RL_DIM_DAILY);
-            uint64_t refused = refused_now - ks->last_refused[RL_DIM_DAILY];
-            ks->last_refused[RL_DIM_DAILY] = refused_now;
-            struct lease_bounds b = lease_daily_bounds(rg->daily, seen, S.hosts);
-            struct lease_plan p = lease_size(&b, lease_demand(ks->last_stock[RL_DIM_DAILY], stock, refused),
-                                             refused, stock, &ks->hold[RL_DIM_DAILY], clock_mono_ms());
+            int64_t budget = (day_limit(rg, d) - seen) / h - ks->made_locally[d];
+            int64_t stock = rl_stock(rg, dim, day);
+            uint64_t refused_now = refused_sum(S.g, k, dim);
+            uint64_t refused = refused_now - ks->last_refused[d];
+            ks->last_refused[d] = refused_now;
+            struct lease_bounds b = lease_daily_bounds(day_limit(rg, d), seen, S.hosts);
+            struct lease_plan p = lease_size(&b, lease_demand(ks->last_stock[d], stock, refused),
+                                             refused, stock, &ks->hold[d], clock_mono_ms());
             int64_t want = p.want < budget ? p.want : budget;
             if (want > 0)
-                ks->made_locally[RL_DIM_DAILY] += rl_stock_add(rg, RL_DIM_DAILY, want, day);
-            ks->last_stock[RL_DIM_DAILY] = rl_stock(rg, RL_DIM_DAILY, day);
+                ks->made_locally[d] += rl_stock_add(rg, dim, want, day);
+            ks->last_stock[d] = rl_stock(rg, dim, day);
         }
     }
 }
@@ -724,7 +767,7 @@ static void queue_everything(const struct gen *g, int64_t day)
         struct rl_global *rg = &g->rl_global[k];
         if (!rg->cluster || !key_has_limits(rg))
             continue;
-        int64_t amount[RL_DIMS] = { 0, 0, 0 };
+        int64_t amount[RL_DIMS] = { 0 };
         for (int d = 0; d < RL_DIMS; d++) {
             amount[d] = rl_stock_drain(rg, (enum rl_dim)d, day);
             if (g == S.g && k < S.nkeys) {
@@ -911,7 +954,9 @@ static void reclaim_shard_leases(struct gen *g, int64_t day)
             rl_stock_add(rg, RL_DIM_TOK, l->tok, day);
             if (l->daily_day == day)
                 rl_stock_add(rg, RL_DIM_DAILY, l->daily, day);
-            l->req = l->tok = l->daily = 0;
+            if (l->spend_day == day)
+                rl_stock_add(rg, RL_DIM_SPEND, l->spend, day);
+            l->req = l->tok = l->daily = l->spend = 0;
         }
     }
 }

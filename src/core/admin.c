@@ -18,8 +18,10 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/shard.h"
+#include "core/status.h"
 #include "proto/http1.h"
 #include "util/clock.h"
+#include "util/base64.h"
 #include "util/ct.h"
 
 #define ADMIN_MAX_CONNS 256
@@ -175,10 +177,27 @@ static bool path_is(struct slice path, const char *lit)
     return path.len == n && memcmp(path.p, lit, n) == 0;
 }
 
-/* The one gate of every protected admin route (/metrics today; /status,
- * /status.json and runtime control later): with [admin] token set, the request
- * must carry "Authorization: Bearer TOKEN". Read from the current generation, so
- * a reload changes it. */
+/* The credentials after "SCHEME " in v (case-insensitive scheme, spaces
+ * skipped); false when v uses another scheme. */
+static bool auth_param(struct slice v, const char *scheme_lower, struct slice *param)
+{
+    size_t sl = strlen(scheme_lower);
+    if (v.len < sl || !slice_eq_lower((struct slice){ v.p, sl }, scheme_lower))
+        return false;
+    param->p = v.p + sl;
+    param->len = v.len - sl;
+    while (param->len && *param->p == ' ') {
+        param->p++;
+        param->len--;
+    }
+    return true;
+}
+
+/* The one gate of every protected admin route (/metrics, /status, /status.json):
+ * with [admin] token set, the request must carry "Authorization: Bearer TOKEN",
+ * or Basic with the token as the password (any user name), which is what a
+ * browser can send for a page. Read from the current generation, so a reload
+ * changes it. */
 static bool admin_authorized(const struct http_request *req)
 {
     const struct config *cfg = current_config();
@@ -187,27 +206,33 @@ static bool admin_authorized(const struct http_request *req)
     int h = req->idx[HK_AUTHORIZATION];
     if (h < 0)
         return false;
-    struct slice v = req->headers[h].value;
-    static const char scheme[] = "bearer ";
-    size_t sl = sizeof scheme - 1;
-    if (v.len < sl || !slice_eq_lower((struct slice){ v.p, sl }, scheme))
+    struct slice v = req->headers[h].value, param;
+    const char *token = cfg->admin.token;
+    if (auth_param(v, "bearer ", &param))
+        return ct_equal(param.p, param.len, token, strlen(token));
+    if (!auth_param(v, "basic ", &param))
         return false;
-    const char *t = v.p + sl;
-    size_t tl = v.len - sl;
-    while (tl && *t == ' ') {
-        t++;
-        tl--;
-    }
-    return ct_equal(t, tl, cfg->admin.token, strlen(cfg->admin.token));
+    unsigned char userpass[sizeof cfg->admin.token + 256];
+    long n = base64_decode(param.p, param.len, userpass, sizeof userpass);
+    const unsigned char *colon = n > 0 ? memchr(userpass, ':', (size_t)n) : NULL;
+    if (!colon)
+        return false;
+    size_t at = (size_t)(colon - userpass) + 1;
+    return ct_equal(userpass + at, (size_t)n - at, token, strlen(token));
 }
 
-static bool respond_unauthorized(struct admin_conn *c, bool head_only, bool minor0)
+/* basic: the route is a page a browser loads, so it is asked for Basic
+ * credentials (it prompts once, then sends them with the page's fetches too). */
+static bool respond_unauthorized(struct admin_conn *c, bool head_only, bool minor0, bool basic)
 {
     static const char body[] =
         "{\"error\":{\"message\":\"this admin route needs the [admin] token: "
-        "Authorization: Bearer TOKEN\",\"type\":\"authentication_error\",\"code\":\"invalid_admin_token\"}}\n";
-    return respond(c, 401, "application/json", "WWW-Authenticate: Bearer realm=\"aigw admin\"\r\n", body,
-                   sizeof body - 1, head_only, minor0);
+        "Authorization: Bearer TOKEN (or Basic with the token as password)\","
+        "\"type\":\"authentication_error\",\"code\":\"invalid_admin_token\"}}\n";
+    return respond(c, 401, "application/json",
+                   basic ? "WWW-Authenticate: Basic realm=\"aigw\", charset=\"UTF-8\"\r\n"
+                         : "WWW-Authenticate: Bearer realm=\"aigw admin\"\r\n",
+                   body, sizeof body - 1, head_only, minor0);
 }
 
 static bool serve_request(struct admin_conn *c, const struct http_request *req)
@@ -215,10 +240,12 @@ static bool serve_request(struct admin_conn *c, const struct http_request *req)
     bool is_get = req->method_id == METHOD_GET;
     bool is_head = req->method_id == METHOD_HEAD;
     bool minor0 = req->minor == 0;
-    enum { HEALTHZ, READYZ, METRICS, UNKNOWN } what =
+    enum { HEALTHZ, READYZ, METRICS, STATUS_PAGE, STATUS_JSON, UNKNOWN } what =
         path_is(req->path, "/healthz") ? HEALTHZ :
         path_is(req->path, "/readyz") ? READYZ :
-        path_is(req->path, "/metrics") ? METRICS : UNKNOWN;
+        path_is(req->path, "/metrics") ? METRICS :
+        path_is(req->path, "/status") ? STATUS_PAGE :
+        path_is(req->path, "/status.json") ? STATUS_JSON : UNKNOWN;
 
     if (what == UNKNOWN)
         return respond_text(c, 404, "not found\n", is_head, minor0);
@@ -234,12 +261,28 @@ static bool serve_request(struct admin_conn *c, const struct http_request *req)
         return respond_text(c, 503, "not ready\n", is_head, minor0);
     case METRICS: {
         if (!admin_authorized(req))
-            return respond_unauthorized(c, is_head, minor0);
+            return respond_unauthorized(c, is_head, minor0, false);
         char *body;
         size_t len;
         if (metrics_render_alloc(&body, &len) < 0)
             return respond_text(c, 500, "out of memory\n", is_head, minor0);
         bool ok = respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", "", body, len, is_head, minor0);
+        free(body);
+        return ok;
+    }
+    case STATUS_PAGE:
+        if (!admin_authorized(req))
+            return respond_unauthorized(c, is_head, minor0, true);
+        return respond(c, 200, "text/html; charset=utf-8", "", status_page_html,
+                       (size_t)(status_page_html_end - status_page_html), is_head, minor0);
+    case STATUS_JSON: {
+        if (!admin_authorized(req))
+            return respond_unauthorized(c, is_head, minor0, true);
+        char *body;
+        size_t len;
+        if (status_render_json(held, clock_mono_ms(), &body, &len) < 0)
+            return respond_text(c, 503, "status unavailable: out of memory\n", is_head, minor0);
+        bool ok = respond(c, 200, "application/json", "", body, len, is_head, minor0);
         free(body);
         return ok;
     }
@@ -424,7 +467,7 @@ static void *admin_main(void *arg)
     for (;;) {
         follow_generations();
         uint64_t now = clock_mono_ms();
-        uint64_t wake = now + 60000;
+        uint64_t wake = status_tick(now);
         for (unsigned i = 0; i < nconns;) {
             struct admin_conn *c = conns[i];
             if (now >= c->deadline_ms && !on_timeout(c)) {
@@ -520,6 +563,8 @@ int admin_start(const struct cfg_addr *listen_addr, bool (*is_ready)(void))
     held = atomic_load_explicit(&rt.current, memory_order_acquire);
     if (held)
         gen_add_holder(held);
+    if (status_start(clock_mono_ms()) < 0)
+        log_warn("admin: out of memory for /status: it answers 503");
     int rc = pthread_create(&admin_thread, NULL, admin_main, NULL);
     if (rc != 0) {
         listen_fd = -1;
@@ -563,6 +608,7 @@ void admin_stop(void)
     listen_fd = stop_fd = -1;
     bound_port = -1;
     running = false;
+    status_stop();
     if (held)
         gen_unref(held);
     held = NULL;

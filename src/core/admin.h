@@ -1,7 +1,7 @@
-/* Admin listener: /healthz, /readyz and /metrics on its own thread (control plane).
+/* Admin listener: /healthz, /readyz, /metrics, /status and /status.json on its own thread (control plane).
  * Many clients at once (a poll loop, keep-alive, up to 256 connections), each
  * bounded by the [timeouts] of the current generation, so none can stall the
- * others; /metrics needs [admin] token when one is set. */
+ * others; /metrics and /status* need [admin] token when one is set. */
 #ifndef AIGW_CORE_ADMIN_H
 #define AIGW_CORE_ADMIN_H
 

@@ -10,6 +10,7 @@
 
 #include "core/log.h"
 #include "core/conn.h"
+#include "core/cost.h"
 #include "core/gen.h"
 #include "core/shard.h"
 #include "cluster/sync.h"
@@ -36,6 +37,7 @@ static void tier_limits(const struct cfg_tier *t, struct rl_limits *lim)
     lim->tpm = t->tokens_per_minute;
     lim->burst_ms = t->burst_ms;
     lim->daily_tokens = t->daily_tokens;
+    lim->daily_spend = t->daily_spend_micro_usd;
 }
 
 /* A generation's keys by NAME: an open-addressing table built once per reload
@@ -115,8 +117,10 @@ static void carry_key_state(struct rl_global *neu, struct rl_global *old, uint64
         rl_global_inherit(neu, old, now_ns, now_unix);
     else if (neu->cluster && old->cluster)
         admission_move_stock(neu, old, today, NULL);
-    else if (!neu->cluster)
+    else if (!neu->cluster) {
         rl_quota_restore(neu, atomic_load_explicit(&old->shared_daily_used, memory_order_relaxed), today);
+        rl_spend_restore(neu, atomic_load_explicit(&old->shared_spend_used, memory_order_relaxed), today);
+    }
 }
 
 void admission_move_stock(struct rl_global *neu, struct rl_global *old, int64_t today,
@@ -141,6 +145,7 @@ void admission_move_stock(struct rl_global *neu, struct rl_global *old, int64_t 
     rl_shared_publish(neu, atomic_load_explicit(&old->shared_req, memory_order_relaxed),
                       atomic_load_explicit(&old->shared_tok, memory_order_relaxed),
                       atomic_load_explicit(&old->shared_daily_used, memory_order_relaxed));
+    rl_shared_publish_spend(neu, atomic_load_explicit(&old->shared_spend_used, memory_order_relaxed));
 }
 
 int admission_gen_init(struct gen *g, const struct gen *prev, char *err, size_t errlen)
@@ -268,13 +273,33 @@ static struct rl_local *caller_local(const struct conn *c)
     return &g->rl_local[(size_t)c->sh->id * g->rl_stride + (unsigned)c->req.key];
 }
 
-uint64_t admission_reservation(const struct conn *c, const struct openai_request *ai)
+static uint64_t completion_allowance(const struct conn *c, const struct openai_request *ai)
 {
     const struct cfg_tier *t = caller_tier(c);
-    uint64_t completion = ai->has_max_tokens  ? ai->max_tokens
-                          : t && t->max_tokens ? t->max_tokens
-                                               : ADMISSION_DEFAULT_COMPLETION;
-    return ai->prompt_tokens_estimate + completion;
+    return ai->has_max_tokens  ? ai->max_tokens
+           : t && t->max_tokens ? t->max_tokens
+                                : ADMISSION_DEFAULT_COMPLETION;
+}
+
+uint64_t admission_reservation(const struct conn *c, const struct openai_request *ai)
+{
+    return ai->prompt_tokens_estimate + completion_allowance(c, ai);
+}
+
+/* pico-USD to micro-USD, rounded up: a request that cost anything is charged
+ * at least one micro-USD, so the cap is never passed by rounding. */
+static uint64_t micro_usd_up(uint64_t pusd)
+{
+    return pusd / COST_PICO_PER_MICRO + (pusd % COST_PICO_PER_MICRO != 0);
+}
+
+uint64_t admission_spend_reservation(const struct conn *c, const struct openai_request *ai)
+{
+    if (!c->req.price_section)
+        return 0;
+    const struct cfg_model *price = &req_cfg(c)->models[c->req.price_section - 1];
+    return micro_usd_up(cost_pico_usd(ai->prompt_tokens_estimate, completion_allowance(c, ai),
+                                      price->input_per_mtok, price->output_per_mtok));
 }
 
 bool admission_admit(struct conn *c, const struct openai_request *ai, struct rl_verdict *out)
@@ -284,6 +309,7 @@ bool admission_admit(struct conn *c, const struct openai_request *ai, struct rl_
     if (!caller_tier(c))
         return true;
     uint64_t cost = admission_reservation(c, ai);
+    uint64_t spend = admission_spend_reservation(c, ai);
     struct gen *g = c->req.sg->g;
     struct shard *sh = c->sh;
     enum cluster_admission mode = g->cfg->cluster.enabled ? cluster_admission_mode() : CLUSTER_ADMIT_NORMAL;
@@ -297,7 +323,8 @@ bool admission_admit(struct conn *c, const struct openai_request *ai, struct rl_
         mc_add(&sh->m->ratelimited[g->key_metric_slot[c->req.key]][RL_UNAVAILABLE - 1], 1);
         return false;
     }
-    if (!rl_admit(&g->rl_global[c->req.key], caller_local(c), cost, now_ns(sh), unix_now(sh), out)) {
+    if (!rl_admit_priced(&g->rl_global[c->req.key], caller_local(c), cost, spend, now_ns(sh), unix_now(sh),
+                         out)) {
         c->req.limit = (uint8_t)out->limit;
         mc_add(&sh->m->ratelimited[g->key_metric_slot[c->req.key]][out->limit - 1], 1);
         return false;
@@ -312,6 +339,7 @@ const char *admission_limit_label(const struct conn *c)
     static const char *const local[] = {
         [RL_NONE] = "redis_down:local", [RL_REQUESTS] = "redis_down:local:requests",
         [RL_TOKENS] = "redis_down:local:tokens", [RL_QUOTA] = "redis_down:local:quota",
+        [RL_SPEND] = "redis_down:local:spend",
         [RL_UNAVAILABLE] = "redis_down:deny",
     };
     switch ((enum cluster_admission)c->req.limit_mode) {
@@ -331,11 +359,11 @@ size_t admission_headers(const struct conn *c, char *buf, size_t cap)
     return rl_headers_write(buf, cap, &st);
 }
 
-void admission_settle(struct conn *c, uint64_t used_tokens)
+void admission_settle(struct conn *c, uint64_t used_tokens, uint64_t cost_pusd)
 {
     if (!c->req.admitted)
         return;
-    rl_settle(&c->req.sg->g->rl_global[c->req.key], caller_local(c), &c->req.ticket, used_tokens,
-              now_ns(c->sh), unix_now(c->sh));
+    rl_settle_priced(&c->req.sg->g->rl_global[c->req.key], caller_local(c), &c->req.ticket, used_tokens,
+                     micro_usd_up(cost_pusd), now_ns(c->sh), unix_now(c->sh));
     c->req.admitted = false;
 }

@@ -77,9 +77,14 @@ uint64_t admission_max_tokens_exceeded(const struct conn *c, const struct openai
 /* The tokens a request reserves: its prompt estimate plus its max_tokens, or
  * the tier's max_tokens when it asks none, or ADMISSION_DEFAULT_COMPLETION. */
 uint64_t admission_reservation(const struct conn *c, const struct openai_request *ai);
+/* What the same tokens cost at worst at the request's model's [model] prices
+ * (prompt estimate at the input price, the completion allowance at the output
+ * price), in micro-USD rounded up; 0 for a model without prices. */
+uint64_t admission_spend_reservation(const struct conn *c, const struct openai_request *ai);
 
 /* Reserves the request's tokens (prompt estimate + max_tokens, see
- * ADMISSION_DEFAULT_COMPLETION) and one request against the caller's limits.
+ * ADMISSION_DEFAULT_COMPLETION), their worst-case cost against the tier's
+ * daily_spend, and one request against the caller's limits.
  * Returns true when admitted (or when the caller has no limits); false with
  * *out telling which limit fired and when to retry. Counts a refusal in
  * aigw_ratelimited_total. */
@@ -90,8 +95,9 @@ bool admission_admit(struct conn *c, const struct openai_request *ai, struct rl_
 size_t admission_headers(const struct conn *c, char *buf, size_t cap);
 
 /* Settles the request's reservation (if it holds one) against the tokens it
- * used: what it did not use goes back; more is taken without a check, down to
- * an empty bucket (see rl_settle). */
-void admission_settle(struct conn *c, uint64_t used_tokens);
+ * used and what they cost (pico-USD, charged in micro-USD rounded up): what it
+ * did not use goes back; more is taken without a check, down to an empty
+ * bucket, or over the day's quota and spend cap (see rl_settle_priced). */
+void admission_settle(struct conn *c, uint64_t used_tokens, uint64_t cost_pusd);
 
 #endif

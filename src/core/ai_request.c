@@ -157,7 +157,14 @@ void ai_request_ready(struct conn *c)
     struct rl_verdict verdict;
     if (!admission_admit(c, &ai, &verdict)) {
         const char *which = rl_limit_name(verdict.limit);
-        if (verdict.too_large)
+        if (verdict.too_large && verdict.limit == RL_SPEND)
+            snprintf(msg, sizeof msg, "Request too expensive: at worst it costs %llu micro-USD (prompt "
+                     "estimate %llu + max_tokens %llu tokens at the model's prices), more than this API "
+                     "key's daily spend cap can ever allow; ask for fewer max_tokens",
+                     (unsigned long long)admission_spend_reservation(c, &ai),
+                     (unsigned long long)ai.prompt_tokens_estimate,
+                     (unsigned long long)(admission_reservation(c, &ai) - ai.prompt_tokens_estimate));
+        else if (verdict.too_large)
             /* no Retry-After: waiting never admits it */
             snprintf(msg, sizeof msg, "Request too large: it reserves %llu tokens (prompt estimate "
                      "%llu + max_tokens %llu), more than this API key's %s limit can ever allow; "

@@ -164,9 +164,65 @@ static int fail(struct load_ctx *x, const char *fmt, ...)
     return -1;
 }
 
+static bool all_digits(const char *s)
+{
+    if (!*s)
+        return false;
+    for (; *s; s++)
+        if (*s < '0' || *s > '9')
+            return false;
+    return true;
+}
+
 static int bad_value(struct load_ctx *x, const char *key, const char *value, const char *expected)
 {
+    if (strncmp(expected, "a duration", 10) == 0 && all_digits(value) && strspn(value, "0") < strlen(value))
+        return fail(x, "invalid value for %s: '%s' has no unit: add one (ms, s, m, h), such as %sms or %ss",
+                    key, value, value, value);
     return fail(x, "invalid value for %s: '%s' (expected %s)", key, value, expected);
+}
+
+/* Levenshtein distance of two short names, capped at 9 (enough to rank "did
+ * you mean" candidates; longer names are never close). */
+static unsigned name_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 40 || lb > 40)
+        return 9;
+    unsigned row[41];
+    for (size_t j = 0; j <= lb; j++)
+        row[j] = (unsigned)j;
+    for (size_t i = 1; i <= la; i++) {
+        unsigned diag = row[0];
+        row[0] = (unsigned)i;
+        for (size_t j = 1; j <= lb; j++) {
+            unsigned up = row[j];
+            unsigned best = diag + (a[i - 1] != b[j - 1]);
+            if (up + 1 < best)
+                best = up + 1;
+            if (row[j - 1] + 1 < best)
+                best = row[j - 1] + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    return row[lb] > 9 ? 9 : row[lb];
+}
+
+/* The closest of names (NULL-terminated, every `stride` bytes) to word when it
+ * is a likely typo of it: one edit in a short word, two in a longer one. */
+static const char *closest_name(const char *word, const void *names, size_t stride)
+{
+    const char *best = NULL;
+    unsigned best_d = 3;
+    for (const char *const *n = names; *n; n = (const char *const *)((const char *)n + stride)) {
+        unsigned d = name_distance(word, *n);
+        if (d < best_d && d <= (strlen(word) <= 4 ? 1u : 2u)) {
+            best = *n;
+            best_d = d;
+        }
+    }
+    return best;
 }
 
 /* ---- value parsers ------------------------------------------------------------ */
@@ -207,9 +263,13 @@ int config_parse_duration_ms(const char *s, uint64_t *out)
     const char *unit;
     if (!s || parse_digits(s, &v, &unit) < 0)
         return -1;
-    if (strcmp(unit, "ms") == 0)
+    /* a bare number means milliseconds to HAProxy users and seconds to nginx
+     * users: only 0, the same in every unit, goes without one */
+    if (*unit == '\0' && v != 0)
+        return -1;
+    if (strcmp(unit, "ms") == 0 || *unit == '\0')
         mult = 1;
-    else if (*unit == '\0' || strcmp(unit, "s") == 0)
+    else if (strcmp(unit, "s") == 0)
         mult = 1000;
     else if (strcmp(unit, "m") == 0)
         mult = 60 * 1000;
@@ -1713,8 +1773,23 @@ static int open_section(struct load_ctx *x, const char *inner, size_t len)
         kind = SEC_TIER;
     if (name_len && kind_len == 5 && memcmp(inner, "model", 5) == 0)
         kind = SEC_MODEL;
-    if (kind == SEC_NONE)
+    if (kind == SEC_NONE) {
+        static const char *const kinds[] = { "server", "admin", "tls", "timeouts", "log", "keys", "cluster",
+                                             "tracing", "pool", "route", "tier", "model", NULL };
+        char word[64];
+        snprintf(word, sizeof word, "%.*s", (int)(kind_len < 63 ? kind_len : 63), inner);
+        const char *near = closest_name(word, kinds, sizeof kinds[0]);
+        bool named_kind = near && (!strcmp(near, "pool") || !strcmp(near, "route") || !strcmp(near, "tier") ||
+                                   !strcmp(near, "model"));
+        if (near && strcmp(near, word) == 0)    /* the kind is right, the name is not */
+            return named_kind ? fail(x, "unknown section [%.*s] ([%s] needs a name: [%s NAME])", (int)len,
+                                     inner, near, near)
+                              : fail(x, "unknown section [%.*s] ([%s] takes no name)", (int)len, inner, near);
+        if (near && (named_kind == (name_len > 0)))
+            return fail(x, "unknown section [%.*s] (did you mean [%s%s%.*s]?)", (int)len, inner, near,
+                        name_len ? " " : "", (int)name_len, name);
         return fail(x, "unknown section [%.*s]", (int)len, inner);
+    }
 
     if (kind == SEC_POOL || kind == SEC_ROUTE || kind == SEC_TIER) {
         const char *what = kind == SEC_POOL ? "pool" : kind == SEC_ROUTE ? "route" : "tier";
@@ -1830,6 +1905,13 @@ static int handle_key(void *user, const char *section, const char *key, const ch
         fail(x, "key '%s' is outside any section", key);
         return 0;
     }
+    /* inih ends a value at " ;" only: "5s # why" would reach the parsers whole */
+    for (const char *h = strchr(value, '#'); h; h = strchr(h + 1, '#'))
+        if (h > value && (h[-1] == ' ' || h[-1] == '\t')) {
+            fail(x, "'#' after a value is not a comment here ('#' starts a comment only at the start "
+                    "of a line): use ' ; ' for a comment after a value");
+            return 0;
+        }
     const struct key_def *keys = section_keys[x->sec];
     for (unsigned i = 0; keys[i].name; i++) {
         if (strcmp(keys[i].name, key) != 0)
@@ -1841,7 +1923,11 @@ static int handle_key(void *user, const char *section, const char *key, const ch
         x->seen_keys |= 1u << i;
         return keys[i].set(x, key, value) == 0;
     }
-    fail(x, "unknown key '%s' in [%s]", key, x->sec_text);
+    const char *near = closest_name(key, &keys[0].name, sizeof keys[0]);
+    if (near)
+        fail(x, "unknown key '%s' in [%s] (did you mean '%s'?)", key, x->sec_text, near);
+    else
+        fail(x, "unknown key '%s' in [%s]", key, x->sec_text);
     return 0;
 }
 

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #define COST_PICO_PER_NANO 1000u
+#define COST_PICO_PER_MICRO 1000000u
 #define COST_PICO_PER_USD 1000000000000ULL
 
 /* prompt x input_per_mtok + completion x output_per_mtok in pico-USD, saturating

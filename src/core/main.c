@@ -2,11 +2,13 @@
  * signals (every other thread blocks them): SIGHUP reloads, SIGUSR1 reopens the
  * access log, SIGTERM/SIGINT drain and exit. */
 #include <errno.h>
+#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -24,6 +26,7 @@
 #include "core/uring_probe.h"
 #include "policy/keys.h"
 #include "util/clock.h"
+#include "util/file_replace.h"
 
 #include <sys/random.h>
 
@@ -42,15 +45,77 @@ static void usage(FILE *to)
             "usage: aigw [-c FILE]        run (default FILE: " DEFAULT_CONFIG ")\n"
             "       aigw -t [-c FILE]     check the configuration\n"
             "       aigw -T [-c FILE]     check, then print the effective configuration\n"
-            "       aigw -v               version and build options\n"
-            "       aigw keygen NAME [TIER]   a new API key, and its line for the keys file\n");
+            "       aigw -v, --version    version and build options\n"
+            "       aigw -h, --help       this help\n"
+            "       aigw keygen [--append FILE] NAME [TIER]\n"
+            "                             a new API key (on stderr) and its keys-file line\n"
+            "                             (on stdout, or added to FILE)\n");
 }
 
-/* Prints a new key once (only its hash goes to disk) and the keys-file line. */
+/* keygen --append FILE: FILE with the line added, checked by the keys loader
+ * first (a duplicate name or hash is refused, the file left as it was) and
+ * replaced whole, keeping its mode and owner; a new file is 0640. */
+static int keygen_append(const char *file, const char *line)
+{
+    struct stat st = { .st_mode = S_IFREG | 0640, .st_uid = (uid_t)-1, .st_gid = (gid_t)-1 };
+    char *text = NULL;
+    size_t len = 0;
+    FILE *in = fopen(file, "re");
+    if (in) {
+        if (fstat(fileno(in), &st) != 0 || !S_ISREG(st.st_mode)) {
+            fprintf(stderr, "aigw keygen: %s: not a regular file\n", file);
+            fclose(in);
+            return 1;
+        }
+        text = malloc((size_t)st.st_size + strlen(line) + 2);
+        len = text ? fread(text, 1, (size_t)st.st_size, in) : 0;
+        bool bad = !text || ferror(in);
+        fclose(in);
+        if (bad) {
+            fprintf(stderr, "aigw keygen: reading %s failed\n", file);
+            free(text);
+            return 1;
+        }
+    } else if (errno == ENOENT) {
+        text = malloc(strlen(line) + 2);
+        if (!text)
+            return 1;
+    } else {
+        fprintf(stderr, "aigw keygen: %s: %s\n", file, strerror(errno));
+        return 1;
+    }
+    if (len > 0 && text[len - 1] != '\n')
+        text[len++] = '\n';
+    memcpy(text + len, line, strlen(line) + 1);
+    len += strlen(line);
+
+    char err[512];
+    struct keyring *ring = NULL;
+    int rc = 1;
+    if (keyring_load_string(file, text, &ring, err, sizeof err) < 0)
+        fprintf(stderr, "aigw keygen: not appended: %s\n", err);
+    else if (file_replace(file, text, len, st.st_mode, st.st_uid, st.st_gid, err, sizeof err) < 0)
+        fprintf(stderr, "aigw keygen: not appended: %s\n", err);
+    else
+        rc = 0;
+    keyring_free(ring);
+    explicit_bzero(text, len);
+    free(text);
+    return rc;
+}
+
+/* The new key goes to stderr, once (only its hash is ever stored); stdout gets
+ * the keys-file line alone, so `aigw keygen NAME >> keys` appends it. */
 static int keygen(int argc, char **argv)
 {
-    if (argc < 3 || argc > 4) {
-        fprintf(stderr, "usage: aigw keygen NAME [TIER]\n");
+    const char *append = NULL;
+    int first = 2;
+    if (argc >= 4 && strcmp(argv[2], "--append") == 0) {
+        append = argv[3];
+        first = 4;
+    }
+    if (argc - first < 1 || argc - first > 2) {
+        fprintf(stderr, "usage: aigw keygen [--append FILE] NAME [TIER]\n");
         return 2;
     }
     uint8_t random[32];
@@ -60,18 +125,26 @@ static int keygen(int argc, char **argv)
     }
     char key[KEY_LEN + 1], line[512];
     if (key_generate(random, key, sizeof key) < 0 ||
-        key_file_line(argv[2], argc == 4 ? argv[3] : NULL, key, line, sizeof line) < 0) {
+        key_file_line(argv[first], argc - first == 2 ? argv[first + 1] : NULL, key, line, sizeof line) < 0) {
         fprintf(stderr, "aigw keygen: invalid NAME or TIER (letters, digits, '.', '_', '-'; "
                         "NAME up to %d, TIER up to %d characters)\n", KEY_NAME_MAX, KEY_TIER_MAX);
         return 2;
     }
     explicit_bzero(random, sizeof random);
-    printf("key:  %s\n"
-           "Give the key to its user now: it is not stored anywhere and cannot be shown again.\n"
-           "Add this line to the [keys] file (it holds only the key's SHA-256):\n%s",
-           key, line);
+    int rc = 0;
+    if (append)
+        rc = keygen_append(append, line);
+    else if (fputs(line, stdout) == EOF || fflush(stdout) != 0)
+        rc = 1;
+    if (rc == 0)
+        fprintf(stderr, "key: %s\n"
+                        "Give the key to its user now: it is not stored anywhere and cannot be shown again.\n"
+                        "%s%s\n",
+                key, append ? "Its line (holding only the key's SHA-256) was added to " :
+                              "Its line for the [keys] file (holding only the key's SHA-256) is on stdout",
+                append ? append : "");
     explicit_bzero(key, sizeof key);
-    return 0;
+    return rc;
 }
 
 static void print_version(void)
@@ -219,8 +292,8 @@ static unsigned online_cpus(void)
     return (unsigned)n;
 }
 
-/* Without Redis, the day's quota use of the last run (snapshot.h); before any
- * shard admits from g. */
+/* Without Redis, the day's quota and spend use of the last run (snapshot.h);
+ * before any shard admits from g. */
 static void restore_daily_quotas(struct gen *g)
 {
     const struct config *cfg = g->cfg;
@@ -229,9 +302,10 @@ static void restore_daily_quotas(struct gen *g)
         return;     /* Redis holds the quotas */
     if (!dir[0]) {
         for (unsigned i = 0; i < cfg->ntiers; i++)
-            if (cfg->tiers[i].daily_tokens) {
-                log_warn("[tier %s] sets daily_tokens without [cluster]: daily quotas restart from zero on "
-                         "every restart: set [server] state_dir", cfg->tiers[i].name);
+            if (cfg->tiers[i].daily_tokens || cfg->tiers[i].daily_spend_micro_usd) {
+                log_warn("[tier %s] sets %s without [cluster]: daily quotas restart from zero on "
+                         "every restart: set [server] state_dir", cfg->tiers[i].name,
+                         cfg->tiers[i].daily_tokens ? "daily_tokens" : "daily_spend");
                 break;
             }
         return;
@@ -253,7 +327,11 @@ int main(int argc, char **argv)
     const char *path = DEFAULT_CONFIG;
     bool check_only = false, print_config = false;
     int opt;
-    while ((opt = getopt(argc, argv, "c:tTvh")) != -1) {
+    static const struct option long_opts[] = {
+        { "config", required_argument, NULL, 'c' }, { "check", no_argument, NULL, 't' },
+        { "version", no_argument, NULL, 'v' }, { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 },
+    };
+    while ((opt = getopt_long(argc, argv, "c:tTvh", long_opts, NULL)) != -1) {
         switch (opt) {
         case 'c':
             path = optarg;

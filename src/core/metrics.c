@@ -1091,7 +1091,7 @@ static void render_keys(struct outbuf *o)
 {
     static const char *const directions[2] = { [TOKENS_PROMPT] = "prompt",
                                                [TOKENS_COMPLETION] = "completion" };
-    static const char *const limits[METRICS_NLIMITS] = { "requests", "tokens", "quota",
+    static const char *const limits[METRICS_NLIMITS] = { "requests", "tokens", "quota", "spend",
                                                          "limits_unavailable" };
     render_key_family(o, "aigw_tokens_total",
                       "Tokens used through AI routes, by API key NAME and direction.", "direction",
@@ -1212,4 +1212,109 @@ int metrics_render_alloc(char **out, size_t *len)
     }
     errno = ENOMEM;
     return -1;
+}
+
+/* ---- read accessors for /status ---- */
+
+static enum metrics_status_class status_class(unsigned col)
+{
+    const char *label = status_labels[col];
+    if (strcmp(label, "429") == 0)
+        return MSC_429;
+    switch (label[0]) {
+    case '1': return MSC_1XX;
+    case '2': return MSC_2XX;
+    case '3': return MSC_3XX;
+    case '4': return MSC_4XX;
+    default: return MSC_5XX;
+    }
+}
+
+void metrics_read(struct metrics_reading *r)
+{
+    memset(r, 0, sizeof *r);
+    pthread_mutex_lock(&registry_mu);
+    for (unsigned k = 0; k < nroutes; k++)
+        for (unsigned st = 0; st < METRICS_NSTATUS; st++)
+            r->route_requests[k][status_class(st)] += SUM_SHARDS(requests[k][st]);
+    for (unsigned b = 0; b < nbackends; b++)
+        for (unsigned i = 0; i < 2; i++) {
+            r->backend_attempts[b][i] = SUM_SHARDS(backend_requests[b][i]);
+            r->backend_tokens[b][i] = SUM_SHARDS(backend_tokens[b][i]);
+        }
+    for (unsigned i = 0; i < nroute_pools; i++) {
+        for (unsigned k = 0; k < METRICS_LLM_NBUCKETS; k++)
+            r->first_byte_bucket[i][k] = SUM_SHARDS(first_byte_bucket[i][k]);
+        for (unsigned k = 0; k < METRICS_TOKEN_NBUCKETS; k++)
+            r->token_gap_bucket[i][k] = SUM_SHARDS(token_gap_bucket[i][k]);
+    }
+    unsigned np = atomic_load_explicit(&npools, memory_order_relaxed);
+    for (unsigned p = 0; p < np; p++)
+        for (unsigned k = 0; k < METRICS_NSHED; k++)
+            r->shed[p][k] = SUM_SHARDS(shed[p][k]);
+    for (unsigned k = 0; shards && k < nkeys; k++)
+        for (unsigned l = 0; l < METRICS_NLIMITS; l++)
+            r->ratelimited[l] += key_ratelimited(k, l);
+    pthread_mutex_unlock(&registry_mu);
+}
+
+int64_t metrics_pool_queued(int pool_slot)
+{
+    if (pool_slot < 0 || pool_slot >= METRICS_MAX_POOLS)
+        return 0;
+    int64_t sum = 0;
+    for (unsigned s = 0; s < nshards; s++)
+        sum += atomic_load_explicit(&shards[s].queued[pool_slot], memory_order_relaxed);
+    return sum;
+}
+
+unsigned metrics_nshards(void)
+{
+    return nshards;
+}
+
+static uint64_t key_order_value(const struct metrics_key_total *t, enum metrics_key_order order)
+{
+    return order == KEYS_BY_SPEND ? t->nano_usd : t->tokens[0] + t->tokens[1];
+}
+
+int metrics_top_keys(enum metrics_key_order order, struct metrics_key_total *out, unsigned max)
+{
+    if (max == 0)
+        return 0;
+    pthread_mutex_lock(&registry_mu);
+    unsigned n = shards ? nkeys : 0;
+    uint64_t *spend = calloc(n + 1, sizeof *spend);
+    if (!spend) {
+        pthread_mutex_unlock(&registry_mu);
+        errno = ENOMEM;
+        return -1;
+    }
+    for (unsigned s = 0; s < nshards; s++) {
+        for (unsigned i = 0; i < METRICS_COST_CELLS; i++) {
+            uint32_t pair = atomic_load_explicit(&shards[s].cost[i].pair, memory_order_acquire);
+            unsigned key = pair ? (pair - 1) >> 8 : 0;
+            if (pair && key < n)
+                spend[key] += load(&shards[s].cost[i].nano_usd);
+        }
+        if (n)
+            spend[0] += load(&shards[s].cost_overflow.nano_usd);
+    }
+    /* insertion into a sorted top-max: max is small (tens) */
+    unsigned have = 0;
+    for (unsigned k = 0; k < n; k++) {
+        struct metrics_key_total t = { k ? key_names[k] : "", { key_tokens(k, 0), key_tokens(k, 1) }, spend[k] };
+        uint64_t v = key_order_value(&t, order);
+        if (v == 0 || (have == max && v <= key_order_value(&out[max - 1], order)))
+            continue;
+        unsigned at = have < max ? have++ : max - 1;
+        while (at > 0 && key_order_value(&out[at - 1], order) < v) {
+            out[at] = out[at - 1];
+            at--;
+        }
+        out[at] = t;
+    }
+    free(spend);
+    pthread_mutex_unlock(&registry_mu);
+    return (int)have;
 }

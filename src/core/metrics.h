@@ -50,7 +50,7 @@ enum shed_reason {
     METRICS_NSHED = 3,
 };
 /* aigw_ratelimited_total's limit label: ratelimit.h's enum rl_limit minus one */
-#define METRICS_NLIMITS 4
+#define METRICS_NLIMITS 5
 
 typedef _Atomic uint64_t mcounter;
 typedef _Atomic int64_t mgauge;
@@ -227,6 +227,39 @@ void metrics_observe_ai(struct shard_metrics *m, const struct ai_observation *o)
 /* One settled request's cost (pico-USD, cost.h) for aigw_cost_usd_total{key,
  * model}; 0 adds nothing, so an unpriced model never gets a series. Shard only. */
 void metrics_add_cost(struct shard_metrics *m, int key_slot, int model_slot, uint64_t pico_usd);
+
+/* ---- read accessors for /status (status.c), control plane ---- */
+
+/* Status classes of a route's requests for /status: 429 apart from the other 4xx. */
+enum metrics_status_class { MSC_1XX, MSC_2XX, MSC_3XX, MSC_4XX, MSC_429, MSC_5XX, METRICS_NCLASSES };
+/* The cumulative counters /status derives rates and last-minute percentiles from,
+ * summed over the shards (the same sums /metrics renders), indexed by metric slot. */
+struct metrics_reading {
+    uint64_t route_requests[METRICS_MAX_ROUTES][METRICS_NCLASSES];
+    uint64_t backend_attempts[METRICS_MAX_BACKENDS][2];        /* enum attempt_result */
+    uint64_t backend_tokens[METRICS_MAX_BACKENDS][2];          /* enum token_direction */
+    uint64_t first_byte_bucket[METRICS_MAX_ROUTE_POOLS][METRICS_LLM_NBUCKETS];   /* per bucket, not cumulative */
+    uint64_t token_gap_bucket[METRICS_MAX_ROUTE_POOLS][METRICS_TOKEN_NBUCKETS];
+    uint64_t shed[METRICS_MAX_POOLS][METRICS_NSHED];
+    uint64_t ratelimited[METRICS_NLIMITS];                     /* over all keys */
+};
+/* Fills r (takes the registry mutex). */
+void metrics_read(struct metrics_reading *r);
+/* The requests waiting in a pool's queue now, over all shards (aigw_pool_queue_length). */
+int64_t metrics_pool_queued(int pool_slot);
+/* One API key's lifetime totals. name lives for the process lifetime ("" for slot 0). */
+struct metrics_key_total {
+    const char *name;
+    uint64_t tokens[2];                 /* enum token_direction */
+    uint64_t nano_usd;                  /* aigw_cost_usd_total summed over models */
+};
+enum metrics_key_order { KEYS_BY_TOKENS, KEYS_BY_SPEND };
+/* The keys with the most tokens (or spend) over the process lifetime, largest
+ * first, at most max of them, keys with nothing left out. Returns how many were
+ * written, or -1 with errno ENOMEM. */
+int metrics_top_keys(enum metrics_key_order order, struct metrics_key_total *out, unsigned max);
+/* The shard count metrics_init was given (0 before). */
+unsigned metrics_nshards(void);
 
 /* Renders Prometheus text exposition format 0.0.4 into buf, snprintf-style: returns
  * the length of the whole output (without the NUL); it fitted, NUL-terminated, only

@@ -202,5 +202,5 @@ void usage_settle(struct conn *c)
         c->req.cost_pusd = cost_pico_usd(prompt, completion, price->input_per_mtok, price->output_per_mtok);
         metrics_add_cost(sh->m, slot, c->req.model_slot, c->req.cost_pusd);
     }
-    admission_settle(c, prompt + completion);
+    admission_settle(c, prompt + completion, c->req.cost_pusd);
 }

@@ -394,6 +394,10 @@ int keyring_load(const char *path, struct keyring **out, char *err, size_t errle
     if (err && errlen)
         err[0] = '\0';
     int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 && errno == EACCES)
+        /* the commonest install mistake: a root-only file and a service user */
+        return fail(&ld, 0, "cannot open: %s (the user aigw runs as must read it: "
+                            "chgrp aigw %s && chmod 0640 %s)", strerror(errno), path, path);
     if (fd < 0)
         return fail(&ld, 0, "cannot open: %s", strerror(errno));
     struct stat st;

@@ -88,11 +88,14 @@ void rl_global_init(struct rl_global *g, const struct rl_limits *lim, unsigned s
     rate_init(&g->tok, lim->tpm, burst_ms, g->shards);
     g->daily = (int64_t)clamp_u64(lim->daily_tokens, RL_MAX_DAILY);
     g->daily_batch = lease_batch(g->daily, g->shards);
+    g->spend = (int64_t)clamp_u64(lim->daily_spend, RL_MAX_DAILY);
+    g->spend_batch = lease_batch(g->spend, g->shards);
     g->origin_ns = now_ns;
     /* at origin the unit clock reads 0: empty at -capacity means full */
     atomic_init(&g->req_empty_at, -g->req.capacity);
     atomic_init(&g->tok_empty_at, -g->tok.capacity);
     atomic_init(&g->daily_state, 0);
+    atomic_init(&g->spend_state, 0);
 }
 
 void rl_local_init(struct rl_local *l)
@@ -270,31 +273,59 @@ static uint64_t quota_pack(int64_t day, uint64_t used)
     return (uint64_t)day << DAY_SHIFT | (used > USED_MASK ? USED_MASK : used);
 }
 
-/* What a pool has used of a day it has not seen yet: nothing, or in cluster
- * mode all of it (the host holds none of that day's quota until leased). */
-static uint64_t quota_fresh_used(const struct rl_global *g)
+/* The two daily allowances, the token quota and the spend cap, share one
+ * mechanism: a packed day|used word per key and a lease per shard. */
+struct day_pool {
+    int64_t limit, batch;
+    _Atomic uint64_t *state;
+    _Atomic int64_t *shared_used;   /* cluster mode: the store's view */
+};
+
+struct day_lease {
+    int64_t *left, *day;
+};
+
+static struct day_pool day_pool_of(const struct rl_global *g, enum rl_dim d)
 {
-    return g->cluster ? (uint64_t)g->daily : 0;
+    struct rl_global *m = (struct rl_global *)g;   /* the atomics only */
+    if (d == RL_DIM_SPEND)
+        return (struct day_pool){ g->spend, g->spend_batch, &m->spend_state, &m->shared_spend_used };
+    return (struct day_pool){ g->daily, g->daily_batch, &m->daily_state, &m->shared_daily_used };
+}
+
+static struct day_lease day_lease_of(struct rl_local *l, enum rl_dim d)
+{
+    if (d == RL_DIM_SPEND)
+        return (struct day_lease){ &l->spend, &l->spend_day };
+    return (struct day_lease){ &l->daily, &l->daily_day };
+}
+
+/* What a pool has used of a day it has not seen yet: nothing, or in cluster
+ * mode all of it (the host holds none of that day's allowance until leased). */
+static uint64_t quota_fresh_used(const struct rl_global *g, const struct day_pool *q)
+{
+    return g->cluster ? (uint64_t)q->limit : 0;
 }
 
 /* The pool's use of `day` (a later day than the pool's is fresh). */
-static int64_t quota_used_on(const struct rl_global *g, uint64_t state, int64_t day)
+static int64_t quota_used_on(const struct rl_global *g, const struct day_pool *q, uint64_t state, int64_t day)
 {
-    return day == (int64_t)(state >> DAY_SHIFT) ? (int64_t)(state & USED_MASK) : (int64_t)quota_fresh_used(g);
+    return day == (int64_t)(state >> DAY_SHIFT) ? (int64_t)(state & USED_MASK)
+                                                : (int64_t)quota_fresh_used(g, q);
 }
 
 /* Changes the pool's usage of `day` by delta; nothing when the pool has moved on
- * to a later day (that day's quota is gone). */
-static void quota_adjust(struct rl_global *g, int64_t day, int64_t delta)
+ * to a later day (that day's allowance is gone). */
+static void quota_adjust(const struct rl_global *g, const struct day_pool *q, int64_t day, int64_t delta)
 {
     note_pool_touch(g);
-    uint64_t old = atomic_load_explicit(&g->daily_state, memory_order_relaxed);
+    uint64_t old = atomic_load_explicit(q->state, memory_order_relaxed);
     for (;;) {
         if ((int64_t)(old >> DAY_SHIFT) != day)
             return;
         int64_t used = (int64_t)(old & USED_MASK);
         int64_t next = delta < 0 ? used - min_i64(-delta, used) : min_i64(used + delta, (int64_t)USED_MASK);
-        if (atomic_compare_exchange_weak_explicit(&g->daily_state, &old, quota_pack(day, (uint64_t)next),
+        if (atomic_compare_exchange_weak_explicit(q->state, &old, quota_pack(day, (uint64_t)next),
                                                   memory_order_relaxed, memory_order_relaxed))
             return;
     }
@@ -303,33 +334,73 @@ static void quota_adjust(struct rl_global *g, int64_t day, int64_t delta)
 /* Takes `cost` for the shard, using its lease when that is of the pool's
  * current day, and leaving it a top-up. The day never goes back: a shard whose
  * clock still reads yesterday takes from today's pool. */
-static bool quota_take(struct rl_global *g, struct rl_local *l, int64_t today, int64_t cost)
+static bool quota_take(const struct rl_global *g, const struct day_pool *q, struct day_lease ls,
+                       int64_t today, int64_t cost)
 {
     note_pool_touch(g);
-    uint64_t old = atomic_load_explicit(&g->daily_state, memory_order_relaxed);
+    uint64_t old = atomic_load_explicit(q->state, memory_order_relaxed);
     for (;;) {
         int64_t day = max_i64((int64_t)(old >> DAY_SHIFT), today);
-        uint64_t used = (uint64_t)quota_used_on(g, old, day);
-        int64_t have = l->daily_day == day ? l->daily : 0;
+        uint64_t used = (uint64_t)quota_used_on(g, q, old, day);
+        int64_t have = *ls.day == day ? *ls.left : 0;
         int64_t need = cost - have;
-        int64_t level = g->daily - (int64_t)used;
+        int64_t level = q->limit - (int64_t)used;
         if (level < need) {
             /* A lease, when there is one, is of the pool's current day (days
              * only move forward), so it can go back as it is. */
             if (have > 0)
-                quota_adjust(g, day, -have);
-            l->daily = 0;
+                quota_adjust(g, q, day, -have);
+            *ls.left = 0;
             return false;
         }
-        int64_t topup = min_i64(g->daily_batch, (level - need) / (2 * (int64_t)g->shards));
-        if (atomic_compare_exchange_weak_explicit(&g->daily_state, &old,
+        int64_t topup = min_i64(q->batch, (level - need) / (2 * (int64_t)g->shards));
+        if (atomic_compare_exchange_weak_explicit(q->state, &old,
                                                   quota_pack(day, used + (uint64_t)(need + topup)),
                                                   memory_order_relaxed, memory_order_relaxed)) {
-            l->daily = topup;
-            l->daily_day = day;
+            *ls.left = topup;
+            *ls.day = day;
             return true;
         }
     }
+}
+
+/* Admits cost from a daily allowance: from the shard's lease when it covers it. */
+static bool quota_admit(const struct rl_global *g, const struct day_pool *q, struct day_lease ls,
+                        int64_t today, int64_t cost)
+{
+    if (*ls.day < today) {
+        *ls.left = 0;   /* a lease of an earlier day: that allowance is gone */
+        *ls.day = today;
+    }
+    if (*ls.left >= cost) {
+        *ls.left -= cost;
+        return true;
+    }
+    return quota_take(g, q, ls, today, cost);
+}
+
+/* Gives back (delta < 0) or takes over the limit (delta > 0) what a
+ * settlement found, through the shard's lease when it is of the ticket's day. */
+static void quota_settle(const struct rl_global *g, const struct day_pool *q, struct day_lease ls,
+                         int64_t ticket_day, int64_t delta)
+{
+    if (*ls.day == ticket_day) {
+        if (delta < 0) {
+            *ls.left -= delta;
+            if (*ls.left > q->batch) {
+                delta = -(*ls.left - q->batch);
+                *ls.left = q->batch;
+            } else {
+                delta = 0;
+            }
+        } else {
+            int64_t from_lease = min_i64(*ls.left, delta);
+            *ls.left -= from_lease;
+            delta -= from_lease;
+        }
+    }
+    if (delta != 0)
+        quota_adjust(g, q, ticket_day, delta);
 }
 
 /* ---- admission and settlement ----------------------------------------- */
@@ -370,11 +441,12 @@ static void note_refused(const struct rl_global *g, struct rl_local *l, enum rl_
 /* Until 00:00 UTC; but in cluster mode, when what the store has left and what
  * this host's pool holds (the store counts that as used) cover the cost, as
  * soon as the next lease may bring the rest. */
-static uint32_t quota_retry_seconds(const struct rl_global *g, int64_t cost, int64_t now_unix_s)
+static uint32_t quota_retry_seconds(const struct rl_global *g, enum rl_dim d, int64_t cost, int64_t now_unix_s)
 {
     if (g->cluster) {
-        int64_t store_left = g->daily - atomic_load_explicit(&g->shared_daily_used, memory_order_relaxed);
-        int64_t pool = rl_stock(g, RL_DIM_DAILY, utc_day(now_unix_s));
+        struct day_pool q = day_pool_of(g, d);
+        int64_t store_left = q.limit - atomic_load_explicit(q.shared_used, memory_order_relaxed);
+        int64_t pool = rl_stock(g, d, utc_day(now_unix_s));
         if (max_i64(store_left, 0) + max_i64(pool, 0) >= cost)
             return 1;
     }
@@ -384,14 +456,24 @@ static uint32_t quota_retry_seconds(const struct rl_global *g, int64_t cost, int
 bool rl_admit(struct rl_global *g, struct rl_local *l, uint64_t cost_tokens,
               uint64_t now_ns, int64_t now_unix_s, struct rl_verdict *out)
 {
+    return rl_admit_priced(g, l, cost_tokens, 0, now_ns, now_unix_s, out);
+}
+
+bool rl_admit_priced(struct rl_global *g, struct rl_local *l, uint64_t cost_tokens, uint64_t cost_spend,
+                     uint64_t now_ns, int64_t now_unix_s, struct rl_verdict *out)
+{
     memset(out, 0, sizeof *out);
     int64_t cost = (int64_t)clamp_u64(cost_tokens, COST_MAX);
+    int64_t spend_cost = (int64_t)clamp_u64(cost_spend, COST_MAX);
     bool tokens = g->tok.per_minute && cost > 0;
     bool daily = g->daily && cost > 0;
+    bool spend = g->spend && spend_cost > 0;
     if (tokens && cost > g->tok.capacity)
         return deny(out, RL_TOKENS, true, 0);
     if (daily && cost > g->daily)
         return deny(out, RL_QUOTA, true, 0);
+    if (spend && spend_cost > g->spend)
+        return deny(out, RL_SPEND, true, 0);
 
     int64_t deficit = 0;
     if (g->req.per_minute && !lease_take(g, &g->req, &g->req_empty_at, &l->req, 1, now_ns, &deficit)) {
@@ -405,60 +487,78 @@ bool rl_admit(struct rl_global *g, struct rl_local *l, uint64_t cost_tokens,
         return deny(out, RL_TOKENS, false, retry_seconds(g, &g->tok, deficit, now_ns));
     }
     int64_t today = utc_day(now_unix_s);
-    if (daily) {
-        if (l->daily_day < today) {
-            l->daily = 0;   /* a lease of an earlier day: that quota is gone */
-            l->daily_day = today;
-        }
-        if (l->daily >= cost) {
-            l->daily -= cost;
-        } else if (!quota_take(g, l, today, cost)) {
+    struct day_pool quota = day_pool_of(g, RL_DIM_DAILY);
+    if (daily && !quota_admit(g, &quota, day_lease_of(l, RL_DIM_DAILY), today, cost)) {
+        if (g->req.per_minute)
+            lease_give(g, &g->req, &g->req_empty_at, &l->req, 1, now_ns);
+        if (tokens)
+            lease_give(g, &g->tok, &g->tok_empty_at, &l->tok, cost, now_ns);
+        note_refused(g, l, RL_DIM_DAILY, cost);
+        return deny(out, RL_QUOTA, false, quota_retry_seconds(g, RL_DIM_DAILY, cost, now_unix_s));
+    }
+    /* the quota's lease may be of a later day than this shard's clock says */
+    int64_t day = daily ? l->daily_day : today;
+    struct day_pool cap = day_pool_of(g, RL_DIM_SPEND);
+    if (spend && !quota_admit(g, &cap, day_lease_of(l, RL_DIM_SPEND), day, spend_cost)) {
+        if (g->req.per_minute)
+            lease_give(g, &g->req, &g->req_empty_at, &l->req, 1, now_ns);
+        if (tokens)
+            lease_give(g, &g->tok, &g->tok_empty_at, &l->tok, cost, now_ns);
+        if (daily)
+            quota_settle(g, &quota, day_lease_of(l, RL_DIM_DAILY), day, -cost);
+        note_refused(g, l, RL_DIM_SPEND, spend_cost);
+        return deny(out, RL_SPEND, false, quota_retry_seconds(g, RL_DIM_SPEND, spend_cost, now_unix_s));
+    }
+    if (spend && l->spend_day != day) {
+        /* the spend pool was already on a later day than the quota's lease:
+         * the ticket's one day is the later one, where the spend was charged */
+        if (daily)
+            quota_settle(g, &quota, day_lease_of(l, RL_DIM_DAILY), day, -cost);
+        day = l->spend_day;
+        if (daily && !quota_admit(g, &quota, day_lease_of(l, RL_DIM_DAILY), day, cost)) {
+            quota_settle(g, &cap, day_lease_of(l, RL_DIM_SPEND), day, -spend_cost);
             if (g->req.per_minute)
                 lease_give(g, &g->req, &g->req_empty_at, &l->req, 1, now_ns);
             if (tokens)
                 lease_give(g, &g->tok, &g->tok_empty_at, &l->tok, cost, now_ns);
             note_refused(g, l, RL_DIM_DAILY, cost);
-            return deny(out, RL_QUOTA, false, quota_retry_seconds(g, cost, now_unix_s));
+            return deny(out, RL_QUOTA, false, quota_retry_seconds(g, RL_DIM_DAILY, cost, now_unix_s));
         }
-        today = l->daily_day;
     }
     out->ticket.tokens = (uint64_t)cost;
-    out->ticket.day = today;
+    out->ticket.spend = spend ? (uint64_t)spend_cost : 0;
+    out->ticket.day = day;
     return true;
 }
 
 void rl_settle(struct rl_global *g, struct rl_local *l, const struct rl_ticket *t,
                uint64_t actual_tokens, uint64_t now_ns, int64_t now_unix_s)
 {
+    rl_settle_priced(g, l, t, actual_tokens, t->spend, now_ns, now_unix_s);
+}
+
+void rl_settle_priced(struct rl_global *g, struct rl_local *l, const struct rl_ticket *t,
+                      uint64_t actual_tokens, uint64_t actual_spend, uint64_t now_ns, int64_t now_unix_s)
+{
     int64_t reserved = (int64_t)clamp_u64(t->tokens, COST_MAX);
     int64_t actual = (int64_t)clamp_u64(actual_tokens, COST_MAX);
-    if (actual == reserved)
-        return;
-    if (g->tok.per_minute) {
-        if (actual < reserved)
-            lease_give(g, &g->tok, &g->tok_empty_at, &l->tok, reserved - actual, now_ns);
-        else
-            lease_charge(g, &g->tok, &g->tok_empty_at, &l->tok, actual - reserved, now_ns);
-    }
-    if (g->daily) {
-        int64_t delta = actual - reserved;
-        if (l->daily_day == t->day) {
-            if (delta < 0) {
-                l->daily -= delta;
-                if (l->daily > g->daily_batch) {
-                    delta = -(l->daily - g->daily_batch);
-                    l->daily = g->daily_batch;
-                } else {
-                    delta = 0;
-                }
-            } else {
-                int64_t from_lease = min_i64(l->daily, delta);
-                l->daily -= from_lease;
-                delta -= from_lease;
-            }
+    if (actual != reserved) {
+        if (g->tok.per_minute) {
+            if (actual < reserved)
+                lease_give(g, &g->tok, &g->tok_empty_at, &l->tok, reserved - actual, now_ns);
+            else
+                lease_charge(g, &g->tok, &g->tok_empty_at, &l->tok, actual - reserved, now_ns);
         }
-        if (delta != 0)
-            quota_adjust(g, t->day, delta);
+        if (g->daily) {
+            struct day_pool q = day_pool_of(g, RL_DIM_DAILY);
+            quota_settle(g, &q, day_lease_of(l, RL_DIM_DAILY), t->day, actual - reserved);
+        }
+    }
+    int64_t spent = (int64_t)clamp_u64(actual_spend, COST_MAX);
+    int64_t spend_reserved = (int64_t)clamp_u64(t->spend, COST_MAX);
+    if (g->spend && spent != spend_reserved) {
+        struct day_pool q = day_pool_of(g, RL_DIM_SPEND);
+        quota_settle(g, &q, day_lease_of(l, RL_DIM_SPEND), t->day, spent - spend_reserved);
     }
 }
 
@@ -484,6 +584,11 @@ void rl_global_inherit(struct rl_global *g, const struct rl_global *old, uint64_
         if ((int64_t)(s >> DAY_SHIFT) >= utc_day(now_unix_s))
             atomic_store_explicit(&g->daily_state, s, memory_order_relaxed);
     }
+    if (g->spend && old->spend) {
+        uint64_t s = atomic_load_explicit(&old->spend_state, memory_order_relaxed);
+        if ((int64_t)(s >> DAY_SHIFT) >= utc_day(now_unix_s))
+            atomic_store_explicit(&g->spend_state, s, memory_order_relaxed);
+    }
 }
 
 int64_t rl_utc_day(int64_t unix_s)
@@ -491,19 +596,41 @@ int64_t rl_utc_day(int64_t unix_s)
     return utc_day(unix_s);
 }
 
+static int64_t day_used(const struct rl_global *g, enum rl_dim d, int64_t today)
+{
+    struct day_pool q = day_pool_of(g, d);
+    if (!q.limit)
+        return 0;
+    uint64_t s = atomic_load_explicit(q.state, memory_order_relaxed);
+    return (int64_t)(s >> DAY_SHIFT) == today ? (int64_t)(s & USED_MASK) : 0;
+}
+
+static void day_restore(struct rl_global *g, enum rl_dim d, int64_t used, int64_t today)
+{
+    struct day_pool q = day_pool_of(g, d);
+    if (!q.limit || used < 0 || today < 0 || today > DAY_MAX)
+        return;
+    atomic_store_explicit(q.state, quota_pack(today, (uint64_t)used), memory_order_relaxed);
+}
+
 int64_t rl_quota_used(const struct rl_global *g, int64_t today)
 {
-    if (!g->daily)
-        return 0;
-    uint64_t s = atomic_load_explicit((_Atomic uint64_t *)&g->daily_state, memory_order_relaxed);
-    return (int64_t)(s >> DAY_SHIFT) == today ? (int64_t)(s & USED_MASK) : 0;
+    return day_used(g, RL_DIM_DAILY, today);
 }
 
 void rl_quota_restore(struct rl_global *g, int64_t used, int64_t today)
 {
-    if (!g->daily || used < 0 || today < 0 || today > DAY_MAX)
-        return;
-    atomic_store_explicit(&g->daily_state, quota_pack(today, (uint64_t)used), memory_order_relaxed);
+    day_restore(g, RL_DIM_DAILY, used, today);
+}
+
+int64_t rl_spend_used(const struct rl_global *g, int64_t today)
+{
+    return day_used(g, RL_DIM_SPEND, today);
+}
+
+void rl_spend_restore(struct rl_global *g, int64_t used, int64_t today)
+{
+    day_restore(g, RL_DIM_SPEND, used, today);
 }
 
 /* ---- cluster mode -------------------------------------------------------- */
@@ -516,9 +643,12 @@ void rl_global_set_cluster(struct rl_global *g, int64_t now_unix_s)
     atomic_store_explicit(&g->tok_empty_at, 0, memory_order_relaxed);
     atomic_store_explicit(&g->daily_state, quota_pack(utc_day(now_unix_s), (uint64_t)g->daily),
                           memory_order_relaxed);
+    atomic_store_explicit(&g->spend_state, quota_pack(utc_day(now_unix_s), (uint64_t)g->spend),
+                          memory_order_relaxed);
     atomic_store_explicit(&g->shared_req, g->req.capacity, memory_order_relaxed);
     atomic_store_explicit(&g->shared_tok, g->tok.capacity, memory_order_relaxed);
     atomic_store_explicit(&g->shared_daily_used, 0, memory_order_relaxed);
+    atomic_store_explicit(&g->shared_spend_used, 0, memory_order_relaxed);
 }
 
 bool rl_has_dim(const struct rl_global *g, enum rl_dim d)
@@ -526,6 +656,7 @@ bool rl_has_dim(const struct rl_global *g, enum rl_dim d)
     switch (d) {
     case RL_DIM_REQ: return g->req.per_minute != 0;
     case RL_DIM_TOK: return g->tok.per_minute != 0;
+    case RL_DIM_SPEND: return g->spend != 0;
     default:         return g->daily != 0;
     }
 }
@@ -540,16 +671,21 @@ static _Atomic int64_t *dim_word(struct rl_global *g, enum rl_dim d)
     return d == RL_DIM_REQ ? &g->req_empty_at : &g->tok_empty_at;
 }
 
-/* The quota word moved to `today` if it is of an earlier day (empty in cluster
- * mode, where this is used). Returns the state current for today. */
-static uint64_t quota_roll(struct rl_global *g, int64_t today)
+static bool is_day_dim(enum rl_dim d)
 {
-    uint64_t old = atomic_load_explicit(&g->daily_state, memory_order_relaxed);
+    return d == RL_DIM_DAILY || d == RL_DIM_SPEND;
+}
+
+/* The day word moved to `today` if it is of an earlier day (empty in cluster
+ * mode, where this is used). Returns the state current for today. */
+static uint64_t quota_roll(const struct rl_global *g, const struct day_pool *q, int64_t today)
+{
+    uint64_t old = atomic_load_explicit(q->state, memory_order_relaxed);
     while ((int64_t)(old >> DAY_SHIFT) < today) {
-        if (atomic_compare_exchange_weak_explicit(&g->daily_state, &old,
-                                                  quota_pack(today, quota_fresh_used(g)),
+        if (atomic_compare_exchange_weak_explicit(q->state, &old,
+                                                  quota_pack(today, quota_fresh_used(g, q)),
                                                   memory_order_relaxed, memory_order_relaxed))
-            return quota_pack(today, quota_fresh_used(g));
+            return quota_pack(today, quota_fresh_used(g, q));
     }
     return old;
 }
@@ -558,10 +694,11 @@ int64_t rl_stock(const struct rl_global *g, enum rl_dim d, int64_t today)
 {
     if (!rl_has_dim(g, d))
         return 0;
-    if (d == RL_DIM_DAILY) {
-        uint64_t s = atomic_load_explicit((_Atomic uint64_t *)&g->daily_state, memory_order_relaxed);
+    if (is_day_dim(d)) {
+        struct day_pool q = day_pool_of(g, d);
+        uint64_t s = atomic_load_explicit(q.state, memory_order_relaxed);
         int64_t day = max_i64((int64_t)(s >> DAY_SHIFT), today);
-        return g->daily - quota_used_on(g, s, day);
+        return q.limit - quota_used_on(g, &q, s, day);
     }
     const struct rl_rate *r = dim_rate(g, d);
     int64_t empty_at = atomic_load_explicit(dim_word((struct rl_global *)g, d), memory_order_relaxed);
@@ -574,17 +711,18 @@ static int64_t stock_move(struct rl_global *g, enum rl_dim d, int64_t delta, int
 {
     if (!rl_has_dim(g, d) || delta == 0)
         return 0;
-    if (d == RL_DIM_DAILY) {
-        uint64_t old = quota_roll(g, today);
+    if (is_day_dim(d)) {
+        struct day_pool q = day_pool_of(g, d);
+        uint64_t old = quota_roll(g, &q, today);
         for (;;) {
             int64_t day = (int64_t)(old >> DAY_SHIFT);
             int64_t used = (int64_t)(old & USED_MASK);
-            int64_t level = g->daily - used;
-            int64_t next = delta > 0 ? min_i64(level + delta, g->daily) : max_i64(level + delta, floor);
+            int64_t level = q.limit - used;
+            int64_t next = delta > 0 ? min_i64(level + delta, q.limit) : max_i64(level + delta, floor);
             if (delta > 0 ? next <= level : next >= level)
                 return 0;
-            if (atomic_compare_exchange_weak_explicit(&g->daily_state, &old,
-                                                      quota_pack(day, (uint64_t)(g->daily - next)),
+            if (atomic_compare_exchange_weak_explicit(q.state, &old,
+                                                      quota_pack(day, (uint64_t)(q.limit - next)),
                                                       memory_order_relaxed, memory_order_relaxed))
                 return next - level;
         }
@@ -622,13 +760,14 @@ int64_t rl_stock_drain(struct rl_global *g, enum rl_dim d, int64_t today)
 {
     if (!rl_has_dim(g, d))
         return 0;
-    if (d == RL_DIM_DAILY) {
-        uint64_t old = quota_roll(g, today);
-        while (!atomic_compare_exchange_weak_explicit(&g->daily_state, &old,
-                                                      quota_pack((int64_t)(old >> DAY_SHIFT), (uint64_t)g->daily),
+    if (is_day_dim(d)) {
+        struct day_pool q = day_pool_of(g, d);
+        uint64_t old = quota_roll(g, &q, today);
+        while (!atomic_compare_exchange_weak_explicit(q.state, &old,
+                                                      quota_pack((int64_t)(old >> DAY_SHIFT), (uint64_t)q.limit),
                                                       memory_order_relaxed, memory_order_relaxed))
             ;
-        return g->daily - (int64_t)(old & USED_MASK);
+        return q.limit - (int64_t)(old & USED_MASK);
     }
     const struct rl_rate *r = dim_rate(g, d);
     int64_t old = atomic_exchange_explicit(dim_word(g, d), 0, memory_order_relaxed);
@@ -657,6 +796,11 @@ void rl_shared_publish(struct rl_global *g, int64_t req_level, int64_t tok_level
     atomic_store_explicit(&g->shared_daily_used, daily_used, memory_order_relaxed);
 }
 
+void rl_shared_publish_spend(struct rl_global *g, int64_t spend_used)
+{
+    atomic_store_explicit(&g->shared_spend_used, spend_used, memory_order_relaxed);
+}
+
 /* ---- headers ------------------------------------------------------------ */
 
 static void rate_status(const struct rl_global *g, const struct rl_rate *r, const _Atomic int64_t *empty_at,
@@ -681,6 +825,21 @@ static void rate_status(const struct rl_global *g, const struct rl_rate *r, cons
     *reset_ms = wait / 1000000 + (wait % 1000000 != 0);
 }
 
+/* What is left of a daily allowance today: the pool and this shard's lease
+ * (and in cluster mode what the store has left). */
+static uint64_t day_left(const struct rl_global *g, const struct rl_local *l, enum rl_dim d, int64_t now_unix_s)
+{
+    struct day_pool q = day_pool_of(g, d);
+    struct day_lease ls = day_lease_of((struct rl_local *)l, d);
+    int64_t today = utc_day(now_unix_s);
+    uint64_t s = atomic_load_explicit(q.state, memory_order_relaxed);
+    int64_t day = max_i64((int64_t)(s >> DAY_SHIFT), today);
+    int64_t left = q.limit - quota_used_on(g, &q, s, day) + (*ls.day == day ? *ls.left : 0);
+    if (g->cluster)     /* the host's pool and lease plus what the store has left */
+        left += q.limit - atomic_load_explicit(q.shared_used, memory_order_relaxed);
+    return left <= 0 ? 0 : (uint64_t)min_i64(left, q.limit);
+}
+
 void rl_status(const struct rl_global *g, const struct rl_local *l, uint64_t now_ns,
                int64_t now_unix_s, struct rl_status *out)
 {
@@ -690,16 +849,13 @@ void rl_status(const struct rl_global *g, const struct rl_local *l, uint64_t now
     rate_status(g, &g->tok, &g->tok_empty_at, l->tok, now_ns,
                 &out->limit_tokens, &out->remaining_tokens, &out->reset_tokens_ms);
     if (g->daily) {
-        int64_t today = utc_day(now_unix_s);
-        uint64_t s = atomic_load_explicit((_Atomic uint64_t *)&g->daily_state, memory_order_relaxed);
-        int64_t day = max_i64((int64_t)(s >> DAY_SHIFT), today);
-        int64_t used = quota_used_on(g, s, day);
-        int64_t left = g->daily - used + (l->daily_day == day ? l->daily : 0);
-        if (g->cluster)     /* the host's pool and lease plus what the store has left */
-            left += g->daily - atomic_load_explicit((_Atomic int64_t *)&g->shared_daily_used,
-                                                    memory_order_relaxed);
         out->limit_daily = (uint64_t)g->daily;
-        out->remaining_daily = left <= 0 ? 0 : (uint64_t)min_i64(left, g->daily);
+        out->remaining_daily = day_left(g, l, RL_DIM_DAILY, now_unix_s);
+        out->reset_daily_s = seconds_to_utc_midnight(now_unix_s);
+    }
+    if (g->spend) {
+        out->limit_spend = (uint64_t)g->spend;
+        out->remaining_spend = day_left(g, l, RL_DIM_SPEND, now_unix_s);
         out->reset_daily_s = seconds_to_utc_midnight(now_unix_s);
     }
 }
@@ -710,6 +866,7 @@ const char *rl_limit_name(enum rl_limit which)
     case RL_REQUESTS: return "requests";
     case RL_TOKENS:   return "tokens";
     case RL_QUOTA:    return "quota";
+    case RL_SPEND:    return "spend";
     case RL_UNAVAILABLE: return "limits_unavailable";
     default:          return "";
     }

@@ -1,5 +1,6 @@
 /* Per-key rate limits: requests per minute, tokens per minute (token buckets with
- * a burst size) and a daily token quota that resets at 00:00 UTC.
+ * a burst size), a daily token quota and a daily spend cap (micro-USD), both of
+ * which reset at 00:00 UTC.
  *
  * Shape: one struct rl_global per key, shared by all shards (atomics only, no
  * lock), and one struct rl_local per key per shard (plain fields, touched only
@@ -13,7 +14,8 @@
  * admission is a CAS on the global pool and the limit is exact). Over any time
  * window, a bucket admits at most capacity + refill + shards * batch; tokens
  * left in other shards' leases can make it admit less by up to shards * batch.
- * The daily quota never admits more than daily_tokens (plus settlement debt). */
+ * The daily quota never admits more than daily_tokens (plus settlement debt),
+ * nor the spend cap more than daily_spend. */
 #ifndef AIGW_POLICY_RATELIMIT_H
 #define AIGW_POLICY_RATELIMIT_H
 
@@ -38,11 +40,12 @@ struct rl_limits {
     uint64_t tpm;           /* tokens_per_minute */
     uint64_t burst_ms;      /* bucket size, as time of refill */
     uint64_t daily_tokens;  /* quota per UTC day */
+    uint64_t daily_spend;   /* micro-USD per UTC day */
 };
 
 /* RL_UNAVAILABLE: the cluster's store cannot be reached and [cluster]
  * on_redis_down = deny (decided by admission, never by rl_admit). */
-enum rl_limit { RL_NONE = 0, RL_REQUESTS, RL_TOKENS, RL_QUOTA, RL_UNAVAILABLE };
+enum rl_limit { RL_NONE = 0, RL_REQUESTS, RL_TOKENS, RL_QUOTA, RL_SPEND, RL_UNAVAILABLE };
 
 /* One token bucket's parameters; read-only after rl_global_init. */
 struct rl_rate {
@@ -58,6 +61,8 @@ struct rl_global {
     struct rl_rate req, tok;
     int64_t daily;          /* 0: no quota */
     int64_t daily_batch;
+    int64_t spend;          /* micro-USD; 0: no spend cap */
+    int64_t spend_batch;
     uint64_t origin_ns;     /* now_ns at init: bucket time is measured from it */
     uint32_t shards;
     bool cluster;           /* rl_global_set_cluster: pools are fed by the limits
@@ -76,12 +81,15 @@ struct rl_global {
     _Atomic int64_t tok_empty_at;
     /* Quota: UTC day number << 42 | tokens used that day. */
     _Atomic uint64_t daily_state;
+    /* Spend cap: UTC day number << 42 | micro-USD spent that day. */
+    _Atomic uint64_t spend_state;
 
     /* Cluster mode: what the shared store last said (written by the limits
      * sync thread, read for x-ratelimit-* headers): the shared buckets' levels
      * and the day's use of the quota over all hosts. */
     _Alignas(64) _Atomic int64_t shared_req, shared_tok;
     _Atomic int64_t shared_daily_used;
+    _Atomic int64_t shared_spend_used;
 };
 
 /* One shard's leases for one key. Zero it (rl_local_init) before use. Only that
@@ -90,17 +98,20 @@ struct rl_local {
     int64_t req, tok;       /* leased and not yet admitted */
     int64_t daily;
     int64_t daily_day;      /* the UTC day the daily lease belongs to */
+    int64_t spend;          /* micro-USD */
+    int64_t spend_day;
     /* Cluster mode: what this shard was refused because the host's pool ran
      * dry, per enum rl_dim: the demand the limits sync thread sizes leases by.
      * Written by the shard only (relaxed), read by the sync thread. */
-    _Atomic uint64_t refused[3];
+    _Atomic uint64_t refused[4];   /* RL_DIMS */
 };
 
 /* What an admission reserved; the caller keeps it with the request and passes
  * it to rl_settle when the real usage is known. */
 struct rl_ticket {
     uint64_t tokens;
-    int64_t day;            /* UTC day the quota was charged on */
+    uint64_t spend;         /* micro-USD */
+    int64_t day;            /* UTC day the quota and the spend were charged on */
 };
 
 struct rl_verdict {
@@ -108,7 +119,7 @@ struct rl_verdict {
     bool too_large;             /* the cost exceeds the bucket or the quota itself:
                                  * no wait will ever admit it (retry_after_s is 0) */
     uint32_t retry_after_s;     /* when denied: seconds until enough refills (>= 1),
-                                 * for RL_QUOTA seconds until 00:00 UTC */
+                                 * for RL_QUOTA and RL_SPEND seconds until 00:00 UTC */
     struct rl_ticket ticket;    /* when admitted: for rl_settle */
 };
 
@@ -121,6 +132,7 @@ struct rl_status {
     uint64_t limit_requests, remaining_requests, reset_requests_ms;
     uint64_t limit_tokens, remaining_tokens, reset_tokens_ms;
     uint64_t limit_daily, remaining_daily, reset_daily_s;
+    uint64_t limit_spend, remaining_spend;  /* micro-USD; reset as reset_daily_s */
 };
 
 /* shards: how many shards share g (each with its own rl_local). Out-of-range
@@ -144,6 +156,10 @@ void rl_global_inherit(struct rl_global *g, const struct rl_global *old, uint64_
  * when to retry. Returns true when admitted. */
 bool rl_admit(struct rl_global *g, struct rl_local *l, uint64_t cost_tokens,
               uint64_t now_ns, int64_t now_unix_s, struct rl_verdict *out);
+/* The same, also reserving cost_spend micro-USD from the spend cap (checked
+ * last, after the quota). */
+bool rl_admit_priced(struct rl_global *g, struct rl_local *l, uint64_t cost_tokens, uint64_t cost_spend,
+                     uint64_t now_ns, int64_t now_unix_s, struct rl_verdict *out);
 
 /* Settles an admitted request against its real token count: reserved - actual
  * goes back to the tokens bucket and the quota, or, when actual > reserved, the
@@ -154,11 +170,16 @@ bool rl_admit(struct rl_global *g, struct rl_local *l, uint64_t cost_tokens,
  * day are dropped: that day's quota is gone. */
 void rl_settle(struct rl_global *g, struct rl_local *l, const struct rl_ticket *t,
                uint64_t actual_tokens, uint64_t now_ns, int64_t now_unix_s);
+/* The same, also settling the spend cap against actual_spend micro-USD, as the
+ * quota: the difference goes back, or is taken over the cap until the next UTC
+ * day. rl_settle leaves the spend as reserved. */
+void rl_settle_priced(struct rl_global *g, struct rl_local *l, const struct rl_ticket *t,
+                      uint64_t actual_tokens, uint64_t actual_spend, uint64_t now_ns, int64_t now_unix_s);
 
 void rl_status(const struct rl_global *g, const struct rl_local *l, uint64_t now_ns,
                int64_t now_unix_s, struct rl_status *out);
 
-/* "requests" | "tokens" | "quota" ("" for RL_NONE): the error `code` and the
+/* "requests" | "tokens" | "quota" | "spend" | "limits_unavailable" ("" for RL_NONE): the error `code` and the
  * metric label. */
 const char *rl_limit_name(enum rl_limit which);
 
@@ -180,6 +201,9 @@ int64_t rl_utc_day(int64_t unix_s);
 int64_t rl_quota_used(const struct rl_global *g, int64_t today);
 /* Sets the use of `today` (a snapshot read at start, before any shard runs). */
 void rl_quota_restore(struct rl_global *g, int64_t used, int64_t today);
+/* The same for the spend cap, in micro-USD. */
+int64_t rl_spend_used(const struct rl_global *g, int64_t today);
+void rl_spend_restore(struct rl_global *g, int64_t used, int64_t today);
 
 /* ---- cluster mode ------------------------------------------------------
  *
@@ -191,8 +215,8 @@ void rl_quota_restore(struct rl_global *g, int64_t used, int64_t today);
  * admit and settle exactly as in local mode, except that a settlement larger
  * than the reservation takes the pool below zero instead of stopping at empty,
  * so the store is charged for it. */
-enum rl_dim { RL_DIM_REQ, RL_DIM_TOK, RL_DIM_DAILY };
-#define RL_DIMS 3
+enum rl_dim { RL_DIM_REQ, RL_DIM_TOK, RL_DIM_DAILY, RL_DIM_SPEND };
+#define RL_DIMS 4
 
 /* Right after rl_global_init, before any shard sees g: every pool starts empty. */
 void rl_global_set_cluster(struct rl_global *g, int64_t now_unix_s);
@@ -202,7 +226,8 @@ bool rl_has_dim(const struct rl_global *g, enum rl_dim d);
 
 /* The tokens (requests) in the host pool of d now, not counting shards'
  * leases; below 0 when settlements owe more than the pool held. For
- * RL_DIM_DAILY, of UTC day `today` (0 when the pool is of an earlier day). */
+ * RL_DIM_DAILY and RL_DIM_SPEND, of UTC day `today` (0 when the pool is of an
+ * earlier day). */
 int64_t rl_stock(const struct rl_global *g, enum rl_dim d, int64_t today);
 
 /* Puts n >= 0 leased tokens into the pool of d (daily: of day `today`; a pool of
@@ -232,5 +257,7 @@ uint64_t rl_refused_sum(const struct rl_local *l, size_t stride, unsigned shards
 
 /* The store's view after a sync, for headers: bucket levels, quota used today. */
 void rl_shared_publish(struct rl_global *g, int64_t req_level, int64_t tok_level, int64_t daily_used);
+/* The store's view of the day's spend over all hosts (micro-USD). */
+void rl_shared_publish_spend(struct rl_global *g, int64_t spend_used);
 
 #endif

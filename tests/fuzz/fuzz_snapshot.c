@@ -1,6 +1,6 @@
 /* libFuzzer target: the state_dir snapshot's text (cluster/snapshot_file.h).
  * Any input is either refused with a one-line reason and nothing to free, or
- * parsed into entries that hold: a day and uses in range, valid NAMEs inside
+ * parsed into entries that hold: a day, uses and spends in range, valid NAMEs inside
  * the input, sorted with no NAME twice, each found by its NAME. Formatting
  * what was parsed gives a text of the input's length (the syntax has one
  * spelling per value) that parses back to the same day and entries, and
@@ -34,6 +34,8 @@ static void check_same(const struct snapshot_file *a, const struct snapshot_file
     for (size_t i = 0; i < a->count; i++) {
         FUZZ_CHECK(name_cmp(&a->entries[i], &b->entries[i]) == 0);
         FUZZ_CHECK(a->entries[i].used == b->entries[i].used);
+        FUZZ_CHECK(a->entries[i].spend == b->entries[i].spend);
+        FUZZ_CHECK(a->entries[i].no_tokens == b->entries[i].no_tokens);
     }
 }
 
@@ -46,6 +48,8 @@ static void check_parsed(const struct snapshot_file *f, const char *text, size_t
         FUZZ_CHECK(e->name >= text && e->name_len <= len && e->name + e->name_len <= text + len);
         FUZZ_CHECK(key_name_valid(e->name, e->name_len));
         FUZZ_CHECK(e->used >= 0 && e->used <= SNAPSHOT_MAX_USED);
+        FUZZ_CHECK(e->spend >= 0 && e->spend <= SNAPSHOT_MAX_USED);
+        FUZZ_CHECK(!e->no_tokens || (e->used == 0 && e->spend > 0));   /* an entry has a record */
         FUZZ_CHECK(i == 0 || name_cmp(&f->entries[i - 1], e) < 0);   /* sorted, no NAME twice */
         FUZZ_CHECK(snapshot_file_find(f, e->name, e->name_len) == e);
     }

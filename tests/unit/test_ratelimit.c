@@ -688,3 +688,155 @@ Test(ratelimit, cluster_move_stock_hands_back_what_does_not_fit)
     free(old);
     free(neu);
 }
+
+/* ---- the daily spend cap (micro-USD) ---- */
+
+static struct rl_global *rlt_spend(uint64_t daily_tokens, uint64_t daily_spend, unsigned shards)
+{
+    struct rl_global *g = aligned_alloc(64, sizeof *g);
+    cr_assert_not_null(g);
+    struct rl_limits lim = { .daily_tokens = daily_tokens, .daily_spend = daily_spend };
+    rl_global_init(g, &lim, shards, RLT_T0);
+    return g;
+}
+
+Test(ratelimit, spend_admits_until_the_cap_then_refuses_until_midnight)
+{
+    struct rl_global *g = rlt_spend(0, 1000, 1);
+    struct rl_local l;
+    rl_local_init(&l);
+    struct rl_verdict v;
+    unsigned n = 0;
+    while (n < 100 && rl_admit_priced(g, &l, 10, 300, RLT_T0, RLT_NOON, &v))
+        n++;
+    cr_expect_eq(n, 3, "300 micro-USD each on a 1000 day");
+    cr_expect_eq(v.limit, RL_SPEND);
+    cr_expect_not(v.too_large);
+    cr_expect_eq(v.retry_after_s, 12 * 3600, "until 00:00 UTC");
+    cr_expect_str_eq(rl_limit_name(RL_SPEND), "spend");
+    cr_expect(rl_admit_priced(g, &l, 10, 100, RLT_T0, RLT_NOON, &v), "100 still fit");
+    cr_expect(rl_admit_priced(g, &l, 10, 0, RLT_T0, RLT_NOON, &v), "an unpriced request is never refused");
+    cr_expect(rl_admit_priced(g, &l, 10, 300, RLT_T0, RLT_MIDNIGHT + 86400, &v), "a new day");
+    free(g);
+}
+
+Test(ratelimit, spend_over_the_whole_cap_is_too_large)
+{
+    struct rl_global *g = rlt_spend(0, 1000, 2);
+    struct rl_local l;
+    rl_local_init(&l);
+    struct rl_verdict v;
+    cr_expect_not(rl_admit_priced(g, &l, 10, 1001, RLT_T0, RLT_NOON, &v));
+    cr_expect_eq(v.limit, RL_SPEND);
+    cr_expect(v.too_large);
+    cr_expect_eq(v.retry_after_s, 0, "no wait admits it");
+    cr_expect(rl_admit_priced(g, &l, 10, 1000, RLT_T0, RLT_NOON, &v), "the whole cap at once is fine");
+    free(g);
+}
+
+Test(ratelimit, spend_refusal_gives_back_the_quota_it_took)
+{
+    struct rl_global *g = rlt_spend(1000, 100, 1);
+    struct rl_local l;
+    rl_local_init(&l);
+    struct rl_verdict v;
+    cr_assert(rl_admit_priced(g, &l, 100, 90, RLT_T0, RLT_NOON, &v));
+    cr_expect_not(rl_admit_priced(g, &l, 100, 20, RLT_T0, RLT_NOON, &v));
+    cr_expect_eq(v.limit, RL_SPEND);
+    cr_expect_eq(rl_quota_used(g, RLT_TODAY) - l.daily * (l.daily_day == RLT_TODAY), 100,
+                 "the refused request's tokens went back to the quota");
+    cr_expect(rl_admit_priced(g, &l, 900, 10, RLT_T0, RLT_NOON, &v), "the rest of both fits");
+    free(g);
+}
+
+Test(ratelimit, spend_settles_up_and_down_like_the_quota)
+{
+    struct rl_global *g = rlt_spend(0, 1000, 1);
+    struct rl_local l;
+    rl_local_init(&l);
+    struct rl_verdict v;
+    cr_assert(rl_admit_priced(g, &l, 10, 900, RLT_T0, RLT_NOON, &v));
+    cr_expect_eq(v.ticket.spend, 900);
+    rl_settle_priced(g, &l, &v.ticket, 10, 50, RLT_T0, RLT_NOON);     /* cost 50: 850 back */
+    cr_expect(rl_admit_priced(g, &l, 10, 950, RLT_T0, RLT_NOON, &v));
+    cr_expect_not(rl_admit_priced(g, &l, 10, 1, RLT_T0, RLT_NOON, &v));
+
+    struct rl_global *h = rlt_spend(0, 1000, 1);
+    rl_local_init(&l);
+    cr_assert(rl_admit_priced(h, &l, 10, 100, RLT_T0, RLT_NOON, &v));
+    rl_settle_priced(h, &l, &v.ticket, 10, 1500, RLT_T0, RLT_NOON);   /* the backend went over */
+    cr_expect_eq(rl_spend_used(h, RLT_TODAY), 1500, "over the cap until midnight");
+    cr_expect_not(rl_admit_priced(h, &l, 10, 1, RLT_T0, RLT_NOON, &v));
+    cr_expect_eq(v.limit, RL_SPEND);
+    cr_expect(rl_admit_priced(h, &l, 10, 1, RLT_T0, RLT_MIDNIGHT + 86400, &v), "the next day starts afresh");
+
+    /* rl_settle leaves the spend as reserved; a ticket of yesterday changes nothing */
+    struct rl_global *k = rlt_spend(0, 1000, 64);   /* 64 shards: no lease, exact counts */
+    rl_local_init(&l);
+    cr_assert(rl_admit_priced(k, &l, 10, 400, RLT_T0, RLT_MIDNIGHT - 5, &v));
+    struct rl_ticket t = v.ticket;
+    rl_settle(k, &l, &t, 5, RLT_T0, RLT_MIDNIGHT - 4);
+    cr_expect_eq(rl_spend_used(k, RLT_TODAY - 1), 400);
+    cr_assert(rl_admit_priced(k, &l, 10, 1, RLT_T0, RLT_MIDNIGHT + 5, &v));
+    rl_settle_priced(k, &l, &t, 10, 0, RLT_T0, RLT_MIDNIGHT + 6);
+    cr_expect_eq(rl_spend_used(k, RLT_TODAY), 1, "yesterday's give-back is not today's");
+    free(g);
+    free(h);
+    free(k);
+}
+
+Test(ratelimit, spend_is_inherited_on_reload_and_restored_from_a_snapshot)
+{
+    struct rl_global *old = rlt_spend(0, 1000, 64);    /* 64 shards: no lease, exact counts */
+    struct rl_local l;
+    rl_local_init(&l);
+    struct rl_verdict v;
+    cr_assert(rl_admit_priced(old, &l, 10, 700, RLT_T0, RLT_NOON, &v));
+    struct rl_global *neu = rlt_spend(0, 1000, 64);
+    rl_global_inherit(neu, old, RLT_T0, RLT_NOON);
+    cr_expect_eq(rl_spend_used(neu, RLT_TODAY), 700);
+    rl_local_init(&l);
+    cr_expect_not(rl_admit_priced(neu, &l, 10, 301, RLT_T0, RLT_NOON, &v));
+    cr_expect(rl_admit_priced(neu, &l, 10, 300, RLT_T0, RLT_NOON, &v));
+
+    struct rl_global *fresh = rlt_spend(0, 1000, 1);
+    rl_spend_restore(fresh, 999, RLT_TODAY);
+    cr_expect_eq(rl_spend_used(fresh, RLT_TODAY), 999);
+    cr_expect_eq(rl_spend_used(fresh, RLT_TODAY + 1), 0, "of another day: nothing");
+    struct rl_global *nocap = rlt_spend(0, 0, 1);
+    rl_spend_restore(nocap, 999, RLT_TODAY);
+    cr_expect_eq(rl_spend_used(nocap, RLT_TODAY), 0, "no cap, nothing kept");
+    free(old);
+    free(neu);
+    free(fresh);
+    free(nocap);
+}
+
+Test(ratelimit, cluster_spend_is_a_stock_of_its_own)
+{
+    struct rl_global *g = aligned_alloc(64, sizeof *g);
+    cr_assert_not_null(g);
+    struct rl_limits lim = { .daily_tokens = 1000, .daily_spend = 500 };
+    rl_global_init(g, &lim, 1, RLT_T0);
+    rl_global_set_cluster(g, RLT_NOON);
+    struct rl_local l;
+    rl_local_init(&l);
+    struct rl_verdict v;
+    cr_expect(rl_has_dim(g, RL_DIM_SPEND));
+    cr_expect_eq(rl_stock(g, RL_DIM_SPEND, RLT_TODAY), 0, "starts empty");
+    rl_stock_add(g, RL_DIM_DAILY, 1000, RLT_TODAY);
+    cr_expect_not(rl_admit_priced(g, &l, 10, 100, RLT_T0, RLT_NOON, &v), "no spend leased yet");
+    cr_expect_eq(v.limit, RL_SPEND);
+    cr_expect_eq(v.retry_after_s, 1, "the store has the whole day's spend left");
+    cr_expect_eq(rl_refused_sum(&l, 1, 1, RL_DIM_SPEND), 100, "the demand for the sync thread");
+    cr_expect_eq(rl_stock(g, RL_DIM_DAILY, RLT_TODAY) + l.daily, 1000, "the quota went back");
+    cr_expect_eq(rl_stock_add(g, RL_DIM_SPEND, 5000, RLT_TODAY), 500, "at most the cap");
+    cr_assert(rl_admit_priced(g, &l, 10, 100, RLT_T0, RLT_NOON, &v));
+    rl_settle_priced(g, &l, &v.ticket, 10, 700, RLT_T0, RLT_NOON);
+    cr_expect_eq(rl_stock(g, RL_DIM_SPEND, RLT_TODAY) + l.spend, -200, "a settlement beyond the pool is a debt");
+    cr_expect_eq(rl_stock_drain(g, RL_DIM_SPEND, RLT_TODAY) + l.spend, -200);
+    rl_shared_publish_spend(g, 500);
+    cr_expect_not(rl_admit_priced(g, &l, 10, 1, RLT_T0, RLT_NOON, &v));
+    cr_expect_eq(v.retry_after_s, 12 * 3600, "spent everywhere: until midnight");
+    free(g);
+}

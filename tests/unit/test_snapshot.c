@@ -249,9 +249,9 @@ Test(snapshot, foreign_other_version_and_malformed_files_are_refused)
     write_bytes(state_path, "{\"day\": 1}\n", 11);
     expect_refused("a JSON file", "not an aigw state file");
     char body[512];
-    snprintf(body, sizeof body, "aigw-state 2\nday %" PRId64 "\nkey alice 5\n", SNT_DAY);
+    snprintf(body, sizeof body, "aigw-state 3\nday %" PRId64 "\nkey alice 5\n", SNT_DAY);
     write_signed(body);
-    expect_refused("version 2", "newer");
+    expect_refused("version 3", "newer");
     snprintf(body, sizeof body, "aigw-state 0\nday %" PRId64 "\nkey alice 5\n", SNT_DAY);
     write_signed(body);
     expect_refused("version 0", "line 1");

@@ -112,7 +112,7 @@ Test(snapshot_file, a_refused_text_says_why_and_leaves_nothing_to_free)
         { "aigw-state 1\nday 1\nsum 00000000000000GG\n", true, "16 lowercase hex" },
         { "aigw-state 1\nday 1\n", true, "no \"sum\" line" },
         { "aigw-state 1\nday 1\nsum 0", true, "whole line" },
-        { "aigw-state 2\nday 1\n", false, "newer aigw (version 2" },
+        { "aigw-state 3\nday 1\n", false, "newer aigw (version 3" },
         { "aigw-state 01\nday 1\n", false, "line 1" },
         /* 19 digits over INT64_MAX: refused, not wrapped to a negative number */
         { "aigw-state 9880465111004651110\n", true, "line 1" },
@@ -125,6 +125,11 @@ Test(snapshot_file, a_refused_text_says_why_and_leaves_nothing_to_free)
         { "aigw-state 1\nday 1\nkey bob 1\nkey al!ce 1\n", false, "line 4: not \"key NAME TOKENS_USED\"" },
         { "aigw-state 1\nday 1\nkey bob 1\nspend bob 1\n", false, "line 4: not a record this version defines" },
         { "aigw-state 1\nday 1\nkey bob 1\nkey alice 2\nkey bob 3\n", false, "key bob appears more than once" },
+        { "aigw-state 2\nday 1\nspend bob 1\nkey bob 1\nspend bob 3\n", false, "spend bob appears more than once" },
+        { "aigw-state 2\nday 1\nspend bob 0\n", false, "line 3: the micro-USD spent are not a number in [1," },
+        { "aigw-state 2\nday 1\nspend bob 4398046511104\n", false, "line 3: the micro-USD spent" },
+        { "aigw-state 2\nday 1\nspend b!b 1\n", false, "line 3: not \"spend NAME MICRO_USD\"" },
+        { "aigw-state 2\nday 1\nspend bob\n", false, "line 3: not \"spend NAME MICRO_USD\"" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         char text[512], err[256] = "";
@@ -139,4 +144,49 @@ Test(snapshot_file, a_refused_text_says_why_and_leaves_nothing_to_free)
                   cases[i].reason_has);
         cr_expect(f.entries == NULL && f.count == 0, "%s: something left to free", cases[i].body);
     }
+}
+
+/* Version 2: the spend cap's use rides along, as "spend NAME MICRO_USD" lines. */
+static const char doc_example_v2[] =
+    "aigw-state 2\nday 20425\nkey alice 5310\nspend alice 2750000\nspend carol 12\nsum ";
+
+Test(snapshot_file, version_2_carries_spend_and_round_trips)
+{
+    struct snapshot_entry entries[] = {
+        { .name = "alice", .name_len = 5, .used = 5310, .spend = 2750000 },
+        { .name = "carol", .name_len = 5, .spend = 12, .no_tokens = true },
+    };
+    size_t len = 0;
+    char *text = snapshot_file_format(20425, entries, 2, &len);
+    cr_assert_not_null(text);
+    cr_expect(len > sizeof doc_example_v2 - 1 && memcmp(text, doc_example_v2, sizeof doc_example_v2 - 1) == 0,
+              "formatted:\n%.*s", (int)len, text);
+    struct snapshot_file f;
+    char err[256] = "";
+    cr_assert(snapshot_file_parse(text, len, &f, err, sizeof err), "%s", err);
+    cr_expect_eq(f.count, 2);
+    const struct snapshot_entry *a = snapshot_file_find(&f, "alice", 5), *c = snapshot_file_find(&f, "carol", 5);
+    cr_assert(a && c);
+    cr_expect(a->used == 5310 && a->spend == 2750000 && !a->no_tokens);
+    cr_expect(c->used == 0 && c->spend == 12 && c->no_tokens);
+    size_t len2 = 0;
+    char *again = snapshot_file_format(f.day, f.entries, f.count, &len2);
+    cr_expect(again && len2 == len && memcmp(again, text, len) == 0, "not the same bytes:\n%.*s", (int)len2, again);
+    free(again);
+    snapshot_file_free(&f);
+    free(text);
+}
+
+Test(snapshot_file, spend_lines_in_any_order_merge_with_the_key_line)
+{
+    char text[512], err[256] = "";
+    size_t len = sign(text, sizeof text, "aigw-state 2\nday 7\nspend bob 9\nkey alice 3\nkey bob 4\n");
+    struct snapshot_file f;
+    cr_assert(snapshot_file_parse(text, len, &f, err, sizeof err), "%s", err);
+    cr_expect_eq(f.count, 2);
+    const struct snapshot_entry *b = snapshot_file_find(&f, "bob", 3), *a = snapshot_file_find(&f, "alice", 5);
+    cr_assert(a && b);
+    cr_expect(b->used == 4 && b->spend == 9 && !b->no_tokens);
+    cr_expect(a->used == 3 && a->spend == 0);
+    snapshot_file_free(&f);
 }
