@@ -17,6 +17,9 @@
 #include "util/outbuf.h"
 
 /* Columns of requests[][]: the common codes first, then one "other" column per class. */
+const char *const metrics_limit_labels[METRICS_NLIMITS] = { "requests", "tokens", "quota", "spend",
+                                                            "limits_unavailable" };
+
 static const int status_codes[] = {
     200, 201, 204, 206,
     301, 302, 304,
@@ -1091,14 +1094,12 @@ static void render_keys(struct outbuf *o)
 {
     static const char *const directions[2] = { [TOKENS_PROMPT] = "prompt",
                                                [TOKENS_COMPLETION] = "completion" };
-    static const char *const limits[METRICS_NLIMITS] = { "requests", "tokens", "quota", "spend",
-                                                         "limits_unavailable" };
     render_key_family(o, "aigw_tokens_total",
                       "Tokens used through AI routes, by API key NAME and direction.", "direction",
                       directions, 2, key_tokens);
     render_key_family(o, "aigw_ratelimited_total",
                       "Requests refused with 429, by API key NAME and the limit that fired.", "limit",
-                      limits, METRICS_NLIMITS, key_ratelimited);
+                      metrics_limit_labels, METRICS_NLIMITS, key_ratelimited);
 }
 
 /* name{result="ok"} N and name{result="failed"} M */

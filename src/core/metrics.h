@@ -51,6 +51,8 @@ enum shed_reason {
 };
 /* aigw_ratelimited_total's limit label: ratelimit.h's enum rl_limit minus one */
 #define METRICS_NLIMITS 5
+/* Their label values, in that order (also /status.json's rate_limited_total). */
+extern const char *const metrics_limit_labels[METRICS_NLIMITS];
 
 typedef _Atomic uint64_t mcounter;
 typedef _Atomic int64_t mgauge;

@@ -440,14 +440,13 @@ static void render(struct outbuf *o, const struct render_input *in)
     put_keys(o, in->by_spend, in->nby_spend);
     close_with(o, '}');
     outbuf_char(o, ',');
-    static const char *const limits[METRICS_NLIMITS] = { "requests", "tokens", "quota", "limits_unavailable" };
     put_key(o, "rate_limited_total");
     outbuf_char(o, '{');
     uint64_t denied = 0, denied0 = 0;
     for (unsigned l = 0; l < METRICS_NLIMITS; l++) {
         denied += w->now->ratelimited[l];
         denied0 += w->old->ratelimited[l];
-        put_field_u64(o, limits[l], w->now->ratelimited[l]);
+        put_field_u64(o, metrics_limit_labels[l], w->now->ratelimited[l]);
     }
     close_with(o, '}');
     outbuf_char(o, ',');

@@ -124,6 +124,9 @@ Test(status, json_after_known_traffic)
     cr_assert(json_num_after(pool, "requests_per_s") > 0, "%s", s);
     cr_assert(strstr(s, "\"top_by_tokens\":[{\"name\":\"alice\""), "alice first by tokens: %s", s);
     cr_assert(strstr(s, "\"top_by_spend\":[{\"name\":\"alice\""), "alice first by spend: %s", s);
+    cr_assert(strstr(s, "\"rate_limited_total\":{\"requests\":0,\"tokens\":0,\"quota\":0,\"spend\":0,"
+                        "\"limits_unavailable\":0}"),
+              "every limit aigw_ratelimited_total has: %s", s);
     const char *bob = strstr(strstr(s, "\"top_by_tokens\""), "\"name\":\"bob\"");
     cr_assert(bob && bob < strstr(s, "\"top_by_spend\""), "bob second by tokens: %s", s);
     free(s);
