@@ -115,6 +115,17 @@ static void inherit_health(struct gen *g, const struct gen *prev)
         }
 }
 
+const char *backend_failure_name(enum backend_failure f)
+{
+    switch (f) {
+    case BF_CONNECT: return "connect errors";
+    case BF_RESET: return "connections reset";
+    case BF_TIMEOUT: return "timeouts";
+    case BF_STATUS: return "5xx answers";
+    default: return "failures";
+    }
+}
+
 struct gen *gen_create(struct config *cfg, const struct gen *prev, unsigned nshards, char *err,
                        size_t errlen)
 {

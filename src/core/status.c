@@ -170,17 +170,6 @@ static const char *const balance_names[] = {
     [BALANCE_CAPACITY] = "capacity", [BALANCE_PREFIX] = "prefix",
 };
 
-static const char *failure_code(uint8_t f)
-{
-    switch (f) {
-    case BF_CONNECT: return "connect errors";
-    case BF_RESET: return "connections reset";
-    case BF_TIMEOUT: return "timeouts";
-    case BF_STATUS: return "5xx answers";
-    default: return "failures";
-    }
-}
-
 /* A backend's state and why, as the shards see it (backend_available) plus saturation. */
 static void put_backend_state(struct outbuf *o, const struct gen *g, const struct cfg_pool *pool, unsigned b,
                               uint32_t outstanding, uint64_t now_ms)
@@ -196,12 +185,12 @@ static void put_backend_state(struct outbuf *o, const struct gen *g, const struc
         state = "circuit_open";
         uint64_t until = atomic_load_explicit(&h->open_until_ms, memory_order_relaxed);
         snprintf(why, sizeof why, "circuit open after consecutive %s; probe in %llu ms",
-                 failure_code(atomic_load_explicit(&h->open_cause, memory_order_relaxed)),
+                 backend_failure_name((enum backend_failure)atomic_load_explicit(&h->open_cause, memory_order_relaxed)),
                  (unsigned long long)(until > now_ms ? until - now_ms : 0));
     } else if (circuit == CIRCUIT_PROBING) {
         state = "circuit_half_open";
         snprintf(why, sizeof why, "circuit half-open after consecutive %s: one probe request is testing it",
-                 failure_code(atomic_load_explicit(&h->open_cause, memory_order_relaxed)));
+                 backend_failure_name((enum backend_failure)atomic_load_explicit(&h->open_cause, memory_order_relaxed)));
     } else if (pool->max_outstanding && outstanding >= pool->max_outstanding) {
         state = "saturated";
         snprintf(why, sizeof why, "%u requests outstanding: max_outstanding reached", outstanding);

@@ -498,17 +498,6 @@ static void targets_free(struct target *t, unsigned n)
     free(t);
 }
 
-static const char *failure_name(enum backend_failure f)
-{
-    switch (f) {
-    case BF_CONNECT: return "connect errors";
-    case BF_RESET: return "connections reset";
-    case BF_TIMEOUT: return "timeouts";
-    case BF_STATUS: return "5xx answers";
-    default: return "failures";
-    }
-}
-
 /* Logs what the shards did to the circuits since the last look. */
 static void log_circuits(struct gen *g, uint32_t *seen, uint64_t now)
 {
@@ -524,7 +513,7 @@ static void log_circuits(struct gen *g, uint32_t *seen, uint64_t now)
             uint64_t until = atomic_load_explicit(&h->open_until_ms, memory_order_relaxed);
             log_warn("pool %s backend %s: circuit open for %llu ms after consecutive %s",
                      pool, addr, (unsigned long long)(until > now ? until - now : 0),
-                     failure_name((enum backend_failure)atomic_load_explicit(&h->open_cause,
+                     backend_failure_name((enum backend_failure)atomic_load_explicit(&h->open_cause,
                                                                              memory_order_relaxed)));
         } else if (state == CIRCUIT_CLOSED) {
             log_info("pool %s backend %s: circuit closed: the probe request succeeded", pool, addr);
