@@ -12,7 +12,9 @@
 
 #include "core/cost.h"
 #include "core/log.h"
+#include "core/process_metrics.h"
 #include "trace/exporter.h"
+#include "util/clock.h"
 #include "util/hash.h"
 #include "util/outbuf.h"
 
@@ -84,6 +86,7 @@ static bool backend_live[METRICS_MAX_BACKENDS];
 static _Atomic uint32_t backend_outstanding[METRICS_MAX_BACKENDS];
 static _Atomic int32_t backend_waiting[METRICS_MAX_BACKENDS];
 static _Atomic int32_t backend_kv[METRICS_MAX_BACKENDS];
+static _Atomic uint64_t backend_scraped_ms[METRICS_MAX_BACKENDS];  /* 0: its engine never read */
 static _Atomic bool backend_down[METRICS_MAX_BACKENDS];   /* zero: up, so never set renders 1 */
 static unsigned nbackends;
 static char *route_pool_route[METRICS_MAX_ROUTE_POOLS];
@@ -823,17 +826,23 @@ static void render_upstream_tls(struct outbuf *o)
     }
 }
 
-void metrics_set_backend_load(int slot, uint32_t outstanding, int32_t waiting, int32_t kv_permille)
+void metrics_set_backend_load(int slot, uint32_t outstanding, int32_t waiting, int32_t kv_permille,
+                              uint64_t scraped_ms)
 {
     if (slot < 0 || slot >= METRICS_MAX_BACKENDS)
         return;
     atomic_store_explicit(&backend_outstanding[slot], outstanding, memory_order_relaxed);
+    if (!scraped_ms)
+        return;
     atomic_store_explicit(&backend_waiting[slot], waiting + 1, memory_order_relaxed);  /* 0: unknown */
     atomic_store_explicit(&backend_kv[slot], kv_permille + 1, memory_order_relaxed);
+    atomic_store_explicit(&backend_scraped_ms[slot], scraped_ms, memory_order_relaxed);
 }
 
-
-/* Gauges from the watcher; the engine's figures only while its metrics are fresh. */
+/* Gauges from the watcher. The engine's figures stay when its metrics endpoint
+ * stops answering: the last value, with its age beside it, tells an incident
+ * more than a series that vanishes (routing stops trusting them on its own,
+ * after the staleness rule in gen.c). */
 static void render_backend_load(struct outbuf *o)
 {
     put_family(o, "aigw_backend_outstanding", "gauge",
@@ -844,18 +853,18 @@ static void render_backend_load(struct outbuf *o)
             outbuf_u64(o, atomic_load_explicit(&backend_outstanding[b], memory_order_relaxed));
             outbuf_str(o, "\n");
         }
-    put_family(o, "aigw_backend_queue_depth", "gauge",
-               "Requests waiting in the backend engine's own queue, from its metrics.");
+    put_family(o, "aigw_backend_engine_queue_length", "gauge",
+               "Requests waiting in the backend engine's own queue, at the last read of its metrics.");
     for (unsigned b = 0; b < nbackends; b++) {
         int32_t w = atomic_load_explicit(&backend_waiting[b], memory_order_relaxed);
         if (backend_live[b] && w > 0) {
-            put_backend_labels(o, "aigw_backend_queue_depth", b);
+            put_backend_labels(o, "aigw_backend_engine_queue_length", b);
             outbuf_u64(o, (uint64_t)(w - 1));
             outbuf_str(o, "\n");
         }
     }
     put_family(o, "aigw_backend_kv_cache_usage_ratio", "gauge",
-               "The backend engine's KV-cache use (0-1), from its metrics.");
+               "The backend engine's KV-cache use (0-1), at the last read of its metrics.");
     for (unsigned b = 0; b < nbackends; b++) {
         int32_t kv = atomic_load_explicit(&backend_kv[b], memory_order_relaxed);
         if (backend_live[b] && kv > 0) {
@@ -863,6 +872,17 @@ static void render_backend_load(struct outbuf *o)
             snprintf(v, sizeof v, "%.3f", (kv - 1) / 1000.0);
             put_backend_labels(o, "aigw_backend_kv_cache_usage_ratio", b);
             outbuf_str(o, v);
+            outbuf_str(o, "\n");
+        }
+    }
+    put_family(o, "aigw_backend_metrics_age_seconds", "gauge",
+               "Seconds since the backend engine's metrics were last read successfully.");
+    uint64_t now = clock_mono_ms();
+    for (unsigned b = 0; b < nbackends; b++) {
+        uint64_t at = atomic_load_explicit(&backend_scraped_ms[b], memory_order_relaxed);
+        if (backend_live[b] && at) {
+            put_backend_labels(o, "aigw_backend_metrics_age_seconds", b);
+            outbuf_fixed(o, now > at ? now - at : 0, 3);
             outbuf_str(o, "\n");
         }
     }
@@ -1049,6 +1069,34 @@ static void render_tls(struct outbuf *o)
                    SUM_SHARDS(tls_failures[r]));
 }
 
+/* Connections taken in and turned away, and clients that left before their
+ * response ended. */
+static void render_client_connections(struct outbuf *o)
+{
+    put_family(o, "aigw_client_connections_accepted_total", "counter",
+               "Client connections accepted and taken in (refused ones not included).");
+    outbuf_str(o, "aigw_client_connections_accepted_total ");
+    outbuf_u64(o, SUM_SHARDS(client_accepted));
+    outbuf_str(o, "\n");
+    static const char *const reasons[METRICS_NREFUSALS] = {
+        [REFUSED_MAX_CONNECTIONS] = "max_connections", [REFUSED_DRAINING] = "draining",
+        [REFUSED_NO_FDS] = "no_fds", [REFUSED_NO_MEMORY] = "no_memory",
+        [REFUSED_TLS_PLAIN_HTTP] = "tls_plain_http",
+    };
+    put_family(o, "aigw_client_connections_refused_total", "counter",
+               "Client connections closed before a request was served, or accepts that failed, by reason.");
+    for (unsigned r = 0; r < METRICS_NREFUSALS; r++)
+        put_sample(o, "aigw_client_connections_refused_total", 1, (const char *const[]){ "reason", reasons[r] },
+                   SUM_SHARDS(client_refused[r]));
+    put_family(o, "aigw_client_aborts_total", "counter",
+               "Requests whose client went away before the response ended (streams included), by route.");
+    for (unsigned r = 0; r < nroutes; r++) {
+        uint64_t v = SUM_SHARDS(client_aborts[r]);
+        if (v)
+            put_sample(o, "aigw_client_aborts_total", 1, (const char *const[]){ "route", route_names[r] }, v);
+    }
+}
+
 static void render_connections(struct outbuf *o)
 {
     put_family(o, "aigw_connections", "gauge", "Open connections, by side.");
@@ -1176,6 +1224,7 @@ size_t metrics_render(char *buf, size_t cap)
     render_pools(&o);
     render_relay(&o);
     render_connections(&o);
+    render_client_connections(&o);
     render_tls(&o);
     render_keys(&o);
     limits_sync_metrics(&o);
@@ -1183,6 +1232,7 @@ size_t metrics_render(char *buf, size_t cap)
     render_access_log(&o);
     render_config(&o);
     render_shards(&o);
+    process_metrics_render(&o);
     pthread_mutex_unlock(&registry_mu);
     if (o.len < cap)
         buf[o.len] = '\0';

@@ -522,7 +522,7 @@ static void log_circuits(struct gen *g, uint32_t *seen, uint64_t now)
 }
 
 /* The per-backend gauges of /metrics, from this generation's view. */
-static void publish_gauges(struct gen *g, uint64_t now)
+static void publish_gauges(struct gen *g)
 {
     bool any_available = g->cfg->nbackends == 0;
     for (unsigned b = 0; b < g->cfg->nbackends; b++) {
@@ -530,10 +530,10 @@ static void publish_gauges(struct gen *g, uint64_t now)
         any_available |= available;
         metrics_set_backend_up(g->backend_metric_slot[b], available);
         const struct backend_signal *s = &g->signal[b];
-        bool fresh = backend_signal_fresh(g, b, now);
         metrics_set_backend_load(g->backend_metric_slot[b], gen_outstanding(g, b),
-                                 fresh ? atomic_load_explicit(&s->waiting, memory_order_relaxed) : -1,
-                                 fresh ? atomic_load_explicit(&s->kv_permille, memory_order_relaxed) : -1);
+                                 atomic_load_explicit(&s->waiting, memory_order_relaxed),
+                                 atomic_load_explicit(&s->kv_permille, memory_order_relaxed),
+                                 atomic_load_explicit(&s->scraped_ms, memory_order_acquire));
     }
     readiness_backends_available(any_available);
 }
@@ -574,7 +574,7 @@ static void *watch_main(void *arg)
         }
         if (seen)
             log_circuits(g, seen, now);
-        publish_gauges(g, now);
+        publish_gauges(g);
 
         if (pfd_cap < n + 1) {
             struct pollfd *np = realloc(pfd, (n + 1) * sizeof *np);
