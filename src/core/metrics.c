@@ -553,7 +553,7 @@ static void put_sample(struct outbuf *o, const char *name, unsigned nlabels, con
     outbuf_str(o, "\n");
 }
 
-static void put_family(struct outbuf *o, const char *name, const char *type, const char *help)
+void metrics_put_family(struct outbuf *o, const char *name, const char *type, const char *help)
 {
     outbuf_str(o, "# HELP ");
     outbuf_str(o, name);
@@ -645,7 +645,7 @@ static void put_histogram(struct outbuf *o, const char *name, unsigned nlabels, 
 
 static void render_requests(struct outbuf *o)
 {
-    put_family(o, "aigw_requests_total", "counter",
+    metrics_put_family(o, "aigw_requests_total", "counter",
                "Requests answered, by route and HTTP status.");
     for (unsigned r = 0; r < nroutes; r++)
         for (unsigned st = 0; st < METRICS_NSTATUS; st++) {
@@ -659,7 +659,7 @@ static void render_requests(struct outbuf *o)
 
 static void render_duration(struct outbuf *o)
 {
-    put_family(o, "aigw_request_duration_seconds", "histogram",
+    metrics_put_family(o, "aigw_request_duration_seconds", "histogram",
                "Time from request start to the last response byte sent.");
     put_histogram(o, "aigw_request_duration_seconds", 0, NULL, &metrics_duration_buckets,
                   offsetof(struct shard_metrics, duration_bucket), offsetof(struct shard_metrics, duration_sum_us));
@@ -669,7 +669,7 @@ static void render_duration(struct outbuf *o)
  * with a pair's first observation. */
 static void render_llm_latency(struct outbuf *o)
 {
-    put_family(o, "aigw_first_byte_seconds", "histogram",
+    metrics_put_family(o, "aigw_first_byte_seconds", "histogram",
                "AI requests: time from the request head to the first response byte for the client "
                "(streams: the first generated token's event), by route and pool.");
     for (unsigned i = 0; i < nroute_pools; i++) {
@@ -680,7 +680,7 @@ static void render_llm_latency(struct outbuf *o)
                       (const char *const[]){ "route", route_pool_route[i], "pool", route_pool_pool[i] },
                       &metrics_llm_buckets, at, offsetof(struct shard_metrics, first_byte_sum_us[i]));
     }
-    put_family(o, "aigw_time_per_output_token_seconds", "histogram",
+    metrics_put_family(o, "aigw_time_per_output_token_seconds", "histogram",
                "Streams: the mean spacing of generated-token events (last - first) / (events - 1), "
                "one observation per stream with two or more, by route and pool.");
     for (unsigned i = 0; i < nroute_pools; i++) {
@@ -696,7 +696,7 @@ static void render_llm_latency(struct outbuf *o)
 /* Requests and tokens by model label; a label appears with its first request. */
 static void render_models(struct outbuf *o)
 {
-    put_family(o, "aigw_model_requests_total", "counter",
+    metrics_put_family(o, "aigw_model_requests_total", "counter",
                "AI requests answered, by model (the configured glob it matched, else \"other\") and HTTP status.");
     for (unsigned md = 0; md < nmodels; md++)
         for (unsigned st = 0; st < METRICS_NSTATUS; st++) {
@@ -706,7 +706,7 @@ static void render_models(struct outbuf *o)
                            (const char *const[]){ "model", model_labels[md], "status", status_labels[st] }, v);
         }
     static const char *const directions[2] = { [TOKENS_PROMPT] = "prompt", [TOKENS_COMPLETION] = "completion" };
-    put_family(o, "aigw_model_tokens_total", "counter", "Tokens used by AI requests, by model and direction.");
+    metrics_put_family(o, "aigw_model_tokens_total", "counter", "Tokens used by AI requests, by model and direction.");
     for (unsigned md = 0; md < nmodels; md++) {
         uint64_t v[2] = { SUM_SHARDS(model_tokens[md][0]), SUM_SHARDS(model_tokens[md][1]) };
         if (!v[0] && !v[1] && !SUM_SHARDS(model_requests[md][0]))
@@ -731,7 +731,7 @@ static int by_pair(const void *a, const void *b)
 /* aigw_cost_usd_total: every shard's cells gathered, sorted by pair and summed. */
 static void render_cost(struct outbuf *o)
 {
-    put_family(o, "aigw_cost_usd_total", "counter",
+    metrics_put_family(o, "aigw_cost_usd_total", "counter",
                "USD charged at the [model] prices for the tokens AI requests used, by key and model; "
                "models without a price add nothing.");
     size_t cap = (size_t)nshards * (METRICS_COST_CELLS + 1), n = 0;
@@ -793,7 +793,7 @@ static void put_backend_labels(struct outbuf *o, const char *metric, unsigned b)
 static void render_upstream_conns(struct outbuf *o)
 {
     static const char *const kinds[2] = { [UPCONN_NEW] = "new", [UPCONN_REUSED] = "reused" };
-    put_family(o, "aigw_upstream_connections_total", "counter",
+    metrics_put_family(o, "aigw_upstream_connections_total", "counter",
                "Upstream connections used for requests: newly opened or reused from the pool.");
     for (unsigned b = 0; b < nbackends; b++) {
         if (!backend_live[b])
@@ -810,7 +810,7 @@ static void render_upstream_conns(struct outbuf *o)
 static void render_upstream_tls(struct outbuf *o)
 {
     static const char *const resumed[2] = { "no", "yes" };      /* as aigw_tls_handshakes_total */
-    put_family(o, "aigw_upstream_tls_handshakes_total", "counter",
+    metrics_put_family(o, "aigw_upstream_tls_handshakes_total", "counter",
                "TLS handshakes with backends (tls = on pools): full, or resumed with a saved session.");
     for (unsigned b = 0; b < nbackends; b++) {
         if (!backend_live[b])
@@ -845,7 +845,7 @@ void metrics_set_backend_load(int slot, uint32_t outstanding, int32_t waiting, i
  * after the staleness rule in gen.c). */
 static void render_backend_load(struct outbuf *o)
 {
-    put_family(o, "aigw_backend_outstanding", "gauge",
+    metrics_put_family(o, "aigw_backend_outstanding", "gauge",
                "Requests aigw has in flight to the backend, over all shards.");
     for (unsigned b = 0; b < nbackends; b++)
         if (backend_live[b]) {
@@ -853,7 +853,7 @@ static void render_backend_load(struct outbuf *o)
             outbuf_u64(o, atomic_load_explicit(&backend_outstanding[b], memory_order_relaxed));
             outbuf_str(o, "\n");
         }
-    put_family(o, "aigw_backend_engine_queue_length", "gauge",
+    metrics_put_family(o, "aigw_backend_engine_queue_length", "gauge",
                "Requests waiting in the backend engine's own queue, at the last read of its metrics.");
     for (unsigned b = 0; b < nbackends; b++) {
         int32_t w = atomic_load_explicit(&backend_waiting[b], memory_order_relaxed);
@@ -863,7 +863,7 @@ static void render_backend_load(struct outbuf *o)
             outbuf_str(o, "\n");
         }
     }
-    put_family(o, "aigw_backend_kv_cache_usage_ratio", "gauge",
+    metrics_put_family(o, "aigw_backend_kv_cache_usage_ratio", "gauge",
                "The backend engine's KV-cache use (0-1), at the last read of its metrics.");
     for (unsigned b = 0; b < nbackends; b++) {
         int32_t kv = atomic_load_explicit(&backend_kv[b], memory_order_relaxed);
@@ -875,7 +875,7 @@ static void render_backend_load(struct outbuf *o)
             outbuf_str(o, "\n");
         }
     }
-    put_family(o, "aigw_backend_metrics_age_seconds", "gauge",
+    metrics_put_family(o, "aigw_backend_metrics_age_seconds", "gauge",
                "Seconds since the backend engine's metrics were last read successfully.");
     uint64_t now = clock_mono_ms();
     for (unsigned b = 0; b < nbackends; b++) {
@@ -891,7 +891,7 @@ static void render_backend_load(struct outbuf *o)
 /* Health and attempt outcomes per backend, from the watcher and the shards. */
 static void render_backend_health(struct outbuf *o)
 {
-    put_family(o, "aigw_backend_up", "gauge",
+    metrics_put_family(o, "aigw_backend_up", "gauge",
                "1 if the backend passes its active check and its circuit is closed, else 0.");
     for (unsigned b = 0; b < nbackends; b++)
         if (backend_live[b]) {
@@ -899,7 +899,7 @@ static void render_backend_health(struct outbuf *o)
             outbuf_str(o, atomic_load_explicit(&backend_down[b], memory_order_relaxed) ? "0\n" : "1\n");
         }
     static const char *const results[2] = { [ATTEMPT_OK] = "ok", [ATTEMPT_FAILED] = "failed" };
-    put_family(o, "aigw_backend_requests_total", "counter",
+    metrics_put_family(o, "aigw_backend_requests_total", "counter",
                "Attempts sent to the backend, by result: ok (a response head below 500) or failed.");
     for (unsigned b = 0; b < nbackends; b++) {
         if (!backend_live[b])
@@ -910,7 +910,7 @@ static void render_backend_health(struct outbuf *o)
             outbuf_str(o, "\n");
         }
     }
-    put_family(o, "aigw_backend_retries_total", "counter",
+    metrics_put_family(o, "aigw_backend_retries_total", "counter",
                "Attempts on the backend that failed and were retried on another backend.");
     for (unsigned b = 0; b < nbackends; b++)
         if (backend_live[b]) {
@@ -918,7 +918,7 @@ static void render_backend_health(struct outbuf *o)
             outbuf_u64(o, SUM_SHARDS(backend_retries[b]));
             outbuf_str(o, "\n");
         }
-    put_family(o, "aigw_backend_circuit_opens_total", "counter",
+    metrics_put_family(o, "aigw_backend_circuit_opens_total", "counter",
                "Times the backend's circuit breaker opened.");
     for (unsigned b = 0; b < nbackends; b++)
         if (backend_live[b]) {
@@ -932,7 +932,7 @@ static void render_backend_health(struct outbuf *o)
  * second is the rate of aigw_backend_tokens_total). */
 static void render_backend_work(struct outbuf *o)
 {
-    put_family(o, "aigw_backend_request_duration_seconds", "histogram",
+    metrics_put_family(o, "aigw_backend_request_duration_seconds", "histogram",
                "AI requests: the answering attempt, from choosing the backend to the last response byte.");
     for (unsigned b = 0; b < nbackends; b++)
         if (backend_live[b])
@@ -941,7 +941,7 @@ static void render_backend_work(struct outbuf *o)
                           &metrics_llm_buckets, offsetof(struct shard_metrics, backend_duration_bucket[b]),
                           offsetof(struct shard_metrics, backend_duration_sum_us[b]));
     static const char *const directions[2] = { [TOKENS_PROMPT] = "prompt", [TOKENS_COMPLETION] = "completion" };
-    put_family(o, "aigw_backend_tokens_total", "counter",
+    metrics_put_family(o, "aigw_backend_tokens_total", "counter",
                "Tokens of the AI requests the backend answered, by direction.");
     for (unsigned b = 0; b < nbackends; b++) {
         if (!backend_live[b])
@@ -967,7 +967,7 @@ static void put_pool_label(struct outbuf *o, const char *metric, unsigned p)
 static void render_pools(struct outbuf *o)
 {
     unsigned n = atomic_load_explicit(&npools, memory_order_relaxed);
-    put_family(o, "aigw_pool_queue_length", "gauge",
+    metrics_put_family(o, "aigw_pool_queue_length", "gauge",
                "Requests waiting in the pool's queue for capacity, over all shards.");
     for (unsigned p = 0; p < n; p++) {
         if (!pool_live[p])
@@ -982,7 +982,7 @@ static void render_pools(struct outbuf *o)
         outbuf_i64(o, sum);
         outbuf_str(o, "\n");
     }
-    put_family(o, "aigw_pool_queue_wait_seconds", "histogram",
+    metrics_put_family(o, "aigw_pool_queue_wait_seconds", "histogram",
                "Time requests spent in the pool's queue (dispatched, shed or gone).");
     for (unsigned p = 0; p < n; p++) {
         if (!pool_live[p])
@@ -996,7 +996,7 @@ static void render_pools(struct outbuf *o)
         [SHED_QUEUE_TIMEOUT] = "queue_timeout",
         [SHED_NO_BACKEND] = "no_backend",
     };
-    put_family(o, "aigw_pool_shed_total", "counter",
+    metrics_put_family(o, "aigw_pool_shed_total", "counter",
                "Requests refused with 503 for lack of capacity in the pool, by reason.");
     for (unsigned p = 0; p < n; p++) {
         if (!pool_live[p])
@@ -1010,7 +1010,7 @@ static void render_pools(struct outbuf *o)
             outbuf_str(o, "\n");
         }
     }
-    put_family(o, "aigw_pool_fallback_total", "counter",
+    metrics_put_family(o, "aigw_pool_fallback_total", "counter",
                "Requests the pool sent on to its fallback pool.");
     for (unsigned p = 0; p < n; p++)
         if (pool_live[p]) {
@@ -1023,7 +1023,7 @@ static void render_pools(struct outbuf *o)
 
 static void render_relay(struct outbuf *o)
 {
-    put_family(o, "aigw_relay_bytes_total", "counter",
+    metrics_put_family(o, "aigw_relay_bytes_total", "counter",
                "Response body bytes relayed to clients, by relay mode.");
     outbuf_str(o, "aigw_relay_bytes_total{mode=\"splice\"} ");
     outbuf_u64(o, SUM_SHARDS(relay_bytes[RELAY_SPLICE]));
@@ -1046,7 +1046,7 @@ static void render_tls(struct outbuf *o)
     static const char *const results[2] = { "ok", "failed" };
     static const char *const versions[3] = { "TLSv1.2", "TLSv1.3", "none" };
     static const char *const resumed[2] = { "no", "yes" };
-    put_family(o, "aigw_tls_handshakes_total", "counter",
+    metrics_put_family(o, "aigw_tls_handshakes_total", "counter",
                "TLS handshakes with clients, by result, protocol version and resumption.");
     for (unsigned r = 0; r < 2; r++)
         for (unsigned v = 0; v < 3; v++)
@@ -1062,7 +1062,7 @@ static void render_tls(struct outbuf *o)
                                                   resumed[z] },
                            n);
             }
-    put_family(o, "aigw_tls_handshake_failures_total", "counter",
+    metrics_put_family(o, "aigw_tls_handshake_failures_total", "counter",
                "TLS handshakes with clients that failed, by reason.");
     for (unsigned r = 0; r < METRICS_TLS_NREASONS; r++)
         put_sample(o, "aigw_tls_handshake_failures_total", 1, (const char *const[]){ "reason", tls_reasons[r] },
@@ -1073,7 +1073,7 @@ static void render_tls(struct outbuf *o)
  * response ended. */
 static void render_client_connections(struct outbuf *o)
 {
-    put_family(o, "aigw_client_connections_accepted_total", "counter",
+    metrics_put_family(o, "aigw_client_connections_accepted_total", "counter",
                "Client connections accepted and taken in (refused ones not included).");
     outbuf_str(o, "aigw_client_connections_accepted_total ");
     outbuf_u64(o, SUM_SHARDS(client_accepted));
@@ -1083,12 +1083,12 @@ static void render_client_connections(struct outbuf *o)
         [REFUSED_NO_FDS] = "no_fds", [REFUSED_NO_MEMORY] = "no_memory",
         [REFUSED_TLS_PLAIN_HTTP] = "tls_plain_http",
     };
-    put_family(o, "aigw_client_connections_refused_total", "counter",
+    metrics_put_family(o, "aigw_client_connections_refused_total", "counter",
                "Client connections closed before a request was served, or accepts that failed, by reason.");
     for (unsigned r = 0; r < METRICS_NREFUSALS; r++)
         put_sample(o, "aigw_client_connections_refused_total", 1, (const char *const[]){ "reason", reasons[r] },
                    SUM_SHARDS(client_refused[r]));
-    put_family(o, "aigw_client_aborts_total", "counter",
+    metrics_put_family(o, "aigw_client_aborts_total", "counter",
                "Requests whose client went away before the response ended (streams included), by route.");
     for (unsigned r = 0; r < nroutes; r++) {
         uint64_t v = SUM_SHARDS(client_aborts[r]);
@@ -1099,7 +1099,7 @@ static void render_client_connections(struct outbuf *o)
 
 static void render_connections(struct outbuf *o)
 {
-    put_family(o, "aigw_connections", "gauge", "Open connections, by side.");
+    metrics_put_family(o, "aigw_connections", "gauge", "Open connections, by side.");
     static const char *const sides[METRICS_NSIDES] = {
         [SIDE_CLIENT] = "client", [SIDE_UPSTREAM] = "upstream", [SIDE_CLIENT_TLS] = "client_tls",
     };
@@ -1127,7 +1127,7 @@ static void render_key_family(struct outbuf *o, const char *name, const char *he
                               const char *const *columns, unsigned ncolumns,
                               uint64_t (*value)(unsigned key, unsigned column))
 {
-    put_family(o, name, "counter", help);
+    metrics_put_family(o, name, "counter", help);
     for (unsigned k = 0; shards && k < nkeys; k++)
         for (unsigned col = 0; col < ncolumns; col++) {
             uint64_t v = value(k, col);
@@ -1161,12 +1161,12 @@ static void put_ok_failed(struct outbuf *o, const char *name, _Atomic uint64_t c
 
 static void render_access_log(struct outbuf *o)
 {
-    put_family(o, "aigw_access_log_dropped_total", "counter",
+    metrics_put_family(o, "aigw_access_log_dropped_total", "counter",
                "Access log lines dropped because a shard's log buffer was full.");
     outbuf_str(o, "aigw_access_log_dropped_total ");
     outbuf_u64(o, SUM_SHARDS(access_log_dropped));
     outbuf_str(o, "\n");
-    put_family(o, "aigw_access_log_reopens_total", "counter",
+    metrics_put_family(o, "aigw_access_log_reopens_total", "counter",
                "Access log file reopens (SIGUSR1), by result; failed: the old file is kept.");
     put_ok_failed(o, "aigw_access_log_reopens_total", access_log_reopens, memory_order_relaxed);
 }
@@ -1175,15 +1175,15 @@ static void render_access_log(struct outbuf *o)
  * once every shard's generation equals aigw_config_generation. */
 static void render_config(struct outbuf *o)
 {
-    put_family(o, "aigw_config_reloads_total", "counter",
+    metrics_put_family(o, "aigw_config_reloads_total", "counter",
                "Configuration reloads (SIGHUP), by result; failed: refused, the running one stays.");
     put_ok_failed(o, "aigw_config_reloads_total", reloads, memory_order_acquire);
-    put_family(o, "aigw_config_generation", "gauge",
+    metrics_put_family(o, "aigw_config_generation", "gauge",
                "The configuration generation loaded last (1 at start, one more per applied reload).");
     outbuf_str(o, "aigw_config_generation ");
     outbuf_u64(o, atomic_load_explicit(&config_generation, memory_order_relaxed));
     outbuf_str(o, "\n");
-    put_family(o, "aigw_shard_config_generation", "gauge",
+    metrics_put_family(o, "aigw_shard_config_generation", "gauge",
                "The configuration generation each shard serves new requests with.");
     for (unsigned s = 0; s < nshards; s++) {
         outbuf_str(o, "aigw_shard_config_generation{shard=\"");
@@ -1197,7 +1197,7 @@ static void render_config(struct outbuf *o)
 /* Per shard, so that a test (or an operator) can see that every shard serves. */
 static void render_shards(struct outbuf *o)
 {
-    put_family(o, "aigw_shard_requests_total", "counter", "Requests answered, by shard.");
+    metrics_put_family(o, "aigw_shard_requests_total", "counter", "Requests answered, by shard.");
     for (unsigned s = 0; s < nshards; s++) {
         outbuf_str(o, "aigw_shard_requests_total{shard=\"");
         outbuf_u64(o, s);

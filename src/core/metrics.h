@@ -159,6 +159,11 @@ static inline void metrics_shard_adopted(struct shard_metrics *m, uint64_t id)
     atomic_store_explicit(&m->config_generation, (int64_t)id, memory_order_relaxed);
 }
 
+struct outbuf;
+/* "# HELP name help\n# TYPE name type\n": a family's head in the exposition,
+ * for every module that renders a part of /metrics. */
+void metrics_put_family(struct outbuf *o, const char *name, const char *type, const char *help);
+
 /* Creates the registry for nshards (1..METRICS_MAX_SHARDS) shards, all zero. Call
  * once at start: -1 with errno EINVAL (bad count), EALREADY (second call) or ENOMEM. */
 int metrics_init(unsigned nshards);

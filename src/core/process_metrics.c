@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "tls/tls.h"
+#include "core/metrics.h"
 #include "util/outbuf.h"
 
 /* /proc/self/stat's fields after the command name (which may hold spaces and
@@ -68,19 +69,6 @@ static long open_fds(void)
     return n - 1;
 }
 
-static void family(struct outbuf *o, const char *name, const char *type, const char *help)
-{
-    outbuf_str(o, "# HELP ");
-    outbuf_str(o, name);
-    outbuf_char(o, ' ');
-    outbuf_str(o, help);
-    outbuf_str(o, "\n# TYPE ");
-    outbuf_str(o, name);
-    outbuf_char(o, ' ');
-    outbuf_str(o, type);
-    outbuf_char(o, '\n');
-}
-
 /* name value: value is ticks/hz in seconds, with two decimals (clock ticks are 10 ms). */
 static void put_ticks(struct outbuf *o, const char *name, unsigned long long ticks, long hz)
 {
@@ -92,7 +80,7 @@ static void put_ticks(struct outbuf *o, const char *name, unsigned long long tic
 
 void process_metrics_render(struct outbuf *o)
 {
-    family(o, "aigw_build_info", "gauge", "Always 1; the labels say which aigw and which TLS library run.");
+    metrics_put_family(o, "aigw_build_info", "gauge", "Always 1; the labels say which aigw and which TLS library run.");
     outbuf_str(o, "aigw_build_info{version=\"" AIGW_VERSION "\",wolfssl=\"");
     const char *tls = tls_library_version();    /* "wolfSSL 5.5.4" */
     const char *sp = strchr(tls, ' ');
@@ -104,28 +92,28 @@ void process_metrics_render(struct outbuf *o)
     bool have_stat = hz > 0 && read_proc_stat(&st) == 0;
     unsigned long long bt = have_stat ? boot_time() : 0;
     if (have_stat && bt) {
-        family(o, "process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.");
+        metrics_put_family(o, "process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.");
         put_ticks(o, "process_start_time_seconds", bt * (unsigned long long)hz + st.starttime, hz);
     }
     if (have_stat) {
-        family(o, "process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.");
+        metrics_put_family(o, "process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.");
         put_ticks(o, "process_cpu_seconds_total", st.utime + st.stime, hz);
         long page = sysconf(_SC_PAGESIZE);
-        family(o, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
+        metrics_put_family(o, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
         outbuf_str(o, "process_resident_memory_bytes ");
         outbuf_u64(o, st.rss > 0 && page > 0 ? (uint64_t)st.rss * (uint64_t)page : 0);
         outbuf_char(o, '\n');
     }
     long fds = open_fds();
     if (fds >= 0) {
-        family(o, "process_open_fds", "gauge", "Number of open file descriptors.");
+        metrics_put_family(o, "process_open_fds", "gauge", "Number of open file descriptors.");
         outbuf_str(o, "process_open_fds ");
         outbuf_u64(o, (uint64_t)fds);
         outbuf_char(o, '\n');
     }
     struct rlimit lim;
     if (getrlimit(RLIMIT_NOFILE, &lim) == 0) {
-        family(o, "process_max_fds", "gauge", "Maximum number of open file descriptors.");
+        metrics_put_family(o, "process_max_fds", "gauge", "Maximum number of open file descriptors.");
         outbuf_str(o, "process_max_fds ");
         outbuf_u64(o, lim.rlim_cur == RLIM_INFINITY ? UINT64_MAX : (uint64_t)lim.rlim_cur);
         outbuf_char(o, '\n');
