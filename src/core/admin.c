@@ -194,7 +194,7 @@ static bool auth_param(struct slice v, const char *scheme_lower, struct slice *p
     return true;
 }
 
-/* The one gate of every protected admin route (/metrics, /status, /status.json):
+/* The one gate of every protected admin route (/metrics, /status, /status.json, /backends):
  * with [admin] token set, the request must carry "Authorization: Bearer TOKEN",
  * or Basic with the token as the password (any user name), which is what a
  * browser can send for a page. Read from the current generation, so a reload
