@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/backend_admin.h"
 #include "core/cost.h"
 #include "core/log.h"
 #include "core/process_metrics.h"
@@ -888,6 +889,35 @@ static void render_backend_load(struct outbuf *o)
     }
 }
 
+/* What the admin API set (POST /backends/...): one series per state, 1 for the
+ * one in effect, so `aigw_backend_admin_state{state!="ready"} == 1` lists them. */
+static void render_backend_admin(struct outbuf *o)
+{
+    static const char *const states[] = { "ready", "drain", "maint" };
+    struct backend_admin_view v[METRICS_MAX_BACKENDS];
+    bool known[METRICS_MAX_BACKENDS];
+    for (unsigned b = 0; b < nbackends; b++)
+        known[b] = backend_live[b] && backend_admin_get((int)b, &v[b]);
+    put_family(o, "aigw_backend_admin_state", "gauge",
+               "1 for the backend's state set by the admin API (ready, drain, maint), 0 for the others.");
+    for (unsigned b = 0; b < nbackends; b++) {
+        if (!known[b])
+            continue;
+        for (unsigned k = 0; k < 3; k++) {
+            put_backend_series(o, "aigw_backend_admin_state", b, "state", states[k]);
+            outbuf_str(o, v[b].state == (enum backend_admin_state)k ? "1\n" : "0\n");
+        }
+    }
+    put_family(o, "aigw_backend_weight", "gauge",
+               "The backend's weight in effect: the file's, or one set by the admin API (0: no new requests).");
+    for (unsigned b = 0; b < nbackends; b++)
+        if (known[b]) {
+            put_backend_labels(o, "aigw_backend_weight", b);
+            outbuf_u64(o, v[b].weight);
+            outbuf_str(o, "\n");
+        }
+}
+
 /* Health and attempt outcomes per backend, from the watcher and the shards. */
 static void render_backend_health(struct outbuf *o)
 {
@@ -1220,6 +1250,7 @@ size_t metrics_render(char *buf, size_t cap)
     render_upstream_tls(&o);
     render_backend_load(&o);
     render_backend_health(&o);
+    render_backend_admin(&o);
     render_backend_work(&o);
     render_pools(&o);
     render_relay(&o);

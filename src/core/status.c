@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/backend_admin.h"
 #include "core/config.h"
 #include "core/gen.h"
 #include "core/metrics.h"
@@ -178,7 +179,15 @@ static void put_backend_state(struct outbuf *o, const struct gen *g, const struc
     uint8_t circuit = atomic_load_explicit(&h->circuit, memory_order_relaxed);
     char why[512];
     const char *state;
-    if (!atomic_load_explicit(&h->checked_up, memory_order_relaxed)) {
+    struct backend_admin_view adm = backend_admin_read(g->backend_metric_slot[b], g->backend_cfg[b]->weight);
+    if (adm.state == BACKEND_MAINT) {
+        state = "disabled";
+        snprintf(why, sizeof why, "disabled by the admin API: no new requests, health checks paused");
+    } else if (adm.state == BACKEND_DRAIN || adm.weight == 0) {
+        state = "draining";
+        snprintf(why, sizeof why, "%s by the admin API: no new requests; %u in flight finishing",
+                 adm.state == BACKEND_DRAIN ? "drained" : "weight 0", outstanding);
+    } else if (!atomic_load_explicit(&h->checked_up, memory_order_relaxed)) {
         state = "down";
         snprintf(why, sizeof why, "active health check failing: GET %s", pool->health_path);
     } else if (circuit == CIRCUIT_OPEN) {
@@ -220,6 +229,11 @@ static void put_backend(struct outbuf *o, const struct gen *g, const struct cfg_
     put_string(o, g->backend_cfg[b]->addr.text);
     outbuf_char(o, ',');
     put_backend_state(o, g, pool, b, outstanding, now_ms);
+    struct backend_admin_view adm = backend_admin_read(slot, g->backend_cfg[b]->weight);
+    put_key(o, "admin_state");
+    put_string(o, backend_admin_state_name(adm.state));
+    outbuf_char(o, ',');
+    put_field_u64(o, "weight", adm.weight);
     put_field_u64(o, "outstanding", outstanding);
     put_field_u64(o, "max_outstanding", pool->max_outstanding);
     bool fresh = backend_signal_fresh(g, b, now_ms);
@@ -268,7 +282,9 @@ static void put_pool(struct outbuf *o, const struct gen *g, unsigned p, const st
     outbuf_char(o, ',');
     unsigned b0 = g->pool_first_backend[p], available = 0;
     for (unsigned i = 0; i < pool->nbackends; i++)
-        available += backend_available(g, b0 + i);
+        available += backend_available(g, b0 + i) &&
+                     backend_admin_takes_new(backend_admin_read(g->backend_metric_slot[b0 + i],
+                                                                pool->backends[i].weight));
     put_field_u64(o, "backends_available", available);
     /* last-minute latency over every route sending here */
     uint64_t ttft[METRICS_LLM_NBUCKETS] = { 0 }, tpot[METRICS_TOKEN_NBUCKETS] = { 0 };

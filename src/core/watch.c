@@ -26,6 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/backend_admin.h"
 #include "core/log.h"
 #include "core/gen.h"
 #include "core/shard.h"
@@ -445,6 +446,11 @@ static void probe_step(struct gen *g, struct target *t, short revents, uint64_t 
     }
 }
 
+static bool backend_in_maintenance(const struct gen *g, unsigned b)
+{
+    return backend_admin_read(g->backend_metric_slot[b], g->backend_cfg[b]->weight).state == BACKEND_MAINT;
+}
+
 /* The targets of a generation: every backend of a pool with a metrics path, and
  * again of one with a health path. */
 static struct target *targets_build(struct gen *g, unsigned *count)
@@ -527,7 +533,9 @@ static void publish_gauges(struct gen *g)
     bool any_available = g->cfg->nbackends == 0;
     for (unsigned b = 0; b < g->cfg->nbackends; b++) {
         bool available = backend_available(g, b);
-        any_available |= available;
+        /* /readyz counts only backends the admin API lets take requests */
+        any_available |= available && backend_admin_takes_new(
+                                          backend_admin_read(g->backend_metric_slot[b], g->backend_cfg[b]->weight));
         metrics_set_backend_up(g->backend_metric_slot[b], available);
         const struct backend_signal *s = &g->signal[b];
         metrics_set_backend_load(g->backend_metric_slot[b], gen_outstanding(g, b),
@@ -564,8 +572,12 @@ static void *watch_main(void *arg)
         uint64_t now = clock_mono_ms();
         uint64_t wake = now + WATCH_TICK_MS;
         for (unsigned i = 0; i < n; i++) {
-            if (t[i].phase == PROBE_IDLE && now >= t[i].next_ms)
-                probe_start(g, &t[i], now);
+            if (t[i].phase == PROBE_IDLE && now >= t[i].next_ms) {
+                if (t[i].kind == TARGET_HEALTH && backend_in_maintenance(g, t[i].backend))
+                    t[i].next_ms = now + t[i].interval_ms;  /* paused, looked at again next interval */
+                else
+                    probe_start(g, &t[i], now);
+            }
             else if (t[i].phase != PROBE_IDLE && now >= t[i].deadline_ms)
                 probe_failed(g, &t[i], "timed out");
             uint64_t due = t[i].phase == PROBE_IDLE ? t[i].next_ms : t[i].deadline_ms;
