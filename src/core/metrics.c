@@ -898,7 +898,7 @@ static void render_backend_admin(struct outbuf *o)
     bool known[METRICS_MAX_BACKENDS];
     for (unsigned b = 0; b < nbackends; b++)
         known[b] = backend_live[b] && backend_admin_get((int)b, &v[b]);
-    put_family(o, "aigw_backend_admin_state", "gauge",
+    metrics_put_family(o, "aigw_backend_admin_state", "gauge",
                "1 for the backend's state set by the admin API (ready, drain, maint), 0 for the others.");
     for (unsigned b = 0; b < nbackends; b++) {
         if (!known[b])
@@ -908,7 +908,7 @@ static void render_backend_admin(struct outbuf *o)
             outbuf_str(o, v[b].state == (enum backend_admin_state)k ? "1\n" : "0\n");
         }
     }
-    put_family(o, "aigw_backend_weight", "gauge",
+    metrics_put_family(o, "aigw_backend_weight", "gauge",
                "The backend's weight in effect: the file's, or one set by the admin API (0: no new requests).");
     for (unsigned b = 0; b < nbackends; b++)
         if (known[b]) {
