@@ -331,6 +331,32 @@ static void conn_close_clean(struct conn *c)
     conn_close(c);
 }
 
+/* The client went away (closed, reset, or a send to it failed) before its
+ * request ended: 499, as nginx counts it, even mid-stream. */
+static void client_aborted(struct conn *c, const char *why)
+{
+    if (c->req.sg) {
+        c->req.status = 499;
+        c->req.termination = TERM_CLIENT_ABORT;
+        c->req.error = why;
+    }
+    conn_close(c);
+}
+
+void conn_drain_expired(struct conn *c)
+{
+    if (c->state == CS_CLOSING || c->state == CS_FREE)
+        return;
+    if (c->req.sg) {
+        c->req.termination = TERM_DRAIN_TIMEOUT;
+        c->req.error = "cut at drain_timeout";
+        if (!c->req.status)
+            c->req.status = 503;    /* no response began: the client gets none */
+    }
+    conn_close(c);
+    conn_maybe_free(c);
+}
+
 void conn_shard_draining(struct conn *c)
 {
     if (c->state == CS_IDLE) {
@@ -903,8 +929,7 @@ static void on_recv(struct conn *c, struct io_uring_cqe *cqe)
     } else if (c->state != CS_CLOSING) {
         /* EOF or error: the client is gone. Mid-request the upstream is closed at
          * once so the backend stops generating. */
-        c->req.error = res == 0 ? "client closed" : "client reset";
-        conn_close(c);
+        client_aborted(c, res == 0 ? "client closed" : "client reset");
         return;
     }
     if (!c->recv_armed && !c->recv_paused && c->state != CS_CLOSING)
@@ -1027,25 +1052,26 @@ static void attempt_begin(struct conn *c)
     c->in_pinned = false;
     c->req.status = 0;
     c->at = (struct attempt){ .backend = c->at.backend, .probe = c->at.probe, .start_us = c->sh->now_us };
+    if (c->req.ntried < ALOG_BACKENDS_MAX)
+        c->req.backends_tried[c->req.ntried++] = c->at.backend;
     if (c->req.trace.sampled)
         req_trace_attempt_begin(c);
 }
 
+/* The client learns that capacity ran out, not how the fleet is organised: the
+ * pool stays in the access log and metrics. */
 static void send_shed(struct conn *c, enum shed_reason reason)
 {
-    const struct cfg_pool *pool = &c->req.sg->g->cfg->pools[c->req.pool];
-    char msg[200];
+    const char *msg;
     if (reason == SHED_NO_BACKEND) {
         c->req.error = "no backend up";
-        snprintf(msg, sizeof msg, "No backend of pool %s is available; retry later", pool->name);
+        msg = "No backend is available for this request; retry later";
     } else if (reason == SHED_QUEUE_FULL) {
         c->req.error = "queue full";
-        snprintf(msg, sizeof msg, "All backends of pool %s are busy and its queue is full; retry later",
-                 pool->name);
+        msg = "All backends are busy and the queue is full; retry later";
     } else {
         c->req.error = "queue timeout";
-        snprintf(msg, sizeof msg, "All backends of pool %s stayed busy for %llu ms; retry later",
-                 pool->name, (unsigned long long)pool->queue_timeout_ms);
+        msg = "All backends stayed busy for too long; retry later";
     }
     conn_send_error(c, 503, "server_error", "no_capacity", msg);
 }
@@ -1073,6 +1099,7 @@ void conn_dispatched(struct conn *c, struct dispatch_outcome o)
 
 void conn_upstream_failed(struct conn *c, int err, const char *why)
 {
+    c->req.termination = err == ETIMEDOUT ? TERM_UPSTREAM_TIMEOUT : TERM_UPSTREAM_ERROR;
     if (err == ETIMEDOUT && c->tphase == T_FIRST_BYTE)
         conn_send_error(c, 504, "server_error", "upstream_timeout", why);
     else
@@ -1218,6 +1245,7 @@ static void relay_act(struct conn *c, struct relay_outcome o)
         break;
     case RELAY_ABORT:
         c->req.error = o.why;
+        c->req.termination = TERM_UPSTREAM_ERROR;
         c->relay.resp_keep_alive = false;
         conn_close(c);
         break;
@@ -1231,8 +1259,7 @@ static void on_sent(struct conn *c, int res)
 {
     c->send_inflight = false;
     if (res < 0) {
-        c->req.error = "client send failed";
-        conn_close(c);
+        client_aborted(c, "client send failed");
         return;
     }
     c->last_activity_ms = c->sh->now_ms;
@@ -1298,6 +1325,8 @@ static void request_finish(struct conn *c)
     metrics_observe_request(sh->m, route_slot, c->req.status, dur);
     if (c->req.ai)
         observe_ai(c);
+    if (c->req.termination)
+        mc_add(&sh->m->terminations[c->req.termination], 1);
     if (cfg->log.access != ACCESS_OFF) {
         struct alog_entry e = {
             .time_us = c->req.start_us + sh->realtime_offset_us,
@@ -1314,6 +1343,10 @@ static void request_finish(struct conn *c)
             .duration_us = dur,
             .first_byte_us = c->at.first_byte_us ? (int64_t)(c->at.first_byte_us - c->req.start_us) : -1,
             .upstream_reused = c->at.upstream_reused,
+            .queue_us = c->req.queue_us,
+            .nbackends = c->req.ntried,
+            .fallback = c->req.fell_back,
+            .termination = (enum termination)c->req.termination,
             .error = c->req.error,
             .ai = c->req.ai,
             .model = { c->req.model, c->req.model_len },
@@ -1323,6 +1356,8 @@ static void request_finish(struct conn *c)
             .cost_pusd = c->req.cost_pusd,
             .limit = admission_limit_label(c),
         };
+        for (unsigned i = 0; i < c->req.ntried; i++)
+            e.backends[i] = sg->g->backend_cfg[c->req.backends_tried[i]]->addr.text;
         if (c->req.key >= 0) {
             e.key = keyring_entry(cfg->keys.ring, (unsigned)c->req.key)->name;
             uint32_t t = cfg->keys.key_tier ? cfg->keys.key_tier[c->req.key] : CFG_NO_TIER;
@@ -1404,8 +1439,10 @@ void conn_timer_fired(struct conn *c)
         conn_close_clean(c);
         break;
     case T_HEADER:
-        if (c->state == CS_HEAD)
+        if (c->state == CS_HEAD) {
+            c->req.termination = TERM_CLIENT_TIMEOUT;
             reject_head(c, 408, "request head not received in time");
+        }
         else
             conn_close(c);
         break;
@@ -1428,16 +1465,21 @@ void conn_timer_fired(struct conn *c)
         }
         c->req.error = "idle timeout";
         if (c->state == CS_BODY ||
-            (c->state == CS_UPSTREAM && !c->req.resp_started && !conn_request_body_complete(c) && c->req.in_body == 0))
+            (c->state == CS_UPSTREAM && !c->req.resp_started && !conn_request_body_complete(c) && c->req.in_body == 0)) {
             /* we wait for the client's body, not for the backend */
+            c->req.termination = TERM_CLIENT_TIMEOUT;
             conn_send_error(c, 408, "invalid_request_error", NULL, "request body not received in time");
-        else if (c->state == CS_UPSTREAM && !c->req.resp_started) {
+        } else if (c->state == CS_UPSTREAM && !c->req.resp_started) {
+            c->req.termination = TERM_UPSTREAM_TIMEOUT;
             if (c->at.up)
                 dispatch_attempt_result(c, BF_TIMEOUT);
             conn_send_error(c, 504, "server_error", "upstream_timeout", "upstream idle timeout");
-        }
-        else
+        } else {
+            /* mid-response: whichever side stalled, the response stopped */
+            if (c->req.sg)
+                c->req.termination = TERM_UPSTREAM_TIMEOUT;
             conn_close(c);
+        }
         break;
     }
     conn_maybe_free(c);
