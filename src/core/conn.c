@@ -1335,7 +1335,9 @@ static void request_finish(struct conn *c)
             .target = { c->req.target, c->req.target_len },
             .request_id = { c->req.request_id, c->req.request_id_len },
             .route = c->req.route >= 0 ? cfg->routes[c->req.route].name : "",
-            .pool = c->at.backend >= 0 ? sg->g->backend_pool[c->at.backend] : "",
+            /* a shed request names the pool that had no room (its 503 body does not) */
+            .pool = c->at.backend >= 0 ? sg->g->backend_pool[c->at.backend]
+                    : c->req.pool >= 0 ? cfg->pools[c->req.pool].name : "",
             .backend = c->at.backend >= 0 ? sg->g->backend_cfg[c->at.backend]->addr.text : "",
             .status = c->req.status,
             .bytes_in = c->req.bytes_in,

@@ -206,16 +206,14 @@ static void running_shape_keep(const struct config *cfg)
 static void warn_restart_only(const struct running_shape *run, const struct config *neu)
 {
     if (!same_listeners(run->listen, run->nlisten, neu->server.listen, neu->server.nlisten))
-        log_warn("reload: [server] listen differs from the running listeners; restart aigw to apply it "
-                 "(the running ones are kept)");
+        log_warn("reload: [server] listen changed; restart aigw to apply it (the running listeners are kept)");
     if (!same_listeners(run->tls_listen, run->tls_nlisten, neu->tls.listen, neu->tls.nlisten))
-        log_warn("reload: [tls] listen differs from the running listeners; restart aigw to apply it "
-                 "(the running ones are kept)");
+        log_warn("reload: [tls] listen changed; restart aigw to apply it (the running listeners are kept)");
     if (run->shards != neu->server.shards)
-        log_warn("reload: [server] shards differs from the running shards; restart aigw to apply it");
+        log_warn("reload: [server] shards changed; restart aigw to apply it");
     if (run->admin_enabled != neu->admin.enabled ||
         (run->admin_enabled && !same_addr(&run->admin_listen, &neu->admin.listen)))
-        log_warn("reload: [admin] listen differs from the running admin listener; restart aigw to apply it");
+        log_warn("reload: [admin] listen changed; restart aigw to apply it");
     if (neu->server.max_header > run->max_header && neu->server.max_header > 12288)
         log_warn("reload: a larger max_header than at start takes effect after a restart");
 }
