@@ -333,8 +333,10 @@ static void conn_close_clean(struct conn *c)
 
 /* The client went away (closed, reset, or a send to it failed) before its
  * request ended: 499, as nginx counts it, even mid-stream. */
-static void client_aborted(struct conn *c, const char *why)
+void conn_client_aborted(struct conn *c, const char *why)
 {
+    if (c->state == CS_CLOSING || c->state == CS_FREE)
+        return;
     if (c->req.sg) {
         c->req.status = 499;
         c->req.termination = TERM_CLIENT_ABORT;
@@ -929,7 +931,7 @@ static void on_recv(struct conn *c, struct io_uring_cqe *cqe)
     } else if (c->state != CS_CLOSING) {
         /* EOF or error: the client is gone. Mid-request the upstream is closed at
          * once so the backend stops generating. */
-        client_aborted(c, res == 0 ? "client closed" : "client reset");
+        conn_client_aborted(c, res == 0 ? "client closed" : "client reset");
         return;
     }
     if (!c->recv_armed && !c->recv_paused && c->state != CS_CLOSING)
@@ -1259,7 +1261,7 @@ static void on_sent(struct conn *c, int res)
 {
     c->send_inflight = false;
     if (res < 0) {
-        client_aborted(c, "client send failed");
+        conn_client_aborted(c, "client send failed");
         return;
     }
     c->last_activity_ms = c->sh->now_ms;

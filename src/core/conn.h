@@ -174,6 +174,9 @@ void conn_shard_draining(struct conn *c);
 /* drain_timeout ran out with c still open: its request (if any) is cut, logged
  * with termination drain_timeout and settled on what it used so far. */
 void conn_drain_expired(struct conn *c);
+/* The client went away (closed, reset, a send failed) under its request: the
+ * connection closes and the request ends as 499 (termination client_abort). */
+void conn_client_aborted(struct conn *c, const char *why);
 void conn_close(struct conn *c);
 void conn_maybe_free(struct conn *c);
 void conn_upstream_ready(struct conn *c);
