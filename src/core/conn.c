@@ -1479,9 +1479,10 @@ void conn_timer_fired(struct conn *c)
                 dispatch_attempt_result(c, BF_TIMEOUT);
             conn_send_error(c, 504, "server_error", "upstream_timeout", "upstream idle timeout");
         } else {
-            /* mid-response: whichever side stalled, the response stopped */
+            /* mid-response: a send to the client still waiting means the
+             * client stopped reading; otherwise the backend went quiet */
             if (c->req.sg)
-                c->req.termination = TERM_UPSTREAM_TIMEOUT;
+                c->req.termination = c->send_inflight ? TERM_CLIENT_TIMEOUT : TERM_UPSTREAM_TIMEOUT;
             conn_close(c);
         }
         break;
