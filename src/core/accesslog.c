@@ -25,6 +25,18 @@
 
 /* ---- formatting ---- */
 
+const char *alog_termination_name(enum termination t)
+{
+    static const char *const names[TERM_COUNT] = {
+        [TERM_CLIENT_ABORT] = "client_abort",
+        [TERM_DRAIN_TIMEOUT] = "drain_timeout",
+        [TERM_UPSTREAM_ERROR] = "upstream_error",
+        [TERM_UPSTREAM_TIMEOUT] = "upstream_timeout",
+        [TERM_CLIENT_TIMEOUT] = "client_timeout",
+    };
+    return (unsigned)t < TERM_COUNT ? names[t] : NULL;
+}
+
 /* Output budget (escaped bytes) per string field; together with the fixed part
  * they stay well under ALOG_LINE_MAX. */
 #define MAX_CLIENT 96
@@ -33,6 +45,7 @@
 #define MAX_NAME 128        /* route, pool, backend */
 #define MAX_REQUEST_ID 200
 #define MAX_ERROR 256
+#define MAX_BACKEND_ITEM 96 /* each entry of "backends" */
 
 /* Microseconds as milliseconds with three decimals: 1234 -> "1.234". */
 static void jb_ms(struct outbuf *b, uint64_t us)
@@ -303,6 +316,24 @@ size_t alog_format(char *out, size_t cap, const struct alog_entry *e)
         OUTBUF_LIT(&b, "true");
     else
         OUTBUF_LIT(&b, "false");
+    OUTBUF_LIT(&b, ",\"queue_ms\":");
+    jb_ms(&b, e->queue_us);
+    OUTBUF_LIT(&b, ",\"backends\":[");
+    for (unsigned i = 0; i < e->nbackends && i < ALOG_BACKENDS_MAX; i++) {
+        if (i)
+            OUTBUF_LIT(&b, ",");
+        jb_cstr(&b, e->backends[i], MAX_BACKEND_ITEM);
+    }
+    OUTBUF_LIT(&b, "],\"fallback\":");
+    if (e->fallback)
+        OUTBUF_LIT(&b, "true");
+    else
+        OUTBUF_LIT(&b, "false");
+    OUTBUF_LIT(&b, ",\"termination\":");
+    if (alog_termination_name(e->termination))
+        jb_cstr(&b, alog_termination_name(e->termination), MAX_NAME);
+    else
+        OUTBUF_LIT(&b, "null");
     OUTBUF_LIT(&b, ",\"error\":");
     if (e->error)
         jb_cstr(&b, e->error, MAX_ERROR);
@@ -514,12 +545,17 @@ static void switch_destination(struct destination *next)
 
 static void reopen_destination(void)
 {
-    if (dest.mode != ACCESS_FILE)
+    if (dest.mode != ACCESS_FILE) {
+        log_info("access log: reopen asked; nothing to reopen (it goes to %s)",
+                 dest.mode == ACCESS_OFF ? "nowhere: off" : "stdout");
         return;
+    }
     struct destination next;
     bool ok = open_destination(&next, ACCESS_FILE, dest.path) == 0;   /* else logged; the old file stays */
-    if (ok)
+    if (ok) {
         switch_destination(&next);
+        log_info("access log: reopened %s", dest.path);
+    }
     metrics_count_access_log_reopen(ok);
 }
 

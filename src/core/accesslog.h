@@ -9,6 +9,24 @@
 #include "core/config.h"
 #include "proto/http1.h"
 
+/* Why a request ended other than normally: the access log's "termination" and
+ * aigw_request_terminations_total{reason}. */
+enum termination {
+    TERM_NONE,
+    TERM_CLIENT_ABORT,      /* the client closed or reset mid-request (logged as 499) */
+    TERM_DRAIN_TIMEOUT,     /* still running when drain_timeout ran out at shutdown */
+    TERM_UPSTREAM_ERROR,    /* the backend failed or broke the response */
+    TERM_UPSTREAM_TIMEOUT,  /* the backend did not answer in time (connect, first_byte, idle) */
+    TERM_CLIENT_TIMEOUT,    /* the client did not send or read in time */
+    TERM_COUNT
+};
+
+/* "client_abort", ...; NULL for TERM_NONE. */
+const char *alog_termination_name(enum termination t);
+
+/* Backends the access log lists per request (the first ones tried, in order). */
+#define ALOG_BACKENDS_MAX 4
+
 struct alog_entry {
     uint64_t time_us;           /* CLOCK_REALTIME at request start */
     struct slice client;        /* "1.2.3.4:5678" */
@@ -23,6 +41,11 @@ struct alog_entry {
     uint64_t duration_us;       /* request start to last byte sent */
     int64_t first_byte_us;      /* upstream first byte after request start; -1 if none */
     bool upstream_reused;
+    uint64_t queue_us;          /* time waited for capacity (all waits added up) */
+    const char *backends[ALOG_BACKENDS_MAX]; /* tried, in order, as configured ("host:port") */
+    unsigned nbackends;
+    bool fallback;              /* served by (or moved to) its pool's fallback */
+    enum termination termination;
     const char *error;          /* NULL, or what went wrong ("connect refused", "first_byte timeout", ...) */
     /* who called: written whenever a key was presented and known */
     const char *key;            /* the key's NAME (never the key), NULL: none */
@@ -44,7 +67,7 @@ struct alog_entry {
 /* Longest line alog_format produces: string fields longer than their share are cut
  * and end in "..." (the target keeps its first 2 KiB), so a line is never dropped
  * for being too long. */
-#define ALOG_LINE_MAX 4096
+#define ALOG_LINE_MAX 6144
 
 /* Starts the writer thread for nshards rings (ring_bytes each, rounded up to a
  * power of two, at least 64 KiB; 0 means 1 MiB). path is used for ACCESS_FILE.

@@ -136,6 +136,7 @@ void ai_request_ready(struct conn *c)
     if (route < 0) {
         snprintf(msg, sizeof msg, "The model `%s` does not exist or is not served here", model);
         c->req.error = "model not found";
+        c->req.route = -1;      /* the path matched a route, but no route serves this model */
         conn_send_error(c, 404, "invalid_request_error", "model_not_found", msg);
         return;
     }

@@ -319,21 +319,6 @@ void conn_close(struct conn *c)
     c->fd = -1;
 }
 
-void conn_client_gone(struct conn *c, const char *why)
-{
-    if (c->state == CS_CLOSING || c->state == CS_FREE)
-        return;
-    const struct shard_gen *sg = c->req.sg;
-    if (sg) {
-        int route_slot = c->req.route >= 0 ? sg->g->route_metric_slot[c->req.route] : 0;
-        if (route_slot < 0 || route_slot >= METRICS_MAX_ROUTES)
-            route_slot = 0;
-        mc_add(&c->sh->m->client_aborts[route_slot], 1);
-    }
-    c->req.error = why;
-    conn_close(c);
-}
-
 /* A close aigw chooses (after a response, or an idle keep-alive connection):
  * the transport may say goodbye first (TLS close_notify) and close once that
  * went out, within a second. */
@@ -345,6 +330,39 @@ static void conn_close_clean(struct conn *c)
         return;
     }
     conn_close(c);
+}
+
+/* The client went away (closed, reset, or a send to it failed) before its
+ * request ended: 499, as nginx counts it, even mid-stream. */
+void conn_client_aborted(struct conn *c, const char *why)
+{
+    if (c->state == CS_CLOSING || c->state == CS_FREE)
+        return;
+    const struct shard_gen *sg = c->req.sg;
+    if (sg) {
+        c->req.status = 499;
+        c->req.termination = TERM_CLIENT_ABORT;
+        c->req.error = why;
+        int route_slot = c->req.route >= 0 ? sg->g->route_metric_slot[c->req.route] : 0;
+        if (route_slot < 0 || route_slot >= METRICS_MAX_ROUTES)
+            route_slot = 0;
+        mc_add(&c->sh->m->client_aborts[route_slot], 1);
+    }
+    conn_close(c);
+}
+
+void conn_drain_expired(struct conn *c)
+{
+    if (c->state == CS_CLOSING || c->state == CS_FREE)
+        return;
+    if (c->req.sg) {
+        c->req.termination = TERM_DRAIN_TIMEOUT;
+        c->req.error = "cut at drain_timeout";
+        if (!c->req.status)
+            c->req.status = 503;    /* no response began: the client gets none */
+    }
+    conn_close(c);
+    conn_maybe_free(c);
 }
 
 void conn_shard_draining(struct conn *c)
@@ -919,7 +937,7 @@ static void on_recv(struct conn *c, struct io_uring_cqe *cqe)
     } else if (c->state != CS_CLOSING) {
         /* EOF or error: the client is gone. Mid-request the upstream is closed at
          * once so the backend stops generating. */
-        conn_client_gone(c, res == 0 ? "client closed" : "client reset");
+        conn_client_aborted(c, res == 0 ? "client closed" : "client reset");
         return;
     }
     if (!c->recv_armed && !c->recv_paused && c->state != CS_CLOSING)
@@ -1042,25 +1060,26 @@ static void attempt_begin(struct conn *c)
     c->in_pinned = false;
     c->req.status = 0;
     c->at = (struct attempt){ .backend = c->at.backend, .probe = c->at.probe, .start_us = c->sh->now_us };
+    if (c->req.ntried < ALOG_BACKENDS_MAX)
+        c->req.backends_tried[c->req.ntried++] = c->at.backend;
     if (c->req.trace.sampled)
         req_trace_attempt_begin(c);
 }
 
+/* The client learns that capacity ran out, not how the fleet is organised: the
+ * pool stays in the access log and metrics. */
 static void send_shed(struct conn *c, enum shed_reason reason)
 {
-    const struct cfg_pool *pool = &c->req.sg->g->cfg->pools[c->req.pool];
-    char msg[200];
+    const char *msg;
     if (reason == SHED_NO_BACKEND) {
         c->req.error = "no backend up";
-        snprintf(msg, sizeof msg, "No backend of pool %s is available; retry later", pool->name);
+        msg = "No backend is available for this request; retry later";
     } else if (reason == SHED_QUEUE_FULL) {
         c->req.error = "queue full";
-        snprintf(msg, sizeof msg, "All backends of pool %s are busy and its queue is full; retry later",
-                 pool->name);
+        msg = "All backends are busy and the queue is full; retry later";
     } else {
         c->req.error = "queue timeout";
-        snprintf(msg, sizeof msg, "All backends of pool %s stayed busy for %llu ms; retry later",
-                 pool->name, (unsigned long long)pool->queue_timeout_ms);
+        msg = "All backends stayed busy for too long; retry later";
     }
     conn_send_error(c, 503, "server_error", "no_capacity", msg);
 }
@@ -1088,6 +1107,7 @@ void conn_dispatched(struct conn *c, struct dispatch_outcome o)
 
 void conn_upstream_failed(struct conn *c, int err, const char *why)
 {
+    c->req.termination = err == ETIMEDOUT ? TERM_UPSTREAM_TIMEOUT : TERM_UPSTREAM_ERROR;
     if (err == ETIMEDOUT && c->tphase == T_FIRST_BYTE)
         conn_send_error(c, 504, "server_error", "upstream_timeout", why);
     else
@@ -1233,6 +1253,7 @@ static void relay_act(struct conn *c, struct relay_outcome o)
         break;
     case RELAY_ABORT:
         c->req.error = o.why;
+        c->req.termination = TERM_UPSTREAM_ERROR;
         c->relay.resp_keep_alive = false;
         conn_close(c);
         break;
@@ -1246,7 +1267,7 @@ static void on_sent(struct conn *c, int res)
 {
     c->send_inflight = false;
     if (res < 0) {
-        conn_client_gone(c, "client send failed");
+        conn_client_aborted(c, "client send failed");
         return;
     }
     c->last_activity_ms = c->sh->now_ms;
@@ -1312,6 +1333,8 @@ static void request_finish(struct conn *c)
     metrics_observe_request(sh->m, route_slot, c->req.status, dur);
     if (c->req.ai)
         observe_ai(c);
+    if (c->req.termination)
+        mc_add(&sh->m->terminations[c->req.termination], 1);
     if (cfg->log.access != ACCESS_OFF) {
         struct alog_entry e = {
             .time_us = c->req.start_us + sh->realtime_offset_us,
@@ -1320,7 +1343,9 @@ static void request_finish(struct conn *c)
             .target = { c->req.target, c->req.target_len },
             .request_id = { c->req.request_id, c->req.request_id_len },
             .route = c->req.route >= 0 ? cfg->routes[c->req.route].name : "",
-            .pool = c->at.backend >= 0 ? sg->g->backend_pool[c->at.backend] : "",
+            /* a shed request names the pool that had no room (its 503 body does not) */
+            .pool = c->at.backend >= 0 ? sg->g->backend_pool[c->at.backend]
+                    : c->req.pool >= 0 ? cfg->pools[c->req.pool].name : "",
             .backend = c->at.backend >= 0 ? sg->g->backend_cfg[c->at.backend]->addr.text : "",
             .status = c->req.status,
             .bytes_in = c->req.bytes_in,
@@ -1328,6 +1353,10 @@ static void request_finish(struct conn *c)
             .duration_us = dur,
             .first_byte_us = c->at.first_byte_us ? (int64_t)(c->at.first_byte_us - c->req.start_us) : -1,
             .upstream_reused = c->at.upstream_reused,
+            .queue_us = c->req.queue_us,
+            .nbackends = c->req.ntried,
+            .fallback = c->req.fell_back,
+            .termination = (enum termination)c->req.termination,
             .error = c->req.error,
             .ai = c->req.ai,
             .model = { c->req.model, c->req.model_len },
@@ -1337,6 +1366,8 @@ static void request_finish(struct conn *c)
             .cost_pusd = c->req.cost_pusd,
             .limit = admission_limit_label(c),
         };
+        for (unsigned i = 0; i < c->req.ntried; i++)
+            e.backends[i] = sg->g->backend_cfg[c->req.backends_tried[i]]->addr.text;
         if (c->req.key >= 0) {
             e.key = keyring_entry(cfg->keys.ring, (unsigned)c->req.key)->name;
             uint32_t t = cfg->keys.key_tier ? cfg->keys.key_tier[c->req.key] : CFG_NO_TIER;
@@ -1418,8 +1449,10 @@ void conn_timer_fired(struct conn *c)
         conn_close_clean(c);
         break;
     case T_HEADER:
-        if (c->state == CS_HEAD)
+        if (c->state == CS_HEAD) {
+            c->req.termination = TERM_CLIENT_TIMEOUT;
             reject_head(c, 408, "request head not received in time");
+        }
         else
             conn_close(c);
         break;
@@ -1442,16 +1475,22 @@ void conn_timer_fired(struct conn *c)
         }
         c->req.error = "idle timeout";
         if (c->state == CS_BODY ||
-            (c->state == CS_UPSTREAM && !c->req.resp_started && !conn_request_body_complete(c) && c->req.in_body == 0))
+            (c->state == CS_UPSTREAM && !c->req.resp_started && !conn_request_body_complete(c) && c->req.in_body == 0)) {
             /* we wait for the client's body, not for the backend */
+            c->req.termination = TERM_CLIENT_TIMEOUT;
             conn_send_error(c, 408, "invalid_request_error", NULL, "request body not received in time");
-        else if (c->state == CS_UPSTREAM && !c->req.resp_started) {
+        } else if (c->state == CS_UPSTREAM && !c->req.resp_started) {
+            c->req.termination = TERM_UPSTREAM_TIMEOUT;
             if (c->at.up)
                 dispatch_attempt_result(c, BF_TIMEOUT);
             conn_send_error(c, 504, "server_error", "upstream_timeout", "upstream idle timeout");
-        }
-        else
+        } else {
+            /* mid-response: a send to the client still waiting means the
+             * client stopped reading; otherwise the backend went quiet */
+            if (c->req.sg)
+                c->req.termination = c->send_inflight ? TERM_CLIENT_TIMEOUT : TERM_UPSTREAM_TIMEOUT;
             conn_close(c);
+        }
         break;
     }
     conn_maybe_free(c);

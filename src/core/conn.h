@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "core/accesslog.h"     /* enum termination, ALOG_BACKENDS_MAX */
 #include "core/config.h"        /* enum priority */
 #include "core/dispatch.h"      /* struct dispatch_outcome, enum backend_failure */
 #include "core/relay.h"
@@ -100,6 +101,10 @@ struct request {
     struct req_trace trace;         /* sampled: its ids and traceparent (req_trace.h) */
 
     /* for the access log; truncated */
+    uint8_t termination;            /* enum termination: why it ended, if not normally */
+    uint8_t ntried;                 /* backends_tried entries used */
+    int32_t backends_tried[ALOG_BACKENDS_MAX]; /* global backend indices, first tries in order */
+    uint64_t queue_us;              /* waits for capacity added up */
     uint8_t request_id_len;
     uint8_t model_len;
     uint16_t target_len;
@@ -166,10 +171,14 @@ void conn_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe);
 void conn_on_upstream_cqe(struct conn *c, enum op op, int res);
 void conn_timer_fired(struct conn *c);
 void conn_shard_draining(struct conn *c);
+/* drain_timeout ran out with c still open: its request (if any) is cut, logged
+ * with termination drain_timeout and settled on what it used so far. */
+void conn_drain_expired(struct conn *c);
+/* The client went away (closed, reset, a send failed, TLS close_notify) under
+ * its request: the connection closes, the request ends as 499 (termination
+ * client_abort) and counts in aigw_client_aborts_total. */
+void conn_client_aborted(struct conn *c, const char *why);
 void conn_close(struct conn *c);
-/* The client went away (EOF, reset, a failed send, TLS close_notify): closes,
- * and a request it leaves unanswered counts in aigw_client_aborts_total. */
-void conn_client_gone(struct conn *c, const char *why);
 void conn_maybe_free(struct conn *c);
 void conn_upstream_ready(struct conn *c);
 void conn_upstream_failed(struct conn *c, int err, const char *why);

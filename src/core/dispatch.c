@@ -185,6 +185,7 @@ static void queue_unlink(struct conn *c)
     sh->nqueued--;
     int slot = c->req.sg->g->pool_metric_slot[c->req.pool];
     mg_add(&sh->m->queued[slot], -1);
+    c->req.queue_us += sh->now_us - c->req.queued_us;
     metrics_observe_queue_wait(sh->m, slot, sh->now_us - c->req.queued_us);
 }
 

@@ -1,5 +1,5 @@
-/* Error log: human-readable lines to stderr (journald adds time and unit there).
- * For the control plane and for rare events on shards; per-request detail goes
+/* Error log: human-readable lines to stderr, each starting with an ISO 8601 UTC
+ * time unless stderr is the journal (which stamps lines itself). For the control plane and for rare events on shards; per-request detail goes
  * to the access log instead. */
 #ifndef AIGW_CORE_LOG_H
 #define AIGW_CORE_LOG_H
@@ -7,6 +7,8 @@
 #include "core/config.h"
 
 void log_set_level(enum log_level level);
+/* stderr is systemd's journal stream (JOURNAL_STREAM names its device:inode). */
+bool log_stderr_is_journal(void);
 void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)

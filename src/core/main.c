@@ -38,6 +38,9 @@
 #include "tls/tls.h"
 
 #define DEFAULT_CONFIG "/etc/aigw.conf"
+/* After drain_timeout, how long the shards get to cut, log and settle what was
+ * still running (docs/config.md drain_timeout: TimeoutStopSec must cover both). */
+#define DRAIN_CUT_GRACE_MS 2000
 
 static void usage(FILE *to)
 {
@@ -176,21 +179,42 @@ static bool same_listeners(const struct cfg_addr *a, unsigned na, const struct c
     return same;
 }
 
+/* What the running listeners, shards and buffers were built from at start: a
+ * reload's "restart needed" warnings compare against this, not against the
+ * previous file (A -> B -> A warns once, and not again once A is back). */
+static struct running_shape {
+    struct cfg_addr listen[CFG_MAX_LISTEN], tls_listen[CFG_MAX_LISTEN], admin_listen;
+    unsigned nlisten, tls_nlisten, shards;
+    bool admin_enabled;
+    size_t max_header;
+} running;
+
+static void running_shape_keep(const struct config *cfg)
+{
+    memcpy(running.listen, cfg->server.listen, sizeof running.listen);
+    memcpy(running.tls_listen, cfg->tls.listen, sizeof running.tls_listen);
+    running.admin_listen = cfg->admin.listen;
+    running.nlisten = cfg->server.nlisten;
+    running.tls_nlisten = cfg->tls.nlisten;
+    running.shards = cfg->server.shards;
+    running.admin_enabled = cfg->admin.enabled;
+    running.max_header = cfg->server.max_header;
+}
+
 /* What a reload cannot change without a restart: sockets and threads. The rest of
  * [tls] (certificates, ciphers, client_ca, tickets) applies to new connections. */
-static void warn_restart_only(const struct config *old, const struct config *neu)
+static void warn_restart_only(const struct running_shape *run, const struct config *neu)
 {
-    if (!same_listeners(old->server.listen, old->server.nlisten, neu->server.listen, neu->server.nlisten))
-        log_warn("reload: [server] listen changed; restart aigw to apply it (old listeners kept)");
-    if (!same_listeners(old->tls.listen, old->tls.nlisten, neu->tls.listen, neu->tls.nlisten))
-        log_warn("reload: [tls] listen changed; restart aigw to apply it (old listeners kept)");
-    if (old->server.shards != neu->server.shards)
+    if (!same_listeners(run->listen, run->nlisten, neu->server.listen, neu->server.nlisten))
+        log_warn("reload: [server] listen changed; restart aigw to apply it (the running listeners are kept)");
+    if (!same_listeners(run->tls_listen, run->tls_nlisten, neu->tls.listen, neu->tls.nlisten))
+        log_warn("reload: [tls] listen changed; restart aigw to apply it (the running listeners are kept)");
+    if (run->shards != neu->server.shards)
         log_warn("reload: [server] shards changed; restart aigw to apply it");
-    if (old->admin.enabled != neu->admin.enabled ||
-        (old->admin.enabled && !same_addr(&old->admin.listen, &neu->admin.listen)))
+    if (run->admin_enabled != neu->admin.enabled ||
+        (run->admin_enabled && !same_addr(&run->admin_listen, &neu->admin.listen)))
         log_warn("reload: [admin] listen changed; restart aigw to apply it");
-    if (neu->server.max_header + 4096 > old->server.max_header + 4096 &&
-        neu->server.max_header > 12288)
+    if (neu->server.max_header > run->max_header && neu->server.max_header > 12288)
         log_warn("reload: a larger max_header than at start takes effect after a restart");
 }
 
@@ -207,7 +231,7 @@ static void reload(const char *path)
         return;
     }
     struct gen *old = atomic_load(&rt.current);
-    warn_restart_only(old->cfg, cfg);
+    warn_restart_only(&running, cfg);
     /* the header size is fixed by the buffers allocated at start */
     if (cfg->server.max_header > old->cfg->server.max_header)
         cfg->server.max_header = old->cfg->server.max_header;
@@ -411,6 +435,7 @@ int main(int argc, char **argv)
         log_warn("%s has no [keys] section: authentication is off, every client may call every route",
                  cfg->path);
     restore_daily_quotas(g);
+    running_shape_keep(cfg);
     atomic_store(&rt.current, g);
     metrics_config_loaded(g->id);
     if (alog_init(rt.nshards, 0, cfg->log.access, cfg->log.access_path) != 0) {
@@ -463,8 +488,12 @@ int main(int argc, char **argv)
     uint64_t drain_ms = cur->server.drain_timeout_ms;
     log_info("stopping: draining in-flight requests for up to %llu ms", (unsigned long long)drain_ms);
     sd_notifyf("STOPPING=1\nSTATUS=draining");
+    /* at the deadline the shards cut what is left (logged and settled there);
+     * main waits a little longer for that, then exits regardless */
+    uint64_t cut_ms = clock_mono_ms() + drain_ms;
+    atomic_store(&rt.drain_deadline_ms, cut_ms);
     atomic_store(&rt.draining, true);
-    bool all_stopped = shard_join_all(clock_mono_ms() + drain_ms);
+    bool all_stopped = shard_join_all(cut_ms + DRAIN_CUT_GRACE_MS);
     watch_stop();
     limits_sync_stop(all_stopped);
     trace_exporter_stop();
@@ -472,6 +501,6 @@ int main(int argc, char **argv)
     if (all_stopped)
         alog_shutdown();    /* frees the rings: only once no shard can write */
     log_info("stopped");
-    /* shards still busy past drain_timeout are cut off by the exit */
+    /* shards still busy after the grace are cut off by the exit */
     _exit(0);
 }

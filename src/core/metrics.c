@@ -1,5 +1,6 @@
 #include "cluster/sync.h"
 #include "core/metrics.h"
+#include "core/accesslog.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -9,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/backend_admin.h"
 #include "core/cost.h"
@@ -26,17 +28,18 @@ const char *const metrics_limit_labels[METRICS_NLIMITS] = { "requests", "tokens"
 static const int status_codes[] = {
     200, 201, 204, 206,
     301, 302, 304,
-    400, 401, 403, 404, 405, 408, 413, 415, 429, 431,
+    400, 401, 403, 404, 405, 408, 413, 415, 429, 431, 499,
     500, 501, 502, 503, 504,
 };
-#define NCOMMON (sizeof status_codes / sizeof status_codes[0])
+#define NCOMMON (sizeof status_codes / sizeof status_codes[0])  /* metrics_status_slot's order */
 #define OTHER_1XX NCOMMON   /* then 2xx, 3xx, 4xx, 5xx */
 _Static_assert(NCOMMON + 5 == METRICS_NSTATUS, "status columns");
+_Static_assert(TERM_COUNT == METRICS_NTERMINATIONS, "termination columns");
 
 static const char *const status_labels[METRICS_NSTATUS] = {
     "200", "201", "204", "206",
     "301", "302", "304",
-    "400", "401", "403", "404", "405", "408", "413", "415", "429", "431",
+    "400", "401", "403", "404", "405", "408", "413", "415", "429", "431", "499",
     "500", "501", "502", "503", "504",
     "1xx", "2xx", "3xx", "4xx", "5xx",
 };
@@ -109,6 +112,8 @@ static bool key_overflow_logged;
 /* Control plane, one writer each: main (reloads), the access-log writer (reopens). */
 static _Atomic uint64_t config_generation;
 static _Atomic uint64_t reloads[2];             /* [0] ok, [1] failed */
+static _Atomic bool last_reload_ok = true;      /* the start counts as a success */
+static _Atomic int64_t last_reload_success_s;   /* wall clock; the start, then each applied reload */
 static _Atomic uint64_t access_log_reopens[2];  /* [0] ok, [1] failed */
 
 /* Slot 0 is "" (no route matched). Called with registry_mu held. */
@@ -382,11 +387,13 @@ void metrics_set_live_pools(const int *slots, unsigned n)
 void metrics_config_loaded(uint64_t generation)
 {
     atomic_store_explicit(&config_generation, generation, memory_order_relaxed);
+    atomic_store_explicit(&last_reload_success_s, (int64_t)time(NULL), memory_order_relaxed);
 }
 
 /* Release: a scrape that sees the count also sees the generation loaded before it. */
 void metrics_count_reload(bool ok)
 {
+    atomic_store_explicit(&last_reload_ok, ok, memory_order_relaxed);
     atomic_fetch_add_explicit(&reloads[ok ? 0 : 1], 1, memory_order_release);
 }
 
@@ -415,11 +422,12 @@ unsigned metrics_status_slot(int status)
     case 415: return 14;
     case 429: return 15;
     case 431: return 16;
-    case 500: return 17;
-    case 501: return 18;
-    case 502: return 19;
-    case 503: return 20;
-    case 504: return 21;
+    case 499: return 17;    /* client gone before the response ended (nginx's code) */
+    case 500: return 18;
+    case 501: return 19;
+    case 502: return 20;
+    case 503: return 21;
+    case 504: return 22;
     }
     if (status >= 100 && status <= 599)
         return OTHER_1XX + (unsigned)(status / 100 - 1);
@@ -1196,6 +1204,12 @@ static void render_access_log(struct outbuf *o)
     outbuf_str(o, "aigw_access_log_dropped_total ");
     outbuf_u64(o, SUM_SHARDS(access_log_dropped));
     outbuf_str(o, "\n");
+    metrics_put_family(o, "aigw_request_terminations_total", "counter",
+               "Requests that ended other than normally, by reason (the access log's termination).");
+    for (unsigned t = TERM_NONE + 1; t < TERM_COUNT; t++)
+        put_sample(o, "aigw_request_terminations_total", 1,
+                   (const char *const[]){ "reason", alog_termination_name((enum termination)t) },
+                   SUM_SHARDS(terminations[t]));
     metrics_put_family(o, "aigw_access_log_reopens_total", "counter",
                "Access log file reopens (SIGUSR1), by result; failed: the old file is kept.");
     put_ok_failed(o, "aigw_access_log_reopens_total", access_log_reopens, memory_order_relaxed);
@@ -1208,6 +1222,17 @@ static void render_config(struct outbuf *o)
     metrics_put_family(o, "aigw_config_reloads_total", "counter",
                "Configuration reloads (SIGHUP), by result; failed: refused, the running one stays.");
     put_ok_failed(o, "aigw_config_reloads_total", reloads, memory_order_acquire);
+    /* named as Prometheus names its own (prometheus_config_last_reload_*) */
+    metrics_put_family(o, "aigw_config_last_reload_successful", "gauge",
+               "1 if the last reload was applied (or none was tried since start), 0 if it was refused.");
+    outbuf_str(o, "aigw_config_last_reload_successful ");
+    outbuf_u64(o, atomic_load_explicit(&last_reload_ok, memory_order_relaxed) ? 1 : 0);
+    outbuf_str(o, "\n");
+    metrics_put_family(o, "aigw_config_last_reload_success_timestamp_seconds", "gauge",
+               "When the running configuration was loaded (start or the last applied reload), Unix seconds.");
+    outbuf_str(o, "aigw_config_last_reload_success_timestamp_seconds ");
+    outbuf_i64(o, atomic_load_explicit(&last_reload_success_s, memory_order_relaxed));
+    outbuf_str(o, "\n");
     metrics_put_family(o, "aigw_config_generation", "gauge",
                "The configuration generation loaded last (1 at start, one more per applied reload).");
     outbuf_str(o, "aigw_config_generation ");

@@ -14,7 +14,8 @@
 #define METRICS_MAX_ROUTES 128      /* route slots; slot 0 is "" (no route matched) */
 #define METRICS_MAX_BACKENDS 512
 #define METRICS_MAX_POOLS 128
-#define METRICS_NSTATUS 27          /* 22 common codes + one "other" column per class; see metrics_status_slot() */
+#define METRICS_NSTATUS 28          /* 23 common codes + one "other" column per class; see metrics_status_slot() */
+#define METRICS_NTERMINATIONS 6     /* TERM_COUNT (accesslog.h) */
 #define METRICS_NBUCKETS 14         /* duration histogram buckets, +Inf included */
 #define METRICS_LLM_NBUCKETS 14     /* LLM latency buckets (first byte, backend request), +Inf included */
 #define METRICS_TOKEN_NBUCKETS 15   /* time-per-output-token buckets, +Inf included */
@@ -109,6 +110,7 @@ struct shard_metrics {
     mcounter client_accepted;                       /* connections taken in (conn_accepted) */
     mcounter client_refused[METRICS_NREFUSALS];
     mcounter client_aborts[METRICS_MAX_ROUTES];     /* clients gone before their response ended */
+    mcounter terminations[METRICS_NTERMINATIONS];  /* enum termination (accesslog.h); [0] unused */
     /* per API key slot, sized at metrics_init (see metrics_reserve_keys) */
     mcounter (*tokens)[2];                          /* enum token_direction */
     mcounter (*ratelimited)[METRICS_NLIMITS];

@@ -557,6 +557,24 @@ static void shard_begin_drain(struct shard *sh)
         upstream_close_idle(sh, sg);
 }
 
+/* drain_timeout is over: the requests still running are cut here, on their
+ * shard, so each is logged and settled (main only waits a moment longer). */
+static void shard_cut_at_drain_timeout(struct shard *sh)
+{
+    sh->drain_cut = true;
+    unsigned n = 0;
+    struct conn *c = sh->live.next;
+    while (c != &sh->live) {
+        struct conn *next = c->next;
+        n += c->req.sg != NULL;
+        conn_drain_expired(c);
+        c = next;
+    }
+    if (n)
+        log_warn("shard %u: drain_timeout: cut %u request(s) still in flight (logged with "
+                 "termination drain_timeout)", sh->id, n);
+}
+
 static int ring_init(struct shard *sh)
 {
     struct io_uring_params p;
@@ -617,6 +635,11 @@ static void *shard_main(void *arg)
     for (;;) {
         if (!sh->draining && atomic_load_explicit(&rt.draining, memory_order_relaxed))
             shard_begin_drain(sh);
+        if (sh->draining && !sh->drain_cut) {
+            uint64_t cut_ms = atomic_load_explicit(&rt.drain_deadline_ms, memory_order_acquire);
+            if (cut_ms && sh->now_ms >= cut_ms)     /* 0: not set yet */
+                shard_cut_at_drain_timeout(sh);
+        }
         if (sh->draining && sh->nconns == 0 && sh->nupconns == 0)
             break;
         if (atomic_load_explicit(&rt.current, memory_order_relaxed) != sh->sg->g)

@@ -103,6 +103,7 @@ struct shard {
     uint64_t rng[2];                /* request ids */
     uint64_t realtime_offset_us;    /* CLOCK_REALTIME - CLOCK_MONOTONIC, for log timestamps */
     bool draining;
+    bool drain_cut;                 /* drain_timeout ran out: what was left was cut */
 };
 
 /* Process-wide, written by main (control plane), read by shards. */
@@ -111,6 +112,7 @@ struct runtime {
     struct shard *shards;
     struct gen *_Atomic current;
     _Atomic bool draining;
+    _Atomic uint64_t drain_deadline_ms; /* set before draining: then shards cut what is left */
     _Atomic unsigned shards_running;
     _Atomic bool ready;
 };

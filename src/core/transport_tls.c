@@ -200,12 +200,7 @@ static void tls_received(struct conn *c, const char *p, size_t n, transport_deli
         if (st == TLS_WANT)
             break;
         /* close_notify or a broken record: the client is gone as if it closed */
-        if (st == TLS_CLOSED) {
-            conn_client_gone(c, "client closed");
-        } else {
-            c->req.error = "tls record error";
-            conn_close(c);
-        }
+        conn_client_aborted(c, st == TLS_CLOSED ? "client closed" : "tls record error");
         return;
     }
     flush(c, l);
@@ -237,7 +232,7 @@ static int tls_sent(struct conn *c, int res)
         o->sending = o->app_pending = false;
         o->deferred_p = NULL;
         if (c->state != CS_CLOSING)
-            conn_close(c);
+            conn_client_aborted(c, "client send failed");
         return app ? (res < 0 ? res : -ECONNRESET) : TRANSPORT_SENT_OWN;
     }
     int report = tls_outbuf_sent(c->sh, o, l->t, (size_t)res);

@@ -40,7 +40,8 @@ static const char typical_line[] =
     "{\"time\":\"2026-11-21T22:17:03.123456Z\",\"client\":\"10.1.2.3:51234\",\"method\":\"POST\","
     "\"target\":\"/v1/chat/completions\",\"status\":200,\"route\":\"chat\",\"pool\":\"gpu-a\","
     "\"backend\":\"10.0.0.11:8000\",\"request_id\":\"abc-123\",\"bytes_in\":512,\"bytes_out\":2048,"
-    "\"duration_ms\":1.234,\"upstream_first_byte_ms\":0.567,\"upstream_reused\":true,\"error\":null}\n";
+    "\"duration_ms\":1.234,\"upstream_first_byte_ms\":0.567,\"upstream_reused\":true,"
+    "\"queue_ms\":0.000,\"backends\":[],\"fallback\":false,\"termination\":null,\"error\":null}\n";
 
 static char *format_entry(const struct alog_entry *e)
 {
@@ -76,6 +77,7 @@ Test(accesslog, formats_an_error_without_route_or_upstream)
         "\"target\":\"/v1/chat/completions\",\"status\":404,\"route\":\"\",\"pool\":\"\","
         "\"backend\":\"\",\"request_id\":\"\",\"bytes_in\":512,\"bytes_out\":2048,"
         "\"duration_ms\":12345.678,\"upstream_first_byte_ms\":null,\"upstream_reused\":false,"
+        "\"queue_ms\":0.000,\"backends\":[],\"fallback\":false,\"termination\":null,"
         "\"error\":\"no route\"}\n");
 }
 
@@ -156,13 +158,43 @@ Test(accesslog, worst_case_entry_fits_a_line)
         .bytes_in = UINT64_MAX, .bytes_out = UINT64_MAX,
         .duration_us = UINT64_MAX, .first_byte_us = INT64_MAX,
         .upstream_reused = true,
+        .queue_us = UINT64_MAX,
+        .backends = { junk, junk, junk, junk }, .nbackends = ALOG_BACKENDS_MAX,
+        .fallback = true, .termination = TERM_DRAIN_TIMEOUT,
+        .key = junk, .ai = true, .model = { junk, sizeof junk - 1 }, .stream = true,
+        .tokens_in = UINT64_MAX, .tokens_out = UINT64_MAX, .cost_pusd = UINT64_MAX,
+        .limit = junk, .priority = junk,
+        .tls_version = junk, .tls_cipher = junk, .tls_sni = junk, .tls_client_subject = junk,
     };
+    static char big[4 * ALOG_LINE_MAX];
+    size_t need = alog_format(big, sizeof big, &e);
     char buf[ALOG_LINE_MAX];
     size_t n = alog_format(buf, sizeof buf, &e);
-    cr_assert_gt(n, 0);
+    cr_assert_gt(n, 0, "needs %zu bytes", need);
     cr_assert_eq(buf[n - 1], '\n');
     cr_assert_not_null(memmem(buf, n, "\"status\":-2147483648,", 21));
     cr_assert_not_null(memmem(buf, n, "\"bytes_in\":18446744073709551615,", 32));
+}
+
+Test(accesslog, incident_fields_show_queue_backends_fallback_and_termination)
+{
+    struct alog_entry e = typical_entry();
+    e.status = 499;
+    e.queue_us = 250500;
+    e.backends[0] = "127.0.0.1:8001";
+    e.backends[1] = "127.0.0.1:8002";
+    e.nbackends = 2;
+    e.fallback = true;
+    e.termination = TERM_CLIENT_ABORT;
+    e.error = "client closed";
+    char *line = format_entry(&e);
+    cr_assert_not_null(strstr(line, "\"status\":499,"), "%s", line);
+    cr_assert_not_null(strstr(line, "\"queue_ms\":250.500,\"backends\":[\"127.0.0.1:8001\",\"127.0.0.1:8002\"],"
+                                    "\"fallback\":true,\"termination\":\"client_abort\",\"error\":\"client closed\"}"),
+                      "%s", line);
+    cr_assert_str_eq(alog_termination_name(TERM_DRAIN_TIMEOUT), "drain_timeout");
+    cr_assert_null(alog_termination_name(TERM_NONE));
+    cr_assert_null(alog_termination_name(TERM_COUNT));
 }
 
 Test(accesslog, too_small_buffer_gives_zero)
