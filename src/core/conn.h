@@ -165,7 +165,9 @@ void conn_accepted(struct shard *sh, int fd, bool tls);
 void conn_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe);
 void conn_on_upstream_cqe(struct conn *c, enum op op, int res);
 void conn_timer_fired(struct conn *c);
-void conn_shard_draining(struct conn *c);
+/* Its shard starts draining; handed_over: a successor accepts on the same sockets
+ * (connections then end only where the client was told Connection: close). */
+void conn_shard_draining(struct conn *c, bool handed_over);
 void conn_close(struct conn *c);
 void conn_maybe_free(struct conn *c);
 void conn_upstream_ready(struct conn *c);
