@@ -226,6 +226,8 @@ static bool hand_over(const char *why)
     }
     log_info("handover: pid %d serves now; this process (pid %d) stops accepting and drains",
              (int)child, (int)getpid());
+    sd_notifyf("MAINPID=%d\nREADY=1\nSTATUS=serving as pid %d (handed over by pid %d)", (int)child,
+               (int)child, (int)getpid());
     metrics_count_reload(true);
     return true;
 }
@@ -487,9 +489,8 @@ int main(int argc, char **argv)
     for (unsigned i = 0; i < cfg->server.nlisten; i++)
         log_info("listening on %s with %u shard(s)", cfg->server.listen[i].text, rt.nshards);
     if (handover_is_successor()) {
-        /* systemd follows the new main process (the unit has NotifyAccess=all) */
-        sd_notifyf("MAINPID=%d\nREADY=1\nSTATUS=serving on %s with %u shard(s)", (int)getpid(),
-                   cfg->server.listen[0].text, rt.nshards);
+        /* systemd hears of us from the old process (MAINPID=), which is still the
+         * unit's main one: it alone may notify under the default NotifyAccess=main */
         log_info("handover: serving as pid %d; the previous process stops accepting", (int)getpid());
         handover_ready();
     } else {

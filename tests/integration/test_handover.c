@@ -7,7 +7,10 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -406,5 +409,49 @@ Test(handover, sighup_new_tls_listen_moves_tls_to_the_new_port)
     h_close(&c);
     cr_expect(refused(old_tls), "the old [tls] port still accepts");
     expect_ok(g.port, &g);
+    h_finish();
+}
+
+/* systemd (a datagram socket at $NOTIFY_SOCKET here) hears the new main pid from
+ * the old process, which is the only one the default NotifyAccess=main listens
+ * to, and never STOPPING=1 (the service goes on) */
+Test(handover, tells_systemd_the_new_main_pid)
+{
+    struct h_mock m;
+    struct h_gw g = {0};
+    H_MOCK(&m, "mock", MOCK_ARGS);
+    char path[600];
+    snprintf(path, sizeof path, "%s/notify.sock", h_dir());
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    cr_assert(fd >= 0 && strlen(path) < sizeof sa.sun_path);
+    strcpy(sa.sun_path, path);
+    cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0, "bind %s: %s", path, strerror(errno));
+    struct timeval tv = {.tv_sec = 10 * h_slow()};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setenv("NOTIFY_SOCKET", path, 1);
+    h_gw_config(&g, NULL, H_STD_ROUTES, m.port);
+    H_GW(&g);
+    unsetenv("NOTIFY_SOCKET");
+
+    pid_t old = g.pid;
+    kill(old, SIGUSR2);
+    pid_t neu = expect_handed_over(&g);
+    char want[64], all[8192] = "";
+    snprintf(want, sizeof want, "MAINPID=%d\nREADY=1", (int)neu);
+    bool seen = false;
+    size_t used = 0;
+    for (int i = 0; i < 20 && !seen; i++) {     /* READY=1 at start, RELOADING=1, then ours */
+        char msg[1024];
+        ssize_t n = recv(fd, msg, sizeof msg - 1, MSG_DONTWAIT);
+        if (n <= 0)
+            break;
+        msg[n] = 0;
+        used += (size_t)snprintf(all + used, sizeof all - used, "%s|", msg);
+        seen = strstr(msg, want) != NULL;
+        cr_expect_null(strstr(msg, "STOPPING=1"), "the old process said STOPPING=1: %s", msg);
+    }
+    cr_expect(seen, "no \"%s\" from the old process; got: %s", want, all);
+    close(fd);
     h_finish();
 }
