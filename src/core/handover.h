@@ -21,8 +21,9 @@
 /* ---- the new process ---- */
 
 /* Reads and removes the inherited-socket variables, keeping only descriptors that
- * are listening stream sockets (the rest are logged and closed). Call once, at
- * start, before any socket is opened. */
+ * are listening stream sockets (the rest are logged and left alone: a forged list
+ * must not make us close a descriptor of our own). Call once, at start, before
+ * the listeners are opened. */
 void handover_inherit_load(void);
 /* True when started by a handover (with a ready pipe). */
 bool handover_is_successor(void);

@@ -2,7 +2,8 @@
  * addresses or shards start a new aigw that takes the listening sockets over;
  * clients under continuous load see no error, streams in flight finish on the old
  * process, a failed successor leaves the old one serving, and a second aigw
- * started by hand still finds the address in use. */
+ * started by hand still finds the address in use; systemd hears the new main
+ * pid from the old process. */
 #include "harness.h"
 
 #include <errno.h>
