@@ -8,6 +8,7 @@
 #   make bench-tls-fast  bench-tls with aigw built against the fast wolfSSL as well (WOLFSSL=fast)
 #   make idle-rss   memory per idle keep-alive connection
 #   make stream-rss memory per concurrent SSE stream (2,000 slow streams)
+#   make bench-upgrade  perf/upgrade.sh: client errors and p99 through an upgrade (aigw SIGUSR2, nginx, HAProxy, restart)
 #   make bench-cluster  perf/cluster.sh: three aigw sharing one redis-server: limit accuracy, CPU
 #                   per request with [cluster] on and off, Redis commands per request
 #   make WOLFSSL=fast   the same targets linked against the wolfSSL with x86-64 assembly and
@@ -63,7 +64,7 @@ PERF_TOOLS := $(patsubst perf/tools/%.c,$(BUILD)/%,$(wildcard perf/tools/*.c))
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 DEPS     := $(LIB_OBJ:.o=.d) $(MOCK_OBJ:.o=.d) $(UNIT_OBJ:.o=.d) $(INTEG_OBJ:.o=.d) $(BUILD)/obj/src/core/main.d
 
-.PHONY: all deps test unit integration asan fuzz fuzz-smoke run bench bench-tls bench-tls-fast bench-cluster idle-rss stream-rss install clean
+.PHONY: all deps test unit integration asan fuzz fuzz-smoke run bench bench-tls bench-tls-fast bench-cluster bench-upgrade idle-rss stream-rss install clean
 all: $(BUILD)/aigw $(BUILD)/aigw-mockllm $(PERF_TOOLS)
 
 $(BUILD)/obj/%.o: %.c | $(WOLFSSL_STAMP)
@@ -193,6 +194,9 @@ stream-rss: deps all
 .PHONY: fleet
 fleet: deps all
 	bash perf/fleet.sh
+
+bench-upgrade: deps all
+	bash perf/upgrade.sh
 
 bench-cluster: deps all
 	bash perf/cluster.sh

@@ -16,6 +16,7 @@
 
 #include "core/admin_backends.h"
 #include "core/gen.h"
+#include "core/handover.h"
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/shard.h"
@@ -568,19 +569,26 @@ int admin_start(const struct cfg_addr *listen_addr, bool (*is_ready)(void))
         return -1;
     }
     const char *what = "socket";
-    int fd = socket(listen_addr->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        goto fail;
-    int one = 1;
-    what = "setsockopt(SO_REUSEADDR)";
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0)
-        goto fail;
-    what = "bind";
-    if (bind(fd, (const struct sockaddr *)&listen_addr->sa, listen_addr->salen) < 0)
-        goto fail;
-    what = "listen";
-    if (listen(fd, ADMIN_BACKLOG) < 0)
-        goto fail;
+    int fd = handover_take(listen_addr);    /* the previous process's, in a handover */
+    if (fd >= 0) {
+        what = "fcntl(O_NONBLOCK)";
+        if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0)
+            goto fail;
+    } else {
+        fd = socket(listen_addr->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            goto fail;
+        int one = 1;
+        what = "setsockopt(SO_REUSEADDR)";
+        if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0)
+            goto fail;
+        what = "bind";
+        if (bind(fd, (const struct sockaddr *)&listen_addr->sa, listen_addr->salen) < 0)
+            goto fail;
+        what = "listen";
+        if (listen(fd, ADMIN_BACKLOG) < 0)
+            goto fail;
+    }
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
     what = "getsockname";
@@ -648,6 +656,11 @@ void admin_stop(void)
     if (held)
         gen_unref(held);
     held = NULL;
+}
+
+int admin_listen_fd(void)
+{
+    return running ? listen_fd : -1;
 }
 
 int admin_port(void)

@@ -19,5 +19,7 @@ int admin_start(const struct cfg_addr *listen, bool (*is_ready)(void));
 void admin_stop(void);
 /* The bound port, or -1 when not started. */
 int admin_port(void);
+/* The listening socket while running (handed over to a successor), else -1. */
+int admin_listen_fd(void);
 
 #endif

@@ -365,14 +365,26 @@ void conn_drain_expired(struct conn *c)
     conn_maybe_free(c);
 }
 
-void conn_shard_draining(struct conn *c)
+/* The grace an idle keep-alive connection gets when its shard drains after a
+ * handover: a client that keeps using it sends its next request within it (and is
+ * told Connection: close); one that is quiet that long is unlikely to send just
+ * as it closes. */
+#define HANDOVER_IDLE_GRACE_MS 1000
+
+void conn_shard_draining(struct conn *c, bool handed_over)
 {
-    if (c->state == CS_IDLE) {
+    if (c->state == CS_IDLE && handed_over) {
+        if (conn_config(c)->timeouts.keepalive_ms > HANDOVER_IDLE_GRACE_MS)
+            arm_timer(c, T_KEEPALIVE, HANDOVER_IDLE_GRACE_MS);
+    } else if (c->state == CS_IDLE) {
         conn_close_clean(c);
         conn_maybe_free(c);
-    } else {
+    } else if (!handed_over || !c->req.resp_started) {
         c->req.keep_alive = false;
     }
+    /* else the head went out promising keep-alive: the client may send its next
+     * request as soon as it has read this response, so after a handover the
+     * connection goes idle (with the grace above) rather than closing under it */
 }
 
 /* Closes the request's upstream connection (not reusable: its state is unknown),
@@ -1427,13 +1439,17 @@ static void request_finish(struct conn *c)
     if (c->state == CS_CLOSING)
         return;
 
-    if (!c->req.keep_alive || sh->draining || c->req.in_body > 0) {
+    bool handed_over = atomic_load_explicit(&rt.handed_over, memory_order_relaxed);
+    if (!c->req.keep_alive || (sh->draining && !handed_over) || c->req.in_body > 0) {
         conn_close_clean(c);
         return;
     }
     c->state = CS_IDLE;
     /* the request's generation may be gone now: the next wait is the current one's */
-    arm_timer(c, T_KEEPALIVE, sh->sg->g->cfg->timeouts.keepalive_ms);
+    uint64_t keepalive_ms = sh->sg->g->cfg->timeouts.keepalive_ms;
+    if (sh->draining && keepalive_ms > HANDOVER_IDLE_GRACE_MS)
+        keepalive_ms = HANDOVER_IDLE_GRACE_MS;
+    arm_timer(c, T_KEEPALIVE, keepalive_ms);
     resume_recv(c);
     process_input(c);
 }

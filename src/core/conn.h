@@ -170,7 +170,9 @@ void conn_accepted(struct shard *sh, int fd, bool tls);
 void conn_on_cqe(struct conn *c, enum op op, struct io_uring_cqe *cqe);
 void conn_on_upstream_cqe(struct conn *c, enum op op, int res);
 void conn_timer_fired(struct conn *c);
-void conn_shard_draining(struct conn *c);
+/* Its shard starts draining; handed_over: a successor accepts on the same sockets
+ * (connections then end only where the client was told Connection: close). */
+void conn_shard_draining(struct conn *c, bool handed_over);
 /* drain_timeout ran out with c still open: its request (if any) is cut, logged
  * with termination drain_timeout and settled on what it used so far. */
 void conn_drain_expired(struct conn *c);

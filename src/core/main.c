@@ -1,6 +1,8 @@
 /* aigw: command line, start-up, and the control thread. The main thread owns
- * signals (every other thread blocks them): SIGHUP reloads, SIGUSR1 reopens the
- * access log, SIGTERM/SIGINT drain and exit. */
+ * signals (every other thread blocks them): SIGHUP reloads (through a new process,
+ * a handover, when listen addresses or shards change), SIGUSR1 reopens the access
+ * log, SIGUSR2 hands over to the binary now at our path (an upgrade), SIGTERM/SIGINT
+ * drain and exit. */
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
@@ -20,6 +22,7 @@
 #include "cluster/sync.h"
 #include "trace/exporter.h"
 #include "core/gen.h"
+#include "core/handover.h"
 #include "core/shard.h"
 #include "core/readiness.h"
 #include "core/sdnotify.h"
@@ -179,46 +182,60 @@ static bool same_listeners(const struct cfg_addr *a, unsigned na, const struct c
     return same;
 }
 
-/* What the running listeners, shards and buffers were built from at start: a
- * reload's "restart needed" warnings compare against this, not against the
- * previous file (A -> B -> A warns once, and not again once A is back). */
-static struct running_shape {
-    struct cfg_addr listen[CFG_MAX_LISTEN], tls_listen[CFG_MAX_LISTEN], admin_listen;
-    unsigned nlisten, tls_nlisten, shards;
-    bool admin_enabled;
-    size_t max_header;
-} running;
-
-static void running_shape_keep(const struct config *cfg)
+/* What a reload cannot change in place: sockets and threads. A new process
+ * applies it (a handover); NULL when the running one can. The rest of [tls]
+ * (certificates, ciphers, client_ca, tickets) applies to new connections. */
+static const char *needs_new_process(const struct config *old, const struct config *neu)
 {
-    memcpy(running.listen, cfg->server.listen, sizeof running.listen);
-    memcpy(running.tls_listen, cfg->tls.listen, sizeof running.tls_listen);
-    running.admin_listen = cfg->admin.listen;
-    running.nlisten = cfg->server.nlisten;
-    running.tls_nlisten = cfg->tls.nlisten;
-    running.shards = cfg->server.shards;
-    running.admin_enabled = cfg->admin.enabled;
-    running.max_header = cfg->server.max_header;
+    if (!same_listeners(old->server.listen, old->server.nlisten, neu->server.listen, neu->server.nlisten))
+        return "[server] listen changed";
+    if (!same_listeners(old->tls.listen, old->tls.nlisten, neu->tls.listen, neu->tls.nlisten))
+        return "[tls] listen changed";
+    if (old->server.shards != neu->server.shards)
+        return "[server] shards changed";
+    if (old->admin.enabled != neu->admin.enabled ||
+        (old->admin.enabled && !same_addr(&old->admin.listen, &neu->admin.listen)))
+        return "[admin] listen changed";
+    if (neu->server.max_header + 4096 > old->server.max_header + 4096 &&
+        neu->server.max_header > 12288)
+        return "a larger max_header than at start";
+    return NULL;
 }
 
-/* What a reload cannot change without a restart: sockets and threads. The rest of
- * [tls] (certificates, ciphers, client_ca, tickets) applies to new connections. */
-static void warn_restart_only(const struct running_shape *run, const struct config *neu)
+/* How long a successor has to load its file and start its shards. */
+#define HANDOVER_READY_TIMEOUT_MS 30000
+
+/* Starts a successor with our listening sockets (handover.h); true once it serves,
+ * and then this process is to drain and exit. */
+static bool hand_over(const char *why)
 {
-    if (!same_listeners(run->listen, run->nlisten, neu->server.listen, neu->server.nlisten))
-        log_warn("reload: [server] listen changed; restart aigw to apply it (the running listeners are kept)");
-    if (!same_listeners(run->tls_listen, run->tls_nlisten, neu->tls.listen, neu->tls.nlisten))
-        log_warn("reload: [tls] listen changed; restart aigw to apply it (the running listeners are kept)");
-    if (run->shards != neu->server.shards)
-        log_warn("reload: [server] shards changed; restart aigw to apply it");
-    if (run->admin_enabled != neu->admin.enabled ||
-        (run->admin_enabled && !same_addr(&run->admin_listen, &neu->admin.listen)))
-        log_warn("reload: [admin] listen changed; restart aigw to apply it");
-    if (neu->server.max_header > run->max_header && neu->server.max_header > 12288)
-        log_warn("reload: a larger max_header than at start takes effect after a restart");
+    const struct config *cfg = atomic_load(&rt.current)->cfg;
+    static int fds[HANDOVER_MAX_FDS];
+    static const char *texts[HANDOVER_MAX_FDS];
+    unsigned n = listeners_describe(cfg, fds, texts, HANDOVER_MAX_FDS - 1);
+    if (cfg->admin.enabled && admin_listen_fd() >= 0) {
+        fds[n] = admin_listen_fd();
+        texts[n++] = cfg->admin.listen.text;
+    }
+    log_info("handover (%s): starting a new process", why);
+    sd_notifyf("RELOADING=1\nSTATUS=handover: starting a new process (%s)", why);
+    char err[512];
+    pid_t child;
+    if (handover_spawn(fds, texts, n, HANDOVER_READY_TIMEOUT_MS, &child, err, sizeof err) != 0) {
+        log_error("handover failed, this process keeps serving as before: %s", err);
+        metrics_count_reload(false);
+        sd_notifyf("READY=1\nSTATUS=handover failed: %s", err);
+        return false;
+    }
+    log_info("handover: pid %d serves now; this process (pid %d) stops accepting and drains",
+             (int)child, (int)getpid());
+    sd_notifyf("MAINPID=%d\nREADY=1\nSTATUS=serving as pid %d (handed over by pid %d)", (int)child,
+               (int)child, (int)getpid());
+    metrics_count_reload(true);
+    return true;
 }
 
-static void reload(const char *path)
+static bool reload(const char *path)
 {
     sd_notifyf("RELOADING=1\nSTATUS=reloading %s", path);
     char err[1024];
@@ -228,10 +245,15 @@ static void reload(const char *path)
         log_error("reload refused, keeping the running configuration: %s", err);
         metrics_count_reload(false);
         sd_notifyf("READY=1\nSTATUS=reload refused: %s", err);
-        return;
+        return false;
     }
     struct gen *old = atomic_load(&rt.current);
-    warn_restart_only(&running, cfg);
+    const char *why = needs_new_process(old->cfg, cfg);
+    if (why) {
+        /* the successor loads the file itself */
+        config_free(cfg);
+        return hand_over(why);
+    }
     /* the header size is fixed by the buffers allocated at start */
     if (cfg->server.max_header > old->cfg->server.max_header)
         cfg->server.max_header = old->cfg->server.max_header;
@@ -241,7 +263,7 @@ static void reload(const char *path)
         config_free(cfg);
         metrics_count_reload(false);
         sd_notifyf("READY=1\nSTATUS=reload refused: %s", err);
-        return;
+        return false;
     }
     if (alog_configure(cfg->log.access, cfg->log.access_path) != 0)
         log_warn("reload: access log destination unchanged");
@@ -255,6 +277,7 @@ static void reload(const char *path)
     metrics_config_loaded(g->id);
     metrics_count_reload(true);
     sd_notifyf("READY=1\nSTATUS=serving (generation %llu)", (unsigned long long)g->id);
+    return false;
 }
 
 /* The largest soft RLIMIT_NOFILE the kernel takes: the hard limit, unless that is
@@ -348,6 +371,7 @@ int main(int argc, char **argv)
 {
     if (argc >= 2 && strcmp(argv[1], "keygen") == 0)
         return keygen(argc, argv);
+    handover_remember_self(argv);
     const char *path = DEFAULT_CONFIG;
     bool check_only = false, print_config = false;
     int opt;
@@ -415,6 +439,7 @@ int main(int argc, char **argv)
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGUSR1);
+    sigaddset(&sigs, SIGUSR2);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
@@ -435,17 +460,18 @@ int main(int argc, char **argv)
         log_warn("%s has no [keys] section: authentication is off, every client may call every route",
                  cfg->path);
     restore_daily_quotas(g);
-    running_shape_keep(cfg);
     atomic_store(&rt.current, g);
     metrics_config_loaded(g->id);
     if (alog_init(rt.nshards, 0, cfg->log.access, cfg->log.access_path) != 0) {
         log_error("cannot open the access log");
         return 1;
     }
+    handover_inherit_load();
     if (listeners_open(cfg, rt.nshards) != 0)
         return 1;
     if (cfg->admin.enabled && admin_start(&cfg->admin.listen, readiness_ready) != 0)
         return 1;
+    handover_close_unadopted();
     if (watch_start() != 0)
         return 1;
     if (limits_sync_start() != 0)
@@ -465,8 +491,17 @@ int main(int argc, char **argv)
     atomic_store(&rt.ready, true);
     for (unsigned i = 0; i < cfg->server.nlisten; i++)
         log_info("listening on %s with %u shard(s)", cfg->server.listen[i].text, rt.nshards);
-    sd_notifyf("READY=1\nSTATUS=serving on %s with %u shard(s)", cfg->server.listen[0].text, rt.nshards);
+    if (handover_is_successor()) {
+        /* systemd hears of us from the old process (MAINPID=), which is still the
+         * unit's main one: it alone may notify under the default NotifyAccess=main */
+        log_info("handover: serving as pid %d; the previous process stops accepting", (int)getpid());
+        handover_ready();
+    } else {
+        sd_notifyf("READY=1\nSTATUS=serving on %s with %u shard(s)", cfg->server.listen[0].text,
+                   rt.nshards);
+    }
 
+    bool handed_over = false;
     for (;;) {
         int sig = sigwaitinfo(&sigs, NULL);
         if (sig < 0) {
@@ -476,7 +511,11 @@ int main(int argc, char **argv)
             break;
         }
         if (sig == SIGHUP) {
-            reload(path);
+            if ((handed_over = reload(path)))
+                break;
+        } else if (sig == SIGUSR2) {
+            if ((handed_over = hand_over("binary upgrade")))
+                break;
         } else if (sig == SIGUSR1) {
             alog_reopen();
         } else {
@@ -486,8 +525,15 @@ int main(int argc, char **argv)
 
     struct config *cur = atomic_load(&rt.current)->cfg;
     uint64_t drain_ms = cur->server.drain_timeout_ms;
-    log_info("stopping: draining in-flight requests for up to %llu ms", (unsigned long long)drain_ms);
-    sd_notifyf("STOPPING=1\nSTATUS=draining");
+    if (handed_over) {
+        /* the admin socket is shared too: the successor answers /ready from now */
+        admin_stop();
+        atomic_store(&rt.handed_over, true);
+        log_info("handover: draining in-flight requests for up to %llu ms", (unsigned long long)drain_ms);
+    } else {
+        log_info("stopping: draining in-flight requests for up to %llu ms", (unsigned long long)drain_ms);
+        sd_notifyf("STOPPING=1\nSTATUS=draining");
+    }
     /* at the deadline the shards cut what is left (logged and settled there);
      * main waits a little longer for that, then exits regardless */
     uint64_t cut_ms = clock_mono_ms() + drain_ms;

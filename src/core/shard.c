@@ -6,6 +6,7 @@
 #include "core/conn.h"
 #include "core/dispatch.h"
 #include "core/gen.h"
+#include "core/handover.h"
 #include "core/ring.h"
 #include "core/shard.h"
 #include "core/upstream.h"
@@ -29,10 +30,18 @@
 struct runtime rt;
 
 /* Listener sockets are opened by main before the shards start, so that a busy
- * port fails the start with a clear message instead of a half-started process. */
-static int listener_fds[MAX_SHARDS][2 * CFG_MAX_LISTEN];
-static bool listener_tls[2 * CFG_MAX_LISTEN];
-static unsigned listener_count;
+ * port fails the start with a clear message instead of a half-started process.
+ * Usually one socket per address and shard; after a handover an address may have
+ * more sockets than there are shards (the old process had more): each shard then
+ * takes several, since every socket of a SO_REUSEPORT group gets its share of new
+ * connections and none may be left unaccepted. */
+struct listen_fd {
+    int fd;
+    unsigned addr;          /* index: [server] listen, then [tls] listen */
+    unsigned shard;
+};
+static struct listen_fd *listen_fds;
+static unsigned nlisten_fds;
 
 static const struct cfg_addr *listener_addr(const struct config *cfg, unsigned i)
 {
@@ -71,29 +80,58 @@ static int open_listener(const struct cfg_addr *a, bool claim)
     return fd;
 }
 
+static void listeners_close_opened(void)
+{
+    for (unsigned i = 0; i < nlisten_fds; i++)
+        close(listen_fds[i].fd);
+    nlisten_fds = 0;
+}
+
 int listeners_open(const struct config *cfg, unsigned nshards)
 {
-    /* shard 0's sockets claim every address before any other socket joins one */
     unsigned n = cfg->server.nlisten + cfg->tls.nlisten;
-    for (unsigned s = 0; s < nshards; s++) {
-        for (unsigned i = 0; i < n; i++) {
-            const struct cfg_addr *a = listener_addr(cfg, i);
+    free(listen_fds);
+    listen_fds = calloc((size_t)n * nshards + HANDOVER_MAX_FDS, sizeof *listen_fds);
+    if (!listen_fds) {
+        log_error("cannot allocate the listener table");
+        return -1;
+    }
+    nlisten_fds = 0;
+    for (unsigned i = 0; i < n; i++) {
+        const struct cfg_addr *a = listener_addr(cfg, i);
+        /* sockets handed over by the process we succeed: they are already in the
+         * group, so the new ones only join it (no claim against our own parent) */
+        unsigned k = 0;
+        for (int fd; (fd = handover_take(a)) >= 0; k++)
+            listen_fds[nlisten_fds++] = (struct listen_fd){ .fd = fd, .addr = i, .shard = k % nshards };
+        if (k)
+            log_info("%s: adopted %u listening socket(s) from the previous process", a->text, k);
+        /* the first socket of an address claims it before any other joins */
+        for (unsigned s = k; s < nshards; s++) {
             int fd = open_listener(a, s == 0);
-            if (fd < 0 && errno == EADDRINUSE) {
+            if (fd < 0 && errno == EADDRINUSE)
                 log_error("cannot listen on %s: address already in use; another process listens "
                           "there (is aigw already running?)", a->text);
-                return -1;
-            }
-            if (fd < 0) {
+            else if (fd < 0)
                 log_error("cannot listen on %s: %s", a->text, strerror(errno));
+            if (fd < 0) {
+                listeners_close_opened();
                 return -1;
             }
-            listener_fds[s][i] = fd;
-            listener_tls[i] = i >= cfg->server.nlisten;
+            listen_fds[nlisten_fds++] = (struct listen_fd){ .fd = fd, .addr = i, .shard = s };
         }
     }
-    listener_count = n;
     return 0;
+}
+
+unsigned listeners_describe(const struct config *cfg, int *fds, const char **texts, unsigned cap)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; i < nlisten_fds && n < cap; i++, n++) {
+        fds[n] = listen_fds[i].fd;
+        texts[n] = listener_addr(cfg, listen_fds[i].addr)->text;
+    }
+    return n;
 }
 
 /* ---- time ---- */
@@ -460,7 +498,7 @@ static void on_accept(struct shard *sh, struct listener *l, struct io_uring_cqe 
     if (cqe->res >= 0) {
         if (l->backoff_ms)
             accept_recovered(sh, l);
-        if (sh->draining) {
+        if (sh->draining && !atomic_load_explicit(&rt.handed_over, memory_order_relaxed)) {
             mc_add(&sh->m->client_refused[REFUSED_DRAINING], 1);
             close(cqe->res);
         } else if (sh->nconns >= sh->max_conns) {
@@ -488,8 +526,10 @@ static void stop_listening(struct shard *sh)
             continue;
         /* The armed multishot accept holds the socket until its completion is
          * reaped, so close() alone would leave it listening; shutdown() stops the
-         * listen at once, and new connects are refused. */
-        shutdown(l->fd, SHUT_RDWR);
+         * listen at once, and new connects are refused. Not after a handover: the
+         * socket is shared with the successor, which goes on accepting on it. */
+        if (!atomic_load(&rt.handed_over))
+            shutdown(l->fd, SHUT_RDWR);
         struct io_uring_sqe *sqe = shard_sqe(sh);
         io_uring_prep_cancel_fd(sqe, l->fd, IORING_ASYNC_CANCEL_ALL);
         io_uring_sqe_set_data64(sqe, 0);
@@ -497,6 +537,17 @@ static void stop_listening(struct shard *sh)
         close(l->fd);
         l->fd = -1;
     }
+}
+
+/* A cancelled multishot accept may still have taken a connection whose
+ * completion is not reaped yet: leaving then would drop it (after a handover the
+ * socket is shared, so such a connection is one a client is waiting on). */
+static bool accept_in_flight(const struct shard *sh)
+{
+    for (unsigned i = 0; i < sh->nlisteners; i++)
+        if (sh->listeners[i].accepting)
+            return true;
+    return false;
 }
 
 /* ---- completions ---- */
@@ -545,11 +596,17 @@ static void shard_begin_drain(struct shard *sh)
 {
     sh->draining = true;
     stop_listening(sh);
-    /* idle keep-alive clients go now; the others finish their request first */
+    /* idle keep-alive clients go now; the others finish their request first. After
+     * a handover, idle ones stay until their keep-alive timeout instead: closing
+     * now races a request the client may already have sent on them, which it
+     * would see fail; a request that comes is answered with Connection: close
+     * (so is any connection the last accepts took), and the client reconnects to
+     * the successor. */
+    bool handed_over = atomic_load(&rt.handed_over);
     struct conn *c = sh->live.next;
     while (c != &sh->live) {
         struct conn *next = c->next;
-        conn_shard_draining(c);
+        conn_shard_draining(c, handed_over);
         c = next;
     }
     upstream_close_idle(sh, sh->sg);
@@ -640,7 +697,7 @@ static void *shard_main(void *arg)
             if (cut_ms && sh->now_ms >= cut_ms)     /* 0: not set yet */
                 shard_cut_at_drain_timeout(sh);
         }
-        if (sh->draining && sh->nconns == 0 && sh->nupconns == 0)
+        if (sh->draining && sh->nconns == 0 && sh->nupconns == 0 && !accept_in_flight(sh))
             break;
         if (atomic_load_explicit(&rt.current, memory_order_relaxed) != sh->sg->g)
             shard_gen_adopt(sh);
@@ -726,12 +783,22 @@ int shard_start_all(void)
         struct shard *sh = &rt.shards[s];
         if (shard_init(sh, s, rt.nshards, g) != 0)
             return -1;
-        sh->nlisteners = listener_count;
-        for (unsigned i = 0; i < listener_count; i++) {
-            sh->listeners[i].sh = sh;
-            sh->listeners[i].fd = listener_fds[s][i];
-            sh->listeners[i].addr = listener_addr(cfg, i);
-            sh->listeners[i].tls = listener_tls[i];
+        unsigned mine = 0;
+        for (unsigned i = 0; i < nlisten_fds; i++)
+            mine += listen_fds[i].shard == s;
+        sh->listeners = aligned_alloc(_Alignof(struct listener), (mine ? mine : 1) * sizeof *sh->listeners);
+        if (!sh->listeners)
+            return -1;
+        memset(sh->listeners, 0, (mine ? mine : 1) * sizeof *sh->listeners);
+        sh->nlisteners = 0;
+        for (unsigned i = 0; i < nlisten_fds; i++) {
+            if (listen_fds[i].shard != s)
+                continue;
+            struct listener *l = &sh->listeners[sh->nlisteners++];
+            l->sh = sh;
+            l->fd = listen_fds[i].fd;
+            l->addr = listener_addr(cfg, listen_fds[i].addr);
+            l->tls = listen_fds[i].addr >= cfg->server.nlisten;
         }
     }
     for (unsigned s = 0; s < rt.nshards; s++) {

@@ -75,7 +75,7 @@ struct shard {
     char *br_mem;
     unsigned br_mask;
 
-    struct listener listeners[2 * CFG_MAX_LISTEN];     /* [server] listen, then [tls] listen */
+    struct listener *listeners;     /* [server] listen, then [tls] listen; several per address after a handover */
     unsigned nlisteners;
     unsigned accept_paused;         /* listeners waiting for descriptors */
 
@@ -115,6 +115,7 @@ struct runtime {
     _Atomic uint64_t drain_deadline_ms; /* set before draining: then shards cut what is left */
     _Atomic unsigned shards_running;
     _Atomic bool ready;
+    _Atomic bool handed_over;       /* set before draining: a successor accepts on our sockets */
 };
 extern struct runtime rt;
 
@@ -141,5 +142,7 @@ void shard_gen_request_done(struct shard *sh, struct shard_gen *sg);
 int shard_start_all(void);
 bool shard_join_all(uint64_t deadline_ms);
 int listeners_open(const struct config *cfg, unsigned nshards);
+/* Every listening socket (for a handover) and its address's text; returns how many. */
+unsigned listeners_describe(const struct config *cfg, int *fds, const char **texts, unsigned cap);
 
 #endif

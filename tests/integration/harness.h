@@ -54,6 +54,10 @@ int h_wait_exit(pid_t pid, int timeout_ms);
  * (WIFSIGNALED with SIGKILL if it had to be killed). */
 int h_stop(pid_t pid, int timeout_ms);
 bool h_alive(pid_t pid);
+/* A process the test did not spawn but must stop at teardown too: a descendant
+ * reparented to the test (which made itself a child subreaper), e.g. the aigw a
+ * handover started. */
+void h_track(pid_t pid, const char *tag);
 /* Runs argv to completion (killed after timeout_ms). Returns the wait status,
  * -1 if it had to be killed; stderr goes to <dir>/<tag>.err. */
 int h_run(const char *tag, const char *const argv[], int timeout_ms);
