@@ -4,8 +4,8 @@
  * (src/proto/promtext.c), and publishes them in the generation's per-backend
  * cells, which shards read with relaxed loads when they choose a backend. Only
  * this thread writes the cells. It runs the active health checks the same way
- * (`health` every `health_interval`: down after HEALTH_FALL failed checks, up
- * after HEALTH_RISE passing ones), logs the circuits the shards open and close
+ * (`health` every `health_interval`: down after the pool's health_fall failed
+ * checks, up after health_rise passing ones), logs the circuits the shards open and close
  * (dispatch.c), and publishes the per-backend gauges of /metrics. Control
  * plane: plain non-blocking sockets under poll(2), never on a shard's ring. A
  * `tls = on` pool is probed over TLS: the engine over the probe's own buffers,
@@ -40,8 +40,6 @@
 #define WATCH_TIMEOUT_MS 1000       /* one scrape, connect to last byte */
 #define WATCH_TICK_MS 50            /* gauges refresh at least this often */
 #define HEALTH_TIMEOUT_MAX_MS 2000  /* a check gets min(health_interval, this) */
-#define HEALTH_FALL 2               /* consecutive failed checks: down */
-#define HEALTH_RISE 2               /* consecutive passing checks: up again */
 
 enum probe_phase { PROBE_IDLE, PROBE_CONNECTING, PROBE_HANDSHAKE, PROBE_SENDING, PROBE_READING };
 #define PROBE_TLS_BUF 16384         /* ciphertext each way */
@@ -95,17 +93,17 @@ static void health_result(struct gen *g, struct target *t, bool ok, const char *
         t->streak = 0;
         return;
     }
-    if (++t->streak < (up ? HEALTH_FALL : HEALTH_RISE))
+    if (++t->streak < (up ? t->pool->health_fall : t->pool->health_rise))
         return;
     t->streak = 0;
     atomic_store_explicit(&h->checked_up, ok, memory_order_relaxed);
     const char *addr = g->backend_cfg[t->backend]->addr.text;
     if (ok)
         log_info("pool %s backend %s: up: %d health checks of %s passed", t->pool->name, addr,
-                 HEALTH_RISE, t->path);
+                 t->pool->health_rise, t->path);
     else
         log_warn("pool %s backend %s: down: %d health checks of %s failed (%s)", t->pool->name, addr,
-                 HEALTH_FALL, t->path, why);
+                 t->pool->health_fall, t->path, why);
 }
 
 static void probe_failed(struct gen *g, struct target *t, const char *why)
