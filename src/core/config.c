@@ -961,6 +961,12 @@ static int pool_health(struct load_ctx *x, const char *key, const char *value)
     return set_probe_path(x, key, value, p->health_path, sizeof p->health_path);
 }
 
+static int pool_model_list(struct load_ctx *x, const char *key, const char *value)
+{
+    struct cfg_pool *p = cur_pool(x);
+    return set_probe_path(x, key, value, p->model_list_path, sizeof p->model_list_path);
+}
+
 static int pool_health_interval(struct load_ctx *x, const char *key, const char *value)
 {
     return set_probe_interval(x, key, value, &cur_pool(x)->health_interval_ms);
@@ -1559,6 +1565,7 @@ static const struct key_def pool_keys[] = {
     { "metrics_interval", pool_metrics_interval, false },
     { "health", pool_health, false },
     { "health_interval", pool_health_interval, false },
+    { "model_list", pool_model_list, false },
     { "queue_timeout", pool_queue_timeout, false },
     { "queue_size", pool_queue_size, false },
     { "retries", pool_retries, false },
@@ -1724,6 +1731,7 @@ static int open_pool(struct load_ctx *x, const char *name, size_t len)
     p->fallback = -1;
     p->keepalive = 32;
     p->keepalive_timeout_ms = 60000;
+    memcpy(p->model_list_path, "/v1/models", sizeof "/v1/models");
     p->health_rise = 2;
     p->health_fall = 2;
     p->circuit_failures = 5;
@@ -2393,6 +2401,7 @@ static void print_pool(const struct config *c, const struct cfg_pool *p, FILE *o
     print_duration(out, "metrics_interval", p->metrics_interval_ms);
     print_text(out, "health", p->health_path, NULL);
     print_duration(out, "health_interval", p->health_interval_ms);
+    print_text(out, "model_list", p->model_list_path, NULL);
     print_duration(out, "queue_timeout", p->queue_timeout_ms);
     fprintf(out, "queue_size = %u\n", p->queue_size);
     fprintf(out, "retries = %u\n", p->retries);

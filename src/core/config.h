@@ -41,6 +41,8 @@ struct cfg_pool {
                                  * capacity and prefix pools, else none */
     bool health_set;            /* health = given in the file */
     uint64_t health_interval_ms; /* default 1s; 10ms..60s */
+    char model_list_path[128];  /* the backends' model list (OpenAI GET /v1/models), read for
+                                 * aigw's own /v1/models; default /v1/models; empty: not asked */
     uint64_t queue_timeout_ms;  /* how long a request may wait for capacity; default 5s; 0: none */
     unsigned queue_size;        /* requests that may wait, over all shards; default (and
                                  * 0 in the file: not given) max_outstanding x backends */

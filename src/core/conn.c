@@ -434,7 +434,8 @@ void conn_send_error(struct conn *c, int status, const char *type, const char *c
 static void send_models(struct conn *c, struct slice path)
 {
     struct shard *sh = c->sh;
-    ssize_t blen = models_body(c, path, NULL, 0);
+    const struct served_models *served = models_served(c);
+    ssize_t blen = models_body(c, served, path, NULL, 0);
     if (blen < 0) {
         char msg[300];
         size_t id_len = path.len - sizeof "/v1/models/" + 1;   /* a model path has an id */
@@ -457,7 +458,7 @@ static void send_models(struct conn *c, struct slice path)
         conn_close(c);
         return;
     }
-    models_body(c, path, c->req.out->data + hlen, c->req.out->cap - hlen);
+    models_body(c, served, path, c->req.out->data + hlen, c->req.out->cap - hlen);
     c->req.out->off = 0;
     c->req.out->len = (uint32_t)(hlen + (size_t)blen);
     if (c->req.method_id == METHOD_HEAD)
