@@ -52,12 +52,13 @@ static bool route_uses_pool(const struct cfg_route *r, unsigned p)
     return false;
 }
 
-/* Whether an AI route that sends to pool p takes the model. */
+/* Whether an AI route that sends to pool p takes the model by its `models`
+ * (a route taking any model lists nothing, as the watcher asks nothing for it). */
 static bool routed_to(const struct config *cfg, unsigned p, const char *name, size_t len)
 {
     for (unsigned r = 0; r < cfg->nroutes; r++)
-        if (cfg->routes[r].kind == ROUTE_AI && route_uses_pool(&cfg->routes[r], p) &&
-            (!cfg->routes[r].models || glob_list_match(cfg->routes[r].models, name, len)))
+        if (cfg->routes[r].kind == ROUTE_AI && cfg->routes[r].models && route_uses_pool(&cfg->routes[r], p) &&
+            glob_list_match(cfg->routes[r].models, name, len))
             return true;
     return false;
 }

@@ -520,9 +520,11 @@ static void probe_step(struct gen *g, struct target *t, short revents, uint64_t 
     }
 }
 
-/* Whether the backends of pool p could add to /v1/models: an AI route sends to
- * it (as its pool or in its split) taking any model or a glob. Routes that name
- * only exact models list those already, so their backends are not asked. */
+/* Whether the backends of pool p are asked for their models: an AI route sends
+ * to it (as its pool or in its split) with a glob in its `models`. Routes that
+ * name only exact models list those already. Routes that take any model are
+ * catch-alls, often in front of services that are not engines, and list nothing
+ * (as before), so their backends get no request they did not ask for. */
 static bool pool_wants_models(const struct config *cfg, unsigned p)
 {
     for (unsigned r = 0; r < cfg->nroutes; r++) {
@@ -534,9 +536,7 @@ static bool pool_wants_models(const struct config *cfg, unsigned p)
             uses |= route->split[i].pool == p;
         if (!uses)
             continue;
-        if (!route->models)
-            return true;
-        for (unsigned i = 0; i < glob_list_count(route->models); i++)
+        for (unsigned i = 0; route->models && i < glob_list_count(route->models); i++)
             if (!glob_list_is_literal(route->models, i))
                 return true;
     }
