@@ -1851,6 +1851,24 @@ Test(config_pool_tuning, bad_values_name_their_line)
                       "test.conf:4: pool 'p': circuit_open_max (2000 ms) is below circuit_open (5000 ms)");
     cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nidle = 1s\nidle = 2s\n",
                       "test.conf:4: duplicate key 'idle' in [pool p]");
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nmodel_list = v1/models\n",
+                      "test.conf:3: invalid value for model_list: 'v1/models' (expected a path starting with '/', "
+                      "or empty for none)");
+}
+
+Test(config_pool_tuning, model_list_default_and_off)
+{
+    struct config *c = cfgt_load_ok("[pool a]\nbackend = 127.0.0.1:1\n[pool b]\nbackend = 127.0.0.1:2\nmodel_list =\n"
+                                    "[pool c]\nbackend = 127.0.0.1:3\nmodel_list = /api/models\n");
+    cr_expect_str_eq(c->pools[0].model_list_path, "/v1/models");
+    cr_expect_str_eq(c->pools[1].model_list_path, "");
+    cr_expect_str_eq(c->pools[2].model_list_path, "/api/models");
+    char *text = cfgt_print(c);
+    cr_expect(strstr(text, "\nmodel_list = /v1/models\n") && strstr(text, "\nmodel_list =\n") &&
+                  strstr(text, "\nmodel_list = /api/models\n"),
+              "%s", text);
+    free(text);
+    config_free(c);
 }
 
 Test(config_pool_tuning, print_shows_each_pools_effective_values)
