@@ -194,9 +194,10 @@ static unsigned retry_after_s(const struct conn *c, enum shed_reason reason)
         for (unsigned i = 0; i < pool->nbackends; i++) {
             const struct backend_health *h = &g->health[first + i];
             uint64_t until = atomic_load_explicit(&h->open_until_ms, memory_order_relaxed);
-            uint64_t at = !atomic_load_explicit(&h->checked_up, memory_order_relaxed) ? pool->health_rise * pool->health_interval_ms
-                          : until > now                                              ? until - now
-                                                                                     : 0;
+            bool checked_up = atomic_load_explicit(&h->checked_up, memory_order_relaxed);
+            uint64_t at = !checked_up    ? pool->health_rise * pool->health_interval_ms
+                          : until > now ? until - now
+                                        : 0;
             if (at < ms)
                 ms = at;
         }

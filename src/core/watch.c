@@ -9,8 +9,9 @@
  * and close (dispatch.c), and publishes the per-backend gauges of /metrics. It
  * also asks each backend of a pool that AI routes use for its model list (the
  * pool's `model_list`, GET /v1/models by default: at start, every
- * MODELS_INTERVAL_MS, and as soon as the backend is available again) and publishes what they serve as the generation's immutable
- * served_models snapshot, which aigw's own /v1/models lists (models.c). Control
+ * MODELS_INTERVAL_MS, and as soon as the backend is available again) and
+ * publishes what they serve as the generation's immutable served_models
+ * snapshot, which aigw's own /v1/models lists (models.c). Control
  * plane: plain non-blocking sockets under poll(2), never on a shard's ring. A
  * `tls = on` pool is probed over TLS: the engine over the probe's own buffers,
  * verified as the shards verify (a probe that cannot verify fails).
@@ -150,7 +151,8 @@ static void probe_start(struct gen *g, struct target *t, uint64_t now)
     int n = snprintf(t->req, sizeof t->req,
                      "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: aigw\r\nAccept: %s\r\n"
                      "%s%s%sConnection: close\r\n\r\n",
-                     t->path, a->text, t->kind == TARGET_MODELS ? "application/json" : "text/plain", auth[0] ? "Authorization: Bearer " : "", auth, auth[0] ? "\r\n" : "");
+                     t->path, a->text, t->kind == TARGET_MODELS ? "application/json" : "text/plain",
+                     auth[0] ? "Authorization: Bearer " : "", auth, auth[0] ? "\r\n" : "");
     t->req_len = n > 0 && (size_t)n < sizeof t->req ? (size_t)n : 0;
     t->sent = 0;
     t->len = 0;
