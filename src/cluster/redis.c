@@ -289,7 +289,7 @@ static enum redis_error authenticate(struct redis_link *r, const struct cfg_clus
 enum redis_error redis_link_connect(struct redis_link *r, const struct cfg_cluster *cl, char *err, size_t errlen)
 {
     redis_link_close(r);
-    snprintf(r->addr, sizeof r->addr, "%s", cl->redis.text);
+    snprintf(r->addr, sizeof r->addr, "%.*s", (int)sizeof r->addr - 1, cl->redis.text);  /* numeric: short */
     r->timeout_ms = cl->timeout_ms;
     char host[NI_MAXHOST], port[NI_MAXSERV];
     int gai = getnameinfo((const struct sockaddr *)&cl->redis.sa, cl->redis.salen, host, sizeof host, port,

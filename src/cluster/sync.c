@@ -37,6 +37,7 @@
 #include "policy/keys.h"
 #include "policy/ratelimit.h"
 #include "util/clock.h"
+#include "core/metrics.h"
 #include "util/outbuf.h"
 
 _Atomic int cluster_admission_state = CLUSTER_ADMIT_NORMAL;
@@ -1052,19 +1053,6 @@ void limits_sync_stop(bool shards_stopped)
 
 /* ---- /metrics ---- */
 
-static void put_family(struct outbuf *o, const char *name, const char *type, const char *help)
-{
-    OUTBUF_LIT(o, "# HELP ");
-    outbuf_str(o, name);
-    outbuf_char(o, ' ');
-    outbuf_str(o, help);
-    OUTBUF_LIT(o, "\n# TYPE ");
-    outbuf_str(o, name);
-    outbuf_char(o, ' ');
-    outbuf_str(o, type);
-    outbuf_char(o, '\n');
-}
-
 static uint64_t load(const _Atomic uint64_t *c)
 {
     return atomic_load_explicit((_Atomic uint64_t *)c, memory_order_relaxed);
@@ -1082,12 +1070,12 @@ void limits_sync_metrics(struct outbuf *o)
 {
     if (!atomic_load_explicit(&sm.enabled, memory_order_relaxed))
         return;
-    put_family(o, "aigw_cluster_redis_up", "gauge", "1 while the last call to the [cluster] Redis succeeded.");
+    metrics_put_family(o, "aigw_cluster_redis_up", "gauge", "1 while the last call to the [cluster] Redis succeeded.");
     OUTBUF_LIT(o, "aigw_cluster_redis_up ");
     outbuf_u64(o, atomic_load_explicit(&sm.redis_up, memory_order_relaxed));
     outbuf_char(o, '\n');
 
-    put_family(o, "aigw_cluster_mode", "gauge",
+    metrics_put_family(o, "aigw_cluster_mode", "gauge",
                "How keys with limits are admitted: shared through Redis, or on_redis_down's mode while it is down.");
     static const char *const modes[] = { "shared", "local", "deny", "allow" };
     int mode = atomic_load_explicit(&cluster_admission_state, memory_order_relaxed);
@@ -1099,17 +1087,17 @@ void limits_sync_metrics(struct outbuf *o)
         outbuf_char(o, '\n');
     }
 
-    put_family(o, "aigw_cluster_hosts", "gauge", "Gateway hosts that synced with Redis in the last 10 s, this one included.");
+    metrics_put_family(o, "aigw_cluster_hosts", "gauge", "Gateway hosts that synced with Redis in the last 10 s, this one included.");
     OUTBUF_LIT(o, "aigw_cluster_hosts ");
     outbuf_u64(o, atomic_load_explicit(&sm.hosts, memory_order_relaxed));
     outbuf_char(o, '\n');
 
-    put_family(o, "aigw_cluster_syncs_total", "counter", "Batches Redis acknowledged (one script call each).");
+    metrics_put_family(o, "aigw_cluster_syncs_total", "counter", "Batches Redis acknowledged (one script call each).");
     OUTBUF_LIT(o, "aigw_cluster_syncs_total ");
     outbuf_u64(o, load(&sm.syncs));
     outbuf_char(o, '\n');
 
-    put_family(o, "aigw_cluster_sync_duration_seconds", "histogram", "Time of one acknowledged batch's script call.");
+    metrics_put_family(o, "aigw_cluster_sync_duration_seconds", "histogram", "Time of one acknowledged batch's script call.");
     uint64_t cumulative = 0;
     for (unsigned b = 0; b <= SYNC_NBUCKETS; b++) {
         cumulative += load(&sm.duration_bucket[b]);
@@ -1125,7 +1113,7 @@ void limits_sync_metrics(struct outbuf *o)
     outbuf_u64(o, cumulative);
     outbuf_char(o, '\n');
 
-    put_family(o, "aigw_cluster_leased_total", "counter",
+    metrics_put_family(o, "aigw_cluster_leased_total", "counter",
                "Tokens (requests for dimension=requests) leased from Redis, and given back unused.");
     static const char *const dirs[] = { "taken", "returned" };
     for (int d = 0; d < RL_DIMS; d++)
@@ -1139,7 +1127,7 @@ void limits_sync_metrics(struct outbuf *o)
             outbuf_char(o, '\n');
         }
 
-    put_family(o, "aigw_cluster_sync_errors_total", "counter", "Failed connects and script calls, by kind.");
+    metrics_put_family(o, "aigw_cluster_sync_errors_total", "counter", "Failed connects and script calls, by kind.");
     for (int e = 1; e < REDIS_E_COUNT; e++) {
         OUTBUF_LIT(o, "aigw_cluster_sync_errors_total{kind=\"");
         outbuf_str(o, redis_error_name((enum redis_error)e));

@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/admin_backends.h"
 #include "core/gen.h"
 #include "core/log.h"
 #include "core/metrics.h"
@@ -193,7 +194,7 @@ static bool auth_param(struct slice v, const char *scheme_lower, struct slice *p
     return true;
 }
 
-/* The one gate of every protected admin route (/metrics, /status, /status.json):
+/* The one gate of every protected admin route (/metrics, /status, /status.json, /backends):
  * with [admin] token set, the request must carry "Authorization: Bearer TOKEN",
  * or Basic with the token as the password (any user name), which is what a
  * browser can send for a page. Read from the current generation, so a reload
@@ -235,6 +236,39 @@ static bool respond_unauthorized(struct admin_conn *c, bool head_only, bool mino
                    body, sizeof body - 1, head_only, minor0);
 }
 
+static bool path_has_prefix(struct slice path, const char *lit)
+{
+    size_t n = strlen(lit);
+    return path.len >= n && memcmp(path.p, lit, n) == 0;
+}
+
+/* GET /backends and POST /backends/POOL/BACKEND/... (admin_backends.c). */
+static bool serve_backends(struct admin_conn *c, const struct http_request *req, bool minor0)
+{
+    bool is_head = req->method_id == METHOD_HEAD;
+    bool list = path_is(req->path, "/backends");
+    if (!admin_authorized(req))
+        return respond_unauthorized(c, is_head, minor0, false);
+    bool allowed = list ? req->method_id == METHOD_GET || is_head : req->method_id == METHOD_POST;
+    if (!allowed) {
+        static const char body[] = "{\"error\":{\"message\":\"method not allowed\","
+                                   "\"type\":\"invalid_request_error\",\"code\":\"method_not_allowed\"}}\n";
+        return respond(c, 405, "application/json", list ? "Allow: GET, HEAD\r\n" : "Allow: POST\r\n", body,
+                       sizeof body - 1, is_head, minor0);
+    }
+    char *body;
+    size_t len;
+    size_t skip = strlen("/backends/");
+    int status = list ? admin_backends_list(held, &body, &len)
+                      : admin_backends_post(held, (struct slice){ req->path.p + skip, req->path.len - skip },
+                                            &body, &len);
+    if (!body)
+        return respond_text(c, 500, "out of memory\n", is_head, minor0);
+    bool ok = respond(c, status, "application/json", "", body, len, is_head, minor0);
+    free(body);
+    return ok;
+}
+
 static bool serve_request(struct admin_conn *c, const struct http_request *req)
 {
     bool is_get = req->method_id == METHOD_GET;
@@ -247,6 +281,8 @@ static bool serve_request(struct admin_conn *c, const struct http_request *req)
         path_is(req->path, "/status") ? STATUS_PAGE :
         path_is(req->path, "/status.json") ? STATUS_JSON : UNKNOWN;
 
+    if (what == UNKNOWN && (path_is(req->path, "/backends") || path_has_prefix(req->path, "/backends/")))
+        return serve_backends(c, req, minor0);
     if (what == UNKNOWN)
         return respond_text(c, 404, "not found\n", is_head, minor0);
     if (!is_get && !is_head)

@@ -1,7 +1,9 @@
-/* Admin listener: /healthz, /readyz, /metrics, /status and /status.json on its own thread (control plane).
+/* Admin listener: /healthz, /readyz, /metrics, /status, /status.json and /backends
+ * (admin_backends.c) on its own thread (control plane).
  * Many clients at once (a poll loop, keep-alive, up to 256 connections), each
  * bounded by the [timeouts] of the current generation, so none can stall the
- * others; /metrics and /status* need [admin] token when one is set. */
+ * others; /metrics, /status* and /backends need [admin] token
+ * when one is set. */
 #ifndef AIGW_CORE_ADMIN_H
 #define AIGW_CORE_ADMIN_H
 

@@ -441,6 +441,21 @@ int config_parse_addr(const char *s, struct cfg_addr *out)
     return parse_addr(s, out, NULL, 0);
 }
 
+/* Same address family, address and port (and IPv6 scope): two spellings of one
+ * backend ("localhost:8000", "127.0.0.1:8000") are the same backend. */
+static bool sockaddr_same(const struct cfg_addr *a, const struct cfg_addr *b)
+{
+    if (a->sa.ss_family != b->sa.ss_family)
+        return false;
+    if (a->sa.ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)&a->sa, *y = (const void *)&b->sa;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    const struct sockaddr_in6 *x = (const void *)&a->sa, *y = (const void *)&b->sa;
+    return x->sin6_port == y->sin6_port && x->sin6_scope_id == y->sin6_scope_id &&
+           memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0;
+}
+
 static bool addr_equal(const struct cfg_addr *a, const struct cfg_addr *b)
 {
     /* text is normalised from the numeric address, port and scope */
@@ -869,6 +884,11 @@ static int pool_backend(struct load_ctx *x, const char *key, const char *value)
     const char *host = addr[0] == '[' ? addr + 1 : addr;
     const char *host_end = addr[0] == '[' ? strchr(addr, ']') : strrchr(addr, ':');
     snprintf(b.host, sizeof b.host, "%.*s", (int)(host_end - host), host);
+    char resolved[sizeof b.addr.text];
+    memcpy(resolved, b.addr.text, sizeof resolved);
+    unsigned port = b.addr.sa.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&b.addr.sa)->sin6_port)
+                                                    : ntohs(((struct sockaddr_in *)&b.addr.sa)->sin_port);
+    snprintf(b.addr.text, sizeof b.addr.text, addr[0] == '[' ? "[%s]:%u" : "%s:%u", b.host, port);
     bool weight_seen = false;
     for (char *opt; (opt = strtok_r(NULL, " \t", &save)) != NULL;) {
         uint64_t w;
@@ -879,9 +899,13 @@ static int pool_backend(struct load_ctx *x, const char *key, const char *value)
         weight_seen = true;
     }
     for (unsigned i = 0; i < p->nbackends; i++)
-        if (addr_equal(&p->backends[i].addr, &b.addr))
-            return fail(x, "duplicate backend %s in pool '%s' (already on line %d)",
-                        b.addr.text, p->name, p->backends[i].addr.line);
+        if (sockaddr_same(&p->backends[i].addr, &b.addr)) {
+            if (strcmp(p->backends[i].addr.text, b.addr.text) == 0)
+                return fail(x, "duplicate backend %s in pool '%s' (already on line %d)",
+                            b.addr.text, p->name, p->backends[i].addr.line);
+            return fail(x, "duplicate backend %s in pool '%s': it is %s, as %s on line %d is",
+                        b.addr.text, p->name, resolved, p->backends[i].addr.text, p->backends[i].addr.line);
+        }
     if (p->nbackends == CFG_MAX_BACKENDS)
         return fail(x, "too many backends in pool '%s' (at most %d)", p->name, CFG_MAX_BACKENDS);
     if (p->nbackends == x->backend_cap) {

@@ -272,6 +272,7 @@ void conn_accepted(struct shard *sh, int fd, bool tls)
     sh->live.next->prev = c;
     sh->live.next = c;
     sh->nconns++;
+    mc_add(&sh->m->client_accepted, 1);
     mg_add(&sh->m->connections[SIDE_CLIENT], 1);
     if (tls) {
         /* handshake_timeout first; client_header once the handshake is done */
@@ -316,6 +317,21 @@ void conn_close(struct conn *c)
     mg_add(&sh->m->connections[SIDE_CLIENT], -1);
     shard_cancel_and_close(sh, c->fd);
     c->fd = -1;
+}
+
+void conn_client_gone(struct conn *c, const char *why)
+{
+    if (c->state == CS_CLOSING || c->state == CS_FREE)
+        return;
+    const struct shard_gen *sg = c->req.sg;
+    if (sg) {
+        int route_slot = c->req.route >= 0 ? sg->g->route_metric_slot[c->req.route] : 0;
+        if (route_slot < 0 || route_slot >= METRICS_MAX_ROUTES)
+            route_slot = 0;
+        mc_add(&c->sh->m->client_aborts[route_slot], 1);
+    }
+    c->req.error = why;
+    conn_close(c);
 }
 
 /* A close aigw chooses (after a response, or an idle keep-alive connection):
@@ -904,8 +920,7 @@ static void on_recv(struct conn *c, struct io_uring_cqe *cqe)
     } else if (c->state != CS_CLOSING) {
         /* EOF or error: the client is gone. Mid-request the upstream is closed at
          * once so the backend stops generating. */
-        c->req.error = res == 0 ? "client closed" : "client reset";
-        conn_close(c);
+        conn_client_gone(c, res == 0 ? "client closed" : "client reset");
         return;
     }
     if (!c->recv_armed && !c->recv_paused && c->state != CS_CLOSING)
@@ -1232,8 +1247,7 @@ static void on_sent(struct conn *c, int res)
 {
     c->send_inflight = false;
     if (res < 0) {
-        c->req.error = "client send failed";
-        conn_close(c);
+        conn_client_gone(c, "client send failed");
         return;
     }
     c->last_activity_ms = c->sh->now_ms;

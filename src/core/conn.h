@@ -167,6 +167,9 @@ void conn_on_upstream_cqe(struct conn *c, enum op op, int res);
 void conn_timer_fired(struct conn *c);
 void conn_shard_draining(struct conn *c);
 void conn_close(struct conn *c);
+/* The client went away (EOF, reset, a failed send, TLS close_notify): closes,
+ * and a request it leaves unanswered counts in aigw_client_aborts_total. */
+void conn_client_gone(struct conn *c, const char *why);
 void conn_maybe_free(struct conn *c);
 void conn_upstream_ready(struct conn *c);
 void conn_upstream_failed(struct conn *c, int err, const char *why);

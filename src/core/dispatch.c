@@ -20,6 +20,7 @@
  * (a connect error, a reset, a 502 or 503 answer) goes to another backend of
  * the pool, at most `retries` times and never past the first attempt's
  * first_byte deadline. */
+#include "core/backend_admin.h"
 #include "core/conn.h"
 #include "core/dispatch.h"
 #include "core/gen.h"
@@ -89,16 +90,21 @@ static int pick(struct conn *c, enum pick_failure *why, bool *probe_claimed)
     unsigned first = pool_first(c), n = pool->nbackends;
     uint32_t outstanding[n ? n : 1];
     bool up[n ? n : 1];
+    unsigned weight[n ? n : 1];
     bool any_up = false;
     int probe = -1;
     for (unsigned i = 0; i < n; i++) {
         unsigned b = first + i;
         outstanding[i] = gen_outstanding(g, b);
         bool tried = c->req.tried & (1ull << (i & 63));
-        up[i] = !tried && backend_available(g, b);
+        /* drained, disabled or weight 0 from the admin API: no new request */
+        struct backend_admin_view adm = backend_admin_read(g->backend_metric_slot[b], pool->backends[i].weight);
+        bool admitted = backend_admin_takes_new(adm);
+        weight[i] = adm.weight;
+        up[i] = !tried && admitted && backend_available(g, b);
         any_up |= up[i];
         const struct backend_health *h = &g->health[b];
-        if (!tried && !up[i] && probe < 0 &&
+        if (!tried && admitted && !up[i] && probe < 0 &&
             atomic_load_explicit(&h->circuit, memory_order_acquire) == CIRCUIT_OPEN &&
             atomic_load_explicit(&h->checked_up, memory_order_relaxed) &&
             sh->now_ms >= atomic_load_explicit(&h->open_until_ms, memory_order_relaxed) &&
@@ -117,30 +123,27 @@ static int pick(struct conn *c, enum pick_failure *why, bool *probe_claimed)
     }
     *probe_claimed = false;
     int pick;
-    if (pool->balance == BALANCE_CAPACITY || pool->balance == BALANCE_PREFIX) {
-        /* the engines' own load, as the watcher last read it */
-        struct backend_view view[n ? n : 1];
-        for (unsigned i = 0; i < n; i++) {
-            unsigned b = first + i;
-            const struct backend_signal *s = &g->signal[b];
-            bool fresh = backend_signal_fresh(g, b, sh->now_ms);
-            int32_t kv = fresh ? atomic_load_explicit(&s->kv_permille, memory_order_relaxed) : -1;
-            view[i] = (struct backend_view){
-                .outstanding = outstanding[i],
-                .max_outstanding = pool->max_outstanding,
-                .weight = pool->backends[i].weight,
-                .up = up[i],
-                .waiting = fresh ? atomic_load_explicit(&s->waiting, memory_order_relaxed) : BALANCE_UNKNOWN,
-                .running = fresh ? atomic_load_explicit(&s->running, memory_order_relaxed) : BALANCE_UNKNOWN,
-                .kv_usage = kv >= 0 ? (float)kv / 1000.0f : -1.0f,
-                .id = g->backend_id[b],
-            };
-        }
-        pick = balance_pick_load(pool->balance, &sg->balance[c->req.pool], view, n, c->req.prefix_hash);
-    } else {
-        pick = balance_pick(pool->balance, &sg->balance[c->req.pool], pool->backends, n, outstanding, up,
-                            pool->max_outstanding);
+    /* the weights in effect (the admin API may have changed them) and, for
+     * capacity and prefix, the engines' own load as the watcher last read it */
+    bool engine_load = pool->balance == BALANCE_CAPACITY || pool->balance == BALANCE_PREFIX;
+    struct backend_view view[n ? n : 1];
+    for (unsigned i = 0; i < n; i++) {
+        unsigned b = first + i;
+        const struct backend_signal *s = &g->signal[b];
+        bool fresh = engine_load && backend_signal_fresh(g, b, sh->now_ms);
+        int32_t kv = fresh ? atomic_load_explicit(&s->kv_permille, memory_order_relaxed) : -1;
+        view[i] = (struct backend_view){
+            .outstanding = outstanding[i],
+            .max_outstanding = pool->max_outstanding,
+            .weight = weight[i],
+            .up = up[i],
+            .waiting = fresh ? atomic_load_explicit(&s->waiting, memory_order_relaxed) : BALANCE_UNKNOWN,
+            .running = fresh ? atomic_load_explicit(&s->running, memory_order_relaxed) : BALANCE_UNKNOWN,
+            .kv_usage = kv >= 0 ? (float)kv / 1000.0f : -1.0f,
+            .id = g->backend_id[b],
+        };
     }
+    pick = balance_pick_load(pool->balance, &sg->balance[c->req.pool], view, n, c->req.prefix_hash);
     if (pick < 0) {
         *why = any_up ? PICK_BUSY : PICK_DOWN;
         return -1;

@@ -8,6 +8,7 @@
 #include "policy/route.h"
 
 #include "core/admission.h"
+#include "core/backend_admin.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -170,6 +171,17 @@ static void inherit_served(struct gen *g, const struct gen *prev)
     atomic_store_explicit(&g->served, s, memory_order_release);
 }
 
+const char *backend_failure_name(enum backend_failure f)
+{
+    switch (f) {
+    case BF_CONNECT: return "connect errors";
+    case BF_RESET: return "connections reset";
+    case BF_TIMEOUT: return "timeouts";
+    case BF_STATUS: return "5xx answers";
+    default: return "failures";
+    }
+}
+
 struct gen *gen_create(struct config *cfg, const struct gen *prev, unsigned nshards, char *err,
                        size_t errlen)
 {
@@ -244,6 +256,14 @@ struct gen *gen_create(struct config *cfg, const struct gen *prev, unsigned nsha
         goto fail;
     if (admission_gen_init(g, prev, err, errlen) != 0)
         goto fail;
+    unsigned *file_weights = calloc(nb + 1, sizeof *file_weights);
+    if (!file_weights)
+        goto oom;
+    for (unsigned i = 0; i < nb; i++)
+        file_weights[i] = g->backend_cfg[i]->weight;
+    /* nothing fails from here: the runtime state follows this configuration */
+    backend_admin_bind(g->backend_metric_slot, file_weights, nb);
+    free(file_weights);
     if (prev) {
         inherit_health(g, prev);
         inherit_served(g, prev);

@@ -44,6 +44,8 @@ struct backend_signal {
 enum circuit_state { CIRCUIT_CLOSED = 0, CIRCUIT_OPEN = 1, CIRCUIT_PROBING = 2 };
 /* How an attempt on a backend failed: counted against it (passive checks). */
 enum backend_failure { BF_NONE = 0, BF_CONNECT, BF_RESET, BF_TIMEOUT, BF_STATUS };
+/* "connect errors", "timeouts", ...: what opened a circuit, in log lines and /status. */
+const char *backend_failure_name(enum backend_failure f);
 struct backend_health {
     _Atomic bool checked_up;        /* the active check passes (true without one) */
     _Atomic uint8_t circuit;        /* enum circuit_state */

@@ -10,9 +10,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/backend_admin.h"
 #include "core/cost.h"
 #include "core/log.h"
+#include "core/process_metrics.h"
 #include "trace/exporter.h"
+#include "util/clock.h"
 #include "util/hash.h"
 #include "util/outbuf.h"
 
@@ -84,6 +87,7 @@ static bool backend_live[METRICS_MAX_BACKENDS];
 static _Atomic uint32_t backend_outstanding[METRICS_MAX_BACKENDS];
 static _Atomic int32_t backend_waiting[METRICS_MAX_BACKENDS];
 static _Atomic int32_t backend_kv[METRICS_MAX_BACKENDS];
+static _Atomic uint64_t backend_scraped_ms[METRICS_MAX_BACKENDS];  /* 0: its engine never read */
 static _Atomic bool backend_down[METRICS_MAX_BACKENDS];   /* zero: up, so never set renders 1 */
 static unsigned nbackends;
 static char *route_pool_route[METRICS_MAX_ROUTE_POOLS];
@@ -550,7 +554,7 @@ static void put_sample(struct outbuf *o, const char *name, unsigned nlabels, con
     outbuf_str(o, "\n");
 }
 
-static void put_family(struct outbuf *o, const char *name, const char *type, const char *help)
+void metrics_put_family(struct outbuf *o, const char *name, const char *type, const char *help)
 {
     outbuf_str(o, "# HELP ");
     outbuf_str(o, name);
@@ -642,7 +646,7 @@ static void put_histogram(struct outbuf *o, const char *name, unsigned nlabels, 
 
 static void render_requests(struct outbuf *o)
 {
-    put_family(o, "aigw_requests_total", "counter",
+    metrics_put_family(o, "aigw_requests_total", "counter",
                "Requests answered, by route and HTTP status.");
     for (unsigned r = 0; r < nroutes; r++)
         for (unsigned st = 0; st < METRICS_NSTATUS; st++) {
@@ -656,7 +660,7 @@ static void render_requests(struct outbuf *o)
 
 static void render_duration(struct outbuf *o)
 {
-    put_family(o, "aigw_request_duration_seconds", "histogram",
+    metrics_put_family(o, "aigw_request_duration_seconds", "histogram",
                "Time from request start to the last response byte sent.");
     put_histogram(o, "aigw_request_duration_seconds", 0, NULL, &metrics_duration_buckets,
                   offsetof(struct shard_metrics, duration_bucket), offsetof(struct shard_metrics, duration_sum_us));
@@ -666,7 +670,7 @@ static void render_duration(struct outbuf *o)
  * with a pair's first observation. */
 static void render_llm_latency(struct outbuf *o)
 {
-    put_family(o, "aigw_first_byte_seconds", "histogram",
+    metrics_put_family(o, "aigw_first_byte_seconds", "histogram",
                "AI requests: time from the request head to the first response byte for the client "
                "(streams: the first generated token's event), by route and pool.");
     for (unsigned i = 0; i < nroute_pools; i++) {
@@ -677,7 +681,7 @@ static void render_llm_latency(struct outbuf *o)
                       (const char *const[]){ "route", route_pool_route[i], "pool", route_pool_pool[i] },
                       &metrics_llm_buckets, at, offsetof(struct shard_metrics, first_byte_sum_us[i]));
     }
-    put_family(o, "aigw_time_per_output_token_seconds", "histogram",
+    metrics_put_family(o, "aigw_time_per_output_token_seconds", "histogram",
                "Streams: the mean spacing of generated-token events (last - first) / (events - 1), "
                "one observation per stream with two or more, by route and pool.");
     for (unsigned i = 0; i < nroute_pools; i++) {
@@ -693,7 +697,7 @@ static void render_llm_latency(struct outbuf *o)
 /* Requests and tokens by model label; a label appears with its first request. */
 static void render_models(struct outbuf *o)
 {
-    put_family(o, "aigw_model_requests_total", "counter",
+    metrics_put_family(o, "aigw_model_requests_total", "counter",
                "AI requests answered, by model (the configured glob it matched, else \"other\") and HTTP status.");
     for (unsigned md = 0; md < nmodels; md++)
         for (unsigned st = 0; st < METRICS_NSTATUS; st++) {
@@ -703,7 +707,7 @@ static void render_models(struct outbuf *o)
                            (const char *const[]){ "model", model_labels[md], "status", status_labels[st] }, v);
         }
     static const char *const directions[2] = { [TOKENS_PROMPT] = "prompt", [TOKENS_COMPLETION] = "completion" };
-    put_family(o, "aigw_model_tokens_total", "counter", "Tokens used by AI requests, by model and direction.");
+    metrics_put_family(o, "aigw_model_tokens_total", "counter", "Tokens used by AI requests, by model and direction.");
     for (unsigned md = 0; md < nmodels; md++) {
         uint64_t v[2] = { SUM_SHARDS(model_tokens[md][0]), SUM_SHARDS(model_tokens[md][1]) };
         if (!v[0] && !v[1] && !SUM_SHARDS(model_requests[md][0]))
@@ -728,7 +732,7 @@ static int by_pair(const void *a, const void *b)
 /* aigw_cost_usd_total: every shard's cells gathered, sorted by pair and summed. */
 static void render_cost(struct outbuf *o)
 {
-    put_family(o, "aigw_cost_usd_total", "counter",
+    metrics_put_family(o, "aigw_cost_usd_total", "counter",
                "USD charged at the [model] prices for the tokens AI requests used, by key and model; "
                "models without a price add nothing.");
     size_t cap = (size_t)nshards * (METRICS_COST_CELLS + 1), n = 0;
@@ -790,7 +794,7 @@ static void put_backend_labels(struct outbuf *o, const char *metric, unsigned b)
 static void render_upstream_conns(struct outbuf *o)
 {
     static const char *const kinds[2] = { [UPCONN_NEW] = "new", [UPCONN_REUSED] = "reused" };
-    put_family(o, "aigw_upstream_connections_total", "counter",
+    metrics_put_family(o, "aigw_upstream_connections_total", "counter",
                "Upstream connections used for requests: newly opened or reused from the pool.");
     for (unsigned b = 0; b < nbackends; b++) {
         if (!backend_live[b])
@@ -807,7 +811,7 @@ static void render_upstream_conns(struct outbuf *o)
 static void render_upstream_tls(struct outbuf *o)
 {
     static const char *const resumed[2] = { "no", "yes" };      /* as aigw_tls_handshakes_total */
-    put_family(o, "aigw_upstream_tls_handshakes_total", "counter",
+    metrics_put_family(o, "aigw_upstream_tls_handshakes_total", "counter",
                "TLS handshakes with backends (tls = on pools): full, or resumed with a saved session.");
     for (unsigned b = 0; b < nbackends; b++) {
         if (!backend_live[b])
@@ -823,20 +827,26 @@ static void render_upstream_tls(struct outbuf *o)
     }
 }
 
-void metrics_set_backend_load(int slot, uint32_t outstanding, int32_t waiting, int32_t kv_permille)
+void metrics_set_backend_load(int slot, uint32_t outstanding, int32_t waiting, int32_t kv_permille,
+                              uint64_t scraped_ms)
 {
     if (slot < 0 || slot >= METRICS_MAX_BACKENDS)
         return;
     atomic_store_explicit(&backend_outstanding[slot], outstanding, memory_order_relaxed);
+    if (!scraped_ms)
+        return;
     atomic_store_explicit(&backend_waiting[slot], waiting + 1, memory_order_relaxed);  /* 0: unknown */
     atomic_store_explicit(&backend_kv[slot], kv_permille + 1, memory_order_relaxed);
+    atomic_store_explicit(&backend_scraped_ms[slot], scraped_ms, memory_order_relaxed);
 }
 
-
-/* Gauges from the watcher; the engine's figures only while its metrics are fresh. */
+/* Gauges from the watcher. The engine's figures stay when its metrics endpoint
+ * stops answering: the last value, with its age beside it, tells an incident
+ * more than a series that vanishes (routing stops trusting them on its own,
+ * after the staleness rule in gen.c). */
 static void render_backend_load(struct outbuf *o)
 {
-    put_family(o, "aigw_backend_outstanding", "gauge",
+    metrics_put_family(o, "aigw_backend_outstanding", "gauge",
                "Requests aigw has in flight to the backend, over all shards.");
     for (unsigned b = 0; b < nbackends; b++)
         if (backend_live[b]) {
@@ -844,18 +854,18 @@ static void render_backend_load(struct outbuf *o)
             outbuf_u64(o, atomic_load_explicit(&backend_outstanding[b], memory_order_relaxed));
             outbuf_str(o, "\n");
         }
-    put_family(o, "aigw_backend_queue_depth", "gauge",
-               "Requests waiting in the backend engine's own queue, from its metrics.");
+    metrics_put_family(o, "aigw_backend_engine_queue_length", "gauge",
+               "Requests waiting in the backend engine's own queue, at the last read of its metrics.");
     for (unsigned b = 0; b < nbackends; b++) {
         int32_t w = atomic_load_explicit(&backend_waiting[b], memory_order_relaxed);
         if (backend_live[b] && w > 0) {
-            put_backend_labels(o, "aigw_backend_queue_depth", b);
+            put_backend_labels(o, "aigw_backend_engine_queue_length", b);
             outbuf_u64(o, (uint64_t)(w - 1));
             outbuf_str(o, "\n");
         }
     }
-    put_family(o, "aigw_backend_kv_cache_usage_ratio", "gauge",
-               "The backend engine's KV-cache use (0-1), from its metrics.");
+    metrics_put_family(o, "aigw_backend_kv_cache_usage_ratio", "gauge",
+               "The backend engine's KV-cache use (0-1), at the last read of its metrics.");
     for (unsigned b = 0; b < nbackends; b++) {
         int32_t kv = atomic_load_explicit(&backend_kv[b], memory_order_relaxed);
         if (backend_live[b] && kv > 0) {
@@ -866,12 +876,52 @@ static void render_backend_load(struct outbuf *o)
             outbuf_str(o, "\n");
         }
     }
+    metrics_put_family(o, "aigw_backend_metrics_age_seconds", "gauge",
+               "Seconds since the backend engine's metrics were last read successfully.");
+    uint64_t now = clock_mono_ms();
+    for (unsigned b = 0; b < nbackends; b++) {
+        uint64_t at = atomic_load_explicit(&backend_scraped_ms[b], memory_order_relaxed);
+        if (backend_live[b] && at) {
+            put_backend_labels(o, "aigw_backend_metrics_age_seconds", b);
+            outbuf_fixed(o, now > at ? now - at : 0, 3);
+            outbuf_str(o, "\n");
+        }
+    }
+}
+
+/* What the admin API set (POST /backends/...): one series per state, 1 for the
+ * one in effect, so `aigw_backend_admin_state{state!="ready"} == 1` lists them. */
+static void render_backend_admin(struct outbuf *o)
+{
+    static const char *const states[] = { "ready", "drain", "maint" };
+    struct backend_admin_view v[METRICS_MAX_BACKENDS];
+    bool known[METRICS_MAX_BACKENDS];
+    for (unsigned b = 0; b < nbackends; b++)
+        known[b] = backend_live[b] && backend_admin_get((int)b, &v[b]);
+    metrics_put_family(o, "aigw_backend_admin_state", "gauge",
+               "1 for the backend's state set by the admin API (ready, drain, maint), 0 for the others.");
+    for (unsigned b = 0; b < nbackends; b++) {
+        if (!known[b])
+            continue;
+        for (unsigned k = 0; k < 3; k++) {
+            put_backend_series(o, "aigw_backend_admin_state", b, "state", states[k]);
+            outbuf_str(o, v[b].state == (enum backend_admin_state)k ? "1\n" : "0\n");
+        }
+    }
+    metrics_put_family(o, "aigw_backend_weight", "gauge",
+               "The backend's weight in effect: the file's, or one set by the admin API (0: no new requests).");
+    for (unsigned b = 0; b < nbackends; b++)
+        if (known[b]) {
+            put_backend_labels(o, "aigw_backend_weight", b);
+            outbuf_u64(o, v[b].weight);
+            outbuf_str(o, "\n");
+        }
 }
 
 /* Health and attempt outcomes per backend, from the watcher and the shards. */
 static void render_backend_health(struct outbuf *o)
 {
-    put_family(o, "aigw_backend_up", "gauge",
+    metrics_put_family(o, "aigw_backend_up", "gauge",
                "1 if the backend passes its active check and its circuit is closed, else 0.");
     for (unsigned b = 0; b < nbackends; b++)
         if (backend_live[b]) {
@@ -879,7 +929,7 @@ static void render_backend_health(struct outbuf *o)
             outbuf_str(o, atomic_load_explicit(&backend_down[b], memory_order_relaxed) ? "0\n" : "1\n");
         }
     static const char *const results[2] = { [ATTEMPT_OK] = "ok", [ATTEMPT_FAILED] = "failed" };
-    put_family(o, "aigw_backend_requests_total", "counter",
+    metrics_put_family(o, "aigw_backend_requests_total", "counter",
                "Attempts sent to the backend, by result: ok (a response head below 500) or failed.");
     for (unsigned b = 0; b < nbackends; b++) {
         if (!backend_live[b])
@@ -890,7 +940,7 @@ static void render_backend_health(struct outbuf *o)
             outbuf_str(o, "\n");
         }
     }
-    put_family(o, "aigw_backend_retries_total", "counter",
+    metrics_put_family(o, "aigw_backend_retries_total", "counter",
                "Attempts on the backend that failed and were retried on another backend.");
     for (unsigned b = 0; b < nbackends; b++)
         if (backend_live[b]) {
@@ -898,7 +948,7 @@ static void render_backend_health(struct outbuf *o)
             outbuf_u64(o, SUM_SHARDS(backend_retries[b]));
             outbuf_str(o, "\n");
         }
-    put_family(o, "aigw_backend_circuit_opens_total", "counter",
+    metrics_put_family(o, "aigw_backend_circuit_opens_total", "counter",
                "Times the backend's circuit breaker opened.");
     for (unsigned b = 0; b < nbackends; b++)
         if (backend_live[b]) {
@@ -912,7 +962,7 @@ static void render_backend_health(struct outbuf *o)
  * second is the rate of aigw_backend_tokens_total). */
 static void render_backend_work(struct outbuf *o)
 {
-    put_family(o, "aigw_backend_request_duration_seconds", "histogram",
+    metrics_put_family(o, "aigw_backend_request_duration_seconds", "histogram",
                "AI requests: the answering attempt, from choosing the backend to the last response byte.");
     for (unsigned b = 0; b < nbackends; b++)
         if (backend_live[b])
@@ -921,7 +971,7 @@ static void render_backend_work(struct outbuf *o)
                           &metrics_llm_buckets, offsetof(struct shard_metrics, backend_duration_bucket[b]),
                           offsetof(struct shard_metrics, backend_duration_sum_us[b]));
     static const char *const directions[2] = { [TOKENS_PROMPT] = "prompt", [TOKENS_COMPLETION] = "completion" };
-    put_family(o, "aigw_backend_tokens_total", "counter",
+    metrics_put_family(o, "aigw_backend_tokens_total", "counter",
                "Tokens of the AI requests the backend answered, by direction.");
     for (unsigned b = 0; b < nbackends; b++) {
         if (!backend_live[b])
@@ -947,7 +997,7 @@ static void put_pool_label(struct outbuf *o, const char *metric, unsigned p)
 static void render_pools(struct outbuf *o)
 {
     unsigned n = atomic_load_explicit(&npools, memory_order_relaxed);
-    put_family(o, "aigw_pool_queue_length", "gauge",
+    metrics_put_family(o, "aigw_pool_queue_length", "gauge",
                "Requests waiting in the pool's queue for capacity, over all shards.");
     for (unsigned p = 0; p < n; p++) {
         if (!pool_live[p])
@@ -962,7 +1012,7 @@ static void render_pools(struct outbuf *o)
         outbuf_i64(o, sum);
         outbuf_str(o, "\n");
     }
-    put_family(o, "aigw_pool_queue_wait_seconds", "histogram",
+    metrics_put_family(o, "aigw_pool_queue_wait_seconds", "histogram",
                "Time requests spent in the pool's queue (dispatched, shed or gone).");
     for (unsigned p = 0; p < n; p++) {
         if (!pool_live[p])
@@ -976,7 +1026,7 @@ static void render_pools(struct outbuf *o)
         [SHED_QUEUE_TIMEOUT] = "queue_timeout",
         [SHED_NO_BACKEND] = "no_backend",
     };
-    put_family(o, "aigw_pool_shed_total", "counter",
+    metrics_put_family(o, "aigw_pool_shed_total", "counter",
                "Requests refused with 503 for lack of capacity in the pool, by reason.");
     for (unsigned p = 0; p < n; p++) {
         if (!pool_live[p])
@@ -990,7 +1040,7 @@ static void render_pools(struct outbuf *o)
             outbuf_str(o, "\n");
         }
     }
-    put_family(o, "aigw_pool_fallback_total", "counter",
+    metrics_put_family(o, "aigw_pool_fallback_total", "counter",
                "Requests the pool sent on to its fallback pool.");
     for (unsigned p = 0; p < n; p++)
         if (pool_live[p]) {
@@ -1003,7 +1053,7 @@ static void render_pools(struct outbuf *o)
 
 static void render_relay(struct outbuf *o)
 {
-    put_family(o, "aigw_relay_bytes_total", "counter",
+    metrics_put_family(o, "aigw_relay_bytes_total", "counter",
                "Response body bytes relayed to clients, by relay mode.");
     outbuf_str(o, "aigw_relay_bytes_total{mode=\"splice\"} ");
     outbuf_u64(o, SUM_SHARDS(relay_bytes[RELAY_SPLICE]));
@@ -1026,7 +1076,7 @@ static void render_tls(struct outbuf *o)
     static const char *const results[2] = { "ok", "failed" };
     static const char *const versions[3] = { "TLSv1.2", "TLSv1.3", "none" };
     static const char *const resumed[2] = { "no", "yes" };
-    put_family(o, "aigw_tls_handshakes_total", "counter",
+    metrics_put_family(o, "aigw_tls_handshakes_total", "counter",
                "TLS handshakes with clients, by result, protocol version and resumption.");
     for (unsigned r = 0; r < 2; r++)
         for (unsigned v = 0; v < 3; v++)
@@ -1042,16 +1092,44 @@ static void render_tls(struct outbuf *o)
                                                   resumed[z] },
                            n);
             }
-    put_family(o, "aigw_tls_handshake_failures_total", "counter",
+    metrics_put_family(o, "aigw_tls_handshake_failures_total", "counter",
                "TLS handshakes with clients that failed, by reason.");
     for (unsigned r = 0; r < METRICS_TLS_NREASONS; r++)
         put_sample(o, "aigw_tls_handshake_failures_total", 1, (const char *const[]){ "reason", tls_reasons[r] },
                    SUM_SHARDS(tls_failures[r]));
 }
 
+/* Connections taken in and turned away, and clients that left before their
+ * response ended. */
+static void render_client_connections(struct outbuf *o)
+{
+    metrics_put_family(o, "aigw_client_connections_accepted_total", "counter",
+               "Client connections accepted and taken in (refused ones not included).");
+    outbuf_str(o, "aigw_client_connections_accepted_total ");
+    outbuf_u64(o, SUM_SHARDS(client_accepted));
+    outbuf_str(o, "\n");
+    static const char *const reasons[METRICS_NREFUSALS] = {
+        [REFUSED_MAX_CONNECTIONS] = "max_connections", [REFUSED_DRAINING] = "draining",
+        [REFUSED_NO_FDS] = "no_fds", [REFUSED_NO_MEMORY] = "no_memory",
+        [REFUSED_TLS_PLAIN_HTTP] = "tls_plain_http",
+    };
+    metrics_put_family(o, "aigw_client_connections_refused_total", "counter",
+               "Client connections closed before a request was served, or accepts that failed, by reason.");
+    for (unsigned r = 0; r < METRICS_NREFUSALS; r++)
+        put_sample(o, "aigw_client_connections_refused_total", 1, (const char *const[]){ "reason", reasons[r] },
+                   SUM_SHARDS(client_refused[r]));
+    metrics_put_family(o, "aigw_client_aborts_total", "counter",
+               "Requests whose client went away before the response ended (streams included), by route.");
+    for (unsigned r = 0; r < nroutes; r++) {
+        uint64_t v = SUM_SHARDS(client_aborts[r]);
+        if (v)
+            put_sample(o, "aigw_client_aborts_total", 1, (const char *const[]){ "route", route_names[r] }, v);
+    }
+}
+
 static void render_connections(struct outbuf *o)
 {
-    put_family(o, "aigw_connections", "gauge", "Open connections, by side.");
+    metrics_put_family(o, "aigw_connections", "gauge", "Open connections, by side.");
     static const char *const sides[METRICS_NSIDES] = {
         [SIDE_CLIENT] = "client", [SIDE_UPSTREAM] = "upstream", [SIDE_CLIENT_TLS] = "client_tls",
     };
@@ -1079,7 +1157,7 @@ static void render_key_family(struct outbuf *o, const char *name, const char *he
                               const char *const *columns, unsigned ncolumns,
                               uint64_t (*value)(unsigned key, unsigned column))
 {
-    put_family(o, name, "counter", help);
+    metrics_put_family(o, name, "counter", help);
     for (unsigned k = 0; shards && k < nkeys; k++)
         for (unsigned col = 0; col < ncolumns; col++) {
             uint64_t v = value(k, col);
@@ -1113,12 +1191,12 @@ static void put_ok_failed(struct outbuf *o, const char *name, _Atomic uint64_t c
 
 static void render_access_log(struct outbuf *o)
 {
-    put_family(o, "aigw_access_log_dropped_total", "counter",
+    metrics_put_family(o, "aigw_access_log_dropped_total", "counter",
                "Access log lines dropped because a shard's log buffer was full.");
     outbuf_str(o, "aigw_access_log_dropped_total ");
     outbuf_u64(o, SUM_SHARDS(access_log_dropped));
     outbuf_str(o, "\n");
-    put_family(o, "aigw_access_log_reopens_total", "counter",
+    metrics_put_family(o, "aigw_access_log_reopens_total", "counter",
                "Access log file reopens (SIGUSR1), by result; failed: the old file is kept.");
     put_ok_failed(o, "aigw_access_log_reopens_total", access_log_reopens, memory_order_relaxed);
 }
@@ -1127,15 +1205,15 @@ static void render_access_log(struct outbuf *o)
  * once every shard's generation equals aigw_config_generation. */
 static void render_config(struct outbuf *o)
 {
-    put_family(o, "aigw_config_reloads_total", "counter",
+    metrics_put_family(o, "aigw_config_reloads_total", "counter",
                "Configuration reloads (SIGHUP), by result; failed: refused, the running one stays.");
     put_ok_failed(o, "aigw_config_reloads_total", reloads, memory_order_acquire);
-    put_family(o, "aigw_config_generation", "gauge",
+    metrics_put_family(o, "aigw_config_generation", "gauge",
                "The configuration generation loaded last (1 at start, one more per applied reload).");
     outbuf_str(o, "aigw_config_generation ");
     outbuf_u64(o, atomic_load_explicit(&config_generation, memory_order_relaxed));
     outbuf_str(o, "\n");
-    put_family(o, "aigw_shard_config_generation", "gauge",
+    metrics_put_family(o, "aigw_shard_config_generation", "gauge",
                "The configuration generation each shard serves new requests with.");
     for (unsigned s = 0; s < nshards; s++) {
         outbuf_str(o, "aigw_shard_config_generation{shard=\"");
@@ -1149,7 +1227,7 @@ static void render_config(struct outbuf *o)
 /* Per shard, so that a test (or an operator) can see that every shard serves. */
 static void render_shards(struct outbuf *o)
 {
-    put_family(o, "aigw_shard_requests_total", "counter", "Requests answered, by shard.");
+    metrics_put_family(o, "aigw_shard_requests_total", "counter", "Requests answered, by shard.");
     for (unsigned s = 0; s < nshards; s++) {
         outbuf_str(o, "aigw_shard_requests_total{shard=\"");
         outbuf_u64(o, s);
@@ -1172,10 +1250,12 @@ size_t metrics_render(char *buf, size_t cap)
     render_upstream_tls(&o);
     render_backend_load(&o);
     render_backend_health(&o);
+    render_backend_admin(&o);
     render_backend_work(&o);
     render_pools(&o);
     render_relay(&o);
     render_connections(&o);
+    render_client_connections(&o);
     render_tls(&o);
     render_keys(&o);
     limits_sync_metrics(&o);
@@ -1183,6 +1263,7 @@ size_t metrics_render(char *buf, size_t cap)
     render_access_log(&o);
     render_config(&o);
     render_shards(&o);
+    process_metrics_render(&o);
     pthread_mutex_unlock(&registry_mu);
     if (o.len < cap)
         buf[o.len] = '\0';

@@ -49,6 +49,17 @@ enum shed_reason {
     SHED_NO_BACKEND = 2,    /* "no_backend": every backend down or its circuit open */
     METRICS_NSHED = 3,
 };
+/* aigw_client_connections_refused_total's reason label: why a connection the
+ * kernel accepted was closed before any request was read, or (no_fds,
+ * no_memory) why an accept failed and the connection waits in the backlog */
+enum conn_refusal {
+    REFUSED_MAX_CONNECTIONS = 0,    /* "max_connections": the shard's share was full (503 or a close on TLS) */
+    REFUSED_DRAINING = 1,           /* "draining": the shard is draining for shutdown or handover */
+    REFUSED_NO_FDS = 2,             /* "no_fds": accept failed with EMFILE/ENFILE */
+    REFUSED_NO_MEMORY = 3,          /* "no_memory": accept failed with ENOBUFS/ENOMEM */
+    REFUSED_TLS_PLAIN_HTTP = 4,     /* "tls_plain_http": plain HTTP on a TLS listener (400, closed) */
+    METRICS_NREFUSALS = 5,
+};
 /* aigw_ratelimited_total's limit label: ratelimit.h's enum rl_limit minus one */
 #define METRICS_NLIMITS 5
 /* Their label values, in that order (also /status.json's rate_limited_total). */
@@ -95,6 +106,9 @@ struct shard_metrics {
     mcounter tls_handshakes[2][3][2];              /* result, version, resumed */
     mcounter tls_failures[METRICS_TLS_NREASONS];
     mcounter access_log_dropped;
+    mcounter client_accepted;                       /* connections taken in (conn_accepted) */
+    mcounter client_refused[METRICS_NREFUSALS];
+    mcounter client_aborts[METRICS_MAX_ROUTES];     /* clients gone before their response ended */
     /* per API key slot, sized at metrics_init (see metrics_reserve_keys) */
     mcounter (*tokens)[2];                          /* enum token_direction */
     mcounter (*ratelimited)[METRICS_NLIMITS];
@@ -145,6 +159,11 @@ static inline void metrics_shard_adopted(struct shard_metrics *m, uint64_t id)
     atomic_store_explicit(&m->config_generation, (int64_t)id, memory_order_relaxed);
 }
 
+struct outbuf;
+/* "# HELP name help\n# TYPE name type\n": a family's head in the exposition,
+ * for every module that renders a part of /metrics. */
+void metrics_put_family(struct outbuf *o, const char *name, const char *type, const char *help);
+
 /* Creates the registry for nshards (1..METRICS_MAX_SHARDS) shards, all zero. Call
  * once at start: -1 with errno EINVAL (bad count), EALREADY (second call) or ENOMEM. */
 int metrics_init(unsigned nshards);
@@ -165,8 +184,12 @@ void metrics_reserve_keys(unsigned n);
  * such key is logged). */
 int metrics_key_slot(const char *name);
 /* The watcher's view of a backend (one writer): aigw's requests in flight to it,
- * the engine's queue and its KV-cache use x 1000 (-1: unknown, not rendered). */
-void metrics_set_backend_load(int slot, uint32_t outstanding, int32_t waiting, int32_t kv_permille);
+ * and what its engine's metrics said at their last good scrape (scraped_ms,
+ * CLOCK_MONOTONIC): its queue and KV-cache use x 1000 (-1: unknown). A
+ * scraped_ms of 0 (none yet, e.g. just after a reload) keeps the figures set
+ * before; they are rendered, stale or not, with aigw_backend_metrics_age_seconds. */
+void metrics_set_backend_load(int slot, uint32_t outstanding, int32_t waiting, int32_t kv_permille,
+                              uint64_t scraped_ms);
 /* Marks which backend slots the current configuration uses (others are not rendered). */
 void metrics_set_live_backends(const int *slots, unsigned n);
 /* The watcher's verdict on a backend (one writer): up (active check passing and

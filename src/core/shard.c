@@ -461,13 +461,17 @@ static void on_accept(struct shard *sh, struct listener *l, struct io_uring_cqe 
         if (l->backoff_ms)
             accept_recovered(sh, l);
         if (sh->draining) {
+            mc_add(&sh->m->client_refused[REFUSED_DRAINING], 1);
             close(cqe->res);
         } else if (sh->nconns >= sh->max_conns) {
+            mc_add(&sh->m->client_refused[REFUSED_MAX_CONNECTIONS], 1);
             refuse_connection(sh, cqe->res, l->tls);
         } else {
             conn_accepted(sh, cqe->res, l->tls);
         }
     } else if (accept_should_pause(-cqe->res)) {
+        bool no_fds = cqe->res == -EMFILE || cqe->res == -ENFILE;
+        mc_add(&sh->m->client_refused[no_fds ? REFUSED_NO_FDS : REFUSED_NO_MEMORY], 1);
         accept_pause(sh, l, -cqe->res);
     } else if (cqe->res != -ECANCELED && cqe->res != -EBADF && cqe->res != -EINVAL) {
         log_warn("shard %u: accept on %s: %s", sh->id, l->addr->text, strerror(-cqe->res));

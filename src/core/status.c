@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/backend_admin.h"
 #include "core/config.h"
 #include "core/gen.h"
 #include "core/metrics.h"
@@ -170,17 +171,6 @@ static const char *const balance_names[] = {
     [BALANCE_CAPACITY] = "capacity", [BALANCE_PREFIX] = "prefix",
 };
 
-static const char *failure_code(uint8_t f)
-{
-    switch (f) {
-    case BF_CONNECT: return "connect errors";
-    case BF_RESET: return "connections reset";
-    case BF_TIMEOUT: return "timeouts";
-    case BF_STATUS: return "5xx answers";
-    default: return "failures";
-    }
-}
-
 /* A backend's state and why, as the shards see it (backend_available) plus saturation. */
 static void put_backend_state(struct outbuf *o, const struct gen *g, const struct cfg_pool *pool, unsigned b,
                               uint32_t outstanding, uint64_t now_ms)
@@ -189,19 +179,27 @@ static void put_backend_state(struct outbuf *o, const struct gen *g, const struc
     uint8_t circuit = atomic_load_explicit(&h->circuit, memory_order_relaxed);
     char why[512];
     const char *state;
-    if (!atomic_load_explicit(&h->checked_up, memory_order_relaxed)) {
+    struct backend_admin_view adm = backend_admin_read(g->backend_metric_slot[b], g->backend_cfg[b]->weight);
+    if (adm.state == BACKEND_MAINT) {
+        state = "disabled";
+        snprintf(why, sizeof why, "disabled by the admin API: no new requests, health checks paused");
+    } else if (adm.state == BACKEND_DRAIN || adm.weight == 0) {
+        state = "draining";
+        snprintf(why, sizeof why, "%s by the admin API: no new requests; %u in flight finishing",
+                 adm.state == BACKEND_DRAIN ? "drained" : "weight 0", outstanding);
+    } else if (!atomic_load_explicit(&h->checked_up, memory_order_relaxed)) {
         state = "down";
         snprintf(why, sizeof why, "active health check failing: GET %s", pool->health_path);
     } else if (circuit == CIRCUIT_OPEN) {
         state = "circuit_open";
         uint64_t until = atomic_load_explicit(&h->open_until_ms, memory_order_relaxed);
         snprintf(why, sizeof why, "circuit open after consecutive %s; probe in %llu ms",
-                 failure_code(atomic_load_explicit(&h->open_cause, memory_order_relaxed)),
+                 backend_failure_name((enum backend_failure)atomic_load_explicit(&h->open_cause, memory_order_relaxed)),
                  (unsigned long long)(until > now_ms ? until - now_ms : 0));
     } else if (circuit == CIRCUIT_PROBING) {
         state = "circuit_half_open";
         snprintf(why, sizeof why, "circuit half-open after consecutive %s: one probe request is testing it",
-                 failure_code(atomic_load_explicit(&h->open_cause, memory_order_relaxed)));
+                 backend_failure_name((enum backend_failure)atomic_load_explicit(&h->open_cause, memory_order_relaxed)));
     } else if (pool->max_outstanding && outstanding >= pool->max_outstanding) {
         state = "saturated";
         snprintf(why, sizeof why, "%u requests outstanding: max_outstanding reached", outstanding);
@@ -231,6 +229,11 @@ static void put_backend(struct outbuf *o, const struct gen *g, const struct cfg_
     put_string(o, g->backend_cfg[b]->addr.text);
     outbuf_char(o, ',');
     put_backend_state(o, g, pool, b, outstanding, now_ms);
+    struct backend_admin_view adm = backend_admin_read(slot, g->backend_cfg[b]->weight);
+    put_key(o, "admin_state");
+    put_string(o, backend_admin_state_name(adm.state));
+    outbuf_char(o, ',');
+    put_field_u64(o, "weight", adm.weight);
     put_field_u64(o, "outstanding", outstanding);
     put_field_u64(o, "max_outstanding", pool->max_outstanding);
     bool fresh = backend_signal_fresh(g, b, now_ms);
@@ -279,7 +282,9 @@ static void put_pool(struct outbuf *o, const struct gen *g, unsigned p, const st
     outbuf_char(o, ',');
     unsigned b0 = g->pool_first_backend[p], available = 0;
     for (unsigned i = 0; i < pool->nbackends; i++)
-        available += backend_available(g, b0 + i);
+        available += backend_available(g, b0 + i) &&
+                     backend_admin_takes_new(backend_admin_read(g->backend_metric_slot[b0 + i],
+                                                                pool->backends[i].weight));
     put_field_u64(o, "backends_available", available);
     /* last-minute latency over every route sending here */
     uint64_t ttft[METRICS_LLM_NBUCKETS] = { 0 }, tpot[METRICS_TOKEN_NBUCKETS] = { 0 };

@@ -102,6 +102,7 @@ static void handshake_done(struct conn *c, struct tls_link *l)
 static void answer_plain_http(struct conn *c, struct tls_link *l)
 {
     count_failure(c, METRICS_TLS_PLAIN_HTTP, "a plain HTTP request", NULL);
+    mc_add(&c->sh->m->client_refused[REFUSED_TLS_PLAIN_HTTP], 1);
     struct xbuf *b = tls_outbuf_buffer(c->sh, &l->out);
     size_t n = b ? openai_write_error(b->data + b->len, b->cap - b->len, 400, "invalid_request_error",
                                       "plain_http_to_https_port",
@@ -199,8 +200,12 @@ static void tls_received(struct conn *c, const char *p, size_t n, transport_deli
         if (st == TLS_WANT)
             break;
         /* close_notify or a broken record: the client is gone as if it closed */
-        c->req.error = st == TLS_CLOSED ? "client closed" : "tls record error";
-        conn_close(c);
+        if (st == TLS_CLOSED) {
+            conn_client_gone(c, "client closed");
+        } else {
+            c->req.error = "tls record error";
+            conn_close(c);
+        }
         return;
     }
     flush(c, l);

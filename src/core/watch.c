@@ -31,6 +31,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/backend_admin.h"
 #include "core/log.h"
 #include "core/gen.h"
 #include "core/shard.h"
@@ -545,6 +546,11 @@ static bool pool_wants_models(const struct config *cfg, unsigned p)
     return false;
 }
 
+static bool backend_in_maintenance(const struct gen *g, unsigned b)
+{
+    return backend_admin_read(g->backend_metric_slot[b], g->backend_cfg[b]->weight).state == BACKEND_MAINT;
+}
+
 /* The targets of a generation: every backend of a pool with a metrics path, again
  * of one with a health path, and again of one AI routes use (its models). */
 static struct target *targets_build(struct gen *g, unsigned *count)
@@ -674,17 +680,6 @@ static void models_on_return(struct gen *g, struct target *t, unsigned n, bool *
     }
 }
 
-static const char *failure_name(enum backend_failure f)
-{
-    switch (f) {
-    case BF_CONNECT: return "connect errors";
-    case BF_RESET: return "connections reset";
-    case BF_TIMEOUT: return "timeouts";
-    case BF_STATUS: return "5xx answers";
-    default: return "failures";
-    }
-}
-
 /* Logs what the shards did to the circuits since the last look. */
 static void log_circuits(struct gen *g, uint32_t *seen, uint64_t now)
 {
@@ -700,7 +695,7 @@ static void log_circuits(struct gen *g, uint32_t *seen, uint64_t now)
             uint64_t until = atomic_load_explicit(&h->open_until_ms, memory_order_relaxed);
             log_warn("pool %s backend %s: circuit open for %llu ms after consecutive %s",
                      pool, addr, (unsigned long long)(until > now ? until - now : 0),
-                     failure_name((enum backend_failure)atomic_load_explicit(&h->open_cause,
+                     backend_failure_name((enum backend_failure)atomic_load_explicit(&h->open_cause,
                                                                              memory_order_relaxed)));
         } else if (state == CIRCUIT_CLOSED) {
             log_info("pool %s backend %s: circuit closed: the probe request succeeded", pool, addr);
@@ -709,18 +704,20 @@ static void log_circuits(struct gen *g, uint32_t *seen, uint64_t now)
 }
 
 /* The per-backend gauges of /metrics, from this generation's view. */
-static void publish_gauges(struct gen *g, uint64_t now)
+static void publish_gauges(struct gen *g)
 {
     bool any_available = g->cfg->nbackends == 0;
     for (unsigned b = 0; b < g->cfg->nbackends; b++) {
         bool available = backend_available(g, b);
-        any_available |= available;
+        /* /readyz counts only backends the admin API lets take requests */
+        any_available |= available && backend_admin_takes_new(
+                                          backend_admin_read(g->backend_metric_slot[b], g->backend_cfg[b]->weight));
         metrics_set_backend_up(g->backend_metric_slot[b], available);
         const struct backend_signal *s = &g->signal[b];
-        bool fresh = backend_signal_fresh(g, b, now);
         metrics_set_backend_load(g->backend_metric_slot[b], gen_outstanding(g, b),
-                                 fresh ? atomic_load_explicit(&s->waiting, memory_order_relaxed) : -1,
-                                 fresh ? atomic_load_explicit(&s->kv_permille, memory_order_relaxed) : -1);
+                                 atomic_load_explicit(&s->waiting, memory_order_relaxed),
+                                 atomic_load_explicit(&s->kv_permille, memory_order_relaxed),
+                                 atomic_load_explicit(&s->scraped_ms, memory_order_acquire));
     }
     readiness_backends_available(any_available);
 }
@@ -763,8 +760,12 @@ static void *watch_main(void *arg)
         uint64_t now = clock_mono_ms();
         uint64_t wake = now + WATCH_TICK_MS;
         for (unsigned i = 0; i < n; i++) {
-            if (t[i].phase == PROBE_IDLE && now >= t[i].next_ms)
-                probe_start(g, &t[i], now);
+            if (t[i].phase == PROBE_IDLE && now >= t[i].next_ms) {
+                if (t[i].kind == TARGET_HEALTH && backend_in_maintenance(g, t[i].backend))
+                    t[i].next_ms = now + t[i].interval_ms;  /* paused, looked at again next interval */
+                else
+                    probe_start(g, &t[i], now);
+            }
             else if (t[i].phase != PROBE_IDLE && now >= t[i].deadline_ms)
                 probe_failed(g, &t[i], "timed out");
             uint64_t due = t[i].phase == PROBE_IDLE ? t[i].next_ms : t[i].deadline_ms;
@@ -773,7 +774,7 @@ static void *watch_main(void *arg)
         }
         if (seen)
             log_circuits(g, seen, now);
-        publish_gauges(g, now);
+        publish_gauges(g);
         if (was_up)
             models_on_return(g, t, n, was_up, now);
         if (models_changed)

@@ -17,7 +17,10 @@ struct glob_list;
 struct cfg_addr {
     struct sockaddr_storage sa;
     socklen_t salen;
-    char text[80];              /* as normalised for logs/metrics: "127.0.0.1:8000", "[::1]:8000" */
+    /* for logs, metrics and /status: listeners normalised from the numeric
+     * address ("127.0.0.1:8000", "[::1]:8000"); backends as configured, so a
+     * name stays a name ("localhost:8000", "gpu-1.internal:8000") */
+    char text[272];
     int line;                   /* where it was configured */
 };
 

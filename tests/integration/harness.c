@@ -2346,3 +2346,17 @@ void h_otlp_stop(struct h_otlp *o)
     pthread_mutex_destroy(&o->mu);
     free(o);
 }
+
+const char *h_find_in_path(const char *prog)
+{
+    static char path[1024];
+    const char *env = getenv("PATH");
+    char dirs[4096];
+    snprintf(dirs, sizeof dirs, "%s", env ? env : "/usr/local/bin:/usr/bin:/bin");
+    for (char *save, *d = strtok_r(dirs, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
+        snprintf(path, sizeof path, "%s/%s", d, prog);
+        if (access(path, X_OK) == 0)
+            return path;
+    }
+    return NULL;
+}

@@ -62,6 +62,8 @@ int h_run(const char *tag, const char *const argv[], int timeout_ms);
  * static buffer (one of a few rotating ones). */
 const char *h_tail(const char *tag);
 const char *h_tail_out(const char *tag);
+/* The path of an executable found in $PATH (a static buffer), NULL if absent. */
+const char *h_find_in_path(const char *prog);
 /* Whole file, malloc'd and NUL-terminated; NULL if unreadable. */
 char *h_read_file(const char *path);
 /* Writes (truncates) path from a format string; aborts the test on failure. */

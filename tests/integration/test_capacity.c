@@ -52,9 +52,9 @@ Test(capacity, work_goes_where_the_engine_has_room)
     H_MOCK(&large, "large", "--tps 40 --ttft-ms 10 --max-running 16");
     struct h_gw g = {0};
     capacity_gw(&g, small.port, large.port);
-    cr_assert(wait_gauge(&g, "aigw_backend_queue_depth", small.port, false, 3000 * h_slow()),
+    cr_assert(wait_gauge(&g, "aigw_backend_engine_queue_length", small.port, false, 3000 * h_slow()),
               "no fresh metrics from the small engine; aigw stderr:\n%s", h_tail(g.tag));
-    cr_assert(wait_gauge(&g, "aigw_backend_queue_depth", large.port, false, 3000 * h_slow()));
+    cr_assert(wait_gauge(&g, "aigw_backend_engine_queue_length", large.port, false, 3000 * h_slow()));
 
     enum { N = 24 };
     struct h_conn c[N];
@@ -85,8 +85,9 @@ Test(capacity, work_goes_where_the_engine_has_room)
     h_finish();
 }
 
-/* A stalled engine's metrics stop coming: after a few intervals aigw exports no
- * queue depth for it (it is unknown, not idle), and it comes back on resume. */
+/* A stalled engine's metrics stop coming: aigw keeps exporting its last queue
+ * length, with an age that grows past the staleness rule (routing treats it as
+ * unknown then), and the age falls back when the engine answers again. */
 Test(capacity, stale_metrics_are_not_trusted)
 {
     struct h_mock a, b;
@@ -94,17 +95,21 @@ Test(capacity, stale_metrics_are_not_trusted)
     H_MOCK(&b, "b", "--tps 0 --ttft-ms 0");
     struct h_gw g = {0};
     capacity_gw(&g, a.port, b.port);
-    cr_assert(wait_gauge(&g, "aigw_backend_queue_depth", a.port, false, 3000 * h_slow()),
+    cr_assert(wait_gauge(&g, "aigw_backend_engine_queue_length", a.port, false, 3000 * h_slow()),
               "no fresh metrics; aigw stderr:\n%s", h_tail(g.tag));
     cr_assert_eq(gauge(&g, "aigw_backend_kv_cache_usage_ratio", a.port), 0);
+    cr_assert_lt(gauge(&g, "aigw_backend_metrics_age_seconds", a.port), 1.0);
 
     cr_assert_eq(kill(a.pid, SIGSTOP), 0);
     /* 50 ms interval: stale after 1.05 s (interval + 1 s) */
-    cr_assert(wait_gauge(&g, "aigw_backend_queue_depth", a.port, true, 4000 * h_slow()),
-              "a stalled engine's last metrics are still trusted");
-    cr_assert(gauge(&g, "aigw_backend_queue_depth", b.port) == 0, "the live engine's metrics went too");
+    char q[200];
+    snprintf(q, sizeof q, "aigw_backend_metrics_age_seconds{pool=\"gpu\",backend=\"127.0.0.1:%d\"}", a.port);
+    double age = h_wait_metric(g.admin_port, q, H_GE, 1.2, 4000 * h_slow());
+    cr_assert_geq(age, 1.2, "a stalled engine's metrics age stayed at %g", age);
+    cr_assert_eq(gauge(&g, "aigw_backend_engine_queue_length", a.port), 0, "the last queue length went away");
+    cr_assert_lt(gauge(&g, "aigw_backend_metrics_age_seconds", b.port), 1.0, "the live engine's metrics aged too");
     kill(a.pid, SIGCONT);
-    cr_assert(wait_gauge(&g, "aigw_backend_queue_depth", a.port, false, 4000 * h_slow()),
-              "metrics did not come back after the engine resumed");
+    cr_assert_leq(h_wait_metric(g.admin_port, q, H_LE, 0.5, 4000 * h_slow()), 0.5,
+                  "metrics did not come back after the engine resumed");
     h_finish();
 }

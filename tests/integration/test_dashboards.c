@@ -101,7 +101,7 @@ Test(dashboards, every_metric_they_use_is_exported)
     cr_expect_geq(h_wait_metric(g.admin_port, "aigw_cluster_sync_duration_seconds_count", H_GE, 1, t), 1);
     cr_expect(wait_series(g.admin_port, "aigw_backend_kv_cache_usage_ratio", t), "no KV-cache series\n%s",
               h_tail(g.tag));
-    cr_expect(wait_series(g.admin_port, "aigw_backend_queue_depth", t), "no queue depth series\n%s",
+    cr_expect(wait_series(g.admin_port, "aigw_backend_engine_queue_length", t), "no queue depth series\n%s",
               h_tail(g.tag));
 
     cr_expect(wait_series(g.admin_port, "aigw_cost_usd_total", t), "no cost series\n%s", h_tail(g.tag));

@@ -180,29 +180,15 @@ Test(status, token_bearer_basic_and_page)
     }
 }
 
-static const char *find_in_path(const char *prog)
-{
-    static char path[1024];
-    const char *env = getenv("PATH");
-    char dirs[4096];
-    snprintf(dirs, sizeof dirs, "%s", env ? env : "/usr/local/bin:/usr/bin:/bin");
-    for (char *save, *d = strtok_r(dirs, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
-        snprintf(path, sizeof path, "%s/%s", d, prog);
-        if (access(path, X_OK) == 0)
-            return path;
-    }
-    return NULL;
-}
-
 Test(status, page_in_headless_chromium)
 {
     cr_assert_eq(access("tests/browser/node_modules/puppeteer-core", R_OK), 0,
                  "tests/browser/node_modules/puppeteer-core missing: run scripts/deps.sh (make deps) from the source tree");
-    const char *node_path = find_in_path("node");
+    const char *node_path = h_find_in_path("node");
     cr_assert(node_path, "node is not installed: run scripts/deps.sh");
     char node[1024];
     snprintf(node, sizeof node, "%s", node_path);
-    cr_assert(find_in_path("chromium"), "chromium is not installed: run scripts/deps.sh");
+    cr_assert(h_find_in_path("chromium"), "chromium is not installed: run scripts/deps.sh");
 
     struct h_mock a, b;
     struct h_gw g = {0};

@@ -766,20 +766,6 @@ Test(tls, ten_thousand_tls_requests_with_errors_leak_no_descriptor_nor_memory, .
 
 /* ---- the official openai SDK for Node over HTTPS ---- */
 
-/* The program's path in $PATH (static buffer), NULL if absent. */
-static const char *find_in_path(const char *prog)
-{
-    static char path[1024];
-    const char *env = getenv("PATH");
-    char dirs[4096];
-    snprintf(dirs, sizeof dirs, "%s", env ? env : "/usr/local/bin:/usr/bin:/bin");
-    for (char *save, *d = strtok_r(dirs, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
-        snprintf(path, sizeof path, "%s/%s", d, prog);
-        if (access(path, X_OK) == 0) return path;
-    }
-    return NULL;
-}
-
 #define NODE_KEY "sk-itest-node-sdk-3Jx8cQ"
 
 Test(tls, openai_node_sdk_over_https_streamed_and_not)
@@ -799,7 +785,7 @@ Test(tls, openai_node_sdk_over_https_streamed_and_not)
     setenv("NODE_EXTRA_CA_CERTS", h_tls_file("ca.pem"), 1);
     cr_assert_eq(access("tests/node/node_modules/openai", R_OK), 0,
                  "tests/node/node_modules/openai missing: run scripts/deps.sh (make deps) from the source tree");
-    const char *node = find_in_path("node");
+    const char *node = h_find_in_path("node");
     cr_assert(node, "node is not installed: run scripts/deps.sh (make deps); this test must run");
     const char *argv[] = {node, "--test", "tests/node/", NULL};
     char *out;

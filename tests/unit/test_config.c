@@ -381,6 +381,16 @@ Test(config_errors, bad_pool_values)
                       "test.conf:2: invalid value for backend: '127.0.0.1' (expected HOST:PORT, [IPv6]:PORT or *:PORT with port 1-65535)");
     cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nbackend = 127.0.0.1:1 weight=2\n",
                       "test.conf:3: duplicate backend 127.0.0.1:1 in pool 'p' (already on line 2)");
+    {
+        /* a name and the address it resolves to are one backend */
+        struct cfg_addr local;
+        cr_assert_eq(config_parse_addr("localhost:1", &local), 0);
+        char text[400], want[800];
+        snprintf(text, sizeof text, "[pool p]\nbackend = %s\nbackend = localhost:1\n", local.text);
+        snprintf(want, sizeof want, "test.conf:3: duplicate backend localhost:1 in pool 'p': it is %s, as %s on line 2 is",
+                 local.text, local.text);
+        cfgt_expect_error(text, want);
+    }
     cfgt_expect_error("[pool p]\nupstream_auth = two words\n",
                       "test.conf:2: invalid value for upstream_auth: must not contain spaces or control characters");
 }
@@ -556,8 +566,10 @@ Test(config_file, load_from_file)
     cr_assert_eq(config_load(path, &c, cfgt_err, sizeof cfgt_err), 0, "%s", cfgt_err);
     cr_expect_str_eq(c->path, path);
     cr_expect_str_eq(c->server.listen[0].text, "127.0.0.1:18080");
-    const char *b = c->pools[0].backends[0].addr.text;
-    cr_expect(strcmp(b, "127.0.0.1:18001") == 0 || strcmp(b, "[::1]:18001") == 0, "localhost -> %s", b);
+    /* a backend keeps its configured name for logs, metrics and /status */
+    cr_expect_str_eq(c->pools[0].backends[0].addr.text, "localhost:18001");
+    int fam = c->pools[0].backends[0].addr.sa.ss_family;
+    cr_expect(fam == AF_INET || fam == AF_INET6, "localhost resolved");
     config_free(c);
     unlink(path);
 

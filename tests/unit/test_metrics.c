@@ -7,6 +7,9 @@
 
 #include "core/metrics.h"
 #include "policy/ratelimit.h"
+#include "util/clock.h"
+
+#include <wolfssl/version.h>
 
 /* Criterion runs every test in its own process, so each starts with an empty registry. */
 
@@ -325,6 +328,17 @@ Test(metrics, every_family_has_help_and_type)
         { "aigw_config_generation", "gauge" },
         { "aigw_shard_config_generation", "gauge" },
         { "aigw_shard_requests_total", "counter" },
+        { "aigw_client_connections_accepted_total", "counter" },
+        { "aigw_client_connections_refused_total", "counter" },
+        { "aigw_client_aborts_total", "counter" },
+        { "aigw_backend_engine_queue_length", "gauge" },
+        { "aigw_backend_metrics_age_seconds", "gauge" },
+        { "aigw_build_info", "gauge" },
+        { "process_start_time_seconds", "gauge" },
+        { "process_cpu_seconds_total", "counter" },
+        { "process_resident_memory_bytes", "gauge" },
+        { "process_open_fds", "gauge" },
+        { "process_max_fds", "gauge" },
     };
     for (size_t i = 0; i < sizeof families / sizeof families[0]; i++) {
         char line[128];
@@ -762,5 +776,58 @@ Test(metrics, pool_queue_shed_and_fallback)
     assert_line(text, "aigw_pool_fallback_total{pool=\"old-pool\"} 8");
     cr_assert_null(strstr(text, "gpu-a"), "%s", text);
     cr_assert_null(strstr(text, "gpu-\\\"b"), "%s", text);
+    free(text);
+}
+
+/* ---- engine figures, connections and aborts ---- */
+
+Test(metrics, engine_figures_stay_with_their_age_when_reads_stop)
+{
+    cr_assert_eq(metrics_init(1), 0);
+    int a = metrics_backend_slot("gpu", "localhost:8000");
+    int never = metrics_backend_slot("gpu", "localhost:8001");
+    int live[] = { a, never };
+    metrics_set_live_backends(live, 2);
+    uint64_t two_s_ago = clock_mono_ms() - 2000;
+    metrics_set_backend_load(a, 3, 7, 420, two_s_ago);
+    metrics_set_backend_load(never, 0, -1, -1, 0);
+    /* the next look finds no new scrape (a reload's fresh generation): kept */
+    metrics_set_backend_load(a, 1, -1, -1, 0);
+    char *text = metrics_text();
+    assert_line(text, "aigw_backend_outstanding{pool=\"gpu\",backend=\"localhost:8000\"} 1");
+    assert_line(text, "aigw_backend_engine_queue_length{pool=\"gpu\",backend=\"localhost:8000\"} 7");
+    assert_line(text, "aigw_backend_kv_cache_usage_ratio{pool=\"gpu\",backend=\"localhost:8000\"} 0.420");
+    const char *age = strstr(text, "aigw_backend_metrics_age_seconds{pool=\"gpu\",backend=\"localhost:8000\"} ");
+    cr_assert_not_null(age);
+    double secs = strtod(strchr(age, '}') + 2, NULL);
+    cr_assert(secs >= 2.0 && secs < 60.0, "age %g", secs);
+    cr_assert_null(strstr(text, "aigw_backend_engine_queue_length{pool=\"gpu\",backend=\"localhost:8001\"}"),
+                   "a never-read engine has a queue length");
+    cr_assert_null(strstr(text, "aigw_backend_kv_cache_usage_ratio{pool=\"gpu\",backend=\"localhost:8001\"}"));
+    cr_assert_null(strstr(text, "aigw_backend_metrics_age_seconds{pool=\"gpu\",backend=\"localhost:8001\"}"));
+    free(text);
+}
+
+Test(metrics, connections_refusals_and_aborts_are_summed)
+{
+    cr_assert_eq(metrics_init(2), 0);
+    int chat = metrics_route_slot("chat");
+    struct shard_metrics *s0 = metrics_shard(0), *s1 = metrics_shard(1);
+    mc_add(&s0->client_accepted, 3);
+    mc_add(&s1->client_accepted, 4);
+    mc_add(&s0->client_refused[REFUSED_MAX_CONNECTIONS], 1);
+    mc_add(&s1->client_refused[REFUSED_MAX_CONNECTIONS], 2);
+    mc_add(&s1->client_refused[REFUSED_NO_FDS], 5);
+    mc_add(&s0->client_aborts[chat], 1);
+    mc_add(&s1->client_aborts[chat], 1);
+    char *text = metrics_text();
+    assert_line(text, "aigw_client_connections_accepted_total 7");
+    assert_line(text, "aigw_client_connections_refused_total{reason=\"max_connections\"} 3");
+    assert_line(text, "aigw_client_connections_refused_total{reason=\"no_fds\"} 5");
+    assert_line(text, "aigw_client_connections_refused_total{reason=\"draining\"} 0");
+    assert_line(text, "aigw_client_connections_refused_total{reason=\"tls_plain_http\"} 0");
+    assert_line(text, "aigw_client_aborts_total{route=\"chat\"} 2");
+    cr_assert_null(strstr(text, "aigw_client_aborts_total{route=\"\"}"), "routes without aborts have no series");
+    assert_line(text, "aigw_build_info{version=\"" AIGW_VERSION "\",wolfssl=\"" LIBWOLFSSL_VERSION_STRING "\"} 1");
     free(text);
 }
