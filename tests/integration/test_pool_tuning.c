@@ -63,7 +63,8 @@ Test(pool_tuning, first_byte_is_the_pools_own)
     cr_assert_eq(ask(&g, "fast-8b", 5000 * h_slow(), &r, &took), H_OK, "aigw stderr:\n%s", h_tail(g.tag));
     cr_assert_eq(r.status, 504, "pool small (first_byte = 400ms), an engine 1.5 s to its first token: %d %s",
                  r.status, r.body);
-    cr_assert(took >= 350 && took < 1400, "504 after %lld ms; the pool's first_byte is 400ms", (long long)took);
+    /* the engine would have answered 200 at 1.5 s: the 504 itself is the pool's deadline */
+    cr_assert(took >= 350, "504 after %lld ms; the pool's first_byte is 400ms", (long long)took);
     h_resp_free(&r);
 
     cr_assert_eq(ask(&g, "slow-70b", 8000 * h_slow(), &r, &took), H_OK, "aigw stderr:\n%s", h_tail(g.tag));
@@ -124,8 +125,10 @@ Test(pool_tuning, connect_is_the_pools_own)
     h_resp_free(&r);
     cr_log_info("connect: pool quick gave up after %lld ms, pool patient after %lld ms", (long long)quick_ms,
                 (long long)patient_ms);
-    cr_assert(quick_ms >= 150 && quick_ms < 1200, "pool quick (connect = 200ms) gave up after %lld ms",
-              (long long)quick_ms);
+    /* compared with each other rather than the clock: a loaded machine slows both */
+    cr_assert(quick_ms >= 150 && quick_ms + 700 < patient_ms,
+              "pool quick (connect = 200ms) gave up after %lld ms, pool patient (1500ms) after %lld ms",
+              (long long)quick_ms, (long long)patient_ms);
     cr_assert(patient_ms >= 1400, "pool patient (inherits connect = 1500ms) gave up after %lld ms",
               (long long)patient_ms);
     h_finish();
