@@ -267,7 +267,7 @@ size_t ai_request_start(struct conn *c, const char *src, size_t n, const struct 
     c->req.body_head_len = (uint32_t)head;
     c->state = CS_BODY;
     c->last_activity_ms = sh->now_ms;
-    conn_set_timer(c, T_IDLE, cfg->timeouts.idle_ms);
+    conn_set_timer(c, T_IDLE, conn_idle_ms(c));
     ssize_t used = ai_request_collect(c, src + head, n - head);
     if (used < 0)
         return n;

@@ -55,6 +55,7 @@ struct pending_pool {
     char fallback[CFG_NAME_MAX];    /* empty: none */
     int fallback_line;
     int tls_server_name_line;       /* for "tls_server_name needs tls = on" */
+    int circuit_open_line, circuit_open_max_line; /* 0: not written */
 };
 
 struct load_ctx {
@@ -984,6 +985,12 @@ static int pool_health(struct load_ctx *x, const char *key, const char *value)
     return set_probe_path(x, key, value, p->health_path, sizeof p->health_path);
 }
 
+static int pool_model_list(struct load_ctx *x, const char *key, const char *value)
+{
+    struct cfg_pool *p = cur_pool(x);
+    return set_probe_path(x, key, value, p->model_list_path, sizeof p->model_list_path);
+}
+
 static int pool_health_interval(struct load_ctx *x, const char *key, const char *value)
 {
     return set_probe_interval(x, key, value, &cur_pool(x)->health_interval_ms);
@@ -1039,6 +1046,61 @@ static int pool_keepalive_timeout(struct load_ctx *x, const char *key, const cha
         return bad_value(x, key, value, "a duration from 1ms to 24h");
     cur_pool(x)->keepalive_timeout_ms = ms;
     return 0;
+}
+
+/* connect, first_byte, idle: a pool's own, else [timeouts]'s (filled in finish()). */
+static int pool_connect(struct load_ctx *x, const char *k, const char *v)
+{
+    cur_pool(x)->connect_set = true;
+    return set_timeout(x, k, v, &cur_pool(x)->connect_ms);
+}
+static int pool_first_byte(struct load_ctx *x, const char *k, const char *v)
+{
+    cur_pool(x)->first_byte_set = true;
+    return set_timeout(x, k, v, &cur_pool(x)->first_byte_ms);
+}
+static int pool_idle(struct load_ctx *x, const char *k, const char *v)
+{
+    cur_pool(x)->idle_set = true;
+    return set_timeout(x, k, v, &cur_pool(x)->idle_ms);
+}
+
+static int set_streak(struct load_ctx *x, const char *key, const char *value, unsigned max, unsigned *out)
+{
+    uint64_t v;
+    if (parse_uint_range(value, 1, max, &v) < 0) {
+        char want[32];
+        snprintf(want, sizeof want, "a number 1-%u", max);
+        return bad_value(x, key, value, want);
+    }
+    *out = (unsigned)v;
+    return 0;
+}
+static int pool_health_rise(struct load_ctx *x, const char *k, const char *v)
+{ return set_streak(x, k, v, CFG_HEALTH_STREAK_MAX, &cur_pool(x)->health_rise); }
+static int pool_health_fall(struct load_ctx *x, const char *k, const char *v)
+{ return set_streak(x, k, v, CFG_HEALTH_STREAK_MAX, &cur_pool(x)->health_fall); }
+static int pool_circuit_failures(struct load_ctx *x, const char *k, const char *v)
+{ return set_streak(x, k, v, CFG_CIRCUIT_FAILURES_MAX, &cur_pool(x)->circuit_failures); }
+
+static int set_circuit_open(struct load_ctx *x, const char *key, const char *value, uint64_t *out, int *line)
+{
+    uint64_t ms;
+    if (config_parse_duration_ms(value, &ms) < 0 || ms < CFG_CIRCUIT_OPEN_MIN_MS || ms > CFG_CIRCUIT_OPEN_MAX_MS)
+        return bad_value(x, key, value, "a duration from 100ms to 1h");
+    *out = ms;
+    *line = x->lineno;
+    return 0;
+}
+static int pool_circuit_open(struct load_ctx *x, const char *k, const char *v)
+{
+    return set_circuit_open(x, k, v, &cur_pool(x)->circuit_open_ms,
+                            &x->pending_pools[x->c->npools - 1].circuit_open_line);
+}
+static int pool_circuit_open_max(struct load_ctx *x, const char *k, const char *v)
+{
+    return set_circuit_open(x, k, v, &cur_pool(x)->circuit_open_max_ms,
+                            &x->pending_pools[x->c->npools - 1].circuit_open_max_line);
 }
 
 /* The pool is resolved in finish(): it may come later in the file. Empty: none. */
@@ -1527,6 +1589,7 @@ static const struct key_def pool_keys[] = {
     { "metrics_interval", pool_metrics_interval, false },
     { "health", pool_health, false },
     { "health_interval", pool_health_interval, false },
+    { "model_list", pool_model_list, false },
     { "queue_timeout", pool_queue_timeout, false },
     { "queue_size", pool_queue_size, false },
     { "retries", pool_retries, false },
@@ -1536,6 +1599,14 @@ static const struct key_def pool_keys[] = {
     { "tls", pool_tls, false },
     { "tls_ca", pool_tls_ca, false },
     { "tls_server_name", pool_tls_server_name, false },
+    { "connect", pool_connect, false },
+    { "first_byte", pool_first_byte, false },
+    { "idle", pool_idle, false },
+    { "health_rise", pool_health_rise, false },
+    { "health_fall", pool_health_fall, false },
+    { "circuit_failures", pool_circuit_failures, false },
+    { "circuit_open", pool_circuit_open, false },
+    { "circuit_open_max", pool_circuit_open_max, false },
     { NULL, NULL, false },
 };
 static const struct key_def route_keys[] = {
@@ -1617,6 +1688,15 @@ static int close_section(struct load_ctx *x)
         if (!p->tls && p->tls_server_name[0])
             return fail_at(x, x->pending_pools[x->c->npools - 1].tls_server_name_line,
                            "tls_server_name needs tls = on in pool '%s'", p->name);
+        /* a long circuit_open alone raises the default ceiling with it */
+        const struct pending_pool *pp = &x->pending_pools[x->c->npools - 1];
+        if (!pp->circuit_open_max_line && p->circuit_open_max_ms < p->circuit_open_ms)
+            p->circuit_open_max_ms = p->circuit_open_ms;
+        if (p->circuit_open_max_ms < p->circuit_open_ms)
+            return fail_at(x, pp->circuit_open_max_line > pp->circuit_open_line ? pp->circuit_open_max_line
+                                                                                 : pp->circuit_open_line,
+                           "pool '%s': circuit_open_max (%llu ms) is below circuit_open (%llu ms)", p->name,
+                           (unsigned long long)p->circuit_open_max_ms, (unsigned long long)p->circuit_open_ms);
     } else if (x->sec == SEC_ROUTE) {
         const struct cfg_route *r = cur_route(x);
         if (r->path_len == 0)
@@ -1675,6 +1755,12 @@ static int open_pool(struct load_ctx *x, const char *name, size_t len)
     p->fallback = -1;
     p->keepalive = 32;
     p->keepalive_timeout_ms = 60000;
+    memcpy(p->model_list_path, "/v1/models", sizeof "/v1/models");
+    p->health_rise = 2;
+    p->health_fall = 2;
+    p->circuit_failures = 5;
+    p->circuit_open_ms = 1000;
+    p->circuit_open_max_ms = 30000;
     p->line = x->lineno;
     x->backend_cap = 0;
     return 0;
@@ -2009,6 +2095,17 @@ static int finish(struct load_ctx *x)
     if (close_section(x) < 0)
         return -1;
 
+    /* [timeouts] may follow the pools: what a pool did not say it inherits now */
+    for (unsigned i = 0; i < c->npools; i++) {
+        struct cfg_pool *p = &c->pools[i];
+        if (!p->connect_set)
+            p->connect_ms = c->timeouts.connect_ms;
+        if (!p->first_byte_set)
+            p->first_byte_ms = c->timeouts.first_byte_ms;
+        if (!p->idle_set)
+            p->idle_ms = c->timeouts.idle_ms;
+    }
+
     /* a default listener can collide with a configured one only here */
     for (unsigned i = 0; i < c->tls.nlisten; i++) {
         const struct cfg_addr *l = &c->tls.listen[i];
@@ -2328,12 +2425,20 @@ static void print_pool(const struct config *c, const struct cfg_pool *p, FILE *o
     print_duration(out, "metrics_interval", p->metrics_interval_ms);
     print_text(out, "health", p->health_path, NULL);
     print_duration(out, "health_interval", p->health_interval_ms);
+    print_text(out, "model_list", p->model_list_path, NULL);
     print_duration(out, "queue_timeout", p->queue_timeout_ms);
     fprintf(out, "queue_size = %u\n", p->queue_size);
     fprintf(out, "retries = %u\n", p->retries);
     print_text(out, "fallback", p->fallback >= 0 ? c->pools[p->fallback].name : "", NULL);
     fprintf(out, "keepalive = %u\n", p->keepalive);
     print_duration(out, "keepalive_timeout", p->keepalive_timeout_ms);
+    print_duration(out, "connect", p->connect_ms);
+    print_duration(out, "first_byte", p->first_byte_ms);
+    print_duration(out, "idle", p->idle_ms);
+    fprintf(out, "health_rise = %u\nhealth_fall = %u\n", p->health_rise, p->health_fall);
+    fprintf(out, "circuit_failures = %u\n", p->circuit_failures);
+    print_duration(out, "circuit_open", p->circuit_open_ms);
+    print_duration(out, "circuit_open_max", p->circuit_open_max_ms);
     fprintf(out, "tls = %s\n", on_off(p->tls));
     print_text(out, "tls_ca", p->tls_ca, p->tls ? "the system's CA bundle" : NULL);
     print_text(out, "tls_server_name", p->tls_server_name,

@@ -19,6 +19,12 @@ struct keyring;
 
 #define CFG_MAX_LISTEN 16
 
+/* Ranges of the per-pool health and circuit keys. */
+#define CFG_HEALTH_STREAK_MAX 100u          /* health_rise, health_fall: 1..this */
+#define CFG_CIRCUIT_FAILURES_MAX 1000u      /* circuit_failures: 1..this */
+#define CFG_CIRCUIT_OPEN_MIN_MS 100ULL      /* circuit_open, circuit_open_max: this..1h */
+#define CFG_CIRCUIT_OPEN_MAX_MS 3600000ULL
+
 struct cfg_pool {
     char name[CFG_NAME_MAX];
     struct cfg_backend *backends;
@@ -35,6 +41,8 @@ struct cfg_pool {
                                  * capacity and prefix pools, else none */
     bool health_set;            /* health = given in the file */
     uint64_t health_interval_ms; /* default 1s; 10ms..60s */
+    char model_list_path[128];  /* the backends' model list (OpenAI GET /v1/models), read for
+                                 * aigw's own /v1/models; default /v1/models; empty: not asked */
     uint64_t queue_timeout_ms;  /* how long a request may wait for capacity; default 5s; 0: none */
     unsigned queue_size;        /* requests that may wait, over all shards; default (and
                                  * 0 in the file: not given) max_outstanding x backends */
@@ -46,6 +54,15 @@ struct cfg_pool {
     char tls_ca[PATH_MAX];      /* CA bundle verifying them; empty: the system's */
     int tls_ca_line;
     char tls_server_name[256];  /* SNI and the name verified; empty: each backend's host as written */
+    /* Upstream timeouts of an attempt on this pool's backends: written in the pool,
+     * else [timeouts]'s (resolved once the whole file is read). */
+    uint64_t connect_ms, first_byte_ms, idle_ms;
+    bool connect_set, first_byte_set, idle_set;
+    unsigned health_rise;       /* passing checks that bring a down backend back; default 2 */
+    unsigned health_fall;       /* failed checks that take it down; default 2 */
+    unsigned circuit_failures;  /* consecutive failed attempts (one shard) opening its circuit; default 5 */
+    uint64_t circuit_open_ms;   /* the circuit's first open; doubles on each reopen; default 1s */
+    uint64_t circuit_open_max_ms; /* the doubling stops here; default 30s */
     struct tls_client *tls_client; /* built from the above by the loader's caller; NULL without tls */
     int line;
 };

@@ -450,7 +450,7 @@ static void local_answer_send(struct conn *c)
     c->state = CS_LOCAL;
     c->req.resp_started = true;
     c->last_activity_ms = sh->now_ms;
-    arm_timer(c, T_IDLE, conn_config(c)->timeouts.idle_ms);
+    arm_timer(c, T_IDLE, conn_idle_ms(c));
     conn_send_out(c);
 }
 
@@ -480,7 +480,8 @@ void conn_send_error(struct conn *c, int status, const char *type, const char *c
 static void send_models(struct conn *c, struct slice path)
 {
     struct shard *sh = c->sh;
-    ssize_t blen = models_body(c, path, NULL, 0);
+    const struct served_models *served = models_served(c);
+    ssize_t blen = models_body(c, served, path, NULL, 0);
     if (blen < 0) {
         char msg[300];
         size_t id_len = path.len - sizeof "/v1/models/" + 1;   /* a model path has an id */
@@ -503,7 +504,7 @@ static void send_models(struct conn *c, struct slice path)
         conn_close(c);
         return;
     }
-    models_body(c, path, c->req.out->data + hlen, c->req.out->cap - hlen);
+    models_body(c, served, path, c->req.out->data + hlen, c->req.out->cap - hlen);
     c->req.out->off = 0;
     c->req.out->len = (uint32_t)(hlen + (size_t)blen);
     if (c->req.method_id == METHOD_HEAD)
@@ -1002,7 +1003,7 @@ static void up_recv_head(struct conn *c)
 /* Connected (or a pooled connection taken): send the head and what body we have. */
 void conn_upstream_ready(struct conn *c)
 {
-    arm_timer(c, T_IDLE, conn_config(c)->timeouts.idle_ms);
+    arm_timer(c, T_IDLE, conn_idle_ms(c));
     c->last_activity_ms = c->sh->now_ms;
     up_send(c, c->req.out, c->req.out->data + c->req.out->off, c->req.out->len - c->req.out->off);
 }
@@ -1016,7 +1017,7 @@ static void request_sent(struct conn *c)
     /* first_byte runs from the first attempt's request: a retry gets what is left */
     uint64_t now = c->sh->now_ms;
     if (!c->req.retry_deadline_ms)
-        c->req.retry_deadline_ms = now + conn_config(c)->timeouts.first_byte_ms;
+        c->req.retry_deadline_ms = now + conn_pool(c)->first_byte_ms;
     arm_timer(c, T_FIRST_BYTE, c->req.retry_deadline_ms > now ? c->req.retry_deadline_ms - now : 1);
     up_recv_head(c);
 }
@@ -1177,7 +1178,7 @@ static void on_up_head(struct conn *c, int res)
     if (!c->at.first_byte_us) {
         /* first_byte is met: the rest of the head may come at the idle pace */
         c->at.first_byte_us = sh->now_us;
-        arm_timer(c, T_IDLE, conn_config(c)->timeouts.idle_ms);
+        arm_timer(c, T_IDLE, conn_idle_ms(c));
     }
     c->last_activity_ms = sh->now_ms;
     c->at.rbuf->len += (uint32_t)res;
@@ -1459,7 +1460,6 @@ static void request_finish(struct conn *c)
 void conn_timer_fired(struct conn *c)
 {
     struct shard *sh = c->sh;
-    const struct config *cfg = conn_config(c);
     switch (c->tphase) {
     case T_KEEPALIVE:
         conn_close_clean(c);
@@ -1485,8 +1485,8 @@ void conn_timer_fired(struct conn *c)
         transport_tls_expired(c);
         break;
     case T_IDLE:
-        if (sh->now_ms < c->last_activity_ms + cfg->timeouts.idle_ms) {
-            timer_arm(&sh->timers, &c->timer, c->last_activity_ms + cfg->timeouts.idle_ms);
+        if (sh->now_ms < c->last_activity_ms + conn_idle_ms(c)) {
+            timer_arm(&sh->timers, &c->timer, c->last_activity_ms + conn_idle_ms(c));
             break;
         }
         c->req.error = "idle timeout";

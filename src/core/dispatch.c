@@ -10,8 +10,8 @@
  *
  * Passive checks: each shard counts the consecutive failed attempts it saw per
  * backend (connect errors, resets before the response, first_byte timeouts,
- * 5xx answers); at CIRCUIT_FAILS the backend's circuit opens, shared by all
- * shards, for a backoff that doubles on each reopen. Once it has passed, the
+ * 5xx answers); at the pool's circuit_failures the backend's circuit opens, shared by
+ * all shards, for circuit_open, doubling on each reopen up to circuit_open_max. Once it has passed, the
  * next request that would use the backend claims it as the half-open probe;
  * the probe's answer closes the circuit or reopens it. Counting per shard keeps
  * the per-request path free of shared writes: only transitions are shared.
@@ -30,9 +30,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CIRCUIT_FAILS 5             /* consecutive failed attempts on one shard */
-#define CIRCUIT_BACKOFF_MS 1000     /* the first open; doubles on each reopen */
-#define CIRCUIT_BACKOFF_MAX_MS 30000
 #define QUEUE_POLL_MS 5             /* queued requests look for slots freed on other shards */
 
 enum pick_failure { PICK_BUSY, PICK_DOWN };
@@ -51,12 +48,12 @@ static void load_add(struct conn *c, unsigned backend, int delta)
                           memory_order_relaxed);
 }
 
-static uint64_t backoff_ms(uint32_t reopens)
+static uint64_t backoff_ms(const struct cfg_pool *pool, uint32_t reopens)
 {
-    uint64_t ms = CIRCUIT_BACKOFF_MS;
-    for (uint32_t i = 0; i < reopens && ms < CIRCUIT_BACKOFF_MAX_MS; i++)
+    uint64_t ms = pool->circuit_open_ms;
+    for (uint32_t i = 0; i < reopens && ms < pool->circuit_open_max_ms; i++)
         ms *= 2;
-    return ms < CIRCUIT_BACKOFF_MAX_MS ? ms : CIRCUIT_BACKOFF_MAX_MS;
+    return ms < pool->circuit_open_max_ms ? ms : pool->circuit_open_max_ms;
 }
 
 static void circuit_set(struct backend_health *h, enum circuit_state to)
@@ -67,11 +64,11 @@ static void circuit_set(struct backend_health *h, enum circuit_state to)
 
 /* Opens (or reopens after a failed probe) for the next backoff. open_until is
  * written before the state, so whoever sees OPEN sees its deadline. */
-static bool circuit_open(struct backend_health *h, enum circuit_state from, enum backend_failure cause,
-                         uint64_t now_ms)
+static bool circuit_open(const struct cfg_pool *pool, struct backend_health *h, enum circuit_state from,
+                         enum backend_failure cause, uint64_t now_ms)
 {
     uint32_t reopens = atomic_load_explicit(&h->reopens, memory_order_relaxed);
-    atomic_store_explicit(&h->open_until_ms, now_ms + backoff_ms(reopens), memory_order_relaxed);
+    atomic_store_explicit(&h->open_until_ms, now_ms + backoff_ms(pool, reopens), memory_order_relaxed);
     atomic_store_explicit(&h->open_cause, (uint8_t)cause, memory_order_relaxed);
     uint8_t expect = (uint8_t)from;
     if (!atomic_compare_exchange_strong_explicit(&h->circuit, &expect, CIRCUIT_OPEN,
@@ -193,17 +190,18 @@ static unsigned retry_after_s(const struct conn *c, enum shed_reason reason)
 {
     const struct gen *g = c->req.sg->g;
     const struct cfg_pool *pool = &g->cfg->pools[c->req.pool];
-    uint64_t ms = reason == SHED_NO_BACKEND ? CIRCUIT_BACKOFF_MAX_MS : pool->queue_timeout_ms;
+    uint64_t ms = reason == SHED_NO_BACKEND ? pool->circuit_open_max_ms : pool->queue_timeout_ms;
     if (reason == SHED_NO_BACKEND) {
-        /* when the first backend may be back: a circuit's probe, or two checks */
+        /* when the first backend may be back: a circuit's probe, or health_rise checks */
         uint64_t now = c->sh->now_ms;
         unsigned first = pool_first(c);
         for (unsigned i = 0; i < pool->nbackends; i++) {
             const struct backend_health *h = &g->health[first + i];
             uint64_t until = atomic_load_explicit(&h->open_until_ms, memory_order_relaxed);
-            uint64_t at = !atomic_load_explicit(&h->checked_up, memory_order_relaxed) ? 2 * pool->health_interval_ms
-                          : until > now                                              ? until - now
-                                                                                     : 0;
+            bool checked_up = atomic_load_explicit(&h->checked_up, memory_order_relaxed);
+            uint64_t at = !checked_up    ? pool->health_rise * pool->health_interval_ms
+                          : until > now ? until - now
+                                        : 0;
             if (at < ms)
                 ms = at;
         }
@@ -345,6 +343,7 @@ void dispatch_attempt_result(struct conn *c, enum backend_failure f)
     unsigned b = (unsigned)c->at.backend;
     const struct gen *g = c->req.sg->g;
     struct backend_health *h = &g->health[b];
+    const struct cfg_pool *pool = &g->cfg->pools[c->req.pool];
     int slot = g->backend_metric_slot[b];
     mc_add(&sh->m->backend_requests[slot][f == BF_NONE ? ATTEMPT_OK : ATTEMPT_FAILED], 1);
     if (f == BF_NONE) {
@@ -358,15 +357,15 @@ void dispatch_attempt_result(struct conn *c, enum backend_failure f)
     }
     if (c->at.probe) {
         c->at.probe = false;
-        if (circuit_open(h, CIRCUIT_PROBING, f, sh->now_ms))
+        if (circuit_open(pool, h, CIRCUIT_PROBING, f, sh->now_ms))
             mc_add(&sh->m->circuit_opens[slot], 1);
         return;
     }
-    if (++c->req.sg->fail_streak[b] < CIRCUIT_FAILS)
+    if (++c->req.sg->fail_streak[b] < pool->circuit_failures)
         return;
     c->req.sg->fail_streak[b] = 0;
     if (atomic_load_explicit(&h->circuit, memory_order_relaxed) == CIRCUIT_CLOSED &&
-        circuit_open(h, CIRCUIT_CLOSED, f, sh->now_ms))
+        circuit_open(pool, h, CIRCUIT_CLOSED, f, sh->now_ms))
         mc_add(&sh->m->circuit_opens[slot], 1);
 }
 

@@ -38,6 +38,10 @@ static void gen_free(struct gen *g)
     free(g->model_metric_slot);
     free(g->backend_id);
     free(g->backend_interval_ms);
+    for (struct served_models *m = atomic_load(&g->served), *older; m; m = older) {
+        older = m->older;
+        free(m);
+    }
     admission_gen_free(g);
     free(g);
 }
@@ -114,6 +118,57 @@ static void inherit_health(struct gen *g, const struct gen *prev)
             atomic_store(&to->open_until_ms, atomic_load(&from->open_until_ms));
             break;
         }
+}
+
+static int served_cmp(const void *a, const void *b)
+{
+    const struct served_model *x = a, *y = b;
+    int c = strcmp(x->id, y->id);
+    return c ? c : (x->pool > y->pool) - (x->pool < y->pool);
+}
+
+void served_models_sort(struct served_models *s)
+{
+    qsort(s->m, s->n, sizeof s->m[0], served_cmp);
+    unsigned out = 0;
+    for (unsigned i = 0; i < s->n; i++)
+        if (!out || served_cmp(&s->m[out - 1], &s->m[i]) != 0)
+            s->m[out++] = s->m[i];
+    s->n = out;
+}
+
+/* What the previous generation's backends serve, for the pools it shares by name
+ * (and that still ask), until the watcher has moved over: a reload leaves no gap
+ * in /v1/models. */
+static void inherit_served(struct gen *g, const struct gen *prev)
+{
+    const struct served_models *old = atomic_load_explicit(&prev->served, memory_order_acquire);
+    if (!old)
+        return;
+    size_t bytes = 0;
+    for (unsigned i = 0; i < old->n; i++)
+        bytes += strlen(old->m[i].id) + 1;
+    struct served_models *s = malloc(sizeof *s + old->n * sizeof s->m[0] + bytes);
+    if (!s)
+        return;     /* the watcher publishes its own soon */
+    char *store = (char *)&s->m[old->n];
+    s->older = NULL;
+    s->n = 0;
+    for (unsigned i = 0; i < old->n; i++) {
+        const char *name = prev->cfg->pools[old->m[i].pool].name;
+        for (unsigned p = 0; p < g->cfg->npools; p++) {
+            const struct cfg_pool *pool = &g->cfg->pools[p];
+            if (strcmp(pool->name, name) != 0 || !pool->model_list_path[0])
+                continue;
+            size_t len = strlen(old->m[i].id) + 1;
+            memcpy(store, old->m[i].id, len);
+            s->m[s->n++] = (struct served_model){ store, p };
+            store += len;
+            break;
+        }
+    }
+    served_models_sort(s);
+    atomic_store_explicit(&g->served, s, memory_order_release);
 }
 
 const char *backend_failure_name(enum backend_failure f)
@@ -209,8 +264,10 @@ struct gen *gen_create(struct config *cfg, const struct gen *prev, unsigned nsha
     /* nothing fails from here: the runtime state follows this configuration */
     backend_admin_bind(g->backend_metric_slot, file_weights, nb);
     free(file_weights);
-    if (prev)
+    if (prev) {
         inherit_health(g, prev);
+        inherit_served(g, prev);
+    }
     metrics_set_live_backends(g->backend_metric_slot, nb);
     metrics_set_live_pools(g->pool_metric_slot, cfg->npools);
     g->id = atomic_fetch_add(&next_gen_id, 1);

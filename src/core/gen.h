@@ -55,6 +55,21 @@ struct backend_health {
     _Atomic uint32_t transitions;   /* bumped on each circuit change, for the watcher's log */
 } __attribute__((aligned(64)));
 
+/* The models the backends of this generation's pools say they serve (their
+ * GET /v1/models, read by the watcher), for aigw's own /v1/models. Immutable once
+ * published: the watcher builds a new one when a list changes and swaps the
+ * pointer; a replaced one stays on the `older` chain until the generation is
+ * freed, because a shard may still be reading it (changes are rare). */
+struct served_model {
+    const char *id;                 /* NUL-terminated, in the snapshot's own storage */
+    unsigned pool;                  /* index into cfg->pools */
+};
+struct served_models {
+    struct served_models *older;    /* the one this replaced, or NULL */
+    unsigned n;
+    struct served_model m[];        /* sorted by id, then pool; no pair twice */
+};
+
 struct gen {
     uint64_t id;
     struct config *cfg;
@@ -73,6 +88,7 @@ struct gen {
     uint8_t *model_metric_slot;     /* per model label; requests matching none use slot 0, "other" */
     uint64_t *backend_id;           /* per global backend: balance_backend_id() */
     uint64_t *backend_interval_ms;  /* per global backend: its pool's metrics_interval */
+    struct served_models *_Atomic served; /* NULL until a backend answered (watch.c writes) */
     unsigned nshards;
     _Atomic int refs;               /* shared: one per shard that may still use it, one for main,
                                      * one for the watcher, one for the limits sync thread */
@@ -90,6 +106,8 @@ struct gen {
 struct gen *gen_create(struct config *cfg, const struct gen *prev, unsigned nshards, char *err,
                        size_t errlen);
 void gen_unref(struct gen *g);
+/* Sorts s->m by id, then pool, and drops repeated pairs. */
+void served_models_sort(struct served_models *s);
 /* A control-plane thread started after the first generation (the admin listener)
  * becomes a holder: it owns a reference to current and to every generation created
  * from now on, and releases each as it moves past it, as the watcher does. Main

@@ -127,6 +127,19 @@ static inline const struct config *conn_config(const struct conn *c)
     return (c->req.sg ? c->req.sg : c->sh->sg)->g->cfg;
 }
 
+/* The upstream timeouts of c's request: its pool's (which inherit [timeouts]), or
+ * [timeouts] itself before a pool is chosen. Idle covers a request on the client
+ * side too, so it follows the pool only once there is one. */
+static inline const struct cfg_pool *conn_pool(const struct conn *c)
+{
+    return c->req.sg && c->req.pool >= 0 ? &c->req.sg->g->cfg->pools[c->req.pool] : NULL;
+}
+static inline uint64_t conn_idle_ms(const struct conn *c)
+{
+    const struct cfg_pool *p = conn_pool(c);
+    return p ? p->idle_ms : conn_config(c)->timeouts.idle_ms;
+}
+
 /* A shard's state for generation g, without its ring, thread or listeners
  * (shard_start_all; the lifecycle unit tests drive one without a thread). */
 int shard_init(struct shard *sh, unsigned id, unsigned nshards, struct gen *g);

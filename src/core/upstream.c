@@ -178,7 +178,7 @@ void upstream_acquire_new(struct conn *c)
     io_uring_prep_connect(sqe, fd, (const struct sockaddr *)&addr->sa, addr->salen);
     io_uring_sqe_set_data64(sqe, ud_make(u, OP_UP_CONNECT));
     u->ops++;
-    conn_set_timer(c, T_CONNECT, c->req.sg->g->cfg->timeouts.connect_ms);
+    conn_set_timer(c, T_CONNECT, c->req.sg->g->cfg->pools[c->req.pool].connect_ms);
 }
 
 /* A request whose body is streamed cannot be resent if the connection turns out

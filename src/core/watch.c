@@ -4,9 +4,14 @@
  * (src/proto/promtext.c), and publishes them in the generation's per-backend
  * cells, which shards read with relaxed loads when they choose a backend. Only
  * this thread writes the cells. It runs the active health checks the same way
- * (`health` every `health_interval`: down after HEALTH_FALL failed checks, up
- * after HEALTH_RISE passing ones), logs the circuits the shards open and close
- * (dispatch.c), and publishes the per-backend gauges of /metrics. Control
+ * (`health` every `health_interval`: down after the pool's health_fall failed
+ * checks, up after health_rise passing ones), logs the circuits the shards open
+ * and close (dispatch.c), and publishes the per-backend gauges of /metrics. It
+ * also asks each backend of a pool that AI routes use for its model list (the
+ * pool's `model_list`, GET /v1/models by default: at start, every
+ * MODELS_INTERVAL_MS, and as soon as the backend is available again) and
+ * publishes what they serve as the generation's immutable served_models
+ * snapshot, which aigw's own /v1/models lists (models.c). Control
  * plane: plain non-blocking sockets under poll(2), never on a shard's ring. A
  * `tls = on` pool is probed over TLS: the engine over the probe's own buffers,
  * verified as the shards verify (a probe that cannot verify fails).
@@ -33,7 +38,9 @@
 #include "core/readiness.h"
 #include "core/upstream_tls.h"
 #include "proto/http1.h"
+#include "proto/model_list.h"
 #include "proto/promtext.h"
+#include "policy/glob.h"
 #include "tls/tls.h"
 #include "util/clock.h"
 
@@ -41,12 +48,13 @@
 #define WATCH_TIMEOUT_MS 1000       /* one scrape, connect to last byte */
 #define WATCH_TICK_MS 50            /* gauges refresh at least this often */
 #define HEALTH_TIMEOUT_MAX_MS 2000  /* a check gets min(health_interval, this) */
-#define HEALTH_FALL 2               /* consecutive failed checks: down */
-#define HEALTH_RISE 2               /* consecutive passing checks: up again */
 
 enum probe_phase { PROBE_IDLE, PROBE_CONNECTING, PROBE_HANDSHAKE, PROBE_SENDING, PROBE_READING };
 #define PROBE_TLS_BUF 16384         /* ciphertext each way */
-enum target_kind { TARGET_METRICS, TARGET_HEALTH };
+#define MODELS_INTERVAL_MS 30000    /* a backend's model list is asked again this often */
+#define MODELS_RETRY_MS 5000        /* after an unanswered ask (the last good list stays) */
+#define MODELS_MAX_PER_BACKEND 1024 /* ids past this are not kept */
+enum target_kind { TARGET_METRICS, TARGET_HEALTH, TARGET_MODELS };
 
 /* One backend's scrape or health check: at most one in flight. */
 struct target {
@@ -68,8 +76,13 @@ struct target {
     struct tls_conn *tls;
     char *cin, *cout;
     size_t cin_len, cout_len, cout_sent;
+    /* models: the ids of the last good answer, each NUL-terminated, back to back */
+    char *ids;
+    size_t ids_len;
+    unsigned nids;
 };
 
+static bool models_changed;         /* a target's ids changed: publish a new snapshot */
 static pthread_t watch_thread;
 static int stop_fd = -1;
 static bool running;
@@ -96,17 +109,17 @@ static void health_result(struct gen *g, struct target *t, bool ok, const char *
         t->streak = 0;
         return;
     }
-    if (++t->streak < (up ? HEALTH_FALL : HEALTH_RISE))
+    if (++t->streak < (up ? t->pool->health_fall : t->pool->health_rise))
         return;
     t->streak = 0;
     atomic_store_explicit(&h->checked_up, ok, memory_order_relaxed);
     const char *addr = g->backend_cfg[t->backend]->addr.text;
     if (ok)
         log_info("pool %s backend %s: up: %d health checks of %s passed", t->pool->name, addr,
-                 HEALTH_RISE, t->path);
+                 t->pool->health_rise, t->path);
     else
         log_warn("pool %s backend %s: down: %d health checks of %s failed (%s)", t->pool->name, addr,
-                 HEALTH_FALL, t->path, why);
+                 t->pool->health_fall, t->path, why);
 }
 
 static void probe_failed(struct gen *g, struct target *t, const char *why)
@@ -115,9 +128,11 @@ static void probe_failed(struct gen *g, struct target *t, const char *why)
         health_result(g, t, false, why);
     } else {
         if (!t->failing)
-            log_warn("pool %s backend %s: metrics %s: %s", t->pool->name,
-                     g->backend_cfg[t->backend]->addr.text, t->path, why);
+            log_warn("pool %s backend %s: %s %s: %s", t->pool->name, g->backend_cfg[t->backend]->addr.text,
+                     t->kind == TARGET_MODELS ? "models" : "metrics", t->path, why);
         t->failing = true;
+        if (t->kind == TARGET_MODELS)
+            t->next_ms = clock_mono_ms() + MODELS_RETRY_MS;
     }
     probe_close(t);
 }
@@ -135,9 +150,10 @@ static void probe_start(struct gen *g, struct target *t, uint64_t now)
     /* upstream_auth too: a remote service (or a TLS front) may want it everywhere */
     const char *auth = t->pool->upstream_auth;
     int n = snprintf(t->req, sizeof t->req,
-                     "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: aigw\r\nAccept: text/plain\r\n"
+                     "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: aigw\r\nAccept: %s\r\n"
                      "%s%s%sConnection: close\r\n\r\n",
-                     t->path, a->text, auth[0] ? "Authorization: Bearer " : "", auth, auth[0] ? "\r\n" : "");
+                     t->path, a->text, t->kind == TARGET_MODELS ? "application/json" : "text/plain",
+                     auth[0] ? "Authorization: Bearer " : "", auth, auth[0] ? "\r\n" : "");
     t->req_len = n > 0 && (size_t)n < sizeof t->req ? (size_t)n : 0;
     t->sent = 0;
     t->len = 0;
@@ -160,7 +176,64 @@ static void dechunk_into(void *ctx, const char *p, size_t n)
     d->len += n;
 }
 
-/* The whole response is in t->buf: read the engine's load from it. */
+struct id_list {
+    char *p;
+    size_t len, cap;
+    unsigned n;
+    bool oom;
+};
+
+static void id_add(void *ctx, const char *id, size_t len)
+{
+    struct id_list *l = ctx;
+    if (l->oom || l->n >= MODELS_MAX_PER_BACKEND)
+        return;
+    if (l->cap - l->len < len + 1) {
+        size_t want = l->cap ? 2 * l->cap : 1024;
+        while (want - l->len < len + 1)
+            want *= 2;
+        char *np = realloc(l->p, want);
+        if (!np) {
+            l->oom = true;
+            return;
+        }
+        l->p = np;
+        l->cap = want;
+    }
+    memcpy(l->p + l->len, id, len);
+    l->p[l->len + len] = '\0';
+    l->len += len + 1;
+    l->n++;
+}
+
+/* A backend's GET /v1/models answer: its ids replace the ones it gave before. */
+static void models_done(struct gen *g, struct target *t, const char *body, size_t blen)
+{
+    struct id_list l = { 0 };
+    if (model_list_parse(body, blen, id_add, &l) < 0 || l.oom) {
+        free(l.p);
+        probe_failed(g, t, l.oom ? "out of memory" : "not a JSON model list");
+        return;
+    }
+    const char *addr = g->backend_cfg[t->backend]->addr.text;
+    if (l.len != t->ids_len || (l.len && memcmp(l.p, t->ids, l.len) != 0)) {
+        log_info("pool %s backend %s: serves %u model%s%s%.200s", t->pool->name, addr, l.n, l.n == 1 ? "" : "s",
+                 l.n ? ", the first: " : "", l.n ? l.p : "");
+        free(t->ids);
+        t->ids = l.p;
+        t->ids_len = l.len;
+        t->nids = l.n;
+        models_changed = true;
+    } else {
+        free(l.p);
+    }
+    if (t->failing)
+        log_info("pool %s backend %s: models %s readable again", t->pool->name, addr, t->path);
+    t->failing = false;
+    probe_close(t);
+}
+
+/* The whole response is in t->buf: read the engine's load (or models) from it. */
 static void probe_done(struct gen *g, struct target *t, uint64_t now)
 {
     struct http_response resp;
@@ -203,6 +276,10 @@ static void probe_done(struct gen *g, struct target *t, uint64_t now)
             return;
         }
         blen = d.len;
+    }
+    if (t->kind == TARGET_MODELS) {
+        models_done(g, t, body, blen);
+        return;
     }
     struct engine_load load;
     struct prom_error perr;
@@ -446,17 +523,40 @@ static void probe_step(struct gen *g, struct target *t, short revents, uint64_t 
     }
 }
 
+/* Whether the backends of pool p are asked for their models: an AI route sends
+ * to it (as its pool or in its split) with a glob in its `models`. Routes that
+ * name only exact models list those already. Routes that take any model are
+ * catch-alls, often in front of services that are not engines, and list nothing
+ * (as before), so their backends get no request they did not ask for. */
+static bool pool_wants_models(const struct config *cfg, unsigned p)
+{
+    for (unsigned r = 0; r < cfg->nroutes; r++) {
+        const struct cfg_route *route = &cfg->routes[r];
+        if (route->kind != ROUTE_AI)
+            continue;
+        bool uses = route->nsplit == 0 && route->pool == p;
+        for (unsigned i = 0; i < route->nsplit; i++)
+            uses |= route->split[i].pool == p;
+        if (!uses)
+            continue;
+        for (unsigned i = 0; route->models && i < glob_list_count(route->models); i++)
+            if (!glob_list_is_literal(route->models, i))
+                return true;
+    }
+    return false;
+}
+
 static bool backend_in_maintenance(const struct gen *g, unsigned b)
 {
     return backend_admin_read(g->backend_metric_slot[b], g->backend_cfg[b]->weight).state == BACKEND_MAINT;
 }
 
-/* The targets of a generation: every backend of a pool with a metrics path, and
- * again of one with a health path. */
+/* The targets of a generation: every backend of a pool with a metrics path, again
+ * of one with a health path, and again of one AI routes use (its models). */
 static struct target *targets_build(struct gen *g, unsigned *count)
 {
     const struct config *cfg = g->cfg;
-    struct target *t = calloc(cfg->nbackends ? 2 * cfg->nbackends : 1, sizeof *t);
+    struct target *t = calloc(cfg->nbackends ? 3 * cfg->nbackends : 1, sizeof *t);
     unsigned n = 0;
     if (!t) {
         *count = 0;
@@ -465,9 +565,13 @@ static struct target *targets_build(struct gen *g, unsigned *count)
     uint64_t now = clock_mono_ms();
     for (unsigned p = 0; p < cfg->npools; p++) {
         const struct cfg_pool *pool = &cfg->pools[p];
+        bool ai = pool_wants_models(cfg, p);
         for (unsigned i = 0; i < pool->nbackends; i++) {
-            for (int kind = TARGET_METRICS; kind <= TARGET_HEALTH; kind++) {
-                const char *path = kind == TARGET_METRICS ? pool->metrics_path : pool->health_path;
+            for (int kind = TARGET_METRICS; kind <= TARGET_MODELS; kind++) {
+                const char *path = kind == TARGET_METRICS ? pool->metrics_path
+                                   : kind == TARGET_HEALTH ? pool->health_path
+                                   : ai                    ? pool->model_list_path
+                                                           : "";
                 if (!path[0])
                     continue;
                 struct target *x = &t[n++];
@@ -475,8 +579,8 @@ static struct target *targets_build(struct gen *g, unsigned *count)
                 x->pool = pool;
                 x->kind = (uint8_t)kind;
                 x->path = path;
-                if (kind == TARGET_METRICS) {
-                    x->interval_ms = pool->metrics_interval_ms;
+                if (kind == TARGET_METRICS || kind == TARGET_MODELS) {
+                    x->interval_ms = kind == TARGET_METRICS ? pool->metrics_interval_ms : MODELS_INTERVAL_MS;
                     x->timeout_ms = WATCH_TIMEOUT_MS;
                 } else {
                     x->interval_ms = pool->health_interval_ms;
@@ -500,8 +604,80 @@ static void targets_free(struct target *t, unsigned n)
         free(t[i].buf);
         free(t[i].cin);
         free(t[i].cout);
+        free(t[i].ids);
     }
     free(t);
+}
+
+/* A reload keeps what the backends said they serve: the ids move to the new
+ * generation's target of the same pool and backend (asked again at once anyway). */
+static void models_carry(struct target *from, unsigned nfrom, struct gen *gfrom, struct target *to, unsigned nto,
+                         struct gen *gto)
+{
+    for (unsigned i = 0; i < nto; i++) {
+        if (to[i].kind != TARGET_MODELS)
+            continue;
+        const char *addr = gto->backend_cfg[to[i].backend]->addr.text;
+        for (unsigned j = 0; j < nfrom; j++) {
+            if (from[j].kind != TARGET_MODELS || !from[j].ids || strcmp(from[j].pool->name, to[i].pool->name) != 0 ||
+                strcmp(gfrom->backend_cfg[from[j].backend]->addr.text, addr) != 0)
+                continue;
+            to[i].ids = from[j].ids;
+            to[i].ids_len = from[j].ids_len;
+            to[i].nids = from[j].nids;
+            from[j].ids = NULL;
+            models_changed = true;
+            break;
+        }
+    }
+}
+
+/* Builds the snapshot of every model target's ids and swaps it in. On failure
+ * the old one stays (and is tried again at the next change). */
+static void models_publish(struct gen *g, const struct target *t, unsigned n)
+{
+    size_t count = 0, bytes = 0;
+    for (unsigned i = 0; i < n; i++)
+        if (t[i].kind == TARGET_MODELS) {
+            count += t[i].nids;
+            bytes += t[i].ids_len;
+        }
+    struct served_models *s = malloc(sizeof *s + count * sizeof s->m[0] + bytes);
+    if (!s) {
+        log_warn("watcher: out of memory; /v1/models keeps the backends' previous lists");
+        return;
+    }
+    char *store = (char *)&s->m[count];
+    size_t k = 0;
+    for (unsigned i = 0; i < n; i++) {
+        if (t[i].kind != TARGET_MODELS || !t[i].ids_len)
+            continue;
+        memcpy(store, t[i].ids, t[i].ids_len);
+        const char *id = store;
+        for (unsigned j = 0; j < t[i].nids; j++) {
+            s->m[k++] = (struct served_model){ id, (unsigned)(t[i].pool - g->cfg->pools) };
+            id += strlen(id) + 1;
+        }
+        store += t[i].ids_len;
+    }
+    s->n = (unsigned)k;
+    served_models_sort(s);
+    s->older = atomic_load_explicit(&g->served, memory_order_relaxed);
+    atomic_store_explicit(&g->served, s, memory_order_release);
+    models_changed = false;
+}
+
+/* A backend available again may have come back serving other models: ask now. */
+static void models_on_return(struct gen *g, struct target *t, unsigned n, bool *was_up, uint64_t now)
+{
+    for (unsigned i = 0; i < n; i++) {
+        if (t[i].kind != TARGET_MODELS)
+            continue;
+        bool up = backend_available(g, t[i].backend);
+        if (up && !was_up[t[i].backend] && t[i].phase == PROBE_IDLE)
+            t[i].next_ms = now;
+        was_up[t[i].backend] = up;
+    }
 }
 
 /* Logs what the shards did to the circuits since the last look. */
@@ -553,11 +729,18 @@ static void *watch_main(void *arg)
     unsigned n = 0;
     struct target *t = targets_build(g, &n);
     uint32_t *seen = calloc(g->cfg->nbackends + 1, sizeof *seen);
+    bool *was_up = malloc(g->cfg->nbackends + 1);
+    if (was_up)
+        memset(was_up, 1, g->cfg->nbackends + 1);
     struct pollfd *pfd = NULL;
     unsigned pfd_cap = 0;
     for (;;) {
         struct gen *cur = atomic_load_explicit(&rt.current, memory_order_acquire);
         if (cur != g) {
+            unsigned nnew = 0;
+            struct target *tnew = targets_build(cur, &nnew);
+            models_carry(t, n, g, tnew, nnew, cur);
+            models_changed = true;      /* replaces what gen_create carried over by pool */
             targets_free(t, n);
             for (struct gen *x = g; x != cur;) {
                 struct gen *next = atomic_load(&x->newer);
@@ -565,9 +748,14 @@ static void *watch_main(void *arg)
                 x = next;
             }
             g = cur;
-            t = targets_build(g, &n);
+            t = tnew;
+            n = nnew;
             free(seen);
             seen = calloc(g->cfg->nbackends + 1, sizeof *seen);
+            free(was_up);
+            was_up = malloc(g->cfg->nbackends + 1);
+            if (was_up)
+                memset(was_up, 1, g->cfg->nbackends + 1);
         }
         uint64_t now = clock_mono_ms();
         uint64_t wake = now + WATCH_TICK_MS;
@@ -587,6 +775,10 @@ static void *watch_main(void *arg)
         if (seen)
             log_circuits(g, seen, now);
         publish_gauges(g);
+        if (was_up)
+            models_on_return(g, t, n, was_up, now);
+        if (models_changed)
+            models_publish(g, t, n);
 
         if (pfd_cap < n + 1) {
             struct pollfd *np = realloc(pfd, (n + 1) * sizeof *np);
@@ -621,6 +813,7 @@ static void *watch_main(void *arg)
     }
     targets_free(t, n);
     free(seen);
+    free(was_up);
     free(pfd);
     gen_unref(g);
     return NULL;

@@ -759,9 +759,11 @@ Test(models, list_shows_what_each_key_may_use)
                  /* qwen2-72b: named only by the key, taken by the glob qwen*; gpt-4o: no route */
                  h_key_line("carol", KEY_CAROL, "default", "qwen2-72b,qwen2-7b,gpt-4o"));
     struct h_gw g = {0};
-    /* no route of the exact path /v1/models: aigw answers it (the prefix route does not count) */
+    /* no route of the exact path /v1/models: aigw answers it (the prefix route does not count).
+     * model_list off: this backend counts every request it gets, and what the
+     * backends serve is the models_discovery suite's */
     h_gw_config(&g, NULL,
-                "[pool p]\nbackend = 127.0.0.1:%d\n\n"
+                "[pool p]\nbackend = 127.0.0.1:%d\nmodel_list =\n\n"
                 "[route llama]\npath = /v1/chat/completions\npool = p\nmodels = llama-3.1-8b, llama-3.1-70b\n\n"
                 "[route qwen]\npath = /v1/chat/completions\npool = p\nmodels = qwen2-7b, qwen*\n\n"
                 "[route rest]\npath = /v1/*\npool = p\nkind = raw\n\n"

@@ -1803,3 +1803,104 @@ Test(config_cluster, errors)
                       "test.conf:3: invalid value for password: must not contain spaces or control characters");
     cfgt_expect_error("[cluster]\nredis = 127.0.0.1:6379\n[cluster]\n", "test.conf:3: duplicate section [cluster]");
 }
+
+/* ---- per-pool timeouts, health and circuit thresholds ------------------------------ */
+
+Test(config_pool_tuning, pools_inherit_timeouts_unless_they_say_otherwise)
+{
+    /* [timeouts] after the pools: inheritance is resolved once the file is read */
+    struct config *c = cfgt_load_ok("[pool big]\nbackend = 127.0.0.1:1\nfirst_byte = 120s\nconnect = 500ms\n"
+                                    "health_rise = 3\nhealth_fall = 1\ncircuit_failures = 2\n"
+                                    "circuit_open = 250ms\ncircuit_open_max = 4s\n"
+                                    "[pool small]\nbackend = 127.0.0.1:2\nidle = 5s\n"
+                                    "[timeouts]\nconnect = 3s\nfirst_byte = 20s\nidle = 40s\n");
+    const struct cfg_pool *big = &c->pools[0], *small = &c->pools[1];
+    cr_expect_eq(big->first_byte_ms, 120000);
+    cr_expect_eq(big->connect_ms, 500);
+    cr_expect_eq(big->idle_ms, 40000);
+    cr_expect_eq(small->first_byte_ms, 20000);
+    cr_expect_eq(small->connect_ms, 3000);
+    cr_expect_eq(small->idle_ms, 5000);
+    cr_expect_eq(big->health_rise, 3);
+    cr_expect_eq(big->health_fall, 1);
+    cr_expect_eq(big->circuit_failures, 2);
+    cr_expect_eq(big->circuit_open_ms, 250);
+    cr_expect_eq(big->circuit_open_max_ms, 4000);
+    /* the defaults: what aigw did before these keys existed */
+    cr_expect_eq(small->health_rise, 2);
+    cr_expect_eq(small->health_fall, 2);
+    cr_expect_eq(small->circuit_failures, 5);
+    cr_expect_eq(small->circuit_open_ms, 1000);
+    cr_expect_eq(small->circuit_open_max_ms, 30000);
+    config_free(c);
+
+    /* a long circuit_open alone carries the ceiling with it */
+    c = cfgt_load_ok("[pool p]\nbackend = 127.0.0.1:1\ncircuit_open = 2m\n");
+    cr_expect_eq(c->pools[0].circuit_open_ms, 120000);
+    cr_expect_eq(c->pools[0].circuit_open_max_ms, 120000);
+    config_free(c);
+}
+
+Test(config_pool_tuning, bad_values_name_their_line)
+{
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nfirst_byte = 0s\n",
+                      "test.conf:3: invalid value for first_byte: '0s' (expected a duration above zero such as "
+                      "500ms, 30s, 5m or 1h)");
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nconnect = soon\n",
+                      "test.conf:3: invalid value for connect: 'soon' (expected a duration above zero such as "
+                      "500ms, 30s, 5m or 1h)");
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nhealth_rise = 0\n",
+                      "test.conf:3: invalid value for health_rise: '0' (expected a number 1-100)");
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nhealth_fall = 101\n",
+                      "test.conf:3: invalid value for health_fall: '101' (expected a number 1-100)");
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\ncircuit_failures = 0\n",
+                      "test.conf:3: invalid value for circuit_failures: '0' (expected a number 1-1000)");
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\ncircuit_open = 10ms\n",
+                      "test.conf:3: invalid value for circuit_open: '10ms' (expected a duration from 100ms to 1h)");
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\ncircuit_open_max = 2h\n",
+                      "test.conf:3: invalid value for circuit_open_max: '2h' (expected a duration from 100ms to 1h)");
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\ncircuit_open_max = 2s\ncircuit_open = 5s\n",
+                      "test.conf:4: pool 'p': circuit_open_max (2000 ms) is below circuit_open (5000 ms)");
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nidle = 1s\nidle = 2s\n",
+                      "test.conf:4: duplicate key 'idle' in [pool p]");
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nmodel_list = v1/models\n",
+                      "test.conf:3: invalid value for model_list: 'v1/models' (expected a path starting with '/', "
+                      "or empty for none)");
+}
+
+Test(config_pool_tuning, model_list_default_and_off)
+{
+    struct config *c = cfgt_load_ok("[pool a]\nbackend = 127.0.0.1:1\n[pool b]\nbackend = 127.0.0.1:2\nmodel_list =\n"
+                                    "[pool c]\nbackend = 127.0.0.1:3\nmodel_list = /api/models\n");
+    cr_expect_str_eq(c->pools[0].model_list_path, "/v1/models");
+    cr_expect_str_eq(c->pools[1].model_list_path, "");
+    cr_expect_str_eq(c->pools[2].model_list_path, "/api/models");
+    char *text = cfgt_print(c);
+    cr_expect(strstr(text, "\nmodel_list = /v1/models\n") && strstr(text, "\nmodel_list =\n") &&
+                  strstr(text, "\nmodel_list = /api/models\n"),
+              "%s", text);
+    free(text);
+    config_free(c);
+}
+
+Test(config_pool_tuning, print_shows_each_pools_effective_values)
+{
+    struct config *c = cfgt_load_ok("[timeouts]\nfirst_byte = 45s\n"
+                                    "[pool big]\nbackend = 127.0.0.1:1\nfirst_byte = 2m\nhealth_fall = 3\n"
+                                    "[pool small]\nbackend = 127.0.0.1:2\n");
+    char *text = cfgt_print(c);
+    static const char *const want[] = {
+        "[pool big]\n", "connect = 2s\nfirst_byte = 2m\nidle = 30s\nhealth_rise = 2\nhealth_fall = 3\n"
+        "circuit_failures = 5\ncircuit_open = 1s\ncircuit_open_max = 30s\n",
+        "connect = 2s\nfirst_byte = 45s\nidle = 30s\nhealth_rise = 2\nhealth_fall = 2\n",
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        cr_expect(strstr(text, want[i]), "missing:\n%s\n--- in ---\n%s", want[i], text);
+    struct config *again = cfgt_load_ok(text);
+    cr_expect_eq(again->pools[0].first_byte_ms, 120000);
+    cr_expect_eq(again->pools[1].first_byte_ms, 45000);
+    cr_expect_eq(again->pools[0].health_fall, 3);
+    config_free(again);
+    free(text);
+    config_free(c);
+}
