@@ -87,6 +87,22 @@ Test(install, prefix_usr_installs_a_unit_that_verifies_and_a_readable_keys_dir)
     cr_expect(strstr(unit, "\nExecReload=/usr/bin/aigw -t -c /etc/aigw.conf\nExecReload=/bin/kill -HUP $MAINPID\n"),
               "reload checks the file first:\n%s", unit);
     cr_expect_null(strstr(unit, "/usr/local"), "nothing of the default PREFIX is left:\n%s", unit);
+    /* `systemctl reload` runs the first ExecReload as written: against a bad
+     * file it must fail, with FILE:LINE, before any SIGHUP is sent */
+    const char *reload = strstr(unit, "\nExecReload=");
+    cr_assert_not_null(reload);
+    char cmd0[512], bad[1100], shcmd[4096];
+    snprintf(cmd0, sizeof cmd0, "%.*s", (int)strcspn(reload + 12, "\n"), reload + 12);
+    snprintf(bad, sizeof bad, "%s/bad.conf", h_dir());
+    h_write_file(bad, "[server]\nlisten = 127.0.0.1:1\ndrian_timeout = 5s\n");
+    /* the installed binary and the bad file in place of /usr/bin/aigw and /etc/aigw.conf */
+    snprintf(shcmd, sizeof shcmd, "set -- %s; shift; exec '%s/usr/bin/aigw' \"$1\" \"$2\" '%s'", cmd0, root, bad);
+    const char *check[] = { "/bin/sh", "-c", shcmd, NULL };
+    char *out = NULL;
+    int st = h_run_io("execreload", check, NULL, 10000 * h_slow(), &out);
+    free(out);
+    cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 1, "ExecReload's check passed a bad file (status 0x%x)", st);
+    cr_expect(strstr(h_tail("execreload"), "bad.conf:3: unknown key 'drian_timeout'"), "%s", h_tail("execreload"));
     cr_expect_null(strstr(unit, "@BINDIR@"));
     free(unit);
     snprintf(path, sizeof path, "%s/usr/bin/aigw-mockllm", root);
