@@ -139,13 +139,13 @@ metric() { # metric PORT NAME: the sum of NAME's samples on a backend's /metrics
         awk -v n="$2" '$1 == n || index($1, n "{") == 1 { s += $NF } END { printf "%d", s }'
 }
 
-# take_screenshot FILE NAME: /status as a 1440-pixel-wide browser window shows it,
+# take_screenshot FILE NAME: /status as a 1680-pixel-wide browser window shows it,
 # after the page's own refreshes have run for a few seconds
 take_screenshot() {
     local d=$WORK/chromium
     mkdir -p "$d"
     if "${PIN_LOAD[@]}" timeout 60 chromium --headless --no-sandbox --disable-gpu --hide-scrollbars \
-        --user-data-dir="$d" --window-size=1440,1100 --virtual-time-budget=5000 \
+        --user-data-dir="$d" --window-size=1680,1000 --virtual-time-budget=5000 \
         --screenshot="$1" "http://127.0.0.1:$PORT_AIGW_FLEET_ADMIN/status" >"$WORK/chromium.log" 2>&1; then
         note "$2: /status screenshot in $1"
     else
