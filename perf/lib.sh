@@ -391,8 +391,9 @@ start_nginx_tls_chacha() {
         ssl_protocols TLSv1.3;
         ssl_conf_command Ciphersuites $TLS_CHACHA_OPENSSL;"
 }
-# run_nginx TARGET LISTEN_FLAGS [SERVER_LINES]: one worker, upstream keep-alive
-run_nginx() {
+# write_nginx_conf TARGET LISTEN_FLAGS [SERVER_LINES]: $WORK/TARGET/nginx.conf, one
+# worker proxying to the backend with upstream keep-alive
+write_nginx_conf() {
     local t=$1 d=$WORK/$1 user_line=""
     mkdir -p "$d/tmp"
     # As root, nginx would switch its worker to "nobody" (and Debian has no such group):
@@ -430,6 +431,12 @@ http {
     }
 }
 EOF
+}
+
+# run_nginx TARGET LISTEN_FLAGS [SERVER_LINES]: nginx in the foreground
+run_nginx() {
+    local t=$1 d=$WORK/$1
+    write_nginx_conf "$@"
     "${PIN_PROXY[@]}" "$NGINX" -e "$d/error.log" -p "$d" -c "$d/nginx.conf" -g 'daemon off;' \
         >"$WORK/$t.log" 2>&1 &
     PID[$t]=$!; STARTED+=($!)

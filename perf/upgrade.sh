@@ -65,39 +65,8 @@ upgrade_haproxy() { kill -USR2 "${PID[haproxy]}"; }
 # nginx as its binary upgrade needs it: daemonized (a master whose parent never
 # changes ignores USR2, see ngx_signal_handler), so its pid comes from the pid file
 start_nginx_daemon() {
-    local d=$WORK/nginx user_line="" i
-    mkdir -p "$d/tmp"
-    [ "$(id -u)" -eq 0 ] && user_line="user root root;"
-    cat >"$d/nginx.conf" <<EOF
-$user_line
-worker_processes 1;
-worker_rlimit_nofile $(ulimit -n);
-pid $d/nginx.pid;
-error_log $d/error.log warn;
-events { worker_connections 30000; }
-http {
-    access_log off;
-    client_body_temp_path $d/tmp/body;
-    proxy_temp_path $d/tmp/proxy;
-    fastcgi_temp_path $d/tmp/fastcgi;
-    uwsgi_temp_path $d/tmp/uwsgi;
-    scgi_temp_path $d/tmp/scgi;
-    keepalive_timeout 300s;
-    keepalive_requests 1000000;
-    upstream backend {
-        server 127.0.0.1:$PORT_BACKEND;
-        keepalive 64;
-    }
-    server {
-        listen 127.0.0.1:${PORT[nginx]};
-        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-EOF
+    local d=$WORK/nginx i
+    write_nginx_conf nginx ""
     "${PIN_PROXY[@]}" "$NGINX" -e "$d/error.log" -p "$d" -c "$d/nginx.conf" >"$WORK/nginx.log" 2>&1 \
         || return 1
     for i in $(seq 100); do [ -s "$d/nginx.pid" ] && break; sleep 0.1; done

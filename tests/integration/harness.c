@@ -2365,3 +2365,39 @@ const char *h_find_in_path(const char *prog)
     }
     return NULL;
 }
+
+static void *b503_main(void *arg)
+{
+    struct h_b503 *s = arg;
+    static const char body[] =
+        "{\"error\":{\"message\":\"scripted overload\",\"type\":\"server_error\",\"code\":\"scripted_503\"}}";
+    char resp[512];
+    int n = snprintf(resp, sizeof resp,
+                     "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                     sizeof body - 1, body);
+    for (;;) {
+        int c = accept(s->fd, NULL, NULL);
+        if (c < 0)
+            return NULL;   /* the listening socket was shut down */
+        if (h_read_request(c)) {
+            atomic_fetch_add(&s->requests, 1);
+            h_write_all(c, resp, (size_t)n);
+        }
+        close(c);
+    }
+}
+
+void h_b503_start(struct h_b503 *s)
+{
+    memset(s, 0, sizeof *s);
+    s->fd = h_listen_loopback(&s->port);
+    cr_assert_eq(pthread_create(&s->th, NULL, b503_main, s), 0);
+}
+
+void h_b503_stop(struct h_b503 *s)
+{
+    shutdown(s->fd, SHUT_RDWR);
+    pthread_join(s->th, NULL);
+    close(s->fd);
+}

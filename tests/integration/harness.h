@@ -9,6 +9,8 @@
 #ifndef AIGW_ITEST_HARNESS_H
 #define AIGW_ITEST_HARNESS_H
 
+#include <stdatomic.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -66,6 +68,16 @@ int h_run(const char *tag, const char *const argv[], int timeout_ms);
  * static buffer (one of a few rotating ones). */
 const char *h_tail(const char *tag);
 const char *h_tail_out(const char *tag);
+/* A backend that answers every request "503 Service Unavailable" with an
+ * OpenAI-shaped JSON error and closes: what a retry moves away from. */
+struct h_b503 {
+    int fd, port;
+    atomic_int requests;        /* requests it answered */
+    pthread_t th;
+};
+void h_b503_start(struct h_b503 *s);
+void h_b503_stop(struct h_b503 *s);
+
 /* The path of an executable found in $PATH (a static buffer), NULL if absent. */
 const char *h_find_in_path(const char *prog);
 /* Whole file, malloc'd and NUL-terminated; NULL if unreadable. */

@@ -740,54 +740,11 @@ Test(failover, fallback_takes_over_when_saturated_or_down)
 
 /* ---- 8: retries move a 503 (or a refused connect) to another backend ---- */
 
-struct b503 {
-    int fd, port;
-    atomic_int requests;
-    pthread_t th;
-};
-
-
-static void *b503_main(void *arg)
-{
-    struct b503 *s = arg;
-    static const char body[] =
-        "{\"error\":{\"message\":\"scripted overload\",\"type\":\"server_error\",\"code\":\"scripted_503\"}}";
-    char resp[512];
-    int n = snprintf(resp, sizeof resp,
-                     "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                     "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
-                     sizeof body - 1, body);
-    for (;;) {
-        int c = accept(s->fd, NULL, NULL);
-        if (c < 0)
-            return NULL;   /* the listening socket was shut down */
-        if (h_read_request(c)) {
-            atomic_fetch_add(&s->requests, 1);
-            h_write_all(c, resp, (size_t)n);
-        }
-        close(c);
-    }
-}
-
-static void b503_start(struct b503 *s)
-{
-    memset(s, 0, sizeof *s);
-    s->fd = h_listen_loopback(&s->port);
-    cr_assert_eq(pthread_create(&s->th, NULL, b503_main, s), 0);
-}
-
-static void b503_stop(struct b503 *s)
-{
-    shutdown(s->fd, SHUT_RDWR);
-    pthread_join(s->th, NULL);
-    close(s->fd);
-}
-
 Test(failover, retries_move_a_503_to_another_backend)
 {
-    struct b503 s1, s0;
-    b503_start(&s1);
-    b503_start(&s0);
+    struct h_b503 s1, s0;
+    h_b503_start(&s1);
+    h_b503_start(&s0);
     struct h_mock m1, m0, md;
     H_MOCK(&m1, "mock-r1", "--tps 0 --ttft-ms 0 --model m-r1");
     H_MOCK(&m0, "mock-r0", "--tps 0 --ttft-ms 0 --model m-r0");
@@ -853,6 +810,6 @@ Test(failover, retries_move_a_503_to_another_backend)
               "aigw_backend_retries_total of the dead backend is %.0f",
               bmetric(&g, "aigw_backend_retries_total", "rd", dead, NULL));
     h_finish();
-    b503_stop(&s1);
-    b503_stop(&s0);
+    h_b503_stop(&s1);
+    h_b503_stop(&s0);
 }

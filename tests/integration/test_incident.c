@@ -216,36 +216,10 @@ Test(incident, reloads_are_counted_with_their_result_and_time)
 
 /* ---- item 9: the access log's incident fields ---- */
 
-/* A backend that answers every request 503 (to be retried elsewhere). */
-struct b503 {
-    int fd, port;
-    atomic_int requests;
-    pthread_t th;
-};
-
-static void *b503_main(void *arg)
-{
-    struct b503 *s = arg;
-    static const char resp[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                               "Content-Length: 2\r\nConnection: close\r\n\r\n{}";
-    for (;;) {
-        int c = accept(s->fd, NULL, NULL);
-        if (c < 0)
-            return NULL;   /* the listening socket was shut down */
-        if (h_read_request(c)) {
-            atomic_fetch_add(&s->requests, 1);
-            h_write_all(c, resp, sizeof resp - 1);
-        }
-        close(c);
-    }
-}
-
 Test(incident, access_log_lists_the_backends_tried_in_order)
 {
-    struct b503 s;
-    memset(&s, 0, sizeof s);
-    s.fd = h_listen_loopback(&s.port);
-    cr_assert_eq(pthread_create(&s.th, NULL, b503_main, &s), 0);
+    struct h_b503 s;
+    h_b503_start(&s);
     struct h_mock m;
     H_MOCK(&m, "mock", "--tps 0 --ttft-ms 0");
     struct h_gw g = {.shards = 1};
@@ -283,9 +257,7 @@ Test(incident, access_log_lists_the_backends_tried_in_order)
     }
     cr_assert(seen, "no request was retried (the 503 backend got %d)", atomic_load(&s.requests));
     h_finish();
-    shutdown(s.fd, SHUT_RDWR);
-    pthread_join(s.th, NULL);
-    close(s.fd);
+    h_b503_stop(&s);
 }
 
 Test(incident, access_log_shows_queue_wait_and_fallback_and_503s_name_no_pool)
