@@ -117,7 +117,8 @@ void ai_request_ready(struct conn *c)
     c->req.prompt_estimate = ai.prompt_tokens_estimate;
     c->req.trace.max_tokens = ai.has_max_tokens ? (int64_t)ai.max_tokens : -1;
     c->req.usage_bound = usage_bound_of(blen, ai.has_max_tokens, ai.max_tokens);
-    c->req.prefix_hash = ai.prefix_hash;
+    c->req.prefix_blocks = ai.prefix_blocks;
+    memcpy(c->req.prefix_block, ai.prefix_block, ai.prefix_blocks * sizeof ai.prefix_block[0]);
     char model[OPENAI_MAX_MODEL_LEN + 1];
     size_t mlen = ai.model.len < sizeof model ? ai.model.len : sizeof model - 1;
     if (ai.model_escaped)

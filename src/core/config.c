@@ -8,8 +8,10 @@
  * (an empty "[pool x]" or an unknown "[tls]" must still be reported). */
 #include "core/config.h"
 #include "core/config_tls.h"
+#include "policy/balance.h"  /* the prefix scorer's defaults */
 #include "policy/glob.h"
 #include "policy/keys.h"
+#include "proto/openai.h"     /* OPENAI_PREFIX_BLOCK: prefix_hash_kib's bound */
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -966,6 +968,50 @@ static int set_probe_interval(struct load_ctx *x, const char *key, const char *v
     return 0;
 }
 
+static int pool_prefix_hash_kib(struct load_ctx *x, const char *key, const char *value)
+{
+    uint64_t v;
+    if (parse_uint_range(value, 1, OPENAI_PREFIX_BLOCKS_MAX * OPENAI_PREFIX_BLOCK / 1024, &v) < 0)
+        return bad_value(x, key, value, "a number 1-16 (KiB of prompt hashed)");
+    cur_pool(x)->prefix_hash_kib = (unsigned)v;
+    return 0;
+}
+
+static int pool_prefix_cache_blocks(struct load_ctx *x, const char *key, const char *value)
+{
+    uint64_t v;
+    if (parse_uint_range(value, 16, 1u << 20, &v) < 0)
+        return bad_value(x, key, value, "a number 16-1048576 (blocks remembered per backend)");
+    cur_pool(x)->prefix_cache_blocks = (unsigned)v;
+    return 0;
+}
+
+/* A scorer weight: a plain decimal 0-100 such as 0.5 (no exponent, no sign). */
+static int parse_score_weight(struct load_ctx *x, const char *key, const char *value, float *out)
+{
+    char *end;
+    double v = strtod(value, &end);
+    if (!value[0] || strspn(value, "0123456789.") != strlen(value) || *end || !(v >= 0.0 && v <= 100.0))
+        return bad_value(x, key, value, "a decimal number 0-100 such as 0.5");
+    *out = (float)v;
+    return 0;
+}
+
+static int pool_prefix_weight(struct load_ctx *x, const char *key, const char *value)
+{
+    return parse_score_weight(x, key, value, &cur_pool(x)->prefix_weight);
+}
+
+static int pool_queue_weight(struct load_ctx *x, const char *key, const char *value)
+{
+    return parse_score_weight(x, key, value, &cur_pool(x)->queue_weight);
+}
+
+static int pool_kv_weight(struct load_ctx *x, const char *key, const char *value)
+{
+    return parse_score_weight(x, key, value, &cur_pool(x)->kv_weight);
+}
+
 static int pool_metrics(struct load_ctx *x, const char *key, const char *value)
 {
     struct cfg_pool *p = cur_pool(x);
@@ -1584,6 +1630,11 @@ static const struct key_def pool_keys[] = {
     { "backend", pool_backend, true },
     { "balance", pool_balance, false },
     { "max_outstanding", pool_max_outstanding, false },
+    { "prefix_hash_kib", pool_prefix_hash_kib, false },
+    { "prefix_cache_blocks", pool_prefix_cache_blocks, false },
+    { "prefix_weight", pool_prefix_weight, false },
+    { "queue_weight", pool_queue_weight, false },
+    { "kv_weight", pool_kv_weight, false },
     { "upstream_auth", pool_upstream_auth, false },
     { "metrics", pool_metrics, false },
     { "metrics_interval", pool_metrics_interval, false },
@@ -1748,6 +1799,11 @@ static int open_pool(struct load_ctx *x, const char *name, size_t len)
     memcpy(p->name, name, len);
     p->balance = BALANCE_LEAST_OUTSTANDING;
     p->max_outstanding = 64;
+    p->prefix_hash_kib = OPENAI_PREFIX_BLOCKS_MAX * OPENAI_PREFIX_BLOCK / 1024;
+    p->prefix_cache_blocks = BALANCE_PREFIX_CACHE_BLOCKS;
+    p->prefix_weight = BALANCE_PREFIX_WEIGHT;
+    p->queue_weight = BALANCE_QUEUE_WEIGHT;
+    p->kv_weight = BALANCE_KV_WEIGHT;
     p->metrics_interval_ms = 250;
     p->health_interval_ms = 1000;
     p->queue_timeout_ms = 5000;
@@ -2419,6 +2475,10 @@ static void print_pool(const struct config *c, const struct cfg_pool *p, FILE *o
         fprintf(out, "backend = %s weight=%u\n", p->backends[i].addr.text, p->backends[i].weight);
     fprintf(out, "balance = %s\n", balance[p->balance]);
     fprintf(out, "max_outstanding = %u\n", p->max_outstanding);
+    fprintf(out, "prefix_hash_kib = %u\nprefix_cache_blocks = %u\n", p->prefix_hash_kib,
+            p->prefix_cache_blocks);
+    fprintf(out, "prefix_weight = %g\nqueue_weight = %g\nkv_weight = %g\n", (double)p->prefix_weight,
+            (double)p->queue_weight, (double)p->kv_weight);
     /* a credential: a configuration dump gets pasted into tickets and chats */
     fprintf(out, p->upstream_auth[0] ? "# upstream_auth = (set, not shown)\n" : "upstream_auth =\n");
     print_text(out, "metrics", p->metrics_path, NULL);

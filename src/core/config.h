@@ -31,6 +31,10 @@ struct cfg_pool {
     unsigned nbackends;
     enum balance_kind balance;  /* default least_outstanding */
     unsigned max_outstanding;   /* per backend, across shards; default 64 */
+    /* balance = prefix (docs/config.md has the scorer's formula) */
+    unsigned prefix_hash_kib;   /* prompt KiB hashed into blocks; 1-16, default 16 */
+    unsigned prefix_cache_blocks; /* block hashes remembered per backend per shard; default 4096 */
+    float prefix_weight, queue_weight, kv_weight; /* the scorer's weights; balance.h's defaults */
     char upstream_auth[512];    /* empty: none */
     char metrics_path[128];     /* scraped for the engines' load; empty: none. Default
                                  * /metrics for capacity and prefix pools, else none */

@@ -19,6 +19,7 @@
 #include "core/usage.h"         /* struct usage_bound */
 #include "policy/ratelimit.h"   /* struct rl_ticket */
 #include "proto/http1.h"        /* struct chunked, struct http_forward */
+#include "proto/openai.h"       /* OPENAI_PREFIX_BLOCKS_MAX */
 
 struct io_uring_cqe;
 struct pipe_pair;
@@ -89,7 +90,8 @@ struct request {
     uint32_t retry_after_s;         /* a 429's or 503's Retry-After */
     uint64_t prompt_estimate;
     struct usage_bound usage_bound; /* the most it can have used (usage.h) */
-    uint64_t prefix_hash;           /* the prompt's start, for prefix routing; 0: none */
+    uint32_t prefix_blocks;         /* the prompt's chained block hashes, for prefix routing */
+    uint64_t prefix_block[OPENAI_PREFIX_BLOCKS_MAX];
     uint64_t tokens_in, tokens_out; /* counted when the request settled */
     uint8_t model_slot;             /* its model's metric label slot (0: "other"), set with the model */
     uint32_t price_section;         /* its model's [model] section (cfg->models index) + 1; 0: none */

@@ -140,10 +140,10 @@ static int pick(struct conn *c, enum pick_failure *why, bool *probe_claimed)
             .waiting = fresh ? atomic_load_explicit(&s->waiting, memory_order_relaxed) : BALANCE_UNKNOWN,
             .running = fresh ? atomic_load_explicit(&s->running, memory_order_relaxed) : BALANCE_UNKNOWN,
             .kv_usage = kv >= 0 ? (float)kv / 1000.0f : -1.0f,
-            .id = g->backend_id[b],
         };
     }
-    pick = balance_pick_load(pool->balance, &sg->balance[c->req.pool], view, n, c->req.prefix_hash);
+    struct prompt_blocks prompt = { c->req.prefix_block, c->req.prefix_blocks };
+    pick = balance_pick_load(pool->balance, &sg->balance[c->req.pool], view, n, &prompt);
     if (pick < 0) {
         *why = any_up ? PICK_BUSY : PICK_DOWN;
         return -1;

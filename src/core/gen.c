@@ -36,7 +36,6 @@ static void gen_free(struct gen *g)
     free(g->route_pool_metric_slot);
     model_labels_free(&g->model_labels);
     free(g->model_metric_slot);
-    free(g->backend_id);
     free(g->backend_interval_ms);
     for (struct served_models *m = atomic_load(&g->served), *older; m; m = older) {
         older = m->older;
@@ -198,13 +197,12 @@ struct gen *gen_create(struct config *cfg, const struct gen *prev, unsigned nsha
     g->backend_pool = calloc(nb + 1, sizeof *g->backend_pool);
     g->load = aligned_alloc(64, sizeof(struct backend_load) * ((size_t)nb * nshards + 1));
     g->signal = aligned_alloc(64, sizeof(struct backend_signal) * (nb + 1));
-    g->backend_id = calloc(nb + 1, sizeof *g->backend_id);
     g->backend_interval_ms = calloc(nb + 1, sizeof *g->backend_interval_ms);
     g->health = aligned_alloc(64, sizeof(struct backend_health) * (nb + 1));
     g->pool_metric_slot = calloc(cfg->npools + 1, sizeof(int));
     if (!g->health || !g->pool_metric_slot ||
         !g->route_metric_slot || !g->backend_metric_slot || !g->pool_first_backend ||
-        !g->backend_cfg || !g->backend_pool || !g->load || !g->signal || !g->backend_id ||
+        !g->backend_cfg || !g->backend_pool || !g->load || !g->signal ||
         !g->backend_interval_ms)
         goto oom;
     for (unsigned b = 0; b < nb; b++) {
@@ -241,7 +239,6 @@ struct gen *gen_create(struct config *cfg, const struct gen *prev, unsigned nsha
         for (unsigned i = 0; i < cfg->pools[p].nbackends; i++, b++) {
             g->backend_cfg[b] = &cfg->pools[p].backends[i];
             g->backend_pool[b] = cfg->pools[p].name;
-            g->backend_id[b] = balance_backend_id(&cfg->pools[p].backends[i]);
             g->backend_interval_ms[b] = cfg->pools[p].metrics_interval_ms;
             g->backend_metric_slot[b] = metrics_backend_slot(cfg->pools[p].name,
                                                              cfg->pools[p].backends[i].addr.text);

@@ -86,7 +86,6 @@ struct gen {
     int *route_pool_metric_slot;    /* [route * npools + pool]: pairs a route can send to; -1 others */
     struct model_labels model_labels; /* the configured model globs (metrics' model label) */
     uint8_t *model_metric_slot;     /* per model label; requests matching none use slot 0, "other" */
-    uint64_t *backend_id;           /* per global backend: balance_backend_id() */
     uint64_t *backend_interval_ms;  /* per global backend: its pool's metrics_interval */
     struct served_models *_Atomic served; /* NULL until a backend answered (watch.c writes) */
     unsigned nshards;

@@ -11,6 +11,7 @@
 #include "core/shard.h"
 #include "core/upstream.h"
 #include "policy/balance.h"
+#include "proto/openai.h"     /* OPENAI_PREFIX_BLOCK */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -309,11 +310,26 @@ static struct shard_gen *shard_gen_new(struct gen *g)
     sg->split = calloc(g->cfg->nroutes ? g->cfg->nroutes : 1, sizeof *sg->split);
     if (!sg->balance || !sg->idle || !sg->split || dispatch_shard_gen_init(sg) != 0)
         goto fail;
-    for (unsigned p = 0; p < g->cfg->npools; p++)
-        if (balance_state_init(&sg->balance[p], g->cfg->pools[p].nbackends))
+    for (unsigned p = 0; p < g->cfg->npools; p++) {
+        const struct cfg_pool *pool = &g->cfg->pools[p];
+        struct balance_state *b = &sg->balance[p];
+        if (balance_state_init(b, pool->nbackends))
             goto fail;
+        if (pool->balance == BALANCE_PREFIX) {
+            /* this shard's own index: nothing it writes per request is shared */
+            if (balance_state_prefix_init(b, pool->prefix_cache_blocks))
+                goto fail;
+            b->tune.prefix_weight = pool->prefix_weight;
+            b->tune.queue_weight = pool->queue_weight;
+            b->tune.kv_weight = pool->kv_weight;
+            b->tune.prefix_max_blocks = pool->prefix_hash_kib * 1024 / OPENAI_PREFIX_BLOCK;
+        }
+    }
     return sg;
 fail:
+    if (sg->balance)
+        for (unsigned p = 0; p < g->cfg->npools; p++)
+            balance_state_free(&sg->balance[p]);
     dispatch_shard_gen_free(sg);
     free(sg->balance);
     free(sg->idle);

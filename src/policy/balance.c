@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "util/hash.h"
+#include "policy/prefix_index.h"
 
 /* splitmix64's finaliser: a bijective 64-bit mix */
 static uint64_t mix64(uint64_t x)
@@ -26,13 +26,19 @@ int balance_state_init(struct balance_state *s, unsigned nbackends)
     s->n = nbackends;
     s->rr_next = 0;
     s->current_weight = NULL;
+    s->index = NULL;
+    s->slots = NULL;
+    s->last_reason = BALANCE_REASON_LOAD;
     s->tune = (struct balance_tuning){
         .kv_knee = BALANCE_KV_KNEE,
         .kv_gain = BALANCE_KV_GAIN,
         .kv_saturated = BALANCE_KV_SATURATED,
         .waiting_saturated = BALANCE_WAITING_SATURATED,
-        .prefix_bound = BALANCE_PREFIX_BOUND,
         .waiting_cost = BALANCE_WAITING_COST,
+        .prefix_weight = BALANCE_PREFIX_WEIGHT,
+        .queue_weight = BALANCE_QUEUE_WEIGHT,
+        .kv_weight = BALANCE_KV_WEIGHT,
+        .prefix_max_blocks = ~0u,
     };
     balance_state_seed(s, (uint64_t)(uintptr_t)s);
     if (nbackends) {
@@ -45,8 +51,38 @@ int balance_state_init(struct balance_state *s, unsigned nbackends)
     return 0;
 }
 
+int balance_state_prefix_init(struct balance_state *s, unsigned cache_blocks)
+{
+    if (s->index || s->n == 0)
+        return 0;
+    s->index = calloc(s->n, sizeof *s->index);
+    s->slots = calloc(s->n, sizeof *s->slots);
+    if (!s->index || !s->slots)
+        goto oom;
+    for (unsigned i = 0; i < s->n; i++)
+        if (prefix_index_init(&s->index[i], cache_blocks) != 0)
+            goto oom;
+    return 0;
+oom:
+    if (s->index)
+        for (unsigned i = 0; i < s->n; i++)
+            prefix_index_free(&s->index[i]);
+    free(s->index);
+    free(s->slots);
+    s->index = NULL;
+    s->slots = NULL;
+    return -1;
+}
+
 void balance_state_free(struct balance_state *s)
 {
+    if (s->index)
+        for (unsigned i = 0; i < s->n; i++)
+            prefix_index_free(&s->index[i]);
+    free(s->index);
+    free(s->slots);
+    s->index = NULL;
+    s->slots = NULL;
     free(s->current_weight);
     s->current_weight = NULL;
     s->n = 0;
@@ -175,10 +211,9 @@ static bool kv_known(float kv)
     return kv >= 0.0f;      /* false for NaN and negatives */
 }
 
-/* What one scan of the candidates finds, for the unknown-value rule and the bound. */
+/* What one scan of the candidates finds, for the unknown-value rule. */
 struct fleet {
     unsigned ncand;
-    uint64_t sum_outstanding, sum_weight;
     int64_t worst_waiting;  /* -1: no candidate knows its queue */
     int64_t worst_running;  /* -1: no candidate knows how many it runs */
     float worst_kv;         /* -1: no candidate knows its KV use */
@@ -194,8 +229,6 @@ static void fleet_scan(const struct backend_view *v, unsigned n, struct fleet *f
         if (!view_candidate(&v[i]))
             continue;
         f->ncand++;
-        f->sum_outstanding += v[i].outstanding;
-        f->sum_weight += v[i].weight ? v[i].weight : 1;
         if (v[i].waiting >= 0 && v[i].waiting > f->worst_waiting)
             f->worst_waiting = v[i].waiting;
         if (v[i].running >= 0 && v[i].running > f->worst_running)
@@ -208,6 +241,8 @@ static void fleet_scan(const struct backend_view *v, unsigned n, struct fleet *f
 /* A candidate's load with unknown values replaced (see balance.h). */
 struct eff {
     double score;
+    double queued;          /* the work ahead of a new request */
+    double kv;
     unsigned unknown;       /* how many of waiting, running, kv_usage were unknown */
     bool saturated;
 };
@@ -241,15 +276,16 @@ static struct eff effective(const struct balance_tuning *t, const struct fleet *
     if (kv > t->kv_knee && t->kv_knee < 1.0f)
         kvf += t->kv_gain * (kv - t->kv_knee) / (1.0 - t->kv_knee);
     e.score = (queued + 1.0) / (double)(b->weight ? b->weight : 1) * kvf;
+    e.queued = queued;
+    e.kv = kv;
     e.saturated = kv > t->kv_saturated || waiting > (double)t->waiting_saturated;
     return e;
 }
 
-/* saturated backends last; the excluded one (prefix's over-bound preference) just
- * before them */
-static unsigned rank_of(const struct eff *e, unsigned i, int exclude)
+/* saturated backends last */
+static unsigned rank_of(const struct eff *e)
 {
-    return (e->saturated ? 2u : 0u) + ((int)i == exclude ? 1u : 0u);
+    return e->saturated ? 1u : 0u;
 }
 
 /* Is a (effective ea) a better pick than b (eb)? */
@@ -267,7 +303,7 @@ static bool better(const struct balance_state *s, unsigned n, unsigned a, const 
 }
 
 static int pick_capacity(struct balance_state *s, const struct backend_view *v, unsigned n,
-                         const struct fleet *f, int exclude)
+                         const struct fleet *f)
 {
     if (f->ncand == 0)
         return -1;
@@ -277,7 +313,7 @@ static int pick_capacity(struct balance_state *s, const struct backend_view *v, 
         if (!view_candidate(&v[i]))
             continue;
         struct eff e = effective(&s->tune, f, &v[i]);
-        unsigned r = rank_of(&e, i, exclude);
+        unsigned r = rank_of(&e);
         if (r < best_rank) {
             best_rank = r;
             count = 0;
@@ -300,7 +336,7 @@ static int pick_capacity(struct balance_state *s, const struct backend_view *v, 
         if (!view_candidate(&v[i]))
             continue;
         struct eff e = effective(&s->tune, f, &v[i]);
-        if (rank_of(&e, i, exclude) != best_rank)
+        if (rank_of(&e) != best_rank)
             continue;
         if (ord == want_a) {
             a = (int)i;
@@ -318,63 +354,61 @@ static int pick_capacity(struct balance_state *s, const struct backend_view *v, 
     return pick;
 }
 
-/* ln(u) for u in (0, 1), without libm (src/policy is linked without it in places):
- * u = m·2^e with m in [√½, √2), ln m = 2·atanh((m−1)/(m+1)) as a series; the
- * error is below 1e-11, far finer than the hashing needs. */
-static double ln_unit(double u)
+/* The prefix scorer (balance.h). */
+static int pick_prefix(struct balance_state *s, const struct backend_view *v, unsigned n,
+                       const struct fleet *f, const struct prompt_blocks *prompt)
 {
-    union { double d; uint64_t b; } x = { .d = u };
-    int e = (int)((x.b >> 52) & 0x7ff) - 1023;
-    x.b = (x.b & UINT64_C(0x000fffffffffffff)) | UINT64_C(0x3ff0000000000000);
-    double m = x.d;
-    if (m > 1.4142135623730951) {
-        m *= 0.5;
-        e++;
-    }
-    double t = (m - 1.0) / (m + 1.0), t2 = t * t;
-    double series = t * (1.0 + t2 * (1.0 / 3 + t2 * (1.0 / 5 + t2 * (1.0 / 7 + t2 * (1.0 / 9 +
-                    t2 * (1.0 / 11 + t2 * (1.0 / 13)))))));
-    return (double)e * 0.6931471805599453 + 2.0 * series;
-}
-
-/* weighted rendezvous hashing: the candidate with the highest weight / −ln(u) */
-static int prefix_preferred(const struct backend_view *v, unsigned n, uint64_t key)
-{
-    int best = -1;
-    double best_score = 0.0;
+    unsigned nb = prompt->n < s->tune.prefix_max_blocks ? prompt->n : s->tune.prefix_max_blocks;
+    bool room = false;
     for (unsigned i = 0; i < n; i++) {
         if (!view_candidate(&v[i]))
             continue;
-        uint64_t id = v[i].id ? v[i].id : (uint64_t)i + 1;
-        uint64_t h = mix64(key ^ mix64(id ^ UINT64_C(0x6a09e667f3bcc909)));
-        double u = ((double)(h >> 11) + 0.5) * (1.0 / 9007199254740992.0);  /* (0, 1) */
-        double score = (double)(v[i].weight ? v[i].weight : 1) / -ln_unit(u);
-        if (best < 0 || score > best_score) {
+        if (v[i].running > 0 && (uint32_t)v[i].running > s->slots[i])
+            s->slots[i] = (uint32_t)v[i].running;
+        room |= !effective(&s->tune, f, &v[i]).saturated;
+    }
+    int best = -1;
+    unsigned best_matched = 0;
+    double best_score = 0.0;
+    struct eff best_eff = { 0 };
+    for (unsigned i = 0; i < n; i++) {
+        if (!view_candidate(&v[i]))
+            continue;
+        struct eff e = effective(&s->tune, f, &v[i]);
+        if (room && e.saturated)
+            continue;
+        unsigned matched = prefix_index_match(&s->index[i], prompt->block, nb);
+        double slots = v[i].weight > s->slots[i] ? v[i].weight : s->slots[i];
+        if (slots < 1.0)
+            slots = 1.0;
+        double score = s->tune.prefix_weight * matched / nb - s->tune.queue_weight * e.queued / slots -
+                       s->tune.kv_weight * e.kv;
+        if (best < 0 || score > best_score ||
+            (score == best_score && better(s, n, i, &e, (unsigned)best, &best_eff))) {
             best = (int)i;
             best_score = score;
+            best_eff = e;
+            best_matched = matched;
         }
     }
-    return best;
-}
-
-static int pick_prefix(struct balance_state *s, const struct backend_view *v, unsigned n,
-                       const struct fleet *f, uint64_t key)
-{
-    int p = prefix_preferred(v, n, key);
-    if (p < 0)
-        return -1;
-    struct eff e = effective(&s->tune, f, &v[p]);
-    double w = v[p].weight ? v[p].weight : 1;
-    double bound = (double)s->tune.prefix_bound * (double)f->sum_outstanding * w /
-                   (double)f->sum_weight + 1.0;
-    if (!e.saturated && (double)v[p].outstanding <= bound)
-        return p;
-    return pick_capacity(s, v, n, f, p);
+    int pick;
+    if (best >= 0 && best_matched > 0) {
+        pick = best;
+        s->last_reason = BALANCE_REASON_AFFINITY;
+    } else {
+        pick = pick_capacity(s, v, n, f);
+        if (pick < 0)
+            return -1;
+    }
+    for (unsigned k = 0; k < nb; k++)
+        prefix_index_insert(&s->index[pick], prompt->block[k]);
+    return pick;
 }
 
 int balance_pick_load(enum balance_kind kind, struct balance_state *s,
-                      const struct backend_view *v, unsigned n, uint64_t prefix_hash)
+                      const struct backend_view *v, unsigned n, const struct prompt_blocks *prompt)
 {
+    s->last_reason = BALANCE_REASON_LOAD;
     if (n > s->n)
         n = s->n;
     if (n == 0)
@@ -388,21 +422,14 @@ int balance_pick_load(enum balance_kind kind, struct balance_state *s,
         return pick_least_outstanding(s, &c, n);
     case BALANCE_CAPACITY:
         fleet_scan(v, n, &f);
-        return pick_capacity(s, v, n, &f, -1);
+        return pick_capacity(s, v, n, &f);
     case BALANCE_PREFIX:
         fleet_scan(v, n, &f);
-        if (prefix_hash == 0)
-            return pick_capacity(s, v, n, &f, -1);
-        return pick_prefix(s, v, n, &f, prefix_hash);
+        if (!prompt || prompt->n == 0 || s->tune.prefix_max_blocks == 0 || !s->index)
+            return pick_capacity(s, v, n, &f);
+        return pick_prefix(s, v, n, &f, prompt);
     }
     return -1;
-}
-
-uint64_t balance_backend_id(const struct cfg_backend *b)
-{
-    /* the normalised address: the same backend keeps its id across reloads */
-    uint64_t h = hash_bytes(b->addr.text, strnlen(b->addr.text, sizeof b->addr.text));
-    return h ? h : 1;
 }
 
 unsigned split_pick(int64_t *current, const struct cfg_split *split, unsigned n)

@@ -16,17 +16,40 @@
 #define BALANCE_KV_GAIN           4.0f  /* score × (1 + gain) at KV use 1.0 */
 #define BALANCE_KV_SATURATED      0.90f /* KV use above this: saturated */
 #define BALANCE_WAITING_SATURATED 16u   /* engine waiting queue above this: saturated */
-#define BALANCE_PREFIX_BOUND      1.25f /* prefix: spill past this × the weighted mean */
 #define BALANCE_WAITING_COST      2.0f  /* a waiting request's extra cost over a running one */
+/* The prefix scorer's weights (see balance_pick_load). A full match saves the
+ * whole prompt's prefill; a request waiting for a batch slot waits for a running
+ * one to finish, which takes far longer than a prefill (decode is ~100 tokens at
+ * tens of tokens/s against thousands of prompt tokens per second). So: a full
+ * batch with an empty queue (load 1, -0.5) still loses to a full match (+1),
+ * keeping affinity while the engine has room; one waiting request per slot
+ * (load 1 + 3) outweighs any match, spilling to an engine with room. KV use
+ * only tips close calls: saturation (kv_saturated) is what keeps a full cache
+ * from being picked. */
+#define BALANCE_PREFIX_WEIGHT     1.0f
+#define BALANCE_QUEUE_WEIGHT      0.5f
+#define BALANCE_KV_WEIGHT         0.25f
+#define BALANCE_PREFIX_CACHE_BLOCKS 4096u /* per backend, when the pool does not say */
 
 struct balance_tuning {
     float kv_knee;              /* BALANCE_KV_KNEE, in [0, 1) */
     float kv_gain;              /* BALANCE_KV_GAIN, >= 0 */
     float kv_saturated;         /* BALANCE_KV_SATURATED */
     uint32_t waiting_saturated; /* BALANCE_WAITING_SATURATED */
-    float prefix_bound;         /* BALANCE_PREFIX_BOUND, >= 1 */
     float waiting_cost;         /* BALANCE_WAITING_COST, >= 0 */
+    float prefix_weight;        /* BALANCE_PREFIX_WEIGHT, >= 0 */
+    float queue_weight;         /* BALANCE_QUEUE_WEIGHT, >= 0 */
+    float kv_weight;            /* BALANCE_KV_WEIGHT, >= 0 */
+    unsigned prefix_max_blocks; /* prompt blocks scored at most; default all */
 };
+
+/* Why the last balance_pick_load chose its backend. */
+enum balance_reason {
+    BALANCE_REASON_LOAD,        /* load alone (every kind but prefix, and prefix without a match) */
+    BALANCE_REASON_AFFINITY,    /* prefix: a non-zero prompt match decided it */
+};
+
+struct prefix_index;
 
 struct balance_state {
     unsigned n;                 /* backends this state was made for */
@@ -34,6 +57,9 @@ struct balance_state {
     int64_t *current_weight;    /* round_robin: smooth weighted round robin state */
     uint64_t rng;               /* capacity: xorshift64* state, never 0 */
     struct balance_tuning tune; /* capacity, prefix */
+    struct prefix_index *index; /* prefix: per backend, where the blocks went; NULL: none */
+    uint32_t *slots;            /* prefix: per backend, the largest running count seen */
+    enum balance_reason last_reason;
 };
 
 /* Returns 0, or -1 when out of memory. nbackends may be 0. The RNG is seeded from
@@ -41,6 +67,10 @@ struct balance_state {
  * wanting a fixed sequence call balance_state_seed afterwards. */
 int balance_state_init(struct balance_state *s, unsigned nbackends);
 void balance_state_seed(struct balance_state *s, uint64_t seed);
+/* Gives the state its prefix index: cache_blocks block hashes per backend
+ * (prefix_index.h), allocated now and never per pick. Returns 0, or -1 when out
+ * of memory. Without it, prefix picks as capacity. */
+int balance_state_prefix_init(struct balance_state *s, unsigned cache_blocks);
 void balance_state_free(struct balance_state *s);
 
 /* Picks a backend among backends[0..n). A backend is a candidate when it is up
@@ -72,19 +102,20 @@ struct backend_view {
     int32_t waiting;            /* requests queued in the engine, not yet running */
     int32_t running;            /* sequences being generated */
     float kv_usage;             /* KV-cache use, 0..1 (above 1 counts as 1) */
-    uint64_t id;                /* prefix: stable identity, balance_backend_id(); 0: the index */
 };
 
-/* A stable identity of a backend for the prefix balancer's hashing: a hash of its
- * normalised address, so a backend keeps its keys when others are added, removed
- * or reordered in the pool. Never 0. */
-uint64_t balance_backend_id(const struct cfg_backend *b);
+/* A prompt as the prefix balancer sees it: chained block hashes (openai.h's
+ * prefix_block), so block k matches only where blocks 0..k-1 did. */
+struct prompt_blocks {
+    const uint64_t *block;
+    unsigned n;
+};
 
 /* Picks a backend among v[0..n) (n as for balance_pick). A candidate is up and,
  * when its max_outstanding is not 0, has outstanding < max_outstanding. Returns
  * the index, or -1 when there is no candidate. Never allocates; O(n).
  *   round_robin, least_outstanding: exactly balance_pick with the same weights,
- *     outstanding counts, health and per-backend limits (prefix_hash unused).
+ *     outstanding counts, health and per-backend limits (prompt unused).
  *
  *   capacity. Unknown values are first replaced, conservatively: an unknown
  *     waiting, running or kv_usage by the worst (largest) known value of that
@@ -119,21 +150,25 @@ uint64_t balance_backend_id(const struct cfg_backend *b);
  *     spreads evenly and a backend with unknown load never beats a known-idle
  *     one with the same outstanding.
  *
- *   prefix. prefix_hash is a hash of the prompt's first blocks (0: no prompt,
- *     which picks as capacity). The preferred backend is the one among the
- *     candidates with the highest weighted rendezvous (HRW) score
- *     weight / −ln(u), u = hash(prefix_hash, id) in (0, 1): each backend gets a
- *     share of the keys proportional to its weight, and adding, removing or
- *     losing a backend moves only the keys it gains or held. Bounded load: when
- *     the preferred backend is saturated, or its outstanding exceeds
- *       prefix_bound × O × weight / W + 1
- *     (O, W: the candidates' total outstanding and weight; 1.25 × the mean for
- *     equal weights; + 1 so an idle fleet keeps affinity), the pick is the
- *     capacity choice among the others: the preferred backend is then ranked
- *     after every other unsaturated candidate (and, when it is saturated itself,
- *     after every other one), so it is picked only when nothing better is left. */
+ *   prefix. prompt: the request's blocks (NULL or none: picks as capacity).
+ *     Each candidate (the unsaturated ones while there are any) is scored
+ *
+ *       matched  = the longest run of the prompt's leading blocks found in the
+ *                  backend's index (this shard's record of blocks sent there)
+ *       slots    = max(weight, the largest running count seen from it)
+ *       load     = queued / slots              (queued as capacity's)
+ *       score    = prefix_weight × matched / blocks
+ *                  − queue_weight × load − kv_weight × kv
+ *
+ *     (kv and queued with unknown values replaced as for capacity; blocks is
+ *     the prompt's, at most tune.prefix_max_blocks). The highest score wins if
+ *     it has matched > 0 (last_reason AFFINITY); equal scores go to capacity's
+ *     better one. Otherwise (no match anywhere, or load outweighs every match)
+ *     it is capacity's pick (last_reason LOAD). The picked backend's index then
+ *     records the prompt's blocks, so a hot prefix spreads to a second backend
+ *     when the first is busy and affinity follows it there. */
 int balance_pick_load(enum balance_kind kind, struct balance_state *s,
-                      const struct backend_view *v, unsigned n, uint64_t prefix_hash);
+                      const struct backend_view *v, unsigned n, const struct prompt_blocks *prompt);
 
 /* A route's `split`: picks one of split[0..n) by weight, with the same smooth
  * weighted round robin (over any sum(weights) picks each gets exactly its weight).

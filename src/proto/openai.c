@@ -711,27 +711,36 @@ static const uint8_t top_key_slot[] = {
     V_MESSAGES, V_PROMPT, V_PROMPT,
 };
 
-/* The prompt's start, hashed for prefix-affine routing: the raw (still escaped)
- * bytes of the prompt strings in document order, one chained hash per string
- * (so boundaries count), up to OPENAI_PREFIX_BYTES; each string's end takes one
- * byte of that budget. */
+/* The prompt cut into chained block hashes (see openai.h): h is the hash of the
+ * block being filled, seeded with the previous block's; fill its bytes so far. */
 struct prefix_hash {
     uint64_t h;
-    size_t left;
-    bool any;
+    size_t fill;
+    struct openai_request *out;
 };
 
 static void prefix_add(struct prefix_hash *ph, const char *p, size_t n)
 {
-    if (!ph->left)
-        return;
-    ph->any = true;
-    if (n > ph->left)
-        n = ph->left;
-    ph->h = hash_bytes_seeded(p, n, ph->h);
-    ph->left -= n;
-    if (ph->left)
-        ph->left--;
+    struct openai_request *o = ph->out;
+    while (n && o->prefix_blocks < OPENAI_PREFIX_BLOCKS_MAX) {
+        size_t take = OPENAI_PREFIX_BLOCK - ph->fill;
+        if (take > n)
+            take = n;
+        ph->h = hash_bytes_seeded(p, take, ph->h);
+        ph->fill += take;
+        p += take;
+        n -= take;
+        if (ph->fill == OPENAI_PREFIX_BLOCK) {
+            o->prefix_block[o->prefix_blocks++] = ph->h ? ph->h : 1;
+            ph->fill = 0;
+        }
+    }
+}
+
+/* a string's end: one byte, so "ab","c" and "a","bc" differ */
+static void prefix_end_string(struct prefix_hash *ph)
+{
+    prefix_add(ph, "", 1);
 }
 
 static int top_key_id(struct slice t)
@@ -897,7 +906,7 @@ static void reader_init(struct reader *r, const char *body, const struct openai_
     r->max_tokens_at = body;
     r->prompt_item = r->next_prompt_item = 0;
     r->in_token_run = false;
-    r->prefix = (struct prefix_hash){ 0, OPENAI_PREFIX_BYTES, false };
+    r->prefix = (struct prefix_hash){ 0, 0, out };
 
     out->model = (struct slice){ NULL, 0 };
     out->model_escaped = false;
@@ -910,7 +919,7 @@ static void reader_init(struct reader *r, const char *body, const struct openai_
     out->prompt_bytes = 0;
     out->prompt_token_ids = 0;
     out->prompt_tokens_estimate = 0;
-    out->prefix_hash = 0;
+    out->prefix_blocks = 0;
     out->error_offset = 0;
     out->error[0] = 0;
 }
@@ -936,6 +945,7 @@ static inline void prompt_text(struct reader *r, uint8_t source, uint32_t item, 
 {
     r->out->prompt_bytes += s->decoded;
     prefix_add(&r->prefix, s->p, s->len);
+    prefix_end_string(&r->prefix);
     if (unlikely(r->on_prompt))
         show_prompt_piece(r, source, item, s->p, s->len, s->decoded, false);
 }
@@ -1190,8 +1200,6 @@ static int on_end(struct reader *r)
                                   out->prompt_token_ids;
     if (out->prompt_tokens_estimate == 0)
         out->prompt_tokens_estimate = 1;
-    if (r->prefix.any)
-        out->prefix_hash = r->prefix.h ? r->prefix.h : 1;
     return OPENAI_OK;
 }
 

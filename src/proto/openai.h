@@ -17,7 +17,8 @@
 #define OPENAI_MAX_TOP_KEYS 128     /* distinct top-level keys (there are ~40 real ones) */
 #define OPENAI_MAX_TOKENS_LIMIT (UINT64_C(1) << 53)   /* largest max_tokens accepted */
 #define OPENAI_MAX_MODEL_LEN 256    /* decoded bytes; model names go into logs and labels */
-#define OPENAI_PREFIX_BYTES 256     /* prompt bytes prefix_hash covers (about four KV-cache blocks) */
+#define OPENAI_PREFIX_BLOCK 256     /* prompt bytes per prefix block (about 64 tokens: a few KV-cache blocks) */
+#define OPENAI_PREFIX_BLOCKS_MAX 64 /* blocks hashed at most: the first 16 KiB of prompt */
 
 enum openai_status {
     OPENAI_OK = 0,
@@ -36,7 +37,8 @@ struct openai_request {
     uint64_t prompt_bytes;          /* decoded UTF-8 bytes of prompt text, see below */
     uint64_t prompt_token_ids;      /* integers in "prompt"/"input" given as token ids */
     uint64_t prompt_tokens_estimate;/* see below; >= 1 */
-    uint64_t prefix_hash;           /* the prompt's start, for prefix-affine routing; 0: no prompt text */
+    uint32_t prefix_blocks;         /* full blocks of prompt text hashed, <= OPENAI_PREFIX_BLOCKS_MAX */
+    uint64_t prefix_block[OPENAI_PREFIX_BLOCKS_MAX]; /* chained hashes, see below; never 0 */
     size_t error_offset;            /* OPENAI_BAD: byte of body where the problem was found */
     char error[120];                /* OPENAI_BAD: the message *why points to */
 };
@@ -83,12 +85,14 @@ struct openai_request {
  * (about 4 bytes per token for English text, plus per-message framing, after
  * OpenAI's cookbook). It is an admission estimate; the real count comes from usage.
  *
- * prefix_hash: a 64-bit hash of the first OPENAI_PREFIX_BYTES of the same prompt strings
- * (raw JSON bytes, escapes as sent, in document order; each string is hashed on
- * its own, seeded with the hash so far, and its end takes one byte of the budget).
- * Requests whose prompts start alike (a shared system prompt, a
- * conversation's earlier turns) hash alike, so a prefix balancer can send them
- * where the engine's prefix cache holds that start. */
+ * prefix_block: the prompt strings (raw JSON bytes, escapes as sent, in document
+ * order; each string's end counts as one byte) cut into OPENAI_PREFIX_BLOCK-byte
+ * blocks, each hashed chained with the one before: prefix_block[k] depends on
+ * every byte up to the end of block k. Two prompts that share their first k
+ * blocks share their first k hashes and differ from the first block where they
+ * differ, so a prefix balancer can tell how much of a prompt an engine's prefix
+ * cache probably holds. Only full blocks count (an engine caches full blocks):
+ * a prompt shorter than one block has none. */
 int openai_parse_request(const char *body, size_t len, struct openai_request *out,
                          const char **why);
 

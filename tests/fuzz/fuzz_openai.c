@@ -61,7 +61,8 @@ static void check_with_options(const char *buf, size_t size, int rc, const struc
         FUZZ_CHECK(orc == OPENAI_OK);
         FUZZ_CHECK(o.model.p == req->model.p && o.model.len == req->model.len);
         FUZZ_CHECK(o.stream == req->stream && o.include_usage == req->include_usage &&
-                   o.max_tokens == req->max_tokens && o.prefix_hash == req->prefix_hash &&
+                   o.max_tokens == req->max_tokens && o.prefix_blocks == req->prefix_blocks &&
+                   memcmp(o.prefix_block, req->prefix_block, o.prefix_blocks * sizeof o.prefix_block[0]) == 0 &&
                    o.prompt_tokens_estimate == req->prompt_tokens_estimate);
     }
     FUZZ_CHECK(ps.decoded == o.prompt_bytes);

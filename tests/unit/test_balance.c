@@ -406,7 +406,17 @@ static void bv_unknown(struct backend_view *b)
 static void bst_init(struct balance_state *s, unsigned n, uint64_t seed)
 {
     cr_assert_eq(balance_state_init(s, n), 0);
+    cr_assert_eq(balance_state_prefix_init(s, 64), 0);
     balance_state_seed(s, seed);
+}
+
+/* a one-block prompt (the struct lives until the next call) */
+static const struct prompt_blocks *pb1(uint64_t h)
+{
+    static uint64_t block;
+    static struct prompt_blocks pb = { &block, 1 };
+    block = h;
+    return &pb;
 }
 
 /* a small deterministic generator for the tests' own choices */
@@ -445,7 +455,7 @@ Test(balance_load, old_kinds_pick_exactly_as_balance_pick)
                                               .kv_usage = (float)tst_below(100) / 100.0f };
             }
             int ka = balance_pick((enum balance_kind)kind, &sa, b, N, outstanding, up, max);
-            int kb = balance_pick_load((enum balance_kind)kind, &sb, v, N, 12345);
+            int kb = balance_pick_load((enum balance_kind)kind, &sb, v, N, pb1(12345));
             cr_assert_eq(ka, kb, "kind %d step %d: balance_pick %d, balance_pick_load %d",
                          kind, step, ka, kb);
         }
@@ -489,7 +499,7 @@ Test(balance_load, saturated_gets_nothing_while_another_has_room)
             v[1].waiting = 17;                  /* a long queue */
         unsigned count[N] = { 0 };
         for (int i = 0; i < 1000; i++) {
-            int k = balance_pick_load(BALANCE_CAPACITY, &s, v, N, 0);
+            int k = balance_pick_load(BALANCE_CAPACITY, &s, v, N, NULL);
             cr_assert(k >= 0 && k < N);
             count[k]++;
         }
@@ -501,7 +511,7 @@ Test(balance_load, saturated_gets_nothing_while_another_has_room)
         v[2].waiting = 40;
         memset(count, 0, sizeof count);
         for (int i = 0; i < 1000; i++)
-            count[balance_pick_load(BALANCE_CAPACITY, &s, v, N, 0)]++;
+            count[balance_pick_load(BALANCE_CAPACITY, &s, v, N, NULL)]++;
         cr_expect_gt(count[1], 600, "why %d: all saturated: 1 got %u", why, count[1]);
         cr_expect_eq(count[0] + count[1] + count[2], 1000);
     }
@@ -510,9 +520,9 @@ Test(balance_load, saturated_gets_nothing_while_another_has_room)
     v[0].kv_usage = 0.85f;
     v[1].kv_usage = 0.5f;
     v[1].outstanding = 10;
-    cr_expect_eq(balance_pick_load(BALANCE_CAPACITY, &s, v, 2, 0), 0, "0.85 is not saturated");
+    cr_expect_eq(balance_pick_load(BALANCE_CAPACITY, &s, v, 2, NULL), 0, "0.85 is not saturated");
     s.tune.kv_saturated = 0.8f;
-    cr_expect_eq(balance_pick_load(BALANCE_CAPACITY, &s, v, 2, 0), 1, "0.85 > 0.8: saturated");
+    cr_expect_eq(balance_pick_load(BALANCE_CAPACITY, &s, v, 2, NULL), 1, "0.85 > 0.8: saturated");
     balance_state_free(&s);
 }
 
@@ -530,7 +540,7 @@ Test(balance_load, max_outstanding_and_down_are_never_picked)
     for (int kind = BALANCE_ROUND_ROBIN; kind <= BALANCE_PREFIX; kind++) {
         unsigned count[N] = { 0 };
         for (uint64_t i = 0; i < 2000; i++) {
-            int k = balance_pick_load((enum balance_kind)kind, &s, v, N, i * 0x9e3779b97f4a7c15ull);
+            int k = balance_pick_load((enum balance_kind)kind, &s, v, N, pb1(i * 0x9e3779b97f4a7c15ull));
             cr_assert(k >= 0 && k < N);
             count[k]++;
         }
@@ -542,20 +552,20 @@ Test(balance_load, max_outstanding_and_down_are_never_picked)
     v[2].up = false;
     v[3].outstanding = 40;
     for (int kind = BALANCE_ROUND_ROBIN; kind <= BALANCE_PREFIX; kind++) {
-        cr_expect_eq(balance_pick_load((enum balance_kind)kind, &s, v, N, 0), -1, "kind %d", kind);
-        cr_expect_eq(balance_pick_load((enum balance_kind)kind, &s, v, N, 42), -1, "kind %d", kind);
-        cr_expect_eq(balance_pick_load((enum balance_kind)kind, &s, v, 0, 42), -1, "kind %d", kind);
+        cr_expect_eq(balance_pick_load((enum balance_kind)kind, &s, v, N, NULL), -1, "kind %d", kind);
+        cr_expect_eq(balance_pick_load((enum balance_kind)kind, &s, v, N, pb1(42)), -1, "kind %d", kind);
+        cr_expect_eq(balance_pick_load((enum balance_kind)kind, &s, v, 0, pb1(42)), -1, "kind %d", kind);
     }
     /* max_outstanding 0: no limit */
     v[3].max_outstanding = 0;
-    cr_expect_eq(balance_pick_load(BALANCE_CAPACITY, &s, v, N, 0), 3);
-    cr_expect_eq(balance_pick_load(BALANCE_PREFIX, &s, v, N, 42), 3);
+    cr_expect_eq(balance_pick_load(BALANCE_CAPACITY, &s, v, N, NULL), 3);
+    cr_expect_eq(balance_pick_load(BALANCE_PREFIX, &s, v, N, pb1(42)), 3);
     balance_state_free(&s);
 
     struct balance_state empty;
     bst_init(&empty, 0, 1);
     bv_idle(v, N);
-    cr_expect_eq(balance_pick_load(BALANCE_CAPACITY, &empty, v, N, 0), -1,
+    cr_expect_eq(balance_pick_load(BALANCE_CAPACITY, &empty, v, N, NULL), -1,
                  "a state made for 0 backends picks none");
     balance_state_free(&empty);
 }
@@ -576,12 +586,12 @@ Test(balance_load, unknown_metrics_are_not_idle)
     v[1].running = 3;
     bv_unknown(&v[0]);
     for (int i = 0; i < 100; i++)
-        cr_assert_eq(balance_pick_load(BALANCE_CAPACITY, &s, v, 2, 0), 1);
+        cr_assert_eq(balance_pick_load(BALANCE_CAPACITY, &s, v, 2, NULL), 1);
     /* only kv unknown is enough to lose the tie */
     bv_idle(v, 2);
     v[0].kv_usage = __builtin_nanf("");
     for (int i = 0; i < 100; i++)
-        cr_assert_eq(balance_pick_load(BALANCE_CAPACITY, &s, v, 2, 0), 1);
+        cr_assert_eq(balance_pick_load(BALANCE_CAPACITY, &s, v, 2, NULL), 1);
 
     /* the unknown one is assumed as loaded as the worst known one (queue 6,
      * 10 running, KV 0.8): it loses to a known idle one, and ties with (so loses
@@ -594,13 +604,13 @@ Test(balance_load, unknown_metrics_are_not_idle)
     unsigned count[3] = { 0 };
     v[1].max_outstanding = 4;           /* full: not a candidate, its metrics still count */
     for (int i = 0; i < 100; i++)
-        count[balance_pick_load(BALANCE_CAPACITY, &s, v, 3, 0)]++;
+        count[balance_pick_load(BALANCE_CAPACITY, &s, v, 3, NULL)]++;
     cr_expect_eq(count[2], 100, "known idle always wins: %u %u %u", count[0], count[1], count[2]);
     v[1].max_outstanding = 0;
     v[2].up = false;
     memset(count, 0, sizeof count);
     for (int i = 0; i < 100; i++)
-        count[balance_pick_load(BALANCE_CAPACITY, &s, v, 3, 0)]++;
+        count[balance_pick_load(BALANCE_CAPACITY, &s, v, 3, NULL)]++;
     cr_expect_eq(count[1], 100, "an equal score goes to the known one: %u %u", count[0], count[1]);
 
     /* a stale backend is saturated when the worst known one is */
@@ -610,7 +620,7 @@ Test(balance_load, unknown_metrics_are_not_idle)
     v[2].kv_usage = 0.5f; v[2].outstanding = 20; v[2].running = 20;
     memset(count, 0, sizeof count);
     for (int i = 0; i < 300; i++)
-        count[balance_pick_load(BALANCE_CAPACITY, &s, v, 3, 0)]++;
+        count[balance_pick_load(BALANCE_CAPACITY, &s, v, 3, NULL)]++;
     cr_expect_eq(count[2], 300, "0 (stale) and 1 count as saturated: %u %u %u",
                  count[0], count[1], count[2]);
 
@@ -620,7 +630,7 @@ Test(balance_load, unknown_metrics_are_not_idle)
         bv_unknown(&v[i]);
     v[0].outstanding = 5; v[1].outstanding = 2; v[2].outstanding = 4;
     for (int i = 0; i < 100; i++)
-        cr_assert_neq(balance_pick_load(BALANCE_CAPACITY, &s, v, 3, 0), 0);
+        cr_assert_neq(balance_pick_load(BALANCE_CAPACITY, &s, v, 3, NULL), 0);
     balance_state_free(&s);
 }
 
@@ -633,20 +643,20 @@ Test(balance_load, kv_above_the_knee_costs_more)
     /* 0: 4 in flight, KV 0.85 (score 5 × (1 + 4 × 0.5) = 15); 1: 10 in flight, KV 0.5 (11) */
     v[0].outstanding = 4; v[0].running = 4; v[0].kv_usage = 0.85f;
     v[1].outstanding = 10; v[1].running = 10; v[1].kv_usage = 0.5f;
-    cr_expect_eq(balance_pick_load(BALANCE_CAPACITY, &s, v, 2, 0), 1);
+    cr_expect_eq(balance_pick_load(BALANCE_CAPACITY, &s, v, 2, NULL), 1);
     v[0].kv_usage = 0.7f;           /* at the knee: no penalty, 5 < 11 */
-    cr_expect_eq(balance_pick_load(BALANCE_CAPACITY, &s, v, 2, 0), 0);
+    cr_expect_eq(balance_pick_load(BALANCE_CAPACITY, &s, v, 2, NULL), 0);
     /* waiting costs more: 0 has 4 in flight but all queued (4 + 2×4 + 1 = 13), 1
      * has 7 running (8) */
     bv_idle(v, 2);
     v[0].outstanding = 4; v[0].waiting = 4;
     v[1].outstanding = 7; v[1].running = 7;
-    cr_expect_eq(balance_pick_load(BALANCE_CAPACITY, &s, v, 2, 0), 1);
+    cr_expect_eq(balance_pick_load(BALANCE_CAPACITY, &s, v, 2, NULL), 1);
     /* another client's load shows in running + waiting even when aigw sends nothing */
     bv_idle(v, 2);
     v[0].outstanding = 0; v[0].running = 12;
     v[1].outstanding = 5; v[1].running = 5;
-    cr_expect_eq(balance_pick_load(BALANCE_CAPACITY, &s, v, 2, 0), 1);
+    cr_expect_eq(balance_pick_load(BALANCE_CAPACITY, &s, v, 2, NULL), 1);
     balance_state_free(&s);
 }
 
@@ -658,9 +668,9 @@ Test(balance_load, equal_load_with_two_is_deterministic_and_alternates)
     bst_init(&b, 2, 999);
     bv_idle(v, 2);
     for (int i = 0; i < 20; i++) {
-        int ka = balance_pick_load(BALANCE_CAPACITY, &a, v, 2, 0);
+        int ka = balance_pick_load(BALANCE_CAPACITY, &a, v, 2, NULL);
         cr_assert_eq(ka, i % 2, "equal load: ties rotate");
-        cr_assert_eq(balance_pick_load(BALANCE_CAPACITY, &b, v, 2, 0), ka,
+        cr_assert_eq(balance_pick_load(BALANCE_CAPACITY, &b, v, 2, NULL), ka,
                      "n <= 2: no randomness, the seed does not matter");
     }
     balance_state_free(&a);
@@ -678,9 +688,9 @@ Test(balance_load, seeded_sequences_repeat)
     bst_init(&c, N, 43);
     unsigned same_c = 0;
     for (int i = 0; i < 1000; i++) {
-        int ka = balance_pick_load(BALANCE_CAPACITY, &a, v, N, 0);
-        cr_assert_eq(balance_pick_load(BALANCE_CAPACITY, &b, v, N, 0), ka);
-        same_c += balance_pick_load(BALANCE_CAPACITY, &c, v, N, 0) == ka;
+        int ka = balance_pick_load(BALANCE_CAPACITY, &a, v, N, NULL);
+        cr_assert_eq(balance_pick_load(BALANCE_CAPACITY, &b, v, N, NULL), ka);
+        same_c += balance_pick_load(BALANCE_CAPACITY, &c, v, N, NULL) == ka;
         v[ka].outstanding++;
         if (i % 3 == 0)
             v[tst_below(N)].outstanding /= 2;
@@ -705,7 +715,7 @@ Test(balance_load, weights_are_respected_without_metrics)
     bst_init(&s, N, 17);
     /* requests that never finish: the picks follow the weights */
     for (int i = 0; i < 8000; i++) {
-        int k = balance_pick_load(BALANCE_CAPACITY, &s, v, N, 0);
+        int k = balance_pick_load(BALANCE_CAPACITY, &s, v, N, NULL);
         cr_assert(k >= 0);
         v[k].outstanding++;
     }
@@ -716,7 +726,7 @@ Test(balance_load, weights_are_respected_without_metrics)
     /* idle fleet: the heavier backend first */
     bv_idle(v, 2);
     v[1].weight = 3;
-    cr_expect_eq(balance_pick_load(BALANCE_CAPACITY, &s, v, 2, 0), 1);
+    cr_expect_eq(balance_pick_load(BALANCE_CAPACITY, &s, v, 2, NULL), 1);
     balance_state_free(&s);
 }
 
@@ -772,7 +782,7 @@ static struct sim_result sim_run(enum balance_kind kind, bool weight_by_capacity
                                               .weight = weight_by_capacity ? g[i].cap : 1,
                                               .up = true, .waiting = g[i].m_waiting,
                                               .running = g[i].m_running, .kv_usage = g[i].m_kv };
-            int k = balance_pick_load(kind, &s, v, N, 0);
+            int k = balance_pick_load(kind, &s, v, N, NULL);
             cr_assert(k >= 0);
             res.picks[k]++;
             if (g[k].running < g[k].cap)
@@ -828,195 +838,26 @@ Test(balance_load, power_of_two_spreads_by_capacity)
     cr_expect_gt(rr.final_waiting, 1000, "round robin: %u waiting at the end", rr.final_waiting);
 }
 
-/* ---- prefix ---- */
+/* ---- prefix: the scorer is in test_prefix_score.c ---- */
 
-static void bv_ids(struct backend_view *v, unsigned n, uint64_t first)
-{
-    for (unsigned i = 0; i < n; i++)
-        v[i].id = 0x1000 + first + i;
-}
-
-Test(balance_load, prefix_affinity_while_balanced)
+Test(balance_load, prefix_without_a_prompt_is_capacity)
 {
     enum { N = 5 };
     struct backend_view v[N];
     bv_idle(v, N);
-    bv_ids(v, N, 0);
     for (unsigned i = 0; i < N; i++)
         v[i].outstanding = v[i].running = 6;
-    struct balance_state s;
-    bst_init(&s, N, 9);
-    unsigned hit[N] = { 0 };
-    for (uint64_t key = 1; key <= 200; key++) {
-        uint64_t h = key * 0xd6e8feb86659fd93ull;
-        int first = balance_pick_load(BALANCE_PREFIX, &s, v, N, h);
-        cr_assert(first >= 0);
-        hit[first]++;
-        for (int i = 0; i < 20; i++)
-            cr_assert_eq(balance_pick_load(BALANCE_PREFIX, &s, v, N, h), first,
-                         "key %llu: the same hash, the same backend", (unsigned long long)key);
-    }
-    for (unsigned i = 0; i < N; i++)
-        cr_expect_gt(hit[i], 20, "keys spread over the backends: %u has %u of 200", i, hit[i]);
-    /* a prefix hash of 0 (no prompt) is the capacity choice */
     struct balance_state a, b;
     bst_init(&a, N, 77);
     bst_init(&b, N, 77);
     v[2].outstanding = 1;
     v[4].waiting = 3;
-    for (int i = 0; i < 100; i++)
-        cr_assert_eq(balance_pick_load(BALANCE_PREFIX, &a, v, N, 0),
-                     balance_pick_load(BALANCE_CAPACITY, &b, v, N, 0));
+    struct prompt_blocks none = { NULL, 0 };
+    for (int i = 0; i < 100; i++) {
+        cr_assert_eq(balance_pick_load(BALANCE_PREFIX, &a, v, N, i & 1 ? &none : NULL),
+                     balance_pick_load(BALANCE_CAPACITY, &b, v, N, NULL));
+        cr_assert_eq(a.last_reason, BALANCE_REASON_LOAD);
+    }
     balance_state_free(&a);
     balance_state_free(&b);
-    balance_state_free(&s);
-}
-
-Test(balance_load, prefix_bounded_load_spills)
-{
-    enum { N = 4 };
-    struct backend_view v[N];
-    bv_idle(v, N);
-    bv_ids(v, N, 0);
-    for (unsigned i = 0; i < N; i++)
-        bv_unknown(&v[i]);
-    struct balance_state s;
-    bst_init(&s, N, 4);
-    const uint64_t h = 0x0123456789abcdefull;
-    int pref = balance_pick_load(BALANCE_PREFIX, &s, v, N, h);
-    cr_assert(pref >= 0);
-    /* one hot prefix, requests that never finish: the preferred backend takes them
-     * until it passes 1.25 × the mean + 1, then the others do */
-    unsigned spills = 0;
-    for (int i = 0; i < 400; i++) {
-        uint32_t total = 0;
-        for (unsigned k = 0; k < N; k++)
-            total += v[k].outstanding;
-        double bound = 1.25 * total / N + 1;
-        int k = balance_pick_load(BALANCE_PREFIX, &s, v, N, h);
-        cr_assert(k >= 0);
-        if (v[pref].outstanding > bound)
-            cr_assert_neq(k, pref, "pick %d: preferred at %u over the bound %.2f", i,
-                          v[pref].outstanding, bound);
-        else
-            cr_assert_eq(k, pref, "pick %d: preferred at %u within %.2f", i,
-                         v[pref].outstanding, bound);
-        spills += k != pref;
-        v[k].outstanding++;
-    }
-    double mean = 400.0 / N;
-    cr_expect(v[pref].outstanding <= 1.25 * mean + 2 && v[pref].outstanding >= 1.25 * mean - 2,
-              "preferred holds about 1.25 × the mean: %u", v[pref].outstanding);
-    cr_expect_gt(spills, 200);
-    /* load falls back: affinity returns */
-    for (unsigned k = 0; k < N; k++)
-        v[k].outstanding = 10;
-    cr_expect_eq(balance_pick_load(BALANCE_PREFIX, &s, v, N, h), pref);
-    /* a saturated preferred backend spills too */
-    v[pref].kv_usage = 0.95f;
-    for (int i = 0; i < 50; i++)
-        cr_expect_neq(balance_pick_load(BALANCE_PREFIX, &s, v, N, h), pref);
-    /* ... unless it is the only unsaturated one... */
-    for (unsigned k = 0; k < N; k++)
-        v[k].kv_usage = k == (unsigned)pref ? 0.5f : 0.95f;
-    v[pref].outstanding = 100;
-    cr_expect_eq(balance_pick_load(BALANCE_PREFIX, &s, v, N, h), pref,
-                 "over the bound but the others are saturated");
-    balance_state_free(&s);
-}
-
-Test(balance_load, prefix_consistent_hashing_moves_one_nth)
-{
-    enum { N = 5, KEYS = 20000 };
-    struct backend_view v[N + 1], w[N];
-    bv_idle(v, N + 1);
-    bv_ids(v, N + 1, 0);
-    struct balance_state s;
-    bst_init(&s, N + 1, 1);
-    static int before[KEYS];
-    unsigned count[N] = { 0 };
-    for (unsigned k = 0; k < KEYS; k++) {
-        before[k] = balance_pick_load(BALANCE_PREFIX, &s, v, N, (k + 1) * 0x9e3779b97f4a7c15ull);
-        cr_assert(before[k] >= 0 && before[k] < N);
-        count[before[k]]++;
-    }
-    for (unsigned i = 0; i < N; i++)
-        cr_expect(count[i] > KEYS / N * 0.9 && count[i] < KEYS / N * 1.1, "%u: %u keys", i, count[i]);
-
-    /* remove backend 2 from the array (the others shift down, their ids stay) */
-    unsigned moved = 0;
-    for (unsigned i = 0, j = 0; i < N; i++)
-        if (i != 2)
-            w[j++] = v[i];
-    for (unsigned k = 0; k < KEYS; k++) {
-        int now = balance_pick_load(BALANCE_PREFIX, &s, w, N - 1, (k + 1) * 0x9e3779b97f4a7c15ull);
-        int was = before[k] < 2 ? before[k] : before[k] == 2 ? -1 : before[k] - 1;
-        if (was < 0)
-            moved++;
-        else
-            cr_assert_eq(now, was, "key %u moved though its backend stayed", k);
-    }
-    cr_expect(moved > KEYS / N * 0.9 && moved < KEYS / N * 1.1, "%u of %u keys moved", moved, KEYS);
-
-    /* the same backend down instead of removed: the same keys move, to the same places */
-    v[2].up = false;
-    for (unsigned k = 0; k < KEYS; k++) {
-        int now = balance_pick_load(BALANCE_PREFIX, &s, v, N, (k + 1) * 0x9e3779b97f4a7c15ull);
-        int gone = balance_pick_load(BALANCE_PREFIX, &s, w, N - 1, (k + 1) * 0x9e3779b97f4a7c15ull);
-        cr_assert_eq(now, gone < 2 ? gone : gone + 1);
-        if (before[k] != 2)
-            cr_assert_eq(now, before[k]);
-    }
-    v[2].up = true;
-
-    /* a sixth backend added: only the keys it takes move, about 1/6 */
-    moved = 0;
-    for (unsigned k = 0; k < KEYS; k++) {
-        int now = balance_pick_load(BALANCE_PREFIX, &s, v, N + 1, (k + 1) * 0x9e3779b97f4a7c15ull);
-        if (now != before[k]) {
-            cr_assert_eq(now, N, "key %u moved between old backends", k);
-            moved++;
-        }
-    }
-    cr_expect(moved > KEYS / (N + 1) * 0.9 && moved < KEYS / (N + 1) * 1.1, "%u keys moved", moved);
-    balance_state_free(&s);
-}
-
-Test(balance_load, prefix_respects_weights)
-{
-    static const unsigned weights[] = { 1, 2, 3, 4 };
-    enum { N = 4, KEYS = 40000 };
-    struct backend_view v[N];
-    bv_idle(v, N);
-    bv_ids(v, N, 0);
-    for (unsigned i = 0; i < N; i++)
-        v[i].weight = weights[i];
-    struct balance_state s;
-    bst_init(&s, N, 1);
-    unsigned count[N] = { 0 };
-    for (unsigned k = 0; k < KEYS; k++)
-        count[balance_pick_load(BALANCE_PREFIX, &s, v, N, (k + 1) * 0xd1b54a32d192ed03ull)]++;
-    for (unsigned i = 0; i < N; i++) {
-        double want = KEYS * weights[i] / 10.0;
-        cr_expect(count[i] > want * 0.93 && count[i] < want * 1.07, "weight %u: %u keys, want %.0f",
-                  weights[i], count[i], want);
-    }
-    balance_state_free(&s);
-}
-
-Test(balance_load, backend_id_is_stable_and_never_zero)
-{
-    struct cfg_backend a, b, c;
-    memset(&a, 0, sizeof a);
-    memset(&b, 0, sizeof b);
-    memset(&c, 0, sizeof c);
-    strcpy(a.addr.text, "10.0.0.1:8000");
-    strcpy(b.addr.text, "10.0.0.1:8000");
-    strcpy(c.addr.text, "10.0.0.2:8000");
-    b.weight = 7;
-    cr_expect_eq(balance_backend_id(&a), balance_backend_id(&b), "the address is the identity");
-    cr_expect_neq(balance_backend_id(&a), balance_backend_id(&c));
-    cr_expect_neq(balance_backend_id(&a), 0);
-    memset(&a, 0, sizeof a);
-    cr_expect_neq(balance_backend_id(&a), 0);
 }

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "core/config.h"
+#include "policy/balance.h"
 #include "policy/keys.h"
 
 static char cfgt_err[1024];
@@ -1903,4 +1904,34 @@ Test(config_pool_tuning, print_shows_each_pools_effective_values)
     config_free(again);
     free(text);
     config_free(c);
+}
+
+Test(config_pool_tuning, prefix_scorer_keys)
+{
+    struct config *c = cfgt_load_ok("[pool p]\nbackend = 127.0.0.1:1\nbalance = prefix\n"
+                                    "prefix_hash_kib = 4\nprefix_cache_blocks = 1024\n"
+                                    "prefix_weight = 2\nqueue_weight = 0.75\nkv_weight = 0\n"
+                                    "[pool q]\nbackend = 127.0.0.1:2\nbalance = prefix\n");
+    const struct cfg_pool *p = &c->pools[0], *q = &c->pools[1];
+    cr_expect_eq(p->prefix_hash_kib, 4);
+    cr_expect_eq(p->prefix_cache_blocks, 1024);
+    cr_expect_float_eq(p->prefix_weight, 2.0f, 1e-6);
+    cr_expect_float_eq(p->queue_weight, 0.75f, 1e-6);
+    cr_expect_float_eq(p->kv_weight, 0.0f, 1e-6);
+    /* the defaults (balance.h says why) */
+    cr_expect_eq(q->prefix_hash_kib, 16);
+    cr_expect_eq(q->prefix_cache_blocks, BALANCE_PREFIX_CACHE_BLOCKS);
+    cr_expect_float_eq(q->prefix_weight, BALANCE_PREFIX_WEIGHT, 1e-6);
+    cr_expect_float_eq(q->queue_weight, BALANCE_QUEUE_WEIGHT, 1e-6);
+    cr_expect_float_eq(q->kv_weight, BALANCE_KV_WEIGHT, 1e-6);
+    config_free(c);
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nprefix_hash_kib = 17\n",
+                      "test.conf:3: invalid value for prefix_hash_kib: '17' (expected a number 1-16 "
+                      "(KiB of prompt hashed))");
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nqueue_weight = -1\n",
+                      "test.conf:3: invalid value for queue_weight: '-1' (expected a decimal number 0-100 "
+                      "such as 0.5)");
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nkv_weight = 1e3\n",
+                      "test.conf:3: invalid value for kv_weight: '1e3' (expected a decimal number 0-100 "
+                      "such as 0.5)");
 }

@@ -650,46 +650,83 @@ Test(openai, perf_2k_chat_body)
             m, oa_req.message_count, ns, m / ns);
 }
 
-/* prefix_hash: prompts that start alike hash alike, whatever follows past the
- * covered bytes; a different start, an image part or no prompt does not. */
-Test(openai, prefix_hash_follows_the_prompt_start)
+/* a chat body: a system prompt of sys_len 'S' bytes, then the user's text */
+static void oa_chat(char *out, size_t cap, size_t sys_len, const char *user)
 {
-    char sys[400];
-    memset(sys, 'S', 300);
-    sys[300] = 0;
-    char a[1024], b[1024];
-    snprintf(a, sizeof a, "{\"model\":\"m\",\"messages\":[{\"role\":\"system\",\"content\":\"%s\"},"
-             "{\"role\":\"user\",\"content\":\"first question\"}]}", sys);
-    snprintf(b, sizeof b, "{\"model\":\"m\",\"messages\":[{\"role\":\"system\",\"content\":\"%s\"},"
-             "{\"role\":\"user\",\"content\":\"another one\"}],\"stream\":true}", sys);
-    cr_assert_eq(oa_parse(a), OPENAI_OK);
-    uint64_t ha = oa_req.prefix_hash;
-    cr_assert_neq(ha, 0);
-    cr_assert_eq(oa_parse(b), OPENAI_OK);
-    cr_expect_eq(oa_req.prefix_hash, ha, "a shared 300-byte system prompt is the whole covered start");
+    static char sys[8192];
+    memset(sys, 'S', sys_len);
+    sys[sys_len] = 0;
+    snprintf(out, cap, "{\"model\":\"m\",\"messages\":[{\"role\":\"system\",\"content\":\"%s\"},"
+             "{\"role\":\"user\",\"content\":\"%s\"}]}", sys, user);
+}
 
-    /* short prompts: the covered start includes the user's text */
-    cr_assert_eq(oa_parse("{\"model\":\"m\",\"messages\":[{\"role\":\"system\",\"content\":\"Be brief.\"},"
-                          "{\"role\":\"user\",\"content\":\"hi\"}]}"), OPENAI_OK);
-    uint64_t h1 = oa_req.prefix_hash;
-    cr_assert_eq(oa_parse("{\"model\":\"m\",\"messages\":[{\"role\":\"system\",\"content\":\"Be brief.\"},"
-                          "{\"role\":\"user\",\"content\":\"ho\"}]}"), OPENAI_OK);
-    cr_expect_neq(oa_req.prefix_hash, h1);
+/* prefix_block: prompts that share their first k blocks share k hashes and part
+ * at the first block where they differ; short or absent prompts have none. */
+Test(openai, prefix_blocks_are_chained)
+{
+    static char a[16384], b[16384];
+    uint64_t ha[OPENAI_PREFIX_BLOCKS_MAX];
+    /* a 2000-byte system prompt (7 full blocks and part of an 8th), then the user */
+    oa_chat(a, sizeof a, 2000, "first question, long enough to fill the rest of the eighth block......");
+    oa_chat(b, sizeof b, 2000, "another one");
+    cr_assert_eq(oa_parse(a), OPENAI_OK);
+    uint32_t na = oa_req.prefix_blocks;
+    cr_assert_geq(na, 8, "blocks: %u", na);
+    memcpy(ha, oa_req.prefix_block, sizeof ha);
+    cr_assert_eq(oa_parse(b), OPENAI_OK);
+    cr_assert_geq(oa_req.prefix_blocks, 7);
+    for (unsigned k = 0; k < 7; k++) {
+        cr_expect_eq(oa_req.prefix_block[k], ha[k], "block %u is shared", k);
+        cr_expect_neq(oa_req.prefix_block[k], 0);
+    }
+    if (oa_req.prefix_blocks > 7)
+        cr_expect_neq(oa_req.prefix_block[7], ha[7], "the first block that differs");
+    /* a different first byte: no block in common, though the rest is the same */
+    a[strlen("{\"model\":\"m\",\"messages\":[{\"role\":\"system\",\"content\":\"")] = 'T';
+    cr_assert_eq(oa_parse(a), OPENAI_OK);
+    for (unsigned k = 0; k < oa_req.prefix_blocks && k < na; k++)
+        cr_expect_neq(oa_req.prefix_block[k], ha[k], "block %u is chained to the first", k);
+
+    /* at most OPENAI_PREFIX_BLOCKS_MAX blocks, whatever the prompt's length */
+    static char big[40000], ss[12000];
+    memset(ss, 'S', 10000);
+    ss[10000] = 0;
+    int m = snprintf(big, sizeof big, "{\"model\":\"m\",\"prompt\":[\"%s\",\"%s\"]}", ss, ss);
+    cr_assert_lt((size_t)m, sizeof big);
+    cr_assert_eq(oa_parse(big), OPENAI_OK);
+    cr_expect_eq(oa_req.prefix_blocks, OPENAI_PREFIX_BLOCKS_MAX);
+
     /* string boundaries count: "ab","c" is not "a","bc" */
-    cr_assert_eq(oa_parse("{\"model\":\"m\",\"prompt\":[\"ab\",\"c\"]}"), OPENAI_OK);
-    uint64_t h2 = oa_req.prefix_hash;
-    cr_assert_eq(oa_parse("{\"model\":\"m\",\"prompt\":[\"a\",\"bc\"]}"), OPENAI_OK);
-    cr_expect_neq(oa_req.prefix_hash, h2);
+    char as[128], cs[400], body[1024];
+    memset(as, 'a', 100);
+    as[100] = 0;
+    memset(cs, 'c', 300);
+    cs[300] = 0;
+    snprintf(body, sizeof body, "{\"model\":\"m\",\"prompt\":[\"%sb\",\"%s\"]}", as, cs);
+    cr_assert_eq(oa_parse(body), OPENAI_OK);
+    cr_assert_eq(oa_req.prefix_blocks, 1);
+    uint64_t h2 = oa_req.prefix_block[0];
+    snprintf(body, sizeof body, "{\"model\":\"m\",\"prompt\":[\"%s\",\"b%s\"]}", as, cs);
+    cr_assert_eq(oa_parse(body), OPENAI_OK);
+    cr_assert_eq(oa_req.prefix_blocks, 1);
+    cr_expect_neq(oa_req.prefix_block[0], h2);
     /* a text part counts like content; an image part does not */
+    oa_chat(a, sizeof a, 600, "hi");
+    cr_assert_eq(oa_parse(a), OPENAI_OK);
+    cr_assert_eq(oa_req.prefix_blocks, 2);
+    uint64_t h3 = oa_req.prefix_block[1];
+    snprintf(b, sizeof b, "{\"model\":\"m\",\"messages\":[{\"role\":\"system\",\"content\":["
+             "{\"type\":\"image_url\",\"image_url\":{\"url\":\"x\"}},{\"type\":\"text\",\"text\":\"%.600s\"}]},"
+             "{\"role\":\"user\",\"content\":\"hi\"}]}", strstr(a, "SSSS"));
+    cr_assert_eq(oa_parse(b), OPENAI_OK);
+    cr_assert_eq(oa_req.prefix_blocks, 2);
+    cr_expect_eq(oa_req.prefix_block[1], h3);
+    /* short prompts: not one full block */
     cr_assert_eq(oa_parse("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}"), OPENAI_OK);
-    uint64_t h3 = oa_req.prefix_hash;
-    cr_assert_eq(oa_parse("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":["
-                          "{\"type\":\"image_url\",\"image_url\":{\"url\":\"x\"}},{\"type\":\"text\",\"text\":\"hi\"}]}]}"),
-                 OPENAI_OK);
-    cr_expect_eq(oa_req.prefix_hash, h3);
+    cr_expect_eq(oa_req.prefix_blocks, 0);
     /* no prompt text at all */
     cr_assert_eq(oa_parse("{\"model\":\"m\",\"messages\":[]}"), OPENAI_OK);
-    cr_expect_eq(oa_req.prefix_hash, 0);
+    cr_expect_eq(oa_req.prefix_blocks, 0);
 }
 
 /* ---------------- openai_read_request: options for aigw-mockllm ---------------- */
@@ -731,7 +768,9 @@ static void oa_read_pieces(const char *body, struct oa_pieces *ps)
     struct openai_request plain;
     cr_assert_eq(openai_parse_request(body, strlen(body), &plain, NULL), OPENAI_OK);
     cr_assert_eq(plain.prompt_tokens_estimate, oa_req.prompt_tokens_estimate);
-    cr_assert_eq(plain.prefix_hash, oa_req.prefix_hash);
+    cr_assert_eq(plain.prefix_blocks, oa_req.prefix_blocks);
+    cr_assert(memcmp(plain.prefix_block, oa_req.prefix_block,
+                     plain.prefix_blocks * sizeof plain.prefix_block[0]) == 0);
 }
 
 #define oa_expect_piece(ps, i, src, itm, tok, text)                                    \
