@@ -143,11 +143,15 @@ static int pick(struct conn *c, enum pick_failure *why, bool *probe_claimed)
         };
     }
     struct prompt_blocks prompt = { c->req.prefix_block, c->req.prefix_blocks };
-    pick = balance_pick_load(pool->balance, &sg->balance[c->req.pool], view, n, &prompt);
+    struct balance_state *bs = &sg->balance[c->req.pool];
+    pick = balance_pick_load(pool->balance, bs, view, n, &prompt);
     if (pick < 0) {
         *why = any_up ? PICK_BUSY : PICK_DOWN;
         return -1;
     }
+    int slot = g->backend_metric_slot[first + (unsigned)pick];
+    if (slot >= 0)
+        mc_add(&sh->m->balance_decisions[slot][bs->last_reason], 1);
     return (int)(first + (unsigned)pick);
 }
 

@@ -16,6 +16,7 @@
 #include "core/cost.h"
 #include "core/log.h"
 #include "core/process_metrics.h"
+#include "policy/balance.h"     /* enum balance_reason */
 #include "trace/exporter.h"
 #include "util/clock.h"
 #include "util/hash.h"
@@ -91,6 +92,8 @@ static _Atomic uint32_t backend_outstanding[METRICS_MAX_BACKENDS];
 static _Atomic int32_t backend_waiting[METRICS_MAX_BACKENDS];
 static _Atomic int32_t backend_kv[METRICS_MAX_BACKENDS];
 static _Atomic uint64_t backend_scraped_ms[METRICS_MAX_BACKENDS];  /* 0: its engine never read */
+static _Atomic uint64_t backend_pc_hits[METRICS_MAX_BACKENDS], backend_pc_queries[METRICS_MAX_BACKENDS];
+static _Atomic bool backend_pc_known[METRICS_MAX_BACKENDS];
 static _Atomic bool backend_down[METRICS_MAX_BACKENDS];   /* zero: up, so never set renders 1 */
 static unsigned nbackends;
 static char *route_pool_route[METRICS_MAX_ROUTE_POOLS];
@@ -848,6 +851,15 @@ void metrics_set_backend_load(int slot, uint32_t outstanding, int32_t waiting, i
     atomic_store_explicit(&backend_scraped_ms[slot], scraped_ms, memory_order_relaxed);
 }
 
+void metrics_set_backend_prefix_cache(int slot, uint64_t hits, uint64_t queries)
+{
+    if (slot < 0 || slot >= METRICS_MAX_BACKENDS)
+        return;
+    atomic_store_explicit(&backend_pc_hits[slot], hits, memory_order_relaxed);
+    atomic_store_explicit(&backend_pc_queries[slot], queries, memory_order_relaxed);
+    atomic_store_explicit(&backend_pc_known[slot], true, memory_order_release);
+}
+
 /* Gauges from the watcher. The engine's figures stay when its metrics endpoint
  * stops answering: the last value, with its age beside it, tells an incident
  * more than a series that vanishes (routing stops trusting them on its own,
@@ -956,6 +968,37 @@ static void render_backend_health(struct outbuf *o)
             outbuf_u64(o, SUM_SHARDS(backend_retries[b]));
             outbuf_str(o, "\n");
         }
+    static const char *const reasons[2] = { [BALANCE_REASON_LOAD] = "load",
+                                             [BALANCE_REASON_AFFINITY] = "affinity" };
+    metrics_put_family(o, "aigw_balance_decisions_total", "counter",
+               "Requests sent to the backend by the balancer, by what decided: affinity (balance = prefix: "
+               "the prompt's blocks recorded there) or load.");
+    for (unsigned b = 0; b < nbackends; b++) {
+        if (!backend_live[b])
+            continue;
+        for (unsigned r = 0; r < 2; r++) {
+            put_backend_series(o, "aigw_balance_decisions_total", b, "reason", reasons[r]);
+            outbuf_u64(o, SUM_SHARDS(balance_decisions[b][r]));
+            outbuf_str(o, "\n");
+        }
+    }
+    static const struct { const char *name, *help; _Atomic uint64_t *v; } pc[2] = {
+        { "aigw_backend_prefix_cache_hits_total",
+          "The engine's prefix-cache hits (its vllm:prefix_cache_hits) at the last read of its metrics.",
+          backend_pc_hits },
+        { "aigw_backend_prefix_cache_queries_total",
+          "The engine's prefix-cache queries (its vllm:prefix_cache_queries) at the last read of its metrics.",
+          backend_pc_queries },
+    };
+    for (unsigned k = 0; k < 2; k++) {
+        metrics_put_family(o, pc[k].name, "counter", pc[k].help);
+        for (unsigned b = 0; b < nbackends; b++)
+            if (backend_live[b] && atomic_load_explicit(&backend_pc_known[b], memory_order_acquire)) {
+                put_backend_labels(o, pc[k].name, b);
+                outbuf_u64(o, atomic_load_explicit(&pc[k].v[b], memory_order_relaxed));
+                outbuf_str(o, "\n");
+            }
+    }
     metrics_put_family(o, "aigw_backend_circuit_opens_total", "counter",
                "Times the backend's circuit breaker opened.");
     for (unsigned b = 0; b < nbackends; b++)

@@ -117,6 +117,7 @@ struct shard_metrics {
     /* per backend slot */
     mcounter backend_requests[METRICS_MAX_BACKENDS][2];    /* enum attempt_result */
     mcounter backend_retries[METRICS_MAX_BACKENDS];        /* attempts on it retried elsewhere */
+    mcounter balance_decisions[METRICS_MAX_BACKENDS][2];   /* picks of it, by enum balance_reason */
     mcounter circuit_opens[METRICS_MAX_BACKENDS];
     /* per pool slot */
     mgauge queued[METRICS_MAX_POOLS];                      /* requests waiting now */
@@ -192,6 +193,10 @@ int metrics_key_slot(const char *name);
  * before; they are rendered, stale or not, with aigw_backend_metrics_age_seconds. */
 void metrics_set_backend_load(int slot, uint32_t outstanding, int32_t waiting, int32_t kv_permille,
                               uint64_t scraped_ms);
+/* The engine's prefix-cache counters as its last good scrape gave them (the
+ * watcher, one writer); rendered as aigw_backend_prefix_cache_{hits,queries}_total
+ * once set. */
+void metrics_set_backend_prefix_cache(int slot, uint64_t hits, uint64_t queries);
 /* Marks which backend slots the current configuration uses (others are not rendered). */
 void metrics_set_live_backends(const int *slots, unsigned n);
 /* The watcher's verdict on a backend (one writer): up (active check passing and

@@ -299,6 +299,10 @@ static void probe_done(struct gen *g, struct target *t, uint64_t now)
     atomic_store_explicit(&s->kv_permille, load.has_kv_usage ? (int32_t)(load.kv_usage * 1000 + 0.5) : -1,
                           memory_order_relaxed);
     atomic_store_explicit(&s->scraped_ms, now, memory_order_release);
+    if (load.has_prefix_cache)
+        metrics_set_backend_prefix_cache(g->backend_metric_slot[t->backend],
+                                         (uint64_t)(load.prefix_cache_hits < 1e18 ? load.prefix_cache_hits : 1e18),
+                                         (uint64_t)(load.prefix_cache_queries < 1e18 ? load.prefix_cache_queries : 1e18));
     if (t->failing)
         log_info("pool %s backend %s: metrics readable again", t->pool->name,
                  g->backend_cfg[t->backend]->addr.text);

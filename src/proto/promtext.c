@@ -428,7 +428,8 @@ int prom_label_get(const char *labels, size_t labels_len, const char *name,
 
 /* ---- engine load ---- */
 
-enum { F_WAITING, F_RUNNING, F_KV, F_KV_OLD };
+enum { F_WAITING, F_RUNNING, F_KV, F_KV_OLD, F_PC_HITS, F_PC_HITS_TOTAL, F_PC_QUERIES, F_PC_QUERIES_TOTAL,
+       F_COUNT };
 
 static const struct {
     const char *name;
@@ -439,6 +440,10 @@ static const struct {
     M("vllm:num_requests_running", PROM_ENGINE_VLLM, F_RUNNING),
     M("vllm:kv_cache_usage_perc", PROM_ENGINE_VLLM, F_KV),
     M("vllm:gpu_cache_usage_perc", PROM_ENGINE_VLLM, F_KV_OLD),
+    M("vllm:prefix_cache_hits", PROM_ENGINE_VLLM, F_PC_HITS),
+    M("vllm:prefix_cache_hits_total", PROM_ENGINE_VLLM, F_PC_HITS_TOTAL),
+    M("vllm:prefix_cache_queries", PROM_ENGINE_VLLM, F_PC_QUERIES),
+    M("vllm:prefix_cache_queries_total", PROM_ENGINE_VLLM, F_PC_QUERIES_TOTAL),
     M("sglang:num_queue_reqs", PROM_ENGINE_SGLANG, F_WAITING),
     M("sglang:num_running_reqs", PROM_ENGINE_SGLANG, F_RUNNING),
     M("sglang:token_usage", PROM_ENGINE_SGLANG, F_KV),
@@ -457,7 +462,7 @@ struct field_acc {
 
 struct load_ctx {
     uint8_t engine;
-    struct field_acc f[4];  /* F_* */
+    struct field_acc f[F_COUNT];
 };
 
 static int load_sample(void *ctxp, const struct prom_sample *s)
@@ -509,6 +514,11 @@ int engine_load_parse(const char *text, size_t len, struct engine_load *out,
     /* The older vLLM name counts only when the current one is not exported. */
     const struct field_acc *kv = ctx.f[F_KV].seen ? &ctx.f[F_KV] : &ctx.f[F_KV_OLD];
     out->has_kv_usage = field_known(kv, &out->kv_usage);
+    const struct field_acc *hits = ctx.f[F_PC_HITS_TOTAL].seen ? &ctx.f[F_PC_HITS_TOTAL] : &ctx.f[F_PC_HITS];
+    const struct field_acc *queries = ctx.f[F_PC_QUERIES_TOTAL].seen ? &ctx.f[F_PC_QUERIES_TOTAL]
+                                                                    : &ctx.f[F_PC_QUERIES];
+    out->has_prefix_cache = field_known(hits, &out->prefix_cache_hits) &&
+                            field_known(queries, &out->prefix_cache_queries);
     return 0;
 }
 

@@ -104,6 +104,8 @@ struct engine_load {
     double waiting;         /* requests queued inside the engine, >= 0 */
     double running;         /* requests being generated, >= 0 */
     double kv_usage;        /* KV cache (token pool) in use, 0..1 */
+    bool has_prefix_cache;  /* both counters below known */
+    double prefix_cache_hits, prefix_cache_queries;   /* the engine's counters, as exported */
 };
 
 /* Recognised names. waiting and running: the sum over every series of the
@@ -116,6 +118,9 @@ struct engine_load {
  *   SGLang    sglang:num_queue_reqs, sglang:num_running_reqs, sglang:token_usage
  *   TGI       tgi_queue_size, tgi_batch_current_size (no KV figure)
  *   llama.cpp llamacpp:requests_deferred (waiting), llamacpp:requests_processing
+ * and the prefix cache's counters, summed like waiting: vllm:prefix_cache_hits
+ * and vllm:prefix_cache_queries, with or without _total (the _total sample is
+ * used when both are exported, so one counter never counts twice).
  * The engine is the one of the first recognised sample; recognised names of
  * another engine later in the body are ignored, so figures are never mixed.
  * A field is unknown when its name is absent, when any of its series is NaN,

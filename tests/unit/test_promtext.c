@@ -699,3 +699,30 @@ Test(promtext, callback_stops)
     /* Validation only. */
     cr_assert_eq(prom_parse("a 1\nb 2\nc 3\n", 12, NULL, NULL, NULL), PROM_OK);
 }
+
+/* vllm:prefix_cache_{hits,queries}: summed over series; the _total sample wins
+ * when both are exported, so a counter never counts twice. */
+Test(promtext, prefix_cache_counters_with_and_without_total)
+{
+    struct engine_load l = pt_load("vllm:num_requests_running 1\n"
+                                   "vllm:prefix_cache_queries{model_name=\"m\"} 1000\n"
+                                   "vllm:prefix_cache_hits{model_name=\"m\"} 600\n");
+    cr_assert(l.has_prefix_cache);
+    cr_expect(pt_near(l.prefix_cache_hits, 600));
+    cr_expect(pt_near(l.prefix_cache_queries, 1000));
+    l = pt_load("vllm:prefix_cache_queries_total{engine=\"0\"} 300\n"
+                "vllm:prefix_cache_queries_total{engine=\"1\"} 200\n"
+                "vllm:prefix_cache_hits_total{engine=\"0\"} 50\n"
+                "vllm:prefix_cache_hits_total{engine=\"1\"} 25\n"
+                "vllm:prefix_cache_hits 9999\n");
+    cr_assert(l.has_prefix_cache);
+    cr_expect(pt_near(l.prefix_cache_hits, 75));
+    cr_expect(pt_near(l.prefix_cache_queries, 500));
+    /* one of the two missing, or a bad value: not known */
+    l = pt_load("vllm:prefix_cache_hits 5\n");
+    cr_expect_not(l.has_prefix_cache);
+    l = pt_load("vllm:prefix_cache_hits 5\nvllm:prefix_cache_queries NaN\n");
+    cr_expect_not(l.has_prefix_cache);
+    l = pt_load("sglang:num_queue_reqs 1\nvllm:prefix_cache_hits 5\nvllm:prefix_cache_queries 9\n");
+    cr_expect_not(l.has_prefix_cache, "another engine's figures are never mixed in");
+}
