@@ -713,13 +713,13 @@ static const uint8_t top_key_slot[] = {
 
 /* The prompt cut into chained block hashes (see openai.h): h is the hash of the
  * block being filled, seeded with the previous block's; fill its bytes so far. */
-struct prefix_hasher {
+struct block_chain {
     uint64_t h;
     size_t fill;
     struct openai_request *out;
 };
 
-static void prefix_add(struct prefix_hasher *ph, const char *p, size_t n)
+static void prefix_add(struct block_chain *ph, const char *p, size_t n)
 {
     struct openai_request *o = ph->out;
     while (n && o->prefix_blocks < OPENAI_PREFIX_BLOCKS_MAX) {
@@ -738,7 +738,7 @@ static void prefix_add(struct prefix_hasher *ph, const char *p, size_t n)
 }
 
 /* a string's end: one byte, so "ab","c" and "a","bc" differ */
-static void prefix_end_string(struct prefix_hasher *ph)
+static void prefix_end_string(struct block_chain *ph)
 {
     prefix_add(ph, "", 1);
 }
@@ -878,7 +878,7 @@ struct reader {
     uint32_t prompt_item, next_prompt_item;
     bool in_token_run;                  /* the last element was a bare token id */
 
-    struct prefix_hasher prefix;
+    struct block_chain prefix;
     struct seen_key unknown[OPENAI_MAX_TOP_KEYS];
 };
 
@@ -906,7 +906,7 @@ static void reader_init(struct reader *r, const char *body, const struct openai_
     r->max_tokens_at = body;
     r->prompt_item = r->next_prompt_item = 0;
     r->in_token_run = false;
-    r->prefix = (struct prefix_hasher){ 0, 0, out };
+    r->prefix = (struct block_chain){ 0, 0, out };
 
     out->model = (struct slice){ NULL, 0 };
     out->model_escaped = false;
