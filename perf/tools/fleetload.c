@@ -138,15 +138,21 @@ static volatile sig_atomic_t stop_requested;
 
 static void on_stop_signal(int sig) { (void)sig; stop_requested = 1; }
 
-static uint64_t rng(void)       /* splitmix64 */
+static uint64_t splitmix64(uint64_t *state)
 {
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
 }
 
-static double rng01(void) { return (double)(rng() >> 11) / 9007199254740992.0; }
+static uint64_t rng(void) { return splitmix64(&rng_state); }
+
+/* The arrival times draw from their own stream, so that every workload with the
+ * same seed gets the same arrivals whatever randomness its prompts consume. */
+static uint64_t arrival_state;
+
+static double arrival01(void) { return (double)(splitmix64(&arrival_state) >> 11) / 9007199254740992.0; }
 
 /* The natural logarithm, x > 0 (the build links no libm): x = m * 2^e, m in [1, 2),
  * ln m = 2 atanh((m - 1) / (m + 1)). */
@@ -819,6 +825,7 @@ int main(int argc, char **argv)
         return 2;
     }
     rng_state = O.seed * 0x2545f4914f6cdd1dull + 1;
+    arrival_state = O.seed * 0x9e3779b97f4a7c15ull + 7;
     if (O.shared_prefixes) {
         prefixes = xmalloc(O.shared_prefixes * sizeof *prefixes);
         for (unsigned k = 0; k < O.shared_prefixes; k++) {
@@ -855,7 +862,7 @@ int main(int argc, char **argv)
                 break;
             }
             start_request(now, t_next);
-            t_next += O.fixed ? 1.0 / O.rate : -ln(1.0 - rng01()) / O.rate;
+            t_next += O.fixed ? 1.0 / O.rate : -ln(1.0 - arrival01()) / O.rate;
         }
         if (!arrivals_done && t_next >= t_end && now >= t_end) {
             arrivals_done = true;
