@@ -15,7 +15,7 @@
 #   BACKENDS="4 8 16" (--max-running of each)  TPS=50  TTFT_MS=50  MAX_TOKENS=100
 #   PREFILL_TPS=4000  PREFIX_CACHE=12288 (tokens)  KV_PER_SEQ=0 (kv-capacity = max-running x this; 0: unlimited)
 #   plain: PROMPT_BYTES=64   prefixes: SHARED_PREFIXES=16 PREFIX_BYTES=8192 SUFFIX_BYTES=64
-#   multiturn: CONVERSATIONS=64 TURNS=8 TURN_BYTES=512 REPLY_BYTES=400
+#   multiturn: CONVERSATIONS=32 TURNS=8 TURN_BYTES=512 REPLY_BYTES=400
 #   sysprompt: SYSTEM_BYTES=12288 (+ a user message of PROMPT_BYTES)
 #   PLOT=FILE.png (the TTFT CDFs; default /tmp/aigw-fleet-ttft-cdf.png; PLOT=none: no picture)
 #   ARRIVAL=poisson|fixed  SEED=1  TIMEOUT=60 (s, per request; also the drain)  MAX_OUTSTANDING=1000
@@ -41,7 +41,7 @@ PROMPT_BYTES=${PROMPT_BYTES:-64}
 SHARED_PREFIXES=${SHARED_PREFIXES:-16}
 PREFIX_BYTES=${PREFIX_BYTES:-8192}
 SUFFIX_BYTES=${SUFFIX_BYTES:-64}
-CONVERSATIONS=${CONVERSATIONS:-64}
+CONVERSATIONS=${CONVERSATIONS:-32}
 TURNS=${TURNS:-8}
 TURN_BYTES=${TURN_BYTES:-512}
 REPLY_BYTES=${REPLY_BYTES:-400}
@@ -67,6 +67,9 @@ for v in DURATION LOAD TPS TTFT_MS MAX_TOKENS PREFILL_TPS PREFIX_CACHE KV_PER_SE
     isnum "${!v}" || die "$v must be a number, not '${!v}'"
 done
 [ -z "$RATE" ] || isnum "$RATE" || die "RATE must be a number, not '$RATE'"
+for v in CONVERSATIONS TURNS TURN_BYTES SYSTEM_BYTES; do
+    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, not '${!v}'"
+done
 awk -v t="$TPS" -v m="$MAX_TOKENS" -v d="$DURATION" 'BEGIN { exit !(t > 0 && m >= 1 && d > 0) }' ||
     die "TPS, MAX_TOKENS and DURATION must be above zero"
 for f in "$AIGW" "$MOCKLLM" "$FLEETLOAD"; do [ -x "$f" ] || die "$f not found; run 'make' first"; done
@@ -304,7 +307,7 @@ if [ "$PLOT" != none ] && [ -s "$RESULTS" ]; then
     cols=$((np < 2 ? np : 2)); rows=$(((np + cols - 1) / cols))
     gp=$WORK/ttft-cdf.gp
     {
-        echo "set terminal pngcairo noenhanced size $((640 * cols)),$((420 * rows + 40)) font 'sans,10'"
+        echo "set terminal pngcairo noenhanced size $((560 * cols)),$((380 * rows + 30)) font 'sans,10'"
         echo "set output '$PLOT'"
         echo "set multiplot layout $rows,$cols title 'TTFT CDF: $RATE req/s for $DURATION s, max-running ${MR[*]}, prefill $PREFILL_TPS tok/s'"
         echo "set logscale x; set xlabel 'TTFT (ms, log scale)'; set ylabel 'fraction of completed requests'"

@@ -152,7 +152,10 @@ static uint64_t rng(void) { return splitmix64(&rng_state); }
  * same seed gets the same arrivals whatever randomness its prompts consume. */
 static uint64_t arrival_state;
 
-static double arrival01(void) { return (double)(splitmix64(&arrival_state) >> 11) / 9007199254740992.0; }
+static double arrival01(void)
+{
+    return (double)(splitmix64(&arrival_state) >> 11) / 9007199254740992.0;
+}
 
 /* The natural logarithm, x > 0 (the build links no libm): x = m * 2^e, m in [1, 2),
  * ln m = 2 atanh((m - 1) / (m + 1)). */
