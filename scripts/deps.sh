@@ -6,7 +6,8 @@ set -eu
 cd "$(dirname "$0")/.."
 PKGS="build-essential pkg-config liburing-dev libwolfssl-dev libmimalloc-dev libhiredis-dev redis-server \
 libcriterion-dev libinih-dev libxxhash-dev wrk nginx-light haproxy curl openssl \
-clang libclang-rt-14-dev procps prometheus python3 chromium systemd logrotate groff-base man-db bsdextrautils"
+clang libclang-rt-14-dev procps prometheus python3 chromium systemd logrotate groff-base man-db bsdextrautils \
+gnuplot-nox"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

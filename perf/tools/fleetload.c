@@ -4,7 +4,18 @@
  *   fleetload --port PORT [--rate R] [--duration S] [--arrival poisson|fixed]
  *             [--max-tokens N] [--model NAME] [--prompt-bytes N]
  *             [--shared-prefixes N] [--prefix-bytes N] [--suffix-bytes N]
- *             [--timeout S] [--drain S] [--seed N] [--label NAME]
+ *             [--system-bytes N] [--conversations N] [--turns N] [--turn-bytes N]
+ *             [--reply-bytes N] [--timeout S] [--drain S] [--seed N] [--label NAME]
+ *             [--ttft-out FILE]
+ *
+ * The prompts are one of four workloads: random text (plain, the default),
+ * --shared-prefixes (one of N fixed prefixes + a random suffix), --system-bytes
+ * (one fixed system message + a random user message of --prompt-bytes), or
+ * --conversations (multi-turn chats: each arrival takes the next turn of one of N
+ * conversations at random, resending its whole history plus a new user message;
+ * the history then grows by that message and an assistant reply of --reply-bytes,
+ * as a client resends what the model said; after --turns turns a conversation
+ * starts over with new text).
  *
  * Requests START on a fixed schedule (Poisson arrivals, or a fixed interval) at
  * --rate per second for --duration seconds, however many are already in flight: a
@@ -84,11 +95,28 @@ static struct {
     size_t prompt_bytes;
     unsigned shared_prefixes;
     size_t prefix_bytes, suffix_bytes;
+    size_t system_bytes;
+    unsigned conversations, turns;
+    size_t turn_bytes, reply_bytes;
+    const char *ttft_out;
     uint64_t seed;
 } O = {
     .port = 0, .rate = 10, .duration = 30, .timeout = 60, .drain = -1,
     .max_tokens = 100, .model = "mock-llama-3.1-8b", .label = "-",
     .prompt_bytes = 64, .prefix_bytes = 2048, .suffix_bytes = 64, .seed = 1,
+    .turns = 8, .turn_bytes = 512, .reply_bytes = 400,
+};
+
+/* A growable byte buffer, for request bodies and conversation histories. */
+struct buf {
+    char *p;
+    size_t len, cap;
+};
+
+/* One multi-turn conversation: its messages so far, as JSON array items. */
+struct conversation {
+    struct buf history;
+    unsigned turn;              /* turns sent since it (re)started */
 };
 
 static struct {
@@ -103,20 +131,31 @@ static struct req **active;
 static unsigned nactive, capactive;
 static int ep;
 static char **prefixes;
+static char *system_prompt;
+static struct conversation *conversations;
 static uint64_t rng_state;
 static volatile sig_atomic_t stop_requested;
 
 static void on_stop_signal(int sig) { (void)sig; stop_requested = 1; }
 
-static uint64_t rng(void)       /* splitmix64 */
+static uint64_t splitmix64(uint64_t *state)
 {
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
 }
 
-static double rng01(void) { return (double)(rng() >> 11) / 9007199254740992.0; }
+static uint64_t rng(void) { return splitmix64(&rng_state); }
+
+/* The arrival times draw from their own stream, so that every workload with the
+ * same seed gets the same arrivals whatever randomness its prompts consume. */
+static uint64_t arrival_state;
+
+static double arrival01(void)
+{
+    return (double)(splitmix64(&arrival_state) >> 11) / 9007199254740992.0;
+}
 
 /* The natural logarithm, x > 0 (the build links no libm): x = m * 2^e, m in [1, 2),
  * ln m = 2 atanh((m - 1) / (m + 1)). */
@@ -165,6 +204,52 @@ static void fill_text(char *p, size_t n)
     }
 }
 
+static void buf_reserve(struct buf *b, size_t more)
+{
+    if (b->len + more + 1 <= b->cap)
+        return;
+    size_t cap = b->cap ? b->cap : 1024;
+    while (cap < b->len + more + 1)
+        cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (!p) {
+        fprintf(stderr, "fleetload: out of memory\n");
+        exit(2);
+    }
+    b->p = p;
+    b->cap = cap;
+}
+
+static void buf_add(struct buf *b, const char *s, size_t n)
+{
+    buf_reserve(b, n);
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = 0;
+}
+
+static void buf_str(struct buf *b, const char *s) { buf_add(b, s, strlen(s)); }
+
+/* Appends one message, {"role":ROLE,"content":TEXT}, TEXT being n random bytes if
+ * text is NULL; a comma first unless it is the array's first item. */
+static void add_message(struct buf *b, const char *role, const char *text, size_t n)
+{
+    if (b->len)
+        buf_str(b, ",");
+    buf_str(b, "{\"role\":\"");
+    buf_str(b, role);
+    buf_str(b, "\",\"content\":\"");
+    if (text) {
+        buf_add(b, text, n);
+    } else {
+        buf_reserve(b, n);
+        fill_text(b->p + b->len, n);
+        b->len += n;
+        b->p[b->len] = 0;
+    }
+    buf_str(b, "\"}");
+}
+
 static void usage(FILE *out)
 {
     fprintf(out,
@@ -179,6 +264,12 @@ static void usage(FILE *out)
         "  --shared-prefixes N   prompts are one of N shared prefixes + a random suffix\n"
         "  --prefix-bytes N      length of each shared prefix (default 2048)\n"
         "  --suffix-bytes N      length of the random suffix (default 64)\n"
+        "  --system-bytes N      prompts are one shared N-byte system message + --prompt-bytes\n"
+        "  --conversations N     prompts are turns of N multi-turn conversations\n"
+        "  --turns N             turns of a conversation before it starts over (default 8)\n"
+        "  --turn-bytes N        length of each new user message (default 512)\n"
+        "  --reply-bytes N       length of each assistant reply added to a history (default 400)\n"
+        "  --ttft-out FILE       write every completed request's TTFT (ms, sorted) to FILE\n"
         "  --timeout S           a request not finished S seconds after it started fails (default 60)\n"
         "  --drain S             after the arrivals, wait at most S seconds (default: the timeout)\n"
         "  --seed N              random seed: the same seed gives the same arrivals and prompts\n"
@@ -205,6 +296,8 @@ static void parse_args(int argc, char **argv)
         {"prompt-bytes", 1, 0, 'b'}, {"shared-prefixes", 1, 0, 's'},
         {"prefix-bytes", 1, 0, 'P'}, {"suffix-bytes", 1, 0, 'S'}, {"timeout", 1, 0, 't'},
         {"drain", 1, 0, 'D'}, {"seed", 1, 0, 'e'}, {"label", 1, 0, 'l'}, {"help", 0, 0, 'h'},
+        {"system-bytes", 1, 0, 'y'}, {"conversations", 1, 0, 'c'}, {"turns", 1, 0, 'T'},
+        {"turn-bytes", 1, 0, 'u'}, {"reply-bytes", 1, 0, 'R'}, {"ttft-out", 1, 0, 'o'},
         {0, 0, 0, 0},
     };
     int c;
@@ -237,6 +330,12 @@ static void parse_args(int argc, char **argv)
         case 'D': O.drain = parse_pos(name, optarg, true); break;
         case 'e': O.seed = (uint64_t)parse_pos(name, optarg, true); break;
         case 'l': O.label = optarg; break;
+        case 'y': O.system_bytes = (size_t)parse_pos(name, optarg, true); break;
+        case 'c': O.conversations = (unsigned)parse_pos(name, optarg, true); break;
+        case 'T': O.turns = (unsigned)parse_pos(name, optarg, false); break;
+        case 'u': O.turn_bytes = (size_t)parse_pos(name, optarg, false); break;
+        case 'R': O.reply_bytes = (size_t)parse_pos(name, optarg, true); break;
+        case 'o': O.ttft_out = optarg; break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); exit(2);
         }
@@ -247,43 +346,80 @@ static void parse_args(int argc, char **argv)
     }
     if (O.rate > 100000 || O.duration > 86400 || O.timeout > 86400 ||
         O.prompt_bytes > (1u << 20) || O.prefix_bytes > (1u << 20) || O.suffix_bytes > (1u << 20) ||
-        O.shared_prefixes > 100000 || strlen(O.model) > 200 || strpbrk(O.model, "\"\\")) {
+        O.shared_prefixes > 100000 || strlen(O.model) > 200 || strpbrk(O.model, "\"\\") ||
+        O.system_bytes > (1u << 20) || O.conversations > 100000 || O.turns > 10000 ||
+        O.turn_bytes > (1u << 20) || O.reply_bytes > (1u << 20) ||
+        /* a conversation's last turn must stay a sane request */
+        (O.conversations && (double)O.turns * (double)(O.turn_bytes + O.reply_bytes) > 4 << 20)) {
         fprintf(stderr, "fleetload: a value is out of range\n");
+        exit(2);
+    }
+    if ((O.shared_prefixes > 0) + (O.system_bytes > 0) + (O.conversations > 0) > 1) {
+        fprintf(stderr, "fleetload: --shared-prefixes, --system-bytes and --conversations "
+                        "are different workloads; give one\n");
         exit(2);
     }
     if (O.drain < 0)
         O.drain = O.timeout;
 }
 
+/* The "messages" array's items for the next request of the workload. */
+static void build_messages(struct buf *m)
+{
+    if (O.conversations) {
+        struct conversation *c = &conversations[rng() % O.conversations];
+        if (c->turn == O.turns) {
+            c->history.len = 0;
+            c->turn = 0;
+        }
+        add_message(&c->history, "user", NULL, O.turn_bytes);
+        buf_add(m, c->history.p, c->history.len);
+        if (O.reply_bytes)
+            add_message(&c->history, "assistant", NULL, O.reply_bytes);
+        c->turn++;
+        return;
+    }
+    if (O.system_bytes) {
+        add_message(m, "system", system_prompt, O.system_bytes);
+        add_message(m, "user", NULL, O.prompt_bytes ? O.prompt_bytes : 1);
+        return;
+    }
+    if (O.shared_prefixes) {
+        /* one message: the prefix and the suffix in the same content */
+        unsigned k = (unsigned)(rng() % O.shared_prefixes);
+        buf_str(m, "{\"role\":\"user\",\"content\":\"");
+        buf_add(m, prefixes[k], O.prefix_bytes);
+        buf_reserve(m, O.suffix_bytes);
+        fill_text(m->p + m->len, O.suffix_bytes);
+        m->len += O.suffix_bytes;
+        buf_str(m, "\"}");
+        return;
+    }
+    add_message(m, "user", NULL, O.prompt_bytes ? O.prompt_bytes : 1);
+}
+
 static char *build_request(size_t *len)
 {
-    size_t plen = O.shared_prefixes ? O.prefix_bytes + O.suffix_bytes : O.prompt_bytes;
-    if (plen == 0)
-        plen = 1;
-    char *prompt = xmalloc(plen + 1);
-    if (O.shared_prefixes) {
-        unsigned k = (unsigned)(rng() % O.shared_prefixes);
-        memcpy(prompt, prefixes[k], O.prefix_bytes);
-        fill_text(prompt + O.prefix_bytes, plen - O.prefix_bytes);
-    } else {
-        fill_text(prompt, plen);
-    }
-    prompt[plen] = 0;
-    size_t cap = plen + strlen(O.model) + 512;
-    char *body = xmalloc(cap);
-    int blen = snprintf(body, cap,
-                        "{\"model\":\"%s\",\"messages\":[{\"role\":\"user\",\"content\":\"%s\"}],"
-                        "\"max_tokens\":%u,\"stream\":true}", O.model, prompt, O.max_tokens);
-    free(prompt);
-    size_t rcap = (size_t)blen + 256;
-    char *out = xmalloc(rcap);
-    int n = snprintf(out, rcap,
-                     "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
-                     "Content-Type: application/json\r\nAccept: text/event-stream\r\n"
-                     "Content-Length: %d\r\nConnection: close\r\n\r\n%s", O.port, blen, body);
-    free(body);
-    *len = (size_t)n;
-    return out;
+    struct buf m = {0}, body = {0}, out = {0};
+    build_messages(&m);
+    char num[64];
+    buf_str(&body, "{\"model\":\"");
+    buf_str(&body, O.model);
+    buf_str(&body, "\",\"messages\":[");
+    buf_add(&body, m.p, m.len);
+    snprintf(num, sizeof num, "],\"max_tokens\":%u,\"stream\":true}", O.max_tokens);
+    buf_str(&body, num);
+    char head[256];
+    snprintf(head, sizeof head,
+             "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+             "Content-Type: application/json\r\nAccept: text/event-stream\r\n"
+             "Content-Length: %zu\r\nConnection: close\r\n\r\n", O.port, body.len);
+    buf_str(&out, head);
+    buf_add(&out, body.p, body.len);
+    free(m.p);
+    free(body.p);
+    *len = out.len;
+    return out.p;
 }
 
 static void record(double v_ttft, double v_total)
@@ -692,11 +828,23 @@ int main(int argc, char **argv)
         return 2;
     }
     rng_state = O.seed * 0x2545f4914f6cdd1dull + 1;
+    arrival_state = O.seed * 0x9e3779b97f4a7c15ull + 7;
     if (O.shared_prefixes) {
         prefixes = xmalloc(O.shared_prefixes * sizeof *prefixes);
         for (unsigned k = 0; k < O.shared_prefixes; k++) {
             prefixes[k] = xmalloc(O.prefix_bytes + 1);
             fill_text(prefixes[k], O.prefix_bytes);
+        }
+    }
+    if (O.system_bytes) {
+        system_prompt = xmalloc(O.system_bytes);
+        fill_text(system_prompt, O.system_bytes);
+    }
+    if (O.conversations) {
+        conversations = calloc(O.conversations, sizeof *conversations);
+        if (!conversations) {
+            fprintf(stderr, "fleetload: out of memory\n");
+            return 2;
         }
     }
 
@@ -717,7 +865,7 @@ int main(int argc, char **argv)
                 break;
             }
             start_request(now, t_next);
-            t_next += O.fixed ? 1.0 / O.rate : -ln(1.0 - rng01()) / O.rate;
+            t_next += O.fixed ? 1.0 / O.rate : -ln(1.0 - arrival01()) / O.rate;
         }
         if (!arrivals_done && t_next >= t_end && now >= t_end) {
             arrivals_done = true;
@@ -772,6 +920,19 @@ int main(int argc, char **argv)
 
     qsort(R.ttft, R.nres, sizeof *R.ttft, cmp_double);
     qsort(R.total, R.nres, sizeof *R.total, cmp_double);
+    if (O.ttft_out) {
+        FILE *f = fopen(O.ttft_out, "w");
+        if (!f) {
+            fprintf(stderr, "fleetload: %s: %s\n", O.ttft_out, strerror(errno));
+            return 2;
+        }
+        for (size_t i = 0; i < R.nres; i++)
+            fprintf(f, "%.3f\n", R.ttft[i] * 1e3);
+        if (fclose(f) != 0) {
+            fprintf(stderr, "fleetload: %s: write failed\n", O.ttft_out);
+            return 2;
+        }
+    }
     uint64_t failed = R.http_errors + R.conn_errors + R.incomplete + R.timeouts;
     double ttft50 = pct(R.ttft, R.nres, 50) * 1e3, ttft99 = pct(R.ttft, R.nres, 99) * 1e3;
     double ttftmax = pct(R.ttft, R.nres, 100) * 1e3;
@@ -793,12 +954,12 @@ int main(int argc, char **argv)
     fprintf(stderr,
             "fleetload %s: %llu started in %.0f s (%.2f/s offered), %llu completed, %llu failed "
             "(%llu http, %llu conn, %llu incomplete, %llu timeout), %llu shed; "
-            "TTFT p50 %.0f ms p99 %.0f ms; total p50 %.0f ms p99 %.0f ms; at most %llu in flight%s\n",
+            "TTFT p50 %.0f ms p90 %.0f ms p99 %.0f ms; total p50 %.0f ms p99 %.0f ms; at most %llu in flight%s\n",
             O.label, (unsigned long long)R.sent, O.duration, (double)R.sent / O.duration,
             (unsigned long long)R.completed, (unsigned long long)failed,
             (unsigned long long)R.http_errors, (unsigned long long)R.conn_errors,
             (unsigned long long)R.incomplete, (unsigned long long)R.timeouts,
-            (unsigned long long)R.shed, ttft50, ttft99, tot50, tot99,
+            (unsigned long long)R.shed, ttft50, pct(R.ttft, R.nres, 90) * 1e3, ttft99, tot50, tot99,
             (unsigned long long)R.max_inflight, stop_requested ? " (interrupted)" : "");
     return stop_requested ? 130 : 0;
 }
