@@ -451,8 +451,9 @@ start_haproxy_tls_chacha() {
     ensure_certs && run_haproxy haproxy-tls-chacha \
         "ssl crt $TLS_CERTS/haproxy.pem ssl-min-ver TLSv1.3 ciphersuites $TLS_CHACHA_OPENSSL"
 }
-# run_haproxy TARGET BIND_OPTIONS: one thread, HTTP keep-alive both sides
-run_haproxy() {
+# write_haproxy_conf TARGET BIND_OPTIONS [GLOBAL_LINE]: $WORK/TARGET.cfg, one
+# thread, HTTP keep-alive both sides
+write_haproxy_conf() {
     local t=$1
     # HAProxy reserves two descriptors per connection and, by default, refuses to start
     # when the limit is lower. Idle clients (perf/idle-rss.sh) need one each, so where the
@@ -465,6 +466,7 @@ global
     nbthread 1
     maxconn $maxconn
     $limits
+    ${3:-}
 
 defaults
     mode http
@@ -483,6 +485,12 @@ frontend bench
 backend backend
     server mockllm 127.0.0.1:$PORT_BACKEND
 EOF
+}
+
+# run_haproxy TARGET BIND_OPTIONS: HAProxy in the foreground
+run_haproxy() {
+    local t=$1
+    write_haproxy_conf "$@"
     "${PIN_PROXY[@]}" "$HAPROXY" -db -f "$WORK/$t.cfg" >"$WORK/$t.log" 2>&1 &
     PID[$t]=$!; STARTED+=($!)
     wait_port "${PORT[$t]}" "${PID[$t]}" "$t"

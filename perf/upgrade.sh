@@ -76,29 +76,7 @@ start_nginx_daemon() {
 
 start_haproxy_mw() {
     local cfg=$WORK/haproxy.cfg
-    cat >"$cfg" <<EOF
-global
-    nbthread 1
-    maxconn 8000
-    stats socket $WORK/haproxy.sock mode 600 expose-fd listeners level admin
-
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse always
-    timeout connect 5s
-    timeout client 300s
-    timeout server 60s
-    timeout http-keep-alive 300s
-    timeout http-request 300s
-
-frontend bench
-    bind 127.0.0.1:${PORT[haproxy]}
-    default_backend backend
-
-backend backend
-    server mockllm 127.0.0.1:$PORT_BACKEND
-EOF
+    write_haproxy_conf haproxy "" "stats socket $WORK/haproxy.sock mode 600 expose-fd listeners level admin"
     "${PIN_PROXY[@]}" "$HAPROXY" -W -db -f "$cfg" >"$WORK/haproxy.log" 2>&1 &
     PID[haproxy]=$!; track $!
     wait_port "${PORT[haproxy]}" "${PID[haproxy]}" haproxy

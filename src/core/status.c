@@ -166,6 +166,25 @@ static void close_with(struct outbuf *o, char c)
     outbuf_char(o, c);
 }
 
+/* "key":{"name":now[0],...}, counters by name over the window; *sum and *sum0
+ * get their totals now and at the window's start (for a rate). A NULL now
+ * (a label without a metric slot) writes zeros. */
+static void put_counter_map(struct outbuf *o, const char *key, const char *const *names, unsigned n,
+                            const uint64_t *now, const uint64_t *old, uint64_t *sum, uint64_t *sum0)
+{
+    *sum = *sum0 = 0;
+    put_key(o, key);
+    outbuf_char(o, '{');
+    for (unsigned k = 0; k < n; k++) {
+        uint64_t v = now ? now[k] : 0;
+        *sum += v;
+        *sum0 += old ? old[k] : 0;
+        put_field_u64(o, names[k], v);
+    }
+    close_with(o, '}');
+    outbuf_char(o, ',');
+}
+
 static const char *const balance_names[] = {
     [BALANCE_ROUND_ROBIN] = "round_robin", [BALANCE_LEAST_OUTSTANDING] = "least_outstanding",
     [BALANCE_CAPACITY] = "capacity", [BALANCE_PREFIX] = "prefix",
@@ -322,17 +341,9 @@ static void put_pool(struct outbuf *o, const struct gen *g, unsigned p, const st
     static const char *const shed_names[METRICS_NSHED] = {
         [SHED_QUEUE_FULL] = "queue_full", [SHED_QUEUE_TIMEOUT] = "queue_timeout", [SHED_NO_BACKEND] = "no_backend",
     };
-    uint64_t shed = 0, shed0 = 0;
-    put_key(o, "shed_total");
-    outbuf_char(o, '{');
-    for (unsigned k = 0; k < METRICS_NSHED; k++) {
-        uint64_t v = counted ? w->now->shed[slot][k] : 0;
-        shed += v;
-        shed0 += counted ? w->old->shed[slot][k] : 0;
-        put_field_u64(o, shed_names[k], v);
-    }
-    close_with(o, '}');
-    outbuf_char(o, ',');
+    uint64_t shed, shed0;
+    put_counter_map(o, "shed_total", shed_names, METRICS_NSHED, counted ? w->now->shed[slot] : NULL,
+                    counted ? w->old->shed[slot] : NULL, &shed, &shed0);
     put_field_double(o, "shed_per_s", rate(w, shed, shed0));
     close_with(o, '}');
     outbuf_char(o, ',');
@@ -352,21 +363,13 @@ static void put_route(struct outbuf *o, const struct gen *g, unsigned r, const s
     static const char *const classes[METRICS_NCLASSES] = {
         [MSC_1XX] = "1xx", [MSC_2XX] = "2xx", [MSC_3XX] = "3xx", [MSC_4XX] = "4xx", [MSC_429] = "429", [MSC_5XX] = "5xx",
     };
-    uint64_t total = 0, total0 = 0;
+    uint64_t total, total0;
     outbuf_char(o, '{');
     put_key(o, "name");
     put_string(o, g->cfg->routes[r].name);
     outbuf_char(o, ',');
-    put_key(o, "status_total");
-    outbuf_char(o, '{');
-    for (unsigned c = 0; c < METRICS_NCLASSES; c++) {
-        uint64_t v = counted ? w->now->route_requests[slot][c] : 0;
-        total += v;
-        total0 += counted ? w->old->route_requests[slot][c] : 0;
-        put_field_u64(o, classes[c], v);
-    }
-    close_with(o, '}');
-    outbuf_char(o, ',');
+    put_counter_map(o, "status_total", classes, METRICS_NCLASSES, counted ? w->now->route_requests[slot] : NULL,
+                    counted ? w->old->route_requests[slot] : NULL, &total, &total0);
     put_field_u64(o, "requests_total", total);
     put_field_double(o, "requests_per_s", rate(w, total, total0));
     put_key(o, "status_per_s");
@@ -445,16 +448,9 @@ static void render(struct outbuf *o, const struct render_input *in)
     put_keys(o, in->by_spend, in->nby_spend);
     close_with(o, '}');
     outbuf_char(o, ',');
-    put_key(o, "rate_limited_total");
-    outbuf_char(o, '{');
-    uint64_t denied = 0, denied0 = 0;
-    for (unsigned l = 0; l < METRICS_NLIMITS; l++) {
-        denied += w->now->ratelimited[l];
-        denied0 += w->old->ratelimited[l];
-        put_field_u64(o, metrics_limit_labels[l], w->now->ratelimited[l]);
-    }
-    close_with(o, '}');
-    outbuf_char(o, ',');
+    uint64_t denied, denied0;
+    put_counter_map(o, "rate_limited_total", metrics_limit_labels, METRICS_NLIMITS, w->now->ratelimited,
+                    w->old->ratelimited, &denied, &denied0);
     put_field_double(o, "rate_limited_per_s", rate(w, denied, denied0));
     close_with(o, '}');
     outbuf_char(o, '\n');
