@@ -17,6 +17,7 @@
 #   plain: PROMPT_BYTES=64   prefixes: SHARED_PREFIXES=16 PREFIX_BYTES=8192 SUFFIX_BYTES=64
 #   multiturn: CONVERSATIONS=32 TURNS=8 TURN_BYTES=512 REPLY_BYTES=400
 #   sysprompt: SYSTEM_BYTES=12288 (+ a user message of PROMPT_BYTES)
+#   POOL_EXTRA="queue_weight = 2; prefix_weight = 1" (more [pool] lines, ';'-separated)
 #   PLOT=FILE.png (the TTFT CDFs; default /tmp/aigw-fleet-ttft-cdf.png; PLOT=none: no picture)
 #   ARRIVAL=poisson|fixed  SEED=1  TIMEOUT=60 (s, per request; also the drain)  MAX_OUTSTANDING=1000
 #   SHARDS=1  PIN=auto|0|1 PROXY_CPU=0 LOAD_CPU=1  PORT_BASE=17200  KEEP=1  BUILD AIGW MOCKLLM FLEETLOAD
@@ -47,6 +48,7 @@ TURN_BYTES=${TURN_BYTES:-512}
 REPLY_BYTES=${REPLY_BYTES:-400}
 SYSTEM_BYTES=${SYSTEM_BYTES:-12288}
 WORKLOADS=${WORKLOADS:-}
+POOL_EXTRA=${POOL_EXTRA:-}
 PLOT=${PLOT:-${TMPDIR:-/tmp}/aigw-fleet-ttft-cdf.png}
 ARRIVAL=${ARRIVAL:-poisson}
 SEED=${SEED:-1}
@@ -161,6 +163,7 @@ access = off
 balance = $1
 max_outstanding = $MAX_OUTSTANDING
 EOF
+        [ -z "$POOL_EXTRA" ] || tr ';' '\n' <<<"$POOL_EXTRA" | sed 's/^ *//'
         for i in $(seq 0 $((NB - 1))); do echo "backend = 127.0.0.1:$((PORT_BASE + i))"; done
         cat <<EOF
 
