@@ -991,8 +991,9 @@ static int parse_score_weight(struct load_ctx *x, const char *key, const char *v
 {
     char *end;
     double v = strtod(value, &end);
-    if (!value[0] || strspn(value, "0123456789.") != strlen(value) || *end || !(v >= 0.0 && v <= 100.0))
-        return bad_value(x, key, value, "a decimal number 0-100 such as 0.5");
+    if (!value[0] || strspn(value, "0123456789.") != strlen(value) || *end ||
+        !(v >= 0.0 && v <= BALANCE_SCORE_WEIGHT_MAX))
+        return bad_value(x, key, value, "a decimal number 0-100000 such as 0.5");
     *out = (float)v;
     return 0;
 }

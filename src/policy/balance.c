@@ -241,7 +241,8 @@ static void fleet_scan(const struct backend_view *v, unsigned n, struct fleet *f
 /* A candidate's load with unknown values replaced (see balance.h). */
 struct eff {
     double score;
-    double queued;          /* the work ahead of a new request */
+    double queued;          /* the work ahead of a new request, waiting weighed up */
+    double ahead;           /* the requests ahead of a new one: max(outstanding, running + waiting) */
     double kv;
     unsigned unknown;       /* how many of waiting, running, kv_usage were unknown */
     bool saturated;
@@ -271,7 +272,8 @@ static struct eff effective(const struct balance_tuning *t, const struct fleet *
         e.unknown++;
     }
     double out = b->outstanding;
-    double queued = (out > running + waiting ? out : running + waiting) + t->waiting_cost * waiting;
+    e.ahead = out > running + waiting ? out : running + waiting;
+    double queued = e.ahead + t->waiting_cost * waiting;
     double kvf = 1.0;
     if (kv > t->kv_knee && t->kv_knee < 1.0f)
         kvf += t->kv_gain * (kv - t->kv_knee) / (1.0 - t->kv_knee);
@@ -381,8 +383,11 @@ static int pick_prefix(struct balance_state *s, const struct backend_view *v, un
         double slots = v[i].weight > s->slots[i] ? v[i].weight : s->slots[i];
         if (slots < 1.0)
             slots = 1.0;
-        double score = s->tune.prefix_weight * matched / nb - s->tune.queue_weight * e.queued / slots -
-                       s->tune.kv_weight * e.kv;
+        /* requests that must finish before this one gets a batch slot */
+        double turns = e.ahead + 1.0 > slots ? (e.ahead + 1.0 - slots) / slots : 0.0;
+        double busy = (e.ahead < slots ? e.ahead : slots) / slots;
+        double score = s->tune.prefix_weight * matched - s->tune.queue_weight * turns -
+                       s->tune.kv_weight * e.kv - BALANCE_PREFIX_BUSY_WEIGHT * busy;
         if (best < 0 || score > best_score ||
             (score == best_score && better(s, n, i, &e, (unsigned)best, &best_eff))) {
             best = (int)i;

@@ -27,8 +27,10 @@
  * only tips close calls: saturation (kv_saturated) is what keeps a full cache
  * from being picked. */
 #define BALANCE_PREFIX_WEIGHT     1.0f
-#define BALANCE_QUEUE_WEIGHT      0.5f
-#define BALANCE_KV_WEIGHT         0.25f
+#define BALANCE_QUEUE_WEIGHT      128.0f
+#define BALANCE_KV_WEIGHT         8.0f
+#define BALANCE_PREFIX_BUSY_WEIGHT 1.0
+#define BALANCE_SCORE_WEIGHT_MAX  100000.0
 #define BALANCE_PREFIX_CACHE_BLOCKS 4096u /* per backend, when the pool does not say */
 
 struct balance_tuning {
