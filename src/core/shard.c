@@ -351,6 +351,48 @@ static void shard_gen_free(struct shard *sh, struct shard_gen *sg)
     free(sg);
 }
 
+/* A reload keeps where prompts went for the backends that stay: a prefix pool
+ * of the same name, still prefix with the same prefix_cache_blocks, takes the
+ * old generation's index of each backend configured with the same address
+ * text. Anything else (a backend that joined or whose address changed, a pool
+ * that became prefix or resized its index) starts empty. Out of memory: all
+ * start empty, as before this existed. */
+static void shard_gen_keep_prefix(struct shard *sh, struct shard_gen *next, struct shard_gen *old)
+{
+    const struct config *nc = next->g->cfg, *oc = old->g->cfg;
+    int *map = NULL;
+    for (unsigned p = 0; p < nc->npools; p++) {
+        const struct cfg_pool *np = &nc->pools[p];
+        if (np->balance != BALANCE_PREFIX || np->nbackends == 0)
+            continue;
+        unsigned q = 0;
+        while (q < oc->npools && strcmp(oc->pools[q].name, np->name) != 0)
+            q++;
+        if (q == oc->npools)
+            continue;
+        const struct cfg_pool *op = &oc->pools[q];
+        if (op->balance != BALANCE_PREFIX || op->prefix_cache_blocks != np->prefix_cache_blocks)
+            continue;
+        if (!map && !(map = malloc(nc->nbackends * sizeof *map))) {
+            log_error("shard %u: out of memory keeping prefix indexes across a reload; they start empty",
+                      sh->id);
+            return;
+        }
+        unsigned kept = 0;
+        for (unsigned i = 0; i < np->nbackends; i++) {
+            map[i] = -1;
+            for (unsigned j = 0; j < op->nbackends && map[i] < 0; j++)
+                if (strcmp(np->backends[i].addr.text, op->backends[j].addr.text) == 0)
+                    map[i] = (int)j;
+            kept += map[i] >= 0;
+        }
+        balance_state_adopt_prefix(&next->balance[p], &old->balance[q], map);
+        log_debug("shard %u: pool %s keeps the prefix index of %u of its %u backends", sh->id, np->name,
+                  kept, np->nbackends);
+    }
+    free(map);
+}
+
 /* Frees older generations that no request uses any more. */
 static void shard_gen_collect(struct shard *sh)
 {
@@ -391,6 +433,7 @@ static void shard_gen_adopt(struct shard *sh)
         gen_unref(g);
         g = next;
     }
+    shard_gen_keep_prefix(sh, sg, sh->sg);
     sg->older = sh->sg;
     sh->sg = sg;
     metrics_shard_adopted(sh->m, cur->id);

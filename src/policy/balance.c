@@ -88,6 +88,27 @@ void balance_state_free(struct balance_state *s)
     s->n = 0;
 }
 
+void balance_state_adopt_prefix(struct balance_state *next, struct balance_state *old, const int *map)
+{
+    if (!next->index || !old->index)
+        return;
+    for (unsigned i = 0; i < next->n; i++) {
+        int j = map[i];
+        if (j < 0 || (unsigned)j >= old->n || !old->index[j].table[0])
+            continue;   /* joined, or old's entry already handed to an earlier i */
+        prefix_index_free(&next->index[i]);
+        next->index[i] = old->index[j];
+        memset(&old->index[j], 0, sizeof old->index[j]);
+        next->slots[i] = old->slots[j];
+    }
+    for (unsigned j = 0; j < old->n; j++)
+        prefix_index_free(&old->index[j]);
+    free(old->index);
+    free(old->slots);
+    old->index = NULL;
+    old->slots = NULL;
+}
+
 /* The backends as balance_pick (arrays, one limit) or balance_pick_load (views)
  * passes them, so round_robin and least_outstanding run the same code for both. */
 struct src {

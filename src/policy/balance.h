@@ -74,6 +74,15 @@ void balance_state_seed(struct balance_state *s, uint64_t seed);
  * of memory. Without it, prefix picks as capacity. */
 int balance_state_prefix_init(struct balance_state *s, unsigned cache_blocks);
 void balance_state_free(struct balance_state *s);
+/* A configuration reload: hands old's prefix knowledge to next, its successor
+ * (both prefix states, balance_state_prefix_init'ed). For each backend i of
+ * next, map[i] is the same backend's position in old, or -1 for one that
+ * joined; its block index and slots estimate move over (the index's tables by
+ * pointer, at whatever size they have, replacing next's empty one). Afterwards
+ * old has no index and no slots: the indexes of backends that left are freed
+ * now, and old (still serving its in-flight requests and their retries) picks
+ * as capacity. No-op when either state has no index. Never fails. */
+void balance_state_adopt_prefix(struct balance_state *next, struct balance_state *old, const int *map);
 
 /* Picks a backend among backends[0..n). A backend is a candidate when it is up
  * (up == NULL: all are) and has fewer than max_outstanding requests in flight
