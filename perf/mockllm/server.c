@@ -492,6 +492,21 @@ static void reply_metrics(struct conn *c)
     buf_put(b, S.cfg->models[0], S.model_len[0]);
     double usage = S.cfg->kv_capacity ? (double)st->kv_used / (double)S.cfg->kv_capacity : 0.0;
     buf_put(b, num, (size_t)snprintf(num, sizeof num, "\"} %.6g\n", usage));
+    /* vLLM's info gauge of its cache settings. In vLLM the prefix cache IS the KV
+     * cache (finished requests' blocks stay there until evicted for new ones), so
+     * its size is num_gpu_blocks; this mock keeps a separate LRU for prefixes, and
+     * that LRU is what a router's index should mirror, so it is the figure when set. */
+    uint64_t cache_tokens = S.cfg->prefix_cache ? S.cfg->prefix_cache : S.cfg->kv_capacity;
+    if (cache_tokens / MOCK_BLOCK_TOKENS) {
+        metric_head(b, "vllm:cache_config_info", "gauge", "Information of the LLMEngine CacheConfig");
+        BUF_LIT(b, "vllm:cache_config_info{block_size=\"");
+        buf_u64(b, MOCK_BLOCK_TOKENS);
+        BUF_LIT(b, "\",cache_dtype=\"auto\",enable_prefix_caching=\"");
+        buf_str(b, S.cfg->prefix_cache ? "True" : "False");
+        BUF_LIT(b, "\",gpu_memory_utilization=\"0.9\",num_cpu_blocks=\"0\",num_gpu_blocks=\"");
+        buf_u64(b, cache_tokens / MOCK_BLOCK_TOKENS);
+        BUF_LIT(b, "\",num_gpu_blocks_override=\"None\",swap_space=\"4\"} 1.0\n");
+    }
     metric_u64(b, "vllm:request_success_total", "counter",
                "Count of successfully processed requests.", true, st->success);
     metric_u64(b, "vllm:prefix_cache_queries", "counter",

@@ -980,8 +980,12 @@ static int pool_prefix_hash_kib(struct load_ctx *x, const char *key, const char 
 static int pool_prefix_cache_blocks(struct load_ctx *x, const char *key, const char *value)
 {
     uint64_t v;
+    if (strcmp(value, "auto") == 0) {
+        cur_pool(x)->prefix_cache_blocks = 0;
+        return 0;
+    }
     if (parse_uint_range(value, 16, 1u << 20, &v) < 0)
-        return bad_value(x, key, value, "a number 16-1048576 (blocks remembered per backend)");
+        return bad_value(x, key, value, "auto or a number 16-1048576 (blocks remembered per backend)");
     cur_pool(x)->prefix_cache_blocks = (unsigned)v;
     return 0;
 }
@@ -1801,7 +1805,7 @@ static int open_pool(struct load_ctx *x, const char *name, size_t len)
     p->balance = BALANCE_LEAST_OUTSTANDING;
     p->max_outstanding = 64;
     p->prefix_hash_kib = OPENAI_PREFIX_BLOCKS_MAX * OPENAI_PREFIX_BLOCK / 1024;
-    p->prefix_cache_blocks = BALANCE_PREFIX_CACHE_BLOCKS;
+    p->prefix_cache_blocks = 0;     /* auto */
     p->prefix_weight = BALANCE_PREFIX_WEIGHT;
     p->queue_weight = BALANCE_QUEUE_WEIGHT;
     p->kv_weight = BALANCE_KV_WEIGHT;
@@ -2476,8 +2480,11 @@ static void print_pool(const struct config *c, const struct cfg_pool *p, FILE *o
         fprintf(out, "backend = %s weight=%u\n", p->backends[i].addr.text, p->backends[i].weight);
     fprintf(out, "balance = %s\n", balance[p->balance]);
     fprintf(out, "max_outstanding = %u\n", p->max_outstanding);
-    fprintf(out, "prefix_hash_kib = %u\nprefix_cache_blocks = %u\n", p->prefix_hash_kib,
-            p->prefix_cache_blocks);
+    fprintf(out, "prefix_hash_kib = %u\n", p->prefix_hash_kib);
+    if (p->prefix_cache_blocks)
+        fprintf(out, "prefix_cache_blocks = %u\n", p->prefix_cache_blocks);
+    else
+        fprintf(out, "prefix_cache_blocks = auto\n");
     fprintf(out, "prefix_weight = %g\nqueue_weight = %g\nkv_weight = %g\n", (double)p->prefix_weight,
             (double)p->queue_weight, (double)p->kv_weight);
     /* a credential: a configuration dump gets pasted into tickets and chats */

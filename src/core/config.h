@@ -33,7 +33,8 @@ struct cfg_pool {
     unsigned max_outstanding;   /* per backend, across shards; default 64 */
     /* balance = prefix (docs/config.md has the scorer's formula) */
     unsigned prefix_hash_kib;   /* prompt KiB hashed into blocks; 1-16, default 16 */
-    unsigned prefix_cache_blocks; /* block hashes remembered per backend per shard; default 4096 */
+    unsigned prefix_cache_blocks; /* block hashes remembered per backend per shard; 0 (default):
+                                   * auto, from the engine's cache (balance_prefix_fit) */
     float prefix_weight, queue_weight, kv_weight; /* the scorer's weights; balance.h's defaults */
     char upstream_auth[512];    /* empty: none */
     char metrics_path[128];     /* scraped for the engines' load; empty: none. Default

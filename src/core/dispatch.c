@@ -140,6 +140,9 @@ static int pick(struct conn *c, enum pick_failure *why, bool *probe_claimed)
             .waiting = fresh ? atomic_load_explicit(&s->waiting, memory_order_relaxed) : BALANCE_UNKNOWN,
             .running = fresh ? atomic_load_explicit(&s->running, memory_order_relaxed) : BALANCE_UNKNOWN,
             .kv_usage = kv >= 0 ? (float)kv / 1000.0f : -1.0f,
+            .cache_blocks = fresh ? balance_cache_blocks(atomic_load_explicit(&s->cache_tokens,
+                                                                              memory_order_relaxed))
+                                  : 0,
         };
     }
     struct prompt_blocks prompt = { c->req.prefix_block, c->req.prefix_blocks };

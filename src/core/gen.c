@@ -209,6 +209,7 @@ struct gen *gen_create(struct config *cfg, const struct gen *prev, unsigned nsha
         atomic_init(&g->signal[b].waiting, -1);
         atomic_init(&g->signal[b].running, -1);
         atomic_init(&g->signal[b].kv_permille, -1);
+        atomic_init(&g->signal[b].cache_tokens, 0);
         atomic_init(&g->signal[b].scraped_ms, 0);
         memset(&g->health[b], 0, sizeof g->health[b]);
         atomic_init(&g->health[b].checked_up, true);

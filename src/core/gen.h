@@ -32,6 +32,7 @@ struct backend_signal {
     _Atomic int32_t waiting;        /* -1: unknown */
     _Atomic int32_t running;        /* -1: unknown */
     _Atomic int32_t kv_permille;    /* KV-cache use x 1000; -1: unknown */
+    _Atomic uint32_t cache_tokens;  /* the engine's KV (prefix) cache capacity; 0: unknown */
     _Atomic uint64_t scraped_ms;    /* CLOCK_MONOTONIC of the last good scrape; 0: never */
     char pad[40];
 };

@@ -94,6 +94,7 @@ static _Atomic int32_t backend_kv[METRICS_MAX_BACKENDS];
 static _Atomic uint64_t backend_scraped_ms[METRICS_MAX_BACKENDS];  /* 0: its engine never read */
 static _Atomic uint64_t backend_pc_hits[METRICS_MAX_BACKENDS], backend_pc_queries[METRICS_MAX_BACKENDS];
 static _Atomic bool backend_pc_known[METRICS_MAX_BACKENDS];
+static _Atomic uint32_t backend_cache_tokens[METRICS_MAX_BACKENDS];   /* 0: not reported */
 static _Atomic bool backend_down[METRICS_MAX_BACKENDS];   /* zero: up, so never set renders 1 */
 static unsigned nbackends;
 static char *route_pool_route[METRICS_MAX_ROUTE_POOLS];
@@ -860,6 +861,13 @@ void metrics_set_backend_prefix_cache(int slot, uint64_t hits, uint64_t queries)
     atomic_store_explicit(&backend_pc_known[slot], true, memory_order_release);
 }
 
+void metrics_set_backend_cache_tokens(int slot, uint32_t tokens)
+{
+    if (slot < 0 || slot >= METRICS_MAX_BACKENDS)
+        return;
+    atomic_store_explicit(&backend_cache_tokens[slot], tokens, memory_order_relaxed);
+}
+
 /* Gauges from the watcher. The engine's figures stay when its metrics endpoint
  * stops answering: the last value, with its age beside it, tells an incident
  * more than a series that vanishes (routing stops trusting them on its own,
@@ -893,6 +901,17 @@ static void render_backend_load(struct outbuf *o)
             snprintf(v, sizeof v, "%.3f", (kv - 1) / 1000.0);
             put_backend_labels(o, "aigw_backend_kv_cache_usage_ratio", b);
             outbuf_str(o, v);
+            outbuf_str(o, "\n");
+        }
+    }
+    metrics_put_family(o, "aigw_backend_engine_cache_tokens", "gauge",
+               "The backend engine's KV (prefix) cache capacity in tokens, as its metrics report it "
+               "(vLLM cache_config_info, SGLang max_total_num_tokens).");
+    for (unsigned b = 0; b < nbackends; b++) {
+        uint32_t t = atomic_load_explicit(&backend_cache_tokens[b], memory_order_relaxed);
+        if (backend_live[b] && t) {
+            put_backend_labels(o, "aigw_backend_engine_cache_tokens", b);
+            outbuf_u64(o, t);
             outbuf_str(o, "\n");
         }
     }

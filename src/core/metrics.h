@@ -197,6 +197,9 @@ void metrics_set_backend_load(int slot, uint32_t outstanding, int32_t waiting, i
  * watcher, one writer); rendered as aigw_backend_prefix_cache_{hits,queries}_total
  * once set. */
 void metrics_set_backend_prefix_cache(int slot, uint64_t hits, uint64_t queries);
+/* The engine's KV (prefix) cache capacity in tokens at its last good scrape (the
+ * watcher, one writer); 0: it does not say, and no series is rendered. */
+void metrics_set_backend_cache_tokens(int slot, uint32_t tokens);
 /* Marks which backend slots the current configuration uses (others are not rendered). */
 void metrics_set_live_backends(const int *slots, unsigned n);
 /* The watcher's verdict on a backend (one writer): up (active check passing and

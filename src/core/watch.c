@@ -298,7 +298,10 @@ static void probe_done(struct gen *g, struct target *t, uint64_t now)
                           memory_order_relaxed);
     atomic_store_explicit(&s->kv_permille, load.has_kv_usage ? (int32_t)(load.kv_usage * 1000 + 0.5) : -1,
                           memory_order_relaxed);
+    uint32_t cache_tokens = load.has_cache_tokens ? (uint32_t)load.cache_tokens : 0;
+    atomic_store_explicit(&s->cache_tokens, cache_tokens, memory_order_relaxed);
     atomic_store_explicit(&s->scraped_ms, now, memory_order_release);
+    metrics_set_backend_cache_tokens(g->backend_metric_slot[t->backend], cache_tokens);
     if (load.has_prefix_cache)
         metrics_set_backend_prefix_cache(g->backend_metric_slot[t->backend],
                                          (uint64_t)(load.prefix_cache_hits < 1e18 ? load.prefix_cache_hits : 1e18),

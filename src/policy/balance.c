@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "policy/prefix_index.h"
+#include "proto/openai.h"
 
 /* splitmix64's finaliser: a bijective 64-bit mix */
 static uint64_t mix64(uint64_t x)
@@ -27,6 +28,7 @@ int balance_state_init(struct balance_state *s, unsigned nbackends)
     s->rr_next = 0;
     s->current_weight = NULL;
     s->index = NULL;
+    s->index_auto = false;
     s->slots = NULL;
     s->last_reason = BALANCE_REASON_LOAD;
     s->tune = (struct balance_tuning){
@@ -55,6 +57,9 @@ int balance_state_prefix_init(struct balance_state *s, unsigned cache_blocks)
 {
     if (s->index || s->n == 0)
         return 0;
+    s->index_auto = cache_blocks == 0;
+    if (s->index_auto)
+        cache_blocks = BALANCE_PREFIX_CACHE_BLOCKS;
     s->index = calloc(s->n, sizeof *s->index);
     s->slots = calloc(s->n, sizeof *s->slots);
     if (!s->index || !s->slots)
@@ -431,6 +436,29 @@ static int pick_prefix(struct balance_state *s, const struct backend_view *v, un
     return pick;
 }
 
+uint32_t balance_cache_blocks(uint64_t tokens)
+{
+    if (tokens == 0)
+        return 0;
+    uint64_t blocks = tokens / (OPENAI_PREFIX_BLOCK / BALANCE_BYTES_PER_TOKEN);
+    if (blocks < BALANCE_CACHE_BLOCKS_MIN)
+        return BALANCE_CACHE_BLOCKS_MIN;
+    return blocks > BALANCE_CACHE_BLOCKS_MAX ? BALANCE_CACHE_BLOCKS_MAX : (uint32_t)blocks;
+}
+
+void balance_prefix_fit(struct balance_state *s, const struct backend_view *v, unsigned n)
+{
+    if (!s->index || !s->index_auto)
+        return;
+    if (n > s->n)
+        n = s->n;
+    for (unsigned i = 0; i < n; i++) {
+        uint64_t want = v[i].cache_blocks, have = prefix_index_capacity(&s->index[i]);
+        if (want && (want * 4 > have * 5 || want * 4 < have * 3))
+            (void)prefix_index_resize(&s->index[i], (unsigned)want);
+    }
+}
+
 int balance_pick_load(enum balance_kind kind, struct balance_state *s,
                       const struct backend_view *v, unsigned n, const struct prompt_blocks *prompt)
 {
@@ -453,6 +481,7 @@ int balance_pick_load(enum balance_kind kind, struct balance_state *s,
         fleet_scan(v, n, &f);
         if (!prompt || prompt->n == 0 || s->tune.prefix_max_blocks == 0 || !s->index)
             return pick_capacity(s, v, n, &f);
+        balance_prefix_fit(s, v, n);
         return pick_prefix(s, v, n, &f, prompt);
     }
     return -1;

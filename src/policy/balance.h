@@ -31,7 +31,12 @@
 #define BALANCE_KV_WEIGHT         8.0f
 #define BALANCE_PREFIX_BUSY_WEIGHT 1.0
 #define BALANCE_SCORE_WEIGHT_MAX  100000.0
-#define BALANCE_PREFIX_CACHE_BLOCKS 4096u /* per backend, when the pool does not say */
+#define BALANCE_PREFIX_CACHE_BLOCKS 4096u /* per backend, while its engine's cache size is unknown */
+/* prefix_cache_blocks = auto sizes each backend's index from its engine's cache
+ * capacity (balance_cache_blocks), within these bounds. */
+#define BALANCE_CACHE_BLOCKS_MIN    64u
+#define BALANCE_CACHE_BLOCKS_MAX    1048576u
+#define BALANCE_BYTES_PER_TOKEN     4u  /* prompt text per token: English with BPE tokenisers */
 
 struct balance_tuning {
     float kv_knee;              /* BALANCE_KV_KNEE, in [0, 1) */
@@ -52,6 +57,7 @@ enum balance_reason {
 };
 
 struct prefix_index;
+struct backend_view;
 
 struct balance_state {
     unsigned n;                 /* backends this state was made for */
@@ -60,6 +66,7 @@ struct balance_state {
     uint64_t rng;               /* capacity: xorshift64* state, never 0 */
     struct balance_tuning tune; /* capacity, prefix */
     struct prefix_index *index; /* prefix: per backend, where the blocks went; NULL: none */
+    bool index_auto;            /* prefix: balance_prefix_fit sizes index[] from the engines' caches */
     uint32_t *slots;            /* prefix: per backend, the largest running count seen */
     enum balance_reason last_reason;
 };
@@ -70,9 +77,26 @@ struct balance_state {
 int balance_state_init(struct balance_state *s, unsigned nbackends);
 void balance_state_seed(struct balance_state *s, uint64_t seed);
 /* Gives the state its prefix index: cache_blocks block hashes per backend
- * (prefix_index.h), allocated now and never per pick. Returns 0, or -1 when out
- * of memory. Without it, prefix picks as capacity. */
+ * (prefix_index.h), allocated now and never per pick. cache_blocks 0 is `auto`:
+ * BALANCE_PREFIX_CACHE_BLOCKS each for now, then balance_prefix_fit follows the
+ * engines' caches. Returns 0, or -1 when out of memory. Without it, prefix
+ * picks as capacity. */
 int balance_state_prefix_init(struct balance_state *s, unsigned cache_blocks);
+/* An engine cache of `tokens` tokens in prompt blocks (openai.h's
+ * OPENAI_PREFIX_BLOCK bytes, BALANCE_BYTES_PER_TOKEN bytes a token), clamped to
+ * [BALANCE_CACHE_BLOCKS_MIN, BALANCE_CACHE_BLOCKS_MAX]; 0 when tokens is 0
+ * (unknown). */
+uint32_t balance_cache_blocks(uint64_t tokens);
+/* With an `auto` index (balance_state_prefix_init with 0): resizes backend i's
+ * index to v[i].cache_blocks when that is known and differs from its size by
+ * more than a quarter either way, keeping the hashes held (prefix_index_resize).
+ * The hysteresis means a scrape that wobbles never reallocates: an engine's
+ * cache size is fixed at its start, so this allocates about once per backend
+ * and shard in a process's life (and after a reload, which builds new states),
+ * never per request. Unknown sizes (0) leave an index as it is. Without enough
+ * memory the index keeps its size, and the next call tries again. Call before
+ * balance_pick_load; balance_pick_load's prefix case does. */
+void balance_prefix_fit(struct balance_state *s, const struct backend_view *v, unsigned n);
 void balance_state_free(struct balance_state *s);
 /* A configuration reload: hands old's prefix knowledge to next, its successor
  * (both prefix states, balance_state_prefix_init'ed). For each backend i of
@@ -113,6 +137,7 @@ struct backend_view {
     int32_t waiting;            /* requests queued in the engine, not yet running */
     int32_t running;            /* sequences being generated */
     float kv_usage;             /* KV-cache use, 0..1 (above 1 counts as 1) */
+    uint32_t cache_blocks;      /* the engine's cache as prompt blocks (balance_cache_blocks); 0: unknown */
 };
 
 /* A prompt as the prefix balancer sees it: chained block hashes (openai.h's

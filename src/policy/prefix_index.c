@@ -45,6 +45,30 @@ static bool table_has(const uint64_t *t, unsigned mask, uint64_t k)
     }
 }
 
+unsigned prefix_index_capacity(const struct prefix_index *x)
+{
+    return 2 * x->half;
+}
+
+int prefix_index_resize(struct prefix_index *x, unsigned capacity)
+{
+    struct prefix_index resized;
+    if (prefix_index_init(&resized, capacity) != 0)
+        return -1;
+    if (x->table[0]) {
+        const uint64_t *older = x->table[!x->cur], *current = x->table[x->cur];
+        for (unsigned i = 0; i <= x->mask; i++)
+            if (older[i] && !table_has(current, x->mask, older[i]))
+                prefix_index_insert(&resized, older[i]);
+        for (unsigned i = 0; i <= x->mask; i++)
+            if (current[i])
+                prefix_index_insert(&resized, current[i]);
+    }
+    prefix_index_free(x);
+    *x = resized;
+    return 0;
+}
+
 bool prefix_index_has(const struct prefix_index *x, uint64_t h)
 {
     if (!x->table[0])

@@ -25,6 +25,15 @@ struct prefix_index {
 /* capacity: the hashes kept, >= 2. Returns 0, or -1 when out of memory. */
 int prefix_index_init(struct prefix_index *x, unsigned capacity);
 void prefix_index_free(struct prefix_index *x);
+/* The hashes it holds at most (capacity rounded down to even). */
+unsigned prefix_index_capacity(const struct prefix_index *x);
+/* Reallocates x to hold `capacity` hashes, keeping what it holds: the older
+ * generation's hashes are inserted first, then the current one's, so when the
+ * new size is smaller the older ones are the first to go (within a generation
+ * the order of use is not recorded, so which of them stay is arbitrary).
+ * O(old table size) and it allocates: for rare calls only, never per request.
+ * Returns 0, or -1 when out of memory (x is then unchanged). */
+int prefix_index_resize(struct prefix_index *x, unsigned capacity);
 
 bool prefix_index_has(const struct prefix_index *x, uint64_t h);
 void prefix_index_insert(struct prefix_index *x, uint64_t h);

@@ -429,7 +429,7 @@ int prom_label_get(const char *labels, size_t labels_len, const char *name,
 /* ---- engine load ---- */
 
 enum { F_WAITING, F_RUNNING, F_KV, F_KV_OLD, F_PC_HITS, F_PC_HITS_TOTAL, F_PC_QUERIES, F_PC_QUERIES_TOTAL,
-       F_COUNT };
+       F_CACHE_TOKENS, F_CACHE_CONFIG, F_COUNT };
 
 static const struct {
     const char *name;
@@ -444,7 +444,9 @@ static const struct {
     M("vllm:prefix_cache_hits_total", PROM_ENGINE_VLLM, F_PC_HITS_TOTAL),
     M("vllm:prefix_cache_queries", PROM_ENGINE_VLLM, F_PC_QUERIES),
     M("vllm:prefix_cache_queries_total", PROM_ENGINE_VLLM, F_PC_QUERIES_TOTAL),
+    M("vllm:cache_config_info", PROM_ENGINE_VLLM, F_CACHE_CONFIG),
     M("sglang:num_queue_reqs", PROM_ENGINE_SGLANG, F_WAITING),
+    M("sglang:max_total_num_tokens", PROM_ENGINE_SGLANG, F_CACHE_TOKENS),
     M("sglang:num_running_reqs", PROM_ENGINE_SGLANG, F_RUNNING),
     M("sglang:token_usage", PROM_ENGINE_SGLANG, F_KV),
     M("tgi_queue_size", PROM_ENGINE_TGI, F_WAITING),
@@ -465,6 +467,32 @@ struct load_ctx {
     struct field_acc f[F_COUNT];
 };
 
+/* A label holding a plain decimal integer 1 to 2^32 - 1: no sign, no spaces, no
+ * exponent. NaN when absent or anything else ("None", "", "1e3", "-1"). */
+static double label_count(const struct prom_sample *s, const char *name)
+{
+    char buf[16];
+    if (prom_label_get(s->labels, s->labels_len, name, buf, sizeof buf, NULL) != 0 || !buf[0])
+        return NAN;
+    uint64_t v = 0;
+    for (const char *p = buf; *p; p++) {
+        if (*p < '0' || *p > '9')
+            return NAN;
+        v = v * 10 + (uint64_t)(*p - '0');
+        if (v > UINT32_MAX)
+            return NAN;
+    }
+    return v ? (double)v : NAN;
+}
+
+/* What a sample says of its field: vllm:cache_config_info's figure is in its labels. */
+static double sample_value(uint8_t field, const struct prom_sample *s)
+{
+    if (field == F_CACHE_CONFIG)
+        return label_count(s, "num_gpu_blocks") * label_count(s, "block_size");
+    return s->value;
+}
+
 static int load_sample(void *ctxp, const struct prom_sample *s)
 {
     struct load_ctx *ctx = ctxp;
@@ -477,11 +505,13 @@ static int load_sample(void *ctxp, const struct prom_sample *s)
             return 0;
         uint8_t field = known_metrics[i].field;
         struct field_acc *a = &ctx->f[field];
-        double v = s->value;
+        double v = sample_value(field, s);
         a->seen = true;
         bool ratio = field == F_KV || field == F_KV_OLD;
+        bool capacity = field == F_CACHE_TOKENS || field == F_CACHE_CONFIG;
         /* NaN fails every comparison, so !(v >= 0) catches it with the negatives. */
-        if (!(v >= 0) || isinf(v) || (ratio && v > 1.0))
+        if (!(v >= 0) || isinf(v) || (ratio && v > 1.0) ||
+            (capacity && (v < 1.0 || v != floor(v) || v > PROM_MAX_CACHE_TOKENS)))
             a->bad = true;
         else if (ratio)
             a->v = v > a->v ? v : a->v;
@@ -519,6 +549,9 @@ int engine_load_parse(const char *text, size_t len, struct engine_load *out,
                                                                     : &ctx.f[F_PC_QUERIES];
     out->has_prefix_cache = field_known(hits, &out->prefix_cache_hits) &&
                             field_known(queries, &out->prefix_cache_queries);
+    /* one engine per body, so only one of the two is ever seen */
+    const struct field_acc *cap = ctx.f[F_CACHE_CONFIG].seen ? &ctx.f[F_CACHE_CONFIG] : &ctx.f[F_CACHE_TOKENS];
+    out->has_cache_tokens = field_known(cap, &out->cache_tokens) && out->cache_tokens <= PROM_MAX_CACHE_TOKENS;
     return 0;
 }
 

@@ -40,6 +40,7 @@
 #define PROM_MAX_LINE   65536u  /* bytes, without the LF */
 #define PROM_MAX_LABELS 64u
 #define PROM_MAX_NUMBER 128u    /* a longer value or timestamp token is an error */
+#define PROM_MAX_CACHE_TOKENS 4294967295.0 /* engine_load's cache_tokens at most (fits a uint32) */
 
 enum {
     PROM_OK      = 0,
@@ -106,6 +107,8 @@ struct engine_load {
     double kv_usage;        /* KV cache (token pool) in use, 0..1 */
     bool has_prefix_cache;  /* both counters below known */
     double prefix_cache_hits, prefix_cache_queries;   /* the engine's counters, as exported */
+    bool has_cache_tokens;
+    double cache_tokens;    /* KV (prefix) cache capacity in tokens, >= 1 */
 };
 
 /* Recognised names. waiting and running: the sum over every series of the
@@ -121,6 +124,12 @@ struct engine_load {
  * and the prefix cache's counters, summed like waiting: vllm:prefix_cache_hits
  * and vllm:prefix_cache_queries, with or without _total (the _total sample is
  * used when both are exported, so one counter never counts twice).
+ * The cache's capacity in tokens, summed like waiting (one series per engine or
+ * rank): vLLM's vllm:cache_config_info, an info gauge whose labels
+ * num_gpu_blocks and block_size (plain decimal integers, 1 to 2^32 - 1; vLLM
+ * writes "None" before it has profiled the GPU) multiply to it, its value
+ * ignored; SGLang's sglang:max_total_num_tokens, a whole number >= 1. A
+ * capacity above PROM_MAX_CACHE_TOKENS is unknown, not clamped.
  * The engine is the one of the first recognised sample; recognised names of
  * another engine later in the body are ignored, so figures are never mixed.
  * A field is unknown when its name is absent, when any of its series is NaN,

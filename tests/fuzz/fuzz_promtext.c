@@ -9,7 +9,8 @@
  *    the metric name grammar, lines only grow;
  *  - prom_label_get agrees with itself across buffer sizes;
  *  - engine_load_parse fails exactly when prom_parse does, and what it reports
- *    is finite, non-negative, and a ratio for the KV figure. */
+ *    is finite, non-negative, a ratio for the KV figure, and a whole number of
+ *    tokens in range for the cache capacity. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -76,6 +77,8 @@ static int on_sample(void *ctx, const struct prom_sample *s)
     check_label(s, "model_name");
     check_label(s, "le");
     check_label(s, "a");
+    check_label(s, "num_gpu_blocks");
+    check_label(s, "block_size");
     return 0;
 }
 
@@ -143,7 +146,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(isfinite(l.running) && l.running >= 0);
     if (l.has_kv_usage)
         FUZZ_CHECK(l.kv_usage >= 0 && l.kv_usage <= 1);
+    if (l.has_cache_tokens)
+        FUZZ_CHECK(l.cache_tokens >= 1 && l.cache_tokens <= PROM_MAX_CACHE_TOKENS &&
+                   l.cache_tokens == floor(l.cache_tokens));
     if (l.engine == PROM_ENGINE_UNKNOWN)
-        FUZZ_CHECK(!l.has_waiting && !l.has_running && !l.has_kv_usage);
+        FUZZ_CHECK(!l.has_waiting && !l.has_running && !l.has_kv_usage && !l.has_cache_tokens);
     return 0;
 }

@@ -1906,6 +1906,30 @@ Test(config_pool_tuning, print_shows_each_pools_effective_values)
     config_free(c);
 }
 
+Test(config_pool_tuning, prefix_cache_blocks_auto_or_a_number)
+{
+    struct config *c = cfgt_load_ok("[pool p]\nbackend = 127.0.0.1:1\nbalance = prefix\n"
+                                    "prefix_cache_blocks = auto\n"
+                                    "[pool q]\nbackend = 127.0.0.1:2\nbalance = prefix\n"
+                                    "prefix_cache_blocks = 100000\n");
+    cr_expect_eq(c->pools[0].prefix_cache_blocks, 0);
+    cr_expect_eq(c->pools[1].prefix_cache_blocks, 100000);
+    char *text = cfgt_print(c);
+    cr_expect(strstr(text, "prefix_cache_blocks = auto\n"), "%s", text);
+    cr_expect(strstr(text, "prefix_cache_blocks = 100000\n"), "%s", text);
+    free(text);
+    config_free(c);
+    static const char *const bad[] = { "Auto", "auto1", "0", "15", "1048577", "-1", "4k", "" };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char conf[128], want[256];
+        snprintf(conf, sizeof conf, "[pool p]\nbackend = 127.0.0.1:1\nprefix_cache_blocks = %s\n", bad[i]);
+        snprintf(want, sizeof want,
+                 "test.conf:3: invalid value for prefix_cache_blocks: '%s' (expected auto or a number "
+                 "16-1048576 (blocks remembered per backend))", bad[i]);
+        cfgt_expect_error(conf, want);
+    }
+}
+
 Test(config_pool_tuning, prefix_scorer_keys)
 {
     struct config *c = cfgt_load_ok("[pool p]\nbackend = 127.0.0.1:1\nbalance = prefix\n"
@@ -1920,7 +1944,7 @@ Test(config_pool_tuning, prefix_scorer_keys)
     cr_expect_float_eq(p->kv_weight, 0.0f, 1e-6);
     /* the defaults (balance.h says why) */
     cr_expect_eq(q->prefix_hash_kib, 16);
-    cr_expect_eq(q->prefix_cache_blocks, BALANCE_PREFIX_CACHE_BLOCKS);
+    cr_expect_eq(q->prefix_cache_blocks, 0, "auto: from the engine's cache");
     cr_expect_float_eq(q->prefix_weight, BALANCE_PREFIX_WEIGHT, 1e-6);
     cr_expect_float_eq(q->queue_weight, BALANCE_QUEUE_WEIGHT, 1e-6);
     cr_expect_float_eq(q->kv_weight, BALANCE_KV_WEIGHT, 1e-6);

@@ -726,3 +726,59 @@ Test(promtext, prefix_cache_counters_with_and_without_total)
     l = pt_load("sglang:num_queue_reqs 1\nvllm:prefix_cache_hits 5\nvllm:prefix_cache_queries 9\n");
     cr_expect_not(l.has_prefix_cache, "another engine's figures are never mixed in");
 }
+
+/* The engine's cache capacity in tokens: vLLM's cache_config_info labels
+ * (num_gpu_blocks x block_size, in any order among its other labels), SGLang's
+ * max_total_num_tokens; anything not a plain count leaves it unknown. */
+Test(promtext, cache_capacity_vllm_and_sglang)
+{
+    struct engine_load l = pt_load(
+        "# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig\n"
+        "# TYPE vllm:cache_config_info gauge\n"
+        "vllm:cache_config_info{block_size=\"16\",cache_dtype=\"auto\",enable_prefix_caching=\"True\","
+        "gpu_memory_utilization=\"0.9\",num_cpu_blocks=\"0\",num_gpu_blocks=\"512\","
+        "num_gpu_blocks_override=\"None\",swap_space=\"4\"} 1.0\n");
+    cr_assert(l.has_cache_tokens);
+    cr_expect(pt_near(l.cache_tokens, 8192));
+    cr_expect_eq(l.engine, PROM_ENGINE_VLLM);
+    l = pt_load("vllm:cache_config_info{num_gpu_blocks=\"27000\",engine=\"0\",block_size=\"32\"} 1\n");
+    cr_assert(l.has_cache_tokens, "labels in another order");
+    cr_expect(pt_near(l.cache_tokens, 864000));
+    l = pt_load("sglang:num_queue_reqs 0\nsglang:max_total_num_tokens{model_name=\"m\"} 419430\n");
+    cr_assert(l.has_cache_tokens);
+    cr_expect(pt_near(l.cache_tokens, 419430));
+    cr_expect_eq(l.engine, PROM_ENGINE_SGLANG);
+
+    static const char *const unknown[] = {
+        "vllm:num_requests_running 1\n",                                            /* absent */
+        "vllm:cache_config_info{block_size=\"16\",num_gpu_blocks=\"None\"} 1\n",    /* not profiled yet */
+        "vllm:cache_config_info{block_size=\"16\"} 1\n",
+        "vllm:cache_config_info{num_gpu_blocks=\"512\"} 1\n",
+        "vllm:cache_config_info 1\n",
+        "vllm:cache_config_info{block_size=\"16\",num_gpu_blocks=\"\"} 1\n",
+        "vllm:cache_config_info{block_size=\"16\",num_gpu_blocks=\"-5\"} 1\n",
+        "vllm:cache_config_info{block_size=\"16\",num_gpu_blocks=\"1e3\"} 1\n",
+        "vllm:cache_config_info{block_size=\"16\",num_gpu_blocks=\" 512\"} 1\n",
+        "vllm:cache_config_info{block_size=\"0\",num_gpu_blocks=\"512\"} 1\n",
+        "vllm:cache_config_info{block_size=\"16\",num_gpu_blocks=\"4294967296\"} 1\n",
+        "vllm:cache_config_info{block_size=\"16\",num_gpu_blocks=\"99999999999999999999999999\"} 1\n",
+        "vllm:cache_config_info{block_size=\"65536\",num_gpu_blocks=\"65536\"} 1\n",  /* 2^32 tokens */
+        "vllm:cache_config_info{block_size=\"16\",num_gpu_blocks=\"512\"} 1\n"
+        "vllm:cache_config_info{block_size=\"16\",num_gpu_blocks=\"None\"} 1\n",    /* one bad series */
+        "sglang:max_total_num_tokens NaN\n",
+        "sglang:max_total_num_tokens -1\n",
+        "sglang:max_total_num_tokens 0\n",
+        "sglang:max_total_num_tokens 1.5\n",
+        "sglang:max_total_num_tokens 1e300\n",
+        "sglang:num_queue_reqs 1\nvllm:cache_config_info{block_size=\"16\",num_gpu_blocks=\"512\"} 1\n",
+    };
+    for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {
+        l = pt_load(unknown[i]);
+        cr_expect_not(l.has_cache_tokens, "known from: %s", unknown[i]);
+    }
+    /* two ranks, each its own cache: the capacity is their sum */
+    l = pt_load("vllm:cache_config_info{engine=\"0\",block_size=\"16\",num_gpu_blocks=\"100\"} 1\n"
+                "vllm:cache_config_info{engine=\"1\",block_size=\"16\",num_gpu_blocks=\"50\"} 1\n");
+    cr_assert(l.has_cache_tokens);
+    cr_expect(pt_near(l.cache_tokens, 2400));
+}
