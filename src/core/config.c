@@ -977,6 +977,17 @@ static int pool_prefix_hash_kib(struct load_ctx *x, const char *key, const char 
     return 0;
 }
 
+static int pool_prefix_index(struct load_ctx *x, const char *key, const char *value)
+{
+    if (strcmp(value, "shard") == 0)
+        cur_pool(x)->prefix_index_shared = false;
+    else if (strcmp(value, "shared") == 0)
+        cur_pool(x)->prefix_index_shared = true;
+    else
+        return bad_value(x, key, value, "shard or shared");
+    return 0;
+}
+
 static int pool_prefix_cache_blocks(struct load_ctx *x, const char *key, const char *value)
 {
     uint64_t v;
@@ -1632,6 +1643,7 @@ static const struct key_def pool_keys[] = {
     { "max_outstanding", pool_max_outstanding, false },
     { "prefix_hash_kib", pool_prefix_hash_kib, false },
     { "prefix_cache_blocks", pool_prefix_cache_blocks, false },
+    { "prefix_index", pool_prefix_index, false },
     { "prefix_weight", pool_prefix_weight, false },
     { "queue_weight", pool_queue_weight, false },
     { "kv_weight", pool_kv_weight, false },
@@ -2477,6 +2489,7 @@ static void print_pool(const struct config *c, const struct cfg_pool *p, FILE *o
     fprintf(out, "max_outstanding = %u\n", p->max_outstanding);
     fprintf(out, "prefix_hash_kib = %u\nprefix_cache_blocks = %u\n", p->prefix_hash_kib,
             p->prefix_cache_blocks);
+    fprintf(out, "prefix_index = %s\n", p->prefix_index_shared ? "shared" : "shard");
     fprintf(out, "prefix_weight = %g\nqueue_weight = %g\nkv_weight = %g\n", (double)p->prefix_weight,
             (double)p->queue_weight, (double)p->kv_weight);
     /* a credential: a configuration dump gets pasted into tickets and chats */
