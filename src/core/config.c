@@ -1816,6 +1816,7 @@ static int open_pool(struct load_ctx *x, const char *name, size_t len)
     p->prefix_weight = BALANCE_PREFIX_WEIGHT;
     p->queue_weight = BALANCE_QUEUE_WEIGHT;
     p->kv_weight = BALANCE_KV_WEIGHT;
+    p->prefix_index_shared = true; /* measured: perf/results/fleet-issue14-shared-*.txt */
     p->metrics_interval_ms = 250;
     p->health_interval_ms = 1000;
     p->queue_timeout_ms = 5000;

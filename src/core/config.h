@@ -35,7 +35,7 @@ struct cfg_pool {
     unsigned prefix_hash_kib;   /* prompt KiB hashed into blocks; 1-16, default 16 */
     unsigned prefix_cache_blocks; /* block hashes remembered per backend per shard; default 4096 */
     float prefix_weight, queue_weight, kv_weight; /* the scorer's weights; balance.h's defaults */
-    bool prefix_index_shared;   /* prefix_index = shared: the shards learn each other's placements */
+    bool prefix_index_shared;   /* prefix_index = shared (default): the shards learn each other's placements */
     char upstream_auth[512];    /* empty: none */
     char metrics_path[128];     /* scraped for the engines' load; empty: none. Default
                                  * /metrics for capacity and prefix pools, else none */

@@ -1943,7 +1943,7 @@ Test(config_pool_tuning, prefix_index_key)
                                     "[pool r]\nbackend = 127.0.0.1:3\nbalance = prefix\n");
     cr_expect(c->pools[0].prefix_index_shared);
     cr_expect(!c->pools[1].prefix_index_shared);
-    cr_expect(!c->pools[2].prefix_index_shared, "the default is shard");
+    cr_expect(c->pools[2].prefix_index_shared, "the default is shared");
     config_free(c);
     cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nprefix_index = global\n",
                       "test.conf:3: invalid value for prefix_index: 'global' (expected shard or shared)");
