@@ -17,7 +17,9 @@ static void gw_for(struct h_gw *g, const char *tag, const char *index, const str
     g->shards = 2;
     h_gw_config(g, "connect = 1s\nfirst_byte = 20s\nidle = 20s\nclient_header = 2s\nkeepalive = 10s\n",
                 "[pool gpu]\nbackend = 127.0.0.1:%d\nbackend = 127.0.0.1:%d\nbackend = 127.0.0.1:%d\n"
-                "balance = prefix\nprefix_index = %s\nmetrics_interval = 50ms\n\n"
+                /* only the match scores: a request's engine load, scraped an interval
+                 * late, must not turn a repeat into a load pick on a busy test machine */
+                "balance = prefix\nprefix_index = %s\nqueue_weight = 0\nkv_weight = 0\nmetrics_interval = 50ms\n\n"
                 "[route chat]\npath = /v1/chat/completions\npool = gpu\n",
                 m[0].port, m[1].port, m[2].port, index);
     H_GW(g);
