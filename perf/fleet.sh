@@ -271,6 +271,13 @@ for run in "${RUNS[@]}"; do
         per="$per  [mr=${MR[i]}: $done_n done, max waiting ${maxwait[$i]}$hit]"
     done
     echo "  per backend:$per"
+    # what decided aigw's picks (prefix: affinity or load), and for prefix_index = shared
+    # the placements the shards copied from each other
+    { curl -s --max-time 2 "http://127.0.0.1:$PORT_AIGW_FLEET_ADMIN/metrics" 2>/dev/null || true; } |
+        awk '/^aigw_balance_decisions_total\{/ { n += $NF; if (index($1, "reason=\"affinity\"")) a += $NF }
+             /^aigw_prefix_share_entries_total\{result="applied"/ { s = $NF }
+             END { if (n > 0) printf "  aigw: %d picks, %d by affinity (%.0f%%), %d placements shared between shards\n",
+                                      n, a, 100 * a / n, s }'
     # hit_pct: prefix-cache hits over queries, in tokens, over the whole fleet (-1: none queried)
     hit_pct=$(awk -v q="$sum_q" -v h="$sum_h" 'BEGIN { printf "%.1f", (q > 0 ? 100 * h / q : -1) }')
     echo "$name $wl $line hit_pct=$hit_pct" >>"$RESULTS"

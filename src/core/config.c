@@ -977,6 +977,17 @@ static int pool_prefix_hash_kib(struct load_ctx *x, const char *key, const char 
     return 0;
 }
 
+static int pool_prefix_index(struct load_ctx *x, const char *key, const char *value)
+{
+    if (strcmp(value, "shard") == 0)
+        cur_pool(x)->prefix_index_shared = false;
+    else if (strcmp(value, "shared") == 0)
+        cur_pool(x)->prefix_index_shared = true;
+    else
+        return bad_value(x, key, value, "shard or shared");
+    return 0;
+}
+
 static int pool_prefix_cache_blocks(struct load_ctx *x, const char *key, const char *value)
 {
     uint64_t v;
@@ -1637,6 +1648,7 @@ static const struct key_def pool_keys[] = {
     { "max_outstanding", pool_max_outstanding, false },
     { "prefix_hash_kib", pool_prefix_hash_kib, false },
     { "prefix_cache_blocks", pool_prefix_cache_blocks, false },
+    { "prefix_index", pool_prefix_index, false },
     { "prefix_weight", pool_prefix_weight, false },
     { "queue_weight", pool_queue_weight, false },
     { "kv_weight", pool_kv_weight, false },
@@ -1809,6 +1821,7 @@ static int open_pool(struct load_ctx *x, const char *name, size_t len)
     p->prefix_weight = BALANCE_PREFIX_WEIGHT;
     p->queue_weight = BALANCE_QUEUE_WEIGHT;
     p->kv_weight = BALANCE_KV_WEIGHT;
+    p->prefix_index_shared = true; /* measured: perf/results/fleet-issue14-shared-*.txt */
     p->metrics_interval_ms = 250;
     p->health_interval_ms = 1000;
     p->queue_timeout_ms = 5000;
@@ -2485,6 +2498,7 @@ static void print_pool(const struct config *c, const struct cfg_pool *p, FILE *o
         fprintf(out, "prefix_cache_blocks = %u\n", p->prefix_cache_blocks);
     else
         fprintf(out, "prefix_cache_blocks = auto\n");
+    fprintf(out, "prefix_index = %s\n", p->prefix_index_shared ? "shared" : "shard");
     fprintf(out, "prefix_weight = %g\nqueue_weight = %g\nkv_weight = %g\n", (double)p->prefix_weight,
             (double)p->queue_weight, (double)p->kv_weight);
     /* a credential: a configuration dump gets pasted into tickets and chats */

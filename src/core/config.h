@@ -36,6 +36,7 @@ struct cfg_pool {
     unsigned prefix_cache_blocks; /* block hashes remembered per backend per shard; 0 (default):
                                    * auto, from the engine's cache (balance_prefix_fit) */
     float prefix_weight, queue_weight, kv_weight; /* the scorer's weights; balance.h's defaults */
+    bool prefix_index_shared;   /* prefix_index = shared (default): the shards learn each other's placements */
     char upstream_auth[512];    /* empty: none */
     char metrics_path[128];     /* scraped for the engines' load; empty: none. Default
                                  * /metrics for capacity and prefix pools, else none */

@@ -24,6 +24,7 @@
 #include "core/conn.h"
 #include "core/dispatch.h"
 #include "core/gen.h"
+#include "core/prefix_share.h"
 #include "core/shard.h"
 #include "policy/balance.h"
 
@@ -147,11 +148,16 @@ static int pick(struct conn *c, enum pick_failure *why, bool *probe_claimed)
     }
     struct prompt_blocks prompt = { c->req.prefix_block, c->req.prefix_blocks };
     struct balance_state *bs = &sg->balance[c->req.pool];
+    bool share = pool->balance == BALANCE_PREFIX && pool->prefix_index_shared && bs->index && prompt.n > 0;
+    if (share)
+        prefix_share_catch_up(sh, sg);
     pick = balance_pick_load(pool->balance, bs, view, n, &prompt);
     if (pick < 0) {
         *why = any_up ? PICK_BUSY : PICK_DOWN;
         return -1;
     }
+    if (share)
+        prefix_share_record(sh, sg, (unsigned)c->req.pool, (unsigned)pick, &prompt, bs->tune.prefix_max_blocks);
     int slot = g->backend_metric_slot[first + (unsigned)pick];
     if (slot >= 0)
         mc_add(&sh->m->balance_decisions[slot][bs->last_reason], 1);

@@ -1130,6 +1130,14 @@ static void render_relay(struct outbuf *o)
     outbuf_str(o, "\naigw_relay_bytes_total{mode=\"copy\"} ");
     outbuf_u64(o, SUM_SHARDS(relay_bytes[RELAY_COPY]));
     outbuf_str(o, "\n");
+    metrics_put_family(o, "aigw_prefix_share_entries_total", "counter",
+               "prefix_index = shared: other shards' prefix placements copied into a shard's block "
+               "indexes (applied), and times a shard fell a whole journal behind and skipped ahead (lapped).");
+    outbuf_str(o, "aigw_prefix_share_entries_total{result=\"applied\"} ");
+    outbuf_u64(o, SUM_SHARDS(prefix_share_applied));
+    outbuf_str(o, "\naigw_prefix_share_entries_total{result=\"lapped\"} ");
+    outbuf_u64(o, SUM_SHARDS(prefix_share_lapped));
+    outbuf_str(o, "\n");
 }
 
 /* Labels of tls_failures[]: the engine's reasons in enum tls_fail_reason's order

@@ -118,6 +118,8 @@ struct shard_metrics {
     mcounter backend_requests[METRICS_MAX_BACKENDS][2];    /* enum attempt_result */
     mcounter backend_retries[METRICS_MAX_BACKENDS];        /* attempts on it retried elsewhere */
     mcounter balance_decisions[METRICS_MAX_BACKENDS][2];   /* picks of it, by enum balance_reason */
+    mcounter prefix_share_applied;  /* other shards' placements copied in (prefix_share.c) */
+    mcounter prefix_share_lapped;   /* times a journal's writer overtook this shard (placements lost) */
     mcounter circuit_opens[METRICS_MAX_BACKENDS];
     /* per pool slot */
     mgauge queued[METRICS_MAX_POOLS];                      /* requests waiting now */

@@ -7,6 +7,7 @@
 #include "core/dispatch.h"
 #include "core/gen.h"
 #include "core/handover.h"
+#include "core/prefix_share.h"
 #include "core/ring.h"
 #include "core/shard.h"
 #include "core/upstream.h"
@@ -840,7 +841,7 @@ int shard_start_all(void)
         return -1;
     for (unsigned s = 0; s < rt.nshards; s++) {
         struct shard *sh = &rt.shards[s];
-        if (shard_init(sh, s, rt.nshards, g) != 0)
+        if (shard_init(sh, s, rt.nshards, g) != 0 || prefix_share_init(sh) != 0)
             return -1;
         unsigned mine = 0;
         for (unsigned i = 0; i < nlisten_fds; i++)

@@ -18,6 +18,7 @@
 #include "core/metrics.h"       /* METRICS_MAX_SHARDS */
 #include "core/timer.h"
 #include "core/usage.h"         /* struct usage_shard */
+#include "policy/prefix_journal.h"  /* struct prefix_journal_cursor */
 #include "proto/http1.h"        /* the parse scratch */
 
 #define MAX_SHARDS METRICS_MAX_SHARDS
@@ -29,6 +30,7 @@
 enum timer_kind { TIMER_CONN = 0, TIMER_UPCONN = 1 };
 
 struct balance_state;
+struct prefix_journal;
 struct pool_queue;
 struct upconn;
 struct upstream_idle;
@@ -101,6 +103,10 @@ struct shard {
     uint64_t next_queue_poll_ms;
 
     uint64_t rng[2];                /* request ids */
+    /* prefix_index = shared (prefix_share.c): this shard's placements, written by
+     * it only and read by the others ("shared"); its position in each other's */
+    struct prefix_journal *prefix_journal;
+    struct prefix_journal_cursor prefix_cursor[MAX_SHARDS];
     uint64_t realtime_offset_us;    /* CLOCK_REALTIME - CLOCK_MONOTONIC, for log timestamps */
     bool draining;
     bool drain_cut;                 /* drain_timeout ran out: what was left was cut */

@@ -1959,3 +1959,16 @@ Test(config_pool_tuning, prefix_scorer_keys)
                       "test.conf:3: invalid value for kv_weight: '1e3' (expected a decimal number 0-100 "
                       "such as 0.5)");
 }
+
+Test(config_pool_tuning, prefix_index_key)
+{
+    struct config *c = cfgt_load_ok("[pool p]\nbackend = 127.0.0.1:1\nbalance = prefix\nprefix_index = shared\n"
+                                    "[pool q]\nbackend = 127.0.0.1:2\nbalance = prefix\nprefix_index = shard\n"
+                                    "[pool r]\nbackend = 127.0.0.1:3\nbalance = prefix\n");
+    cr_expect(c->pools[0].prefix_index_shared);
+    cr_expect(!c->pools[1].prefix_index_shared);
+    cr_expect(c->pools[2].prefix_index_shared, "the default is shared");
+    config_free(c);
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nprefix_index = global\n",
+                      "test.conf:3: invalid value for prefix_index: 'global' (expected shard or shared)");
+}
