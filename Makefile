@@ -79,7 +79,7 @@ $(BUILD)/libaigw.a: $(LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^
 
 $(BUILD)/aigw: $(BUILD)/obj/src/core/main.o $(BUILD)/libaigw.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) -lm
 
 $(BUILD)/aigw-mockllm: $(MOCK_OBJ) $(BUILD)/libaigw.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) -lm

@@ -144,6 +144,7 @@ static int pick(struct conn *c, enum pick_failure *why, bool *probe_claimed)
             .cache_blocks = fresh ? balance_cache_blocks(atomic_load_explicit(&s->cache_tokens,
                                                                               memory_order_relaxed))
                                   : 0,
+            .id = g->backend_id[b],
         };
     }
     struct prompt_blocks prompt = { c->req.prefix_block, c->req.prefix_blocks };

@@ -6,6 +6,7 @@
 #include "core/metrics.h"
 #include "policy/balance.h"
 #include "policy/route.h"
+#include "util/hash.h"
 
 #include "core/admission.h"
 #include "core/backend_admin.h"
@@ -26,6 +27,7 @@ static void gen_free(struct gen *g)
     config_free(g->cfg);
     free(g->route_metric_slot);
     free(g->backend_metric_slot);
+    free(g->backend_id);
     free(g->pool_first_backend);
     free(g->backend_cfg);
     free(g->backend_pool);
@@ -195,6 +197,7 @@ struct gen *gen_create(struct config *cfg, const struct gen *prev, unsigned nsha
     g->pool_first_backend = calloc(cfg->npools + 1, sizeof(unsigned));
     g->backend_cfg = calloc(nb + 1, sizeof *g->backend_cfg);
     g->backend_pool = calloc(nb + 1, sizeof *g->backend_pool);
+    g->backend_id = calloc(nb + 1, sizeof *g->backend_id);
     g->load = aligned_alloc(64, sizeof(struct backend_load) * ((size_t)nb * nshards + 1));
     g->signal = aligned_alloc(64, sizeof(struct backend_signal) * (nb + 1));
     g->backend_interval_ms = calloc(nb + 1, sizeof *g->backend_interval_ms);
@@ -202,7 +205,7 @@ struct gen *gen_create(struct config *cfg, const struct gen *prev, unsigned nsha
     g->pool_metric_slot = calloc(cfg->npools + 1, sizeof(int));
     if (!g->health || !g->pool_metric_slot ||
         !g->route_metric_slot || !g->backend_metric_slot || !g->pool_first_backend ||
-        !g->backend_cfg || !g->backend_pool || !g->load || !g->signal ||
+        !g->backend_cfg || !g->backend_pool || !g->backend_id || !g->load || !g->signal ||
         !g->backend_interval_ms)
         goto oom;
     for (unsigned b = 0; b < nb; b++) {
@@ -240,6 +243,7 @@ struct gen *gen_create(struct config *cfg, const struct gen *prev, unsigned nsha
         for (unsigned i = 0; i < cfg->pools[p].nbackends; i++, b++) {
             g->backend_cfg[b] = &cfg->pools[p].backends[i];
             g->backend_pool[b] = cfg->pools[p].name;
+            g->backend_id[b] = hash_str(cfg->pools[p].backends[i].addr.text);
             g->backend_interval_ms[b] = cfg->pools[p].metrics_interval_ms;
             g->backend_metric_slot[b] = metrics_backend_slot(cfg->pools[p].name,
                                                              cfg->pools[p].backends[i].addr.text);

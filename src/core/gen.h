@@ -80,6 +80,7 @@ struct gen {
     unsigned *pool_first_backend;   /* pool -> index of its first backend in the global list */
     const struct cfg_backend **backend_cfg; /* global index -> cfg */
     const char **backend_pool;      /* global index -> pool name */
+    uint64_t *backend_id;           /* global index -> hash of its name as configured (prompt homes) */
     struct backend_load *load;      /* [backend * nshards + shard] (shared) */
     struct backend_signal *signal;  /* per global backend (shared; written by the watcher) */
     struct backend_health *health;  /* per global backend (shared; see struct backend_health) */

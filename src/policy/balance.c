@@ -1,5 +1,6 @@
 #include "policy/balance.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -382,6 +383,39 @@ static int pick_capacity(struct balance_state *s, const struct backend_view *v, 
     return pick;
 }
 
+/* Where a prompt that no engine is known to hold goes: of the candidates with a
+ * free batch slot, the one with the highest weighted rendezvous score for the
+ * prompt's first block, weighted by batch slots. The same opening goes to the
+ * same engine while it has room, so a prefix forgotten everywhere comes back
+ * where it lived, new ones spread in proportion to the engines' sizes, and a
+ * backend joining or leaving moves only its share. -1: none has a free slot. */
+static int pick_home(const struct balance_state *s, const struct backend_view *v, unsigned n,
+                     const struct fleet *f, bool room, uint64_t opening)
+{
+    int best = -1;
+    double best_key = 0.0;
+    for (unsigned i = 0; i < n; i++) {
+        if (!view_candidate(&v[i]))
+            continue;
+        struct eff e = effective(&s->tune, f, &v[i]);
+        if (room && e.saturated)
+            continue;
+        double slots = v[i].weight > s->slots[i] ? v[i].weight : s->slots[i];
+        if (slots < 1.0)
+            slots = 1.0;
+        if (e.ahead + 1.0 > slots)
+            continue;
+        uint64_t h = mix64(opening ^ (v[i].id ? v[i].id : (uint64_t)i + 1));
+        double u = ((double)(h >> 11) + 0.5) * 0x1.0p-53;     /* in (0, 1) */
+        double key = -slots / log(u);
+        if (best < 0 || key > best_key) {
+            best = (int)i;
+            best_key = key;
+        }
+    }
+    return best;
+}
+
 /* The prefix scorer (balance.h). */
 static int pick_prefix(struct balance_state *s, const struct backend_view *v, unsigned n,
                        const struct fleet *f, const struct prompt_blocks *prompt)
@@ -427,7 +461,9 @@ static int pick_prefix(struct balance_state *s, const struct backend_view *v, un
         pick = best;
         s->last_reason = BALANCE_REASON_AFFINITY;
     } else {
-        pick = pick_capacity(s, v, n, f);
+        pick = pick_home(s, v, n, f, room, prompt->block[0]);
+        if (pick < 0)
+            pick = pick_capacity(s, v, n, f);
         if (pick < 0)
             return -1;
     }

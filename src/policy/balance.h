@@ -138,6 +138,8 @@ struct backend_view {
     int32_t running;            /* sequences being generated */
     float kv_usage;             /* KV-cache use, 0..1 (above 1 counts as 1) */
     uint32_t cache_blocks;      /* the engine's cache as prompt blocks (balance_cache_blocks); 0: unknown */
+    uint64_t id;                /* prefix: the backend's identity for prompt homes (a hash of its
+                                 * name as configured, stable across reloads); 0: its position */
 };
 
 /* A prompt as the prefix balancer sees it: chained block hashes (openai.h's
