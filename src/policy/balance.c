@@ -476,7 +476,7 @@ uint32_t balance_cache_blocks(uint64_t tokens)
 {
     if (tokens == 0)
         return 0;
-    uint64_t blocks = tokens / (OPENAI_PREFIX_BLOCK / BALANCE_BYTES_PER_TOKEN);
+    uint64_t blocks = tokens / (OPENAI_PREFIX_BLOCK / BALANCE_BYTES_PER_TOKEN) * BALANCE_RECORD_PER_CACHE;
     if (blocks < BALANCE_CACHE_BLOCKS_MIN)
         return BALANCE_CACHE_BLOCKS_MIN;
     return blocks > BALANCE_CACHE_BLOCKS_MAX ? BALANCE_CACHE_BLOCKS_MAX : (uint32_t)blocks;

@@ -17,17 +17,18 @@
 #define BALANCE_KV_SATURATED      0.90f /* KV use above this: saturated */
 #define BALANCE_WAITING_SATURATED 16u   /* engine waiting queue above this: saturated */
 #define BALANCE_WAITING_COST      2.0f  /* a waiting request's extra cost over a running one */
-/* The prefix scorer's weights (see balance_pick_load). A full match saves the
- * whole prompt's prefill; a request waiting for a batch slot waits for a running
- * one to finish, which takes far longer than a prefill (decode is ~100 tokens at
- * tens of tokens/s against thousands of prompt tokens per second). So: a full
- * batch with an empty queue (load 1, -0.5) still loses to a full match (+1),
- * keeping affinity while the engine has room; one waiting request per slot
- * (load 1 + 3) outweighs any match, spilling to an engine with room. KV use
- * only tips close calls: saturation (kv_saturated) is what keeps a full cache
- * from being picked. */
+/* The prefix scorer's weights (see balance_pick_load), in blocks of prefill
+ * (256 bytes of prompt, about 64 tokens): a matched block is worth one, a whole
+ * turn of waiting for a batch slot (a running request's time on the engine)
+ * queue_weight, a full KV cache kv_weight. A turn is physically worth more
+ * (2 s of decode against 16 ms a block at 4000 prompt tokens/s: ~125), but a
+ * spill also costs the engine it lands on the prefill's time in a slot and
+ * evicts another prefix from its cache, so waiting a little where the prefix is
+ * pays: perf/fleet.sh (prefixes, 60 s) gave 80% prefix-cache hits and TTFT p50
+ * 304 ms with 32 against 57% and 566 ms with 128. KV use only tips close calls:
+ * saturation (kv_saturated) is what keeps a full cache from being picked. */
 #define BALANCE_PREFIX_WEIGHT     1.0f
-#define BALANCE_QUEUE_WEIGHT      128.0f
+#define BALANCE_QUEUE_WEIGHT      32.0f
 #define BALANCE_KV_WEIGHT         8.0f
 #define BALANCE_PREFIX_BUSY_WEIGHT 1.0
 #define BALANCE_SCORE_WEIGHT_MAX  100000.0
@@ -37,6 +38,12 @@
 #define BALANCE_CACHE_BLOCKS_MIN    64u
 #define BALANCE_CACHE_BLOCKS_MAX    1048576u
 #define BALANCE_BYTES_PER_TOKEN     4u  /* prompt text per token: English with BPE tokenisers */
+/* The record is larger than the engine's cache: the two-generation record holds
+ * between half and all of its size, and remembering where a prefix lived for a
+ * while after its engine evicted it keeps sending it back there, so each engine
+ * keeps serving the same prefixes. Measured with perf/fleet.sh (prefixes, 60 s):
+ * 1x the cache gave 51-61% prefix-cache hits, 4x 80%, 21x 79%. */
+#define BALANCE_RECORD_PER_CACHE    4u
 
 struct balance_tuning {
     float kv_knee;              /* BALANCE_KV_KNEE, in [0, 1) */
@@ -82,10 +89,10 @@ void balance_state_seed(struct balance_state *s, uint64_t seed);
  * engines' caches. Returns 0, or -1 when out of memory. Without it, prefix
  * picks as capacity. */
 int balance_state_prefix_init(struct balance_state *s, unsigned cache_blocks);
-/* An engine cache of `tokens` tokens in prompt blocks (openai.h's
- * OPENAI_PREFIX_BLOCK bytes, BALANCE_BYTES_PER_TOKEN bytes a token), clamped to
- * [BALANCE_CACHE_BLOCKS_MIN, BALANCE_CACHE_BLOCKS_MAX]; 0 when tokens is 0
- * (unknown). */
+/* The record for an engine cache of `tokens` tokens: BALANCE_RECORD_PER_CACHE
+ * times that cache in prompt blocks (openai.h's OPENAI_PREFIX_BLOCK bytes,
+ * BALANCE_BYTES_PER_TOKEN bytes a token), clamped to [BALANCE_CACHE_BLOCKS_MIN,
+ * BALANCE_CACHE_BLOCKS_MAX]; 0 when tokens is 0 (unknown). */
 uint32_t balance_cache_blocks(uint64_t tokens);
 /* With an `auto` index (balance_state_prefix_init with 0): resizes backend i's
  * index to v[i].cache_blocks when that is known and differs from its size by
@@ -189,22 +196,32 @@ struct prompt_blocks {
  *     one with the same outstanding.
  *
  *   prefix. prompt: the request's blocks (NULL or none: picks as capacity).
- *     Each candidate (the unsaturated ones while there are any) is scored
+ *     Each candidate (the unsaturated ones while there are any) is scored in
+ *     blocks of prefill, as an estimate of the time to its first token:
  *
  *       matched  = the longest run of the prompt's leading blocks found in the
- *                  backend's index (this shard's record of blocks sent there)
+ *                  backend's index (at most tune.prefix_max_blocks)
  *       slots    = max(weight, the largest running count seen from it)
- *       load     = queued / slots              (queued as capacity's)
- *       score    = prefix_weight × matched / blocks
- *                  − queue_weight × load − kv_weight × kv
+ *       ahead    = max(outstanding, running + waiting)
+ *       turns    = max(0, ahead + 1 − slots) / slots
+ *       busy     = min(ahead, slots) / slots
+ *       score    = prefix_weight × matched − queue_weight × turns
+ *                  − kv_weight × kv − BALANCE_PREFIX_BUSY_WEIGHT × busy
  *
- *     (kv and queued with unknown values replaced as for capacity; blocks is
- *     the prompt's, at most tune.prefix_max_blocks). The highest score wins if
- *     it has matched > 0 (last_reason AFFINITY); equal scores go to capacity's
- *     better one. Otherwise (no match anywhere, or load outweighs every match)
- *     it is capacity's pick (last_reason LOAD). The picked backend's index then
- *     records the prompt's blocks, so a hot prefix spreads to a second backend
- *     when the first is busy and affinity follows it there. */
+ *     matched is the prefill saved; turns is the wait for a batch slot, in
+ *     units of a running request's whole time on the engine (a request that
+ *     must wait behind `slots` others waits about one such turn), so
+ *     queue_weight is that time in blocks of prefill; busy (less than one
+ *     block) spreads equal matches over the emptier engines. ahead, kv with
+ *     unknown values replaced as for capacity. The highest score wins if it
+ *     has matched > 0 (last_reason AFFINITY). Otherwise (no match anywhere, or
+ *     the wait outweighs every match) the prompt goes to its home: of the
+ *     candidates with a free slot (ahead + 1 <= slots), the highest weighted
+ *     rendezvous score of its first block and the backend's id, weighted by
+ *     slots; with no free slot anywhere, capacity's pick (last_reason LOAD
+ *     for both). The picked backend's index then records the prompt's blocks,
+ *     so a hot prefix spreads to a second backend when the first is busy and
+ *     affinity follows it there. */
 int balance_pick_load(enum balance_kind kind, struct balance_state *s,
                       const struct backend_view *v, unsigned n, const struct prompt_blocks *prompt);
 

@@ -1953,10 +1953,13 @@ Test(config_pool_tuning, prefix_scorer_keys)
                       "test.conf:3: invalid value for prefix_hash_kib: '17' (expected a number 1-16 "
                       "(KiB of prompt hashed))");
     cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nqueue_weight = -1\n",
-                      "test.conf:3: invalid value for queue_weight: '-1' (expected a decimal number 0-100 "
+                      "test.conf:3: invalid value for queue_weight: '-1' (expected a decimal number 0-100000 "
+                      "such as 0.5)");
+    cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nqueue_weight = 100001\n",
+                      "test.conf:3: invalid value for queue_weight: '100001' (expected a decimal number 0-100000 "
                       "such as 0.5)");
     cfgt_expect_error("[pool p]\nbackend = 127.0.0.1:1\nkv_weight = 1e3\n",
-                      "test.conf:3: invalid value for kv_weight: '1e3' (expected a decimal number 0-100 "
+                      "test.conf:3: invalid value for kv_weight: '1e3' (expected a decimal number 0-100000 "
                       "such as 0.5)");
 }
 

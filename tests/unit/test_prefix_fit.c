@@ -61,9 +61,10 @@ Test(prefix_fit, tokens_to_blocks)
 {
     cr_expect_eq(balance_cache_blocks(0), 0, "unknown stays unknown");
     cr_expect_eq(balance_cache_blocks(1), BALANCE_CACHE_BLOCKS_MIN);
-    cr_expect_eq(balance_cache_blocks(4096), 64);
-    cr_expect_eq(balance_cache_blocks(8192), 128);     /* 4 bytes a token, 256-byte blocks */
-    cr_expect_eq(balance_cache_blocks(262144), 4096);
+    cr_expect_eq(balance_cache_blocks(1024), 64);
+    /* 4 bytes a token, 256-byte blocks, 4 times the cache */
+    cr_expect_eq(balance_cache_blocks(8192), 128 * BALANCE_RECORD_PER_CACHE);
+    cr_expect_eq(balance_cache_blocks(262144), 4096 * BALANCE_RECORD_PER_CACHE);
     cr_expect_eq(balance_cache_blocks(UINT64_C(1) << 40), BALANCE_CACHE_BLOCKS_MAX);
 }
 

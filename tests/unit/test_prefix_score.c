@@ -109,7 +109,8 @@ Test(prefix_score, affinity_holds_while_there_is_room)
         cr_assert_eq(balance_pick_load(BALANCE_PREFIX, &s, v, NB, &p), first, "running %d", i);
         cr_assert_eq(s.last_reason, BALANCE_REASON_AFFINITY);
     }
-    /* another prompt goes by load: to an idle engine */
+    /* another prompt goes by load: to an engine with a free slot */
+    v[first].outstanding = v[first].running = 8;
     uint64_t o[BLOCKS];
     struct prompt_blocks other = prompt(o, 9, BLOCKS, 0);
     int k = balance_pick_load(BALANCE_PREFIX, &s, v, NB, &other);
@@ -139,9 +140,8 @@ Test(prefix_score, spills_when_the_preferred_backend_saturates)
         cr_assert_neq(balance_pick_load(BALANCE_PREFIX, &s, v, NB, &p), 1);
     /* the prefix spread to where it spilled: affinity follows it there */
     int spilled = balance_pick_load(BALANCE_PREFIX, &s, v, NB, &p);
+    cr_expect_neq(spilled, 1);
     cr_expect_eq(s.last_reason, BALANCE_REASON_AFFINITY);
-    v[spilled].running = 2;
-    cr_expect_eq(balance_pick_load(BALANCE_PREFIX, &s, v, NB, &p), spilled);
     /* every candidate saturated: the least loaded still gets it */
     for (unsigned i = 0; i < NB; i++)
         v[i].kv_usage = 0.95f;
@@ -194,9 +194,10 @@ Test(prefix_score, an_idle_large_engine_beats_a_queued_small_one_holding_the_pre
     cr_expect_eq(balance_pick_load(BALANCE_PREFIX, &s, v, 2, &p), 1);
     cr_expect_eq(s.last_reason, BALANCE_REASON_LOAD);
     balance_state_free(&s);
-    /* weights move the trade: a pool that prizes the prefix keeps it on the small one */
+    /* a prompt whose saved prefill outweighs that wait (here: blocks weighing 20
+     * times as much, as a prompt 20 times as long would) stays on the small one */
     state(&s, 2, 4096);
-    s.tune.prefix_weight = 10.0f;
+    s.tune.prefix_weight = 20.0f;
     struct backend_view w[2];
     views(w, 2, slots);
     history(&s, w, 2, 0, &p);
@@ -219,7 +220,61 @@ Test(prefix_score, prefix_max_blocks_bounds_the_work)
     cr_expect_not(prefix_index_has(&s.index[1], b[2]), "only the first two blocks are recorded");
     /* a prompt sharing just the first two blocks is a full match */
     struct prompt_blocks q = prompt(c, 1, 2, 7);
+    v[1].weight = 4;
     v[1].running = 1;
     cr_expect_eq(balance_pick_load(BALANCE_PREFIX, &s, v, NB, &q), 1);
     balance_state_free(&s);
+}
+
+/* the backend a new opening is placed on, with nothing recorded anywhere */
+static int home_of(struct backend_view *v, unsigned n, uint64_t opening)
+{
+    struct balance_state s;
+    state(&s, n, 64);
+    uint64_t b[1] = { opening };
+    struct prompt_blocks p = { b, 1 };
+    int k = balance_pick_load(BALANCE_PREFIX, &s, v, n, &p);
+    cr_assert_eq(s.last_reason, BALANCE_REASON_LOAD);
+    balance_state_free(&s);
+    return k;
+}
+
+Test(prefix_score, unknown_prompts_have_a_stable_home_in_proportion_to_size)
+{
+    static const unsigned slots[NB] = { 4, 8, 16 };
+    struct backend_view v[NB];
+    views(v, NB, slots);
+    for (unsigned i = 0; i < NB; i++)
+        v[i].id = 0x1000 + i;
+    enum { OPENINGS = 2800 };
+    static int home[OPENINGS];
+    unsigned count[NB] = { 0 };
+    for (unsigned o = 0; o < OPENINGS; o++) {
+        uint64_t opening = (o + 1) * 0x9e3779b97f4a7c15ull;
+        home[o] = home_of(v, NB, opening);
+        cr_assert(home[o] >= 0 && home[o] < NB);
+        count[home[o]]++;
+        cr_assert_eq(home_of(v, NB, opening), home[o], "the same opening, the same home");
+    }
+    /* 4:8:16 of 2800 is 400:800:1600 */
+    cr_expect(count[0] > 300 && count[0] < 500, "small: %u", count[0]);
+    cr_expect(count[1] > 680 && count[1] < 920, "middle: %u", count[1]);
+    cr_expect(count[2] > 1450 && count[2] < 1750, "large: %u", count[2]);
+    /* the small one leaves (down): only its openings move */
+    v[0].up = false;
+    for (unsigned o = 0; o < OPENINGS; o++) {
+        int k = home_of(v, NB, (o + 1) * 0x9e3779b97f4a7c15ull);
+        if (home[o] != 0)
+            cr_assert_eq(k, home[o], "opening %u moved from %d to %d", o, home[o], k);
+        else
+            cr_assert(k == 1 || k == 2);
+    }
+    /* a full home: the opening goes to the next one with a free slot */
+    v[0].up = true;
+    unsigned o = 0;
+    while (home[o] != 2)
+        o++;
+    v[2].outstanding = v[2].running = 16;
+    int k = home_of(v, NB, (o + 1) * 0x9e3779b97f4a7c15ull);
+    cr_expect(k == 0 || k == 1, "spilled to %d", k);
 }
