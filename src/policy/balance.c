@@ -54,6 +54,18 @@ int balance_state_init(struct balance_state *s, unsigned nbackends)
     return 0;
 }
 
+/* Frees s's prefix indexes (all n of them; zeroed ones are no-ops) and slots. */
+static void prefix_state_free(struct balance_state *s)
+{
+    if (s->index)
+        for (unsigned i = 0; i < s->n; i++)
+            prefix_index_free(&s->index[i]);
+    free(s->index);
+    free(s->slots);
+    s->index = NULL;
+    s->slots = NULL;
+}
+
 int balance_state_prefix_init(struct balance_state *s, unsigned cache_blocks)
 {
     if (s->index || s->n == 0)
@@ -70,25 +82,13 @@ int balance_state_prefix_init(struct balance_state *s, unsigned cache_blocks)
             goto oom;
     return 0;
 oom:
-    if (s->index)
-        for (unsigned i = 0; i < s->n; i++)
-            prefix_index_free(&s->index[i]);
-    free(s->index);
-    free(s->slots);
-    s->index = NULL;
-    s->slots = NULL;
+    prefix_state_free(s);
     return -1;
 }
 
 void balance_state_free(struct balance_state *s)
 {
-    if (s->index)
-        for (unsigned i = 0; i < s->n; i++)
-            prefix_index_free(&s->index[i]);
-    free(s->index);
-    free(s->slots);
-    s->index = NULL;
-    s->slots = NULL;
+    prefix_state_free(s);
     free(s->current_weight);
     s->current_weight = NULL;
     s->n = 0;
@@ -107,12 +107,7 @@ void balance_state_adopt_prefix(struct balance_state *next, struct balance_state
         memset(&old->index[j], 0, sizeof old->index[j]);
         next->slots[i] = old->slots[j];
     }
-    for (unsigned j = 0; j < old->n; j++)
-        prefix_index_free(&old->index[j]);
-    free(old->index);
-    free(old->slots);
-    old->index = NULL;
-    old->slots = NULL;
+    prefix_state_free(old);
 }
 
 /* The backends as balance_pick (arrays, one limit) or balance_pick_load (views)

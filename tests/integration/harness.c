@@ -1151,6 +1151,24 @@ double h_metric(int port, const char *query)
     return metric_scrape(port, query, false);
 }
 
+int h_wait_engines_scraped(int admin_port, const char *pool, const struct h_mock *m, int n)
+{
+    for (int i = 0; i < n; i++) {
+        char q[200];
+        snprintf(q, sizeof q, "aigw_backend_prefix_cache_queries_total{pool=\"%s\",backend=\"127.0.0.1:%d\"}",
+                 pool, m[i].port);
+        int64_t end = h_now_ms() + 3000 * h_slow();
+        double v = h_metric(admin_port, q);
+        while (v != v && h_now_ms() < end) {
+            h_sleep_ms(20);
+            v = h_metric(admin_port, q);
+        }
+        if (v != v)
+            return i;
+    }
+    return -1;
+}
+
 double h_metric0(int port, const char *query)
 {
     return metric_scrape(port, query, true);

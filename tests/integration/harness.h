@@ -232,6 +232,11 @@ struct h_mock {
 /* Starts aigw-mockllm on a free port with extra args (space separated, may be
  * NULL); waits for GET /health 200. Returns 0, or -1 (see h_tail(m->tag)). */
 int h_mock_start(struct h_mock *m, const char *tag, const char *args);
+/* Waits (up to 3 s, stretched by h_slow) until aigw, scraped on admin_port,
+ * exports the prefix-cache counters of each of m[0..n) in `pool`: every
+ * engine's metrics read once, so picks compare known loads. Returns -1, or the
+ * index of the first mock never scraped (for the caller's assertion). */
+int h_wait_engines_scraped(int admin_port, const char *pool, const struct h_mock *m, int n);
 /* The same on the given port (e.g. the port of a backend that was stopped, to
  * bring it back where aigw's config expects it); retries the bind for up to 2 s. */
 int h_mock_start_port(struct h_mock *m, const char *tag, int port, const char *args);

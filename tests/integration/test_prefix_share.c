@@ -24,18 +24,9 @@ static void gw_for(struct h_gw *g, const char *tag, const char *index, const str
                 m[0].port, m[1].port, m[2].port, index);
     H_GW(g);
     /* every engine's load known before the first pick, so picks compare known loads */
-    for (int i = 0; i < NMOCK; i++) {
-        char q[160];
-        snprintf(q, sizeof q, "aigw_backend_prefix_cache_queries_total{pool=\"gpu\",backend=\"127.0.0.1:%d\"}",
-                 m[i].port);
-        int64_t end = h_now_ms() + 3000 * h_slow();
-        double v = h_metric(g->admin_port, q);
-        while (v != v && h_now_ms() < end) {
-            h_sleep_ms(20);
-            v = h_metric(g->admin_port, q);
-        }
-        cr_assert(v == v, "%s: no prefix-cache counters scraped from backend %d:\n%s", tag, i, h_tail(g->tag));
-    }
+    int missing = h_wait_engines_scraped(g->admin_port, "gpu", m, NMOCK);
+    cr_assert_eq(missing, -1, "%s: no prefix-cache counters scraped from backend %d:\n%s", tag, missing,
+                 h_tail(g->tag));
 }
 
 /* The same prompt, once and then REPEATS times, one at a time, each on a fresh
