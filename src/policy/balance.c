@@ -378,6 +378,14 @@ static int pick_capacity(struct balance_state *s, const struct backend_view *v, 
     return pick;
 }
 
+/* A backend's batch slots as the prefix scorer counts them: its weight, or
+ * the most it was ever seen running if more; at least 1. */
+static double slots_of(const struct balance_state *s, const struct backend_view *v, unsigned i)
+{
+    uint32_t slots = v[i].weight > s->slots[i] ? v[i].weight : s->slots[i];
+    return slots ? (double)slots : 1.0;
+}
+
 /* Where a prompt that no engine is known to hold goes: of the candidates with a
  * free batch slot, the one with the highest weighted rendezvous score for the
  * prompt's first block, weighted by batch slots. The same opening goes to the
@@ -395,9 +403,7 @@ static int pick_home(const struct balance_state *s, const struct backend_view *v
         struct eff e = effective(&s->tune, f, &v[i]);
         if (room && e.saturated)
             continue;
-        double slots = v[i].weight > s->slots[i] ? v[i].weight : s->slots[i];
-        if (slots < 1.0)
-            slots = 1.0;
+        double slots = slots_of(s, v, i);
         if (e.ahead + 1.0 > slots)
             continue;
         uint64_t h = mix64(opening ^ (v[i].id ? v[i].id : (uint64_t)i + 1));
@@ -435,9 +441,7 @@ static int pick_prefix(struct balance_state *s, const struct backend_view *v, un
         if (room && e.saturated)
             continue;
         unsigned matched = prefix_index_match(&s->index[i], prompt->block, nb);
-        double slots = v[i].weight > s->slots[i] ? v[i].weight : s->slots[i];
-        if (slots < 1.0)
-            slots = 1.0;
+        double slots = slots_of(s, v, i);
         /* requests that must finish before this one gets a batch slot */
         double turns = e.ahead + 1.0 > slots ? (e.ahead + 1.0 - slots) / slots : 0.0;
         double busy = (e.ahead < slots ? e.ahead : slots) / slots;
