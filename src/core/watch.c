@@ -408,7 +408,7 @@ static void probe_tls_step(struct gen *g, struct target *t, uint64_t now)
     bool eof;
     if (!tls_pump(g, t, &eof))
         return;
-    if (t->phase == PROBE_HANDSHAKE) {
+    while (t->phase == PROBE_HANDSHAKE) {
         tls_window(t);
         enum tls_status st = tls_handshake(t->tls);
         tls_taken(t);
@@ -420,10 +420,18 @@ static void probe_tls_step(struct gen *g, struct target *t, uint64_t now)
             return;
         }
         if (st == TLS_WANT) {
-            if (eof)
+            if (eof) {
                 probe_failed(g, t, "closed during the tls handshake");
-            else if (!tls_pump(g, t, &eof))
                 return;
+            }
+            /* The send may be answered at once, and the rest of a flight the
+             * engine had not seen may have arrived meanwhile: poll would not
+             * report bytes already read, so the engine gets them now. */
+            size_t had = t->cin_len;
+            if (!tls_pump(g, t, &eof))
+                return;
+            if (t->cin_len > had || eof)
+                continue;
             return;
         }
         t->phase = PROBE_SENDING;
@@ -443,29 +451,37 @@ static void probe_tls_step(struct gen *g, struct target *t, uint64_t now)
     }
     /* reading: every record there is, then the verdict if the response is whole */
     for (;;) {
-        if (!response_room(g, t))
-            return;
-        tls_window(t);
-        enum tls_status st = TLS_OK;
-        size_t k = tls_read(t->tls, t->buf + t->len, t->cap - t->len, &st);
-        tls_taken(t);
-        t->len += k;
-        if (k > 0)
-            continue;
-        if (st == TLS_CLOSED || (st == TLS_WANT && eof)) {
-            probe_done(g, t, now);      /* Connection: close: the response ends here */
+        for (;;) {
+            if (!response_room(g, t))
+                return;
+            tls_window(t);
+            enum tls_status st = TLS_OK;
+            size_t k = tls_read(t->tls, t->buf + t->len, t->cap - t->len, &st);
+            tls_taken(t);
+            t->len += k;
+            if (k > 0)
+                continue;
+            if (st == TLS_CLOSED || (st == TLS_WANT && eof)) {
+                probe_done(g, t, now);      /* Connection: close: the response ends here */
+                return;
+            }
+            if (st == TLS_FAILED) {
+                probe_failed(g, t, "tls record error");
+                return;
+            }
+            break;
+        }
+        if (t->kind == TARGET_HEALTH && t->len && memmem(t->buf, t->len, "\r\n\r\n", 4)) {
+            probe_done(g, t, now);
             return;
         }
-        if (st == TLS_FAILED) {
-            probe_failed(g, t, "tls record error");
+        if (!t->cout_len)
             return;
-        }
-        break;
+        /* bytes a send's pump read are not reported by poll again */
+        size_t had = t->cin_len;
+        if (!tls_pump(g, t, &eof) || (t->cin_len == had && !eof))
+            return;
     }
-    if (t->kind == TARGET_HEALTH && t->len && memmem(t->buf, t->len, "\r\n\r\n", 4))
-        probe_done(g, t, now);
-    else if (t->cout_len && !tls_pump(g, t, &eof))
-        return;
 }
 
 /* What poll waits for: writable while connecting or with bytes to send. */
